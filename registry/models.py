@@ -1,0 +1,158 @@
+"""Registry domain: models, their versions, movable aliases, and the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
+    "use 1-64 lowercase letters, digits and hyphens, starting and ending with a letter or digit",
+)
+
+
+class RegisteredModel(models.Model):
+    """A named model; its versions carry the artifacts.
+
+    ``latest_version`` is the counter from which version numbers are drawn under
+    a row lock, so concurrent uploads never share a number.
+    """
+
+    name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="registered_models"
+    )
+    tags = models.JSONField(default=list, blank=True)
+    latest_version = models.PositiveIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ArtifactFormat(models.TextChoices):
+    TORCHSCRIPT = "torchscript", "TorchScript (torch.jit.save)"
+    TORCH_EXPORT = "torch_export", "torch.export program (.pt2)"
+    ONNX = "onnx", "ONNX"
+
+
+class VersionStatus(models.TextChoices):
+    REGISTERED = "registered", "Registered"
+    CONVERTING = "converting", "Converting"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class ModelVersion(models.Model):
+    """One immutable artifact of a model, its signature, and its conversion outcome.
+
+    Artifacts live under content-addressed paths relative to ``KILN_ARTIFACT_ROOT``;
+    ``conversion_attempt`` lets a redelivered conversion resume while a duplicate
+    message does nothing.
+    """
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    description = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    source_format = models.CharField(max_length=16, choices=ArtifactFormat.choices)
+    source_sha256 = models.CharField(max_length=64)
+    source_size = models.BigIntegerField()
+    source_path = models.CharField(max_length=255)
+    signature = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=16, choices=VersionStatus.choices, default=VersionStatus.REGISTERED, db_index=True
+    )
+    status_reason = models.TextField(blank=True)
+    progress = models.CharField(max_length=200, blank=True)
+    onnx_sha256 = models.CharField(max_length=64, blank=True)
+    onnx_size = models.BigIntegerField(null=True, blank=True)
+    onnx_path = models.CharField(max_length=255, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    conversion_attempt = models.UUIDField(null=True, blank=True)
+    conversion_started_at = models.DateTimeField(null=True, blank=True)
+    conversion_finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploaded_versions"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("model__name", "-version")
+        constraints = [
+            models.UniqueConstraint(fields=("model", "version"), name="unique_version_per_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} v{self.version}"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == VersionStatus.READY
+
+    @property
+    def is_busy(self) -> bool:
+        return self.status in (VersionStatus.REGISTERED, VersionStatus.CONVERTING)
+
+
+class Alias(models.Model):
+    """A movable name (``production``, ``staging``…) on a model, pointing at one version."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(max_length=64, validators=[slug_validator])
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("model__name", "name")
+        constraints = [models.UniqueConstraint(fields=("model", "name"), name="unique_alias_per_model")]
+        verbose_name_plural = "aliases"
+
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.name} -> v{self.version.version}"
+
+
+class AuditEvent(models.Model):
+    """An append-only record of who changed what, with the state before and after.
+
+    ``subject`` is a readable path (``model/resnet``, ``model/resnet/v3``,
+    ``deployment/search``) so events outlive the rows they describe.
+    """
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=64, db_index=True)
+    subject = models.CharField(max_length=255, db_index=True)
+    model = models.ForeignKey(
+        RegisteredModel, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_events"
+    )
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.subject}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            msg = "audit events are append-only"
+            raise ValueError(msg)
+        super().save(*args, **kwargs)

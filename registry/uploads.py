@@ -1,0 +1,81 @@
+"""A Django upload handler that streams files to the artifact store's temp dir.
+
+It hashes while writing, enforces ``KILN_MAX_UPLOAD_BYTES`` while the bytes
+arrive (never after buffering them), and never uses the client's file name for
+anything but display.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+
+from registry import storage
+
+
+class HashedTempUploadedFile(UploadedFile):
+    """An uploaded file on disk (deleted on close) with its sha256 and size known."""
+
+    def __init__(self, name: str, content_type: str | None, charset: str | None) -> None:
+        handle = tempfile.NamedTemporaryFile(dir=storage.temp_dir(), suffix=".upload")  # noqa: SIM115
+        super().__init__(handle, name, content_type, 0, charset)
+        self.sha256 = ""
+        self._hasher = hashlib.sha256()
+
+    def temporary_file_path(self) -> str:
+        return str(self.file.name)
+
+    def write_chunk(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self._hasher.update(chunk)
+        self.size = (self.size or 0) + len(chunk)
+
+    def finish(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.seek(0)
+        self.sha256 = self._hasher.hexdigest()
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except FileNotFoundError:
+            pass
+
+
+class BoundedHashingUploadHandler(FileUploadHandler):
+    """Stream to a temp file; stop (and flag the request) once the size limit is passed."""
+
+    def handle_raw_input(self, *args: Any, **kwargs: Any) -> None:
+        content_length = args[3] if len(args) > 3 else kwargs.get("content_length")
+        limit = settings.KILN_MAX_UPLOAD_BYTES
+        if content_length and int(content_length) > limit + settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            self.request.upload_too_large = True  # type: ignore[union-attr]
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super().new_file(*args, **kwargs)
+        if getattr(self.request, "upload_too_large", False):
+            raise StopUpload(connection_reset=False)
+        self.upload = HashedTempUploadedFile(str(self.file_name), self.content_type, self.charset)
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        if start + len(raw_data) > settings.KILN_MAX_UPLOAD_BYTES:
+            self.request.upload_too_large = True  # type: ignore[union-attr]
+            self.upload.close()
+            raise StopUpload(connection_reset=False)
+        self.upload.write_chunk(raw_data)
+
+    def file_complete(self, file_size: int) -> UploadedFile:
+        self.upload.finish()
+        return self.upload
+
+    def upload_interrupted(self) -> None:
+        upload = getattr(self, "upload", None)
+        if upload is not None:
+            upload.close()
