@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import (
@@ -20,6 +21,8 @@ from config.env import (
     env_path,
     env_str,
 )
+
+django_stubs_ext.monkeypatch()  # generic admin/queryset classes at run time
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("KILN_VAR_DIR", BASE_DIR / "var")
