@@ -129,6 +129,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env_path("STATIC_ROOT", BASE_DIR / "staticfiles")
+WHITENOISE_USE_FINDERS = DEBUG
 STATICFILES_DIRS = [p for p in (BASE_DIR / "static", BASE_DIR / "static_build") if p.is_dir()]
 
 # Uploads: files stream to disk (never held in memory) through a handler that
@@ -184,6 +185,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_DEFAULT_QUEUE = env_str("KILN_CELERY_QUEUE", "kiln")
+# Long jobs (conversion, image builds) get their own queue so they never starve the
+# short periodic ones (reconcile, sweeps); `make run` starts one worker per queue.
+KILN_CELERY_LONG_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.long"
+CELERY_TASK_ROUTES = {"registry.convert_version": {"queue": KILN_CELERY_LONG_QUEUE}}
 # Above the longest task's hard limit, so Redis never redelivers a task that still runs.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("KILN_CELERY_VISIBILITY_TIMEOUT_S", 3600, minimum=60)
@@ -206,3 +211,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# A converting version whose job has not been heard from for this long is resumed
+# (its worker died); the sweep runs every KILN_CONVERSION_SWEEP_S seconds.
+KILN_CONVERT_LEASE_S = env_float("KILN_CONVERT_LEASE_S", 60.0, minimum=2.0)
+KILN_CONVERT_MAX_TRIES = env_int("KILN_CONVERT_MAX_TRIES", 3, minimum=1, maximum=20)
+CELERY_BEAT_SCHEDULE["sweep-stale-conversions"]["schedule"] = env_float(
+    "KILN_CONVERSION_SWEEP_S", 15.0, minimum=1.0
+)

@@ -26,6 +26,14 @@ class RegisteredModel(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="registered_models"
     )
+    team = models.ForeignKey(
+        "auth.Group",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="registered_models",
+        help_text="members may upload versions and move aliases",
+    )
     tags = models.JSONField(default=list, blank=True)
     latest_version = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -36,6 +44,14 @@ class RegisteredModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def can_change(self, user: Any) -> bool:
+        """Owner, staff and members of the model's team may change it; everyone signed in reads."""
+        if not getattr(user, "is_authenticated", False) or not user.is_active:
+            return False
+        if user.is_staff or user.pk == self.owner_id:
+            return True
+        return self.team_id is not None and user.groups.filter(pk=self.team_id).exists()
 
 
 class ArtifactFormat(models.TextChoices):
@@ -79,6 +95,8 @@ class ModelVersion(models.Model):
     report = models.JSONField(default=dict, blank=True)
     conversion_attempt = models.UUIDField(null=True, blank=True)
     conversion_started_at = models.DateTimeField(null=True, blank=True)
+    conversion_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    conversion_tries = models.PositiveSmallIntegerField(default=0)
     conversion_finished_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploaded_versions"
@@ -102,6 +120,17 @@ class ModelVersion(models.Model):
     @property
     def is_busy(self) -> bool:
         return self.status in (VersionStatus.REGISTERED, VersionStatus.CONVERTING)
+
+    @property
+    def parity_max_abs_error(self) -> float | None:
+        """The largest parity error over all outputs, for lists."""
+        outputs = (self.report.get("parity") or {}).get("outputs") or {}
+        values = [
+            float(o["max_abs_error"])
+            for o in outputs.values()
+            if isinstance(o, dict) and isinstance(o.get("max_abs_error"), int | float)
+        ]
+        return max(values) if values else None
 
 
 class Alias(models.Model):

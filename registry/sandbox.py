@@ -12,10 +12,12 @@ import contextlib
 import json
 import os
 import resource
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,11 +66,13 @@ def run_child(
     memory_mb: int,
     threads: int = 2,
     on_progress: Callable[[str], None] | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``registry.child <command>`` with ``payload`` and return its JSON result.
 
     Progress lines the child prints to stdout as ``PROGRESS <text>`` are passed to
-    ``on_progress`` as they arrive.
+    ``on_progress`` as they arrive; ``heartbeat`` is called about once a second while the
+    child runs, so a supervisor can tell a live job from a dead one.
     """
     with tempfile.TemporaryDirectory(prefix="kiln-child-") as workdir:
         request = Path(workdir) / "request.json"
@@ -87,24 +91,27 @@ def run_child(
                 start_new_session=True,
             )
             try:
-                _pump_progress(proc, timeout_s, on_progress)
+                _pump_progress(proc, timeout_s, on_progress, heartbeat)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 raise SandboxError(
                     f"{command} took longer than the limit of {timeout_s:.0f} s and was stopped",
                     code="timeout",
                 ) from None
+            finally:
+                if proc.stdout is not None:
+                    proc.stdout.close()
             stderr.seek(0)
             tail = stderr.read()[-_STDERR_TAIL:].decode("utf-8", "replace")
         return _read_result(command, proc.returncode, result, tail, memory_mb)
 
 
 def _pump_progress(
-    proc: subprocess.Popen[bytes], timeout_s: float, on_progress: Callable[[str], None] | None
+    proc: subprocess.Popen[bytes],
+    timeout_s: float,
+    on_progress: Callable[[str], None] | None,
+    heartbeat: Callable[[], None] | None,
 ) -> None:
-    import selectors
-    import time
-
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
     with selectors.DefaultSelector() as selector:
@@ -114,7 +121,10 @@ def _pump_progress(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise subprocess.TimeoutExpired(proc.args, timeout_s)
-            if not selector.select(timeout=min(remaining, 1.0)):
+            ready = selector.select(timeout=min(remaining, 1.0))
+            if heartbeat is not None:
+                heartbeat()
+            if not ready:
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:

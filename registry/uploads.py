@@ -52,8 +52,14 @@ class HashedTempUploadedFile(UploadedFile):
 class BoundedHashingUploadHandler(FileUploadHandler):
     """Stream to a temp file; stop (and flag the request) once the size limit is passed."""
 
-    def handle_raw_input(self, *args: Any, **kwargs: Any) -> None:
-        content_length = args[3] if len(args) > 3 else kwargs.get("content_length")
+    def handle_raw_input(
+        self,
+        input_data: Any,
+        META: dict[str, Any],  # noqa: N803 - Django's parameter name
+        content_length: int,
+        boundary: Any,
+        encoding: str | None = None,
+    ) -> None:
         limit = settings.KILN_MAX_UPLOAD_BYTES
         if content_length and int(content_length) > limit + settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             self.request.upload_too_large = True  # type: ignore[union-attr]

@@ -1,0 +1,40 @@
+# The front door: `make run`, `make test`, `make lint`, `make fmt`, `make bench`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: install run test test-fast lint fmt bench assets clean-var
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	touch $@
+
+install: $(VENV)/.installed
+
+# Runs the whole platform on this machine: web, Celery worker and beat, gateway.
+run: install
+	@bin/kiln-run
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The whole suite (lint first). PostgreSQL and Redis on 127.0.0.1 are required.
+test: lint
+	$(BIN)/pytest
+
+# Without the docker and browser suites, for a quick loop.
+test-fast: install
+	$(BIN)/pytest -m "not docker and not browser and not slow"
+
+bench: install
+	$(PY) bench/run_all.py

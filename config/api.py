@@ -1,0 +1,9 @@
+"""The /api/v1/ router: every app's API routes under one versioned prefix."""
+
+from django.urls import include, path
+
+app_name = "api"
+
+urlpatterns = [
+    path("", include("registry.api.urls")),
+]

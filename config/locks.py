@@ -1,0 +1,35 @@
+"""Cluster-wide singleton locks for beat jobs: PostgreSQL advisory locks.
+
+On SQLite (the single-machine fallback) there is only one beat, so the lock is
+always granted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import connection
+
+
+def _key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def advisory_lock(name: str) -> Iterator[bool]:
+    """Try to take the lock ``name`` without waiting; yields whether it was taken."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    key = _key(name)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        taken = bool(cursor.fetchone()[0])
+    try:
+        yield taken
+    finally:
+        if taken:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])

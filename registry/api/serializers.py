@@ -1,0 +1,118 @@
+"""Input and output serializers of the registry API. Workflows never hide in ``create()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel
+
+
+class AliasOutput(serializers.ModelSerializer[Alias]):
+    version = serializers.IntegerField(source="version.version")
+    updated_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = Alias
+        fields = ("name", "version", "updated_by", "updated_at")
+
+
+class ModelOutput(serializers.ModelSerializer[RegisteredModel]):
+    owner = serializers.StringRelatedField()
+    team = serializers.StringRelatedField()
+    aliases = AliasOutput(many=True, read_only=True)
+    version_count = serializers.IntegerField(read_only=True, required=False)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RegisteredModel
+        fields = (
+            "name",
+            "description",
+            "owner",
+            "team",
+            "tags",
+            "latest_version",
+            "version_count",
+            "aliases",
+            "created_at",
+            "updated_at",
+            "url",
+        )
+
+    def get_url(self, obj: RegisteredModel) -> str:
+        return reverse("api:model-detail", kwargs={"name": obj.name})
+
+
+class ModelCreateInput(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=64)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+    tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, default=list)
+
+
+class ModelUpdateInput(serializers.Serializer[Any]):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False)
+
+
+class VersionOutput(serializers.ModelSerializer[ModelVersion]):
+    model = serializers.CharField(source="model.name")
+    created_by = serializers.StringRelatedField()
+    aliases = serializers.SerializerMethodField()
+    artifacts = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = (
+            "model",
+            "version",
+            "status",
+            "status_reason",
+            "progress",
+            "description",
+            "metadata",
+            "source_format",
+            "source_sha256",
+            "source_size",
+            "signature",
+            "onnx_sha256",
+            "onnx_size",
+            "report",
+            "aliases",
+            "artifacts",
+            "created_by",
+            "created_at",
+            "updated_at",
+            "conversion_started_at",
+            "conversion_finished_at",
+        )
+
+    def get_aliases(self, obj: ModelVersion) -> list[str]:
+        return sorted(alias.name for alias in obj.aliases.all())
+
+    def get_artifacts(self, obj: ModelVersion) -> dict[str, str | None]:
+        kwargs = {"name": obj.model.name, "number": obj.version}
+        onnx = reverse("api:version-artifact", kwargs={**kwargs, "kind": "onnx"}) if obj.onnx_path else None
+        return {"source": reverse("api:version-artifact", kwargs={**kwargs, "kind": "source"}), "onnx": onnx}
+
+
+class VersionUploadInput(serializers.Serializer[Any]):
+    file = serializers.FileField()
+    signature = serializers.CharField(required=False, allow_blank=True, max_length=64 * 1024)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+    metadata = serializers.CharField(required=False, allow_blank=True, max_length=32 * 1024)
+
+
+class AliasInput(serializers.Serializer[Any]):
+    version = serializers.IntegerField(min_value=1)
+
+
+class AuditEventOutput(serializers.ModelSerializer[AuditEvent]):
+    actor = serializers.CharField(source="actor_label")
+    model = serializers.CharField(source="model.name", default=None)
+
+    class Meta:
+        model = AuditEvent
+        fields = ("id", "created_at", "actor", "action", "subject", "model", "before", "after", "reason")

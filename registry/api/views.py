@@ -1,0 +1,231 @@
+"""Registry API views: reads through viewsets, each workflow an explicit view calling one service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import PlatformError
+from registry import queries, services, storage
+from registry.api import serializers as s
+from registry.errors import ArtifactTooLargeError, InvalidArtifactError, VersionNotFoundError
+from registry.models import AuditEvent, ModelVersion, RegisteredModel
+from registry.permissions import ensure_can_change
+from registry.uploads import HashedTempUploadedFile
+
+
+def parse_json_field(raw: str | None, field: str) -> Any:
+    """Decode a JSON form field; a clear 400 names the field when it is malformed."""
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise PlatformError(f"{field}: not valid JSON ({exc})", code="invalid") from None
+
+
+class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredModel]):
+    """Registered models: list, create, read, update."""
+
+    lookup_field = "name"
+    lookup_value_regex = "[a-z0-9-]+"
+    serializer_class = s.ModelOutput
+
+    def get_queryset(self) -> QuerySet[RegisteredModel]:
+        queryset = queries.models_with_counts()
+        params = self.request.query_params
+        if search := params.get("search"):
+            queryset = queryset.filter(name__icontains=search) | queryset.filter(description__icontains=search)
+        if tag := params.get("tag"):
+            queryset = queryset.filter(tags__contains=[tag])
+        if owner := params.get("owner"):
+            queryset = queryset.filter(owner__username=owner)
+        return queryset.order_by("name")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("search", str, description="substring of name or description"),
+            OpenApiParameter("tag", str),
+            OpenApiParameter("owner", str, description="owner's username"),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=s.ModelCreateInput, responses={201: s.ModelOutput})
+    def create(self, request: Request) -> Response:
+        data = s.ModelCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = services.create_model(owner=request.user, **data.validated_data)  # type: ignore[arg-type]
+        return Response(s.ModelOutput(queries.models_with_counts().get(pk=model.pk)).data, status=201)
+
+    def retrieve(self, request: Request, name: str) -> Response:
+        model = queries.models_with_counts().filter(name=name).first() or queries.get_model(name)
+        return Response(s.ModelOutput(model).data)
+
+    @extend_schema(request=s.ModelUpdateInput, responses=s.ModelOutput)
+    def partial_update(self, request: Request, name: str) -> Response:
+        model = queries.get_model(name)
+        ensure_can_change(request.user, model)
+        data = s.ModelUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.update_model(model=model, actor=request.user, **data.validated_data)
+        return Response(s.ModelOutput(queries.models_with_counts().get(pk=model.pk)).data)
+
+
+class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion]):
+    """Versions of one model: list, upload, read, download, convert again."""
+
+    serializer_class = s.VersionOutput
+    lookup_field = "number"
+    lookup_value_regex = "[0-9]+"
+    parser_classes = (MultiPartParser, FormParser, JSONParser)
+
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        queryset = queries.versions().filter(model__name=self.kwargs["name"]).order_by("-version")
+        if state := self.request.query_params.get("status"):
+            queryset = queryset.filter(status=state)
+        return queryset
+
+    @extend_schema(parameters=[OpenApiParameter("status", str, enum=["registered", "converting", "ready", "failed"])])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        queries.get_model(kwargs["name"])
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request={"multipart/form-data": s.VersionUploadInput}, responses={201: s.VersionOutput})
+    def create(self, request: Request, name: str) -> Response:
+        model = queries.get_model(name)
+        ensure_can_change(request.user, model)
+        if getattr(request._request, "upload_too_large", False):
+            raise ArtifactTooLargeError(_too_large_message())
+        data = s.VersionUploadInput(data=request.data)
+        if not data.is_valid():
+            if getattr(request._request, "upload_too_large", False):
+                raise ArtifactTooLargeError(_too_large_message())
+            data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        if not isinstance(upload, HashedTempUploadedFile):
+            raise InvalidArtifactError("file: send the artifact as a multipart file field", code="invalid")
+        version = services.register_version(
+            model=model,
+            upload_path=Path(upload.temporary_file_path()),
+            actor=request.user,  # type: ignore[arg-type]
+            signature=parse_json_field(data.validated_data.get("signature"), "signature"),
+            description=data.validated_data.get("description", ""),
+            metadata=parse_json_field(data.validated_data.get("metadata"), "metadata"),
+        )
+        return Response(s.VersionOutput(queries.versions().get(pk=version.pk)).data, status=201)
+
+    def retrieve(self, request: Request, name: str, number: str) -> Response:
+        return Response(s.VersionOutput(queries.get_version(name, int(number))).data)
+
+    @extend_schema(request=None, responses={202: s.VersionOutput})
+    @action(detail=True, methods=["post"])
+    def convert(self, request: Request, name: str, number: str) -> Response:
+        version = queries.get_version(name, int(number))
+        ensure_can_change(request.user, version.model)
+        version = services.request_conversion(version=version, actor=request.user)
+        return Response(s.VersionOutput(queries.versions().get(pk=version.pk)).data, status=202)
+
+
+def _too_large_message() -> str:
+    from django.conf import settings
+
+    return f"file: larger than the upload limit of {settings.KILN_MAX_UPLOAD_BYTES} bytes"
+
+
+class ArtifactDownloadView(APIView):
+    """Download a version's source artifact or its ONNX model."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request: Request, name: str, number: str, kind: str) -> FileResponse:
+        version = queries.get_version(name, int(number))
+        relative = version.source_path if kind == "source" else version.onnx_path
+        if not relative:
+            raise VersionNotFoundError(f"{version} has no ONNX artifact yet (status: {version.status})")
+        extension = {"torchscript": "pt", "torch_export": "pt2", "onnx": "onnx"}[version.source_format]
+        filename = f"{name}-v{number}.{extension if kind == 'source' else 'onnx'}"
+        digest = version.source_sha256 if kind == "source" else version.onnx_sha256
+        response = FileResponse(storage.resolve(relative).open("rb"), as_attachment=True, filename=filename)
+        response["X-Content-SHA256"] = digest
+        return response
+
+
+class AliasView(APIView):
+    """Read, set or delete one alias: ``PUT {"version": n}``."""
+
+    def get(self, request: Request, name: str, alias: str) -> Response:
+        model = queries.get_model(name)
+        row = model.aliases.select_related("version", "updated_by").filter(name=alias).first()
+        if row is None:
+            raise VersionNotFoundError(f"model {name!r} has no alias {alias!r}")
+        return Response(s.AliasOutput(row).data)
+
+    @extend_schema(request=s.AliasInput, responses=s.AliasOutput)
+    def put(self, request: Request, name: str, alias: str) -> Response:
+        model = queries.get_model(name)
+        ensure_can_change(request.user, model)
+        data = s.AliasInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        row = services.set_alias(
+            model=model, name=alias, version_number=data.validated_data["version"], actor=request.user
+        )
+        return Response(s.AliasOutput(row).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, name: str, alias: str) -> Response:
+        model = queries.get_model(name)
+        ensure_can_change(request.user, model)
+        services.delete_alias(model=model, name=alias, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AliasListView(APIView):
+    """Every alias of a model."""
+
+    @extend_schema(responses=s.AliasOutput(many=True))
+    def get(self, request: Request, name: str) -> Response:
+        model = queries.get_model(name)
+        rows = model.aliases.select_related("version", "updated_by").order_by("name")
+        return Response(s.AliasOutput(rows, many=True).data)
+
+
+class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[AuditEvent]):
+    """The audit trail, newest first; filter by model, action, actor or subject prefix."""
+
+    serializer_class = s.AuditEventOutput
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        queryset = queries.audit_events()
+        params = self.request.query_params
+        if model := params.get("model"):
+            queryset = queryset.filter(model__name=model)
+        if action_name := params.get("action"):
+            queryset = queryset.filter(action=action_name)
+        if actor := params.get("actor"):
+            queryset = queryset.filter(actor_label=actor)
+        if subject := params.get("subject"):
+            queryset = queryset.filter(subject__startswith=subject)
+        return queryset
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("model", str),
+            OpenApiParameter("action", str),
+            OpenApiParameter("actor", str),
+            OpenApiParameter("subject", str, description="prefix, e.g. model/resnet"),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)

@@ -1,0 +1,42 @@
+"""The audit trail: one function every app calls to record a change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+from registry.models import AuditEvent, RegisteredModel
+
+Actor = AbstractBaseUser | AnonymousUser | None
+
+
+def actor_label(actor: Actor) -> str:
+    """A readable name for the actor; background work is ``system``."""
+    if actor is None or not getattr(actor, "is_authenticated", False):
+        return "system"
+    return str(actor.get_username())
+
+
+def record_event(
+    *,
+    actor: Actor,
+    action: str,
+    subject: str,
+    model: RegisteredModel | None = None,
+    before: Any = None,
+    after: Any = None,
+    reason: str = "",
+) -> AuditEvent:
+    """Append one audit event. Call it inside the same transaction as the change it records."""
+    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    return AuditEvent.objects.create(
+        actor=user,
+        actor_label=actor_label(actor),
+        action=action,
+        subject=subject,
+        model=model,
+        before=before,
+        after=after,
+        reason=reason[:4000],
+    )

@@ -1,0 +1,63 @@
+"""Web UI forms. They only validate shape; services decide everything else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from registry.signature import DTYPES
+
+
+class ModelCreateForm(forms.Form):
+    name = forms.SlugField(
+        max_length=64, help_text="lowercase letters, digits and hyphens, e.g. fraud-detector"
+    )
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=10_000)
+    tags = forms.CharField(required=False, help_text="comma-separated", max_length=2000)
+
+    def clean_tags(self) -> list[str]:
+        return [t.strip() for t in self.cleaned_data["tags"].split(",") if t.strip()]
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        help_text="TorchScript (torch.jit.save), torch.export program (.pt2) or ONNX; pickles are refused"
+    )
+    signature = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "class": "mono"}),
+        max_length=64 * 1024,
+        help_text=(
+            'Required for TorchScript: {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 32, 32]}]}. '
+            f"dtypes: {', '.join(DTYPES)}; -1 marks a dynamic dimension."
+        ),
+    )
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=10_000)
+    git_commit = forms.CharField(required=False, max_length=100, label="Git commit")
+    ci_run_url = forms.URLField(
+        required=False, max_length=500, label="CI run URL", assume_scheme="https"
+    )
+
+    def clean_signature(self) -> Any:
+        raw = self.cleaned_data["signature"].strip()
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise forms.ValidationError(f"not valid JSON: {exc}") from None
+
+    def metadata(self) -> dict[str, str]:
+        data = {"source": "web"}
+        if self.cleaned_data.get("git_commit"):
+            data["git_commit"] = self.cleaned_data["git_commit"]
+        if self.cleaned_data.get("ci_run_url"):
+            data["ci_run_url"] = self.cleaned_data["ci_run_url"]
+        return data
+
+
+class AliasForm(forms.Form):
+    alias = forms.SlugField(max_length=64, initial="production")
+    version = forms.IntegerField(min_value=1)

@@ -1,0 +1,111 @@
+"""``manage.py runstack``: the whole platform on one machine (what `make run` starts).
+
+Migrates, collects static files, creates an admin user when there is none, then
+runs the web server (gunicorn), a Celery worker per queue, Celery beat and the
+gateway as child processes, and stops them all together.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Run web, Celery worker and beat, and the gateway on this machine."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("KILN_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("KILN_PORT", "8000")))
+        parser.add_argument("--web-workers", type=int, default=2)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        login = self._ensure_admin()
+        processes = self._start(options)
+        url = f"http://{options['host']}:{options['port']}/"
+        self.stdout.write(self.style.SUCCESS(f"\nKiln is running at {url}"))
+        self.stdout.write(f"  log in: {login}")
+        self.stdout.write(f"  API docs: {url}api/docs/   admin: {url}admin/   metrics: {url}metrics")
+        self.stdout.write(f"  database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"
+                          f"  broker: {settings.CELERY_BROKER_URL}")
+        self.stdout.write("  Ctrl-C stops everything.\n")
+        self._supervise(processes)
+
+    def _ensure_admin(self) -> str:
+        users = get_user_model()
+        password_file = Path(settings.VAR_DIR) / "admin-password.txt"
+        if users.objects.filter(is_superuser=True).exists():
+            if password_file.exists():
+                return f"admin / {password_file.read_text().strip()}  (from {password_file})"
+            return "an existing superuser (create another with `python manage.py createsuperuser`)"
+        password = os.environ.get("KILN_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        users.objects.create_superuser("admin", "admin@localhost", password)
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
+        return f"admin / {password}  (saved in {password_file})"
+
+    def _start(self, options: dict[str, Any]) -> dict[str, subprocess.Popen[bytes]]:
+        python = sys.executable
+        bin_dir = Path(python).parent
+        queue = settings.CELERY_TASK_DEFAULT_QUEUE
+        commands: dict[str, list[str]] = {
+            "web": [str(bin_dir / "gunicorn"), "config.wsgi", "--bind", f"{options['host']}:{options['port']}",
+                    "--workers", str(options["web_workers"]), "--threads", "4", "--timeout", "300",
+                    "--access-logfile", "-"],
+            "worker": [python, "-m", "celery", "-A", "config", "worker", "-Q", queue, "-c", "2",
+                       "-n", f"short@{os.uname().nodename}", "-l", "info"],
+            "worker-long": [python, "-m", "celery", "-A", "config", "worker", "-Q",
+                            settings.KILN_CELERY_LONG_QUEUE, "-c", "1", "-n", f"long@{os.uname().nodename}",
+                            "-l", "info"],
+            "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "info",
+                     "-s", settings.CELERY_BEAT_SCHEDULE_FILENAME],
+        }
+        commands.update(getattr(settings, "KILN_RUNSTACK_EXTRA", {}))
+        processes = {}
+        for name, argv in commands.items():
+            processes[name] = subprocess.Popen(argv, cwd=settings.BASE_DIR)
+            self.stdout.write(f"started {name} (pid {processes[name].pid})")
+        return processes
+
+    def _supervise(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        stopping = False
+
+        def stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        exit_code = 0
+        while not stopping:
+            for name, proc in processes.items():
+                if proc.poll() is not None:
+                    self.stderr.write(f"{name} exited with {proc.returncode}; stopping the stack")
+                    exit_code = 1
+                    stopping = True
+                    break
+            time.sleep(0.5)
+        for proc in processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in processes.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        sys.exit(exit_code)

@@ -1,0 +1,63 @@
+"""Reads used in more than one place, with their joins set once."""
+
+from __future__ import annotations
+
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+
+from registry.errors import ModelNotFoundError, VersionNotFoundError
+from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel
+
+
+def models_with_counts() -> QuerySet[RegisteredModel]:
+    """Models with owner, version count, latest version's status and aliases, for lists."""
+    latest = ModelVersion.objects.filter(model=OuterRef("pk")).order_by("-version")
+    return (
+        RegisteredModel.objects.select_related("owner", "team")
+        .annotate(
+            version_count=Count("versions", distinct=True),
+            latest_status=Subquery(latest.values("status")[:1]),
+        )
+        .prefetch_related(Prefetch("aliases", queryset=Alias.objects.select_related("version")))
+    )
+
+
+def versions() -> QuerySet[ModelVersion]:
+    """Versions with their model, uploader and aliases."""
+    return ModelVersion.objects.select_related("model", "created_by").prefetch_related("aliases")
+
+
+def get_model(name: str) -> RegisteredModel:
+    """The model named ``name`` or ``ModelNotFoundError``."""
+    model = RegisteredModel.objects.select_related("owner").filter(name=name).first()
+    if model is None:
+        raise ModelNotFoundError(f"no model named {name!r}")
+    return model
+
+
+def get_version(model_name: str, number: int) -> ModelVersion:
+    """Version ``number`` of ``model_name`` or a not-found error naming which part is missing."""
+    version = versions().filter(model__name=model_name, version=number).first()
+    if version is None:
+        get_model(model_name)
+        raise VersionNotFoundError(f"model {model_name!r} has no version {number}")
+    return version
+
+
+def resolve_reference(model_name: str, reference: str) -> ModelVersion:
+    """A version by number (``3``), alias (``production``) or ``latest``."""
+    if reference.isdigit():
+        return get_version(model_name, int(reference))
+    model = get_model(model_name)
+    if reference == "latest":
+        version = versions().filter(model=model).order_by("-version").first()
+        if version is None:
+            raise VersionNotFoundError(f"model {model_name!r} has no versions yet")
+        return version
+    alias = Alias.objects.select_related("version__model").filter(model=model, name=reference).first()
+    if alias is None:
+        raise VersionNotFoundError(f"model {model_name!r} has no version or alias {reference!r}")
+    return alias.version
+
+
+def audit_events() -> QuerySet[AuditEvent]:
+    return AuditEvent.objects.select_related("model")

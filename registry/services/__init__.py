@@ -1,0 +1,26 @@
+"""Registry services: plain functions that take and return model instances.
+
+Split by concept: ``registration`` (models and uploads), ``aliases`` (promotion),
+``conversion`` (the ONNX pipeline's database side).
+"""
+
+from registry.services.aliases import delete_alias, set_alias
+from registry.services.conversion import (
+    convert_version,
+    fail_version,
+    request_conversion,
+    sweep_stale_conversions,
+)
+from registry.services.registration import create_model, register_version, update_model
+
+__all__ = (
+    "convert_version",
+    "create_model",
+    "delete_alias",
+    "fail_version",
+    "register_version",
+    "request_conversion",
+    "set_alias",
+    "sweep_stale_conversions",
+    "update_model",
+)

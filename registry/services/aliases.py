@@ -1,0 +1,82 @@
+"""Aliases: movable names on a model. Every move is audited."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from registry.audit import Actor, record_event
+from registry.errors import AliasNotFoundError, InvalidArtifactError, VersionNotFoundError
+from registry.models import Alias, ModelVersion, RegisteredModel, slug_validator
+
+
+def _check_alias_name(name: str) -> None:
+    if name.isdigit() or name == "latest":
+        raise InvalidArtifactError(
+            f"alias: {name!r} is reserved (numbers and 'latest' name versions)", code="invalid"
+        )
+    try:
+        slug_validator(name)
+    except ValidationError:
+        raise InvalidArtifactError(
+            f"alias: {name!r} is not valid; use 1-64 lowercase letters, digits and hyphens", code="invalid"
+        ) from None
+
+
+@transaction.atomic
+def set_alias(*, model: RegisteredModel, name: str, version_number: int, actor: Actor) -> Alias:
+    """Point alias ``name`` at ``version_number``, creating it or moving it.
+
+    Deployments that follow the alias roll to the new version after the commit.
+    """
+    _check_alias_name(name)
+    version = ModelVersion.objects.filter(model=model, version=version_number).first()
+    if version is None:
+        raise VersionNotFoundError(f"model {model.name!r} has no version {version_number}")
+    alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
+    before = None if alias is None else {"version": alias.version.version}
+    if alias is None:
+        alias = Alias.objects.create(model=model, name=name, version=version, updated_by=_user(actor))
+    elif alias.version_id != version.pk:
+        alias.version = version
+        alias.updated_by = _user(actor)
+        alias.save(update_fields=["version", "updated_by", "updated_at"])
+    else:
+        return alias
+    record_event(
+        actor=actor,
+        action="alias.set" if before is None else "alias.moved",
+        subject=f"model/{model.name}@{name}",
+        model=model,
+        before=before,
+        after={"version": version.version},
+    )
+    _notify_followers(alias)
+    return alias
+
+
+@transaction.atomic
+def delete_alias(*, model: RegisteredModel, name: str, actor: Actor) -> None:
+    """Remove alias ``name``."""
+    alias = Alias.objects.select_for_update().select_related("version").filter(model=model, name=name).first()
+    if alias is None:
+        raise AliasNotFoundError(f"model {model.name!r} has no alias {name!r}")
+    before = {"version": alias.version.version}
+    alias.delete()
+    record_event(
+        actor=actor, action="alias.deleted", subject=f"model/{model.name}@{name}", model=model, before=before
+    )
+
+
+def _user(actor: Actor) -> object | None:
+    return actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+
+
+def _notify_followers(alias: Alias) -> None:
+    """Let deployments that follow this alias roll forward (a no-op until they exist)."""
+    try:
+        from deployments.services import on_alias_moved
+    except ImportError:
+        return
+    alias_id = alias.pk
+    transaction.on_commit(lambda: on_alias_moved(alias_id=alias_id))

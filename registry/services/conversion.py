@@ -1,0 +1,286 @@
+"""The database side of ONNX conversion: claim, run in the sandbox, store, record.
+
+The row is the truth and the Celery message only a trigger. A job claims its
+version with a conditional UPDATE on (status, attempt, heartbeat): a fresh
+``registered`` row, or a ``converting`` row of the same attempt whose heartbeat
+went silent (its worker died), so a redelivered message resumes while a
+duplicate does nothing. The beat sweep re-enqueues silent jobs and fails rows
+that ran out of tries or time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from config.locks import advisory_lock
+from registry import storage
+from registry.audit import Actor, record_event
+from registry.errors import VersionStateError
+from registry.models import ModelVersion, VersionStatus
+from registry.sandbox import SandboxError, run_child
+
+logger = logging.getLogger(__name__)
+
+
+def _enqueue(version_id: int, attempt: uuid.UUID) -> None:
+    from registry.tasks import convert_version_task
+
+    transaction.on_commit(lambda: convert_version_task.delay(version_id, str(attempt)))
+
+
+@transaction.atomic
+def request_conversion(*, version: ModelVersion, actor: Actor) -> ModelVersion:
+    """Convert ``version`` again (after a failure, or to refresh its report)."""
+    locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if locked.status == VersionStatus.CONVERTING:
+        raise VersionStateError(f"{locked} is converting already")
+    before = {"status": locked.status, "reason": locked.status_reason}
+    locked.status = VersionStatus.REGISTERED
+    locked.status_reason = ""
+    locked.progress = "queued"
+    locked.conversion_attempt = uuid.uuid4()
+    locked.conversion_tries = 0
+    locked.conversion_started_at = None
+    locked.conversion_heartbeat_at = None
+    locked.save()
+    record_event(
+        actor=actor,
+        action="version.conversion_requested",
+        subject=f"model/{locked.model.name}/v{locked.version}",
+        model=locked.model,
+        before=before,
+        after={"status": locked.status},
+    )
+    _enqueue(locked.pk, locked.conversion_attempt)
+    return locked
+
+
+def start_first_conversion(version: ModelVersion) -> None:
+    """Give a just-registered version its attempt id and enqueue it after the commit."""
+    version.conversion_attempt = uuid.uuid4()
+    version.progress = "queued"
+    version.save(update_fields=["conversion_attempt", "progress"])
+    _enqueue(version.pk, version.conversion_attempt)
+
+
+def _claim(version_id: int, attempt: str) -> ModelVersion | None:
+    now = timezone.now()
+    silent_since = now - timedelta(seconds=settings.KILN_CONVERT_LEASE_S)
+    with transaction.atomic():
+        claimed = (
+            ModelVersion.objects.filter(pk=version_id, conversion_attempt=attempt)
+            .filter(
+                Q(status=VersionStatus.REGISTERED)
+                | Q(status=VersionStatus.CONVERTING, conversion_heartbeat_at__lt=silent_since)
+            )
+            .filter(conversion_tries__lt=settings.KILN_CONVERT_MAX_TRIES)
+            .update(
+                status=VersionStatus.CONVERTING,
+                conversion_heartbeat_at=now,
+                conversion_tries=F("conversion_tries") + 1,
+                progress="starting",
+                status_reason="",
+            )
+        )
+        if claimed != 1:
+            return None
+        version = ModelVersion.objects.select_related("model").get(pk=version_id)
+        if version.conversion_started_at is None:
+            version.conversion_started_at = now
+            version.save(update_fields=["conversion_started_at"])
+        record_event(
+            actor=None,
+            action="version.status_changed",
+            subject=f"model/{version.model.name}/v{version.version}",
+            model=version.model,
+            before={"status": "registered" if version.conversion_tries == 1 else "converting"},
+            after={"status": "converting", "try": version.conversion_tries},
+        )
+    return version
+
+
+class _Beat:
+    """Throttled progress and heartbeat writes for one running attempt."""
+
+    def __init__(self, version: ModelVersion) -> None:
+        self.version = version
+        self.last = 0.0
+
+    def _rows(self) -> Any:
+        return ModelVersion.objects.filter(
+            pk=self.version.pk, conversion_attempt=self.version.conversion_attempt, status=VersionStatus.CONVERTING
+        )
+
+    def progress(self, text: str) -> None:
+        self._rows().update(progress=text[:200], conversion_heartbeat_at=timezone.now())
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last >= min(5.0, settings.KILN_CONVERT_LEASE_S / 3):
+            self._rows().update(conversion_heartbeat_at=timezone.now())
+            self.last = time.monotonic()
+
+
+def convert_version(*, version_id: int, attempt: str) -> ModelVersion | None:
+    """Claim and convert one version; returns it, or None when another job owns it."""
+    version = _claim(version_id, attempt)
+    if version is None:
+        logger.info("conversion of version %s attempt %s: nothing to do", version_id, attempt)
+        return None
+    beat = _Beat(version)
+    with storage.new_temp_file(suffix=".onnx") as output:
+        try:
+            result = run_child(
+                "convert",
+                _conversion_request(version, str(output)),
+                timeout_s=settings.KILN_CONVERT_TIMEOUT_S,
+                memory_mb=settings.KILN_CONVERT_MEMORY_MB,
+                on_progress=beat.progress,
+                heartbeat=beat.tick,
+            )
+        except SandboxError as exc:
+            report = exc.extra.get("report") if isinstance(exc.extra.get("report"), dict) else None
+            return fail_version(version_id=version.pk, attempt=attempt, reason=exc.message, report=report)
+        relative, digest, size, _created = storage.store_path(output)
+    return _mark_ready(version, attempt, result, relative, digest, size)
+
+
+def _conversion_request(version: ModelVersion, output: str) -> dict[str, Any]:
+    return {
+        "format": version.source_format,
+        "source_path": str(storage.resolve(version.source_path)),
+        "output_path": output,
+        "signature": version.signature,
+        "atol": settings.KILN_PARITY_ATOL,
+        "rtol": settings.KILN_PARITY_RTOL,
+        "parity_batch_sizes": [1, 3, 8],
+        "profile_max_batch": settings.KILN_PROFILE_MAX_BATCH,
+        "profile_runs": 10,
+        "threads": 2,
+        "opset": None,
+        "seed": version.pk,
+    }
+
+
+@transaction.atomic
+def _mark_ready(
+    version: ModelVersion, attempt: str, result: dict[str, Any], relative: str, digest: str, size: int
+) -> ModelVersion | None:
+    updated = ModelVersion.objects.filter(
+        pk=version.pk, conversion_attempt=attempt, status=VersionStatus.CONVERTING
+    ).update(
+        status=VersionStatus.READY,
+        status_reason="",
+        progress="done",
+        onnx_path=relative,
+        onnx_sha256=digest,
+        onnx_size=size,
+        report=result.get("report", {}),
+        signature=result.get("signature") or version.signature,
+        conversion_finished_at=timezone.now(),
+    )
+    if updated != 1:
+        logger.warning("conversion of %s finished but the attempt was superseded", version)
+        return None
+    version.refresh_from_db()
+    record_event(
+        actor=None,
+        action="version.status_changed",
+        subject=f"model/{version.model.name}/v{version.version}",
+        model=version.model,
+        before={"status": "converting"},
+        after={"status": "ready", "onnx_sha256": digest, "parity": version.report.get("parity")},
+    )
+    return version
+
+
+@transaction.atomic
+def fail_version(
+    *, version_id: int, attempt: str | None, reason: str, report: dict[str, Any] | None = None
+) -> ModelVersion | None:
+    """Mark a registered or converting version failed with a reason a user can act on."""
+    rows = ModelVersion.objects.filter(
+        pk=version_id, status__in=(VersionStatus.REGISTERED, VersionStatus.CONVERTING)
+    )
+    if attempt is not None:
+        rows = rows.filter(conversion_attempt=attempt)
+    version = rows.select_for_update().select_related("model").first()
+    if version is None:
+        return None
+    before = {"status": version.status}
+    version.status = VersionStatus.FAILED
+    version.status_reason = reason[:4000]
+    version.progress = "failed"
+    version.conversion_finished_at = timezone.now()
+    if report is not None:
+        version.report = report
+    version.save()
+    record_event(
+        actor=None,
+        action="version.status_changed",
+        subject=f"model/{version.model.name}/v{version.version}",
+        model=version.model,
+        before=before,
+        after={"status": "failed"},
+        reason=version.status_reason,
+    )
+    logger.info("conversion of %s failed: %s", version, reason)
+    return version
+
+
+def sweep_stale_conversions() -> dict[str, int]:
+    """Resume conversions whose worker went silent; fail those out of tries or time.
+
+    Runs from beat; a PostgreSQL advisory lock keeps overlapping beats from both acting.
+    """
+    counts = {"resumed": 0, "failed": 0, "requeued": 0}
+    with advisory_lock("registry.sweep_stale_conversions") as taken:
+        if not taken:
+            return counts
+        now = timezone.now()
+        lease = timedelta(seconds=settings.KILN_CONVERT_LEASE_S)
+        too_old = now - timedelta(seconds=settings.KILN_CONVERT_STALE_AFTER_S)
+        converting = ModelVersion.objects.filter(status=VersionStatus.CONVERTING)
+        for version in converting.filter(conversion_started_at__lt=too_old):
+            limit = settings.KILN_CONVERT_STALE_AFTER_S
+            if fail_version(
+                version_id=version.pk,
+                attempt=None,
+                reason=f"conversion did not finish within {limit:.0f} s (last stage: {version.progress})",
+            ):
+                counts["failed"] += 1
+        for version in converting.filter(conversion_heartbeat_at__lt=now - lease):
+            if version.conversion_tries >= settings.KILN_CONVERT_MAX_TRIES:
+                reason = (
+                    f"conversion was interrupted {version.conversion_tries} times (its worker stopped); "
+                    f"last stage: {version.progress}"
+                )
+                if fail_version(version_id=version.pk, attempt=None, reason=reason):
+                    counts["failed"] += 1
+                continue
+            assert version.conversion_attempt is not None
+            _enqueue_now(version.pk, version.conversion_attempt)
+            counts["resumed"] += 1
+        # A registered row whose message was lost (broker restart) gets a new trigger.
+        for version in ModelVersion.objects.filter(
+            status=VersionStatus.REGISTERED, updated_at__lt=now - 2 * lease, conversion_attempt__isnull=False
+        ):
+            assert version.conversion_attempt is not None
+            _enqueue_now(version.pk, version.conversion_attempt)
+            counts["requeued"] += 1
+    return counts
+
+
+def _enqueue_now(version_id: int, attempt: uuid.UUID) -> None:
+    from registry.tasks import convert_version_task
+
+    convert_version_task.delay(version_id, str(attempt))

@@ -1,0 +1,253 @@
+"""Creating models and registering versions from uploaded artifacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from registry import storage
+from registry.artifacts import detect_format
+from registry.audit import Actor, record_event
+from registry.errors import (
+    DuplicateModelError,
+    InvalidArtifactError,
+    InvalidSignatureError,
+    ModelNotFoundError,
+)
+from registry.models import ModelVersion, RegisteredModel, slug_validator
+from registry.sandbox import SandboxError, run_child
+from registry.services.conversion import start_first_conversion
+from registry.signature import Signature, check_compatible, parse_signature
+
+logger = logging.getLogger(__name__)
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_TAGS = 32
+
+
+def _clean_tags(tags: Any) -> list[str]:
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidArtifactError("tags: must be a list of strings", code="invalid")
+    if len(tags) > MAX_TAGS or any(not t.strip() or len(t) > 64 for t in tags):
+        raise InvalidArtifactError(f"tags: at most {MAX_TAGS} tags of 1-64 characters", code="invalid")
+    return sorted({t.strip() for t in tags})
+
+
+def create_model(
+    *, name: str, owner: AbstractBaseUser, description: str = "", tags: list[str] | None = None
+) -> RegisteredModel:
+    """Register a new model name; the name is a slug and unique."""
+    try:
+        slug_validator(name)
+    except ValidationError:
+        raise InvalidArtifactError(
+            f"name: {name!r} is not valid; use 1-64 lowercase letters, digits and hyphens",
+            code="invalid",
+        ) from None
+    clean_tags = _clean_tags(tags)
+    try:
+        with transaction.atomic():
+            model = RegisteredModel.objects.create(
+                name=name, owner=owner, description=description[:10_000], tags=clean_tags
+            )
+            record_event(
+                actor=owner,
+                action="model.created",
+                subject=f"model/{name}",
+                model=model,
+                after={"name": name, "description": model.description, "tags": clean_tags},
+            )
+    except IntegrityError:
+        raise DuplicateModelError(f"a model named {name!r} exists already") from None
+    return model
+
+
+@transaction.atomic
+def update_model(
+    *, model: RegisteredModel, actor: Actor, description: str | None = None, tags: list[str] | None = None
+) -> RegisteredModel:
+    """Change a model's description or tags."""
+    before = {"description": model.description, "tags": model.tags}
+    if description is not None:
+        model.description = description[:10_000]
+    if tags is not None:
+        model.tags = _clean_tags(tags)
+    model.save(update_fields=["description", "tags", "updated_at"])
+    record_event(
+        actor=actor,
+        action="model.updated",
+        subject=f"model/{model.name}",
+        model=model,
+        before=before,
+        after={"description": model.description, "tags": model.tags},
+    )
+    return model
+
+
+def clean_metadata(metadata: Any) -> dict[str, Any]:
+    """Bound and validate free-form version metadata (git commit, CI run URL...)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidArtifactError("metadata: must be a JSON object", code="invalid")
+    encoded = json.dumps(metadata)
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise InvalidArtifactError(
+            f"metadata: {len(encoded)} bytes of JSON, above the limit of {MAX_METADATA_BYTES}", code="invalid"
+        )
+    if _depth(metadata) > 5:
+        raise InvalidArtifactError("metadata: nested deeper than 5 levels", code="invalid")
+    for key in ("git_commit", "ci_run_url", "source"):
+        if key in metadata and not isinstance(metadata[key], str):
+            raise InvalidArtifactError(f"metadata.{key}: must be a string", code="invalid")
+    return metadata
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _inspect(fmt: str, path: Path) -> dict[str, Any]:
+    try:
+        return run_child(
+            "inspect",
+            {"format": fmt, "path": str(path)},
+            timeout_s=settings.KILN_INSPECT_TIMEOUT_S,
+            memory_mb=settings.KILN_CONVERT_MEMORY_MB,
+            threads=1,
+        )
+    except SandboxError as exc:
+        code = exc.code if exc.code in {"invalid_artifact", "external_data_refused"} else "invalid_artifact"
+        if exc.code == "invalid_signature":
+            raise InvalidSignatureError(exc.message) from None
+        raise InvalidArtifactError(exc.message, code=code) from None
+
+
+def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) -> Signature:
+    """The version's signature: declared for TorchScript, read from the artifact otherwise."""
+    if fmt == "torchscript":
+        if declared_raw in (None, "", {}):
+            raise InvalidSignatureError(
+                "signature: required for TorchScript uploads (inputs with name, dtype and shape; "
+                "-1 for dynamic dimensions)"
+            )
+        declared = parse_signature(declared_raw)
+        arguments = inspected.get("forward_arguments", [])
+        if len(arguments) != len(declared.inputs):
+            raise InvalidSignatureError(
+                f"signature.inputs: {len(declared.inputs)} declared, but forward() takes "
+                f"{len(arguments)} ({', '.join(arguments)})"
+            )
+        return declared
+    actual = parse_signature(inspected["signature"], require_outputs=True)
+    if declared_raw not in (None, "", {}):
+        check_compatible(parse_signature(declared_raw), actual)
+    return actual
+
+
+def register_version(
+    *,
+    model: RegisteredModel,
+    upload_path: Path,
+    actor: AbstractBaseUser,
+    signature: Any = None,
+    description: str = "",
+    metadata: Any = None,
+    enqueue_conversion: bool = True,
+) -> ModelVersion:
+    """Check an uploaded file, store it content-addressed and create the next version.
+
+    ``upload_path`` is a fully written temp file in the storage filesystem; the caller
+    deletes it afterwards. Nothing is stored, and no row is created, unless every check
+    passes. Conversion is enqueued after the transaction commits.
+    """
+    clean_meta = clean_metadata(metadata)
+    limit = settings.KILN_MAX_UPLOAD_BYTES
+    kind = detect_format(upload_path, max_unpacked_bytes=max(limit * 4, 1 << 30))
+    inspected = _inspect(kind.format, upload_path)
+    sig = resolve_signature(kind.format, signature, inspected)
+    relative, digest, size, created = storage.store_path(upload_path)
+    try:
+        version = _create_version_row(
+            model=model,
+            actor=actor,
+            fmt=kind.format,
+            relative=relative,
+            digest=digest,
+            size=size,
+            signature=sig,
+            description=description,
+            metadata=clean_meta,
+            enqueue_conversion=enqueue_conversion,
+        )
+    except BaseException:
+        if created:
+            referenced = ModelVersion.objects.filter(source_path=relative).exists()
+            storage.remove_if_unreferenced(relative, referenced=referenced)
+        raise
+    logger.info("registered %s (%s, %d bytes, sha256 %s)", version, kind.format, size, digest)
+    return version
+
+
+@transaction.atomic
+def _create_version_row(
+    *,
+    model: RegisteredModel,
+    actor: AbstractBaseUser,
+    fmt: str,
+    relative: str,
+    digest: str,
+    size: int,
+    signature: Signature,
+    description: str,
+    metadata: dict[str, Any],
+    enqueue_conversion: bool,
+) -> ModelVersion:
+    # The row lock serialises number assignment per model: concurrent uploads queue here.
+    locked = RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+    if locked is None:
+        raise ModelNotFoundError(f"model {model.name!r} was deleted")
+    locked.latest_version += 1
+    locked.save(update_fields=["latest_version", "updated_at"])
+    version = ModelVersion.objects.create(
+        model=locked,
+        version=locked.latest_version,
+        description=description[:10_000],
+        metadata=metadata,
+        source_format=fmt,
+        source_sha256=digest,
+        source_size=size,
+        source_path=relative,
+        signature=signature.as_dict(),
+        created_by=actor,
+    )
+    record_event(
+        actor=actor,
+        action="version.registered",
+        subject=f"model/{locked.name}/v{version.version}",
+        model=locked,
+        after={
+            "version": version.version,
+            "format": fmt,
+            "sha256": digest,
+            "size": size,
+            "status": version.status,
+            "metadata": metadata,
+        },
+    )
+    if enqueue_conversion:
+        start_first_conversion(version)
+    return version

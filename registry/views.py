@@ -1,0 +1,188 @@
+"""Server-rendered web UI for the registry. Views call the same services as the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from config.errors import PlatformError
+from registry import queries, services
+from registry.errors import ArtifactTooLargeError
+from registry.forms import AliasForm, ModelCreateForm, UploadForm
+from registry.models import VersionStatus
+from registry.permissions import ensure_can_change
+from registry.uploads import HashedTempUploadedFile
+
+
+@login_required
+def model_list(request: HttpRequest) -> HttpResponse:
+    models = list(queries.models_with_counts().order_by("name"))
+    busy = any(m.latest_status in (VersionStatus.REGISTERED, VersionStatus.CONVERTING) for m in models)
+    return render(request, "registry/model_list.html", {"models": models, "busy": busy})
+
+
+@login_required
+def model_create(request: HttpRequest) -> HttpResponse:
+    form = ModelCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            model = services.create_model(owner=request.user, **form.cleaned_data)  # type: ignore[arg-type]
+        except PlatformError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Model {model.name} created. Upload its first version.")
+            return redirect("registry:version-upload", name=model.name)
+    return render(request, "registry/model_create.html", {"form": form})
+
+
+@login_required
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    model = queries.get_model(name)
+    versions = queries.versions().filter(model=model).order_by("-version")
+    page = Paginator(versions, 50).get_page(request.GET.get("page"))
+    aliases = model.aliases.select_related("version", "updated_by").order_by("name")
+    context = {
+        "model": model,
+        "page": page,
+        "aliases": aliases,
+        "alias_form": AliasForm(initial={"version": model.latest_version or None}),
+        "can_change": model.can_change(request.user),
+        "busy": any(v.is_busy for v in page),
+        "events": queries.audit_events().filter(model=model)[:20],
+    }
+    return render(request, "registry/model_detail.html", context)
+
+
+@login_required
+def version_upload(request: HttpRequest, name: str) -> HttpResponse:
+    model = queries.get_model(name)
+    ensure_can_change(request.user, model)
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST":
+        if getattr(request, "upload_too_large", False):
+            form.add_error("file", ArtifactTooLargeError(_limit_message()).message)
+        elif form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                if not isinstance(upload, HashedTempUploadedFile):
+                    raise PlatformError("file: upload the artifact as a file")
+                version = services.register_version(
+                    model=model,
+                    upload_path=Path(upload.temporary_file_path()),
+                    actor=request.user,  # type: ignore[arg-type]
+                    signature=form.cleaned_data["signature"],
+                    description=form.cleaned_data["description"],
+                    metadata=form.metadata(),
+                )
+            except PlatformError as exc:
+                field = "signature" if exc.code == "invalid_signature" else "file"
+                form.add_error(field, exc.message)
+            else:
+                messages.success(request, f"Version {version.version} registered; conversion is queued.")
+                return redirect("registry:version-detail", name=name, number=version.version)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "registry/version_upload.html", {"model": model, "form": form}, status=status)
+
+
+def _limit_message() -> str:
+    from django.conf import settings
+
+    return f"larger than the upload limit of {settings.KILN_MAX_UPLOAD_BYTES} bytes"
+
+
+@login_required
+def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = queries.get_version(name, number)
+    report: dict[str, Any] = version.report or {}
+    context = {
+        "model": version.model,
+        "version": version,
+        "report": report,
+        "parity": report.get("parity") or {},
+        "profile": (report.get("profile") or {}).get("batches") or [],
+        "can_change": version.model.can_change(request.user),
+        "alias_form": AliasForm(initial={"version": version.version}),
+        "ci_run_url": _safe_url(version.metadata.get("ci_run_url")),
+        "statuses": VersionStatus,
+    }
+    return render(request, "registry/version_detail.html", context)
+
+
+def _safe_url(value: Any) -> str | None:
+    """Only http(s) links are rendered as links (a ``javascript:`` URL stays text)."""
+    if isinstance(value, str) and value.lower().startswith(("https://", "http://")):
+        return value
+    return None
+
+
+@login_required
+@require_POST
+def alias_set(request: HttpRequest, name: str) -> HttpResponse:
+    model = queries.get_model(name)
+    ensure_can_change(request.user, model)
+    form = AliasForm(request.POST)
+    if form.is_valid():
+        try:
+            services.set_alias(
+                model=model,
+                name=form.cleaned_data["alias"],
+                version_number=form.cleaned_data["version"],
+                actor=request.user,
+            )
+        except PlatformError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request, f"{form.cleaned_data['alias']} now points at version {form.cleaned_data['version']}."
+            )
+    else:
+        messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+    next_url = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(next_url, allowed_hosts=None) and next_url.startswith("/"):
+        return redirect(next_url)
+    return redirect("registry:model-detail", name=name)
+
+
+@login_required
+@require_POST
+def alias_delete(request: HttpRequest, name: str, alias: str) -> HttpResponse:
+    model = queries.get_model(name)
+    ensure_can_change(request.user, model)
+    try:
+        services.delete_alias(model=model, name=alias, actor=request.user)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Alias {alias} removed.")
+    return redirect("registry:model-detail", name=name)
+
+
+@login_required
+@require_POST
+def version_convert(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = queries.get_version(name, number)
+    ensure_can_change(request.user, version.model)
+    try:
+        services.request_conversion(version=version, actor=request.user)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Conversion queued.")
+    return redirect("registry:version-detail", name=name, number=number)
+
+
+@login_required
+def audit_list(request: HttpRequest) -> HttpResponse:
+    events = queries.audit_events()
+    if model := request.GET.get("model"):
+        events = events.filter(model__name=model)
+    page = Paginator(events, 100).get_page(request.GET.get("page"))
+    return render(request, "registry/audit_list.html", {"page": page, "model_filter": model or ""})

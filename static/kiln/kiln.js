@@ -1,0 +1,74 @@
+// Small progressive enhancements; every page works without them.
+(function () {
+  "use strict";
+
+  // Reload a region's page every N ms while something on it is busy (converting, starting...).
+  function autoRefresh() {
+    var el = document.querySelector("[data-refresh]");
+    if (!el) return;
+    var ms = parseInt(el.getAttribute("data-refresh"), 10) || 3000;
+    setTimeout(function () { if (!document.hidden) window.location.reload(); else autoRefresh(); }, ms);
+  }
+
+  // Poll a JSON endpoint; update the progress text, reload when the status changes.
+  function pollStatus() {
+    var el = document.querySelector("[data-poll]");
+    if (!el) return;
+    var url = el.getAttribute("data-poll"), status = el.getAttribute("data-poll-status");
+    function tick() {
+      fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) {
+          if (!data) return setTimeout(tick, 4000);
+          if (data.status !== status) return window.location.reload();
+          var p = el.querySelector("[data-progress]");
+          if (p && data.progress) p.textContent = data.progress;
+          setTimeout(tick, 1500);
+        })
+        .catch(function () { setTimeout(tick, 4000); });
+    }
+    setTimeout(tick, 1000);
+  }
+
+  // Upload forms show real upload progress (XHR); the server's answer replaces the page.
+  function uploadProgress() {
+    var form = document.querySelector("form[data-upload-progress]");
+    if (!form || !window.FormData) return;
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var box = form.querySelector(".progress"), bar = form.querySelector("progress"), text = form.querySelector(".progress-text");
+      var button = form.querySelector("button[type=submit]");
+      box.hidden = false; button.disabled = true;
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", form.getAttribute("action") || window.location.href);
+      xhr.upload.onprogress = function (e) {
+        if (!e.lengthComputable) return;
+        var pct = Math.round((e.loaded / e.total) * 100);
+        bar.value = pct; text.textContent = pct + "% uploaded";
+      };
+      xhr.upload.onload = function () { text.textContent = "Uploaded; checking the model…"; };
+      xhr.onload = function () {
+        if (xhr.responseURL && xhr.responseURL !== window.location.href && xhr.status < 400) {
+          window.location.href = xhr.responseURL;
+          return;
+        }
+        document.open(); document.write(xhr.responseText); document.close();
+      };
+      xhr.onerror = function () { button.disabled = false; text.textContent = "Upload failed: the connection was lost."; };
+      xhr.send(new FormData(form));
+    });
+  }
+
+  // Relative bars for profile tables.
+  function bars() {
+    var items = document.querySelectorAll(".bar[data-value]");
+    var max = 0;
+    items.forEach(function (b) { max = Math.max(max, parseFloat(b.getAttribute("data-value")) || 0); });
+    items.forEach(function (b) {
+      var v = parseFloat(b.getAttribute("data-value")) || 0;
+      b.style.width = (max ? Math.max(2, (v / max) * 160) : 2) + "px";
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { autoRefresh(); pollStatus(); uploadProgress(); bars(); });
+})();

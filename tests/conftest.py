@@ -1,0 +1,192 @@
+"""Shared fixtures: personas, API clients, a real Celery worker on the test database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from rest_framework.test import APIClient
+
+from accounts.tokens import create_api_token
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _artifact_root(tmp_path_factory: pytest.TempPathFactory, settings: Any) -> None:
+    """Each test stores artifacts in its own directory."""
+    settings.KILN_ARTIFACT_ROOT = tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture
+def team() -> Group:
+    return Group.objects.create(name="ml-team")
+
+
+@pytest.fixture
+def owner(db: None) -> User:
+    return User.objects.create_user("olivia", "olivia@example.com", "pw-olivia-123")
+
+
+@pytest.fixture
+def teammate(team: Group) -> User:
+    user = User.objects.create_user("tom", "tom@example.com", "pw-tom-123")
+    user.groups.add(team)
+    return user
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    return User.objects.create_user("oscar", "oscar@example.com", "pw-oscar-123")
+
+
+@pytest.fixture
+def staff(db: None) -> User:
+    return User.objects.create_superuser("admin", "admin@example.com", "pw-admin-123")
+
+
+def _api_client(user: User) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_api_token(user=user)}")
+    return client
+
+
+@pytest.fixture
+def api_as() -> Callable[[User], APIClient]:
+    """An API client that authenticates with a real hashed token of ``user``."""
+    return _api_client
+
+
+@pytest.fixture
+def owner_api(owner: User) -> APIClient:
+    return _api_client(owner)
+
+
+@pytest.fixture
+def anonymous_api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def web_as() -> Callable[[User], Client]:
+    """A browser-like client logged in as ``user``, with CSRF checks on."""
+
+    def make(user: User) -> Client:
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(user)
+        return client
+
+    return make
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, message: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+def test_database_url() -> str:
+    """The DATABASE_URL of the database pytest-django created, for child processes."""
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class CeleryWorker:
+    """A real ``celery worker`` subprocess bound to the test database and a private queue."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        queues = f"{self.env['KILN_CELERY_QUEUE']},{self.env['KILN_CELERY_QUEUE']}.long"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", "2",
+             "-l", "info", "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@localhost",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def celery_worker(
+    transactional_db: None, settings: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[CeleryWorker]:
+    """A real Celery worker consuming this test's private queues; tests use transactional_db."""
+    queue = f"kiln-test-{os.getpid()}-{time.monotonic_ns()}"
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    settings.KILN_CELERY_LONG_QUEUE = f"{queue}.long"
+    from config.celery_app import app
+
+    app.conf.task_default_queue = queue
+    app.conf.task_routes = {"registry.convert_version": {"queue": f"{queue}.long"}}
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "KILN_CELERY_QUEUE": queue,
+        "KILN_ARTIFACT_ROOT": str(settings.KILN_ARTIFACT_ROOT),
+        "KILN_CONVERT_LEASE_S": str(settings.KILN_CONVERT_LEASE_S),
+        "KILN_PROFILE_MAX_BATCH": str(settings.KILN_PROFILE_MAX_BATCH),
+        "KILN_PARITY_ATOL": str(settings.KILN_PARITY_ATOL),
+        "KILN_PARITY_RTOL": str(settings.KILN_PARITY_RTOL),
+        "PYTHONUNBUFFERED": "1",
+    }
+    worker = CeleryWorker(env, tmp_path / "celery.log")
+    worker.start()
+    yield worker
+    worker.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        sys.stderr.write(f"\n--- celery worker log ---\n{worker.log_tail()}\n")
+    app.conf.task_default_queue = "kiln"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def scratch_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="kiln-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

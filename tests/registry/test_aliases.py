@@ -1,0 +1,70 @@
+"""Aliases move between versions and every move is audited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from registry.models import AuditEvent
+from tests.registry.model_factories import save_torchscript_cnn
+from tests.registry.test_upload_api import create_model, upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def two_versions(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    for seed in (1, 2):
+        path = tmp_path / f"m{seed}.pt"
+        response = upload(owner_api, "cnn", path, signature=save_torchscript_cnn(path, seed=seed))
+        assert response.status_code == 201
+
+
+@pytest.mark.usefixtures("two_versions")
+def test_an_alias_is_set_moved_and_deleted_with_an_audit_event_each(owner_api: APIClient) -> None:
+    created = owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
+    moved = owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json")
+    shown = owner_api.get("/api/v1/models/cnn/").json()["aliases"]
+    deleted = owner_api.delete("/api/v1/models/cnn/aliases/production/")
+
+    assert created.status_code == 200
+    assert moved.json()["version"] == 2
+    assert shown == [{"name": "production", "version": 2, "updated_by": "olivia", "updated_at": shown[0]["updated_at"]}]
+    assert deleted.status_code == 204
+    events = list(AuditEvent.objects.filter(subject="model/cnn@production").order_by("id"))
+    assert [(e.action, e.before, e.after, e.actor_label) for e in events] == [
+        ("alias.set", None, {"version": 1}, "olivia"),
+        ("alias.moved", {"version": 1}, {"version": 2}, "olivia"),
+        ("alias.deleted", {"version": 2}, None, "olivia"),
+    ]
+
+
+@pytest.mark.usefixtures("two_versions")
+def test_alias_errors_name_the_problem(owner_api: APIClient) -> None:
+    missing_version = owner_api.put("/api/v1/models/cnn/aliases/staging/", {"version": 7}, format="json")
+    reserved = owner_api.put("/api/v1/models/cnn/aliases/latest/", {"version": 1}, format="json")
+    no_body = owner_api.put("/api/v1/models/cnn/aliases/staging/", {}, format="json")
+    unknown = owner_api.delete("/api/v1/models/cnn/aliases/nothing/")
+
+    assert missing_version.status_code == 404
+    assert "no version 7" in missing_version.json()["message"]
+    assert reserved.status_code == 400
+    assert "reserved" in reserved.json()["message"]
+    assert no_body.status_code == 400
+    assert no_body.json()["message"].startswith("version:")
+    assert unknown.status_code == 404
+
+
+@pytest.mark.usefixtures("two_versions")
+def test_audit_events_are_listed_newest_first_and_filtered_by_model(owner_api: APIClient) -> None:
+    owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
+
+    events = owner_api.get("/api/v1/audit-events/?model=cnn").json()["results"]
+
+    assert [e["action"] for e in events] == [
+        "alias.set", "version.registered", "version.registered", "model.created",
+    ]
+    assert events[0]["actor"] == "olivia"

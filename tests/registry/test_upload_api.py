@@ -1,0 +1,172 @@
+"""Uploading versions through the REST API, as a CI pipeline would."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from registry import storage
+from registry.models import AuditEvent, ModelVersion
+from tests.registry.model_factories import save_onnx_cnn, save_pt2_cnn, save_torchscript_cnn
+
+pytestmark = pytest.mark.django_db
+
+
+def create_model(client: APIClient, name: str = "cnn") -> Any:
+    response = client.post("/api/v1/models/", {"name": name, "description": "a small CNN", "tags": ["vision"]})
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def upload(client: APIClient, name: str, path: Path, **fields: Any) -> Any:
+    with path.open("rb") as handle:
+        data = {"file": handle, **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in fields.items()}}
+        return client.post(f"/api/v1/models/{name}/versions/", data, format="multipart")
+
+
+def test_a_torchscript_cnn_with_its_signature_becomes_version_1(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "whatever-name.bin"
+    signature = save_torchscript_cnn(path)
+
+    response = upload(
+        owner_api, "cnn", path, signature=signature, description="first",
+        metadata={"git_commit": "abc123", "ci_run_url": "https://ci.example.com/runs/7"},
+    )
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["version"] == 1
+    assert body["status"] == "registered"
+    assert body["source_format"] == "torchscript"
+    assert body["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert body["source_size"] == path.stat().st_size
+    assert body["signature"]["inputs"] == signature["inputs"]
+    assert body["metadata"]["git_commit"] == "abc123"
+    stored = storage.resolve(ModelVersion.objects.get().source_path)
+    assert stored.read_bytes() == path.read_bytes()
+    assert stored.name == body["source_sha256"]
+    assert AuditEvent.objects.filter(action="version.registered", subject="model/cnn/v1").exists()
+
+
+def test_an_onnx_upload_gets_its_signature_from_the_graph(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.onnx"
+    signature = save_onnx_cnn(path)
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["source_format"] == "onnx"
+    assert body["signature"] == signature
+
+
+def test_a_pt2_program_gets_its_signature_from_the_program(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.pt2"
+    signature = save_pt2_cnn(path)
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 201, response.content
+    assert response.json()["source_format"] == "torch_export"
+    assert response.json()["signature"] == signature
+
+
+def test_versions_count_up_and_identical_content_is_stored_once(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "m.pt"
+    signature = save_torchscript_cnn(path)
+
+    numbers = [upload(owner_api, "cnn", path, signature=signature).json()["version"] for _ in range(3)]
+
+    assert numbers == [1, 2, 3]
+    stored = list((Path(settings.KILN_ARTIFACT_ROOT) / "sha256").rglob("*"))
+    assert len([p for p in stored if p.is_file()]) == 1
+    listing = owner_api.get("/api/v1/models/cnn/versions/").json()
+    assert [v["version"] for v in listing["results"]] == [3, 2, 1]
+
+
+def test_a_declared_signature_that_contradicts_the_onnx_graph_is_refused(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.onnx"
+    save_onnx_cnn(path)
+    wrong = {"inputs": [{"name": "image", "dtype": "int64", "shape": [-1, 3, 16, 16]}]}
+
+    response = upload(owner_api, "cnn", path, signature=wrong)
+
+    assert response.status_code == 400
+    assert "inputs[0].dtype" in response.json()["message"]
+    assert not ModelVersion.objects.exists()
+
+
+def test_a_version_can_be_read_and_its_source_downloaded(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "m.pt"
+    upload(owner_api, "cnn", path, signature=save_torchscript_cnn(path))
+
+    detail = owner_api.get("/api/v1/models/cnn/versions/1/")
+    download = owner_api.get(detail.json()["artifacts"]["source"])
+
+    assert detail.status_code == 200
+    assert detail.json()["artifacts"]["onnx"] is None
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == path.read_bytes()
+    assert download["X-Content-SHA256"] == detail.json()["source_sha256"]
+    assert "cnn-v1.pt" in download["Content-Disposition"]
+
+
+def test_the_onnx_download_of_an_unconverted_version_is_a_404(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "m.pt"
+    upload(owner_api, "cnn", path, signature=save_torchscript_cnn(path))
+
+    response = owner_api.get("/api/v1/models/cnn/versions/1/artifacts/onnx/")
+
+    assert response.status_code == 404
+    assert "no ONNX artifact yet" in response.json()["message"]
+
+
+def test_unknown_models_and_versions_are_404s_that_say_what_is_missing(owner_api: APIClient) -> None:
+    create_model(owner_api)
+
+    assert owner_api.get("/api/v1/models/nope/").json()["message"] == "no model named 'nope'"
+    assert owner_api.get("/api/v1/models/cnn/versions/9/").status_code == 404
+    assert "has no version 9" in owner_api.get("/api/v1/models/cnn/versions/9/").json()["message"]
+
+
+def test_models_list_is_paginated_filtered_and_does_a_fixed_number_of_queries(
+    owner_api: APIClient, django_assert_max_num_queries: Any
+) -> None:
+    for index in range(12):
+        create_model(owner_api, f"model-{index:02d}")
+    owner_api.patch("/api/v1/models/model-03/", {"tags": ["nlp"]}, format="json")
+
+    with django_assert_max_num_queries(8):
+        page = owner_api.get("/api/v1/models/?page_size=5").json()
+    tagged = owner_api.get("/api/v1/models/?tag=nlp").json()
+
+    assert page["count"] == 12
+    assert len(page["results"]) == 5
+    assert [m["name"] for m in tagged["results"]] == ["model-03"]
+
+
+def test_duplicate_and_invalid_model_names_are_refused(owner_api: APIClient) -> None:
+    create_model(owner_api)
+
+    duplicate = owner_api.post("/api/v1/models/", {"name": "cnn"})
+    invalid = owner_api.post("/api/v1/models/", {"name": "Bad Name!"})
+
+    assert duplicate.status_code == 409
+    assert "exists already" in duplicate.json()["message"]
+    assert invalid.status_code == 400
+    assert "name" in invalid.json()["message"]
