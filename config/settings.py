@@ -74,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "config.middleware.PlatformErrorMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -135,6 +136,8 @@ STATICFILES_DIRS = [p for p in (BASE_DIR / "static", BASE_DIR / "static_build") 
 # Uploads: files stream to disk (never held in memory) through a handler that
 # hashes and bounds them while they arrive.
 KILN_MAX_UPLOAD_BYTES = env_int("KILN_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1)
+# Archives (TorchScript, .pt2) may not unpack to more than this (zip bombs).
+KILN_MAX_UNPACKED_BYTES = env_int("KILN_MAX_UNPACKED_BYTES", 4 * KILN_MAX_UPLOAD_BYTES, minimum=1)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 0
 FILE_UPLOAD_HANDLERS = ["registry.uploads.BoundedHashingUploadHandler"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("KILN_MAX_FORM_BYTES", 2 * 1024 * 1024, minimum=1024)

@@ -175,8 +175,7 @@ def register_version(
     passes. Conversion is enqueued after the transaction commits.
     """
     clean_meta = clean_metadata(metadata)
-    limit = settings.KILN_MAX_UPLOAD_BYTES
-    kind = detect_format(upload_path, max_unpacked_bytes=max(limit * 4, 1 << 30))
+    kind = detect_format(upload_path, max_unpacked_bytes=settings.KILN_MAX_UNPACKED_BYTES)
     inspected = _inspect(kind.format, upload_path)
     sig = resolve_signature(kind.format, signature, inspected)
     relative, digest, size, created = storage.store_path(upload_path)

@@ -1,0 +1,134 @@
+"""The registry's web pages, driven like a browser would (CSRF checks on)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from registry.models import Alias, ModelVersion, RegisteredModel
+from tests.registry.model_factories import save_torchscript_cnn
+
+pytestmark = pytest.mark.django_db
+
+
+def csrf_token(client: Client, url: str) -> str:
+    page = client.get(url)
+    assert page.status_code == 200
+    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
+    assert match, "form has no CSRF token"
+    return match.group(1)
+
+
+def test_pages_need_a_login(client: Client) -> None:
+    for url in ("/", "/models/new/", "/audit/"):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/")
+
+
+def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
+    owner: User, web_as: Callable[[User], Client], tmp_path: Path
+) -> None:
+    web = web_as(owner)
+    created = web.post(
+        "/models/new/",
+        {"name": "digits", "description": "d", "tags": "vision, demo", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")},
+    )
+    assert created.status_code == 302
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+    token = csrf_token(web, "/models/digits/upload/")
+
+    with path.open("rb") as handle:
+        uploaded = web.post(
+            "/models/digits/upload/",
+            {"file": handle, "signature": json.dumps(signature), "git_commit": "deadbeef",
+             "ci_run_url": "https://ci.example.com/1", "csrfmiddlewaretoken": token},
+        )
+
+    assert uploaded.status_code == 302
+    assert uploaded["Location"] == "/models/digits/versions/1/"
+    page = web.get("/models/digits/versions/1/").content.decode()
+    assert "deadbeef" in page
+    assert 'href="https://ci.example.com/1"' in page
+    assert "image" in page  # the signature table
+    promoted = web.post(
+        "/models/digits/aliases/",
+        {"alias": "production", "version": "1", "next": "/models/digits/versions/1/",
+         "csrfmiddlewaretoken": csrf_token(web, "/models/digits/versions/1/")},
+    )
+    assert promoted.status_code == 302
+    assert Alias.objects.get(name="production").version.version == 1
+    listing = web.get("/").content.decode()
+    assert "production → v1" in listing
+    assert RegisteredModel.objects.get().tags == ["demo", "vision"]
+
+
+def test_a_form_post_without_csrf_token_is_refused(
+    owner: User, web_as: Callable[[User], Client], tmp_path: Path
+) -> None:
+    web = web_as(owner)
+    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+
+    with path.open("rb") as handle:
+        response = web.post("/models/digits/upload/", {"file": handle, "signature": json.dumps(signature)})
+
+    assert response.status_code == 403
+    assert not ModelVersion.objects.exists()
+
+
+def test_a_refused_upload_shows_the_reason_on_the_form(
+    owner: User, web_as: Callable[[User], Client], tmp_path: Path
+) -> None:
+    web = web_as(owner)
+    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, I am not a model\n")
+
+    with path.open("rb") as handle:
+        response = web.post(
+            "/models/digits/upload/", {"file": handle, "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/")}
+        )
+
+    assert response.status_code == 400
+    assert "this is a text file, not a model" in response.content.decode()
+    assert not ModelVersion.objects.exists()
+
+
+def test_an_outsider_sees_models_but_no_upload_form(
+    owner: User, outsider: User, web_as: Callable[[User], Client]
+) -> None:
+    RegisteredModel.objects.create(name="digits", owner=owner)
+    web = web_as(outsider)
+
+    page = web.get("/models/digits/")
+    upload = web.get("/models/digits/upload/")
+
+    assert page.status_code == 200
+    assert "Upload version" not in page.content.decode()
+    assert upload.status_code == 403
+    assert "only the owner" in upload.content.decode()
+
+
+def test_a_javascript_ci_url_is_shown_as_text_not_as_a_link(
+    owner: User, web_as: Callable[[User], Client]
+) -> None:
+    model = RegisteredModel.objects.create(name="digits", owner=owner, latest_version=1)
+    ModelVersion.objects.create(
+        model=model, version=1, source_format="onnx", source_sha256="0" * 64, source_size=1,
+        source_path="sha256/00/" + "0" * 64, created_by=owner,
+        metadata={"ci_run_url": "javascript:alert(1)"},
+    )
+
+    page = web_as(owner).get("/models/digits/versions/1/").content.decode()
+
+    assert 'href="javascript:' not in page
+    assert "javascript:alert(1)" in page

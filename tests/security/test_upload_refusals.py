@@ -1,0 +1,313 @@
+"""Hostile uploads: each gets a clear 4xx and leaves no file and no row behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from registry.models import AuditEvent, ModelVersion
+from tests.registry.model_factories import TinyCnn, save_onnx_cnn, save_torchscript_cnn
+from tests.registry.test_upload_api import create_model, upload
+
+pytestmark = pytest.mark.django_db
+
+
+def stored_files() -> list[Path]:
+    root = Path(settings.KILN_ARTIFACT_ROOT)
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def assert_nothing_left() -> None:
+    assert not ModelVersion.objects.exists()
+    assert not AuditEvent.objects.filter(action="version.registered").exists()
+    assert stored_files() == []
+
+
+class RunsACommand:
+    """Unpickling this would create a marker file: the test proves it never happens."""
+
+    marker = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def model(owner_api: APIClient) -> None:
+    create_model(owner_api)
+
+
+@pytest.mark.usefixtures("model")
+def test_a_pickle_that_would_run_a_command_is_refused_and_never_runs(owner_api: APIClient, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    RunsACommand.marker = str(marker)
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps(RunsACommand()))
+
+    response = upload(owner_api, "cnn", path, signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [1]}]})
+
+    assert response.status_code == 400
+    assert "pickle" in response.json()["message"]
+    assert "TorchScript" in response.json()["message"]
+    assert not marker.exists()
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_a_torchscript_archive_whose_pickle_imports_os_system_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    RunsACommand.marker = str(marker)
+    good = tmp_path / "good.pt"
+    signature = save_torchscript_cnn(good)
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                data = pickle.dumps(RunsACommand(), protocol=2)
+            dst.writestr(info, data)
+
+    response = upload(owner_api, "cnn", evil, signature=signature)
+
+    assert response.status_code == 400
+    assert "os.system" in response.json()["message"] or "posix.system" in response.json()["message"]
+    assert not marker.exists()
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_torch_save_of_a_whole_model_is_refused_with_the_accepted_formats(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(TinyCnn(), path)
+
+    response = upload(owner_api, "cnn", path, signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 16, 16]}]})
+
+    assert response.status_code == 400
+    body = response.json()
+    assert "torch.save" in body["message"]
+    assert "torch.jit.save" in body["message"]
+    assert body["code"] == "pickle_refused"
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_a_legacy_torch_save_pickle_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(TinyCnn().state_dict(), path, _use_new_zipfile_serialization=False)
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    assert "pickle" in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_a_truncated_torchscript_archive_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    response = upload(owner_api, "cnn", path, signature=signature)
+
+    assert response.status_code == 400
+    assert "corrupt or truncated" in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_a_corrupted_onnx_file_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    save_onnx_cnn(path)
+    data = bytearray(path.read_bytes())
+    data[10:400] = os.urandom(390)
+    path.write_bytes(bytes(data))
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    assert "ONNX" in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_a_text_file_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_text("def forward(x):\n    return x\n")
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    assert "text file" in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_an_empty_file_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"")
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_an_oversized_file_is_refused_while_streaming(owner_api: APIClient, tmp_path: Path, settings: Any) -> None:
+    settings.KILN_MAX_UPLOAD_BYTES = 64 * 1024
+    path = tmp_path / "model.onnx"
+    path.write_bytes(os.urandom(200 * 1024))
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 413
+    assert "upload limit of 65536 bytes" in response.json()["message"]
+    assert_nothing_left()
+    assert list((Path(settings.KILN_ARTIFACT_ROOT) / "tmp").glob("*")) == []
+
+
+@pytest.mark.usefixtures("model")
+def test_an_onnx_model_with_external_data_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    import onnx
+
+    path = tmp_path / "model.onnx"
+    save_onnx_cnn(path)
+    proto = onnx.load(str(path))
+    tensor = proto.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../../../../etc/passwd"
+    path.write_bytes(proto.SerializeToString())
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    assert "external data" in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+@pytest.mark.parametrize(
+    ("signature", "field"),
+    [
+        ({"inputs": []}, "signature.inputs"),
+        ({"inputs": [{"name": "x", "dtype": "float99", "shape": [-1, 3, 16, 16]}]}, "inputs[0].dtype"),
+        ({"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 0, 16]}]}, "inputs[0].shape[1]"),
+        ({"inputs": [{"name": "x", "dtype": "float32", "shape": "big"}]}, "inputs[0].shape"),
+        ({"inputs": [{"name": "", "dtype": "float32", "shape": [1]}]}, "inputs[0].name"),
+        ({"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 16, 16]}], "extra": 1}, "unknown field"),
+        ({"inputs": [{"name": "a", "dtype": "float32", "shape": [1]}, {"name": "b", "dtype": "float32", "shape": [1]}]}, "forward() takes 1"),
+        ([1, 2], "signature"),
+    ],
+)
+def test_a_bad_signature_is_a_400_naming_the_field(
+    owner_api: APIClient, tmp_path: Path, signature: Any, field: str
+) -> None:
+    path = tmp_path / "model.pt"
+    save_torchscript_cnn(path)
+
+    with path.open("rb") as handle:
+        response = owner_api.post(
+            "/api/v1/models/cnn/versions/", {"file": handle, "signature": json.dumps(signature)}, format="multipart"
+        )
+
+    assert response.status_code == 400
+    assert field in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_a_torchscript_upload_without_signature_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_torchscript_cnn(path)
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    assert "required for TorchScript" in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_malformed_json_fields_are_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_torchscript_cnn(path)
+
+    signature = json.dumps(save_torchscript_cnn(path))
+    with path.open("rb") as handle:
+        response = owner_api.post(
+            "/api/v1/models/cnn/versions/", {"file": handle, "signature": "{not json"}, format="multipart"
+        )
+    with path.open("rb") as handle:
+        deep = owner_api.post(
+            "/api/v1/models/cnn/versions/",
+            {"file": handle, "signature": signature, "metadata": "[" * 5000 + "]" * 5000},
+            format="multipart",
+        )
+
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("signature: not valid JSON")
+    assert deep.status_code == 400
+    assert deep.json()["message"].startswith("metadata:")
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_a_path_traversal_file_name_is_never_used_as_a_path(owner_api: APIClient, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+    content = path.read_bytes()
+    handle = io.BytesIO(content)
+    handle.name = "../../../../tmp/kiln-escape.pt"
+
+    response = owner_api.post(
+        "/api/v1/models/cnn/versions/", {"file": handle, "signature": json.dumps(signature)}, format="multipart"
+    )
+
+    assert response.status_code == 201
+    assert not Path("/tmp/kiln-escape.pt").exists()
+    files = stored_files()
+    assert len(files) == 1
+    assert files[0].name == response.json()["source_sha256"]
+    assert Path(settings.KILN_ARTIFACT_ROOT).resolve() in files[0].resolve().parents
+
+
+@pytest.mark.usefixtures("model")
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(owner_api: APIClient, tmp_path: Path, settings: Any) -> None:
+    settings.KILN_MAX_UNPACKED_BYTES = 10 * 1024 * 1024
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", b"\0" * (100 * 1024 * 1024))
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    assert "unpacks to" in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+@pytest.mark.parametrize("header", ["Bearer kiln_nope_nope", "Bearer not-a-token", "Token ", "Bearer"])
+def test_missing_or_wrong_tokens_are_401(tmp_path: Path, header: str) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+
+    response = upload(client, "cnn", path, signature=signature)
+
+    assert response.status_code == 401
+    assert response.json()["message"]
+    assert_nothing_left()
