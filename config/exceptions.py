@@ -44,10 +44,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             {"message": exc.message, "code": exc.code, "extra": exc.extra}, status=exc.http_status
         )
     if isinstance(exc, DjangoValidationError):
-        fields = exc.message_dict if hasattr(exc, "error_dict") else {"": exc.messages}
-        message = "; ".join(_flatten(fields)) or "invalid input"
+        errors = exc.message_dict if hasattr(exc, "error_dict") else {"": exc.messages}
+        message = "; ".join(_flatten(errors)) or "invalid input"
         return Response(
-            {"message": message, "code": "invalid", "extra": {"fields": fields}},
+            {"message": message, "code": "invalid", "extra": {"fields": errors}},
             status=status.HTTP_400_BAD_REQUEST,
         )
     if isinstance(exc, Http404):

@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -91,8 +92,12 @@ class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
             else:
                 self.message_user(request, f"Registered {version}; conversion queued.", messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:registry_modelversion_change", args=[version.pk]))
-        context = {**self.admin_site.each_context(request), "form": form, "opts": self.model._meta,
-                   "title": "Upload a model version"}
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "opts": self.model._meta,
+            "title": "Upload a model version",
+        }
         return TemplateResponse(request, "admin/registry/upload.html", context)
 
     @admin.action(description="Set an alias on the selected version")
@@ -106,7 +111,9 @@ class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
             try:
                 ensure_can_change(request.user, version.model)
                 services.set_alias(
-                    model=version.model, name=form.cleaned_data["alias"], version_number=version.version,
+                    model=version.model,
+                    name=form.cleaned_data["alias"],
+                    version_number=version.version,
                     actor=request.user,
                 )
             except PlatformError as exc:
@@ -114,9 +121,14 @@ class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
             else:
                 self.message_user(request, f"{form.cleaned_data['alias']} now points at {version}.")
             return None
-        context = {**self.admin_site.each_context(request), "form": form, "version": version,
-                   "opts": self.model._meta, "title": f"Set an alias on {version}",
-                   "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "version": version,
+            "opts": self.model._meta,
+            "title": f"Set an alias on {version}",
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
         return TemplateResponse(request, "admin/registry/set_alias.html", context)
 
     @admin.action(description="Convert the selected versions again")
@@ -167,6 +179,3 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-

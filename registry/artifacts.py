@@ -116,7 +116,7 @@ def _detect_zip(path: Path, *, max_unpacked_bytes: int) -> ArtifactKind:
                 f"the archive is corrupt: entry {broken} fails its checksum", code="corrupt_artifact"
             )
         for name in names:
-            if name.endswith(".pkl") or name.endswith("sample_inputs/model.pt"):
+            if name.endswith((".pkl", "sample_inputs/model.pt")):
                 _scan_pickle_entry(archive, name)
         return kind
 
@@ -170,9 +170,9 @@ def check_pickle_globals(data: bytes, *, where: str) -> None:
             if name in _STRING_OPS and isinstance(arg, str | bytes):
                 strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
             elif name in {"BINPUT", "LONG_BINPUT", "PUT"} and strings:
-                memo[int(arg)] = strings[-1]
-            elif name in {"BINGET", "LONG_BINGET", "GET"} and int(arg) in memo:
-                strings.append(memo[int(arg)])
+                memo[int(str(arg))] = strings[-1]
+            elif name in {"BINGET", "LONG_BINGET", "GET"} and int(str(arg)) in memo:
+                strings.append(memo[int(str(arg))])
             elif name == "MEMOIZE" and strings:
                 memo[len(memo)] = strings[-1]
             elif name in {"GLOBAL", "INST"}:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 
 from registry.models import AuditEvent, RegisteredModel
 
-Actor = AbstractBaseUser | AnonymousUser | None
+Actor = User | AnonymousUser | None
 
 
 def actor_label(actor: Actor) -> str:
     """A readable name for the actor; background work is ``system``."""
-    if actor is None or not getattr(actor, "is_authenticated", False):
-        return "system"
-    return str(actor.get_username())
+    if isinstance(actor, User):
+        return actor.get_username()
+    return "system"
 
 
 def record_event(
@@ -29,7 +29,7 @@ def record_event(
     reason: str = "",
 ) -> AuditEvent:
     """Append one audit event. Call it inside the same transaction as the change it records."""
-    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    user = actor if isinstance(actor, User) else None
     return AuditEvent.objects.create(
         actor=user,
         actor_label=actor_label(actor),

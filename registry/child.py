@@ -23,7 +23,7 @@ def _commands() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
 
     commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"inspect": inspection.inspect}
     try:
-        from registry import conversion_child
+        from registry import conversion_child  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return commands
     commands["convert"] = conversion_child.convert

@@ -30,15 +30,14 @@ class UploadForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "class": "mono"}),
         max_length=64 * 1024,
         help_text=(
-            'Required for TorchScript: {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 32, 32]}]}. '
+            "Required for TorchScript: "
+            '{"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 32, 32]}]}. '
             f"dtypes: {', '.join(DTYPES)}; -1 marks a dynamic dimension."
         ),
     )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=10_000)
     git_commit = forms.CharField(required=False, max_length=100, label="Git commit")
-    ci_run_url = forms.URLField(
-        required=False, max_length=500, label="CI run URL", assume_scheme="https"
-    )
+    ci_run_url = forms.URLField(required=False, max_length=500, label="CI run URL", assume_scheme="https")
 
     def clean_signature(self) -> Any:
         raw = self.cleaned_data["signature"].strip()

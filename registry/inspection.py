@@ -100,7 +100,9 @@ def onnx_signature(model: Any) -> dict[str, Any]:
             )
         if not tensor_type.HasField("shape"):
             raise ChildError(f"tensor {value.name!r} has no shape in the graph", "invalid_signature")
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim]
+        shape = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim
+        ]
         return {"name": value.name, "dtype": dtype, "shape": shape}
 
     return {
@@ -119,7 +121,7 @@ def inspect_torchscript(path: str) -> dict[str, Any]:
     import torch
 
     try:
-        module = torch.jit.load(path, map_location="cpu")
+        module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise ChildError(
             f"TorchScript archive cannot be opened: {str(exc).strip().splitlines()[0][:300]}",

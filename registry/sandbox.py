@@ -87,7 +87,7 @@ def run_child(
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_limits(memory_mb),  # noqa: PLW1509 - no threads run in the parent here
+                preexec_fn=_limits(memory_mb),
                 start_new_session=True,
             )
             try:
@@ -113,7 +113,9 @@ def _pump_progress(
     heartbeat: Callable[[], None] | None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
+    if proc.stdout is None:
+        msg = "the child was started without a stdout pipe"
+        raise RuntimeError(msg)
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)
         buffer = b""

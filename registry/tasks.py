@@ -11,12 +11,12 @@ from django.db import InterfaceError, OperationalError
 _CONVERT_HARD_LIMIT = int(settings.KILN_CONVERT_TIMEOUT_S) + 180
 
 
-class _ConvertTask(Task):  # type: ignore[misc]
+class _ConvertTask(Task):
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """When retries run out, the version fails with a readable reason instead of hanging."""
         from registry.services import fail_version
 
-        version_id, attempt = (list(args) + [None, None])[:2]
+        version_id, attempt = ([*list(args), None, None])[:2]
         if version_id is not None:
             fail_version(
                 version_id=int(version_id),

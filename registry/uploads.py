@@ -7,6 +7,7 @@ anything but display.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -19,34 +20,32 @@ from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from registry import storage
 
 
-class HashedTempUploadedFile(UploadedFile):
+class HashedTempUploadedFile(UploadedFile):  # type: ignore[type-arg]
     """An uploaded file on disk (deleted on close) with its sha256 and size known."""
 
     def __init__(self, name: str, content_type: str | None, charset: str | None) -> None:
-        handle = tempfile.NamedTemporaryFile(dir=storage.temp_dir(), suffix=".upload")  # noqa: SIM115
-        super().__init__(handle, name, content_type, 0, charset)
+        self.handle = tempfile.NamedTemporaryFile(dir=storage.temp_dir(), suffix=".upload")  # noqa: SIM115
+        super().__init__(self.handle, name, content_type, 0, charset)
         self.sha256 = ""
         self._hasher = hashlib.sha256()
 
     def temporary_file_path(self) -> str:
-        return str(self.file.name)
+        return str(self.handle.name)
 
     def write_chunk(self, chunk: bytes) -> None:
-        self.file.write(chunk)
+        self.handle.write(chunk)
         self._hasher.update(chunk)
         self.size = (self.size or 0) + len(chunk)
 
     def finish(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.seek(0)
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.seek(0)
         self.sha256 = self._hasher.hexdigest()
 
     def close(self) -> None:
-        try:
-            self.file.close()
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):
+            self.handle.close()
 
 
 class BoundedHashingUploadHandler(FileUploadHandler):
@@ -55,7 +54,7 @@ class BoundedHashingUploadHandler(FileUploadHandler):
     def handle_raw_input(
         self,
         input_data: Any,
-        META: dict[str, Any],  # noqa: N803 - Django's parameter name
+        META: dict[str, Any],
         content_length: int,
         boundary: Any,
         encoding: str | None = None,
@@ -77,7 +76,7 @@ class BoundedHashingUploadHandler(FileUploadHandler):
             raise StopUpload(connection_reset=False)
         self.upload.write_chunk(raw_data)
 
-    def file_complete(self, file_size: int) -> UploadedFile:
+    def file_complete(self, file_size: int) -> HashedTempUploadedFile:
         self.upload.finish()
         return self.upload
 

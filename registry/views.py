@@ -25,7 +25,10 @@ from registry.uploads import HashedTempUploadedFile
 @login_required
 def model_list(request: HttpRequest) -> HttpResponse:
     models = list(queries.models_with_counts().order_by("name"))
-    busy = any(m.latest_status in (VersionStatus.REGISTERED, VersionStatus.CONVERTING) for m in models)
+    busy = any(
+        getattr(m, "latest_status", None) in (VersionStatus.REGISTERED, VersionStatus.CONVERTING)
+        for m in models
+    )
     return render(request, "registry/model_list.html", {"models": models, "busy": busy})
 
 
@@ -144,7 +147,7 @@ def alias_set(request: HttpRequest, name: str) -> HttpResponse:
                 request, f"{form.cleaned_data['alias']} now points at version {form.cleaned_data['version']}."
             )
     else:
-        messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        messages.error(request, "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
     next_url = request.POST.get("next", "")
     if url_has_allowed_host_and_scheme(next_url, allowed_hosts=None) and next_url.startswith("/"):
         return redirect(next_url)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,9 @@ def web_as() -> Callable[[User], Client]:
     return make
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, message: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, message: str = ""
+) -> Any:
     """Poll ``predicate`` until it returns something truthy or the deadline passes."""
     deadline = time.monotonic() + timeout
     while True:
@@ -121,10 +123,30 @@ class CeleryWorker:
         queues = f"{self.env['KILN_CELERY_QUEUE']},{self.env['KILN_CELERY_QUEUE']}.long"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", "2",
-             "-l", "info", "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@localhost",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                queues,
+                "-c",
+                "2",
+                "-l",
+                "info",
+                "-n",
+                f"test-{os.getpid()}-{time.monotonic_ns()}@localhost",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill(self) -> None:
@@ -179,7 +201,9 @@ def celery_worker(
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report

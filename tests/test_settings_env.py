@@ -44,7 +44,13 @@ def test_database_urls_are_parsed(tmp_path: Path) -> None:
     lite = env.database_from_url("sqlite:///var/db.sqlite3", base_dir=tmp_path)
     absolute = env.database_from_url("sqlite:////srv/kiln.db", base_dir=tmp_path)
 
-    assert (pg["NAME"], pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"]) == ("kiln", "u", "p@ss", "db.local", "5433")
+    assert (pg["NAME"], pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"]) == (
+        "kiln",
+        "u",
+        "p@ss",
+        "db.local",
+        "5433",
+    )
     assert lite["NAME"] == str(tmp_path / "var/db.sqlite3")
     assert absolute["NAME"] == "/srv/kiln.db"
     with pytest.raises(ImproperlyConfigured, match="scheme must be"):
@@ -54,7 +60,11 @@ def test_database_urls_are_parsed(tmp_path: Path) -> None:
 def test_settings_refuse_to_load_without_a_secret_key_when_debug_is_off() -> None:
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "false"},
     )
 

@@ -12,7 +12,7 @@ from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel
 
 class AliasOutput(serializers.ModelSerializer[Alias]):
     version = serializers.IntegerField(source="version.version")
-    updated_by = serializers.StringRelatedField()
+    updated_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
 
     class Meta:
         model = Alias
@@ -20,8 +20,8 @@ class AliasOutput(serializers.ModelSerializer[Alias]):
 
 
 class ModelOutput(serializers.ModelSerializer[RegisteredModel]):
-    owner = serializers.StringRelatedField()
-    team = serializers.StringRelatedField()
+    owner: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
+    team: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
     aliases = AliasOutput(many=True, read_only=True)
     version_count = serializers.IntegerField(read_only=True, required=False)
     url = serializers.SerializerMethodField()
@@ -59,7 +59,7 @@ class ModelUpdateInput(serializers.Serializer[Any]):
 
 class VersionOutput(serializers.ModelSerializer[ModelVersion]):
     model = serializers.CharField(source="model.name")
-    created_by = serializers.StringRelatedField()
+    created_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
     aliases = serializers.SerializerMethodField()
     artifacts = serializers.SerializerMethodField()
 

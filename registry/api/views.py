@@ -46,7 +46,9 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
         queryset = queries.models_with_counts()
         params = self.request.query_params
         if search := params.get("search"):
-            queryset = queryset.filter(name__icontains=search) | queryset.filter(description__icontains=search)
+            queryset = queryset.filter(name__icontains=search) | queryset.filter(
+                description__icontains=search
+            )
         if tag := params.get("tag"):
             queryset = queryset.filter(tags__contains=[tag])
         if owner := params.get("owner"):
@@ -98,7 +100,9 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
             queryset = queryset.filter(status=state)
         return queryset
 
-    @extend_schema(parameters=[OpenApiParameter("status", str, enum=["registered", "converting", "ready", "failed"])])
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str, enum=["registered", "converting", "ready", "failed"])]
+    )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         queries.get_model(kwargs["name"])
         return super().list(request, *args, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -68,14 +69,14 @@ def delete_alias(*, model: RegisteredModel, name: str, actor: Actor) -> None:
     )
 
 
-def _user(actor: Actor) -> object | None:
-    return actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+def _user(actor: Actor) -> User | None:
+    return actor if isinstance(actor, User) else None
 
 
 def _notify_followers(alias: Alias) -> None:
     """Let deployments that follow this alias roll forward (a no-op until they exist)."""
     try:
-        from deployments.services import on_alias_moved
+        from deployments.services import on_alias_moved  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return
     alias_id = alias.pk

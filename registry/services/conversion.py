@@ -117,7 +117,9 @@ class _Beat:
 
     def _rows(self) -> Any:
         return ModelVersion.objects.filter(
-            pk=self.version.pk, conversion_attempt=self.version.conversion_attempt, status=VersionStatus.CONVERTING
+            pk=self.version.pk,
+            conversion_attempt=self.version.conversion_attempt,
+            status=VersionStatus.CONVERTING,
         )
 
     def progress(self, text: str) -> None:
@@ -267,20 +269,20 @@ def sweep_stale_conversions() -> dict[str, int]:
                 if fail_version(version_id=version.pk, attempt=None, reason=reason):
                     counts["failed"] += 1
                 continue
-            assert version.conversion_attempt is not None
             _enqueue_now(version.pk, version.conversion_attempt)
             counts["resumed"] += 1
         # A registered row whose message was lost (broker restart) gets a new trigger.
         for version in ModelVersion.objects.filter(
             status=VersionStatus.REGISTERED, updated_at__lt=now - 2 * lease, conversion_attempt__isnull=False
         ):
-            assert version.conversion_attempt is not None
             _enqueue_now(version.pk, version.conversion_attempt)
             counts["requeued"] += 1
     return counts
 
 
-def _enqueue_now(version_id: int, attempt: uuid.UUID) -> None:
+def _enqueue_now(version_id: int, attempt: uuid.UUID | None) -> None:
+    if attempt is None:
+        return
     from registry.tasks import convert_version_task
 
     convert_version_task.delay(version_id, str(attempt))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
@@ -43,7 +43,7 @@ def _clean_tags(tags: Any) -> list[str]:
 
 
 def create_model(
-    *, name: str, owner: AbstractBaseUser, description: str = "", tags: list[str] | None = None
+    *, name: str, owner: User, description: str = "", tags: list[str] | None = None
 ) -> RegisteredModel:
     """Register a new model name; the name is a slug and unique."""
     try:
@@ -162,7 +162,7 @@ def register_version(
     *,
     model: RegisteredModel,
     upload_path: Path,
-    actor: AbstractBaseUser,
+    actor: User,
     signature: Any = None,
     description: str = "",
     metadata: Any = None,
@@ -205,7 +205,7 @@ def register_version(
 def _create_version_row(
     *,
     model: RegisteredModel,
-    actor: AbstractBaseUser,
+    actor: User,
     fmt: str,
     relative: str,
     digest: str,

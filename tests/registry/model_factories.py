@@ -17,7 +17,8 @@ class TinyCnn(nn.Module):
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+        out: torch.Tensor = self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+        return out
 
 
 CNN_SIGNATURE: dict[str, Any] = {

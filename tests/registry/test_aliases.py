@@ -32,7 +32,9 @@ def test_an_alias_is_set_moved_and_deleted_with_an_audit_event_each(owner_api: A
 
     assert created.status_code == 200
     assert moved.json()["version"] == 2
-    assert shown == [{"name": "production", "version": 2, "updated_by": "olivia", "updated_at": shown[0]["updated_at"]}]
+    assert shown == [
+        {"name": "production", "version": 2, "updated_by": "olivia", "updated_at": shown[0]["updated_at"]}
+    ]
     assert deleted.status_code == 204
     events = list(AuditEvent.objects.filter(subject="model/cnn@production").order_by("id"))
     assert [(e.action, e.before, e.after, e.actor_label) for e in events] == [
@@ -65,6 +67,9 @@ def test_audit_events_are_listed_newest_first_and_filtered_by_model(owner_api: A
     events = owner_api.get("/api/v1/audit-events/?model=cnn").json()["results"]
 
     assert [e["action"] for e in events] == [
-        "alias.set", "version.registered", "version.registered", "model.created",
+        "alias.set",
+        "version.registered",
+        "version.registered",
+        "model.created",
     ]
     assert events[0]["actor"] == "olivia"

@@ -74,7 +74,9 @@ def test_an_outsider_may_read_but_not_change_a_model(
         ("get", "/api/schema/?format=json"),
     ],
 )
-def test_anonymous_callers_get_401_everywhere_on_the_api(anonymous_api: APIClient, method: str, url: str) -> None:
+def test_anonymous_callers_get_401_everywhere_on_the_api(
+    anonymous_api: APIClient, method: str, url: str
+) -> None:
     response = getattr(anonymous_api, method)(url)
 
     assert response.status_code == 401

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.django_db
 
 
 def create_model(client: APIClient, name: str = "cnn") -> Any:
-    response = client.post("/api/v1/models/", {"name": name, "description": "a small CNN", "tags": ["vision"]})
+    response = client.post(
+        "/api/v1/models/", {"name": name, "description": "a small CNN", "tags": ["vision"]}
+    )
     assert response.status_code == 201, response.content
     return response.json()
 
@@ -36,7 +38,11 @@ def test_a_torchscript_cnn_with_its_signature_becomes_version_1(owner_api: APICl
     signature = save_torchscript_cnn(path)
 
     response = upload(
-        owner_api, "cnn", path, signature=signature, description="first",
+        owner_api,
+        "cnn",
+        path,
+        signature=signature,
+        description="first",
         metadata={"git_commit": "abc123", "ci_run_url": "https://ci.example.com/runs/7"},
     )
 
@@ -120,7 +126,7 @@ def test_a_version_can_be_read_and_its_source_downloaded(owner_api: APIClient, t
     assert detail.status_code == 200
     assert detail.json()["artifacts"]["onnx"] is None
     assert download.status_code == 200
-    assert b"".join(download.streaming_content) == path.read_bytes()
+    assert download.getvalue() == path.read_bytes()
     assert download["X-Content-SHA256"] == detail.json()["source_sha256"]
     assert "cnn-v1.pt" in download["Content-Disposition"]
 

@@ -38,7 +38,12 @@ def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     web = web_as(owner)
     created = web.post(
         "/models/new/",
-        {"name": "digits", "description": "d", "tags": "vision, demo", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")},
+        {
+            "name": "digits",
+            "description": "d",
+            "tags": "vision, demo",
+            "csrfmiddlewaretoken": csrf_token(web, "/models/new/"),
+        },
     )
     assert created.status_code == 302
     path = tmp_path / "model.pt"
@@ -48,8 +53,13 @@ def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     with path.open("rb") as handle:
         uploaded = web.post(
             "/models/digits/upload/",
-            {"file": handle, "signature": json.dumps(signature), "git_commit": "deadbeef",
-             "ci_run_url": "https://ci.example.com/1", "csrfmiddlewaretoken": token},
+            {
+                "file": handle,
+                "signature": json.dumps(signature),
+                "git_commit": "deadbeef",
+                "ci_run_url": "https://ci.example.com/1",
+                "csrfmiddlewaretoken": token,
+            },
         )
 
     assert uploaded.status_code == 302
@@ -60,8 +70,12 @@ def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     assert "image" in page  # the signature table
     promoted = web.post(
         "/models/digits/aliases/",
-        {"alias": "production", "version": "1", "next": "/models/digits/versions/1/",
-         "csrfmiddlewaretoken": csrf_token(web, "/models/digits/versions/1/")},
+        {
+            "alias": "production",
+            "version": "1",
+            "next": "/models/digits/versions/1/",
+            "csrfmiddlewaretoken": csrf_token(web, "/models/digits/versions/1/"),
+        },
     )
     assert promoted.status_code == 302
     assert Alias.objects.get(name="production").version.version == 1
@@ -95,7 +109,8 @@ def test_a_refused_upload_shows_the_reason_on_the_form(
 
     with path.open("rb") as handle:
         response = web.post(
-            "/models/digits/upload/", {"file": handle, "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/")}
+            "/models/digits/upload/",
+            {"file": handle, "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/")},
         )
 
     assert response.status_code == 400
@@ -123,8 +138,13 @@ def test_a_javascript_ci_url_is_shown_as_text_not_as_a_link(
 ) -> None:
     model = RegisteredModel.objects.create(name="digits", owner=owner, latest_version=1)
     ModelVersion.objects.create(
-        model=model, version=1, source_format="onnx", source_sha256="0" * 64, source_size=1,
-        source_path="sha256/00/" + "0" * 64, created_by=owner,
+        model=model,
+        version=1,
+        source_format="onnx",
+        source_sha256="0" * 64,
+        source_size=1,
+        source_path="sha256/00/" + "0" * 64,
+        created_by=owner,
         metadata={"ci_run_url": "javascript:alert(1)"},
     )
 

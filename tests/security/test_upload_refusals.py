@@ -48,13 +48,17 @@ def model(owner_api: APIClient) -> None:
 
 
 @pytest.mark.usefixtures("model")
-def test_a_pickle_that_would_run_a_command_is_refused_and_never_runs(owner_api: APIClient, tmp_path: Path) -> None:
+def test_a_pickle_that_would_run_a_command_is_refused_and_never_runs(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
     marker = tmp_path / "pwned"
     RunsACommand.marker = str(marker)
     path = tmp_path / "model.pt"
     path.write_bytes(pickle.dumps(RunsACommand()))
 
-    response = upload(owner_api, "cnn", path, signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [1]}]})
+    response = upload(
+        owner_api, "cnn", path, signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [1]}]}
+    )
 
     assert response.status_code == 400
     assert "pickle" in response.json()["message"]
@@ -64,7 +68,9 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_never_runs(owner_api: 
 
 
 @pytest.mark.usefixtures("model")
-def test_a_torchscript_archive_whose_pickle_imports_os_system_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
+def test_a_torchscript_archive_whose_pickle_imports_os_system_is_refused(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
     marker = tmp_path / "pwned"
     RunsACommand.marker = str(marker)
     good = tmp_path / "good.pt"
@@ -86,11 +92,18 @@ def test_a_torchscript_archive_whose_pickle_imports_os_system_is_refused(owner_a
 
 
 @pytest.mark.usefixtures("model")
-def test_torch_save_of_a_whole_model_is_refused_with_the_accepted_formats(owner_api: APIClient, tmp_path: Path) -> None:
+def test_torch_save_of_a_whole_model_is_refused_with_the_accepted_formats(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
     path = tmp_path / "model.pt"
     torch.save(TinyCnn(), path)
 
-    response = upload(owner_api, "cnn", path, signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 16, 16]}]})
+    response = upload(
+        owner_api,
+        "cnn",
+        path,
+        signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 16, 16]}]},
+    )
 
     assert response.status_code == 400
     body = response.json()
@@ -164,7 +177,9 @@ def test_an_empty_file_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("model")
-def test_an_oversized_file_is_refused_while_streaming(owner_api: APIClient, tmp_path: Path, settings: Any) -> None:
+def test_an_oversized_file_is_refused_while_streaming(
+    owner_api: APIClient, tmp_path: Path, settings: Any
+) -> None:
     settings.KILN_MAX_UPLOAD_BYTES = 64 * 1024
     path = tmp_path / "model.onnx"
     path.write_bytes(os.urandom(200 * 1024))
@@ -207,8 +222,19 @@ def test_an_onnx_model_with_external_data_is_refused(owner_api: APIClient, tmp_p
         ({"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 0, 16]}]}, "inputs[0].shape[1]"),
         ({"inputs": [{"name": "x", "dtype": "float32", "shape": "big"}]}, "inputs[0].shape"),
         ({"inputs": [{"name": "", "dtype": "float32", "shape": [1]}]}, "inputs[0].name"),
-        ({"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 16, 16]}], "extra": 1}, "unknown field"),
-        ({"inputs": [{"name": "a", "dtype": "float32", "shape": [1]}, {"name": "b", "dtype": "float32", "shape": [1]}]}, "forward() takes 1"),
+        (
+            {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 16, 16]}], "extra": 1},
+            "unknown field",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "a", "dtype": "float32", "shape": [1]},
+                    {"name": "b", "dtype": "float32", "shape": [1]},
+                ]
+            },
+            "forward() takes 1",
+        ),
         ([1, 2], "signature"),
     ],
 )
@@ -220,7 +246,9 @@ def test_a_bad_signature_is_a_400_naming_the_field(
 
     with path.open("rb") as handle:
         response = owner_api.post(
-            "/api/v1/models/cnn/versions/", {"file": handle, "signature": json.dumps(signature)}, format="multipart"
+            "/api/v1/models/cnn/versions/",
+            {"file": handle, "signature": json.dumps(signature)},
+            format="multipart",
         )
 
     assert response.status_code == 400
@@ -273,7 +301,9 @@ def test_a_path_traversal_file_name_is_never_used_as_a_path(owner_api: APIClient
     handle.name = "../../../../tmp/kiln-escape.pt"
 
     response = owner_api.post(
-        "/api/v1/models/cnn/versions/", {"file": handle, "signature": json.dumps(signature)}, format="multipart"
+        "/api/v1/models/cnn/versions/",
+        {"file": handle, "signature": json.dumps(signature)},
+        format="multipart",
     )
 
     assert response.status_code == 201
@@ -285,7 +315,9 @@ def test_a_path_traversal_file_name_is_never_used_as_a_path(owner_api: APIClient
 
 
 @pytest.mark.usefixtures("model")
-def test_a_zip_bomb_is_refused_before_it_is_unpacked(owner_api: APIClient, tmp_path: Path, settings: Any) -> None:
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(
+    owner_api: APIClient, tmp_path: Path, settings: Any
+) -> None:
     settings.KILN_MAX_UNPACKED_BYTES = 10 * 1024 * 1024
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:

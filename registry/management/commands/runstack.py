@@ -39,8 +39,10 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"\nKiln is running at {url}"))
         self.stdout.write(f"  log in: {login}")
         self.stdout.write(f"  API docs: {url}api/docs/   admin: {url}admin/   metrics: {url}metrics")
-        self.stdout.write(f"  database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"
-                          f"  broker: {settings.CELERY_BROKER_URL}")
+        self.stdout.write(
+            f"  database: {str(settings.DATABASES['default']['ENGINE']).rsplit('.', 1)[-1]}"
+            f"  broker: {settings.CELERY_BROKER_URL}"
+        )
         self.stdout.write("  Ctrl-C stops everything.\n")
         self._supervise(processes)
 
@@ -63,16 +65,64 @@ class Command(BaseCommand):
         bin_dir = Path(python).parent
         queue = settings.CELERY_TASK_DEFAULT_QUEUE
         commands: dict[str, list[str]] = {
-            "web": [str(bin_dir / "gunicorn"), "config.wsgi", "--bind", f"{options['host']}:{options['port']}",
-                    "--workers", str(options["web_workers"]), "--threads", "4", "--timeout", "300",
-                    "--access-logfile", "-"],
-            "worker": [python, "-m", "celery", "-A", "config", "worker", "-Q", queue, "-c", "2",
-                       "-n", f"short@{os.uname().nodename}", "-l", "info"],
-            "worker-long": [python, "-m", "celery", "-A", "config", "worker", "-Q",
-                            settings.KILN_CELERY_LONG_QUEUE, "-c", "1", "-n", f"long@{os.uname().nodename}",
-                            "-l", "info"],
-            "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "info",
-                     "-s", settings.CELERY_BEAT_SCHEDULE_FILENAME],
+            "web": [
+                str(bin_dir / "gunicorn"),
+                "config.wsgi",
+                "--bind",
+                f"{options['host']}:{options['port']}",
+                "--workers",
+                str(options["web_workers"]),
+                "--threads",
+                "4",
+                "--timeout",
+                "300",
+                "--access-logfile",
+                "-",
+            ],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                queue,
+                "-c",
+                "2",
+                "-n",
+                f"short@{os.uname().nodename}",
+                "-l",
+                "info",
+            ],
+            "worker-long": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                settings.KILN_CELERY_LONG_QUEUE,
+                "-c",
+                "1",
+                "-n",
+                f"long@{os.uname().nodename}",
+                "-l",
+                "info",
+            ],
+            "beat": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "-l",
+                "info",
+                "-s",
+                settings.CELERY_BEAT_SCHEDULE_FILENAME,
+            ],
         }
         commands.update(getattr(settings, "KILN_RUNSTACK_EXTRA", {}))
         processes = {}
