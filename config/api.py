@@ -6,4 +6,5 @@ app_name = "api"
 
 urlpatterns = [
     path("", include("registry.api.urls")),
+    path("", include("deployments.api.urls")),
 ]

@@ -222,3 +222,33 @@ KILN_CONVERT_MAX_TRIES = env_int("KILN_CONVERT_MAX_TRIES", 3, minimum=1, maximum
 CELERY_BEAT_SCHEDULE["sweep-stale-conversions"]["schedule"] = env_float(
     "KILN_CONVERSION_SWEEP_S", 15.0, minimum=1.0
 )
+
+# Deployments: backends, the reconcile loop, reports, routing.
+KILN_INSTANCE_ID = env_str("KILN_INSTANCE_ID", "kiln")
+KILN_DEFAULT_BACKEND = env_str("KILN_DEFAULT_BACKEND", "process")
+KILN_PROCESS_BIND_HOST = env_str("KILN_PROCESS_BIND_HOST", "127.0.0.1")
+KILN_MAX_REPLICAS = env_int("KILN_MAX_REPLICAS", 16, minimum=1, maximum=64)
+KILN_RECONCILE_INTERVAL_S = env_float("KILN_RECONCILE_INTERVAL_S", 3.0, minimum=0.5)
+KILN_REPORT_INTERVAL_S = env_float("KILN_REPORT_INTERVAL_S", 5.0, minimum=0.2)
+KILN_WORKER_STALE_S = env_float("KILN_WORKER_STALE_S", 20.0, minimum=1.0)
+KILN_WORKER_REPLACE_AFTER_S = env_float("KILN_WORKER_REPLACE_AFTER_S", 30.0, minimum=1.0)
+KILN_WORKER_START_TIMEOUT_S = env_float("KILN_WORKER_START_TIMEOUT_S", 120.0, minimum=5.0)
+KILN_CRASHLOOP_RESTARTS = env_int("KILN_CRASHLOOP_RESTARTS", 4, minimum=1)
+KILN_RESTART_BACKOFF_MAX_S = env_float("KILN_RESTART_BACKOFF_MAX_S", 60.0, minimum=1.0)
+KILN_DRAIN_DELAY_S = env_float("KILN_DRAIN_DELAY_S", 2.0, minimum=0.0)
+KILN_DRAIN_GRACE_S = env_float("KILN_DRAIN_GRACE_S", 30.0, minimum=1.0)
+KILN_WORKER_LOG_MAX_BYTES = env_int("KILN_WORKER_LOG_MAX_BYTES", 2 * 1024 * 1024, minimum=64 * 1024)
+KILN_LATENCY_BUDGET_MS = env_float("KILN_LATENCY_BUDGET_MS", 50.0, minimum=0.1)
+KILN_REPORT_RAW_RETENTION_S = env_float("KILN_REPORT_RAW_RETENTION_S", 3600.0, minimum=60.0)
+KILN_REPORT_RETENTION_DAYS = env_float("KILN_REPORT_RETENTION_DAYS", 7.0, minimum=0.01)
+KILN_MAX_REPORT_BYTES = env_int("KILN_MAX_REPORT_BYTES", 64 * 1024, minimum=1024)
+KILN_ROUTING_KEY = env_str("KILN_ROUTING_KEY", f"{KILN_INSTANCE_ID}:routing")
+KILN_GATEWAY_HOST = env_str("KILN_GATEWAY_HOST", "127.0.0.1")
+KILN_GATEWAY_PORT = env_int("KILN_GATEWAY_PORT", 8100, minimum=1, maximum=65535)
+KILN_GATEWAY_URL = env_str("KILN_GATEWAY_URL", f"http://{KILN_GATEWAY_HOST}:{KILN_GATEWAY_PORT}").rstrip("/")
+CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
+    "task": "deployments.reconcile_all",
+    "schedule": KILN_RECONCILE_INTERVAL_S,
+    "options": {"expires": KILN_RECONCILE_INTERVAL_S * 2},
+}
+CELERY_BEAT_SCHEDULE["downsample-reports"] = {"task": "deployments.downsample_reports", "schedule": 300.0}

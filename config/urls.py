@@ -17,5 +17,6 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("healthz", healthz, name="healthz"),
     path("", include("django_prometheus.urls")),
+    path("", include("deployments.urls")),
     path("", include("registry.urls")),
 ]

@@ -1,0 +1,117 @@
+"""Input and output serializers of the deployments API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from deployments.models import Deployment, Variant, Worker
+
+
+class WorkerOutput(serializers.ModelSerializer[Worker]):
+    version = serializers.IntegerField(source="version.version")
+    metrics_url = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Worker
+        fields = (
+            "id", "state", "version", "backend", "http_url", "grpc_target", "metrics_url", "restarts",
+            "last_error", "started_at", "ready_at", "last_heartbeat", "state_changed_at", "next_attempt_at",
+        )  # fmt: skip
+
+
+class VariantOutput(serializers.ModelSerializer[Variant]):
+    version = serializers.IntegerField(source="version.version")
+    pinned_version = serializers.IntegerField(source="pinned_version.version", default=None)
+    device = serializers.CharField(read_only=True)
+    batching = serializers.SerializerMethodField()
+    workers = serializers.SerializerMethodField()
+    ready_replicas = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Variant
+        fields = (
+            "name", "version", "pinned_version", "alias", "weight", "shadow_percent", "replicas",
+            "ready_replicas", "device", "gpu_ids", "backend", "image", "batching", "batching_note", "workers",
+        )  # fmt: skip
+
+    def get_batching(self, obj: Variant) -> dict[str, Any]:
+        return {
+            "max_batch_size": obj.max_batch_size,
+            "max_queue_delay_ms": obj.max_queue_delay_ms,
+            "preferred_batch_sizes": obj.preferred_batch_sizes,
+            "max_queue_size": obj.max_queue_size,
+            "request_timeout_ms": obj.request_timeout_ms,
+            "instances": obj.instances,
+        }
+
+    def _workers(self, obj: Variant) -> list[Worker]:
+        workers = getattr(obj, "visible_workers", None)
+        return list(workers) if workers is not None else list(obj.workers.exclude(state="stopped"))
+
+    def get_workers(self, obj: Variant) -> list[dict[str, Any]]:
+        return list(WorkerOutput(self._workers(obj), many=True).data)
+
+    def get_ready_replicas(self, obj: Variant) -> int:
+        return sum(1 for w in self._workers(obj) if w.state == "ready")
+
+
+class DeploymentOutput(serializers.ModelSerializer[Deployment]):
+    model = serializers.CharField(source="model.name")
+    created_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
+    variants = VariantOutput(many=True, read_only=True)
+    endpoint = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = (
+            "name", "model", "description", "status", "status_reason", "desired_running", "endpoint",
+            "variants", "created_by", "created_at", "updated_at",
+        )  # fmt: skip
+
+    def get_endpoint(self, obj: Deployment) -> dict[str, str]:
+        base = settings.KILN_GATEWAY_URL
+        return {
+            "infer": f"{base}/v2/models/{obj.name}/infer",
+            "predict": f"{base}/v1/models/{obj.name}:predict",
+            "ready": f"{base}/v2/models/{obj.name}/ready",
+        }
+
+
+class BatchingInput(serializers.Serializer[Any]):
+    max_batch_size = serializers.IntegerField(required=False)
+    max_queue_delay_ms = serializers.FloatField(required=False)
+    preferred_batch_sizes = serializers.ListField(child=serializers.IntegerField(), required=False)
+    max_queue_size = serializers.IntegerField(required=False)
+    request_timeout_ms = serializers.FloatField(required=False)
+    instances = serializers.IntegerField(required=False)
+
+
+class VariantInput(serializers.Serializer[Any]):
+    name = serializers.CharField(required=False, max_length=64)
+    version = serializers.IntegerField(required=False, allow_null=True)
+    alias = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    replicas = serializers.IntegerField(required=False)
+    weight = serializers.IntegerField(required=False)
+    device = serializers.JSONField(required=False, help_text="'cpu', 'cuda:0' or a list of GPU ids")
+    backend = serializers.CharField(required=False, max_length=16)
+    batching = BatchingInput(required=False)
+
+
+class DeploymentCreateInput(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=64)
+    model = serializers.CharField(max_length=64)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    latency_budget_ms = serializers.FloatField(required=False, min_value=0.1, max_value=60_000)
+    variants = VariantInput(many=True)
+
+
+class ScaleInput(serializers.Serializer[Any]):
+    replicas = serializers.IntegerField()
+
+
+class VersionInput(serializers.Serializer[Any]):
+    version = serializers.IntegerField(required=False, allow_null=True)
+    alias = serializers.CharField(required=False, allow_blank=True, max_length=64)

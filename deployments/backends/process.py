@@ -1,0 +1,186 @@
+"""The ``process`` backend: workers as local subprocesses on free ports of 127.0.0.1.
+
+A handle is ``<pid>:<start time>`` so a recycled pid is never mistaken for our
+worker. Output goes to a per-worker log file that the reconcile loop keeps
+bounded. Workers run in their own session; stopping signals the whole group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from django.conf import settings
+
+from deployments.backends.base import BackendError, BackendStatus, WorkerHandle, WorkerSpec
+
+_MARKER = "KILN_MANAGED_BY"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the worker fails fast if it was taken since)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _parse(handle: str) -> tuple[int, str]:
+    pid, _, started = handle.partition(":")
+    if not pid.isdigit():
+        raise BackendError(f"not a process handle: {handle!r}")
+    return int(pid), started
+
+
+class ProcessBackend:
+    """Run ``python -m inference_worker serve`` as detached local processes."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.host = settings.KILN_PROCESS_BIND_HOST
+        self.log_dir = Path(settings.VAR_DIR) / "workers"
+
+    def check_spec(self, *, gpu_ids: tuple[int, ...]) -> None:
+        if gpu_ids and not _has_nvidia_gpu():
+            raise BackendError(
+                f"GPU ids {list(gpu_ids)} were asked for, but this machine has no NVIDIA GPU for the process "
+                "backend; use device cpu",
+                code="no_gpu",
+            )
+
+    def start(self, spec: WorkerSpec) -> WorkerHandle:
+        http_port, grpc_port = free_port(self.host), free_port(self.host)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"worker-{spec.worker_id}.log"
+        argv = [sys.executable, "-m", "inference_worker"] + spec.worker_args(
+            host=self.host, http_port=http_port, grpc_port=grpc_port, model_path=str(spec.onnx_path)
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("KILN_WORKER_", "DJANGO_"))},
+            "KILN_WORKER_REPORT_TOKEN": spec.report_token,
+            "PYTHONUNBUFFERED": "1",
+            _MARKER: settings.KILN_INSTANCE_ID,
+            "KILN_WORKER_DB_ID": str(spec.worker_id),
+        }
+        if spec.gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
+            argv[argv.index("--device") + 1] = "cuda:0"
+        with log_path.open("ab") as log:
+            log.write(f"--- starting worker {spec.worker_id} at {time.strftime('%F %T')}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(
+                    argv, cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise BackendError(f"could not start the worker process: {exc}") from exc
+        started = _start_time(proc.pid) or ""
+        return WorkerHandle(
+            handle=f"{proc.pid}:{started}",
+            http_url=f"http://{self.host}:{http_port}",
+            grpc_target=f"{self.host}:{grpc_port}",
+            log_path=str(log_path),
+        )
+
+    def status(self, handle: str) -> BackendStatus:
+        pid, started = _parse(handle)
+        _reap(pid)
+        now = _start_time(pid)
+        if now is None or (started and now != started):
+            return BackendStatus(running=False, detail="the process has exited")
+        return BackendStatus(running=True)
+
+    def stop(self, handle: str, *, grace_s: float) -> None:
+        pid, _started = _parse(handle)
+        if not self.status(handle).running:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if not self.status(handle).running:
+                return
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _reap(pid)
+
+    def logs(self, handle: str, *, log_path: str, tail: int) -> str:
+        return tail_file(Path(log_path), tail) if log_path else ""
+
+    def managed_handles(self, *, min_age_s: float) -> list[str]:
+        """Worker processes of this platform instance, found through their environment marker."""
+        handles = []
+        ticks = os.sysconf("SC_CLK_TCK")
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        marker = f"{_MARKER}={settings.KILN_INSTANCE_ID}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                started = _start_time(int(entry.name))
+                if started is not None and uptime - int(started) / ticks >= min_age_s:
+                    handles.append(f"{entry.name}:{started}")
+        return handles
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the worker is our own child (no zombie left behind)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _has_nvidia_gpu() -> bool:
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def tail_file(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a file, read from its end."""
+    if not path.exists():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 256 * 1024))
+        tail = deque(handle.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+    return "\n".join(tail)
+
+
+def trim_log(path: Path, *, max_bytes: int) -> None:
+    """Keep a worker log bounded: past ``max_bytes`` only its last half is kept."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return
+    if size <= max_bytes:
+        return
+    with path.open("rb") as handle:
+        handle.seek(size - max_bytes // 2)
+        keep = handle.read()
+    with path.open("r+b") as handle:
+        handle.seek(0)
+        handle.write(b"--- (older lines dropped)\n" + keep)
+        handle.truncate()

@@ -1,0 +1,30 @@
+"""Deployment errors, all ``PlatformError`` subclasses."""
+
+from config.errors import ConflictError, NotFoundError, PlatformError
+
+
+class InvalidDeploymentError(PlatformError):
+    """A field of a deployment or variant is invalid; the message names it."""
+
+    default_code = "invalid"
+
+
+class DeploymentNotFoundError(NotFoundError):
+    """No deployment has this name."""
+
+
+class VariantNotFoundError(NotFoundError):
+    """The deployment has no such variant."""
+
+
+class DuplicateDeploymentError(ConflictError):
+    """A deployment with this name exists already."""
+
+    default_code = "duplicate"
+
+
+class WorkerAuthError(PlatformError):
+    """A report came with a missing or wrong worker token."""
+
+    http_status = 401
+    default_code = "not_authenticated"

@@ -1,0 +1,190 @@
+"""Deployment domain: endpoints, their variants (A/B arms), running workers and their reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from registry.models import ModelVersion, RegisteredModel, slug_validator
+
+
+class DeploymentStatus(models.TextChoices):
+    DEPLOYING = "deploying", "Deploying"
+    SERVING = "serving", "Serving"
+    DEGRADED = "degraded", "Degraded"
+    FAILED = "failed", "Failed"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+
+
+class Deployment(models.Model):
+    """A named endpoint serving one model through the gateway.
+
+    ``desired_running`` is what the user asked for; ``status`` is what the
+    reconcile loop last observed.
+    """
+
+    name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="deployments")
+    description = models.TextField(blank=True)
+    desired_running = models.BooleanField(default=True)
+    status = models.CharField(max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.DEPLOYING)
+    status_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Variant(models.Model):
+    """One arm of a deployment: a version (pinned, or followed through an alias) and how to run it."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="variants")
+    name = models.CharField(max_length=64, validators=[slug_validator])
+    pinned_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    alias = models.CharField(max_length=64, blank=True, help_text="follow this alias instead of a pinned version")
+    version = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.PROTECT,
+        related_name="variants",
+        help_text="the version this variant serves now (the pinned one, or the alias' target)",
+    )
+    weight = models.PositiveSmallIntegerField(default=100, validators=[MaxValueValidator(100)])
+    shadow_percent = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
+    replicas = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(64)])
+    gpu_ids = models.JSONField(default=list, blank=True, help_text="empty for CPU")
+    backend = models.CharField(max_length=16, default="process")
+    max_batch_size = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1)])
+    max_queue_delay_ms = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
+    preferred_batch_sizes = models.JSONField(default=list, blank=True)
+    max_queue_size = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+    request_timeout_ms = models.FloatField(default=10_000.0, validators=[MinValueValidator(1.0)])
+    instances = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
+    image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker backend)")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("deployment__name", "name")
+        constraints = [
+            models.UniqueConstraint(fields=("deployment", "name"), name="unique_variant_per_deployment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}/{self.name}"
+
+    @property
+    def device(self) -> str:
+        ids = self.gpu_ids or []
+        return f"cuda:{ids[0]}" if ids else "cpu"
+
+
+class WorkerState(models.TextChoices):
+    STARTING = "starting", "Starting"
+    READY = "ready", "Ready"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    DRAINING = "draining", "Draining"
+    STOPPED = "stopped", "Stopped"
+    FAILED = "failed", "Failed"
+
+
+LIVE_WORKER_STATES = (WorkerState.STARTING, WorkerState.READY, WorkerState.UNHEALTHY)
+
+
+class Worker(models.Model):
+    """One replica of a variant: a process or a container, as the backend started it.
+
+    The report token is stored as a digest; ``restarts`` counts replacements of
+    this replica slot, carried over to the worker that replaces it.
+    """
+
+    variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="workers")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="workers")
+    backend = models.CharField(max_length=16)
+    handle = models.CharField(max_length=128, blank=True, db_index=True)
+    http_url = models.CharField(max_length=255, blank=True)
+    grpc_target = models.CharField(max_length=255, blank=True)
+    state = models.CharField(max_length=16, choices=WorkerState.choices, default=WorkerState.STARTING, db_index=True)
+    restarts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    token_digest = models.CharField(max_length=64, blank=True)
+    spec_hash = models.CharField(max_length=64, blank=True, help_text="the variant configuration it runs")
+    log_path = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="restart backoff")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("variant_id", "id")
+
+    def __str__(self) -> str:
+        return f"worker {self.pk} of {self.variant}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.http_url}/metrics" if self.http_url else ""
+
+
+class Report(models.Model):
+    """One report a worker pushed (raw), or a per-minute rollup of them (``resolution='1m'``).
+
+    Raw rows are kept for an hour, then folded into per-minute rows per worker:
+    counters and histogram buckets add up, so percentiles stay computable.
+    """
+
+    class Resolution(models.TextChoices):
+        RAW = "raw", "raw"
+        MINUTE = "1m", "per minute"
+
+    worker = models.ForeignKey(Worker, on_delete=models.SET_NULL, null=True, related_name="reports")
+    variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="reports")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="reports")
+    version_number = models.PositiveIntegerField()
+    resolution = models.CharField(max_length=4, choices=Resolution.choices, default=Resolution.RAW)
+    start = models.DateTimeField()
+    end = models.DateTimeField(db_index=True)
+    seconds = models.FloatField()
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    outcomes = models.JSONField(default=dict)
+    latency_histogram = models.JSONField(default=dict)
+    batch_histogram = models.JSONField(default=dict)
+    latency_p50_ms = models.FloatField(null=True)
+    latency_p95_ms = models.FloatField(null=True)
+    latency_p99_ms = models.FloatField(null=True)
+    mean_batch_size = models.FloatField(null=True)
+    queue_depth = models.FloatField(default=0)
+    in_flight = models.FloatField(default=0)
+    cpu_percent = models.FloatField(null=True)
+    rss_bytes = models.BigIntegerField(null=True)
+    gpu_utilization = models.FloatField(null=True)
+    gpu_memory_bytes = models.BigIntegerField(null=True)
+    samples = models.PositiveIntegerField(default=1, help_text="raw reports folded into this row")
+
+    class Meta:
+        ordering = ("-end",)
+        indexes = [
+            models.Index(fields=("deployment", "resolution", "end")),
+            models.Index(fields=("variant", "resolution", "end")),
+        ]
+
+    def __str__(self) -> str:
+        return f"report of {self.worker_id} at {self.end:%H:%M:%S}"
+
+    def as_point(self) -> dict[str, Any]:
+        return {"end": self.end.isoformat(), "requests": self.requests, "errors": self.errors}

@@ -1,0 +1,37 @@
+"""Deployment services, split by concept: deployments, variants, batching, workers and reports, routing."""
+
+from deployments.services.batching import propose_batching, validate_batching
+from deployments.services.deployments import (
+    add_variant,
+    create_deployment,
+    delete_deployment,
+    remove_variant,
+    set_deployment_running,
+)
+from deployments.services.routing import build_routing_table, publish_routing_table
+from deployments.services.variants import (
+    on_alias_moved,
+    scale_variant,
+    set_variant_version,
+    update_batching,
+)
+from deployments.services.workers import authenticate_worker, downsample_reports, ingest_report
+
+__all__ = (
+    "add_variant",
+    "remove_variant",
+    "authenticate_worker",
+    "build_routing_table",
+    "create_deployment",
+    "delete_deployment",
+    "downsample_reports",
+    "ingest_report",
+    "on_alias_moved",
+    "propose_batching",
+    "publish_routing_table",
+    "scale_variant",
+    "set_deployment_running",
+    "set_variant_version",
+    "update_batching",
+    "validate_batching",
+)

@@ -1,0 +1,43 @@
+"""Celery tasks of deployments: thin wrappers that take ids and call one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+
+@shared_task(
+    name="deployments.reconcile_deployment",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=5,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def reconcile_deployment_task(deployment_id: int) -> bool:
+    from deployments.reconcile import reconcile_deployment
+
+    return reconcile_deployment(deployment_id)
+
+
+@shared_task(name="deployments.reconcile_all", acks_late=True, soft_time_limit=240, time_limit=300)
+def reconcile_all_task() -> dict[str, int]:
+    from deployments.reconcile import reconcile_all
+
+    return reconcile_all()
+
+
+@shared_task(name="deployments.downsample_reports", acks_late=True, time_limit=600)
+def downsample_reports_task() -> dict[str, int]:
+    from deployments.services import downsample_reports
+
+    return downsample_reports()
+
+
+@shared_task(name="deployments.publish_routing_table", acks_late=True, time_limit=60)
+def publish_routing_table_task() -> int:
+    from deployments.services import publish_routing_table
+
+    return len(publish_routing_table()["deployments"])

@@ -1,0 +1,21 @@
+"""Web UI routes of deployments."""
+
+from django.urls import path
+
+from deployments import views
+
+app_name = "deployments"
+
+urlpatterns = [
+    path("deployments/", views.deployment_list, name="list"),
+    path("models/<slug:name>/versions/<int:number>/deploy/", views.deployment_create, name="create"),
+    path("deployments/<slug:name>/", views.deployment_detail, name="detail"),
+    path("deployments/<slug:name>/live/", views.deployment_workers_fragment, name="live"),
+    path("deployments/<slug:name>/stop/", views.deployment_stop, name="stop"),
+    path("deployments/<slug:name>/start/", views.deployment_start, name="start"),
+    path("deployments/<slug:name>/delete/", views.deployment_delete, name="delete"),
+    path("deployments/<slug:name>/variants/", views.variant_add, name="variant-add"),
+    path("deployments/<slug:name>/variants/<slug:variant>/scale/", views.variant_scale, name="variant-scale"),
+    path("deployments/<slug:name>/variants/<slug:variant>/version/", views.variant_version, name="variant-version"),
+    path("deployments/<slug:name>/workers/<int:worker_id>/logs/", views.worker_logs, name="worker-logs"),
+]

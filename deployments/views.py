@@ -1,0 +1,177 @@
+"""Server-rendered pages for deployments. Views call the same services as the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from config.errors import PlatformError
+from deployments import queries, services
+from deployments.backends import get_backend
+from deployments.forms import AddVariantForm, DeploymentCreateForm, ScaleForm, VersionForm
+from deployments.models import Worker
+from deployments.services.batching import propose_batching
+from registry import queries as registry_queries
+from registry.audit import Actor
+from registry.permissions import ensure_can_change
+
+
+@login_required
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    rows = list(queries.deployments().order_by("name"))
+    return render(request, "deployments/deployment_list.html", {"deployments": rows, "gateway": settings.KILN_GATEWAY_URL})
+
+
+@login_required
+def deployment_create(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = registry_queries.get_version(name, number)
+    ensure_can_change(request.user, version.model)
+    budget = _budget(request)
+    proposal, note = propose_batching(version.report or {}, latency_budget_ms=budget)
+    initial = {**proposal.as_dict(), "preferred_batch_sizes": ",".join(map(str, proposal.preferred_batch_sizes)),
+               "version": version.version, "name": version.model.name, "replicas": 1, "device": "cpu"}  # fmt: skip
+    form = DeploymentCreateForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            deployment = services.create_deployment(
+                name=form.cleaned_data["name"], model=version.model, variants=[form.variant()],
+                actor=request.user, description=form.cleaned_data["description"], latency_budget_ms=budget,  # type: ignore[arg-type]
+            )  # fmt: skip
+        except PlatformError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Deployment {deployment.name} created; replicas are starting.")
+            return redirect("deployments:detail", name=deployment.name)
+    context = {"version": version, "model": version.model, "form": form, "note": note, "budget": budget}
+    return render(request, "deployments/deployment_create.html", context, status=400 if form.errors else 200)
+
+
+def _budget(request: HttpRequest) -> float:
+    try:
+        value = float(request.GET.get("latency_budget_ms") or settings.KILN_LATENCY_BUDGET_MS)
+    except ValueError:
+        return float(settings.KILN_LATENCY_BUDGET_MS)
+    return min(max(value, 0.1), 60_000.0)
+
+
+def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
+    deployment = queries.get_deployment(name)
+    from registry.queries import audit_events
+
+    return {
+        "deployment": deployment,
+        "variants": list(deployment.variants.all()),
+        "can_change": deployment.model.can_change(request.user),
+        "gateway": settings.KILN_GATEWAY_URL,
+        "events": audit_events().filter(subject=f"deployment/{name}")[:30],
+        "scale_form": ScaleForm(),
+        "version_form": VersionForm(),
+        "add_form": AddVariantForm(),
+    }
+
+
+@login_required
+def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
+    return render(request, "deployments/deployment_detail.html", _detail_context(request, name))
+
+
+@login_required
+def deployment_workers_fragment(request: HttpRequest, name: str) -> HttpResponse:
+    """The live part of the deployment page, re-fetched by the page every few seconds."""
+    return render(request, "deployments/_live.html", _detail_context(request, name))
+
+
+def _act(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
+    deployment = queries.get_deployment(name)
+    try:
+        ensure_can_change(request.user, deployment.model)
+        action(deployment, request.user)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, success)
+    return redirect("deployments:detail", name=name)
+
+
+@login_required
+@require_POST
+def deployment_stop(request: HttpRequest, name: str) -> HttpResponse:
+    return _act(request, name, lambda d, u: services.set_deployment_running(deployment=d, running=False, actor=u),
+                "Stopping: workers drain, then stop.")  # fmt: skip
+
+
+@login_required
+@require_POST
+def deployment_start(request: HttpRequest, name: str) -> HttpResponse:
+    return _act(request, name, lambda d, u: services.set_deployment_running(deployment=d, running=True, actor=u),
+                "Starting the replicas again.")  # fmt: skip
+
+
+@login_required
+@require_POST
+def deployment_delete(request: HttpRequest, name: str) -> HttpResponse:
+    deployment = queries.get_deployment(name)
+    ensure_can_change(request.user, deployment.model)
+    services.delete_deployment(deployment=deployment, actor=request.user)
+    messages.success(request, f"Deployment {name} deleted.")
+    return redirect("deployments:list")
+
+
+@login_required
+@require_POST
+def variant_scale(request: HttpRequest, name: str, variant: str) -> HttpResponse:
+    form = ScaleForm(request.POST)
+    row = queries.get_variant(name, variant)
+
+    def act(_d: Any, user: Actor) -> None:
+        if not form.is_valid():
+            raise PlatformError("replicas: a number from 0 to 64")
+        services.scale_variant(variant=row, replicas=form.cleaned_data["replicas"], actor=user)
+
+    return _act(request, name, act, f"Scaling {variant}.")
+
+
+@login_required
+@require_POST
+def variant_version(request: HttpRequest, name: str, variant: str) -> HttpResponse:
+    form = VersionForm(request.POST)
+    row = queries.get_variant(name, variant)
+
+    def act(_d: Any, user: Actor) -> None:
+        if not form.is_valid():
+            raise PlatformError("give a version number or an alias")
+        target = {"version": form.cleaned_data.get("version"), "alias": form.cleaned_data.get("alias") or ""}
+        services.set_variant_version(variant=row, target={k: v for k, v in target.items() if v}, actor=user)
+
+    return _act(request, name, act, f"Rolling {variant} to the new version.")
+
+
+@login_required
+@require_POST
+def variant_add(request: HttpRequest, name: str) -> HttpResponse:
+    form = AddVariantForm(request.POST)
+
+    def act(deployment: Any, user: Actor) -> None:
+        if not form.is_valid():
+            raise PlatformError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
+        raw = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
+        services.add_variant(deployment=deployment, raw=raw, actor=user)
+
+    return _act(request, name, act, "Variant added at weight 0; its replicas are starting.")
+
+
+@login_required
+def worker_logs(request: HttpRequest, name: str, worker_id: int) -> HttpResponse:
+    worker = Worker.objects.select_related("variant__deployment").filter(
+        pk=worker_id, variant__deployment__name=name
+    ).first()
+    if worker is None:
+        raise PlatformError(f"deployment {name!r} has no worker {worker_id}", code="not_found")
+    text = get_backend(worker.backend).logs(worker.handle, log_path=worker.log_path, tail=300) if worker.handle else ""
+    return render(request, "deployments/worker_logs.html", {"worker": worker, "text": text or worker.last_error})
