@@ -94,6 +94,9 @@ def run_child(
                     f"{command} took longer than the limit of {timeout_s:.0f} s and was stopped",
                     code="timeout",
                 ) from None
+            finally:
+                if proc.stdout is not None:  # else a ResourceWarning when the Popen is collected
+                    proc.stdout.close()
             stderr.seek(0)
             tail = stderr.read()[-_STDERR_TAIL:].decode("utf-8", "replace")
         return _read_result(command, proc.returncode, result, tail, memory_mb)
