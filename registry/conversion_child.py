@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +61,7 @@ REFERENCE_BUDGET_S = 60.0
 
 @dataclass(frozen=True)
 class ConversionRequest:
-    """The parent's request, validated (see ``registry.services`` for who builds it)."""
+    """The parent's request, validated. For ONNX uploads the graph's own signature is used."""
 
     format: str
     source_path: str
@@ -153,11 +153,28 @@ def _timed(report: dict[str, Any], stage: str) -> Iterator[None]:
         report["durations_s"][stage] = round(time.perf_counter() - start, 3)
 
 
-def _convert(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any]:
-    if req.format != "onnx":
-        import torch
+@contextmanager
+def _torch_threads(req: ConversionRequest) -> Iterator[None]:
+    """PyTorch's intra-op threads for the conversion, restored after (tests call ``convert`` in-process)."""
+    if req.format == "onnx":  # no PyTorch involved: do not pay for importing it
+        yield
+        return
+    import torch
 
-        torch.set_num_threads(req.threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(req.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _convert(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any]:
+    with _torch_threads(req):
+        return _run_stages(req, report)
+
+
+def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any]:
     with _timed(report, "export"):
         source = _export(req)
     report["warnings"].extend(source.warnings)
@@ -165,6 +182,10 @@ def _convert(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any]:
     with _timed(report, "check"):
         checked = check_onnx_file(req.output_path, threads=req.threads)
     report["warnings"].extend(checked.warnings)
+    if req.opset is not None and checked.opset != req.opset:
+        report["warnings"].append(
+            f"opset {req.opset} was requested; the exporter produced opset {checked.opset}"
+        )
     signature = onnx_signature(checked.model)
     inputs = source.inputs or specs_from_signature(signature, "inputs")
     report.update(
@@ -220,16 +241,18 @@ def _fixed_batch(inputs: list[TensorSpec]) -> int:
     return next((s.shape[0] for s in inputs if s.shape and s.shape[0] != -1), 1)
 
 
-def _batch_sizes(wanted: tuple[int, ...], inputs: list[TensorSpec], source: Source) -> list[int]:
-    """Batch sizes to check: the fixed one without a dynamic batch axis, else those the model allows."""
+def _batch_sizes(
+    wanted: Sequence[int], inputs: list[TensorSpec], batch_range: DimRange | None, notes: list[str]
+) -> list[int]:
+    """Batch sizes to run: the fixed one without a dynamic batch axis, else those the model allows."""
     if not has_dynamic_batch(inputs):
         return [_fixed_batch(inputs)]
-    allowed = sorted({b for b in wanted if source.batch_range is None or source.batch_range.allows(b)})
-    if len(allowed) < len(set(wanted)):
+    allowed = [b for b in wanted if batch_range is None or batch_range.allows(b)]
+    if len(allowed) < len(wanted):
         skipped = sorted(set(wanted) - set(allowed))
-        source.warnings.append(f"batch sizes {skipped} are outside the range the .pt2 program accepts")
-    if not allowed and source.batch_range is not None:
-        allowed = [source.batch_range.clamp(1)]
+        notes.append(f"batch sizes {skipped} are outside the range the .pt2 program accepts; skipped")
+    if not allowed and batch_range is not None:
+        allowed = [batch_range.clamp(1)]
     return allowed
 
 
@@ -241,7 +264,8 @@ def _parity(
     inputs: list[TensorSpec],
     output_names: list[str],
 ) -> None:
-    batch_sizes = _batch_sizes(req.parity_batch_sizes, inputs, source)
+    wanted = sorted(set(req.parity_batch_sizes))
+    batch_sizes = _batch_sizes(wanted, inputs, source.batch_range, report["warnings"])
     label = "PyTorch" if source.reference is not None else "onnx.reference"
     tally = ParityTally(atol=req.atol, rtol=req.rtol, reference=label)
     try:
@@ -322,9 +346,8 @@ def _profile(
     inputs: list[TensorSpec],
 ) -> None:
     fixed = None if has_dynamic_batch(inputs) else _fixed_batch(inputs)
-    sizes = profile_batch_sizes(req.profile_max_batch, fixed)
-    if source.batch_range is not None:
-        sizes = [b for b in sizes if source.batch_range.allows(b)] or [source.batch_range.clamp(1)]
+    wanted = profile_batch_sizes(req.profile_max_batch, fixed)
+    sizes = _batch_sizes(wanted, inputs, source.batch_range, report["warnings"])
     session_run = _ort_runner(checked.session)
     report["profile"], notes = profile(
         batch_sizes=sizes,

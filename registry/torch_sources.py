@@ -178,7 +178,8 @@ def prepare_program(
     specs = [_program_spec(spec, shape) for spec, shape in zip(inputs, dims, strict=True)]
     batch_range = _batch_range(dims) if has_dynamic_batch(specs) else None
     notes = [] if has_dynamic_batch(specs) else [_fixed_batch_warning(specs)]
-    runner = torch_runner(program.module())
+    with quiet_warnings():
+        runner = torch_runner(program.module())
     progress("running PyTorch on sample inputs")
     sample_batch = batch_range.clamp(SAMPLE_BATCH) if batch_range else SAMPLE_BATCH
     int_high, first = probe_int_high(

@@ -37,12 +37,15 @@ class SmallCNN(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.norm(self.conv(image)))
-        return self.head(features.mean(dim=(2, 3)))
+        logits: torch.Tensor = self.head(features.mean(dim=(2, 3)))
+        return logits
 
 
 def _cnn() -> nn.Module:
     torch.manual_seed(0)
     model = SmallCNN()
+    assert model.norm.running_mean is not None
+    assert model.norm.running_var is not None
     with torch.no_grad():  # non-trivial batch-norm statistics
         model.norm.running_mean.uniform_(-0.5, 0.5)
         model.norm.running_var.uniform_(0.5, 2.0)
@@ -69,7 +72,8 @@ class TwoInputs(nn.Module):
         self.head = nn.Linear(8, 3)
 
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(tokens).mean(dim=1) + torch.tanh(self.dense(features)))
+        scores: torch.Tensor = self.head(self.embed(tokens).mean(dim=1) + torch.tanh(self.dense(features)))
+        return scores
 
 
 def save_two_input_torchscript(path: Path, *, vocabulary: int = 100) -> dict[str, Any]:
@@ -121,7 +125,8 @@ class Spectrum(nn.Module):
         self.head = nn.Linear(9, 2)
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.fft.rfft(signal).abs())
+        out: torch.Tensor = self.head(torch.fft.rfft(signal).abs())
+        return out
 
 
 UNEXPORTABLE_OPERATOR = "aten::fft_rfft"
@@ -150,7 +155,8 @@ class Inverse(nn.Module):
     """``torch.linalg.inv``: the torch.export-based exporter has no ONNX function for it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.inv(x)
+        inverse: torch.Tensor = torch.linalg.inv(x)
+        return inverse
 
 
 UNEXPORTABLE_PT2_OPERATOR = "aten.linalg_inv_ex"

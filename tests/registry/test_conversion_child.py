@@ -86,7 +86,7 @@ def test_torchscript_cnn_converts_with_parity_recorded_and_a_dynamic_batch(tmp_p
     (logits,) = _ort(request["output_path"]).run(None, {"image": image})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(request["source_path"])
+        module = torch.jit.load(request["source_path"])  # type: ignore[no-untyped-call]
     expected = module(torch.from_numpy(image)).detach().numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-3)
 
