@@ -8,10 +8,12 @@ whose ``extra["report"]`` holds the report as far as it got. Codes:
   does not take (or return) the tensors the signature declares;
 - ``model_failed``: PyTorch itself raises on random inputs drawn from the signature;
 - ``export_failed``: the exporter failed (the message names the operator when torch does);
-- ``check_failed``: onnx.checker, shape inference or ONNX Runtime rejects the graph;
+- ``check_failed``: onnx.checker, shape inference or ONNX Runtime rejects the graph (or,
+  for an ONNX upload, ONNX Runtime fails on sample inputs); ``external_data_refused``;
 - ``parity_failed``: ONNX Runtime disagrees with the reference beyond the tolerance,
   or fails on one of the batch sizes;
-- ``out_of_memory``: an allocation failed under the sandbox's memory limit.
+- ``out_of_memory``: an allocation failed under the sandbox's memory limit;
+- ``failed``: anything unexpected (the traceback goes to the child's stderr).
 
 Parity for ONNX uploads, which have no PyTorch source, compares ONNX Runtime with
 ``onnx.reference.ReferenceEvaluator`` (numpy, op by op) when the file is under
