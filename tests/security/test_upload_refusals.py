@@ -16,7 +16,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from registry.models import AuditEvent, ModelVersion
-from tests.registry.model_factories import TinyCnn, save_onnx_cnn, save_torchscript_cnn
+from tests.registry.model_factories import SmallCNN, save_onnx_cnn, save_torchscript_cnn
 from tests.registry.test_upload_api import create_model, upload
 
 pytestmark = pytest.mark.django_db
@@ -96,7 +96,7 @@ def test_torch_save_of_a_whole_model_is_refused_with_the_accepted_formats(
     owner_api: APIClient, tmp_path: Path
 ) -> None:
     path = tmp_path / "model.pt"
-    torch.save(TinyCnn(), path)
+    torch.save(SmallCNN(), path)
 
     response = upload(
         owner_api,
@@ -116,7 +116,7 @@ def test_torch_save_of_a_whole_model_is_refused_with_the_accepted_formats(
 @pytest.mark.usefixtures("model")
 def test_a_legacy_torch_save_pickle_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
-    torch.save(TinyCnn().state_dict(), path, _use_new_zipfile_serialization=False)
+    torch.save(SmallCNN().state_dict(), path, _use_new_zipfile_serialization=False)
 
     response = upload(owner_api, "cnn", path)
 

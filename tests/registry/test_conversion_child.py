@@ -1,0 +1,386 @@
+"""The conversion pipeline that runs inside the sandboxed child: export, check, parity, profile.
+
+Most tests call ``convert()`` in-process (pure, no database); a few go through
+``registry.sandbox.run_child`` to prove the child command, its error codes and the
+time and memory limits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from registry.child_api import ChildError
+from registry.conversion_child import convert
+from registry.onnx_export import explain_export_error
+from registry.parity import ParityTally, compare_output
+from registry.profiling import profile, profile_batch_sizes
+from registry.sandbox import SandboxError, run_child
+from tests.registry import model_factories
+
+SaveModel = Callable[..., dict[str, Any]]
+EXTENSIONS = {"torchscript": "pt", "torch_export": "pt2", "onnx": "onnx"}
+
+
+def _request(tmp_path: Path, fmt: str, save: SaveModel, **overrides: Any) -> dict[str, Any]:
+    source = tmp_path / f"model.{EXTENSIONS[fmt]}"
+    signature = save(source)
+    request: dict[str, Any] = {
+        "format": fmt,
+        "source_path": str(source),
+        "output_path": str(tmp_path / "converted.onnx"),
+        "signature": signature,
+        "atol": 1e-4,
+        "rtol": 1e-3,
+        "parity_batch_sizes": [1, 3, 8],
+        "profile_max_batch": 4,
+        "profile_runs": 3,
+        "threads": 1,
+        "opset": None,
+        "seed": 7,
+    }
+    request.update(overrides)
+    return request
+
+
+def _failure(request: dict[str, Any]) -> ChildError:
+    with pytest.raises(ChildError) as caught:
+        convert(request)
+    return caught.value
+
+
+def _ort(path: str) -> ort.InferenceSession:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def test_torchscript_cnn_converts_with_parity_recorded_and_a_dynamic_batch(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_torchscript_cnn)
+
+    result = convert(request)
+
+    report = result["report"]
+    assert result["signature"]["outputs"] == [{"name": "output_0", "dtype": "float32", "shape": [-1, 10]}]
+    assert report["exporter"] == "torchscript"
+    assert report["dynamic_batch"] is True
+    assert report["opset"] >= 17
+    assert report["onnx_size"] == Path(request["output_path"]).stat().st_size
+    parity = report["parity"]
+    assert parity["passed"] is True
+    assert parity["batch_sizes"] == [1, 3, 8]
+    assert 0 < parity["outputs"]["output_0"]["max_abs_error"] < 1e-4
+    assert [b["batch_size"] for b in report["profile"]["batches"]] == [1, 2, 4]
+    assert all(b["torch_ms"] > 0 and b["speedup"] > 0 for b in report["profile"]["batches"])
+    assert set(report["durations_s"]) == {"export", "check", "parity", "profile"}
+    json.dumps(report, allow_nan=False)  # storable as PostgreSQL jsonb
+    image = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    (logits,) = _ort(request["output_path"]).run(None, {"image": image})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(request["source_path"])  # type: ignore[no-untyped-call]
+    expected = module(torch.from_numpy(image)).detach().numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_torchscript_model_with_an_int64_input_converts(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_two_input_torchscript)
+
+    report = convert(request)["report"]
+
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["input_int_range"] == [0, 100]
+    assert set(report["parity"]["outputs"]) == {"scores"}
+    session = _ort(request["output_path"])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [
+        ("tokens", "tensor(int64)"),
+        ("features", "tensor(float)"),
+    ]
+
+
+def test_integer_inputs_are_drawn_from_a_range_the_model_accepts(tmp_path: Path) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        return model_factories.save_two_input_torchscript(path, vocabulary=5)
+
+    report = convert(_request(tmp_path, "torchscript", save))["report"]
+
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["input_int_range"] == [0, 2]
+
+
+def test_pt2_program_converts_with_the_torch_export_exporter_keeping_its_dynamic_batch(
+    tmp_path: Path,
+) -> None:
+    request = _request(tmp_path, "torch_export", model_factories.save_pt2_cnn)
+
+    result = convert(request)
+
+    report = result["report"]
+    assert report["exporter"] == "dynamo"
+    assert report["dynamic_batch"] is True
+    assert report["parity"]["passed"] is True
+    assert result["signature"]["inputs"] == [{"name": "image", "dtype": "float32", "shape": [-1, 3, 16, 16]}]
+    image = np.zeros((5, 3, 16, 16), dtype=np.float32)
+    (logits,) = _ort(request["output_path"]).run(None, {"image": image})
+    assert logits.shape == (5, 10)
+
+
+def test_pt2_program_exported_without_dynamic_shapes_keeps_its_fixed_batch_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        return model_factories.save_pt2_cnn(path, dynamic_batch=False)
+
+    report = convert(_request(tmp_path, "torch_export", save, profile_max_batch=16))["report"]
+
+    assert report["dynamic_batch"] is False
+    assert report["parity"]["batch_sizes"] == [2]
+    assert [b["batch_size"] for b in report["profile"]["batches"]] == [2]
+    assert any("fixed batch size of 2" in warning for warning in report["warnings"])
+
+
+def test_onnx_upload_is_checked_and_compared_with_the_onnx_reference_evaluator(tmp_path: Path) -> None:
+    request = _request(tmp_path, "onnx", model_factories.save_onnx_cnn)
+
+    result = convert(request)
+
+    report = result["report"]
+    assert report["exporter"] == "none (uploaded ONNX)"
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["reference"] == "onnx.reference"
+    assert all(b["torch_ms"] is None and b["speedup"] is None for b in report["profile"]["batches"])
+    assert Path(request["output_path"]).read_bytes() == Path(request["source_path"]).read_bytes()
+    assert result["signature"]["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}]
+
+
+def test_onnx_upload_that_onnx_reference_cannot_run_records_parity_as_not_applicable(tmp_path: Path) -> None:
+    request = _request(tmp_path, "onnx", model_factories.save_onnx_with_contrib_op)
+
+    report = convert(request)["report"]
+
+    assert report["parity"]["passed"] is None
+    assert report["parity"]["status"].startswith("not applicable: no PyTorch source")
+    assert "com.microsoft" in report["parity"]["status"]
+    assert report["profile"]["batches"]
+
+
+def test_export_failure_names_the_unsupported_operator(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_unexportable_torchscript)
+
+    error = _failure(request)
+
+    assert error.code == "export_failed"
+    assert model_factories.UNEXPORTABLE_OPERATOR in error.message
+    assert "opset 20" in error.message
+    assert error.extra["report"]["exporter"] == "torchscript"
+    assert "export" in error.extra["report"]["durations_s"]
+
+
+def test_pt2_export_failure_names_the_operator_without_an_onnx_function(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torch_export", model_factories.save_unexportable_pt2)
+
+    error = _failure(request)
+
+    assert error.code == "export_failed"
+    assert model_factories.UNEXPORTABLE_PT2_OPERATOR in error.message
+    assert "torch.export-based" in error.message
+
+
+def test_parity_above_an_absurdly_low_tolerance_fails_with_the_numbers(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_torchscript_cnn, atol=1e-12, rtol=1e-12)
+
+    error = _failure(request)
+
+    assert error.code == "parity_failed"
+    assert "output 'output_0' at batch size 1" in error.message
+    assert "max abs error" in error.message
+    assert "max rel error" in error.message
+    assert "atol=1e-12" in error.message
+    assert "rtol=1e-12" in error.message
+    parity = error.extra["report"]["parity"]
+    assert parity["passed"] is False
+    assert parity["outputs"]["output_0"]["max_abs_error"] > 1e-12
+    assert "profile" not in error.extra["report"]
+
+
+def test_model_drawing_random_numbers_fails_parity_at_a_normal_tolerance(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_noisy_torchscript)
+
+    error = _failure(request)
+
+    assert error.code == "parity_failed"
+    assert error.extra["report"]["parity"]["outputs"]["output_0"]["max_abs_error"] > 0.1
+
+
+def test_fixed_batch_signature_checks_and_profiles_only_that_batch_size(tmp_path: Path) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        signature = model_factories.save_torchscript_cnn(path)
+        signature["inputs"][0]["shape"][0] = 2
+        return signature
+
+    result = convert(_request(tmp_path, "torchscript", save, profile_max_batch=16))
+
+    assert result["report"]["dynamic_batch"] is False
+    assert result["report"]["parity"]["batch_sizes"] == [2]
+    assert [b["batch_size"] for b in result["report"]["profile"]["batches"]] == [2]
+    assert result["signature"]["inputs"][0]["shape"] == [2, 3, 16, 16]
+
+
+def test_signature_declaring_the_wrong_number_of_outputs_is_refused(tmp_path: Path) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        signature = model_factories.save_torchscript_cnn(path)
+        signature["outputs"] = [{"name": n, "dtype": "float32", "shape": [-1, 10]} for n in ("a", "b")]
+        return signature
+
+    error = _failure(_request(tmp_path, "torchscript", save))
+
+    assert error.code == "invalid_signature"
+    assert "declares 2 output(s)" in error.message
+
+
+def test_parity_compares_with_numpy_allclose_semantics_and_scale_relative_error() -> None:
+    expected = np.array([100.0, 1.0, 0.0], dtype=np.float32)
+    actual = np.array([100.05, 1.0, 1e-6], dtype=np.float32)
+
+    check = compare_output("y", expected, actual, atol=1e-5, rtol=1e-3, batch_size=3)
+
+    assert check.passed
+    assert math.isclose(check.max_abs_error, 0.05, rel_tol=1e-3)
+    assert math.isclose(check.max_rel_error, 0.05 / 100.0, rel_tol=1e-3)
+    failing = compare_output("y", expected, actual, atol=1e-7, rtol=1e-4, batch_size=3)
+    assert not failing.passed
+    assert failing.mismatched == 2
+
+
+def test_integer_outputs_must_match_exactly() -> None:
+    check = compare_output(
+        "ids", np.array([1, 2, 3]), np.array([1, 2, 4]), atol=10.0, rtol=10.0, batch_size=1
+    )
+
+    tally = ParityTally(atol=10.0, rtol=10.0, reference="PyTorch")
+    tally.add(check)
+    assert not check.passed
+    assert "differs in 1 of 3 elements" in tally.failure_message()
+    assert "must match exactly" in tally.failure_message()
+
+
+def test_a_nan_on_one_side_only_fails_and_is_stored_as_null() -> None:
+    tally = ParityTally(atol=1e-4, rtol=1e-3, reference="PyTorch")
+    tally.add(
+        compare_output(
+            "y", np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), atol=1e-4, rtol=1e-3, batch_size=1
+        )
+    )
+    assert tally.failure is None
+
+    tally.add(
+        compare_output("y", np.array([1.0, 1.0]), np.array([np.nan, 1.0]), atol=1e-4, rtol=1e-3, batch_size=3)
+    )
+
+    report = tally.report([1, 3])
+    assert report["passed"] is False
+    assert report["outputs"]["y"]["max_abs_error"] is None
+    json.dumps(report, allow_nan=False)
+
+
+def test_profile_batch_sizes_are_powers_of_two_up_to_the_maximum_or_the_fixed_size() -> None:
+    assert profile_batch_sizes(16, None) == [1, 2, 4, 8, 16]
+    assert profile_batch_sizes(12, None) == [1, 2, 4, 8, 12]
+    assert profile_batch_sizes(1, None) == [1]
+    assert profile_batch_sizes(64, 3) == [3]
+
+
+def test_profile_stops_growing_the_batch_after_a_slow_run() -> None:
+    def slow(feeds: dict[str, Any]) -> None:
+        time.sleep(0.01)
+
+    result, notes = profile(
+        batch_sizes=[1, 2, 4, 8],
+        draw=lambda b: {"x": np.zeros((b, 2), dtype=np.float32)},
+        onnxruntime=slow,
+        torch_run=None,
+        runs=2,
+        threads=1,
+        slow_run_s=0.005,
+    )
+
+    assert [b["batch_size"] for b in result["batches"]] == [1]
+    assert len(notes) == 1
+    assert notes[0].startswith("profiling stopped after batch size 1: one run took 0.01")
+    assert notes[0].endswith("(over 0.005 s); batch sizes [2, 4, 8] were not profiled")
+
+
+def test_dynamo_exporter_errors_name_the_operator_of_the_failing_node() -> None:
+    inner = ValueError("aten_histc with min == max (0.0) is not supported in this export path.")
+    outer = RuntimeError(
+        "Error when translating node %histc : [num_users=1] = "
+        "call_function[target=torch.ops.aten.histc.default](args = (%x, 4), kwargs = {})."
+    )
+    outer.__cause__ = inner
+
+    message = explain_export_error(outer, "torch.export-based")
+
+    assert message.startswith(
+        "the torch.export-based ONNX exporter failed on the operator aten.histc: ValueError"
+    )
+
+
+@pytest.mark.slow
+def test_conversion_through_the_sandbox_reports_progress_and_the_same_result(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_torchscript_cnn)
+    stages: list[str] = []
+
+    result = run_child(
+        "convert", request, timeout_s=120, memory_mb=3072, threads=1, on_progress=stages.append
+    )
+
+    assert result["ok"] is True
+    assert result["report"]["parity"]["passed"] is True
+    assert result["signature"]["outputs"][0]["shape"] == [-1, 10]
+    assert "exporting with the TorchScript-based exporter" in stages
+    assert "parity batch 3" in stages
+    assert "profiling batch 4" in stages
+    assert stages[-1] == "done"
+
+
+@pytest.mark.slow
+def test_export_failure_through_the_sandbox_keeps_its_code_and_partial_report(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_unexportable_torchscript)
+
+    with pytest.raises(SandboxError) as caught:
+        run_child("convert", request, timeout_s=120, memory_mb=3072, threads=1)
+
+    assert caught.value.code == "export_failed"
+    assert model_factories.UNEXPORTABLE_OPERATOR in caught.value.message
+    assert caught.value.extra["report"]["exporter"] == "torchscript"
+
+
+@pytest.mark.slow
+def test_model_that_hangs_is_stopped_by_the_sandbox_time_limit(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_hanging_torchscript)
+    stages: list[str] = []
+
+    with pytest.raises(SandboxError) as caught:
+        run_child("convert", request, timeout_s=10, memory_mb=3072, threads=1, on_progress=stages.append)
+
+    assert caught.value.code == "timeout"
+    assert stages[-1] == "running PyTorch on sample inputs"
+
+
+@pytest.mark.slow
+def test_model_that_allocates_too_much_fails_with_the_sandbox_memory_limit(tmp_path: Path) -> None:
+    request = _request(tmp_path, "torchscript", model_factories.save_memory_hog_torchscript)
+
+    with pytest.raises(SandboxError) as caught:
+        run_child("convert", request, timeout_s=120, memory_mb=2048, threads=1)
+
+    assert caught.value.code == "out_of_memory"
+    assert "limit 2048 MB" in caught.value.message
