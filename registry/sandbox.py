@@ -9,6 +9,7 @@ allocation fails that one job with a readable reason and nothing else.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -36,11 +37,20 @@ class SandboxError(PlatformError):
 
 def _limits(memory_mb: int) -> Callable[[], None]:
     def apply() -> None:
+        _die_with_parent()
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the process that started it dies (a killed Celery worker)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _child_env(threads: int) -> dict[str, str]:

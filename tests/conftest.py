@@ -22,6 +22,19 @@ from rest_framework.test import APIClient
 from accounts.tokens import create_api_token
 
 ROOT = Path(__file__).resolve().parent.parent
+# One private queue per test session: Celery builds its router once, so the name cannot change later.
+TEST_QUEUE = f"kiln-test-{os.getpid()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_celery_queue() -> None:
+    """Every task this session sends goes to queues only this session's workers consume."""
+    from config.celery_app import app
+
+    settings.CELERY_TASK_DEFAULT_QUEUE = TEST_QUEUE
+    settings.KILN_CELERY_LONG_QUEUE = f"{TEST_QUEUE}.long"
+    app.conf.task_default_queue = TEST_QUEUE
+    app.conf.task_routes = {"registry.convert_version": {"queue": f"{TEST_QUEUE}.long"}}
 
 
 @pytest.fixture(autouse=True)
@@ -121,8 +134,11 @@ class CeleryWorker:
 
     def start(self) -> None:
         queues = f"{self.env['KILN_CELERY_QUEUE']},{self.env['KILN_CELERY_QUEUE']}.long"
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        with self.log_path.open("ab") as log:
+            self.proc = self._spawn(queues, log)
+
+    def _spawn(self, queues: str, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -172,14 +188,8 @@ class CeleryWorker:
 def celery_worker(
     transactional_db: None, settings: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[CeleryWorker]:
-    """A real Celery worker consuming this test's private queues; tests use transactional_db."""
-    queue = f"kiln-test-{os.getpid()}-{time.monotonic_ns()}"
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue
-    settings.KILN_CELERY_LONG_QUEUE = f"{queue}.long"
-    from config.celery_app import app
-
-    app.conf.task_default_queue = queue
-    app.conf.task_routes = {"registry.convert_version": {"queue": f"{queue}.long"}}
+    """A real Celery worker consuming this session's private queues; tests use transactional_db."""
+    queue = TEST_QUEUE
     env = {
         **os.environ,
         "DATABASE_URL": test_database_url(),
@@ -197,7 +207,6 @@ def celery_worker(
     worker.stop()
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         sys.stderr.write(f"\n--- celery worker log ---\n{worker.log_tail()}\n")
-    app.conf.task_default_queue = "kiln"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
