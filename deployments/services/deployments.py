@@ -114,8 +114,11 @@ def build_variant(
     proposed, note = propose_batching(
         target.version.report or {}, latency_budget_ms=latency_budget_ms or settings.KILN_LATENCY_BUDGET_MS
     )
-    given = {k: v for k, v in (raw.get("batching") or {}).items()}
-    batching = validate_batching({**proposed.as_dict(), **given}, prefix=f"{prefix}batching.", fixed_batch=not dynamic)
+    given = dict(raw.get("batching") or {})
+    merged = {**proposed.as_dict(), **given}
+    if "preferred_batch_sizes" not in given and isinstance(merged["max_batch_size"], int):
+        merged["preferred_batch_sizes"] = [s for s in proposed.preferred_batch_sizes if s <= merged["max_batch_size"]]
+    batching = validate_batching(merged, prefix=f"{prefix}batching.", fixed_batch=not dynamic)
     if given:
         note = f"Set by the user ({', '.join(sorted(given))}); the profile proposed: {note}"
     return Variant(

@@ -59,6 +59,37 @@
     });
   }
 
+  // Re-fetch a live fragment of the page (worker states) without reloading it.
+  function liveFragments() {
+    document.querySelectorAll("[data-fragment]").forEach(function (el) {
+      var url = el.getAttribute("data-fragment");
+      var ms = parseInt(el.getAttribute("data-fragment-interval"), 10) || 3000;
+      function tick() {
+        if (document.hidden || el.contains(document.activeElement)) return setTimeout(tick, ms);
+        fetch(url, { credentials: "same-origin" })
+          .then(function (r) { return r.ok ? r.text() : null; })
+          .then(function (html) {
+            if (html !== null && !el.contains(document.activeElement)) {
+              el.innerHTML = html;
+              el.dispatchEvent(new CustomEvent("kiln:refreshed", { bubbles: true }));
+            }
+            setTimeout(tick, ms);
+          })
+          .catch(function () { setTimeout(tick, ms * 2); });
+      }
+      setTimeout(tick, ms);
+    });
+  }
+
+  // Forms that need a confirmation first.
+  function confirms() {
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (event) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+      });
+    });
+  }
+
   // Relative bars for profile tables.
   function bars() {
     var items = document.querySelectorAll(".bar[data-value]");
@@ -70,5 +101,5 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { autoRefresh(); pollStatus(); uploadProgress(); bars(); });
+  document.addEventListener("DOMContentLoaded", function () { autoRefresh(); pollStatus(); uploadProgress(); bars(); liveFragments(); confirms(); });
 })();

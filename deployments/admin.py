@@ -1,0 +1,108 @@
+"""Django admin for deployments. Changes go through the services (validation, audit, reconcile)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from config.errors import PlatformError
+from deployments import services
+from deployments.models import Deployment, Report, Variant, Worker
+from registry.permissions import ensure_can_change
+
+
+class VariantInline(admin.TabularInline[Variant, Deployment]):
+    model = Variant
+    extra = 0
+    fields = ("name", "version", "alias", "weight", "shadow_percent", "replicas", "gpu_ids", "backend")
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+    list_display = ("name", "model", "status", "desired_running", "updated_at")
+    list_filter = ("status", "desired_running")
+    search_fields = ("name", "model__name", "description")
+    readonly_fields = [f.name for f in Deployment._meta.fields]
+    inlines = (VariantInline,)
+    actions = ("stop_action", "start_action")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # deploy from a version page or the API: the service validates and proposes batching
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _run(self, request: HttpRequest, queryset: QuerySet[Deployment], running: bool) -> None:
+        for deployment in queryset.select_related("model"):
+            try:
+                ensure_can_change(request.user, deployment.model)
+                services.set_deployment_running(deployment=deployment, running=running, actor=request.user)
+            except PlatformError as exc:
+                self.message_user(request, f"{deployment}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{deployment}: {'starting' if running else 'stopping'}.")
+
+    @admin.action(description="Stop the selected deployments")
+    def stop_action(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        self._run(request, queryset, running=False)
+
+    @admin.action(description="Start the selected deployments")
+    def start_action(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        self._run(request, queryset, running=True)
+
+
+@admin.register(Variant)
+class VariantAdmin(admin.ModelAdmin[Variant]):
+    list_display = ("__str__", "version", "alias", "weight", "shadow_percent", "replicas", "backend")
+    list_filter = ("backend", "deployment")
+    search_fields = ("deployment__name", "name")
+    list_select_related = ("deployment", "version__model")
+    readonly_fields = [f.name for f in Variant._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin[Worker]):
+    list_display = ("id", "variant", "state", "version", "http_url", "restarts", "last_heartbeat")
+    list_filter = ("state", "backend")
+    search_fields = ("variant__deployment__name", "handle", "http_url")
+    list_select_related = ("variant__deployment", "version__model")
+    readonly_fields = [f.name for f in Worker._meta.fields if f.name != "token_digest"]
+    exclude = ("token_digest",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Report)
+class ReportAdmin(admin.ModelAdmin[Report]):
+    list_display = ("end", "deployment", "variant", "worker", "resolution", "requests", "errors", "latency_p99_ms")
+    list_filter = ("resolution", "deployment")
+    date_hierarchy = "end"
+    list_select_related = ("deployment", "variant", "worker")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

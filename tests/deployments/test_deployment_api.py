@@ -1,0 +1,160 @@
+"""The deployments API: creation with validation errors that name the field, and who may do what."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from deployments.models import Deployment, Variant
+from registry.models import AuditEvent
+from tests.deployments.factories import ready_version
+
+pytestmark = pytest.mark.django_db
+
+
+def create(client: APIClient, **overrides: Any) -> Any:
+    body = {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 2}], **overrides}
+    return client.post("/api/v1/deployments/", body, format="json")
+
+
+def test_a_deployment_is_created_with_batching_proposed_from_the_profile(owner: User, owner_api: APIClient) -> None:
+    ready_version(owner)
+
+    response = create(owner_api, latency_budget_ms=6)
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    variant = body["variants"][0]
+    assert body["status"] == "deploying"
+    assert body["endpoint"]["infer"].endswith("/v2/models/cnn-prod/infer")
+    assert variant["name"] == "primary"
+    assert variant["weight"] == 100
+    assert variant["replicas"] == 2
+    assert variant["device"] == "cpu"
+    assert variant["batching"]["max_batch_size"] == 8
+    assert "Batch 8 takes 2.60 ms" in variant["batching_note"]
+    assert AuditEvent.objects.filter(action="deployment.created", subject="deployment/cnn-prod").exists()
+
+
+def test_user_batching_options_override_the_proposal(owner: User, owner_api: APIClient) -> None:
+    ready_version(owner)
+
+    response = create(owner_api, variants=[{"version": 1, "batching": {"max_batch_size": 4, "max_queue_delay_ms": 1}}])
+
+    assert response.status_code == 201
+    batching = response.json()["variants"][0]["batching"]
+    assert (batching["max_batch_size"], batching["max_queue_delay_ms"]) == (4, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ([{"version": 9}], "variants[0].version: model 'cnn' has no version 9"),
+        ([{"version": 2}], "variants[0].version: cnn v2 is converting, not ready"),
+        ([{"alias": "nope"}], "variants[0].alias: model 'cnn' has no alias 'nope'"),
+        ([{}], "variants[0].version: give either a version number or an alias"),
+        ([{"version": 1, "replicas": 99}], "variants[0].replicas"),
+        ([{"version": 1, "replicas": -1}], "variants[0].replicas"),
+        ([{"version": 1, "device": "cuda:0"}], "variants[0].device"),
+        ([{"version": 1, "device": "gpu please"}], "variants[0].device"),
+        ([{"version": 1, "backend": "kubernetes"}], "variants[0].backend"),
+        ([{"version": 1, "batching": {"max_batch_size": 0}}], "variants[0].batching.max_batch_size"),
+        ([{"version": 1, "batching": {"preferred_batch_sizes": [128], "max_batch_size": 8}}], "variants[0].batching.preferred_batch_sizes"),
+        ([{"version": 1, "weight": 60}, {"name": "b", "version": 1, "weight": 30}], "weights must add up to 100"),
+        ([{"version": 1}, {"version": 1, "name": "primary", "weight": 0}], "variant names must be unique"),
+        ([], "variants"),
+    ],
+)
+def test_invalid_deployments_are_400s_naming_the_field(
+    owner: User, owner_api: APIClient, variants: list[dict[str, Any]], message: str
+) -> None:
+    ready_version(owner)
+    ready_version(owner, number=2, status="converting")
+
+    response = create(owner_api, variants=variants)
+
+    assert response.status_code == 400, response.content
+    assert message in response.json()["message"]
+    assert not Deployment.objects.exists()
+
+
+def test_duplicate_names_and_unknown_models_are_refused(owner: User, owner_api: APIClient) -> None:
+    ready_version(owner)
+    assert create(owner_api).status_code == 201
+
+    duplicate = create(owner_api)
+    unknown = create(owner_api, name="other", model="nope")
+
+    assert duplicate.status_code == 409
+    assert unknown.status_code == 404
+
+
+def test_scaling_changing_version_and_stopping_are_audited(owner: User, owner_api: APIClient) -> None:
+    ready_version(owner)
+    ready_version(owner, number=2)
+    create(owner_api)
+
+    scaled = owner_api.post("/api/v1/deployments/cnn-prod/variants/primary/scale/", {"replicas": 3}, format="json")
+    rolled = owner_api.put("/api/v1/deployments/cnn-prod/variants/primary/version/", {"version": 2}, format="json")
+    bad_scale = owner_api.post("/api/v1/deployments/cnn-prod/variants/primary/scale/", {"replicas": 1000}, format="json")
+    stopped = owner_api.post("/api/v1/deployments/cnn-prod/stop/")
+
+    assert scaled.status_code == 202
+    assert scaled.json()["replicas"] == 3
+    assert rolled.json()["version"] == 2
+    assert bad_scale.status_code == 400
+    assert "replicas" in bad_scale.json()["message"]
+    assert stopped.json()["desired_running"] is False
+    actions = list(AuditEvent.objects.filter(subject="deployment/cnn-prod").order_by("id").values_list("action", flat=True))
+    assert actions == ["deployment.created", "variant.scaled", "variant.version_changed", "deployment.stopped"]
+
+
+def test_a_variant_following_an_alias_moves_when_the_alias_moves(owner: User, owner_api: APIClient) -> None:
+    ready_version(owner)
+    ready_version(owner, number=2)
+    owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
+    create(owner_api, variants=[{"alias": "production"}])
+
+    from deployments.services.variants import roll_alias_followers
+    from registry.models import Alias
+
+    owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json")
+    roll_alias_followers(alias=Alias.objects.get(name="production"))  # on_commit does this outside a test transaction
+
+    variant = Variant.objects.get()
+    assert variant.version.version == 2
+    assert variant.alias == "production"
+    event = AuditEvent.objects.filter(action="variant.version_changed").get()
+    assert event.reason == "alias production moved to v2"
+
+
+def test_only_owner_team_and_staff_may_deploy(
+    owner: User, outsider: User, api_as: Callable[[User], APIClient], anonymous_api: APIClient
+) -> None:
+    ready_version(owner)
+
+    refused = create(api_as(outsider))
+    anonymous = create(anonymous_api)
+
+    assert refused.status_code == 403
+    assert anonymous.status_code == 401
+    assert not Deployment.objects.exists()
+
+
+def test_a_new_variant_starts_at_weight_zero(owner: User, owner_api: APIClient) -> None:
+    ready_version(owner)
+    ready_version(owner, number=2)
+    create(owner_api)
+
+    added = owner_api.post("/api/v1/deployments/cnn-prod/variants/", {"name": "candidate", "version": 2}, format="json")
+    weighted = owner_api.post(
+        "/api/v1/deployments/cnn-prod/variants/", {"name": "other", "version": 2, "weight": 10}, format="json"
+    )
+
+    assert added.status_code == 201
+    assert added.json()["weight"] == 0
+    assert weighted.status_code == 400
