@@ -85,7 +85,8 @@ class Worker:
         """Begin the drain; safe to call from any thread."""
         if self._loop is None:
             return
-        self._loop.call_soon_threadsafe(self._stop.set)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: already stopped
+            self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _listen(self) -> None:
         server = self.config.server
