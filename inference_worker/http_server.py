@@ -70,11 +70,16 @@ class HttpServer:
             if not connection.busy:
                 connection.close()
 
-    async def close(self) -> None:
-        """Close every connection and the sweeper."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close every connection once its responses are written (``timeout`` at most), and the sweeper."""
         self.stop_accepting()
         for connection in list(self.connections):
             connection.close()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # transports flush their buffers, then report connection_lost
+        for connection in list(self.connections):
+            connection.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,7 +120,6 @@ class HttpConnection(asyncio.Protocol):
         self.header_length: int | None = None
         self.encoding: bytes | None = None
         self.expect_continue = False
-        self.refusal: Response | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -276,9 +280,9 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        """Close after what is buffered has been written; connection_lost follows."""
         if not self.closed:
             self.closed = True
-            self.server.connections.discard(self)
             self.transport.close()
 
 

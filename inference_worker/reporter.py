@@ -108,10 +108,10 @@ class Reporter:
         self._dp = dataplane
         self._metrics = dataplane.metrics
         self._device_stats = device_stats
-        self._started = time.time()
         self._sequence = 0
         self._failures = 0
         self._baseline = _Baseline(self._metrics)
+        self._started = self._baseline.wall
 
     def build(self) -> tuple[dict[str, Any], _Baseline]:
         """The next report, and the baseline it ends (adopted once it is delivered)."""

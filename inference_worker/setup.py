@@ -12,15 +12,16 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from setuptools import setup
-from setuptools.command.build_py import build_py
+from setuptools import setup  # type: ignore[import-untyped]
+from setuptools.command.build_py import build_py  # type: ignore[import-untyped]
 
 HERE = Path(__file__).resolve().parent
 
 
 def _generate_protos() -> None:
     spec = importlib.util.spec_from_file_location("_kiln_build_protos", HERE / "build_protos.py")
-    assert spec is not None and spec.loader is not None  # noqa: S101 - the file sits next to this one
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {HERE / 'build_protos.py'}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.generate(HERE / "_generated")

@@ -36,7 +36,9 @@ MODELS = ("mlp", "two_inputs", "static", "square", "strings", "doubling")
 def models(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Paths of the tiny ONNX models, built once per session."""
     directory = tmp_path_factory.mktemp("models")
-    return SimpleNamespace(**{name: getattr(onnx_models, name)(directory / f"{name}.onnx") for name in MODELS})
+    return SimpleNamespace(
+        **{name: getattr(onnx_models, name)(directory / f"{name}.onnx") for name in MODELS}
+    )
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.01) -> Any:
@@ -108,7 +110,7 @@ def running(config: WorkerConfig) -> Iterator[RunningWorker]:
 
     handle.thread = threading.Thread(target=serve, name="test-worker", daemon=True)
     handle.thread.start()
-    wait_until(lambda: worker.http_port and _ready(handle.url) or "code" in handle.result)
+    wait_until(lambda: (worker.http_port and _ready(handle.url)) or "code" in handle.result)
     assert "code" not in handle.result, f"the worker exited with {handle.result}"
     try:
         yield handle
@@ -140,7 +142,12 @@ def v2_body(inputs: dict[str, np.ndarray], **extra: Any) -> dict[str, Any]:
         return next(name for name, dt in DATATYPES.items() if dt.dtype == array.dtype)
 
     tensors = [
-        {"name": name, "shape": list(array.shape), "datatype": datatype(array), "data": array.reshape(-1).tolist()}
+        {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": datatype(array),
+            "data": array.reshape(-1).tolist(),
+        }
         for name, array in inputs.items()
     ]
     return {"inputs": tensors, **extra}

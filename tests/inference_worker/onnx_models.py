@@ -15,7 +15,9 @@ W2 = RNG.standard_normal((8, 3)).astype(np.float32)
 B2 = RNG.standard_normal(3).astype(np.float32)
 
 
-def _save(nodes: list[onnx.NodeProto], inputs: list, outputs: list, path: Path, inits: list | None = None) -> Path:
+def _save(
+    nodes: list[onnx.NodeProto], inputs: list, outputs: list, path: Path, inits: list | None = None
+) -> Path:
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=inits or [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -32,7 +34,11 @@ def mlp(path: Path) -> Path:
         helper.make_node("MatMul", ["r", "W2"], ["m"]),
         helper.make_node("Add", ["m", "B2"], ["y"]),
     ]
-    inits = [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2"), numpy_helper.from_array(B2, "B2")]
+    inits = [
+        numpy_helper.from_array(W1, "W1"),
+        numpy_helper.from_array(W2, "W2"),
+        numpy_helper.from_array(B2, "B2"),
+    ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])]
     return _save(nodes, inputs, outputs, path, inits)

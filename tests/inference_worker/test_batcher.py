@@ -93,7 +93,11 @@ class Results:
 
 
 def make(
-    config: DynamicBatching | None = None, *, runners: int = 1, batched: bool = True, max_queue_bytes: int = 1 << 30
+    config: DynamicBatching | None = None,
+    *,
+    runners: int = 1,
+    batched: bool = True,
+    max_queue_bytes: int = 1 << 30,
 ) -> tuple[Batcher, FakeLoop, list[FakeModel], Results]:
     loop = FakeLoop()
     models = [FakeModel(loop) for _ in range(runners)]
@@ -108,7 +112,9 @@ def make(
     return batcher, loop, models, Results()
 
 
-def request(results: Results, name: str, rows: int = 1, *, timeout: float = 10.0, key: object = None) -> Pending:
+def request(
+    results: Results, name: str, rows: int = 1, *, timeout: float = 10.0, key: object = None
+) -> Pending:
     x = np.full((rows, 2), float(len(results.by_name) + 1), dtype=np.float32)
     return Pending({"x": x}, rows=rows, key=key, deadline=timeout, done=results.done(name))
 
@@ -181,7 +187,9 @@ def test_a_preferred_batch_size_runs_without_waiting_for_the_delay() -> None:
 
 
 def test_a_full_batch_runs_without_waiting_for_the_delay() -> None:
-    batcher, loop, (model,), results = make(DynamicBatching(max_batch_size=4, max_queue_delay_microseconds=100_000))
+    batcher, loop, (model,), results = make(
+        DynamicBatching(max_batch_size=4, max_queue_delay_microseconds=100_000)
+    )
     for name in "abcde":
         batcher.submit(request(results, name))
     loop.run()
@@ -189,7 +197,7 @@ def test_a_full_batch_runs_without_waiting_for_the_delay() -> None:
 
 
 def test_a_full_queue_refuses_at_once() -> None:
-    batcher, loop, (model,), results = make(DynamicBatching(max_queue_size=2))
+    batcher, loop, (_model,), results = make(DynamicBatching(max_queue_size=2))
     batcher.submit(request(results, "running"))
     loop.run()
     batcher.submit(request(results, "a"))
@@ -200,7 +208,7 @@ def test_a_full_queue_refuses_at_once() -> None:
 
 
 def test_the_bytes_waiting_in_the_queue_are_bounded() -> None:
-    batcher, loop, (model,), results = make(max_queue_bytes=20)
+    batcher, loop, (_model,), results = make(max_queue_bytes=20)
     batcher.submit(request(results, "running"))
     loop.run()
     batcher.submit(request(results, "a", rows=2))  # 16 bytes
@@ -224,7 +232,7 @@ def test_a_request_past_its_deadline_times_out_and_never_runs() -> None:
 
 
 def test_an_earlier_deadline_behind_later_ones_still_expires_on_time() -> None:
-    batcher, loop, (model,), results = make()
+    batcher, loop, (_model,), results = make()
     batcher.submit(request(results, "running"))
     loop.run()
     batcher.submit(request(results, "slow", timeout=5.0))

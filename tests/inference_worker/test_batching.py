@@ -22,7 +22,14 @@ def square_request(k: int, **extra: object) -> tuple[bytes, dict[str, str]]:
     a = (np.eye(k, dtype=np.float32) * 0.5)[None]
     header = orjson.dumps(
         {
-            "inputs": [{"name": "a", "shape": [1, k, k], "datatype": "FP32", "parameters": {"binary_data_size": a.nbytes}}],
+            "inputs": [
+                {
+                    "name": "a",
+                    "shape": [1, k, k],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+            ],
             "outputs": [{"name": "p", "parameters": {"binary_data": True}}],
             **extra,
         }
@@ -44,11 +51,14 @@ def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Resp
 
 def test_concurrent_requests_form_one_batch(models: SimpleNamespace) -> None:
     config = make_config(
-        models.mlp, batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(4,))
+        models.mlp,
+        batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(4,)),
     )
     xs = [np.full((1, 4), float(i), np.float32) for i in range(4)]
     with running(config) as worker, ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda x: httpx.post(worker.url + "/v2/models/mlp/infer", json=v2_body({"x": x})), xs))
+        responses = list(
+            pool.map(lambda x: httpx.post(worker.url + "/v2/models/mlp/infer", json=v2_body({"x": x})), xs)
+        )
         assert [r.status_code for r in responses] == [200] * 4
         assert worker.metric("kiln_worker_batches_total") == 1
         assert worker.metric("kiln_worker_inferences_total") == 4
@@ -61,11 +71,14 @@ def test_concurrent_requests_form_one_batch(models: SimpleNamespace) -> None:
 
 def test_multi_row_requests_are_packed_into_one_batch_and_split_back(models: SimpleNamespace) -> None:
     config = make_config(
-        models.mlp, batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(6,))
+        models.mlp,
+        batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(6,)),
     )
     xs = [np.random.default_rng(rows).standard_normal((rows, 4)).astype(np.float32) for rows in (1, 2, 3)]
     with running(config) as worker, ThreadPoolExecutor(3) as pool:
-        responses = list(pool.map(lambda x: httpx.post(worker.url + "/v2/models/mlp/infer", json=v2_body({"x": x})), xs))
+        responses = list(
+            pool.map(lambda x: httpx.post(worker.url + "/v2/models/mlp/infer", json=v2_body({"x": x})), xs)
+        )
         assert worker.metric("kiln_worker_batches_total") == 1
         assert worker.metric("kiln_worker_inferences_total") == 6
         for x, response in zip(xs, responses, strict=True):
@@ -79,7 +92,9 @@ def test_a_lone_request_is_served_once_the_queue_delay_has_passed(models: Simple
     config = make_config(models.mlp, batching=DynamicBatching(max_queue_delay_microseconds=200_000))
     with running(config) as worker:
         started = time.monotonic()
-        response = httpx.post(worker.url + "/v2/models/mlp/infer", json=v2_body({"x": np.ones((1, 4), np.float32)}))
+        response = httpx.post(
+            worker.url + "/v2/models/mlp/infer", json=v2_body({"x": np.ones((1, 4), np.float32)})
+        )
         elapsed = time.monotonic() - started
         assert response.status_code == 200
         assert 0.2 <= elapsed < 5.0
@@ -101,7 +116,9 @@ def test_a_full_queue_answers_503_at_once(models: SimpleNamespace) -> None:
 
 
 def test_a_request_past_its_timeout_gets_504_and_is_not_run(models: SimpleNamespace) -> None:
-    config = make_config(models.square, "square", batching=DynamicBatching(default_timeout_microseconds=50_000))
+    config = make_config(
+        models.square, "square", batching=DynamicBatching(default_timeout_microseconds=50_000)
+    )
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
         running_request = occupy(pool, worker)
         late = post_square(worker, 8)
@@ -117,7 +134,9 @@ def test_a_request_may_lower_its_timeout_but_not_raise_it(models: SimpleNamespac
         lowered = post_square(worker, 8, parameters={"timeout": 50_000})
         assert lowered.status_code == 504
         running_request.result()
-    config = make_config(models.square, "square", batching=DynamicBatching(default_timeout_microseconds=50_000))
+    config = make_config(
+        models.square, "square", batching=DynamicBatching(default_timeout_microseconds=50_000)
+    )
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
         running_request = occupy(pool, worker)
         raised = post_square(worker, 8, parameters={"timeout": 60_000_000})

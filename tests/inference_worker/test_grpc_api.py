@@ -63,7 +63,9 @@ def test_tritonclient_unary_inference_matches_onnx_runtime(
     np.testing.assert_allclose(result.as_numpy("y"), reference(models.mlp, {"x": x})[0], rtol=1e-5)
 
 
-def test_typed_contents_work_as_raw_contents_do(stub: pb2_grpc.GRPCInferenceServiceStub, models: SimpleNamespace) -> None:
+def test_typed_contents_work_as_raw_contents_do(
+    stub: pb2_grpc.GRPCInferenceServiceStub, models: SimpleNamespace
+) -> None:
     x = RNG.standard_normal((2, 4)).astype(np.float32)
     request = pb2.ModelInferRequest(model_name="mlp")
     tensor = request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
@@ -108,7 +110,13 @@ def test_tritonclient_streaming_answers_every_request_in_order(
     ],
 )
 def test_errors_map_to_grpc_status_codes(
-    client: triton.InferenceServerClient, model: str, shape: tuple, datatype: str, name: str, code: str, message: str
+    client: triton.InferenceServerClient,
+    model: str,
+    shape: tuple,
+    datatype: str,
+    name: str,
+    code: str,
+    message: str,
 ) -> None:
     array = np.zeros(shape, dtype=np.float64 if datatype == "FP64" else np.float32)
     with pytest.raises(InferenceServerException) as caught:
@@ -129,7 +137,9 @@ def test_a_malformed_raw_tensor_is_invalid_argument(stub: pb2_grpc.GRPCInference
 def test_messages_over_the_size_limit_are_refused(models: SimpleNamespace) -> None:
     with running(make_config(models.mlp, limits=Limits(max_grpc_message_bytes=4096))) as worker:
         client = triton.InferenceServerClient(worker.grpc_target)
-        assert client.infer("mlp", [triton_input("x", np.zeros((32, 4), np.float32))]).as_numpy("y").shape == (32, 3)
+        assert client.infer("mlp", [triton_input("x", np.zeros((32, 4), np.float32))]).as_numpy(
+            "y"
+        ).shape == (32, 3)
         big = np.zeros((2000, 4), np.float32)
         with pytest.raises(InferenceServerException) as caught:
             client.infer("mlp", [triton_input("x", big)])
@@ -166,7 +176,10 @@ def test_health_watch_follows_ready_then_draining(models: SimpleNamespace) -> No
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == serving
-        assert health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")).status == serving
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")).status
+            == serving
+        )
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
         assert next(watch).status == serving
         busy = pool.submit(post_square, worker, BIG_K)
@@ -191,7 +204,9 @@ def test_http_and_grpc_requests_batch_together(models: SimpleNamespace) -> None:
         over_grpc = pool.submit(client.infer, "mlp", [triton_input("x", x)])
         over_http = pool.submit(httpx.post, worker.url + "/v2/models/mlp/infer", json=v2_body({"x": x}))
         np.testing.assert_allclose(
-            over_grpc.result().as_numpy("y").reshape(-1), over_http.result().json()["outputs"][0]["data"], rtol=1e-6
+            over_grpc.result().as_numpy("y").reshape(-1),
+            over_http.result().json()["outputs"][0]["data"],
+            rtol=1e-6,
         )
         assert worker.metric("kiln_worker_batches_total") == 1
         assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="success") == 1

@@ -18,14 +18,24 @@ from tests.inference_worker.onnx_models import reference
 RNG = np.random.default_rng(11)
 
 
-def binary_request(inputs: dict[str, np.ndarray], datatypes: dict[str, str], **extra: object) -> tuple[bytes, dict]:
+def binary_request(
+    inputs: dict[str, np.ndarray], datatypes: dict[str, str], **extra: object
+) -> tuple[bytes, dict]:
     tensors = [
-        {"name": n, "shape": list(a.shape), "datatype": datatypes[n], "parameters": {"binary_data_size": a.nbytes}}
+        {
+            "name": n,
+            "shape": list(a.shape),
+            "datatype": datatypes[n],
+            "parameters": {"binary_data_size": a.nbytes},
+        }
         for n, a in inputs.items()
     ]
     header = orjson.dumps({"inputs": tensors, **extra})
     body = header + b"".join(a.tobytes() for a in inputs.values())
-    return body, {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return body, {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def split_binary(response: httpx.Response) -> tuple[dict, bytes]:
@@ -35,7 +45,7 @@ def split_binary(response: httpx.Response) -> tuple[dict, bytes]:
 
 def test_json_inference_matches_onnx_runtime(mlp_worker: RunningWorker, models: SimpleNamespace) -> None:
     x = RNG.standard_normal((3, 4)).astype(np.float32)
-    response = httpx.post(mlp_worker.url + "/v2/models/mlp/infer", json=v2_body({"x": x}, id="req-1"))
+    response = httpx.post(mlp_worker.url + INFER, json=v2_body({"x": x}, id="req-1"))
     assert response.status_code == 200
     body = response.json()
     (output,) = body["outputs"]
@@ -47,7 +57,9 @@ def test_json_inference_matches_onnx_runtime(mlp_worker: RunningWorker, models: 
 
 def test_binary_inference_matches_onnx_runtime(mlp_worker: RunningWorker, models: SimpleNamespace) -> None:
     x = RNG.standard_normal((5, 4)).astype(np.float32)
-    body, headers = binary_request({"x": x}, {"x": "FP32"}, outputs=[{"name": "y", "parameters": {"binary_data": True}}])
+    body, headers = binary_request(
+        {"x": x}, {"x": "FP32"}, outputs=[{"name": "y", "parameters": {"binary_data": True}}]
+    )
     response = httpx.post(mlp_worker.url + "/v2/models/mlp/versions/1/infer", content=body, headers=headers)
     assert response.status_code == 200
     header, raw = split_binary(response)
@@ -61,13 +73,15 @@ def test_binary_inference_matches_onnx_runtime(mlp_worker: RunningWorker, models
 def test_binary_input_with_json_output_and_binary_data_output_default(mlp_worker: RunningWorker) -> None:
     x = RNG.standard_normal((1, 4)).astype(np.float32)
     body, headers = binary_request({"x": x}, {"x": "FP32"})
-    as_json = httpx.post(mlp_worker.url + "/v2/models/mlp/infer", content=body, headers=headers)
+    as_json = httpx.post(mlp_worker.url + INFER, content=body, headers=headers)
     assert as_json.headers["content-type"] == "application/json"
     assert len(as_json.json()["outputs"][0]["data"]) == 3
     body, headers = binary_request({"x": x}, {"x": "FP32"}, parameters={"binary_data_output": True})
-    as_binary = httpx.post(mlp_worker.url + "/v2/models/mlp/infer", content=body, headers=headers)
-    header, raw = split_binary(as_binary)
-    np.testing.assert_array_equal(np.frombuffer(raw, np.float32), np.asarray(as_json.json()["outputs"][0]["data"], np.float32))
+    as_binary = httpx.post(mlp_worker.url + INFER, content=body, headers=headers)
+    _header, raw = split_binary(as_binary)
+    np.testing.assert_array_equal(
+        np.frombuffer(raw, np.float32), np.asarray(as_json.json()["outputs"][0]["data"], np.float32)
+    )
 
 
 def test_kserve_v1_predict_matches_onnx_runtime(mlp_worker: RunningWorker, models: SimpleNamespace) -> None:
@@ -129,14 +143,21 @@ def test_bytes_tensors_travel_as_json_strings_and_as_binary(models: SimpleNamesp
         raw = b"".join(len(v).to_bytes(4, "little") + v for v in (b"ab", b"", b"xyz"))
         header = orjson.dumps(
             {
-                "inputs": [{"name": "s", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}],
+                "inputs": [
+                    {
+                        "name": "s",
+                        "shape": [3],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
                 "parameters": {"binary_data_output": True},
             }
         )
         response = httpx.post(
             worker.url + "/v2/models/echo/infer",
             content=header + raw,
-            headers={"Inference-Header-Content-Length": str(len(header))},
+            headers={HLEN: str(len(header))},
         )
         assert split_binary(response)[1] == raw
 
@@ -149,47 +170,49 @@ def test_a_model_that_breaks_its_batch_answers_500_with_the_reason(models: Simpl
         assert response.json() == {"error": "the model returned 4 rows for a batch of 2"}
 
 
+INFER = "/v2/models/mlp/infer"
+HLEN = "Inference-Header-Content-Length"
+
+
 def _x(rows: int = 1, cols: int = 4) -> dict:
     return {"name": "x", "shape": [rows, cols], "datatype": "FP32", "data": [0.5] * (rows * cols)}
+
+
+def _binary(size: int) -> dict:
+    return {"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": size}}
 
 
 BAD_REQUESTS = [
     # name, path, body, headers, status, message fragment
     ("unknown model", "/v2/models/nope/infer", {"inputs": [_x()]}, {}, 404, "unknown model 'nope'"),
     ("unknown version", "/v2/models/mlp/versions/9/infer", {"inputs": [_x()]}, {}, 404, "no version '9'"),
-    ("wrong input name", "/v2/models/mlp/infer", {"inputs": [{**_x(), "name": "z"}]}, {}, 400, "unknown input 'z'"),
-    ("two inputs, one unknown", "/v2/models/mlp/infer", {"inputs": [_x(), {**_x(), "name": "q"}]}, {}, 400, "'q'"),
-    ("wrong datatype", "/v2/models/mlp/infer", {"inputs": [{**_x(), "datatype": "FP64"}]}, {}, 400, "datatype FP64"),
-    ("wrong shape", "/v2/models/mlp/infer", {"inputs": [_x(1, 5)]}, {}, 400, "shape [1, 5]"),
-    ("wrong rank", "/v2/models/mlp/infer", {"inputs": [{**_x(), "shape": [4]}]}, {}, 400, "shape [4]"),
-    ("data too short", "/v2/models/mlp/infer", {"inputs": [{**_x(), "data": [1.0]}]}, {}, 400, "needs 4 elements"),
-    ("data not numbers", "/v2/models/mlp/infer", {"inputs": [{**_x(), "data": ["a"] * 4}]}, {}, 400, "FP32 values"),
-    ("unknown datatype", "/v2/models/mlp/infer", {"inputs": [{**_x(), "datatype": "FP8"}]}, {}, 400, "'FP8'"),
-    ("negative dimension", "/v2/models/mlp/infer", {"inputs": [{**_x(), "shape": [-1, 4]}]}, {}, 400, "non-negative"),
-    ("huge shape", "/v2/models/mlp/infer", {"inputs": [{**_x(), "shape": [10**9, 4]}]}, {}, 413, "exceed the limit"),
-    ("deep rank", "/v2/models/mlp/infer", {"inputs": [{**_x(), "shape": [1] * 20}]}, {}, 400, "rank 20"),
-    ("batch above max", "/v2/models/mlp/infer", {"inputs": [_x(40)]}, {}, 400, "max batch size 32"),
-    ("no inputs", "/v2/models/mlp/infer", {"inputs": []}, {}, 400, "non-empty list"),
-    ("unknown output", "/v2/models/mlp/infer", {"inputs": [_x()], "outputs": [{"name": "w"}]}, {}, 400, "'w'"),
-    ("bad timeout", "/v2/models/mlp/infer", {"inputs": [_x()], "parameters": {"timeout": "soon"}}, {}, 400, "timeout"),
-    ("nested parameters", "/v2/models/mlp/infer", {"inputs": [_x()], "parameters": {"p": [1]}}, {}, 400, "'p'"),
-    ("malformed JSON", "/v2/models/mlp/infer", b'{"inputs": [', {}, 400, "malformed JSON"),
-    ("not an object", "/v2/models/mlp/infer", b"[1, 2]", {}, 400, "JSON object"),
-    ("too deep JSON", "/v2/models/mlp/infer", b"[" * 5000 + b"]" * 5000, {}, 400, "malformed JSON"),
-    ("header past body", "/v2/models/mlp/infer", {"inputs": [_x()]}, {"Inference-Header-Content-Length": "9999"}, 400,
-     "Inference-Header-Content-Length"),
-    ("header length not a number", "/v2/models/mlp/infer", {"inputs": [_x()]},
-     {"Inference-Header-Content-Length": "ten"}, 400, "must be an integer"),
-    ("binary size past end", "/v2/models/mlp/infer",
-     {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]},
-     {"Inference-Header-Content-Length": "LEN"}, 400, "runs past the end"),
-    ("binary size mismatch", "/v2/models/mlp/infer",
-     {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]},
-     {"Inference-Header-Content-Length": "LEN"}, 400, "needs 16 bytes"),
+    ("wrong input name", INFER, {"inputs": [{**_x(), "name": "z"}]}, {}, 400, "unknown input 'z'"),
+    ("two inputs, one unknown", INFER, {"inputs": [_x(), {**_x(), "name": "q"}]}, {}, 400, "'q'"),
+    ("wrong datatype", INFER, {"inputs": [{**_x(), "datatype": "FP64"}]}, {}, 400, "datatype FP64"),
+    ("wrong shape", INFER, {"inputs": [_x(1, 5)]}, {}, 400, "shape [1, 5]"),
+    ("wrong rank", INFER, {"inputs": [{**_x(), "shape": [4]}]}, {}, 400, "shape [4]"),
+    ("data too short", INFER, {"inputs": [{**_x(), "data": [1.0]}]}, {}, 400, "needs 4 elements"),
+    ("data not numbers", INFER, {"inputs": [{**_x(), "data": ["a"] * 4}]}, {}, 400, "FP32 values"),
+    ("unknown datatype", INFER, {"inputs": [{**_x(), "datatype": "FP8"}]}, {}, 400, "'FP8'"),
+    ("negative dimension", INFER, {"inputs": [{**_x(), "shape": [-1, 4]}]}, {}, 400, "non-negative"),
+    ("huge shape", INFER, {"inputs": [{**_x(), "shape": [10**9, 4]}]}, {}, 413, "exceed the limit"),
+    ("deep rank", INFER, {"inputs": [{**_x(), "shape": [1] * 20}]}, {}, 400, "rank 20"),
+    ("batch above max", INFER, {"inputs": [_x(40)]}, {}, 400, "max batch size 32"),
+    ("no inputs", INFER, {"inputs": []}, {}, 400, "non-empty list"),
+    ("unknown output", INFER, {"inputs": [_x()], "outputs": [{"name": "w"}]}, {}, 400, "'w'"),
+    ("bad timeout", INFER, {"inputs": [_x()], "parameters": {"timeout": "soon"}}, {}, 400, "timeout"),
+    ("nested parameters", INFER, {"inputs": [_x()], "parameters": {"p": [1]}}, {}, 400, "'p'"),
+    ("malformed JSON", INFER, b'{"inputs": [', {}, 400, "malformed JSON"),
+    ("not an object", INFER, b"[1, 2]", {}, 400, "JSON object"),
+    ("too deep JSON", INFER, b"[" * 5000 + b"]" * 5000, {}, 400, "malformed JSON"),
+    ("header past body", INFER, {"inputs": [_x()]}, {HLEN: "9999"}, 400, "Inference-Header-Content-Length"),
+    ("header length not a number", INFER, {"inputs": [_x()]}, {HLEN: "ten"}, 400, "must be an integer"),
+    ("binary size past end", INFER, {"inputs": [_binary(16)]}, {HLEN: "LEN"}, 400, "runs past the end"),
+    ("binary size mismatch", INFER, {"inputs": [_binary(0)]}, {HLEN: "LEN"}, 400, "needs 16 bytes"),
     ("v1 bad instances", "/v1/models/mlp:predict", {"instances": [[1.0, 2.0]]}, {}, 400, "shape [1, 2]"),
     ("v1 no instances", "/v1/models/mlp:predict", {"rows": []}, {}, 400, "'instances'"),
-    ("unsupported encoding", "/v2/models/mlp/infer", {"inputs": [_x()]}, {"Content-Encoding": "br"}, 415, "'br'"),
-    ("corrupt gzip", "/v2/models/mlp/infer", {"inputs": [_x()]}, {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
+    ("unsupported encoding", INFER, {"inputs": [_x()]}, {"Content-Encoding": "br"}, 415, "'br'"),
+    ("corrupt gzip", INFER, {"inputs": [_x()]}, {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
 ]  # fmt: skip
 
 
@@ -203,7 +226,7 @@ def test_a_bad_request_gets_a_4xx_naming_the_problem(
 ) -> None:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     if headers.get("Inference-Header-Content-Length") == "LEN":
-        headers = {"Inference-Header-Content-Length": str(len(content))}
+        headers = {HLEN: str(len(content))}
     response = httpx.post(mlp_worker.url + path, content=content, headers=headers)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
@@ -213,19 +236,21 @@ def test_gzip_bodies_are_read_and_bounded(models: SimpleNamespace) -> None:
     with running(make_config(models.mlp, limits=Limits(max_body_bytes=4096))) as worker:
         body = orjson.dumps(v2_body({"x": np.ones((1, 4), np.float32)}))
         ok = httpx.post(
-            worker.url + "/v2/models/mlp/infer", content=gzip.compress(body), headers={"Content-Encoding": "gzip"}
+            worker.url + INFER,
+            content=gzip.compress(body),
+            headers={"Content-Encoding": "gzip"},
         )
         assert ok.status_code == 200
         bomb = gzip.compress(b" " * 1_000_000)
         assert len(bomb) < 4096
-        refused = httpx.post(worker.url + "/v2/models/mlp/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+        refused = httpx.post(worker.url + INFER, content=bomb, headers={"Content-Encoding": "gzip"})
         assert refused.status_code == 413
         assert "decompressed body exceeds" in refused.json()["error"]
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(models: SimpleNamespace) -> None:
     with running(make_config(models.mlp, limits=Limits(max_body_bytes=4096))) as worker:
-        response = httpx.post(worker.url + "/v2/models/mlp/infer", content=b"x" * 5000)
+        response = httpx.post(worker.url + INFER, content=b"x" * 5000)
         assert response.status_code == 413
         assert "exceeds the limit of 4096 bytes" in response.json()["error"]
 
@@ -233,7 +258,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(models: SimpleNamesp
             for _ in range(10):
                 yield b"x" * 1000
 
-        response = httpx.post(worker.url + "/v2/models/mlp/infer", content=chunks())
+        response = httpx.post(worker.url + INFER, content=chunks())
         assert response.status_code == 413
 
 
@@ -246,16 +271,19 @@ def test_oversized_headers_and_garbage_are_refused(mlp_worker: RunningWorker) ->
 
 
 def test_wrong_methods_and_unknown_paths(mlp_worker: RunningWorker) -> None:
-    assert httpx.get(mlp_worker.url + "/v2/models/mlp/infer").status_code == 405
+    assert httpx.get(mlp_worker.url + INFER).status_code == 405
     assert httpx.post(mlp_worker.url + "/v2/health/ready").status_code == 405
     assert httpx.get(mlp_worker.url + "/v3/anything").status_code == 404
     assert httpx.get(mlp_worker.url + "/v2/models/nope").status_code == 404
 
 
 def test_pipelined_requests_are_answered_in_order(mlp_worker: RunningWorker) -> None:
-    bodies = [orjson.dumps(v2_body({"x": np.full((1, 4), float(i), np.float32)}, id=str(i))) for i in range(3)]
+    bodies = [
+        orjson.dumps(v2_body({"x": np.full((1, 4), float(i), np.float32)}, id=str(i))) for i in range(3)
+    ]
     raw = b"".join(
-        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+        for b in bodies
     )
     raw += b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     with socket.create_connection(("127.0.0.1", mlp_worker.worker.http_port), timeout=10) as sock:
@@ -273,8 +301,8 @@ def test_expect_100_continue_is_honoured(mlp_worker: RunningWorker) -> None:
     body = orjson.dumps(v2_body({"x": np.ones((1, 4), np.float32)}))
     with socket.create_connection(("127.0.0.1", mlp_worker.worker.http_port), timeout=10) as sock:
         sock.sendall(
-            b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
-            % len(body)
+            b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
         )
         assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(body)

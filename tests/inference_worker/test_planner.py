@@ -11,7 +11,8 @@ from inference_worker.batcher import Plan, plan_batch
 
 def queue(*rows: int, enqueued: float = 0.0, keys: str | None = None) -> list[SimpleNamespace]:
     return [
-        SimpleNamespace(rows=r, enqueued=enqueued, key=None if keys is None else keys[i]) for i, r in enumerate(rows)
+        SimpleNamespace(rows=r, enqueued=enqueued, key=None if keys is None else keys[i])
+        for i, r in enumerate(rows)
     ]
 
 
@@ -30,7 +31,15 @@ CASES = [
     ("a preferred size goes before the delay", queue(*[1] * 8), 0.0, 16, (8, 16), 0.005, Plan(8)),
     ("the largest preferred size reached goes", queue(*[1] * 12), 0.0, 16, (4, 8, 16), 0.005, Plan(8)),
     ("no preferred size reached waits", queue(1, 1, 1), 0.001, 16, (4, 8), 0.005, Plan(0, 0.004)),
-    ("past the delay, preferred sizes no longer matter", queue(*[1] * 12), 0.01, 16, (4, 8, 16), 0.005, Plan(12)),
+    (
+        "past the delay, preferred sizes no longer matter",
+        queue(*[1] * 12),
+        0.01,
+        16,
+        (4, 8, 16),
+        0.005,
+        Plan(12),
+    ),
     ("the largest preferred size caps the batch", queue(*[1] * 20), 0.0, 8, (4, 8), 0.0, Plan(8)),
     ("a request of other shapes ends the batch", queue(1, 1, 1, keys="aab"), 0.0, 32, (), 0.005, Plan(2)),
     ("same shapes batch together", queue(1, 1, 1, keys="aaa"), 0.0, 32, (), 0.0, Plan(3)),
