@@ -1,0 +1,235 @@
+"""The transport-neutral core of the worker: state, metadata, validation, admission.
+
+``http_api`` and ``grpc_api`` decode their wire formats into an
+``InferRequest`` and call ``DataPlane.submit``, as MLServer's
+``handlers/dataplane.py`` serves both its REST and gRPC front ends. The
+dataplane checks the request against the model's signature (names,
+datatypes, shapes, batch size), turns the protocol's ``timeout`` into a
+deadline (a request may lower the server's timeout, never raise it) and
+hands it to the batcher. Results come back through the ``done`` callback on
+the event loop thread: a list of outputs in signature order, or a
+``WorkerError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference_worker import __version__
+from inference_worker.batcher import Batcher, Done, Pending
+from inference_worker.config import DynamicBatching
+from inference_worker.errors import InvalidRequest, ModelNotFound, Unavailable
+from inference_worker.metrics import WorkerMetrics
+from inference_worker.runtime import ModelSignature, TensorSpec
+from inference_worker.tensor_codec import DATATYPES
+
+EXTENSIONS = ("binary_tensor_data", "model_stream_infer", "kserve_v1_predict", "health_grpc")
+
+
+class State(enum.Enum):
+    """Lifecycle of the worker; only READY takes inference."""
+
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """One inference, whatever protocol it came in."""
+
+    model_name: str
+    model_version: str
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...] | None = None
+    """Names of the outputs asked for; None asks for all of them."""
+    id: str = ""
+    timeout_us: int | None = None
+    """The protocol's ``timeout`` parameter (microseconds); may only lower the server's."""
+
+
+class DataPlane:
+    """What both protocols serve: one model, one batcher, one set of metrics."""
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        model_version: str,
+        batching: DynamicBatching,
+        metrics: WorkerMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.metrics = metrics
+        self.state = State.LOADING
+        self.in_flight = 0
+        self._batching = batching
+        self._clock = clock
+        self._timeout_s = batching.default_timeout_microseconds / 1e6
+        self._batcher: Batcher | None = None
+        self._signature: ModelSignature | None = None
+        self._idle = asyncio.Event()
+        self._output_index: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def attach(self, signature: ModelSignature, batcher: Batcher) -> None:
+        """The model is loaded and warmed up: start taking inference."""
+        self._signature = signature
+        self._batcher = batcher
+        self._output_index = {spec.name: index for index, spec in enumerate(signature.outputs)}
+        self._dims = [
+            (spec.name, len(spec.shape), spec.shape, DATATYPES[spec.datatype]) for spec in signature.inputs
+        ]
+        self._dynamic_tail = any(-1 in spec.shape[1:] for spec in signature.inputs)
+        if self.state is State.LOADING:
+            self.state = State.READY
+
+    def begin_drain(self) -> None:
+        """Take no new inference; in-flight requests finish."""
+        self.state = State.DRAINING
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Returns once draining and no request is in flight."""
+        await self._idle.wait()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def signature(self) -> ModelSignature | None:
+        return self._signature
+
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.queue_depth if self._batcher is not None else 0
+
+    # -- metadata --------------------------------------------------------------------------
+    def server_metadata(self) -> dict[str, object]:
+        return {"name": "kiln-inference-worker", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def check_model(self, name: str, version: str) -> None:
+        """Refuse a model name or version this worker does not serve."""
+        if name != self.model_name:
+            raise ModelNotFound(f"unknown model '{name}'; this worker serves '{self.model_name}'")
+        if version and version != self.model_version:
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}'; it serves version '{self.model_version}'"
+            )
+
+    def model_ready(self, name: str, version: str) -> bool:
+        self.check_model(name, version)
+        return self.ready
+
+    def model_metadata(self, name: str, version: str) -> dict[str, object]:
+        self.check_model(name, version)
+        if self._signature is None:
+            raise Unavailable(f"model '{name}' is still loading")
+        return {
+            "name": self.model_name,
+            "versions": [self.model_version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [_tensor_metadata(spec) for spec in self._signature.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in self._signature.outputs],
+        }
+
+    def output_index(self, name: str) -> int:
+        """Position of an output in signature order, or a 400 naming it."""
+        index = self._output_index.get(name)
+        if index is None:
+            raise InvalidRequest(
+                f"unknown output '{name}'; the model returns {', '.join(self._output_index)}"
+            )
+        return index
+
+    # -- inference ---------------------------------------------------------------------------
+    def submit(self, request: InferRequest, done: Done) -> Pending:
+        """Validate and queue; raises ``WorkerError`` at once or calls ``done`` later."""
+        if self.state is not State.READY or self._batcher is None:
+            raise Unavailable(
+                "the worker is draining" if self.state is State.DRAINING else "the model is still loading"
+            )
+        self.check_model(request.model_name, request.model_version)
+        rows, key = self._check_inputs(request.inputs)
+        if request.outputs is not None:
+            for name in request.outputs:
+                self.output_index(name)
+        timeout_s = self._timeout_s
+        if request.timeout_us is not None and 0 < request.timeout_us / 1e6 < timeout_s:
+            timeout_s = request.timeout_us / 1e6
+        entry = Pending(request.inputs, rows=rows, key=key, deadline=self._clock() + timeout_s, done=done)
+        self._batcher.submit(entry)
+        return entry
+
+    def cancel(self, entry: Pending) -> None:
+        """The client gave up: drop the request if it has not run yet."""
+        if self._batcher is not None:
+            self._batcher.cancel(entry)
+
+    def begin(self) -> float:
+        """An inference request was read: count it in flight; returns its start time."""
+        self.in_flight += 1
+        return time.perf_counter()
+
+    def finish(self, protocol: str, outcome: str, started: float) -> None:
+        """The request's answer is ready (any outcome)."""
+        self.in_flight -= 1
+        self.metrics.on_request(protocol, outcome, time.perf_counter() - started)
+        if self.in_flight == 0 and self.state is State.DRAINING:
+            self._idle.set()
+
+    def _check_inputs(self, inputs: dict[str, np.ndarray]) -> tuple[int, object]:
+        if len(inputs) != len(self._dims) or any(name not in inputs for name, *_ in self._dims):
+            self._name_error(inputs)
+        rows = -1
+        for name, rank, shape, dt in self._dims:
+            array = inputs[name]
+            if array.dtype != dt.dtype:
+                got = next((d.name for d in DATATYPES.values() if d.dtype == array.dtype), str(array.dtype))
+                raise InvalidRequest(f"input '{name}' has datatype {got}; the model takes {dt.name}")
+            if array.ndim != rank or any(
+                want not in (-1, got) for want, got in zip(shape, array.shape, strict=True)
+            ):
+                raise InvalidRequest(
+                    f"input '{name}' has shape {list(array.shape)}; the model takes {list(shape)}"
+                )
+            if rows == -1:
+                rows = array.shape[0] if rank else 1
+            elif rank and array.shape[0] != rows:
+                raise InvalidRequest(f"input '{name}' has {array.shape[0]} rows, the first input has {rows}")
+        if self._signature is not None and self._signature.batched:
+            if rows == 0:
+                raise InvalidRequest("the request has a batch of 0 rows")
+            if rows > self._batching.max_batch_size:
+                raise InvalidRequest(
+                    f"batch of {rows} rows exceeds the max batch size {self._batching.max_batch_size}"
+                )
+        else:
+            rows = 1
+        key = tuple(inputs[name].shape[1:] for name, *_ in self._dims) if self._dynamic_tail else None
+        return rows, key
+
+    def _name_error(self, inputs: dict[str, np.ndarray]) -> None:
+        expected = [name for name, *_ in self._dims]
+        for name in inputs:
+            if name not in expected:
+                raise InvalidRequest(f"unknown input '{name}'; the model takes {', '.join(expected)}")
+        missing = [name for name in expected if name not in inputs]
+        raise InvalidRequest(
+            f"missing input {', '.join(repr(n) for n in missing)}; the model takes {', '.join(expected)}"
+        )
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, object]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

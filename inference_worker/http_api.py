@@ -1,0 +1,356 @@
+"""HTTP routes of the Open Inference Protocol (KServe v2) and KServe v1 ``:predict``.
+
+Thin: each route parses its wire format, calls the dataplane, and answers
+through ``reply`` (at once, or from the batcher's callback, so no task is
+created per request). The binary tensor extension splits the body at
+``Inference-Header-Content-Length``: JSON header first, then raw tensors.
+Errors become ``{"error": message}`` with the status of ``errors.HTTP_STATUS``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+import numpy as np
+import orjson
+
+from inference_worker.batcher import Outputs
+from inference_worker.config import Limits
+from inference_worker.dataplane import DataPlane, InferRequest
+from inference_worker.errors import (
+    HTTP_STATUS,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    WorkerError,
+)
+from inference_worker.tensor_codec import DATATYPES, decode_json_inputs, decode_values, json_data, raw_bytes
+
+JSON = b"application/json"
+OCTETS = b"application/octet-stream"
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(slots=True)
+class Request:
+    """What the server read: only the headers the routes use."""
+
+    method: bytes
+    path: bytes
+    body: bytes
+    header_length: int | None = None
+    content_encoding: bytes | None = None
+
+
+@dataclass(slots=True)
+class Response:
+    """Status, body parts (written without joining) and the extra headers."""
+
+    status: int
+    parts: list[bytes]
+    content_type: bytes = JSON
+    header_length: int | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+Reply = Callable[[Response], None]
+Selection = list[tuple[int, str, str, bool]]
+"""Outputs to return: (index in signature order, name, datatype, as binary)."""
+
+
+def json_response(status: int, payload: object) -> Response:
+    return Response(status, [orjson.dumps(payload)])
+
+
+def error_response(error: WorkerError) -> Response:
+    return json_response(HTTP_STATUS[error.code], {"error": error.message})
+
+
+class HttpApi:
+    """Routes a request to the dataplane and replies."""
+
+    def __init__(self, dataplane: DataPlane, limits: Limits, render_metrics: Callable[[], bytes]) -> None:
+        self._dp = dataplane
+        self._limits = limits
+        self._render_metrics = render_metrics
+        self._get: dict[bytes, Callable[[], Response]] = {
+            b"/v2/health/live": lambda: json_response(200, {"live": True}),
+            b"/v2/health/ready": self._server_ready,
+            b"/v2": lambda: json_response(200, self._dp.server_metadata()),
+            b"/metrics": lambda: Response(200, [self._render_metrics()], METRICS_TYPE),
+        }
+
+    def handle(self, request: Request, reply: Reply) -> None:
+        """Answer ``request`` through ``reply``, now or later; never raises."""
+        try:
+            self._route(request, reply)
+        except WorkerError as error:
+            reply(error_response(error))
+
+    def _route(self, request: Request, reply: Reply) -> None:
+        path = request.path.split(b"?", 1)[0]
+        if path.startswith(b"/v2/models/"):
+            return self._model_route(request, path, reply)
+        if path.startswith(b"/v1/models/"):
+            return self._v1_route(request, path, reply)
+        simple = self._get.get(path)
+        if simple is None:
+            return reply(json_response(404, {"error": f"no route for {path.decode('latin-1')!r}"}))
+        if request.method not in (b"GET", b"HEAD"):
+            return reply(json_response(405, {"error": "method not allowed; use GET"}))
+        return reply(simple())
+
+    def _server_ready(self) -> Response:
+        ready = self._dp.ready
+        return json_response(200 if ready else 503, {"ready": ready})
+
+    def _model_route(self, request: Request, path: bytes, reply: Reply) -> None:
+        parts = [unquote(part.decode("latin-1")) for part in path[len(b"/v2/models/") :].split(b"/")]
+        name, version, action = parts[0], "", parts[1:]
+        if len(action) >= 2 and action[0] == "versions":
+            version, action = action[1], action[2:]
+        verb = action[0] if len(action) == 1 else ("" if not action else None)
+        if verb == "infer":
+            if request.method != b"POST":
+                return reply(json_response(405, {"error": "method not allowed; use POST"}))
+            return self._infer(request, name, version, reply)
+        if verb not in ("", "ready"):
+            return reply(json_response(404, {"error": f"no route for {path.decode('latin-1')!r}"}))
+        if request.method not in (b"GET", b"HEAD"):
+            return reply(json_response(405, {"error": "method not allowed; use GET"}))
+        if verb == "ready":
+            ready = self._dp.model_ready(name, version)
+            return reply(json_response(200 if ready else 503, {"name": name, "ready": ready}))
+        return reply(json_response(200, self._dp.model_metadata(name, version)))
+
+    # -- v2 infer ----------------------------------------------------------------------------
+    def _infer(self, request: Request, name: str, version: str, reply: Reply) -> None:
+        dp = self._dp
+        started = dp.begin()
+        try:
+            header, binary = self._split_body(request)
+            infer, selection = self._parse_v2(header, binary, name, version)
+
+            def done(result: Outputs | WorkerError) -> None:
+                self._infer_done(result, infer, selection, started, reply)
+
+            dp.submit(infer, done)
+        except WorkerError as error:
+            dp.finish("http", error.code, started)
+            reply(error_response(error))
+
+    def _infer_done(
+        self,
+        result: Outputs | WorkerError,
+        infer: InferRequest,
+        selection: Selection,
+        started: float,
+        reply: Reply,
+    ) -> None:
+        if isinstance(result, WorkerError):
+            self._dp.finish("http", result.code, started)
+            return reply(error_response(result))
+        response = encode_v2_response(self._dp, infer.id, result, selection)
+        self._dp.finish("http", "success", started)
+        return reply(response)
+
+    def _split_body(self, request: Request) -> tuple[dict[str, object], memoryview | None]:
+        body = inflate(request.body, request.content_encoding, self._limits.max_body_bytes)
+        size = request.header_length
+        if size is not None and not 0 <= size <= len(body):
+            raise InvalidRequest(
+                f"Inference-Header-Content-Length {size} is outside the body of {len(body)} bytes"
+            )
+        header_bytes = body if size is None else memoryview(body)[:size]
+        try:
+            header = orjson.loads(header_bytes)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"malformed JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        binary = memoryview(body)[size:] if size is not None else None
+        return header, binary
+
+    def _parse_v2(
+        self, header: dict[str, object], binary: memoryview | None, name: str, version: str
+    ) -> tuple[InferRequest, Selection]:
+        self._dp.check_model(name, version)
+        request_id = header.get("id", "")
+        if not isinstance(request_id, str) or len(request_id) > self._limits.max_name_length:
+            raise InvalidRequest("'id' must be a string of at most 256 characters")
+        parameters = _parameters(header.get("parameters"), self._limits, "request")
+        timeout = parameters.get("timeout")
+        if timeout is not None and (type(timeout) is not int or timeout < 0):
+            raise InvalidRequest("the 'timeout' parameter must be a non-negative integer (microseconds)")
+        inputs = decode_json_inputs(header.get("inputs"), binary, self._limits)
+        names, selection = self._selection(
+            header.get("outputs"), parameters.get("binary_data_output") is True
+        )
+        infer = InferRequest(name, version, inputs, names, request_id, timeout)
+        return infer, selection
+
+    def _selection(self, outputs: object, binary_default: bool) -> tuple[tuple[str, ...] | None, Selection]:
+        signature = self._dp.signature
+        assert signature is not None  # noqa: S101 - submit refuses before the model is attached
+        if outputs is None:
+            return None, [(i, s.name, s.datatype, binary_default) for i, s in enumerate(signature.outputs)]
+        if not isinstance(outputs, list) or len(outputs) > len(signature.outputs):
+            raise InvalidRequest(
+                f"'outputs' must be a list of at most {len(signature.outputs)} requested outputs"
+            )
+        selection: Selection = []
+        for item in outputs:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidRequest("each requested output must be an object with a 'name'")
+            index = self._dp.output_index(item["name"])
+            binary = _parameters(item.get("parameters"), self._limits, "output").get(
+                "binary_data", binary_default
+            )
+            selection.append((index, item["name"], signature.outputs[index].datatype, binary is True))
+        return tuple(name for _, name, _, _ in selection), selection
+
+    # -- KServe v1 -----------------------------------------------------------------------------
+    def _v1_route(self, request: Request, path: bytes, reply: Reply) -> None:
+        target = unquote(path[len(b"/v1/models/") :].decode("latin-1"))
+        if target.endswith(":predict"):
+            if request.method != b"POST":
+                return reply(json_response(405, {"error": "method not allowed; use POST"}))
+            return self._predict(request, target[: -len(":predict")], reply)
+        if request.method not in (b"GET", b"HEAD"):
+            return reply(json_response(405, {"error": "method not allowed; use GET"}))
+        return reply(json_response(200, {"name": target, "ready": self._dp.model_ready(target, "")}))
+
+    def _predict(self, request: Request, name: str, reply: Reply) -> None:
+        dp = self._dp
+        started = dp.begin()
+        try:
+            dp.check_model(name, "")
+            header, _ = self._split_body(request)
+            infer = InferRequest(name, "", self._v1_inputs(header.get("instances")))
+
+            def done(result: Outputs | WorkerError) -> None:
+                if isinstance(result, WorkerError):
+                    dp.finish("http", result.code, started)
+                    return reply(error_response(result))
+                body = orjson.dumps({"predictions": self._v1_predictions(result)}, option=_NUMPY)
+                dp.finish("http", "success", started)
+                return reply(Response(200, [body]))
+
+            dp.submit(infer, done)
+        except WorkerError as error:
+            dp.finish("http", error.code, started)
+            reply(error_response(error))
+
+    def _v1_inputs(self, instances: object) -> dict[str, np.ndarray]:
+        signature = self._dp.signature
+        if signature is None:
+            raise InvalidRequest("the model is still loading")
+        if not isinstance(instances, list) or not instances:
+            raise InvalidRequest("'instances' must be a non-empty list")
+        specs = signature.inputs
+        if not signature.batched and len(instances) != 1:
+            raise InvalidRequest("this model has no batch dimension: send exactly one instance")
+        if len(specs) == 1:
+            columns: dict[str, list[object]] = {specs[0].name: instances}
+        else:
+            if not all(isinstance(row, dict) for row in instances):
+                raise InvalidRequest(
+                    "this model takes several inputs: each instance must be an object of them"
+                )
+            columns = {spec.name: [row.get(spec.name) for row in instances] for spec in specs}
+        inputs = {}
+        for spec in specs:
+            rows = columns[spec.name]
+            probe = np.asarray(rows[0], dtype=object) if rows[0] is not None else None
+            if probe is None or probe.ndim != len(spec.shape) - (1 if signature.batched else 0):
+                raise InvalidRequest(
+                    f"input '{spec.name}': each instance must have shape {list(spec.shape[1:])}"
+                )
+            shape = (len(rows), *probe.shape) if signature.batched else probe.shape
+            count = int(np.prod(shape))
+            if count > self._limits.max_tensor_elements:
+                raise PayloadTooLarge(f"input '{spec.name}': {count} elements exceed the limit")
+            source = rows if signature.batched else rows[0]
+            inputs[spec.name] = decode_values(spec.name, DATATYPES[spec.datatype], shape, count, source)
+        return inputs
+
+    def _v1_predictions(self, outputs: Outputs) -> object:
+        signature = self._dp.signature
+        assert signature is not None  # noqa: S101 - only called with results of the model
+        if len(outputs) == 1:
+            return json_array(outputs[0])
+        names = [spec.name for spec in signature.outputs]
+        return [
+            {name: json_array(out[row]) for name, out in zip(names, outputs, strict=True)}
+            for row in range(len(outputs[0]))
+        ]
+
+
+def json_array(array: np.ndarray) -> object:
+    """A (nested) array as orjson writes it; strings as a nested list."""
+    if array.dtype.kind in "OUS":
+        return np.vectorize(str, otypes=[object])(array).tolist()
+    return np.ascontiguousarray(array)
+
+
+def encode_v2_response(dp: DataPlane, request_id: str, outputs: Outputs, selection: Selection) -> Response:
+    """The v2 response: JSON, or JSON header plus binary tensors when any output is binary."""
+    items: list[dict[str, object]] = []
+    chunks: list[bytes] = []
+    for index, name, dtype, binary in selection:
+        array = outputs[index]
+        item: dict[str, object] = {"name": name, "datatype": dtype, "shape": list(array.shape)}
+        if binary:
+            raw = raw_bytes(array)
+            item["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            item["data"] = json_data(array)
+        items.append(item)
+    body: dict[str, object] = {
+        "model_name": dp.model_name,
+        "model_version": dp.model_version,
+        "outputs": items,
+    }
+    if request_id:
+        body["id"] = request_id
+    header = orjson.dumps(body, option=_NUMPY)
+    if not chunks:
+        return Response(200, [header])
+    return Response(200, [header, *chunks], OCTETS, header_length=len(header))
+
+
+def _parameters(value: object, limits: Limits, what: str) -> dict[str, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > limits.max_parameters:
+        raise InvalidRequest(
+            f"{what} parameters must be an object of at most {limits.max_parameters} entries"
+        )
+    for key, item in value.items():
+        if not isinstance(item, bool | int | float | str) or (isinstance(item, str) and len(item) > 4096):
+            raise InvalidRequest(f"{what} parameter '{key}' must be a boolean, number or short string")
+    return value
+
+
+def inflate(body: bytes, encoding: bytes | None, limit: int) -> bytes:
+    """The body without its Content-Encoding, never larger than ``limit``."""
+    if encoding is None or encoding == b"identity":
+        return body
+    wbits = {b"gzip": 31, b"deflate": 15}.get(encoding.strip().lower())
+    if wbits is None:
+        raise UnsupportedMediaType(f"Content-Encoding {encoding.decode('latin-1')!r} is not supported")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"the body is not valid {encoding.decode('latin-1')}: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise InvalidRequest("the compressed body is truncated")
+    return out

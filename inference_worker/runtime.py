@@ -1,0 +1,144 @@
+"""ONNX Runtime, synchronous and nothing else: load, describe, run, warm up.
+
+The batcher calls ``OrtRuntime.run`` from its own thread; nothing here knows
+about asyncio. The model is read once, its digest checked, and the session is
+built from those same bytes, so the worker runs exactly what it verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inference_worker.config import ConfigError, ModelConfig
+from inference_worker.tensor_codec import DATATYPES, ONNX_TO_DATATYPE
+
+log = logging.getLogger("inference_worker.runtime")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the protocol describes it (-1: dynamic dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """Inputs and outputs of a model, and whether its first dimension batches."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batched: bool
+    """Every input and output has a dynamic first dimension: requests can be stacked."""
+
+
+def read_model(path: Path, sha256: str | None) -> bytes:
+    """The model file's bytes, refused when ``sha256`` is given and differs."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--model-path: cannot read {str(path)!r}: {exc.strerror}") from None
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ConfigError(
+                f"--model-sha256: {path.name} has digest {actual}, expected {sha256}; refusing to serve it"
+            )
+    return data
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    datatype = ONNX_TO_DATATYPE.get(arg.type)
+    if datatype is None:
+        raise ConfigError(
+            f"--model-path: tensor {arg.name!r} has type {arg.type}, which the protocol cannot carry"
+        )
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or ()))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _signature(session: ort.InferenceSession) -> ModelSignature:
+    inputs = tuple(_spec(arg) for arg in session.get_inputs())
+    outputs = tuple(_spec(arg) for arg in session.get_outputs())
+    batched = all(spec.shape and spec.shape[0] == -1 for spec in (*inputs, *outputs))
+    return ModelSignature(inputs, outputs, batched)
+
+
+def providers_for(device: str) -> tuple[list[str | tuple[str, dict[str, str]]], int | None]:
+    """ONNX Runtime providers for ``--device``, and the CUDA device id when CUDA is used."""
+    if device.startswith("cuda:"):
+        device_id = int(device.split(":", 1)[1])
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return [
+                ("CUDAExecutionProvider", {"device_id": str(device_id)}),
+                "CPUExecutionProvider",
+            ], device_id
+        log.warning(
+            "--device %s asked for CUDA, but ONNX Runtime has no CUDA provider here: running on the CPU",
+            device,
+        )
+    return ["CPUExecutionProvider"], None
+
+
+class OrtRuntime:
+    """One ONNX Runtime session; ``run`` is called from one thread at a time."""
+
+    def __init__(self, model: bytes, config: ModelConfig) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = config.intra_op_num_threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if config.allow_spinning else "0"
+        )
+        options.log_severity_level = 3
+        providers, self.cuda_device = providers_for(config.device)
+        try:
+            self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types, all "cannot load"
+            raise ConfigError(
+                f"--model-path: ONNX Runtime cannot load the model: {exc}".splitlines()[0]
+            ) from None
+        self.signature = _signature(self._session)
+        self._output_names = [spec.name for spec in self.signature.outputs]
+        self.providers: list[str] = self._session.get_providers()
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in signature order; with CUDA, through I/O binding."""
+        if self.cuda_device is None:
+            return self._session.run(self._output_names, dict(feeds))  # type: ignore[no-any-return]
+        binding = self._session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", self.cuda_device)
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()  # type: ignore[no-any-return]
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Run zeros through the model once per batch size (dynamic non-batch dims as 1)."""
+        for size in batch_sizes:
+            self.run(example_inputs(self.signature, size))
+
+
+def example_inputs(signature: ModelSignature, batch_size: int) -> dict[str, np.ndarray]:
+    """Zero tensors matching the signature; the batch dimension is ``batch_size``."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = [dim if dim >= 0 else 1 for dim in spec.shape]
+        if signature.batched:
+            shape[0] = batch_size
+        dtype = DATATYPES[spec.datatype].dtype
+        feeds[spec.name] = (
+            np.full(shape, "", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype=dtype)
+        )
+    return feeds

@@ -1,0 +1,295 @@
+"""Wire formats of tensors: v2 JSON, the binary tensor extension, gRPC contents.
+
+Pure functions from what a client sent to ``np.ndarray`` and back, driven by
+one table (``DATATYPES``) as MLServer's ``_DatatypeToNumpy`` is. Sizes are
+checked against the declared shape *before* any buffer is read or allocated;
+binary and raw gRPC data become arrays through ``np.frombuffer`` (no copy, no
+Python list). ``BYTES`` elements are UTF-8 strings on our side (what ONNX
+Runtime's string tensors take); on the wire each binary element is a 4-byte
+little-endian length followed by the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence, Sized
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from inference_worker.config import Limits
+from inference_worker.errors import InvalidRequest, PayloadTooLarge
+
+
+@dataclass(frozen=True, slots=True)
+class Datatype:
+    """One protocol datatype: its numpy dtype and its gRPC contents field."""
+
+    name: str
+    dtype: np.dtype[Any]
+    grpc_field: str
+
+
+def _dt(name: str, dtype: str, field: str) -> tuple[str, Datatype]:
+    return name, Datatype(name, np.dtype(dtype), field)
+
+
+DATATYPES: Final[dict[str, Datatype]] = dict(
+    [
+        _dt("BOOL", "?", "bool_contents"),
+        _dt("UINT8", "<u1", "uint_contents"),
+        _dt("UINT16", "<u2", "uint_contents"),
+        _dt("UINT32", "<u4", "uint_contents"),
+        _dt("UINT64", "<u8", "uint64_contents"),
+        _dt("INT8", "<i1", "int_contents"),
+        _dt("INT16", "<i2", "int_contents"),
+        _dt("INT32", "<i4", "int_contents"),
+        _dt("INT64", "<i8", "int64_contents"),
+        _dt("FP16", "<f2", "fp32_contents"),
+        _dt("FP32", "<f4", "fp32_contents"),
+        _dt("FP64", "<f8", "fp64_contents"),
+        _dt("BYTES", "O", "bytes_contents"),
+    ]
+)
+
+ONNX_TO_DATATYPE: Final[dict[str, str]] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_LENGTH = struct.Struct("<I")
+
+
+def datatype(name: object) -> Datatype:
+    """The table entry for a protocol datatype name, or a 400 naming it."""
+    found = DATATYPES.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise InvalidRequest(f"unsupported datatype {name!r}; expected one of {', '.join(DATATYPES)}")
+    return found
+
+
+def check_shape(name: str, shape: object, limits: Limits) -> tuple[tuple[int, ...], int]:
+    """Validate a declared shape; return it and its element count, or refuse."""
+    if not isinstance(shape, list | tuple):
+        raise InvalidRequest(f"input '{name}': shape must be a list of integers")
+    if len(shape) > limits.max_tensor_rank:
+        raise InvalidRequest(
+            f"input '{name}': rank {len(shape)} exceeds the limit of {limits.max_tensor_rank}"
+        )
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise InvalidRequest(f"input '{name}': shape {list(shape)} must hold non-negative integers")
+        count *= dim
+    if count > limits.max_tensor_elements:
+        raise PayloadTooLarge(
+            f"input '{name}': {count} elements exceed the limit of {limits.max_tensor_elements}"
+        )
+    return tuple(shape), count
+
+
+def decode_raw(
+    name: str, dt: Datatype, shape: tuple[int, ...], count: int, raw: bytes | memoryview
+) -> np.ndarray:
+    """Array over ``raw`` (no copy) after checking its length against the shape."""
+    if dt.name == "BYTES":
+        return _decode_bytes_elements(name, shape, count, memoryview(raw))
+    expected = count * dt.dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidRequest(
+            f"input '{name}': {dt.name} shape {list(shape)} needs {expected} bytes of data, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dt.dtype).reshape(shape)
+
+
+def _decode_bytes_elements(name: str, shape: tuple[int, ...], count: int, buf: memoryview) -> np.ndarray:
+    if count * _LENGTH.size > len(buf):
+        raise InvalidRequest(f"input '{name}': {count} BYTES elements cannot fit in {len(buf)} bytes")
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(buf)
+    for i in range(count):
+        if pos + 4 > end:
+            raise InvalidRequest(f"input '{name}': BYTES data ends inside element {i}")
+        (length,) = _LENGTH.unpack_from(buf, pos)
+        pos += 4
+        if pos + length > end:
+            raise InvalidRequest(f"input '{name}': BYTES element {i} runs past the end of the data")
+        out[i] = _utf8(name, bytes(buf[pos : pos + length]))
+        pos += length
+    if pos != end:
+        raise InvalidRequest(
+            f"input '{name}': {end - pos} bytes of BYTES data left over after {count} elements"
+        )
+    return out.reshape(shape)
+
+
+def _utf8(name: str, value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"input '{name}': BYTES element is not valid UTF-8") from None
+
+
+def decode_values(name: str, dt: Datatype, shape: tuple[int, ...], count: int, data: object) -> np.ndarray:
+    """Array from JSON (or typed gRPC) values: flat row-major, or nested."""
+    if not isinstance(data, list) and not (isinstance(data, Sized) and isinstance(data, Iterable)):
+        raise InvalidRequest(f"input '{name}': data must be a list")
+    if isinstance(data, str | bytes | Mapping):
+        raise InvalidRequest(f"input '{name}': data must be a list")
+    if dt.name == "BYTES":
+        return _decode_strings(name, shape, count, data)
+    try:
+        if len(data) == count and (count == 0 or not isinstance(data, list) or not isinstance(data[0], list)):
+            # The common flat list: fromiter skips numpy's nested-shape discovery.
+            arr = np.fromiter(data, dtype=dt.dtype, count=count)
+        else:
+            arr = np.asarray(data, dtype=dt.dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidRequest(
+            f"input '{name}': data does not hold {dt.name} values of a regular shape"
+        ) from None
+    if arr.size != count:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data holds {arr.size}"
+        )
+    return arr.reshape(shape)
+
+
+def _decode_strings(name: str, shape: tuple[int, ...], count: int, data: Iterable[object]) -> np.ndarray:
+    flat = list(data)
+    for _ in shape:  # nested rows, at most one level per dimension
+        if not flat or not isinstance(flat[0], list) or len(flat) >= count:
+            break
+        if not all(isinstance(row, list) for row in flat):
+            raise InvalidRequest(f"input '{name}': data is not a regular nesting of lists")
+        flat = [item for row in flat for item in row]  # type: ignore[attr-defined]
+    if len(flat) != count:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data holds {len(flat)}"
+        )
+    out = np.empty(count, dtype=object)
+    for i, item in enumerate(flat):
+        if isinstance(item, str):
+            out[i] = item
+        elif isinstance(item, bytes):
+            out[i] = _utf8(name, item)
+        else:
+            raise InvalidRequest(f"input '{name}': BYTES data must hold strings")
+    return out.reshape(shape)
+
+
+def datatype_of(arr: np.ndarray) -> str:
+    """Protocol datatype of an output array."""
+    if arr.dtype.kind in "OUS":
+        return "BYTES"
+    for dt in DATATYPES.values():
+        if dt.dtype == arr.dtype.newbyteorder("<") and dt.name != "BYTES":
+            return dt.name
+    raise InvalidRequest(f"the model returned dtype {arr.dtype}, which the protocol cannot carry")
+
+
+def json_data(arr: np.ndarray) -> object:
+    """What orjson (with OPT_SERIALIZE_NUMPY) writes as a tensor's flat ``data``."""
+    if arr.dtype.kind in "OUS":
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+    return np.ascontiguousarray(arr).reshape(-1)
+
+
+def raw_bytes(arr: np.ndarray) -> bytes:
+    """A tensor's bytes as the binary extension and raw gRPC contents carry them."""
+    if arr.dtype.kind in "OUS":
+        parts: list[bytes] = []
+        for item in arr.reshape(-1):
+            value = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(_LENGTH.pack(len(value)))
+            parts.append(value)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def decode_json_inputs(inputs: object, binary: memoryview | None, limits: Limits) -> dict[str, np.ndarray]:
+    """The ``inputs`` of a v2 JSON request; ``binary`` is the extension's tail, if any."""
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest("'inputs' must be a non-empty list")
+    decoded: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in inputs:
+        if not isinstance(item, dict):
+            raise InvalidRequest("each input must be an object with name, datatype, shape and data")
+        name = item.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= limits.max_name_length:
+            raise InvalidRequest("each input needs a 'name' string of 1 to 256 characters")
+        if name in decoded:
+            raise InvalidRequest(f"input '{name}' appears twice")
+        dt = datatype(item.get("datatype"))
+        shape, count = check_shape(name, item.get("shape"), limits)
+        size = _binary_size(name, item.get("parameters"))
+        if size is None:
+            if "data" not in item:
+                raise InvalidRequest(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+            decoded[name] = decode_values(name, dt, shape, count, item["data"])
+            continue
+        if binary is None or offset + size > len(binary):
+            raise InvalidRequest(f"input '{name}': binary_data_size {size} runs past the end of the body")
+        decoded[name] = decode_raw(name, dt, shape, count, binary[offset : offset + size])
+        offset += size
+    if binary is not None and offset != len(binary):
+        raise InvalidRequest(f"{len(binary) - offset} bytes of binary data follow the last binary input")
+    return decoded
+
+
+def _binary_size(name: str, parameters: object) -> int | None:
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(f"input '{name}': parameters must be an object")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if type(size) is not int or size < 0:
+        raise InvalidRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+    return size
+
+
+def decode_grpc_inputs(
+    inputs: Sequence[Any], raw_contents: Sequence[bytes], limits: Limits
+) -> dict[str, np.ndarray]:
+    """The inputs of a gRPC ``ModelInferRequest``: raw contents, or typed contents."""
+    if not inputs:
+        raise InvalidRequest("the request has no inputs")
+    if raw_contents and len(raw_contents) != len(inputs):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(inputs)} inputs; send one per input"
+        )
+    decoded: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(inputs):
+        name = tensor.name
+        if not 0 < len(name) <= limits.max_name_length:
+            raise InvalidRequest("each input needs a name of 1 to 256 characters")
+        if name in decoded:
+            raise InvalidRequest(f"input '{name}' appears twice")
+        dt = datatype(tensor.datatype)
+        shape, count = check_shape(name, list(tensor.shape), limits)
+        if raw_contents:
+            decoded[name] = decode_raw(name, dt, shape, count, raw_contents[index])
+            continue
+        values = getattr(tensor.contents, dt.grpc_field)
+        if len(values) != count:
+            raise InvalidRequest(
+                f"input '{name}': shape {list(shape)} needs {count} {dt.name} values in "
+                f"contents.{dt.grpc_field}, got {len(values)}"
+            )
+        decoded[name] = decode_values(name, dt, shape, count, values)
+    return decoded

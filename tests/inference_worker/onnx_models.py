@@ -1,0 +1,105 @@
+"""Tiny ONNX models built in code (no downloads), and what ONNX Runtime says they compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+RNG = np.random.default_rng(7)
+W1 = RNG.standard_normal((4, 8)).astype(np.float32)
+W2 = RNG.standard_normal((8, 3)).astype(np.float32)
+B2 = RNG.standard_normal(3).astype(np.float32)
+
+
+def _save(
+    nodes: list[onnx.NodeProto], inputs: list, outputs: list, path: Path, inits: list | None = None
+) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=inits or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def mlp(path: Path) -> Path:
+    """x FP32 [batch, 4] -> y FP32 [batch, 3]: relu(x @ W1) @ W2 + B2."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "W2"], ["m"]),
+        helper.make_node("Add", ["m", "B2"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(W1, "W1"),
+        numpy_helper.from_array(W2, "W2"),
+        numpy_helper.from_array(B2, "B2"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])]
+    return _save(nodes, inputs, outputs, path, inits)
+
+
+def two_inputs(path: Path) -> Path:
+    """a FP32 [batch, 2], b INT64 [batch, 2] -> sum FP32 = a + b, neg FP32 = -a."""
+    nodes = [
+        helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["a", "bf"], ["sum"]),
+        helper.make_node("Neg", ["a"], ["neg"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+        helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 2]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 2]),
+        helper.make_tensor_value_info("neg", TensorProto.FLOAT, ["batch", 2]),
+    ]
+    return _save(nodes, inputs, outputs, path)
+
+
+def static(path: Path) -> Path:
+    """x FP32 [2, 3] (no batch dimension) -> y = x * 2."""
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    nodes = [helper.make_node("Mul", ["x", "two"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]
+    return _save(nodes, inputs, outputs, path, [two])
+
+
+def square(path: Path) -> Path:
+    """a FP32 [batch, k, k] -> p = a @ a @ a @ a: as slow as the client makes k."""
+    nodes = [
+        helper.make_node("MatMul", ["a", "a"], ["a2"]),
+        helper.make_node("MatMul", ["a2", "a"], ["a3"]),
+        helper.make_node("MatMul", ["a3", "a"], ["p"]),
+    ]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", "k", "k"])]
+    outputs = [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", "k", "k"])]
+    return _save(nodes, inputs, outputs, path)
+
+
+def strings(path: Path) -> Path:
+    """s STRING [batch] -> t = s (Identity): exercises BYTES tensors."""
+    nodes = [helper.make_node("Identity", ["s"], ["t"])]
+    inputs = [helper.make_tensor_value_info("s", TensorProto.STRING, ["batch"])]
+    outputs = [helper.make_tensor_value_info("t", TensorProto.STRING, ["batch"])]
+    return _save(nodes, inputs, outputs, path)
+
+
+def doubling(path: Path) -> Path:
+    """x FP32 [batch, 2] -> y = concat(x, x) on axis 0: returns twice the rows (a broken model)."""
+    nodes = [helper.make_node("Concat", ["x", "x"], ["y"], axis=0)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 2])]
+    return _save(nodes, inputs, outputs, path)
+
+
+def reference(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """What ONNX Runtime computes directly, for comparison."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)  # type: ignore[no-any-return]

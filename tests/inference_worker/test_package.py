@@ -1,0 +1,83 @@
+"""The package stays installable alone; its gRPC code is generated, never committed."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from inference_worker import build_protos
+from tests.inference_worker.conftest import RunningWorker
+
+PACKAGE = Path(build_protos.__file__).resolve().parent
+CONTROL_PLANE = {"django", "rest_framework", "config", "registry", "deployments", "accounts", "celery"}
+
+
+def test_the_worker_imports_nothing_of_the_control_plane() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if "_generated" in path.parts or "build" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            assert not {name.split(".")[0] for name in names} & CONTROL_PLANE, f"{path.name} imports {names}"
+
+
+def test_generated_grpc_code_is_ignored_by_git() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(PACKAGE / "_generated" / "grpc_service_pb2.py")], check=False
+    )
+    assert ignored.returncode == 0
+
+
+def test_build_protos_generates_importable_modules_into_a_directory(tmp_path: Path) -> None:
+    written = build_protos.generate(tmp_path)
+    assert sorted(p.name for p in written) == [
+        "__init__.py",
+        "grpc_service_pb2.py",
+        "grpc_service_pb2_grpc.py",
+    ]
+    text = (tmp_path / "grpc_service_pb2.py").read_text()
+    assert "_POOL.AddSerializedFile(" in text
+    assert (
+        "from inference_worker._generated import grpc_service_pb2"
+        in (tmp_path / "grpc_service_pb2_grpc.py").read_text()
+    )
+
+
+def test_the_service_keeps_the_protocols_names() -> None:
+    pb2, _ = build_protos.load()
+    service = pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == "inference.GRPCInferenceService"
+    assert {m.name for m in service.methods} >= {
+        "ModelInfer",
+        "ModelStreamInfer",
+        "ModelMetadata",
+        "ServerReady",
+    }
+
+
+def test_metrics_are_prometheus_histograms_labelled_with_model_and_version(mlp_worker: RunningWorker) -> None:
+    httpx.post(
+        mlp_worker.url + "/v2/models/mlp/infer",
+        json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+    )
+    response = httpx.get(mlp_worker.url + "/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    for name in (
+        "request_duration_seconds",
+        "queue_duration_seconds",
+        "compute_duration_seconds",
+        "batch_size",
+    ):
+        assert families[f"kiln_worker_{name}"].type == "histogram"
+    for name in ("queue_depth", "in_flight_requests", "ready", "process_resident_memory_bytes"):
+        assert families[f"kiln_worker_{name}"].type == "gauge"
+    for family in families.values():
+        for sample in family.samples:
+            assert (sample.labels["model"], sample.labels["version"]) == ("mlp", "1"), sample

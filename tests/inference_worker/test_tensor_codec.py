@@ -1,0 +1,130 @@
+"""Wire formats: sizes checked against shapes before any buffer is read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference_worker.config import Limits
+from inference_worker.errors import InvalidRequest, PayloadTooLarge
+from inference_worker.tensor_codec import (
+    DATATYPES,
+    check_shape,
+    datatype,
+    decode_json_inputs,
+    decode_raw,
+    decode_values,
+    json_data,
+    raw_bytes,
+)
+
+LIMITS = Limits()
+
+
+@pytest.mark.parametrize("name", [n for n in DATATYPES if n != "BYTES"])
+def test_every_numeric_datatype_round_trips_through_raw_bytes(name: str) -> None:
+    dt = DATATYPES[name]
+    array = (np.arange(6) % 2).astype(dt.dtype).reshape(2, 3)
+    decoded = decode_raw("t", dt, (2, 3), 6, raw_bytes(array))
+    assert decoded.dtype == dt.dtype
+    np.testing.assert_array_equal(decoded, array)
+    np.testing.assert_array_equal(decode_values("t", dt, (2, 3), 6, array.reshape(-1).tolist()), array)
+
+
+def test_raw_data_is_viewed_without_a_copy() -> None:
+    raw = np.arange(4, dtype=np.float32).tobytes()
+    decoded = decode_raw("t", DATATYPES["FP32"], (2, 2), 4, raw)
+    assert decoded.base is not None
+    assert not decoded.flags.writeable
+
+
+def test_nested_json_data_is_accepted_in_row_major_order() -> None:
+    decoded = decode_values("t", DATATYPES["INT32"], (2, 2), 4, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(decoded, np.array([[1, 2], [3, 4]], dtype=np.int32))
+
+
+def test_bytes_elements_are_length_prefixed_utf8() -> None:
+    array = np.array(["a", "", "ünï"], dtype=object)
+    raw = raw_bytes(array)
+    assert raw[:5] == b"\x01\x00\x00\x00a"
+    assert decode_raw("s", DATATYPES["BYTES"], (3,), 3, raw).tolist() == ["a", "", "ünï"]
+    assert json_data(array) == ["a", "", "ünï"]
+
+
+@pytest.mark.parametrize(
+    ("count", "raw", "message"),
+    [
+        (1, b"\x05\x00\x00\x00ab", "runs past the end"),
+        (2, b"\x01\x00\x00\x00a\x01\x00\x00", "ends inside element 1"),
+        (10, b"\x01\x00\x00\x00a" * 3, "cannot fit"),
+        (1, b"\x01\x00\x00\x00a\x00\x00", "left over"),
+        (1, b"\x01\x00\x00\x00\xff", "not valid UTF-8"),
+    ],
+)
+def test_malformed_bytes_elements_are_refused(count: int, raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_raw("s", DATATYPES["BYTES"], (count,), count, raw)
+
+
+def test_element_counts_are_bounded_before_allocation() -> None:
+    with pytest.raises(PayloadTooLarge, match="exceed the limit"):
+        check_shape("t", [1 << 40, 1 << 40], LIMITS)
+    with pytest.raises(InvalidRequest, match="rank 9"):
+        check_shape("t", [1] * 9, LIMITS)
+    with pytest.raises(InvalidRequest, match="non-negative integers"):
+        check_shape("t", [1, True], LIMITS)
+    with pytest.raises(InvalidRequest, match="list of integers"):
+        check_shape("t", "1,2", LIMITS)
+    assert check_shape("t", [2, 0, 3], LIMITS) == ((2, 0, 3), 0)
+
+
+def test_a_raw_buffer_of_the_wrong_size_is_refused_before_it_is_read() -> None:
+    with pytest.raises(InvalidRequest, match="needs 16 bytes of data, got 15"):
+        decode_raw("x", DATATYPES["FP32"], (1, 4), 4, b"\0" * 15)
+
+
+def test_json_inputs_mix_inline_and_binary_tensors_in_order() -> None:
+    binary = memoryview(np.arange(2, dtype=np.int64).tobytes() + np.ones(3, dtype=np.float32).tobytes())
+    inputs = [
+        {"name": "a", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": 16}},
+        {"name": "b", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+        {"name": "c", "datatype": "FP32", "shape": [3], "parameters": {"binary_data_size": 12}},
+    ]
+    decoded = decode_json_inputs(inputs, binary, LIMITS)
+    assert decoded["a"].tolist() == [0, 1]
+    assert decoded["b"].tolist() == [True, False]
+    assert decoded["c"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ([{"name": "a", "datatype": "FP32", "shape": [1]}], "neither 'data' nor a binary_data_size"),
+        ([{"name": "a", "datatype": "FP32", "shape": [1], "data": 1.5}], "data must be a list"),
+        ([{"name": "a", "datatype": "FP32", "shape": [1], "data": "1.5"}], "data must be a list"),
+        ([{"name": "a", "datatype": "INT8", "shape": [1], "data": [300]}], "INT8 values"),
+        ([{"name": "a", "datatype": "FP32", "shape": [2], "data": [[1.0], [2.0, 3.0]]}], "regular shape"),
+        ([{"name": "", "datatype": "FP32", "shape": [1], "data": [1]}], "'name' string"),
+        ([{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}] * 2, "appears twice"),
+        (
+            [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": -1}}],
+            "non-negative",
+        ),
+        (["a"], "must be an object"),
+        ({"a": 1}, "non-empty list"),
+    ],
+)
+def test_malformed_json_inputs_are_refused_with_their_reason(inputs: object, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_json_inputs(inputs, None, LIMITS)
+
+
+def test_binary_data_left_after_the_last_input_is_refused() -> None:
+    inputs = [{"name": "a", "datatype": "UINT8", "shape": [1], "parameters": {"binary_data_size": 1}}]
+    with pytest.raises(InvalidRequest, match="1 bytes of binary data follow"):
+        decode_json_inputs(inputs, memoryview(b"\x01\x02"), LIMITS)
+
+
+def test_unknown_datatypes_name_the_known_ones() -> None:
+    with pytest.raises(InvalidRequest, match="'BF16'; expected one of BOOL"):
+        datatype("BF16")
