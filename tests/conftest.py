@@ -223,3 +223,100 @@ def scratch_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kiln-tests-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+class CeleryBeat:
+    """A real ``celery beat`` subprocess sending the periodic tasks to the session's queues."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.workdir / "beat.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "info",
+                 "-s", str(self.workdir / "beat-schedule")],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class Platform:
+    """The control plane as it runs in production, on the test database: web, Celery worker, beat."""
+
+    def __init__(self, url: str, worker: CeleryWorker, beat: CeleryBeat) -> None:
+        self.url = url
+        self.worker = worker
+        self.beat = beat
+
+    def restart(self) -> None:
+        """Kill the Celery worker and beat outright and start new ones (a platform restart)."""
+        self.beat.stop()
+        self.worker.kill()
+        self.worker.start()
+        self.beat.start()
+
+
+@pytest.fixture
+def platform(
+    celery_worker: CeleryWorker, live_server: Any, settings: Any, tmp_path: Path
+) -> Iterator[Platform]:
+    """Web (live server), a Celery worker and beat with a fast reconcile loop and fast reports.
+
+    Worker processes started for this test carry a private instance id, so clean-up never
+    touches another run's workers; whatever this test started is stopped at the end.
+    """
+    instance = f"kiln-test-{os.getpid()}-{time.monotonic_ns()}"
+    fast = {
+        "KILN_PUBLIC_URL": live_server.url,
+        "KILN_INSTANCE_ID": instance,
+        "KILN_ROUTING_KEY": f"{instance}:routing",
+        "KILN_RECONCILE_INTERVAL_S": "1",
+        "KILN_REPORT_INTERVAL_S": "1",
+        "KILN_WORKER_STALE_S": "6",
+        "KILN_WORKER_REPLACE_AFTER_S": "4",
+        "KILN_DRAIN_DELAY_S": "1",
+        "KILN_CRASHLOOP_RESTARTS": "2",
+        "KILN_VAR_DIR": str(tmp_path / "var"),
+    }
+    for key, value in fast.items():
+        name = key
+        current = getattr(settings, name, None)
+        if isinstance(current, float):
+            setattr(settings, name, float(value))
+        elif isinstance(current, int) and not isinstance(current, bool):
+            setattr(settings, name, int(value))
+        elif name == "KILN_VAR_DIR":
+            settings.VAR_DIR = Path(value)
+        else:
+            setattr(settings, name, value)
+    celery_worker.stop()
+    celery_worker.env.update(fast)
+    celery_worker.start()
+    beat = CeleryBeat(celery_worker.env, tmp_path)
+    beat.start()
+    yield Platform(live_server.url, celery_worker, beat)
+    beat.stop()
+    celery_worker.stop()
+    _stop_workers_of(instance)
+
+
+def _stop_workers_of(instance: str) -> None:
+    marker = f"KILN_MANAGED_BY={instance}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.killpg(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
