@@ -96,7 +96,16 @@ class WorkerAdmin(admin.ModelAdmin[Worker]):
 
 @admin.register(Report)
 class ReportAdmin(admin.ModelAdmin[Report]):
-    list_display = ("end", "deployment", "variant", "worker", "resolution", "requests", "errors", "latency_p99_ms")
+    list_display = (
+        "end",
+        "deployment",
+        "variant",
+        "worker",
+        "resolution",
+        "requests",
+        "errors",
+        "latency_p99_ms",
+    )
     list_filter = ("resolution", "deployment")
     date_hierarchy = "end"
     list_select_related = ("deployment", "variant", "worker")

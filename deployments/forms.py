@@ -14,7 +14,9 @@ class BatchingFields(forms.Form):
     preferred_batch_sizes = forms.CharField(required=False, help_text="comma-separated, e.g. 8,16")
     max_queue_size = forms.IntegerField(min_value=1, max_value=100_000)
     request_timeout_ms = forms.FloatField(min_value=1, max_value=600_000, label="Request timeout (ms)")
-    instances = forms.IntegerField(min_value=1, max_value=16, help_text="model sessions running batches at once")
+    instances = forms.IntegerField(
+        min_value=1, max_value=16, help_text="model sessions running batches at once"
+    )
 
     def clean_preferred_batch_sizes(self) -> list[int]:
         raw = self.cleaned_data["preferred_batch_sizes"]
@@ -24,22 +26,42 @@ class BatchingFields(forms.Form):
             raise forms.ValidationError("use whole numbers separated by commas") from None
 
     def batching(self) -> dict[str, Any]:
-        keys = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size",
-                "request_timeout_ms", "instances")  # fmt: skip
+        keys = (
+            "max_batch_size",
+            "max_queue_delay_ms",
+            "preferred_batch_sizes",
+            "max_queue_size",
+            "request_timeout_ms",
+            "instances",
+        )
         return {k: self.cleaned_data[k] for k in keys}
 
 
 class DeploymentCreateForm(BatchingFields):
     name = forms.SlugField(max_length=64, help_text="the endpoint name: /v2/models/<name>/infer")
     version = forms.IntegerField(min_value=1, required=False, help_text="pin a version…")
-    alias = forms.SlugField(max_length=64, required=False, help_text="…or follow an alias (rolls when it moves)")
+    alias = forms.SlugField(
+        max_length=64, required=False, help_text="…or follow an alias (rolls when it moves)"
+    )
     replicas = forms.IntegerField(min_value=1, max_value=64, initial=1)
     device = forms.CharField(initial="cpu", max_length=64, help_text="cpu, or cuda:0 / GPU ids 0,1")
     backend = forms.ChoiceField(choices=(("process", "process"), ("docker", "docker")))
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}), max_length=5000)
-    field_order = ("name", "version", "alias", "replicas", "device", "backend", "max_batch_size",
-                   "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size", "request_timeout_ms",
-                   "instances", "description")  # fmt: skip
+    field_order = (
+        "name",
+        "version",
+        "alias",
+        "replicas",
+        "device",
+        "backend",
+        "max_batch_size",
+        "max_queue_delay_ms",
+        "preferred_batch_sizes",
+        "max_queue_size",
+        "request_timeout_ms",
+        "instances",
+        "description",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -31,7 +31,9 @@ class Deployment(models.Model):
     model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="deployments")
     description = models.TextField(blank=True)
     desired_running = models.BooleanField(default=True)
-    status = models.CharField(max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.DEPLOYING)
+    status = models.CharField(
+        max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.DEPLOYING
+    )
     status_reason = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -52,7 +54,9 @@ class Variant(models.Model):
     pinned_version = models.ForeignKey(
         ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
-    alias = models.CharField(max_length=64, blank=True, help_text="follow this alias instead of a pinned version")
+    alias = models.CharField(
+        max_length=64, blank=True, help_text="follow this alias instead of a pinned version"
+    )
     version = models.ForeignKey(
         ModelVersion,
         on_delete=models.PROTECT,
@@ -115,7 +119,9 @@ class Worker(models.Model):
     handle = models.CharField(max_length=128, blank=True, db_index=True)
     http_url = models.CharField(max_length=255, blank=True)
     grpc_target = models.CharField(max_length=255, blank=True)
-    state = models.CharField(max_length=16, choices=WorkerState.choices, default=WorkerState.STARTING, db_index=True)
+    state = models.CharField(
+        max_length=16, choices=WorkerState.choices, default=WorkerState.STARTING, db_index=True
+    )
     restarts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
     token_digest = models.CharField(max_length=64, blank=True)

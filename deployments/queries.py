@@ -13,9 +13,11 @@ VISIBLE_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING, WorkerState.
 def deployments() -> QuerySet[Deployment]:
     """Deployments with model, variants (and their versions) and visible workers."""
     workers = Worker.objects.filter(state__in=VISIBLE_WORKER_STATES).select_related("version").order_by("id")
-    variants = Variant.objects.select_related("version", "pinned_version").prefetch_related(
-        Prefetch("workers", queryset=workers, to_attr="visible_workers")
-    ).order_by("id")
+    variants = (
+        Variant.objects.select_related("version", "pinned_version")
+        .prefetch_related(Prefetch("workers", queryset=workers, to_attr="visible_workers"))
+        .order_by("id")
+    )
     return Deployment.objects.select_related("model", "created_by").prefetch_related(
         Prefetch("variants", queryset=variants)
     )

@@ -44,13 +44,17 @@ def spec_hash(variant: Variant) -> str:
         "version": variant.version_id,
         "onnx": variant.version.onnx_sha256,
         "batching": [
-            variant.max_batch_size, variant.max_queue_delay_ms, sorted(variant.preferred_batch_sizes),
-            variant.max_queue_size, variant.request_timeout_ms, variant.instances,
+            variant.max_batch_size,
+            variant.max_queue_delay_ms,
+            sorted(variant.preferred_batch_sizes),
+            variant.max_queue_size,
+            variant.request_timeout_ms,
+            variant.instances,
         ],
         "gpu_ids": sorted(variant.gpu_ids),
         "backend": variant.backend,
         "image": variant.image,
-    }  # fmt: skip
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -76,7 +80,9 @@ def reconcile_deployment(deployment_id: int) -> bool:
             return False
         changed = False
         for variant in followers_pending(deployment):
-            alias = Alias.objects.select_related("version").get(model_id=deployment.model_id, name=variant.alias)
+            alias = Alias.objects.select_related("version").get(
+                model_id=deployment.model_id, name=variant.alias
+            )
             changed |= bool(roll_alias_followers(alias=alias))
         for variant in deployment.variants.select_related("version").order_by("id"):
             changed |= VariantReconciler(deployment, variant).run()
@@ -129,36 +135,54 @@ class VariantReconciler:
         silent = (self.now - heartbeat).total_seconds()
         if worker.state == WorkerState.READY and silent > settings.KILN_WORKER_STALE_S:
             self.set_state(worker, WorkerState.UNHEALTHY, last_error=f"no report for {silent:.0f} s")
-        elif worker.state == WorkerState.UNHEALTHY and silent > settings.KILN_WORKER_STALE_S + settings.KILN_WORKER_REPLACE_AFTER_S:
+        elif (
+            worker.state == WorkerState.UNHEALTHY
+            and silent > settings.KILN_WORKER_STALE_S + settings.KILN_WORKER_REPLACE_AFTER_S
+        ):
             self.backend.stop(worker.handle, grace_s=5)
             self.on_death(worker, f"no report for {silent:.0f} s; replaced")
 
     def on_death(self, worker: Worker, detail: str) -> None:
         """Record why a worker ended and schedule its replacement, or end a crash loop."""
-        log_tail = self.backend.logs(worker.handle, log_path=worker.log_path, tail=20) if worker.handle else ""
+        log_tail = (
+            self.backend.logs(worker.handle, log_path=worker.log_path, tail=20) if worker.handle else ""
+        )
         error = f"{detail}\n{log_tail}".strip()
         crashed = worker.ready_at is None or self.now - worker.ready_at < CRASH_WINDOW
         restarts = worker.restarts + 1 if crashed else 1
-        wanted = worker.spec_hash == self.spec and self.deployment.desired_running and self.variant.replicas > 0
+        wanted = (
+            worker.spec_hash == self.spec and self.deployment.desired_running and self.variant.replicas > 0
+        )
         if crashed and restarts > settings.KILN_CRASHLOOP_RESTARTS:
             self.set_state(worker, WorkerState.FAILED, last_error=error)
             record_deployment_event(
-                actor=None, action="variant.failed", deployment=self.deployment,
+                actor=None,
+                action="variant.failed",
+                deployment=self.deployment,
                 after={"variant": self.variant.name, "restarts": worker.restarts},
                 reason=f"crash loop after {worker.restarts} restarts: {error[-1500:]}",
-            )  # fmt: skip
+            )
             return
         self.set_state(worker, WorkerState.STOPPED, last_error=error)
         if wanted:
             backoff = min(2 ** (restarts - 1), settings.KILN_RESTART_BACKOFF_MAX_S)
             Worker.objects.create(
-                variant=self.variant, version=worker.version, backend=worker.backend, spec_hash=worker.spec_hash,
-                restarts=restarts, next_attempt_at=self.now + timedelta(seconds=backoff), state=WorkerState.STARTING,
-                last_error=error, state_changed_at=self.now,
-            )  # fmt: skip
+                variant=self.variant,
+                version=worker.version,
+                backend=worker.backend,
+                spec_hash=worker.spec_hash,
+                restarts=restarts,
+                next_attempt_at=self.now + timedelta(seconds=backoff),
+                state=WorkerState.STARTING,
+                last_error=error,
+                state_changed_at=self.now,
+            )
 
     def finish_drain(self, worker: Worker) -> None:
-        if worker.state_changed_at and (self.now - worker.state_changed_at).total_seconds() < settings.KILN_DRAIN_DELAY_S:
+        if (
+            worker.state_changed_at
+            and (self.now - worker.state_changed_at).total_seconds() < settings.KILN_DRAIN_DELAY_S
+        ):
             return
         if worker.handle:
             self.backend.stop(worker.handle, grace_s=settings.KILN_DRAIN_GRACE_S)
@@ -181,9 +205,13 @@ class VariantReconciler:
         if len(current) < desired and not failed:
             for _ in range(desired - len(current)):
                 worker = Worker.objects.create(
-                    variant=self.variant, version=self.variant.version, backend=self.variant.backend,
-                    spec_hash=self.spec, state=WorkerState.STARTING, state_changed_at=self.now,
-                )  # fmt: skip
+                    variant=self.variant,
+                    version=self.variant.version,
+                    backend=self.variant.backend,
+                    spec_hash=self.spec,
+                    state=WorkerState.STARTING,
+                    state_changed_at=self.now,
+                )
                 self.launch(worker)
                 current.append(worker)
         elif len(current) > desired:
@@ -217,7 +245,11 @@ class VariantReconciler:
             report_token=token,
             report_interval_s=settings.KILN_REPORT_INTERVAL_S,
             image=self.variant.image,
-            labels={"deployment": self.deployment.name, "variant": self.variant.name, "version": str(version.version)},
+            labels={
+                "deployment": self.deployment.name,
+                "variant": self.variant.name,
+                "version": str(version.version),
+            },
         )
         try:
             handle = self.backend.start(spec)
@@ -228,9 +260,14 @@ class VariantReconciler:
             self.changed = True
             return
         Worker.objects.filter(pk=worker.pk).update(
-            handle=handle.handle, http_url=handle.http_url, grpc_target=handle.grpc_target,
-            log_path=handle.log_path, token_digest=digest, started_at=self.now, next_attempt_at=None,
-        )  # fmt: skip
+            handle=handle.handle,
+            http_url=handle.http_url,
+            grpc_target=handle.grpc_target,
+            log_path=handle.log_path,
+            token_digest=digest,
+            started_at=self.now,
+            next_attempt_at=None,
+        )
         worker.refresh_from_db()
         self.changed = True
 
@@ -267,10 +304,15 @@ def _update_status(deployment: Deployment) -> None:
         status = DeploymentStatus.STOPPING if busy else DeploymentStatus.STOPPED
     else:
         failed = [
-            w for w in workers
-            if w.state == WorkerState.FAILED and w.spec_hash == spec_hash(next(v for v in variants if v.pk == w.variant_id))
-        ]  # fmt: skip
-        ready = {v.pk: sum(1 for w in workers if w.variant_id == v.pk and w.state == WorkerState.READY) for v in variants}
+            w
+            for w in workers
+            if w.state == WorkerState.FAILED
+            and w.spec_hash == spec_hash(next(v for v in variants if v.pk == w.variant_id))
+        ]
+        ready = {
+            v.pk: sum(1 for w in workers if w.variant_id == v.pk and w.state == WorkerState.READY)
+            for v in variants
+        }
         if failed:
             status, reason = DeploymentStatus.FAILED, failed[-1].last_error
         elif all(ready[v.pk] >= v.replicas for v in variants):
@@ -284,9 +326,13 @@ def _update_status(deployment: Deployment) -> None:
             Deployment.objects.filter(pk=deployment.pk).update(status=status, status_reason=reason[:4000])
             if status == DeploymentStatus.FAILED:
                 record_deployment_event(
-                    actor=None, action="deployment.failed", deployment=deployment, before={"status": deployment.status},
-                    after={"status": status}, reason=reason[-2000:],
-                )  # fmt: skip
+                    actor=None,
+                    action="deployment.failed",
+                    deployment=deployment,
+                    before={"status": deployment.status},
+                    after={"status": status},
+                    reason=reason[-2000:],
+                )
 
 
 def stop_all_workers(deployment: Deployment) -> None:
@@ -306,10 +352,12 @@ def stop_all_workers_of_variant(variant: Variant) -> None:
 def stop_orphans() -> int:
     """Stop workers a backend runs for us that no live row knows (left over from a crash)."""
     known = set(
-        Worker.objects.exclude(state__in=(WorkerState.STOPPED, WorkerState.FAILED)).values_list("handle", flat=True)
+        Worker.objects.exclude(state__in=(WorkerState.STOPPED, WorkerState.FAILED)).values_list(
+            "handle", flat=True
+        )
     )
     stopped = 0
-    for name in {w for w in Worker.objects.values_list("backend", flat=True).distinct()} | {"process"}:
+    for name in set(Worker.objects.values_list("backend", flat=True).distinct()) | {"process"}:
         try:
             backend = get_backend(name)
             handles = backend.managed_handles(min_age_s=60.0)

@@ -16,6 +16,10 @@ urlpatterns = [
     path("deployments/<slug:name>/delete/", views.deployment_delete, name="delete"),
     path("deployments/<slug:name>/variants/", views.variant_add, name="variant-add"),
     path("deployments/<slug:name>/variants/<slug:variant>/scale/", views.variant_scale, name="variant-scale"),
-    path("deployments/<slug:name>/variants/<slug:variant>/version/", views.variant_version, name="variant-version"),
+    path(
+        "deployments/<slug:name>/variants/<slug:variant>/version/",
+        views.variant_version,
+        name="variant-version",
+    ),
     path("deployments/<slug:name>/workers/<int:worker_id>/logs/", views.worker_logs, name="worker-logs"),
 ]

@@ -25,7 +25,11 @@ from registry.permissions import ensure_can_change
 @login_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
     rows = list(queries.deployments().order_by("name"))
-    return render(request, "deployments/deployment_list.html", {"deployments": rows, "gateway": settings.KILN_GATEWAY_URL})
+    return render(
+        request,
+        "deployments/deployment_list.html",
+        {"deployments": rows, "gateway": settings.KILN_GATEWAY_URL},
+    )
 
 
 @login_required
@@ -34,15 +38,25 @@ def deployment_create(request: HttpRequest, name: str, number: int) -> HttpRespo
     ensure_can_change(request.user, version.model)
     budget = _budget(request)
     proposal, note = propose_batching(version.report or {}, latency_budget_ms=budget)
-    initial = {**proposal.as_dict(), "preferred_batch_sizes": ",".join(map(str, proposal.preferred_batch_sizes)),
-               "version": version.version, "name": version.model.name, "replicas": 1, "device": "cpu"}  # fmt: skip
+    initial = {
+        **proposal.as_dict(),
+        "preferred_batch_sizes": ",".join(map(str, proposal.preferred_batch_sizes)),
+        "version": version.version,
+        "name": version.model.name,
+        "replicas": 1,
+        "device": "cpu",
+    }
     form = DeploymentCreateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             deployment = services.create_deployment(
-                name=form.cleaned_data["name"], model=version.model, variants=[form.variant()],
-                actor=request.user, description=form.cleaned_data["description"], latency_budget_ms=budget,  # type: ignore[arg-type]
-            )  # fmt: skip
+                name=form.cleaned_data["name"],
+                model=version.model,
+                variants=[form.variant()],
+                actor=request.user,  # type: ignore[arg-type]
+                description=form.cleaned_data["description"],
+                latency_budget_ms=budget,
+            )
         except PlatformError as exc:
             form.add_error(None, exc.message)
         else:
@@ -102,15 +116,23 @@ def _act(request: HttpRequest, name: str, action: Any, success: str) -> HttpResp
 @login_required
 @require_POST
 def deployment_stop(request: HttpRequest, name: str) -> HttpResponse:
-    return _act(request, name, lambda d, u: services.set_deployment_running(deployment=d, running=False, actor=u),
-                "Stopping: workers drain, then stop.")  # fmt: skip
+    return _act(
+        request,
+        name,
+        lambda d, u: services.set_deployment_running(deployment=d, running=False, actor=u),
+        "Stopping: workers drain, then stop.",
+    )
 
 
 @login_required
 @require_POST
 def deployment_start(request: HttpRequest, name: str) -> HttpResponse:
-    return _act(request, name, lambda d, u: services.set_deployment_running(deployment=d, running=True, actor=u),
-                "Starting the replicas again.")  # fmt: skip
+    return _act(
+        request,
+        name,
+        lambda d, u: services.set_deployment_running(deployment=d, running=True, actor=u),
+        "Starting the replicas again.",
+    )
 
 
 @login_required
@@ -168,10 +190,18 @@ def variant_add(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 def worker_logs(request: HttpRequest, name: str, worker_id: int) -> HttpResponse:
-    worker = Worker.objects.select_related("variant__deployment").filter(
-        pk=worker_id, variant__deployment__name=name
-    ).first()
+    worker = (
+        Worker.objects.select_related("variant__deployment")
+        .filter(pk=worker_id, variant__deployment__name=name)
+        .first()
+    )
     if worker is None:
         raise PlatformError(f"deployment {name!r} has no worker {worker_id}", code="not_found")
-    text = get_backend(worker.backend).logs(worker.handle, log_path=worker.log_path, tail=300) if worker.handle else ""
-    return render(request, "deployments/worker_logs.html", {"worker": worker, "text": text or worker.last_error})
+    text = (
+        get_backend(worker.backend).logs(worker.handle, log_path=worker.log_path, tail=300)
+        if worker.handle
+        else ""
+    )
+    return render(
+        request, "deployments/worker_logs.html", {"worker": worker, "text": text or worker.last_error}
+    )

@@ -197,9 +197,13 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
     )
     if req.format == "onnx":
         source.int_high, _ = probe_int_high(
-            _ort_runner(checked.session), inputs, seed=req.seed, batch_size=1, label="ONNX Runtime",
+            _ort_runner(checked.session),
+            inputs,
+            seed=req.seed,
+            batch_size=1,
+            label="ONNX Runtime",
             code="check_failed",
-        )  # fmt: skip
+        )
     with _timed(report, "parity"):
         _parity(req, report, source, checked, inputs, [o["name"] for o in signature["outputs"]])
     with _timed(report, "profile"):

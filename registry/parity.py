@@ -163,9 +163,16 @@ def compare_output(
     dtype = str(expected.dtype)
     if expected.shape != actual.shape:
         return OutputCheck(
-            name, dtype, batch_size, False, math.inf, math.inf, expected.size, expected.size,
+            name,
+            dtype,
+            batch_size,
+            False,
+            math.inf,
+            math.inf,
+            expected.size,
+            expected.size,
             worst=f"shape {list(actual.shape)} in ONNX Runtime but {list(expected.shape)} in the reference",
-        )  # fmt: skip
+        )
     ref = np.asarray(expected, dtype=np.float64)
     got = np.asarray(actual, dtype=np.float64)
     exact = not (
@@ -207,9 +214,14 @@ class ParityTally:
     def add(self, check: OutputCheck) -> None:
         entry = self.outputs.setdefault(
             check.name,
-            {"dtype": check.dtype, "max_abs_error": 0.0, "max_rel_error": 0.0, "mismatched_elements": 0,
-             "worst_batch_size": check.batch_size},
-        )  # fmt: skip
+            {
+                "dtype": check.dtype,
+                "max_abs_error": 0.0,
+                "max_rel_error": 0.0,
+                "mismatched_elements": 0,
+                "worst_batch_size": check.batch_size,
+            },
+        )
         if check.max_abs_error > (entry["max_abs_error"] or 0.0):
             entry["worst_batch_size"] = check.batch_size
         entry["max_abs_error"] = max(entry["max_abs_error"], check.max_abs_error)

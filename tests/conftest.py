@@ -236,10 +236,24 @@ class CeleryBeat:
     def start(self) -> None:
         with (self.workdir / "beat.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "info",
-                 "-s", str(self.workdir / "beat-schedule")],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "beat",
+                    "-l",
+                    "info",
+                    "-s",
+                    str(self.workdir / "beat-schedule"),
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

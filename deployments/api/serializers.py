@@ -17,9 +17,21 @@ class WorkerOutput(serializers.ModelSerializer[Worker]):
     class Meta:
         model = Worker
         fields = (
-            "id", "state", "version", "backend", "http_url", "grpc_target", "metrics_url", "restarts",
-            "last_error", "started_at", "ready_at", "last_heartbeat", "state_changed_at", "next_attempt_at",
-        )  # fmt: skip
+            "id",
+            "state",
+            "version",
+            "backend",
+            "http_url",
+            "grpc_target",
+            "metrics_url",
+            "restarts",
+            "last_error",
+            "started_at",
+            "ready_at",
+            "last_heartbeat",
+            "state_changed_at",
+            "next_attempt_at",
+        )
 
 
 class VariantOutput(serializers.ModelSerializer[Variant]):
@@ -33,9 +45,22 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     class Meta:
         model = Variant
         fields = (
-            "name", "version", "pinned_version", "alias", "weight", "shadow_percent", "replicas",
-            "ready_replicas", "device", "gpu_ids", "backend", "image", "batching", "batching_note", "workers",
-        )  # fmt: skip
+            "name",
+            "version",
+            "pinned_version",
+            "alias",
+            "weight",
+            "shadow_percent",
+            "replicas",
+            "ready_replicas",
+            "device",
+            "gpu_ids",
+            "backend",
+            "image",
+            "batching",
+            "batching_note",
+            "workers",
+        )
 
     def get_batching(self, obj: Variant) -> dict[str, Any]:
         return {
@@ -67,9 +92,18 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
     class Meta:
         model = Deployment
         fields = (
-            "name", "model", "description", "status", "status_reason", "desired_running", "endpoint",
-            "variants", "created_by", "created_at", "updated_at",
-        )  # fmt: skip
+            "name",
+            "model",
+            "description",
+            "status",
+            "status_reason",
+            "desired_running",
+            "endpoint",
+            "variants",
+            "created_by",
+            "created_at",
+            "updated_at",
+        )
 
     def get_endpoint(self, obj: Deployment) -> dict[str, str]:
         base = settings.KILN_GATEWAY_URL

@@ -99,7 +99,9 @@ class VariantListView(APIView):
         ensure_can_change(request.user, deployment.model)
         data = s.VariantInput(data=request.data)
         data.is_valid(raise_exception=True)
-        variant = services.add_variant(deployment=deployment, raw=_clean(dict(data.validated_data)), actor=request.user)
+        variant = services.add_variant(
+            deployment=deployment, raw=_clean(dict(data.validated_data)), actor=request.user
+        )
         return Response(s.VariantOutput(queries.get_variant(name, variant.name)).data, status=201)
 
 
@@ -140,7 +142,9 @@ class VersionView(APIView):
         ensure_can_change(request.user, row.deployment.model)
         data = s.VersionInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.set_variant_version(variant=row, target=_clean(dict(data.validated_data)), actor=request.user)
+        services.set_variant_version(
+            variant=row, target=_clean(dict(data.validated_data)), actor=request.user
+        )
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
 
@@ -166,7 +170,11 @@ class WorkerLogsView(APIView):
         if worker is None:
             raise PlatformError(f"deployment {name!r} has no worker {worker_id}", code="not_found")
         tail = min(max(int(request.query_params.get("tail", "200") or 200), 1), 2000)
-        text = get_backend(worker.backend).logs(worker.handle, log_path=worker.log_path, tail=tail) if worker.handle else ""
+        text = (
+            get_backend(worker.backend).logs(worker.handle, log_path=worker.log_path, tail=tail)
+            if worker.handle
+            else ""
+        )
         return Response({"worker": worker.pk, "state": worker.state, "lines": text.splitlines()})
 
 

@@ -19,7 +19,7 @@ def get_backend(name: str) -> Backend:
 
             _BACKENDS[name] = ProcessBackend()
         elif name == "docker":
-            from deployments.backends.docker import DockerBackend
+            from deployments.backends.docker import DockerBackend  # type: ignore[import-not-found,unused-ignore]
 
             _BACKENDS[name] = DockerBackend()
         else:

@@ -70,9 +70,14 @@ class ProcessBackend:
         http_port, grpc_port = free_port(self.host), free_port(self.host)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"worker-{spec.worker_id}.log"
-        argv = [sys.executable, "-m", "inference_worker"] + spec.worker_args(
-            host=self.host, http_port=http_port, grpc_port=grpc_port, model_path=str(spec.onnx_path)
-        )
+        argv = [
+            sys.executable,
+            "-m",
+            "inference_worker",
+            *spec.worker_args(
+                host=self.host, http_port=http_port, grpc_port=grpc_port, model_path=str(spec.onnx_path)
+            ),
+        ]
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("KILN_WORKER_", "DJANGO_"))},
             "KILN_WORKER_REPORT_TOKEN": spec.report_token,
@@ -88,9 +93,14 @@ class ProcessBackend:
             log.flush()
             try:
                 proc = subprocess.Popen(
-                    argv, cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                )  # fmt: skip
+                    argv,
+                    cwd=settings.BASE_DIR,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 raise BackendError(f"could not start the worker process: {exc}") from exc
         started = _start_time(proc.pid) or ""

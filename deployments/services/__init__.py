@@ -19,7 +19,6 @@ from deployments.services.workers import authenticate_worker, downsample_reports
 
 __all__ = (
     "add_variant",
-    "remove_variant",
     "authenticate_worker",
     "build_routing_table",
     "create_deployment",
@@ -29,6 +28,7 @@ __all__ = (
     "on_alias_moved",
     "propose_batching",
     "publish_routing_table",
+    "remove_variant",
     "scale_variant",
     "set_deployment_running",
     "set_variant_version",

@@ -36,9 +36,15 @@ class Batching:
         }
 
 
-def _number(raw: dict[str, Any], field: str, default: float, low: float, high: float, *, integer: bool) -> Any:
+def _number(
+    raw: dict[str, Any], field: str, default: float, low: float, high: float, *, integer: bool
+) -> Any:
     value = raw.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+    ):
         kind = "an integer" if integer else "a number"
         raise InvalidDeploymentError(f"{field}: must be {kind}", extra={"field": field})
     if not low <= value <= high or value != value:
@@ -79,7 +85,11 @@ def propose_batching(report: dict[str, Any], *, latency_budget_ms: float) -> tup
     the batch latency, so an idle worker still answers quickly.
     """
     rows = sorted(
-        (r for r in (report.get("profile") or {}).get("batches") or [] if r.get("onnxruntime_ms") is not None),
+        (
+            r
+            for r in (report.get("profile") or {}).get("batches") or []
+            if r.get("onnxruntime_ms") is not None
+        ),
         key=lambda r: int(r["batch_size"]),
     )
     if not report.get("dynamic_batch", True):
@@ -98,10 +108,17 @@ def propose_batching(report: dict[str, Any], *, latency_budget_ms: float) -> tup
     size, latency = int(best["batch_size"]), float(best["onnxruntime_ms"])
     delay = round(min(latency_budget_ms - 2 * latency, latency / 4), 2)
     preferred = tuple(int(r["batch_size"]) for r in fitting if int(r["batch_size"]) >= max(2, size // 4))
+    larger = rows[len(fitting)] if len(fitting) < len(rows) else None
     note = (
         f"Batch {size} takes {latency:.2f} ms (profiled), so a request waiting for one batch and running in "
         f"the next stays within 2 x {latency:.2f} = {2 * latency:.2f} ms of the {latency_budget_ms:g} ms "
         f"budget; the queue delay of {delay:g} ms fits the rest. Larger batches exceed it"
-        + (f" (batch {rows[len(fitting)]['batch_size']}: {float(rows[len(fitting)]['onnxruntime_ms']):.2f} ms)." if len(fitting) < len(rows) else ".")
+        + (
+            f" (batch {larger['batch_size']}: {float(larger['onnxruntime_ms']):.2f} ms)."
+            if larger is not None
+            else "."
+        )
     )
-    return Batching(max_batch_size=size, max_queue_delay_ms=max(delay, 0.0), preferred_batch_sizes=preferred), note
+    return Batching(
+        max_batch_size=size, max_queue_delay_ms=max(delay, 0.0), preferred_batch_sizes=preferred
+    ), note

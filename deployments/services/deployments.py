@@ -64,7 +64,8 @@ def resolve_target(model: RegisteredModel, raw: dict[str, Any], prefix: str) -> 
         version, pinned, alias_name = found, found, ""
     if version.status != VersionStatus.READY:
         raise InvalidDeploymentError(
-            f"{prefix}version: {version} is {version.status}, not ready; only converted versions can be deployed"
+            f"{prefix}version: {version} is {version.status}, not ready; "
+            "only converted versions can be deployed"
         )
     return VariantTarget(version=version, pinned=pinned, alias=alias_name)
 
@@ -98,8 +99,14 @@ def build_variant(
     name = _slug(raw.get("name", "primary" if index == 0 else f"v{index}"), f"{prefix}name")
     target = resolve_target(deployment.model, raw, prefix)
     replicas = raw.get("replicas", 1)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= settings.KILN_MAX_REPLICAS:
-        raise InvalidDeploymentError(f"{prefix}replicas: must be an integer from 0 to {settings.KILN_MAX_REPLICAS}")
+    if (
+        isinstance(replicas, bool)
+        or not isinstance(replicas, int)
+        or not 0 <= replicas <= settings.KILN_MAX_REPLICAS
+    ):
+        raise InvalidDeploymentError(
+            f"{prefix}replicas: must be an integer from 0 to {settings.KILN_MAX_REPLICAS}"
+        )
     weight = raw.get("weight", 100 if index == 0 else 0)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
         raise InvalidDeploymentError(f"{prefix}weight: must be an integer from 0 to 100")
@@ -117,7 +124,9 @@ def build_variant(
     given = dict(raw.get("batching") or {})
     merged = {**proposed.as_dict(), **given}
     if "preferred_batch_sizes" not in given and isinstance(merged["max_batch_size"], int):
-        merged["preferred_batch_sizes"] = [s for s in proposed.preferred_batch_sizes if s <= merged["max_batch_size"]]
+        merged["preferred_batch_sizes"] = [
+            s for s in proposed.preferred_batch_sizes if s <= merged["max_batch_size"]
+        ]
     batching = validate_batching(merged, prefix=f"{prefix}batching.", fixed_batch=not dynamic)
     if given:
         note = f"Set by the user ({', '.join(sorted(given))}); the profile proposed: {note}"
@@ -165,7 +174,8 @@ def create_deployment(
                 name=name, model=model, description=description[:5000], created_by=actor
             )
             built = [
-                build_variant(deployment, raw, i, latency_budget_ms=latency_budget_ms) for i, raw in enumerate(variants)
+                build_variant(deployment, raw, i, latency_budget_ms=latency_budget_ms)
+                for i, raw in enumerate(variants)
             ]
             names = [v.name for v in built]
             if len(set(names)) != len(names):
@@ -174,9 +184,11 @@ def create_deployment(
             for variant in built:
                 variant.save()
             record_deployment_event(
-                actor=actor, action="deployment.created", deployment=deployment,
+                actor=actor,
+                action="deployment.created",
+                deployment=deployment,
                 after={"variants": [describe_variant(v) for v in built]},
-            )  # fmt: skip
+            )
             enqueue_reconcile(deployment)
     except IntegrityError:
         raise DuplicateDeploymentError(f"a deployment named {name!r} exists already") from None
@@ -211,9 +223,12 @@ def set_deployment_running(*, deployment: Deployment, running: bool, actor: Acto
         for variant in locked.variants.all():
             variant.workers.filter(state=WorkerState.FAILED).update(state=WorkerState.STOPPED)
     record_deployment_event(
-        actor=actor, action="deployment.started" if running else "deployment.stopped", deployment=locked,
-        before={"running": not running}, after={"running": running},
-    )  # fmt: skip
+        actor=actor,
+        action="deployment.started" if running else "deployment.stopped",
+        deployment=locked,
+        before={"running": not running},
+        after={"running": running},
+    )
     enqueue_reconcile(locked)
     return locked
 
@@ -225,9 +240,11 @@ def delete_deployment(*, deployment: Deployment, actor: Actor) -> None:
     stop_all_workers(deployment)
     with transaction.atomic():
         record_deployment_event(
-            actor=actor, action="deployment.deleted", deployment=deployment,
+            actor=actor,
+            action="deployment.deleted",
+            deployment=deployment,
             before={"variants": [describe_variant(v) for v in deployment.variants.all()]},
-        )  # fmt: skip
+        )
         deployment.delete()
     from deployments.services.routing import publish_routing_table
 
@@ -243,7 +260,9 @@ def add_variant(*, deployment: Deployment, raw: dict[str, Any], actor: Actor) ->
             raise InvalidDeploymentError("variants: at most 8 variants")
         raw = {**raw, "weight": raw.get("weight", 0)}
         if raw["weight"] != 0:
-            raise InvalidDeploymentError("weight: a new variant starts at weight 0; change the traffic split next")
+            raise InvalidDeploymentError(
+                "weight: a new variant starts at weight 0; change the traffic split next"
+            )
         variant = build_variant(locked, raw, len(existing))
         if any(v.name == variant.name for v in existing):
             raise InvalidDeploymentError(f"name: variant {variant.name!r} exists already")
@@ -268,7 +287,10 @@ def remove_variant(*, variant: Variant, actor: Actor) -> None:
     stop_all_workers_of_variant(variant)
     with transaction.atomic():
         record_deployment_event(
-            actor=actor, action="variant.removed", deployment=variant.deployment, before=describe_variant(variant)
+            actor=actor,
+            action="variant.removed",
+            deployment=variant.deployment,
+            before=describe_variant(variant),
         )
         variant.delete()
     from deployments.services.routing import publish_routing_table

@@ -11,7 +11,13 @@ from registry.audit import Actor, record_event
 
 
 def record_deployment_event(
-    *, actor: Actor, action: str, deployment: Deployment, before: Any = None, after: Any = None, reason: str = ""
+    *,
+    actor: Actor,
+    action: str,
+    deployment: Deployment,
+    before: Any = None,
+    after: Any = None,
+    reason: str = "",
 ) -> None:
     """Audit a change of ``deployment`` (the subject is ``deployment/<name>``)."""
     record_event(

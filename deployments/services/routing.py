@@ -32,7 +32,7 @@ _client: redis.Redis | None = None
 
 
 def redis_client() -> redis.Redis:
-    global _client  # noqa: PLW0603 - one pooled client per process
+    global _client
     if _client is None:
         _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
     return _client
@@ -49,7 +49,9 @@ def build_routing_table() -> dict[str, Any]:
     by_variant: dict[int, list[Worker]] = {}
     for worker in ready:
         by_variant.setdefault(worker.variant_id, []).append(worker)
-    running = Deployment.objects.filter(desired_running=True).select_related("model").prefetch_related("variants")
+    running = (
+        Deployment.objects.filter(desired_running=True).select_related("model").prefetch_related("variants")
+    )
     for deployment in running:
         variants = []
         for variant in deployment.variants.all():

@@ -20,13 +20,19 @@ logger = logging.getLogger(__name__)
 
 
 def _locked(variant: Variant) -> Variant:
-    return Variant.objects.select_for_update().select_related("deployment__model", "version").get(pk=variant.pk)
+    return (
+        Variant.objects.select_for_update().select_related("deployment__model", "version").get(pk=variant.pk)
+    )
 
 
 @transaction.atomic
 def scale_variant(*, variant: Variant, replicas: int, actor: Actor) -> Variant:
     """Set the number of replicas; the reconcile loop starts or drains workers."""
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= settings.KILN_MAX_REPLICAS:
+    if (
+        isinstance(replicas, bool)
+        or not isinstance(replicas, int)
+        or not 0 <= replicas <= settings.KILN_MAX_REPLICAS
+    ):
         raise InvalidDeploymentError(f"replicas: must be an integer from 0 to {settings.KILN_MAX_REPLICAS}")
     locked = _locked(variant)
     if locked.replicas == replicas:
@@ -35,15 +41,20 @@ def scale_variant(*, variant: Variant, replicas: int, actor: Actor) -> Variant:
     locked.replicas = replicas
     locked.save(update_fields=["replicas", "updated_at"])
     record_deployment_event(
-        actor=actor, action="variant.scaled", deployment=locked.deployment,
-        before={"variant": locked.name, "replicas": before}, after={"variant": locked.name, "replicas": replicas},
-    )  # fmt: skip
+        actor=actor,
+        action="variant.scaled",
+        deployment=locked.deployment,
+        before={"variant": locked.name, "replicas": before},
+        after={"variant": locked.name, "replicas": replicas},
+    )
     enqueue_reconcile(locked.deployment)
     return locked
 
 
 @transaction.atomic
-def set_variant_version(*, variant: Variant, target: dict[str, Any], actor: Actor, reason: str = "") -> Variant:
+def set_variant_version(
+    *, variant: Variant, target: dict[str, Any], actor: Actor, reason: str = ""
+) -> Variant:
     """Pin a version (``{"version": n}``) or follow an alias (``{"alias": name}``): a rolling update."""
     locked = _locked(variant)
     resolved = resolve_target(locked.deployment.model, target, "")
@@ -53,9 +64,13 @@ def set_variant_version(*, variant: Variant, target: dict[str, Any], actor: Acto
     locked.alias = resolved.alias
     locked.save(update_fields=["version", "pinned_version", "alias", "updated_at"])
     record_deployment_event(
-        actor=actor, action="variant.version_changed", deployment=locked.deployment,
-        before=before, after=describe_variant(locked), reason=reason,
-    )  # fmt: skip
+        actor=actor,
+        action="variant.version_changed",
+        deployment=locked.deployment,
+        before=before,
+        after=describe_variant(locked),
+        reason=reason,
+    )
     enqueue_reconcile(locked.deployment)
     return locked
 
@@ -81,9 +96,12 @@ def update_batching(*, variant: Variant, batching: dict[str, Any], actor: Actor)
     locked.batching_note = f"Set by the user ({', '.join(sorted(batching))})."
     locked.save()
     record_deployment_event(
-        actor=actor, action="variant.batching_changed", deployment=locked.deployment,
-        before={"variant": locked.name, **current}, after={"variant": locked.name, **new},
-    )  # fmt: skip
+        actor=actor,
+        action="variant.batching_changed",
+        deployment=locked.deployment,
+        before={"variant": locked.name, **current},
+        after={"variant": locked.name, **new},
+    )
     enqueue_reconcile(locked.deployment)
     return locked
 
@@ -106,10 +124,13 @@ def roll_alias_followers(*, alias: Alias) -> list[Variant]:
             locked.version = alias.version
             locked.save(update_fields=["version", "updated_at"])
             record_deployment_event(
-                actor=None, action="variant.version_changed", deployment=locked.deployment,
-                before=before, after=describe_variant(locked),
+                actor=None,
+                action="variant.version_changed",
+                deployment=locked.deployment,
+                before=before,
+                after=describe_variant(locked),
                 reason=f"alias {alias.name} moved to v{alias.version.version}",
-            )  # fmt: skip
+            )
             enqueue_reconcile(locked.deployment)
         moved.append(variant)
     return moved
@@ -126,7 +147,11 @@ def followers_pending(deployment: Deployment) -> list[Variant]:
     """Variants whose alias points at a ready version other than the one they serve."""
     pending = []
     for variant in deployment.variants.exclude(alias="").select_related("version"):
-        alias = Alias.objects.select_related("version").filter(model_id=deployment.model_id, name=variant.alias).first()
+        alias = (
+            Alias.objects.select_related("version")
+            .filter(model_id=deployment.model_id, name=variant.alias)
+            .first()
+        )
         if alias and alias.version_id != variant.version_id and alias.version.status == VersionStatus.READY:
             pending.append(variant)
     return pending

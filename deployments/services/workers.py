@@ -42,6 +42,10 @@ def _time(value: Any, field: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -72,10 +76,13 @@ def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
     now = timezone.now()
     if end < start or end > now + timedelta(minutes=5):
         raise InvalidDeploymentError("interval: end must follow start and not lie in the future")
-    latency = window.get("latency_ms") if isinstance(window.get("latency_ms"), dict) else {}
-    outcomes = window.get("outcomes") if isinstance(window.get("outcomes"), dict) else {}
-    outcomes = {str(k)[:40]: int(v) for k, v in list(outcomes.items())[:32] if isinstance(v, int) and v >= 0}
-    process = payload.get("process") if isinstance(payload.get("process"), dict) else {}
+    latency = _object(window.get("latency_ms"))
+    outcomes = {
+        str(k)[:40]: int(v)
+        for k, v in list(_object(window.get("outcomes")).items())[:32]
+        if isinstance(v, int) and v >= 0
+    }
+    process = _object(payload.get("process"))
     devices = [d for d in payload.get("devices") or [] if isinstance(d, dict)][:16]
     requests = window.get("requests")
     report = Report.objects.create(
@@ -102,7 +109,9 @@ def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
         gpu_utilization=_num(devices[0].get("utilization_ratio")) if devices else None,
         gpu_memory_bytes=int(_num(devices[0].get("memory_used_bytes")) or 0) if devices else None,
     )
-    summary = {k: payload.get(k) for k in ("state", "sequence", "queue_depth", "in_flight", "counters", "devices")}
+    summary = {
+        k: payload.get(k) for k in ("state", "sequence", "queue_depth", "in_flight", "counters", "devices")
+    }
     Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now, last_report=summary)
     if payload.get("state") == "ready" and worker.state == WorkerState.UNHEALTHY:
         Worker.objects.filter(pk=worker.pk, state=WorkerState.UNHEALTHY).update(
@@ -126,7 +135,9 @@ def downsample_reports() -> dict[str, int]:
             Report.objects.create(**_fold(reports, minute))
             Report.objects.filter(pk__in=[r.pk for r in reports]).delete()
         folded += len(reports)
-    expired = Report.objects.filter(end__lt=now - timedelta(days=settings.KILN_REPORT_RETENTION_DAYS)).delete()[0]
+    expired = Report.objects.filter(
+        end__lt=now - timedelta(days=settings.KILN_REPORT_RETENTION_DAYS)
+    ).delete()[0]
     return {"folded": folded, "expired": expired}
 
 
@@ -155,7 +166,8 @@ def _fold(reports: list[Report], minute: datetime) -> dict[str, Any]:
         total = sum(w for _, w in pairs)
         if not pairs:
             return None
-        return sum(v * w for v, w in pairs) / total if total else sum(v for v, _ in pairs) / len(pairs)
+        result = sum(v * w for v, w in pairs) / total if total else sum(v for v, _ in pairs) / len(pairs)
+        return float(result)
 
     def mean(field: str) -> float | None:
         values = [getattr(r, field) for r in reports if getattr(r, field) is not None]

@@ -26,16 +26,28 @@ PROFILE = {
 }
 
 
-def ready_version(owner: User, *, model: str = "cnn", number: int = 1, status: str = "ready", **extra: Any) -> ModelVersion:
+def ready_version(
+    owner: User, *, model: str = "cnn", number: int = 1, status: str = "ready", **extra: Any
+) -> ModelVersion:
     registered, _ = RegisteredModel.objects.get_or_create(name=model, defaults={"owner": owner})
     registered.latest_version = max(registered.latest_version, number)
     registered.save()
     digest = f"{number:064x}"
     return ModelVersion.objects.create(
-        model=registered, version=number, source_format="onnx", source_sha256=digest, source_size=10,
-        source_path=f"sha256/{digest[:2]}/{digest}", onnx_path=f"sha256/{digest[:2]}/{digest}", onnx_sha256=digest,
-        created_by=owner, status=status, report=extra.pop("report", PROFILE),
-        signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-                   "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 2]}]},
+        model=registered,
+        version=number,
+        source_format="onnx",
+        source_sha256=digest,
+        source_size=10,
+        source_path=f"sha256/{digest[:2]}/{digest}",
+        onnx_path=f"sha256/{digest[:2]}/{digest}",
+        onnx_sha256=digest,
+        created_by=owner,
+        status=status,
+        report=extra.pop("report", PROFILE),
+        signature={
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 2]}],
+        },
         **extra,
-    )  # fmt: skip
+    )

@@ -20,13 +20,18 @@ from tests.deployments.factories import PROFILE
         (1.2, 1, 0.12),
     ],
 )
-def test_the_largest_batch_whose_latency_fits_the_budget_is_proposed(budget: float, max_batch: int, delay: float) -> None:
+def test_the_largest_batch_whose_latency_fits_the_budget_is_proposed(
+    budget: float, max_batch: int, delay: float
+) -> None:
     proposal, note = propose_batching(PROFILE, latency_budget_ms=budget)
 
-    rows = [r for r in PROFILE["profile"]["batches"] if 2 * r["onnxruntime_ms"] <= budget]
+    batches: list[dict[str, float]] = PROFILE["profile"]["batches"]  # type: ignore[index]
+    rows = [r for r in batches if 2 * r["onnxruntime_ms"] <= budget]
     expected = rows[-1]
     assert proposal.max_batch_size == expected["batch_size"]
-    assert proposal.max_queue_delay_ms == pytest.approx(min(budget - 2 * expected["onnxruntime_ms"], expected["onnxruntime_ms"] / 4), abs=0.01)
+    assert proposal.max_queue_delay_ms == pytest.approx(
+        min(budget - 2 * expected["onnxruntime_ms"], expected["onnxruntime_ms"] / 4), abs=0.01
+    )
     assert f"Batch {expected['batch_size']}" in note
     assert f"{budget:g} ms" in note
 

@@ -21,7 +21,9 @@ def create(client: APIClient, **overrides: Any) -> Any:
     return client.post("/api/v1/deployments/", body, format="json")
 
 
-def test_a_deployment_is_created_with_batching_proposed_from_the_profile(owner: User, owner_api: APIClient) -> None:
+def test_a_deployment_is_created_with_batching_proposed_from_the_profile(
+    owner: User, owner_api: APIClient
+) -> None:
     ready_version(owner)
 
     response = create(owner_api, latency_budget_ms=6)
@@ -43,7 +45,9 @@ def test_a_deployment_is_created_with_batching_proposed_from_the_profile(owner: 
 def test_user_batching_options_override_the_proposal(owner: User, owner_api: APIClient) -> None:
     ready_version(owner)
 
-    response = create(owner_api, variants=[{"version": 1, "batching": {"max_batch_size": 4, "max_queue_delay_ms": 1}}])
+    response = create(
+        owner_api, variants=[{"version": 1, "batching": {"max_batch_size": 4, "max_queue_delay_ms": 1}}]
+    )
 
     assert response.status_code == 201
     batching = response.json()["variants"][0]["batching"]
@@ -63,8 +67,14 @@ def test_user_batching_options_override_the_proposal(owner: User, owner_api: API
         ([{"version": 1, "device": "gpu please"}], "variants[0].device"),
         ([{"version": 1, "backend": "kubernetes"}], "variants[0].backend"),
         ([{"version": 1, "batching": {"max_batch_size": 0}}], "variants[0].batching.max_batch_size"),
-        ([{"version": 1, "batching": {"preferred_batch_sizes": [128], "max_batch_size": 8}}], "variants[0].batching.preferred_batch_sizes"),
-        ([{"version": 1, "weight": 60}, {"name": "b", "version": 1, "weight": 30}], "weights must add up to 100"),
+        (
+            [{"version": 1, "batching": {"preferred_batch_sizes": [128], "max_batch_size": 8}}],
+            "variants[0].batching.preferred_batch_sizes",
+        ),
+        (
+            [{"version": 1, "weight": 60}, {"name": "b", "version": 1, "weight": 30}],
+            "weights must add up to 100",
+        ),
         ([{"version": 1}, {"version": 1, "name": "primary", "weight": 0}], "variant names must be unique"),
         ([], "variants"),
     ],
@@ -98,9 +108,15 @@ def test_scaling_changing_version_and_stopping_are_audited(owner: User, owner_ap
     ready_version(owner, number=2)
     create(owner_api)
 
-    scaled = owner_api.post("/api/v1/deployments/cnn-prod/variants/primary/scale/", {"replicas": 3}, format="json")
-    rolled = owner_api.put("/api/v1/deployments/cnn-prod/variants/primary/version/", {"version": 2}, format="json")
-    bad_scale = owner_api.post("/api/v1/deployments/cnn-prod/variants/primary/scale/", {"replicas": 1000}, format="json")
+    scaled = owner_api.post(
+        "/api/v1/deployments/cnn-prod/variants/primary/scale/", {"replicas": 3}, format="json"
+    )
+    rolled = owner_api.put(
+        "/api/v1/deployments/cnn-prod/variants/primary/version/", {"version": 2}, format="json"
+    )
+    bad_scale = owner_api.post(
+        "/api/v1/deployments/cnn-prod/variants/primary/scale/", {"replicas": 1000}, format="json"
+    )
     stopped = owner_api.post("/api/v1/deployments/cnn-prod/stop/")
 
     assert scaled.status_code == 202
@@ -109,8 +125,17 @@ def test_scaling_changing_version_and_stopping_are_audited(owner: User, owner_ap
     assert bad_scale.status_code == 400
     assert "replicas" in bad_scale.json()["message"]
     assert stopped.json()["desired_running"] is False
-    actions = list(AuditEvent.objects.filter(subject="deployment/cnn-prod").order_by("id").values_list("action", flat=True))
-    assert actions == ["deployment.created", "variant.scaled", "variant.version_changed", "deployment.stopped"]
+    actions = list(
+        AuditEvent.objects.filter(subject="deployment/cnn-prod")
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
+    assert actions == [
+        "deployment.created",
+        "variant.scaled",
+        "variant.version_changed",
+        "deployment.stopped",
+    ]
 
 
 def test_a_variant_following_an_alias_moves_when_the_alias_moves(owner: User, owner_api: APIClient) -> None:
@@ -123,7 +148,9 @@ def test_a_variant_following_an_alias_moves_when_the_alias_moves(owner: User, ow
     from registry.models import Alias
 
     owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json")
-    roll_alias_followers(alias=Alias.objects.get(name="production"))  # on_commit does this outside a test transaction
+    roll_alias_followers(
+        alias=Alias.objects.get(name="production")
+    )  # on_commit does this outside a test transaction
 
     variant = Variant.objects.get()
     assert variant.version.version == 2
@@ -150,7 +177,9 @@ def test_a_new_variant_starts_at_weight_zero(owner: User, owner_api: APIClient) 
     ready_version(owner, number=2)
     create(owner_api)
 
-    added = owner_api.post("/api/v1/deployments/cnn-prod/variants/", {"name": "candidate", "version": 2}, format="json")
+    added = owner_api.post(
+        "/api/v1/deployments/cnn-prod/variants/", {"name": "candidate", "version": 2}, format="json"
+    )
     weighted = owner_api.post(
         "/api/v1/deployments/cnn-prod/variants/", {"name": "other", "version": 2, "weight": 10}, format="json"
     )

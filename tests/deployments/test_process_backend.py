@@ -23,7 +23,9 @@ from tests.registry.model_factories import save_onnx_cnn
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def stored_version(owner: User, tmp_path: Path, *, number: int = 1, seed: int = 0, onnx_bytes: bytes | None = None) -> ModelVersion:
+def stored_version(
+    owner: User, tmp_path: Path, *, number: int = 1, seed: int = 0, onnx_bytes: bytes | None = None
+) -> ModelVersion:
     """A converted version: a real ONNX file in the artifact store, status ready, with a profile."""
     path = tmp_path / f"model-{number}.onnx"
     signature = save_onnx_cnn(path, seed=seed)
@@ -34,12 +36,28 @@ def stored_version(owner: User, tmp_path: Path, *, number: int = 1, seed: int = 
     model.latest_version = max(model.latest_version, number)
     model.save()
     return ModelVersion.objects.create(
-        model=model, version=number, source_format="onnx", source_sha256=digest, source_size=size,
-        source_path=relative, onnx_path=relative, onnx_sha256=digest, onnx_size=size, signature=signature,
-        status="ready", created_by=owner,
-        report={"dynamic_batch": True, "profile": {"batches": [{"batch_size": 1, "onnxruntime_ms": 0.3},
-                                                              {"batch_size": 8, "onnxruntime_ms": 1.0}]}},
-    )  # fmt: skip
+        model=model,
+        version=number,
+        source_format="onnx",
+        source_sha256=digest,
+        source_size=size,
+        source_path=relative,
+        onnx_path=relative,
+        onnx_sha256=digest,
+        onnx_size=size,
+        signature=signature,
+        status="ready",
+        created_by=owner,
+        report={
+            "dynamic_batch": True,
+            "profile": {
+                "batches": [
+                    {"batch_size": 1, "onnxruntime_ms": 0.3},
+                    {"batch_size": 8, "onnxruntime_ms": 1.0},
+                ]
+            },
+        },
+    )
 
 
 def deployment(client: APIClient, name: str = "cnn-prod") -> dict[str, Any]:
@@ -47,17 +65,27 @@ def deployment(client: APIClient, name: str = "cnn-prod") -> dict[str, Any]:
     return body
 
 
-def ready_workers(client: APIClient, count: int, name: str = "cnn-prod", timeout: float = 60) -> list[dict[str, Any]]:
+def ready_workers(
+    client: APIClient, count: int, name: str = "cnn-prod", timeout: float = 60
+) -> list[dict[str, Any]]:
     def poll() -> list[dict[str, Any]] | None:
-        workers = [w for v in deployment(client, name)["variants"] for w in v["workers"] if w["state"] == "ready"]
+        workers = [
+            w for v in deployment(client, name)["variants"] for w in v["workers"] if w["state"] == "ready"
+        ]
         return workers if len(workers) == count and all(w["last_heartbeat"] for w in workers) else None
 
-    result: list[dict[str, Any]] = wait_for(poll, timeout=timeout, interval=0.3, message=f"{count} ready workers")
+    result: list[dict[str, Any]] = wait_for(
+        poll, timeout=timeout, interval=0.3, message=f"{count} ready workers"
+    )
     return result
 
 
 def infer(url: str, name: str, batch: np.ndarray) -> np.ndarray:
-    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(batch.shape), "data": batch.ravel().tolist()}]}
+    body = {
+        "inputs": [
+            {"name": "image", "datatype": "FP32", "shape": list(batch.shape), "data": batch.ravel().tolist()}
+        ]
+    }
     response = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=10)
     assert response.status_code == 200, response.text
     output = response.json()["outputs"][0]
@@ -69,9 +97,10 @@ def test_replicas_serve_report_restart_and_scale(
 ) -> None:
     version = stored_version(owner, tmp_path)
     created = owner_api.post(
-        "/api/v1/deployments/", {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 2}]},
+        "/api/v1/deployments/",
+        {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 2}]},
         format="json",
-    )  # fmt: skip
+    )
     assert created.status_code == 201, created.content
 
     workers = ready_workers(owner_api, 2)
@@ -80,7 +109,9 @@ def test_replicas_serve_report_restart_and_scale(
     expected = ort.InferenceSession(str(storage.resolve(version.onnx_path))).run(None, {"image": batch})[0]
     for worker in workers:
         assert worker["http_url"].startswith("http://127.0.0.1:")
-        np.testing.assert_allclose(infer(worker["http_url"], "cnn-prod", batch), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            infer(worker["http_url"], "cnn-prod", batch), expected, rtol=1e-5, atol=1e-5
+        )
     assert deployment(owner_api)["status"] == "serving"
 
     # Reports arrive and service discovery lists the workers.
@@ -94,9 +125,11 @@ def test_replicas_serve_report_restart_and_scale(
     victim = Worker.objects.get(pk=workers[0]["id"])
     os.kill(int(victim.handle.split(":")[0]), signal.SIGKILL)
     replaced = wait_for(
-        lambda: Worker.objects.filter(variant=victim.variant, state="ready", restarts=1).first(), timeout=10, interval=0.2,
+        lambda: Worker.objects.filter(variant=victim.variant, state="ready", restarts=1).first(),
+        timeout=10,
+        interval=0.2,
         message="a replacement worker",
-    )  # fmt: skip
+    )
     assert replaced.pk != victim.pk
     assert Worker.objects.get(pk=victim.pk).state == "stopped"
 
@@ -107,19 +140,27 @@ def test_replicas_serve_report_restart_and_scale(
     remaining = ready_workers(owner_api, 1)
     wait_for(lambda: Worker.objects.filter(state__in=("draining", "starting")).count() == 0, timeout=20)
     assert Worker.objects.filter(state="ready").count() == 1
-    np.testing.assert_allclose(infer(remaining[0]["http_url"], "cnn-prod", batch), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        infer(remaining[0]["http_url"], "cnn-prod", batch), expected, rtol=1e-5, atol=1e-5
+    )
 
 
-def test_report_tokens_are_checked_per_worker(platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path) -> None:
+def test_report_tokens_are_checked_per_worker(
+    platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
     stored_version(owner, tmp_path)
     owner_api.post(
-        "/api/v1/deployments/", {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 2}]},
+        "/api/v1/deployments/",
+        {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 2}]},
         format="json",
-    )  # fmt: skip
+    )
     first, second = ready_workers(owner_api, 2)
     url = f"{platform.url}/api/v1/workers/{first['id']}/reports/"
-    report = {"schema": "kiln.worker-report/v1", "interval": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:01Z"},
-              "window": {"requests": 1}}  # fmt: skip
+    report = {
+        "schema": "kiln.worker-report/v1",
+        "interval": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:01Z"},
+        "window": {"requests": 1},
+    }
 
     missing = httpx.post(url, json=report, timeout=5)
     wrong = httpx.post(url, json=report, headers={"Authorization": "Bearer not-the-token"}, timeout=5)
@@ -128,9 +169,19 @@ def test_report_tokens_are_checked_per_worker(platform: Platform, owner: User, o
     environ = dict(
         item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
     )
-    other = httpx.post(url, json=report, headers={"Authorization": f"Bearer {environ['KILN_WORKER_REPORT_TOKEN']}"}, timeout=5)
+    other = httpx.post(
+        url,
+        json=report,
+        headers={"Authorization": f"Bearer {environ['KILN_WORKER_REPORT_TOKEN']}"},
+        timeout=5,
+    )
     own_url = f"{platform.url}/api/v1/workers/{second['id']}/reports/"
-    own = httpx.post(own_url, json=report, headers={"Authorization": f"Bearer {environ['KILN_WORKER_REPORT_TOKEN']}"}, timeout=5)
+    own = httpx.post(
+        own_url,
+        json=report,
+        headers={"Authorization": f"Bearer {environ['KILN_WORKER_REPORT_TOKEN']}"},
+        timeout=5,
+    )
 
     assert (missing.status_code, wrong.status_code, other.status_code) == (401, 401, 401)
     assert "token" in wrong.json()["message"]
@@ -142,11 +193,16 @@ def test_a_model_that_crashes_at_start_ends_failed_with_the_reason(
 ) -> None:
     stored_version(owner, tmp_path, onnx_bytes=b"\x08\x07this is not a loadable onnx graph" * 10)
     owner_api.post(
-        "/api/v1/deployments/", {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 1}]},
+        "/api/v1/deployments/",
+        {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 1}]},
         format="json",
-    )  # fmt: skip
+    )
 
-    failed = wait_for(lambda: deployment(owner_api)["status"] == "failed" and deployment(owner_api), timeout=90, interval=0.5)
+    failed = wait_for(
+        lambda: deployment(owner_api)["status"] == "failed" and deployment(owner_api),
+        timeout=90,
+        interval=0.5,
+    )
 
     assert "crash" in failed["status_reason"].lower() or "exited" in failed["status_reason"].lower()
     assert "onnx" in failed["status_reason"].lower() or "model" in failed["status_reason"].lower()
@@ -160,9 +216,10 @@ def test_after_a_platform_restart_running_workers_are_adopted_not_duplicated(
 ) -> None:
     stored_version(owner, tmp_path)
     owner_api.post(
-        "/api/v1/deployments/", {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 2}]},
+        "/api/v1/deployments/",
+        {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 2}]},
         format="json",
-    )  # fmt: skip
+    )
     before = {w["id"]: Worker.objects.get(pk=w["id"]).handle for w in ready_workers(owner_api, 2)}
 
     platform.restart()
