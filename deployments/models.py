@@ -194,3 +194,99 @@ class Report(models.Model):
 
     def as_point(self) -> dict[str, Any]:
         return {"end": self.end.isoformat(), "requests": self.requests, "errors": self.errors}
+
+
+class TrafficChange(models.Model):
+    """One change of a deployment's traffic split: who, when, why, the split before and after.
+
+    ``before``/``after`` map variant names to ``{"weight": w, "shadow_percent": s}``;
+    any earlier split can be restored from its row.
+    """
+
+    class Kind(models.TextChoices):
+        MANUAL = "manual", "Manual"
+        PROMOTE = "promote", "Promote"
+        RESTORE = "restore", "Restore"
+        ROLLOUT = "rollout", "Rollout step"
+        ROLLBACK = "rollback", "Automatic rollback"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="traffic_changes")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.MANUAL)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150)
+    before = models.JSONField()
+    after = models.JSONField()
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}: {self.split_label(self.after)}"
+
+    @staticmethod
+    def split_label(split: dict[str, Any]) -> str:
+        parts = [f"{name} {v.get('weight', 0)}%" for name, v in split.items()]
+        shadows = [
+            f"{name} shadow {v['shadow_percent']}%" for name, v in split.items() if v.get("shadow_percent")
+        ]
+        return " / ".join(parts) + (f" ({', '.join(shadows)})" if shadows else "")
+
+
+class Rollout(models.Model):
+    """A guarded rollout: a candidate variant moves through weight steps while it meets its SLO.
+
+    Beat advances it after each hold time and rolls it back (candidate weight 0) as
+    soon as a measured figure breaches the objective.
+    """
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        SUCCEEDED = "succeeded", "Succeeded"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        ABORTED = "aborted", "Aborted"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="rollouts")
+    candidate = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="rollouts")
+    baseline = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="+")
+    steps = models.JSONField(help_text="candidate weights, e.g. [5, 25, 50, 100]")
+    hold_s = models.FloatField(validators=[MinValueValidator(1.0)])
+    max_error_rate = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    max_p99_ms = models.FloatField(validators=[MinValueValidator(0.1)])
+    min_shadow_agreement = models.FloatField(null=True, blank=True)
+    min_requests = models.PositiveIntegerField(default=20, help_text="requests needed before judging a step")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING, db_index=True)
+    step_index = models.PositiveSmallIntegerField(default=0)
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    last_evaluation = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("deployment",),
+                condition=models.Q(state__in=("running", "paused")),
+                name="one_active_rollout_per_deployment",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"rollout of {self.candidate} ({self.state})"
+
+    @property
+    def current_weight(self) -> int:
+        steps: list[int] = self.steps
+        return int(steps[min(self.step_index, len(steps) - 1)])
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in (self.State.RUNNING, self.State.PAUSED)

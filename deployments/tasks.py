@@ -41,3 +41,10 @@ def publish_routing_table_task() -> int:
     from deployments.services import publish_routing_table
 
     return len(publish_routing_table()["deployments"])
+
+
+@shared_task(name="deployments.advance_rollouts", acks_late=True, soft_time_limit=60, time_limit=90)
+def advance_rollouts_task() -> dict[str, int]:
+    from deployments.services.rollouts import advance_rollouts
+
+    return advance_rollouts()

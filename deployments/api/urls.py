@@ -1,8 +1,8 @@
 """Deployment routes under /api/v1/."""
 
-from django.urls import path
+from django.urls import path, re_path
 
-from deployments.api import views
+from deployments.api import traffic_views, views
 
 deployment_list = views.DeploymentViewSet.as_view({"get": "list", "post": "create"})
 deployment_detail = views.DeploymentViewSet.as_view({"get": "retrieve", "delete": "destroy"})
@@ -45,6 +45,33 @@ urlpatterns = [
         "deployments/<slug:name>/workers/<int:worker_id>/logs/",
         views.WorkerLogsView.as_view(),
         name="worker-logs",
+    ),
+    path("deployments/<slug:name>/traffic/", traffic_views.TrafficView.as_view(), name="traffic"),
+    path(
+        "deployments/<slug:name>/traffic/history/<int:change_id>/restore/",
+        traffic_views.RestoreView.as_view(),
+        name="traffic-restore",
+    ),
+    path(
+        "deployments/<slug:name>/variants/<slug:variant>/promote/",
+        traffic_views.PromoteView.as_view(),
+        name="variant-promote",
+    ),
+    path(
+        "deployments/<slug:name>/variants/<slug:variant>/shadow/",
+        traffic_views.ShadowView.as_view(),
+        name="variant-shadow",
+    ),
+    path("deployments/<slug:name>/rollouts/", traffic_views.RolloutListView.as_view(), name="rollout-list"),
+    path(
+        "deployments/<slug:name>/rollouts/<int:rollout_id>/",
+        traffic_views.RolloutDetailView.as_view(),
+        name="rollout-detail",
+    ),
+    re_path(
+        r"^deployments/(?P<name>[a-z0-9-]+)/rollouts/(?P<rollout_id>[0-9]+)/(?P<command>pause|resume|abort)/$",
+        traffic_views.RolloutControlView.as_view(),
+        name="rollout-control",
     ),
     path("workers/<int:worker_id>/reports/", views.ReportView.as_view(), name="worker-reports"),
     path("prometheus/targets/", views.PrometheusTargetsView.as_view(), name="prometheus-targets"),
