@@ -28,6 +28,8 @@ Any 2xx answer counts as delivered. Schema (``"schema": "kiln.worker-report/v1"`
         "latency_ms": {"p50": 3.1, "p95": 7.9, "p99": 12.0},     # null values when no request
         "queue_ms": {"p50": 0.4, "p95": 1.2, "p99": 2.0},
         "compute_ms": {"p50": 2.2, "p95": 5.0, "p99": 6.1},
+        "outcomes": {"success": 238, "invalid_argument": 2},   # requests by outcome, this interval
+        "latency_histogram": {"le": [0.25, 0.5, ..., "+Inf"], "counts": [...]},  # ms, per bucket
         "mean_batch_size": 7.3,              # null when no batch ran
         "batch_size_histogram": {"le": [1, 2, 4, 8, 16, 32, "+Inf"], "counts": [3, 1, 0, 20, 9, 0, 0]}
       },
@@ -82,6 +84,13 @@ def _quantiles_ms(window: HistogramSnapshot) -> dict[str, float | None]:
     return {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99)}
 
 
+def _by_outcome(metrics: WorkerMetrics) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for (_protocol, outcome), count in metrics.requests.items():
+        totals[outcome] = totals.get(outcome, 0) + count
+    return totals
+
+
 class _Baseline:
     """What the last delivered report saw: the start of the next interval."""
 
@@ -92,6 +101,7 @@ class _Baseline:
         self.queue = metrics.queue_latency.snapshot()
         self.compute = metrics.compute_latency.snapshot()
         self.batch = metrics.batch_size.snapshot()
+        self.outcomes = _by_outcome(metrics)
 
 
 class Reporter:
@@ -145,6 +155,15 @@ class Reporter:
                 "latency_ms": _quantiles_ms(request),
                 "queue_ms": _quantiles_ms(end.queue.minus(base.queue)),
                 "compute_ms": _quantiles_ms(end.compute.minus(base.compute)),
+                "outcomes": {
+                    outcome: count - base.outcomes.get(outcome, 0)
+                    for outcome, count in end.outcomes.items()
+                    if count - base.outcomes.get(outcome, 0)
+                },
+                "latency_histogram": {
+                    "le": [round(bound * 1000, 6) for bound in request.bounds] + ["+Inf"],
+                    "counts": list(request.counts),
+                },
                 "mean_batch_size": None if mean_batch is None else round(mean_batch, 3),
                 "batch_size_histogram": {
                     "le": [int(bound) for bound in batch.bounds] + ["+Inf"],
