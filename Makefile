@@ -13,7 +13,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q -r requirements.lock
 	touch $@
 
-install: $(VENV)/.installed
+static_build/vendor/uplot.min.js: frontend/package.json frontend/package-lock.json
+	bin/build-assets
+
+# Front-end libraries come from npm at build time and are served as static files.
+assets: static_build/vendor/uplot.min.js
+
+install: $(VENV)/.installed assets
 
 # Runs the whole platform on this machine: web, Celery worker and beat, gateway.
 run: install

@@ -7,4 +7,5 @@ app_name = "api"
 urlpatterns = [
     path("", include("registry.api.urls")),
     path("", include("deployments.api.urls")),
+    path("", include("dashboard.api_urls")),
 ]

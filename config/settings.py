@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "accounts",
     "registry",
     "deployments",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -258,3 +259,6 @@ CELERY_BEAT_SCHEDULE["advance-rollouts"] = {
     "schedule": KILN_ROLLOUT_INTERVAL_S,
     "options": {"expires": KILN_ROLLOUT_INTERVAL_S * 2},
 }
+# The default service-level objective the dashboard and alerts flag.
+KILN_SLO_ERROR_RATE = env_float("KILN_SLO_ERROR_RATE", 0.01, minimum=0.0, maximum=1.0)
+KILN_SLO_P99_MS = env_float("KILN_SLO_P99_MS", 250.0, minimum=0.1)

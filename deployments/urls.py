@@ -1,8 +1,8 @@
 """Web UI routes of deployments."""
 
-from django.urls import path
+from django.urls import path, re_path
 
-from deployments import views
+from deployments import traffic_views, views
 
 app_name = "deployments"
 
@@ -22,4 +22,18 @@ urlpatterns = [
         name="variant-version",
     ),
     path("deployments/<slug:name>/workers/<int:worker_id>/logs/", views.worker_logs, name="worker-logs"),
+    path("deployments/<slug:name>/traffic/", traffic_views.set_split, name="traffic"),
+    path(
+        "deployments/<slug:name>/traffic/<int:change_id>/restore/",
+        traffic_views.restore,
+        name="traffic-restore",
+    ),
+    path("deployments/<slug:name>/variants/<slug:variant>/promote/", traffic_views.promote, name="promote"),
+    path("deployments/<slug:name>/variants/<slug:variant>/shadow/", traffic_views.shadow, name="shadow"),
+    path("deployments/<slug:name>/rollouts/", traffic_views.start_rollout, name="rollout-start"),
+    re_path(
+        r"^deployments/(?P<name>[a-z0-9-]+)/rollouts/(?P<rollout_id>[0-9]+)/(?P<command>pause|resume|abort)/$",
+        traffic_views.control_rollout,
+        name="rollout-control",
+    ),
 ]

@@ -46,6 +46,9 @@ def deployment_create(request: HttpRequest, name: str, number: int) -> HttpRespo
         "replicas": 1,
         "device": "cpu",
     }
+    for field in ("max_batch_size", "max_queue_delay_ms", "instances", "replicas"):
+        if request.GET.get(field):
+            initial[field] = request.GET[field]
     form = DeploymentCreateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -87,7 +90,16 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
         "scale_form": ScaleForm(),
         "version_form": VersionForm(),
         "add_form": AddVariantForm(),
+        "history": deployment.traffic_changes.all()[:50],
+        "rollouts": deployment.rollouts.select_related("candidate", "baseline")[:20],
+        "shadow": _shadow_numbers(deployment),
     }
+
+
+def _shadow_numbers(deployment: Any) -> dict[str, Any]:
+    from dashboard.series import gateway_numbers
+
+    return {name: n["shadow"] for name, n in gateway_numbers(deployment).items() if n.get("shadow")}
 
 
 @login_required

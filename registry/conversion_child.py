@@ -53,6 +53,7 @@ from registry.parity import (
     specs_from_signature,
 )
 from registry.profiling import DEFAULT_BUDGET_S, profile, profile_batch_sizes
+from registry.protocol_costs import protocol_costs
 from registry.torch_sources import prepare_program, prepare_torchscript
 
 FORMATS = ("torchscript", "torch_export", "onnx")
@@ -365,3 +366,24 @@ def _profile(
         budget_s=req.profile_budget_s,
     )
     report["warnings"].extend(notes)
+    names = [o.name for o in checked.session.get_outputs()]
+    _protocols(report, inputs, source, session_run, req.seed, names)
+
+
+def _protocols(
+    report: dict[str, Any],
+    inputs: list[TensorSpec],
+    source: Source,
+    session_run: Runner,
+    seed: int,
+    names: list[str],
+) -> None:
+    """Codec cost per request of each protocol, for the serving advice."""
+    progress("measuring protocol costs")
+    fixed = None if has_dynamic_batch(inputs) else _fixed_batch(inputs)
+    feeds = draw_inputs(inputs, fixed or 1, seed=seed + 2, int_high=source.int_high)
+    try:
+        outputs = session_run(feeds)
+        report["protocols"] = protocol_costs(feeds, dict(zip(names, outputs, strict=False)))
+    except Exception as exc:  # advice is optional: never fail a conversion over it
+        report["warnings"].append(f"protocol costs not measured: {first_line(exc)}")

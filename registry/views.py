@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,19 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
         "alias_form": AliasForm(initial={"version": version.version}),
         "ci_run_url": _safe_url(version.metadata.get("ci_run_url")),
         "statuses": VersionStatus,
+        "profile_json": json.dumps((report.get("profile") or {}).get("batches") or []),
+        "live": _live_numbers(request, version.pk),
     }
     return render(request, "registry/version_detail.html", context)
+
+
+def _live_numbers(request: HttpRequest, version_id: int) -> list[dict[str, Any]] | None:
+    """Staff see the deployments serving the version with their numbers (like the dashboard)."""
+    if not getattr(request.user, "is_staff", False):
+        return None
+    from dashboard.series import version_numbers
+
+    return version_numbers(version_id)
 
 
 def _safe_url(value: Any) -> str | None:

@@ -1,0 +1,130 @@
+"""Web controls for traffic: the split (with quick toggles), promote, restore, shadow, rollouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from config.errors import PlatformError
+from deployments import queries
+from deployments.models import Rollout
+from deployments.services import rollouts, traffic
+from registry.permissions import ensure_can_change
+
+
+def _run(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
+    deployment = queries.get_deployment(name)
+    try:
+        ensure_can_change(request.user, deployment.model)
+        action(deployment)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, success)
+    return redirect("deployments:detail", name=name)
+
+
+@login_required
+@require_POST
+def set_split(request: HttpRequest, name: str) -> HttpResponse:
+    """``weight-<variant>`` fields, or a quick toggle ``preset=90,10`` in variant order."""
+
+    def act(deployment: Any) -> None:
+        names = list(deployment.variants.order_by("id").values_list("name", flat=True))
+        preset = request.POST.get("preset", "")
+        if preset:
+            weights = [int(x) for x in preset.split(",")]
+            live = [n for n in names if not deployment.variants.get(name=n).shadow_percent]
+            split: dict[str, Any] = dict.fromkeys(names, 0)
+            split.update(zip(live, weights, strict=False))
+        else:
+            try:
+                split = {n: int(request.POST.get(f"weight-{n}", "0") or 0) for n in names}
+            except ValueError:
+                raise PlatformError("split: weights must be whole numbers") from None
+        traffic.set_traffic_split(
+            deployment=deployment,
+            split=split,
+            actor=request.user,
+            reason=request.POST.get("reason", "")[:2000],
+        )
+
+    return _run(request, name, act, "Traffic split applied.")
+
+
+@login_required
+@require_POST
+def promote(request: HttpRequest, name: str, variant: str) -> HttpResponse:
+    return _run(
+        request,
+        name,
+        lambda d: traffic.promote_variant(deployment=d, variant_name=variant, actor=request.user),
+        f"{variant} promoted: it now takes all traffic.",
+    )
+
+
+@login_required
+@require_POST
+def restore(request: HttpRequest, name: str, change_id: int) -> HttpResponse:
+    return _run(
+        request,
+        name,
+        lambda d: traffic.restore_split(deployment=d, change_id=change_id, actor=request.user),
+        "Earlier split restored.",
+    )
+
+
+@login_required
+@require_POST
+def shadow(request: HttpRequest, name: str, variant: str) -> HttpResponse:
+    def act(deployment: Any) -> None:
+        try:
+            percent = int(request.POST.get("percent", "0"))
+        except ValueError:
+            raise PlatformError("shadow_percent: a whole number from 0 to 100") from None
+        traffic.set_shadow(variant=queries.get_variant(name, variant), percent=percent, actor=request.user)
+
+    return _run(request, name, act, f"Shadow traffic for {variant} updated.")
+
+
+@login_required
+@require_POST
+def start_rollout(request: HttpRequest, name: str) -> HttpResponse:
+    def act(deployment: Any) -> None:
+        post = request.POST
+        try:
+            steps = [int(s) for s in post.get("steps", "5,25,50,100").split(",") if s.strip()]
+            agreement = (
+                float(post["min_shadow_agreement"]) / 100 if post.get("min_shadow_agreement") else None
+            )
+            rollouts.start_rollout(
+                deployment=deployment,
+                candidate=post.get("candidate", ""),
+                steps=steps,
+                hold_s=float(post.get("hold_s", "60")),
+                max_error_rate=float(post.get("max_error_rate_percent", "1")) / 100,
+                max_p99_ms=float(post.get("max_p99_ms", "250")),
+                min_shadow_agreement=agreement,
+                actor=request.user,  # type: ignore[arg-type]
+            )
+        except ValueError:
+            raise PlatformError("rollout: steps, hold, error rate and p99 must be numbers") from None
+
+    return _run(request, name, act, "Rollout started; beat advances it after each hold.")
+
+
+@login_required
+@require_POST
+def control_rollout(request: HttpRequest, name: str, rollout_id: int, command: str) -> HttpResponse:
+    def act(deployment: Any) -> None:
+        rollout = Rollout.objects.filter(deployment=deployment, pk=rollout_id).first()
+        if rollout is None:
+            raise PlatformError(f"no rollout {rollout_id}", code="not_found")
+        rollouts.control_rollout(rollout=rollout, command=command, actor=request.user)
+
+    return _run(request, name, act, f"Rollout {command}d." if command != "abort" else "Rollout aborted.")

@@ -1,0 +1,225 @@
+// The metrics dashboard: live overview table and per-deployment charts (uPlot, served from static_build).
+(function () {
+  "use strict";
+  var PALETTE = ["#b4411b", "#215e9e", "#1f7a3a", "#8a5a00", "#6b3fa0", "#0f7c86", "#a03f6b", "#555"];
+
+  function fmt(value, digits) {
+    if (value === null || value === undefined) return "–";
+    return Number(value).toFixed(digits === undefined ? 2 : digits);
+  }
+  function pct(value) { return value === null || value === undefined ? "–" : (value * 100).toFixed(1) + "%"; }
+  function esc(text) {
+    var div = document.createElement("div"); div.textContent = text === null || text === undefined ? "" : String(text);
+    return div.innerHTML;
+  }
+
+  // ---- overview -------------------------------------------------------------------------
+  function overview() {
+    var table = document.querySelector("table[data-overview]");
+    if (!table) return;
+    var url = table.getAttribute("data-overview"), body = table.querySelector("tbody");
+    var filter = document.querySelector("[data-filter-table]");
+    var sortKey = null, sortDir = 1, rows = null;
+
+    function render() {
+      if (!rows) return;
+      var q = filter ? filter.value.trim().toLowerCase() : "";
+      var shown = rows.filter(function (r) {
+        return !q || r.name.toLowerCase().indexOf(q) >= 0 || r.model.toLowerCase().indexOf(q) >= 0 || r.status.indexOf(q) >= 0;
+      });
+      if (sortKey) {
+        shown.sort(function (a, b) {
+          var x = a[sortKey], y = b[sortKey];
+          if (x === y) return 0; if (x === null) return 1; if (y === null) return -1;
+          return (x > y ? 1 : -1) * sortDir;
+        });
+      }
+      body.innerHTML = shown.map(function (r) {
+        var gpu = r.gpu_utilization === null ? "–" : pct(r.gpu_utilization) + " · " + fmt(r.gpu_memory_bytes / 1048576, 0) + " MiB";
+        return '<tr data-name="' + esc(r.name) + '"' + (r.problems.length ? ' class="problem"' : "") + ">" +
+          '<td><a href="/dashboard/deployments/' + esc(r.name) + '/">' + esc(r.name) + '</a><br><small class="muted">' + esc(r.model) + "</small></td>" +
+          '<td><span class="status status-' + esc(r.status) + '">' + esc(r.status) + "</span></td>" +
+          "<td>" + r.replicas_ready + " / " + r.replicas_desired + "</td>" +
+          '<td data-metric="requests_per_s">' + fmt(r.requests_per_s, 1) + "</td>" +
+          "<td>" + pct(r.error_rate) + "</td><td>" + fmt(r.latency_p50_ms) + "</td><td>" + fmt(r.latency_p95_ms) + "</td>" +
+          "<td>" + fmt(r.latency_p99_ms) + "</td><td>" + fmt(r.mean_batch_size, 1) + "</td><td>" + fmt(r.queue_depth, 0) + "</td>" +
+          "<td>" + gpu + '</td><td class="reason">' + esc(r.problems.join("; ")) + "</td></tr>";
+      }).join("") || '<tr><td colspan="12" class="muted">No deployments match.</td></tr>';
+    }
+    function tick() {
+      fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) { if (data) { rows = data.deployments; render(); } setTimeout(tick, 5000); })
+        .catch(function () { setTimeout(tick, 10000); });
+    }
+    table.querySelectorAll("th[data-sort]").forEach(function (th) {
+      th.setAttribute("tabindex", "0");
+      function sort() {
+        var key = th.getAttribute("data-sort");
+        sortDir = sortKey === key ? -sortDir : 1; sortKey = key;
+        table.querySelectorAll("th[data-sort]").forEach(function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+        render();
+      }
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (e) { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sort(); } });
+    });
+    if (filter) filter.addEventListener("input", render);
+    tick();
+  }
+
+  // ---- per-deployment charts ---------------------------------------------------------------
+  function chartSeries(data, kind) {
+    var sets = [];
+    Object.keys(data.variants).forEach(function (name) {
+      var v = data.variants[name];
+      if (kind === "requests_per_s" || kind === "queue_depth") sets.push({ label: name, values: v[kind] });
+      if (kind === "latency") ["p50", "p95", "p99"].forEach(function (q) { sets.push({ label: name + " " + q, values: v["latency_" + q + "_ms"] }); });
+      if (kind === "errors_per_s") Object.keys(v.errors_per_s).forEach(function (o) { sets.push({ label: name + " " + o, values: v.errors_per_s[o] }); });
+    });
+    if (["cpu_percent", "rss_mb", "gpu_utilization_percent"].indexOf(kind) >= 0) {
+      Object.keys(data.workers).forEach(function (id) {
+        var w = data.workers[id];
+        sets.push({ label: w.variant + " #" + id, values: w[kind] });
+      });
+    }
+    return sets;
+  }
+
+  function drawHistogram(el, histogram) {
+    if (!histogram || !histogram.counts || !histogram.counts.length) { el.innerHTML = '<p class="muted">No batches in this range.</p>'; return; }
+    var max = Math.max.apply(null, histogram.counts) || 1, lower = 0;
+    el.innerHTML = '<ul class="histogram">' + histogram.counts.map(function (c, i) {
+      var upper = histogram.le[i], label = upper === "+Inf" ? "> " + lower : (lower === 0 && +upper === 1 ? "1" : (lower + 1 === +upper ? String(upper) : (lower + 1) + "–" + upper));
+      lower = upper === "+Inf" ? lower : +upper;
+      return '<li><span class="h-label">' + esc(label) + '</span><span class="bar" style="width:' + Math.max(2, c / max * 200) + 'px"></span> <span class="h-count">' + c + "</span></li>";
+    }).join("") + "</ul>";
+    el.setAttribute("data-total", histogram.counts.reduce(function (a, b) { return a + b; }, 0));
+  }
+
+  function charts() {
+    var root = document.querySelector("[data-series]");
+    if (!root || !window.uPlot) return;
+    var url = root.getAttribute("data-series"), range = "15m", plots = {};
+    var updated = document.querySelector("[data-updated]");
+
+    function update(data) {
+      root.querySelectorAll("[data-chart]").forEach(function (el) {
+        var kind = el.getAttribute("data-chart");
+        if (kind === "batch_histogram") {
+          var merged = null;
+          Object.keys(data.variants).forEach(function (n) {
+            var h = data.variants[n].batch_histogram;
+            if (!h || !h.counts) return;
+            if (!merged) merged = { le: h.le.slice(), counts: h.counts.slice() };
+            else h.counts.forEach(function (c, i) { merged.counts[i] += c; });
+          });
+          drawHistogram(el, merged); return;
+        }
+        var sets = chartSeries(data, kind);
+        var points = sets.reduce(function (n, s) { return n + s.values.filter(function (v) { return v !== null; }).length; }, 0);
+        el.setAttribute("data-points", points);
+        var key = kind + ":" + sets.map(function (s) { return s.label; }).join("|");
+        var columns = [data.t].concat(sets.map(function (s) { return s.values; }));
+        if (plots[kind] && plots[kind].key === key) { plots[kind].plot.setData(columns); return; }
+        if (plots[kind]) plots[kind].plot.destroy();
+        el.innerHTML = "";
+        if (!sets.length) { el.innerHTML = '<p class="muted">No data yet.</p>'; delete plots[kind]; return; }
+        var opts = {
+          width: Math.max(240, el.clientWidth || 320), height: 200,
+          series: [{}].concat(sets.map(function (s, i) { return { label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: false }; })),
+          axes: [{}, { label: el.getAttribute("data-unit") || "" , size: 50 }],
+          scales: { x: { time: true } }, legend: { live: false },
+        };
+        plots[kind] = { key: key, plot: new window.uPlot(opts, columns, el) };
+      });
+      updateGateway(data.gateway || {});
+      if (updated) updated.textContent = "updated " + new Date().toLocaleTimeString();
+      root.setAttribute("data-loaded", String(Date.now()));
+    }
+
+    function updateGateway(gateway) {
+      var table = document.getElementById("gateway-table");
+      if (!table) return;
+      var names = Object.keys(gateway);
+      if (!names.length) return;
+      table.querySelector("tbody").innerHTML = names.map(function (n) {
+        var g = gateway[n], s = g.shadow;
+        var statuses = Object.keys(g.responses || {}).map(function (k) { return k + ": " + g.responses[k]; }).join(", ");
+        return "<tr><td>" + esc(n) + "</td><td>" + g.requests + "</td><td>" + esc(statuses) + "</td><td>" + fmt(g.latency_p50_ms) +
+          "</td><td>" + fmt(g.latency_p99_ms) + "</td><td>" + (s ? pct(s.argmax_agreement) + " of " + s.compared : "–") +
+          "</td><td>" + (s ? fmt(s.shadow_p50_ms) + " vs " + fmt(s.live_p50_ms) : "–") + "</td><td>" + (s ? fmt(s.max_abs_diff, 4) : "–") + "</td></tr>";
+      }).join("");
+    }
+
+    function tick() {
+      fetch(url + "?range=" + encodeURIComponent(range), { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) { if (data) update(data); setTimeout(tick, 5000); })
+        .catch(function () { setTimeout(tick, 10000); });
+    }
+    document.querySelectorAll("[data-range]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        range = button.getAttribute("data-range");
+        document.querySelectorAll("[data-range]").forEach(function (b) { b.setAttribute("aria-pressed", String(b === button)); });
+        fetch(url + "?range=" + encodeURIComponent(range), { credentials: "same-origin" })
+          .then(function (r) { return r.json(); }).then(update);
+      });
+    });
+    tick();
+  }
+
+  // ---- version page: profile chart and serving advice ------------------------------------------
+  function profileChart() {
+    var el = document.querySelector("[data-profile-chart]");
+    if (!el || !window.uPlot) return;
+    var rows = JSON.parse(el.getAttribute("data-profile-chart"));
+    if (!rows.length) return;
+    var x = rows.map(function (r) { return r.batch_size; });
+    var ort = rows.map(function (r) { return r.onnxruntime_ms; });
+    var torch = rows.map(function (r) { return r.torch_ms === undefined ? null : r.torch_ms; });
+    new window.uPlot({
+      width: Math.max(260, el.clientWidth || 360), height: 220,
+      scales: { x: { time: false, distr: 3 } },
+      axes: [{ label: "batch size" }, { label: "ms", size: 50 }],
+      series: [{ label: "batch" }, { label: "ONNX Runtime", stroke: PALETTE[0], width: 2 }, { label: "PyTorch", stroke: PALETTE[1], width: 2 }],
+    }, [x, ort, torch], el);
+  }
+
+  function advice() {
+    var form = document.querySelector("form[data-advice]");
+    if (!form) return;
+    var out = document.querySelector("[data-advice-result]");
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var params = new URLSearchParams(new FormData(form));
+      fetch(form.getAttribute("data-advice") + "?" + params.toString(), { credentials: "same-origin" })
+        .then(function (r) { return r.json().then(function (body) { return { ok: r.ok, body: body }; }); })
+        .then(function (res) {
+          if (!res.ok) { out.innerHTML = '<p class="error" role="alert">' + esc(res.body.message) + "</p>"; return; }
+          var a = res.body, html = "";
+          if (a.choice && !a.shortfall) {
+            html += '<p class="ok" data-advice-choice>' + esc(a.explanation) + "</p>";
+          } else if (a.shortfall) {
+            html += '<p class="error" role="alert" data-advice-shortfall>' + esc(a.shortfall) + "</p>";
+          }
+          if (a.choice) {
+            var c = a.choice, deploy = form.getAttribute("data-deploy") + "?" + new URLSearchParams({
+              max_batch_size: c.batch_size, max_queue_delay_ms: c.queue_delay_ms, instances: a.instances, replicas: a.replicas,
+            }).toString();
+            html += "<dl class=\"facts\"><dt>Batch size</dt><dd>" + c.batch_size + "</dd><dt>Queue delay</dt><dd>" + c.queue_delay_ms +
+              " ms</dd><dt>Instances</dt><dd>" + a.instances + "</dd><dt>Replicas</dt><dd>" + a.replicas + "</dd><dt>Protocol</dt><dd>" +
+              esc(c.protocol_label) + "</dd></dl>" +
+              '<p><a class="button" href="' + deploy + '" data-advice-deploy>Create a deployment with exactly this</a></p>';
+          }
+          html += '<details><summary>All measured options</summary><div class="table-wrap"><table><thead><tr><th>Protocol</th><th>Batch</th><th>Batch latency (ms)</th><th>Codec (ms/request)</th><th>Worst latency (ms)</th><th>Throughput (req/s)</th><th>Meets</th></tr></thead><tbody>' +
+            a.options.map(function (o) {
+              return "<tr><td>" + esc(o.protocol_label) + "</td><td>" + o.batch_size + "</td><td>" + fmt(o.batch_latency_ms, 3) + "</td><td>" +
+                fmt(o.codec_ms, 4) + "</td><td>" + fmt(o.worst_latency_ms) + "</td><td>" + fmt(o.throughput_rps, 0) + "</td><td>" + (o.meets ? "yes" : "no") + "</td></tr>";
+            }).join("") + "</tbody></table></div></details>";
+          out.innerHTML = html;
+        });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { overview(); charts(); profileChart(); advice(); });
+})();

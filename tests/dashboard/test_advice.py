@@ -1,0 +1,68 @@
+"""Serving advice from the measured profile: the choice, the numbers behind it, the shortfall."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dashboard.advice import advise
+
+REPORT: dict[str, Any] = {
+    "profile": {
+        "batches": [
+            {"batch_size": 1, "onnxruntime_ms": 1.0},
+            {"batch_size": 4, "onnxruntime_ms": 2.0},
+            {"batch_size": 16, "onnxruntime_ms": 5.0},
+            {"batch_size": 64, "onnxruntime_ms": 16.0},
+        ]
+    },
+    "protocols": {"per_request_ms": {"http_json": 0.2, "http_binary": 0.02, "grpc": 0.03}},
+}
+
+
+def test_the_smallest_batch_meeting_budget_and_target_is_chosen_with_the_cheapest_protocol() -> None:
+    advice = advise(REPORT, budget_ms=20, target_rps=1500)
+
+    assert advice.choice is not None
+    assert advice.choice.batch_size == 4  # 4 / (2.0 + 4 x 0.02) ms = 1,923 req/s
+    assert advice.choice.protocol == "http_binary"
+    assert advice.shortfall == ""
+    assert "1,923 req/s" in advice.explanation
+    assert advice.as_dict()["choice"]["protocol_label"] == "HTTP binary"
+
+
+def test_a_latency_budget_below_batch_one_says_by_how_much_it_falls_short() -> None:
+    advice = advise(REPORT, budget_ms=1.5, target_rps=10)
+
+    assert advice.choice is None
+    assert advice.shortfall.startswith("Latency falls short")
+    assert "0.52 ms over the 1.5 ms budget" in advice.shortfall
+
+
+def test_an_unreachable_throughput_names_the_best_reachable_figure_and_the_replicas_needed() -> None:
+    advice = advise(REPORT, budget_ms=40, target_rps=10_000)
+
+    assert advice.choice is not None
+    assert advice.choice.batch_size == 64
+    assert advice.shortfall.startswith("Throughput falls short")
+    assert "3,704 req/s" in advice.shortfall  # 64 / (16 + 64 x 0.02) ms
+    assert advice.replicas == 3
+
+
+def test_without_a_profile_the_advice_asks_for_a_conversion() -> None:
+    advice = advise({}, budget_ms=50, target_rps=100)
+
+    assert advice.choice is None
+    assert "convert the version again" in advice.shortfall
+
+
+@pytest.mark.parametrize("budget", [5.0, 12.0, 50.0])
+def test_every_option_reports_its_measured_inputs(budget: float) -> None:
+    options = advise(REPORT, budget_ms=budget, target_rps=100).options
+
+    assert len(options) == 12
+    for option in options:
+        assert option.worst_latency_ms == pytest.approx(
+            option.queue_delay_ms + 2 * option.batch_latency_ms + option.codec_ms
+        )
