@@ -1,0 +1,108 @@
+"""A small client of the REST API. Errors carry the API's own message."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    """The API refused the request (its message), or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Client:
+    """Bearer-token client; ``KILN_URL`` and ``KILN_TOKEN`` come from the environment by default."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0) -> None:
+        self.url = (url or os.environ.get("KILN_URL") or "http://127.0.0.1:8000").rstrip("/")
+        token = token or os.environ.get("KILN_TOKEN") or _token_from_file()
+        if not token:
+            raise ApiError("no API token: set KILN_TOKEN (create one with `manage.py create_api_token USER`)")
+        self.http = httpx.Client(
+            base_url=f"{self.url}/api/v1",
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach {self.url}: {exc}") from None
+        if response.status_code == 204:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text[:500] or response.reason_phrase}
+        if response.status_code >= 400:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise ApiError(message or f"HTTP {response.status_code}", response.status_code)
+        return body
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json=body)
+
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def upload(
+        self, model: str, path: Path, fields: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> Any:
+        """Upload a version as multipart, reporting bytes sent."""
+        size = path.stat().st_size
+        data = {
+            k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in fields.items() if v is not None
+        }
+        with path.open("rb") as handle:
+            reader = _ProgressReader(handle, size, progress)
+            files = {"file": (path.name, reader, "application/octet-stream")}  # type: ignore[dict-item]
+            return self.request("POST", f"/models/{model}/versions/", data=data, files=files, timeout=None)
+
+
+class _ProgressReader:
+    """A file wrapper that counts what httpx reads from it."""
+
+    def __init__(self, handle: Any, size: int, progress: Callable[[int, int], None]) -> None:
+        self.handle, self.size, self.progress, self.sent = handle, size, progress, 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk: bytes = self.handle.read(n)
+        self.sent += len(chunk)
+        self.progress(self.sent, self.size)
+        return chunk
+
+    # httpx sizes the multipart body from these, so the upload is not sent chunked.
+    def fileno(self) -> int:
+        return int(self.handle.fileno())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.handle.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self.handle.tell())
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1 << 16):
+            yield chunk
+
+
+def _token_from_file() -> str | None:
+    name = os.environ.get("KILN_TOKEN_FILE")
+    return Path(name).read_text().strip() if name else None

@@ -1,0 +1,3 @@
+from kiln_client.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""``kiln``: the platform's REST API from a shell or a CI job.
+
+Configuration: ``KILN_URL`` (default http://127.0.0.1:8000) and ``KILN_TOKEN``
+(or ``KILN_TOKEN_FILE``). Exit status: 0 done, 1 the platform refused or the
+conversion failed (the reason is printed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kiln_client import __version__
+from kiln_client.api import ApiError, Client
+
+TERMINAL_VERSION = ("ready", "failed")
+TERMINAL_ROLLOUT = ("succeeded", "rolled_back", "aborted")
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain lines otherwise (CI logs)."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def bar(self, label: str, done: int, total: int) -> None:
+        fraction = done / total if total else 1.0
+        if self.tty:
+            filled = int(fraction * 30)
+            self.stream.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%}")
+            if done >= total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif done >= total:
+            self.line(f"{label}: {total} bytes")
+
+    def line(self, text: str) -> None:
+        if text != self.last:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last = text
+
+
+def _json_arg(raw: str | None, what: str) -> Any:
+    if raw is None:
+        return None
+    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ApiError(f"{what}: not valid JSON ({exc})") from None
+
+
+def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
+    """Git commit and CI run URL from the flags, else from common CI environment variables."""
+    env = os.environ
+    commit = args.git_commit or env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("GIT_COMMIT")
+    run_url = args.ci_run_url or env.get("CI_JOB_URL") or env.get("BUILD_URL")
+    if not run_url and env.get("GITHUB_RUN_ID") and env.get("GITHUB_REPOSITORY"):
+        server = env.get("GITHUB_SERVER_URL", "https://github.com")
+        run_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+    meta = {"source": "kiln-cli"}
+    if commit:
+        meta["git_commit"] = commit
+    if run_url:
+        meta["ci_run_url"] = run_url
+    return meta
+
+
+def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise ApiError(f"{path}: no such file")
+    if args.create:
+        try:
+            client.get(f"/models/{args.model}/")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            client.post("/models/", {"name": args.model, "description": args.model_description or ""})
+    fields = {
+        "signature": _json_arg(args.signature, "--signature"),
+        "description": args.description,
+        "metadata": {**_ci_metadata(args), **(_json_arg(args.metadata, "--metadata") or {})},
+    }
+    version = client.upload(args.model, path, fields, lambda done, total: out.bar("uploading", done, total))
+    number = version["version"]
+    digest, fmt = version["source_sha256"][:12], version["source_format"]
+    out.line(f"registered {args.model} v{number} (sha256 {digest}…, {fmt})")
+    if not args.wait:
+        print(json.dumps({"model": args.model, "version": number, "status": version["status"]}))
+        return 0
+    return _wait_version(client, args.model, number, args.timeout, out)
+
+
+def _wait_version(client: Client, model: str, number: int, timeout: float, out: Progress) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        version = client.get(f"/models/{model}/versions/{number}/")
+        out.line(f"v{number}: {version['status']} {version.get('progress') or ''}".rstrip())
+        if version["status"] in TERMINAL_VERSION:
+            break
+        if time.monotonic() > deadline:
+            raise ApiError(f"v{number} is still {version['status']} after {timeout:.0f} s")
+        time.sleep(1.0)
+    print(
+        json.dumps(
+            {
+                "model": model,
+                "version": number,
+                "status": version["status"],
+                "parity": (version.get("report") or {}).get("parity", {}).get("outputs"),
+            }
+        )
+    )
+    if version["status"] == "failed":
+        sys.stderr.write(f"conversion failed: {version['status_reason']}\n")
+        return 1
+    return 0
+
+
+def cmd_versions(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    page = client.get(f"/models/{args.model}/versions/", status=args.status, page_size=args.limit)
+    for v in page["results"]:
+        aliases = ",".join(v["aliases"]) or "-"
+        print(
+            f"v{v['version']:<5} {v['status']:<11} {v['source_format']:<13} {aliases:<20} {v['created_at']}"
+        )
+    return 0
+
+
+def cmd_show(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    print(json.dumps(client.get(f"/models/{args.model}/versions/{args.version}/"), indent=2))
+    return 0
+
+
+def cmd_alias(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    path = f"/models/{args.model}/aliases/{args.alias}/"
+    if args.delete:
+        client.delete(path)
+        out.line(f"removed alias {args.alias}")
+        return 0
+    if args.version is None:
+        raise ApiError("give the version to point the alias at, or --delete")
+    alias = client.put(path, {"version": args.version})
+    out.line(f"{args.model}@{args.alias} -> v{alias['version']}")
+    return 0
+
+
+def cmd_traffic(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    if not args.split:
+        print(json.dumps(client.get(f"/deployments/{args.deployment}/traffic/")["split"], indent=2))
+        return 0
+    split = {}
+    for item in args.split:
+        name, _, weight = item.partition("=")
+        if not weight.isdigit():
+            raise ApiError(f"{item!r}: write splits as variant=weight, e.g. a=90 b=10")
+        split[name] = int(weight)
+    result = client.put(f"/deployments/{args.deployment}/traffic/", {"split": split, "reason": args.reason})
+    out.line(" / ".join(f"{n} {v['weight']}%" for n, v in result["split"].items()))
+    return 0
+
+
+def cmd_rollout(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    base = f"/deployments/{args.deployment}/rollouts/"
+    if args.action == "start":
+        body: dict[str, Any] = {
+            "candidate": args.candidate,
+            "steps": [int(s) for s in args.steps.split(",")],
+            "hold_s": args.hold,
+            "max_error_rate": args.max_error_rate,
+            "max_p99_ms": args.max_p99_ms,
+            "min_shadow_agreement": args.min_shadow_agreement,
+            "min_requests": args.min_requests,
+        }
+        rollout = client.post(base, body)
+        out.line(f"rollout {rollout['id']} of {rollout['candidate']} started: steps {rollout['steps']}")
+        if not args.watch:
+            return 0
+        return _watch_rollout(client, args.deployment, rollout["id"], args.timeout, out)
+    rollout_id = args.id or _latest_rollout(client, base)
+    if args.action == "watch":
+        return _watch_rollout(client, args.deployment, rollout_id, args.timeout, out)
+    rollout = client.post(f"{base}{rollout_id}/{args.action}/")
+    out.line(f"rollout {rollout_id}: {rollout['state']}")
+    return 0
+
+
+def _latest_rollout(client: Client, base: str) -> int:
+    rollouts = client.get(base)
+    if not rollouts:
+        raise ApiError("this deployment has no rollout")
+    return int(rollouts[0]["id"])
+
+
+def _watch_rollout(client: Client, deployment: str, rollout_id: int, timeout: float, out: Progress) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        rollout = client.get(f"/deployments/{deployment}/rollouts/{rollout_id}/")
+        evaluation = rollout.get("last_evaluation") or {}
+        measured = evaluation.get("note") or (
+            f"{evaluation.get('requests', 0)} requests, errors "
+            f"{'n/a' if evaluation.get('error_rate') is None else format(evaluation['error_rate'], '.1%')}"
+        )
+        out.line(f"rollout {rollout_id}: {rollout['state']} at {rollout['current_weight']}% ({measured})")
+        if rollout["state"] in TERMINAL_ROLLOUT:
+            break
+        if time.monotonic() > deadline:
+            raise ApiError(f"rollout {rollout_id} still {rollout['state']} after {timeout:.0f} s")
+        time.sleep(2.0)
+    if rollout["state"] != "succeeded":
+        sys.stderr.write(f"rollout {rollout['state']}: {rollout['reason']}\n")
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    parser.add_argument("--url", help="platform URL (default $KILN_URL)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("upload", help="upload a model version (TorchScript, .pt2 or ONNX)")
+    p.add_argument("model")
+    p.add_argument("file")
+    p.add_argument("--signature", help="JSON, or @file.json (required for TorchScript)")
+    p.add_argument("--description")
+    p.add_argument("--metadata", help="extra JSON metadata, or @file.json")
+    p.add_argument("--git-commit", help="default: $GITHUB_SHA, $CI_COMMIT_SHA or $GIT_COMMIT")
+    p.add_argument("--ci-run-url", help="default: from $GITHUB_*, $CI_JOB_URL or $BUILD_URL")
+    p.add_argument("--create", action="store_true", help="create the model when it does not exist")
+    p.add_argument("--model-description")
+    p.add_argument("--wait", action="store_true", help="wait for the conversion; exit 1 when it fails")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.set_defaults(run=cmd_upload)
+
+    p = sub.add_parser("versions", help="list a model's versions")
+    p.add_argument("model")
+    p.add_argument("--status", choices=["registered", "converting", "ready", "failed"])
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(run=cmd_versions)
+
+    p = sub.add_parser("show", help="show one version as JSON")
+    p.add_argument("model")
+    p.add_argument("version", type=int)
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("alias", help="point an alias at a version (or --delete it)")
+    p.add_argument("model")
+    p.add_argument("alias")
+    p.add_argument("version", type=int, nargs="?")
+    p.add_argument("--delete", action="store_true")
+    p.set_defaults(run=cmd_alias)
+
+    p = sub.add_parser("traffic", help="show or set a deployment's split: kiln traffic NAME a=90 b=10")
+    p.add_argument("deployment")
+    p.add_argument("split", nargs="*")
+    p.add_argument("--reason", default="")
+    p.set_defaults(run=cmd_traffic)
+
+    p = sub.add_parser("rollout", help="start, watch, pause, resume or abort a guarded rollout")
+    p.add_argument("action", choices=["start", "watch", "pause", "resume", "abort"])
+    p.add_argument("deployment")
+    p.add_argument("--id", type=int, help="rollout id (default: the latest)")
+    p.add_argument("--candidate")
+    p.add_argument("--steps", default="5,25,50,100")
+    p.add_argument("--hold", type=float, default=60.0, help="seconds per step")
+    p.add_argument("--max-error-rate", type=float, default=0.01)
+    p.add_argument("--max-p99-ms", type=float, default=250.0)
+    p.add_argument("--min-shadow-agreement", type=float)
+    p.add_argument("--min-requests", type=int, default=20)
+    p.add_argument("--watch", action="store_true", help="follow it; exit 1 unless it succeeds")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(run=cmd_rollout)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Progress()
+    try:
+        client = Client(url=args.url)
+        code: int = args.run(client, args, out)
+    except ApiError as exc:
+        sys.stderr.write(f"kiln: {exc.message}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
