@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("healthz", healthz, name="healthz"),
     path("", include("django_prometheus.urls")),
+    path("", include("accounts.urls")),
     path("", include("dashboard.urls")),
     path("", include("deployments.urls")),
     path("", include("registry.urls")),

@@ -72,7 +72,7 @@ class Client:
         }
         with path.open("rb") as handle:
             reader = _ProgressReader(handle, size, progress)
-            files = {"file": (path.name, reader, "application/octet-stream")}  # type: ignore[dict-item]
+            files = {"file": (path.name, reader, "application/octet-stream")}
             return self.request("POST", f"/models/{model}/versions/", data=data, files=files, timeout=None)
 
 

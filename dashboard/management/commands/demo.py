@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class Command(BaseCommand):
             self.stdout.write(f"registered {version}; converting…")
         versions = list(model.versions.order_by("version")[:2])
         for version in versions:
-            self._wait(lambda v=version: self._converted(v), timeout, f"{version} to convert")
+            self._wait(partial(self._converted, version), timeout, f"{version} to convert")
         deployment = Deployment.objects.filter(name=DEPLOYMENT).first()
         if deployment is None:
             deployment = create_deployment(

@@ -1,3 +1,0 @@
-from kiln_client.cli import main
-
-raise SystemExit(main())
