@@ -264,13 +264,68 @@ class CeleryBeat:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-class Platform:
-    """The control plane as it runs in production, on the test database: web, Celery worker, beat."""
+class Gateway:
+    """A real ``inference_worker gateway`` process serving the test's routing table."""
 
-    def __init__(self, url: str, worker: CeleryWorker, beat: CeleryBeat) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        from deployments.backends.process import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.workdir / "gateway.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "inference_worker",
+                    "gateway",
+                    "--port",
+                    str(self.port),
+                    "--redis-url",
+                    self.env["REDIS_URL"],
+                    "--routing-key",
+                    self.env["KILN_ROUTING_KEY"],
+                    "--reload-interval-s",
+                    "1",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        import httpx
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=30, message="the gateway to answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class Platform:
+    """The control plane as it runs in production, on the test database: web, Celery worker, beat, gateway."""
+
+    def __init__(self, url: str, worker: CeleryWorker, beat: CeleryBeat, gateway: Gateway) -> None:
         self.url = url
         self.worker = worker
         self.beat = beat
+        self.gateway = gateway
 
     def restart(self) -> None:
         """Kill the Celery worker and beat outright and start new ones (a platform restart)."""
@@ -313,12 +368,17 @@ def platform(
             settings.VAR_DIR = Path(value)
         else:
             setattr(settings, name, value)
+    gateway = Gateway({**celery_worker.env, **fast}, tmp_path)
+    settings.KILN_GATEWAY_URL = gateway.url
+    fast["KILN_GATEWAY_URL"] = gateway.url
     celery_worker.stop()
     celery_worker.env.update(fast)
     celery_worker.start()
     beat = CeleryBeat(celery_worker.env, tmp_path)
     beat.start()
-    yield Platform(live_server.url, celery_worker, beat)
+    gateway.start()
+    yield Platform(live_server.url, celery_worker, beat, gateway)
+    gateway.stop()
     beat.stop()
     celery_worker.stop()
     _stop_workers_of(instance)

@@ -34,11 +34,15 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         login = self._ensure_admin()
+        from deployments.services import publish_routing_table
+
+        publish_routing_table()  # the gateway starts from the current table
         processes = self._start(options)
         url = f"http://{options['host']}:{options['port']}/"
         self.stdout.write(self.style.SUCCESS(f"\nKiln is running at {url}"))
         self.stdout.write(f"  log in: {login}")
         self.stdout.write(f"  API docs: {url}api/docs/   admin: {url}admin/   metrics: {url}metrics")
+        self.stdout.write(f"  endpoints (gateway): {settings.KILN_GATEWAY_URL}/v2/models/<deployment>/infer")
         self.stdout.write(
             f"  database: {str(settings.DATABASES['default']['ENGINE']).rsplit('.', 1)[-1]}"
             f"  broker: {settings.CELERY_BROKER_URL}"
@@ -124,7 +128,20 @@ class Command(BaseCommand):
                 settings.CELERY_BEAT_SCHEDULE_FILENAME,
             ],
         }
-        commands.update(getattr(settings, "KILN_RUNSTACK_EXTRA", {}))
+        commands["gateway"] = [
+            python,
+            "-m",
+            "inference_worker",
+            "gateway",
+            "--host",
+            settings.KILN_GATEWAY_HOST,
+            "--port",
+            str(settings.KILN_GATEWAY_PORT),
+            "--redis-url",
+            settings.REDIS_URL,
+            "--routing-key",
+            settings.KILN_ROUTING_KEY,
+        ]
         processes = {}
         for name, argv in commands.items():
             processes[name] = subprocess.Popen(argv, cwd=settings.BASE_DIR)

@@ -1,0 +1,174 @@
+"""Shared pieces of the end-to-end tests: stored versions, deployments, a load generator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from registry import storage
+from registry.models import ModelVersion, RegisteredModel
+from tests.conftest import wait_for
+from tests.registry.model_factories import save_onnx_cnn
+
+IMAGE = (3, 16, 16)
+
+
+def stored_version(
+    owner: User,
+    tmp_path: Path,
+    *,
+    model: str = "cnn",
+    number: int = 1,
+    seed: int = 0,
+    input_name: str = "image",
+) -> ModelVersion:
+    """A converted version: a real ONNX file in the artifact store, status ready, with a profile."""
+    path = tmp_path / f"{model}-{number}.onnx"
+    signature = save_onnx_cnn(path, seed=seed)
+    if input_name != "image":
+        import onnx
+
+        proto = onnx.load(str(path))
+        for node in proto.graph.node:
+            node.input[:] = [input_name if i == "image" else i for i in node.input]
+        proto.graph.input[0].name = input_name
+        onnx.save(proto, str(path))
+        signature["inputs"][0]["name"] = input_name
+    relative, digest, size, _ = storage.store_path(path)
+    registered, _ = RegisteredModel.objects.get_or_create(name=model, defaults={"owner": owner})
+    registered.latest_version = max(registered.latest_version, number)
+    registered.save()
+    return ModelVersion.objects.create(
+        model=registered,
+        version=number,
+        source_format="onnx",
+        source_sha256=digest,
+        source_size=size,
+        source_path=relative,
+        onnx_path=relative,
+        onnx_sha256=digest,
+        onnx_size=size,
+        signature=signature,
+        status="ready",
+        created_by=owner,
+        report={
+            "dynamic_batch": True,
+            "profile": {
+                "batches": [
+                    {"batch_size": 1, "onnxruntime_ms": 0.3},
+                    {"batch_size": 8, "onnxruntime_ms": 1.0},
+                ]
+            },
+        },
+    )
+
+
+def request_body(rng: np.random.Generator | None = None, name: str = "image") -> dict[str, Any]:
+    rng = rng or np.random.default_rng()
+    data = rng.standard_normal((1, *IMAGE)).astype(np.float32)
+    return {
+        "inputs": [{"name": name, "datatype": "FP32", "shape": [1, *IMAGE], "data": data.ravel().tolist()}]
+    }
+
+
+def ready_count(client: APIClient, deployment: str) -> dict[str, int]:
+    body = client.get(f"/api/v1/deployments/{deployment}/").json()
+    return {v["name"]: v["ready_replicas"] for v in body["variants"]}
+
+
+def wait_ready(client: APIClient, deployment: str, expected: dict[str, int], timeout: float = 90) -> None:
+    wait_for(
+        lambda: ready_count(client, deployment) == expected,
+        timeout=timeout,
+        interval=0.3,
+        message=f"{deployment} to have {expected} ready",
+    )
+
+
+def wait_routed(gateway_url: str, deployment: str, timeout: float = 30) -> None:
+    """Until the gateway answers the deployment (its routing table arrived)."""
+
+    def ok() -> bool:
+        try:
+            return (
+                httpx.post(
+                    f"{gateway_url}/v2/models/{deployment}/infer", json=request_body(), timeout=5
+                ).status_code
+                == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ok, timeout=timeout, interval=0.3, message=f"the gateway to route {deployment}")
+
+
+class Load:
+    """Clients looping requests through the gateway, counting outcomes and the variants that answered."""
+
+    def __init__(
+        self, url: str, *, clients: int = 4, rate: float | None = None, input_name: str = "image"
+    ) -> None:
+        self.url = url
+        self.clients = clients
+        self.rate = rate
+        self.input_name = input_name
+        self.statuses: Counter[int] = Counter()
+        self.variants: Counter[str] = Counter()
+        self.versions: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    @property
+    def ok(self) -> int:
+        return self.statuses[200]
+
+    def _loop(self, index: int) -> None:
+        rng = np.random.default_rng(index)
+        interval = self.clients / self.rate if self.rate else 0.0
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.post(
+                        self.url,
+                        json=request_body(rng, self.input_name),
+                        headers={"X-Routing-Key": f"k{rng.integers(1 << 30)}"},
+                    )
+                    elapsed = time.monotonic() - started
+                    with self._lock:
+                        self.statuses[response.status_code] += 1
+                        self.latencies.append(elapsed)
+                        self.variants[response.headers.get("X-Kiln-Variant", "?")] += 1
+                        self.versions[response.headers.get("X-Kiln-Model-Version", "?")] += 1
+                        if response.status_code != 200:
+                            self.failures.append(f"{response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.statuses[0] += 1
+                        self.failures.append(repr(exc))
+                if interval:
+                    time.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -1,0 +1,164 @@
+"""Deployments through the gateway: one stable endpoint, zero failed requests while the alias rolls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from registry import storage
+from tests.conftest import Platform, wait_for
+from tests.e2e.helpers import Load, request_body, stored_version, wait_ready, wait_routed
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_one_endpoint_serves_through_the_gateway_and_an_alias_move_rolls_without_a_failed_request(
+    platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    v1 = stored_version(owner, tmp_path, number=1, seed=1)
+    stored_version(owner, tmp_path, number=2, seed=2)
+    owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
+    created = owner_api.post(
+        "/api/v1/deployments/",
+        {"name": "cnn", "model": "cnn", "variants": [{"alias": "production", "replicas": 2}]},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["endpoint"]["infer"] == f"{platform.gateway.url}/v2/models/cnn/infer"
+    wait_ready(owner_api, "cnn", {"primary": 2})
+    wait_routed(platform.gateway.url, "cnn")
+
+    body = request_body(np.random.default_rng(3))
+    answer = httpx.post(f"{platform.gateway.url}/v2/models/cnn/infer", json=body, timeout=10)
+    expected = ort.InferenceSession(str(storage.resolve(v1.onnx_path))).run(
+        None, {"image": np.asarray(body["inputs"][0]["data"], dtype=np.float32).reshape(1, 3, 16, 16)}
+    )[0]
+    assert answer.status_code == 200
+    assert answer.headers["X-Kiln-Variant"] == "primary"
+    assert answer.headers["X-Kiln-Model-Version"] == "1"
+    np.testing.assert_allclose(answer.json()["outputs"][0]["data"], expected.ravel(), rtol=1e-5, atol=1e-5)
+    unknown = httpx.post(f"{platform.gateway.url}/v2/models/nothing/infer", json=body, timeout=10)
+    assert unknown.status_code == 404
+
+    with Load(f"{platform.gateway.url}/v2/models/cnn/infer", clients=4) as load:
+        wait_for(lambda: load.ok > 50, timeout=30)
+        moved = owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json")
+        assert moved.status_code == 200
+        wait_for(
+            lambda: (
+                load.versions["2"] > 50
+                and owner_api.get("/api/v1/deployments/cnn/").json()["status"] == "serving"
+                and all(
+                    w["version"] == 2
+                    for w in owner_api.get("/api/v1/deployments/cnn/").json()["variants"][0]["workers"]
+                )
+            ),
+            timeout=120,
+            interval=0.5,
+            message="the roll to v2",
+        )
+        load.stop()
+
+    assert load.failures == []
+    assert load.versions["1"] > 0
+    assert load.versions["2"] > 50
+
+
+def test_a_healthy_candidate_rolls_out_to_100_percent(
+    platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    stored_version(owner, tmp_path, number=1, seed=1)
+    stored_version(owner, tmp_path, number=2, seed=2)
+    owner_api.post(
+        "/api/v1/deployments/", {"name": "cnn", "model": "cnn", "variants": [{"version": 1}]}, format="json"
+    )
+    owner_api.post("/api/v1/deployments/cnn/variants/", {"name": "candidate", "version": 2}, format="json")
+    wait_ready(owner_api, "cnn", {"primary": 1, "candidate": 1})
+    wait_routed(platform.gateway.url, "cnn")
+
+    with Load(f"{platform.gateway.url}/v2/models/cnn/infer", clients=3):
+        started = owner_api.post(
+            "/api/v1/deployments/cnn/rollouts/",
+            {
+                "candidate": "candidate",
+                "steps": [20, 100],
+                "hold_s": 4,
+                "max_error_rate": 0.05,
+                "max_p99_ms": 2000,
+                "min_requests": 10,
+            },
+            format="json",
+        )
+        assert started.status_code == 201, started.content
+        rollout_id = started.json()["id"]
+        final = wait_for(
+            lambda: (
+                (r := owner_api.get(f"/api/v1/deployments/cnn/rollouts/{rollout_id}/").json())["state"]
+                in ("succeeded", "rolled_back")
+                and r
+            ),
+            timeout=120,
+            interval=1,
+            message="the rollout to finish",
+        )
+
+    assert final["state"] == "succeeded", final
+    split = owner_api.get("/api/v1/deployments/cnn/traffic/").json()
+    assert split["split"]["candidate"]["weight"] == 100
+    assert [h["kind"] for h in split["history"]][:2] == ["rollout", "rollout"]
+
+
+def test_a_candidate_that_rejects_the_live_inputs_is_rolled_back_within_its_first_step(
+    platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    stored_version(owner, tmp_path, number=1, seed=1)
+    stored_version(owner, tmp_path, number=2, seed=2, input_name="pixels")  # expects another input name
+    owner_api.post(
+        "/api/v1/deployments/", {"name": "cnn", "model": "cnn", "variants": [{"version": 1}]}, format="json"
+    )
+    owner_api.post("/api/v1/deployments/cnn/variants/", {"name": "candidate", "version": 2}, format="json")
+    wait_ready(owner_api, "cnn", {"primary": 1, "candidate": 1})
+    wait_routed(platform.gateway.url, "cnn")
+
+    with Load(f"{platform.gateway.url}/v2/models/cnn/infer", clients=3) as load:
+        started = owner_api.post(
+            "/api/v1/deployments/cnn/rollouts/",
+            {
+                "candidate": "candidate",
+                "steps": [25, 50, 100],
+                "hold_s": 30,
+                "max_error_rate": 0.05,
+                "max_p99_ms": 2000,
+                "min_requests": 10,
+            },
+            format="json",
+        )
+        rollout_id = started.json()["id"]
+        final = wait_for(
+            lambda: (
+                (r := owner_api.get(f"/api/v1/deployments/cnn/rollouts/{rollout_id}/").json())["state"]
+                in ("succeeded", "rolled_back")
+                and r
+            ),
+            timeout=60,
+            interval=1,
+            message="the rollback",
+        )
+
+    assert final["state"] == "rolled_back"
+    assert final["step_index"] == 0
+    assert "error rate" in final["reason"]
+    assert "above the objective of 5.0%" in final["reason"]
+    assert load.variants["candidate"] > 0
+    traffic = owner_api.get("/api/v1/deployments/cnn/traffic/").json()
+    assert traffic["split"]["candidate"]["weight"] == 0
+    assert traffic["history"][0]["kind"] == "rollback"
+    events = owner_api.get("/api/v1/audit-events/?action=rollout.rolled_back").json()["results"]
+    assert events
+    assert "error rate" in events[0]["reason"]
