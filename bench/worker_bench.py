@@ -1,0 +1,341 @@
+"""Benchmark: the inference worker against raw ONNX Runtime and FastAPI peers, in one run.
+
+    python bench/worker_bench.py            # full run, about 10 minutes
+    python bench/worker_bench.py --quick    # a smoke run, about 3 minutes
+
+Needs ``wrk`` and ``h2load`` (Debian: apt-get install wrk nghttp2-client).
+Builds its own models (worker_models.py), starts every server as its own
+process on free ports (the worker with its default options unless
+--worker-args says otherwise; peers from worker_peers.py), then for each
+concurrency runs every server back to back so that ratios compare numbers
+taken minutes apart at most. Prints the tables and rewrites the worker
+section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
+
+from worker_load import LoadResult, grpc_stream, h2load_grpc, raw_ort_subprocess, wrk  # noqa: E402
+from worker_models import BenchModel, build  # noqa: E402
+from worker_report import RAW, RAW_TUNED, TUNED, TUNED_LABEL, Row, write_results  # noqa: E402
+
+PEERS = Path(__file__).resolve().parent / "worker_peers.py"
+
+
+@dataclass
+class Server:
+    """A server process under test."""
+
+    label: str
+    process: subprocess.Popen[bytes]
+    url: str
+    grpc_target: str = ""
+    metrics: bool = False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never became ready")
+
+
+@contextmanager
+def started(label: str, command: list[str], ready_path: str, port: int, **extra: object) -> Iterator[Server]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    server = Server(label, process, f"http://127.0.0.1:{port}", **extra)  # type: ignore[arg-type]
+    try:
+        _wait_ready(server.url + ready_path, process)
+        yield server
+    finally:
+        server.stop()
+
+
+def worker_command(model: BenchModel, port: int, grpc_port: int, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "inference_worker",
+        "serve",
+        "--model-name",
+        model.name,
+        "--model-path",
+        str(model.path),
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+
+
+def peer_command(kind: str, model: BenchModel, port: int) -> list[str]:
+    return [
+        sys.executable,
+        str(PEERS),
+        kind,
+        "--model",
+        str(model.path),
+        "--name",
+        model.name,
+        "--port",
+        str(port),
+    ]
+
+
+def batch_counters(server: Server) -> tuple[float, float]:
+    """(inferences, batches) of a worker so far."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+
+    def value(name: str) -> float:
+        found = re.search(rf"^kiln_worker_{name}_total\{{[^}}]*\}} (\S+)$", text, re.M)
+        if found is None:
+            raise RuntimeError(f"{server.url}/metrics has no kiln_worker_{name}_total")
+        return float(found[1])
+
+    return value("inferences"), value("batches")
+
+
+@dataclass
+class Cell:
+    """One thing to measure at each concurrency."""
+
+    server: str
+    protocol: str
+    run: Callable[[Server, int, float], LoadResult]
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    batches: bool = False
+
+
+@dataclass
+class Plan:
+    model: BenchModel
+    seconds: float
+    warmup: float
+    rows: list[Row] = field(default_factory=list)
+
+
+def cells(model: BenchModel) -> list[Cell]:
+    infer = f"/v2/models/{model.name}/infer"
+    binary_headers = {"Inference-Header-Content-Length": str(model.binary_header_length)}
+    json_headers = {"Content-Type": "application/json"}
+
+    def http(body: bytes, headers: dict[str, str]) -> Callable[[Server, int, float], LoadResult]:
+        return lambda s, c, t: wrk(s.url + infer, body, headers, c, t)
+
+    unknown = model.grpc_message.replace(model.name.encode(), b"x" * len(model.name), 1)
+    live = b"\x00\x00\x00\x00\x00"
+    return [
+        Cell("worker", "HTTP JSON", http(model.json_body, json_headers), batches=True),
+        Cell("worker", "HTTP binary", http(model.binary_body, binary_headers), batches=True),
+        Cell(
+            "worker",
+            "gRPC unary",
+            lambda s, c, t: h2load_grpc(s.grpc_target, "ModelInfer", model.grpc_message, c, t),
+            batches=True,
+        ),
+        Cell(
+            "worker",
+            "gRPC stream",
+            lambda s, c, t: grpc_stream(s.grpc_target, model.grpc_message, c, t),
+            batches=True,
+        ),
+        Cell("worker-tuned", "HTTP JSON", http(model.json_body, json_headers), (1, 64), batches=True),
+        Cell("worker-tuned", "HTTP binary", http(model.binary_body, binary_headers), (1, 64), batches=True),
+        Cell("worker-asgi", "HTTP JSON", http(model.json_body, json_headers), (1, 64)),
+        Cell("fastapi-batcher", "HTTP JSON", http(model.json_body, json_headers)),
+        Cell("fastapi-floor", "HTTP JSON", http(model.json_body, json_headers)),
+        Cell("trivial", "HTTP JSON", http(model.json_body, json_headers), (64,)),
+        Cell("trivial", "HTTP binary", http(model.binary_body, binary_headers), (64,)),
+        Cell(
+            "worker",
+            "gRPC unary, ServerLive",
+            lambda s, c, t: h2load_grpc(s.grpc_target, "ServerLive", live, c, t),
+            (64,),
+        ),
+        Cell(
+            "worker",
+            "gRPC stream, unknown model",
+            lambda s, c, t: grpc_stream(s.grpc_target, unknown, c, t),
+            (64,),
+        ),
+    ]
+
+
+def measure(plan: Plan, servers: dict[str, Server]) -> None:
+    """Every cell at each concurrency; servers back to back within a concurrency."""
+    for concurrency in (1, 16, 64):
+        for cell in cells(plan.model):
+            if concurrency not in cell.concurrencies:
+                continue
+            server = servers[cell.server]
+            cell.run(server, concurrency, plan.warmup)
+            before = batch_counters(server) if cell.batches else None
+            result = cell.run(server, concurrency, plan.seconds)
+            mean_batch = None
+            if before is not None:
+                after = batch_counters(server)
+                mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            row = Row(plan.model.name, server.label, cell.protocol, concurrency, result, mean_batch)
+            plan.rows.append(row)
+            print(row.line(), flush=True)
+
+
+def run_model(plan: Plan, worker_args: list[str]) -> None:
+    model = plan.model
+    for threads, sessions, label in ((2, 1, RAW), (1, 2, RAW_TUNED)):
+        for batch in (1, 8, 32):
+            result = raw_ort_subprocess(
+                model.path, model.sample_shape, batch, max(plan.seconds / 2, 1.0), threads, sessions
+            )
+            plan.rows.append(Row(model.name, label, f"in-process, batch {batch}", batch, result, batch))
+            print(plan.rows[-1].line(), flush=True)
+    with ExitStack() as stack:
+        ports = {
+            name: free_port() for name in ("worker", "grpc", "tuned", "asgi", "batcher", "floor", "trivial")
+        }
+        servers = {
+            "worker": stack.enter_context(
+                started(
+                    "worker",
+                    worker_command(model, ports["worker"], ports["grpc"], worker_args),
+                    "/v2/health/ready",
+                    ports["worker"],
+                    grpc_target=f"127.0.0.1:{ports['grpc']}",
+                    metrics=True,
+                )
+            ),
+            "worker-tuned": stack.enter_context(
+                started(
+                    TUNED_LABEL,
+                    worker_command(model, ports["tuned"], -1, [*worker_args, *TUNED]),
+                    "/v2/health/ready",
+                    ports["tuned"],
+                    metrics=True,
+                )
+            ),
+            "worker-asgi": stack.enter_context(
+                started(
+                    "worker routes on uvicorn (ASGI)",
+                    peer_command("worker-asgi", model, ports["asgi"]),
+                    "/v2/health/ready",
+                    ports["asgi"],
+                )
+            ),
+            "fastapi-batcher": stack.enter_context(
+                started(
+                    "FastAPI + asyncio batcher",
+                    peer_command("fastapi-batcher", model, ports["batcher"]),
+                    "/docs",
+                    ports["batcher"],
+                )
+            ),
+            "fastapi-floor": stack.enter_context(
+                started(
+                    "FastAPI, one run per request",
+                    peer_command("fastapi-floor", model, ports["floor"]),
+                    "/docs",
+                    ports["floor"],
+                )
+            ),
+            "trivial": stack.enter_context(
+                started(
+                    "load client ceiling (trivial server)",
+                    peer_command("trivial", model, ports["trivial"]),
+                    "/",
+                    ports["trivial"],
+                )
+            ),
+        }
+        measure(plan, servers)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="2 s per cell instead of 8")
+    parser.add_argument("--models", default="cnn,mlp")
+    parser.add_argument("--worker-args", default="", help="extra options for inference-worker serve")
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    args = parser.parse_args()
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if missing:
+        print(
+            f"worker_bench: needs {' and '.join(missing)} (apt-get install wrk nghttp2-client)",
+            file=sys.stderr,
+        )
+        return 2
+    seconds, warmup = (2.0, 1.0) if args.quick else (8.0, 2.0)
+    started_at = datetime.datetime.now(datetime.UTC)
+    load_before = os.getloadavg()
+    plans = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            plan = Plan(build(name, Path(tmp)), seconds, warmup)
+            run_model(plan, shlex.split(args.worker_args))
+            plans.append(plan)
+        command = "python bench/worker_bench.py" + (" --quick" if args.quick else "")
+        if args.worker_args:
+            command += f" --worker-args {shlex.quote(args.worker_args)}"
+        write_results(
+            args.results,
+            plans,
+            command=command,
+            started=started_at,
+            load=(load_before, os.getloadavg()),
+            machine=platform.machine(),
+            seconds=seconds,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
