@@ -51,7 +51,6 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     grpc_target: str = ""
-    metrics: bool = False
 
     def stop(self) -> None:
         self.process.terminate()
@@ -83,12 +82,12 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120
 
 
 @contextmanager
-def started(label: str, command: list[str], ready_path: str, port: int, **extra: object) -> Iterator[Server]:
+def started(label: str, command: list[str], ready_path: str, port: int) -> Iterator[Server]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    server = Server(label, process, f"http://127.0.0.1:{port}", **extra)  # type: ignore[arg-type]
+    server = Server(label, process, f"http://127.0.0.1:{port}")
     try:
         _wait_ready(server.url + ready_path, process)
         yield server
@@ -256,67 +255,42 @@ def _raw(plan: Plan) -> None:
             print(plan.rows[-1].line(), flush=True)
 
 
+def _servers(stack: ExitStack, model: BenchModel, worker_args: list[str]) -> dict[str, Server]:
+    """Start every server under test on free ports; the ExitStack stops them."""
+    grpc_port = free_port()
+    ready = "/v2/health/ready"
+    specs: dict[str, tuple[str, Callable[[int], list[str]], str]] = {
+        "worker": ("worker", lambda p: worker_command(model, p, grpc_port, worker_args), ready),
+        "worker-tuned": (TUNED_LABEL, lambda p: worker_command(model, p, -1, [*worker_args, *TUNED]), ready),
+        "worker-asgi": (
+            "worker routes on uvicorn (ASGI)",
+            lambda p: peer_command("worker-asgi", model, p),
+            ready,
+        ),
+        "fastapi-batcher": (
+            "FastAPI + asyncio batcher",
+            lambda p: peer_command("fastapi-batcher", model, p),
+            "/docs",
+        ),
+        "fastapi-floor": (
+            "FastAPI, one run per request",
+            lambda p: peer_command("fastapi-floor", model, p),
+            "/docs",
+        ),
+        "trivial": ("load client ceiling (trivial server)", lambda p: peer_command("trivial", model, p), "/"),
+    }
+    servers = {}
+    for key, (label, command, path) in specs.items():
+        port = free_port()
+        servers[key] = stack.enter_context(started(label, command(port), path, port))
+    servers["worker"].grpc_target = f"127.0.0.1:{grpc_port}"
+    return servers
+
+
 def run_model(plan: Plan, worker_args: list[str]) -> None:
-    model = plan.model
     _raw(plan)
     with ExitStack() as stack:
-        ports = {
-            name: free_port() for name in ("worker", "grpc", "tuned", "asgi", "batcher", "floor", "trivial")
-        }
-        servers = {
-            "worker": stack.enter_context(
-                started(
-                    "worker",
-                    worker_command(model, ports["worker"], ports["grpc"], worker_args),
-                    "/v2/health/ready",
-                    ports["worker"],
-                    grpc_target=f"127.0.0.1:{ports['grpc']}",
-                    metrics=True,
-                )
-            ),
-            "worker-tuned": stack.enter_context(
-                started(
-                    TUNED_LABEL,
-                    worker_command(model, ports["tuned"], -1, [*worker_args, *TUNED]),
-                    "/v2/health/ready",
-                    ports["tuned"],
-                    metrics=True,
-                )
-            ),
-            "worker-asgi": stack.enter_context(
-                started(
-                    "worker routes on uvicorn (ASGI)",
-                    peer_command("worker-asgi", model, ports["asgi"]),
-                    "/v2/health/ready",
-                    ports["asgi"],
-                )
-            ),
-            "fastapi-batcher": stack.enter_context(
-                started(
-                    "FastAPI + asyncio batcher",
-                    peer_command("fastapi-batcher", model, ports["batcher"]),
-                    "/docs",
-                    ports["batcher"],
-                )
-            ),
-            "fastapi-floor": stack.enter_context(
-                started(
-                    "FastAPI, one run per request",
-                    peer_command("fastapi-floor", model, ports["floor"]),
-                    "/docs",
-                    ports["floor"],
-                )
-            ),
-            "trivial": stack.enter_context(
-                started(
-                    "load client ceiling (trivial server)",
-                    peer_command("trivial", model, ports["trivial"]),
-                    "/",
-                    ports["trivial"],
-                )
-            ),
-        }
-        measure(plan, servers)
+        measure(plan, _servers(stack, plan.model, worker_args))
 
 
 def main() -> int:

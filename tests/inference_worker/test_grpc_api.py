@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import queue
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -211,3 +213,33 @@ def test_http_and_grpc_requests_batch_together(models: SimpleNamespace) -> None:
         assert worker.metric("kiln_worker_batches_total") == 1
         assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="success") == 1
         assert worker.metric("kiln_worker_requests_total", protocol="http", outcome="success") == 1
+
+
+def test_a_stream_the_client_cancels_leaves_nothing_queued_or_in_flight(models: SimpleNamespace) -> None:
+    def square(k: int) -> object:
+        request = pb2.ModelInferRequest(
+            model_name="square", raw_input_contents=[np.eye(k, dtype=np.float32).tobytes()]
+        )
+        request.inputs.add(name="a", datatype="FP32", shape=[1, k, k])
+        return request
+
+    with running(make_config(models.square, "square")) as worker:
+        done_sending = threading.Event()
+
+        def requests() -> Iterator[object]:
+            yield square(BIG_K)
+            yield from (square(4) for _ in range(3))
+            done_sending.wait(30)
+
+        with grpc.insecure_channel(worker.grpc_target) as channel:
+            call = pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+            wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 4)
+            call.cancel()
+            wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 0)
+            done_sending.set()
+        assert worker.metric("kiln_worker_queue_depth") == 0
+        assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="cancelled") == 4
+        wait_until(
+            lambda: worker.metric("kiln_worker_batches_total") == 1
+        )  # the running one finishes; none after
+        assert worker.metric("kiln_worker_inferences_total") == 1
