@@ -144,13 +144,30 @@ def batch_counters(server: Server) -> tuple[float, float]:
 
 @dataclass
 class Cell:
-    """One thing to measure at each concurrency."""
+    """One thing to measure at each concurrency (``server`` empty: raw ONNX Runtime, in its own process)."""
 
     server: str
     protocol: str
     run: Callable[[Server, int, float], LoadResult]
     concurrencies: tuple[int, ...] = (1, 16, 64)
     batches: bool = False
+    raw: tuple[str, int] | None = None
+    """For raw ONNX Runtime: its label and batch size (recorded as the row's concurrency and batch)."""
+
+
+def raw_cells(model: BenchModel) -> list[Cell]:
+    """Raw ONNX Runtime in the same rounds as the servers: batch 1 beside c=1, batches 8 and 32 beside c=64."""
+    out = []
+    for threads, sessions, label in ((2, 1, RAW), (1, 2, RAW_TUNED)):
+        for batch in (1, 8, 32):
+
+            def run(server: Server, concurrency: int, seconds: float, t: int = threads, n: int = sessions,
+                    b: int = batch) -> LoadResult:  # fmt: skip
+                return raw_ort_subprocess(model.path, model.sample_shape, b, seconds, t, n)
+
+            when = (1,) if batch == 1 else (64,)
+            out.append(Cell("", f"in-process, batch {batch}", run, when, raw=(label, batch)))
+    return out
 
 
 @dataclass
@@ -225,34 +242,28 @@ def measure(plan: Plan, servers: dict[str, Server]) -> None:
     one it did not, and every server gets the same number of chances.
     """
     for concurrency in (1, 16, 64):
-        todo = [cell for cell in cells(plan.model) if concurrency in cell.concurrencies]
+        todo = [
+            cell for cell in cells(plan.model) + raw_cells(plan.model) if concurrency in cell.concurrencies
+        ]
         best: dict[int, tuple[LoadResult, float | None]] = {}
         for round_ in range(plan.rounds):
             for index, cell in enumerate(todo):
-                server = servers[cell.server]
-                if round_ == 0:
+                server = servers[cell.server or "trivial"]
+                if round_ == 0 and cell.raw is None:
                     cell.run(server, concurrency, plan.warmup)
                 result, batch = _once(plan, cell, server, concurrency)
                 if index not in best or result.rate > best[index][0].rate:
                     best[index] = (result, batch)
         for index, cell in enumerate(todo):
             result, batch = best[index]
-            row = Row(plan.model.name, servers[cell.server].label, cell.protocol, concurrency, result, batch)
+            if cell.raw is not None:
+                row = Row(plan.model.name, cell.raw[0], cell.protocol, cell.raw[1], result, cell.raw[1])
+            else:
+                row = Row(
+                    plan.model.name, servers[cell.server].label, cell.protocol, concurrency, result, batch
+                )
             plan.rows.append(row)
             print(row.line(), flush=True)
-
-
-def _raw(plan: Plan) -> None:
-    model = plan.model
-    for threads, sessions, label in ((2, 1, RAW), (1, 2, RAW_TUNED)):
-        for batch in (1, 8, 32):
-            runs = [
-                raw_ort_subprocess(model.path, model.sample_shape, batch, plan.seconds / 2, threads, sessions)
-                for _ in range(plan.rounds)
-            ]
-            result = max(runs, key=lambda r: r.rate)
-            plan.rows.append(Row(model.name, label, f"in-process, batch {batch}", batch, result, batch))
-            print(plan.rows[-1].line(), flush=True)
 
 
 def _servers(stack: ExitStack, model: BenchModel, worker_args: list[str]) -> dict[str, Server]:
@@ -288,7 +299,6 @@ def _servers(stack: ExitStack, model: BenchModel, worker_args: list[str]) -> dic
 
 
 def run_model(plan: Plan, worker_args: list[str]) -> None:
-    _raw(plan)
     with ExitStack() as stack:
         measure(plan, _servers(stack, plan.model, worker_args))
 
@@ -312,6 +322,8 @@ def main() -> int:
     seconds, warmup, rounds = (2.0, 1.0, 1) if args.quick else (2.0, 2.0, 3)
     started_at = datetime.datetime.now(datetime.UTC)
     load_before = os.getloadavg()
+    if load_before[0] > 1.0:
+        print(f"worker_bench: load average {load_before[0]:.2f}: other work shares the CPUs", file=sys.stderr)
     plans = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
