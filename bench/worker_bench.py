@@ -156,7 +156,7 @@ class Cell:
 
 
 def raw_cells(model: BenchModel) -> list[Cell]:
-    """Raw ONNX Runtime in the same rounds as the servers: batch 1 beside c=1, batches 8 and 32 beside c=64."""
+    """Raw ONNX Runtime in the same rounds as the servers: batch 1 beside c=1, 8 and 32 beside c=64."""
     out = []
     for threads, sessions, label in ((2, 1, RAW), (1, 2, RAW_TUNED)):
         for batch in (1, 8, 32):
