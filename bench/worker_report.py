@@ -110,7 +110,7 @@ def _worker_summary(rows: Sequence[Row], name: str, worker: str, raw_label: str)
             f"- {name}, {worker}, c=1 JSON: {json1.result.rate:,.0f} req/s = "
             f"**{json1.result.rate / floor1.result.rate:.2f}x** the one-run-per-request floor "
             f"({floor1.result.rate:,.0f}); p50 {json1.result.p50_ms:.2f} ms vs raw batch-1 "
-            f"{raw1.result.p50_ms:.2f} ms (+{json1.result.p50_ms - raw1.result.p50_ms:.2f} ms, "
+            f"{raw1.result.p50_ms:.2f} ms ({json1.result.p50_ms - raw1.result.p50_ms:+.2f} ms, "
             "zero queue delay)."
         )
     return out

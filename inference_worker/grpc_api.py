@@ -168,6 +168,7 @@ class InferenceServicer:
                 raise RequestTimeout("the client's deadline passed before the request was queued")
             deadline_us = int(time_remaining * 1e6)
             timeout_us = deadline_us if timeout_us is None else min(timeout_us, deadline_us)
+        self._dp.check_input_count(len(request.inputs))
         inputs = decode_grpc_inputs(request.inputs, request.raw_input_contents, self._limits)
         outputs = tuple(output.name for output in request.outputs) or None
         return InferRequest(

@@ -203,7 +203,10 @@ class HttpApi:
         timeout = parameters.get("timeout")
         if timeout is not None and (type(timeout) is not int or timeout < 0):
             raise InvalidRequest("the 'timeout' parameter must be a non-negative integer (microseconds)")
-        inputs = decode_json_inputs(header.get("inputs"), binary, self._limits)
+        raw_inputs = header.get("inputs")
+        if isinstance(raw_inputs, list):
+            self._dp.check_input_count(len(raw_inputs))
+        inputs = decode_json_inputs(raw_inputs, binary, self._limits)
         names, selection = self._selection(
             header.get("outputs"), parameters.get("binary_data_output") is True
         )
