@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import httpx
@@ -38,7 +39,7 @@ def client(mlp_worker: RunningWorker) -> triton.InferenceServerClient:
 
 
 @pytest.fixture(scope="module")
-def stub(mlp_worker: RunningWorker) -> pb2_grpc.GRPCInferenceServiceStub:
+def stub(mlp_worker: RunningWorker) -> Any:
     return pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(mlp_worker.grpc_target))
 
 
@@ -65,9 +66,7 @@ def test_tritonclient_unary_inference_matches_onnx_runtime(
     np.testing.assert_allclose(result.as_numpy("y"), reference(models.mlp, {"x": x})[0], rtol=1e-5)
 
 
-def test_typed_contents_work_as_raw_contents_do(
-    stub: pb2_grpc.GRPCInferenceServiceStub, models: SimpleNamespace
-) -> None:
+def test_typed_contents_work_as_raw_contents_do(stub: Any, models: SimpleNamespace) -> None:
     x = RNG.standard_normal((2, 4)).astype(np.float32)
     request = pb2.ModelInferRequest(model_name="mlp")
     tensor = request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
@@ -81,7 +80,7 @@ def test_typed_contents_work_as_raw_contents_do(
 def test_tritonclient_streaming_answers_every_request_in_order(
     client: triton.InferenceServerClient, models: SimpleNamespace
 ) -> None:
-    answers: queue.Queue = queue.Queue()
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     xs = [RNG.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(12)]
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
@@ -114,7 +113,7 @@ def test_tritonclient_streaming_answers_every_request_in_order(
 def test_errors_map_to_grpc_status_codes(
     client: triton.InferenceServerClient,
     model: str,
-    shape: tuple,
+    shape: tuple[int, ...],
     datatype: str,
     name: str,
     code: str,
@@ -127,7 +126,7 @@ def test_errors_map_to_grpc_status_codes(
     assert message in caught.value.message()
 
 
-def test_a_malformed_raw_tensor_is_invalid_argument(stub: pb2_grpc.GRPCInferenceServiceStub) -> None:
+def test_a_malformed_raw_tensor_is_invalid_argument(stub: Any) -> None:
     request = pb2.ModelInferRequest(model_name="mlp", raw_input_contents=[b"\0" * 15])
     request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
     with pytest.raises(grpc.RpcError) as caught:
