@@ -86,7 +86,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device", "cpu", str, "cpu or cuda:N (falls back to the CPU, with a warning, without CUDA)"),
     Option("--instances", "1", _int, "model instances (sessions) running batches concurrently"),
     Option("--intra-op-threads", "0", _int, "ONNX Runtime threads per instance (0: one per core)"),
-    Option("--intra-op-spinning", "on", _switch, "ONNX Runtime threads spin-wait between parallel sections"),
+    Option("--intra-op-spinning", "off", _switch, "ONNX Runtime threads spin-wait between parallel sections"),
     Option("--max-batch-size", "32", _int, "largest batch the batcher forms"),
     Option("--max-queue-delay-ms", "0", _float, "longest a request waits for a batch to fill (0: no wait)"),
     Option("--preferred-batch-sizes", "", _sizes, "comma-separated sizes sent as soon as reached"),

@@ -35,8 +35,8 @@ class ModelConfig:
     instance_count: int = 1
     intra_op_num_threads: int = 0
     """0 lets ONNX Runtime pick (one per physical core)."""
-    allow_spinning: bool = True
-    """ONNX Runtime's intra-op threads spin between parallel sections."""
+    allow_spinning: bool = False
+    """Intra-op threads spin-wait between parallel sections: off, they leave the cores to the event loop."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", self.name):

@@ -144,6 +144,13 @@ class DataPlane:
             "outputs": [_tensor_metadata(spec) for spec in self._signature.outputs],
         }
 
+    def check_input_count(self, count: int) -> None:
+        """Refuse more tensors than the model takes before decoding any of them."""
+        if self._signature is not None and count > len(self._signature.inputs):
+            raise InvalidRequest(
+                f"the request has {count} inputs; the model takes {len(self._signature.inputs)}"
+            )
+
     def output_index(self, name: str) -> int:
         """Position of an output in signature order, or a 400 naming it."""
         index = self._output_index.get(name)

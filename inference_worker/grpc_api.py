@@ -94,16 +94,25 @@ class InferenceServicer:
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await window.put((request, self._start(request, None)))
-            finally:
-                await window.put(None)
+                    item = self._start(request, None)
+                    try:
+                        await window.put((request, item))
+                    except asyncio.CancelledError:
+                        self._abandon(item)
+                        raise
+            except grpc.RpcError as exc:  # the client's side broke off: answer what was read, then end
+                log.info("a ModelStreamInfer stream ended early: %s", exc.code())
+            await window.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
-            while (item := await window.get()) is not None:
-                yield await self._stream_answer(*item)
+            while (entry := await window.get()) is not None:
+                yield await self._stream_answer(*entry)
         finally:
             reader.cancel()
+            while not window.empty():  # the client left: what it sent and never read is cancelled
+                if (entry := window.get_nowait()) is not None:
+                    self._abandon(entry[1])
 
     async def _stream_answer(self, request: Any, item: _Item) -> Any:
         started, pending, infer = item
@@ -118,6 +127,12 @@ class InferenceServicer:
         response = self._encode(request, infer, result)  # type: ignore[arg-type]
         self._dp.finish("grpc", "success", started)
         return self._pb2.ModelStreamInferResponse(infer_response=response)
+
+    def _abandon(self, item: _Item) -> None:
+        started, pending, _ = item
+        if isinstance(pending, asyncio.Future):
+            pending.cancel()  # leaves the queue if it has not run
+        self._dp.finish("grpc", "cancelled", started)
 
     def _start(self, request: Any, time_remaining: float | None) -> _Item:
         """Decode and submit; the future resolves with the outputs or a WorkerError."""
@@ -153,6 +168,7 @@ class InferenceServicer:
                 raise RequestTimeout("the client's deadline passed before the request was queued")
             deadline_us = int(time_remaining * 1e6)
             timeout_us = deadline_us if timeout_us is None else min(timeout_us, deadline_us)
+        self._dp.check_input_count(len(request.inputs))
         inputs = decode_grpc_inputs(request.inputs, request.raw_input_contents, self._limits)
         outputs = tuple(output.name for output in request.outputs) or None
         return InferRequest(

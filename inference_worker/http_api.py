@@ -9,6 +9,7 @@ Errors become ``{"error": message}`` with the status of ``errors.HTTP_STATUS``.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,8 +59,12 @@ class Response:
 
 
 Reply = Callable[[Response], None]
+Encode = Callable[[Outputs], Response]
 Selection = list[tuple[int, str, str, bool]]
 """Outputs to return: (index in signature order, name, datatype, as binary)."""
+
+
+log = logging.getLogger("inference_worker.http")
 
 
 def json_response(status: int, payload: object) -> Response:
@@ -68,6 +73,9 @@ def json_response(status: int, payload: object) -> Response:
 
 def error_response(error: WorkerError) -> Response:
     return json_response(HTTP_STATUS[error.code], {"error": error.message})
+
+
+_INTERNAL_ERROR = json_response(500, {"error": "internal error; the worker's log has the details"})
 
 
 class HttpApi:
@@ -90,6 +98,9 @@ class HttpApi:
             self._route(request, reply)
         except WorkerError as error:
             reply(error_response(error))
+        except Exception:  # a bug: logged, and the client still gets an answer
+            log.exception("handling %s %r failed", request.method.decode("latin-1"), request.path[:200])
+            reply(_INTERNAL_ERROR)
 
     def _route(self, request: Request, reply: Reply) -> None:
         path = request.path.split(b"?", 1)[0]
@@ -127,36 +138,42 @@ class HttpApi:
             return reply(json_response(200 if ready else 503, {"name": name, "ready": ready}))
         return reply(json_response(200, self._dp.model_metadata(name, version)))
 
-    # -- v2 infer ----------------------------------------------------------------------------
-    def _infer(self, request: Request, name: str, version: str, reply: Reply) -> None:
+    # -- inference ---------------------------------------------------------------------------
+    def _admit(self, reply: Reply, prepare: Callable[[], tuple[InferRequest, Encode]]) -> None:
+        """Count the request in flight, parse and submit it, answer once with its outcome."""
         dp = self._dp
         started = dp.begin()
+
+        def answer(outcome: str, response: Response) -> None:
+            dp.finish("http", outcome, started)
+            reply(response)
+
+        def done(result: Outputs | WorkerError) -> None:
+            if isinstance(result, WorkerError):
+                return answer(result.code, error_response(result))
+            try:
+                response = encode(result)
+            except Exception:  # a bug, not the client's fault: log it, never leave the client hanging
+                log.exception("encoding a response failed")
+                return answer("internal", _INTERNAL_ERROR)
+            return answer("success", response)
+
         try:
-            header, binary = self._split_body(request)
-            infer, selection = self._parse_v2(header, binary, name, version)
-
-            def done(result: Outputs | WorkerError) -> None:
-                self._infer_done(result, infer, selection, started, reply)
-
+            infer, encode = prepare()
             dp.submit(infer, done)
         except WorkerError as error:
-            dp.finish("http", error.code, started)
-            reply(error_response(error))
+            answer(error.code, error_response(error))
+        except Exception:  # same: a bug must not leak an in-flight request
+            log.exception("reading an inference request failed")
+            answer("internal", _INTERNAL_ERROR)
 
-    def _infer_done(
-        self,
-        result: Outputs | WorkerError,
-        infer: InferRequest,
-        selection: Selection,
-        started: float,
-        reply: Reply,
-    ) -> None:
-        if isinstance(result, WorkerError):
-            self._dp.finish("http", result.code, started)
-            return reply(error_response(result))
-        response = encode_v2_response(self._dp, infer.id, result, selection)
-        self._dp.finish("http", "success", started)
-        return reply(response)
+    def _infer(self, request: Request, name: str, version: str, reply: Reply) -> None:
+        def prepare() -> tuple[InferRequest, Encode]:
+            header, binary = self._split_body(request)
+            infer, selection = self._parse_v2(header, binary, name, version)
+            return infer, lambda outputs: encode_v2_response(self._dp, infer.id, outputs, selection)
+
+        self._admit(reply, prepare)
 
     def _split_body(self, request: Request) -> tuple[dict[str, object], memoryview | None]:
         body = inflate(request.body, request.content_encoding, self._limits.max_body_bytes)
@@ -186,7 +203,10 @@ class HttpApi:
         timeout = parameters.get("timeout")
         if timeout is not None and (type(timeout) is not int or timeout < 0):
             raise InvalidRequest("the 'timeout' parameter must be a non-negative integer (microseconds)")
-        inputs = decode_json_inputs(header.get("inputs"), binary, self._limits)
+        raw_inputs = header.get("inputs")
+        if isinstance(raw_inputs, list):
+            self._dp.check_input_count(len(raw_inputs))
+        inputs = decode_json_inputs(raw_inputs, binary, self._limits)
         names, selection = self._selection(
             header.get("outputs"), parameters.get("binary_data_output") is True
         )
@@ -225,25 +245,12 @@ class HttpApi:
         return reply(json_response(200, {"name": target, "ready": self._dp.model_ready(target, "")}))
 
     def _predict(self, request: Request, name: str, reply: Reply) -> None:
-        dp = self._dp
-        started = dp.begin()
-        try:
-            dp.check_model(name, "")
+        def prepare() -> tuple[InferRequest, Encode]:
+            self._dp.check_model(name, "")
             header, _ = self._split_body(request)
-            infer = InferRequest(name, "", self._v1_inputs(header.get("instances")))
+            return InferRequest(name, "", self._v1_inputs(header.get("instances"))), self._v1_response
 
-            def done(result: Outputs | WorkerError) -> None:
-                if isinstance(result, WorkerError):
-                    dp.finish("http", result.code, started)
-                    return reply(error_response(result))
-                body = orjson.dumps({"predictions": self._v1_predictions(result)}, option=_NUMPY)
-                dp.finish("http", "success", started)
-                return reply(Response(200, [body]))
-
-            dp.submit(infer, done)
-        except WorkerError as error:
-            dp.finish("http", error.code, started)
-            reply(error_response(error))
+        self._admit(reply, prepare)
 
     def _v1_inputs(self, instances: object) -> dict[str, np.ndarray]:
         signature = self._dp.signature
@@ -277,6 +284,9 @@ class HttpApi:
             source = rows if signature.batched else rows[0]
             inputs[spec.name] = decode_values(spec.name, DATATYPES[spec.datatype], shape, count, source)
         return inputs
+
+    def _v1_response(self, outputs: Outputs) -> Response:
+        return Response(200, [orjson.dumps({"predictions": self._v1_predictions(outputs)}, option=_NUMPY)])
 
     def _v1_predictions(self, outputs: Outputs) -> object:
         signature = self._dp.signature

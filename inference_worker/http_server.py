@@ -67,7 +67,7 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
-            if not connection.busy:
+            if not connection.busy and not connection.reading:  # a request half read is answered (503)
                 connection.close()
 
     async def close(self, timeout: float = 5.0) -> None:

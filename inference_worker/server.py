@@ -47,9 +47,8 @@ class Worker:
             model_name=model.name, model_version=model.version, batching=config.batching, metrics=self.metrics
         )
         registry = self.metrics.registry()
-        self._http = HttpServer(
-            HttpApi(self.dataplane, config.limits, lambda: self.metrics.render(registry)), config.limits
-        )
+        self.http_api = HttpApi(self.dataplane, config.limits, lambda: self.metrics.render(registry))
+        self._http = HttpServer(self.http_api, config.limits)
         self.metrics.gauges["queue_depth"] = lambda: self.dataplane.queue_depth
         self.metrics.gauges["in_flight_requests"] = lambda: self.dataplane.in_flight
         self.metrics.gauges["ready"] = lambda: float(self.dataplane.ready)

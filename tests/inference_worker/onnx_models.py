@@ -16,7 +16,11 @@ B2 = RNG.standard_normal(3).astype(np.float32)
 
 
 def _save(
-    nodes: list[onnx.NodeProto], inputs: list, outputs: list, path: Path, inits: list | None = None
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    path: Path,
+    inits: list[onnx.TensorProto] | None = None,
 ) -> Path:
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=inits or [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -246,3 +246,24 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(models: SimpleNamespac
         tail = process.stderr.read()
         assert "draining" in tail
         assert "stopped" in tail
+
+
+@pytest.mark.slow
+def test_a_model_onnx_runtime_cannot_load_exits_1_without_ever_being_ready(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a model at all")
+    command = [
+        sys.executable,
+        "-m",
+        "inference_worker",
+        "serve",
+        "--model-name",
+        "g",
+        "--model-path",
+        str(garbage),
+    ]
+    command += ["--http-port", "0", "--grpc-port", "0"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "ONNX Runtime cannot load the model" in result.stderr
+    assert "ready:" not in result.stderr

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import queue
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import httpx
@@ -36,7 +39,7 @@ def client(mlp_worker: RunningWorker) -> triton.InferenceServerClient:
 
 
 @pytest.fixture(scope="module")
-def stub(mlp_worker: RunningWorker) -> pb2_grpc.GRPCInferenceServiceStub:
+def stub(mlp_worker: RunningWorker) -> Any:
     return pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(mlp_worker.grpc_target))
 
 
@@ -63,9 +66,7 @@ def test_tritonclient_unary_inference_matches_onnx_runtime(
     np.testing.assert_allclose(result.as_numpy("y"), reference(models.mlp, {"x": x})[0], rtol=1e-5)
 
 
-def test_typed_contents_work_as_raw_contents_do(
-    stub: pb2_grpc.GRPCInferenceServiceStub, models: SimpleNamespace
-) -> None:
+def test_typed_contents_work_as_raw_contents_do(stub: Any, models: SimpleNamespace) -> None:
     x = RNG.standard_normal((2, 4)).astype(np.float32)
     request = pb2.ModelInferRequest(model_name="mlp")
     tensor = request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
@@ -79,7 +80,7 @@ def test_typed_contents_work_as_raw_contents_do(
 def test_tritonclient_streaming_answers_every_request_in_order(
     client: triton.InferenceServerClient, models: SimpleNamespace
 ) -> None:
-    answers: queue.Queue = queue.Queue()
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     xs = [RNG.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(12)]
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
@@ -112,7 +113,7 @@ def test_tritonclient_streaming_answers_every_request_in_order(
 def test_errors_map_to_grpc_status_codes(
     client: triton.InferenceServerClient,
     model: str,
-    shape: tuple,
+    shape: tuple[int, ...],
     datatype: str,
     name: str,
     code: str,
@@ -125,7 +126,7 @@ def test_errors_map_to_grpc_status_codes(
     assert message in caught.value.message()
 
 
-def test_a_malformed_raw_tensor_is_invalid_argument(stub: pb2_grpc.GRPCInferenceServiceStub) -> None:
+def test_a_malformed_raw_tensor_is_invalid_argument(stub: Any) -> None:
     request = pb2.ModelInferRequest(model_name="mlp", raw_input_contents=[b"\0" * 15])
     request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
     with pytest.raises(grpc.RpcError) as caught:
@@ -211,3 +212,33 @@ def test_http_and_grpc_requests_batch_together(models: SimpleNamespace) -> None:
         assert worker.metric("kiln_worker_batches_total") == 1
         assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="success") == 1
         assert worker.metric("kiln_worker_requests_total", protocol="http", outcome="success") == 1
+
+
+def test_a_stream_the_client_cancels_leaves_nothing_queued_or_in_flight(models: SimpleNamespace) -> None:
+    def square(k: int) -> object:
+        request = pb2.ModelInferRequest(
+            model_name="square", raw_input_contents=[np.eye(k, dtype=np.float32).tobytes()]
+        )
+        request.inputs.add(name="a", datatype="FP32", shape=[1, k, k])
+        return request
+
+    with running(make_config(models.square, "square")) as worker:
+        done_sending = threading.Event()
+
+        def requests() -> Iterator[object]:
+            yield square(BIG_K)
+            yield from (square(4) for _ in range(3))
+            done_sending.wait(30)
+
+        with grpc.insecure_channel(worker.grpc_target) as channel:
+            call = pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+            wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 4)
+            call.cancel()
+            wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 0)
+            done_sending.set()
+        assert worker.metric("kiln_worker_queue_depth") == 0
+        assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="cancelled") == 4
+        wait_until(
+            lambda: worker.metric("kiln_worker_batches_total") == 1
+        )  # the running one finishes; none after
+        assert worker.metric("kiln_worker_inferences_total") == 1
