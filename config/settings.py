@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "accounts",
     "registry",
     "deployments",
+    "config.observability",
 ]
 
 MIDDLEWARE = [
