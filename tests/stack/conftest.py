@@ -83,7 +83,7 @@ def _get(url: str) -> httpx.Response | None:
         return None
 
 
-def _until_ok(url: str, process: Process, what: str) -> None:
+def until_ok(url: str, process: Process, what: str) -> None:
     def ok() -> bool:
         if process.proc.poll() is not None:
             pytest.fail(f"{what} exited with {process.proc.returncode}:\n{process.log_tail()}")
@@ -93,9 +93,31 @@ def _until_ok(url: str, process: Process, what: str) -> None:
     wait_for(ok, timeout=60, interval=0.1, message=f"{what} at {url}")
 
 
-def _infer(url: str) -> httpx.Response:
+def infer(url: str) -> httpx.Response:
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [0.5] * 8}]}
     return httpx.post(f"{url}/v2/models/{DEPLOYMENT}/infer", json=body, timeout=10)
+
+
+def start_worker(tmp: Path) -> tuple[Process, str]:
+    """``python -m inference_worker serve`` on the tiny MLP as deployment ``kiln-stack``, once ready."""
+    model = onnx_models.mlp(tmp / "mlp.onnx")
+    port = free_port()
+    worker = Process(
+        [
+            *(sys.executable, "-m", "inference_worker", "serve"),
+            *("--model-name", DEPLOYMENT, "--model-path", str(model)),
+            *("--http-port", str(port), "--grpc-port", "-1", "--intra-op-threads", "1"),
+        ],
+        tmp / "worker.log",
+        env={k: v for k, v in os.environ.items() if not k.startswith("KILN_WORKER_")},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        until_ok(f"{url}/v2/health/ready", worker, "the worker")
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, url
 
 
 def gateway_available() -> str | None:
@@ -166,10 +188,10 @@ def _scrape_gateway(tmp: Path, worker_url: str, names: dict[str, set[str]]) -> N
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _until_ok(f"{url}/metrics", gateway, "the gateway")
-        wait_for(lambda: _infer(url).status_code == 200, timeout=30, message="an answer through the gateway")
+        until_ok(f"{url}/metrics", gateway, "the gateway")
+        wait_for(lambda: infer(url).status_code == 200, timeout=30, message="an answer through the gateway")
         for _ in range(4):
-            assert _infer(url).status_code == 200
+            assert infer(url).status_code == 200
 
         def compared() -> str | None:
             text = httpx.get(f"{url}/metrics", timeout=5).text
@@ -198,21 +220,9 @@ def live_exports(
         assert f'kiln_metrics_source_up{{source="{source}"}} 1.0' in text, text[-3000:]
     exports.names["platform"] = exposed_series_names(text)
 
-    model = onnx_models.mlp(tmp / "mlp.onnx")
-    port = free_port()
-    worker = Process(
-        [
-            *(sys.executable, "-m", "inference_worker", "serve"),
-            *("--model-name", DEPLOYMENT, "--model-path", str(model)),
-            *("--http-port", str(port), "--grpc-port", "-1", "--intra-op-threads", "1"),
-        ],
-        tmp / "worker.log",
-        env={k: v for k, v in os.environ.items() if not k.startswith("KILN_WORKER_")},
-    )
-    worker_url = f"http://127.0.0.1:{port}"
+    worker, worker_url = start_worker(tmp)
     try:
-        _until_ok(f"{worker_url}/v2/health/ready", worker, "the worker")
-        assert _infer(worker_url).status_code == 200
+        assert infer(worker_url).status_code == 200
         exports.names["worker"] = exposed_series_names(httpx.get(f"{worker_url}/metrics", timeout=5).text)
         reason = gateway_available()
         if reason is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 from django.contrib.auth.models import User
@@ -17,8 +18,17 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from tests.conftest import ROOT
-from tests.stack.conftest import LiveExports, unexported
+from tests.conftest import ROOT, wait_for
+from tests.stack.conftest import (
+    DEPLOYMENT,
+    LiveExports,
+    Process,
+    free_port,
+    infer,
+    start_worker,
+    unexported,
+    until_ok,
+)
 from tests.stack.promql import metric_names
 
 PROMETHEUS_DIR = ROOT / "platform" / "prometheus"
@@ -158,3 +168,103 @@ def test_platform_holds_data_only_so_the_standard_library_platform_module_still_
     assert [path for path in files if path.suffix in (".py", ".pyc", ".so")] == []
     assert Path(platform.__file__).parent != ROOT / "platform"
     assert callable(platform.python_version)
+
+
+def _local_config(live_url: str, token_file: Path, gateway: str) -> dict[str, Any]:
+    """prometheus.yml as shipped, pointed at this test's platform and scraping every second."""
+    config: dict[str, Any] = load("prometheus.yml")
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
+    platform = urlsplit(live_url).netloc
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "kiln-platform":
+            job["static_configs"] = [{"targets": [platform]}]
+        elif job["job_name"] == "kiln-gateway":
+            job["static_configs"] = [{"targets": [gateway]}]
+        else:
+            for discovery in job["http_sd_configs"]:
+                discovery["url"] = discovery["url"].replace(urlsplit(discovery["url"]).netloc, platform)
+                discovery["refresh_interval"] = "1s"
+                discovery["authorization"]["credentials_file"] = str(token_file)
+    return config
+
+
+def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+    assert response.status_code == 200, response.text
+    result: list[dict[str, Any]] = response.json()["data"]["result"]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="no prometheus binary (Debian's prometheus package)"
+)
+def test_a_real_prometheus_finds_workers_through_the_platform_and_labels_their_series(
+    live_server: Any, staff: User, tmp_path: Path
+) -> None:
+    from deployments.models import Deployment, Variant, Worker
+    from tests.deployments.factories import ready_version
+
+    worker, worker_url = start_worker(tmp_path)
+    out = StringIO()
+    call_command("create_api_token", staff.username, stdout=out)
+    token_file = tmp_path / "kiln-api-token"
+    token_file.write_text(out.getvalue().strip() + "\n")
+    version = ready_version(staff, model="digits", number=3)
+    deployment = Deployment.objects.create(name=DEPLOYMENT, model=version.model, created_by=staff)
+    variant = Variant.objects.create(deployment=deployment, name="primary", version=version)
+    row = Worker.objects.create(
+        variant=variant, version=version, backend="process", state="ready", http_url=worker_url
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(_local_config(live_server.url, token_file, f"127.0.0.1:{free_port()}")))
+    port = free_port()
+    server = Process(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path / "prometheus.log",
+    )
+    prometheus = f"http://127.0.0.1:{port}"
+    try:
+        assert infer(worker_url).status_code == 200
+        until_ok(f"{prometheus}/-/ready", server, "prometheus")
+        series = wait_for(
+            lambda: _query(prometheus, 'kiln_worker_requests_total{outcome="success", protocol="http"}'),
+            timeout=60,
+            interval=0.5,
+            message="worker series in Prometheus",
+        )
+        platform_up = wait_for(
+            lambda: _query(prometheus, 'up{job="kiln-platform"} == 1'),
+            timeout=30,
+            message="the platform scraped",
+        )
+        gateway_up = _query(prometheus, 'up{job="kiln-gateway"}')
+    finally:
+        server.stop()
+        worker.stop()
+
+    (sample,) = series
+    assert sample["metric"] == {
+        "__name__": "kiln_worker_requests_total",
+        "job": "kiln-workers",
+        "instance": worker_url.removeprefix("http://"),
+        "deployment": DEPLOYMENT,
+        "variant": "primary",
+        "worker": str(row.pk),
+        "registered_model": "digits",
+        "model": DEPLOYMENT,  # as the worker labels it: the name clients use
+        "version": "1",  # as the worker labels it (this worker was started as version 1)
+        "protocol": "http",
+        "outcome": "success",
+    }
+    assert float(sample["value"][1]) == 1
+    assert len(platform_up) == 1
+    assert [float(s["value"][1]) for s in gateway_up] == [
+        0
+    ]  # nothing listens there: KilnComponentDown's case
