@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "registry",
     "deployments",
     "dashboard",
+    "config.observability",
 ]
 
 MIDDLEWARE = [
@@ -261,4 +262,4 @@ CELERY_BEAT_SCHEDULE["advance-rollouts"] = {
 }
 # The default service-level objective the dashboard and alerts flag.
 KILN_SLO_ERROR_RATE = env_float("KILN_SLO_ERROR_RATE", 0.01, minimum=0.0, maximum=1.0)
-KILN_SLO_P99_MS = env_float("KILN_SLO_P99_MS", 250.0, minimum=0.1)
+KILN_SLO_P99_MS = env_float("KILN_SLO_P99_MS", 500.0, minimum=0.1)

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.locks import advisory_lock
+from config.observability.events import record_reconcile_action
 from deployments.backends import BackendError, WorkerSpec, get_backend
 from deployments.backends.process import trim_log
 from deployments.models import LIVE_WORKER_STATES, Deployment, DeploymentStatus, Variant, Worker, WorkerState
@@ -155,6 +156,7 @@ class VariantReconciler:
         )
         if crashed and restarts > settings.KILN_CRASHLOOP_RESTARTS:
             self.set_state(worker, WorkerState.FAILED, last_error=error)
+            self.count("failed")
             record_deployment_event(
                 actor=None,
                 action="variant.failed",
@@ -270,15 +272,21 @@ class VariantReconciler:
         )
         worker.refresh_from_db()
         self.changed = True
+        self.count("restarted" if worker.restarts else "started")
 
     def drain(self, worker: Worker) -> None:
         """Take a worker out of the routing table now; stop it after the drain delay."""
+        self.count("drained")
         if worker.state == WorkerState.READY:
             self.set_state(worker, WorkerState.DRAINING)
         else:
             if worker.handle:
                 self.backend.stop(worker.handle, grace_s=5)
             self.set_state(worker, WorkerState.STOPPED)
+
+    def count(self, action: str) -> None:
+        """Prometheus: ``kiln_reconcile_actions_total{deployment, variant, action}``."""
+        record_reconcile_action(deployment=self.deployment.name, variant=self.variant.name, action=action)
 
     def set_state(self, worker: Worker, state: str, **fields: object) -> None:
         Worker.objects.filter(pk=worker.pk).update(state=state, state_changed_at=self.now, **fields)

@@ -22,6 +22,7 @@ class _ConvertTask(Task):
                 version_id=int(version_id),
                 attempt=attempt,
                 reason=f"conversion job failed: {type(exc).__name__}: {exc}"[:2000],
+                code="job_failed",
             )
 
 

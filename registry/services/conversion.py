@@ -22,6 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from config.locks import advisory_lock
+from config.observability.events import record_conversion
 from registry import storage
 from registry.audit import Actor, record_event
 from registry.errors import VersionStateError
@@ -151,7 +152,9 @@ def convert_version(*, version_id: int, attempt: str) -> ModelVersion | None:
             )
         except SandboxError as exc:
             report = exc.extra.get("report") if isinstance(exc.extra.get("report"), dict) else None
-            return fail_version(version_id=version.pk, attempt=attempt, reason=exc.message, report=report)
+            return fail_version(
+                version_id=version.pk, attempt=attempt, reason=exc.message, report=report, code=exc.code
+            )
         relative, digest, size, _created = storage.store_path(output)
     return _mark_ready(version, attempt, result, relative, digest, size)
 
@@ -194,6 +197,7 @@ def _mark_ready(
         logger.warning("conversion of %s finished but the attempt was superseded", version)
         return None
     version.refresh_from_db()
+    _count_outcome(version, outcome="ready")
     record_event(
         actor=None,
         action="version.status_changed",
@@ -207,9 +211,18 @@ def _mark_ready(
 
 @transaction.atomic
 def fail_version(
-    *, version_id: int, attempt: str | None, reason: str, report: dict[str, Any] | None = None
+    *,
+    version_id: int,
+    attempt: str | None,
+    reason: str,
+    report: dict[str, Any] | None = None,
+    code: str = "failed",
 ) -> ModelVersion | None:
-    """Mark a registered or converting version failed with a reason a user can act on."""
+    """Mark a registered or converting version failed with a reason a user can act on.
+
+    ``code`` is the short machine code of the cause (``export_failed``, ``timeout``...),
+    counted in ``kiln_conversion_failures_total{reason}``.
+    """
     rows = ModelVersion.objects.filter(
         pk=version_id, status__in=(VersionStatus.REGISTERED, VersionStatus.CONVERTING)
     )
@@ -226,6 +239,7 @@ def fail_version(
     if report is not None:
         version.report = report
     version.save()
+    _count_outcome(version, outcome="failed", code=code)
     record_event(
         actor=None,
         action="version.status_changed",
@@ -237,6 +251,13 @@ def fail_version(
     )
     logger.info("conversion of %s failed: %s", version, reason)
     return version
+
+
+def _count_outcome(version: ModelVersion, *, outcome: str, code: str = "") -> None:
+    """Prometheus: the outcome and duration of a conversion, counted once the row is committed."""
+    started, finished = version.conversion_started_at, version.conversion_finished_at
+    duration = (finished - started).total_seconds() if started and finished and finished >= started else None
+    transaction.on_commit(lambda: record_conversion(outcome=outcome, duration_s=duration, reason=code))
 
 
 def sweep_stale_conversions() -> dict[str, int]:
@@ -258,6 +279,7 @@ def sweep_stale_conversions() -> dict[str, int]:
                 version_id=version.pk,
                 attempt=None,
                 reason=f"conversion did not finish within {limit:.0f} s (last stage: {version.progress})",
+                code="timeout",
             ):
                 counts["failed"] += 1
         for version in converting.filter(conversion_heartbeat_at__lt=now - lease):
@@ -266,7 +288,7 @@ def sweep_stale_conversions() -> dict[str, int]:
                     f"conversion was interrupted {version.conversion_tries} times (its worker stopped); "
                     f"last stage: {version.progress}"
                 )
-                if fail_version(version_id=version.pk, attempt=None, reason=reason):
+                if fail_version(version_id=version.pk, attempt=None, reason=reason, code="interrupted"):
                     counts["failed"] += 1
                 continue
             _enqueue_now(version.pk, version.conversion_attempt)

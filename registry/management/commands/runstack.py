@@ -82,6 +82,9 @@ class Command(BaseCommand):
                 "300",
                 "--access-logfile",
                 "-",
+                # prometheus_client multiprocess clean-up when a gunicorn worker exits
+                "--config",
+                "python:config.gunicorn_conf",
             ],
             "worker": [
                 python,
@@ -142,9 +145,12 @@ class Command(BaseCommand):
             "--routing-key",
             settings.KILN_ROUTING_KEY,
         ]
+        web_env = prometheus_multiprocess_env(Path(settings.VAR_DIR))
+        other_env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
         processes = {}
         for name, argv in commands.items():
-            processes[name] = subprocess.Popen(argv, cwd=settings.BASE_DIR)
+            env = web_env if name == "web" else other_env
+            processes[name] = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env)
             self.stdout.write(f"started {name} (pid {processes[name].pid})")
         return processes
 
@@ -176,3 +182,19 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 proc.kill()
         sys.exit(exit_code)
+
+
+def prometheus_multiprocess_env(var_dir: Path) -> dict[str, str]:
+    """The web server's environment: an empty ``PROMETHEUS_MULTIPROC_DIR`` shared by its workers.
+
+    gunicorn runs several processes; in prometheus_client's multiprocess mode each
+    writes its django-prometheus counters to files there and /metrics merges them.
+    Its metric files are removed first: those of an earlier run would add old
+    processes' counts to the new ones. Only the web server gets it: Celery's
+    processes would otherwise add their own database queries to the web's.
+    """
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or var_dir / "prometheus-multiproc")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # only prometheus_client's files, whatever else the path holds
+        stale.unlink()
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
