@@ -35,6 +35,7 @@ from inference_worker import __version__
 from inference_worker.config import ConfigError
 from inference_worker.gateway_config import GatewayConfig, config_from_args
 from inference_worker.gateway_metrics import GatewayMetrics, Series
+from inference_worker.gateway_mirror import ShadowMirror
 from inference_worker.gateway_proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
 from inference_worker.gateway_routing import (
     EMPTY,
@@ -53,7 +54,7 @@ from inference_worker.gateway_server import (
     Reply,
     json_response,
 )
-from inference_worker.gateway_shadow import ShadowCopy, ShadowMirror
+from inference_worker.gateway_shadow import ShadowCopy
 from inference_worker.gateway_stats import StatsPublisher, TableWatcher, redis_client
 
 log = logging.getLogger("inference_worker.gateway")
@@ -98,16 +99,23 @@ class Gateway:
         self._upstreams = Upstreams(limits, c.upstream_timeout_s, loop)
         upstreams = self._upstreams
         self.metrics.outstanding = lambda: {u: float(p.outstanding) for u, p in upstreams.pools.items()}
+        child_args = [
+            "--upstream-timeout-s", str(c.upstream_timeout_s),
+            "--connect-timeout-s", str(c.connect_timeout_s),
+            "--max-connections", str(c.max_connections_per_replica),
+            "--nice", str(c.shadow_nice),
+            "--log-level", c.log_level,
+        ]  # fmt: skip
         self._shadow = ShadowMirror(
-            queue_size=c.shadow_queue_size, concurrency=c.shadow_concurrency, send=self._send_shadow,
-            metrics=self.metrics,
+            queue_size=c.shadow_queue_size, concurrency=c.shadow_concurrency, metrics=self.metrics,
+            child_args=child_args,
         )  # fmt: skip
         self.port = await self.server.start(c.host, c.port)
         log.info("listening http=%s:%d", c.host, self.port)
         client = redis_client(c.redis_url)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
         publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
-        self._shadow.start()
+        await self._shadow.start()
         tasks = [loop.create_task(job) for job in (watcher.run(), publisher.run(), self._sweep())]
         await self._stop.wait()
         await self._drain()
@@ -245,29 +253,13 @@ class Gateway:
         for shadow in call.route.shadows:
             if wants_shadow(shadow, self.rng):
                 request = call.request
+                replicas = [(r.host, r.port, r.version) for r in shadow.replicas]
                 url = call.upstream_url(shadow)
                 copy = ShadowCopy(
-                    call.route.name, shadow, call.method, url, request.headers, request.body, live, seconds
-                )
+                    call.route.name, shadow.name, shadow.version, replicas, call.method, url,
+                    request.headers, request.body, live, seconds,
+                )  # fmt: skip
                 self._shadow.offer(copy)
-
-    async def _send_shadow(self, copy: ShadowCopy) -> tuple[UpstreamResponse | UpstreamError, Replica | None]:
-        upstreams, loop = self._upstreams, self._loop
-        assert upstreams is not None  # noqa: S101 - serve() set it
-        assert loop is not None  # noqa: S101 - serve() set it
-        replica = choose_replica(copy.variant.replicas, upstreams.load, self.rng)
-        if replica is None:
-            return UpstreamError("no ready replica", retryable=False, status=503), None
-        answer: asyncio.Future[UpstreamResponse | UpstreamError] = loop.create_future()
-
-        def done(result: UpstreamResponse | UpstreamError) -> None:
-            if not answer.done():
-                answer.set_result(result)
-
-        head = _head(copy.method, copy.url, len(copy.body), copy.headers)
-        pool = upstreams.pool(replica.url, replica.host, replica.port)
-        pool.request(head, copy.body, done, loop.time() + self.config.upstream_timeout_s)
-        return await answer, replica
 
 
 _INFER, _READ, _INVALID = range(3)

@@ -37,6 +37,7 @@ OPTIONS: tuple[GatewayOption, ...] = (
     GatewayOption("--routing-key-header", "X-Routing-Key", str, "request header that makes the split sticky"),
     GatewayOption("--shadow-queue-size", "256", _int, "shadow copies waiting to be sent (dropped beyond)"),
     GatewayOption("--shadow-concurrency", "8", _int, "shadow copies in flight at once"),
+    GatewayOption("--shadow-nice", "19", _int, "CPU niceness of the shadow process (0-19; 19: lowest)"),
     GatewayOption("--stats-interval-s", "1", _float, "seconds between stats snapshots written to Redis"),
     GatewayOption("--gateway-id", None, str, "this gateway's field in the stats hash (default: host-pid)"),
     GatewayOption("--upstream-timeout-s", "30", _float, "longest a replica may take to answer (504 beyond)"),
@@ -63,6 +64,7 @@ class GatewayConfig:
     routing_key_header: str = "X-Routing-Key"
     shadow_queue_size: int = 256
     shadow_concurrency: int = 8
+    shadow_nice: int = 19
     stats_interval_s: float = 1.0
     gateway_id: str = "gateway"
     upstream_timeout_s: float = 30.0
@@ -87,6 +89,7 @@ class GatewayConfig:
             ),
             (1 <= self.shadow_queue_size <= 1_000_000, "--shadow-queue-size: must be between 1 and 1000000"),
             (1 <= self.shadow_concurrency <= 1024, "--shadow-concurrency: must be between 1 and 1024"),
+            (0 <= self.shadow_nice <= 19, "--shadow-nice: must be between 0 and 19"),
             (0.05 <= self.stats_interval_s <= 3600, "--stats-interval-s: must be between 0.05 and 3600"),
             (
                 _ID.fullmatch(self.gateway_id) is not None,

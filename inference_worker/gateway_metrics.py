@@ -91,6 +91,49 @@ class Series:
         self.argmax_equal += equal
 
 
+_SHADOW_FIELDS = (
+    "shadow_sent",
+    "shadow_errors",
+    "shadow_compared",
+    "argmax_compared",
+    "argmax_equal",
+    "max_abs_diff_sum",
+    "max_abs_diff_max",
+)
+
+
+def shadow_state(series: Series) -> dict[str, Any]:
+    """The shadow counters of ``series``, as the shadow process reports them to the gateway."""
+    state: dict[str, Any] = {name: getattr(series, name) for name in _SHADOW_FIELDS}
+    state["latency"] = _histogram_state(series.shadow_latency)
+    state["live_latency"] = _histogram_state(series.shadow_live_latency)
+    state["diff"] = {output: _histogram_state(h) for output, h in series.max_abs_diff.items()}
+    return state
+
+
+def apply_shadow_state(series: Series, state: dict[str, Any]) -> None:
+    """Replace the shadow counters of ``series`` with a (cumulative) reported state."""
+    for name in _SHADOW_FIELDS:
+        setattr(series, name, state[name])
+    _set_histogram(series.shadow_latency, state["latency"])
+    _set_histogram(series.shadow_live_latency, state["live_latency"])
+    for output, histogram in state["diff"].items():
+        if output not in series.max_abs_diff:
+            series.max_abs_diff[output] = Histogram(DIFF_BUCKETS)
+        _set_histogram(series.max_abs_diff[output], histogram)
+
+
+def _histogram_state(histogram: Histogram) -> dict[str, Any]:
+    return {"counts": histogram.counts, "total": histogram.total, "count": histogram.count}
+
+
+def _set_histogram(histogram: Histogram, state: dict[str, Any]) -> None:
+    if len(state["counts"]) == len(histogram.counts):
+        histogram.counts = [int(c) for c in state["counts"]]
+        histogram.total = float(state["total"])
+        histogram.count = int(state["count"])
+
+
 class GatewayMetrics:
     """Every series, plus the routing table's own gauges."""
 

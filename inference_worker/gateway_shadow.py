@@ -1,43 +1,38 @@
-"""Shadow traffic: copies of live requests sent to a shadow variant after the client's answer.
+"""Shadow traffic, the pure parts: the copy sent to the shadow process, and the comparison.
 
-``ShadowMirror.offer`` is called once the live answer has been written; it
-only puts the copy (references to the request and answer bytes, no copying)
-in a bounded queue, or counts it dropped when the queue is full. A few
-consumer tasks (``--shadow-concurrency``) send the copies and compare each
-shadow answer with the live one: both are decoded here, off the response path
-(v2 JSON, the binary tensor extension, or v1 ``predictions``), then per output
-the max absolute difference, and for classification-shaped outputs (2-D,
-``[batch, classes > 1]``) whether the argmax of each row agrees.
+The gateway hands each copy (a live request and its answer) to a separate,
+low-priority process (``gateway_mirror`` starts it, ``gateway_shadow_child``
+runs it) as one frame on a Unix socket: ``encode_copy`` / ``FrameReader``.
+Frames are a 4-byte big-endian length, a 4-byte length of the JSON header,
+the header, then raw bytes (here the request body and the live answer's body).
 
-A shadow answer counts as an error when it fails, is not a 200, cannot be
-decoded, or does not hold the live answer's outputs with the same shapes.
+``decode_outputs`` reads the output tensors of a v2 answer (JSON or the binary
+tensor extension) or a v1 ``predictions`` answer; ``compare`` gives, per
+numeric output, the max absolute difference, and for classification-shaped
+outputs (2-D, ``[batch, classes > 1]``) how many rows have the same argmax.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import math
 import re
-import time
-from collections.abc import Awaitable, Callable
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 
 from inference_worker.config import Limits
-from inference_worker.errors import WorkerError
-from inference_worker.gateway_metrics import GatewayMetrics
-from inference_worker.gateway_proxy import UpstreamError, UpstreamResponse
-from inference_worker.gateway_routing import Replica, Variant
+from inference_worker.gateway_proxy import UpstreamResponse
 from inference_worker.tensor_codec import DATATYPES, check_shape, decode_raw, decode_values
-
-log = logging.getLogger("inference_worker.gateway")
 
 _HEADER_LENGTH = re.compile(rb"(?im)^inference-header-content-length:\s*(\d+)\s*$")
 _ENCODED = re.compile(rb"(?im)^content-encoding:\s*(?!identity)\S")
 _LIMITS = Limits()
+_FRAME = struct.Struct(">II")
+MAX_FRAME_BYTES = 1 << 31
 
 
 @dataclass(slots=True)
@@ -45,7 +40,10 @@ class ShadowCopy:
     """One live request and its answer, to be replayed on a shadow variant."""
 
     deployment: str
-    variant: Variant
+    variant: str
+    version: str
+    replicas: list[tuple[str, int, str]]
+    """(host, port, version) of each ready replica of the shadow variant."""
     method: bytes
     url: bytes
     """Already rewritten for the shadow's model name."""
@@ -55,69 +53,68 @@ class ShadowCopy:
     live_seconds: float
 
 
-Send = Callable[[ShadowCopy], Awaitable[tuple[UpstreamResponse | UpstreamError, Replica | None]]]
+def frame(header: dict[str, Any], *payload: bytes) -> bytes:
+    head = orjson.dumps(header)
+    size = len(head) + sum(len(part) for part in payload)
+    return b"".join((_FRAME.pack(size + 4, len(head)), head, *payload))
 
 
-class ShadowMirror:
-    """The bounded queue of copies and the tasks that send and compare them."""
+def encode_copy(copy: ShadowCopy) -> bytes:
+    header = {
+        "d": copy.deployment,
+        "v": copy.variant,
+        "ver": copy.version,
+        "r": copy.replicas,
+        "m": copy.method.decode("latin-1"),
+        "u": copy.url.decode("latin-1"),
+        "h": copy.headers.decode("latin-1"),
+        "b": len(copy.body),
+        "ls": copy.live.status,
+        "lh": copy.live.headers.decode("latin-1"),
+        "lt": copy.live_seconds,
+    }
+    return frame(header, copy.body, copy.live.body)
 
-    def __init__(self, *, queue_size: int, concurrency: int, send: Send, metrics: GatewayMetrics) -> None:
-        self.queue: asyncio.Queue[ShadowCopy] = asyncio.Queue(queue_size)
-        self.concurrency = concurrency
-        self.send = send
-        self.metrics = metrics
-        self._tasks: list[asyncio.Task[None]] = []
 
-    def offer(self, copy: ShadowCopy) -> None:
-        """Queue a copy, or count it dropped; never waits."""
-        try:
-            self.queue.put_nowait(copy)
-        except asyncio.QueueFull:
-            variant = copy.variant
-            self.metrics.series(copy.deployment, variant.name, variant.version).shadow_dropped += 1
+def decode_copy(header: dict[str, Any], payload: bytes) -> ShadowCopy:
+    size = int(header["b"])
+    live = UpstreamResponse(int(header["ls"]), str(header["lh"]).encode("latin-1"), payload[size:])
+    return ShadowCopy(
+        str(header["d"]),
+        str(header["v"]),
+        str(header["ver"]),
+        [(str(host), int(port), str(version)) for host, port, version in header["r"]],
+        str(header["m"]).encode("latin-1"),
+        str(header["u"]).encode("latin-1"),
+        str(header["h"]).encode("latin-1"),
+        payload[:size],
+        live,
+        float(header["lt"]),
+    )
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._consume()) for _ in range(self.concurrency)]
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+class FrameReader:
+    """Splits a byte stream into (header, payload) frames."""
 
-    async def _consume(self) -> None:
-        while True:
-            copy = await self.queue.get()
-            try:
-                await self._mirror(copy)
-            except Exception:  # a bug here must not stop the consumer
-                log.exception("shadow comparison failed")
+    def __init__(self) -> None:
+        self._buffer = bytearray()
 
-    async def _mirror(self, copy: ShadowCopy) -> None:
-        started = time.perf_counter()
-        result, replica = await self.send(copy)
-        seconds = time.perf_counter() - started
-        variant = copy.variant
-        version = replica.version if replica is not None else variant.version
-        series = self.metrics.series(copy.deployment, variant.name, version)
-        if replica is None:
-            series.shadow_errors += 1
-            return
-        series.shadow_sent += 1
-        if isinstance(result, UpstreamError) or result.status != 200:
-            series.shadow_errors += 1
-            return
-        series.shadow_latency.observe(seconds)
-        series.shadow_live_latency.observe(copy.live_seconds)
-        try:
-            comparison = compare(decode_outputs(copy.live), decode_outputs(result))
-        except (WorkerError, ValueError, TypeError, KeyError) as exc:
-            log.debug("shadow answer of %s/%s not comparable: %s", copy.deployment, variant.name, exc)
-            series.shadow_errors += 1
-            return
-        series.compared(*comparison)
+    def feed(self, data: bytes) -> Iterator[tuple[dict[str, Any], bytes]]:
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        while len(buffer) - offset >= _FRAME.size:
+            size, head = _FRAME.unpack_from(buffer, offset)
+            if not head <= size - 4 < MAX_FRAME_BYTES:
+                raise ValueError(f"corrupt shadow frame ({size}, {head})")
+            end = offset + 4 + size
+            if len(buffer) < end:
+                break
+            start = offset + _FRAME.size
+            header = orjson.loads(bytes(buffer[start : start + head]))
+            yield header, bytes(buffer[start + head : end])
+            offset = end
+        del buffer[:offset]
 
 
 def decode_outputs(response: UpstreamResponse) -> dict[str, np.ndarray]:
@@ -164,12 +161,11 @@ def compare(live: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> tuple
             raise ValueError(f"output {name!r}: shadow shape {shape} != live {list(expected.shape)}")
         if expected.dtype.kind not in "biuf":
             continue  # strings: nothing numeric to compare
-        a, b = expected.astype(np.float64), got.astype(np.float64)
-        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-        if not np.isfinite(diff):
+        diff = float(np.abs(np.subtract(expected, got, dtype=np.float64)).max()) if expected.size else 0.0
+        if not math.isfinite(diff):
             raise ValueError(f"output {name!r}: the difference is not finite")
         diffs[name] = diff
-        if a.ndim == 2 and a.shape[1] > 1:
-            rows += a.shape[0]
-            equal += int(np.count_nonzero(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+        if expected.ndim == 2 and expected.shape[1] > 1:
+            rows += expected.shape[0]
+            equal += int(np.count_nonzero(expected.argmax(axis=1) == got.argmax(axis=1)))
     return diffs, rows, equal

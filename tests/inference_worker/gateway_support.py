@@ -105,10 +105,10 @@ def _read(process: Process) -> None:
     process.listening.set()
 
 
-def start(args: Sequence[str], env: dict[str, str] | None = None) -> Process:
-    """``python -m inference_worker <args>``, once it listens."""
+def start(args: Sequence[str], env: dict[str, str] | None = None, nice: int = 0) -> Process:
+    """``python -m inference_worker <args>``, once it listens (``nice``: its CPU priority, 0-19)."""
     popen = subprocess.Popen(
-        [sys.executable, "-m", "inference_worker", *args],
+        ["nice", "-n", str(nice), sys.executable, "-m", "inference_worker", *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -136,10 +136,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
 
 
 @contextmanager
-def worker(model: Path, name: str = "clf", version: str = "1") -> Iterator[Process]:
+def worker(model: Path, name: str = "clf", version: str = "1", nice: int = 0) -> Iterator[Process]:
     """A real worker serving ``model`` as ``name`` (one ONNX Runtime thread, no gRPC)."""
     args = ["serve", "--model-name", name, "--model-version", version, "--model-path", str(model)]
-    process = start([*args, "--http-port", "0", "--grpc-port", "-1", "--intra-op-threads", "1"])
+    process = start([*args, "--http-port", "0", "--grpc-port", "-1", "--intra-op-threads", "1"], nice=nice)
     try:
         wait_until(lambda: get(process.url, "/v2/health/ready")[0] == 200, timeout=60)
         yield process
@@ -194,7 +194,9 @@ def table(
                     "version": served,
                     "weight": weight,
                     "shadow_percent": shadow,
-                    "replicas": [{"id": i, "url": u, "grpc": "", "version": served} for i, u in enumerate(urls)],
+                    "replicas": [
+                        {"id": i, "url": u, "grpc": "", "version": served} for i, u in enumerate(urls)
+                    ],
                 }
             )
         out[deployment] = {"model": "clf-model", "variants": variants}
@@ -237,12 +239,16 @@ class Client:
         host, port = url.removeprefix("http://").split(":")
         self.connection = http.client.HTTPConnection(host, int(port), timeout=30)
 
-    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         self.connection.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
         response = self.connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
 
-    def infer(self, deployment: str, body: bytes, key: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    def infer(
+        self, deployment: str, body: bytes, key: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         return self.post(f"/v2/models/{deployment}/infer", body, {"X-Routing-Key": key} if key else None)
 
     def close(self) -> None:

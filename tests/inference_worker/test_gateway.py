@@ -138,7 +138,11 @@ def test_sticky_keys_keep_their_variant_and_a_90_10_to_80_20_change_moves_only_t
 
         def assign_all(order: list[str]) -> dict[str, str]:
             with ThreadPoolExecutor(4) as pool:
-                return {k: v for part in pool.map(assign, [order[i::4] for i in range(4)]) for k, v in part.items()}
+                return {
+                    k: v
+                    for part in pool.map(assign, [order[i::4] for i in range(4)])
+                    for k, v in part.items()
+                }
 
         first = assign_all(keys)
         assert assign_all(keys[::-1]) == first  # 1,000 more requests: every key kept its variant
@@ -259,7 +263,11 @@ def test_a_replica_answering_503_is_retried_on_another_once(workers: SimpleNames
             applied(gw.url, 2)
             with Client(gw.url) as client:  # nowhere else to go: the replica's 503 is the answer
                 status, headers, body = client.infer("fraud", BODY)
-            assert (status, headers["x-kiln-variant"], body) == (503, "a", b'{"error": "the worker is draining"}')
+            assert (status, headers["x-kiln-variant"], body) == (
+                503,
+                "a",
+                b'{"error": "the worker is draining"}',
+            )
     finally:
         server.shutdown()
         server.server_close()

@@ -27,15 +27,17 @@ def route(weights: dict[str, float], shadows: dict[str, float] | None = None, re
             "version": index + 1,
             "weight": weight,
             "shadow_percent": 0,
-            "replicas": [{"id": r, "url": f"http://127.0.0.1:{40000 + 10 * index + r}"} for r in range(replicas)],
+            "replicas": [
+                {"id": r, "url": f"http://127.0.0.1:{40000 + 10 * index + r}"} for r in range(replicas)
+            ],
         }
         for index, (name, weight) in enumerate(weights.items())
     ]
     for name, percent in (shadows or {}).items():
         variants.append({"name": name, "version": 9, "weight": 0, "shadow_percent": percent, "replicas": []})
-    return parse_table({"version": 1, "deployments": {"fraud": {"model": "m", "variants": variants}}}).deployments[
-        "fraud"
-    ]
+    return parse_table(
+        {"version": 1, "deployments": {"fraud": {"model": "m", "variants": variants}}}
+    ).deployments["fraud"]
 
 
 def keys(n: int) -> list[bytes]:
@@ -56,10 +58,31 @@ def test_the_platform_s_table_format_is_parsed_with_labels_and_arms() -> None:
                         "version": 3,
                         "weight": 90,
                         "shadow_percent": 0,
-                        "replicas": [{"id": 12, "url": "http://127.0.0.1:40123", "grpc": "127.0.0.1:40124", "version": 3}],
+                        "replicas": [
+                            {
+                                "id": 12,
+                                "url": "http://127.0.0.1:40123",
+                                "grpc": "127.0.0.1:40124",
+                                "version": 3,
+                            }
+                        ],
                     },
-                    {"name": "canary", "model_name": "fraud", "version": 4, "weight": 10, "shadow_percent": 0, "replicas": []},
-                    {"name": "next", "model_name": "fraud", "version": 5, "weight": 0, "shadow_percent": 25, "replicas": []},
+                    {
+                        "name": "canary",
+                        "model_name": "fraud",
+                        "version": 4,
+                        "weight": 10,
+                        "shadow_percent": 0,
+                        "replicas": [],
+                    },
+                    {
+                        "name": "next",
+                        "model_name": "fraud",
+                        "version": 5,
+                        "weight": 0,
+                        "shadow_percent": 25,
+                        "replicas": [],
+                    },
                 ],
             }
         },
@@ -81,10 +104,19 @@ def test_the_platform_s_table_format_is_parsed_with_labels_and_arms() -> None:
         ([], "must be an object"),
         ({"deployments": {"a b": {"variants": []}}}, "deployment name 'a b'"),
         ({"deployments": {"d": {"variants": [{"name": "x\r\nSet-Cookie: y", "weight": 1}]}}}, "variant name"),
-        ({"deployments": {"d": {"variants": [{"name": "x", "weight": -1}]}}}, "weight must be a non-negative"),
+        (
+            {"deployments": {"d": {"variants": [{"name": "x", "weight": -1}]}}},
+            "weight must be a non-negative",
+        ),
         ({"deployments": {"d": {"variants": [{"name": "x", "shadow_percent": 101}]}}}, "at most 100"),
-        ({"deployments": {"d": {"variants": [{"name": "x", "replicas": [{"url": "https://h:1"}]}]}}}, "http://"),
-        ({"deployments": {"d": {"variants": [{"name": "x", "replicas": [{"url": "http://h"}]}]}}}, "host:port"),
+        (
+            {"deployments": {"d": {"variants": [{"name": "x", "replicas": [{"url": "https://h:1"}]}]}}},
+            "http://",
+        ),
+        (
+            {"deployments": {"d": {"variants": [{"name": "x", "replicas": [{"url": "http://h"}]}]}}},
+            "host:port",
+        ),
         ({"deployments": {"d": {"variants": [{"name": "x"}, {"name": "x"}]}}}, "repeat"),
         ({"version": "7", "deployments": {}}, "'version' must be an integer"),
     ],
@@ -133,7 +165,8 @@ def test_a_new_arm_takes_keys_only_for_itself() -> None:
     after = route({"a": 50, "b": 50, "c": 25})
     for key in keys(5_000):
         old, new = choose_arm(before, key, Random(1)), choose_arm(after, key, Random(1))
-        assert new is not None and old is not None
+        assert new is not None
+        assert old is not None
         assert new.name in (old.name, "c")
 
 
