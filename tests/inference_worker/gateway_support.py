@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +176,7 @@ Arm = tuple[str, float, float, Sequence[Process | str]]
 
 def table(
     version: int,
-    deployments: dict[str, Sequence[Arm]],
+    deployments: Mapping[str, Sequence[Arm]],
     model_name: str = "clf",
     versions: dict[str, int] | None = None,
 ) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from tests.inference_worker.gateway_support import (
+    Arm,
     Client,
     applied,
     classifier,
@@ -278,7 +279,7 @@ def test_a_variant_without_a_reachable_replica_answers_503_with_a_message(worker
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens there
     with routing_key() as (key, redis), gateway(key) as gw:
-        deployments = {
+        deployments: dict[str, list[Arm]] = {
             "empty": [("a", 100, 0, [])],
             "gone": [("a", 100, 0, [closed])],
             "off": [("a", 0, 0, [workers.w1])],
@@ -319,3 +320,24 @@ def test_metrics_count_requests_answers_and_latency_per_deployment_variant_and_v
             assert metric(gw.url, "kiln_gateway_request_duration_seconds_count", **labels) == requests
         assert metric(gw.url, "kiln_gateway_responses_total", deployment="fraud", code="400") == 1
         assert metric(gw.url, "kiln_gateway_routing_table_version") == 1
+
+
+def test_a_replica_past_the_upstream_timeout_is_a_504_and_a_body_past_the_limit_a_413() -> None:
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)  # accepts in the kernel, never answers
+        silent = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        extra = ("--upstream-timeout-s", "0.5", "--max-body-bytes", "2048")
+        with routing_key() as (key, redis), gateway(key, *extra) as gw:
+            publish(redis, key, table(1, {"fraud": [("a", 100, 0, [silent])]}))
+            applied(gw.url, 1)
+            with Client(gw.url) as client:
+                started = time.monotonic()
+                status, headers, body = client.infer("fraud", BODY)
+                assert (status, headers["x-kiln-variant"]) == (504, "a")
+                assert orjson.loads(body) == {"error": f"{silent} did not answer within 0.5 s"}
+                assert time.monotonic() - started < 3
+            with Client(gw.url) as client:
+                status, _, body = client.infer("fraud", b" " * 4096)
+                assert status == 413
+                assert "exceeds the limit of 2048 bytes" in orjson.loads(body)["error"]

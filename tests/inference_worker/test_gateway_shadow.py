@@ -158,11 +158,11 @@ def test_a_shadow_at_100_percent_keeps_the_client_p50_within_10_percent(workers:
         offered = 100 + 12 * 60
 
         def accounted() -> tuple[float, float, float] | None:
-            counts = tuple(
+            done, dropped, errors = (
                 metric(gw.url, f"kiln_gateway_shadow_{name}_total", deployment="mirrored")
                 for name in ("compared", "dropped", "errors")
             )
-            return counts if sum(counts) == offered else None
+            return (done, dropped, errors) if done + dropped + errors == offered else None
 
         done, dropped, errors = wait_until(accounted, timeout=30)
         assert errors == 0
