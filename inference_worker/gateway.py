@@ -331,9 +331,9 @@ class _Call:
     def upstream_url(self, variant: Variant) -> bytes:
         """The request's URL with the deployment name replaced by the variant's model name."""
         target = self.target
-        if variant.model_name == target.name.decode("latin-1"):
+        if variant.model == target.name:
             return self.request.url
-        return target.prefix + variant.model_name.encode() + target.rest
+        return target.prefix + variant.model + target.rest
 
     def attempt(self) -> None:
         gateway = self.gateway

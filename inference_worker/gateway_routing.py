@@ -73,6 +73,8 @@ class Variant:
     """The arm's part of the rendezvous hash input."""
     labels: bytes = b""
     """Header lines for answers the gateway makes itself (no replica)."""
+    model: bytes = b""
+    """``model_name`` as it goes into an upstream URL."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +200,7 @@ def _variant(deployment: str, item: object) -> Variant:
     labels = b"X-Kiln-Variant: %s\r\nX-Kiln-Model-Version: %s\r\n" % (name.encode(), version.encode())
     replicas = tuple(_replica(name, version, r, where) for r in replicas_in)
     seed = name.encode() + b"\x00"
-    return Variant(name, model_name, version, weight, shadow, replicas, seed, labels)
+    return Variant(name, model_name, version, weight, shadow, replicas, seed, labels, model_name.encode())
 
 
 def _replica(variant: str, version: str, item: object, where: str) -> Replica:

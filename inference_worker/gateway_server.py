@@ -206,7 +206,9 @@ class GatewayConnection(asyncio.Protocol):
             self.reading = True
             self.request_started = time.monotonic()
         self.url += url
-        self._count_header(len(url))
+        self.header_bytes += len(url)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._count_header(0)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)

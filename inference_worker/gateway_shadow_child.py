@@ -10,9 +10,11 @@ over, so nothing queues here beyond that), sends each to the shadow replica
 with the fewest outstanding requests over the same pooled client as the
 gateway's, and compares the shadow answer with the live one.
 
-Every ``REPORT_S`` (when something changed) it writes back one frame: how many
-copies it has finished, and the cumulative shadow counters per (deployment,
-variant, version). It exits when the gateway closes its end (or dies).
+``REPORT_S`` after a copy finishes (one frame for all that finished by then)
+it writes back how many copies it has finished and the cumulative shadow
+counters of the (deployment, variant, version) that changed. Idle, it only
+wakes once a second to close idle connections. It exits when the gateway
+closes its end (or dies).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from inference_worker.gateway_shadow import (
 
 log = logging.getLogger("inference_worker.gateway.shadow")
 REPORT_S = 0.02
+SWEEP_S = 0.25
 
 
 class ShadowRunner(asyncio.Protocol):
@@ -64,6 +67,8 @@ class ShadowRunner(asyncio.Protocol):
         self._reader = FrameReader()
         self._replicas: dict[tuple[str, int, str], Replica] = {}
         self._closed = done
+        self._reporting = False
+        self._sweeping = False
 
     # -- the socket to the gateway -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,6 +83,7 @@ class ShadowRunner(asyncio.Protocol):
 
     def report(self) -> None:
         """Send what finished and the counters that changed since the last report."""
+        self._reporting = False
         if not self.changed or self.transport is None or self.transport.is_closing():
             return
         series = [[*key, shadow_state(self.metrics.series(*key))] for key in self.changed]
@@ -99,6 +105,9 @@ class ShadowRunner(asyncio.Protocol):
             return
         self.in_flight += 1
         started = time.perf_counter()
+        if not self._sweeping:
+            self._sweeping = True
+            self.upstreams.loop.call_later(SWEEP_S, self._sweep)
 
         def done(result: UpstreamResponse | UpstreamError) -> None:
             self.in_flight -= 1
@@ -115,6 +124,13 @@ class ShadowRunner(asyncio.Protocol):
         pool = self.upstreams.pool(replica.url, replica.host, replica.port)
         pool.request(head, copy.body, done, self.upstreams.loop.time() + self.upstreams.timeout_s)
 
+    def _sweep(self) -> None:
+        """Deadlines of copies in flight and idle connections; re-armed while connections are open."""
+        self.upstreams.sweep()
+        self._sweeping = bool(self.upstreams.pools)
+        if self._sweeping:
+            self.upstreams.loop.call_later(SWEEP_S if self.in_flight else 1.0, self._sweep)
+
     def _replica(self, host: str, port: int, version: str) -> Replica:
         key = (host, port, version)
         found = self._replicas.get(key)
@@ -128,6 +144,9 @@ class ShadowRunner(asyncio.Protocol):
         self.finished += 1
         key = (copy.deployment, copy.variant, version)
         self.changed.add(key)
+        if not self._reporting:
+            self._reporting = True
+            self.upstreams.loop.call_later(REPORT_S, self.report)
         series = self.metrics.series(*key)
         if result is None or isinstance(result, UpstreamError) or result.status != 200:
             series.shadow_errors += 1
@@ -150,14 +169,7 @@ async def run(sock: socket.socket, args: argparse.Namespace) -> None:
     closed = asyncio.Event()
     runner = ShadowRunner(upstreams, args.concurrency, closed)
     await loop.connect_accepted_socket(lambda: runner, sock)
-    sweep_at = loop.time()
-    while not closed.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closed.wait(), REPORT_S)
-        runner.report()
-        if loop.time() - sweep_at > 0.25:
-            upstreams.sweep()
-            sweep_at = loop.time()
+    await closed.wait()
     upstreams.close()
 
 
