@@ -27,9 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from random import Random
-from urllib.parse import unquote_to_bytes
 
 from inference_worker import __version__
 from inference_worker.config import ConfigError
@@ -39,12 +37,16 @@ from inference_worker.gateway_mirror import ShadowMirror
 from inference_worker.gateway_proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
 from inference_worker.gateway_routing import (
     EMPTY,
+    INFER,
+    READ,
     Replica,
     Route,
     RoutingTable,
+    Target,
     Variant,
     choose_arm,
     choose_replica,
+    parse_target,
     wants_shadow,
 )
 from inference_worker.gateway_server import (
@@ -81,9 +83,9 @@ class Gateway:
         self._registry = self.metrics.registry()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._upstreams: Upstreams | None = None
+        self.upstreams: Upstreams | None = None
         self._shadow: ShadowMirror | None = None
-        self._targets: dict[bytes, _Target] = {}
+        self._targets: dict[bytes, Target] = {}
         self._series_by_replica: dict[int, Series] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -96,8 +98,8 @@ class Gateway:
                 loop.add_signal_handler(signum, self.stop)
         c = self.config
         limits = PoolLimits(c.max_connections_per_replica, c.connect_timeout_s)
-        self._upstreams = Upstreams(limits, c.upstream_timeout_s, loop)
-        upstreams = self._upstreams
+        self.upstreams = Upstreams(limits, c.upstream_timeout_s, loop)
+        upstreams = self.upstreams
         self.metrics.outstanding = lambda: {u: float(p.outstanding) for u, p in upstreams.pools.items()}
         child_args = [
             "--upstream-timeout-s", str(c.upstream_timeout_s),
@@ -142,23 +144,23 @@ class Gateway:
         while self.server.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await self.server.close()
-        assert self._upstreams is not None  # noqa: S101 - serve() set it
-        self._upstreams.close()
+        assert self.upstreams is not None  # noqa: S101 - serve() set it
+        self.upstreams.close()
 
     async def _sweep(self) -> None:
-        assert self._upstreams is not None  # noqa: S101 - serve() set it
+        assert self.upstreams is not None  # noqa: S101 - serve() set it
         while True:
             await asyncio.sleep(_SWEEP_S)
-            self._upstreams.sweep()
+            self.upstreams.sweep()
 
     def apply(self, table: RoutingTable) -> None:
         """Swap in a new table whole; requests in flight keep the route they were given."""
         self.table = table
         self.routes = {name.encode(): route for name, route in table.deployments.items()}
         self.loaded = True
-        if self._upstreams is not None:
+        if self.upstreams is not None:
             urls = {r.url for route in table.deployments.values() for v in route.variants for r in v.replicas}
-            self._upstreams.keep_only(urls)
+            self.upstreams.keep_only(urls)
         self._series_by_replica = {
             id(replica): self.metrics.series(route.name, variant.name, replica.version)
             for route in table.deployments.values()
@@ -177,14 +179,17 @@ class Gateway:
         """Answer ``request`` through ``reply``, now or later; never raises."""
         target = self._targets.get(request.url)
         if target is None:
-            target = self._target(request.url)
+            target = parse_target(request.url)
             if target is None:
                 return self._gateway_route(request, reply)
+            if len(self._targets) >= _MAX_TARGETS:
+                self._targets.clear()
+            self._targets[request.url] = target
         method = request.method
-        if target.kind == _INFER:
+        if target.kind == INFER:
             if method != b"POST":
                 return reply(json_response(405, {"error": "method not allowed; use POST"}))
-        elif target.kind == _READ:
+        elif target.kind == READ:
             if method not in (b"GET", b"HEAD"):
                 return reply(json_response(405, {"error": "method not allowed; use GET"}))
             method = b"GET"
@@ -201,29 +206,6 @@ class Gateway:
             message = f"deployment {route.name!r} has no variant with traffic weight"
             return reply(json_response(503, {"error": message}))
         return _Call(self, request, reply, route, variant, method, target).attempt()
-
-    def _target(self, url: bytes) -> _Target | None:
-        """What a ``/v2/models/...`` or ``/v1/models/...`` URL names (memoized); None for other URLs."""
-        if not url.startswith((b"/v2/models/", b"/v1/models/")):
-            return None
-        prefix, rest = url[:11], url[11:]
-        if prefix == b"/v1/models/":
-            path = rest.partition(b"?")[0]
-            name = path[:-8] if path.endswith(b":predict") else path
-            kind = _INFER if len(name) != len(path) else _READ
-        else:
-            name = rest.partition(b"/")[0].partition(b"?")[0]
-            action = rest[len(name) :].partition(b"?")[0]
-            if action == b"/infer" or (action.startswith(b"/versions/") and action.endswith(b"/infer")):
-                kind = _INFER
-            else:
-                kind = _READ if action in (b"", b"/ready") or _version_route(action) else _INVALID
-        key = unquote_to_bytes(name) if b"%" in name else name
-        target = _Target(kind, key, prefix, name, rest[len(name) :])
-        if len(self._targets) >= _MAX_TARGETS:
-            self._targets.clear()
-        self._targets[url] = target
-        return target
 
     def _gateway_route(self, request: GatewayRequest, reply: Reply) -> None:
         path = request.url.partition(b"?")[0]
@@ -262,29 +244,8 @@ class Gateway:
                 self._shadow.offer(copy)
 
 
-_INFER, _READ, _INVALID = range(3)
 _MAX_TARGETS = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """A model URL taken apart: what it asks, the deployment, and the pieces to rewrite it."""
-
-    kind: int
-    key: bytes
-    """The deployment name, unquoted."""
-    prefix: bytes
-    name: bytes
-    """The deployment name as the URL spells it."""
-    rest: bytes
-
-
-def _version_route(action: bytes) -> bool:
-    """``/versions/{v}`` or ``/versions/{v}/ready``."""
-    parts = action.split(b"/")
-    return (
-        len(parts) in (3, 4) and parts[1] == b"versions" and parts[2] != b"" and parts[3:] in ([], [b"ready"])
-    )
+"""Distinct request URLs whose parse is remembered (the cache restarts when full)."""
 
 
 def _head(method: bytes, url: bytes, length: int, headers: bytes) -> bytes:
@@ -315,7 +276,7 @@ class _Call:
         route: Route,
         variant: Variant,
         method: bytes,
-        target: _Target,
+        target: Target,
     ) -> None:
         self.gateway = gateway
         self.request = request
@@ -337,7 +298,7 @@ class _Call:
 
     def attempt(self) -> None:
         gateway = self.gateway
-        upstreams = gateway._upstreams
+        upstreams = gateway.upstreams
         assert upstreams is not None  # noqa: S101 - requests arrive once serving
         replica = choose_replica(self.variant.replicas, upstreams.load, gateway.rng, self.tried)
         if replica is None:

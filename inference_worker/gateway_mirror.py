@@ -82,8 +82,8 @@ class ShadowMirror(asyncio.Protocol):
             self.metrics.series(copy.deployment, copy.variant, copy.version).shadow_dropped += 1
             return
         self.handed += 1
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if not self._outbox and self._loop is not None:
+            self._loop.call_soon(self._flush)
         self._outbox.append(encode_copy(copy))
 
     def _flush(self) -> None:

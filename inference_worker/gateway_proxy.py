@@ -303,7 +303,6 @@ class Upstreams:
         pool = self.pools.get(url)
         if pool is None:
             pool = self.pools[url] = ReplicaPool(host, port, self.limits, self.timeout_s, self.loop)
-        pool.retired = False
         return pool
 
     def load(self, url: str) -> float:
@@ -311,10 +310,12 @@ class Upstreams:
         return 0.0 if pool is None else pool.load(self.loop.time())
 
     def keep_only(self, urls: set[str]) -> None:
-        """Retire the pools of replicas no longer in the table."""
+        """Retire the pools of replicas no longer in the table (and revive those back in it)."""
         for url, pool in self.pools.items():
             if url not in urls:
                 pool.retire()
+            else:
+                pool.retired = False
 
     def sweep(self) -> None:
         now = self.loop.time()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _VERSION = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -147,6 +147,52 @@ def choose_replica(
             if rng.random() * ties < 1.0:
                 best = replica
     return best
+
+
+INFER, READ, INVALID = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A model URL taken apart: what it asks, the deployment, and the pieces to rewrite it."""
+
+    kind: int
+    """``INFER`` (POST only), ``READ`` (metadata or readiness: GET) or ``INVALID`` (404)."""
+    key: bytes
+    """The deployment name, unquoted."""
+    prefix: bytes
+    name: bytes
+    """The deployment name as the URL spells it."""
+    rest: bytes
+    """Everything after the name (action, query)."""
+
+
+def parse_target(url: bytes) -> Target | None:
+    """What a ``/v2/models/...`` or ``/v1/models/...`` URL names; None for any other URL."""
+    if not url.startswith((b"/v2/models/", b"/v1/models/")):
+        return None
+    prefix, rest = url[:11], url[11:]
+    if prefix == b"/v1/models/":
+        path = rest.partition(b"?")[0]
+        name = path[:-8] if path.endswith(b":predict") else path
+        kind = INFER if len(name) != len(path) else READ
+    else:
+        name = rest.partition(b"/")[0].partition(b"?")[0]
+        action = rest[len(name) :].partition(b"?")[0]
+        if action == b"/infer" or (action.startswith(b"/versions/") and action.endswith(b"/infer")):
+            kind = INFER
+        else:
+            kind = READ if action in (b"", b"/ready") or _version_route(action) else INVALID
+    key = unquote_to_bytes(name) if b"%" in name else name
+    return Target(kind, key, prefix, name, rest[len(name) :])
+
+
+def _version_route(action: bytes) -> bool:
+    """``/versions/{v}`` or ``/versions/{v}/ready``."""
+    parts = action.split(b"/")
+    return (
+        len(parts) in (3, 4) and parts[1] == b"versions" and parts[2] != b"" and parts[3:] in ([], [b"ready"])
+    )
 
 
 def wants_shadow(variant: Variant, rng: Random) -> bool:

@@ -341,3 +341,15 @@ def test_a_replica_past_the_upstream_timeout_is_a_504_and_a_body_past_the_limit_
                 status, _, body = client.infer("fraud", b" " * 4096)
                 assert status == 413
                 assert "exceeds the limit of 2048 bytes" in orjson.loads(body)["error"]
+
+
+def test_a_gateway_without_redis_stays_live_and_not_ready_and_stops_cleanly() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"redis://127.0.0.1:{probe.getsockname()[1]}/15"  # nothing listens there
+    with gateway("kiln-test:unreachable:routing", "--redis-url", nowhere) as gw:
+        assert get(gw.url, "/v2/health/live")[0] == 200
+        status, _, body = get(gw.url, "/v2/health/ready")
+        assert (status, orjson.loads(body)["ready"]) == (503, False)
+        wait_until(lambda: metric(gw.url, "kiln_gateway_routing_reloads_total", result="failed") >= 1)
+        assert "cannot read the routing table" in gw.log()

@@ -9,12 +9,16 @@ from typing import Any
 import pytest
 
 from inference_worker.gateway_routing import (
+    INFER,
+    INVALID,
+    READ,
     Replica,
     Route,
     TableError,
     choose_arm,
     choose_replica,
     parse_table,
+    parse_target,
     wants_shadow,
 )
 
@@ -195,3 +199,32 @@ def test_wants_shadow_copies_its_percentage() -> None:
     assert abs(share - 0.25) < 0.01
     full = route({"a": 100}, shadows={"s": 100}).shadows[0]
     assert all(wants_shadow(full, rng) for _ in range(1_000))
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "key", "rest"),
+    [
+        (b"/v2/models/fraud/infer", INFER, b"fraud", b"/infer"),
+        (b"/v2/models/fraud/versions/3/infer?x=1", INFER, b"fraud", b"/versions/3/infer?x=1"),
+        (b"/v1/models/fraud:predict", INFER, b"fraud", b":predict"),
+        (b"/v2/models/fraud", READ, b"fraud", b""),
+        (b"/v2/models/fraud/ready", READ, b"fraud", b"/ready"),
+        (b"/v2/models/fraud/versions/3/ready", READ, b"fraud", b"/versions/3/ready"),
+        (b"/v1/models/fraud", READ, b"fraud", b""),
+        (b"/v2/models/fr%61ud/infer", INFER, b"fraud", b"/infer"),
+        (b"/v2/models/fraud/explain", INVALID, b"fraud", b"/explain"),
+        (b"/v2/models/fraud/versions//infer/x", INVALID, b"fraud", b"/versions//infer/x"),
+    ],
+)
+def test_a_model_url_is_taken_apart_into_what_it_asks_and_the_deployment(
+    url: bytes, kind: int, key: bytes, rest: bytes
+) -> None:
+    target = parse_target(url)
+    assert target is not None
+    assert (target.kind, target.key, target.rest) == (kind, key, rest)
+    assert target.prefix + target.name + target.rest == url
+
+
+def test_other_urls_are_not_model_targets() -> None:
+    assert parse_target(b"/v2/health/ready") is None
+    assert parse_target(b"/metrics") is None

@@ -39,6 +39,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"\nKiln is running at {url}"))
         self.stdout.write(f"  log in: {login}")
         self.stdout.write(f"  API docs: {url}api/docs/   admin: {url}admin/   metrics: {url}metrics")
+        self.stdout.write(f"  gateway: {settings.KILN_GATEWAY_URL}/v2/models/<deployment>/infer")
         self.stdout.write(
             f"  database: {str(settings.DATABASES['default']['ENGINE']).rsplit('.', 1)[-1]}"
             f"  broker: {settings.CELERY_BROKER_URL}"
@@ -124,6 +125,20 @@ class Command(BaseCommand):
                 settings.CELERY_BEAT_SCHEDULE_FILENAME,
             ],
         }
+        commands["gateway"] = [
+            python,
+            "-m",
+            "inference_worker",
+            "gateway",
+            "--host",
+            settings.KILN_GATEWAY_HOST,
+            "--port",
+            str(settings.KILN_GATEWAY_PORT),
+            "--redis-url",
+            settings.REDIS_URL,
+            "--routing-key",
+            settings.KILN_ROUTING_KEY,
+        ]
         commands.update(getattr(settings, "KILN_RUNSTACK_EXTRA", {}))
         processes = {}
         for name, argv in commands.items():
