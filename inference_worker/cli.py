@@ -1,11 +1,12 @@
-"""Command line: ``inference-worker serve ...`` (also ``python -m inference_worker``).
+"""Command line: ``inference-worker serve|gateway ...`` (also ``python -m inference_worker``).
 
 Every ``serve`` option also comes from an environment variable named
 ``KILN_WORKER_`` + the flag in upper snake case (``--max-batch-size`` ->
 ``KILN_WORKER_MAX_BATCH_SIZE``); a flag beats the variable, the variable
 beats the default. ``KILN_WORKER_REPORT_TOKEN_FILE`` reads the token from a
 file (container secrets). Bad values exit with status 2 and one line naming
-the option.
+the option. The ``gateway`` subcommand's flags are in ``gateway_config`` (its
+variables start with ``KILN_GATEWAY_``).
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         shown = "" if option.default is None else f" [default: {option.default or 'none'}]"
         serve.add_argument(option.flag, dest=option.dest, help=f"{option.help}{shown} (env {option.env})")
-    commands.add_parser("gateway", help="the traffic-splitting gateway (not part of this release)")
+    from inference_worker import gateway_config
+
+    gateway = commands.add_parser("gateway", help="one address splitting traffic between deployment variants")
+    gateway_config.add_arguments(gateway)
     return parser
 
 
@@ -216,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``inference-worker`` and ``python -m inference_worker``."""
     args = build_parser().parse_args(argv)
     if args.command == "gateway":
-        print("inference-worker: error: the gateway is not part of this release yet", file=sys.stderr)
-        return 2
+        from inference_worker.gateway import main as gateway_main
+
+        return gateway_main(args)
     try:
         config, level = config_from_args(args)
         logging.basicConfig(

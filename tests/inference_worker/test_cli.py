@@ -166,11 +166,6 @@ def test_defaults_bind_localhost_and_batch_without_delay() -> None:
     assert level == "info"
 
 
-def test_the_gateway_subcommand_is_reserved(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["gateway"]) == 2
-    assert "not part of this release" in capsys.readouterr().err
-
-
 def test_a_matching_digest_serves(models: SimpleNamespace) -> None:
     digest = hashlib.sha256(models.mlp.read_bytes()).hexdigest()
     with running(make_config(models.mlp, sha256=digest)) as worker:
