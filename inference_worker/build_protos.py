@@ -39,7 +39,7 @@ class ProtoBuildError(RuntimeError):
 def generate(target: Path = GENERATED_DIR) -> list[Path]:
     """Run protoc on the worker's .proto; write the modules into ``target`` atomically."""
     try:
-        import grpc_tools  # type: ignore[import-untyped]
+        import grpc_tools
         from grpc_tools import protoc
     except ImportError:
         raise ProtoBuildError(
