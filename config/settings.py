@@ -101,6 +101,8 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 DATABASES = {"default": database_from_url(DATABASE_URL, base_dir=BASE_DIR)}
+if "CONN_MAX_AGE" in DATABASES["default"]:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("KILN_DB_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["ENGINE"] = str(DATABASES["default"]["ENGINE"]).replace(
     "django.db.backends.", "django_prometheus.db.backends."
 )

@@ -382,6 +382,19 @@ def platform(
     beat.stop()
     celery_worker.stop()
     _stop_workers_of(instance)
+    _close_other_sessions()
+
+
+def _close_other_sessions() -> None:
+    """End idle sessions the live server's request threads left open (they would block dropping the test
+    database); Django reconnects on the next request (CONN_HEALTH_CHECKS)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
+        )
 
 
 def _stop_workers_of(instance: str) -> None:

@@ -11,12 +11,18 @@ from tests.e2e.browser import CHROMIUM, FLAGS, Shots
 
 
 @pytest.fixture
-def browser_page(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Shots]]:
+def browser_page(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Any, Shots]]:
     if not CHROMIUM.exists():
         pytest.skip(
             "Debian's chromium is not installed (apt-get install chromium; .ci/setup.d/browser.sh does it)"
         )
     from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still
+    # synchronous, which Django allows with this documented switch.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
