@@ -28,3 +28,9 @@ class WorkerAuthError(PlatformError):
 
     http_status = 401
     default_code = "not_authenticated"
+
+
+class ImageBuildError(PlatformError):
+    """A worker image could not be built; the message says which stage failed, the build log the rest."""
+
+    default_code = "image_build_failed"
