@@ -15,7 +15,6 @@ from django.core.exceptions import ImproperlyConfigured
 from config.env import (
     database_from_url,
     env_bool,
-    env_choice,
     env_float,
     env_int,
     env_list,
@@ -260,7 +259,12 @@ CELERY_BEAT_SCHEDULE["downsample-reports"] = {"task": "deployments.downsample_re
 
 # The docker backend: containers on the engine named by DOCKER_HOST (read by the docker SDK),
 # and the worker images the platform builds for them (one per model version and flavour).
-KILN_DOCKER_NETWORK = env_choice("KILN_DOCKER_NETWORK", "host", ("host", "bridge"))
+# "host", "bridge" (the engine's default bridge) or the name of a user-defined network (e.g. the
+# compose stack's): every network but host publishes the worker's ports.
+KILN_DOCKER_NETWORK = env_str("KILN_DOCKER_NETWORK", "host").strip()
+if KILN_DOCKER_NETWORK == "none" or not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", KILN_DOCKER_NETWORK):
+    msg = f"KILN_DOCKER_NETWORK={KILN_DOCKER_NETWORK!r}: use host, bridge or the name of a Docker network"
+    raise ImproperlyConfigured(msg)
 KILN_DOCKER_BIND_HOST = env_str("KILN_DOCKER_BIND_HOST", "127.0.0.1")
 KILN_DOCKER_PUBLIC_URL = env_str("KILN_DOCKER_PUBLIC_URL", "").rstrip("/")
 KILN_DOCKER_MEMORY_LIMIT = env_str("KILN_DOCKER_MEMORY_LIMIT", "4g").strip().lower()

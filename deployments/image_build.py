@@ -45,6 +45,7 @@ PYTHON_VERSION = "3.11"  # the wheels' target; the Dockerfiles check that the ba
 _SKIPPED_DIRS = {"_generated", "build", "dist", "__pycache__"}
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 _STEP = re.compile(r"^Step (\d+)/(\d+) :")
+KEEP_WHEELHOUSES = 3  # per flavour: the current worker code and two before it
 
 Log = Callable[[str], None]
 
@@ -93,8 +94,9 @@ def worker_source_files() -> list[Path]:
 def worker_code_hash(flavour: str) -> str:
     """sha256 of the worker sources, the flavour's Dockerfile and pinned requirements (once per process)."""
     digest = hashlib.sha256(f"kiln-worker-image/1 {flavour} python{PYTHON_VERSION}\n".encode())
-    for path in [*worker_source_files(), DOCKERFILES[flavour]]:
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    named = [(f"inference_worker/{p.relative_to(WORKER_DIR)}", p) for p in worker_source_files()]
+    for name, path in [*named, (f"platform/{DOCKERFILES[flavour].name}", DOCKERFILES[flavour])]:
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update("\n".join(worker_requirements(flavour)).encode())
     return digest.hexdigest()
 
@@ -161,7 +163,19 @@ def prepare_wheelhouse(*, flavour: str, root: Path, arch: str, log: Log, timeout
         finally:
             shutil.rmtree(work, ignore_errors=True)
     log(f"wheelhouse {target} is ready")
+    _prune_wheelhouses(root, f"{flavour}-{platform_arch}-", keep=KEEP_WHEELHOUSES)
     return target
+
+
+def _prune_wheelhouses(root: Path, prefix: str, *, keep: int) -> None:
+    """Drop all but the newest ``keep`` wheelhouses of a flavour (older worker code)."""
+    found = sorted(
+        (p for p in root.glob(f"{prefix}*") if p.is_dir() and (p / ".complete").exists()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in found[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _make_wheelhouse(flavour: str, work: Path, arch: str, log: Log, timeout_s: float) -> None:

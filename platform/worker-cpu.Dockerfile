@@ -11,6 +11,8 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# Marks the stage's image, which the engine keeps as build cache: docker image prune --filter label=kiln.stage=build
+LABEL kiln.stage=build
 COPY wheelhouse/ /tmp/wheelhouse/
 RUN python3 -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "BASE_IMAGE must provide Python 3.11 (the wheelhouse targets it), found " + sys.version)' \
  && python3 -m venv /opt/kiln/venv \

@@ -7,10 +7,11 @@ Networking follows ``KILN_DOCKER_NETWORK``:
 - ``host``: the worker binds ``KILN_DOCKER_BIND_HOST`` (127.0.0.1) on free ports, as a process
   worker does, and reports to ``KILN_PUBLIC_URL``. The ports are chosen on this machine, so this
   mode is for an engine on the same machine.
-- ``bridge``: the worker binds 0.0.0.0:8080/8081 in its own network namespace; the engine publishes
-  them on ``KILN_DOCKER_BIND_HOST`` at ports it picks, read back after the start; reports go to
-  ``KILN_DOCKER_PUBLIC_URL``, by default ``KILN_PUBLIC_URL`` with a loopback host replaced by
-  ``host.docker.internal`` (mapped to the engine's gateway).
+- ``bridge`` or a user-defined network's name: the worker binds 0.0.0.0:8080/8081 in its own
+  network namespace; the engine publishes them on ``KILN_DOCKER_BIND_HOST`` at ports it picks,
+  read back after the start; reports go to ``KILN_DOCKER_PUBLIC_URL``, by default
+  ``KILN_PUBLIC_URL`` with a loopback host replaced by ``host.docker.internal``, which the
+  container resolves to its network's gateway (the engine's host).
 
 The engine's restart policy stays ``no`` by default: the reconcile loop sees a dead container as it
 sees a dead process and replaces it, counting restarts. ``stop`` keeps the container's last log lines
@@ -101,8 +102,9 @@ def container_name(worker_id: int) -> str:
     return f"{instance}-worker-{worker_id}"
 
 
-def report_url_for_containers(url: str) -> str:
-    """The report URL as a bridged container must call it (a loopback host means the engine's host)."""
+def report_url_for_containers(url: str, *, bridge: bool = True) -> str:
+    """The report URL as a container calls it: ``KILN_DOCKER_PUBLIC_URL`` when set; else, on a bridge,
+    a loopback host becomes the engine's host (``host.docker.internal``)."""
     if settings.KILN_DOCKER_PUBLIC_URL:
         public = urlsplit(settings.KILN_DOCKER_PUBLIC_URL)
         parts = urlsplit(url)
@@ -110,7 +112,7 @@ def report_url_for_containers(url: str) -> str:
             (public.scheme, public.netloc, public.path.rstrip("/") + parts.path, parts.query, "")
         )
     parts = urlsplit(url)
-    if parts.hostname in _LOOPBACK:
+    if bridge and parts.hostname in _LOOPBACK:
         netloc = "host.docker.internal" + (f":{parts.port}" if parts.port else "")
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return url
@@ -159,7 +161,7 @@ class DockerBackend:
         if not spec.image:
             raise BackendError("the variant has no worker image yet", code="no_image")
         client = engine()
-        bridge = settings.KILN_DOCKER_NETWORK == "bridge"
+        bridge = settings.KILN_DOCKER_NETWORK != "host"
         publish_host = settings.KILN_DOCKER_BIND_HOST
         if bridge:
             bind, http_port, grpc_port = "0.0.0.0", CONTAINER_HTTP_PORT, CONTAINER_GRPC_PORT  # noqa: S104
@@ -170,8 +172,8 @@ class DockerBackend:
         )
         if spec.gpu_ids:
             args[args.index("--device") + 1] = "cuda:0"  # the engine numbers the granted GPUs from 0
-        if bridge:
-            args[args.index("--report-url") + 1] = report_url_for_containers(spec.report_url)
+        report_at = args.index("--report-url") + 1
+        args[report_at] = report_url_for_containers(spec.report_url, bridge=bridge)
         options: dict[str, Any] = {
             "command": args,
             "name": container_name(spec.worker_id),
@@ -196,7 +198,7 @@ class DockerBackend:
                 f"{CONTAINER_HTTP_PORT}/tcp": (publish_host, None),
                 f"{CONTAINER_GRPC_PORT}/tcp": (publish_host, None),
             }
-            options["extra_hosts"] = {"host.docker.internal": "host-gateway"}
+            options["extra_hosts"] = {"host.docker.internal": _gateway(client, settings.KILN_DOCKER_NETWORK)}
         if settings.KILN_DOCKER_MEMORY_LIMIT:
             options["mem_limit"] = settings.KILN_DOCKER_MEMORY_LIMIT
         if settings.KILN_DOCKER_CPUS:
@@ -313,6 +315,18 @@ class DockerBackend:
                         f"at {datetime.now().astimezone():%F %T}\n"
                     )
             container.remove(force=True)
+
+
+def _gateway(client: docker.DockerClient, network: str) -> str:
+    """The host's address on ``network`` (what ``host.docker.internal`` should mean in its containers)."""
+    try:
+        configs = client.api.inspect_network(network).get("IPAM", {}).get("Config") or []
+    except docker.errors.NotFound as exc:
+        raise BackendError(f"the Docker network {network!r} (KILN_DOCKER_NETWORK) does not exist") from exc
+    except _ENGINE_ERRORS as exc:
+        raise unavailable(exc) from exc
+    gateways = [str(c["Gateway"]) for c in configs if c.get("Gateway") and ":" not in str(c["Gateway"])]
+    return gateways[0] if gateways else "host-gateway"
 
 
 def _published(container: Any, port: int) -> int:

@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 BASE_IMAGE = os.environ.get("KILN_DOCKER_BASE_IMAGE", "kiln/python-base:bookworm")
 TEST_REPOSITORY = "kiln-test-worker"
+TEST_NETWORK = "kiln-test-bridge"
 INSTANCE_PREFIX = f"kiln-test-{os.getpid()}-"
 NAME = "cnn-docker"
 
@@ -67,6 +68,8 @@ def docker_engine() -> Iterator[docker.DockerClient]:
     yield client
     for image in _test_images(client):
         client.images.remove(image.id, force=True)
+    for network in client.networks.list(names=[TEST_NETWORK]):
+        network.remove()
     client.close()
 
 
@@ -89,6 +92,18 @@ def docker_settings(
     yield
     for container in _our_containers(docker_engine):
         container.remove(force=True)
+
+
+@pytest.fixture
+def bridge_network(
+    docker_engine: docker.DockerClient, docker_settings: None, celery_worker: CeleryWorker, settings: Any
+) -> str:
+    """A user-defined bridge network for the workers (our engines run without the default bridge)."""
+    if not docker_engine.networks.list(names=[TEST_NETWORK]):
+        docker_engine.networks.create(TEST_NETWORK, driver="bridge")
+    settings.KILN_DOCKER_NETWORK = TEST_NETWORK
+    celery_worker.env["KILN_DOCKER_NETWORK"] = TEST_NETWORK
+    return TEST_NETWORK
 
 
 @pytest.fixture
@@ -153,6 +168,12 @@ def test_a_version_is_built_into_an_image_whose_containers_serve_http_and_grpc_r
     )
     assert building["tag"].startswith(f"{TEST_REPOSITORY}/cnn:v1-cpu-")
     assert building["in_use"] is None
+    waiting = owner_api.get(f"/api/v1/deployments/{NAME}/").json()
+    assert waiting["variants"][0]["workers"] == []  # no container before its image is ready
+    assert (waiting["status"], waiting["status_reason"]) == (
+        "deploying",
+        f"variant primary: building the worker image {building['tag']}",
+    )
     workers = ready_workers(owner_api, 2, version=1, timeout=420)
 
     image = variant_of(owner_api)["image"]
@@ -222,6 +243,46 @@ def test_a_version_is_built_into_an_image_whose_containers_serve_http_and_grpc_r
     logs = owner_api.get(f"/api/v1/deployments/{NAME}/workers/{victim.pk}/logs/").json()["lines"]
     assert any("ready: model" in line for line in logs)
     np.testing.assert_allclose(infer(replacement.http_url, NAME, batch), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_on_a_bridge_network_the_engine_publishes_the_ports_and_reports_go_to_the_engines_host(
+    bridge_network: str,
+    docker_platform: Platform,
+    docker_engine: docker.DockerClient,
+    owner: User,
+    owner_api: APIClient,
+    tmp_path: Path,
+) -> None:
+    version = stored_version(owner, tmp_path)
+    deploy(owner_api, 1, replicas=1)
+
+    (worker,) = ready_workers(owner_api, 1, version=1, timeout=420)
+
+    (container,) = _our_containers(docker_engine)
+    gateway = docker_engine.networks.get(bridge_network).attrs["IPAM"]["Config"][0]["Gateway"]
+    published = container.attrs["NetworkSettings"]["Ports"]
+    assert container.attrs["HostConfig"]["NetworkMode"] == bridge_network
+    assert worker["http_url"] == f"http://127.0.0.1:{published['8080/tcp'][0]['HostPort']}"
+    assert worker["grpc_target"] == f"127.0.0.1:{published['8081/tcp'][0]['HostPort']}"
+    args = container.attrs["Args"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    port = docker_platform.url.rsplit(":", 1)[1]
+    assert args[args.index("--report-url") + 1] == (
+        f"http://host.docker.internal:{port}/api/v1/workers/{worker['id']}/reports/"
+    )
+    assert container.attrs["HostConfig"]["ExtraHosts"] == [f"host.docker.internal:{gateway}"]
+    batch = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    expected = ort.InferenceSession(str(storage.resolve(version.onnx_path))).run(None, {"image": batch})[0]
+    np.testing.assert_allclose(infer(worker["http_url"], NAME, batch), expected, rtol=1e-5, atol=1e-5)
+    grpc_client = triton_grpc.InferenceServerClient(worker["grpc_target"])
+    assert grpc_client.is_model_ready(NAME)
+    grpc_client.close()
+
+    assert owner_api.delete(f"/api/v1/deployments/{NAME}/").status_code == 204
+    assert _our_containers(docker_engine) == []
 
 
 class Client(threading.Thread):
