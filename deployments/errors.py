@@ -23,6 +23,12 @@ class DuplicateDeploymentError(ConflictError):
     default_code = "duplicate"
 
 
+class DeploymentBusyError(ConflictError):
+    """A reconcile pass held the deployment for too long to change it now."""
+
+    default_code = "busy"
+
+
 class WorkerAuthError(PlatformError):
     """A report came with a missing or wrong worker token."""
 

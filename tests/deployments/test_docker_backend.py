@@ -8,8 +8,10 @@ local Python base image); without one these tests skip. One real image build hap
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -244,6 +246,18 @@ def test_a_version_is_built_into_an_image_whose_containers_serve_http_and_grpc_r
     assert any("ready: model" in line for line in logs)
     np.testing.assert_allclose(infer(replacement.http_url, NAME, batch), expected, rtol=1e-5, atol=1e-5)
 
+    # An image removed from the engine behind the platform's back is built again when a replica needs it.
+    docker_engine.images.remove(image["tag"], force=True)
+    scaled = owner_api.post(
+        f"/api/v1/deployments/{NAME}/variants/primary/scale/", {"replicas": 3}, format="json"
+    )
+    assert scaled.status_code == 202
+    ready_workers(owner_api, 3, version=1, timeout=240)
+    assert docker_engine.images.get(image["tag"]).labels["kiln.model.sha256"] == version.onnx_sha256
+    refused = Worker.objects.get(state="stopped", last_error__contains="is not on the engine")
+    assert refused.handle == ""
+    assert WorkerImage.objects.get().status == "ready"
+
 
 @pytest.mark.docker
 @pytest.mark.slow
@@ -354,15 +368,19 @@ def test_a_rolling_update_fails_no_request_a_redeploy_reuses_the_image_and_a_sto
 
     client = Client(docker_platform.url, create_api_token(user=owner), batch)
     client.start()
-    wait_for(lambda: client.versions.get("1", 0) >= 20, timeout=30, message="requests served by v1")
-    rolled = owner_api.put(
-        f"/api/v1/deployments/{NAME}/variants/primary/version/", {"version": 2}, format="json"
-    )
-    assert rolled.status_code == 202, rolled.content
-    new = ready_workers(owner_api, 2, version=2, timeout=300)
-    wait_for(lambda: len(_our_containers(docker_engine)) == 2, timeout=60, message="old containers removed")
-    wait_for(lambda: client.versions.get("2", 0) >= 20, timeout=30, message="requests served by v2")
-    client.stop()
+    try:
+        wait_for(lambda: client.versions.get("1", 0) >= 20, timeout=30, message="requests served by v1")
+        rolled = owner_api.put(
+            f"/api/v1/deployments/{NAME}/variants/primary/version/", {"version": 2}, format="json"
+        )
+        assert rolled.status_code == 202, rolled.content
+        new = ready_workers(owner_api, 2, version=2, timeout=300)
+        wait_for(
+            lambda: len(_our_containers(docker_engine)) == 2, timeout=60, message="old containers removed"
+        )
+        wait_for(lambda: client.versions.get("2", 0) >= 20, timeout=30, message="requests served by v2")
+    finally:
+        client.stop()
 
     assert client.failures == []
     assert client.versions["1"] >= 20
@@ -441,3 +459,49 @@ def test_a_docker_variant_is_refused_with_a_clear_message_when_no_engine_answers
         f"variants[0].backend: no Docker engine answers at unix://{tmp_path}/no-engine.sock"
     )
     assert "DOCKER_HOST" in message
+
+
+@pytest.mark.docker
+def test_the_backend_finds_its_own_containers_and_stopping_one_keeps_its_logs_and_removes_it(
+    docker_engine: docker.DockerClient, settings: Any, tmp_path: Path
+) -> None:
+    from deployments.backends.docker import DockerBackend
+
+    settings.KILN_INSTANCE_ID = f"{INSTANCE_PREFIX}{time.monotonic_ns()}"
+    settings.VAR_DIR = tmp_path
+    ours = docker_engine.containers.run(
+        BASE_IMAGE,
+        ["python3", "-c", "import time; print('serving', flush=True); time.sleep(600)"],
+        detach=True,
+        network_mode="none",
+        labels={"kiln.instance": settings.KILN_INSTANCE_ID, "kiln.worker": "41"},
+    )
+    other = docker_engine.containers.run(
+        BASE_IMAGE,
+        ["sleep", "600"],
+        detach=True,
+        network_mode="none",
+        labels={"kiln.instance": "another-platform"},
+    )
+    try:
+        backend = DockerBackend()
+        wait_for(lambda: "serving" in backend.logs(ours.id, log_path="", tail=5), timeout=20)
+
+        found = backend.managed_handles(min_age_s=0)
+        too_young = backend.managed_handles(min_age_s=3600)
+        backend.stop(ours.id, grace_s=1)
+
+        assert found == [ours.id]
+        assert too_young == []
+        assert backend.status(ours.id).running is False
+        assert backend.status(ours.id).detail == "the container is gone"
+        saved = (tmp_path / "workers" / "worker-41.log").read_text()
+        assert saved.startswith("serving\n")
+        assert "ended with code 137" in saved  # PID 1 without a SIGTERM handler ignores it: killed after 1 s
+        assert backend.logs(ours.id, log_path=str(tmp_path / "workers" / "worker-41.log"), tail=5).startswith(
+            "serving"
+        )
+    finally:
+        for container in (ours, other):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
