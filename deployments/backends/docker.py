@@ -167,6 +167,44 @@ class DockerBackend:
             bind, http_port, grpc_port = "0.0.0.0", CONTAINER_HTTP_PORT, CONTAINER_GRPC_PORT  # noqa: S104
         else:
             bind, http_port, grpc_port = publish_host, free_port(publish_host), free_port(publish_host)
+        options = self.container_options(client, spec, bind=bind, http_port=http_port, grpc_port=grpc_port)
+        try:
+            self._remove_leftover(client, options["name"])
+            container = client.containers.create(spec.image, **options)
+        except docker.errors.ImageNotFound as exc:
+            raise BackendError(
+                f"the worker image {spec.image} is not on the engine: {_short(exc)}", code="image_missing"
+            ) from exc
+        except _ENGINE_ERRORS as exc:
+            raise BackendError(f"could not create the worker container: {_short(exc)}") from exc
+        try:
+            container.start()
+            if bridge:
+                container.reload()
+                http_port = _published(container, CONTAINER_HTTP_PORT)
+                grpc_port = _published(container, CONTAINER_GRPC_PORT)
+        except (BackendError, *_ENGINE_ERRORS) as exc:
+            self._save_logs_and_remove(container)
+            raise BackendError(f"could not start the worker container: {_short(exc)}") from exc
+        return WorkerHandle(
+            handle=str(container.id),
+            http_url=f"http://{publish_host}:{http_port}",
+            grpc_target=f"{publish_host}:{grpc_port}",
+            log_path=str(self.log_dir / f"worker-{spec.worker_id}.log"),
+        )
+
+    def container_options(
+        self,
+        client: docker.DockerClient | None,
+        spec: WorkerSpec,
+        *,
+        bind: str,
+        http_port: int,
+        grpc_port: int,
+    ) -> dict[str, Any]:
+        """``containers.create`` arguments: command, labels, environment, network, limits, GPUs (without
+        ``client``, no engine is asked: a bridge's gateway stays ``host-gateway``)."""
+        bridge = settings.KILN_DOCKER_NETWORK != "host"
         args = spec.worker_args(
             host=bind, http_port=http_port, grpc_port=grpc_port, model_path=MODEL_PATH_IN_IMAGE
         )
@@ -194,11 +232,13 @@ class DockerBackend:
             ),
         }
         if bridge:
+            publish_host = settings.KILN_DOCKER_BIND_HOST
             options["ports"] = {
                 f"{CONTAINER_HTTP_PORT}/tcp": (publish_host, None),
                 f"{CONTAINER_GRPC_PORT}/tcp": (publish_host, None),
             }
-            options["extra_hosts"] = {"host.docker.internal": _gateway(client, settings.KILN_DOCKER_NETWORK)}
+            gateway = _gateway(client, settings.KILN_DOCKER_NETWORK) if client else "host-gateway"
+            options["extra_hosts"] = {"host.docker.internal": gateway}
         if settings.KILN_DOCKER_MEMORY_LIMIT:
             options["mem_limit"] = settings.KILN_DOCKER_MEMORY_LIMIT
         if settings.KILN_DOCKER_CPUS:
@@ -207,30 +247,7 @@ class DockerBackend:
             options["device_requests"] = [
                 DeviceRequest(device_ids=[str(i) for i in spec.gpu_ids], capabilities=[["gpu"]])
             ]
-        try:
-            self._remove_leftover(client, options["name"])
-            container = client.containers.create(spec.image, **options)
-        except docker.errors.ImageNotFound as exc:
-            raise BackendError(
-                f"the worker image {spec.image} is not on the engine: {_short(exc)}", code="image_missing"
-            ) from exc
-        except _ENGINE_ERRORS as exc:
-            raise BackendError(f"could not create the worker container: {_short(exc)}") from exc
-        try:
-            container.start()
-            if bridge:
-                container.reload()
-                http_port = _published(container, CONTAINER_HTTP_PORT)
-                grpc_port = _published(container, CONTAINER_GRPC_PORT)
-        except (BackendError, *_ENGINE_ERRORS) as exc:
-            self._save_logs_and_remove(container)
-            raise BackendError(f"could not start the worker container: {_short(exc)}") from exc
-        return WorkerHandle(
-            handle=str(container.id),
-            http_url=f"http://{publish_host}:{http_port}",
-            grpc_target=f"{publish_host}:{grpc_port}",
-            log_path=str(self.log_dir / f"worker-{spec.worker_id}.log"),
-        )
+        return options
 
     def status(self, handle: str) -> BackendStatus:
         try:

@@ -177,3 +177,58 @@ def test_bad_docker_settings_stop_the_start_with_the_variable_named(
 
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_a_gpu_worker_asks_the_engine_for_its_gpus_with_the_limits_and_runs_on_the_first_it_gets(
+    settings: Any, tmp_path: Path
+) -> None:
+    from deployments.backends.base import WorkerSpec
+    from deployments.backends.docker import DockerBackend
+
+    settings.KILN_DOCKER_NETWORK = "host"
+    settings.KILN_DOCKER_MEMORY_LIMIT = "2g"
+    settings.KILN_DOCKER_CPUS = 1.5
+    settings.KILN_DOCKER_RESTART_POLICY = "on-failure:2"
+    settings.KILN_INSTANCE_ID = "kiln-a"
+    spec = WorkerSpec(
+        worker_id=12,
+        deployment="cnn-prod",
+        variant="primary",
+        model_name="cnn-prod",
+        model_version=3,
+        onnx_path=tmp_path / "m.onnx",
+        onnx_sha256="ab" * 32,
+        gpu_ids=(2, 3),
+        max_batch_size=8,
+        max_queue_delay_ms=1.0,
+        preferred_batch_sizes=(4, 8),
+        max_queue_size=64,
+        request_timeout_ms=1000.0,
+        instances=1,
+        report_url="http://127.0.0.1:8000/api/v1/workers/12/reports/",
+        report_token="secret-token",
+        report_interval_s=5.0,
+        image="kiln-worker/cnn:v3-gpu-0123456789ab",
+    )
+
+    options = DockerBackend().container_options(None, spec, bind="127.0.0.1", http_port=4001, grpc_port=4002)
+
+    (request,) = options["device_requests"]
+    args = options["command"]
+    assert (request["DeviceIDs"], request["Capabilities"]) == (["2", "3"], [["gpu"]])
+    assert args[args.index("--device") + 1] == "cuda:0"
+    assert args[args.index("--model-path") + 1] == "/opt/kiln/model/model.onnx"
+    assert args[args.index("--report-url") + 1] == spec.report_url
+    assert "secret-token" not in args
+    assert options["environment"]["KILN_WORKER_REPORT_TOKEN"] == "secret-token"
+    assert (options["mem_limit"], options["nano_cpus"]) == ("2g", 1_500_000_000)
+    assert options["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    assert options["network_mode"] == "host"
+    assert options["name"] == "kiln-a-worker-12"
+    assert options["labels"] == {
+        "kiln.instance": "kiln-a",
+        "kiln.worker": "12",
+        "kiln.deployment": "cnn-prod",
+        "kiln.variant": "primary",
+        "kiln.version": "3",
+    }
