@@ -7,6 +7,7 @@ always granted.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,15 +19,20 @@ def _key(name: str) -> int:
 
 
 @contextmanager
-def advisory_lock(name: str) -> Iterator[bool]:
-    """Try to take the lock ``name`` without waiting; yields whether it was taken."""
+def advisory_lock(name: str, *, wait_s: float = 0.0) -> Iterator[bool]:
+    """Try to take the lock ``name``, for up to ``wait_s`` seconds; yields whether it was taken."""
     if connection.vendor != "postgresql":
         yield True
         return
     key = _key(name)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        taken = bool(cursor.fetchone()[0])
+    deadline = time.monotonic() + wait_s
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            taken = bool(cursor.fetchone()[0])
+        if taken or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     try:
         yield taken
     finally:

@@ -6,6 +6,7 @@ production-only: environment variables decide.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import django_stubs_ext
@@ -195,7 +196,10 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("KILN_CELERY_QUEUE", "kiln")
 # Long jobs (conversion, image builds) get their own queue so they never starve the
 # short periodic ones (reconcile, sweeps); `make run` starts one worker per queue.
 KILN_CELERY_LONG_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.long"
-CELERY_TASK_ROUTES = {"registry.convert_version": {"queue": KILN_CELERY_LONG_QUEUE}}
+CELERY_TASK_ROUTES = {
+    "registry.convert_version": {"queue": KILN_CELERY_LONG_QUEUE},
+    "deployments.build_worker_image": {"queue": KILN_CELERY_LONG_QUEUE},
+}
 # Above the longest task's hard limit, so Redis never redelivers a task that still runs.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("KILN_CELERY_VISIBILITY_TIMEOUT_S", 3600, minimum=60)
@@ -265,3 +269,36 @@ CELERY_BEAT_SCHEDULE["advance-rollouts"] = {
 # The default service-level objective the dashboard and alerts flag.
 KILN_SLO_ERROR_RATE = env_float("KILN_SLO_ERROR_RATE", 0.01, minimum=0.0, maximum=1.0)
 KILN_SLO_P99_MS = env_float("KILN_SLO_P99_MS", 500.0, minimum=0.1)
+
+# The docker backend: containers on the engine named by DOCKER_HOST (read by the docker SDK),
+# and the worker images the platform builds for them (one per model version and flavour).
+# "host", "bridge" (the engine's default bridge) or the name of a user-defined network (e.g. the
+# compose stack's): every network but host publishes the worker's ports.
+KILN_DOCKER_NETWORK = env_str("KILN_DOCKER_NETWORK", "host").strip()
+if KILN_DOCKER_NETWORK == "none" or not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", KILN_DOCKER_NETWORK):
+    msg = f"KILN_DOCKER_NETWORK={KILN_DOCKER_NETWORK!r}: use host, bridge or the name of a Docker network"
+    raise ImproperlyConfigured(msg)
+KILN_DOCKER_BIND_HOST = env_str("KILN_DOCKER_BIND_HOST", "127.0.0.1")
+KILN_DOCKER_PUBLIC_URL = env_str("KILN_DOCKER_PUBLIC_URL", "").rstrip("/")
+KILN_DOCKER_MEMORY_LIMIT = env_str("KILN_DOCKER_MEMORY_LIMIT", "4g").strip().lower()
+if KILN_DOCKER_MEMORY_LIMIT and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", KILN_DOCKER_MEMORY_LIMIT):
+    msg = (
+        f"KILN_DOCKER_MEMORY_LIMIT={KILN_DOCKER_MEMORY_LIMIT!r}: use a size such as 512m or 4g (empty: none)"
+    )
+    raise ImproperlyConfigured(msg)
+KILN_DOCKER_CPUS = env_float("KILN_DOCKER_CPUS", 0.0, minimum=0.0, maximum=1024.0)
+KILN_DOCKER_RESTART_POLICY = env_str("KILN_DOCKER_RESTART_POLICY", "no").strip()
+if not re.fullmatch(r"no|always|unless-stopped|on-failure(:[0-9]+)?", KILN_DOCKER_RESTART_POLICY):
+    msg = (
+        f"KILN_DOCKER_RESTART_POLICY={KILN_DOCKER_RESTART_POLICY!r}: use no, on-failure[:N], "
+        "unless-stopped or always"
+    )
+    raise ImproperlyConfigured(msg)
+KILN_DOCKER_ENGINE_TIMEOUT_S = env_float("KILN_DOCKER_ENGINE_TIMEOUT_S", 60.0, minimum=1.0)
+KILN_DOCKER_BASE_IMAGE = env_str("KILN_DOCKER_BASE_IMAGE", "python:3.11-slim-bookworm")
+KILN_DOCKER_GPU_BASE_IMAGE = env_str("KILN_DOCKER_GPU_BASE_IMAGE", "")
+KILN_DOCKER_IMAGE_REPOSITORY = env_str("KILN_DOCKER_IMAGE_REPOSITORY", "kiln-worker").rstrip("/")
+KILN_WHEELHOUSE_DIR = env_path("KILN_WHEELHOUSE_DIR", VAR_DIR / "wheelhouse")
+KILN_IMAGE_BUILD_TIMEOUT_S = env_float("KILN_IMAGE_BUILD_TIMEOUT_S", 1800.0, minimum=60.0)
+KILN_IMAGE_BUILD_LEASE_S = env_float("KILN_IMAGE_BUILD_LEASE_S", 120.0, minimum=5.0)
+CELERY_BEAT_SCHEDULE["sweep-image-builds"] = {"task": "deployments.sweep_image_builds", "schedule": 30.0}

@@ -10,7 +10,7 @@ from django.http import HttpRequest
 
 from config.errors import PlatformError
 from deployments import services
-from deployments.models import Deployment, Report, Variant, Worker
+from deployments.models import Deployment, Report, Variant, Worker, WorkerImage
 from registry.permissions import ensure_can_change
 
 
@@ -109,6 +109,22 @@ class ReportAdmin(admin.ModelAdmin[Report]):
     list_filter = ("resolution", "deployment")
     date_hierarchy = "end"
     list_select_related = ("deployment", "variant", "worker")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WorkerImage)
+class WorkerImageAdmin(admin.ModelAdmin[WorkerImage]):
+    """Read-only: images are built by the platform (rebuild a failed one from the deployment page)."""
+
+    list_display = ("tag", "status", "progress", "flavour", "reused", "created_at", "finished_at")
+    list_filter = ("status", "flavour", "reused")
+    search_fields = ("tag", "version__model__name", "worker_code_hash")
+    readonly_fields = [f.name for f in WorkerImage._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -23,8 +23,20 @@ class DuplicateDeploymentError(ConflictError):
     default_code = "duplicate"
 
 
+class DeploymentBusyError(ConflictError):
+    """A reconcile pass held the deployment for too long to change it now."""
+
+    default_code = "busy"
+
+
 class WorkerAuthError(PlatformError):
     """A report came with a missing or wrong worker token."""
 
     http_status = 401
     default_code = "not_authenticated"
+
+
+class ImageBuildError(PlatformError):
+    """A worker image could not be built; the message says which stage failed, the build log the rest."""
+
+    default_code = "image_build_failed"

@@ -290,3 +290,66 @@ class Rollout(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in (self.State.RUNNING, self.State.PAUSED)
+
+
+class ImageFlavour(models.TextChoices):
+    CPU = "cpu", "CPU (onnxruntime)"
+    GPU = "gpu", "GPU (onnxruntime-gpu)"
+
+
+class ImageStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    BUILDING = "building", "Building"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class WorkerImage(models.Model):
+    """A worker container image for one model version: the ONNX file, its config and the worker, baked in.
+
+    ``key`` is content-addressed (the ONNX digest, flavour, worker code hash and base image), so the
+    same version with the same worker code is built once and reused; the tag carries the key. A
+    build runs as a Celery job that claims the row with its ``attempt``; ``reused`` says the engine
+    had the image already (built earlier, maybe by another platform database) and nothing was built.
+    """
+
+    key = models.CharField(max_length=64, unique=True)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="worker_images")
+    flavour = models.CharField(max_length=8, choices=ImageFlavour.choices)
+    worker_code_hash = models.CharField(max_length=64, help_text="the inference worker's code and pins")
+    base_image = models.CharField(max_length=255)
+    tag = models.CharField(max_length=255)
+    image_id = models.CharField(max_length=128, blank=True)
+    status = models.CharField(
+        max_length=12, choices=ImageStatus.choices, default=ImageStatus.QUEUED, db_index=True
+    )
+    progress = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
+    step = models.CharField(max_length=200, blank=True, help_text="what the build does now")
+    log = models.TextField(blank=True, help_text="the build log (its end, when long)")
+    error = models.TextField(blank=True)
+    reused = models.BooleanField(default=False)
+    attempt = models.UUIDField(null=True, blank=True)
+    tries = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes = [models.Index(fields=("version", "flavour", "status"))]
+
+    def __str__(self) -> str:
+        return self.tag
+
+    def log_tail(self, lines: int = 40) -> list[str]:
+        return self.log.splitlines()[-lines:]
+
+    @property
+    def recent_log(self) -> str:
+        """The last 200 lines of the build log (what the live page shows)."""
+        return "\n".join(self.log_tail(200))
+
+    @property
+    def in_progress(self) -> bool:
+        return self.status in (ImageStatus.QUEUED, ImageStatus.BUILDING)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 
 from deployments.errors import DeploymentNotFoundError, VariantNotFoundError
-from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerState
+from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerImage, WorkerState
 
 VISIBLE_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING, WorkerState.FAILED)
 
@@ -13,9 +13,13 @@ VISIBLE_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING, WorkerState.
 def deployments() -> QuerySet[Deployment]:
     """Deployments with model, variants (and their versions) and visible workers."""
     workers = Worker.objects.filter(state__in=VISIBLE_WORKER_STATES).select_related("version").order_by("id")
+    images = WorkerImage.objects.order_by("-created_at", "-id")
     variants = (
         Variant.objects.select_related("version", "pinned_version")
-        .prefetch_related(Prefetch("workers", queryset=workers, to_attr="visible_workers"))
+        .prefetch_related(
+            Prefetch("workers", queryset=workers, to_attr="visible_workers"),
+            Prefetch("version__worker_images", queryset=images, to_attr="images_newest_first"),
+        )
         .order_by("id")
     )
     return Deployment.objects.select_related("model", "created_by").prefetch_related(

@@ -27,7 +27,15 @@ from config.locks import advisory_lock
 from config.observability.events import record_reconcile_action
 from deployments.backends import BackendError, WorkerSpec, get_backend
 from deployments.backends.process import trim_log
-from deployments.models import LIVE_WORKER_STATES, Deployment, DeploymentStatus, Variant, Worker, WorkerState
+from deployments.models import (
+    LIVE_WORKER_STATES,
+    Deployment,
+    DeploymentStatus,
+    ImageStatus,
+    Variant,
+    Worker,
+    WorkerState,
+)
 from deployments.services.events import record_deployment_event
 from deployments.services.routing import publish_routing_table
 from deployments.services.variants import followers_pending, roll_alias_followers
@@ -85,9 +93,18 @@ def reconcile_deployment(deployment_id: int) -> bool:
                 model_id=deployment.model_id, name=variant.alias
             )
             changed |= bool(roll_alias_followers(alias=alias))
-        for variant in deployment.variants.select_related("version").order_by("id"):
-            changed |= VariantReconciler(deployment, variant).run()
-        _update_status(deployment)
+        problems: dict[int, tuple[bool, str]] = {}  # variant -> (fatal, why it cannot run now)
+        for variant in deployment.variants.select_related("version__model").order_by("id"):
+            try:
+                reconciler = VariantReconciler(deployment, variant)
+                changed |= reconciler.run()
+            except BackendError as exc:  # e.g. the engine is down: decide nothing about its workers now
+                logger.warning("reconcile of %s skipped: %s", variant, exc.message)
+                problems[variant.pk] = (False, f"variant {variant.name}: {exc.message}")
+                continue
+            if reconciler.image_problem:
+                problems[variant.pk] = (reconciler.image_failed, reconciler.image_problem)
+        _update_status(deployment, problems)
         if changed:
             publish_routing_table()
         return changed
@@ -100,9 +117,30 @@ class VariantReconciler:
         self.deployment = deployment
         self.variant = variant
         self.backend = get_backend(variant.backend)
-        self.spec = spec_hash(variant)
         self.now = timezone.now()
         self.changed = False
+        self.can_launch = True  # False while the variant's worker image is not ready
+        self.image_problem = ""  # why, for the deployment's status
+        self.image_failed = False
+        if self.backend.uses_images:
+            self.choose_image()
+        self.spec = spec_hash(variant)
+
+    def choose_image(self) -> None:
+        """Run the image the image service says is ready (a new one rolls the workers); else wait for it."""
+        from deployments.services.images import image_for_variant
+
+        tag, wanted = image_for_variant(variant=self.variant)
+        if tag and tag != self.variant.image:
+            Variant.objects.filter(pk=self.variant.pk).update(image=tag)
+            self.variant.image = tag
+        if tag is None:
+            self.can_launch = False
+            if wanted.status == ImageStatus.FAILED:
+                self.image_failed = True
+                self.image_problem = f"the worker image {wanted.tag} failed to build: {wanted.error}"
+            else:
+                self.image_problem = f"variant {self.variant.name}: building the worker image {wanted.tag}"
 
     def workers(self, *states: str) -> list[Worker]:
         return list(self.variant.workers.filter(state__in=states).select_related("version").order_by("id"))
@@ -149,6 +187,8 @@ class VariantReconciler:
             self.backend.logs(worker.handle, log_path=worker.log_path, tail=20) if worker.handle else ""
         )
         error = f"{detail}\n{log_tail}".strip()
+        if worker.handle:
+            self.backend.stop(worker.handle, grace_s=0)  # release what is left of it (a dead container)
         crashed = worker.ready_at is None or self.now - worker.ready_at < CRASH_WINDOW
         restarts = worker.restarts + 1 if crashed else 1
         wanted = (
@@ -202,9 +242,10 @@ class VariantReconciler:
                 self.drain(worker)
             return
         for worker in current:
-            if not worker.handle and worker.next_attempt_at and worker.next_attempt_at <= self.now:
+            due = not worker.handle and worker.next_attempt_at and worker.next_attempt_at <= self.now
+            if due and self.can_launch:
                 self.launch(worker)
-        if len(current) < desired and not failed:
+        if len(current) < desired and not failed and self.can_launch:
             for _ in range(desired - len(current)):
                 worker = Worker.objects.create(
                     variant=self.variant,
@@ -256,6 +297,10 @@ class VariantReconciler:
         try:
             handle = self.backend.start(spec)
         except BackendError as exc:
+            if exc.code == "image_missing":
+                from deployments.services.images import forget_missing_image
+
+                forget_missing_image(tag=spec.image)
             Worker.objects.filter(pk=worker.pk).update(token_digest=digest)
             worker.refresh_from_db()
             self.on_death(worker, f"could not start: {exc.message}")
@@ -303,7 +348,9 @@ def _probe_ready(url: str) -> bool:
         return False
 
 
-def _update_status(deployment: Deployment) -> None:
+def _update_status(deployment: Deployment, problems: dict[int, tuple[bool, str]] | None = None) -> None:
+    """The deployment's status from its workers; ``problems``: per variant, (fatal, why it cannot run)."""
+    problems = problems or {}
     variants = list(deployment.variants.all())
     workers = list(Worker.objects.filter(variant__deployment=deployment).exclude(state=WorkerState.STOPPED))
     reason = ""
@@ -321,14 +368,16 @@ def _update_status(deployment: Deployment) -> None:
             v.pk: sum(1 for w in workers if w.variant_id == v.pk and w.state == WorkerState.READY)
             for v in variants
         }
-        if failed:
-            status, reason = DeploymentStatus.FAILED, failed[-1].last_error
+        fatal = [text for is_fatal, text in problems.values() if is_fatal]
+        if failed or fatal:
+            status = DeploymentStatus.FAILED
+            reason = failed[-1].last_error if failed else fatal[0]
         elif all(ready[v.pk] >= v.replicas for v in variants):
             status = DeploymentStatus.SERVING
         elif any(ready.values()):
             status = DeploymentStatus.DEGRADED
         else:
-            status = DeploymentStatus.DEPLOYING
+            status, reason = DeploymentStatus.DEPLOYING, "; ".join(text for _, text in problems.values())
     if (deployment.status, deployment.status_reason) != (status, reason):
         with transaction.atomic():
             Deployment.objects.filter(pk=deployment.pk).update(status=status, status_reason=reason[:4000])

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
+
+_BUILD_HARD_LIMIT = int(settings.KILN_IMAGE_BUILD_TIMEOUT_S) + 120
 
 
 @shared_task(
@@ -48,3 +53,43 @@ def advance_rollouts_task() -> dict[str, int]:
     from deployments.services.rollouts import advance_rollouts
 
     return advance_rollouts()
+
+
+class _ImageBuildTask(Task):
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """When retries run out (or the time limit hits), the image fails with a readable reason."""
+        from deployments.services.images import fail_worker_image
+
+        image_id, attempt = ([*list(args), None, None])[:2]
+        if image_id is not None:
+            fail_worker_image(
+                image_id=int(image_id),
+                attempt=attempt,
+                reason=f"image build job failed: {type(exc).__name__}: {exc}"[:2000],
+            )
+
+
+@shared_task(
+    base=_ImageBuildTask,
+    name="deployments.build_worker_image",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=5,
+    retry_backoff_max=120,
+    max_retries=5,
+    soft_time_limit=_BUILD_HARD_LIMIT - 60,
+    time_limit=_BUILD_HARD_LIMIT,
+)
+def build_worker_image_task(image_id: int, attempt: str) -> str:
+    from deployments.services.images import build_worker_image
+
+    image = build_worker_image(image_id=image_id, attempt=attempt)
+    return "skipped" if image is None else image.status
+
+
+@shared_task(name="deployments.sweep_image_builds", acks_late=True, time_limit=120)
+def sweep_image_builds_task() -> dict[str, int]:
+    from deployments.services.images import sweep_image_builds
+
+    return sweep_image_builds()

@@ -21,6 +21,11 @@ urlpatterns = [
         views.variant_version,
         name="variant-version",
     ),
+    path(
+        "deployments/<slug:name>/variants/<slug:variant>/rebuild-image/",
+        views.variant_rebuild_image,
+        name="variant-rebuild-image",
+    ),
     path("deployments/<slug:name>/workers/<int:worker_id>/logs/", views.worker_logs, name="worker-logs"),
     path("deployments/<slug:name>/traffic/", traffic_views.set_split, name="traffic"),
     path(

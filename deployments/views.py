@@ -17,6 +17,7 @@ from deployments.backends import get_backend
 from deployments.forms import AddVariantForm, DeploymentCreateForm, ScaleForm, VersionForm
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
+from deployments.services.images import latest_image_of, rebuild_worker_image
 from registry import queries as registry_queries
 from registry.audit import Actor
 from registry.permissions import ensure_can_change
@@ -81,9 +82,13 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
     deployment = queries.get_deployment(name)
     from registry.queries import audit_events
 
+    variants = list(deployment.variants.all())
+    for variant in variants:
+        uses_images = variant.backend == "docker"
+        setattr(variant, "worker_image", latest_image_of(variant) if uses_images else None)  # noqa: B010
     return {
         "deployment": deployment,
-        "variants": list(deployment.variants.all()),
+        "variants": variants,
         "can_change": deployment.model.can_change(request.user),
         "gateway": settings.KILN_GATEWAY_URL,
         "events": audit_events().filter(subject=f"deployment/{name}")[:30],
@@ -198,6 +203,18 @@ def variant_add(request: HttpRequest, name: str) -> HttpResponse:
         services.add_variant(deployment=deployment, raw=raw, actor=user)
 
     return _act(request, name, act, "Variant added at weight 0; its replicas are starting.")
+
+
+@login_required
+@require_POST
+def variant_rebuild_image(request: HttpRequest, name: str, variant: str) -> HttpResponse:
+    row = queries.get_variant(name, variant)
+    return _act(
+        request,
+        name,
+        lambda _d, user: rebuild_worker_image(variant=row, actor=user),
+        f"Building the worker image of {variant} again.",
+    )
 
 
 @login_required

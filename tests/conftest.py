@@ -34,7 +34,7 @@ def _private_celery_queue() -> None:
     settings.CELERY_TASK_DEFAULT_QUEUE = TEST_QUEUE
     settings.KILN_CELERY_LONG_QUEUE = f"{TEST_QUEUE}.long"
     app.conf.task_default_queue = TEST_QUEUE
-    app.conf.task_routes = {"registry.convert_version": {"queue": f"{TEST_QUEUE}.long"}}
+    app.conf.task_routes = {name: {"queue": f"{TEST_QUEUE}.long"} for name in settings.CELERY_TASK_ROUTES}
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.models import Deployment, Variant, Worker
+from deployments.backends import BackendError, get_backend
+from deployments.models import Deployment, Variant, Worker, WorkerImage
+from deployments.services.images import latest_image_of
 
 
 class WorkerOutput(serializers.ModelSerializer[Worker]):
@@ -34,6 +37,35 @@ class WorkerOutput(serializers.ModelSerializer[Worker]):
         )
 
 
+class WorkerImageOutput(serializers.ModelSerializer[WorkerImage]):
+    """A worker image build: status, progress, the step it is at, and the end of its log."""
+
+    log_tail = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WorkerImage
+        fields = (
+            "tag",
+            "status",
+            "progress",
+            "step",
+            "flavour",
+            "base_image",
+            "worker_code_hash",
+            "image_id",
+            "reused",
+            "error",
+            "tries",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "log_tail",
+        )
+
+    def get_log_tail(self, obj: WorkerImage) -> list[str]:
+        return obj.log_tail(40)
+
+
 class VariantOutput(serializers.ModelSerializer[Variant]):
     version = serializers.IntegerField(source="version.version")
     pinned_version = serializers.IntegerField(source="pinned_version.version", default=None)
@@ -41,6 +73,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     batching = serializers.SerializerMethodField()
     workers = serializers.SerializerMethodField()
     ready_replicas = serializers.SerializerMethodField()
+    image = serializers.SerializerMethodField()
 
     class Meta:
         model = Variant
@@ -71,6 +104,18 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
             "request_timeout_ms": obj.request_timeout_ms,
             "instances": obj.instances,
         }
+
+    @extend_schema_field(WorkerImageOutput(allow_null=True))
+    def get_image(self, obj: Variant) -> dict[str, Any] | None:
+        """The worker image: the tag workers run (``in_use``) and the build of the one wanted now."""
+        try:
+            if not get_backend(obj.backend).uses_images:
+                return None
+        except BackendError:
+            return None
+        latest = latest_image_of(obj)
+        build = dict(WorkerImageOutput(latest).data) if latest is not None else None
+        return {"in_use": obj.image or None, **(build or {"tag": None, "status": "not requested"})}
 
     def _workers(self, obj: Variant) -> list[Worker]:
         workers = getattr(obj, "visible_workers", None)

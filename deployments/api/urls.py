@@ -42,6 +42,11 @@ urlpatterns = [
         name="variant-batching",
     ),
     path(
+        "deployments/<slug:name>/variants/<slug:variant>/rebuild-image/",
+        views.RebuildImageView.as_view(),
+        name="variant-rebuild-image",
+    ),
+    path(
         "deployments/<slug:name>/workers/<int:worker_id>/logs/",
         views.WorkerLogsView.as_view(),
         name="worker-logs",

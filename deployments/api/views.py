@@ -20,6 +20,7 @@ from deployments.api import serializers as s
 from deployments.backends import get_backend
 from deployments.errors import WorkerAuthError
 from deployments.models import Deployment, Worker, WorkerState
+from deployments.services.images import rebuild_worker_image
 from registry import queries as registry_queries
 from registry.permissions import ensure_can_change
 
@@ -158,6 +159,17 @@ class BatchingView(APIView):
         data = s.BatchingInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.update_batching(variant=row, batching=dict(data.validated_data), actor=request.user)
+        return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
+
+
+class RebuildImageView(APIView):
+    """``POST``: build a variant's failed worker image again (docker backend)."""
+
+    @extend_schema(request=None, responses=s.VariantOutput)
+    def post(self, request: Request, name: str, variant: str) -> Response:
+        row = queries.get_variant(name, variant)
+        ensure_can_change(request.user, row.deployment.model)
+        rebuild_worker_image(variant=row, actor=request.user)
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
 

@@ -19,7 +19,7 @@ def get_backend(name: str) -> Backend:
 
             _BACKENDS[name] = ProcessBackend()
         elif name == "docker":
-            from deployments.backends.docker import DockerBackend  # type: ignore[import-not-found,unused-ignore]
+            from deployments.backends.docker import DockerBackend
 
             _BACKENDS[name] = DockerBackend()
         else:

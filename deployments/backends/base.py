@@ -108,6 +108,7 @@ class Backend(Protocol):
     """What every backend implements. Calls are synchronous and idempotent."""
 
     name: str
+    uses_images: bool  # whether workers run from a built worker image (the reconcile loop waits for it)
 
     def check_spec(self, *, gpu_ids: tuple[int, ...]) -> None:
         """Refuse (``BackendError``) a variant this backend cannot run, e.g. GPUs where it has none."""

@@ -53,6 +53,7 @@ class ProcessBackend:
     """Run ``python -m inference_worker serve`` as detached local processes."""
 
     name = "process"
+    uses_images = False
 
     def __init__(self) -> None:
         self.host = settings.KILN_PROCESS_BIND_HOST

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +13,9 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from config.locks import advisory_lock
 from deployments.backends import BackendError, get_backend
-from deployments.errors import DuplicateDeploymentError, InvalidDeploymentError
+from deployments.errors import DeploymentBusyError, DuplicateDeploymentError, InvalidDeploymentError
 from deployments.models import Deployment, DeploymentStatus, Variant, WorkerState
 from deployments.services.batching import propose_batching, validate_batching
 from deployments.services.events import enqueue_reconcile, record_deployment_event
@@ -233,19 +236,32 @@ def set_deployment_running(*, deployment: Deployment, running: bool, actor: Acto
     return locked
 
 
+@contextmanager
+def reconcile_paused(deployment: Deployment) -> Iterator[None]:
+    """Hold the deployment's reconcile lock, so no pass starts a worker while its rows go away."""
+    wait_s = 2 * settings.KILN_DRAIN_GRACE_S + 30  # a running pass may be draining workers
+    with advisory_lock(f"deployments.reconcile.{deployment.pk}", wait_s=wait_s) as taken:
+        if not taken:
+            raise DeploymentBusyError(
+                f"deployment {deployment.name!r} is busy (its workers are being changed); try again shortly"
+            )
+        yield
+
+
 def delete_deployment(*, deployment: Deployment, actor: Actor) -> None:
     """Stop every worker now, then delete the deployment and its history of workers and reports."""
     from deployments.reconcile import stop_all_workers
 
-    stop_all_workers(deployment)
-    with transaction.atomic():
-        record_deployment_event(
-            actor=actor,
-            action="deployment.deleted",
-            deployment=deployment,
-            before={"variants": [describe_variant(v) for v in deployment.variants.all()]},
-        )
-        deployment.delete()
+    with reconcile_paused(deployment):
+        stop_all_workers(deployment)
+        with transaction.atomic():
+            record_deployment_event(
+                actor=actor,
+                action="deployment.deleted",
+                deployment=deployment,
+                before={"variants": [describe_variant(v) for v in deployment.variants.all()]},
+            )
+            deployment.delete()
     from deployments.services.routing import publish_routing_table
 
     transaction.on_commit(publish_routing_table)
@@ -284,15 +300,16 @@ def remove_variant(*, variant: Variant, actor: Actor) -> None:
         )
     if variant.deployment.variants.count() == 1:
         raise InvalidDeploymentError("a deployment needs at least one variant; delete the deployment instead")
-    stop_all_workers_of_variant(variant)
-    with transaction.atomic():
-        record_deployment_event(
-            actor=actor,
-            action="variant.removed",
-            deployment=variant.deployment,
-            before=describe_variant(variant),
-        )
-        variant.delete()
+    with reconcile_paused(variant.deployment):
+        stop_all_workers_of_variant(variant)
+        with transaction.atomic():
+            record_deployment_event(
+                actor=actor,
+                action="variant.removed",
+                deployment=variant.deployment,
+                before=describe_variant(variant),
+            )
+            variant.delete()
     from deployments.services.routing import publish_routing_table
 
     transaction.on_commit(publish_routing_table)

@@ -40,8 +40,10 @@ def wider_than_the_screen(page: Any) -> list[str]:
         page.evaluate(
             """() => document.documentElement.scrollWidth <= window.innerWidth + 2 ? [] :
             [...document.querySelectorAll('body *')]
-              .filter(e => e.getBoundingClientRect().right > window.innerWidth + 2 && !e.closest('.table-wrap'))
-              .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + (e.textContent || '').slice(0, 40))"""
+              .filter(e => e.getBoundingClientRect().right > window.innerWidth + 2)
+              .filter(e => !e.closest('.table-wrap'))
+              .slice(0, 5)
+              .map(e => e.tagName + '.' + e.className + ' ' + (e.textContent || '').slice(0, 40))"""
         )
     )
 

@@ -1,0 +1,380 @@
+"""Worker images as data: find or enqueue the image a variant needs, build it in Celery, fail, sweep.
+
+One ``WorkerImage`` row per (ONNX digest, flavour, worker code hash, base image): the reconcile
+loop asks ``image_for_variant`` for the tag to run and, when the row is new, a build job is
+enqueued; the same version with unchanged worker code is never built twice. The row is the truth
+and the Celery message only a trigger: a job claims the row with its attempt id (``queued``, or
+``building`` with a silent heartbeat after its worker died), so a redelivered message resumes and a
+duplicate does nothing. While a version's new image builds, a ready image of the same version
+(older worker code) keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import requests
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from config.locks import advisory_lock
+from deployments import image_build
+from deployments.backends import BackendError
+from deployments.errors import ImageBuildError, InvalidDeploymentError
+from deployments.models import Deployment, ImageFlavour, ImageStatus, Variant, WorkerImage
+from deployments.services.events import enqueue_reconcile, record_deployment_event
+from registry import storage
+from registry.audit import Actor
+from registry.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+MAX_BUILD_TRIES = 3
+LOG_MAX_CHARS = 200_000
+IMAGE_KEY_LABEL = "kiln.image.key"
+
+
+def image_flavour(variant: Variant) -> str:
+    return ImageFlavour.GPU if variant.gpu_ids else ImageFlavour.CPU
+
+
+def base_image_for(flavour: str) -> str:
+    base: str = (
+        settings.KILN_DOCKER_GPU_BASE_IMAGE
+        if flavour == ImageFlavour.GPU
+        else settings.KILN_DOCKER_BASE_IMAGE
+    )
+    return base
+
+
+def _enqueue(image_id: int, attempt: uuid.UUID | None) -> None:
+    from deployments.tasks import build_worker_image_task
+
+    if attempt is not None:
+        transaction.on_commit(lambda: build_worker_image_task.delay(image_id, str(attempt)))
+
+
+def ensure_worker_image(*, version: ModelVersion, flavour: str) -> WorkerImage:
+    """The image row for this version, flavour and worker code, in whatever state; new rows get a build."""
+    code_hash = image_build.worker_code_hash(flavour)
+    base = base_image_for(flavour)
+    key = hashlib.sha256(f"{version.onnx_sha256}|{flavour}|{code_hash}|{base}".encode()).hexdigest()
+    repository = f"{settings.KILN_DOCKER_IMAGE_REPOSITORY}/{version.model.name}"
+    image, created = WorkerImage.objects.get_or_create(
+        key=key,
+        defaults={
+            "version": version,
+            "flavour": flavour,
+            "worker_code_hash": code_hash,
+            "base_image": base,
+            "tag": f"{repository}:v{version.version}-{flavour}-{key[:12]}",
+            "attempt": uuid.uuid4(),
+            "step": "waiting for a build worker",
+        },
+    )
+    if created:
+        logger.info("worker image %s requested", image.tag)
+        _enqueue(image.pk, image.attempt)
+    return image
+
+
+def image_for_variant(*, variant: Variant) -> tuple[str | None, WorkerImage]:
+    """The tag a variant's new workers run now (None: wait for the build), and the image it wants."""
+    flavour = image_flavour(variant)
+    wanted = ensure_worker_image(version=variant.version, flavour=flavour)
+    if wanted.status == ImageStatus.READY:
+        return wanted.tag, wanted
+    current_still_fits = (
+        variant.image
+        and variant.image != wanted.tag
+        and WorkerImage.objects.filter(
+            tag=variant.image, version_id=variant.version_id, flavour=flavour, status=ImageStatus.READY
+        ).exists()
+    )
+    return (variant.image if current_still_fits else None), wanted
+
+
+def latest_image_of(variant: Variant) -> WorkerImage | None:
+    """The image last requested for the variant's version and flavour (prefetched by the queries)."""
+    flavour = image_flavour(variant)
+    images = getattr(variant.version, "images_newest_first", None)
+    if images is None:
+        return variant.version.worker_images.filter(flavour=flavour).order_by("-created_at", "-id").first()
+    return next((i for i in images if i.flavour == flavour), None)
+
+
+# -- building ------------------------------------------------------------------------------------
+def _claim(image_id: int, attempt: str) -> WorkerImage | None:
+    now = timezone.now()
+    silent_since = now - timedelta(seconds=settings.KILN_IMAGE_BUILD_LEASE_S)
+    claimed = (
+        WorkerImage.objects.filter(pk=image_id, attempt=attempt, tries__lt=MAX_BUILD_TRIES)
+        .filter(Q(status=ImageStatus.QUEUED) | Q(status=ImageStatus.BUILDING, heartbeat_at__lt=silent_since))
+        .update(
+            status=ImageStatus.BUILDING,
+            tries=F("tries") + 1,
+            heartbeat_at=now,
+            started_at=Coalesce(F("started_at"), now),
+            step="starting",
+            error="",
+        )
+    )
+    return WorkerImage.objects.select_related("version__model").get(pk=image_id) if claimed == 1 else None
+
+
+class _Progress:
+    """The build's log, progress and heartbeat, written to the row (throttled) while the attempt owns it."""
+
+    def __init__(self, image: WorkerImage) -> None:
+        self.image = image
+        self.lines: list[str] = [image.log] if image.log else []
+        self.size = len(image.log)
+        self.fields: dict[str, Any] = {}
+        self.last_write = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"image-{image.pk}-heartbeat", daemon=True)
+
+    def _rows(self) -> Any:
+        return WorkerImage.objects.filter(
+            pk=self.image.pk, attempt=self.image.attempt, status=ImageStatus.BUILDING
+        )
+
+    def _beat(self) -> None:
+        try:
+            while not self.stop.wait(max(1.0, settings.KILN_IMAGE_BUILD_LEASE_S / 4)):
+                self._rows().update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()  # this thread's own connection
+
+    def __enter__(self) -> _Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.flush()
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+        self.size += len(line) + 1
+        if self.size > 2 * LOG_MAX_CHARS:
+            self.lines = ["--- (older lines dropped)", self.text()]
+            self.size = len(self.lines[1])
+        self._maybe_flush()
+
+    def set(self, progress: int, step: str) -> None:
+        self.fields.update(progress=max(0, min(progress, 99)), step=step[:200])
+        self.log(f"--- {step}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines)[-LOG_MAX_CHARS:]
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self.last_write >= 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        self._rows().update(log=self.text(), heartbeat_at=timezone.now(), **self.fields)
+        self.last_write = time.monotonic()
+
+
+def build_worker_image(*, image_id: int, attempt: str) -> WorkerImage | None:
+    """Claim and build one image (or find it on the engine already); None when another job owns it."""
+    from deployments.backends.docker import engine, unavailable
+
+    image = _claim(image_id, attempt)
+    if image is None:
+        logger.info("worker image %s attempt %s: nothing to do", image_id, attempt)
+        return None
+    try:
+        with _Progress(image) as progress:
+            client = engine(timeout_s=settings.KILN_IMAGE_BUILD_TIMEOUT_S)
+            found = _on_engine(client, image)
+            if found:
+                progress.log(
+                    f"the engine has {image.tag} already (same model, worker code and base): reusing it"
+                )
+                return _mark_ready(image, image_id=found, reused=True, log=progress.text())
+            image_id_built = _build(client, image, progress)
+            return _mark_ready(image, image_id=image_id_built, reused=False, log=progress.text())
+    except (ImageBuildError, BackendError) as exc:
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=exc.message)
+    except (docker.errors.APIError, docker.errors.BuildError) as exc:
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=f"the Docker engine refused: {exc}")
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=unavailable(exc).message)
+    except (OSError, subprocess.SubprocessError) as exc:
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=f"the build failed: {exc}")
+    return WorkerImage.objects.get(pk=image.pk)
+
+
+def _on_engine(client: Any, image: WorkerImage) -> str:
+    """The engine's id of ``image.tag`` when it is this very image (its key label matches), else ''."""
+    try:
+        attrs = client.api.inspect_image(image.tag)
+    except (docker.errors.DockerException, requests.RequestException):
+        return ""
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    return str(attrs["Id"]) if labels.get(IMAGE_KEY_LABEL) == image.key else ""
+
+
+def _build(client: Any, image: WorkerImage, progress: _Progress) -> str:
+    version = image.version
+    if not image.base_image:
+        raise ImageBuildError("GPU images need KILN_DOCKER_GPU_BASE_IMAGE (a CUDA runtime with Python 3.11)")
+    progress.set(2, "preparing the wheelhouse (the worker wheel and its pinned requirements)")
+    wheelhouse = image_build.prepare_wheelhouse(
+        flavour=image.flavour,
+        root=Path(settings.KILN_WHEELHOUSE_DIR),
+        arch=str(client.info().get("Architecture") or "x86_64"),
+        log=progress.log,
+    )
+    progress.set(30, "sending the build context")
+    with tempfile.TemporaryDirectory(prefix="kiln-image-") as tmp:
+        context = Path(tmp) / "context.tar"
+        image_build.write_context(
+            path=context,
+            flavour=image.flavour,
+            wheelhouse=wheelhouse,
+            onnx_path=storage.resolve(version.onnx_path),
+            model_config={
+                "model": version.model.name,
+                "version": version.version,
+                "sha256": version.onnx_sha256,
+                "signature": version.signature,
+                "flavour": image.flavour,
+                "worker_version": image_build.worker_version(),
+                "worker_code_hash": image.worker_code_hash,
+            },
+        )
+        return image_build.build_image(
+            api=client.api,
+            context=context,
+            tag=image.tag,
+            buildargs={
+                "BASE_IMAGE": image.base_image,
+                "MODEL_NAME": version.model.name,
+                "MODEL_VERSION": str(version.version),
+                "MODEL_SHA256": version.onnx_sha256,
+                "WORKER_VERSION": image_build.worker_version(),
+                "WORKER_CODE_HASH": image.worker_code_hash,
+            },
+            labels={IMAGE_KEY_LABEL: image.key},
+            log=progress.log,
+            on_step=lambda step, total: progress.set(32 + 66 * step // total, f"build step {step}/{total}"),
+        )
+
+
+def _mark_ready(image: WorkerImage, *, image_id: str, reused: bool, log: str) -> WorkerImage:
+    done = WorkerImage.objects.filter(pk=image.pk, attempt=image.attempt, status=ImageStatus.BUILDING).update(
+        status=ImageStatus.READY,
+        image_id=image_id,
+        reused=reused,
+        progress=100,
+        step="reused the engine's image" if reused else "built",
+        log=log,
+        finished_at=timezone.now(),
+    )
+    if done:
+        logger.info("worker image %s is ready (%s)", image.tag, "reused" if reused else "built")
+        _reconcile_users(image)
+    return WorkerImage.objects.get(pk=image.pk)
+
+
+def _reconcile_users(image: WorkerImage) -> None:
+    for deployment in Deployment.objects.filter(variants__version_id=image.version_id).distinct():
+        enqueue_reconcile(deployment)
+
+
+def fail_worker_image(*, image_id: int, attempt: str | None, reason: str) -> bool:
+    """Mark a build failed with a readable reason (``attempt`` None: whichever attempt holds it)."""
+    rows = WorkerImage.objects.filter(pk=image_id, status__in=(ImageStatus.QUEUED, ImageStatus.BUILDING))
+    if attempt is not None:
+        rows = rows.filter(attempt=attempt)
+    failed = rows.update(
+        status=ImageStatus.FAILED, error=reason[:4000], step="failed", finished_at=timezone.now()
+    )
+    if failed:
+        image = WorkerImage.objects.get(pk=image_id)
+        logger.warning("worker image %s failed: %s", image.tag, reason)
+        _reconcile_users(image)
+    return bool(failed)
+
+
+@transaction.atomic
+def rebuild_worker_image(*, variant: Variant, actor: Actor) -> WorkerImage:
+    """Build a variant's failed image again (or one the engine lost); a ready or running build is kept."""
+    image = latest_image_of(variant)
+    if image is None or variant.backend != "docker":
+        raise InvalidDeploymentError(f"variant {variant.name!r} has no worker image to rebuild")
+    locked = WorkerImage.objects.select_for_update().get(pk=image.pk)
+    if locked.status in (ImageStatus.QUEUED, ImageStatus.BUILDING):
+        return locked
+    locked.status, locked.attempt, locked.tries = ImageStatus.QUEUED, uuid.uuid4(), 0
+    locked.progress, locked.step, locked.error, locked.log = 0, "waiting for a build worker", "", ""
+    locked.reused, locked.image_id, locked.started_at, locked.finished_at = False, "", None, None
+    locked.save()
+    record_deployment_event(
+        actor=actor,
+        action="variant.image_rebuild",
+        deployment=variant.deployment,
+        after={"variant": variant.name, "image": locked.tag},
+    )
+    _enqueue(locked.pk, locked.attempt)
+    return locked
+
+
+def forget_missing_image(*, tag: str) -> None:
+    """The engine lost a ready image (removed by hand, another engine): build it again."""
+    with transaction.atomic():
+        for image in WorkerImage.objects.select_for_update().filter(tag=tag, status=ImageStatus.READY):
+            image.status, image.attempt, image.tries, image.progress = ImageStatus.QUEUED, uuid.uuid4(), 0, 0
+            image.step = "the engine no longer has this image; waiting for a build worker"
+            image.save(update_fields=["status", "attempt", "tries", "progress", "step"])
+            _enqueue(image.pk, image.attempt)
+
+
+def sweep_image_builds() -> dict[str, int]:
+    """Resume builds whose worker went silent, re-send lost triggers, fail builds out of tries or time."""
+    counts = {"resumed": 0, "requeued": 0, "failed": 0}
+    with advisory_lock("deployments.sweep_image_builds") as taken:
+        if not taken:
+            return counts
+        now = timezone.now()
+        lease = timedelta(seconds=settings.KILN_IMAGE_BUILD_LEASE_S)
+        too_old = now - timedelta(seconds=settings.KILN_IMAGE_BUILD_TIMEOUT_S + 120)
+        building = WorkerImage.objects.filter(status=ImageStatus.BUILDING)
+        for image in building.filter(started_at__lt=too_old):
+            limit = settings.KILN_IMAGE_BUILD_TIMEOUT_S
+            counts["failed"] += fail_worker_image(
+                image_id=image.pk,
+                attempt=None,
+                reason=f"the build did not finish within {limit:.0f} s ({image.step})",
+            )
+        for image in building.filter(heartbeat_at__lt=now - lease):
+            if image.tries >= MAX_BUILD_TRIES:
+                reason = (
+                    f"the build was interrupted {image.tries} times (its worker stopped); "
+                    f"last step: {image.step}"
+                )
+                counts["failed"] += fail_worker_image(image_id=image.pk, attempt=None, reason=reason)
+            else:
+                _enqueue(image.pk, image.attempt)
+                counts["resumed"] += 1
+        for image in WorkerImage.objects.filter(status=ImageStatus.QUEUED, created_at__lt=now - 2 * lease):
+            _enqueue(image.pk, image.attempt)
+            counts["requeued"] += 1
+    return counts
