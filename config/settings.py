@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from config.env import (
     database_from_url,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
@@ -279,6 +280,10 @@ if KILN_DOCKER_NETWORK == "none" or not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]
     msg = f"KILN_DOCKER_NETWORK={KILN_DOCKER_NETWORK!r}: use host, bridge or the name of a Docker network"
     raise ImproperlyConfigured(msg)
 KILN_DOCKER_BIND_HOST = env_str("KILN_DOCKER_BIND_HOST", "127.0.0.1")
+# "published": reach workers at KILN_DOCKER_BIND_HOST and the ports the engine published;
+# "network": by container name on KILN_DOCKER_NETWORK (when the platform, the gateway and
+# Prometheus run on that network too, as in the compose stack; nothing is published).
+KILN_DOCKER_WORKER_ADDRESS = env_choice("KILN_DOCKER_WORKER_ADDRESS", "published", ("published", "network"))
 KILN_DOCKER_PUBLIC_URL = env_str("KILN_DOCKER_PUBLIC_URL", "").rstrip("/")
 KILN_DOCKER_MEMORY_LIMIT = env_str("KILN_DOCKER_MEMORY_LIMIT", "4g").strip().lower()
 if KILN_DOCKER_MEMORY_LIMIT and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", KILN_DOCKER_MEMORY_LIMIT):

@@ -76,7 +76,21 @@ def reconcile_all() -> dict[str, int]:
     with advisory_lock("deployments.cleanup") as taken:
         if taken:
             counts["orphans"] = stop_orphans()
+            ensure_routing_table()
     return counts
+
+
+def ensure_routing_table() -> None:
+    """Publish the table when Redis has none (a fresh or restarted Redis): gateways wait for one."""
+    from deployments.services.routing import redis_client
+
+    try:
+        missing = not redis_client().exists(settings.KILN_ROUTING_KEY)
+    except Exception as exc:  # Redis down: the next pass tries again
+        logger.warning("cannot check the routing table: %s", exc)
+        return
+    if missing:
+        publish_routing_table()
 
 
 def reconcile_deployment(deployment_id: int) -> bool:

@@ -162,7 +162,8 @@ class DockerBackend:
             raise BackendError("the variant has no worker image yet", code="no_image")
         client = engine()
         bridge = settings.KILN_DOCKER_NETWORK != "host"
-        publish_host = settings.KILN_DOCKER_BIND_HOST
+        by_name = bridge and settings.KILN_DOCKER_WORKER_ADDRESS == "network"
+        publish_host = container_name(spec.worker_id) if by_name else settings.KILN_DOCKER_BIND_HOST
         if bridge:
             bind, http_port, grpc_port = "0.0.0.0", CONTAINER_HTTP_PORT, CONTAINER_GRPC_PORT  # noqa: S104
         else:
@@ -179,7 +180,7 @@ class DockerBackend:
             raise BackendError(f"could not create the worker container: {_short(exc)}") from exc
         try:
             container.start()
-            if bridge:
+            if bridge and not by_name:
                 container.reload()
                 http_port = _published(container, CONTAINER_HTTP_PORT)
                 grpc_port = _published(container, CONTAINER_GRPC_PORT)
@@ -231,12 +232,13 @@ class DockerBackend:
                 config={"max-size": f"{settings.KILN_WORKER_LOG_MAX_BYTES // 1024}k", "max-file": "2"},
             ),
         }
-        if bridge:
+        if bridge and settings.KILN_DOCKER_WORKER_ADDRESS != "network":
             publish_host = settings.KILN_DOCKER_BIND_HOST
             options["ports"] = {
                 f"{CONTAINER_HTTP_PORT}/tcp": (publish_host, None),
                 f"{CONTAINER_GRPC_PORT}/tcp": (publish_host, None),
             }
+        if bridge:
             gateway = _gateway(client, settings.KILN_DOCKER_NETWORK) if client else "host-gateway"
             options["extra_hosts"] = {"host.docker.internal": gateway}
         if settings.KILN_DOCKER_MEMORY_LIMIT:

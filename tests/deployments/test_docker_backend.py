@@ -120,7 +120,11 @@ def variant_of(client: APIClient, name: str = NAME) -> dict[str, Any]:
 
 def ready_workers(client: APIClient, count: int, *, version: int, timeout: float) -> list[dict[str, Any]]:
     def poll() -> list[dict[str, Any]] | None:
-        workers = [w for w in variant_of(client)["workers"] if w["state"] == "ready"]
+        variant = variant_of(client)
+        image = variant.get("image") or {}
+        if image.get("status") == "failed":
+            pytest.fail(f"the worker image failed to build: {image.get('error') or image.get('log_tail')}")
+        workers = [w for w in variant["workers"] if w["state"] == "ready"]
         fresh = len(workers) == count and all(
             w["version"] == version and w["last_heartbeat"] for w in workers
         )

@@ -129,7 +129,7 @@ def test_provisioning_declares_the_prometheus_data_source_and_loads_the_dashboar
 
     (source,) = sources["datasources"]
     assert (sources["apiVersion"], source["type"], source["access"]) == (1, "prometheus", "proxy")
-    assert source["url"].endswith(":9090")
+    assert source["url"] == "${KILN_PROMETHEUS_URL}"  # set by docker-compose (http://prometheus:9090)
     assert source["isDefault"] is True
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
