@@ -77,7 +77,7 @@ def worker_requirements(flavour: str) -> list[str]:
         lines.append(f"{pins[name]}{marker}" if name in pins else str(requirement))
     # pip download evaluates markers against this interpreter, not the image's: redis needs
     # async-timeout below Python 3.11.3 (Debian bookworm ships 3.11.2), so it is always included.
-    lines.append(pins.get("async-timeout", "async-timeout>=4.0.3"))
+    lines.append(pins.get("async-timeout", "async-timeout==5.0.1"))
     if flavour == "gpu":
         extra = (PLATFORM_DIR / "worker-gpu.requirements.txt").read_text().splitlines()
         lines += [line.strip() for line in extra if line.strip() and not line.lstrip().startswith("#")]

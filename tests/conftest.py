@@ -27,6 +27,20 @@ TEST_QUEUE = f"kiln-test-{os.getpid()}"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_session_left_on_the_test_database(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """At the very end, end the sessions other processes and the live server's threads still hold,
+    so the test database can be dropped."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _private_celery_queue() -> None:
     """Every task this session sends goes to queues only this session's workers consume."""
     from config.celery_app import app
@@ -382,19 +396,6 @@ def platform(
     beat.stop()
     celery_worker.stop()
     _stop_workers_of(instance)
-    _close_other_sessions()
-
-
-def _close_other_sessions() -> None:
-    """End idle sessions the live server's request threads left open (they would block dropping the test
-    database); Django reconnects on the next request (CONN_HEALTH_CHECKS)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
-        )
 
 
 def _stop_workers_of(instance: str) -> None:
