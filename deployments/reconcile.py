@@ -77,7 +77,23 @@ def reconcile_all() -> dict[str, int]:
         if taken:
             counts["orphans"] = stop_orphans()
             ensure_routing_table()
+            _remember_docker_engine()
     return counts
+
+
+def _remember_docker_engine() -> None:
+    """Let processes without the engine's socket (the web app in compose) validate docker variants."""
+    uses_docker = (
+        settings.KILN_DEFAULT_BACKEND == "docker" or Variant.objects.filter(backend="docker").exists()
+    )
+    if not uses_docker:
+        return
+    from deployments.backends.docker import engine, remember_engine
+
+    try:
+        remember_engine(engine(timeout_s=5).info())
+    except Exception as exc:  # no engine: validation in other processes refuses docker variants
+        logger.info("the Docker engine does not answer: %s", exc)
 
 
 def ensure_routing_table() -> None:

@@ -21,6 +21,7 @@ in ``<var>/workers/worker-<id>.log`` before removing it, so a dead worker's logs
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -44,6 +45,42 @@ from deployments.image_build import MODEL_PATH_IN_IMAGE
 CONTAINER_HTTP_PORT, CONTAINER_GRPC_PORT = 8080, 8081
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+_ENGINE_SEEN_TTL_S = 120
+
+
+def _engine_seen_key() -> str:
+    return f"{settings.KILN_INSTANCE_ID}:docker:engine"
+
+
+def remember_engine(info: dict[str, Any]) -> None:
+    """Record, for processes without the engine's socket, that it answers and which runtimes it has."""
+    from deployments.services.routing import redis_client
+
+    seen = {
+        "Runtimes": sorted(info.get("Runtimes") or {}),
+        "DefaultRuntime": info.get("DefaultRuntime") or "",
+    }
+    with contextlib.suppress(Exception):  # only a hint for other processes
+        redis_client().set(_engine_seen_key(), json.dumps(seen), ex=_ENGINE_SEEN_TTL_S)
+
+
+def engine_seen_by_workers() -> dict[str, Any] | None:
+    """What ``remember_engine`` recorded in the last two minutes, or None."""
+    from deployments.services.routing import redis_client
+
+    try:
+        raw = redis_client().get(_engine_seen_key())
+    except Exception:  # Redis down: no hint
+        return None
+    if not raw:
+        return None
+    seen = json.loads(raw)
+    return {
+        "Runtimes": {key: {} for key in seen.get("Runtimes", [])},
+        "DefaultRuntime": seen.get("DefaultRuntime"),
+    }
 
 
 def engine_url() -> str:
@@ -138,7 +175,14 @@ class DockerBackend:
         try:
             info = engine().info()
         except _ENGINE_ERRORS as exc:
-            raise unavailable(exc) from exc
+            # The web process may have no access to the engine (the compose stack mounts the socket
+            # into the Celery worker only): then it trusts what the reconcile loop saw lately.
+            seen = engine_seen_by_workers()
+            if seen is None:
+                raise unavailable(exc) from exc
+            info = seen
+        else:
+            remember_engine(info)
         if not gpu_ids:
             return
         runtimes = set(info.get("Runtimes") or {}) | {str(info.get("DefaultRuntime") or "")}

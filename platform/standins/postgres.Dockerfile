@@ -7,8 +7,8 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends postgre
  && rm -rf /var/lib/apt/lists/* && ln -s /usr/lib/postgresql/*/bin /usr/lib/postgresql/bin
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
 ENV PATH=/usr/lib/postgresql/bin:$PATH PGDATA=/var/lib/postgresql/data
-RUN chmod 0755 /usr/local/bin/postgres-entrypoint.sh && mkdir -p /var/run/postgresql \
- && chown postgres:postgres /var/run/postgresql /var/lib/postgresql
+RUN chmod 0755 /usr/local/bin/postgres-entrypoint.sh && mkdir -p /var/run/postgresql /var/lib/postgresql/data \
+ && chown -R postgres:postgres /var/run/postgresql /var/lib/postgresql && chmod 0700 /var/lib/postgresql/data
 USER postgres
 EXPOSE 5432
 ENTRYPOINT ["/usr/local/bin/postgres-entrypoint.sh"]
