@@ -174,12 +174,12 @@ class DockerBackend:
     def check_spec(self, *, gpu_ids: tuple[int, ...]) -> None:
         try:
             info = engine().info()
-        except _ENGINE_ERRORS as exc:
+        except (BackendError, *_ENGINE_ERRORS) as exc:
             # The web process may have no access to the engine (the compose stack mounts the socket
             # into the Celery worker only): then it trusts what the reconcile loop saw lately.
             seen = engine_seen_by_workers()
             if seen is None:
-                raise unavailable(exc) from exc
+                raise exc if isinstance(exc, BackendError) else unavailable(exc) from exc
             info = seen
         else:
             remember_engine(info)
