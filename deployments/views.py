@@ -157,8 +157,10 @@ def deployment_start(request: HttpRequest, name: str) -> HttpResponse:
 def deployment_delete(request: HttpRequest, name: str) -> HttpResponse:
     deployment = queries.get_deployment(name)
     ensure_can_change(request.user, deployment.model)
-    services.delete_deployment(deployment=deployment, actor=request.user)
-    messages.success(request, f"Deployment {name} deleted.")
+    if services.delete_deployment(deployment=deployment, actor=request.user):
+        messages.success(request, f"Deployment {name} deleted.")
+    else:
+        messages.success(request, f"Deployment {name} stops now and is deleted once its workers are gone.")
     return redirect("deployments:list")
 
 

@@ -71,8 +71,12 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
     def destroy(self, request: Request, name: str) -> Response:
         deployment = queries.get_deployment(name)
         ensure_can_change(request.user, deployment.model)
-        services.delete_deployment(deployment=deployment, actor=request.user)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        if services.delete_deployment(deployment=deployment, actor=request.user):
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(
+            {"message": "deletion queued: the workers are stopping, then the deployment is removed"},
+            status=202,
+        )
 
     @extend_schema(request=None, responses=s.DeploymentOutput)
     @action(detail=True, methods=["post"])

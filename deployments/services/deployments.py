@@ -248,20 +248,54 @@ def reconcile_paused(deployment: Deployment) -> Iterator[None]:
         yield
 
 
-def delete_deployment(*, deployment: Deployment, actor: Actor) -> None:
-    """Stop every worker now, then delete the deployment and its history of workers and reports."""
+def delete_deployment(*, deployment: Deployment, actor: Actor, allow_queue: bool = True) -> bool:
+    """Stop every worker now, then delete the deployment and its history of workers and reports.
+
+    Returns False when this process cannot reach the workers' backend (the web app of the compose
+    stack has no Docker socket): the deployment stops routing at once and a Celery worker, which
+    can, finishes the deletion.
+    """
     from deployments.reconcile import stop_all_workers
 
-    with reconcile_paused(deployment):
-        stop_all_workers(deployment)
-        with transaction.atomic():
-            record_deployment_event(
-                actor=actor,
-                action="deployment.deleted",
-                deployment=deployment,
-                before={"variants": [describe_variant(v) for v in deployment.variants.all()]},
-            )
-            deployment.delete()
+    try:
+        with reconcile_paused(deployment):
+            stop_all_workers(deployment)
+            with transaction.atomic():
+                record_deployment_event(
+                    actor=actor,
+                    action="deployment.deleted",
+                    deployment=deployment,
+                    before={"variants": [describe_variant(v) for v in deployment.variants.all()]},
+                )
+                deployment.delete()
+    except BackendError as exc:
+        if not allow_queue:
+            raise
+        _queue_deletion(deployment, actor, exc.message)
+        return False
+    from deployments.services.routing import publish_routing_table
+
+    transaction.on_commit(publish_routing_table)
+    return True
+
+
+@transaction.atomic
+def _queue_deletion(deployment: Deployment, actor: Actor, reason: str) -> None:
+    from deployments.tasks import delete_deployment_task
+
+    Deployment.objects.filter(pk=deployment.pk).update(
+        desired_running=False,
+        status=DeploymentStatus.STOPPING,
+        status_reason="being deleted: workers are stopping",
+    )
+    record_deployment_event(
+        actor=actor,
+        action="deployment.delete_requested",
+        deployment=deployment,
+        reason=f"handed over: {reason}",
+    )
+    deployment_id, actor_id = deployment.pk, actor.pk if isinstance(actor, User) else None
+    transaction.on_commit(lambda: delete_deployment_task.delay(deployment_id, actor_id))
     from deployments.services.routing import publish_routing_table
 
     transaction.on_commit(publish_routing_table)
