@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import user_passes_test
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -18,6 +18,13 @@ from dashboard.advice import advise
 from deployments import queries
 from deployments.models import Rollout
 from registry import queries as registry_queries
+
+
+def _is_staff(user: Any) -> bool:
+    return bool(user.is_active and user.is_staff)
+
+
+staff_member_required = user_passes_test(_is_staff, login_url="login")
 
 
 @staff_member_required
