@@ -181,7 +181,25 @@ class Command(BaseCommand):
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        self._stop_local_workers()
         sys.exit(exit_code)
+
+    def _stop_local_workers(self) -> None:
+        """Local worker processes stop with the platform (containers are the engine's and keep serving);
+        they start again with it. A platform that is killed instead adopts them when it comes back."""
+        from deployments.models import Worker, WorkerState
+        from deployments.reconcile import stop_all_workers_of_variant
+
+        live = Worker.objects.filter(backend="process").exclude(
+            state__in=(WorkerState.STOPPED, WorkerState.FAILED)
+        )
+        variants = {w.variant for w in live.select_related("variant")}
+        for variant in variants:
+            stop_all_workers_of_variant(variant)
+        if variants:
+            self.stdout.write(
+                f"stopped the local workers of {len(variants)} variant(s); they start with the platform"
+            )
 
 
 def prometheus_multiprocess_env(var_dir: Path) -> dict[str, str]:
