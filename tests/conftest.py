@@ -141,64 +141,71 @@ def test_database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-class CeleryWorker:
-    """A real ``celery worker`` subprocess bound to the test database and a private queue."""
+class Service:
+    """A real subprocess of the platform (its own session, its output in a log file)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        queues = f"{self.env['KILN_CELERY_QUEUE']},{self.env['KILN_CELERY_QUEUE']}.long"
-        with self.log_path.open("ab") as log:
-            self.proc = self._spawn(queues, log)
+    def argv(self) -> list[str]:
+        raise NotImplementedError
 
-    def _spawn(self, queues: str, log: Any) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                "2",
-                "-l",
-                "info",
-                "-n",
-                f"test-{os.getpid()}-{time.monotonic_ns()}@localhost",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(),
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool children)."""
+        """SIGKILL the whole process group (a Celery worker's pool children included)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class CeleryWorker(Service):
+    """A real ``celery worker`` bound to the test database and the session's private queues."""
+
+    def argv(self) -> list[str]:
+        queue = self.env["KILN_CELERY_QUEUE"]
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            f"{queue},{queue}.long",
+            "-c",
+            "2",
+            "-l",
+            "info",
+            "-n",
+            f"test-{os.getpid()}-{time.monotonic_ns()}@localhost",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
 
 
 @pytest.fixture
@@ -242,81 +249,44 @@ def scratch_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-class CeleryBeat:
-    """A real ``celery beat`` subprocess sending the periodic tasks to the session's queues."""
+class CeleryBeat(Service):
+    """A real ``celery beat`` sending the periodic tasks to the session's queues."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = env
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with (self.workdir / "beat.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "beat",
-                    "-l",
-                    "info",
-                    "-s",
-                    str(self.workdir / "beat-schedule"),
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+    def argv(self) -> list[str]:
+        schedule = self.log_path.parent / "beat-schedule"
+        return [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "info", "-s", str(schedule)]
 
 
-class Gateway:
-    """A real ``inference_worker gateway`` process serving the test's routing table."""
+class Gateway(Service):
+    """A real ``inference_worker gateway`` serving the test's routing table."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
         from deployments.backends.process import free_port
 
+        super().__init__(env, log_path)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = env
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "inference_worker",
+            "gateway",
+            "--port",
+            str(self.port),
+            "--redis-url",
+            self.env["REDIS_URL"],
+            "--routing-key",
+            self.env["KILN_ROUTING_KEY"],
+            "--reload-interval-s",
+            "1",
+        ]
 
     def start(self) -> None:
-        with (self.workdir / "gateway.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "inference_worker",
-                    "gateway",
-                    "--port",
-                    str(self.port),
-                    "--redis-url",
-                    self.env["REDIS_URL"],
-                    "--routing-key",
-                    self.env["KILN_ROUTING_KEY"],
-                    "--reload-interval-s",
-                    "1",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         import httpx
+
+        super().start()
 
         def ready() -> bool:
             try:
@@ -325,14 +295,6 @@ class Gateway:
                 return False
 
         wait_for(ready, timeout=30, message="the gateway to answer")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 class Platform:
@@ -385,13 +347,13 @@ def platform(
             settings.VAR_DIR = Path(value)
         else:
             setattr(settings, name, value)
-    gateway = Gateway({**celery_worker.env, **fast}, tmp_path)
+    gateway = Gateway({**celery_worker.env, **fast}, tmp_path / "gateway.log")
     settings.KILN_GATEWAY_URL = gateway.url
     fast["KILN_GATEWAY_URL"] = gateway.url
     celery_worker.stop()
     celery_worker.env.update(fast)
     celery_worker.start()
-    beat = CeleryBeat(celery_worker.env, tmp_path)
+    beat = CeleryBeat(celery_worker.env, tmp_path / "beat.log")
     beat.start()
     gateway.start()
     yield Platform(live_server.url, celery_worker, beat, gateway)

@@ -39,8 +39,8 @@ from registry.services import convert_version, fail_version, sweep_stale_convers
 from registry.tasks import convert_version_task, sweep_stale_conversions_task
 from tests import conftest
 from tests.conftest import ROOT, CeleryWorker, Platform, wait_for
-from tests.deployments.factories import ready_version
-from tests.deployments.test_process_backend import ready_workers, stored_version
+from tests.deployments.factories import ready_version, stored_version
+from tests.deployments.test_process_backend import ready_workers
 from tests.inference_worker import onnx_models
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -21,6 +21,7 @@ in ``<var>/workers/worker-<id>.log`` before removing it, so a dead worker's logs
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -51,7 +52,9 @@ _ENGINE_SEEN_TTL_S = 120
 
 
 def _engine_seen_key() -> str:
-    return f"{settings.KILN_INSTANCE_ID}:docker:engine"
+    """Per platform instance and engine: a hint about one engine says nothing about another."""
+    engine_id = hashlib.sha256(engine_url().encode()).hexdigest()[:16]
+    return f"{settings.KILN_INSTANCE_ID}:docker:engine:{engine_id}"
 
 
 def remember_engine(info: dict[str, Any]) -> None:

@@ -31,7 +31,8 @@ from accounts.tokens import create_api_token
 from deployments.models import Report, Worker, WorkerImage
 from registry import storage
 from tests.conftest import CeleryWorker, Platform, wait_for
-from tests.deployments.test_process_backend import infer, stored_version
+from tests.deployments.factories import stored_version
+from tests.deployments.test_process_backend import infer
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -16,48 +16,10 @@ from rest_framework.test import APIClient
 
 from deployments.models import Report, Worker
 from registry import storage
-from registry.models import ModelVersion, RegisteredModel
 from tests.conftest import Platform, wait_for
-from tests.registry.model_factories import save_onnx_cnn
+from tests.deployments.factories import stored_version
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-def stored_version(
-    owner: User, tmp_path: Path, *, number: int = 1, seed: int = 0, onnx_bytes: bytes | None = None
-) -> ModelVersion:
-    """A converted version: a real ONNX file in the artifact store, status ready, with a profile."""
-    path = tmp_path / f"model-{number}.onnx"
-    signature = save_onnx_cnn(path, seed=seed)
-    if onnx_bytes is not None:
-        path.write_bytes(onnx_bytes)
-    relative, digest, size, _ = storage.store_path(path)
-    model, _ = RegisteredModel.objects.get_or_create(name="cnn", defaults={"owner": owner})
-    model.latest_version = max(model.latest_version, number)
-    model.save()
-    return ModelVersion.objects.create(
-        model=model,
-        version=number,
-        source_format="onnx",
-        source_sha256=digest,
-        source_size=size,
-        source_path=relative,
-        onnx_path=relative,
-        onnx_sha256=digest,
-        onnx_size=size,
-        signature=signature,
-        status="ready",
-        created_by=owner,
-        report={
-            "dynamic_batch": True,
-            "profile": {
-                "batches": [
-                    {"batch_size": 1, "onnxruntime_ms": 0.3},
-                    {"batch_size": 8, "onnxruntime_ms": 1.0},
-                ]
-            },
-        },
-    )
 
 
 def deployment(client: APIClient, name: str = "cnn-prod") -> dict[str, Any]:

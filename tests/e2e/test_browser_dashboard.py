@@ -10,8 +10,9 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from tests.conftest import Platform, wait_for
+from tests.deployments.factories import stored_version
 from tests.e2e.browser import log_in
-from tests.e2e.helpers import Load, stored_version, wait_ready, wait_routed
+from tests.e2e.helpers import Load, wait_ready, wait_routed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.browser]
 

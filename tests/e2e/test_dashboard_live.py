@@ -15,7 +15,8 @@ from rest_framework.test import APIClient
 
 from deployments.models import Report, Worker
 from tests.conftest import Platform, wait_for
-from tests.e2e.helpers import Load, stored_version, wait_ready, wait_routed
+from tests.deployments.factories import stored_version
+from tests.e2e.helpers import Load, wait_ready, wait_routed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -176,7 +176,7 @@ def api(stack: Stack, token: str) -> httpx.Client:
 
 
 def test_the_compose_stack_serves_a_model_end_to_end_and_leaves_nothing_behind(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     stack.compose("build", timeout=1800)
     stack.compose("up", "-d", *SERVICES, timeout=900)
@@ -199,6 +199,7 @@ def test_the_compose_stack_serves_a_model_end_to_end_and_leaves_nothing_behind(
     )
     token = stack.manage("create_api_token", "admin").strip().splitlines()[-1]
     client = api(stack, token)
+    request.addfinalizer(client.close)
     assert client.post("/models/", json={"name": "cnn"}).status_code == 201
     path = tmp_path / "cnn.onnx"
     save_onnx_cnn(path)
