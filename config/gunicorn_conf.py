@@ -1,8 +1,16 @@
-"""gunicorn settings for `make run` (`-c python:config.gunicorn_conf`): prometheus multiprocess clean-up."""
+"""gunicorn settings for `make run` and the images (`-c python:config.gunicorn_conf`).
+
+Keep-alive and prometheus multiprocess clean-up.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+# An idle keep-alive connection stays open longer than clients keep theirs in a pool (httpx: 5 s,
+# browsers and load balancers: up to 60 s). With gunicorn's default of 2 s the server closed
+# connections just as polling clients reused them, and they saw "server disconnected".
+keepalive = 75
 
 
 def child_exit(server: Any, worker: Any) -> None:

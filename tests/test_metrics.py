@@ -6,11 +6,13 @@ in Redis under this test's own instance id, so parallel test runs never mix.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -534,3 +536,32 @@ def test_every_gunicorn_worker_reports_the_request_counts_of_all_workers_and_pla
         assert value(samples, "django_http_requests_total_by_view_transport_method_total", **healthz) == sent
         assert value(samples, "kiln_model_versions", state="ready") == 1
         assert value(samples, "kiln_metrics_source_up", source="database") == 1
+
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_keeps_an_idle_connection_open_longer_than_a_polling_client_pools_it(
+    gunicorn: Gunicorn,
+) -> None:
+    """A client polling every few seconds reuses its pooled connection; the server must not close it first.
+
+    httpx keeps an idle connection for 5 s: with gunicorn's default keep-alive of 2 s the server
+    closed it under a client polling every 2 s, which then saw "server disconnected without
+    sending a response".
+    """
+    host, port = gunicorn.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        sockets = set()
+        for attempt in range(3):
+            if attempt:
+                time.sleep(6)  # longer than httpx keeps an idle connection
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert response.status == 200 and not response.will_close
+            response.read()
+            sockets.add(id(conn.sock))
+        assert len(sockets) == 1, "the connection was not reused"
+    finally:
+        conn.close()

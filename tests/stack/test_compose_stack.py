@@ -155,7 +155,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        stack.compose("logs", "--no-color", "--tail", "80", check=False)
+        logs = stack.compose("logs", "--no-color", "--tail", "80", check=False)
+        print(logs.stdout[-20000:], logs.stderr[-2000:])  # shown by pytest when the test failed
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
         leftovers = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"name={stack.project}-worker-"],
