@@ -344,16 +344,16 @@ NOTES = (
     "CPU: within the budget. httpx costs a couple of milliseconds per request and aiohttp a few hundred "
     "microseconds, so the gateway uses its own pool of keep-alive connections on asyncio protocols with "
     "httptools' response parser, driven by callbacks (no task, future or timer per request).",
-    "- At c=64 every process shares two cores with the load client and with other jobs: the gateway's CPU "
-    "per request is taken from the worker's, and the worker, served a little later, forms smaller batches "
-    "(see 'worker batch') and spends more CPU per request. The ratio is bounded by the CPU column: "
-    "about 4 syscalls and ~40 µs of Python per proxied request remain.",
+    "- At c=64 the gateway's CPU per request (the CPU columns) comes from the same two cores as the "
+    "worker's and the load client's. On a quiet machine there is room for it; under other load it is "
+    "taken from the worker, which, fed a little later, forms smaller batches (see 'worker batch'), and "
+    "the ratio falls: read it together with the load average above. About 4 syscalls and ~40 µs of "
+    "Python per proxied request remain.",
     "- The 50/50 split runs two workers on the same two cores: each forms half-size batches, so it measures "
     "co-location, not the split.",
-    "- To close the gap: run the gateway on cores (or a host) of its own, as a deployment would; one process "
-    "handles about 1/(CPU per request) requests a second, and more processes can share the port "
-    "(SO_REUSEPORT). Beyond that: Unix sockets to co-located workers (less kernel time per hop), several "
-    "requests per upstream write (a worker that runs pipelined requests concurrently, or its gRPC stream), "
+    "- Beyond one process: a gateway process serves at most about 1/(its CPU per request) requests a "
+    "second; deploy it on cores (or a host) of its own and run more of them behind one address. Further: "
+    "Unix sockets to co-located workers (less kernel time per hop), several requests per upstream write, "
     "or a native data path for the hop.",
     "- Shadow copies are sent and compared by a child process at the lowest CPU priority; the gateway "
     "only writes each copy to it (tests: client p50 with a 100% shadow within 10% of none).",
@@ -463,7 +463,7 @@ def report(
         f"two workers with default options, the gateway with default options; wrk -t1, {rounds} rounds of "
         f"{seconds:g} s per cell, cells round-robin in each round; medians over rounds). "
         f"Load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
-        "(other jobs share this machine).",
+        '(the benchmark itself raises it; a higher "before" means other jobs shared the machine).',
         "",
         "### Targets",
         "",
@@ -472,10 +472,8 @@ def report(
         f"- Req/s through the gateway at c=64: **{_median(ratio64):.2f}** of direct (target at least 0.85; "
         f"per round: {', '.join(f'{r:.2f}' for r in ratio64)}); at c=1: {_median(ratio1):.2f}.",
         f"- 50/50 split over two workers at c=64: {_median(split64):.2f} of one worker direct.",
-        f"- CPU per request at c=64: gateway {gw_cpu:.0f} µs, worker {wk_cpu:.0f} µs (direct): "
-        "on two shared cores the gateway's share of the CPU bounds the ratio near "
-        f"{wk_cpu / (wk_cpu + gw_cpu):.2f} when the worker "
-        "is CPU-bound.",
+        f"- CPU per request at c=64: gateway {gw_cpu:.0f} µs, worker {wk_cpu:.0f} µs (direct); "
+        f"one gateway process tops out near {1e6 / max(gw_cpu, 1):,.0f} req/s at that cost.",
         "",
         "### Cells",
         "",

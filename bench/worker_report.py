@@ -183,7 +183,8 @@ def write_results(path: Path, plans: Sequence[PlanLike], **context: Any) -> None
         f"{context['seconds']:.0f} s, servers measured round-robin, after a warm-up; "
         "wrk -t1 for HTTP, h2load for gRPC unary, a grpc.aio client for streaming). "
         f"Load average before/after: {before[0]:.2f}/{after[0]:.2f} "
-        "(other jobs share this machine: compare rows of one run, not runs).",
+        '(the benchmark itself raises it; a higher "before" means other jobs shared the machine: '
+        "compare rows of one run, not runs).",
         "",
         "### Targets",
         "",
