@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from deployments import histograms
 from deployments.errors import InvalidDeploymentError, WorkerAuthError
 from deployments.models import Report, Worker, WorkerState
 
@@ -141,18 +142,6 @@ def downsample_reports() -> dict[str, int]:
     return {"folded": folded, "expired": expired}
 
 
-def _merge_histograms(histograms: list[dict[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for histogram in histograms:
-        if not histogram:
-            continue
-        if not merged:
-            merged = {"le": list(histogram["le"]), "counts": list(histogram["counts"])}
-        elif merged["le"] == histogram["le"]:
-            merged["counts"] = [a + b for a, b in zip(merged["counts"], histogram["counts"], strict=True)]
-    return merged
-
-
 def _fold(reports: list[Report], minute: datetime) -> dict[str, Any]:
     first = reports[0]
     requests = sum(r.requests for r in reports)
@@ -173,6 +162,14 @@ def _fold(reports: list[Report], minute: datetime) -> dict[str, Any]:
         values = [getattr(r, field) for r in reports if getattr(r, field) is not None]
         return sum(values) / len(values) if values else None
 
+    latency = histograms.merge(r.latency_histogram for r in reports)
+
+    def percentile(q: float, field: str) -> float | None:
+        """From the merged buckets; reports without a histogram fall back to the weighted mean."""
+        if histograms.total(latency):
+            return histograms.quantile(latency, q)
+        return weighted(field)
+
     rss = [r.rss_bytes for r in reports if r.rss_bytes is not None]
     gpu_mem = [r.gpu_memory_bytes for r in reports if r.gpu_memory_bytes is not None]
     return {
@@ -187,11 +184,12 @@ def _fold(reports: list[Report], minute: datetime) -> dict[str, Any]:
         "requests": requests,
         "errors": sum(r.errors for r in reports),
         "outcomes": outcomes,
-        "latency_histogram": _merge_histograms([r.latency_histogram for r in reports]),
-        "batch_histogram": _merge_histograms([r.batch_histogram for r in reports]),
-        "latency_p50_ms": weighted("latency_p50_ms"),
-        "latency_p95_ms": weighted("latency_p95_ms"),
-        "latency_p99_ms": weighted("latency_p99_ms"),
+        "latency_histogram": latency,
+        "batch_histogram": histograms.merge(r.batch_histogram for r in reports),
+        **{
+            f"latency_{name}_ms": percentile(q, f"latency_{name}_ms")
+            for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        },
         "mean_batch_size": weighted("mean_batch_size"),
         "queue_depth": mean("queue_depth") or 0.0,
         "in_flight": mean("in_flight") or 0.0,
