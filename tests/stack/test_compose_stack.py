@@ -250,6 +250,18 @@ def test_the_compose_stack_serves_a_model_end_to_end_and_leaves_nothing_behind(
     platform_up = httpx.get(prometheus, params={"query": 'up{job="kiln-platform"}'}, timeout=10).json()
     assert platform_up["data"]["result"][0]["value"][1] == "1"
 
+    # The worker container pushes its reports to the web app over the stack's network.
+    count = (
+        "from django.db.models import Sum; from deployments.models import Report; "
+        "print(Report.objects.filter(deployment__name='cnn').aggregate(n=Sum('requests'))['n'] or 0)"
+    )
+    wait_for(
+        lambda: int(stack.manage("shell", "-c", count).strip().splitlines()[-1]) >= 1,
+        timeout=90,
+        interval=3,
+        message="a worker report that counts the answered request",
+    )
+
     # The web app has no Docker socket: it stops the deployment and hands the deletion to Celery.
     assert client.delete("/deployments/cnn/").status_code in (202, 204)
     wait_for(
