@@ -4,29 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from config.errors import PlatformError
 from deployments import queries
 from deployments.models import Rollout
 from deployments.services import rollouts, traffic
-from registry.permissions import ensure_can_change
+from deployments.views import act_on_deployment
 
 
 def _run(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
-    deployment = queries.get_deployment(name)
-    try:
-        ensure_can_change(request.user, deployment.model)
-        action(deployment)
-    except PlatformError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, success)
-    return redirect("deployments:detail", name=name)
+    return act_on_deployment(request, name, lambda deployment, _user: action(deployment), success)
 
 
 @login_required

@@ -118,7 +118,8 @@ def deployment_workers_fragment(request: HttpRequest, name: str) -> HttpResponse
     return render(request, "deployments/_live.html", _detail_context(request, name))
 
 
-def _act(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
+def act_on_deployment(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
+    """Run ``action(deployment, user)`` if the user may change it; flash the outcome; back to its page."""
     deployment = queries.get_deployment(name)
     try:
         ensure_can_change(request.user, deployment.model)
@@ -133,7 +134,7 @@ def _act(request: HttpRequest, name: str, action: Any, success: str) -> HttpResp
 @login_required
 @require_POST
 def deployment_stop(request: HttpRequest, name: str) -> HttpResponse:
-    return _act(
+    return act_on_deployment(
         request,
         name,
         lambda d, u: services.set_deployment_running(deployment=d, running=False, actor=u),
@@ -144,7 +145,7 @@ def deployment_stop(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_start(request: HttpRequest, name: str) -> HttpResponse:
-    return _act(
+    return act_on_deployment(
         request,
         name,
         lambda d, u: services.set_deployment_running(deployment=d, running=True, actor=u),
@@ -175,7 +176,7 @@ def variant_scale(request: HttpRequest, name: str, variant: str) -> HttpResponse
             raise PlatformError("replicas: a number from 0 to 64")
         services.scale_variant(variant=row, replicas=form.cleaned_data["replicas"], actor=user)
 
-    return _act(request, name, act, f"Scaling {variant}.")
+    return act_on_deployment(request, name, act, f"Scaling {variant}.")
 
 
 @login_required
@@ -190,7 +191,7 @@ def variant_version(request: HttpRequest, name: str, variant: str) -> HttpRespon
         target = {"version": form.cleaned_data.get("version"), "alias": form.cleaned_data.get("alias") or ""}
         services.set_variant_version(variant=row, target={k: v for k, v in target.items() if v}, actor=user)
 
-    return _act(request, name, act, f"Rolling {variant} to the new version.")
+    return act_on_deployment(request, name, act, f"Rolling {variant} to the new version.")
 
 
 @login_required
@@ -204,14 +205,14 @@ def variant_add(request: HttpRequest, name: str) -> HttpResponse:
         raw = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
         services.add_variant(deployment=deployment, raw=raw, actor=user)
 
-    return _act(request, name, act, "Variant added at weight 0; its replicas are starting.")
+    return act_on_deployment(request, name, act, "Variant added at weight 0; its replicas are starting.")
 
 
 @login_required
 @require_POST
 def variant_rebuild_image(request: HttpRequest, name: str, variant: str) -> HttpResponse:
     row = queries.get_variant(name, variant)
-    return _act(
+    return act_on_deployment(
         request,
         name,
         lambda _d, user: rebuild_worker_image(variant=row, actor=user),
