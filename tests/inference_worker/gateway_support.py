@@ -14,9 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ import onnx
 import orjson
 import redis
 from onnx import TensorProto, helper, numpy_helper
+
+from tests.inference_worker.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -122,17 +123,6 @@ def start(args: Sequence[str], env: dict[str, str] | None = None, nice: int = 0)
         process.kill()
         raise AssertionError(f"{args[0]} did not start:\n{process.log()}")
     return process
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @contextmanager
