@@ -27,7 +27,7 @@ import orjson
 import redis
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.inference_worker.conftest import wait_until
+from tests.inference_worker.conftest import wait_until as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/15"
