@@ -29,15 +29,24 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("KILN_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("KILN_PORT", "8000")))
         parser.add_argument("--web-workers", type=int, default=2)
+        parser.add_argument(
+            "--task-log-level",
+            default=os.environ.get("KILN_RUN_TASK_LOG_LEVEL", "warning"),
+            choices=["debug", "info", "warning", "error"],
+            help="Celery worker and beat on this console (info: every task and schedule tick)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)  # SQLite's file, logs, the beat schedule
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         login = self._ensure_admin()
         from deployments.services import publish_routing_table
 
         publish_routing_table()  # the gateway starts from the current table
-        processes = self._start(options)
+        log_dir = Path(settings.VAR_DIR) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        processes = self._start({**options, "access_log": log_dir / "web-access.log"})
         url = f"http://{options['host']}:{options['port']}/"
         self.stdout.write(self.style.SUCCESS(f"\nKiln is running at {url}"))
         self.stdout.write(f"  log in: {login}")
@@ -46,6 +55,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"  database: {str(settings.DATABASES['default']['ENGINE']).rsplit('.', 1)[-1]}"
             f"  broker: {settings.CELERY_BROKER_URL}"
+        )
+        self.stdout.write(
+            f"  web requests: {log_dir / 'web-access.log'}   Celery here at {options['task_log_level']}"
+            " (--task-log-level info, or KILN_RUN_TASK_LOG_LEVEL=info, for every task)"
         )
         self.stdout.write("  Ctrl-C stops everything.\n")
         self._supervise(processes)
@@ -81,7 +94,7 @@ class Command(BaseCommand):
                 "--timeout",
                 "300",
                 "--access-logfile",
-                "-",
+                str(options["access_log"]),
                 # prometheus_client multiprocess clean-up when a gunicorn worker exits
                 "--config",
                 "python:config.gunicorn_conf",
@@ -100,7 +113,7 @@ class Command(BaseCommand):
                 "-n",
                 f"short@{os.uname().nodename}",
                 "-l",
-                "info",
+                options["task_log_level"],
             ],
             "worker-long": [
                 python,
@@ -116,7 +129,7 @@ class Command(BaseCommand):
                 "-n",
                 f"long@{os.uname().nodename}",
                 "-l",
-                "info",
+                options["task_log_level"],
             ],
             "beat": [
                 python,
@@ -126,7 +139,7 @@ class Command(BaseCommand):
                 "config",
                 "beat",
                 "-l",
-                "info",
+                options["task_log_level"],
                 "-s",
                 settings.CELERY_BEAT_SCHEDULE_FILENAME,
             ],
