@@ -97,3 +97,37 @@ def test_runstack_starts_the_platform_on_a_fresh_directory_and_ctrl_c_stops_all_
         output.close()
     quiet = [line for line in lines if "celery.beat: Scheduler: Sending due task" in line]
     assert not quiet, "the console is flooded with schedule ticks at the default log level"
+
+
+def test_bin_manage_sees_the_secret_and_database_that_make_run_uses(tmp_path: Path) -> None:
+    """The README's second terminal (``bin/manage demo``) must reach the platform ``make run`` started."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "SECRET_KEY", "SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE")
+    }
+    env["KILN_VAR_DIR"] = str(tmp_path / "var")
+    show = (
+        "from django.conf import settings; db = settings.DATABASES['default']; "
+        "print(settings.SECRET_KEY, db['ENGINE'], db['NAME'], settings.VAR_DIR)"
+    )
+
+    def manage() -> str:
+        done = subprocess.run(
+            [str(ROOT / "bin" / "manage"), "shell", "-c", show],
+            cwd=tmp_path,  # any directory: the script finds the project
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    first = manage()
+    secret = tmp_path / "var" / "secret_key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert first.split()[0] == secret.read_text().strip()
+    assert first.split()[-1] == str(tmp_path / "var")
+    assert manage() == first  # the same key and database every time
