@@ -63,35 +63,25 @@ def _http_json(inputs: Feeds, outputs: Feeds, limits: Limits) -> None:
         np.asarray(item["data"]).reshape(item["shape"])
 
 
-def _http_binary(inputs: Feeds, outputs: Feeds, limits: Limits) -> None:
-    header = orjson.dumps(
+def _binary_header(key: str, feeds: Feeds) -> bytes:
+    """The JSON header of a binary-extension body: each tensor's name, datatype, shape and size."""
+    described = [
         {
-            "inputs": [
-                {
-                    "name": k,
-                    "datatype": datatype_of(v),
-                    "shape": list(v.shape),
-                    "parameters": {"binary_data_size": v.nbytes},
-                }
-                for k, v in inputs.items()
-            ]
+            "name": k,
+            "datatype": datatype_of(v),
+            "shape": list(v.shape),
+            "parameters": {"binary_data_size": v.nbytes},
         }
-    )
+        for k, v in feeds.items()
+    ]
+    return orjson.dumps({key: described})
+
+
+def _http_binary(inputs: Feeds, outputs: Feeds, limits: Limits) -> None:
+    header = _binary_header("inputs", inputs)
     body = header + b"".join(raw_bytes(v) for v in inputs.values())
     decode_json_inputs(orjson.loads(body[: len(header)])["inputs"], memoryview(body)[len(header) :], limits)
-    out_header = orjson.dumps(
-        {
-            "outputs": [
-                {
-                    "name": k,
-                    "datatype": datatype_of(v),
-                    "shape": list(v.shape),
-                    "parameters": {"binary_data_size": v.nbytes},
-                }
-                for k, v in outputs.items()
-            ]
-        }
-    )
+    out_header = _binary_header("outputs", outputs)
     answer = out_header + b"".join(raw_bytes(v) for v in outputs.values())
     offset = len(out_header)
     for item in orjson.loads(answer[:offset])["outputs"]:
