@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+
+from config.jobs import RETRYING_JOB, RowJobTask
 
 _BUILD_HARD_LIMIT = int(settings.KILN_IMAGE_BUILD_TIMEOUT_S) + 120
 
@@ -55,29 +55,19 @@ def advance_rollouts_task() -> dict[str, int]:
     return advance_rollouts()
 
 
-class _ImageBuildTask(Task):
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """When retries run out (or the time limit hits), the image fails with a readable reason."""
+class _ImageBuildTask(RowJobTask):
+    job = "image build job"
+
+    def fail_row(self, row_id: int, attempt: str | None, reason: str) -> None:
         from deployments.services.images import fail_worker_image
 
-        image_id, attempt = ([*list(args), None, None])[:2]
-        if image_id is not None:
-            fail_worker_image(
-                image_id=int(image_id),
-                attempt=attempt,
-                reason=f"image build job failed: {type(exc).__name__}: {exc}"[:2000],
-            )
+        fail_worker_image(image_id=row_id, attempt=attempt, reason=reason)
 
 
 @shared_task(
     base=_ImageBuildTask,
     name="deployments.build_worker_image",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    max_retries=5,
+    **RETRYING_JOB,
     soft_time_limit=_BUILD_HARD_LIMIT - 60,
     time_limit=_BUILD_HARD_LIMIT,
 )

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+
+from config.jobs import RETRYING_JOB, RowJobTask
 
 _CONVERT_HARD_LIMIT = int(settings.KILN_CONVERT_TIMEOUT_S) + 180
 
 
-class _ConvertTask(Task):
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """When retries run out, the version fails with a readable reason instead of hanging."""
+class _ConvertTask(RowJobTask):
+    job = "conversion job"
+
+    def fail_row(self, row_id: int, attempt: str | None, reason: str) -> None:
         from registry.services import fail_version
 
-        version_id, attempt = ([*list(args), None, None])[:2]
-        if version_id is not None:
-            fail_version(
-                version_id=int(version_id),
-                attempt=attempt,
-                reason=f"conversion job failed: {type(exc).__name__}: {exc}"[:2000],
-                code="job_failed",
-            )
+        fail_version(version_id=row_id, attempt=attempt, reason=reason, code="job_failed")
 
 
 @shared_task(
     base=_ConvertTask,
     name="registry.convert_version",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    max_retries=5,
+    **RETRYING_JOB,
     soft_time_limit=_CONVERT_HARD_LIMIT - 60,
     time_limit=_CONVERT_HARD_LIMIT,
 )

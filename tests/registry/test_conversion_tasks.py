@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,33 @@ def test_a_version_stuck_past_its_tries_is_failed_with_a_reason(owner: Any, sett
     assert version.status == "failed"
     assert "interrupted 2 times" in version.status_reason
     assert "profiling batch 8" in version.status_reason
+
+
+def test_a_conversion_job_that_runs_out_of_retries_fails_its_version_with_the_error(owner: Any) -> None:
+    """What Celery calls when the retries run out or the time limit kills the job."""
+    from registry.models import RegisteredModel
+    from registry.tasks import convert_version_task
+
+    registered = RegisteredModel.objects.create(name="lost", owner=owner, latest_version=1)
+    version = ModelVersion.objects.create(
+        model=registered,
+        version=1,
+        source_format="onnx",
+        source_sha256="1" * 64,
+        source_size=1,
+        source_path="sha256/11/" + "1" * 64,
+        created_by=owner,
+        status="converting",
+        conversion_attempt=uuid.uuid4(),
+    )
+    attempt, stale = str(version.conversion_attempt), str(uuid.uuid4())
+    failure = OSError("database went away")
+
+    convert_version_task.on_failure(failure, "task-id", (version.pk, stale), {}, None)
+    version.refresh_from_db()
+    assert version.status == "converting"  # a stale attempt's failure does not touch a newer one
+
+    convert_version_task.on_failure(failure, "task-id", (version.pk, attempt), {}, None)
+    version.refresh_from_db()
+    assert version.status == "failed"
+    assert version.status_reason == "conversion job failed: OSError: database went away"
