@@ -117,3 +117,15 @@ class Load:
                         self.failures.append(repr(exc))
                 if interval:
                     time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def rollout_end(client: APIClient, deployment: str, rollout_id: int, *, timeout: float) -> dict[str, Any]:
+    """The rollout once it succeeded or was rolled back."""
+    url = f"/api/v1/deployments/{deployment}/rollouts/{rollout_id}/"
+
+    def ended() -> dict[str, Any] | None:
+        rollout: dict[str, Any] = client.get(url).json()
+        return rollout if rollout["state"] in ("succeeded", "rolled_back") else None
+
+    result: dict[str, Any] = wait_for(ended, timeout=timeout, interval=1, message="the rollout to end")
+    return result

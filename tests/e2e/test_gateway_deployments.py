@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from registry import storage
 from tests.conftest import Platform, wait_for
 from tests.deployments.factories import stored_version
-from tests.e2e.helpers import Load, request_body, wait_ready, wait_routed
+from tests.e2e.helpers import Load, request_body, rollout_end, wait_ready, wait_routed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -98,16 +98,7 @@ def test_a_healthy_candidate_rolls_out_to_100_percent(
         )
         assert started.status_code == 201, started.content
         rollout_id = started.json()["id"]
-        final = wait_for(
-            lambda: (
-                (r := owner_api.get(f"/api/v1/deployments/cnn/rollouts/{rollout_id}/").json())["state"]
-                in ("succeeded", "rolled_back")
-                and r
-            ),
-            timeout=120,
-            interval=1,
-            message="the rollout to finish",
-        )
+        final = rollout_end(owner_api, "cnn", rollout_id, timeout=120)
 
     assert final["state"] == "succeeded", final
     split = owner_api.get("/api/v1/deployments/cnn/traffic/").json()
@@ -140,17 +131,9 @@ def test_a_candidate_that_rejects_the_live_inputs_is_rolled_back_within_its_firs
             },
             format="json",
         )
+        assert started.status_code == 201, started.content
         rollout_id = started.json()["id"]
-        final = wait_for(
-            lambda: (
-                (r := owner_api.get(f"/api/v1/deployments/cnn/rollouts/{rollout_id}/").json())["state"]
-                in ("succeeded", "rolled_back")
-                and r
-            ),
-            timeout=60,
-            interval=1,
-            message="the rollback",
-        )
+        final = rollout_end(owner_api, "cnn", rollout_id, timeout=60)
 
     assert final["state"] == "rolled_back"
     assert final["step_index"] == 0

@@ -158,12 +158,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         logs = stack.compose("logs", "--no-color", "--tail", "80", check=False)
         print(logs.stdout[-20000:], logs.stderr[-2000:])  # shown by pytest when the test failed
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
-        leftovers = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"name={stack.project}-worker-"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
+        leftovers = _docker_ids("ps", "-aq", "--filter", f"name={stack.project}-worker-", check=False)
         if leftovers:
             subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True, check=False)
 
@@ -271,30 +266,17 @@ def test_the_compose_stack_serves_a_model_end_to_end_and_leaves_nothing_behind(
         message="the deployment and its containers to go",
     )
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "20")
-    containers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={stack.project}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    workers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"name={stack.project}-worker-"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    networks = subprocess.run(
-        ["docker", "network", "ls", "-q", "--filter", f"name={stack.network}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={stack.project}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    containers = _docker_ids("ps", "-aq", "--filter", f"label=com.docker.compose.project={stack.project}")
+    workers = _docker_ids("ps", "-aq", "--filter", f"name={stack.project}-worker-")
+    networks = _docker_ids("network", "ls", "-q", "--filter", f"name={stack.network}")
+    volumes = _docker_ids(
+        "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={stack.project}"
+    )
     assert (containers, workers, networks, volumes) == ([], [], [], []), json.dumps(
         {"containers": containers, "workers": workers, "networks": networks, "volumes": volumes}
     )
+
+
+def _docker_ids(*args: str, check: bool = True) -> list[str]:
+    """The ids a ``docker ... -q`` listing prints."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout.split()
