@@ -323,10 +323,7 @@ def rebuild_worker_image(*, variant: Variant, actor: Actor) -> WorkerImage:
     locked = WorkerImage.objects.select_for_update().get(pk=image.pk)
     if locked.status in (ImageStatus.QUEUED, ImageStatus.BUILDING):
         return locked
-    locked.status, locked.attempt, locked.tries = ImageStatus.QUEUED, uuid.uuid4(), 0
-    locked.progress, locked.step, locked.error, locked.log = 0, "waiting for a build worker", "", ""
-    locked.reused, locked.image_id, locked.started_at, locked.finished_at = False, "", None, None
-    locked.save()
+    _requeue(locked, "waiting for a build worker")
     record_deployment_event(
         actor=actor,
         action="variant.image_rebuild",
@@ -341,10 +338,16 @@ def forget_missing_image(*, tag: str) -> None:
     """The engine lost a ready image (removed by hand, another engine): build it again."""
     with transaction.atomic():
         for image in WorkerImage.objects.select_for_update().filter(tag=tag, status=ImageStatus.READY):
-            image.status, image.attempt, image.tries, image.progress = ImageStatus.QUEUED, uuid.uuid4(), 0, 0
-            image.step = "the engine no longer has this image; waiting for a build worker"
-            image.save(update_fields=["status", "attempt", "tries", "progress", "step"])
+            _requeue(image, "the engine no longer has this image; waiting for a build worker")
             _enqueue(image.pk, image.attempt)
+
+
+def _requeue(image: WorkerImage, step: str) -> None:
+    """Back to the queue as a new attempt, with nothing left of the last build (its clock included)."""
+    image.status, image.attempt, image.tries = ImageStatus.QUEUED, uuid.uuid4(), 0
+    image.progress, image.step, image.error, image.log = 0, step, "", ""
+    image.reused, image.image_id, image.started_at, image.finished_at = False, "", None, None
+    image.save()
 
 
 def sweep_image_builds() -> dict[str, int]:

@@ -232,3 +232,45 @@ def test_a_gpu_worker_asks_the_engine_for_its_gpus_with_the_limits_and_runs_on_t
         "kiln.variant": "primary",
         "kiln.version": "3",
     }
+
+
+@pytest.mark.django_db
+def test_an_image_the_engine_lost_is_rebuilt_on_a_fresh_clock_not_failed_by_the_sweep(owner: Any) -> None:
+    """A build from hours ago that the engine lost is queued again and timed from its new start."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import ImageStatus, WorkerImage
+    from deployments.services import images
+    from tests.deployments.factories import ready_version
+
+    long_ago = timezone.now() - timedelta(hours=3)
+    image = WorkerImage.objects.create(
+        key="k" * 64,
+        version=ready_version(owner),
+        flavour="cpu",
+        worker_code_hash="c" * 64,
+        base_image="kiln/python-base:bookworm",
+        tag="kiln-worker/cnn:1-cpu",
+        image_id="sha256:" + "a" * 64,
+        status=ImageStatus.READY,
+        progress=100,
+        log="Step 1/9 ...",
+        started_at=long_ago,
+        finished_at=long_ago + timedelta(minutes=2),
+    )
+
+    images.forget_missing_image(tag=image.tag)
+    image.refresh_from_db()
+    assert (image.status, image.image_id, image.log, image.progress) == (ImageStatus.QUEUED, "", "", 0)
+    assert image.started_at is None
+    assert image.finished_at is None
+
+    claimed = images._claim(image.pk, str(image.attempt))  # what the build job does first
+    assert claimed is not None
+    assert claimed.started_at is not None
+    assert claimed.started_at > long_ago + timedelta(hours=2)
+    assert images.sweep_image_builds()["failed"] == 0
+    image.refresh_from_db()
+    assert image.status == ImageStatus.BUILDING
