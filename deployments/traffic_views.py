@@ -25,18 +25,19 @@ def set_split(request: HttpRequest, name: str) -> HttpResponse:
     """``weight-<variant>`` fields, or a quick toggle ``preset=90,10`` in variant order."""
 
     def act(deployment: Any) -> None:
-        names = list(deployment.variants.order_by("id").values_list("name", flat=True))
+        rows = list(deployment.variants.order_by("id").values_list("name", "shadow_percent"))
+        names = [name for name, _ in rows]
         preset = request.POST.get("preset", "")
-        if preset:
-            weights = [int(x) for x in preset.split(",")]
-            live = [n for n in names if not deployment.variants.get(name=n).shadow_percent]
-            split: dict[str, Any] = dict.fromkeys(names, 0)
-            split.update(zip(live, weights, strict=False))
-        else:
-            try:
+        try:
+            if preset:
+                weights = [int(x) for x in preset.split(",")]
+                live = [name for name, shadow_percent in rows if not shadow_percent]
+                split: dict[str, Any] = dict.fromkeys(names, 0)
+                split.update(zip(live, weights, strict=False))
+            else:
                 split = {n: int(request.POST.get(f"weight-{n}", "0") or 0) for n in names}
-            except ValueError:
-                raise PlatformError("split: weights must be whole numbers") from None
+        except ValueError:
+            raise PlatformError("split: weights must be whole numbers") from None
         traffic.set_traffic_split(
             deployment=deployment,
             split=split,

@@ -157,3 +157,21 @@ def test_a_rollout_is_validated_started_once_and_controllable(owner_api: APIClie
     ]
     assert again.status_code == 400
     assert Rollout.objects.get().state == "aborted"
+
+
+@pytest.mark.usefixtures("two_arms")
+def test_the_web_split_control_applies_a_preset_and_refuses_bad_numbers_with_a_message(owner: User) -> None:
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(owner)
+
+    applied = browser.post("/deployments/ab/traffic/", {"preset": "90,10"}, follow=True)
+    assert applied.status_code == 200
+    assert dict(Variant.objects.values_list("name", "weight")) == {"a": 90, "b": 10}
+
+    for bad in ({"preset": "ninety,ten"}, {"weight-a": "lots", "weight-b": "0"}):
+        refused = browser.post("/deployments/ab/traffic/", bad, follow=True)
+        assert refused.status_code == 200
+        assert "weights must be whole numbers" in refused.content.decode()
+    assert dict(Variant.objects.values_list("name", "weight")) == {"a": 90, "b": 10}
