@@ -62,7 +62,7 @@ class OverviewApi(APIView):
 
     @extend_schema(parameters=[OpenApiParameter("window_s", int)], responses={200: dict})
     def get(self, request: Request) -> Response:
-        window = min(max(int(request.query_params.get("window_s", "60") or 60), 10), 3600)
+        window = int(min(max(_positive(request.query_params.get("window_s"), 60, "window_s"), 10), 3600))
         return Response({"window_s": window, "deployments": series.overview(window_s=window)})
 
 

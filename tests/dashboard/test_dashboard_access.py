@@ -46,3 +46,15 @@ def test_staff_see_the_dashboard_linked_from_the_navigation_and_the_admin(
     assert 'href="/dashboard/"' in web.get("/").content.decode()
     assert 'href="/dashboard/"' in web.get("/admin/").content.decode()
     assert api_as(staff).get("/api/v1/dashboard/overview/").json()["deployments"] == []
+
+
+def test_a_bad_overview_window_is_a_400_naming_it_and_a_huge_one_is_clamped(
+    staff: User, api_as: Callable[[User], APIClient]
+) -> None:
+    api = api_as(staff)
+
+    for bad in ("abc", "-5", "nan"):
+        response = api.get(f"/api/v1/dashboard/overview/?window_s={bad}")
+        assert response.status_code == 400, bad
+        assert "window_s" in str(response.json())
+    assert api.get("/api/v1/dashboard/overview/?window_s=999999").json()["window_s"] == 3600
