@@ -1,7 +1,8 @@
 """``manage.py ensure_service_token USERNAME --file PATH``: a token for a service (Prometheus) in a file.
 
-Creates the (non-staff) user when missing and writes a new token to PATH (mode 0600) unless PATH
-already holds a live token of that user. Used by the compose stack; safe to run at every start.
+Creates the (non-staff) user when missing and writes a new token to PATH (mode 0640: the compose
+stack's Prometheus reads it through the platform's group) unless PATH already holds a live token
+of that user. Used by the compose stack; safe to run at every start.
 """
 
 from __future__ import annotations
