@@ -25,7 +25,7 @@ from inference_worker import build_protos
 from inference_worker.batcher import Outputs
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
-from inference_worker.errors import GRPC_STATUS, InvalidRequest, RequestTimeout, WorkerError
+from inference_worker.errors import GRPC_STATUS, InvalidRequest, ModelFailure, RequestTimeout, WorkerError
 from inference_worker.tensor_codec import decode_grpc_inputs, raw_bytes
 
 log = logging.getLogger("inference_worker.grpc")
@@ -102,6 +102,8 @@ class InferenceServicer:
                         raise
             except grpc.RpcError as exc:  # the client's side broke off: answer what was read, then end
                 log.info("a ModelStreamInfer stream ended early: %s", exc.code())
+            except Exception:  # never leave the answering side waiting for an end that does not come
+                log.exception("reading a ModelStreamInfer stream failed")
             await window.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
@@ -150,6 +152,9 @@ class InferenceServicer:
             return started, future, infer
         except WorkerError as error:
             return started, error, None
+        except Exception:  # a bug answers INTERNAL and is accounted for, like HTTP's 500
+            log.exception("reading a gRPC inference request failed")
+            return started, ModelFailure("internal error; the worker's log has the details"), None
 
     def _decode(self, request: Any, time_remaining: float | None) -> InferRequest:
         self._dp.check_model(request.model_name, request.model_version)

@@ -242,3 +242,40 @@ def test_a_stream_the_client_cancels_leaves_nothing_queued_or_in_flight(models: 
             lambda: worker.metric("kiln_worker_batches_total") == 1
         )  # the running one finishes; none after
         assert worker.metric("kiln_worker_inferences_total") == 1
+
+
+def test_a_bug_while_reading_a_request_answers_internal_and_leaves_nothing_in_flight(
+    models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault injected into decoding (any exception, not a WorkerError) must not hang a stream."""
+    from inference_worker.grpc_api import InferenceServicer
+
+    decode = InferenceServicer._decode
+
+    def faulty(self: InferenceServicer, request: Any, time_remaining: float | None) -> Any:
+        if request.id == "boom":
+            raise RuntimeError("injected fault")
+        return decode(self, request, time_remaining)
+
+    monkeypatch.setattr(InferenceServicer, "_decode", faulty)
+
+    def square(request_id: str) -> Any:
+        request = pb2.ModelInferRequest(
+            model_name="square", id=request_id, raw_input_contents=[np.eye(4, dtype=np.float32).tobytes()]
+        )
+        request.inputs.add(name="a", datatype="FP32", shape=[1, 4, 4])
+        return request
+
+    with running(make_config(models.square, "square")) as worker:
+        with grpc.insecure_channel(worker.grpc_target) as channel:
+            stub = pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.ModelInfer(square("boom"), timeout=10)
+            assert failed.value.code() == grpc.StatusCode.INTERNAL
+            answers = list(
+                stub.ModelStreamInfer(iter([square("a"), square("boom"), square("b")]), timeout=10)
+            )
+        assert [bool(a.error_message) for a in answers] == [False, True, False]
+        assert "internal error" in answers[1].error_message
+        wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 0)
+        assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="internal") == 2
