@@ -67,15 +67,11 @@ class GatewayServer(http_base.Server[GatewayRequest, GatewayResponse]):
     """Listening socket, open connections, drain; requests go to the gateway's ``app``."""
 
     def __init__(self, app: App, *, max_body_bytes: int, routing_key_header: str) -> None:
-        super().__init__(max_header_bytes=MAX_HEADER_BYTES, max_body_bytes=max_body_bytes)
-        self.app = app
+        super().__init__(app.handle, max_header_bytes=MAX_HEADER_BYTES, max_body_bytes=max_body_bytes)
         self.special = {**_SPECIAL, routing_key_header.lower().encode("latin-1"): _KEY}
 
     def connection(self) -> GatewayConnection:
         return GatewayConnection(self)
-
-    def handle(self, request: GatewayRequest, reply: Reply) -> None:
-        self.app.handle(request, reply)
 
 
 class GatewayConnection(http_base.Connection[GatewayRequest, GatewayResponse]):
@@ -91,7 +87,9 @@ class GatewayConnection(http_base.Connection[GatewayRequest, GatewayResponse]):
         self.routing_key: bytes | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.count_header(len(name) + len(value))
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > self.max_header_bytes:
+            self.count_header(0)
         kind = self.special.get(name.lower(), _FORWARD)
         if kind == _FORWARD:
             self.headers += b"%s: %s\r\n" % (name, value)
@@ -103,8 +101,7 @@ class GatewayConnection(http_base.Connection[GatewayRequest, GatewayResponse]):
         elif kind == _EXPECT:
             self.expect_continue = value.lower() == b"100-continue"
 
-    def request(self, body: bytes) -> GatewayRequest:
-        method = self.parser.get_method()
+    def request(self, method: bytes, body: bytes) -> GatewayRequest:
         return GatewayRequest(method, self.url, self.headers, body, self.routing_key, time.perf_counter())
 
     def error(self, status: int, message: str) -> GatewayResponse:

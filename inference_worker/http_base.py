@@ -51,9 +51,17 @@ class Refused(Exception):
 
 
 class Server(Generic[RequestT, ResponseT]):
-    """Listening socket, open connections, drain. Subclasses say how a request is handled."""
+    """Listening socket, open connections, drain. Subclasses make the connections."""
 
-    def __init__(self, *, max_header_bytes: int, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        handle: Callable[[RequestT, Callable[[ResponseT], None]], None],
+        *,
+        max_header_bytes: int,
+        max_body_bytes: int,
+    ) -> None:
+        self.handle = handle
+        """Answers a request through its reply callback (the routes, the gateway's app)."""
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self.connections: set[Connection[RequestT, ResponseT]] = set()
@@ -62,9 +70,6 @@ class Server(Generic[RequestT, ResponseT]):
         self._sweeper: asyncio.Task[None] | None = None
 
     def connection(self) -> Connection[RequestT, ResponseT]:
-        raise NotImplementedError
-
-    def handle(self, request: RequestT, reply: Callable[[ResponseT], None]) -> None:
         raise NotImplementedError
 
     async def start(self, host: str, port: int) -> int:
@@ -135,8 +140,8 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         self._reset()
 
     # -- what a subclass provides ------------------------------------------------------------
-    def request(self, body: bytes) -> RequestT:
-        """The request read so far (URL, the headers' state and ``body``)."""
+    def request(self, method: bytes, body: bytes) -> RequestT:
+        """The request read so far (URL, the headers' state, ``method`` and ``body``)."""
         raise NotImplementedError
 
     def write(self, response: ResponseT, keep_alive: bool, head_only: bool) -> None:
@@ -212,9 +217,10 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
 
     def on_message_complete(self) -> None:
         parts = self.body_parts
-        request = self.request(parts[0] if len(parts) == 1 else b"".join(parts))
+        method = self.parser.get_method()
+        request = self.request(method, parts[0] if len(parts) == 1 else b"".join(parts))
         keep_alive = self.parser.should_keep_alive()
-        head_only = self.parser.get_method() == b"HEAD"
+        head_only = method == b"HEAD"
         self.reading = False
         self._reset()
         if self.busy or self.write_paused:
@@ -225,6 +231,7 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
 
     # -- helpers for on_header ---------------------------------------------------------------
     def count_header(self, size: int) -> None:
+        """Add ``size`` header bytes; refuse the request past the limit (on_header inlines the sum)."""
         self.header_bytes += size
         if self.header_bytes > self.max_header_bytes:
             message = f"request line and headers exceed {self.max_header_bytes} bytes"

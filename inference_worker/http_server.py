@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from inference_worker import http_base
 from inference_worker.config import Limits
-from inference_worker.http_api import HttpApi, Reply, Request, Response, json_response
+from inference_worker.http_api import HttpApi, Request, Response, json_response
 
 
 class HttpServer(http_base.Server[Request, Response]):
     """Listening socket, open connections, drain; requests go to the routes of ``api``."""
 
     def __init__(self, api: HttpApi, limits: Limits) -> None:
-        super().__init__(max_header_bytes=limits.max_header_bytes, max_body_bytes=limits.max_body_bytes)
-        self.api = api
+        super().__init__(
+            api.handle, max_header_bytes=limits.max_header_bytes, max_body_bytes=limits.max_body_bytes
+        )
 
     def connection(self) -> HttpConnection:
         return HttpConnection(self)
-
-    def handle(self, request: Request, reply: Reply) -> None:
-        self.api.handle(request, reply)
 
 
 class HttpConnection(http_base.Connection[Request, Response]):
@@ -35,7 +33,9 @@ class HttpConnection(http_base.Connection[Request, Response]):
         self.encoding: bytes | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.count_header(len(name) + len(value))
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > self.max_header_bytes:
+            self.count_header(0)
         name = name.lower()
         if name == b"content-length":
             self.check_length(value)
@@ -48,8 +48,8 @@ class HttpConnection(http_base.Connection[Request, Response]):
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
-    def request(self, body: bytes) -> Request:
-        return Request(self.parser.get_method(), self.url, body, self.header_length, self.encoding)
+    def request(self, method: bytes, body: bytes) -> Request:
+        return Request(method, self.url, body, self.header_length, self.encoding)
 
     def error(self, status: int, message: str) -> Response:
         return json_response(status, {"error": message})
