@@ -78,10 +78,9 @@ def _budget(request: HttpRequest) -> float:
     return min(max(value, 0.1), 60_000.0)
 
 
-def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
+def _live_context(request: HttpRequest, name: str) -> dict[str, Any]:
+    """What the live part of the page shows (it refreshes every few seconds): status, variants, workers."""
     deployment = queries.get_deployment(name)
-    from registry.queries import audit_events
-
     variants = list(deployment.variants.all())
     for variant in variants:
         uses_images = variant.backend == "docker"
@@ -90,6 +89,16 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
         "deployment": deployment,
         "variants": variants,
         "can_change": deployment.model.can_change(request.user),
+    }
+
+
+def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
+    from registry.queries import audit_events
+
+    context = _live_context(request, name)
+    deployment = context["deployment"]
+    return {
+        **context,
         "gateway": settings.KILN_GATEWAY_URL,
         "events": audit_events().filter(subject=f"deployment/{name}")[:30],
         "scale_form": ScaleForm(),
@@ -115,7 +124,7 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 def deployment_workers_fragment(request: HttpRequest, name: str) -> HttpResponse:
     """The live part of the deployment page, re-fetched by the page every few seconds."""
-    return render(request, "deployments/_live.html", _detail_context(request, name))
+    return render(request, "deployments/_live.html", _live_context(request, name))
 
 
 def act_on_deployment(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:

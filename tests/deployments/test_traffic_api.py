@@ -175,3 +175,22 @@ def test_the_web_split_control_applies_a_preset_and_refuses_bad_numbers_with_a_m
         assert refused.status_code == 200
         assert "weights must be whole numbers" in refused.content.decode()
     assert dict(Variant.objects.values_list("name", "weight")) == {"a": 90, "b": 10}
+
+
+@pytest.mark.usefixtures("two_arms")
+def test_the_deployment_page_and_its_live_fragment_show_every_variant_and_worker(owner: User) -> None:
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(owner)
+    page = browser.get("/deployments/ab/").content.decode()
+    live = browser.get("/deployments/ab/live/")
+
+    assert live.status_code == 200
+    fragment = live.content.decode()
+    for html in (page, fragment):
+        assert "100% of traffic" in html
+        assert "0% of traffic" in html
+        assert html.count("ready") >= 2
+    assert 'name="preset"' in page  # the split control is on the page, not in what refreshes
+    assert 'name="preset"' not in fragment
