@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from config.errors import PlatformError
 from deployments import queries, services
-from deployments.backends import get_backend
+from deployments.backends import get_backend, uses_images
 from deployments.forms import AddVariantForm, DeploymentCreateForm, ScaleForm, VersionForm
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
@@ -83,8 +83,8 @@ def _live_context(request: HttpRequest, name: str) -> dict[str, Any]:
     deployment = queries.get_deployment(name)
     variants = list(deployment.variants.all())
     for variant in variants:
-        uses_images = variant.backend == "docker"
-        setattr(variant, "worker_image", latest_image_of(variant) if uses_images else None)  # noqa: B010
+        image = latest_image_of(variant) if uses_images(variant.backend) else None
+        setattr(variant, "worker_image", image)  # noqa: B010
     return {
         "deployment": deployment,
         "variants": variants,

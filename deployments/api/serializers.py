@@ -8,7 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.backends import BackendError, get_backend
+from deployments.backends import uses_images
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.services.images import latest_image_of
 
@@ -108,10 +108,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     @extend_schema_field(WorkerImageOutput(allow_null=True))
     def get_image(self, obj: Variant) -> dict[str, Any] | None:
         """The worker image: the tag workers run (``in_use``) and the build of the one wanted now."""
-        try:
-            if not get_backend(obj.backend).uses_images:
-                return None
-        except BackendError:
+        if not uses_images(obj.backend):
             return None
         latest = latest_image_of(obj)
         build = dict(WorkerImageOutput(latest).data) if latest is not None else None

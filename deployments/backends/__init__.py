@@ -27,4 +27,12 @@ def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
+def uses_images(name: str) -> bool:
+    """Whether workers of the backend ``name`` run from a built worker image (False for an unknown one)."""
+    try:
+        return get_backend(name).uses_images
+    except BackendError:
+        return False
+
+
 __all__ = ("Backend", "BackendError", "BackendStatus", "WorkerHandle", "WorkerSpec", "get_backend")

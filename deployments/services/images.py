@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from config.locks import advisory_lock
 from deployments import image_build
-from deployments.backends import BackendError
+from deployments.backends import BackendError, uses_images
 from deployments.errors import ImageBuildError, InvalidDeploymentError
 from deployments.models import Deployment, ImageFlavour, ImageStatus, Variant, WorkerImage
 from deployments.services.events import enqueue_reconcile, record_deployment_event
@@ -318,7 +318,7 @@ def fail_worker_image(*, image_id: int, attempt: str | None, reason: str) -> boo
 def rebuild_worker_image(*, variant: Variant, actor: Actor) -> WorkerImage:
     """Build a variant's failed image again (or one the engine lost); a ready or running build is kept."""
     image = latest_image_of(variant)
-    if image is None or variant.backend != "docker":
+    if image is None or not uses_images(variant.backend):
         raise InvalidDeploymentError(f"variant {variant.name!r} has no worker image to rebuild")
     locked = WorkerImage.objects.select_for_update().get(pk=image.pk)
     if locked.status in (ImageStatus.QUEUED, ImageStatus.BUILDING):
