@@ -243,7 +243,11 @@ def test_a_real_prometheus_finds_workers_through_the_platform_and_labels_their_s
             timeout=30,
             message="the platform scraped",
         )
-        gateway_up = _query(prometheus, 'up{job="kiln-gateway"}')
+        gateway_up = wait_for(
+            lambda: _query(prometheus, 'up{job="kiln-gateway"}'),
+            timeout=30,
+            message="the gateway's target scraped (and found down)",
+        )
     finally:
         server.stop()
         worker.stop()
