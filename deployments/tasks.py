@@ -61,7 +61,7 @@ class _ImageBuildTask(RowJobTask):
     def fail_row(self, row_id: int, attempt: str | None, reason: str) -> None:
         from deployments.services.images import fail_worker_image
 
-        fail_worker_image(image_id=row_id, attempt=attempt, reason=reason)
+        fail_worker_image(image_id=row_id, attempt=attempt, reason=reason, code="job_failed")
 
 
 @shared_task(

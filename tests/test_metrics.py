@@ -346,6 +346,39 @@ def test_image_builds_are_exposed_at_zero_until_a_build_reports_then_counted() -
 
 
 @pytest.mark.django_db
+def test_ended_image_builds_are_counted_with_their_duration_and_the_cause_of_a_failure(
+    owner: User, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from deployments.models import WorkerImage
+    from deployments.services import images
+
+    settings.KILN_DOCKER_GPU_BASE_IMAGE = "nvidia/cuda:12-runtime"
+    version = ready_version(owner)
+    built = images.ensure_worker_image(version=version, flavour="cpu")
+    broken = images.ensure_worker_image(version=version, flavour="gpu")
+    for image in (built, broken):
+        assert images._claim(image.pk, str(image.attempt)) is not None  # what the build job does first
+    WorkerImage.objects.filter(pk=built.pk).update(started_at=timezone.now() - timedelta(seconds=95))
+
+    images._mark_ready(
+        WorkerImage.objects.get(pk=built.pk), image_id="sha256:" + "b" * 64, reused=False, log=""
+    )
+    images.fail_worker_image(
+        image_id=broken.pk, attempt=str(broken.attempt), reason="no space left", code="build_error"
+    )
+
+    samples = scrape()
+    assert value(samples, "kiln_image_build_duration_seconds_bucket", outcome="succeeded", le="120.0") == 1
+    assert value(samples, "kiln_image_build_duration_seconds_bucket", outcome="succeeded", le="60.0") == 0
+    assert value(samples, "kiln_image_build_duration_seconds_count", outcome="failed") == 1
+    assert value(samples, "kiln_image_build_failures_total", reason="build_error") == 1
+    assert value(samples, "kiln_worker_images", state="ready") == 1
+    assert value(samples, "kiln_worker_images", state="failed") == 1
+
+
+@pytest.mark.django_db
 def test_label_values_are_bounded_so_free_text_never_becomes_a_series() -> None:
     record_image_build(outcome="failed", duration_s=None, reason="could not pull 'nvidia/cuda': 429\nretry")
 

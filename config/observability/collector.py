@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count
@@ -178,19 +177,11 @@ def _variant_families(
 
 
 def _image_families() -> Iterator[Metric]:
-    """HOOK (docker backend): worker images by state, once a ``deployments.WorkerImage`` model exists.
+    """Worker images by build state; build durations and failures come from ``events.record_image_build``."""
+    from deployments.models import WorkerImage
 
-    The docker branch adds the model; until then this yields nothing. Build
-    durations and failures come from ``events.record_image_build``.
-    """
-    model = apps.all_models["deployments"].get("workerimage")
-    if model is None:
-        return
-    field = next((f for f in ("status", "state") if any(x.name == f for x in model._meta.get_fields())), None)
-    if field is None:
-        return
     family = GaugeMetricFamily("kiln_worker_images", "Worker images by build state.", labels=["state"])
-    for state, n in model._default_manager.values_list(field).annotate(n=Count("pk")).order_by():
+    for state, n in WorkerImage.objects.values_list("status").annotate(n=Count("pk")).order_by():
         family.add_metric([str(state)], float(n))
     yield family
 

@@ -63,11 +63,7 @@ def record_conversion(*, outcome: str, duration_s: float | None, reason: str = "
 
 
 def record_image_build(*, outcome: str, duration_s: float | None, reason: str = "") -> None:
-    """HOOK for the docker backend's image builds: call when a build ends (``succeeded``/``failed``).
-
-    Nothing calls this yet; the metrics are exposed (at zero) from the start so
-    dashboards and rules need no change when builds begin to report.
-    """
+    """A worker image build ended: ``succeeded`` or ``failed`` (with its short cause as ``reason``)."""
     if duration_s is not None:
         IMAGE_BUILD_DURATION.observe(duration_s, outcome)
     if outcome == "failed":

@@ -210,14 +210,20 @@ def build_worker_image(*, image_id: int, attempt: str) -> WorkerImage | None:
                 return _mark_ready(image, image_id=found, reused=True, log=progress.text())
             image_id_built = _build(client, image, progress)
             return _mark_ready(image, image_id=image_id_built, reused=False, log=progress.text())
-    except (ImageBuildError, BackendError) as exc:
-        fail_worker_image(image_id=image.pk, attempt=attempt, reason=exc.message)
+    except ImageBuildError as exc:
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=exc.message, code="build_error")
+    except BackendError as exc:
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=exc.message, code=exc.code)
     except (docker.errors.APIError, docker.errors.BuildError) as exc:
-        fail_worker_image(image_id=image.pk, attempt=attempt, reason=f"the Docker engine refused: {exc}")
+        reason = f"the Docker engine refused: {exc}"
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=reason, code="engine_refused")
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        fail_worker_image(image_id=image.pk, attempt=attempt, reason=unavailable(exc).message)
+        reason = unavailable(exc).message
+        fail_worker_image(image_id=image.pk, attempt=attempt, reason=reason, code="engine_unavailable")
     except (OSError, subprocess.SubprocessError) as exc:
-        fail_worker_image(image_id=image.pk, attempt=attempt, reason=f"the build failed: {exc}")
+        fail_worker_image(
+            image_id=image.pk, attempt=attempt, reason=f"the build failed: {exc}", code="os_error"
+        )
     return WorkerImage.objects.get(pk=image.pk)
 
 
@@ -290,6 +296,7 @@ def _mark_ready(image: WorkerImage, *, image_id: str, reused: bool, log: str) ->
     )
     if done:
         logger.info("worker image %s is ready (%s)", image.tag, "reused" if reused else "built")
+        _count_outcome(image_id=image.pk, outcome="succeeded")
         _reconcile_users(image)
     return WorkerImage.objects.get(pk=image.pk)
 
@@ -299,8 +306,12 @@ def _reconcile_users(image: WorkerImage) -> None:
         enqueue_reconcile(deployment)
 
 
-def fail_worker_image(*, image_id: int, attempt: str | None, reason: str) -> bool:
-    """Mark a build failed with a readable reason (``attempt`` None: whichever attempt holds it)."""
+def fail_worker_image(*, image_id: int, attempt: str | None, reason: str, code: str = "failed") -> bool:
+    """Mark a build failed with a readable reason (``attempt`` None: whichever attempt holds it).
+
+    ``code`` is the short cause (``build_error``, ``timeout``...), counted in
+    ``kiln_image_build_failures_total{reason}``.
+    """
     rows = WorkerImage.objects.filter(pk=image_id, status__in=(ImageStatus.QUEUED, ImageStatus.BUILDING))
     if attempt is not None:
         rows = rows.filter(attempt=attempt)
@@ -310,8 +321,18 @@ def fail_worker_image(*, image_id: int, attempt: str | None, reason: str) -> boo
     if failed:
         image = WorkerImage.objects.get(pk=image_id)
         logger.warning("worker image %s failed: %s", image.tag, reason)
+        _count_outcome(image_id=image_id, outcome="failed", code=code)
         _reconcile_users(image)
     return bool(failed)
+
+
+def _count_outcome(*, image_id: int, outcome: str, code: str = "") -> None:
+    """An ended build in the platform's metrics, timed from its start (None when it never started)."""
+    from config.observability.events import record_image_build
+
+    started, finished = WorkerImage.objects.values_list("started_at", "finished_at").get(pk=image_id)
+    duration = (finished - started).total_seconds() if started and finished else None
+    record_image_build(outcome=outcome, duration_s=duration, reason=code)
 
 
 @transaction.atomic
@@ -366,6 +387,7 @@ def sweep_image_builds() -> dict[str, int]:
                 image_id=image.pk,
                 attempt=None,
                 reason=f"the build did not finish within {limit:.0f} s ({image.step})",
+                code="timeout",
             )
         for image in building.filter(heartbeat_at__lt=now - lease):
             if image.tries >= MAX_BUILD_TRIES:
@@ -373,7 +395,9 @@ def sweep_image_builds() -> dict[str, int]:
                     f"the build was interrupted {image.tries} times (its worker stopped); "
                     f"last step: {image.step}"
                 )
-                counts["failed"] += fail_worker_image(image_id=image.pk, attempt=None, reason=reason)
+                counts["failed"] += fail_worker_image(
+                    image_id=image.pk, attempt=None, reason=reason, code="interrupted"
+                )
             else:
                 _enqueue(image.pk, image.attempt)
                 counts["resumed"] += 1
