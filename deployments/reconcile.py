@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
@@ -430,7 +431,12 @@ def stop_all_workers(deployment: Deployment) -> None:
 
 def stop_all_workers_of_variant(variant: Variant) -> None:
     """Stop every worker of ``variant`` now."""
-    for worker in variant.workers.exclude(state__in=(WorkerState.STOPPED, WorkerState.FAILED)):
+    stop_workers(variant.workers.exclude(state__in=(WorkerState.STOPPED, WorkerState.FAILED)))
+
+
+def stop_workers(workers: Iterable[Worker]) -> None:
+    """Stop these workers now and mark them stopped."""
+    for worker in workers:
         if worker.handle:
             get_backend(worker.backend).stop(worker.handle, grace_s=5)
         Worker.objects.filter(pk=worker.pk).update(state=WorkerState.STOPPED, state_changed_at=timezone.now())

@@ -201,18 +201,16 @@ class Command(BaseCommand):
         """Local worker processes stop with the platform (containers are the engine's and keep serving);
         they start again with it. A platform that is killed instead adopts them when it comes back."""
         from deployments.models import Worker, WorkerState
-        from deployments.reconcile import stop_all_workers_of_variant
+        from deployments.reconcile import stop_workers
 
-        live = Worker.objects.filter(backend="process").exclude(
-            state__in=(WorkerState.STOPPED, WorkerState.FAILED)
-        )
-        variants = {w.variant for w in live.select_related("variant")}
-        for variant in variants:
-            stop_all_workers_of_variant(variant)
-        if variants:
-            self.stdout.write(
-                f"stopped the local workers of {len(variants)} variant(s); they start with the platform"
+        live = list(
+            Worker.objects.filter(backend="process").exclude(
+                state__in=(WorkerState.STOPPED, WorkerState.FAILED)
             )
+        )
+        stop_workers(live)
+        if live:
+            self.stdout.write(f"stopped {len(live)} local worker(s); they start with the platform")
 
 
 def prometheus_multiprocess_env(var_dir: Path) -> dict[str, str]:
