@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from config.observability.events import record_image_build
+from deployments.backends.process import free_port
 from deployments.models import Deployment, Variant, Worker
 from deployments.reconcile import spec_hash
 from registry import storage
@@ -52,8 +52,13 @@ def scrape(client: Client | None = None) -> Samples:
     response = (client or Client()).get("/metrics")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
+    return _parse(response.content.decode())
+
+
+def _parse(text: str) -> Samples:
+    """Every sample of an exposition, each series exactly once."""
     samples: Samples = {}
-    for family in text_string_to_metric_families(response.content.decode()):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = (sample.name, frozenset(sample.labels.items()))
             assert key not in samples, f"duplicate series {key}"
@@ -479,13 +484,6 @@ def test_a_crash_loop_shows_as_restarts_then_a_failed_worker_and_deployment(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Gunicorn:
     url: str
@@ -506,7 +504,7 @@ def gunicorn(tmp_path: Path, metrics_instance: str) -> Iterator[Gunicorn]:
     env = prometheus_multiprocess_env(tmp_path)
     assert not leftover.exists()
     env.update(DATABASE_URL=conftest.test_database_url(), KILN_INSTANCE_ID=metrics_instance)
-    port = _free_port()
+    port = free_port()
     argv = [
         str(Path(sys.executable).parent / "gunicorn"),
         "config.wsgi",
@@ -534,13 +532,7 @@ def _scrape_answers(url: str) -> bool:
 def _scrape_url(url: str) -> Samples:
     response = httpx.get(f"{url}/metrics", timeout=10)
     assert response.status_code == 200, response.text[:2000]
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in samples, f"duplicate series {key}"
-            samples[key] = sample.value
-    return samples
+    return _parse(response.text)
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -28,6 +27,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.test import Client, override_settings
 
+from deployments.backends.process import free_port
 from tests.conftest import ROOT, wait_for
 from tests.inference_worker import onnx_models
 from tests.stack.promql import exposed_series_names
@@ -44,13 +44,6 @@ class LiveExports:
 
     def all_names(self) -> set[str]:
         return set().union(*self.names.values())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Process:

@@ -18,12 +18,12 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
+from deployments.backends.process import free_port
 from tests.conftest import ROOT, wait_for
 from tests.stack.conftest import (
     DEPLOYMENT,
     LiveExports,
     Process,
-    free_port,
     infer,
     start_worker,
     unexported,
