@@ -130,10 +130,8 @@ class Reporter:
         seconds = max(end.wall - base.wall, 1e-9)
         request, batch = end.request.minus(base.request), end.batch.minus(base.batch)
         _, rss = process_stats()
-        by_outcome: dict[str, int] = {}
         by_protocol: dict[str, int] = {}
-        for (protocol, outcome), count in m.requests.items():
-            by_outcome[outcome] = by_outcome.get(outcome, 0) + count
+        for (protocol, _outcome), count in m.requests.items():
             by_protocol[protocol] = by_protocol.get(protocol, 0) + count
         mean_batch = batch.mean()
         report = {
@@ -145,7 +143,7 @@ class Reporter:
             "started_at": _iso(self._started),
             "interval": {"start": _iso(base.wall), "end": _iso(end.wall), "seconds": round(seconds, 3)},
             "counters": {
-                "requests": by_outcome,
+                "requests": end.outcomes,
                 "requests_by_protocol": by_protocol,
                 "inferences": m.inferences,
                 "batches": m.batches,
