@@ -105,21 +105,22 @@ def _database_families() -> Iterator[Metric]:
     variants = list(
         Variant.objects.select_related("deployment__model", "version").order_by("deployment__name", "name")
     )
-    counts: dict[tuple[int, str, str], int] = {}
+    current_spec = {variant.pk: spec_hash(variant) for variant in variants}
+    counts: dict[tuple[int, str], int] = {}
     for variant_id, state, spec, n in (
         Worker.objects.exclude(state="stopped")
         .values_list("variant_id", "state", "spec_hash")
         .annotate(n=Count("id"))
         .order_by()
     ):
-        counts[variant_id, state, spec] = counts.get((variant_id, state, spec), 0) + n
-    yield from _variant_families(variants, counts, spec_hash)
+        if state != "failed" or spec == current_spec.get(variant_id):  # old crash loops are history
+            counts[variant_id, state] = counts.get((variant_id, state), 0) + n
+    yield from _variant_families(variants, counts)
     yield from _image_families()
 
 
-def _variant_families(
-    variants: list[Any], counts: dict[tuple[int, str, str], int], spec_hash: Any
-) -> Iterator[Metric]:
+def _variant_families(variants: list[Any], counts: dict[tuple[int, str], int]) -> Iterator[Metric]:
+    """Per variant: what it serves, its targets, and its workers by state (``counts``)."""
     labels = ["deployment", "variant"]
     info = GaugeMetricFamily(
         "kiln_variant_info",
@@ -165,14 +166,8 @@ def _variant_families(
         weight.add_metric(names, variant.weight / 100.0)
         shadow.add_metric(names, variant.shadow_percent / 100.0)
         queue.add_metric(names, float(variant.max_queue_size))
-        current = spec_hash(variant)
         for state in _WORKER_STATES:
-            n = sum(
-                count
-                for (variant_id, row_state, spec), count in counts.items()
-                if variant_id == variant.pk and row_state == state and (state != "failed" or spec == current)
-            )
-            workers.add_metric([*names, state], float(n))
+            workers.add_metric([*names, state], float(counts.get((variant.pk, state), 0)))
     yield from (info, desired, weight, shadow, queue, workers)
 
 
