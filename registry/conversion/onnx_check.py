@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from registry.child_api import ChildError
-from registry.inspection import load_onnx_checked
-from registry.onnx_export import first_line, raise_if_out_of_memory
-from registry.profiling import make_session
+from registry.conversion.channel import ChildError
+from registry.conversion.inspection import load_onnx_checked
+from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
+from registry.conversion.profiling import make_session
 
 
 @dataclass

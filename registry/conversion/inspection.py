@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.child_api import ChildError, progress
+from registry.conversion.channel import ChildError, progress
 
 ONNX_DTYPES = {
     1: "float32",

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registry.child_api import ChildError
+from registry.conversion.channel import ChildError
 
 # Warnings every export emits and nobody can act on.
 _NOISE = (

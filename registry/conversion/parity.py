@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from registry.child_api import ChildError, progress
-from registry.onnx_export import first_line, raise_if_out_of_memory
+from registry.conversion.channel import ChildError, progress
+from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
 
 DYNAMIC_DIM_SIZE = 8
 DEFAULT_BATCH_SIZES = (1, 3, 8)

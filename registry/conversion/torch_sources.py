@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.child_api import ChildError, progress
-from registry.onnx_export import (
+from registry.conversion.channel import ChildError, progress
+from registry.conversion.onnx_export import (
     DimRange,
     export_program,
     export_torchscript,
@@ -23,7 +23,7 @@ from registry.onnx_export import (
     program_input_dims,
     quiet_warnings,
 )
-from registry.parity import (
+from registry.conversion.parity import (
     DYNAMIC_DIM_SIZE,
     Array,
     Feeds,

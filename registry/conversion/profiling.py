@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from registry.child_api import progress
-from registry.onnx_export import raise_if_out_of_memory
-from registry.parity import Feeds
+from registry.conversion.channel import progress
+from registry.conversion.onnx_export import raise_if_out_of_memory
+from registry.conversion.parity import Feeds
 
 PROVIDER = "CPUExecutionProvider"
 SLOW_RUN_S = 2.0

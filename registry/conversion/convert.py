@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from registry.child_api import ChildError, progress
-from registry.inspection import onnx_signature
-from registry.onnx_check import CheckedModel, check_onnx_file
-from registry.onnx_export import DimRange, first_line, raise_if_out_of_memory
-from registry.parity import (
+from registry.conversion.channel import ChildError, progress
+from registry.conversion.inspection import onnx_signature
+from registry.conversion.onnx_check import CheckedModel, check_onnx_file
+from registry.conversion.onnx_export import DimRange, first_line, raise_if_out_of_memory
+from registry.conversion.parity import (
     DEFAULT_BATCH_SIZES,
     Array,
     Feeds,
@@ -52,9 +52,9 @@ from registry.parity import (
     probe_int_high,
     specs_from_signature,
 )
-from registry.profiling import DEFAULT_BUDGET_S, profile, profile_batch_sizes
-from registry.protocol_costs import protocol_costs
-from registry.torch_sources import prepare_program, prepare_torchscript
+from registry.conversion.profiling import DEFAULT_BUDGET_S, profile, profile_batch_sizes
+from registry.conversion.protocol_costs import protocol_costs
+from registry.conversion.torch_sources import prepare_program, prepare_torchscript
 
 FORMATS = ("torchscript", "torch_export", "onnx")
 EXPORTERS = {"torchscript": "torchscript", "torch_export": "dynamo", "onnx": "none (uploaded ONNX)"}
