@@ -99,7 +99,7 @@ def _remember_docker_engine() -> None:
 
 def ensure_routing_table() -> None:
     """Publish the table when Redis has none (a fresh or restarted Redis): gateways wait for one."""
-    from deployments.services.routing import redis_client
+    from config.redis import redis_client
 
     try:
         missing = not redis_client().exists(settings.KILN_ROUTING_KEY)

@@ -24,7 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from config.observability import events
-from config.observability.shared import SharedCounter, SharedHistogram, metrics_redis, redis_for
+from config.observability.shared import (
+    METRICS_REDIS_TIMEOUT_S,
+    SharedCounter,
+    SharedHistogram,
+)
+from config.redis import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ class PlatformCollector(Collector):
             families, up["database"] = [], False
         yield from families
         try:
-            families = list(_event_families(metrics_redis()))
+            families = list(_event_families(redis_client(timeout_s=METRICS_REDIS_TIMEOUT_S)))
             up["redis"] = True
         except redis.RedisError as exc:
             logger.warning("metrics: Redis unavailable: %s", exc)
@@ -218,7 +223,7 @@ def _queue_families() -> Iterator[Metric]:
     if not broker.startswith(("redis://", "rediss://", "unix://")):
         return
     queues = sorted({settings.CELERY_TASK_DEFAULT_QUEUE, settings.KILN_CELERY_LONG_QUEUE})
-    pipe = redis_for(broker).pipeline(transaction=False)
+    pipe = redis_client(broker, timeout_s=METRICS_REDIS_TIMEOUT_S).pipeline(transaction=False)
     for queue in queues:
         for step in _KOMBU_PRIORITY_STEPS:
             pipe.llen(f"{queue}{_KOMBU_PRIORITY_SEP}{step}" if step else queue)

@@ -25,23 +25,15 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
+from config.redis import redis_client
+
 logger = logging.getLogger(__name__)
 
-_clients: dict[str, redis.Redis] = {}
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,128}$")
 
 
-def redis_for(url: str) -> redis.Redis:
-    """One client per URL and process, with short timeouts (a scrape or a reconcile must not hang)."""
-    client = _clients.get(url)
-    if client is None:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        _clients[url] = client
-    return client
-
-
-def metrics_redis() -> redis.Redis:
-    return redis_for(settings.REDIS_URL)
+METRICS_REDIS_TIMEOUT_S = 2.0
+"""Shorter than other Redis calls: recording a metric or answering a scrape must never wait long."""
 
 
 def clean_label(value: object) -> str:
@@ -81,7 +73,7 @@ class SharedCounter:
             msg = f"{self.name} takes labels {self.labels}, got {values}"
             raise ValueError(msg)
         try:
-            metrics_redis().hincrby(self.key, _field(values), amount)
+            redis_client(timeout_s=METRICS_REDIS_TIMEOUT_S).hincrby(self.key, _field(values), amount)
         except redis.RedisError as exc:
             logger.warning("metric %s not recorded: %s", self.name, exc)
 
@@ -134,7 +126,7 @@ class SharedHistogram:
             return
         labels = _field(values)
         try:
-            pipe = metrics_redis().pipeline(transaction=True)
+            pipe = redis_client(timeout_s=METRICS_REDIS_TIMEOUT_S).pipeline(transaction=True)
             pipe.hincrby(self.key, f"{labels}|{bisect_left(self.bounds, value)}", 1)
             pipe.hincrbyfloat(self.key, f"{labels}|sum", value)
             pipe.execute()

@@ -39,6 +39,7 @@ import requests
 from django.conf import settings
 from docker.types import DeviceRequest, LogConfig
 
+from config.redis import redis_client
 from deployments.backends.base import BackendError, BackendStatus, WorkerHandle, WorkerSpec
 from deployments.backends.process import free_port, tail_file
 from deployments.image_build import MODEL_PATH_IN_IMAGE
@@ -59,8 +60,6 @@ def _engine_seen_key() -> str:
 
 def remember_engine(info: dict[str, Any]) -> None:
     """Record, for processes without the engine's socket, that it answers and which runtimes it has."""
-    from deployments.services.routing import redis_client
-
     seen = {
         "Runtimes": sorted(info.get("Runtimes") or {}),
         "DefaultRuntime": info.get("DefaultRuntime") or "",
@@ -71,8 +70,6 @@ def remember_engine(info: dict[str, Any]) -> None:
 
 def engine_seen_by_workers() -> dict[str, Any] | None:
     """What ``remember_engine`` recorded in the last two minutes, or None."""
-    from deployments.services.routing import redis_client
-
     try:
         raw = redis_client().get(_engine_seen_key())
     except Exception:  # Redis down: no hint

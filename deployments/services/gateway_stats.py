@@ -24,8 +24,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from config.redis import redis_client
 from deployments.histograms import merge
-from deployments.services.routing import redis_client
 
 logger = logging.getLogger(__name__)
 

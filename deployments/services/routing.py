@@ -25,17 +25,10 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
+from config.redis import redis_client
 from deployments.models import Deployment, Worker, WorkerState
 
 logger = logging.getLogger(__name__)
-_client: redis.Redis | None = None
-
-
-def redis_client() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    return _client
 
 
 def build_routing_table() -> dict[str, Any]:
