@@ -27,7 +27,7 @@ from django.utils import timezone
 from config.locks import advisory_lock
 from config.observability.events import record_reconcile_action
 from deployments.backends import BackendError, WorkerSpec, get_backend
-from deployments.backends.process import trim_log
+from deployments.backends.logs import trim_log
 from deployments.models import (
     LIVE_WORKER_STATES,
     Deployment,

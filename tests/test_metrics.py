@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from config.observability.events import record_image_build
-from deployments.backends.process import free_port
+from deployments.backends.ports import free_port
 from deployments.models import Deployment, Variant, Worker
 from deployments.reconcile import spec_hash
 from registry import storage

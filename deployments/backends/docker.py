@@ -41,7 +41,8 @@ from docker.types import DeviceRequest, LogConfig
 
 from config.redis import redis_client
 from deployments.backends.base import BackendError, BackendStatus, WorkerHandle, WorkerSpec
-from deployments.backends.process import free_port, tail_file
+from deployments.backends.logs import tail_file
+from deployments.backends.ports import free_port
 from deployments.image_build import MODEL_PATH_IN_IMAGE
 
 CONTAINER_HTTP_PORT, CONTAINER_GRPC_PORT = 8080, 8081
