@@ -89,7 +89,7 @@ def _remember_docker_engine() -> None:
     )
     if not uses_docker:
         return
-    from deployments.backends.docker import engine, remember_engine
+    from deployments.backends.docker_engine import engine, remember_engine
 
     try:
         remember_engine(engine(timeout_s=5).info())

@@ -445,11 +445,11 @@ def test_a_docker_variant_is_refused_with_a_clear_message_when_no_engine_answers
     owner: User, owner_api: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from deployments import backends
-    from deployments.backends import docker as docker_backend
+    from deployments.backends import docker_engine
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     monkeypatch.setattr(backends, "_BACKENDS", {})
-    monkeypatch.setattr(docker_backend, "_clients", {})
+    monkeypatch.setattr(docker_engine, "_clients", {})
     stored_version(owner, tmp_path)
 
     response = owner_api.post(
