@@ -21,8 +21,9 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from config import dispatch
 from config.locks import advisory_lock
-from config.observability.events import record_conversion
+from config.metrics.events import record_conversion
 from registry import storage
 from registry.audit import Actor, record_event
 from registry.errors import VersionStateError
@@ -33,9 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 def _enqueue(version_id: int, attempt: uuid.UUID) -> None:
-    from registry.tasks import convert_version_task
-
-    transaction.on_commit(lambda: convert_version_task.delay(version_id, str(attempt)))
+    dispatch.send_on_commit("registry.convert_version", version_id, str(attempt))
 
 
 @transaction.atomic
@@ -305,6 +304,4 @@ def sweep_stale_conversions() -> dict[str, int]:
 def _enqueue_now(version_id: int, attempt: uuid.UUID | None) -> None:
     if attempt is None:
         return
-    from registry.tasks import convert_version_task
-
-    convert_version_task.delay(version_id, str(attempt))
+    dispatch.send("registry.convert_version", version_id, str(attempt))

@@ -23,8 +23,8 @@ from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from config.observability import events
-from config.observability.shared import SharedCounter, SharedHistogram, metrics_redis, redis_for
+from config.metrics import events
+from config.metrics.shared import SharedCounter, SharedHistogram, metrics_redis, redis_for
 
 logger = logging.getLogger(__name__)
 
