@@ -18,13 +18,16 @@ class DeploymentStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     STOPPING = "stopping", "Stopping"
     STOPPED = "stopped", "Stopped"
+    DELETING = "deleting", "Deleting"
 
 
 class Deployment(models.Model):
     """A named endpoint serving one model through the gateway.
 
     ``desired_running`` is what the user asked for; ``status`` is what the
-    reconcile loop last observed.
+    reconcile loop last observed. Deleting is desired state too: ``delete_requested_at``
+    takes it out of the routing table at once, and the reconcile loop drains and stops its
+    workers, then deletes the row (only that loop touches workers).
     """
 
     name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
@@ -35,6 +38,10 @@ class Deployment(models.Model):
         max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.DEPLOYING
     )
     status_reason = models.TextField(blank=True)
+    delete_requested_at = models.DateTimeField(null=True, blank=True)
+    delete_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -76,6 +83,12 @@ class Variant(models.Model):
     instances = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
     image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker backend)")
+    remove_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="set when removed: its workers drain, then the row goes"
+    )
+    remove_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

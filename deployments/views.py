@@ -111,7 +111,7 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
 
 
 def _shadow_numbers(deployment: Any) -> dict[str, Any]:
-    from dashboard.series import gateway_numbers
+    from deployments.series import gateway_numbers
 
     return {name: n["shadow"] for name, n in gateway_numbers(deployment).items() if n.get("shadow")}
 
@@ -167,10 +167,10 @@ def deployment_start(request: HttpRequest, name: str) -> HttpResponse:
 def deployment_delete(request: HttpRequest, name: str) -> HttpResponse:
     deployment = queries.get_deployment(name)
     ensure_can_change(request.user, deployment.model)
-    if services.delete_deployment(deployment=deployment, actor=request.user):
-        messages.success(request, f"Deployment {name} deleted.")
-    else:
-        messages.success(request, f"Deployment {name} stops now and is deleted once its workers are gone.")
+    services.delete_deployment(deployment=deployment, actor=request.user)
+    messages.success(
+        request, f"Deployment {name} no longer takes traffic; it is deleted once its workers have drained."
+    )
     return redirect("deployments:list")
 
 

@@ -15,7 +15,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from config.errors import PlatformError
-from registry import queries, services
+from registry import hooks, queries, services
 from registry.errors import ArtifactTooLargeError
 from registry.forms import AliasForm, ModelCreateForm, UploadForm
 from registry.models import VersionStatus
@@ -126,9 +126,10 @@ def _live_numbers(request: HttpRequest, version_id: int) -> list[dict[str, Any]]
     """Staff see the deployments serving the version with their numbers (like the dashboard)."""
     if not getattr(request.user, "is_staff", False):
         return None
-    from dashboard.series import version_numbers
-
-    return version_numbers(version_id)
+    rows: list[dict[str, Any]] = []
+    for found in hooks.version_serving.call(version_id=version_id):
+        rows.extend(found or [])
+    return rows
 
 
 def _safe_url(value: Any) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -19,7 +19,7 @@ from deployments import queries, services
 from deployments.api import serializers as s
 from deployments.backends import get_backend
 from deployments.errors import WorkerAuthError
-from deployments.models import Deployment, Worker, WorkerState
+from deployments.models import Deployment, Worker
 from deployments.services.images import rebuild_worker_image
 from registry import queries as registry_queries
 from registry.permissions import ensure_can_change
@@ -67,16 +67,13 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
     def retrieve(self, request: Request, name: str) -> Response:
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={202: s.DeploymentOutput})
     def destroy(self, request: Request, name: str) -> Response:
+        """Accepted: the deployment leaves the gateway now; its workers drain, then it is gone (404)."""
         deployment = queries.get_deployment(name)
         ensure_can_change(request.user, deployment.model)
-        if services.delete_deployment(deployment=deployment, actor=request.user):
-            return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(
-            {"message": "deletion queued: the workers are stopping, then the deployment is removed"},
-            status=202,
-        )
+        services.delete_deployment(deployment=deployment, actor=request.user)
+        return Response(s.DeploymentOutput(queries.get_deployment(name)).data, status=202)
 
     @extend_schema(request=None, responses=s.DeploymentOutput)
     @action(detail=True, methods=["post"])
@@ -117,12 +114,13 @@ class VariantDetailView(APIView):
     def get(self, request: Request, name: str, variant: str) -> Response:
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={202: s.VariantOutput})
     def delete(self, request: Request, name: str, variant: str) -> Response:
+        """Accepted: the variant's workers drain, then it is gone (404)."""
         row = queries.get_variant(name, variant)
         ensure_can_change(request.user, row.deployment.model)
         services.remove_variant(variant=row, actor=request.user)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
 
 class ScaleView(APIView):
@@ -220,32 +218,3 @@ class ReportView(APIView):
             raise PlatformError("report: must be a JSON object")
         report = services.ingest_report(worker=worker, payload=payload)
         return Response({"accepted": True, "report": report.pk}, status=202)
-
-
-class PrometheusTargetsView(APIView):
-    """Prometheus HTTP service discovery: every ready worker's metrics address with labels."""
-
-    @extend_schema(responses={200: list})
-    def get(self, request: Request) -> Response:
-        workers = (
-            Worker.objects.filter(state__in=(WorkerState.READY, WorkerState.UNHEALTHY, WorkerState.DRAINING))
-            .select_related("variant__deployment__model", "version")
-            .order_by("id")
-        )
-        groups = []
-        for worker in workers:
-            address = worker.http_url.split("://", 1)[-1]
-            groups.append(
-                {
-                    "targets": [address],
-                    "labels": {
-                        "deployment": worker.variant.deployment.name,
-                        "variant": worker.variant.name,
-                        "version": str(worker.version.version),
-                        "model": worker.variant.deployment.model.name,
-                        "worker": str(worker.pk),
-                        "__metrics_path__": "/metrics",
-                    },
-                }
-            )
-        return Response(groups)

@@ -33,7 +33,13 @@ import docker.errors
 from django.conf import settings
 from docker.types import DeviceRequest, LogConfig
 
-from deployments.backends.base import BackendError, BackendStatus, WorkerHandle, WorkerSpec
+from deployments.backends.base import (
+    BackendError,
+    BackendStatus,
+    WorkerHandle,
+    WorkerSpec,
+    probe_http_ready,
+)
 from deployments.backends.docker_engine import (
     ENGINE_ERRORS,
     engine,
@@ -212,6 +218,9 @@ class DockerBackend:
                 DeviceRequest(device_ids=[str(i) for i in spec.gpu_ids], capabilities=[["gpu"]])
             ]
         return options
+
+    def probe_ready(self, handle: str, *, http_url: str) -> bool:
+        return probe_http_ready(http_url)
 
     def status(self, handle: str) -> BackendStatus:
         try:

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from django.conf import settings
 
-from deployments.backends.base import BackendError, BackendStatus, WorkerHandle, WorkerSpec
+from deployments.backends.base import (
+    BackendError,
+    BackendStatus,
+    WorkerHandle,
+    WorkerSpec,
+    probe_http_ready,
+)
 from deployments.backends.logs import tail_file
 from deployments.backends.ports import free_port
 
@@ -104,6 +110,9 @@ class ProcessBackend:
             grpc_target=f"{self.host}:{grpc_port}",
             log_path=str(log_path),
         )
+
+    def probe_ready(self, handle: str, *, http_url: str) -> bool:
+        return probe_http_ready(http_url)
 
     def status(self, handle: str) -> BackendStatus:
         pid, started = _parse(handle)

@@ -24,6 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
+from config import dispatch
 from config.jobs import RowJob, StaleCause
 from deployments import image_build
 from deployments.backends import uses_images
@@ -65,10 +66,8 @@ def base_image_for(flavour: str) -> str:
 
 
 def _enqueue(image_id: int, attempt: uuid.UUID | None) -> None:
-    from deployments.tasks import build_worker_image_task
-
     if attempt is not None:
-        transaction.on_commit(lambda: build_worker_image_task.delay(image_id, str(attempt)))
+        dispatch.send_on_commit("deployments.build_worker_image", image_id, str(attempt))
 
 
 def ensure_worker_image(*, version: ModelVersion, flavour: str) -> WorkerImage:
@@ -257,7 +256,7 @@ def fail_worker_image(*, image_id: int, attempt: str | None, reason: str, code: 
 
 def _count_outcome(*, image_id: int, outcome: str, code: str = "") -> None:
     """An ended build in the platform's metrics, timed from its start (None when it never started)."""
-    from config.observability.events import record_image_build
+    from config.metrics.events import record_image_build
 
     started, finished = WorkerImage.objects.values_list("started_at", "finished_at").get(pk=image_id)
     duration = (finished - started).total_seconds() if started and finished else None

@@ -48,6 +48,8 @@ def build_routing_table() -> dict[str, Any]:
     for deployment in running:
         variants = []
         for variant in deployment.variants.all():
+            if variant.remove_requested_at is not None:
+                continue  # being removed: its workers drain
             workers = by_variant.get(variant.pk, [])
             variants.append(
                 {

@@ -19,8 +19,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from config import dispatch
 from config.jobs import RowJob, StaleCause
-from config.observability.events import record_conversion
+from config.metrics.events import record_conversion
 from registry import storage
 from registry.audit import Actor, record_event
 from registry.errors import VersionStateError
@@ -48,9 +49,7 @@ CONVERSION_JOB = RowJob(
 
 
 def _enqueue(version_id: int, attempt: uuid.UUID) -> None:
-    from registry.tasks import convert_version_task
-
-    transaction.on_commit(lambda: convert_version_task.delay(version_id, str(attempt)))
+    dispatch.send_on_commit("registry.convert_version", version_id, str(attempt))
 
 
 @transaction.atomic
@@ -264,6 +263,4 @@ def _enqueue_now(version: ModelVersion) -> None:
     """Send the version's current attempt again, at once (the sweep runs outside a transaction)."""
     if version.conversion_attempt is None:
         return
-    from registry.tasks import convert_version_task
-
-    convert_version_task.delay(version.pk, str(version.conversion_attempt))
+    dispatch.send("registry.convert_version", version.pk, str(version.conversion_attempt))

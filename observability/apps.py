@@ -6,13 +6,13 @@ from django.apps import AppConfig
 
 
 class ObservabilityConfig(AppConfig):
-    name = "config.observability"
+    name = "observability"
     label = "observability"
     verbose_name = "Observability"
 
     def ready(self) -> None:
-        from config.observability import views
-        from config.observability.events import connect_celery_signals
+        from config.metrics.events import connect_celery_signals
+        from observability import views
 
         views.register_platform_collector()
         connect_celery_signals()

@@ -1,4 +1,4 @@
-"""Numbers for the dashboard, computed from worker reports (raw and per-minute rollups).
+"""Numbers for the dashboard and the deployment and version pages, computed from worker reports.
 
 Rates are requests over wall time; percentiles come from merged latency histograms
 (never averaged percentiles); every figure carries its unit in its key.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.observability.shared import SharedCounter, SharedHistogram
+from config.metrics.shared import SharedCounter, SharedHistogram
 
 # Conversions take seconds to tens of minutes (KILN_CONVERT_TIMEOUT_S, retries).
 CONVERSION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)

@@ -23,12 +23,8 @@ from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from config.observability import events
-from config.observability.shared import (
-    METRICS_REDIS_TIMEOUT_S,
-    SharedCounter,
-    SharedHistogram,
-)
+from config.metrics import events
+from config.metrics.shared import METRICS_REDIS_TIMEOUT_S, SharedCounter, SharedHistogram
 from config.redis import redis_client
 
 logger = logging.getLogger(__name__)
