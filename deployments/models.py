@@ -52,6 +52,13 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def ensure_changeable(self) -> None:
+        """Refuse (409) a change while the deployment is being deleted: the reconcile loop owns it."""
+        if self.delete_requested_at is not None:
+            from deployments.errors import DeploymentBusyError
+
+            raise DeploymentBusyError(f"deployment {self.name!r} is being deleted")
+
 
 class Variant(models.Model):
     """One arm of a deployment: a version (pinned, or followed through an alias) and how to run it."""

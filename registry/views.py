@@ -19,7 +19,6 @@ from registry import hooks, queries, services
 from registry.errors import ArtifactTooLargeError
 from registry.forms import AliasForm, ModelCreateForm, UploadForm
 from registry.models import VersionStatus
-from registry.permissions import ensure_can_change
 from registry.uploads import HashedTempUploadedFile
 
 
@@ -67,8 +66,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 def version_upload(request: HttpRequest, name: str) -> HttpResponse:
-    model = queries.get_model(name)
-    ensure_can_change(request.user, model)
+    model = queries.model_for_change(name, request.user)
     form = UploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST":
         if getattr(request, "upload_too_large", False):
@@ -142,8 +140,7 @@ def _safe_url(value: Any) -> str | None:
 @login_required
 @require_POST
 def alias_set(request: HttpRequest, name: str) -> HttpResponse:
-    model = queries.get_model(name)
-    ensure_can_change(request.user, model)
+    model = queries.model_for_change(name, request.user)
     form = AliasForm(request.POST)
     if form.is_valid():
         try:
@@ -170,8 +167,7 @@ def alias_set(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def alias_delete(request: HttpRequest, name: str, alias: str) -> HttpResponse:
-    model = queries.get_model(name)
-    ensure_can_change(request.user, model)
+    model = queries.model_for_change(name, request.user)
     try:
         services.delete_alias(model=model, name=alias, actor=request.user)
     except PlatformError as exc:
@@ -184,8 +180,7 @@ def alias_delete(request: HttpRequest, name: str, alias: str) -> HttpResponse:
 @login_required
 @require_POST
 def version_convert(request: HttpRequest, name: str, number: int) -> HttpResponse:
-    version = queries.get_version(name, number)
-    ensure_can_change(request.user, version.model)
+    version = queries.version_for_change(name, number, request.user)
     try:
         services.request_conversion(version=version, actor=request.user)
     except PlatformError as exc:

@@ -22,7 +22,6 @@ from deployments.errors import WorkerAuthError
 from deployments.models import Deployment, Worker
 from deployments.services.images import rebuild_worker_image
 from registry import queries as registry_queries
-from registry.permissions import ensure_can_change
 
 
 def _clean(data: dict[str, Any]) -> dict[str, Any]:
@@ -52,8 +51,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
     def create(self, request: Request) -> Response:
         data = s.DeploymentCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        model = registry_queries.get_model(data.validated_data["model"])
-        ensure_can_change(request.user, model)
+        model = registry_queries.model_for_change(data.validated_data["model"], request.user)
         deployment = services.create_deployment(
             name=data.validated_data["name"],
             model=model,
@@ -70,8 +68,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
     @extend_schema(responses={202: s.DeploymentOutput})
     def destroy(self, request: Request, name: str) -> Response:
         """Accepted: the deployment leaves the gateway now; its workers drain, then it is gone (404)."""
-        deployment = queries.get_deployment(name)
-        ensure_can_change(request.user, deployment.model)
+        deployment = queries.deployment_for_change(name, request.user, deleting_ok=True)
         services.delete_deployment(deployment=deployment, actor=request.user)
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data, status=202)
 
@@ -86,8 +83,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
         return self._set_running(request, name, running=True)
 
     def _set_running(self, request: Request, name: str, *, running: bool) -> Response:
-        deployment = queries.get_deployment(name)
-        ensure_can_change(request.user, deployment.model)
+        deployment = queries.deployment_for_change(name, request.user)
         services.set_deployment_running(deployment=deployment, running=running, actor=request.user)
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data, status=202)
 
@@ -97,8 +93,7 @@ class VariantListView(APIView):
 
     @extend_schema(request=s.VariantInput, responses={201: s.VariantOutput})
     def post(self, request: Request, name: str) -> Response:
-        deployment = queries.get_deployment(name)
-        ensure_can_change(request.user, deployment.model)
+        deployment = queries.deployment_for_change(name, request.user)
         data = s.VariantInput(data=request.data)
         data.is_valid(raise_exception=True)
         variant = services.add_variant(
@@ -117,8 +112,7 @@ class VariantDetailView(APIView):
     @extend_schema(responses={202: s.VariantOutput})
     def delete(self, request: Request, name: str, variant: str) -> Response:
         """Accepted: the variant's workers drain, then it is gone (404)."""
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user, removing_ok=True)
         services.remove_variant(variant=row, actor=request.user)
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
@@ -128,8 +122,7 @@ class ScaleView(APIView):
 
     @extend_schema(request=s.ScaleInput, responses=s.VariantOutput)
     def post(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         data = s.ScaleInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.scale_variant(variant=row, replicas=data.validated_data["replicas"], actor=request.user)
@@ -141,8 +134,7 @@ class VersionView(APIView):
 
     @extend_schema(request=s.VersionInput, responses=s.VariantOutput)
     def put(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         data = s.VersionInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.set_variant_version(
@@ -156,8 +148,7 @@ class BatchingView(APIView):
 
     @extend_schema(request=s.BatchingInput, responses=s.VariantOutput)
     def put(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         data = s.BatchingInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.update_batching(variant=row, batching=dict(data.validated_data), actor=request.user)
@@ -169,8 +160,7 @@ class RebuildImageView(APIView):
 
     @extend_schema(request=None, responses=s.VariantOutput)
     def post(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         rebuild_worker_image(variant=row, actor=request.user)
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from deployments.backends import BackendError, get_backend
-from deployments.errors import DeploymentBusyError, DuplicateDeploymentError, InvalidDeploymentError
+from deployments.errors import DuplicateDeploymentError, InvalidDeploymentError
 from deployments.models import Deployment, DeploymentStatus, Variant, WorkerState
 from deployments.services.batching import propose_batching, validate_batching
 from deployments.services.events import enqueue_reconcile, record_deployment_event
@@ -216,6 +216,7 @@ def describe_variant(variant: Variant) -> dict[str, Any]:
 def set_deployment_running(*, deployment: Deployment, running: bool, actor: Actor) -> Deployment:
     """Stop (drain and stop every worker) or start a deployment again."""
     locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    locked.ensure_changeable()
     if locked.desired_running == running:
         return locked
     locked.desired_running = running
@@ -274,16 +275,11 @@ def delete_deployment(*, deployment: Deployment, actor: Actor) -> Deployment:
     return locked
 
 
-def ensure_changeable(deployment: Deployment) -> None:
-    """Refuse (409) a change to a deployment that is being deleted."""
-    if deployment.delete_requested_at is not None:
-        raise DeploymentBusyError(f"deployment {deployment.name!r} is being deleted")
-
-
 def add_variant(*, deployment: Deployment, raw: dict[str, Any], actor: Actor) -> Variant:
     """Add an arm to a deployment at weight 0 (traffic moves through a split change)."""
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("model").get(pk=deployment.pk)
+        locked.ensure_changeable()
         existing = list(locked.variants.all())
         if len(existing) >= 8:
             raise InvalidDeploymentError("variants: at most 8 variants")
@@ -309,7 +305,7 @@ def remove_variant(*, variant: Variant, actor: Actor) -> Variant:
     locked = (
         Variant.objects.select_for_update().select_related("deployment__model", "version").get(pk=variant.pk)
     )
-    ensure_changeable(locked.deployment)
+    locked.deployment.ensure_changeable()
     if locked.remove_requested_at is not None:
         return locked
     if locked.weight or locked.shadow_percent:

@@ -286,3 +286,27 @@ def test_a_start_the_backend_refuses_is_a_death_with_the_reason(owner: User, bac
     _pass(deployment)
     stopped = Worker.objects.get(variant__deployment=deployment, state=WorkerState.STOPPED)
     assert "could not start: engine says no" in stopped.last_error
+
+
+def test_the_api_refuses_changes_to_a_deployment_being_deleted_but_accepts_a_second_delete(
+    owner: User, backend: MemoryBackend, api_as: Any
+) -> None:
+    deployment = _serving(owner, backend, replicas=1)
+    api = api_as(owner)
+    first = api.delete("/api/v1/deployments/fraud/")
+    assert first.status_code == 202
+    assert first.json()["status"] == "deleting"
+    assert api.delete("/api/v1/deployments/fraud/").status_code == 202
+    scaled = api.post("/api/v1/deployments/fraud/variants/primary/scale/", {"replicas": 2}, format="json")
+    assert scaled.status_code == 409
+    assert "being deleted" in scaled.json()["message"]
+    again = api.post(
+        "/api/v1/deployments/",
+        {"name": "fraud", "model": "cnn", "variants": [{"version": 1, "backend": "memory"}]},
+        format="json",
+    )
+    assert again.status_code == 409
+    assert "being deleted" in again.json()["message"]
+    _pass(deployment)
+    _pass(deployment)
+    assert api.get("/api/v1/deployments/fraud/").status_code == 404
