@@ -98,6 +98,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-tensor-elements", str(1 << 24), _int, "largest element count of one tensor"),
     Option("--max-queue-bytes", str(1 << 30), _int, "input bytes queued, all requests together (503 beyond)"),
     Option("--drain-timeout-s", "30", _float, "longest SIGTERM waits for in-flight requests"),
+    Option("--shutdown-delay-s", "0", _float, "after SIGTERM, keep serving this long before draining"),
+    Option("--listen-file", "", str, "write the bound address and ports here (JSON) once listening"),
     Option("--report-url", None, str, "platform URL the worker POSTs reports to"),
     Option("--report-token", None, str, "bearer token for reports (or KILN_WORKER_REPORT_TOKEN_FILE)"),
     Option("--report-interval-s", "5", _float, "seconds between reports"),
@@ -190,6 +192,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
             http_port=v["http_port"],
             grpc_port=v["grpc_port"],
             drain_timeout_s=v["drain_timeout_s"],
+            shutdown_delay_s=v["shutdown_delay_s"],
+            listen_file=v["listen_file"],
         ),
         report=ReportConfig(
             url=v["report_url"],

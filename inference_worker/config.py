@@ -119,6 +119,12 @@ class ServerConfig:
     grpc_port: int = 8081
     """-1 turns the gRPC server off."""
     drain_timeout_s: float = 30.0
+    shutdown_delay_s: float = 0.0
+    """After SIGTERM, keep serving this long (not ready, reporting ``draining``) before the drain:
+    time for an orchestrator that stops workers on its own (Swarm) to let the platform unroute it."""
+    listen_file: str = ""
+    """Once listening, write the address and the ports actually bound here (JSON), for a health
+    check that cannot know a port chosen at start (port 0)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.http_port <= 65535:
@@ -127,6 +133,8 @@ class ServerConfig:
             raise ConfigError("--grpc-port: must be between 0 and 65535 (or -1 for no gRPC)")
         if not 0 < self.drain_timeout_s <= 3600:
             raise ConfigError("--drain-timeout-s: must be between 0 and 3600")
+        if not 0 <= self.shutdown_delay_s <= 600:
+            raise ConfigError("--shutdown-delay-s: must be between 0 and 600")
 
 
 @dataclass(frozen=True)

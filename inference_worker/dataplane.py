@@ -71,6 +71,9 @@ class DataPlane:
         self.model_version = model_version
         self.metrics = metrics
         self.state = State.LOADING
+        self.leaving = False
+        """SIGTERM came but the drain has not begun (``--shutdown-delay-s``): inference is still
+        served, readiness says no and reports say ``draining``, so balancers take the worker out."""
         self.in_flight = 0
         self._batching = batching
         self._clock = clock
@@ -105,7 +108,12 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return self.state is State.READY
+        return self.state is State.READY and not self.leaving
+
+    @property
+    def reported_state(self) -> str:
+        """The state reports carry: ``draining`` from the moment the worker was told to stop."""
+        return State.DRAINING.value if self.leaving else self.state.value
 
     @property
     def signature(self) -> ModelSignature | None:

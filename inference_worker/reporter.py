@@ -7,7 +7,8 @@ Any 2xx answer counts as delivered. Schema (``"schema": "kiln.worker-report/v1"`
       "schema": "kiln.worker-report/v1",
       "worker_id": "w-17",                   # --worker-id
       "model": {"name": "resnet", "version": "3"},
-      "state": "ready",                      # loading | ready | draining
+      "state": "ready",                      # loading | ready | draining (from SIGTERM on)
+      "listen": {"http_port": 8080, "grpc_port": 8081},  # the ports bound (chosen at start for port 0)
       "sequence": 12,                        # reports built since start, 1-based
       "started_at": "2025-01-01T12:00:00.000000Z",
       "interval": {                          # since the last *delivered* report (or start):
@@ -43,6 +44,9 @@ Any 2xx answer counts as delivered. Schema (``"schema": "kiln.worker-report/v1"`
       ]
     }
 
+The first report goes out one second after the worker is ready (or after one
+interval, if shorter), so a platform that learns a worker's ports from its
+reports can route it at once; a stop (``nudge``) sends one at once too.
 Quantiles are interpolated inside histogram buckets (Prometheus'
 ``histogram_quantile``), so they are as precise as the buckets. A platform
 that is down, slow or failing never slows inference: each POST has a bounded
@@ -54,6 +58,7 @@ logged once when it starts and once when it ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -70,6 +75,7 @@ log = logging.getLogger("inference_worker.reporter")
 
 SCHEMA = "kiln.worker-report/v1"
 MAX_BACKOFF_S = 60.0
+FIRST_REPORT_S = 1.0
 
 
 def _iso(timestamp: float) -> str:
@@ -113,8 +119,11 @@ class Reporter:
         dataplane: DataPlane,
         *,
         device_stats: Callable[[], list[dict[str, Any]]] = list,
+        listen: dict[str, int] | None = None,
     ) -> None:
         self._config = config
+        self._listen = dict(listen or {})
+        self._wake = asyncio.Event()
         self._dp = dataplane
         self._metrics = dataplane.metrics
         self._device_stats = device_stats
@@ -138,7 +147,8 @@ class Reporter:
             "schema": SCHEMA,
             "worker_id": self._config.worker_id,
             "model": {"name": self._dp.model_name, "version": self._dp.model_version},
-            "state": self._dp.state.value,
+            "state": self._dp.reported_state,
+            "listen": self._listen,
             "sequence": self._sequence,
             "started_at": _iso(self._started),
             "interval": {"start": _iso(base.wall), "end": _iso(end.wall), "seconds": round(seconds, 3)},
@@ -186,10 +196,16 @@ class Reporter:
         headers = {"Authorization": f"Bearer {self._config.token}", "Content-Type": "application/json"}
         timeout = httpx.Timeout(min(self._config.timeout_s, self._config.interval_s))
         async with httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False) as client:
-            delay = self._config.interval_s
+            delay = min(self._config.interval_s, FIRST_REPORT_S)
             while True:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                self._wake.clear()
                 delay = await self.push(client)
+
+    def nudge(self) -> None:
+        """Send the next report now (the worker's state changed); call on the worker's loop."""
+        self._wake.set()
 
     async def push(self, client: Any) -> float:
         """Send one report; returns the delay until the next attempt."""

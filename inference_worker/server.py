@@ -6,13 +6,24 @@ and warmed up at batch 1 and at each preferred size. ``stop()`` (SIGTERM)
 starts the drain: readiness and gRPC health go false, new inference gets
 503/UNAVAILABLE, in-flight requests finish (up to ``--drain-timeout-s``),
 then the servers close and ``serve()`` returns 0.
+
+With ``--shutdown-delay-s``, SIGTERM first only announces the stop: readiness
+and gRPC health go false and a report saying ``draining`` goes out at once,
+but inference is still served for that long (a second signal cuts it short).
+An orchestrator that stops workers itself (Swarm on a rolling update, a
+scale-down or a drained node) gives the platform that time to take the
+worker out of the routing table, so no request meets a closed door.
+``--listen-file`` records the ports actually bound, for a health check of a
+worker that listens on port 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
@@ -37,6 +48,8 @@ class Worker:
         self.http_port = 0
         self.grpc_port = -1
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._reporter: Reporter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batcher: Batcher | None = None
         self._grpc: GrpcServer | None = None
@@ -74,18 +87,43 @@ class Worker:
             await self._grpc.set_serving(True)
         log.info("ready: model %s version %s", self.config.model.name, self.config.model.version)
         if self.config.report.url is not None:
-            reporter = Reporter(self.config.report, self.dataplane, device_stats=self.metrics.device_stats)
-            self._reporter_task = self._loop.create_task(reporter.run())
+            self._reporter = Reporter(
+                self.config.report,
+                self.dataplane,
+                device_stats=self.metrics.device_stats,
+                listen={"http_port": self.http_port, "grpc_port": self.grpc_port},
+            )
+            self._reporter_task = self._loop.create_task(self._reporter.run())
         await self._stop.wait()
+        await self._linger()
         await self._drain()
         return 0
 
     def stop(self) -> None:
-        """Begin the drain; safe to call from any thread."""
+        """Begin the stop (a second call ends ``--shutdown-delay-s`` early); safe from any thread."""
         if self._loop is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop has closed: already stopped
-            self._loop.call_soon_threadsafe(self._stop.set)
+            self._loop.call_soon_threadsafe(self._stop_or_hurry)
+
+    def _stop_or_hurry(self) -> None:
+        if self._stop.is_set():
+            self._hurry.set()
+        self._stop.set()
+
+    async def _linger(self) -> None:
+        """``--shutdown-delay-s``: say "not ready" and "draining" at once, serve on for the delay."""
+        delay = self.config.server.shutdown_delay_s
+        if delay <= 0 or not self.dataplane.ready:
+            return
+        log.info("stopping: serving %.1f s more while balancers take this worker out", delay)
+        self.dataplane.leaving = True
+        if self._grpc is not None:
+            await self._grpc.set_serving(False)
+        if self._reporter is not None:
+            self._reporter.nudge()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), delay)
 
     async def _listen(self) -> None:
         server = self.config.server
@@ -94,6 +132,16 @@ class Worker:
             self._grpc = GrpcServer(self.dataplane, self.config.limits)
             self.grpc_port = await self._grpc.start(server.host, server.grpc_port)
         log.info("listening http=%s:%d grpc=%s:%d", server.host, self.http_port, server.host, self.grpc_port)
+        if server.listen_file:
+            self._write_listen_file(server.listen_file)
+
+    def _write_listen_file(self, path: str) -> None:
+        """Where the worker listens, as JSON, replaced whole (a reader never sees half of it)."""
+        listen = {"host": self.config.server.host, "http_port": self.http_port, "grpc_port": self.grpc_port}
+        partial = f"{path}.{os.getpid()}.tmp"
+        with open(partial, "w") as handle:
+            json.dump(listen, handle)
+        os.replace(partial, path)
 
     def _load(self, model_bytes: bytes) -> list[OrtRuntime]:
         """Build every instance's session and warm it up (in a thread: the loop keeps answering)."""

@@ -6,9 +6,12 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from inference_worker.config import ReportConfig
+from inference_worker.config import ReportConfig, ServerConfig
 from inference_worker.metrics import Histogram, HistogramSnapshot
 from tests.inference_worker.conftest import make_config, running, v2_body, wait_until
 
@@ -158,3 +161,46 @@ def test_quantiles_interpolate_inside_histogram_buckets() -> None:
     empty = HistogramSnapshot((0.001,), (0, 0), 0.0, 0)
     assert empty.quantile(0.5) is None
     assert snapshot.minus(snapshot).count == 0
+
+
+def test_a_stop_with_a_shutdown_delay_reports_draining_at_once_and_serves_until_the_delay_ends(
+    models: SimpleNamespace, tmp_path: Path
+) -> None:
+    port = free_port()
+    listen_file = tmp_path / "listen.json"
+    report = ReportConfig(url=f"http://127.0.0.1:{port}/r/", token="s3cret", interval_s=60, worker_id="w-2")
+    config = replace(
+        make_config(models.mlp, report=report),
+        server=ServerConfig(
+            http_port=0, grpc_port=0, drain_timeout_s=20, shutdown_delay_s=3, listen_file=str(listen_file)
+        ),
+    )
+    with receiving(port) as receiver, running(config) as worker:
+        listen = json.loads(listen_file.read_text())
+        assert listen == {
+            "host": "127.0.0.1",
+            "http_port": worker.worker.http_port,
+            "grpc_port": worker.worker.grpc_port,
+        }
+        first = wait_until(lambda: receiver.reports and receiver.reports[0], timeout=5)
+        assert (first["state"], first["listen"]) == (
+            "ready",
+            {"http_port": worker.worker.http_port, "grpc_port": worker.worker.grpc_port},
+        )
+
+        stopped_at = time.monotonic()
+        worker.worker.stop()
+        wait_until(lambda: httpx.get(worker.url + "/v2/health/ready", timeout=5).status_code == 503)
+        assert infer(worker.url) == 200  # not ready, but still serving
+        said = wait_until(lambda: len(receiver.reports) > 1 and receiver.reports[1], timeout=2)
+        assert said["state"] == "draining"
+        assert time.monotonic() - stopped_at < 2
+        wait_until(lambda: _refused(worker.url), timeout=15)
+        assert time.monotonic() - stopped_at >= 2.9
+
+
+def _refused(url: str) -> bool:
+    try:
+        return infer(url) != 200
+    except httpx.TransportError:
+        return True
