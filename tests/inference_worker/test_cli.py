@@ -108,6 +108,8 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         "KILN_WORKER_MAX_TENSOR_ELEMENTS": "100",
         "KILN_WORKER_MAX_QUEUE_BYTES": "1048576",
         "KILN_WORKER_DRAIN_TIMEOUT_S": "3",
+        "KILN_WORKER_SHUTDOWN_DELAY_S": "4",
+        "KILN_WORKER_LISTEN_FILE": "/tmp/listen.json",
         "KILN_WORKER_REPORT_URL": "https://platform/api/v1/workers/9/reports/",
         "KILN_WORKER_REPORT_TOKEN": "tok",
         "KILN_WORKER_REPORT_INTERVAL_S": "1.5",
@@ -138,6 +140,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
     assert (config.batching.max_queue_size, config.batching.default_timeout_microseconds) == (10, 500_000)
     assert (config.server.host, config.server.http_port, config.server.grpc_port) == ("0.0.0.0", 9000, -1)
     assert config.server.drain_timeout_s == 3
+    assert (config.server.shutdown_delay_s, config.server.listen_file) == (4, "/tmp/listen.json")
     assert (config.limits.max_body_bytes, config.limits.max_grpc_message_bytes) == (2048, 4096)
     assert (config.limits.max_tensor_elements, config.limits.max_queue_bytes) == (100, 1048576)
     assert (config.report.url, config.report.token) == ("https://platform/api/v1/workers/9/reports/", "tok")
