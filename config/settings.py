@@ -234,7 +234,7 @@ CELERY_BEAT_SCHEDULE["sweep-stale-conversions"]["schedule"] = env_float(
 
 # Deployments: backends, the reconcile loop, reports, routing.
 KILN_INSTANCE_ID = env_str("KILN_INSTANCE_ID", "kiln")
-KILN_DEFAULT_BACKEND = env_str("KILN_DEFAULT_BACKEND", "process")
+KILN_DEFAULT_BACKEND = env_choice("KILN_DEFAULT_BACKEND", "process", ("process", "docker", "swarm"))
 KILN_PROCESS_BIND_HOST = env_str("KILN_PROCESS_BIND_HOST", "127.0.0.1")
 KILN_MAX_REPLICAS = env_int("KILN_MAX_REPLICAS", 16, minimum=1, maximum=64)
 KILN_RECONCILE_INTERVAL_S = env_float("KILN_RECONCILE_INTERVAL_S", 3.0, minimum=0.5)
@@ -307,3 +307,22 @@ KILN_WHEELHOUSE_DIR = env_path("KILN_WHEELHOUSE_DIR", VAR_DIR / "wheelhouse")
 KILN_IMAGE_BUILD_TIMEOUT_S = env_float("KILN_IMAGE_BUILD_TIMEOUT_S", 1800.0, minimum=60.0)
 KILN_IMAGE_BUILD_LEASE_S = env_float("KILN_IMAGE_BUILD_LEASE_S", 120.0, minimum=5.0)
 CELERY_BEAT_SCHEDULE["sweep-image-builds"] = {"task": "deployments.sweep_image_builds", "schedule": 30.0}
+
+# The swarm backend: one Docker Swarm service per variant through the manager at DOCKER_HOST; it
+# reuses the docker backend's images (pushed to the registry named in KILN_DOCKER_IMAGE_REPOSITORY),
+# memory and CPU limits. Workers use host networking and bind free ports on their node.
+KILN_SWARM_BIND_HOST = env_str("KILN_SWARM_BIND_HOST", "0.0.0.0")  # noqa: S104 - other machines route to it
+KILN_SWARM_SHUTDOWN_DELAY_S = env_float("KILN_SWARM_SHUTDOWN_DELAY_S", 10.0, minimum=0.0, maximum=600.0)
+KILN_SWARM_HEALTH_INTERVAL_S = env_float("KILN_SWARM_HEALTH_INTERVAL_S", 5.0, minimum=1.0, maximum=300.0)
+KILN_SWARM_RESTART_DELAY_S = env_float("KILN_SWARM_RESTART_DELAY_S", 2.0, minimum=0.0, maximum=600.0)
+KILN_SWARM_UPDATE_PARALLELISM = env_int("KILN_SWARM_UPDATE_PARALLELISM", 1, minimum=1, maximum=64)
+KILN_SWARM_UPDATE_DELAY_S = env_float("KILN_SWARM_UPDATE_DELAY_S", 0.0, minimum=0.0, maximum=600.0)
+KILN_SWARM_UPDATE_MONITOR_S = env_float("KILN_SWARM_UPDATE_MONITOR_S", 10.0, minimum=0.0, maximum=600.0)
+KILN_SWARM_RESERVE_MEMORY = env_str("KILN_SWARM_RESERVE_MEMORY", "").strip().lower()
+if KILN_SWARM_RESERVE_MEMORY and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", KILN_SWARM_RESERVE_MEMORY):
+    msg = f"KILN_SWARM_RESERVE_MEMORY={KILN_SWARM_RESERVE_MEMORY!r}: use a size such as 512m (empty: none)"
+    raise ImproperlyConfigured(msg)
+KILN_SWARM_RESERVE_CPUS = env_float("KILN_SWARM_RESERVE_CPUS", 0.0, minimum=0.0, maximum=1024.0)
+# Credentials of the registry in KILN_DOCKER_IMAGE_REPOSITORY (pushes, and pulls by swarm nodes).
+KILN_DOCKER_REGISTRY_USERNAME = env_str("KILN_DOCKER_REGISTRY_USERNAME", "")
+KILN_DOCKER_REGISTRY_PASSWORD = env_str("KILN_DOCKER_REGISTRY_PASSWORD", "")

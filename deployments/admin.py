@@ -17,7 +17,18 @@ from registry.permissions import ensure_can_change
 class VariantInline(admin.TabularInline[Variant, Deployment]):
     model = Variant
     extra = 0
-    fields = ("name", "version", "alias", "weight", "shadow_percent", "replicas", "gpu_ids", "backend")
+    fields = (
+        "name",
+        "version",
+        "alias",
+        "weight",
+        "shadow_percent",
+        "replicas",
+        "gpu_ids",
+        "backend",
+        "placement_constraints",
+        "placement_spread",
+    )
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -77,9 +88,9 @@ class VariantAdmin(admin.ModelAdmin[Variant]):
 
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin[Worker]):
-    list_display = ("id", "variant", "state", "version", "http_url", "restarts", "last_heartbeat")
-    list_filter = ("state", "backend")
-    search_fields = ("variant__deployment__name", "handle", "http_url")
+    list_display = ("id", "variant", "state", "version", "node", "http_url", "restarts", "last_heartbeat")
+    list_filter = ("state", "backend", "node")
+    search_fields = ("variant__deployment__name", "handle", "http_url", "node")
     list_select_related = ("variant__deployment", "version__model")
     readonly_fields = [f.name for f in Worker._meta.fields if f.name != "token_digest"]
     exclude = ("token_digest",)

@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
+from deployments.backends import BACKEND_NAMES
 from deployments.inputs import RolloutPolicy
 
 
@@ -47,7 +48,16 @@ class DeploymentCreateForm(BatchingFields):
     )
     replicas = forms.IntegerField(min_value=1, max_value=64, initial=1)
     device = forms.CharField(initial="cpu", max_length=64, help_text="cpu, or cuda:0 / GPU ids 0,1")
-    backend = forms.ChoiceField(choices=(("process", "process"), ("docker", "docker")))
+    backend = forms.ChoiceField(choices=[(name, name) for name in BACKEND_NAMES])
+    constraints = forms.CharField(
+        required=False,
+        max_length=2000,
+        help_text="swarm: one per line, e.g. node.labels.kiln.gpu==true",
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+    spread = forms.CharField(
+        required=False, max_length=500, help_text="swarm: spread over node labels, e.g. node.labels.zone"
+    )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}), max_length=5000)
     field_order = (
         "name",
@@ -56,6 +66,8 @@ class DeploymentCreateForm(BatchingFields):
         "replicas",
         "device",
         "backend",
+        "constraints",
+        "spread",
         "max_batch_size",
         "max_queue_delay_ms",
         "preferred_batch_sizes",
@@ -81,7 +93,18 @@ class DeploymentCreateForm(BatchingFields):
             "device": "cpu" if device in ("", "cpu") else device,
             "backend": data["backend"],
             "batching": self.batching(),
+            **self.placement(),
         }
+
+    def placement(self) -> dict[str, Any]:
+        """The swarm placement typed in, as the service takes it (nothing when both boxes are empty)."""
+        constraints = [line.strip() for line in self.cleaned_data["constraints"].splitlines() if line.strip()]
+        spread = [
+            part.strip() for part in self.cleaned_data["spread"].replace(",", " ").split() if part.strip()
+        ]
+        if not constraints and not spread:
+            return {}
+        return {"placement": {"constraints": constraints, "spread": spread}}
 
 
 class ScaleForm(forms.Form):

@@ -8,6 +8,7 @@ needs a ready replica to take traffic). Errors are ``InvalidDeploymentError`` na
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -133,6 +134,60 @@ class RolloutPolicy:
         raise KeyError(name)
 
 
+_LABEL = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}"
+_CONSTRAINT = re.compile(
+    rf"(node\.(id|hostname|role|platform\.os|platform\.arch|labels\.{_LABEL})|engine\.labels\.{_LABEL})"
+    r"\s*(==|!=)\s*[A-Za-z0-9_.:/\-]{1,200}"
+)
+_SPREAD = re.compile(rf"node\.labels\.{_LABEL}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an orchestrator may put a variant's replicas (the swarm backend): Swarm's own syntax.
+
+    ``constraints``: every one must hold on a node, e.g. ``node.labels.kiln.gpu==true``;
+    ``spread``: node labels to spread replicas evenly over, in order, e.g. ``node.labels.zone``.
+    """
+
+    constraints: tuple[str, ...] = ()
+    spread: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Any, *, prefix: str = "") -> Placement:
+        if raw in (None, ""):
+            return cls()
+        if not isinstance(raw, dict) or set(raw) - {"constraints", "spread"}:
+            raise InvalidDeploymentError(f'{prefix}placement: {{"constraints": [...], "spread": [...]}}')
+        constraints = _strings(raw.get("constraints"), f"{prefix}placement.constraints", limit=16)
+        spread = _strings(raw.get("spread"), f"{prefix}placement.spread", limit=4)
+        for text in constraints:
+            if not _CONSTRAINT.fullmatch(text):
+                raise InvalidDeploymentError(
+                    f"{prefix}placement.constraints: {text!r} is not a constraint such as "
+                    "node.labels.kiln.gpu==true or node.role!=manager"
+                )
+        for text in spread:
+            if not _SPREAD.fullmatch(text):
+                raise InvalidDeploymentError(
+                    f"{prefix}placement.spread: {text!r} is not a node label such as node.labels.zone"
+                )
+        return cls(constraints=tuple(constraints), spread=tuple(spread))
+
+    def __bool__(self) -> bool:
+        return bool(self.constraints or self.spread)
+
+
+def _strings(raw: Any, name: str, *, limit: int) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
+        raise InvalidDeploymentError(f"{name}: a list of strings")
+    if len(raw) > limit:
+        raise InvalidDeploymentError(f"{name}: at most {limit}")
+    return [item.strip() for item in raw if item.strip()]
+
+
 def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidDeploymentError(f"{name}: must be a number")
@@ -140,4 +195,4 @@ def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
         raise InvalidDeploymentError(f"{name}: {what}")
 
 
-__all__ = ("RolloutPolicy", "Share", "Split")
+__all__ = ("Placement", "RolloutPolicy", "Share", "Split")

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from deployments.backends import BACKEND_NAMES
 from registry.models import ModelVersion, RegisteredModel, slug_validator
 
 
@@ -81,7 +82,9 @@ class Variant(models.Model):
     shadow_percent = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
     replicas = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(64)])
     gpu_ids = models.JSONField(default=list, blank=True, help_text="empty for CPU")
-    backend = models.CharField(max_length=16, default="process")
+    backend = models.CharField(
+        max_length=16, default="process", choices=[(name, name) for name in BACKEND_NAMES]
+    )
     max_batch_size = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1)])
     max_queue_delay_ms = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
     preferred_batch_sizes = models.JSONField(default=list, blank=True)
@@ -89,7 +92,15 @@ class Variant(models.Model):
     request_timeout_ms = models.FloatField(default=10_000.0, validators=[MinValueValidator(1.0)])
     instances = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
-    image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker backend)")
+    image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker, swarm)")
+    placement_constraints = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="swarm: nodes replicas may run on, e.g. node.labels.kiln.gpu==true",
+    )
+    placement_spread = models.JSONField(
+        default=list, blank=True, help_text="swarm: spread replicas evenly over these, e.g. node.labels.zone"
+    )
     remove_requested_at = models.DateTimeField(
         null=True, blank=True, help_text="set when removed: its workers drain, then the row goes"
     )
@@ -130,7 +141,9 @@ class Worker(models.Model):
     """One replica of a variant: a process or a container, as the backend started it.
 
     The report token is stored as a digest; ``restarts`` counts replacements of
-    this replica slot, carried over to the worker that replaces it.
+    this replica slot, carried over to the worker that replaces it. On a backend that
+    owns placement (swarm) a row mirrors one task of the variant's service: the handle is
+    the task's id, ``slot`` its replica slot and ``node`` the machine it was placed on.
     """
 
     variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="workers")
@@ -147,6 +160,8 @@ class Worker(models.Model):
     token_digest = models.CharField(max_length=64, blank=True)
     spec_hash = models.CharField(max_length=64, blank=True, help_text="the variant configuration it runs")
     log_path = models.CharField(max_length=255, blank=True)
+    node = models.CharField(max_length=255, blank=True, help_text="the machine it runs on (swarm)")
+    slot = models.PositiveIntegerField(null=True, blank=True, help_text="its replica slot (swarm)")
     started_at = models.DateTimeField(null=True, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)

@@ -240,6 +240,7 @@ def _worker_series(per_worker: dict[int, dict[int, list[Report]]], buckets: list
         out[str(worker_id)] = {
             "variant": worker.variant.name,
             "state": worker.state,
+            "node": worker.node,
             "cpu_percent": series("cpu_percent"),
             "rss_mb": series("rss_bytes", 1 / 2**20),
             "gpu_utilization_percent": series("gpu_utilization", 100.0),

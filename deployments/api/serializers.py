@@ -8,7 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.backends import uses_images
+from deployments.backends import BACKEND_NAMES, uses_images
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.services.images import latest_image_of
 
@@ -24,6 +24,8 @@ class WorkerOutput(serializers.ModelSerializer[Worker]):
             "state",
             "version",
             "backend",
+            "node",
+            "slot",
             "http_url",
             "grpc_target",
             "metrics_url",
@@ -66,6 +68,21 @@ class WorkerImageOutput(serializers.ModelSerializer[WorkerImage]):
         return obj.log_tail(40)
 
 
+class PlacementInput(serializers.Serializer[Any]):
+    """Where the swarm may run a variant's replicas, in Swarm's syntax."""
+
+    constraints = serializers.ListField(
+        child=serializers.CharField(max_length=300),
+        required=False,
+        help_text="every one must hold on a node, e.g. node.labels.kiln.gpu==true",
+    )
+    spread = serializers.ListField(
+        child=serializers.CharField(max_length=120),
+        required=False,
+        help_text="node labels to spread replicas evenly over, e.g. node.labels.zone",
+    )
+
+
 class VariantOutput(serializers.ModelSerializer[Variant]):
     version = serializers.IntegerField(source="version.version")
     pinned_version = serializers.IntegerField(source="pinned_version.version", default=None)
@@ -74,6 +91,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     workers = serializers.SerializerMethodField()
     ready_replicas = serializers.SerializerMethodField()
     image = serializers.SerializerMethodField()
+    placement = serializers.SerializerMethodField()
 
     class Meta:
         model = Variant
@@ -89,6 +107,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
             "device",
             "gpu_ids",
             "backend",
+            "placement",
             "image",
             "batching",
             "batching_note",
@@ -105,6 +124,10 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
             "request_timeout_ms": obj.request_timeout_ms,
             "instances": obj.instances,
         }
+
+    @extend_schema_field(PlacementInput())
+    def get_placement(self, obj: Variant) -> dict[str, list[str]]:
+        return {"constraints": list(obj.placement_constraints), "spread": list(obj.placement_spread)}
 
     @extend_schema_field(WorkerImageOutput(allow_null=True))
     def get_image(self, obj: Variant) -> dict[str, Any] | None:
@@ -174,8 +197,13 @@ class VariantInput(serializers.Serializer[Any]):
     replicas = serializers.IntegerField(required=False)
     weight = serializers.IntegerField(required=False)
     device = serializers.JSONField(required=False, help_text="'cpu', 'cuda:0' or a list of GPU ids")
-    backend = serializers.CharField(required=False, max_length=16)
+    backend = serializers.CharField(
+        required=False,
+        max_length=16,
+        help_text=f"one of {', '.join(BACKEND_NAMES)} (default: the platform's)",
+    )
     batching = BatchingInput(required=False)
+    placement = PlacementInput(required=False)
 
 
 class DeploymentCreateInput(serializers.Serializer[Any]):

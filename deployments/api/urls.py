@@ -79,4 +79,7 @@ urlpatterns = [
         name="rollout-control",
     ),
     path("workers/<int:worker_id>/reports/", views.ReportView.as_view(), name="worker-reports"),
+    re_path(
+        r"^tasks/(?P<task_id>[a-z0-9]{1,64})/reports/$", views.TaskReportView.as_view(), name="task-reports"
+    ),
 ]

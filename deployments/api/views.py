@@ -190,21 +190,42 @@ class ReportView(APIView):
 
     @extend_schema(request=dict, responses={202: dict})
     def post(self, request: Request, worker_id: int) -> Response:
-        from django.conf import settings
-
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise WorkerAuthError("send the worker's report token as 'Authorization: Bearer <token>'")
-        worker = services.authenticate_worker(worker_id=worker_id, token=token.strip())
-        body = request.body
-        if len(body) > settings.KILN_MAX_REPORT_BYTES:
-            raise PayloadTooLargeError(f"report larger than {settings.KILN_MAX_REPORT_BYTES} bytes")
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError):
-            raise PlatformError("report: not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise PlatformError("report: must be a JSON object")
-        report = services.ingest_report(worker=worker, payload=payload)
+        worker = services.authenticate_worker(worker_id=worker_id, token=_bearer(request))
+        report = services.ingest_report(worker=worker, payload=_report_payload(request))
         return Response({"accepted": True, "report": report.pk}, status=202)
+
+
+class TaskReportView(APIView):
+    """``POST /api/v1/tasks/{task id}/reports/``: a swarm task's worker reports with its service's token."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=dict, responses={202: dict})
+    def post(self, request: Request, task_id: str) -> Response:
+        worker = services.authenticate_task(handle=task_id, token=_bearer(request))
+        report = services.ingest_report(worker=worker, payload=_report_payload(request))
+        return Response({"accepted": True, "report": report.pk}, status=202)
+
+
+def _bearer(request: Request) -> str:
+    header = str(request.META.get("HTTP_AUTHORIZATION", ""))
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise WorkerAuthError("send the worker's report token as 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+def _report_payload(request: Request) -> dict[str, Any]:
+    from django.conf import settings
+
+    body = request.body
+    if len(body) > settings.KILN_MAX_REPORT_BYTES:
+        raise PayloadTooLargeError(f"report larger than {settings.KILN_MAX_REPORT_BYTES} bytes")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise PlatformError("report: not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise PlatformError("report: must be a JSON object")
+    return payload

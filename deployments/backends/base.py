@@ -1,4 +1,12 @@
-"""The backend interface: start, stop, status, logs — and what they exchange."""
+"""The backend interfaces — and what they exchange.
+
+Two kinds of backend run workers. One the reconcile loop drives worker by worker
+(``Backend``: start, status, stop; ``process``, ``docker``). The other owns placement
+(``ServiceBackend``: ``swarm``): the loop writes one service per variant (a launch spec
+every replica shares, a replica count, placement) and reads back its tasks; the
+orchestrator starts, replaces, moves and rolls them, and the loop mirrors each task in a
+worker row. ``owns_placement`` tells them apart.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
+from typing_extensions import TypeIs
 
 from config.errors import PlatformError
 
@@ -139,6 +148,116 @@ class Backend(Protocol):
     def managed_handles(self, *, min_age_s: float) -> list[str]:
         """Handles of workers this backend runs for this platform, started over ``min_age_s`` ago."""
         ...
+
+
+TASK_ID = "{task_id}"
+"""In a service's launch spec, where each replica's own id goes (its report URL, its worker id)."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything a backend that owns placement needs to run one variant as a service."""
+
+    variant_id: int
+    replicas: int
+    spec_hash: str
+    """The variant's configuration (``reconcile.spec_hash``): a new one is a rolling update."""
+    worker: WorkerSpec
+    """The launch spec every replica shares: ``worker_id`` 0, ``TASK_ID`` in its report URL."""
+    constraints: tuple[str, ...] = ()
+    spread: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One task of a service, as the orchestrator reports it."""
+
+    handle: str
+    slot: int
+    spec_hash: str
+    version: int
+    node: str = ""
+    """The machine it was placed on ("" while pending)."""
+    address: str = ""
+    """Where workers on that machine are reached (they listen on ports they report)."""
+    running: bool = False
+    """Its container runs and passed its health check."""
+    stopping: bool = False
+    """The orchestrator stops it on purpose: a rolling update, a scale-down, a drained node."""
+    ended: bool = False
+    died: bool = False
+    """It ended on its own (it exited, failed its health check, its node was lost), unasked."""
+    error: str = ""
+    """Why it is pending, or how it ended."""
+    created_at: float = 0.0
+    """When the orchestrator created it (seconds since the epoch)."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A variant's service: what it is told to run, and its tasks (live ones, and recent ended ones)."""
+
+    exists: bool
+    replicas: int = 0
+    spec_hash: str = ""
+    token_digest: str = ""
+    """The digest of the report token every replica of the service sends."""
+    tasks: tuple[Replica, ...] = ()
+    rolled_back_from: str = ""
+    """The configuration of an update the orchestrator rolled back (it failed), else ""."""
+    update_message: str = ""
+
+
+class ServiceBackend(Protocol):
+    """A backend that owns placement: one service per variant, its tasks placed and replaced by it."""
+
+    name: str
+    uses_images: bool
+    owns_placement: bool  # True
+
+    def check_spec(self, *, gpu_ids: tuple[int, ...]) -> None:
+        """Refuse (``BackendError``) a variant this backend cannot run."""
+        ...
+
+    def apply_service(self, spec: ServiceSpec) -> bool:
+        """Create the variant's service or update it to ``spec``; whether anything changed.
+
+        A new ``spec_hash`` rolls the tasks (new ones first); a new replica count only
+        starts or stops tasks. Applying the same spec twice changes nothing.
+        """
+        ...
+
+    def service_status(self, variant_id: int) -> ServiceStatus:
+        """The variant's service and its tasks (``exists`` False when there is none)."""
+        ...
+
+    def scale_service(self, variant_id: int, replicas: int) -> bool:
+        """Change only the replica count of an existing service; whether it changed (False: no service)."""
+        ...
+
+    def remove_service(self, variant_id: int) -> None:
+        """Remove the service (its tasks stop); a missing one is not an error."""
+        ...
+
+    def probe_ready(self, handle: str, *, http_url: str) -> bool:
+        """Whether a task's worker serves yet."""
+        ...
+
+    def logs(self, handle: str, *, log_path: str, tail: int) -> str:
+        """The last ``tail`` lines a task's worker printed."""
+        ...
+
+    def managed_services(self, *, min_age_s: float) -> list[int]:
+        """The variant ids of services this platform runs, created over ``min_age_s`` ago."""
+        ...
+
+
+AnyBackend = Backend | ServiceBackend
+
+
+def owns_placement(backend: AnyBackend) -> TypeIs[ServiceBackend]:
+    """Whether ``backend`` runs services whose tasks an orchestrator places (else: worker by worker)."""
+    return getattr(backend, "owns_placement", False) is True
 
 
 def probe_http_ready(http_url: str) -> bool:

@@ -38,10 +38,12 @@ def _engine_seen_key() -> str:
 
 
 def remember_engine(info: dict[str, Any]) -> None:
-    """Record, for processes without the engine's socket, that it answers and which runtimes it has."""
+    """Record, for processes without the engine's socket, that it answers, its runtimes and swarm role."""
+    swarm = info.get("Swarm") or {}
     seen = {
         "Runtimes": sorted(info.get("Runtimes") or {}),
         "DefaultRuntime": info.get("DefaultRuntime") or "",
+        "Swarm": {key: swarm.get(key) for key in ("LocalNodeState", "ControlAvailable", "NodeID")},
     }
     with contextlib.suppress(Exception):  # only a hint for other processes
         redis_client().set(_engine_seen_key(), json.dumps(seen), ex=_ENGINE_SEEN_TTL_S)
@@ -59,6 +61,7 @@ def engine_seen_by_workers() -> dict[str, Any] | None:
     return {
         "Runtimes": {key: {} for key in seen.get("Runtimes", [])},
         "DefaultRuntime": seen.get("DefaultRuntime"),
+        "Swarm": seen.get("Swarm") or {},
     }
 
 

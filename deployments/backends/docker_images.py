@@ -7,8 +7,13 @@ so a tag the engine holds is reused only when it is this very image.
 
 Every failure leaves as ``ImageBuildError`` with the short cause as its code, which the service
 records and counts: ``build_error`` (the wheelhouse or the Dockerfile failed; the log says where),
-``engine_refused`` (the engine answered with an error), ``engine_unavailable``, ``os_error``, or the
-code of a ``BackendError`` raised on the way.
+``engine_refused`` (the engine answered with an error), ``engine_unavailable``, ``os_error``,
+``push_failed`` (the registry refused the image or does not answer), or the code of a
+``BackendError`` raised on the way.
+
+When the tag names a registry (``KILN_DOCKER_IMAGE_REPOSITORY=host:port/kiln-worker``), the image
+is pushed there once built or found, so every node of a swarm can pull it; with
+``KILN_DOCKER_REGISTRY_USERNAME``/``_PASSWORD`` the push logs in.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Protocol
 
 import docker.errors
 import requests
+from django.conf import settings
 
 from deployments import image_build
 from deployments.backends.base import BackendError
@@ -76,9 +82,16 @@ def build_or_reuse(
             progress.log(
                 f"the engine has {recipe.tag} already (same model, worker code and base): reusing it"
             )
-            return Built(image_id=found, reused=True)
-        return Built(image_id=_build(client, recipe, progress, wheelhouse_root), reused=False)
+            built = Built(image_id=found, reused=True)
+        else:
+            built = Built(image_id=_build(client, recipe, progress, wheelhouse_root), reused=False)
+        if registry_of(recipe.tag):
+            progress.set(99, f"pushing to the registry {registry_of(recipe.tag)}")
+            push_image(client.api, recipe.tag, log=progress.log)
+        return built
     except ImageBuildError as exc:
+        if exc.code == "push_failed":
+            raise
         raise ImageBuildError(exc.message, code="build_error") from exc
     except BackendError as exc:
         raise ImageBuildError(exc.message, code=exc.code) from exc
@@ -88,6 +101,38 @@ def build_or_reuse(
         raise ImageBuildError(unavailable(exc).message, code="engine_unavailable") from exc
     except (OSError, subprocess.SubprocessError) as exc:
         raise ImageBuildError(f"the build failed: {exc}", code="os_error") from exc
+
+
+def registry_of(name: str) -> str:
+    """The registry host an image name or repository starts with ("" for the engine's own names).
+
+    Docker's rule: a first path part with a dot or a port, or ``localhost``, names a registry.
+    """
+    first, slash, _ = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return ""
+
+
+def push_image(api: Any, tag: str, *, log: Callable[[str], None]) -> None:
+    """Push ``tag`` to its registry, streaming the log; a refusal raises ``ImageBuildError`` (push_failed)."""
+    repository, _, version = tag.rpartition(":")
+    auth = None
+    if settings.KILN_DOCKER_REGISTRY_USERNAME:
+        auth = {
+            "username": settings.KILN_DOCKER_REGISTRY_USERNAME,
+            "password": settings.KILN_DOCKER_REGISTRY_PASSWORD,
+        }
+    for chunk in api.push(repository, tag=version, auth_config=auth, stream=True, decode=True):
+        if "error" in chunk:
+            detail = str(chunk.get("errorDetail", {}).get("message") or chunk["error"]).strip()
+            log(detail)
+            raise ImageBuildError(
+                f"pushing {tag} to {registry_of(tag)} failed: {detail[:500]}", code="push_failed"
+            )
+        status = str(chunk.get("status") or "")
+        if status and not chunk.get("progressDetail"):
+            log(f"{chunk.get('id', '')}: {status}".strip(": "))
 
 
 def _on_engine(client: Any, recipe: Recipe) -> str:

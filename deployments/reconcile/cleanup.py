@@ -9,9 +9,9 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from deployments.backends import BackendError, get_backend
+from deployments.backends import BackendError, ServiceBackend, get_backend, owns_placement, worker_backend
 from deployments.backends.logs import trim_log
-from deployments.models import Worker, WorkerState
+from deployments.models import Variant, Worker, WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -20,21 +20,26 @@ def stop_workers(workers: Iterable[Worker]) -> None:
     """Stop these workers now and mark them stopped (``make run`` stopping its local workers)."""
     for worker in workers:
         if worker.handle:
-            get_backend(worker.backend).stop(worker.handle, grace_s=5)
+            worker_backend(worker.backend).stop(worker.handle, grace_s=5)
         Worker.objects.filter(pk=worker.pk).update(state=WorkerState.STOPPED, state_changed_at=timezone.now())
 
 
 def stop_orphans() -> int:
-    """Stop workers a backend runs for us that no live row knows (left over from a crash)."""
+    """Stop workers (and remove services) a backend runs for us that no live row knows (left by a crash)."""
     known = set(
         Worker.objects.exclude(state__in=(WorkerState.STOPPED, WorkerState.FAILED)).values_list(
             "handle", flat=True
         )
     )
     stopped = 0
-    for name in set(Worker.objects.values_list("backend", flat=True).distinct()) | {"process"}:
+    names = set(Worker.objects.values_list("backend", flat=True).distinct())
+    names |= set(Variant.objects.values_list("backend", flat=True).distinct()) | {"process"}
+    for name in names:
         try:
             backend = get_backend(name)
+            if owns_placement(backend):
+                stopped += _remove_orphan_services(backend)
+                continue
             handles = backend.managed_handles(min_age_s=60.0)
         except BackendError as exc:
             logger.warning("cannot list %s workers: %s", name, exc.message)
@@ -47,3 +52,15 @@ def stop_orphans() -> int:
     for path in (Path(settings.VAR_DIR) / "workers").glob("*.log"):
         trim_log(path, max_bytes=settings.KILN_WORKER_LOG_MAX_BYTES)
     return stopped
+
+
+def _remove_orphan_services(backend: ServiceBackend) -> int:
+    """Services (and leftover secrets) of variants that are gone or run elsewhere now."""
+    wanted = set(Variant.objects.filter(backend=backend.name).values_list("pk", flat=True))
+    orphans = [
+        variant_id for variant_id in backend.managed_services(min_age_s=60.0) if variant_id not in wanted
+    ]
+    for variant_id in orphans:
+        logger.info("removing the orphan %s service of variant %s", backend.name, variant_id)
+        backend.remove_service(variant_id)
+    return len(orphans)

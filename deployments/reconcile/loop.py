@@ -9,9 +9,10 @@ from django.db import transaction
 
 from config.locks import advisory_lock
 from config.redis import redis_client
-from deployments.backends import BackendError
+from deployments.backends import BackendError, get_backend, owns_placement
 from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, WorkerState
 from deployments.reconcile.cleanup import stop_orphans
+from deployments.reconcile.service import ServiceReconciler
 from deployments.reconcile.status import update_status
 from deployments.reconcile.variant import VariantReconciler
 from deployments.services.deployments import describe_variant
@@ -39,9 +40,10 @@ def reconcile_all() -> dict[str, int]:
 
 
 def _remember_docker_engine() -> None:
-    """Let processes without the engine's socket (the web app in compose) validate docker variants."""
+    """Let processes without the engine's socket (the web app in compose) validate docker/swarm variants."""
+    engines = ("docker", "swarm")
     uses_docker = (
-        settings.KILN_DEFAULT_BACKEND == "docker" or Variant.objects.filter(backend="docker").exists()
+        settings.KILN_DEFAULT_BACKEND in engines or Variant.objects.filter(backend__in=engines).exists()
     )
     if not uses_docker:
         return
@@ -82,14 +84,19 @@ def reconcile_deployment(deployment_id: int) -> bool:
         problems: dict[int, tuple[bool, str]] = {}  # variant -> (fatal, why it cannot run now)
         for variant in deployment.variants.select_related("version__model").order_by("id"):
             try:
-                reconciler = VariantReconciler(deployment, variant)
+                backend = get_backend(variant.backend)
+                reconciler: ServiceReconciler | VariantReconciler = (
+                    ServiceReconciler(deployment, variant, backend)
+                    if owns_placement(backend)
+                    else VariantReconciler(deployment, variant)
+                )
                 changed |= reconciler.run()
             except BackendError as exc:  # e.g. the engine is down: decide nothing about its workers now
                 logger.warning("reconcile of %s skipped: %s", variant, exc.message)
                 problems[variant.pk] = (False, f"variant {variant.name}: {exc.message}")
                 continue
-            if reconciler.image_problem:
-                problems[variant.pk] = (reconciler.image_failed, reconciler.image_problem)
+            if reconciler.problem:
+                problems[variant.pk] = (reconciler.problem_fatal, reconciler.problem)
         changed |= finish_removals(deployment)
         if deployment.pk is not None:
             update_status(deployment, problems)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 from django.conf import settings
 
-from deployments.backends import WorkerSpec
-from deployments.models import Deployment, Variant, Worker
+from deployments.backends import ServiceSpec, WorkerSpec
+from deployments.backends.base import TASK_ID
+from deployments.models import Deployment, ImageStatus, Variant, Worker
 from registry import storage
 
 
@@ -29,14 +31,72 @@ def spec_hash(variant: Variant) -> str:
         "backend": variant.backend,
         "image": variant.image,
     }
+    if variant.placement_constraints or variant.placement_spread:  # absent: earlier hashes stay valid
+        data["placement"] = [sorted(variant.placement_constraints), list(variant.placement_spread)]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ImagePick:
+    """Whether the variant's workers can start now (their image is ready), and why not."""
+
+    ready: bool
+    problem: str = ""
+    failed: bool = False
+
+
+def pick_image(variant: Variant) -> ImagePick:
+    """Run the image the image service says is ready (a new one rolls the workers); else wait for it."""
+    from deployments.services.images import image_for_variant
+
+    tag, wanted = image_for_variant(variant=variant)
+    if tag and tag != variant.image:
+        Variant.objects.filter(pk=variant.pk).update(image=tag)
+        variant.image = tag
+    if tag is not None:
+        return ImagePick(ready=True)
+    if wanted.status == ImageStatus.FAILED:
+        return ImagePick(
+            ready=False, failed=True, problem=f"the worker image {wanted.tag} failed to build: {wanted.error}"
+        )
+    return ImagePick(ready=False, problem=f"variant {variant.name}: building the worker image {wanted.tag}")
+
+
+def service_spec(*, deployment: Deployment, variant: Variant, replicas: int) -> ServiceSpec:
+    """The service a backend that owns placement runs for ``variant``: every replica's shared launch spec."""
+    return ServiceSpec(
+        variant_id=variant.pk,
+        replicas=replicas,
+        spec_hash=spec_hash(variant),
+        worker=_launch(
+            deployment=deployment,
+            variant=variant,
+            worker_id=0,
+            report_url=f"{settings.KILN_PUBLIC_URL}/api/v1/tasks/{TASK_ID}/reports/",
+            token="",
+        ),
+        constraints=tuple(variant.placement_constraints),
+        spread=tuple(variant.placement_spread),
+    )
 
 
 def worker_spec(*, deployment: Deployment, variant: Variant, worker: Worker, token: str) -> WorkerSpec:
     """The launch spec of ``worker``; replacements share the variant's spec, hence its version."""
+    return _launch(
+        deployment=deployment,
+        variant=variant,
+        worker_id=worker.pk,
+        report_url=f"{settings.KILN_PUBLIC_URL}/api/v1/workers/{worker.pk}/reports/",
+        token=token,
+    )
+
+
+def _launch(
+    *, deployment: Deployment, variant: Variant, worker_id: int, report_url: str, token: str
+) -> WorkerSpec:
     version = variant.version
     return WorkerSpec(
-        worker_id=worker.pk,
+        worker_id=worker_id,
         deployment=deployment.name,
         variant=variant.name,
         model_name=deployment.name,
@@ -50,7 +110,7 @@ def worker_spec(*, deployment: Deployment, variant: Variant, worker: Worker, tok
         max_queue_size=variant.max_queue_size,
         request_timeout_ms=variant.request_timeout_ms,
         instances=variant.instances,
-        report_url=f"{settings.KILN_PUBLIC_URL}/api/v1/workers/{worker.pk}/reports/",
+        report_url=report_url,
         report_token=token,
         report_interval_s=settings.KILN_REPORT_INTERVAL_S,
         image=variant.image,

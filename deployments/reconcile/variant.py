@@ -17,9 +17,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from config.metrics.events import record_reconcile_action
-from deployments.backends import BackendError, get_backend
-from deployments.models import LIVE_WORKER_STATES, Deployment, ImageStatus, Variant, Worker, WorkerState
-from deployments.reconcile.spec import spec_hash, worker_spec
+from deployments.backends import BackendError, worker_backend
+from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerState
+from deployments.reconcile.spec import pick_image, spec_hash, worker_spec
 from deployments.services.events import record_deployment_event
 from deployments.services.workers import new_worker_token
 
@@ -32,14 +32,15 @@ class VariantReconciler:
     def __init__(self, deployment: Deployment, variant: Variant) -> None:
         self.deployment = deployment
         self.variant = variant
-        self.backend = get_backend(variant.backend)
+        self.backend = worker_backend(variant.backend)
         self.now = timezone.now()
         self.changed = False
         self.can_launch = True  # False while the variant's worker image is not ready
-        self.image_problem = ""  # why, for the deployment's status
-        self.image_failed = False
+        self.problem = ""  # why it cannot run now, for the deployment's status
+        self.problem_fatal = False
         if self.backend.uses_images and self.wanted_replicas():
-            self.choose_image()
+            image = pick_image(variant)
+            self.can_launch, self.problem, self.problem_fatal = image.ready, image.problem, image.failed
         self.spec = spec_hash(variant)
 
     def wanted_replicas(self) -> int:
@@ -47,22 +48,6 @@ class VariantReconciler:
         if not self.deployment.desired_running or self.variant.remove_requested_at is not None:
             return 0
         return self.variant.replicas
-
-    def choose_image(self) -> None:
-        """Run the image the image service says is ready (a new one rolls the workers); else wait for it."""
-        from deployments.services.images import image_for_variant
-
-        tag, wanted = image_for_variant(variant=self.variant)
-        if tag and tag != self.variant.image:
-            Variant.objects.filter(pk=self.variant.pk).update(image=tag)
-            self.variant.image = tag
-        if tag is None:
-            self.can_launch = False
-            if wanted.status == ImageStatus.FAILED:
-                self.image_failed = True
-                self.image_problem = f"the worker image {wanted.tag} failed to build: {wanted.error}"
-            else:
-                self.image_problem = f"variant {self.variant.name}: building the worker image {wanted.tag}"
 
     def workers(self, *states: str) -> list[Worker]:
         return list(self.variant.workers.filter(state__in=states).select_related("version").order_by("id"))

@@ -15,10 +15,16 @@ from deployments.services.variants import (
     set_variant_version,
     update_batching,
 )
-from deployments.services.workers import authenticate_worker, downsample_reports, ingest_report
+from deployments.services.workers import (
+    authenticate_task,
+    authenticate_worker,
+    downsample_reports,
+    ingest_report,
+)
 
 __all__ = (
     "add_variant",
+    "authenticate_task",
     "authenticate_worker",
     "build_routing_table",
     "create_deployment",

@@ -12,8 +12,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from deployments.backends import BackendError, get_backend
+from deployments.backends import BackendError, get_backend, owns_placement
 from deployments.errors import DuplicateDeploymentError, InvalidDeploymentError
+from deployments.inputs import Placement
 from deployments.models import Deployment, DeploymentStatus, Variant, WorkerState
 from deployments.services.batching import propose_batching, validate_batching
 from deployments.services.events import enqueue_reconcile, record_deployment_event
@@ -119,6 +120,11 @@ def build_variant(
     except BackendError as exc:
         field = "device" if exc.code == "no_gpu" else "backend"
         raise InvalidDeploymentError(f"{prefix}{field}: {exc.message}") from None
+    placement = Placement.parse(raw.get("placement"), prefix=prefix)
+    if placement and not owns_placement(get_backend(str(backend_name))):
+        raise InvalidDeploymentError(
+            f"{prefix}placement: only a backend that places replicas on several machines (swarm) takes it"
+        )
     dynamic = bool((target.version.report or {}).get("dynamic_batch", True))
     proposed, note = propose_batching(
         target.version.report or {}, latency_budget_ms=latency_budget_ms or settings.KILN_LATENCY_BUDGET_MS
@@ -142,6 +148,8 @@ def build_variant(
         replicas=replicas,
         gpu_ids=gpu_ids,
         backend=str(backend_name),
+        placement_constraints=list(placement.constraints),
+        placement_spread=list(placement.spread),
         batching_note=note,
         **{**batching.as_dict(), "preferred_batch_sizes": list(batching.preferred_batch_sizes)},
     )
@@ -209,7 +217,16 @@ def describe_variant(variant: Variant) -> dict[str, Any]:
         "replicas": variant.replicas,
         "device": variant.device,
         "backend": variant.backend,
+        **(
+            {"placement": describe_placement(variant)}
+            if variant.placement_constraints or variant.placement_spread
+            else {}
+        ),
     }
+
+
+def describe_placement(variant: Variant) -> dict[str, list[str]]:
+    return {"constraints": list(variant.placement_constraints), "spread": list(variant.placement_spread)}
 
 
 @transaction.atomic

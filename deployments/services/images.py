@@ -28,7 +28,7 @@ from config import dispatch
 from config.jobs import RowJob, StaleCause
 from deployments import image_build
 from deployments.backends import uses_images
-from deployments.backends.docker_images import Recipe, build_or_reuse
+from deployments.backends.docker_images import Recipe, build_or_reuse, registry_of
 from deployments.errors import ImageBuildError, InvalidDeploymentError
 from deployments.models import Deployment, ImageFlavour, ImageStatus, Variant, WorkerImage
 from deployments.services.events import enqueue_reconcile, record_deployment_event
@@ -74,7 +74,11 @@ def ensure_worker_image(*, version: ModelVersion, flavour: str) -> WorkerImage:
     """The image row for this version, flavour and worker code, in whatever state; new rows get a build."""
     code_hash = image_build.worker_code_hash(flavour)
     base = base_image_for(flavour)
-    key = hashlib.sha256(f"{version.onnx_sha256}|{flavour}|{code_hash}|{base}".encode()).hexdigest()
+    identity = f"{version.onnx_sha256}|{flavour}|{code_hash}|{base}"
+    if registry_of(settings.KILN_DOCKER_IMAGE_REPOSITORY):
+        # An image in a registry is another artifact than one on the engine alone: it is pushed.
+        identity += f"|{settings.KILN_DOCKER_IMAGE_REPOSITORY}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
     repository = f"{settings.KILN_DOCKER_IMAGE_REPOSITORY}/{version.model.name}"
     image, created = WorkerImage.objects.get_or_create(
         key=key,

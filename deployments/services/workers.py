@@ -33,6 +33,21 @@ def authenticate_worker(*, worker_id: int, token: str) -> Worker:
     return worker
 
 
+def authenticate_task(*, handle: str, token: str) -> Worker:
+    """The worker row of an orchestrator's task (its id as handle) whose service token this is."""
+    worker = (
+        Worker.objects.select_related("variant__deployment")
+        .filter(handle=handle)
+        .exclude(handle="")
+        .order_by("-id")
+        .first()
+    )
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    if worker is None or not worker.token_digest or not hmac.compare_digest(worker.token_digest, digest):
+        raise WorkerAuthError("invalid worker token for this task (or a task the platform has not seen yet)")
+    return worker
+
+
 def _time(value: Any, field: str) -> datetime:
     if not isinstance(value, str):
         raise InvalidDeploymentError(f"{field}: must be an ISO 8601 timestamp")
@@ -112,6 +127,12 @@ def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
     )
     summary = {
         k: payload.get(k) for k in ("state", "sequence", "queue_depth", "in_flight", "counters", "devices")
+    }
+    listen = _object(payload.get("listen"))
+    summary["listen"] = {  # where a worker on port 0 listens (a swarm task's address comes from it)
+        k: v
+        for k, v in listen.items()
+        if k in ("http_port", "grpc_port") and isinstance(v, int) and -1 <= v <= 65535
     }
     Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now, last_report=summary)
     if payload.get("state") == "ready" and worker.state == WorkerState.UNHEALTHY:

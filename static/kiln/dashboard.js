@@ -79,7 +79,7 @@
     if (["cpu_percent", "rss_mb", "gpu_utilization_percent"].indexOf(kind) >= 0) {
       Object.keys(data.workers).forEach(function (id) {
         var w = data.workers[id];
-        sets.push({ label: w.variant + " #" + id, values: w[kind] });
+        sets.push({ label: w.variant + " #" + id + (w.node ? " @" + w.node : ""), values: w[kind] });
       });
     }
     return sets;
