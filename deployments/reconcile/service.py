@@ -110,7 +110,7 @@ class ServiceReconciler:
             "next_attempt_at": None,
         }
         waiting = self.variant.workers.filter(state=WorkerState.STARTING, handle="", slot=task.slot).first()
-        if waiting is not None and not task.ended:
+        if waiting is not None:
             if waiting.spec_hash != task.spec_hash:
                 fields["restarts"] = 0
             Worker.objects.filter(pk=waiting.pk).update(**fields)
