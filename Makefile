@@ -38,9 +38,9 @@ fmt: install
 test: lint
 	$(BIN)/pytest
 
-# Without the docker and browser suites, for a quick loop.
+# Without the docker, swarm and browser suites, for a quick loop.
 test-fast: install
-	$(BIN)/pytest -m "not docker and not browser and not slow"
+	$(BIN)/pytest -m "not docker and not swarm and not browser and not slow"
 
 bench: install
 	$(PY) bench/run_all.py
