@@ -77,7 +77,8 @@ class ServiceReconciler:
         """Bring the rows in line with the tasks."""
         listed = {task.handle for task in status.tasks}
         rows = {w.handle: w for w in self.variant.workers.filter(handle__in=listed)}
-        for task in status.tasks:
+        # Deaths first: the task that replaces one in the same listing takes over the row it leaves.
+        for task in sorted(status.tasks, key=lambda task: not task.ended):
             row = rows.get(task.handle)
             if task.ended:
                 if row is None and task.died and self.unseen_death(task):

@@ -187,6 +187,23 @@ def test_a_task_that_dies_leaves_its_error_for_the_replacement_in_its_slot_and_a
     assert AuditEvent.objects.filter(action="variant.failed").exists()
 
 
+def test_a_replacement_listed_before_the_task_it_replaces_still_takes_over_its_row(
+    owner: User, swarm: MemoryServiceBackend, report: Callable[..., int]
+) -> None:
+    deployment = _serving(owner, swarm, report, replicas=1)
+    (first,) = swarm.live()
+    swarm.crash(first.handle, line="killed")
+    swarm.schedule()  # the orchestrator saw the death and replaced the task before the next pass
+    (service,) = swarm.services.values()
+    service.tasks.reverse()  # and lists the replacement first
+    _pass(deployment)
+    (second,) = swarm.live()
+    replacement = Worker.objects.get(handle=second.handle)
+    assert (replacement.restarts, replacement.slot) == (1, 1)
+    assert "killed" in replacement.last_error
+    assert not Worker.objects.filter(handle="", state=WorkerState.STARTING).exists()
+
+
 def test_a_death_between_two_passes_still_counts_but_old_history_does_not(
     owner: User, swarm: MemoryServiceBackend, report: Callable[..., int]
 ) -> None:

@@ -98,3 +98,61 @@ def test_a_report_for_an_unknown_worker_is_refused_like_a_bad_token(client: Clie
     )
 
     assert response.status_code == 401
+
+
+@pytest.fixture
+def task_with_token(owner: User) -> tuple[Worker, str]:
+    """A swarm task's row: its handle is the task id, its digest the service's report token's."""
+    version = ready_version(owner)
+    deployment = Deployment.objects.create(name="s", model=version.model, created_by=owner)
+    variant = Variant.objects.create(deployment=deployment, name="a", version=version, pinned_version=version)
+    token, digest = new_worker_token()
+    worker = Worker.objects.create(
+        variant=variant, version=version, backend="swarm", handle="p3x9task0001", token_digest=digest
+    )
+    return worker, token
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "status"),
+    [
+        ("/api/v1/tasks/p3x9task0001/reports/", "", 401),  # no token
+        ("/api/v1/tasks/p3x9task0001/reports/", "Bearer wrong", 401),  # another service's token
+        ("/api/v1/tasks/unknowntask/reports/", "TOKEN", 401),  # a task the platform has not seen
+        ("/api/v1/tasks/../workers/1/reports/", "TOKEN", 404),  # not a task id
+        ("/api/v1/tasks/P3X9TASK0001/reports/", "TOKEN", 404),  # task ids are lowercase
+    ],
+)
+def test_a_task_report_without_its_services_token_or_for_another_task_is_refused(
+    client: Client, task_with_token: tuple[Worker, str], path: str, header: str, status: int
+) -> None:
+    worker, token = task_with_token
+    authorization = {"HTTP_AUTHORIZATION": header.replace("TOKEN", f"Bearer {token}")} if header else {}
+
+    response = client.post(path, "{}", content_type="application/json", **authorization)
+
+    assert response.status_code == status
+    assert not worker.reports.exists()
+
+
+def test_a_task_report_keeps_only_port_numbers_from_what_it_says_about_listening(
+    client: Client, task_with_token: tuple[Worker, str]
+) -> None:
+    worker, token = task_with_token
+    body = {
+        "schema": "kiln.worker-report/v1",
+        "listen": {"http_port": 41000, "grpc_port": "x", "host": "evil.example", "extra": 1},
+        "interval": {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:00:01Z"},
+        "window": {"requests": 0},
+    }
+
+    response = client.post(
+        f"/api/v1/tasks/{worker.handle}/reports/",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+
+    assert response.status_code == 202
+    worker.refresh_from_db()
+    assert worker.last_report["listen"] == {"http_port": 41000}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def swarm_platform(
     label = f"kiln.instance={platform.worker.env['KILN_INSTANCE_ID']}"
     for service in cluster.manager.services.list(filters={"label": label}):
         service.remove()
+    deadline = time.monotonic() + 30
+    while cluster.containers(label) and time.monotonic() < deadline:
+        time.sleep(0.5)  # their last reports reach the web app before its database goes
     for secret in cluster.manager.secrets.list(filters={"label": label}):
         with contextlib.suppress(docker.errors.APIError):
             secret.remove()

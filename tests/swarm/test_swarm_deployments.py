@@ -10,7 +10,9 @@ its own engines); ``bash .ci/setup.d/swarm.sh`` installs what it needs.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,24 @@ def ready_workers(client: APIClient, count: int, *, version: int, timeout: float
         poll, timeout=timeout, interval=0.5, message=f"{count} ready v{version} workers and no other"
     )
     return found
+
+
+@contextlib.contextmanager
+def explained(cluster: SwarmCluster, instance: str) -> Iterator[None]:
+    """A wait that fails says what the rows and the swarm's tasks were."""
+    try:
+        yield
+    except pytest.fail.Exception as exc:
+        rows = list(
+            Worker.objects.values_list("id", "handle", "slot", "state", "restarts", "node", "last_error")
+        )
+        services = cluster.manager.services.list(filters={"label": f"kiln.instance={instance}"})
+        tasks = [
+            (t["ID"], t["Slot"], t["DesiredState"], t["Status"]["State"], t["Status"].get("Err", ""))
+            for service in services
+            for t in service.tasks()
+        ]
+        pytest.fail(f"{exc}\nrows: {rows}\ntasks: {tasks}")
 
 
 def running_tasks(cluster: SwarmCluster, instance: str) -> list[dict[str, Any]]:
@@ -171,13 +191,14 @@ def test_four_replicas_spread_over_both_nodes_answer_through_two_gateways_heal_s
         filters={"label": f"com.docker.swarm.task.id={victim.handle}"}
     )
     container.kill()
-    replacement = wait_for(
-        lambda: Worker.objects.filter(
-            variant=victim.variant, slot=victim.slot, state="ready", restarts=1
-        ).first(),
-        timeout=90,
-        message="the swarm's replacement of the killed task, ready",
-    )
+    with explained(cluster, instance):
+        replacement = wait_for(
+            lambda: Worker.objects.filter(
+                variant=victim.variant, slot=victim.slot, state="ready", restarts=1
+            ).first(),
+            timeout=90,
+            message="the swarm's replacement of the killed task, ready",
+        )
     victim.refresh_from_db()
     assert victim.state == "stopped"
     assert "exit code 137" in victim.last_error
