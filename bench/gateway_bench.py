@@ -284,7 +284,7 @@ async def _client_run(name: str, url: str, body: bytes, n: int, seconds: float) 
 
         close = session.close
     else:
-        from inference_worker.gateway_proxy import PoolLimits, Upstreams
+        from inference_worker.gateway.proxy import PoolLimits, Upstreams
 
         loop = asyncio.get_running_loop()
         pool = Upstreams(PoolLimits(max_connections=64), 30.0, loop).pool(url, host, int(port))

@@ -12,10 +12,14 @@ import numpy as np
 import orjson
 
 from inference_worker.config import DynamicBatching
+from inference_worker.contracts.batching import MAX_QUEUE_DELAY_MS
 from tests.inference_worker.conftest import RunningWorker, make_config, running, v2_body, wait_until
 from tests.inference_worker.onnx_models import reference
 
 BIG_K = 1600  # a @ a @ a @ a at this size keeps one thread busy for a few hundred ms
+
+LONGEST_DELAY_US = round((MAX_QUEUE_DELAY_MS.high or 0) * 1000)
+"""The longest queue delay the option table allows: a batch forms by size, not by time."""
 
 
 def square_request(k: int, **extra: object) -> tuple[bytes, dict[str, str]]:
@@ -52,7 +56,7 @@ def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Resp
 def test_concurrent_requests_form_one_batch(models: SimpleNamespace) -> None:
     config = make_config(
         models.mlp,
-        batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(4,)),
+        batching=DynamicBatching(max_queue_delay_microseconds=LONGEST_DELAY_US, preferred_batch_sizes=(4,)),
     )
     xs = [np.full((1, 4), float(i), np.float32) for i in range(4)]
     with running(config) as worker, ThreadPoolExecutor(4) as pool:
@@ -72,7 +76,7 @@ def test_concurrent_requests_form_one_batch(models: SimpleNamespace) -> None:
 def test_multi_row_requests_are_packed_into_one_batch_and_split_back(models: SimpleNamespace) -> None:
     config = make_config(
         models.mlp,
-        batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(6,)),
+        batching=DynamicBatching(max_queue_delay_microseconds=LONGEST_DELAY_US, preferred_batch_sizes=(6,)),
     )
     xs = [np.random.default_rng(rows).standard_normal((rows, 4)).astype(np.float32) for rows in (1, 2, 3)]
     with running(config) as worker, ThreadPoolExecutor(3) as pool:

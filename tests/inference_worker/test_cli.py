@@ -19,7 +19,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inference_worker.cli import OPTIONS, build_parser, config_from_args, main
+from inference_worker.cli import build_parser, config_from_args, main, serve_options
 from tests.inference_worker.conftest import make_config, running, wait_until
 from tests.inference_worker.test_batching import BIG_K, square_request
 
@@ -44,10 +44,10 @@ def serve_args(models: SimpleNamespace, *extra: str) -> list[str]:
             ["--max-batch-size", "many"],
             "--max-batch-size (or KILN_WORKER_MAX_BATCH_SIZE): invalid value 'many'",
         ),
-        (["--max-batch-size", "0"], "--max-batch-size: must be between 1 and 65536"),
+        (["--max-batch-size", "0"], "--max-batch-size: must be between 1 and 4096"),
         (
             ["--preferred-batch-sizes", "8,64"],
-            "--preferred-batch-sizes: 64 is outside 1..--max-batch-size (32)",
+            "--preferred-batch-sizes: every size must be between 1 and the max batch size (32); 64 is not",
         ),
         (["--preferred-batch-sizes", "16,8"], "distinct and increasing"),
         (["--device", "tpu:0"], "--device: 'tpu:0' is not 'cpu' or 'cuda:N'"),
@@ -115,7 +115,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         "KILN_WORKER_LOG_LEVEL": "warning",
         "KILN_WORKER_MODEL_SHA256": "a" * 64,
     }
-    assert sorted(env) == sorted(option.env for option in OPTIONS)
+    assert sorted(env) == sorted(option.env for option in serve_options())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     config, level = config_from_args(build_parser().parse_args(["serve", "--max-batch-size", "48"]))

@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from inference_worker.cli import build_parser, main
-from inference_worker.gateway_config import OPTIONS, config_from_args
-from inference_worker.gateway_metrics import GatewayMetrics, apply_shadow_state, shadow_state
-from inference_worker.gateway_proxy import UpstreamResponse
-from inference_worker.gateway_shadow import (
+from inference_worker.gateway.config import config_from_args, gateway_options
+from inference_worker.gateway.metrics import GatewayMetrics, apply_shadow_state, shadow_state
+from inference_worker.gateway.proxy import UpstreamResponse
+from inference_worker.gateway.shadow import (
     FrameReader,
     ShadowCopy,
     compare,
@@ -85,7 +85,10 @@ def test_gateway_options_come_from_flags_then_environment_then_defaults(
     )
     assert (config.shadow_concurrency, config.stats_interval_s, config.upstream_timeout_s) == (8, 1, 30)
     assert config.gateway_id.endswith(f"-{os.getpid()}")
-    assert {option.env for option in OPTIONS} >= {"KILN_GATEWAY_REDIS_URL", "KILN_GATEWAY_MAX_BODY_BYTES"}
+    assert {option.env for option in gateway_options()} >= {
+        "KILN_GATEWAY_REDIS_URL",
+        "KILN_GATEWAY_MAX_BODY_BYTES",
+    }
 
 
 def v2(outputs: dict[str, np.ndarray], binary: bool = False) -> UpstreamResponse:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from inference_worker.gateway_routing import (
+from inference_worker.gateway.routing import (
     INFER,
     INVALID,
     READ,

@@ -21,7 +21,7 @@ from inference_worker import build_protos
 from inference_worker.config import DynamicBatching, Limits
 from tests.inference_worker.conftest import RunningWorker, make_config, running, v2_body, wait_until
 from tests.inference_worker.onnx_models import reference
-from tests.inference_worker.test_batching import BIG_K, post_square
+from tests.inference_worker.test_batching import BIG_K, LONGEST_DELAY_US, post_square
 
 pb2, pb2_grpc = build_protos.load()
 RNG = np.random.default_rng(5)
@@ -198,7 +198,7 @@ def test_health_watch_follows_ready_then_draining(models: SimpleNamespace) -> No
 
 
 def test_http_and_grpc_requests_batch_together(models: SimpleNamespace) -> None:
-    batching = DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(2,))
+    batching = DynamicBatching(max_queue_delay_microseconds=LONGEST_DELAY_US, preferred_batch_sizes=(2,))
     with running(make_config(models.mlp, batching=batching)) as worker, ThreadPoolExecutor(2) as pool:
         client = triton.InferenceServerClient(worker.grpc_target)
         x = np.ones((1, 4), np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,17 @@ def test_the_worker_imports_nothing_of_the_control_plane() -> None:
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
             assert not {name.split(".")[0] for name in names} & CONTROL_PLANE, f"{path.name} imports {names}"
+
+
+def test_the_wheel_lists_every_subpackage_of_the_worker() -> None:
+    config = tomllib.loads((PACKAGE / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(("inference_worker", *init.parent.relative_to(PACKAGE).parts))
+        for init in PACKAGE.rglob("__init__.py")
+        if "build" not in init.parts
+    }
+    assert found | {"inference_worker._generated"} == listed
 
 
 def test_generated_grpc_code_is_ignored_by_git() -> None:

@@ -31,11 +31,11 @@ from random import Random
 
 from inference_worker import __version__
 from inference_worker.config import ConfigError
-from inference_worker.gateway_config import GatewayConfig, config_from_args
-from inference_worker.gateway_metrics import GatewayMetrics, Series
-from inference_worker.gateway_mirror import ShadowMirror
-from inference_worker.gateway_proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
-from inference_worker.gateway_routing import (
+from inference_worker.gateway.config import GatewayConfig, config_from_args
+from inference_worker.gateway.metrics import GatewayMetrics, Series
+from inference_worker.gateway.mirror import ShadowMirror
+from inference_worker.gateway.proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
+from inference_worker.gateway.routing import (
     EMPTY,
     INFER,
     READ,
@@ -49,15 +49,15 @@ from inference_worker.gateway_routing import (
     parse_target,
     wants_shadow,
 )
-from inference_worker.gateway_server import (
+from inference_worker.gateway.server import (
     GatewayRequest,
     GatewayResponse,
     GatewayServer,
     Reply,
     json_response,
 )
-from inference_worker.gateway_shadow import ShadowCopy
-from inference_worker.gateway_stats import StatsPublisher, TableWatcher, redis_client
+from inference_worker.gateway.shadow import ShadowCopy
+from inference_worker.gateway.stats import StatsPublisher, TableWatcher, redis_client
 
 log = logging.getLogger("inference_worker.gateway")
 

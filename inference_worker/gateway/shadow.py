@@ -1,7 +1,7 @@
 """Shadow traffic, the pure parts: the copy sent to the shadow process, and the comparison.
 
 The gateway hands each copy (a live request and its answer) to a separate,
-low-priority process (``gateway_mirror`` starts it, ``gateway_shadow_child``
+low-priority process (``mirror`` starts it, ``shadow_child``
 runs it) as one frame on a Unix socket: ``encode_copy`` / ``FrameReader``.
 Frames are a 4-byte big-endian length, a 4-byte length of the JSON header,
 the header, then raw bytes (here the request body and the live answer's body).
@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from inference_worker.config import Limits
-from inference_worker.gateway_proxy import UpstreamResponse
+from inference_worker.gateway.proxy import UpstreamResponse
 from inference_worker.tensor_codec import DATATYPES, check_shape, decode_raw, decode_values
 
 _HEADER_LENGTH = re.compile(rb"(?im)^inference-header-content-length:\s*(\d+)\s*$")

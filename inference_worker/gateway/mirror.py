@@ -6,7 +6,7 @@ event loop costs the loop more than a proxied request does, and every
 microsecond of it delays live requests when the CPU is busy. So the gateway
 only frames each copy (references to bytes it already holds, one small JSON
 header) and writes it to a child process running at the lowest CPU priority
-(``gateway_shadow_child``), flushing once per loop iteration, after the
+(``gateway.shadow_child``), flushing once per loop iteration, after the
 client's answer is written. The child sends, compares and reports counters
 back; the gateway merges them into its metrics and stats.
 
@@ -25,8 +25,8 @@ import subprocess
 import sys
 from typing import Any
 
-from inference_worker.gateway_metrics import GatewayMetrics, apply_shadow_state
-from inference_worker.gateway_shadow import FrameReader, ShadowCopy, encode_copy
+from inference_worker.gateway.metrics import GatewayMetrics, apply_shadow_state
+from inference_worker.gateway.shadow import FrameReader, ShadowCopy, encode_copy
 
 log = logging.getLogger("inference_worker.gateway")
 RESTART_S = 1.0
@@ -66,7 +66,7 @@ class ShadowMirror(asyncio.Protocol):
             command = [
                 sys.executable,
                 "-m",
-                "inference_worker.gateway_shadow_child",
+                "inference_worker.gateway.shadow_child",
                 "--fd",
                 str(theirs.fileno()),
             ]

@@ -1,7 +1,7 @@
 """The shadow process: sends the gateway's copies to shadow replicas and compares the answers.
 
-Started by the gateway (``gateway_mirror``) as ``python -m
-inference_worker.gateway_shadow_child`` with one end of a Unix socket pair,
+Started by the gateway (``gateway.mirror``) as ``python -m
+inference_worker.gateway.shadow_child`` with one end of a Unix socket pair,
 it lowers its own CPU priority first (``--nice``, 19 by default): on a busy
 machine the live path always wins the CPU, so a client's latency does not
 depend on the shadow. It reads copies from the socket, keeps at most
@@ -34,10 +34,10 @@ from random import Random
 from typing import Any
 
 from inference_worker.errors import WorkerError
-from inference_worker.gateway_metrics import GatewayMetrics, shadow_state
-from inference_worker.gateway_proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
-from inference_worker.gateway_routing import Replica, choose_replica
-from inference_worker.gateway_shadow import (
+from inference_worker.gateway.metrics import GatewayMetrics, shadow_state
+from inference_worker.gateway.proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
+from inference_worker.gateway.routing import Replica, choose_replica
+from inference_worker.gateway.shadow import (
     FrameReader,
     ShadowCopy,
     compare,
@@ -174,7 +174,7 @@ async def run(sock: socket.socket, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="inference_worker.gateway_shadow_child")
+    parser = argparse.ArgumentParser(prog="inference_worker.gateway.shadow_child")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--upstream-timeout-s", type=float, default=30.0)

@@ -27,8 +27,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from inference_worker.gateway_metrics import GatewayMetrics
-from inference_worker.gateway_routing import RoutingTable, TableError, parse_table
+from inference_worker.gateway.metrics import GatewayMetrics
+from inference_worker.gateway.routing import RoutingTable, TableError, parse_table
 
 log = logging.getLogger("inference_worker.gateway")
 

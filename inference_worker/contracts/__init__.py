@@ -1,0 +1,17 @@
+"""Every message between the control plane and the data plane, once (no Django here).
+
+Both planes import these modules; neither writes a message's keys itself.
+
+- ``options``         the option-table type: a typed field per option (bounds, default, unit, help)
+- ``batching``        the batching table and ``BatchingConfig`` (the API's ``batching`` object)
+- ``worker_options``  every ``inference-worker serve`` option (batching included)
+- ``launch``          ``LaunchSpec``: the worker's command line, built by the platform, read by the worker
+- ``routing``         the routing table the platform publishes and the gateway follows
+- ``report``          the report a worker pushes to the platform
+- ``gateway_stats``   the counters each gateway writes for the platform to read
+- ``errors``          ``ContractError``: what every ``parse_*`` raises, naming the field
+
+Each message module has a schema name, frozen records, ``encode_*`` and
+``parse_*``; a round-trip test each lives in ``tests/inference_worker/contracts``.
+Modules here import only each other (never the package itself) and the standard library.
+"""
