@@ -14,7 +14,8 @@ from config.errors import NotFoundError
 from deployments import histograms, queries
 from deployments.models import Rollout, TrafficChange
 from deployments.services import rollouts, traffic
-from deployments.services.gateway_stats import shadow_summary, variant_stats
+from deployments.services.gateway_stats import ShadowSummary, shadow_summary, variant_stats
+from inference_worker.contracts.histograms import HistogramRecord
 from registry.permissions import ensure_can_change
 
 
@@ -154,8 +155,7 @@ class ShadowView(APIView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, name: str, variant: str) -> Response:
         queries.get_variant(name, variant)
-        stats = variant_stats(name)
-        summary = shadow_summary(stats.get(variant, {}))
+        summary = shadow_summary(variant_stats(name).get(variant))
         if summary is None:
             return Response({"variant": variant, "compared": 0})
         return Response({"variant": variant, **shadow_report(summary)})
@@ -170,14 +170,23 @@ class ShadowView(APIView):
         return Response({"split": traffic.current_split(row.deployment)})
 
 
-def shadow_report(summary: dict[str, Any]) -> dict[str, Any]:
+def shadow_report(summary: ShadowSummary) -> dict[str, Any]:
     """Agreement and latency of shadow vs live, with percentiles from the histograms."""
-    out = {k: v for k, v in summary.items() if k not in ("latency_ms", "live_latency_ms")}
-    for label, key in (("shadow", "latency_ms"), ("live", "live_latency_ms")):
-        out[f"{label}_latency_ms"] = {
-            f"p{int(q * 100)}": histograms.quantile(summary[key], q) for q in (0.5, 0.95, 0.99)
-        }
-    return out
+
+    def percentiles(histogram: HistogramRecord) -> dict[str, float | None]:
+        return {f"p{round(q * 100)}": histograms.quantile_of(histogram, q) for q in (0.5, 0.95, 0.99)}
+
+    return {
+        "sent": summary.sent,
+        "dropped": summary.dropped,
+        "errors": summary.errors,
+        "compared": summary.compared,
+        "argmax_agreement": summary.argmax_agreement,
+        "mean_max_abs_diff": summary.mean_max_abs_diff,
+        "max_abs_diff": summary.max_abs_diff,
+        "shadow_latency_ms": percentiles(summary.latency_ms),
+        "live_latency_ms": percentiles(summary.live_latency_ms),
+    }
 
 
 class RolloutListView(APIView):

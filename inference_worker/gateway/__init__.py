@@ -2,7 +2,7 @@
 
 ``inference-worker gateway`` (``python -m inference_worker gateway``) runs ``app.main``.
 
-- ``app``           the ``Gateway``: lifecycle, the request path (choose an arm, a replica, proxy), the entry point
+- ``app``           the ``Gateway``: lifecycle, the request path (arm, replica, proxy), ``main``
 - ``config``        its options (``KILN_GATEWAY_*``) and the frozen ``GatewayConfig``
 - ``routing``       the routing table's hot-path objects and the pure ``choose_arm`` / ``choose_replica``
 - ``server``        the HTTP server the gateway answers on (over ``http_base``)

@@ -31,6 +31,7 @@ from random import Random
 
 from inference_worker import __version__
 from inference_worker.config import ConfigError
+from inference_worker.contracts.gateway_stats import GatewaySnapshot
 from inference_worker.gateway.config import GatewayConfig, config_from_args
 from inference_worker.gateway.metrics import GatewayMetrics, Series
 from inference_worker.gateway.mirror import ShadowMirror
@@ -171,7 +172,7 @@ class Gateway:
         self.metrics.table_loaded_at = time.time()
         log.info("routing table %d applied: %d deployment(s)", table.version, len(table.deployments))
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> GatewaySnapshot:
         return self.metrics.snapshot(self.config.gateway_id, self.started_at)
 
     # -- requests ----------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Updated on the event loop thread only (a few additions and a bisect per
 request, no labels looked up on the hot path beyond one dict get). Two views
 are built from the same counters: the Prometheus exposition at ``/metrics``
-(``GatewayCollector``) and the cumulative JSON snapshot the platform reads from
-Redis (``snapshot``, in the format of ``deployments/services/gateway_stats.py``).
+(``GatewayCollector``) and the cumulative snapshot the platform reads from
+Redis (``snapshot``, a ``contracts.gateway_stats`` record).
 """
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from inference_worker.contracts.gateway_stats import (
+    GatewaySnapshot,
+    ShadowStats,
+    VariantStats,
+    add_variant_stats,
+)
+from inference_worker.contracts.histograms import HistogramRecord
 from inference_worker.metrics import LATENCY_BUCKETS, Histogram
 
 DIFF_BUCKETS: tuple[float, ...] = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
@@ -159,76 +166,43 @@ class GatewayMetrics:
     def render(self, registry: CollectorRegistry) -> bytes:
         return generate_latest(registry)
 
-    def snapshot(self, gateway_id: str, started_at: float) -> dict[str, Any]:
-        """The cumulative snapshot the platform reads (``deployments/services/gateway_stats.py``)."""
-        deployments: dict[str, Any] = {}
+    def snapshot(self, gateway_id: str, started_at: float) -> GatewaySnapshot:
+        """The cumulative snapshot the platform reads (``contracts.gateway_stats``)."""
+        deployments: dict[str, dict[str, VariantStats]] = {}
         for series in self.series_by_key.values():
-            variants = deployments.setdefault(series.deployment, {"variants": {}})["variants"]
-            variants[series.variant] = _add(variants.get(series.variant), series)
-        return {
-            "gateway_id": gateway_id,
-            "started_at": started_at,
-            "updated_at": time.time(),
-            "routing_table_version": self.table_version,
-            "deployments": deployments,
-        }
+            variants = deployments.setdefault(series.deployment, {})
+            stats = _stats(series)
+            earlier = variants.get(series.variant)
+            variants[series.variant] = stats if earlier is None else add_variant_stats(earlier, stats)
+        return GatewaySnapshot(gateway_id, started_at, time.time(), self.table_version, deployments)
 
 
-def _version_order(version: object) -> tuple[int, str]:
-    text = str(version)
-    return (int(text), "") if text.isdigit() else (-1, text)
+def _stats(s: Series) -> VariantStats:
+    """One series as the stats of its variant (the versions of a variant are added up by the caller)."""
+    return VariantStats(
+        version=int(s.version) if s.version.isdigit() else s.version,
+        requests=s.requests,
+        responses={str(status): count for status, count in s.responses.items()},
+        retries=s.retries,
+        latency_ms=_ms(s.latency),
+        shadow=ShadowStats(
+            sent=s.shadow_sent,
+            dropped=s.shadow_dropped,
+            errors=s.shadow_errors,
+            compared=s.shadow_compared,
+            argmax_compared=s.argmax_compared,
+            argmax_equal=s.argmax_equal,
+            max_abs_diff_sum=s.max_abs_diff_sum,
+            max_abs_diff_max=s.max_abs_diff_max,
+            latency_ms=_ms(s.shadow_latency),
+            live_latency_ms=_ms(s.shadow_live_latency),
+        ),
+    )
 
 
-def _add(into: dict[str, Any] | None, s: Series) -> dict[str, Any]:
-    """One variant's entry, with the series of another version of it added in."""
-    version: object = int(s.version) if s.version.isdigit() else s.version
-    entry = into or {
-        "version": version,
-        "requests": 0,
-        "responses": {},
-        "retries": 0,
-        "latency_ms": _ms(Histogram(LATENCY_BUCKETS)),
-        "shadow": {
-            "sent": 0,
-            "dropped": 0,
-            "errors": 0,
-            "compared": 0,
-            "argmax_compared": 0,
-            "argmax_equal": 0,
-            "max_abs_diff_sum": 0.0,
-            "max_abs_diff_max": 0.0,
-            "latency_ms": _ms(Histogram(LATENCY_BUCKETS)),
-            "live_latency_ms": _ms(Histogram(LATENCY_BUCKETS)),
-        },
-    }
-    if _version_order(version) > _version_order(entry["version"]):
-        entry["version"] = version  # during a rolling update the newest version labels the variant
-    entry["requests"] += s.requests
-    for status, count in s.responses.items():
-        entry["responses"][str(status)] = entry["responses"].get(str(status), 0) + count
-    entry["retries"] += s.retries
-    _sum_counts(entry["latency_ms"], s.latency)
-    shadow = entry["shadow"]
-    shadow["sent"] += s.shadow_sent
-    shadow["dropped"] += s.shadow_dropped
-    shadow["errors"] += s.shadow_errors
-    shadow["compared"] += s.shadow_compared
-    shadow["argmax_compared"] += s.argmax_compared
-    shadow["argmax_equal"] += s.argmax_equal
-    shadow["max_abs_diff_sum"] += s.max_abs_diff_sum
-    shadow["max_abs_diff_max"] = max(shadow["max_abs_diff_max"], s.max_abs_diff_max)
-    _sum_counts(shadow["latency_ms"], s.shadow_latency)
-    _sum_counts(shadow["live_latency_ms"], s.shadow_live_latency)
-    return entry
-
-
-def _ms(histogram: Histogram) -> dict[str, Any]:
-    """``{"le": [bounds in ms..., "+Inf"], "counts": [non-cumulative]}``."""
-    return {"le": [round(b * 1000, 6) for b in histogram.bounds] + ["+Inf"], "counts": list(histogram.counts)}
-
-
-def _sum_counts(into: dict[str, Any], histogram: Histogram) -> None:
-    into["counts"] = [a + b for a, b in zip(into["counts"], histogram.counts, strict=True)]
+def _ms(histogram: Histogram) -> HistogramRecord:
+    """Bounds in milliseconds; the counts as they are (non-cumulative, the last is +Inf)."""
+    return HistogramRecord(tuple(round(b * 1000, 6) for b in histogram.bounds), tuple(histogram.counts))
 
 
 class GatewayCollector(Collector):

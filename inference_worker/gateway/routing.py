@@ -1,12 +1,7 @@
 """The gateway's routing table and the two pure choices made for every request.
 
-The platform publishes the table as JSON (``deployments/services/routing.py``)::
-
-    {"version": 1732700000123, "deployments": {"fraud": {"model": "fraud-model", "variants": [
-        {"name": "a", "model_name": "fraud", "version": 3, "weight": 90, "shadow_percent": 0,
-         "replicas": [{"id": 12, "url": "http://127.0.0.1:40123", "version": 3}]}]}}}
-
-``parse_table`` turns it into frozen objects, checked once, with everything the
+The platform publishes the table (its format and checks: ``contracts.routing``);
+``build_table`` turns the parsed record into frozen objects with everything the
 hot path needs precomputed (cumulative weights, response label headers, the
 upstream path prefix). A new table replaces the old one whole: a request holds
 the ``Route`` it was routed with, so it is served by a variant of the old or
@@ -28,21 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from bisect import bisect_right
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from random import Random
-from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
-_VERSION = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+from inference_worker.contracts.routing import DeploymentRecord, TableRecord, VariantRecord
+
 _TWO_64 = float(1 << 64)
-
-
-class TableError(ValueError):
-    """A published table the gateway refuses (it keeps serving the previous one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,85 +189,41 @@ def wants_shadow(variant: Variant, rng: Random) -> bool:
     return variant.shadow_percent >= 100 or rng.random() * 100.0 < variant.shadow_percent
 
 
-# -- parsing ----------------------------------------------------------------------------------
-def parse_table(payload: Any) -> RoutingTable:
-    """The frozen table from the decoded JSON; ``TableError`` names what is wrong."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("deployments"), dict):
-        raise TableError("the routing table must be an object with a 'deployments' object")
-    version = payload.get("version", 0)
-    if type(version) is not int:
-        raise TableError("'version' must be an integer")
-    routes = {}
-    for name, entry in payload["deployments"].items():
-        routes[_name(name, "deployment")] = _route(name, entry)
-    return RoutingTable(version=version, deployments=routes)
+# -- building ---------------------------------------------------------------------------------
+def build_table(record: TableRecord) -> RoutingTable:
+    """The hot-path objects of a parsed table (``contracts.routing.parse_table`` checked it)."""
+    routes = {name: _route(name, deployment) for name, deployment in record.deployments.items()}
+    return RoutingTable(version=record.version, deployments=routes)
 
 
-def _route(name: str, entry: object) -> Route:
-    if not isinstance(entry, dict) or not isinstance(entry.get("variants"), list):
-        raise TableError(f"deployment {name!r}: expected an object with a 'variants' list")
-    variants = tuple(_variant(name, item) for item in entry["variants"])
-    if len({v.name for v in variants}) != len(variants):
-        raise TableError(f"deployment {name!r}: variant names repeat")
+def _route(name: str, record: DeploymentRecord) -> Route:
+    variants = tuple(_variant(item) for item in record.variants)
     arms = tuple(v for v in variants if v.weight > 0)
     cumulative: list[float] = []
     for arm in arms:
         cumulative.append((cumulative[-1] if cumulative else 0.0) + arm.weight)
     shadows = tuple(v for v in variants if v.weight == 0 and v.shadow_percent > 0)
-    model = entry.get("model", name)
-    return Route(name, str(model), variants, arms, tuple(cumulative), shadows)
+    return Route(name, record.model, variants, arms, tuple(cumulative), shadows)
 
 
-def _variant(deployment: str, item: object) -> Variant:
-    if not isinstance(item, dict):
-        raise TableError(f"deployment {deployment!r}: each variant must be an object")
-    name = _name(item.get("name"), f"deployment {deployment!r}: variant")
-    where = f"deployment {deployment!r} variant {name!r}"
-    model_name = _name(item.get("model_name", deployment), f"{where}: model_name")
-    version = _version(item.get("version", ""), where)
-    weight = _number(item.get("weight", 0), f"{where}: weight")
-    shadow = _number(item.get("shadow_percent", 0), f"{where}: shadow_percent")
-    if shadow > 100:
-        raise TableError(f"{where}: shadow_percent must be at most 100")
-    replicas_in = item.get("replicas", [])
-    if not isinstance(replicas_in, list):
-        raise TableError(f"{where}: 'replicas' must be a list")
-    labels = b"X-Kiln-Variant: %s\r\nX-Kiln-Model-Version: %s\r\n" % (name.encode(), version.encode())
-    replicas = tuple(_replica(name, version, r, where) for r in replicas_in)
-    seed = name.encode() + b"\x00"
-    return Variant(name, model_name, version, weight, shadow, replicas, seed, labels, model_name.encode())
+def _labels(variant: str, version: str) -> bytes:
+    return b"X-Kiln-Variant: %s\r\nX-Kiln-Model-Version: %s\r\n" % (variant.encode(), version.encode())
 
 
-def _replica(variant: str, version: str, item: object, where: str) -> Replica:
-    if not isinstance(item, dict) or not isinstance(item.get("url"), str):
-        raise TableError(f"{where}: each replica must be an object with a 'url'")
-    parts = urlsplit(item["url"])
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not parts.hostname or port is None:
-        raise TableError(f"{where}: replica url {item['url']!r} is not http://host:port")
-    served = _version(item.get("version", version), where)
-    labels = b"X-Kiln-Variant: %s\r\nX-Kiln-Model-Version: %s\r\n" % (variant.encode(), served.encode())
-    url = f"http://{parts.hostname}:{port}"
-    return Replica(str(item.get("id", "")), url, parts.hostname, port, served, labels)
-
-
-def _name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise TableError(f"{what} name {value!r} must be 1-128 letters, digits, '_', '.', '-'")
-    return value
-
-
-def _version(value: object, where: str) -> str:
-    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    if text and not _VERSION.fullmatch(text):
-        raise TableError(f"{where}: version {value!r} must be 1-64 letters, digits, '_', '.', '-'")
-    return text
-
-
-def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise TableError(f"{what} must be a non-negative number")
-    return float(value)
+def _variant(record: VariantRecord) -> Variant:
+    name, version = record.name, record.version
+    replicas = tuple(
+        Replica(str(r.id), f"http://{r.host}:{r.port}", r.host, r.port, r.version, _labels(name, r.version))
+        for r in record.replicas
+    )
+    return Variant(
+        name,
+        record.model_name,
+        version,
+        record.weight,
+        record.shadow_percent,
+        replicas,
+        seed=name.encode() + b"\x00",
+        labels=_labels(name, version),
+        model=record.model_name.encode(),
+    )

@@ -21,14 +21,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.gateway_stats import GatewaySnapshot, encode_snapshot
+from inference_worker.contracts.routing import parse_table
 from inference_worker.gateway.metrics import GatewayMetrics
-from inference_worker.gateway.routing import RoutingTable, TableError, parse_table
+from inference_worker.gateway.routing import RoutingTable, build_table
 
 log = logging.getLogger("inference_worker.gateway")
 
@@ -83,8 +85,8 @@ class TableWatcher:
                 self.metrics.reloads["unchanged"] += 1
                 return True
             try:
-                table = parse_table(orjson.loads(payload))
-            except (orjson.JSONDecodeError, TableError) as exc:
+                table = build_table(parse_table(orjson.loads(payload)))
+            except (orjson.JSONDecodeError, ContractError) as exc:
                 self._fail(f"refusing the routing table at {self.key!r}: {exc}")
                 return False
             self._last_payload = payload
@@ -135,7 +137,7 @@ class StatsPublisher:
         routing_key: str,
         gateway_id: str,
         interval_s: float,
-        snapshot: Callable[[], dict[str, Any]],
+        snapshot: Callable[[], GatewaySnapshot],
     ) -> None:
         self.client = client
         self.key = f"{routing_key}:stats"
@@ -152,7 +154,7 @@ class StatsPublisher:
             await self.publish()
 
     async def publish(self) -> bool:
-        payload = orjson.dumps(self.snapshot())
+        payload = orjson.dumps(encode_snapshot(self.snapshot()))
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hset(self.key, self.gateway_id, payload)

@@ -63,8 +63,9 @@ def compared(url: str, deployment: str, variant: str = "s") -> float:
 def test_an_identical_shadow_agrees_fully_and_the_stats_reach_redis_in_the_platform_format(
     workers: SimpleNamespace,
 ) -> None:
-    from deployments.histograms import quantile, total
+    from deployments.histograms import quantile_of
     from deployments.services.gateway_stats import shadow_summary, variant_stats
+    from inference_worker.contracts.gateway_stats import parse_snapshot
 
     with routing_key() as (key, redis), gateway(key, "--gateway-id", "gw-test-1") as gw:
         publish(
@@ -91,16 +92,16 @@ def test_an_identical_shadow_agrees_fully_and_the_stats_reach_redis_in_the_platf
         assert 0 < redis.ttl(f"{key}:stats") <= 300
     assert {"gateway_id", "started_at", "updated_at", "deployments"} <= set(written)
     assert written["started_at"] <= written["updated_at"]
-    stats = variant_stats("fraud", [written])
-    assert (stats["a"]["version"], stats["a"]["requests"], stats["a"]["responses"]) == (1, 50, {"200": 50})
-    assert total(stats["a"]["latency_ms"]) == 50
-    assert 0 < (quantile(stats["a"]["latency_ms"], 0.5) or 0) < 1000
+    stats = variant_stats("fraud", [parse_snapshot(written)])
+    assert (stats["a"].version, stats["a"].requests, stats["a"].responses) == (1, 50, {"200": 50})
+    assert stats["a"].latency_ms.total == 50
+    assert 0 < (quantile_of(stats["a"].latency_ms, 0.5) or 0) < 1000
     summary = shadow_summary(stats["s"])
     assert summary is not None
-    assert (summary["sent"], summary["compared"], summary["errors"], summary["dropped"]) == (50, 50, 0, 0)
-    assert summary["argmax_agreement"] == 1.0
-    assert summary["max_abs_diff"] == summary["mean_max_abs_diff"] == 0.0
-    assert total(summary["latency_ms"]) == total(summary["live_latency_ms"]) == 50
+    assert (summary.sent, summary.compared, summary.errors, summary.dropped) == (50, 50, 0, 0)
+    assert summary.argmax_agreement == 1.0
+    assert summary.max_abs_diff == summary.mean_max_abs_diff == 0.0
+    assert summary.latency_ms.total == summary.live_latency_ms.total == 50
 
 
 def test_a_shadow_with_different_weights_shows_agreement_below_one(workers: SimpleNamespace) -> None:
