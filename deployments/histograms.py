@@ -60,6 +60,17 @@ def total(histogram: dict[str, Any]) -> int:
     return sum(int(c) for c in histogram.get("counts", [])) if histogram else 0
 
 
+def stored(record: HistogramRecord | None) -> dict[str, Any]:
+    """How a report's histogram is kept: bounds as text, so the histograms of every report merge.
+
+    (They were stored that way before the contract existed; an absent histogram is ``{}``.)
+    """
+    if record is None:
+        return {}
+    encoded = encode_histogram(record)
+    return {"le": [str(bound) for bound in encoded["le"]], "counts": encoded["counts"]}
+
+
 def quantile_of(record: HistogramRecord, q: float) -> float | None:
     """``quantile`` of a histogram as a message carried it (a gateway's stats)."""
     return quantile(encode_histogram(record), q)

@@ -63,7 +63,7 @@ def worker_with_token(owner: User) -> tuple[Worker, str]:
         ("not json", 400, "not valid JSON"),
         ("[1, 2]", 400, "must be a JSON object"),
         ('{"schema": "other"}', 400, "schema"),
-        ('{"schema": "kiln.worker-report/v1"}', 400, "interval and window"),
+        ('{"schema": "kiln.worker-report/v1"}', 400, "interval: must be an object"),
         (
             json.dumps({"schema": "kiln.worker-report/v1", "interval": {"start": "x"}, "window": {}}),
             400,
