@@ -8,7 +8,22 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from inference_worker.contracts.batching import (
+    BATCHING,
+    INSTANCES,
+    MAX_BATCH_SIZE,
+    MAX_QUEUE_DELAY_MS,
+    MAX_QUEUE_SIZE,
+    REQUEST_TIMEOUT_MS,
+    BatchingConfig,
+    parse_batching,
+)
+from inference_worker.contracts.options import OptionField
 from registry.models import ModelVersion, RegisteredModel, slug_validator
+
+
+def _at_least(option: OptionField[Any]) -> list[MinValueValidator]:
+    return [MinValueValidator(option.low)]
 
 
 class DeploymentStatus(models.TextChoices):
@@ -68,12 +83,22 @@ class Variant(models.Model):
     replicas = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(64)])
     gpu_ids = models.JSONField(default=list, blank=True, help_text="empty for CPU")
     backend = models.CharField(max_length=16, default="process")
-    max_batch_size = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1)])
-    max_queue_delay_ms = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
+    # The batching options (contracts.batching): defaults and lower bounds from the option table,
+    # which also checks every upper bound when a variant's batching is set (services.batching).
+    max_batch_size = models.PositiveIntegerField(
+        default=MAX_BATCH_SIZE.default, validators=_at_least(MAX_BATCH_SIZE)
+    )
+    max_queue_delay_ms = models.FloatField(
+        default=MAX_QUEUE_DELAY_MS.default, validators=_at_least(MAX_QUEUE_DELAY_MS)
+    )
     preferred_batch_sizes = models.JSONField(default=list, blank=True)
-    max_queue_size = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
-    request_timeout_ms = models.FloatField(default=10_000.0, validators=[MinValueValidator(1.0)])
-    instances = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    max_queue_size = models.PositiveIntegerField(
+        default=MAX_QUEUE_SIZE.default, validators=_at_least(MAX_QUEUE_SIZE)
+    )
+    request_timeout_ms = models.FloatField(
+        default=REQUEST_TIMEOUT_MS.default, validators=_at_least(REQUEST_TIMEOUT_MS)
+    )
+    instances = models.PositiveSmallIntegerField(default=INSTANCES.default, validators=_at_least(INSTANCES))
     batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
     image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker backend)")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -92,6 +117,16 @@ class Variant(models.Model):
     def device(self) -> str:
         ids = self.gpu_ids or []
         return f"cuda:{ids[0]}" if ids else "cpu"
+
+    @property
+    def batching(self) -> BatchingConfig:
+        """The batching options of the columns, as the worker gets them."""
+        return parse_batching({name: getattr(self, name) for name in BATCHING})
+
+    @property
+    def batching_summary(self) -> str:
+        """The batching options in words, for pages."""
+        return BATCHING.describe(self.batching.values())
 
 
 class WorkerState(models.TextChoices):

@@ -41,6 +41,7 @@ from deployments.services.events import record_deployment_event
 from deployments.services.routing import publish_routing_table
 from deployments.services.variants import followers_pending, roll_alias_followers
 from deployments.services.workers import new_worker_token
+from inference_worker.contracts.launch import LaunchSpec
 from registry import storage
 from registry.models import Alias
 
@@ -49,18 +50,15 @@ CRASH_WINDOW = timedelta(seconds=60)
 
 
 def spec_hash(variant: Variant) -> str:
-    """A fingerprint of everything that needs a new worker when it changes."""
+    """A fingerprint of everything that needs a new worker when it changes.
+
+    The batching options are listed in the table's order, so a new option (a new
+    flag for the worker) changes every fingerprint: the workers roll to get it.
+    """
     data = {
         "version": variant.version_id,
         "onnx": variant.version.onnx_sha256,
-        "batching": [
-            variant.max_batch_size,
-            variant.max_queue_delay_ms,
-            sorted(variant.preferred_batch_sizes),
-            variant.max_queue_size,
-            variant.request_timeout_ms,
-            variant.instances,
-        ],
+        "batching": list(variant.batching.values().values()),  # the option table's order
         "gpu_ids": sorted(variant.gpu_ids),
         "backend": variant.backend,
         "image": variant.image,
@@ -304,20 +302,18 @@ class VariantReconciler:
             worker_id=worker.pk,
             deployment=self.deployment.name,
             variant=self.variant.name,
-            model_name=self.deployment.name,
-            model_version=version.version,
             onnx_path=storage.resolve(version.onnx_path),
-            onnx_sha256=version.onnx_sha256,
             gpu_ids=tuple(self.variant.gpu_ids),
-            max_batch_size=self.variant.max_batch_size,
-            max_queue_delay_ms=self.variant.max_queue_delay_ms,
-            preferred_batch_sizes=tuple(self.variant.preferred_batch_sizes),
-            max_queue_size=self.variant.max_queue_size,
-            request_timeout_ms=self.variant.request_timeout_ms,
-            instances=self.variant.instances,
-            report_url=f"{settings.KILN_PUBLIC_URL}/api/v1/workers/{worker.pk}/reports/",
-            report_token=token,
-            report_interval_s=settings.KILN_REPORT_INTERVAL_S,
+            launch=LaunchSpec(
+                model_name=self.deployment.name,
+                model_version=str(version.version),
+                model_sha256=version.onnx_sha256,
+                batching=self.variant.batching,
+                report_url=f"{settings.KILN_PUBLIC_URL}/api/v1/workers/{worker.pk}/reports/",
+                report_token=token,
+                report_interval_s=settings.KILN_REPORT_INTERVAL_S,
+                worker_id=str(worker.pk),
+            ),
             image=self.variant.image,
             labels={
                 "deployment": self.deployment.name,

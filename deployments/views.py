@@ -18,6 +18,7 @@ from deployments.forms import AddVariantForm, DeploymentCreateForm, ScaleForm, V
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
 from deployments.services.images import latest_image_of, rebuild_worker_image
+from inference_worker.contracts.batching import BATCHING
 from registry import queries as registry_queries
 from registry.audit import Actor
 from registry.permissions import ensure_can_change
@@ -38,18 +39,18 @@ def deployment_create(request: HttpRequest, name: str, number: int) -> HttpRespo
     version = registry_queries.get_version(name, number)
     ensure_can_change(request.user, version.model)
     budget = _budget(request)
-    proposal, note = propose_batching(version.report or {}, latency_budget_ms=budget)
+    proposal = propose_batching(version.report or {}, latency_budget_ms=budget, target_rps=_target(request))
     initial = {
-        **proposal.as_dict(),
-        "preferred_batch_sizes": ",".join(map(str, proposal.preferred_batch_sizes)),
+        **{option: BATCHING[option].to_text(value) for option, value in proposal.batching.values().items()},
         "version": version.version,
         "name": version.model.name,
         "replicas": 1,
         "device": "cpu",
     }
-    for field in ("max_batch_size", "max_queue_delay_ms", "instances", "replicas"):
+    for field in (*BATCHING, "replicas"):  # a link from the serving advice carries its exact options
         if request.GET.get(field):
             initial[field] = request.GET[field]
+    note = proposal.note
     form = DeploymentCreateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -68,6 +69,15 @@ def deployment_create(request: HttpRequest, name: str, number: int) -> HttpRespo
             return redirect("deployments:detail", name=deployment.name)
     context = {"version": version, "model": version.model, "form": form, "note": note, "budget": budget}
     return render(request, "deployments/deployment_create.html", context, status=400 if form.errors else 200)
+
+
+def _target(request: HttpRequest) -> float | None:
+    """The throughput target the serving advice was asked for, if the page came from it."""
+    try:
+        value = float(request.GET.get("target_rps") or "nan")
+    except ValueError:
+        return None
+    return value if 1.0 <= value <= 1e9 else None
 
 
 def _budget(request: HttpRequest) -> float:

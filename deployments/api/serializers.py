@@ -11,6 +11,8 @@ from rest_framework import serializers
 from deployments.backends import uses_images
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.services.images import latest_image_of
+from inference_worker.contracts.batching import BATCHING, encode_batching
+from inference_worker.contracts.options import Kind, OptionField, whole
 
 
 class WorkerOutput(serializers.ModelSerializer[Worker]):
@@ -96,14 +98,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         )
 
     def get_batching(self, obj: Variant) -> dict[str, Any]:
-        return {
-            "max_batch_size": obj.max_batch_size,
-            "max_queue_delay_ms": obj.max_queue_delay_ms,
-            "preferred_batch_sizes": obj.preferred_batch_sizes,
-            "max_queue_size": obj.max_queue_size,
-            "request_timeout_ms": obj.request_timeout_ms,
-            "instances": obj.instances,
-        }
+        return encode_batching(obj.batching)
 
     @extend_schema_field(WorkerImageOutput(allow_null=True))
     def get_image(self, obj: Variant) -> dict[str, Any] | None:
@@ -156,13 +151,24 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
         }
 
 
+def batching_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
+    """The input field of one batching option: type and bounds from the option table, not required."""
+    low, high = whole(option.low), whole(option.high)
+    if option.kind is Kind.INT:
+        return serializers.IntegerField(required=False, help_text=option.help, min_value=low, max_value=high)
+    if option.kind is Kind.FLOAT:
+        return serializers.FloatField(
+            required=False, help_text=option.help, min_value=option.low, max_value=option.high
+        )
+    child = serializers.IntegerField(min_value=low, max_value=high)  # the preferred sizes
+    return serializers.ListField(child=child, required=False, help_text=option.help)
+
+
 class BatchingInput(serializers.Serializer[Any]):
-    max_batch_size = serializers.IntegerField(required=False)
-    max_queue_delay_ms = serializers.FloatField(required=False)
-    preferred_batch_sizes = serializers.ListField(child=serializers.IntegerField(), required=False)
-    max_queue_size = serializers.IntegerField(required=False)
-    request_timeout_ms = serializers.FloatField(required=False)
-    instances = serializers.IntegerField(required=False)
+    """Any of the batching options; the fields are made from the option table at validation time."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {option.name: batching_field(option) for option in BATCHING.values()}
 
 
 class VariantInput(serializers.Serializer[Any]):

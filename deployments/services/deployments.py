@@ -17,8 +17,9 @@ from config.locks import advisory_lock
 from deployments.backends import BackendError, get_backend
 from deployments.errors import DeploymentBusyError, DuplicateDeploymentError, InvalidDeploymentError
 from deployments.models import Deployment, DeploymentStatus, Variant, WorkerState
-from deployments.services.batching import propose_batching, validate_batching
+from deployments.services.batching import below, propose_batching, validate_batching
 from deployments.services.events import enqueue_reconcile, record_deployment_event
+from inference_worker.contracts.batching import MAX_BATCH_SIZE, PREFERRED_BATCH_SIZES, encode_batching
 from registry.audit import Actor
 from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus, slug_validator
 
@@ -121,16 +122,15 @@ def build_variant(
         field = "device" if exc.code == "no_gpu" else "backend"
         raise InvalidDeploymentError(f"{prefix}{field}: {exc.message}") from None
     dynamic = bool((target.version.report or {}).get("dynamic_batch", True))
-    proposed, note = propose_batching(
-        target.version.report or {}, latency_budget_ms=latency_budget_ms or settings.KILN_LATENCY_BUDGET_MS
-    )
+    budget = latency_budget_ms or settings.KILN_LATENCY_BUDGET_MS
+    proposal = propose_batching(target.version.report or {}, latency_budget_ms=budget)
     given = dict(raw.get("batching") or {})
-    merged = {**proposed.as_dict(), **given}
-    if "preferred_batch_sizes" not in given and isinstance(merged["max_batch_size"], int):
-        merged["preferred_batch_sizes"] = [
-            s for s in proposed.preferred_batch_sizes if s <= merged["max_batch_size"]
-        ]
-    batching = validate_batching(merged, prefix=f"{prefix}batching.", fixed_batch=not dynamic)
+    base = proposal.batching
+    max_batch = given.get(MAX_BATCH_SIZE.name)
+    if PREFERRED_BATCH_SIZES.name not in given and isinstance(max_batch, int):
+        base = below(base, max_batch)  # the proposed sizes that still fit under the batch size given
+    batching = validate_batching(given, base=base, prefix=f"{prefix}batching.", fixed_batch=not dynamic)
+    note = proposal.note
     if given:
         note = f"Set by the user ({', '.join(sorted(given))}); the profile proposed: {note}"
     return Variant(
@@ -144,7 +144,7 @@ def build_variant(
         gpu_ids=gpu_ids,
         backend=str(backend_name),
         batching_note=note,
-        **{**batching.as_dict(), "preferred_batch_sizes": list(batching.preferred_batch_sizes)},
+        **encode_batching(batching),
     )
 
 

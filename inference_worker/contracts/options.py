@@ -146,6 +146,11 @@ class OptionField(Generic[T]):
         return value
 
 
+def whole(bound: float | None) -> int | None:
+    """An integer option's bound as an ``int`` (a table keeps every bound as a number)."""
+    return None if bound is None else int(bound)
+
+
 def _integer(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ContractError(name, "must be an integer")
@@ -177,6 +182,17 @@ class OptionTable(Mapping[str, OptionField[Any]]):
 
     def __getitem__(self, name: str) -> OptionField[Any]:
         return self._current()[name]
+
+    def describe(self, values: Mapping[str, Any]) -> str:
+        """``values`` in words, for pages: "max batch size 32, max queue delay 2.5 ms, ..."."""
+        words = []
+        for name, value in values.items():
+            option = self[name]
+            shown = number_text(value) if option.kind is Kind.FLOAT else option.to_text(value)
+            if shown:
+                unit = f" {option.unit}" if option.unit in ("ms", "s") else ""
+                words.append(f"{(option.label or name.replace('_', ' ')).lower()} {shown}{unit}")
+        return ", ".join(words)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._current())
