@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pytest
 
 from deployments.errors import InvalidDeploymentError
+from deployments.models import Variant
+from deployments.reconcile import spec_hash
 from deployments.services.batching import propose_batching, validate_batching
+from registry.models import ModelVersion
 from tests.deployments.factories import PROFILE
 
 
@@ -73,3 +78,30 @@ def test_without_a_profile_the_defaults_are_used_and_said_so() -> None:
 def test_nonsense_batching_options_are_refused_naming_the_field(options: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidDeploymentError, match=f"^batching.{field}"):
         validate_batching(options, prefix="batching.")
+
+
+def test_the_spec_hash_lists_the_options_as_before_so_running_workers_do_not_roll() -> None:
+    version = ModelVersion(onnx_sha256="ab" * 32)
+    variant = Variant(
+        version=version,
+        max_batch_size=16,
+        max_queue_delay_ms=2.5,
+        preferred_batch_sizes=[16, 4, 8],
+        max_queue_size=512,
+        request_timeout_ms=1500.0,
+        instances=2,
+        gpu_ids=[1],
+        backend="docker",
+        image="kiln-worker/m:v1",
+    )
+    before_the_table = {
+        "version": None,
+        "onnx": "ab" * 32,
+        "batching": [16, 2.5, [4, 8, 16], 512, 1500.0, 2],
+        "gpu_ids": [1],
+        "backend": "docker",
+        "image": "kiln-worker/m:v1",
+    }
+
+    expected = hashlib.sha256(json.dumps(before_the_table, sort_keys=True).encode()).hexdigest()[:32]
+    assert spec_hash(variant) == expected
