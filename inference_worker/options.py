@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_worker.config import ConfigError
-from inference_worker.contracts.options import OptionField
+from inference_worker.contracts.options import Kind, OptionField, number_text
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser, options: Iterable[CommandOpti
     """One flag per option, its default and variable in the help."""
     for option in options:
         default = option.field.default
-        shown = "" if default is None else f" [default: {option.field.to_text(default) or 'none'}]"
+        text = number_text(default) if option.field.kind is Kind.FLOAT else option.field.to_text(default)
+        shown = "" if default is None else f" [default: {text or 'none'}]"
         help_text = f"{option.field.help}{shown} (env {option.env})"
         parser.add_argument(option.flag, dest=option.dest, help=help_text)
 

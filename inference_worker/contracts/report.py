@@ -261,7 +261,7 @@ class _Object:
 
 def parse_report(payload: object) -> WorkerReport:
     """The report in a decoded JSON value; ``ContractError`` names the first field refused."""
-    report = _Object(payload, "")
+    report = _Object(mapping(payload, "report"), "")  # paths inside start at the top: "window.requests"
     if report.value.get("schema") != SCHEMA:
         raise ContractError("schema", f"expected {SCHEMA!r}")
     interval = _Object(report.value.get("interval"), "interval")
