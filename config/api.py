@@ -8,4 +8,5 @@ urlpatterns = [
     path("", include("registry.api.urls")),
     path("", include("deployments.api.urls")),
     path("", include("dashboard.api_urls")),
+    path("", include("observability.api_urls")),
 ]

@@ -65,7 +65,7 @@ INSTALLED_APPS = [
     "registry",
     "deployments",
     "dashboard",
-    "config.observability",
+    "observability",
 ]
 
 MIDDLEWARE = [

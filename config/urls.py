@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from config.health import healthz
-from config.observability.views import metrics
+from observability.views import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -13,9 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from dashboard import series
 from dashboard.advice import advise
-from deployments import queries
+from deployments import queries, series
 from deployments.models import Rollout
 from registry import queries as registry_queries
 

@@ -4,3 +4,12 @@ from django.apps import AppConfig
 class DeploymentsConfig(AppConfig):
     name = "deployments"
     verbose_name = "Deployments"
+
+    def ready(self) -> None:
+        """Answer the registry's announcements (it cannot import this app)."""
+        from deployments import series
+        from deployments.services.variants import on_alias_moved
+        from registry import hooks
+
+        hooks.alias_moved.register(on_alias_moved)
+        hooks.version_serving.register(series.version_numbers)

@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
+from deployments.inputs import RolloutPolicy
 from inference_worker.contracts.batching import BATCHING
 from inference_worker.contracts.options import Kind, OptionField, whole
 
@@ -102,3 +103,32 @@ class AddVariantForm(forms.Form):
     alias = forms.SlugField(max_length=64, required=False)
     replicas = forms.IntegerField(min_value=1, max_value=64, initial=1)
     device = forms.CharField(initial="cpu", max_length=64)
+
+
+class RolloutForm(forms.Form):
+    """The web form of a rollout: percentages where the API takes fractions; defaults from the policy."""
+
+    candidate = forms.SlugField(max_length=64)
+    steps = forms.CharField(initial=",".join(map(str, RolloutPolicy.default("steps"))))
+    hold_s = forms.FloatField(initial=RolloutPolicy.default("hold_s"))
+    max_error_rate_percent = forms.FloatField(initial=100 * RolloutPolicy.default("max_error_rate"))
+    max_p99_ms = forms.FloatField(initial=RolloutPolicy.default("max_p99_ms"))
+    min_shadow_agreement = forms.FloatField(required=False, help_text="percent")
+
+    def clean_steps(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(s) for s in self.cleaned_data["steps"].split(",") if s.strip())
+        except ValueError:
+            raise forms.ValidationError("whole percentages separated by commas, e.g. 5,25,50,100") from None
+
+    def policy(self) -> RolloutPolicy:
+        data = self.cleaned_data
+        agreement = data.get("min_shadow_agreement")
+        return RolloutPolicy(
+            candidate=data["candidate"],
+            steps=data["steps"],
+            hold_s=data["hold_s"],
+            max_error_rate=data["max_error_rate_percent"] / 100,
+            max_p99_ms=data["max_p99_ms"],
+            min_shadow_agreement=None if agreement is None else agreement / 100,
+        )

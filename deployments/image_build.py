@@ -1,4 +1,4 @@
-"""Worker images without the ORM: what goes in (code hash, pins), the wheelhouse, the context, the build.
+"""Worker images without the ORM or the engine: what goes in (code hash, pins), the wheelhouse, the context.
 
 An image holds one model version: the ONNX file and a small config under ``/opt/kiln/model``, and
 the inference worker installed from a wheelhouse that the platform prepares with pip *before* the
@@ -8,6 +8,7 @@ cached under ``KILN_WHEELHOUSE_DIR``, one per flavour and worker code hash.
 
 The worker code hash covers the worker's sources, the flavour's Dockerfile and the pinned
 requirements: when any of them changes, new images are built (and variants roll to them).
+The build on the engine is ``deployments.backends.docker_images``; the row, ``services.images``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ MODEL_PATH_IN_IMAGE = "/opt/kiln/model/model.onnx"
 PYTHON_VERSION = "3.11"  # the wheels' target; the Dockerfiles check that the base image has it
 _SKIPPED_DIRS = {"_generated", "build", "dist", "__pycache__"}
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-_STEP = re.compile(r"^Step (\d+)/(\d+) :")
 KEEP_WHEELHOUSES = 3  # per flavour: the current worker code and two before it
 
 Log = Callable[[str], None]
@@ -242,42 +242,3 @@ def write_context(
         info = _tar_filter(tarfile.TarInfo("model/model.json"))
         info.size, info.mtime = len(config), int(time.time())
         tar.addfile(info, io.BytesIO(config))
-
-
-def build_image(
-    *,
-    api: Any,
-    context: Path,
-    tag: str,
-    buildargs: dict[str, str],
-    labels: dict[str, str],
-    log: Log,
-    on_step: Callable[[int, int], None],
-) -> str:
-    """Build ``tag`` on the engine (``api``: docker's low-level client), streaming the log; the image id."""
-    image_id = ""
-    with context.open("rb") as fileobj:
-        stream = api.build(
-            fileobj=fileobj,
-            custom_context=True,
-            tag=tag,
-            buildargs=buildargs,
-            labels=labels,
-            rm=True,
-            forcerm=True,
-            pull=False,
-            network_mode="none",
-            decode=True,
-        )
-        for chunk in stream:
-            if "error" in chunk:
-                detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                log(str(detail).rstrip())
-                raise ImageBuildError(f"the image build failed: {str(detail).strip()[:500]}")
-            text = str(chunk.get("stream") or chunk.get("status") or "")
-            for line in text.splitlines():
-                log(line)
-                if match := _STEP.match(line):
-                    on_step(int(match[1]), int(match[2]))
-            image_id = str((chunk.get("aux") or {}).get("ID") or image_id)
-    return image_id or str(api.inspect_image(tag)["Id"])

@@ -8,22 +8,14 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from inference_worker.contracts.batching import (
-    BATCHING,
-    INSTANCES,
-    MAX_BATCH_SIZE,
-    MAX_QUEUE_DELAY_MS,
-    MAX_QUEUE_SIZE,
-    REQUEST_TIMEOUT_MS,
-    BatchingConfig,
-    parse_batching,
-)
+from inference_worker.contracts import batching as table
 from inference_worker.contracts.options import OptionField
 from registry.models import ModelVersion, RegisteredModel, slug_validator
 
 
-def _at_least(option: OptionField[Any]) -> list[MinValueValidator]:
-    return [MinValueValidator(option.low)]
+def _column(option: OptionField[Any]) -> dict[str, Any]:
+    """A batching column's default and lower bound, from the option table (which checks the rest)."""
+    return {"default": option.default, "validators": [MinValueValidator(option.low)]}
 
 
 class DeploymentStatus(models.TextChoices):
@@ -33,13 +25,16 @@ class DeploymentStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     STOPPING = "stopping", "Stopping"
     STOPPED = "stopped", "Stopped"
+    DELETING = "deleting", "Deleting"
 
 
 class Deployment(models.Model):
     """A named endpoint serving one model through the gateway.
 
     ``desired_running`` is what the user asked for; ``status`` is what the
-    reconcile loop last observed.
+    reconcile loop last observed. Deleting is desired state too: ``delete_requested_at``
+    takes it out of the routing table at once, and the reconcile loop drains and stops its
+    workers, then deletes the row (only that loop touches workers).
     """
 
     name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
@@ -50,6 +45,10 @@ class Deployment(models.Model):
         max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.DEPLOYING
     )
     status_reason = models.TextField(blank=True)
+    delete_requested_at = models.DateTimeField(null=True, blank=True)
+    delete_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -59,6 +58,13 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def ensure_changeable(self) -> None:
+        """Refuse (409) a change while the deployment is being deleted: the reconcile loop owns it."""
+        if self.delete_requested_at is not None:
+            from deployments.errors import DeploymentBusyError
+
+            raise DeploymentBusyError(f"deployment {self.name!r} is being deleted")
 
 
 class Variant(models.Model):
@@ -83,24 +89,20 @@ class Variant(models.Model):
     replicas = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(64)])
     gpu_ids = models.JSONField(default=list, blank=True, help_text="empty for CPU")
     backend = models.CharField(max_length=16, default="process")
-    # The batching options (contracts.batching): defaults and lower bounds from the option table,
-    # which also checks every upper bound when a variant's batching is set (services.batching).
-    max_batch_size = models.PositiveIntegerField(
-        default=MAX_BATCH_SIZE.default, validators=_at_least(MAX_BATCH_SIZE)
-    )
-    max_queue_delay_ms = models.FloatField(
-        default=MAX_QUEUE_DELAY_MS.default, validators=_at_least(MAX_QUEUE_DELAY_MS)
-    )
+    max_batch_size = models.PositiveIntegerField(**_column(table.MAX_BATCH_SIZE))
+    max_queue_delay_ms = models.FloatField(**_column(table.MAX_QUEUE_DELAY_MS))
     preferred_batch_sizes = models.JSONField(default=list, blank=True)
-    max_queue_size = models.PositiveIntegerField(
-        default=MAX_QUEUE_SIZE.default, validators=_at_least(MAX_QUEUE_SIZE)
-    )
-    request_timeout_ms = models.FloatField(
-        default=REQUEST_TIMEOUT_MS.default, validators=_at_least(REQUEST_TIMEOUT_MS)
-    )
-    instances = models.PositiveSmallIntegerField(default=INSTANCES.default, validators=_at_least(INSTANCES))
+    max_queue_size = models.PositiveIntegerField(**_column(table.MAX_QUEUE_SIZE))
+    request_timeout_ms = models.FloatField(**_column(table.REQUEST_TIMEOUT_MS))
+    instances = models.PositiveSmallIntegerField(**_column(table.INSTANCES))
     batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
     image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker backend)")
+    remove_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="set when removed: its workers drain, then the row goes"
+    )
+    remove_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -119,14 +121,14 @@ class Variant(models.Model):
         return f"cuda:{ids[0]}" if ids else "cpu"
 
     @property
-    def batching(self) -> BatchingConfig:
+    def batching(self) -> table.BatchingConfig:
         """The batching options of the columns, as the worker gets them."""
-        return parse_batching({name: getattr(self, name) for name in BATCHING})
+        return table.parse_batching({name: getattr(self, name) for name in table.BATCHING})
 
     @property
     def batching_summary(self) -> str:
         """The batching options in words, for pages."""
-        return BATCHING.describe(self.batching.values())
+        return table.BATCHING.describe(self.batching.values())
 
 
 class WorkerState(models.TextChoices):

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Prefetch, QuerySet
 
-from deployments.errors import DeploymentNotFoundError, VariantNotFoundError
-from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerImage, WorkerState
+from config.errors import NotFoundError
+from deployments.errors import DeploymentBusyError, DeploymentNotFoundError, VariantNotFoundError
+from deployments.models import (
+    LIVE_WORKER_STATES,
+    Deployment,
+    Rollout,
+    Variant,
+    Worker,
+    WorkerImage,
+    WorkerState,
+)
+from registry.permissions import ensure_can_change
 
 VISIBLE_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING, WorkerState.FAILED)
 
@@ -44,3 +56,48 @@ def get_variant(deployment_name: str, variant_name: str) -> Variant:
         get_deployment(deployment_name)
         raise VariantNotFoundError(f"deployment {deployment_name!r} has no variant {variant_name!r}")
     return variant
+
+
+def deployment_for_change(name: str, user: Any, *, deleting_ok: bool = False) -> Deployment:
+    """The deployment ``name`` for a change by ``user``.
+
+    404 when there is none, 403 when ``user`` may not change its model, 409 while it is being
+    deleted (the reconcile loop owns it until it is gone).
+    """
+    deployment = get_deployment(name)
+    ensure_can_change(user, deployment.model)
+    if not deleting_ok:
+        deployment.ensure_changeable()
+    return deployment
+
+
+def variant_for_change(
+    deployment_name: str, variant_name: str, user: Any, *, removing_ok: bool = False
+) -> Variant:
+    """A variant for a change by ``user``: 404, 403, or 409 while it or its deployment is going."""
+    variant = get_variant(deployment_name, variant_name)
+    ensure_can_change(user, variant.deployment.model)
+    variant.deployment.ensure_changeable()
+    if variant.remove_requested_at is not None and not removing_ok:
+        raise DeploymentBusyError(f"variant {variant_name!r} is being removed")
+    return variant
+
+
+def get_rollout(deployment_name: str, rollout_id: int) -> Rollout:
+    rollout = (
+        Rollout.objects.select_related("deployment__model", "candidate", "baseline")
+        .filter(deployment__name=deployment_name, pk=rollout_id)
+        .first()
+    )
+    if rollout is None:
+        get_deployment(deployment_name)
+        raise NotFoundError(f"deployment {deployment_name!r} has no rollout {rollout_id}")
+    return rollout
+
+
+def rollout_for_change(deployment_name: str, rollout_id: int, user: Any) -> Rollout:
+    """A rollout of a deployment for a change by ``user`` (404, 403, 409 as above)."""
+    rollout = get_rollout(deployment_name, rollout_id)
+    ensure_can_change(user, rollout.deployment.model)
+    rollout.deployment.ensure_changeable()
+    return rollout

@@ -83,27 +83,3 @@ def sweep_image_builds_task() -> dict[str, int]:
     from deployments.services.images import sweep_image_builds
 
     return sweep_image_builds()
-
-
-@shared_task(
-    name="deployments.delete_deployment",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(Exception,),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    max_retries=10,
-    time_limit=300,
-)
-def delete_deployment_task(deployment_id: int, actor_id: int | None) -> bool:
-    """Finish a deletion the web app handed over (it cannot reach the workers' backend)."""
-    from django.contrib.auth.models import User
-
-    from deployments.models import Deployment
-    from deployments.services import delete_deployment
-
-    deployment = Deployment.objects.filter(pk=deployment_id).first()
-    if deployment is None:
-        return False
-    actor = User.objects.filter(pk=actor_id).first() if actor_id else None
-    return delete_deployment(deployment=deployment, actor=actor, allow_queue=False)

@@ -10,6 +10,8 @@ from django.views.decorators.http import require_POST
 
 from config.errors import PlatformError
 from deployments import queries
+from deployments.forms import RolloutForm
+from deployments.inputs import Split
 from deployments.models import Rollout
 from deployments.services import rollouts, traffic
 from deployments.views import act_on_deployment
@@ -40,7 +42,7 @@ def set_split(request: HttpRequest, name: str) -> HttpResponse:
             raise PlatformError("split: weights must be whole numbers") from None
         traffic.set_traffic_split(
             deployment=deployment,
-            split=split,
+            split=Split.parse(split, shadows=dict(rows)),
             actor=request.user,
             reason=request.POST.get("reason", "")[:2000],
         )
@@ -87,24 +89,14 @@ def shadow(request: HttpRequest, name: str, variant: str) -> HttpResponse:
 @require_POST
 def start_rollout(request: HttpRequest, name: str) -> HttpResponse:
     def act(deployment: Any) -> None:
-        post = request.POST
-        try:
-            steps = [int(s) for s in post.get("steps", "5,25,50,100").split(",") if s.strip()]
-            agreement = (
-                float(post["min_shadow_agreement"]) / 100 if post.get("min_shadow_agreement") else None
-            )
-            rollouts.start_rollout(
-                deployment=deployment,
-                candidate=post.get("candidate", ""),
-                steps=steps,
-                hold_s=float(post.get("hold_s", "60")),
-                max_error_rate=float(post.get("max_error_rate_percent", "1")) / 100,
-                max_p99_ms=float(post.get("max_p99_ms", "250")),
-                min_shadow_agreement=agreement,
-                actor=request.user,  # type: ignore[arg-type]
-            )
-        except ValueError:
-            raise PlatformError("rollout: steps, hold, error rate and p99 must be numbers") from None
+        form = RolloutForm(request.POST)
+        if not form.is_valid():
+            raise PlatformError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
+        rollouts.start_rollout(
+            deployment=deployment,
+            policy=form.policy(),
+            actor=request.user,  # type: ignore[arg-type]
+        )
 
     return _run(request, name, act, "Rollout started; beat advances it after each hold.")
 

@@ -11,17 +11,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from config.errors import PlatformError
+from config.errors import NotFoundError, PlatformError
 from deployments import queries, services
 from deployments.backends import get_backend, uses_images
-from deployments.forms import AddVariantForm, DeploymentCreateForm, ScaleForm, VersionForm
+from deployments.forms import AddVariantForm, DeploymentCreateForm, RolloutForm, ScaleForm, VersionForm
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
 from deployments.services.images import latest_image_of, rebuild_worker_image
 from inference_worker.contracts.batching import BATCHING
 from registry import queries as registry_queries
 from registry.audit import Actor
-from registry.permissions import ensure_can_change
 
 
 @login_required
@@ -36,8 +35,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def deployment_create(request: HttpRequest, name: str, number: int) -> HttpResponse:
-    version = registry_queries.get_version(name, number)
-    ensure_can_change(request.user, version.model)
+    version = registry_queries.version_for_change(name, number, request.user)
     budget = _budget(request)
     proposal = propose_batching(version.report or {}, latency_budget_ms=budget, target_rps=_target(request))
     initial = {
@@ -114,6 +112,7 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
         "scale_form": ScaleForm(),
         "version_form": VersionForm(),
         "add_form": AddVariantForm(),
+        "rollout_form": RolloutForm(),
         "history": deployment.traffic_changes.all()[:50],
         "rollouts": deployment.rollouts.select_related("candidate", "baseline")[:20],
         "shadow": _shadow_numbers(deployment),
@@ -121,7 +120,7 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
 
 
 def _shadow_numbers(deployment: Any) -> dict[str, Any]:
-    from dashboard.series import gateway_numbers
+    from deployments.series import gateway_numbers
 
     return {name: n["shadow"] for name, n in gateway_numbers(deployment).items() if n.get("shadow")}
 
@@ -139,10 +138,10 @@ def deployment_workers_fragment(request: HttpRequest, name: str) -> HttpResponse
 
 def act_on_deployment(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
     """Run ``action(deployment, user)`` if the user may change it; flash the outcome; back to its page."""
-    deployment = queries.get_deployment(name)
     try:
-        ensure_can_change(request.user, deployment.model)
-        action(deployment, request.user)
+        action(queries.deployment_for_change(name, request.user), request.user)
+    except NotFoundError:
+        raise
     except PlatformError as exc:
         messages.error(request, exc.message)
     else:
@@ -175,12 +174,11 @@ def deployment_start(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_delete(request: HttpRequest, name: str) -> HttpResponse:
-    deployment = queries.get_deployment(name)
-    ensure_can_change(request.user, deployment.model)
-    if services.delete_deployment(deployment=deployment, actor=request.user):
-        messages.success(request, f"Deployment {name} deleted.")
-    else:
-        messages.success(request, f"Deployment {name} stops now and is deleted once its workers are gone.")
+    deployment = queries.deployment_for_change(name, request.user, deleting_ok=True)
+    services.delete_deployment(deployment=deployment, actor=request.user)
+    messages.success(
+        request, f"Deployment {name} no longer takes traffic; it is deleted once its workers have drained."
+    )
     return redirect("deployments:list")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
 
 from registry.errors import ModelNotFoundError, VersionNotFoundError
 from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel
+from registry.permissions import ensure_can_change
 
 
 def models_with_counts() -> QuerySet[RegisteredModel]:
@@ -40,6 +43,20 @@ def get_version(model_name: str, number: int) -> ModelVersion:
     if version is None:
         get_model(model_name)
         raise VersionNotFoundError(f"model {model_name!r} has no version {number}")
+    return version
+
+
+def model_for_change(name: str, user: Any) -> RegisteredModel:
+    """The model ``name`` for a change by ``user``: 404 when there is none, 403 when not theirs."""
+    model = get_model(name)
+    ensure_can_change(user, model)
+    return model
+
+
+def version_for_change(model_name: str, number: int, user: Any) -> ModelVersion:
+    """Version ``number`` of ``model_name`` for a change by ``user`` (404, then 403)."""
+    version = get_version(model_name, number)
+    ensure_can_change(user, version.model)
     return version
 
 

@@ -1,6 +1,6 @@
 """Run untrusted-model work (inspection, export, parity) in a child process.
 
-The child (``python -m registry.child``) imports no Django. It runs in its own
+The child (``python -m registry.conversion``) imports no Django. It runs in its own
 session with an address-space limit, no core dumps, and a wall-clock timeout
 after which its whole process group is killed; a crash, hang or runaway
 allocation fails that one job with a readable reason and nothing else.
@@ -78,7 +78,7 @@ def run_child(
     on_progress: Callable[[str], None] | None = None,
     heartbeat: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``registry.child <command>`` with ``payload`` and return its JSON result.
+    """Run ``python -m registry.conversion <command>`` with ``payload`` and return its JSON result.
 
     Progress lines the child prints to stdout as ``PROGRESS <text>`` are passed to
     ``on_progress`` as they arrive; ``heartbeat`` is called about once a second while the
@@ -88,7 +88,7 @@ def run_child(
         request = Path(workdir) / "request.json"
         result = Path(workdir) / "result.json"
         request.write_text(json.dumps(payload), encoding="utf-8")
-        argv = [sys.executable, "-m", "registry.child", command, str(request), str(result)]
+        argv = [sys.executable, "-m", "registry.conversion", command, str(request), str(result)]
         with tempfile.TemporaryFile() as stderr:
             proc = subprocess.Popen(
                 argv,

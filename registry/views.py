@@ -15,11 +15,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from config.errors import PlatformError
-from registry import queries, services
+from registry import hooks, queries, services
 from registry.errors import ArtifactTooLargeError
 from registry.forms import AliasForm, ModelCreateForm, UploadForm
 from registry.models import VersionStatus
-from registry.permissions import ensure_can_change
 from registry.uploads import HashedTempUploadedFile
 
 
@@ -67,8 +66,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 def version_upload(request: HttpRequest, name: str) -> HttpResponse:
-    model = queries.get_model(name)
-    ensure_can_change(request.user, model)
+    model = queries.model_for_change(name, request.user)
     form = UploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST":
         if getattr(request, "upload_too_large", False):
@@ -126,9 +124,10 @@ def _live_numbers(request: HttpRequest, version_id: int) -> list[dict[str, Any]]
     """Staff see the deployments serving the version with their numbers (like the dashboard)."""
     if not getattr(request.user, "is_staff", False):
         return None
-    from dashboard.series import version_numbers
-
-    return version_numbers(version_id)
+    rows: list[dict[str, Any]] = []
+    for found in hooks.version_serving.call(version_id=version_id):
+        rows.extend(found or [])
+    return rows
 
 
 def _safe_url(value: Any) -> str | None:
@@ -141,8 +140,7 @@ def _safe_url(value: Any) -> str | None:
 @login_required
 @require_POST
 def alias_set(request: HttpRequest, name: str) -> HttpResponse:
-    model = queries.get_model(name)
-    ensure_can_change(request.user, model)
+    model = queries.model_for_change(name, request.user)
     form = AliasForm(request.POST)
     if form.is_valid():
         try:
@@ -169,8 +167,7 @@ def alias_set(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def alias_delete(request: HttpRequest, name: str, alias: str) -> HttpResponse:
-    model = queries.get_model(name)
-    ensure_can_change(request.user, model)
+    model = queries.model_for_change(name, request.user)
     try:
         services.delete_alias(model=model, name=alias, actor=request.user)
     except PlatformError as exc:
@@ -183,8 +180,7 @@ def alias_delete(request: HttpRequest, name: str, alias: str) -> HttpResponse:
 @login_required
 @require_POST
 def version_convert(request: HttpRequest, name: str, number: int) -> HttpResponse:
-    version = queries.get_version(name, number)
-    ensure_can_change(request.user, version.model)
+    version = queries.version_for_change(name, number, request.user)
     try:
         services.request_conversion(version=version, actor=request.user)
     except PlatformError as exc:

@@ -261,7 +261,7 @@ class Gateway(Service):
     """A real ``inference_worker gateway`` serving the test's routing table."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        from deployments.backends.process import free_port
+        from deployments.backends.ports import free_port
 
         super().__init__(env, log_path)
         self.port = free_port()

@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {"tests", "migrations", "_generated", "contracts", "bench", "node_modules", "static_build", "build"}
 
 WORDS = {"name", "version", "model", "id", "url", "state", "start", "end", "schema", "le", "counts"}
-"""Words every message and API uses (a histogram's ``le``/``counts`` are also how reports are stored)."""
+WORDS |= {"p50", "p95", "p99"}
+"""Words every message and API uses (a histogram's ``le``/``counts`` are also how reports are stored,
+the quantile names are every latency figure's, the shadow API's too)."""
 SHARED = WORDS | {
     # the REST API's variants and the traffic API's splits name these fields of a Variant too
     "deployments",
@@ -65,6 +67,8 @@ SHARED = WORDS | {
     "responses",
     "live_latency_ms",
     "routing_table_version",  # the gateway's readiness answer (/v2/health/ready)
+    "started_at",  # timestamps most of the platform's models have (a row job's, a worker's)
+    "updated_at",
 }
 
 

@@ -31,8 +31,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
-from config.observability.events import record_image_build
-from deployments.backends.process import free_port
+from config.metrics.events import record_image_build
+from deployments.backends.ports import free_port
 from deployments.models import Deployment, Variant, Worker
 from deployments.reconcile import spec_hash
 from registry import storage
@@ -496,7 +496,7 @@ class Gunicorn:
 @pytest.fixture
 def gunicorn(tmp_path: Path, metrics_instance: str) -> Iterator[Gunicorn]:
     """The web app under gunicorn with two worker processes, started the way ``make run`` does."""
-    from registry.management.commands.runstack import prometheus_multiprocess_env
+    from deployments.management.commands.runstack import prometheus_multiprocess_env
 
     leftover = tmp_path / "prometheus-multiproc" / "counter_999999.db"
     leftover.parent.mkdir()

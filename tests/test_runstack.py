@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.backends.process import free_port
+from deployments.backends.ports import free_port
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.slow

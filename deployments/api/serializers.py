@@ -95,6 +95,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
             "batching",
             "batching_note",
             "workers",
+            "remove_requested_at",
         )
 
     def get_batching(self, obj: Variant) -> dict[str, Any]:
@@ -134,6 +135,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "description",
             "status",
             "status_reason",
+            "delete_requested_at",
             "desired_running",
             "endpoint",
             "variants",

@@ -79,5 +79,4 @@ urlpatterns = [
         name="rollout-control",
     ),
     path("workers/<int:worker_id>/reports/", views.ReportView.as_view(), name="worker-reports"),
-    path("prometheus/targets/", views.PrometheusTargetsView.as_view(), name="prometheus-targets"),
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -19,10 +19,9 @@ from deployments import queries, services
 from deployments.api import serializers as s
 from deployments.backends import get_backend
 from deployments.errors import WorkerAuthError
-from deployments.models import Deployment, Worker, WorkerState
+from deployments.models import Deployment, Worker
 from deployments.services.images import rebuild_worker_image
 from registry import queries as registry_queries
-from registry.permissions import ensure_can_change
 
 
 def _clean(data: dict[str, Any]) -> dict[str, Any]:
@@ -52,8 +51,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
     def create(self, request: Request) -> Response:
         data = s.DeploymentCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        model = registry_queries.get_model(data.validated_data["model"])
-        ensure_can_change(request.user, model)
+        model = registry_queries.model_for_change(data.validated_data["model"], request.user)
         deployment = services.create_deployment(
             name=data.validated_data["name"],
             model=model,
@@ -67,16 +65,12 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
     def retrieve(self, request: Request, name: str) -> Response:
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={202: s.DeploymentOutput})
     def destroy(self, request: Request, name: str) -> Response:
-        deployment = queries.get_deployment(name)
-        ensure_can_change(request.user, deployment.model)
-        if services.delete_deployment(deployment=deployment, actor=request.user):
-            return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(
-            {"message": "deletion queued: the workers are stopping, then the deployment is removed"},
-            status=202,
-        )
+        """Accepted: the deployment leaves the gateway now; its workers drain, then it is gone (404)."""
+        deployment = queries.deployment_for_change(name, request.user, deleting_ok=True)
+        services.delete_deployment(deployment=deployment, actor=request.user)
+        return Response(s.DeploymentOutput(queries.get_deployment(name)).data, status=202)
 
     @extend_schema(request=None, responses=s.DeploymentOutput)
     @action(detail=True, methods=["post"])
@@ -89,8 +83,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
         return self._set_running(request, name, running=True)
 
     def _set_running(self, request: Request, name: str, *, running: bool) -> Response:
-        deployment = queries.get_deployment(name)
-        ensure_can_change(request.user, deployment.model)
+        deployment = queries.deployment_for_change(name, request.user)
         services.set_deployment_running(deployment=deployment, running=running, actor=request.user)
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data, status=202)
 
@@ -100,8 +93,7 @@ class VariantListView(APIView):
 
     @extend_schema(request=s.VariantInput, responses={201: s.VariantOutput})
     def post(self, request: Request, name: str) -> Response:
-        deployment = queries.get_deployment(name)
-        ensure_can_change(request.user, deployment.model)
+        deployment = queries.deployment_for_change(name, request.user)
         data = s.VariantInput(data=request.data)
         data.is_valid(raise_exception=True)
         variant = services.add_variant(
@@ -117,12 +109,12 @@ class VariantDetailView(APIView):
     def get(self, request: Request, name: str, variant: str) -> Response:
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={202: s.VariantOutput})
     def delete(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        """Accepted: the variant's workers drain, then it is gone (404)."""
+        row = queries.variant_for_change(name, variant, request.user, removing_ok=True)
         services.remove_variant(variant=row, actor=request.user)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
 
 class ScaleView(APIView):
@@ -130,8 +122,7 @@ class ScaleView(APIView):
 
     @extend_schema(request=s.ScaleInput, responses=s.VariantOutput)
     def post(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         data = s.ScaleInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.scale_variant(variant=row, replicas=data.validated_data["replicas"], actor=request.user)
@@ -143,8 +134,7 @@ class VersionView(APIView):
 
     @extend_schema(request=s.VersionInput, responses=s.VariantOutput)
     def put(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         data = s.VersionInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.set_variant_version(
@@ -158,8 +148,7 @@ class BatchingView(APIView):
 
     @extend_schema(request=s.BatchingInput, responses=s.VariantOutput)
     def put(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         data = s.BatchingInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.update_batching(variant=row, batching=dict(data.validated_data), actor=request.user)
@@ -171,8 +160,7 @@ class RebuildImageView(APIView):
 
     @extend_schema(request=None, responses=s.VariantOutput)
     def post(self, request: Request, name: str, variant: str) -> Response:
-        row = queries.get_variant(name, variant)
-        ensure_can_change(request.user, row.deployment.model)
+        row = queries.variant_for_change(name, variant, request.user)
         rebuild_worker_image(variant=row, actor=request.user)
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
@@ -220,32 +208,3 @@ class ReportView(APIView):
             raise PlatformError("report: must be a JSON object")
         report = services.ingest_report(worker=worker, payload=payload)
         return Response({"accepted": True, "report": report.pk}, status=202)
-
-
-class PrometheusTargetsView(APIView):
-    """Prometheus HTTP service discovery: every ready worker's metrics address with labels."""
-
-    @extend_schema(responses={200: list})
-    def get(self, request: Request) -> Response:
-        workers = (
-            Worker.objects.filter(state__in=(WorkerState.READY, WorkerState.UNHEALTHY, WorkerState.DRAINING))
-            .select_related("variant__deployment__model", "version")
-            .order_by("id")
-        )
-        groups = []
-        for worker in workers:
-            address = worker.http_url.split("://", 1)[-1]
-            groups.append(
-                {
-                    "targets": [address],
-                    "labels": {
-                        "deployment": worker.variant.deployment.name,
-                        "variant": worker.variant.name,
-                        "version": str(worker.version.version),
-                        "model": worker.variant.deployment.model.name,
-                        "worker": str(worker.pk),
-                        "__metrics_path__": "/metrics",
-                    },
-                }
-            )
-        return Response(groups)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+
 from config.errors import PlatformError
 from inference_worker.contracts.launch import LaunchSpec
 
@@ -90,6 +92,10 @@ class Backend(Protocol):
         """Whether the worker still runs."""
         ...
 
+    def probe_ready(self, handle: str, *, http_url: str) -> bool:
+        """Whether a started worker serves yet (its model loaded and warmed up)."""
+        ...
+
     def logs(self, handle: str, *, log_path: str, tail: int) -> str:
         """The last ``tail`` lines the worker printed."""
         ...
@@ -97,3 +103,13 @@ class Backend(Protocol):
     def managed_handles(self, *, min_age_s: float) -> list[str]:
         """Handles of workers this backend runs for this platform, started over ``min_age_s`` ago."""
         ...
+
+
+def probe_http_ready(http_url: str) -> bool:
+    """The Open Inference Protocol's readiness probe, with a short timeout (never raises)."""
+    if not http_url:
+        return False
+    try:
+        return httpx.get(f"{http_url}/v2/health/ready", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -21,11 +21,7 @@ in ``<var>/workers/worker-<id>.log`` before removing it, so a dead worker's logs
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
 import re
-import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -33,109 +29,33 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import docker
-import docker.constants
 import docker.errors
-import requests
 from django.conf import settings
 from docker.types import DeviceRequest, LogConfig
 
-from deployments.backends.base import BackendError, BackendStatus, WorkerHandle, WorkerSpec
-from deployments.backends.process import free_port, tail_file
+from deployments.backends.base import (
+    BackendError,
+    BackendStatus,
+    WorkerHandle,
+    WorkerSpec,
+    probe_http_ready,
+)
+from deployments.backends.docker_engine import (
+    ENGINE_ERRORS,
+    engine,
+    engine_seen_by_workers,
+    engine_url,
+    remember_engine,
+    short_error,
+    unavailable,
+)
+from deployments.backends.logs import tail_file
+from deployments.backends.ports import free_port
 from deployments.image_build import MODEL_PATH_IN_IMAGE
 from inference_worker.contracts.worker_options import GRPC_PORT, HOST, HTTP_PORT
 
 CONTAINER_HTTP_PORT, CONTAINER_GRPC_PORT = 8080, 8081
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-
-
-_ENGINE_SEEN_TTL_S = 120
-
-
-def _engine_seen_key() -> str:
-    """Per platform instance and engine: a hint about one engine says nothing about another."""
-    engine_id = hashlib.sha256(engine_url().encode()).hexdigest()[:16]
-    return f"{settings.KILN_INSTANCE_ID}:docker:engine:{engine_id}"
-
-
-def remember_engine(info: dict[str, Any]) -> None:
-    """Record, for processes without the engine's socket, that it answers and which runtimes it has."""
-    from deployments.services.routing import redis_client
-
-    seen = {
-        "Runtimes": sorted(info.get("Runtimes") or {}),
-        "DefaultRuntime": info.get("DefaultRuntime") or "",
-    }
-    with contextlib.suppress(Exception):  # only a hint for other processes
-        redis_client().set(_engine_seen_key(), json.dumps(seen), ex=_ENGINE_SEEN_TTL_S)
-
-
-def engine_seen_by_workers() -> dict[str, Any] | None:
-    """What ``remember_engine`` recorded in the last two minutes, or None."""
-    from deployments.services.routing import redis_client
-
-    try:
-        raw = redis_client().get(_engine_seen_key())
-    except Exception:  # Redis down: no hint
-        return None
-    if not raw:
-        return None
-    seen = json.loads(raw)
-    return {
-        "Runtimes": {key: {} for key in seen.get("Runtimes", [])},
-        "DefaultRuntime": seen.get("DefaultRuntime"),
-    }
-
-
-def engine_url() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-_clients: dict[tuple[int, float], docker.DockerClient] = {}
-
-
-def engine(*, timeout_s: float | None = None) -> docker.DockerClient:
-    """A client of the engine at ``DOCKER_HOST`` (one per process and timeout; a fork gets its own)."""
-    timeout = timeout_s or settings.KILN_DOCKER_ENGINE_TIMEOUT_S
-    key = (os.getpid(), timeout)
-    if key not in _clients:
-        _check_unix_socket(engine_url())
-        # Ask the engine its API version first with a client we can close: docker.from_env()'s own
-        # probe leaves its connection open when the engine does not answer.
-        probe = docker.from_env(timeout=int(timeout), version=docker.constants.MINIMUM_DOCKER_API_VERSION)
-        try:
-            version = str(probe.api.version(api_version=False)["ApiVersion"])
-        except (*_ENGINE_ERRORS, KeyError) as exc:
-            raise unavailable(exc) from exc
-        finally:
-            probe.close()
-        _clients[key] = docker.from_env(timeout=int(timeout), version=version)
-    return _clients[key]
-
-
-def _check_unix_socket(url: str) -> None:
-    """Refuse a local socket nobody listens on (the SDK's own attempt leaks its socket when it fails)."""
-    if not url.startswith("unix://"):
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        try:
-            probe.connect(url.removeprefix("unix://"))
-        except OSError as exc:
-            raise unavailable(exc) from exc
-
-
-def unavailable(exc: BaseException) -> BackendError:
-    return BackendError(
-        f"no Docker engine answers at {engine_url()} ({_short(exc)}); start one (bash .ci/setup.d/docker.sh "
-        "on this machine) or point DOCKER_HOST at a running engine",
-        code="engine_unavailable",
-    )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def container_name(worker_id: int) -> str:
@@ -178,7 +98,7 @@ class DockerBackend:
     def check_spec(self, *, gpu_ids: tuple[int, ...]) -> None:
         try:
             info = engine().info()
-        except (BackendError, *_ENGINE_ERRORS) as exc:
+        except (BackendError, *ENGINE_ERRORS) as exc:
             # The web process may have no access to the engine (the compose stack mounts the socket
             # into the Celery worker only): then it trusts what the reconcile loop saw lately.
             seen = engine_seen_by_workers()
@@ -222,19 +142,20 @@ class DockerBackend:
             container = client.containers.create(spec.image, **options)
         except docker.errors.ImageNotFound as exc:
             raise BackendError(
-                f"the worker image {spec.image} is not on the engine: {_short(exc)}", code="image_missing"
+                f"the worker image {spec.image} is not on the engine: {short_error(exc)}",
+                code="image_missing",
             ) from exc
-        except _ENGINE_ERRORS as exc:
-            raise BackendError(f"could not create the worker container: {_short(exc)}") from exc
+        except ENGINE_ERRORS as exc:
+            raise BackendError(f"could not create the worker container: {short_error(exc)}") from exc
         try:
             container.start()
             if bridge and not by_name:
                 container.reload()
                 http_port = _published(container, CONTAINER_HTTP_PORT)
                 grpc_port = _published(container, CONTAINER_GRPC_PORT)
-        except (BackendError, *_ENGINE_ERRORS) as exc:
+        except (BackendError, *ENGINE_ERRORS) as exc:
             self._save_logs_and_remove(container)
-            raise BackendError(f"could not start the worker container: {_short(exc)}") from exc
+            raise BackendError(f"could not start the worker container: {short_error(exc)}") from exc
         return WorkerHandle(
             handle=str(container.id),
             http_url=f"http://{publish_host}:{http_port}",
@@ -295,12 +216,15 @@ class DockerBackend:
             ]
         return options
 
+    def probe_ready(self, handle: str, *, http_url: str) -> bool:
+        return probe_http_ready(http_url)
+
     def status(self, handle: str) -> BackendStatus:
         try:
             state = engine().api.inspect_container(handle)["State"]
         except docker.errors.NotFound:
             return BackendStatus(running=False, detail="the container is gone")
-        except _ENGINE_ERRORS as exc:
+        except ENGINE_ERRORS as exc:
             raise unavailable(exc) from exc
         if state.get("Running") or state.get("Restarting"):
             return BackendStatus(running=True)  # restarting: the engine's restart policy owns it
@@ -320,7 +244,7 @@ class DockerBackend:
             container = engine().containers.get(handle)
         except docker.errors.NotFound:
             return
-        except _ENGINE_ERRORS as exc:
+        except ENGINE_ERRORS as exc:
             raise unavailable(exc) from exc
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             if container.status in ("running", "restarting", "paused"):
@@ -330,7 +254,7 @@ class DockerBackend:
     def logs(self, handle: str, *, log_path: str, tail: int) -> str:
         try:
             raw = engine().api.logs(handle, stdout=True, stderr=True, tail=tail)
-        except (docker.errors.NotFound, *_ENGINE_ERRORS):
+        except (docker.errors.NotFound, *ENGINE_ERRORS):
             return tail_file(Path(log_path), tail) if log_path else ""
         text: str = raw.decode("utf-8", "replace")
         return text.rstrip("\n")
@@ -341,7 +265,7 @@ class DockerBackend:
             rows = engine().api.containers(
                 all=True, filters={"label": f"kiln.instance={settings.KILN_INSTANCE_ID}"}
             )
-        except _ENGINE_ERRORS as exc:
+        except ENGINE_ERRORS as exc:
             raise unavailable(exc) from exc
         now = time.time()
         return [str(row["Id"]) for row in rows if now - float(row.get("Created") or 0) >= min_age_s]
@@ -386,7 +310,7 @@ def _gateway(client: docker.DockerClient, network: str) -> str:
         configs = client.api.inspect_network(network).get("IPAM", {}).get("Config") or []
     except docker.errors.NotFound as exc:
         raise BackendError(f"the Docker network {network!r} (KILN_DOCKER_NETWORK) does not exist") from exc
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         raise unavailable(exc) from exc
     gateways = [str(c["Gateway"]) for c in configs if c.get("Gateway") and ":" not in str(c["Gateway"])]
     return gateways[0] if gateways else "host-gateway"

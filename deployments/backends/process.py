@@ -10,26 +10,25 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 from django.conf import settings
 
-from deployments.backends.base import BackendError, BackendStatus, WorkerHandle, WorkerSpec
+from deployments.backends.base import (
+    BackendError,
+    BackendStatus,
+    WorkerHandle,
+    WorkerSpec,
+    probe_http_ready,
+)
+from deployments.backends.logs import tail_file
+from deployments.backends.ports import free_port
 from inference_worker.contracts.worker_options import ENV_PREFIX
 
 _MARKER = "KILN_MANAGED_BY"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the worker fails fast if it was taken since)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _start_time(pid: int) -> str | None:
@@ -108,6 +107,9 @@ class ProcessBackend:
             log_path=str(log_path),
         )
 
+    def probe_ready(self, handle: str, *, http_url: str) -> bool:
+        return probe_http_ready(http_url)
+
     def status(self, handle: str) -> BackendStatus:
         pid, started = _parse(handle)
         _reap(pid)
@@ -162,32 +164,3 @@ def _reap(pid: int) -> None:
 
 def _has_nvidia_gpu() -> bool:
     return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def tail_file(path: Path, lines: int) -> str:
-    """The last ``lines`` lines of a file, read from its end."""
-    if not path.exists():
-        return ""
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - 256 * 1024))
-        tail = deque(handle.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
-    return "\n".join(tail)
-
-
-def trim_log(path: Path, *, max_bytes: int) -> None:
-    """Keep a worker log bounded: past ``max_bytes`` only its last half is kept."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return
-    if size <= max_bytes:
-        return
-    with path.open("rb") as handle:
-        handle.seek(size - max_bytes // 2)
-        keep = handle.read()
-    with path.open("r+b") as handle:
-        handle.seek(0)
-        handle.write(b"--- (older lines dropped)\n" + keep)
-        handle.truncate()

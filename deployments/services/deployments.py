@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,13 +10,14 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from config.locks import advisory_lock
 from deployments.backends import BackendError, get_backend
-from deployments.errors import DeploymentBusyError, DuplicateDeploymentError, InvalidDeploymentError
+from deployments.errors import DuplicateDeploymentError, InvalidDeploymentError
 from deployments.models import Deployment, DeploymentStatus, Variant, WorkerState
 from deployments.services.batching import below, propose_batching, validate_batching
 from deployments.services.events import enqueue_reconcile, record_deployment_event
+from deployments.services.routing import publish_routing_table
 from inference_worker.contracts.batching import MAX_BATCH_SIZE, PREFERRED_BATCH_SIZES, encode_batching
 from registry.audit import Actor
 from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus, slug_validator
@@ -194,7 +193,9 @@ def create_deployment(
             )
             enqueue_reconcile(deployment)
     except IntegrityError:
-        raise DuplicateDeploymentError(f"a deployment named {name!r} exists already") from None
+        going = Deployment.objects.filter(name=name, delete_requested_at__isnull=False).exists()
+        detail = "is being deleted; try again once it is gone" if going else "exists already"
+        raise DuplicateDeploymentError(f"a deployment named {name!r} {detail}") from None
     return deployment
 
 
@@ -215,6 +216,7 @@ def describe_variant(variant: Variant) -> dict[str, Any]:
 def set_deployment_running(*, deployment: Deployment, running: bool, actor: Actor) -> Deployment:
     """Stop (drain and stop every worker) or start a deployment again."""
     locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    locked.ensure_changeable()
     if locked.desired_running == running:
         return locked
     locked.desired_running = running
@@ -236,75 +238,48 @@ def set_deployment_running(*, deployment: Deployment, running: bool, actor: Acto
     return locked
 
 
-@contextmanager
-def reconcile_paused(deployment: Deployment) -> Iterator[None]:
-    """Hold the deployment's reconcile lock, so no pass starts a worker while its rows go away."""
-    wait_s = 2 * settings.KILN_DRAIN_GRACE_S + 30  # a running pass may be draining workers
-    with advisory_lock(f"deployments.reconcile.{deployment.pk}", wait_s=wait_s) as taken:
-        if not taken:
-            raise DeploymentBusyError(
-                f"deployment {deployment.name!r} is busy (its workers are being changed); try again shortly"
-            )
-        yield
-
-
-def delete_deployment(*, deployment: Deployment, actor: Actor, allow_queue: bool = True) -> bool:
-    """Stop every worker now, then delete the deployment and its history of workers and reports.
-
-    Returns False when this process cannot reach the workers' backend (the web app of the compose
-    stack has no Docker socket): the deployment stops routing at once and a Celery worker, which
-    can, finishes the deletion.
-    """
-    from deployments.reconcile import stop_all_workers
-
-    try:
-        with reconcile_paused(deployment):
-            stop_all_workers(deployment)
-            with transaction.atomic():
-                record_deployment_event(
-                    actor=actor,
-                    action="deployment.deleted",
-                    deployment=deployment,
-                    before={"variants": [describe_variant(v) for v in deployment.variants.all()]},
-                )
-                deployment.delete()
-    except BackendError as exc:
-        if not allow_queue:
-            raise
-        _queue_deletion(deployment, actor, exc.message)
-        return False
-    from deployments.services.routing import publish_routing_table
-
-    transaction.on_commit(publish_routing_table)
-    return True
-
-
 @transaction.atomic
-def _queue_deletion(deployment: Deployment, actor: Actor, reason: str) -> None:
-    from deployments.tasks import delete_deployment_task
+def delete_deployment(*, deployment: Deployment, actor: Actor) -> Deployment:
+    """Ask for ``deployment`` to go; it leaves the routing table at once.
 
-    Deployment.objects.filter(pk=deployment.pk).update(
-        desired_running=False,
-        status=DeploymentStatus.STOPPING,
-        status_reason="being deleted: workers are stopping",
+    Deletion is desired state: the reconcile loop (the only code that touches workers) drains
+    and stops its workers, then deletes the row with its history of workers and reports and
+    records ``deployment.deleted``. Asking twice changes nothing.
+    """
+    locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if locked.delete_requested_at is not None:
+        return locked
+    locked.desired_running = False
+    locked.delete_requested_at = timezone.now()
+    locked.delete_requested_by = actor if isinstance(actor, User) else None
+    locked.status = DeploymentStatus.DELETING
+    locked.status_reason = "being deleted: workers are draining"
+    locked.save(
+        update_fields=[
+            "desired_running",
+            "delete_requested_at",
+            "delete_requested_by",
+            "status",
+            "status_reason",
+            "updated_at",
+        ]
     )
     record_deployment_event(
         actor=actor,
         action="deployment.delete_requested",
-        deployment=deployment,
-        reason=f"handed over: {reason}",
+        deployment=locked,
+        before={"variants": [describe_variant(v) for v in locked.variants.all()]},
     )
-    deployment_id, actor_id = deployment.pk, actor.pk if isinstance(actor, User) else None
-    transaction.on_commit(lambda: delete_deployment_task.delay(deployment_id, actor_id))
-    from deployments.services.routing import publish_routing_table
-
+    enqueue_reconcile(locked)
     transaction.on_commit(publish_routing_table)
+    return locked
 
 
 def add_variant(*, deployment: Deployment, raw: dict[str, Any], actor: Actor) -> Variant:
     """Add an arm to a deployment at weight 0 (traffic moves through a split change)."""
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("model").get(pk=deployment.pk)
+        locked.ensure_changeable()
         existing = list(locked.variants.all())
         if len(existing) >= 8:
             raise InvalidDeploymentError("variants: at most 8 variants")
@@ -324,26 +299,32 @@ def add_variant(*, deployment: Deployment, raw: dict[str, Any], actor: Actor) ->
     return variant
 
 
-def remove_variant(*, variant: Variant, actor: Actor) -> None:
-    """Remove an arm that carries no traffic; its workers drain and stop."""
-    from deployments.reconcile import stop_all_workers_of_variant
-
-    if variant.weight:
+@transaction.atomic
+def remove_variant(*, variant: Variant, actor: Actor) -> Variant:
+    """Ask for an arm without traffic to go; the reconcile loop drains its workers, then deletes it."""
+    locked = (
+        Variant.objects.select_for_update().select_related("deployment__model", "version").get(pk=variant.pk)
+    )
+    locked.deployment.ensure_changeable()
+    if locked.remove_requested_at is not None:
+        return locked
+    if locked.weight or locked.shadow_percent:
         raise InvalidDeploymentError(
-            f"variant {variant.name!r} still has weight {variant.weight}; move its traffic first"
+            f"variant {locked.name!r} still has weight {locked.weight} and shadow {locked.shadow_percent}%; "
+            "move its traffic first"
         )
-    if variant.deployment.variants.count() == 1:
+    others = locked.deployment.variants.filter(remove_requested_at__isnull=True).exclude(pk=locked.pk)
+    if not others.exists():
         raise InvalidDeploymentError("a deployment needs at least one variant; delete the deployment instead")
-    with reconcile_paused(variant.deployment):
-        stop_all_workers_of_variant(variant)
-        with transaction.atomic():
-            record_deployment_event(
-                actor=actor,
-                action="variant.removed",
-                deployment=variant.deployment,
-                before=describe_variant(variant),
-            )
-            variant.delete()
-    from deployments.services.routing import publish_routing_table
-
+    locked.remove_requested_at = timezone.now()
+    locked.remove_requested_by = actor if isinstance(actor, User) else None
+    locked.save(update_fields=["remove_requested_at", "remove_requested_by", "updated_at"])
+    record_deployment_event(
+        actor=actor,
+        action="variant.remove_requested",
+        deployment=locked.deployment,
+        before=describe_variant(locked),
+    )
+    enqueue_reconcile(locked.deployment)
     transaction.on_commit(publish_routing_table)
+    return locked

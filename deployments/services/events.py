@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
-
+from config import dispatch
 from deployments.models import Deployment
 from registry.audit import Actor, record_event
 
@@ -33,7 +32,4 @@ def record_deployment_event(
 
 def enqueue_reconcile(deployment: Deployment) -> None:
     """Reconcile ``deployment`` as soon as the transaction commits (beat would, a few seconds later)."""
-    from deployments.tasks import reconcile_deployment_task
-
-    deployment_id = deployment.pk
-    transaction.on_commit(lambda: reconcile_deployment_task.delay(deployment_id))
+    dispatch.send_on_commit("deployments.reconcile_deployment", deployment.pk)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
-from deployments.services.routing import redis_client
+from config.redis import redis_client
 from inference_worker.contracts.gateway_stats import (
     GatewaySnapshot,
     VariantStats,

@@ -3,36 +3,32 @@
 One ``WorkerImage`` row per (ONNX digest, flavour, worker code hash, base image): the reconcile
 loop asks ``image_for_variant`` for the tag to run and, when the row is new, a build job is
 enqueued; the same version with unchanged worker code is never built twice. The row is the truth
-and the Celery message only a trigger: a job claims the row with its attempt id (``queued``, or
-``building`` with a silent heartbeat after its worker died), so a redelivered message resumes and a
-duplicate does nothing. While a version's new image builds, a ready image of the same version
-(older worker code) keeps serving.
+and the Celery message only a trigger: ``IMAGE_JOB`` is the shared row-job state machine
+(``config.jobs.RowJob``): a job claims the row with its attempt id (``queued``, or ``building`` with a
+silent heartbeat after its worker died), so a redelivered message resumes and a duplicate does
+nothing. While a version's new image builds, a ready image of the same version (older worker code)
+keeps serving. This module holds the rows only: every call to the engine is in
+``deployments.backends.docker_images``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-import requests
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
-from django.utils import timezone
 
-from config.locks import advisory_lock
+from config import dispatch
+from config.jobs import RowJob, StaleCause
 from deployments import image_build
-from deployments.backends import BackendError, uses_images
+from deployments.backends import uses_images
+from deployments.backends.docker_images import Recipe, build_or_reuse
 from deployments.errors import ImageBuildError, InvalidDeploymentError
 from deployments.models import Deployment, ImageFlavour, ImageStatus, Variant, WorkerImage
 from deployments.services.events import enqueue_reconcile, record_deployment_event
@@ -43,7 +39,17 @@ from registry.models import ModelVersion
 logger = logging.getLogger(__name__)
 MAX_BUILD_TRIES = 3
 LOG_MAX_CHARS = 200_000
-IMAGE_KEY_LABEL = "kiln.image.key"
+
+IMAGE_JOB = RowJob(
+    model=WorkerImage,
+    queued=ImageStatus.QUEUED,
+    running=ImageStatus.BUILDING,
+    done=ImageStatus.READY,
+    failed=ImageStatus.FAILED,
+    lease_s=lambda: float(settings.KILN_IMAGE_BUILD_LEASE_S),
+    deadline_s=lambda: float(settings.KILN_IMAGE_BUILD_TIMEOUT_S) + 120,
+    max_tries=lambda: MAX_BUILD_TRIES,
+)
 
 
 def image_flavour(variant: Variant) -> str:
@@ -60,10 +66,8 @@ def base_image_for(flavour: str) -> str:
 
 
 def _enqueue(image_id: int, attempt: uuid.UUID | None) -> None:
-    from deployments.tasks import build_worker_image_task
-
     if attempt is not None:
-        transaction.on_commit(lambda: build_worker_image_task.delay(image_id, str(attempt)))
+        dispatch.send_on_commit("deployments.build_worker_image", image_id, str(attempt))
 
 
 def ensure_worker_image(*, version: ModelVersion, flavour: str) -> WorkerImage:
@@ -117,28 +121,17 @@ def latest_image_of(variant: Variant) -> WorkerImage | None:
 
 # -- building ------------------------------------------------------------------------------------
 def _claim(image_id: int, attempt: str) -> WorkerImage | None:
-    now = timezone.now()
-    silent_since = now - timedelta(seconds=settings.KILN_IMAGE_BUILD_LEASE_S)
-    claimed = (
-        WorkerImage.objects.filter(pk=image_id, attempt=attempt, tries__lt=MAX_BUILD_TRIES)
-        .filter(Q(status=ImageStatus.QUEUED) | Q(status=ImageStatus.BUILDING, heartbeat_at__lt=silent_since))
-        .update(
-            status=ImageStatus.BUILDING,
-            tries=F("tries") + 1,
-            heartbeat_at=now,
-            started_at=Coalesce(F("started_at"), now),
-            step="starting",
-            error="",
-        )
-    )
-    return WorkerImage.objects.select_related("version__model").get(pk=image_id) if claimed == 1 else None
+    if not IMAGE_JOB.claim(image_id, attempt, step="starting", error=""):
+        return None
+    return WorkerImage.objects.select_related("version__model").get(pk=image_id)
 
 
 class _Progress:
     """The build's log, progress and heartbeat, written to the row (throttled) while the attempt owns it."""
 
-    def __init__(self, image: WorkerImage) -> None:
+    def __init__(self, image: WorkerImage, attempt: str) -> None:
         self.image = image
+        self.attempt = attempt
         self.lines: list[str] = [image.log] if image.log else []
         self.size = len(image.log)
         self.fields: dict[str, Any] = {}
@@ -146,15 +139,10 @@ class _Progress:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name=f"image-{image.pk}-heartbeat", daemon=True)
 
-    def _rows(self) -> Any:
-        return WorkerImage.objects.filter(
-            pk=self.image.pk, attempt=self.image.attempt, status=ImageStatus.BUILDING
-        )
-
     def _beat(self) -> None:
         try:
             while not self.stop.wait(max(1.0, settings.KILN_IMAGE_BUILD_LEASE_S / 4)):
-                self._rows().update(heartbeat_at=timezone.now())
+                IMAGE_JOB.heartbeat(self.image.pk, self.attempt)
         finally:
             connection.close()  # this thread's own connection
 
@@ -187,112 +175,57 @@ class _Progress:
             self.flush()
 
     def flush(self) -> None:
-        self._rows().update(log=self.text(), heartbeat_at=timezone.now(), **self.fields)
+        IMAGE_JOB.heartbeat(self.image.pk, self.attempt, log=self.text(), **self.fields)
         self.last_write = time.monotonic()
 
 
 def build_worker_image(*, image_id: int, attempt: str) -> WorkerImage | None:
     """Claim and build one image (or find it on the engine already); None when another job owns it."""
-    from deployments.backends.docker import engine, unavailable
-
     image = _claim(image_id, attempt)
     if image is None:
         logger.info("worker image %s attempt %s: nothing to do", image_id, attempt)
         return None
+    recipe = _recipe(image)
     try:
-        with _Progress(image) as progress:
-            client = engine(timeout_s=settings.KILN_IMAGE_BUILD_TIMEOUT_S)
-            found = _on_engine(client, image)
-            if found:
-                progress.log(
-                    f"the engine has {image.tag} already (same model, worker code and base): reusing it"
-                )
-                return _mark_ready(image, image_id=found, reused=True, log=progress.text())
-            image_id_built = _build(client, image, progress)
-            return _mark_ready(image, image_id=image_id_built, reused=False, log=progress.text())
+        with _Progress(image, attempt) as progress:
+            built = build_or_reuse(
+                recipe,
+                progress,
+                timeout_s=settings.KILN_IMAGE_BUILD_TIMEOUT_S,
+                wheelhouse_root=Path(settings.KILN_WHEELHOUSE_DIR),
+            )
+            return _mark_ready(image, image_id=built.image_id, reused=built.reused, log=progress.text())
     except ImageBuildError as exc:
-        fail_worker_image(image_id=image.pk, attempt=attempt, reason=exc.message, code="build_error")
-    except BackendError as exc:
         fail_worker_image(image_id=image.pk, attempt=attempt, reason=exc.message, code=exc.code)
-    except (docker.errors.APIError, docker.errors.BuildError) as exc:
-        reason = f"the Docker engine refused: {exc}"
-        fail_worker_image(image_id=image.pk, attempt=attempt, reason=reason, code="engine_refused")
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        reason = unavailable(exc).message
-        fail_worker_image(image_id=image.pk, attempt=attempt, reason=reason, code="engine_unavailable")
-    except (OSError, subprocess.SubprocessError) as exc:
-        fail_worker_image(
-            image_id=image.pk, attempt=attempt, reason=f"the build failed: {exc}", code="os_error"
-        )
     return WorkerImage.objects.get(pk=image.pk)
 
 
-def _on_engine(client: Any, image: WorkerImage) -> str:
-    """The engine's id of ``image.tag`` when it is this very image (its key label matches), else ''."""
-    try:
-        attrs = client.api.inspect_image(image.tag)
-    except (docker.errors.DockerException, requests.RequestException):
-        return ""
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    return str(attrs["Id"]) if labels.get(IMAGE_KEY_LABEL) == image.key else ""
-
-
-def _build(client: Any, image: WorkerImage, progress: _Progress) -> str:
+def _recipe(image: WorkerImage) -> Recipe:
     version = image.version
-    if not image.base_image:
-        raise ImageBuildError("GPU images need KILN_DOCKER_GPU_BASE_IMAGE (a CUDA runtime with Python 3.11)")
-    progress.set(2, "preparing the wheelhouse (the worker wheel and its pinned requirements)")
-    wheelhouse = image_build.prepare_wheelhouse(
+    return Recipe(
+        key=image.key,
+        tag=image.tag,
         flavour=image.flavour,
-        root=Path(settings.KILN_WHEELHOUSE_DIR),
-        arch=str(client.info().get("Architecture") or "x86_64"),
-        log=progress.log,
+        base_image=image.base_image,
+        worker_code_hash=image.worker_code_hash,
+        onnx_path=storage.resolve(version.onnx_path),
+        model_name=version.model.name,
+        model_version=version.version,
+        model_sha256=version.onnx_sha256,
+        signature=version.signature,
     )
-    progress.set(30, "sending the build context")
-    with tempfile.TemporaryDirectory(prefix="kiln-image-") as tmp:
-        context = Path(tmp) / "context.tar"
-        image_build.write_context(
-            path=context,
-            flavour=image.flavour,
-            wheelhouse=wheelhouse,
-            onnx_path=storage.resolve(version.onnx_path),
-            model_config={
-                "model": version.model.name,
-                "version": version.version,
-                "sha256": version.onnx_sha256,
-                "signature": version.signature,
-                "flavour": image.flavour,
-                "worker_version": image_build.worker_version(),
-                "worker_code_hash": image.worker_code_hash,
-            },
-        )
-        return image_build.build_image(
-            api=client.api,
-            context=context,
-            tag=image.tag,
-            buildargs={
-                "BASE_IMAGE": image.base_image,
-                "MODEL_NAME": version.model.name,
-                "MODEL_VERSION": str(version.version),
-                "MODEL_SHA256": version.onnx_sha256,
-                "WORKER_VERSION": image_build.worker_version(),
-                "WORKER_CODE_HASH": image.worker_code_hash,
-            },
-            labels={IMAGE_KEY_LABEL: image.key},
-            log=progress.log,
-            on_step=lambda step, total: progress.set(32 + 66 * step // total, f"build step {step}/{total}"),
-        )
 
 
 def _mark_ready(image: WorkerImage, *, image_id: str, reused: bool, log: str) -> WorkerImage:
-    done = WorkerImage.objects.filter(pk=image.pk, attempt=image.attempt, status=ImageStatus.BUILDING).update(
-        status=ImageStatus.READY,
+    """Ready, when the claimed attempt (``image.attempt``) still owns the row; users reconcile to it."""
+    done = IMAGE_JOB.complete(
+        image.pk,
+        str(image.attempt),
         image_id=image_id,
         reused=reused,
         progress=100,
         step="reused the engine's image" if reused else "built",
         log=log,
-        finished_at=timezone.now(),
     )
     if done:
         logger.info("worker image %s is ready (%s)", image.tag, "reused" if reused else "built")
@@ -312,23 +245,18 @@ def fail_worker_image(*, image_id: int, attempt: str | None, reason: str, code: 
     ``code`` is the short cause (``build_error``, ``timeout``...), counted in
     ``kiln_image_build_failures_total{reason}``.
     """
-    rows = WorkerImage.objects.filter(pk=image_id, status__in=(ImageStatus.QUEUED, ImageStatus.BUILDING))
-    if attempt is not None:
-        rows = rows.filter(attempt=attempt)
-    failed = rows.update(
-        status=ImageStatus.FAILED, error=reason[:4000], step="failed", finished_at=timezone.now()
-    )
+    failed = IMAGE_JOB.fail(image_id, attempt, error=reason[:4000], step="failed")
     if failed:
         image = WorkerImage.objects.get(pk=image_id)
         logger.warning("worker image %s failed: %s", image.tag, reason)
         _count_outcome(image_id=image_id, outcome="failed", code=code)
         _reconcile_users(image)
-    return bool(failed)
+    return failed
 
 
 def _count_outcome(*, image_id: int, outcome: str, code: str = "") -> None:
     """An ended build in the platform's metrics, timed from its start (None when it never started)."""
-    from config.observability.events import record_image_build
+    from config.metrics.events import record_image_build
 
     started, finished = WorkerImage.objects.values_list("started_at", "finished_at").get(pk=image_id)
     duration = (finished - started).total_seconds() if started and finished else None
@@ -365,43 +293,27 @@ def forget_missing_image(*, tag: str) -> None:
 
 def _requeue(image: WorkerImage, step: str) -> None:
     """Back to the queue as a new attempt, with nothing left of the last build (its clock included)."""
-    image.status, image.attempt, image.tries = ImageStatus.QUEUED, uuid.uuid4(), 0
+    IMAGE_JOB.restart(image)
     image.progress, image.step, image.error, image.log = 0, step, "", ""
-    image.reused, image.image_id, image.started_at, image.finished_at = False, "", None, None
+    image.reused, image.image_id, image.finished_at = False, "", None
     image.save()
 
 
 def sweep_image_builds() -> dict[str, int]:
     """Resume builds whose worker went silent, re-send lost triggers, fail builds out of tries or time."""
-    counts = {"resumed": 0, "requeued": 0, "failed": 0}
-    with advisory_lock("deployments.sweep_image_builds") as taken:
-        if not taken:
-            return counts
-        now = timezone.now()
-        lease = timedelta(seconds=settings.KILN_IMAGE_BUILD_LEASE_S)
-        too_old = now - timedelta(seconds=settings.KILN_IMAGE_BUILD_TIMEOUT_S + 120)
-        building = WorkerImage.objects.filter(status=ImageStatus.BUILDING)
-        for image in building.filter(started_at__lt=too_old):
-            limit = settings.KILN_IMAGE_BUILD_TIMEOUT_S
-            counts["failed"] += fail_worker_image(
-                image_id=image.pk,
-                attempt=None,
-                reason=f"the build did not finish within {limit:.0f} s ({image.step})",
-                code="timeout",
-            )
-        for image in building.filter(heartbeat_at__lt=now - lease):
-            if image.tries >= MAX_BUILD_TRIES:
-                reason = (
-                    f"the build was interrupted {image.tries} times (its worker stopped); "
-                    f"last step: {image.step}"
-                )
-                counts["failed"] += fail_worker_image(
-                    image_id=image.pk, attempt=None, reason=reason, code="interrupted"
-                )
-            else:
-                _enqueue(image.pk, image.attempt)
-                counts["resumed"] += 1
-        for image in WorkerImage.objects.filter(status=ImageStatus.QUEUED, created_at__lt=now - 2 * lease):
-            _enqueue(image.pk, image.attempt)
-            counts["requeued"] += 1
-    return counts
+    return IMAGE_JOB.sweep(lock="deployments.sweep_image_builds", send=_send_again, fail=_fail_stale)
+
+
+def _send_again(image: WorkerImage) -> None:
+    _enqueue(image.pk, image.attempt)
+
+
+def _fail_stale(image: WorkerImage, cause: StaleCause) -> bool:
+    if cause == "timeout":
+        limit = settings.KILN_IMAGE_BUILD_TIMEOUT_S
+        reason = f"the build did not finish within {limit:.0f} s ({image.step})"
+    else:
+        reason = (
+            f"the build was interrupted {image.tries} times (its worker stopped); last step: {image.step}"
+        )
+    return fail_worker_image(image_id=image.pk, attempt=None, reason=reason, code=cause)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from deployments import histograms
 from deployments.errors import InvalidDeploymentError
+from deployments.inputs import RolloutPolicy, Share, Split
 from deployments.models import Deployment, Report, Rollout, TrafficChange, Variant, WorkerState
 from deployments.services.events import record_deployment_event
 from deployments.services.gateway_stats import shadow_summary, variant_stats
@@ -28,54 +29,24 @@ logger = logging.getLogger(__name__)
 SUCCESS_OUTCOMES = {"success"}
 
 
-def _steps(raw: Any) -> list[int]:
-    if not isinstance(raw, list) or not raw or len(raw) > 20:
-        raise InvalidDeploymentError("steps: a list of 1 to 20 increasing percentages ending at 100")
-    if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 100 for s in raw):
-        raise InvalidDeploymentError("steps: every step is an integer percentage from 1 to 100")
-    if sorted(set(raw)) != raw or raw[-1] != 100:
-        raise InvalidDeploymentError("steps: percentages must increase strictly and end at 100")
-    return list(raw)
-
-
-def start_rollout(
-    *,
-    deployment: Deployment,
-    candidate: str,
-    steps: Any,
-    hold_s: float,
-    max_error_rate: float,
-    max_p99_ms: float,
-    actor: User,
-    min_shadow_agreement: float | None = None,
-    min_requests: int = 20,
-    baseline: str | None = None,
-) -> Rollout:
+def start_rollout(*, deployment: Deployment, policy: RolloutPolicy, actor: User) -> Rollout:
     """Plan a rollout; its first step applies at the next beat once the candidate has a ready replica."""
-    variants = {v.name: v for v in deployment.variants.all()}
+    variants = {v.name: v for v in deployment.variants.filter(remove_requested_at__isnull=True)}
+    candidate, baseline = policy.candidate, policy.baseline
     if candidate not in variants:
         raise InvalidDeploymentError(
             f"candidate: deployment {deployment.name!r} has no variant {candidate!r}"
         )
     split = current_split(deployment)
     if baseline is None:
-        live = sorted((v["weight"], n) for n, v in split.items() if n != candidate and v["weight"])
+        live = sorted((v.weight, n) for n, v in split.items() if n != candidate and v.weight)
         if not live:
             raise InvalidDeploymentError("baseline: no other variant carries traffic to roll from")
         baseline = live[-1][1]
     if baseline not in variants or baseline == candidate:
         raise InvalidDeploymentError(f"baseline: {baseline!r} is not another variant of this deployment")
-    if not 1.0 <= float(hold_s) <= 86_400:
-        raise InvalidDeploymentError("hold_s: between 1 second and 1 day")
-    if not 0.0 <= float(max_error_rate) <= 1.0:
-        raise InvalidDeploymentError("max_error_rate: a fraction from 0 to 1")
-    if float(max_p99_ms) <= 0:
-        raise InvalidDeploymentError("max_p99_ms: must be positive")
-    if min_shadow_agreement is not None and not 0.0 <= float(min_shadow_agreement) <= 1.0:
-        raise InvalidDeploymentError("min_shadow_agreement: a fraction from 0 to 1")
-    others = sum(v["weight"] for n, v in split.items() if n not in (candidate, baseline))
-    plan = _steps(steps)
-    if plan[-1] + others > 100 and others:
+    others = sum(v.weight for n, v in split.items() if n not in (candidate, baseline))
+    if policy.steps[-1] + others > 100 and others:
         raise InvalidDeploymentError(
             f"steps: other variants hold {others}% of traffic; move it to {baseline!r} or {candidate!r} first"
         )
@@ -85,12 +56,12 @@ def start_rollout(
                 deployment=deployment,
                 candidate=variants[candidate],
                 baseline=variants[baseline],
-                steps=plan,
-                hold_s=float(hold_s),
-                max_error_rate=float(max_error_rate),
-                max_p99_ms=float(max_p99_ms),
-                min_shadow_agreement=min_shadow_agreement,
-                min_requests=max(1, int(min_requests)),
+                steps=list(policy.steps),
+                hold_s=float(policy.hold_s),
+                max_error_rate=float(policy.max_error_rate),
+                max_p99_ms=float(policy.max_p99_ms),
+                min_shadow_agreement=policy.min_shadow_agreement,
+                min_requests=policy.min_requests,
                 created_by=actor,
             )
             record_deployment_event(
@@ -162,14 +133,18 @@ def _breach(rollout: Rollout, figures: dict[str, Any]) -> str | None:
     return None
 
 
-def _weights_for(rollout: Rollout, percent: int) -> dict[str, dict[str, int]]:
+def _weights_for(rollout: Rollout, percent: int) -> Split:
     split = current_split(rollout.deployment)
     others = sum(
-        v["weight"] for n, v in split.items() if n not in (rollout.candidate.name, rollout.baseline.name)
+        v.weight for n, v in split.items() if n not in (rollout.candidate.name, rollout.baseline.name)
     )
-    split[rollout.candidate.name] = {"weight": percent, "shadow_percent": 0}
-    split[rollout.baseline.name] = {"weight": max(100 - percent - others, 0), "shadow_percent": 0}
-    return split
+    return Split(
+        {
+            **split,
+            rollout.candidate.name: Share(weight=percent),
+            rollout.baseline.name: Share(weight=max(100 - percent - others, 0)),
+        }
+    )
 
 
 def advance_rollouts() -> dict[str, int]:

@@ -18,6 +18,7 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
+from config.redis import redis_client
 from deployments.models import Deployment, Worker, WorkerState
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.routing import (
@@ -29,14 +30,6 @@ from inference_worker.contracts.routing import (
 )
 
 logger = logging.getLogger(__name__)
-_client: redis.Redis | None = None
-
-
-def redis_client() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    return _client
 
 
 def build_routing_table() -> TableRecord:
@@ -56,6 +49,8 @@ def build_routing_table() -> TableRecord:
     for deployment in running:
         variants = []
         for variant in deployment.variants.all():
+            if variant.remove_requested_at is not None:
+                continue  # being removed: its workers drain
             workers = by_variant.get(variant.pk, [])
             replicas = tuple(replica for replica in map(_replica, workers) if replica is not None)
             version = variant.version.version if workers == [] else _served_version(workers)

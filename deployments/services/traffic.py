@@ -8,62 +8,46 @@ an audit event, applied in one transaction and published as one routing table.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib.auth.models import User
 from django.db import transaction
 
 from deployments.errors import InvalidDeploymentError
+from deployments.inputs import Share, Split
 from deployments.models import Deployment, TrafficChange, Variant, WorkerState
 from deployments.services.events import record_deployment_event
 from registry.audit import Actor, actor_label
 from registry.models import Alias
 
-Split = dict[str, dict[str, int]]
-
 
 def current_split(deployment: Deployment) -> Split:
-    """``{variant: {"weight": w, "shadow_percent": s}}`` as stored now."""
-    return {
-        v.name: {"weight": v.weight, "shadow_percent": v.shadow_percent}
-        for v in deployment.variants.order_by("id")
-    }
+    """Every variant (not being removed) with its weight and shadow percentage as stored now."""
+    return Split(
+        {
+            v.name: Share(weight=v.weight, shadow_percent=v.shadow_percent)
+            for v in deployment.variants.filter(remove_requested_at__isnull=True).order_by("id")
+        }
+    )
 
 
-def _parse_split(raw: Any, variants: dict[str, Variant]) -> Split:
-    if not isinstance(raw, dict) or not raw:
-        raise InvalidDeploymentError('split: give every variant, e.g. {"a": 90, "b": 10}')
-    unknown = sorted(set(raw) - set(variants))
+def _check_names(split: Split, variants: dict[str, Variant]) -> None:
+    unknown = sorted(set(split) - set(variants))
     if unknown:
         raise InvalidDeploymentError(f"split: unknown variant(s) {', '.join(unknown)}")
-    missing = sorted(set(variants) - set(raw))
+    missing = sorted(set(variants) - set(split))
     if missing:
         raise InvalidDeploymentError(
             f"split: missing variant(s) {', '.join(missing)}; a split names every variant (0 for none)"
         )
-    split: Split = {}
-    for name, value in raw.items():
-        entry = value if isinstance(value, dict) else {"weight": value}
-        weight = entry.get("weight", 0)
-        shadow = entry.get("shadow_percent", variants[name].shadow_percent)
-        for field, number in (("weight", weight), ("shadow_percent", shadow)):
-            if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= 100:
-                raise InvalidDeploymentError(f"split.{name}.{field}: must be an integer from 0 to 100")
-        if weight and shadow:
-            raise InvalidDeploymentError(
-                f"split.{name}: a variant is either live (weight) or a shadow (shadow_percent), not both"
-            )
-        split[name] = {"weight": weight, "shadow_percent": shadow}
-    return split
 
 
 def _check_split(split: Split, variants: dict[str, Variant], previous: Split) -> None:
-    total = sum(v["weight"] for v in split.values())
+    total = split.total_weight
     if total != 100:
-        detail = ", ".join(f"{k}={v['weight']}" for k, v in split.items())
+        detail = ", ".join(f"{k}={v.weight}" for k, v in split.items())
         raise InvalidDeploymentError(f"split: live weights must add up to 100, got {total} ({detail})")
-    for name, entry in split.items():
-        needs_replica = entry["weight"] > previous.get(name, {}).get("weight", 0) or entry["shadow_percent"]
+    for name, share in split.items():
+        before = previous.get(name)
+        needs_replica = share.weight > (before.weight if before else 0) or share.shadow_percent
         if needs_replica and not variants[name].workers.filter(state=WorkerState.READY).exists():
             raise InvalidDeploymentError(
                 f"split.{name}: variant {name!r} has no ready replica, so it cannot take traffic yet"
@@ -74,7 +58,7 @@ def _check_split(split: Split, variants: dict[str, Variant], previous: Split) ->
 def set_traffic_split(
     *,
     deployment: Deployment,
-    split: Any,
+    split: Split,
     actor: Actor,
     reason: str = "",
     kind: str = TrafficChange.Kind.MANUAL,
@@ -83,29 +67,37 @@ def set_traffic_split(
     """Apply a whole split atomically; returns the history row (None when nothing changed)."""
     locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
     variants = {
-        v.name: v for v in Variant.objects.select_for_update().filter(deployment=locked).order_by("id")
+        v.name: v
+        for v in Variant.objects.select_for_update()
+        .filter(deployment=locked, remove_requested_at__isnull=True)
+        .order_by("id")
     }
     before = current_split(locked)
-    parsed = _parse_split(split, variants)
+    _check_names(split, variants)
     if check_ready:
-        _check_split(parsed, variants, before)
-    elif sum(v["weight"] for v in parsed.values()) != 100:
+        _check_split(split, variants, before)
+    elif split.total_weight != 100:
         raise InvalidDeploymentError("split: live weights must add up to 100")
-    if parsed == before:
+    if split == before:
         return None
-    for name, entry in parsed.items():
-        Variant.objects.filter(pk=variants[name].pk).update(**entry)
+    for name, share in split.items():
+        Variant.objects.filter(pk=variants[name].pk).update(**share.as_dict())
     change = TrafficChange.objects.create(
         deployment=locked,
         kind=kind,
         actor=actor if isinstance(actor, User) else None,
         actor_label=actor_label(actor),
-        before=before,
-        after=parsed,
+        before=before.as_dict(),
+        after=split.as_dict(),
         reason=reason[:4000],
     )
     record_deployment_event(
-        actor=actor, action=f"traffic.{kind}", deployment=locked, before=before, after=parsed, reason=reason
+        actor=actor,
+        action=f"traffic.{kind}",
+        deployment=locked,
+        before=before.as_dict(),
+        after=split.as_dict(),
+        reason=reason,
     )
     _publish_after_commit()
     return change
@@ -122,11 +114,11 @@ def restore_split(*, deployment: Deployment, change_id: int, actor: Actor) -> Tr
     change = TrafficChange.objects.filter(deployment=deployment, pk=change_id).first()
     if change is None:
         raise InvalidDeploymentError(f"deployment {deployment.name!r} has no traffic change {change_id}")
-    names = set(deployment.variants.values_list("name", flat=True))
+    names = set(deployment.variants.filter(remove_requested_at__isnull=True).values_list("name", flat=True))
     gone = sorted(set(change.after) - names)
     if gone:
         raise InvalidDeploymentError(f"cannot restore: variant(s) {', '.join(gone)} no longer exist")
-    split = {name: change.after.get(name, {"weight": 0, "shadow_percent": 0}) for name in names}
+    split = Split.parse({name: change.after.get(name, {"weight": 0, "shadow_percent": 0}) for name in names})
     return set_traffic_split(
         deployment=deployment,
         split=split,
@@ -142,10 +134,9 @@ def promote_variant(*, deployment: Deployment, variant_name: str, actor: Actor) 
     variant = deployment.variants.select_related("version").filter(name=variant_name).first()
     if variant is None:
         raise InvalidDeploymentError(f"deployment {deployment.name!r} has no variant {variant_name!r}")
-    split = {
-        v.name: {"weight": 100 if v.pk == variant.pk else 0, "shadow_percent": 0}
-        for v in deployment.variants.all()
-    }
+    split = Split(
+        {name: Share(weight=100 if name == variant.name else 0) for name in current_split(deployment)}
+    )
     followed = sorted(set(deployment.variants.exclude(alias="").values_list("alias", flat=True)))
     moved = []
     for alias_name in followed:
@@ -173,10 +164,11 @@ def set_shadow(*, variant: Variant, percent: int, actor: Actor) -> TrafficChange
     split = current_split(deployment)
     if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
         raise InvalidDeploymentError("shadow_percent: must be an integer from 0 to 100")
-    if split[variant.name]["weight"] and percent:
+    weight = split[variant.name].weight
+    if weight and percent:
         raise InvalidDeploymentError(
-            f"variant {variant.name!r} carries {split[variant.name]['weight']}% of live traffic; "
+            f"variant {variant.name!r} carries {weight}% of live traffic; "
             "move it to 0 before making it a shadow"
         )
-    split[variant.name]["shadow_percent"] = percent
-    return set_traffic_split(deployment=deployment, split=split, actor=actor, reason=f"shadow {percent}%")
+    changed = Split({**split, variant.name: Share(weight=weight, shadow_percent=percent)})
+    return set_traffic_split(deployment=deployment, split=changed, actor=actor, reason=f"shadow {percent}%")

@@ -21,7 +21,6 @@ from registry import queries, services, storage
 from registry.api import serializers as s
 from registry.errors import ArtifactTooLargeError, InvalidArtifactError, VersionNotFoundError
 from registry.models import AuditEvent, ModelVersion, RegisteredModel
-from registry.permissions import ensure_can_change
 from registry.uploads import HashedTempUploadedFile
 
 
@@ -78,8 +77,7 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
 
     @extend_schema(request=s.ModelUpdateInput, responses=s.ModelOutput)
     def partial_update(self, request: Request, name: str) -> Response:
-        model = queries.get_model(name)
-        ensure_can_change(request.user, model)
+        model = queries.model_for_change(name, request.user)
         data = s.ModelUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.update_model(model=model, actor=request.user, **data.validated_data)
@@ -109,8 +107,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
 
     @extend_schema(request={"multipart/form-data": s.VersionUploadInput}, responses={201: s.VersionOutput})
     def create(self, request: Request, name: str) -> Response:
-        model = queries.get_model(name)
-        ensure_can_change(request.user, model)
+        model = queries.model_for_change(name, request.user)
         if getattr(request._request, "upload_too_large", False):
             raise ArtifactTooLargeError(_too_large_message())
         data = s.VersionUploadInput(data=request.data)
@@ -137,8 +134,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
     @extend_schema(request=None, responses={202: s.VersionOutput})
     @action(detail=True, methods=["post"])
     def convert(self, request: Request, name: str, number: str) -> Response:
-        version = queries.get_version(name, int(number))
-        ensure_can_change(request.user, version.model)
+        version = queries.version_for_change(name, int(number), request.user)
         version = services.request_conversion(version=version, actor=request.user)
         return Response(s.VersionOutput(queries.versions().get(pk=version.pk)).data, status=202)
 
@@ -178,8 +174,7 @@ class AliasView(APIView):
 
     @extend_schema(request=s.AliasInput, responses=s.AliasOutput)
     def put(self, request: Request, name: str, alias: str) -> Response:
-        model = queries.get_model(name)
-        ensure_can_change(request.user, model)
+        model = queries.model_for_change(name, request.user)
         data = s.AliasInput(data=request.data)
         data.is_valid(raise_exception=True)
         row = services.set_alias(
@@ -189,8 +184,7 @@ class AliasView(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, name: str, alias: str) -> Response:
-        model = queries.get_model(name)
-        ensure_can_change(request.user, model)
+        model = queries.model_for_change(name, request.user)
         services.delete_alias(model=model, name=alias, actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

@@ -6,6 +6,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from registry import hooks
 from registry.audit import Actor, record_event
 from registry.errors import AliasNotFoundError, InvalidArtifactError, VersionNotFoundError
 from registry.models import Alias, ModelVersion, RegisteredModel, slug_validator
@@ -74,10 +75,6 @@ def _user(actor: Actor) -> User | None:
 
 
 def _notify_followers(alias: Alias) -> None:
-    """Let deployments that follow this alias roll forward (a no-op until they exist)."""
-    try:
-        from deployments.services import on_alias_moved  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
+    """Announce the move after the commit (deployments that follow the alias roll forward)."""
     alias_id = alias.pk
-    transaction.on_commit(lambda: on_alias_moved(alias_id=alias_id))
+    transaction.on_commit(lambda: hooks.alias_moved.call(alias_id=alias_id))

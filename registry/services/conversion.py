@@ -1,10 +1,10 @@
 """The database side of ONNX conversion: claim, run in the sandbox, store, record.
 
-The row is the truth and the Celery message only a trigger. A job claims its
-version with a conditional UPDATE on (status, attempt, heartbeat): a fresh
-``registered`` row, or a ``converting`` row of the same attempt whose heartbeat
-went silent (its worker died), so a redelivered message resumes while a
-duplicate does nothing. The beat sweep re-enqueues silent jobs and fails rows
+The row is the truth and the Celery message only a trigger: ``CONVERSION_JOB`` is the
+shared row-job state machine (``config.jobs.RowJob``) on a version's ``conversion_*``
+fields. A job claims a fresh ``registered`` row, or a ``converting`` row of the same
+attempt whose heartbeat went silent (its worker died), so a redelivered message resumes
+while a duplicate does nothing. The beat sweep re-enqueues silent jobs and fails rows
 that ran out of tries or time.
 """
 
@@ -13,16 +13,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
-from config.locks import advisory_lock
-from config.observability.events import record_conversion
+from config import dispatch
+from config.jobs import RowJob, StaleCause
+from config.metrics.events import record_conversion
 from registry import storage
 from registry.audit import Actor, record_event
 from registry.errors import VersionStateError
@@ -31,11 +30,26 @@ from registry.sandbox import SandboxError, run_child
 
 logger = logging.getLogger(__name__)
 
+CONVERSION_JOB = RowJob(
+    model=ModelVersion,
+    queued=VersionStatus.REGISTERED,
+    running=VersionStatus.CONVERTING,
+    done=VersionStatus.READY,
+    failed=VersionStatus.FAILED,
+    lease_s=lambda: float(settings.KILN_CONVERT_LEASE_S),
+    deadline_s=lambda: float(settings.KILN_CONVERT_STALE_AFTER_S),
+    max_tries=lambda: int(settings.KILN_CONVERT_MAX_TRIES),
+    attempt_field="conversion_attempt",
+    tries_field="conversion_tries",
+    heartbeat_field="conversion_heartbeat_at",
+    started_field="conversion_started_at",
+    finished_field="conversion_finished_at",
+    queued_since_field="updated_at",
+)
+
 
 def _enqueue(version_id: int, attempt: uuid.UUID) -> None:
-    from registry.tasks import convert_version_task
-
-    transaction.on_commit(lambda: convert_version_task.delay(version_id, str(attempt)))
+    dispatch.send_on_commit("registry.convert_version", version_id, str(attempt))
 
 
 @transaction.atomic
@@ -45,13 +59,9 @@ def request_conversion(*, version: ModelVersion, actor: Actor) -> ModelVersion:
     if locked.status == VersionStatus.CONVERTING:
         raise VersionStateError(f"{locked} is converting already")
     before = {"status": locked.status, "reason": locked.status_reason}
-    locked.status = VersionStatus.REGISTERED
+    attempt = CONVERSION_JOB.restart(locked)
     locked.status_reason = ""
     locked.progress = "queued"
-    locked.conversion_attempt = uuid.uuid4()
-    locked.conversion_tries = 0
-    locked.conversion_started_at = None
-    locked.conversion_heartbeat_at = None
     locked.save()
     record_event(
         actor=actor,
@@ -61,7 +71,7 @@ def request_conversion(*, version: ModelVersion, actor: Actor) -> ModelVersion:
         before=before,
         after={"status": locked.status},
     )
-    _enqueue(locked.pk, locked.conversion_attempt)
+    _enqueue(locked.pk, attempt)
     return locked
 
 
@@ -74,30 +84,10 @@ def start_first_conversion(version: ModelVersion) -> None:
 
 
 def _claim(version_id: int, attempt: str) -> ModelVersion | None:
-    now = timezone.now()
-    silent_since = now - timedelta(seconds=settings.KILN_CONVERT_LEASE_S)
     with transaction.atomic():
-        claimed = (
-            ModelVersion.objects.filter(pk=version_id, conversion_attempt=attempt)
-            .filter(
-                Q(status=VersionStatus.REGISTERED)
-                | Q(status=VersionStatus.CONVERTING, conversion_heartbeat_at__lt=silent_since)
-            )
-            .filter(conversion_tries__lt=settings.KILN_CONVERT_MAX_TRIES)
-            .update(
-                status=VersionStatus.CONVERTING,
-                conversion_heartbeat_at=now,
-                conversion_tries=F("conversion_tries") + 1,
-                progress="starting",
-                status_reason="",
-            )
-        )
-        if claimed != 1:
+        if not CONVERSION_JOB.claim(version_id, attempt, progress="starting", status_reason=""):
             return None
         version = ModelVersion.objects.select_related("model").get(pk=version_id)
-        if version.conversion_started_at is None:
-            version.conversion_started_at = now
-            version.save(update_fields=["conversion_started_at"])
         record_event(
             actor=None,
             action="version.status_changed",
@@ -110,26 +100,20 @@ def _claim(version_id: int, attempt: str) -> ModelVersion | None:
 
 
 class _Beat:
-    """Throttled progress and heartbeat writes for one running attempt."""
+    """Throttled progress and heartbeat writes for one running attempt (driven by the child's pump)."""
 
-    def __init__(self, version: ModelVersion) -> None:
-        self.version = version
+    def __init__(self, version: ModelVersion, attempt: str) -> None:
+        self.version_id = version.pk
+        self.attempt = attempt
         self.last = 0.0
 
-    def _rows(self) -> Any:
-        return ModelVersion.objects.filter(
-            pk=self.version.pk,
-            conversion_attempt=self.version.conversion_attempt,
-            status=VersionStatus.CONVERTING,
-        )
-
     def progress(self, text: str) -> None:
-        self._rows().update(progress=text[:200], conversion_heartbeat_at=timezone.now())
+        CONVERSION_JOB.heartbeat(self.version_id, self.attempt, progress=text[:200])
         self.last = time.monotonic()
 
     def tick(self) -> None:
         if time.monotonic() - self.last >= min(5.0, settings.KILN_CONVERT_LEASE_S / 3):
-            self._rows().update(conversion_heartbeat_at=timezone.now())
+            CONVERSION_JOB.heartbeat(self.version_id, self.attempt)
             self.last = time.monotonic()
 
 
@@ -139,7 +123,7 @@ def convert_version(*, version_id: int, attempt: str) -> ModelVersion | None:
     if version is None:
         logger.info("conversion of version %s attempt %s: nothing to do", version_id, attempt)
         return None
-    beat = _Beat(version)
+    beat = _Beat(version, attempt)
     with storage.new_temp_file(suffix=".onnx") as output:
         try:
             result = run_child(
@@ -180,10 +164,9 @@ def _conversion_request(version: ModelVersion, output: str) -> dict[str, Any]:
 def _mark_ready(
     version: ModelVersion, attempt: str, result: dict[str, Any], relative: str, digest: str, size: int
 ) -> ModelVersion | None:
-    updated = ModelVersion.objects.filter(
-        pk=version.pk, conversion_attempt=attempt, status=VersionStatus.CONVERTING
-    ).update(
-        status=VersionStatus.READY,
+    updated = CONVERSION_JOB.complete(
+        version.pk,
+        attempt,
         status_reason="",
         progress="done",
         onnx_path=relative,
@@ -191,9 +174,8 @@ def _mark_ready(
         onnx_size=size,
         report=result.get("report", {}),
         signature=result.get("signature") or version.signature,
-        conversion_finished_at=timezone.now(),
     )
-    if updated != 1:
+    if not updated:
         logger.warning("conversion of %s finished but the attempt was superseded", version)
         return None
     version.refresh_from_db()
@@ -223,22 +205,19 @@ def fail_version(
     ``code`` is the short machine code of the cause (``export_failed``, ``timeout``...),
     counted in ``kiln_conversion_failures_total{reason}``.
     """
-    rows = ModelVersion.objects.filter(
-        pk=version_id, status__in=(VersionStatus.REGISTERED, VersionStatus.CONVERTING)
-    )
-    if attempt is not None:
-        rows = rows.filter(conversion_attempt=attempt)
-    version = rows.select_for_update().select_related("model").first()
+    version = CONVERSION_JOB.failable(version_id, attempt).select_for_update().select_related("model").first()
     if version is None:
         return None
     before = {"status": version.status}
-    version.status = VersionStatus.FAILED
-    version.status_reason = reason[:4000]
-    version.progress = "failed"
-    version.conversion_finished_at = timezone.now()
+    fields: dict[str, Any] = {
+        "status_reason": reason[:4000],
+        "progress": "failed",
+        "updated_at": timezone.now(),
+    }
     if report is not None:
-        version.report = report
-    version.save()
+        fields["report"] = report
+    CONVERSION_JOB.fail(version.pk, attempt, **fields)  # the row is locked: this attempt still holds it
+    version.refresh_from_db()
     _count_outcome(version, outcome="failed", code=code)
     record_event(
         actor=None,
@@ -265,46 +244,23 @@ def sweep_stale_conversions() -> dict[str, int]:
 
     Runs from beat; a PostgreSQL advisory lock keeps overlapping beats from both acting.
     """
-    counts = {"resumed": 0, "failed": 0, "requeued": 0}
-    with advisory_lock("registry.sweep_stale_conversions") as taken:
-        if not taken:
-            return counts
-        now = timezone.now()
-        lease = timedelta(seconds=settings.KILN_CONVERT_LEASE_S)
-        too_old = now - timedelta(seconds=settings.KILN_CONVERT_STALE_AFTER_S)
-        converting = ModelVersion.objects.filter(status=VersionStatus.CONVERTING)
-        for version in converting.filter(conversion_started_at__lt=too_old):
-            limit = settings.KILN_CONVERT_STALE_AFTER_S
-            if fail_version(
-                version_id=version.pk,
-                attempt=None,
-                reason=f"conversion did not finish within {limit:.0f} s (last stage: {version.progress})",
-                code="timeout",
-            ):
-                counts["failed"] += 1
-        for version in converting.filter(conversion_heartbeat_at__lt=now - lease):
-            if version.conversion_tries >= settings.KILN_CONVERT_MAX_TRIES:
-                reason = (
-                    f"conversion was interrupted {version.conversion_tries} times (its worker stopped); "
-                    f"last stage: {version.progress}"
-                )
-                if fail_version(version_id=version.pk, attempt=None, reason=reason, code="interrupted"):
-                    counts["failed"] += 1
-                continue
-            _enqueue_now(version.pk, version.conversion_attempt)
-            counts["resumed"] += 1
-        # A registered row whose message was lost (broker restart) gets a new trigger.
-        for version in ModelVersion.objects.filter(
-            status=VersionStatus.REGISTERED, updated_at__lt=now - 2 * lease, conversion_attempt__isnull=False
-        ):
-            _enqueue_now(version.pk, version.conversion_attempt)
-            counts["requeued"] += 1
-    return counts
+    return CONVERSION_JOB.sweep(lock="registry.sweep_stale_conversions", send=_enqueue_now, fail=_fail_stale)
 
 
-def _enqueue_now(version_id: int, attempt: uuid.UUID | None) -> None:
-    if attempt is None:
+def _fail_stale(version: ModelVersion, cause: StaleCause) -> bool:
+    if cause == "timeout":
+        limit = settings.KILN_CONVERT_STALE_AFTER_S
+        reason = f"conversion did not finish within {limit:.0f} s (last stage: {version.progress})"
+    else:
+        reason = (
+            f"conversion was interrupted {version.conversion_tries} times (its worker stopped); "
+            f"last stage: {version.progress}"
+        )
+    return fail_version(version_id=version.pk, attempt=None, reason=reason, code=cause) is not None
+
+
+def _enqueue_now(version: ModelVersion) -> None:
+    """Send the version's current attempt again, at once (the sweep runs outside a transaction)."""
+    if version.conversion_attempt is None:
         return
-    from registry.tasks import convert_version_task
-
-    convert_version_task.delay(version_id, str(attempt))
+    dispatch.send("registry.convert_version", version.pk, str(version.conversion_attempt))

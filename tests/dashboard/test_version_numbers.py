@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from dashboard.series import version_numbers
 from deployments.models import Deployment, Report, Variant, Worker
+from deployments.series import version_numbers
 from registry.models import ModelVersion
 from tests.deployments.factories import ready_version
 

@@ -137,6 +137,18 @@ def ready_workers(client: APIClient, count: int, *, version: int, timeout: float
     return found
 
 
+def delete_and_wait(client: APIClient) -> None:
+    """Delete the deployment: accepted at once (202), gone once the reconcile loop stopped its workers."""
+    deleted = client.delete(f"/api/v1/deployments/{NAME}/")
+    assert deleted.status_code == 202, deleted.content
+    wait_for(
+        lambda: client.get(f"/api/v1/deployments/{NAME}/").status_code == 404,
+        timeout=60,
+        interval=0.3,
+        message="the deployment gone",
+    )
+
+
 def deploy(client: APIClient, version: int, replicas: int = 2) -> None:
     created = client.post(
         "/api/v1/deployments/",
@@ -300,7 +312,7 @@ def test_on_a_bridge_network_the_engine_publishes_the_ports_and_reports_go_to_th
     assert grpc_client.is_model_ready(NAME)
     grpc_client.close()
 
-    assert owner_api.delete(f"/api/v1/deployments/{NAME}/").status_code == 204
+    delete_and_wait(owner_api)
     assert _our_containers(docker_engine) == []
 
 
@@ -397,7 +409,7 @@ def test_a_rolling_update_fails_no_request_a_redeploy_reuses_the_image_and_a_sto
     }
 
     # Deleting and deploying v2 again reuses its image: no second row, no second build.
-    assert owner_api.delete(f"/api/v1/deployments/{NAME}/").status_code == 204
+    delete_and_wait(owner_api)
     assert _our_containers(docker_engine) == []
     deploy(owner_api, 2)
     ready_workers(owner_api, 2, version=2, timeout=60)
@@ -445,11 +457,11 @@ def test_a_docker_variant_is_refused_with_a_clear_message_when_no_engine_answers
     owner: User, owner_api: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from deployments import backends
-    from deployments.backends import docker as docker_backend
+    from deployments.backends import docker_engine
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     monkeypatch.setattr(backends, "_BACKENDS", {})
-    monkeypatch.setattr(docker_backend, "_clients", {})
+    monkeypatch.setattr(docker_engine, "_clients", {})
     stored_version(owner, tmp_path)
 
     response = owner_api.post(

@@ -106,6 +106,29 @@ def test_replicas_serve_report_restart_and_scale(
         infer(remaining[0]["http_url"], "cnn-prod", batch), expected, rtol=1e-5, atol=1e-5
     )
 
+    # Delete: accepted at once; the reconcile loop drains and stops the worker, then the row goes.
+    pid = int(Worker.objects.get(state="ready").handle.split(":")[0])
+    deleted = owner_api.delete("/api/v1/deployments/cnn-prod/")
+    assert deleted.status_code == 202, deleted.content
+    assert deleted.json()["status"] == "deleting"
+    wait_for(
+        lambda: owner_api.get("/api/v1/deployments/cnn-prod/").status_code == 404,
+        timeout=60,
+        interval=0.3,
+        message="the deployment gone",
+    )
+    assert not _alive(pid)
+    assert Worker.objects.count() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return status != "Z"  # a zombie has exited; its parent (the Celery worker) reaps it later
+
 
 def test_report_tokens_are_checked_per_worker(
     platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path

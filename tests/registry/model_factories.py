@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from registry.inspection import inspect_onnx, inspect_torch_export
+from registry.conversion.inspection import inspect_onnx, inspect_torch_export
 
 IMAGE_SHAPE = (3, 16, 16)
 

@@ -20,11 +20,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from registry.child_api import ChildError
-from registry.conversion_child import convert
-from registry.onnx_export import explain_export_error
-from registry.parity import ParityTally, compare_output
-from registry.profiling import profile, profile_batch_sizes
+from registry.conversion.channel import ChildError
+from registry.conversion.convert import convert
+from registry.conversion.onnx_export import explain_export_error
+from registry.conversion.parity import ParityTally, compare_output
+from registry.conversion.profiling import profile, profile_batch_sizes
 from registry.sandbox import SandboxError, run_child
 from tests.registry import model_factories
 

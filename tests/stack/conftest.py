@@ -27,7 +27,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.test import Client, override_settings
 
-from deployments.backends.process import free_port
+from deployments.backends.ports import free_port
 from tests.conftest import ROOT, wait_for
 from tests.inference_worker import onnx_models
 from tests.stack.promql import exposed_series_names

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.backends.process import free_port
+from deployments.backends.ports import free_port
 from tests.conftest import ROOT, wait_for
 from tests.registry.model_factories import save_onnx_cnn
 

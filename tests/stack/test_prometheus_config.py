@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from deployments.backends.process import free_port
+from deployments.backends.ports import free_port
 from tests.conftest import ROOT, wait_for
 from tests.stack.conftest import (
     DEPLOYMENT,

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from deployments.inputs import Split
 from deployments.models import Deployment, WorkerState
 from deployments.services import add_variant, create_deployment
 from deployments.services.traffic import set_traffic_split
@@ -99,7 +100,7 @@ class Command(BaseCommand):
         if split != {"primary": 90, "candidate": 10}:
             set_traffic_split(
                 deployment=deployment,
-                split={"primary": 90, "candidate": 10},
+                split=Split.parse({"primary": 90, "candidate": 10}),
                 actor=actor,
                 reason="manage.py demo",
             )

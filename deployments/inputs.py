@@ -1,0 +1,143 @@
+"""Typed inputs of the deployment services, built by input serializers and web forms.
+
+Each value object checks its own shape when it is made (types, ranges, defaults: one place);
+the services keep the domain rules (the variants exist, the weights add up to 100, a variant
+needs a ready replica to take traffic). Errors are ``InvalidDeploymentError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from deployments.errors import InvalidDeploymentError
+
+
+def _percent(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise InvalidDeploymentError(f"{name}: must be an integer from 0 to 100")
+    return value
+
+
+@dataclass(frozen=True)
+class Share:
+    """One variant's part of a split: live (a weight) or a shadow (a copy percentage), not both."""
+
+    weight: int = 0
+    shadow_percent: int = 0
+
+    def __post_init__(self) -> None:
+        _percent(self.weight, "weight")
+        _percent(self.shadow_percent, "shadow_percent")
+        if self.weight and self.shadow_percent:
+            raise InvalidDeploymentError(
+                "a variant is either live (weight) or a shadow (shadow_percent), not both"
+            )
+
+    def as_dict(self) -> dict[str, int]:
+        return {"weight": self.weight, "shadow_percent": self.shadow_percent}
+
+
+@dataclass(frozen=True)
+class Split(Mapping[str, Share]):
+    """A whole traffic split: every variant of a deployment with its share."""
+
+    shares: Mapping[str, Share]
+
+    @classmethod
+    def parse(cls, raw: Any, *, shadows: Mapping[str, int] | None = None) -> Split:
+        """``{"a": 90, "b": 10}`` or ``{"a": {"weight": 90, "shadow_percent": 0}}``.
+
+        A bare weight keeps the variant's current shadow percentage (``shadows``).
+        """
+        if not isinstance(raw, dict) or not raw:
+            raise InvalidDeploymentError('split: give every variant, e.g. {"a": 90, "b": 10}')
+        shares = {}
+        for name, value in raw.items():
+            entry = value if isinstance(value, dict) else {"weight": value}
+            unknown = sorted(set(entry) - {"weight", "shadow_percent"})
+            if unknown:
+                raise InvalidDeploymentError(f"split.{name}: unknown field(s) {', '.join(unknown)}")
+            weight = entry.get("weight", 0)
+            shadow = entry.get("shadow_percent", (shadows or {}).get(name, 0))
+            try:
+                shares[str(name)] = Share(
+                    weight=_percent(weight, f"split.{name}.weight"),
+                    shadow_percent=_percent(shadow, f"split.{name}.shadow_percent"),
+                )
+            except InvalidDeploymentError as exc:
+                message = exc.message if exc.message.startswith("split.") else f"split.{name}: {exc.message}"
+                raise InvalidDeploymentError(message) from None
+        return cls(shares)
+
+    @property
+    def total_weight(self) -> int:
+        return sum(share.weight for share in self.shares.values())
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {name: share.as_dict() for name, share in self.shares.items()}
+
+    def __getitem__(self, name: str) -> Share:
+        return self.shares[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shares)
+
+    def __len__(self) -> int:
+        return len(self.shares)
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """A guarded rollout: the weight steps of the candidate and the objective every step must meet.
+
+    The defaults here are the API's and the web form's.
+    """
+
+    candidate: str
+    baseline: str | None = None
+    steps: tuple[int, ...] = (5, 25, 50, 100)
+    hold_s: float = 60.0
+    max_error_rate: float = 0.01
+    max_p99_ms: float = 1000.0
+    min_shadow_agreement: float | None = None
+    min_requests: int = 20
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        if not isinstance(steps, tuple | list) or not steps or len(steps) > 20:
+            raise InvalidDeploymentError("steps: a list of 1 to 20 increasing percentages ending at 100")
+        if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 100 for s in steps):
+            raise InvalidDeploymentError("steps: every step is an integer percentage from 1 to 100")
+        if sorted(set(steps)) != list(steps) or steps[-1] != 100:
+            raise InvalidDeploymentError("steps: percentages must increase strictly and end at 100")
+        object.__setattr__(self, "steps", tuple(steps))
+        _number(self.hold_s, "hold_s", 1.0, 86_400.0, "between 1 second and 1 day")
+        _number(self.max_error_rate, "max_error_rate", 0.0, 1.0, "a fraction from 0 to 1")
+        _number(self.max_p99_ms, "max_p99_ms", 0.001, 3_600_000.0, "a positive number of milliseconds")
+        if self.min_shadow_agreement is not None:
+            _number(self.min_shadow_agreement, "min_shadow_agreement", 0.0, 1.0, "a fraction from 0 to 1")
+        if isinstance(self.min_requests, bool) or not isinstance(self.min_requests, int):
+            raise InvalidDeploymentError("min_requests: must be an integer")
+        if not 1 <= self.min_requests <= 1_000_000:
+            raise InvalidDeploymentError("min_requests: from 1 to 1000000")
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field ``name`` (what serializers and forms offer)."""
+        for item in fields(cls):
+            if item.name == name:
+                return item.default
+        raise KeyError(name)
+
+
+def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidDeploymentError(f"{name}: must be a number")
+    if not low <= value <= high:
+        raise InvalidDeploymentError(f"{name}: {what}")
+
+
+__all__ = ("RolloutPolicy", "Share", "Split")

@@ -1,0 +1,49 @@
+"""Workers no row wants: orphans a crash left behind, and local workers when the platform stops."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from deployments.backends import BackendError, get_backend
+from deployments.backends.logs import trim_log
+from deployments.models import Worker, WorkerState
+
+logger = logging.getLogger(__name__)
+
+
+def stop_workers(workers: Iterable[Worker]) -> None:
+    """Stop these workers now and mark them stopped (``make run`` stopping its local workers)."""
+    for worker in workers:
+        if worker.handle:
+            get_backend(worker.backend).stop(worker.handle, grace_s=5)
+        Worker.objects.filter(pk=worker.pk).update(state=WorkerState.STOPPED, state_changed_at=timezone.now())
+
+
+def stop_orphans() -> int:
+    """Stop workers a backend runs for us that no live row knows (left over from a crash)."""
+    known = set(
+        Worker.objects.exclude(state__in=(WorkerState.STOPPED, WorkerState.FAILED)).values_list(
+            "handle", flat=True
+        )
+    )
+    stopped = 0
+    for name in set(Worker.objects.values_list("backend", flat=True).distinct()) | {"process"}:
+        try:
+            backend = get_backend(name)
+            handles = backend.managed_handles(min_age_s=60.0)
+        except BackendError as exc:
+            logger.warning("cannot list %s workers: %s", name, exc.message)
+            continue
+        for handle in handles:
+            if handle not in known:
+                logger.info("stopping orphan %s worker %s", name, handle)
+                backend.stop(handle, grace_s=5)
+                stopped += 1
+    for path in (Path(settings.VAR_DIR) / "workers").glob("*.log"):
+        trim_log(path, max_bytes=settings.KILN_WORKER_LOG_MAX_BYTES)
+    return stopped

@@ -1,0 +1,132 @@
+"""One reconcile pass over a deployment, or over all of them; finishing deletions and removals."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from config.locks import advisory_lock
+from config.redis import redis_client
+from deployments.backends import BackendError
+from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, WorkerState
+from deployments.reconcile.cleanup import stop_orphans
+from deployments.reconcile.status import update_status
+from deployments.reconcile.variant import VariantReconciler
+from deployments.services.deployments import describe_variant
+from deployments.services.events import record_deployment_event
+from deployments.services.routing import publish_routing_table
+from deployments.services.variants import followers_pending, roll_alias_followers
+from registry.models import Alias
+
+logger = logging.getLogger(__name__)
+BUSY_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
+
+
+def reconcile_all() -> dict[str, int]:
+    """Reconcile every deployment, then stop workers nobody wants any more."""
+    counts = {"deployments": 0, "changed": 0, "orphans": 0}
+    for deployment_id in Deployment.objects.values_list("pk", flat=True):
+        counts["deployments"] += 1
+        counts["changed"] += int(reconcile_deployment(deployment_id))
+    with advisory_lock("deployments.cleanup") as taken:
+        if taken:
+            counts["orphans"] = stop_orphans()
+            ensure_routing_table()
+            _remember_docker_engine()
+    return counts
+
+
+def _remember_docker_engine() -> None:
+    """Let processes without the engine's socket (the web app in compose) validate docker variants."""
+    uses_docker = (
+        settings.KILN_DEFAULT_BACKEND == "docker" or Variant.objects.filter(backend="docker").exists()
+    )
+    if not uses_docker:
+        return
+    from deployments.backends.docker_engine import engine, remember_engine
+
+    try:
+        remember_engine(engine(timeout_s=5).info())
+    except Exception as exc:  # no engine: validation in other processes refuses docker variants
+        logger.info("the Docker engine does not answer: %s", exc)
+
+
+def ensure_routing_table() -> None:
+    """Publish the table when Redis has none (a fresh or restarted Redis): gateways wait for one."""
+    try:
+        missing = not redis_client().exists(settings.KILN_ROUTING_KEY)
+    except Exception as exc:  # Redis down: the next pass tries again
+        logger.warning("cannot check the routing table: %s", exc)
+        return
+    if missing:
+        publish_routing_table()
+
+
+def reconcile_deployment(deployment_id: int) -> bool:
+    """One pass over one deployment; returns whether anything changed."""
+    with advisory_lock(f"deployments.reconcile.{deployment_id}") as taken:
+        if not taken:
+            return False
+        deployment = Deployment.objects.select_related("model").filter(pk=deployment_id).first()
+        if deployment is None:
+            return False
+        changed = False
+        if deployment.delete_requested_at is None:
+            for variant in followers_pending(deployment):
+                alias = Alias.objects.select_related("version").get(
+                    model_id=deployment.model_id, name=variant.alias
+                )
+                changed |= bool(roll_alias_followers(alias=alias))
+        problems: dict[int, tuple[bool, str]] = {}  # variant -> (fatal, why it cannot run now)
+        for variant in deployment.variants.select_related("version__model").order_by("id"):
+            try:
+                reconciler = VariantReconciler(deployment, variant)
+                changed |= reconciler.run()
+            except BackendError as exc:  # e.g. the engine is down: decide nothing about its workers now
+                logger.warning("reconcile of %s skipped: %s", variant, exc.message)
+                problems[variant.pk] = (False, f"variant {variant.name}: {exc.message}")
+                continue
+            if reconciler.image_problem:
+                problems[variant.pk] = (reconciler.image_failed, reconciler.image_problem)
+        changed |= finish_removals(deployment)
+        if deployment.pk is not None:
+            update_status(deployment, problems)
+        if changed:
+            publish_routing_table()
+        return changed
+
+
+def _busy(variant: Variant) -> bool:
+    return variant.workers.filter(state__in=BUSY_WORKER_STATES).exists()
+
+
+def finish_removals(deployment: Deployment) -> bool:
+    """Delete the variants and the deployment whose removal was asked for, once no worker runs for them."""
+    changed = False
+    variants = list(deployment.variants.select_related("version", "remove_requested_by"))
+    for variant in variants:
+        if variant.remove_requested_at is None or _busy(variant):
+            continue
+        with transaction.atomic():
+            record_deployment_event(
+                actor=variant.remove_requested_by,
+                action="variant.removed",
+                deployment=deployment,
+                before=describe_variant(variant),
+            )
+            variant.delete()
+        changed = True
+    if deployment.delete_requested_at is None or any(_busy(v) for v in variants if v.pk is not None):
+        return changed
+    with transaction.atomic():
+        requester = Deployment.objects.select_related("delete_requested_by").get(pk=deployment.pk)
+        record_deployment_event(
+            actor=requester.delete_requested_by,
+            action="deployment.deleted",
+            deployment=deployment,
+            before={"variants": [describe_variant(v) for v in variants if v.pk is not None]},
+        )
+        deployment.delete()
+    return True

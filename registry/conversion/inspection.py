@@ -1,0 +1,171 @@
+"""Open an artifact in the sandboxed child and read its signature. Pure: no Django.
+
+ONNX models are parsed as protobuf (no code runs) and refused when they point at
+external data; TorchScript is opened with TorchScript's own loader (its pickles
+only rebuild tensors and compiled classes, checked beforehand by
+``registry.artifacts``); ``.pt2`` programs with ``torch.export.load``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.conversion.channel import ChildError, progress
+
+ONNX_DTYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    16: "bfloat16",
+}
+TORCH_DTYPES = {
+    "torch.float32": "float32",
+    "torch.float16": "float16",
+    "torch.bfloat16": "bfloat16",
+    "torch.float64": "float64",
+    "torch.int64": "int64",
+    "torch.int32": "int32",
+    "torch.int16": "int16",
+    "torch.int8": "int8",
+    "torch.uint8": "uint8",
+    "torch.bool": "bool",
+}
+
+
+def inspect(request: dict[str, Any]) -> dict[str, Any]:
+    """Open ``request["path"]`` as ``request["format"]``; return what was learned."""
+    fmt, path = request["format"], request["path"]
+    progress(f"opening {fmt}")
+    if fmt == "onnx":
+        return inspect_onnx(path)
+    if fmt == "torchscript":
+        return inspect_torchscript(path)
+    if fmt == "torch_export":
+        return inspect_torch_export(path)
+    raise ChildError(f"unknown format {fmt}")
+
+
+def load_onnx_checked(path: str) -> Any:
+    """Parse and check an ONNX file; refuse external data. Returns the ModelProto."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx import external_data_helper
+
+    try:
+        model = onnx.load_model(path, load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ChildError(
+            f"not a valid ONNX model ({type(exc).__name__}); accepted formats: TorchScript, "
+            ".pt2 (torch.export) and ONNX",
+            "invalid_artifact",
+        ) from None
+    if not model.graph.node or not model.opset_import or model.ir_version <= 0:
+        raise ChildError(
+            "not a valid ONNX model (no graph, opset or IR version); accepted formats: TorchScript, "
+            ".pt2 (torch.export) and ONNX",
+            "invalid_artifact",
+        )
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            raise ChildError(
+                f"ONNX tensor {tensor.name!r} refers to external data; upload a single self-contained "
+                "file (save with save_as_external_data=False)",
+                "external_data_refused",
+            )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0][:500]
+        raise ChildError(f"the ONNX model fails onnx.checker: {first}", "invalid_artifact") from None
+    return model
+
+
+def onnx_signature(model: Any) -> dict[str, Any]:
+    """Inputs (minus initializers) and outputs of an ONNX graph, -1 for symbolic dims."""
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value: Any) -> dict[str, Any]:
+        tensor_type = value.type.tensor_type
+        dtype = ONNX_DTYPES.get(tensor_type.elem_type)
+        if dtype is None:
+            raise ChildError(
+                f"tensor {value.name!r} has an unsupported element type {tensor_type.elem_type}",
+                "invalid_signature",
+            )
+        if not tensor_type.HasField("shape"):
+            raise ChildError(f"tensor {value.name!r} has no shape in the graph", "invalid_signature")
+        shape = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim
+        ]
+        return {"name": value.name, "dtype": dtype, "shape": shape}
+
+    return {
+        "inputs": [spec(v) for v in model.graph.input if v.name not in initializers],
+        "outputs": [spec(v) for v in model.graph.output],
+    }
+
+
+def inspect_onnx(path: str) -> dict[str, Any]:
+    model = load_onnx_checked(path)
+    opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+    return {"signature": onnx_signature(model), "opsets": opsets, "ir_version": model.ir_version}
+
+
+def inspect_torchscript(path: str) -> dict[str, Any]:
+    import torch
+
+    try:
+        module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        raise ChildError(
+            f"TorchScript archive cannot be opened: {str(exc).strip().splitlines()[0][:300]}",
+            "invalid_artifact",
+        ) from None
+    try:
+        arguments = [a.name for a in module.forward.schema.arguments][1:]
+    except (AttributeError, RuntimeError):
+        raise ChildError("TorchScript module has no forward method", "invalid_artifact") from None
+    parameters = sum(p.numel() for p in module.parameters())
+    return {"forward_arguments": arguments, "parameters": int(parameters)}
+
+
+def _torch_spec(name: str, value: Any) -> dict[str, Any]:
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise ChildError(f"program input/output {name!r} is not a tensor", "invalid_signature")
+    dtype = TORCH_DTYPES.get(str(value.dtype))
+    if dtype is None:
+        raise ChildError(f"tensor {name!r} has unsupported dtype {value.dtype}", "invalid_signature")
+    shape = [int(d) if isinstance(d, int) else -1 for d in value.shape]
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def inspect_torch_export(path: str) -> dict[str, Any]:
+    import torch
+
+    try:
+        program = torch.export.load(path)
+    except Exception as exc:
+        raise ChildError(
+            f"torch.export program cannot be opened: {str(exc).strip().splitlines()[0][:300]}",
+            "invalid_artifact",
+        ) from None
+    signature = program.graph_signature
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    inputs = [_torch_spec(name, placeholders[name].meta.get("val")) for name in signature.user_inputs]
+    output_node = next(n for n in program.graph.nodes if n.op == "output")
+    values = output_node.args[0]
+    user_outputs = list(signature.user_outputs)
+    outputs = []
+    for index, node in enumerate(values[-len(user_outputs) :] if user_outputs else []):
+        name = user_outputs[index] or f"output_{index}"
+        outputs.append(_torch_spec(str(name), getattr(node, "meta", {}).get("val")))
+    parameters = sum(p.numel() for p in program.state_dict.values())
+    return {"signature": {"inputs": inputs, "outputs": outputs}, "parameters": int(parameters)}

@@ -1,0 +1,15 @@
+"""What the registry announces to the apps above it (they register in their ``AppConfig.ready()``).
+
+- ``alias_moved(alias_id=...)``: an alias was created or moved; called after the commit.
+- ``version_serving(version_id=...)``: the deployments serving a version with their live numbers,
+  for the version page (each registered function returns a list of rows, or None).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.hooks import Hook
+
+alias_moved: Hook[..., None] = Hook("registry.alias_moved")
+version_serving: Hook[..., list[dict[str, Any]] | None] = Hook("registry.version_serving")
