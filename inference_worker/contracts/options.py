@@ -38,8 +38,8 @@ class Kind(Enum):
     SWITCH = "on or off"
 
 
-_SWITCH_TEXT = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False}
-_SWITCH_TEXT["no"] = False
+_SWITCH_TEXT = {"1": True, "true": True, "on": True, "yes": True}
+_SWITCH_TEXT |= {"0": False, "false": False, "off": False, "no": False}
 
 
 def number_text(value: float) -> str:
