@@ -14,8 +14,9 @@ Both planes import these modules; neither writes a message's keys itself.
 - ``wire``            reading decoded JSON into typed values (the ``parse_*`` functions' helpers)
 
 Each message module (routing, report, gateway_stats, launch) has a schema name, frozen
-records, ``encode_*`` and ``parse_*`` (the batching options travel inside the launch spec and
-the API, so they have the encode and parse but no schema of their own); a round-trip test each lives in ``tests/inference_worker/contracts``, and
+records, ``encode_*`` and ``parse_*``; the batching options travel inside the launch spec
+and the API, so they have the encode and parse but no schema of their own. A round-trip
+test each lives in ``tests/inference_worker/contracts``, and
 ``tests/test_contracts_spelled_once.py`` keeps every other module from spelling their keys.
 Modules here import only each other (never the package itself) and the standard library.
 """

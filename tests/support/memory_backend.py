@@ -51,14 +51,17 @@ class MemoryBackend:
     def start(self, spec: WorkerSpec) -> WorkerHandle:
         if self.refuse_starts:
             raise BackendError(self.refuse_starts, code="start_failed")
-        handle = f"mem-{next(self._ids)}"
+        number = next(self._ids)
+        handle = f"mem-{number}"
         self.workers[handle] = MemoryWorker(
             spec=spec,
             started=time.monotonic(),
             ready=self.ready_on_start,
             log=[f"worker {spec.worker_id} up"],
         )
-        return WorkerHandle(handle=handle, http_url=f"http://memory.invalid/{handle}", grpc_target="")
+        # An address a gateway could route to (nothing listens: .invalid never resolves).
+        url = f"http://mem-{number}.invalid:8080"
+        return WorkerHandle(handle=handle, http_url=url, grpc_target=f"mem-{number}.invalid:8081")
 
     def status(self, handle: str) -> BackendStatus:
         worker = self.workers.get(handle)
