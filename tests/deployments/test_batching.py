@@ -8,7 +8,7 @@ import pytest
 
 from deployments.errors import InvalidDeploymentError
 from deployments.services.batching import propose_batching, validate_batching
-from tests.deployments.factories import PROFILE
+from tests.support.versions import PROFILE
 
 
 @pytest.mark.parametrize(
