@@ -17,6 +17,6 @@ Each message module (routing, report, gateway_stats, launch) has a schema name, 
 records, ``encode_*`` and ``parse_*``; the batching options travel inside the launch spec
 and the API, so they have the encode and parse but no schema of their own. A round-trip
 test each lives in ``tests/inference_worker/contracts``, and
-``tests/test_contracts_spelled_once.py`` keeps every other module from spelling their keys.
+``test_spelled_once.py`` there keeps every other module from spelling their keys.
 Modules here import only each other (never the package itself) and the standard library.
 """

@@ -16,7 +16,7 @@ from dashboard.advice import advise
 from deployments.models import Variant
 from deployments.services.batching import propose_batching
 from inference_worker.contracts.batching import BATCHING
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 REPORT: dict[str, Any] = {
     "profile": {

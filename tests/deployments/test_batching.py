@@ -13,7 +13,7 @@ from deployments.models import Variant
 from deployments.reconcile import spec_hash
 from deployments.services.batching import propose_batching, validate_batching
 from registry.models import ModelVersion
-from tests.deployments.factories import PROFILE
+from tests.support.versions import PROFILE
 
 
 @pytest.mark.parametrize(

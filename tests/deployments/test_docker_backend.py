@@ -30,9 +30,10 @@ from rest_framework.test import APIClient
 from accounts.tokens import create_api_token
 from deployments.models import Report, Worker, WorkerImage
 from registry import storage
-from tests.conftest import CeleryWorker, Platform, wait_for
-from tests.deployments.factories import stored_version
-from tests.deployments.test_process_backend import infer
+from tests.support.deployments import infer
+from tests.support.polling import wait_for
+from tests.support.services import CeleryWorker, Platform
+from tests.support.versions import stored_version
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -18,8 +18,8 @@ from deployments.services.deployments import create_deployment, delete_deploymen
 from deployments.services.routing import build_routing_table
 from deployments.services.variants import scale_variant, update_batching
 from registry.models import AuditEvent, RegisteredModel
-from tests.deployments.factories import ready_version
 from tests.support.memory_backend import MemoryBackend, memory_backend
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from deployments.models import Deployment, Variant, Worker, WorkerState
 from deployments.services.routing import build_routing_table
 from inference_worker.contracts.routing import encode_table, parse_table
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

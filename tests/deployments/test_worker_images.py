@@ -246,7 +246,7 @@ def test_an_image_the_engine_lost_is_rebuilt_on_a_fresh_clock_not_failed_by_the_
 
     from deployments.models import ImageStatus, WorkerImage
     from deployments.services import images
-    from tests.deployments.factories import ready_version
+    from tests.support.versions import ready_version
 
     long_ago = timezone.now() - timedelta(hours=3)
     image = WorkerImage.objects.create(

@@ -14,7 +14,7 @@ from django.test import Client
 from accounts.models import ApiToken
 from deployments.models import Deployment, Variant, Worker
 from deployments.services.workers import new_worker_token
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference_worker.contracts.report import DeviceStats
 from inference_worker.metrics import WorkerMetrics
-from tests.conftest import ROOT
-from tests.stack.conftest import GPU_WORKER_SERIES, LiveExports, unexported
-from tests.stack.promql import grafana_to_promql, metric_names
+from tests.support.paths import ROOT
+from tests.support.promql import grafana_to_promql, metric_names
+from tests.support.stack import GPU_WORKER_SERIES, LiveExports, unexported
 
 GRAFANA_DIR = ROOT / "platform" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))

@@ -10,7 +10,7 @@ import pytest
 
 from inference_worker.contracts.batching import BATCHING, BatchingConfig, encode_batching, parse_batching
 from inference_worker.contracts.errors import ContractError
-from tests.inference_worker.contracts.samples import BATCHING as SAMPLE
+from tests.support.contract_samples import BATCHING as SAMPLE
 
 
 def test_the_value_object_has_one_field_per_option_in_the_table_s_order() -> None:

@@ -17,7 +17,7 @@ from inference_worker.contracts.gateway_stats import (
     encode_snapshot,
     parse_snapshot,
 )
-from tests.inference_worker.contracts.samples import LATENCY, SNAPSHOT
+from tests.support.contract_samples import LATENCY, SNAPSHOT
 
 
 def test_a_snapshot_survives_encode_json_and_parse() -> None:

@@ -9,7 +9,7 @@ import pytest
 from inference_worker.cli import build_parser, config_from_args
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.launch import parse_launch
-from tests.inference_worker.contracts.samples import BATCHING, LAUNCH
+from tests.support.contract_samples import BATCHING, LAUNCH
 
 
 def test_a_launch_spec_survives_its_command_line_and_environment() -> None:

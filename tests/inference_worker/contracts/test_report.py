@@ -9,7 +9,7 @@ import pytest
 
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.report import SCHEMA, encode_report, parse_report
-from tests.inference_worker.contracts.samples import REPORT
+from tests.support.contract_samples import REPORT
 
 
 def test_a_report_survives_encode_json_and_parse() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.routing import SCHEMA, encode_table, parse_table
-from tests.inference_worker.contracts.samples import TABLE
+from tests.support.contract_samples import TABLE
 
 
 def test_a_table_survives_encode_json_and_parse() -> None:

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from deployments.backends.ports import free_port
-from tests.conftest import ROOT, wait_for
+from tests.support.paths import ROOT
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.slow
 

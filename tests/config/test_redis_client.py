@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 from typing import Any
 
 from config.redis import redis_client
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTROL_PLANE = ("config", "accounts", "registry", "deployments", "dashboard", "observability")
 _MAKERS = {"redis.Redis", "redis.StrictRedis", "redis.Redis.from_url", "redis.from_url", "Redis.from_url"}
 

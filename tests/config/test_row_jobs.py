@@ -24,7 +24,7 @@ from deployments.models import WorkerImage
 from deployments.services.images import IMAGE_JOB
 from registry.models import ModelVersion
 from registry.services.conversion import CONVERSION_JOB
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

@@ -1,7 +1,7 @@
 """No module outside ``inference_worker/contracts/`` spells a contract's wire keys.
 
 A contract's keys are read from the contract itself: every key of its encoded
-sample record (``samples.py`` fills every field), the batching option names,
+sample record (``tests/support/contract_samples.py`` fills every field), the batching option names,
 and the worker's flags and variables for the launch spec. A key is *spelled*
 where code uses it as a string literal to build or read a message: a dict
 display key, a subscript, the first argument of ``.get``/``.pop``/
@@ -34,9 +34,9 @@ from inference_worker.contracts.report import encode_report
 from inference_worker.contracts.routing import encode_table
 from inference_worker.contracts.worker_options import ENV_PREFIX, SERVE
 from inference_worker.gateway.config import GATEWAY
-from tests.inference_worker.contracts import samples
+from tests.support import contract_samples as samples
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {"tests", "migrations", "_generated", "contracts", "bench", "node_modules", "static_build", "build"}
 
 WORDS = {"name", "version", "model", "id", "url", "state", "start", "end", "schema", "le", "counts"}

@@ -19,9 +19,20 @@ from deployments.services.batching import propose_batching
 from inference_worker.cli import main
 from inference_worker.contracts.batching import BATCHING, MAX_BATCH_SIZE, BatchingConfig
 from inference_worker.contracts.errors import ContractError
-from tests.dashboard.test_advice import REPORT
 
 NARROW = 16
+REPORT: dict[str, Any] = {
+    "profile": {
+        "batches": [
+            {"batch_size": 1, "onnxruntime_ms": 1.0},
+            {"batch_size": 4, "onnxruntime_ms": 2.0},
+            {"batch_size": 16, "onnxruntime_ms": 5.0},
+            {"batch_size": 64, "onnxruntime_ms": 16.0},
+        ]
+    },
+    "protocols": {"per_request_ms": {"http_json": 0.2, "http_binary": 0.02, "grpc": 0.03}},
+}
+"""A version's conversion report: batch 64 is the advice's pick under the real table (40 ms, 10,000 req/s)."""
 
 
 @pytest.fixture

@@ -39,11 +39,12 @@ from registry import storage
 from registry.models import ModelVersion, RegisteredModel
 from registry.services import convert_version, fail_version, sweep_stale_conversions
 from registry.tasks import convert_version_task, sweep_stale_conversions_task
-from tests import conftest
-from tests.conftest import ROOT, CeleryWorker, Platform, wait_for
-from tests.deployments.factories import ready_version, stored_version
-from tests.deployments.test_process_backend import ready_workers
 from tests.inference_worker import onnx_models
+from tests.support.deployments import ready_workers
+from tests.support.paths import ROOT
+from tests.support.polling import wait_for
+from tests.support.services import CeleryWorker, Platform, database_url_for_children
+from tests.support.versions import ready_version, stored_version
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -503,7 +504,7 @@ def gunicorn(tmp_path: Path, metrics_instance: str) -> Iterator[Gunicorn]:
     leftover.write_bytes(b"an earlier run's file")  # would break (or inflate) every scrape if kept
     env = prometheus_multiprocess_env(tmp_path)
     assert not leftover.exists()
-    env.update(DATABASE_URL=conftest.test_database_url(), KILN_INSTANCE_ID=metrics_instance)
+    env.update(DATABASE_URL=database_url_for_children(), KILN_INSTANCE_ID=metrics_instance)
     port = free_port()
     argv = [
         str(Path(sys.executable).parent / "gunicorn"),

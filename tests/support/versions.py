@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 
 from registry import storage
 from registry.models import ModelVersion, RegisteredModel
-from tests.registry.model_factories import save_onnx_cnn
+from tests.support.torch_models import save_onnx_cnn
 
 PROFILE = {
     "dynamic_batch": True,

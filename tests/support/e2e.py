@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 from rest_framework.test import APIClient
 
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 
 IMAGE = (3, 16, 16)
 

@@ -11,8 +11,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from config import env
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def test_bad_values_are_rejected_with_the_variable_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,8 +14,9 @@ from django.contrib.auth.models import User
 
 from accounts.tokens import create_api_token
 from registry.models import Alias, ModelVersion
-from tests.conftest import ROOT, CeleryWorker
-from tests.registry import model_factories as factories
+from tests.support import torch_models as factories
+from tests.support.paths import ROOT
+from tests.support.services import CeleryWorker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
