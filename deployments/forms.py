@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from deployments.inputs import RolloutPolicy
+from deployments.inputs import RolloutPolicy, VariantSpec, VersionTarget, gpu_ids
 from inference_worker.contracts.batching import BATCHING
 from inference_worker.contracts.options import Kind, OptionField, whole
 
@@ -73,19 +73,19 @@ class DeploymentCreateForm(BatchingFields):
         super().__init__(*args, **kwargs)
         self.fields["backend"].initial = settings.KILN_DEFAULT_BACKEND
 
-    def variant(self) -> dict[str, Any]:
+    def variant(self) -> VariantSpec:
         data = self.cleaned_data
-        device = data["device"].strip()
-        return {
-            "name": "primary",
-            "version": data.get("version") if not data.get("alias") else None,
-            "alias": data.get("alias") or "",
-            "replicas": data["replicas"],
-            "weight": 100,
-            "device": "cpu" if device in ("", "cpu") else device,
-            "backend": data["backend"],
-            "batching": self.batching(),
-        }
+        return VariantSpec(
+            target=VersionTarget(
+                version=None if data.get("alias") else data.get("version"), alias=data.get("alias") or ""
+            ),
+            name="primary",
+            replicas=data["replicas"],
+            weight=100,
+            gpu_ids=gpu_ids(data["device"].strip()),
+            backend=data["backend"],
+            batching=self.batching(),
+        )
 
 
 class ScaleForm(forms.Form):

@@ -15,6 +15,7 @@ from config.errors import NotFoundError, PlatformError
 from deployments import queries, services
 from deployments.backends import get_backend, uses_images
 from deployments.forms import AddVariantForm, DeploymentCreateForm, RolloutForm, ScaleForm, VersionForm
+from deployments.inputs import VariantSpec, VersionTarget
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
 from deployments.services.images import latest_image_of, rebuild_worker_image
@@ -205,8 +206,8 @@ def variant_version(request: HttpRequest, name: str, variant: str) -> HttpRespon
     def act(_d: Any, user: Actor) -> None:
         if not form.is_valid():
             raise PlatformError("give a version number or an alias")
-        target = {"version": form.cleaned_data.get("version"), "alias": form.cleaned_data.get("alias") or ""}
-        services.set_variant_version(variant=row, target={k: v for k, v in target.items() if v}, actor=user)
+        target = VersionTarget.parse(form.cleaned_data)
+        services.set_variant_version(variant=row, target=target, actor=user)
 
     return act_on_deployment(request, name, act, f"Rolling {variant} to the new version.")
 
@@ -220,7 +221,7 @@ def variant_add(request: HttpRequest, name: str) -> HttpResponse:
         if not form.is_valid():
             raise PlatformError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
         raw = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
-        services.add_variant(deployment=deployment, raw=raw, actor=user)
+        services.add_variant(deployment=deployment, spec=VariantSpec.parse(raw), actor=user)
 
     return act_on_deployment(request, name, act, "Variant added at weight 0; its replicas are starting.")
 

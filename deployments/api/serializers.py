@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.backends import uses_images
+from deployments.inputs import VariantSpec, VersionTarget
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.services.images import latest_image_of
 from inference_worker.contracts.batching import BATCHING, encode_batching
@@ -174,6 +175,8 @@ class BatchingInput(serializers.Serializer[Any]):
 
 
 class VariantInput(serializers.Serializer[Any]):
+    """One variant; builds a ``VariantSpec`` (what is left out is chosen when it is deployed)."""
+
     name = serializers.CharField(required=False, max_length=64)
     version = serializers.IntegerField(required=False, allow_null=True)
     alias = serializers.CharField(required=False, allow_blank=True, max_length=64)
@@ -183,6 +186,13 @@ class VariantInput(serializers.Serializer[Any]):
     backend = serializers.CharField(required=False, max_length=16)
     batching = BatchingInput(required=False)
 
+    def spec(self, prefix: str = "") -> VariantSpec:
+        return VariantSpec.parse(_given(self.validated_data), prefix=prefix)
+
+
+def _given(data: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(data).items() if v is not None}
+
 
 class DeploymentCreateInput(serializers.Serializer[Any]):
     name = serializers.CharField(max_length=64)
@@ -190,6 +200,12 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.1, max_value=60_000)
     variants = VariantInput(many=True)
+
+    def specs(self) -> list[VariantSpec]:
+        return [
+            VariantSpec.parse(_given(raw), prefix=f"variants[{i}].")
+            for i, raw in enumerate(self.validated_data["variants"])
+        ]
 
 
 class ScaleInput(serializers.Serializer[Any]):
@@ -199,3 +215,6 @@ class ScaleInput(serializers.Serializer[Any]):
 class VersionInput(serializers.Serializer[Any]):
     version = serializers.IntegerField(required=False, allow_null=True)
     alias = serializers.CharField(required=False, allow_blank=True, max_length=64)
+
+    def target(self) -> VersionTarget:
+        return VersionTarget.parse(self.validated_data)

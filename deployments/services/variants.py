@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 
 from deployments.errors import InvalidDeploymentError
+from deployments.inputs import VersionTarget
 from deployments.models import Deployment, Variant
 from deployments.services.batching import validate_batching
 from deployments.services.deployments import describe_variant, resolve_target
@@ -54,11 +55,11 @@ def scale_variant(*, variant: Variant, replicas: int, actor: Actor) -> Variant:
 
 @transaction.atomic
 def set_variant_version(
-    *, variant: Variant, target: dict[str, Any], actor: Actor, reason: str = ""
+    *, variant: Variant, target: VersionTarget, actor: Actor, reason: str = ""
 ) -> Variant:
-    """Pin a version (``{"version": n}``) or follow an alias (``{"alias": name}``): a rolling update."""
+    """Pin a version or follow an alias: a rolling update."""
     locked = _locked(variant)
-    resolved = resolve_target(locked.deployment.model, target, "")
+    resolved = resolve_target(locked.deployment.model, target)
     before = describe_variant(locked)
     locked.version = resolved.version
     locked.pinned_version = resolved.pinned

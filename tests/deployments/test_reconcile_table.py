@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from deployments.inputs import VariantSpec
 from deployments.models import Deployment, DeploymentStatus, Variant, Worker, WorkerState
 from deployments.reconcile import reconcile_deployment, stop_orphans
 from deployments.reconcile.variant import VariantReconciler
@@ -38,7 +39,11 @@ def _deploy(owner: User, *, replicas: int = 2, variants: list[dict[str, Any]] | 
     return create_deployment(
         name="fraud",
         model=RegisteredModel.objects.get(name="cnn"),
-        variants=variants or [{"name": "primary", "version": 1, "replicas": replicas, "backend": "memory"}],
+        variants=[
+            VariantSpec.parse(raw)
+            for raw in variants
+            or [{"name": "primary", "version": 1, "replicas": replicas, "backend": "memory"}]
+        ],
         actor=owner,
     )
 
