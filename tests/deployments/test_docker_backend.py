@@ -49,9 +49,20 @@ def _test_images(client: docker.DockerClient) -> list[Any]:
 
 
 def _our_containers(client: docker.DockerClient) -> list[Any]:
-    """Containers started by this test session's platforms (running or not)."""
-    containers = client.containers.list(all=True, filters={"label": "kiln.instance"})
-    return [c for c in containers if c.labels.get("kiln.instance", "").startswith(INSTANCE_PREFIX)]
+    """Containers started by this test session's platforms (running or not).
+
+    Listed sparse, then read one by one: the reconcile loop removes containers while we look,
+    and a full listing fails on one that went between the list and its inspection.
+    """
+    found = []
+    for sparse in client.containers.list(all=True, sparse=True, filters={"label": "kiln.instance"}):
+        if not (sparse.attrs.get("Labels") or {}).get("kiln.instance", "").startswith(INSTANCE_PREFIX):
+            continue
+        try:
+            found.append(client.containers.get(sparse.id))
+        except docker.errors.NotFound:
+            continue  # removed since the listing
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -9,47 +9,25 @@ from types import SimpleNamespace
 
 import httpx
 import numpy as np
-import orjson
 
 from inference_worker.config import DynamicBatching
-from inference_worker.contracts.batching import MAX_QUEUE_DELAY_MS
-from tests.inference_worker.conftest import RunningWorker, make_config, running, v2_body, wait_until
-from tests.inference_worker.onnx_models import reference
-
-BIG_K = 1600  # a @ a @ a @ a at this size keeps one thread busy for a few hundred ms
-
-LONGEST_DELAY_US = round((MAX_QUEUE_DELAY_MS.high or 0) * 1000)
-"""The longest queue delay the option table allows: a batch forms by size, not by time."""
-
-
-def square_request(k: int, **extra: object) -> tuple[bytes, dict[str, str]]:
-    a = (np.eye(k, dtype=np.float32) * 0.5)[None]
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "a",
-                    "shape": [1, k, k],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": a.nbytes},
-                }
-            ],
-            "outputs": [{"name": "p", "parameters": {"binary_data": True}}],
-            **extra,
-        }
-    )
-    return header + a.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
-
-
-def post_square(worker: RunningWorker, k: int, **extra: object) -> httpx.Response:
-    body, headers = square_request(k, **extra)
-    return httpx.post(worker.url + "/v2/models/square/infer", content=body, headers=headers, timeout=60)
+from tests.support.onnx_models import reference
+from tests.support.polling import wait_for
+from tests.support.workers import (
+    BIG_K,
+    LONGEST_DELAY_US,
+    RunningWorker,
+    make_config,
+    post_square,
+    running,
+    v2_body,
+)
 
 
 def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Response]:
     """Start a slow request and return once the model is running it."""
     future = pool.submit(post_square, worker, BIG_K)
-    wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
+    wait_for(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
     return future
 
 
@@ -110,7 +88,7 @@ def test_a_full_queue_answers_503_at_once(models: SimpleNamespace) -> None:
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
         running_request = occupy(pool, worker)
         queued = pool.submit(post_square, worker, 8)
-        wait_until(lambda: worker.metric("kiln_worker_queue_depth") == 1)
+        wait_for(lambda: worker.metric("kiln_worker_queue_depth") == 1)
         refused = post_square(worker, 8)
         assert refused.status_code == 503
         assert refused.json() == {"error": "server overloaded: the request queue is full, retry later"}

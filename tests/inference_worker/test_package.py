@@ -10,7 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_worker import build_protos
-from tests.inference_worker.conftest import RunningWorker
+from tests.support.workers import RunningWorker
 
 PACKAGE = Path(build_protos.__file__).resolve().parent
 CONTROL_PLANE = {"django", "rest_framework", "config", "registry", "deployments", "accounts", "celery"}

@@ -39,7 +39,7 @@ from registry import storage
 from registry.models import ModelVersion, RegisteredModel
 from registry.services import convert_version, fail_version, sweep_stale_conversions
 from registry.tasks import convert_version_task, sweep_stale_conversions_task
-from tests.inference_worker import onnx_models
+from tests.support import onnx_models
 from tests.support.deployments import ready_workers
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for

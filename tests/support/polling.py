@@ -10,7 +10,7 @@ import pytest
 
 
 def wait_for(
-    predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.2, message: str = ""
+    predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, message: str = ""
 ) -> Any:
     """Poll ``predicate`` until it returns something truthy (and return that) or fail at the deadline."""
     deadline = time.monotonic() + timeout

@@ -26,7 +26,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from deployments.backends.ports import free_port
-from tests.inference_worker import onnx_models
+from tests.support import onnx_models
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for
 from tests.support.promql import exposed_series_names

@@ -27,7 +27,7 @@ import orjson
 import redis
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.inference_worker.conftest import wait_until as wait_until
+from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -131,7 +131,7 @@ def worker(model: Path, name: str = "clf", version: str = "1", nice: int = 0) ->
     args = ["serve", "--model-name", name, "--model-version", version, "--model-path", str(model)]
     process = start([*args, "--http-port", "0", "--grpc-port", "-1", "--intra-op-threads", "1"], nice=nice)
     try:
-        wait_until(lambda: get(process.url, "/v2/health/ready")[0] == 200, timeout=60)
+        wait_for(lambda: get(process.url, "/v2/health/ready")[0] == 200, timeout=60)
         yield process
     finally:
         process.stop()
@@ -206,7 +206,7 @@ def applied(gateway_url: str, version: int, timeout: float = 10.0) -> None:
         status, _, body = get(gateway_url, "/v2/health/ready")
         return status == 200 and orjson.loads(body).get("routing_table_version") == version
 
-    wait_until(check, timeout=timeout)
+    wait_for(check, timeout=timeout)
 
 
 def get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
