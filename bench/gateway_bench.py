@@ -176,25 +176,28 @@ def wait_http(url: str, path: str, timeout: float = 60.0) -> None:
 
 
 def routing_table(w1: Proc, w2: Proc) -> dict[str, Any]:
-    def variant(name: str, weight: int, worker: Proc) -> dict[str, Any]:
-        replica = {"id": worker.port, "url": worker.url, "grpc": "", "version": 1}
-        return {
-            "name": name,
-            "model_name": "mlp",
-            "version": 1,
-            "weight": weight,
-            "shadow_percent": 0,
-            "replicas": [replica],
-        }
+    """The table the gateway serves from, built with the platform's contract."""
+    from inference_worker.contracts.routing import (
+        DeploymentRecord,
+        ReplicaRecord,
+        TableRecord,
+        VariantRecord,
+        encode_table,
+    )
 
-    return {
-        "version": 1,
-        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(),
-        "deployments": {
-            "mlp": {"model": "mlp", "variants": [variant("a", 100, w1)]},
-            "split": {"model": "mlp", "variants": [variant("a", 50, w1), variant("b", 50, w2)]},
+    def variant(name: str, weight: int, worker: Proc) -> VariantRecord:
+        replica = ReplicaRecord(url=worker.url, id=worker.port, version="1")
+        return VariantRecord(name=name, model_name="mlp", version="1", weight=weight, replicas=(replica,))
+
+    table = TableRecord(
+        version=1,
+        generated_at=datetime.datetime.now(datetime.UTC).isoformat(),
+        deployments={
+            "mlp": DeploymentRecord(model="mlp", variants=(variant("a", 100, w1),)),
+            "split": DeploymentRecord(model="mlp", variants=(variant("a", 50, w1), variant("b", 50, w2))),
         },
-    }
+    )
+    return encode_table(table)
 
 
 # -- load ---------------------------------------------------------------------------------------
@@ -284,7 +287,7 @@ async def _client_run(name: str, url: str, body: bytes, n: int, seconds: float) 
 
         close = session.close
     else:
-        from inference_worker.gateway_proxy import PoolLimits, Upstreams
+        from inference_worker.gateway.proxy import PoolLimits, Upstreams
 
         loop = asyncio.get_running_loop()
         pool = Upstreams(PoolLimits(max_connections=64), 30.0, loop).pool(url, host, int(port))

@@ -24,6 +24,8 @@ def _flatten(detail: Any, prefix: str = "") -> list[str]:
         lines: list[str] = []
         for key, value in detail.items():
             name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(key, int):  # a list serializer's errors, by item index
+                name = f"{prefix}[{key}]"
             if key == "non_field_errors":
                 name = prefix
             lines.extend(_flatten(value, name))

@@ -1,16 +1,11 @@
 """Serving advice from measured numbers: batch size, queue delay, instances and protocol. Pure.
 
-Inputs are the version's conversion report: ONNX Runtime latency per batch size
-(median, this hardware) and each protocol's codec cost per request. For a
-latency budget L and a throughput target T (requests/s, one sample each):
-
-- one worker processes a batch of b in ``lat(b)`` plus ``b x codec`` on its event
-  loop, so it sustains ``b / (lat(b) + b x codec)`` requests/s;
-- a request may wait for the batch in flight and then run in the next, so its
-  worst case is ``delay + 2 x lat(b) + codec``.
-
-The smallest batch meeting both wins (smallest latency); the protocol with the
-cheapest codec is preferred. Extra instances in one worker share the cores the
+The choice is the platform's one batching rule (``deployments.services.batching.propose_batching``,
+whose docstring has the arithmetic), with the throughput target T: the deploy
+form given the same budget and target proposes exactly these options, and the
+advice's link carries them there whole. Around the choice the advice lays out
+every measured (protocol, batch) option and says what falls short when nothing
+meets both the budget and T. Extra instances in one worker share the cores the
 profile already used, so on the CPU the advice keeps one and scales replicas.
 """
 
@@ -20,7 +15,18 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PROTOCOL_LABELS = {"http_json": "HTTP JSON", "http_binary": "HTTP binary", "grpc": "gRPC"}
+from deployments.services.batching import (
+    PROTOCOLS,
+    codec_costs,
+    profiled_batches,
+    propose_batching,
+    queue_delay_ms,
+    throughput_rps,
+    worst_latency_ms,
+)
+from inference_worker.contracts.batching import BATCHING, BatchingConfig
+
+PROTOCOL_LABELS = PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,10 @@ class Advice:
     options: list[Option]
     shortfall: str
     explanation: str
+    batching: BatchingConfig | None = None
+    """The options to deploy with (None when nothing fits the budget)."""
+    deploy: dict[str, str] | None = None
+    """The deploy form's query for exactly this advice (its batching options, replicas, budget, target)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +77,7 @@ class Advice:
             ],
             "shortfall": self.shortfall,
             "explanation": self.explanation,
+            "deploy": self.deploy,
         }
 
 
@@ -75,35 +86,37 @@ def _option_dict(option: Option) -> dict[str, Any]:
 
 
 def _options(report: dict[str, Any], budget_ms: float, target_rps: float) -> list[Option]:
-    rows = [r for r in (report.get("profile") or {}).get("batches") or [] if r.get("onnxruntime_ms")]
-    costs = (report.get("protocols") or {}).get("per_request_ms") or {}
     options = []
-    for protocol, codec in sorted(costs.items(), key=lambda item: item[1]):
-        if protocol not in PROTOCOL_LABELS:
-            continue
-        for row in sorted(rows, key=lambda r: int(r["batch_size"])):
-            size, latency = int(row["batch_size"]), float(row["onnxruntime_ms"])
-            codec_ms = float(codec)
-            delay = (
-                round(max(0.0, min(budget_ms - 2 * latency - codec_ms, latency / 4)), 3) if size > 1 else 0.0
-            )
-            worst = delay + 2 * latency + codec_ms
-            throughput = size / ((latency + size * codec_ms) / 1000.0)
+    for protocol, codec_ms in codec_costs(report).items():
+        for batch in profiled_batches(report):
+            worst = worst_latency_ms(batch, budget_ms, codec_ms)
+            throughput = throughput_rps(batch, codec_ms)
             options.append(
                 Option(
                     protocol=protocol,
-                    batch_size=size,
-                    batch_latency_ms=latency,
+                    batch_size=batch.batch_size,
+                    batch_latency_ms=batch.latency_ms,
                     codec_ms=codec_ms,
-                    queue_delay_ms=delay,
+                    queue_delay_ms=queue_delay_ms(batch, budget_ms, codec_ms),
                     worst_latency_ms=round(worst, 3),
-                    p50_latency_ms=round(latency + codec_ms, 3),
+                    p50_latency_ms=round(batch.latency_ms + codec_ms, 3),
                     throughput_rps=round(throughput, 1),
                     meets_latency=worst <= budget_ms,
                     meets_throughput=throughput >= target_rps,
                 )
             )
     return options
+
+
+def _query(batching: BatchingConfig, replicas: int, budget_ms: float, target_rps: float) -> dict[str, str]:
+    """The deploy form's query string values: every batching option as its field reads it."""
+    query = {name: BATCHING[name].to_text(value) for name, value in batching.values().items()}
+    return {
+        **query,
+        "replicas": str(replicas),
+        "latency_budget_ms": f"{budget_ms:g}",
+        "target_rps": f"{target_rps:g}",
+    }
 
 
 def advise(report: dict[str, Any], *, budget_ms: float, target_rps: float) -> Advice:
@@ -113,20 +126,17 @@ def advise(report: dict[str, Any], *, budget_ms: float, target_rps: float) -> Ad
         return Advice(
             None, 1, 1, [], "No latency profile or protocol costs yet: convert the version again.", ""
         )
-    meeting = [o for o in options if o.meets]
-    if meeting:
-        best = min(meeting, key=lambda o: (o.worst_latency_ms, o.codec_ms))
-        label = PROTOCOL_LABELS[best.protocol]
-        explanation = (
-            f"Batch {best.batch_size} runs in {best.batch_latency_ms:.2f} ms (measured); with {label} "
-            f"({best.codec_ms:.3f} ms codec per request) one worker sustains "
-            f"{best.throughput_rps:,.0f} req/s >= {target_rps:,.0f}, and the worst case "
-            f"{best.worst_latency_ms:.2f} ms (delay {best.queue_delay_ms:g} + 2 x "
-            f"{best.batch_latency_ms:.2f} + codec) fits {budget_ms:g} ms."
-        )
-        return Advice(best, 1, 1, options, "", explanation)
-    within = [o for o in options if o.meets_latency]
-    if not within:
+    proposal = propose_batching(report, latency_budget_ms=budget_ms, target_rps=target_rps)
+    chosen = proposal.measured
+    best = next(
+        (
+            o
+            for o in options
+            if chosen and (o.protocol, o.batch_size) == (proposal.protocol, chosen.batch_size)
+        ),
+        None,
+    )
+    if best is None:
         fastest = min(options, key=lambda o: o.worst_latency_ms)
         over = fastest.worst_latency_ms - budget_ms
         shortfall = (
@@ -135,8 +145,19 @@ def advise(report: dict[str, Any], *, budget_ms: float, target_rps: float) -> Ad
             f"{budget_ms:g} ms budget."
         )
         return Advice(None, 1, 1, options, shortfall, "")
-    best = max(within, key=lambda o: o.throughput_rps)
+    batching = proposal.batching
     replicas = math.ceil(target_rps / best.throughput_rps)
+    deploy = _query(batching, replicas, budget_ms, target_rps)
+    if best.meets:
+        label = PROTOCOL_LABELS[best.protocol]
+        explanation = (
+            f"Batch {best.batch_size} runs in {best.batch_latency_ms:.2f} ms (measured); with {label} "
+            f"({best.codec_ms:.3f} ms codec per request) one worker sustains "
+            f"{best.throughput_rps:,.0f} req/s >= {target_rps:,.0f}, and the worst case "
+            f"{best.worst_latency_ms:.2f} ms (delay {best.queue_delay_ms:g} + 2 x "
+            f"{best.batch_latency_ms:.2f} + codec) fits {budget_ms:g} ms."
+        )
+        return Advice(best, batching.instances, 1, options, "", explanation, batching, deploy)
     missing = target_rps - best.throughput_rps
     shortfall = (
         f"Throughput falls short: within {budget_ms:g} ms one worker reaches at most "
@@ -144,4 +165,4 @@ def advise(report: dict[str, Any], *, budget_ms: float, target_rps: float) -> Ad
         f"{missing:,.0f} req/s ({missing / target_rps:.0%}) below the target of {target_rps:,.0f}. "
         f"{replicas} replicas on separate hardware would reach it."
     )
-    return Advice(best, 1, replicas, options, shortfall, "")
+    return Advice(best, batching.instances, replicas, options, shortfall, "", batching, deploy)

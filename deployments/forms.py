@@ -8,36 +8,45 @@ from django import forms
 from django.conf import settings
 
 from deployments.backends import BACKEND_NAMES
-from deployments.inputs import RolloutPolicy
+from deployments.inputs import Placement, RolloutPolicy, VariantSpec, VersionTarget, gpu_ids
+from inference_worker.contracts.batching import BATCHING
+from inference_worker.contracts.options import Kind, OptionField, whole
+
+
+def batching_field(option: OptionField[Any]) -> forms.Field:
+    """The form field of one batching option: bounds, label and help from the option table."""
+    label, help_text = option.title, option.help
+    if option.kind is Kind.INT:
+        low, high = whole(option.low), whole(option.high)
+        return forms.IntegerField(min_value=low, max_value=high, label=label, help_text=help_text)
+    if option.kind is Kind.FLOAT:
+        return forms.FloatField(min_value=option.low, max_value=option.high, label=label, help_text=help_text)
+    # the preferred sizes, typed as on the worker's command line: 8,16
+    return forms.CharField(required=False, label=label, help_text=help_text)
 
 
 class BatchingFields(forms.Form):
-    max_batch_size = forms.IntegerField(min_value=1, max_value=4096)
-    max_queue_delay_ms = forms.FloatField(min_value=0, max_value=1000, label="Max queue delay (ms)")
-    preferred_batch_sizes = forms.CharField(required=False, help_text="comma-separated, e.g. 8,16")
-    max_queue_size = forms.IntegerField(min_value=1, max_value=100_000)
-    request_timeout_ms = forms.FloatField(min_value=1, max_value=600_000, label="Request timeout (ms)")
-    instances = forms.IntegerField(
-        min_value=1, max_value=16, help_text="model sessions running batches at once"
-    )
+    """One field per batching option, made from the option table with the form (so it follows the table)."""
 
-    def clean_preferred_batch_sizes(self) -> list[int]:
-        raw = self.cleaned_data["preferred_batch_sizes"]
-        try:
-            return [int(x) for x in raw.split(",") if x.strip()]
-        except ValueError:
-            raise forms.ValidationError("use whole numbers separated by commas") from None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for option in BATCHING.values():
+            self.fields[option.name] = batching_field(option)
+        self.order_fields(self.field_order)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        for option in BATCHING.values():
+            if option.kind is Kind.SIZES and isinstance(cleaned.get(option.name), str):
+                try:
+                    cleaned[option.name] = list(option.from_text(cleaned[option.name]))
+                except ValueError:
+                    self.add_error(option.name, "use whole numbers separated by commas")
+        return cleaned
 
     def batching(self) -> dict[str, Any]:
-        keys = (
-            "max_batch_size",
-            "max_queue_delay_ms",
-            "preferred_batch_sizes",
-            "max_queue_size",
-            "request_timeout_ms",
-            "instances",
-        )
-        return {k: self.cleaned_data[k] for k in keys}
+        """The options as the services take them (the API's ``batching`` object)."""
+        return {name: self.cleaned_data[name] for name in BATCHING}
 
 
 class DeploymentCreateForm(BatchingFields):
@@ -68,12 +77,7 @@ class DeploymentCreateForm(BatchingFields):
         "backend",
         "constraints",
         "spread",
-        "max_batch_size",
-        "max_queue_delay_ms",
-        "preferred_batch_sizes",
-        "max_queue_size",
-        "request_timeout_ms",
-        "instances",
+        *BATCHING,
         "description",
     )
 
@@ -81,30 +85,26 @@ class DeploymentCreateForm(BatchingFields):
         super().__init__(*args, **kwargs)
         self.fields["backend"].initial = settings.KILN_DEFAULT_BACKEND
 
-    def variant(self) -> dict[str, Any]:
+    def variant(self) -> VariantSpec:
         data = self.cleaned_data
-        device = data["device"].strip()
-        return {
-            "name": "primary",
-            "version": data.get("version") if not data.get("alias") else None,
-            "alias": data.get("alias") or "",
-            "replicas": data["replicas"],
-            "weight": 100,
-            "device": "cpu" if device in ("", "cpu") else device,
-            "backend": data["backend"],
-            "batching": self.batching(),
-            **self.placement(),
-        }
+        return VariantSpec(
+            target=VersionTarget(
+                version=None if data.get("alias") else data.get("version"), alias=data.get("alias") or ""
+            ),
+            name="primary",
+            replicas=data["replicas"],
+            weight=100,
+            gpu_ids=gpu_ids(data["device"].strip()),
+            backend=data["backend"],
+            batching=self.batching(),
+            placement=self.placement(),
+        )
 
-    def placement(self) -> dict[str, Any]:
-        """The swarm placement typed in, as the service takes it (nothing when both boxes are empty)."""
+    def placement(self) -> Placement:
+        """The swarm placement typed in: constraints one per line, labels to spread over."""
         constraints = [line.strip() for line in self.cleaned_data["constraints"].splitlines() if line.strip()]
-        spread = [
-            part.strip() for part in self.cleaned_data["spread"].replace(",", " ").split() if part.strip()
-        ]
-        if not constraints and not spread:
-            return {}
-        return {"placement": {"constraints": constraints, "spread": spread}}
+        spread = [part for part in self.cleaned_data["spread"].replace(",", " ").split() if part]
+        return Placement.parse({"constraints": constraints, "spread": spread})
 
 
 class ScaleForm(forms.Form):

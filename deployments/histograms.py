@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from inference_worker.contracts.histograms import HistogramRecord, encode_histogram
+
 
 def merge(histograms: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Add up histograms with the same bounds (others are skipped)."""
@@ -56,3 +58,19 @@ def quantile(histogram: dict[str, Any], q: float) -> float | None:
 
 def total(histogram: dict[str, Any]) -> int:
     return sum(int(c) for c in histogram.get("counts", [])) if histogram else 0
+
+
+def stored(record: HistogramRecord | None) -> dict[str, Any]:
+    """How a report's histogram is kept: bounds as text, so the histograms of every report merge.
+
+    (They were stored that way before the contract existed; an absent histogram is ``{}``.)
+    """
+    if record is None:
+        return {}
+    encoded = encode_histogram(record)
+    return {"le": [str(bound) for bound in encoded["le"]], "counts": encoded["counts"]}
+
+
+def quantile_of(record: HistogramRecord, q: float) -> float | None:
+    """``quantile`` of a histogram as a message carried it (a gateway's stats)."""
+    return quantile(encode_histogram(record), q)

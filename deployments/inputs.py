@@ -10,10 +10,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
 from deployments.errors import InvalidDeploymentError
+from registry.models import slug_validator
 
 
 def _percent(value: Any, name: str) -> int:
@@ -188,6 +192,111 @@ def _strings(raw: Any, name: str, *, limit: int) -> list[str]:
     return [item.strip() for item in raw if item.strip()]
 
 
+def slug(value: Any, name: str) -> str:
+    """A name of lowercase letters, digits and hyphens (deployments, variants, aliases)."""
+    if not isinstance(value, str):
+        raise InvalidDeploymentError(f"{name}: must be a string")
+    try:
+        slug_validator(value)
+    except ValidationError:
+        raise InvalidDeploymentError(
+            f"{name}: {value!r} is not valid; use 1-64 lowercase letters, digits and hyphens"
+        ) from None
+    return value
+
+
+@dataclass(frozen=True)
+class VersionTarget:
+    """Which version a variant serves: a pinned number, or an alias it follows (exactly one)."""
+
+    version: int | None = None
+    alias: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.version is None) == (not self.alias):
+            raise InvalidDeploymentError("version: give either a version number or an alias to follow")
+        if self.version is not None and (isinstance(self.version, bool) or not isinstance(self.version, int)):
+            raise InvalidDeploymentError("version: must be a version number")
+        if self.alias:
+            slug(self.alias, "alias")
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> VersionTarget:
+        version = raw.get("version")
+        return cls(version=None if version in (None, "") else version, alias=raw.get("alias") or "")
+
+
+def gpu_ids(device: Any) -> tuple[int, ...]:
+    """``'cpu'``, ``'cuda:0'``, ``'0,1'`` or ``[0, 1]`` as sorted GPU ids (none for the CPU)."""
+    if device in (None, "", "cpu"):
+        return ()
+    if isinstance(device, str) and device.startswith("cuda:"):
+        device = device[5:].split(",")
+    if isinstance(device, str):
+        device = device.split(",")
+    try:
+        ids = sorted({int(str(d).strip()) for d in device})
+    except (TypeError, ValueError):
+        raise InvalidDeploymentError(
+            "device: use 'cpu', 'cuda:0' or a list of GPU ids such as [0, 1]"
+        ) from None
+    if any(i < 0 or i > 63 for i in ids):
+        raise InvalidDeploymentError("device: GPU ids must be between 0 and 63")
+    return tuple(ids)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant as asked for; what is left out is chosen when the deployment is made.
+
+    ``name`` None is ``primary`` for the first variant and ``v<i>`` after it; ``weight`` None is
+    100 for the first and 0 after; ``backend`` None is ``KILN_DEFAULT_BACKEND``. ``batching``
+    holds only the options given: the rest is proposed from the version's latency profile, and
+    the merged options are checked against the batching table.
+    """
+
+    target: VersionTarget
+    name: str | None = None
+    replicas: int = 1
+    weight: int | None = None
+    gpu_ids: tuple[int, ...] = ()
+    backend: str | None = None
+    batching: Mapping[str, Any] = field(default_factory=dict)
+    placement: Placement = field(default_factory=lambda: Placement())
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            slug(self.name, "name")
+        replicas, most = self.replicas, settings.KILN_MAX_REPLICAS
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= most:
+            raise InvalidDeploymentError(f"replicas: must be an integer from 0 to {most}")
+        if self.weight is not None:
+            _percent(self.weight, "weight")
+        if self.backend is not None and not isinstance(self.backend, str):
+            raise InvalidDeploymentError("backend: must be a string")
+        if not isinstance(self.batching, Mapping):
+            raise InvalidDeploymentError("batching: must be an object")
+
+    @classmethod
+    def parse(cls, raw: Any, *, prefix: str = "") -> VariantSpec:
+        """From the API's and the forms' field names (``device`` for the GPU ids); errors carry ``prefix``."""
+        if not isinstance(raw, Mapping):
+            raise InvalidDeploymentError(f"{prefix.rstrip('.')}: must be an object")
+        try:
+            return cls(
+                target=VersionTarget.parse(raw),
+                name=raw.get("name"),
+                replicas=raw.get("replicas", 1),
+                weight=raw.get("weight"),
+                gpu_ids=gpu_ids(raw.get("device", "cpu")),
+                backend=raw.get("backend") or None,
+                batching=dict(raw.get("batching") or {}),
+                placement=Placement.parse(raw.get("placement")),
+            )
+        except InvalidDeploymentError as exc:
+            raise InvalidDeploymentError(f"{prefix}{exc.message}", extra=exc.extra) from None
+
+
 def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidDeploymentError(f"{name}: must be a number")
@@ -195,4 +304,13 @@ def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
         raise InvalidDeploymentError(f"{name}: {what}")
 
 
-__all__ = ("Placement", "RolloutPolicy", "Share", "Split")
+__all__ = (
+    "Placement",
+    "RolloutPolicy",
+    "Share",
+    "Split",
+    "VariantSpec",
+    "VersionTarget",
+    "gpu_ids",
+    "slug",
+)

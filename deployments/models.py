@@ -9,7 +9,14 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from deployments.backends import BACKEND_NAMES
+from inference_worker.contracts import batching as table
+from inference_worker.contracts.options import OptionField
 from registry.models import ModelVersion, RegisteredModel, slug_validator
+
+
+def _column(option: OptionField[Any]) -> dict[str, Any]:
+    """A batching column's default and lower bound, from the option table (which checks the rest)."""
+    return {"default": option.default, "validators": [MinValueValidator(option.low)]}
 
 
 class DeploymentStatus(models.TextChoices):
@@ -82,25 +89,19 @@ class Variant(models.Model):
     shadow_percent = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
     replicas = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(64)])
     gpu_ids = models.JSONField(default=list, blank=True, help_text="empty for CPU")
-    backend = models.CharField(
-        max_length=16, default="process", choices=[(name, name) for name in BACKEND_NAMES]
-    )
-    max_batch_size = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1)])
-    max_queue_delay_ms = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
+    backend = models.CharField(max_length=16, default="process", choices={n: n for n in BACKEND_NAMES})
+    max_batch_size = models.PositiveIntegerField(**_column(table.MAX_BATCH_SIZE))
+    max_queue_delay_ms = models.FloatField(**_column(table.MAX_QUEUE_DELAY_MS))
     preferred_batch_sizes = models.JSONField(default=list, blank=True)
-    max_queue_size = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
-    request_timeout_ms = models.FloatField(default=10_000.0, validators=[MinValueValidator(1.0)])
-    instances = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    max_queue_size = models.PositiveIntegerField(**_column(table.MAX_QUEUE_SIZE))
+    request_timeout_ms = models.FloatField(**_column(table.REQUEST_TIMEOUT_MS))
+    instances = models.PositiveSmallIntegerField(**_column(table.INSTANCES))
     batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
     image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker, swarm)")
     placement_constraints = models.JSONField(
-        default=list,
-        blank=True,
-        help_text="swarm: nodes replicas may run on, e.g. node.labels.kiln.gpu==true",
+        default=list, blank=True, help_text="swarm: e.g. node.role==worker"
     )
-    placement_spread = models.JSONField(
-        default=list, blank=True, help_text="swarm: spread replicas evenly over these, e.g. node.labels.zone"
-    )
+    placement_spread = models.JSONField(default=list, blank=True, help_text="swarm: e.g. node.labels.zone")
     remove_requested_at = models.DateTimeField(
         null=True, blank=True, help_text="set when removed: its workers drain, then the row goes"
     )
@@ -124,6 +125,16 @@ class Variant(models.Model):
         ids = self.gpu_ids or []
         return f"cuda:{ids[0]}" if ids else "cpu"
 
+    @property
+    def batching(self) -> table.BatchingConfig:
+        """The batching options of the columns, as the worker gets them."""
+        return table.parse_batching({name: getattr(self, name) for name in table.BATCHING})
+
+    @property
+    def batching_summary(self) -> str:
+        """The batching options in words, for pages."""
+        return table.BATCHING.describe(self.batching.values())
+
 
 class WorkerState(models.TextChoices):
     STARTING = "starting", "Starting"
@@ -140,11 +151,9 @@ LIVE_WORKER_STATES = (WorkerState.STARTING, WorkerState.READY, WorkerState.UNHEA
 class Worker(models.Model):
     """One replica of a variant: a process or a container, as the backend started it.
 
-    The report token is stored as a digest; ``restarts`` counts replacements of
-    this replica slot, carried over to the worker that replaces it. On a backend that
-    owns placement (swarm) a row mirrors one task of the variant's service: the handle is
-    the task's id, ``slot`` its replica slot and ``node`` the machine it was placed on.
-    """
+    The report token is stored as a digest; ``restarts`` counts replacements of this replica
+    slot, carried over to the worker that replaces it. On swarm a row mirrors one task of the
+    variant's service: ``handle`` is the task id, ``slot`` and ``node`` where it was placed."""
 
     variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="workers")
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="workers")

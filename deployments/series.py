@@ -254,21 +254,26 @@ def gateway_numbers(deployment: Deployment) -> dict[str, Any]:
     stats = variant_stats(deployment.name, read_snapshots())
     out: dict[str, Any] = {}
     for name, numbers in stats.items():
-        latency = numbers.get("latency_ms") or {}
         summary = shadow_summary(numbers)
         out[name] = {
-            "requests": numbers.get("requests", 0),
-            "responses": numbers.get("responses", {}),
-            "latency_p50_ms": histograms.quantile(latency, 0.5),
-            "latency_p99_ms": histograms.quantile(latency, 0.99),
+            "requests": numbers.requests,
+            "responses": dict(numbers.responses),
+            "latency_p50_ms": histograms.quantile_of(numbers.latency_ms, 0.5),
+            "latency_p99_ms": histograms.quantile_of(numbers.latency_ms, 0.99),
             "shadow": None
             if summary is None
             else {
-                **{k: v for k, v in summary.items() if k not in ("latency_ms", "live_latency_ms")},
-                "shadow_p50_ms": histograms.quantile(summary["latency_ms"], 0.5),
-                "live_p50_ms": histograms.quantile(summary["live_latency_ms"], 0.5),
-                "shadow_p99_ms": histograms.quantile(summary["latency_ms"], 0.99),
-                "live_p99_ms": histograms.quantile(summary["live_latency_ms"], 0.99),
+                "sent": summary.sent,
+                "dropped": summary.dropped,
+                "errors": summary.errors,
+                "compared": summary.compared,
+                "argmax_agreement": summary.argmax_agreement,
+                "mean_max_abs_diff": summary.mean_max_abs_diff,
+                "max_abs_diff": summary.max_abs_diff,
+                "shadow_p50_ms": histograms.quantile_of(summary.latency_ms, 0.5),
+                "live_p50_ms": histograms.quantile_of(summary.live_latency_ms, 0.5),
+                "shadow_p99_ms": histograms.quantile_of(summary.latency_ms, 0.99),
+                "live_p99_ms": histograms.quantile_of(summary.live_latency_ms, 0.99),
             },
         }
     return out

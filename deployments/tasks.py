@@ -45,7 +45,7 @@ def downsample_reports_task() -> dict[str, int]:
 def publish_routing_table_task() -> int:
     from deployments.services import publish_routing_table
 
-    return len(publish_routing_table()["deployments"])
+    return len(publish_routing_table().deployments)
 
 
 @shared_task(name="deployments.advance_rollouts", acks_late=True, soft_time_limit=60, time_limit=90)

@@ -15,9 +15,11 @@ from config.errors import NotFoundError, PlatformError
 from deployments import queries, services
 from deployments.backends import get_backend, uses_images
 from deployments.forms import AddVariantForm, DeploymentCreateForm, RolloutForm, ScaleForm, VersionForm
+from deployments.inputs import VariantSpec, VersionTarget
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
 from deployments.services.images import latest_image_of, rebuild_worker_image
+from inference_worker.contracts.batching import BATCHING
 from registry import queries as registry_queries
 from registry.audit import Actor
 
@@ -36,18 +38,18 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 def deployment_create(request: HttpRequest, name: str, number: int) -> HttpResponse:
     version = registry_queries.version_for_change(name, number, request.user)
     budget = _budget(request)
-    proposal, note = propose_batching(version.report or {}, latency_budget_ms=budget)
+    proposal = propose_batching(version.report or {}, latency_budget_ms=budget, target_rps=_target(request))
     initial = {
-        **proposal.as_dict(),
-        "preferred_batch_sizes": ",".join(map(str, proposal.preferred_batch_sizes)),
+        **{option: BATCHING[option].to_text(value) for option, value in proposal.batching.values().items()},
         "version": version.version,
         "name": version.model.name,
         "replicas": 1,
         "device": "cpu",
     }
-    for field in ("max_batch_size", "max_queue_delay_ms", "instances", "replicas"):
+    for field in (*BATCHING, "replicas"):  # a link from the serving advice carries its exact options
         if request.GET.get(field):
             initial[field] = request.GET[field]
+    note = proposal.note
     form = DeploymentCreateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -66,6 +68,15 @@ def deployment_create(request: HttpRequest, name: str, number: int) -> HttpRespo
             return redirect("deployments:detail", name=deployment.name)
     context = {"version": version, "model": version.model, "form": form, "note": note, "budget": budget}
     return render(request, "deployments/deployment_create.html", context, status=400 if form.errors else 200)
+
+
+def _target(request: HttpRequest) -> float | None:
+    """The throughput target the serving advice was asked for, if the page came from it."""
+    try:
+        value = float(request.GET.get("target_rps") or "nan")
+    except ValueError:
+        return None
+    return value if 1.0 <= value <= 1e9 else None
 
 
 def _budget(request: HttpRequest) -> float:
@@ -195,8 +206,8 @@ def variant_version(request: HttpRequest, name: str, variant: str) -> HttpRespon
     def act(_d: Any, user: Actor) -> None:
         if not form.is_valid():
             raise PlatformError("give a version number or an alias")
-        target = {"version": form.cleaned_data.get("version"), "alias": form.cleaned_data.get("alias") or ""}
-        services.set_variant_version(variant=row, target={k: v for k, v in target.items() if v}, actor=user)
+        target = VersionTarget.parse(form.cleaned_data)
+        services.set_variant_version(variant=row, target=target, actor=user)
 
     return act_on_deployment(request, name, act, f"Rolling {variant} to the new version.")
 
@@ -210,7 +221,7 @@ def variant_add(request: HttpRequest, name: str) -> HttpResponse:
         if not form.is_valid():
             raise PlatformError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
         raw = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
-        services.add_variant(deployment=deployment, raw=raw, actor=user)
+        services.add_variant(deployment=deployment, spec=VariantSpec.parse(raw), actor=user)
 
     return act_on_deployment(request, name, act, "Variant added at weight 0; its replicas are starting.")
 

@@ -2,9 +2,11 @@
 
 Field names follow Triton's model configuration (``max_batch_size``,
 ``preferred_batch_sizes``, ``max_queue_delay_microseconds``...) while the flags
-keep the units operators type (``--max-queue-delay-ms``); ``cli.main()`` does
-the conversion. ``__post_init__`` rejects combinations that cannot work, with
-a message that names the flags.
+keep the units operators type (``--max-queue-delay-ms``). Defaults and
+numeric bounds come from the option table (``contracts.worker_options``, the
+batching options from ``contracts.batching``: the platform checks the same
+ones); ``__post_init__`` refuses what cannot work, with a message that names
+the flag.
 """
 
 from __future__ import annotations
@@ -12,12 +14,38 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-MIB = 1024 * 1024
+from inference_worker.contracts import worker_options as options
+from inference_worker.contracts.batching import (
+    INSTANCES,
+    MAX_BATCH_SIZE,
+    MAX_QUEUE_DELAY_MS,
+    MAX_QUEUE_SIZE,
+    REQUEST_TIMEOUT_MS,
+    BatchingConfig,
+)
+from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.options import OptionField
+
+MIB = options.MIB
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """An option value the worker cannot start with; the message is one line."""
+
+
+def refused(exc: ContractError) -> ConfigError:
+    """A value the option table refuses, worded with its flag (``--max-batch-size: must be ...``)."""
+    return ConfigError(f"--{exc.field.replace('_', '-')}: {exc.reason}")
+
+
+def _checked(option: OptionField[T], value: object) -> T:
+    try:
+        return option.check(value)
+    except ContractError as exc:
+        raise refused(exc) from None
 
 
 _DEVICE = re.compile(r"^(cpu|cuda:\d{1,2})$")
@@ -29,13 +57,13 @@ class ModelConfig:
 
     name: str
     path: Path
-    version: str = "1"
+    version: str = options.MODEL_VERSION.default
     sha256: str | None = None
-    device: str = "cpu"
-    instance_count: int = 1
-    intra_op_num_threads: int = 0
+    device: str = options.DEVICE.default
+    instance_count: int = INSTANCES.default
+    intra_op_num_threads: int = options.INTRA_OP_THREADS.default
     """0 lets ONNX Runtime pick (one per physical core)."""
-    allow_spinning: bool = False
+    allow_spinning: bool = options.INTRA_OP_SPINNING.default
     """Intra-op threads spin-wait between parallel sections: off, they leave the cores to the event loop."""
 
     def __post_init__(self) -> None:
@@ -49,92 +77,93 @@ class ModelConfig:
             raise ConfigError("--model-sha256: expected 64 lowercase hexadecimal digits")
         if not _DEVICE.match(self.device):
             raise ConfigError(f"--device: {self.device!r} is not 'cpu' or 'cuda:N'")
-        if not 1 <= self.instance_count <= 64:
-            raise ConfigError("--instances: must be between 1 and 64")
-        if not 0 <= self.intra_op_num_threads <= 256:
-            raise ConfigError("--intra-op-threads: must be between 0 and 256")
+        _checked(INSTANCES, self.instance_count)
+        _checked(options.INTRA_OP_THREADS, self.intra_op_num_threads)
 
 
 @dataclass(frozen=True)
 class DynamicBatching:
     """Triton's dynamic batcher: when a queued request runs, and with whom."""
 
-    max_batch_size: int = 32
+    max_batch_size: int = MAX_BATCH_SIZE.default
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_microseconds: int = 0
+    max_queue_delay_microseconds: int = round(MAX_QUEUE_DELAY_MS.default * 1000)
     """0 is Triton's default: take whatever is queued, so an idle worker answers at once."""
-    max_queue_size: int = 1024
-    default_timeout_microseconds: int = 10_000_000
+    max_queue_size: int = MAX_QUEUE_SIZE.default
+    default_timeout_microseconds: int = round(REQUEST_TIMEOUT_MS.default * 1000)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_batch_size <= 65536:
-            raise ConfigError("--max-batch-size: must be between 1 and 65536")
-        for size in self.preferred_batch_sizes:
-            if not 1 <= size <= self.max_batch_size:
-                raise ConfigError(
-                    f"--preferred-batch-sizes: {size} is outside 1..--max-batch-size ({self.max_batch_size})"
-                )
-        if list(self.preferred_batch_sizes) != sorted(set(self.preferred_batch_sizes)):
-            raise ConfigError("--preferred-batch-sizes: sizes must be distinct and increasing")
-        if not 0 <= self.max_queue_delay_microseconds <= 10_000_000:
-            raise ConfigError("--max-queue-delay-ms: must be between 0 and 10000")
-        if not 1 <= self.max_queue_size <= 1_000_000:
-            raise ConfigError("--max-queue-size: must be between 1 and 1000000")
-        if not 1_000 <= self.default_timeout_microseconds <= 3_600_000_000:
-            raise ConfigError("--request-timeout-ms: must be between 1 and 3600000")
+        self.options()
+
+    @classmethod
+    def from_options(cls, batching: BatchingConfig) -> DynamicBatching:
+        """The batcher's view of the options the platform (or the command line) gave."""
+        return cls(
+            max_batch_size=batching.max_batch_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            max_queue_delay_microseconds=round(batching.max_queue_delay_ms * 1000),
+            max_queue_size=batching.max_queue_size,
+            default_timeout_microseconds=round(batching.request_timeout_ms * 1000),
+        )
+
+    def options(self, instances: int = INSTANCES.default) -> BatchingConfig:
+        """The same options in the table's units; the table's bounds refuse what they must."""
+        try:
+            return BatchingConfig(
+                max_batch_size=self.max_batch_size,
+                max_queue_delay_ms=self.max_queue_delay_microseconds / 1000,
+                preferred_batch_sizes=self.preferred_batch_sizes,
+                max_queue_size=self.max_queue_size,
+                request_timeout_ms=self.default_timeout_microseconds / 1000,
+                instances=instances,
+            )
+        except ContractError as exc:
+            raise refused(exc) from None
 
 
 @dataclass(frozen=True)
 class Limits:
     """Bounds checked before the worker allocates anything for a request."""
 
-    max_body_bytes: int = 64 * MIB
+    max_body_bytes: int = options.MAX_BODY_BYTES.default
     max_header_bytes: int = 64 * 1024
     """HTTP request line and headers together; also gRPC metadata."""
-    max_tensor_elements: int = 1 << 24
+    max_tensor_elements: int = options.MAX_TENSOR_ELEMENTS.default
     max_tensor_rank: int = 8
-    max_queue_bytes: int = 1024 * MIB
+    max_queue_bytes: int = options.MAX_QUEUE_BYTES.default
     """Bytes of input tensors waiting in the queue, all requests together."""
-    max_grpc_message_bytes: int = 64 * MIB
+    max_grpc_message_bytes: int = options.MAX_GRPC_MESSAGE_BYTES.default
     max_parameters: int = 64
     max_name_length: int = 256
 
     def __post_init__(self) -> None:
-        if not 1024 <= self.max_body_bytes <= 4096 * MIB:
-            raise ConfigError("--max-body-bytes: must be between 1 KiB and 4 GiB")
-        if not 1024 <= self.max_grpc_message_bytes <= 2047 * MIB:
-            raise ConfigError("--max-grpc-message-bytes: must be between 1 KiB and 2047 MiB")
-        if not 1 <= self.max_tensor_elements <= 1 << 34:
-            raise ConfigError("--max-tensor-elements: must be between 1 and 2**34")
-        if not self.max_queue_bytes >= 1024:
-            raise ConfigError("--max-queue-bytes: must be at least 1 KiB")
+        _checked(options.MAX_BODY_BYTES, self.max_body_bytes)
+        _checked(options.MAX_GRPC_MESSAGE_BYTES, self.max_grpc_message_bytes)
+        _checked(options.MAX_TENSOR_ELEMENTS, self.max_tensor_elements)
+        _checked(options.MAX_QUEUE_BYTES, self.max_queue_bytes)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Where the worker listens."""
 
-    host: str = "127.0.0.1"
-    http_port: int = 8080
-    grpc_port: int = 8081
+    host: str = options.HOST.default
+    http_port: int = options.HTTP_PORT.default
+    grpc_port: int = options.GRPC_PORT.default
     """-1 turns the gRPC server off."""
-    drain_timeout_s: float = 30.0
-    shutdown_delay_s: float = 0.0
+    drain_timeout_s: float = options.DRAIN_TIMEOUT_S.default
+    shutdown_delay_s: float = options.SHUTDOWN_DELAY_S.default
     """After SIGTERM, keep serving this long (not ready, reporting ``draining``) before the drain:
     time for an orchestrator that stops workers on its own (Swarm) to let the platform unroute it."""
-    listen_file: str = ""
+    listen_file: str = options.LISTEN_FILE.default
     """Once listening, write the address and the ports actually bound here (JSON), for a health
     check that cannot know a port chosen at start (port 0)."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.http_port <= 65535:
-            raise ConfigError("--http-port: must be between 0 and 65535")
-        if not -1 <= self.grpc_port <= 65535:
-            raise ConfigError("--grpc-port: must be between 0 and 65535 (or -1 for no gRPC)")
-        if not 0 < self.drain_timeout_s <= 3600:
-            raise ConfigError("--drain-timeout-s: must be between 0 and 3600")
-        if not 0 <= self.shutdown_delay_s <= 600:
-            raise ConfigError("--shutdown-delay-s: must be between 0 and 600")
+        _checked(options.HTTP_PORT, self.http_port)
+        _checked(options.GRPC_PORT, self.grpc_port)
+        _checked(options.DRAIN_TIMEOUT_S, self.drain_timeout_s)
+        _checked(options.SHUTDOWN_DELAY_S, self.shutdown_delay_s)
 
 
 @dataclass(frozen=True)
@@ -143,7 +172,7 @@ class ReportConfig:
 
     url: str | None = None
     token: str | None = field(default=None, repr=False)
-    interval_s: float = 5.0
+    interval_s: float = options.REPORT_INTERVAL_S.default
     worker_id: str = "worker"
     timeout_s: float = 2.0
 
@@ -152,8 +181,7 @@ class ReportConfig:
             raise ConfigError("--report-url: expected an http:// or https:// URL")
         if self.url is not None and not self.token:
             raise ConfigError("--report-token: required with --report-url")
-        if not 0.05 <= self.interval_s <= 3600:
-            raise ConfigError("--report-interval-s: must be between 0.05 and 3600")
+        _checked(options.REPORT_INTERVAL_S, self.interval_s)
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,128}", self.worker_id):
             raise ConfigError("--worker-id: must be 1-128 letters, digits, '_', '.', ':', '-'")
 

@@ -24,6 +24,7 @@ import numpy as np
 from inference_worker import __version__
 from inference_worker.batcher import Batcher, Done, Pending
 from inference_worker.config import DynamicBatching
+from inference_worker.contracts import report
 from inference_worker.errors import InvalidRequest, ModelNotFound, Unavailable
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.runtime import ModelSignature, TensorSpec
@@ -35,10 +36,10 @@ EXTENSIONS = ("binary_tensor_data", "model_stream_infer", "kserve_v1_predict", "
 class State(enum.Enum):
     """Lifecycle of the worker; only READY takes inference."""
 
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"
-    FAILED = "failed"
+    LOADING = report.LOADING
+    READY = report.READY
+    DRAINING = report.DRAINING
+    FAILED = report.FAILED
 
 
 @dataclass(slots=True)

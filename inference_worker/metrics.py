@@ -17,13 +17,13 @@ import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from inference_worker.batcher import Batch
+from inference_worker.contracts.report import DeviceStats
 from inference_worker.errors import OUTCOMES
 
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -133,7 +133,7 @@ class WorkerMetrics:
         self.inferences = 0
         self.batches = 0
         self.gauges: dict[str, Callable[[], float]] = {}
-        self.device_stats: Callable[[], list[dict[str, Any]]] = list
+        self.device_stats: Callable[[], list[DeviceStats]] = list
 
     def on_request(self, protocol: str, outcome: str, seconds: float) -> None:
         """A request answered (any outcome), ``seconds`` after it was read."""
@@ -215,21 +215,28 @@ def _gauge(name: str, doc: str, labels: list[str], values: list[str], value: flo
     return gauge
 
 
-def _device_families(devices: list[dict[str, Any]], base: list[str], values: list[str]) -> Iterator[Metric]:
+_DEVICE_GAUGES: tuple[tuple[str, str, Callable[[DeviceStats], float | None]], ...] = (
+    ("kiln_worker_device_memory_used_bytes", "Device memory in use.", lambda d: d.memory_used_bytes),
+    ("kiln_worker_device_memory_total_bytes", "Device memory in all.", lambda d: d.memory_total_bytes),
+    (
+        "kiln_worker_device_utilization_ratio",
+        "Device compute utilization (0-1) over the last sample period.",
+        lambda d: d.utilization_ratio,
+    ),
+)
+
+
+def _device_families(devices: list[DeviceStats], base: list[str], values: list[str]) -> Iterator[Metric]:
     if not devices:
         return
-    for key, doc in (
-        ("memory_used_bytes", "Device memory in use."),
-        ("memory_total_bytes", "Device memory in all."),
-        ("utilization_ratio", "Device compute utilization (0-1) over the last sample period."),
-    ):
-        gauge = GaugeMetricFamily(f"kiln_worker_device_{key}", doc, labels=[*base, "device"])
+    for name, doc, read in _DEVICE_GAUGES:
+        gauge = GaugeMetricFamily(name, doc, labels=[*base, "device"])
         for device in devices:
-            gauge.add_metric([*values, str(device["index"])], float(device[key]))
+            gauge.add_metric([*values, str(device.index)], float(read(device) or 0.0))
         yield gauge
 
 
-def gpu_reader(device_id: int | None) -> Callable[[], list[dict[str, Any]]]:
+def gpu_reader(device_id: int | None) -> Callable[[], list[DeviceStats]]:
     """A function reading the GPU's memory and utilization through NVML; empty on CPU.
 
     nvidia-ml-py is optional (GPU images only): without it, or without a
@@ -247,20 +254,20 @@ def gpu_reader(device_id: int | None) -> Callable[[], list[dict[str, Any]]]:
         logging.getLogger("inference_worker.metrics").warning("no GPU stats for cuda:%d: %s", device_id, exc)
         return list
 
-    def read() -> list[dict[str, Any]]:
+    def read() -> list[DeviceStats]:
         try:
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             utilization = pynvml.nvmlDeviceGetUtilizationRates(handle)
         except Exception:  # a transient NVML error must not fail a scrape or a report
             return []
         return [
-            {
-                "index": device_id,
-                "name": name.decode() if isinstance(name, bytes) else str(name),
-                "memory_used_bytes": int(memory.used),
-                "memory_total_bytes": int(memory.total),
-                "utilization_ratio": utilization.gpu / 100.0,
-            }
+            DeviceStats(
+                index=device_id,
+                name=name.decode() if isinstance(name, bytes) else str(name),
+                memory_used_bytes=int(memory.used),
+                memory_total_bytes=int(memory.total),
+                utilization_ratio=utilization.gpu / 100.0,
+            )
         ]
 
     return read

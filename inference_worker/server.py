@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from inference_worker.batcher import Batcher, Runner, ThreadRunner
 from inference_worker.config import ConfigError, WorkerConfig
+from inference_worker.contracts.report import Listen, encode_listen
 from inference_worker.dataplane import DataPlane, State
 from inference_worker.grpc_api import GrpcServer
 from inference_worker.http_api import HttpApi
@@ -91,7 +92,7 @@ class Worker:
                 self.config.report,
                 self.dataplane,
                 device_stats=self.metrics.device_stats,
-                listen={"http_port": self.http_port, "grpc_port": self.grpc_port},
+                listen=Listen(http_port=self.http_port, grpc_port=self.grpc_port),
             )
             self._reporter_task = self._loop.create_task(self._reporter.run())
         await self._stop.wait()
@@ -136,11 +137,10 @@ class Worker:
             self._write_listen_file(server.listen_file)
 
     def _write_listen_file(self, path: str) -> None:
-        """Where the worker listens, as JSON, replaced whole (a reader never sees half of it)."""
-        listen = {"host": self.config.server.host, "http_port": self.http_port, "grpc_port": self.grpc_port}
+        """The ports bound, as reports carry them (``contracts.report``), replaced whole (never half read)."""
         partial = f"{path}.{os.getpid()}.tmp"
         with open(partial, "w") as handle:
-            json.dump(listen, handle)
+            json.dump(encode_listen(Listen(http_port=self.http_port, grpc_port=self.grpc_port)), handle)
         os.replace(partial, path)
 
     def _load(self, model_bytes: bytes) -> list[OrtRuntime]:

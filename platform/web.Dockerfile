@@ -25,6 +25,7 @@ COPY accounts/ accounts/
 COPY registry/ registry/
 COPY deployments/ deployments/
 COPY dashboard/ dashboard/
+COPY observability/ observability/
 COPY templates/ templates/
 COPY static/ static/
 COPY static_build/ static_build/

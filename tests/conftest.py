@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,8 +18,15 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.tokens import create_api_token
+from tests.support.services import (
+    CeleryBeat,
+    CeleryWorker,
+    Gateway,
+    Platform,
+    database_url_for_children,
+    stop_workers_of,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 # One private queue per test session: Celery builds its router once, so the name cannot change later.
 TEST_QUEUE = f"kiln-test-{os.getpid()}"
 
@@ -121,93 +126,6 @@ def web_as() -> Callable[[User], Client]:
     return make
 
 
-def wait_for(
-    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, message: str = ""
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {message or predicate}")
-        time.sleep(interval)
-
-
-def test_database_url() -> str:
-    """The DATABASE_URL of the database pytest-django created, for child processes."""
-    db = settings.DATABASES["default"]
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-class Service:
-    """A real subprocess of the platform (its own session, its output in a log file)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def argv(self) -> list[str]:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(),
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (a Celery worker's pool children included)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-class CeleryWorker(Service):
-    """A real ``celery worker`` bound to the test database and the session's private queues."""
-
-    def argv(self) -> list[str]:
-        queue = self.env["KILN_CELERY_QUEUE"]
-        return [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            f"{queue},{queue}.long",
-            "-c",
-            "2",
-            "-l",
-            "info",
-            "-n",
-            f"test-{os.getpid()}-{time.monotonic_ns()}@localhost",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-
-
 @pytest.fixture
 def celery_worker(
     transactional_db: None, settings: Any, tmp_path: Path, request: pytest.FixtureRequest
@@ -216,7 +134,7 @@ def celery_worker(
     queue = TEST_QUEUE
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url_for_children(),
         "KILN_CELERY_QUEUE": queue,
         "KILN_ARTIFACT_ROOT": str(settings.KILN_ARTIFACT_ROOT),
         "KILN_CONVERT_LEASE_S": str(settings.KILN_CONVERT_LEASE_S),
@@ -247,71 +165,6 @@ def scratch_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kiln-tests-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-class CeleryBeat(Service):
-    """A real ``celery beat`` sending the periodic tasks to the session's queues."""
-
-    def argv(self) -> list[str]:
-        schedule = self.log_path.parent / "beat-schedule"
-        return [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "info", "-s", str(schedule)]
-
-
-class Gateway(Service):
-    """A real ``inference_worker gateway`` serving the test's routing table."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        from deployments.backends.ports import free_port
-
-        super().__init__(env, log_path)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "inference_worker",
-            "gateway",
-            "--port",
-            str(self.port),
-            "--redis-url",
-            self.env["REDIS_URL"],
-            "--routing-key",
-            self.env["KILN_ROUTING_KEY"],
-            "--reload-interval-s",
-            "1",
-        ]
-
-    def start(self) -> None:
-        import httpx
-
-        super().start()
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=30, message="the gateway to answer")
-
-
-class Platform:
-    """The control plane as it runs in production, on the test database: web, Celery worker, beat, gateway."""
-
-    def __init__(self, url: str, worker: CeleryWorker, beat: CeleryBeat, gateway: Gateway) -> None:
-        self.url = url
-        self.worker = worker
-        self.beat = beat
-        self.gateway = gateway
-
-    def restart(self) -> None:
-        """Kill the Celery worker and beat outright and start new ones (a platform restart)."""
-        self.beat.stop()
-        self.worker.kill()
-        self.worker.start()
-        self.beat.start()
 
 
 @pytest.fixture
@@ -360,16 +213,4 @@ def platform(
     gateway.stop()
     beat.stop()
     celery_worker.stop()
-    _stop_workers_of(instance)
-
-
-def _stop_workers_of(instance: str) -> None:
-    marker = f"KILN_MANAGED_BY={instance}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                os.killpg(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            continue
+    stop_workers_of(instance)

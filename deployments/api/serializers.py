@@ -9,8 +9,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.backends import BACKEND_NAMES, uses_images
+from deployments.inputs import VariantSpec, VersionTarget
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.services.images import latest_image_of
+from inference_worker.contracts.batching import BATCHING, encode_batching
+from inference_worker.contracts.options import Kind, OptionField, whole
 
 
 class WorkerOutput(serializers.ModelSerializer[Worker]):
@@ -116,14 +119,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         )
 
     def get_batching(self, obj: Variant) -> dict[str, Any]:
-        return {
-            "max_batch_size": obj.max_batch_size,
-            "max_queue_delay_ms": obj.max_queue_delay_ms,
-            "preferred_batch_sizes": obj.preferred_batch_sizes,
-            "max_queue_size": obj.max_queue_size,
-            "request_timeout_ms": obj.request_timeout_ms,
-            "instances": obj.instances,
-        }
+        return encode_batching(obj.batching)
 
     @extend_schema_field(PlacementInput())
     def get_placement(self, obj: Variant) -> dict[str, list[str]]:
@@ -181,16 +177,29 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
         }
 
 
+def batching_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
+    """The input field of one batching option: type and bounds from the option table, not required."""
+    low, high = whole(option.low), whole(option.high)
+    if option.kind is Kind.INT:
+        return serializers.IntegerField(required=False, help_text=option.help, min_value=low, max_value=high)
+    if option.kind is Kind.FLOAT:
+        return serializers.FloatField(
+            required=False, help_text=option.help, min_value=option.low, max_value=option.high
+        )
+    child = serializers.IntegerField(min_value=low, max_value=high)  # the preferred sizes
+    return serializers.ListField(child=child, required=False, help_text=option.help)
+
+
 class BatchingInput(serializers.Serializer[Any]):
-    max_batch_size = serializers.IntegerField(required=False)
-    max_queue_delay_ms = serializers.FloatField(required=False)
-    preferred_batch_sizes = serializers.ListField(child=serializers.IntegerField(), required=False)
-    max_queue_size = serializers.IntegerField(required=False)
-    request_timeout_ms = serializers.FloatField(required=False)
-    instances = serializers.IntegerField(required=False)
+    """Any of the batching options; the fields are made from the option table at validation time."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {option.name: batching_field(option) for option in BATCHING.values()}
 
 
 class VariantInput(serializers.Serializer[Any]):
+    """One variant; builds a ``VariantSpec`` (what is left out is chosen when it is deployed)."""
+
     name = serializers.CharField(required=False, max_length=64)
     version = serializers.IntegerField(required=False, allow_null=True)
     alias = serializers.CharField(required=False, allow_blank=True, max_length=64)
@@ -205,6 +214,13 @@ class VariantInput(serializers.Serializer[Any]):
     batching = BatchingInput(required=False)
     placement = PlacementInput(required=False)
 
+    def spec(self, prefix: str = "") -> VariantSpec:
+        return VariantSpec.parse(_given(self.validated_data), prefix=prefix)
+
+
+def _given(data: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(data).items() if v is not None}
+
 
 class DeploymentCreateInput(serializers.Serializer[Any]):
     name = serializers.CharField(max_length=64)
@@ -212,6 +228,12 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.1, max_value=60_000)
     variants = VariantInput(many=True)
+
+    def specs(self) -> list[VariantSpec]:
+        return [
+            VariantSpec.parse(_given(raw), prefix=f"variants[{i}].")
+            for i, raw in enumerate(self.validated_data["variants"])
+        ]
 
 
 class ScaleInput(serializers.Serializer[Any]):
@@ -221,3 +243,6 @@ class ScaleInput(serializers.Serializer[Any]):
 class VersionInput(serializers.Serializer[Any]):
     version = serializers.IntegerField(required=False, allow_null=True)
     alias = serializers.CharField(required=False, allow_blank=True, max_length=64)
+
+    def target(self) -> VersionTarget:
+        return VersionTarget.parse(self.validated_data)

@@ -21,7 +21,8 @@ from deployments.api.traffic_serializers import (
 )
 from deployments.models import Deployment, TrafficChange
 from deployments.services import rollouts, traffic
-from deployments.services.gateway_stats import shadow_summary, variant_stats
+from deployments.services.gateway_stats import ShadowSummary, shadow_summary, variant_stats
+from inference_worker.contracts.histograms import HistogramRecord
 
 
 class TrafficView(APIView):
@@ -82,7 +83,7 @@ class ShadowView(APIView):
     @extend_schema(responses=ShadowComparisonOutput)
     def get(self, request: Request, name: str, variant: str) -> Response:
         queries.get_variant(name, variant)
-        summary = shadow_summary(variant_stats(name).get(variant, {}))
+        summary = shadow_summary(variant_stats(name).get(variant))
         report = shadow_report(summary) if summary is not None else _NO_COMPARISON
         return Response(ShadowComparisonOutput({"variant": variant, **report}).data)
 
@@ -109,14 +110,23 @@ _NO_COMPARISON: dict[str, Any] = {
 }
 
 
-def shadow_report(summary: dict[str, Any]) -> dict[str, Any]:
+def shadow_report(summary: ShadowSummary) -> dict[str, Any]:
     """Agreement and latency of shadow vs live, with percentiles from the histograms."""
-    out = {k: v for k, v in summary.items() if k not in ("latency_ms", "live_latency_ms")}
-    for label, key in (("shadow", "latency_ms"), ("live", "live_latency_ms")):
-        out[f"{label}_latency_ms"] = {
-            f"p{int(q * 100)}": histograms.quantile(summary[key], q) for q in (0.5, 0.95, 0.99)
-        }
-    return out
+
+    def percentiles(histogram: HistogramRecord) -> dict[str, float | None]:
+        return {f"p{round(q * 100)}": histograms.quantile_of(histogram, q) for q in (0.5, 0.95, 0.99)}
+
+    return {
+        "sent": summary.sent,
+        "dropped": summary.dropped,
+        "errors": summary.errors,
+        "compared": summary.compared,
+        "argmax_agreement": summary.argmax_agreement,
+        "mean_max_abs_diff": summary.mean_max_abs_diff,
+        "max_abs_diff": summary.max_abs_diff,
+        "shadow_latency_ms": percentiles(summary.latency_ms),
+        "live_latency_ms": percentiles(summary.live_latency_ms),
+    }
 
 
 class RolloutListView(APIView):

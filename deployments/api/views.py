@@ -24,10 +24,6 @@ from deployments.services.images import rebuild_worker_image
 from registry import queries as registry_queries
 
 
-def _clean(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v is not None}
-
-
 class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deployment]):
     """Deployments: create, list, read, stop, start, delete; variants: add, scale, change version."""
 
@@ -55,7 +51,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
         deployment = services.create_deployment(
             name=data.validated_data["name"],
             model=model,
-            variants=[_clean(dict(v)) for v in data.validated_data["variants"]],
+            variants=data.specs(),
             actor=request.user,  # type: ignore[arg-type]
             description=data.validated_data["description"],
             latency_budget_ms=data.validated_data.get("latency_budget_ms"),
@@ -96,9 +92,7 @@ class VariantListView(APIView):
         deployment = queries.deployment_for_change(name, request.user)
         data = s.VariantInput(data=request.data)
         data.is_valid(raise_exception=True)
-        variant = services.add_variant(
-            deployment=deployment, raw=_clean(dict(data.validated_data)), actor=request.user
-        )
+        variant = services.add_variant(deployment=deployment, spec=data.spec(), actor=request.user)
         return Response(s.VariantOutput(queries.get_variant(name, variant.name)).data, status=201)
 
 
@@ -137,9 +131,7 @@ class VersionView(APIView):
         row = queries.variant_for_change(name, variant, request.user)
         data = s.VersionInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.set_variant_version(
-            variant=row, target=_clean(dict(data.validated_data)), actor=request.user
-        )
+        services.set_variant_version(variant=row, target=data.target(), actor=request.user)
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
 

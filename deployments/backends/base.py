@@ -10,7 +10,7 @@ worker row. ``owns_placement`` tells them apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,7 @@ import httpx
 from typing_extensions import TypeIs
 
 from config.errors import PlatformError
+from inference_worker.contracts.launch import LaunchSpec
 
 
 class BackendError(PlatformError):
@@ -33,67 +34,30 @@ class WorkerSpec:
     worker_id: int
     deployment: str
     variant: str
-    model_name: str
-    model_version: int
     onnx_path: Path
-    onnx_sha256: str
     gpu_ids: tuple[int, ...]
-    max_batch_size: int
-    max_queue_delay_ms: float
-    preferred_batch_sizes: tuple[int, ...]
-    max_queue_size: int
-    request_timeout_ms: float
-    instances: int
-    report_url: str
-    report_token: str
-    report_interval_s: float
+    launch: LaunchSpec
+    """The worker's command line (``contracts.launch``); ``placed`` fills in where it runs."""
     image: str = ""
     labels: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def device(self) -> str:
-        return f"cuda:{self.gpu_ids[0]}" if self.gpu_ids else "cpu"
+    def placed(
+        self, *, host: str, http_port: int, grpc_port: int, model_path: str, report_url: str = ""
+    ) -> LaunchSpec:
+        """The launch spec as the worker sees it: its address, ports and model file, and its GPU.
 
-    def worker_args(self, *, host: str, http_port: int, grpc_port: int, model_path: str) -> list[str]:
-        """The ``inference-worker serve`` arguments (the token goes through the environment)."""
-        args = [
-            "serve",
-            "--model-name",
-            self.model_name,
-            "--model-version",
-            str(self.model_version),
-            "--model-path",
-            model_path,
-            "--model-sha256",
-            self.onnx_sha256,
-            "--host",
-            host,
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-            "--device",
-            self.device,
-            "--instances",
-            str(self.instances),
-            "--max-batch-size",
-            str(self.max_batch_size),
-            "--max-queue-delay-ms",
-            str(self.max_queue_delay_ms),
-            "--max-queue-size",
-            str(self.max_queue_size),
-            "--request-timeout-ms",
-            str(self.request_timeout_ms),
-            "--report-url",
-            self.report_url,
-            "--report-interval-s",
-            str(self.report_interval_s),
-            "--worker-id",
-            str(self.worker_id),
-        ]
-        if self.preferred_batch_sizes:
-            args += ["--preferred-batch-sizes", ",".join(map(str, self.preferred_batch_sizes))]
-        return args
+        A backend makes only the granted GPUs visible to the worker, which numbers them
+        from 0, so a GPU worker always runs on ``cuda:0``.
+        """
+        return replace(
+            self.launch,
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            model_path=model_path,
+            device="cuda:0" if self.gpu_ids else "cpu",
+            report_url=report_url or self.launch.report_url,
+        )
 
 
 @dataclass(frozen=True)

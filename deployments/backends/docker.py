@@ -52,6 +52,7 @@ from deployments.backends.docker_engine import (
 from deployments.backends.logs import tail_file
 from deployments.backends.ports import free_port
 from deployments.image_build import MODEL_PATH_IN_IMAGE
+from inference_worker.contracts.worker_options import GRPC_PORT, HOST, HTTP_PORT
 
 CONTAINER_HTTP_PORT, CONTAINER_GRPC_PORT = 8080, 8081
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -174,25 +175,21 @@ class DockerBackend:
         """``containers.create`` arguments: command, labels, environment, network, limits, GPUs (without
         ``client``, no engine is asked: a bridge's gateway stays ``host-gateway``)."""
         bridge = settings.KILN_DOCKER_NETWORK != "host"
-        args = spec.worker_args(
-            host=bind, http_port=http_port, grpc_port=grpc_port, model_path=MODEL_PATH_IN_IMAGE
+        report_url = report_url_for_containers(spec.launch.report_url, bridge=bridge)
+        launch = spec.placed(
+            host=bind,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            model_path=MODEL_PATH_IN_IMAGE,
+            report_url=report_url,
         )
-        if spec.gpu_ids:
-            args[args.index("--device") + 1] = "cuda:0"  # the engine numbers the granted GPUs from 0
-        report_at = args.index("--report-url") + 1
-        args[report_at] = report_url_for_containers(spec.report_url, bridge=bridge)
         options: dict[str, Any] = {
-            "command": args,
+            "command": launch.argv(),
             "name": container_name(spec.worker_id),
             "detach": True,
             "labels": self._labels(spec),
-            "environment": {
-                "KILN_WORKER_REPORT_TOKEN": spec.report_token,
-                # The image's HEALTHCHECK reads where the worker listens from these.
-                "KILN_WORKER_HOST": bind,
-                "KILN_WORKER_HTTP_PORT": str(http_port),
-                "KILN_WORKER_GRPC_PORT": str(grpc_port),
-            },
+            # The image's HEALTHCHECK reads where the worker listens from these.
+            "environment": launch.environment(HOST.name, HTTP_PORT.name, GRPC_PORT.name),
             "network_mode": settings.KILN_DOCKER_NETWORK,
             "restart_policy": restart_policy(),
             "log_config": LogConfig(
@@ -282,7 +279,7 @@ class DockerBackend:
             "kiln.worker": str(spec.worker_id),
             "kiln.deployment": spec.deployment,
             "kiln.variant": spec.variant,
-            "kiln.version": str(spec.model_version),
+            "kiln.version": spec.launch.model_version,
         }
 
     def _remove_leftover(self, client: docker.DockerClient, name: str) -> None:

@@ -26,6 +26,7 @@ from deployments.backends.base import (
 )
 from deployments.backends.logs import tail_file
 from deployments.backends.ports import free_port
+from inference_worker.contracts.worker_options import ENV_PREFIX
 
 _MARKER = "KILN_MANAGED_BY"
 
@@ -70,24 +71,19 @@ class ProcessBackend:
         http_port, grpc_port = free_port(self.host), free_port(self.host)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"worker-{spec.worker_id}.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "inference_worker",
-            *spec.worker_args(
-                host=self.host, http_port=http_port, grpc_port=grpc_port, model_path=str(spec.onnx_path)
-            ),
-        ]
+        launch = spec.placed(
+            host=self.host, http_port=http_port, grpc_port=grpc_port, model_path=str(spec.onnx_path)
+        )
+        argv = [sys.executable, "-m", "inference_worker", *launch.argv()]
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("KILN_WORKER_", "DJANGO_"))},
-            "KILN_WORKER_REPORT_TOKEN": spec.report_token,
+            **{k: v for k, v in os.environ.items() if not k.startswith((ENV_PREFIX, "DJANGO_"))},
+            **launch.environment(),
             "PYTHONUNBUFFERED": "1",
             _MARKER: settings.KILN_INSTANCE_ID,
-            "KILN_WORKER_DB_ID": str(spec.worker_id),
+            f"{ENV_PREFIX}DB_ID": str(spec.worker_id),
         }
         if spec.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
-            argv[argv.index("--device") + 1] = "cuda:0"
         with log_path.open("ab") as log:
             log.write(f"--- starting worker {spec.worker_id} at {time.strftime('%F %T')}\n".encode())
             log.flush()

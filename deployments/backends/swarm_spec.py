@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.conf import settings
@@ -38,6 +38,9 @@ from docker.utils import parse_bytes
 from deployments.backends.base import TASK_ID, ServiceSpec
 from deployments.backends.docker import report_url_for_containers
 from deployments.image_build import MODEL_PATH_IN_IMAGE
+from inference_worker.contracts import worker_options as options
+from inference_worker.contracts.options import OptionField
+from inference_worker.contracts.worker_options import ENV_PREFIX
 
 GPU_RESOURCE = "NVIDIA-GPU"
 """The generic resource GPU nodes advertise (``dockerd --node-generic-resource NVIDIA-GPU=<uuid>``)."""
@@ -53,13 +56,6 @@ SPEC = "kiln.spec"
 FINGERPRINT = "kiln.service-spec"
 TOKEN_DIGEST = "kiln.report-token-sha256"  # noqa: S105 - a label name
 SECRET = "kiln.secret"  # noqa: S105 - a label name
-
-_HEALTH = (
-    "import json, urllib.request\n"
-    f"listen = json.load(open({LISTEN_FILE!r}))\n"
-    "host = listen['host'] if listen['host'] not in ('', '0.0.0.0', '::') else '127.0.0.1'\n"
-    "urllib.request.urlopen('http://%s:%d/v2/health/ready' % (host, listen['http_port']), timeout=2)\n"
-)
 
 
 @dataclass(frozen=True)
@@ -99,40 +95,28 @@ def container_labels(spec: ServiceSpec) -> dict[str, str]:
         **labels,
         INSTANCE: settings.KILN_INSTANCE_ID,
         VARIANT_ID: str(spec.variant_id),
-        "kiln.version": str(spec.worker.model_version),
+        "kiln.version": spec.worker.launch.model_version,
         SPEC: spec.spec_hash,
     }
 
 
 def worker_command(spec: ServiceSpec) -> tuple[list[str], list[str]]:
     """The worker's arguments and environment: identity and report URL come per task, through templates."""
-    args = spec.worker.worker_args(
+    report_url = report_url_for_containers(spec.worker.launch.report_url, bridge=False)
+    placed = spec.worker.placed(
         host=settings.KILN_SWARM_BIND_HOST, http_port=0, grpc_port=0, model_path=MODEL_PATH_IN_IMAGE
     )
-    args = _without(args, "--report-url", "--worker-id")
-    if spec.worker.gpu_ids:
-        args[args.index("--device") + 1] = "cuda:0"  # the runtime numbers the granted GPUs from 0
-    report_url = report_url_for_containers(spec.worker.report_url, bridge=False)
-    env = [
-        f"KILN_WORKER_REPORT_URL={report_url.replace(TASK_ID, SWARM_TASK_ID)}",
-        f"KILN_WORKER_WORKER_ID={SWARM_TASK_ID}",
-        f"KILN_WORKER_REPORT_TOKEN_FILE=/run/secrets/{TOKEN_FILE}",
-        f"KILN_WORKER_LISTEN_FILE={LISTEN_FILE}",
-        f"KILN_WORKER_SHUTDOWN_DELAY_S={settings.KILN_SWARM_SHUTDOWN_DELAY_S:g}",
-        f"KILN_WORKER_DRAIN_TIMEOUT_S={settings.KILN_DRAIN_GRACE_S:g}",
+    per_task: list[tuple[OptionField[Any], object]] = [
+        (options.REPORT_URL, report_url.replace(TASK_ID, SWARM_TASK_ID)),
+        (options.WORKER_ID, SWARM_TASK_ID),
+        (options.LISTEN_FILE, LISTEN_FILE),
+        (options.SHUTDOWN_DELAY_S, settings.KILN_SWARM_SHUTDOWN_DELAY_S),
+        (options.DRAIN_TIMEOUT_S, settings.KILN_DRAIN_GRACE_S),
     ]
-    return args, env
-
-
-def _without(args: list[str], *flags: str) -> list[str]:
-    kept: list[str] = []
-    pairs = iter(args)
-    for arg in pairs:
-        if arg in flags:
-            next(pairs, None)
-        else:
-            kept.append(arg)
-    return kept
+    env = [f"{option.env(ENV_PREFIX)}={option.to_text(value)}" for option, value in per_task]
+    env.append(f"{options.REPORT_TOKEN.env(ENV_PREFIX)}_FILE=/run/secrets/{TOKEN_FILE}")
+    # Left out of the command line (empty values are), so the per-task variables above apply.
+    return replace(placed, report_url="", worker_id="").argv(), env
 
 
 def task_template(spec: ServiceSpec, *, secret: Secret) -> dict[str, Any]:
@@ -149,7 +133,12 @@ def task_template(spec: ServiceSpec, *, secret: Secret) -> dict[str, Any]:
             SecretReference(secret.id, secret.name, filename=TOKEN_FILE, uid="10001", gid="10001", mode=0o400)
         ],
         healthcheck=Healthcheck(
-            test=["CMD", "python3", "-c", _HEALTH],
+            test=[
+                "CMD",
+                "python3",
+                "-c",
+                _health_check(settings.KILN_SWARM_BIND_HOST),
+            ],
             interval=int(settings.KILN_SWARM_HEALTH_INTERVAL_S * SECOND_NS),
             timeout=3 * SECOND_NS,
             retries=3,
@@ -172,6 +161,18 @@ def task_template(spec: ServiceSpec, *, secret: Secret) -> dict[str, Any]:
         networks=["host"],
     )
     return dict(template)
+
+
+def _health_check(bind: str) -> str:
+    """The readiness check, run by the image's Python (the worker and its contracts are installed there):
+    the port comes from the listen file, the address from where the worker binds."""
+    host = "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind  # noqa: S104 - compared, not bound
+    return (
+        "import json, urllib.request\n"
+        "from inference_worker.contracts.report import parse_listen\n"
+        f"port = parse_listen(json.load(open({LISTEN_FILE!r}))).http_port\n"
+        f"urllib.request.urlopen('http://{host}:%d/v2/health/ready' % port, timeout=2)\n"
+    )
 
 
 def _resources(spec: ServiceSpec) -> Resources:

@@ -31,6 +31,8 @@ from deployments.backends.base import Replica, ServiceBackend, ServiceStatus
 from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerState
 from deployments.reconcile.spec import pick_image, service_spec, spec_hash
 from deployments.services.events import record_deployment_event
+from deployments.services.workers import last_report_of
+from inference_worker.contracts.report import DRAINING, Listen
 from registry.models import ModelVersion
 
 CRASH_WINDOW = timedelta(seconds=60)
@@ -133,7 +135,8 @@ class ServiceReconciler:
         if task.node and task.node != row.node:
             Worker.objects.filter(pk=row.pk).update(node=task.node)
             row.node = task.node
-        leaving = task.stopping or (row.last_report or {}).get("state") == "draining"
+        report = last_report_of(row)
+        leaving = task.stopping or (report is not None and report.state == DRAINING)
         if row.state not in LIVE_WORKER_STATES:
             return
         if leaving:
@@ -143,8 +146,8 @@ class ServiceReconciler:
         if not task.running:
             return  # pending, pulling or starting: the orchestrator's business
         if row.state == WorkerState.STARTING:
-            if not row.http_url:
-                self.locate(row, task)
+            if not row.http_url and report is not None and report.listen is not None:
+                self.locate(row, task, report.listen)
             if row.http_url and self.backend.probe_ready(row.handle, http_url=row.http_url):
                 self.set_state(row, WorkerState.READY, ready_at=self.now, last_heartbeat=self.now)
             return
@@ -153,14 +156,13 @@ class ServiceReconciler:
         if row.state == WorkerState.READY and silent > settings.KILN_WORKER_STALE_S:
             self.set_state(row, WorkerState.UNHEALTHY, last_error=f"no report for {silent:.0f} s")
 
-    def locate(self, row: Worker, task: Replica) -> None:
+    def locate(self, row: Worker, task: Replica, listen: Listen) -> None:
         """The worker's address: its node's, with the ports its first report gave."""
-        listen = (row.last_report or {}).get("listen") or {}
-        http_port, grpc_port = listen.get("http_port"), listen.get("grpc_port")
-        if not task.address or not isinstance(http_port, int) or http_port <= 0:
+        if not task.address:
             return
         host = f"[{task.address}]" if ":" in task.address else task.address
-        grpc = f"{host}:{grpc_port}" if isinstance(grpc_port, int) and grpc_port > 0 else ""
+        http_port, grpc_port = listen.http_port, listen.grpc_port
+        grpc = f"{host}:{grpc_port}" if grpc_port > 0 else ""
         Worker.objects.filter(pk=row.pk).update(http_url=f"http://{host}:{http_port}", grpc_target=grpc)
         row.http_url, row.grpc_target = f"http://{host}:{http_port}", grpc
 

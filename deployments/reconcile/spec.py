@@ -11,22 +11,20 @@ from django.conf import settings
 from deployments.backends import ServiceSpec, WorkerSpec
 from deployments.backends.base import TASK_ID
 from deployments.models import Deployment, ImageStatus, Variant, Worker
+from inference_worker.contracts.launch import LaunchSpec
 from registry import storage
 
 
 def spec_hash(variant: Variant) -> str:
-    """A fingerprint of everything that needs a new worker when it changes."""
+    """A fingerprint of everything that needs a new worker when it changes.
+
+    The batching options are listed in the option table's order, so a new option (a
+    new flag for the worker) changes every fingerprint: the workers roll to get it.
+    """
     data = {
         "version": variant.version_id,
         "onnx": variant.version.onnx_sha256,
-        "batching": [
-            variant.max_batch_size,
-            variant.max_queue_delay_ms,
-            sorted(variant.preferred_batch_sizes),
-            variant.max_queue_size,
-            variant.request_timeout_ms,
-            variant.instances,
-        ],
+        "batching": list(variant.batching.values().values()),
         "gpu_ids": sorted(variant.gpu_ids),
         "backend": variant.backend,
         "image": variant.image,
@@ -99,20 +97,18 @@ def _launch(
         worker_id=worker_id,
         deployment=deployment.name,
         variant=variant.name,
-        model_name=deployment.name,
-        model_version=version.version,
         onnx_path=storage.resolve(version.onnx_path),
-        onnx_sha256=version.onnx_sha256,
         gpu_ids=tuple(variant.gpu_ids),
-        max_batch_size=variant.max_batch_size,
-        max_queue_delay_ms=variant.max_queue_delay_ms,
-        preferred_batch_sizes=tuple(variant.preferred_batch_sizes),
-        max_queue_size=variant.max_queue_size,
-        request_timeout_ms=variant.request_timeout_ms,
-        instances=variant.instances,
-        report_url=report_url,
-        report_token=token,
-        report_interval_s=settings.KILN_REPORT_INTERVAL_S,
+        launch=LaunchSpec(
+            model_name=deployment.name,
+            model_version=str(version.version),
+            model_sha256=version.onnx_sha256,
+            batching=variant.batching,
+            report_url=report_url,
+            report_token=token,
+            report_interval_s=settings.KILN_REPORT_INTERVAL_S,
+            worker_id=str(worker_id),
+        ),
         image=variant.image,
         labels={
             "deployment": deployment.name,

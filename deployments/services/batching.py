@@ -1,124 +1,160 @@
-"""Batching options: validation, and a proposal measured from the conversion profile."""
+"""Batching options: checked against the option table, and proposed from the measured profile.
+
+``propose_batching`` is the one rule that proposes batching: the deploy form
+and the API start from it, and the serving advice (``dashboard.advice``)
+chooses by it. Inputs are the version's conversion report: ONNX Runtime
+latency per batch size, and each protocol's codec cost per request (the
+cheapest protocol is counted: it is the one the advice recommends). For a
+budget L:
+
+- a request may wait for the batch in flight and then run in its own, so its
+  worst case is ``delay + 2 x lat(b) + codec``;
+- the queue delay is what the budget leaves, at most a quarter of ``lat(b)``,
+  so an idle worker still answers quickly (none for a batch of 1);
+- a worker sustains ``b / (lat(b) + b x codec)`` requests/s.
+
+Without a throughput target the largest batch that fits wins (the most
+throughput the budget allows); with one, the lowest worst case that meets it,
+else the most throughput that fits. Only batch sizes the option table accepts
+are considered.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 from deployments.errors import InvalidDeploymentError
+from inference_worker.contracts.batching import BATCHING, MAX_BATCH_SIZE, BatchingConfig, parse_batching
+from inference_worker.contracts.errors import ContractError
 
-MAX_BATCH = 4096
-MAX_QUEUE_DELAY_MS = 1000.0
-MAX_QUEUE_SIZE = 100_000
-MAX_TIMEOUT_MS = 600_000.0
-MAX_INSTANCES = 16
+PROTOCOLS = {"http_json": "HTTP JSON", "http_binary": "HTTP binary", "grpc": "gRPC"}
+"""The protocols whose codec cost conversion measures, and their names for people."""
+
+
+def validate_batching(
+    raw: dict[str, Any], *, prefix: str = "", fixed_batch: bool = False, base: BatchingConfig | None = None
+) -> BatchingConfig:
+    """The options ``raw`` asks for on top of ``base`` (the defaults without one); errors name the field."""
+    try:
+        config = parse_batching(raw, base=base)
+    except ContractError as exc:
+        raise InvalidDeploymentError(f"{prefix}{exc}", extra={"field": f"{prefix}{exc.field}"}) from None
+    return config.unbatched() if fixed_batch and config.max_batch_size != 1 else config
+
+
+def below(config: BatchingConfig, max_batch_size: int) -> BatchingConfig:
+    """``config`` without the preferred sizes a smaller max batch size would refuse."""
+    sizes = tuple(size for size in config.preferred_batch_sizes if size <= max_batch_size)
+    return replace(config, preferred_batch_sizes=sizes)
+
+
+# -- the rule ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measured:
+    """One profiled batch size and its median ONNX Runtime latency."""
+
+    batch_size: int
+    latency_ms: float
+
+
+def profiled_batches(report: dict[str, Any]) -> list[Measured]:
+    """The profile's batch sizes the option table accepts (batch 1 only without a dynamic batch axis)."""
+    rows = (report.get("profile") or {}).get("batches") or []
+    measured = sorted(
+        (Measured(int(r["batch_size"]), float(r["onnxruntime_ms"])) for r in rows if r.get("onnxruntime_ms")),
+        key=lambda m: m.batch_size,
+    )
+    highest = BATCHING[MAX_BATCH_SIZE.name].high or math.inf  # the table as it is now
+    if not report.get("dynamic_batch", True):
+        highest = 1
+    return [m for m in measured if 1 <= m.batch_size <= highest]
+
+
+def codec_costs(report: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds per request of each known protocol, cheapest first."""
+    costs = (report.get("protocols") or {}).get("per_request_ms") or {}
+    known = {protocol: float(cost) for protocol, cost in costs.items() if protocol in PROTOCOLS}
+    return dict(sorted(known.items(), key=lambda item: item[1]))
+
+
+def queue_delay_ms(batch: Measured, budget_ms: float, codec_ms: float = 0.0) -> float:
+    if batch.batch_size <= 1:
+        return 0.0
+    return round(max(0.0, min(budget_ms - 2 * batch.latency_ms - codec_ms, batch.latency_ms / 4)), 3)
+
+
+def worst_latency_ms(batch: Measured, budget_ms: float, codec_ms: float = 0.0) -> float:
+    return queue_delay_ms(batch, budget_ms, codec_ms) + 2 * batch.latency_ms + codec_ms
+
+
+def throughput_rps(batch: Measured, codec_ms: float = 0.0) -> float:
+    return batch.batch_size / ((batch.latency_ms + batch.batch_size * codec_ms) / 1000.0)
 
 
 @dataclass(frozen=True)
-class Batching:
-    """The worker's batching options (Triton's names)."""
+class Proposal:
+    """The proposed options, why, and the measured batch they rest on (None: nothing fits)."""
 
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 0.0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024
-    request_timeout_ms: float = 10_000.0
-    instances: int = 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "max_batch_size": self.max_batch_size,
-            "max_queue_delay_ms": self.max_queue_delay_ms,
-            "preferred_batch_sizes": list(self.preferred_batch_sizes),
-            "max_queue_size": self.max_queue_size,
-            "request_timeout_ms": self.request_timeout_ms,
-            "instances": self.instances,
-        }
+    batching: BatchingConfig
+    note: str
+    measured: Measured | None = None
+    protocol: str | None = None
+    """The protocol whose codec cost was counted (the cheapest measured); None without costs."""
+    codec_ms: float = 0.0
 
 
-def _number(
-    raw: dict[str, Any], field: str, default: float, low: float, high: float, *, integer: bool
-) -> Any:
-    value = raw.get(field, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (integer and not isinstance(value, int))
-    ):
-        kind = "an integer" if integer else "a number"
-        raise InvalidDeploymentError(f"{field}: must be {kind}", extra={"field": field})
-    if not low <= value <= high or value != value:
-        raise InvalidDeploymentError(f"{field}: {value} is outside {low:g}..{high:g}", extra={"field": field})
-    return value
-
-
-def validate_batching(raw: dict[str, Any], *, prefix: str = "", fixed_batch: bool = False) -> Batching:
-    """Check every option against sane bounds; errors name the field."""
-    try:
-        max_batch = _number(raw, "max_batch_size", 32, 1, MAX_BATCH, integer=True)
-        delay = float(_number(raw, "max_queue_delay_ms", 0.0, 0.0, MAX_QUEUE_DELAY_MS, integer=False))
-        queue = _number(raw, "max_queue_size", 1024, 1, MAX_QUEUE_SIZE, integer=True)
-        timeout = float(_number(raw, "request_timeout_ms", 10_000.0, 1.0, MAX_TIMEOUT_MS, integer=False))
-        instances = _number(raw, "instances", 1, 1, MAX_INSTANCES, integer=True)
-        preferred_raw = raw.get("preferred_batch_sizes") or []
-        if not isinstance(preferred_raw, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in preferred_raw
-        ):
-            raise InvalidDeploymentError("preferred_batch_sizes: must be a list of integers")
-        preferred = tuple(sorted(set(preferred_raw)))
-        if any(s < 1 or s > max_batch for s in preferred):
-            raise InvalidDeploymentError(
-                f"preferred_batch_sizes: every size must be between 1 and max_batch_size ({max_batch})"
-            )
-    except InvalidDeploymentError as exc:
-        raise InvalidDeploymentError(f"{prefix}{exc.message}", extra=exc.extra) from None
-    if fixed_batch and max_batch != 1:
-        max_batch, preferred, delay = 1, (), 0.0
-    return Batching(max_batch, delay, preferred, queue, timeout, instances)
-
-
-def propose_batching(report: dict[str, Any], *, latency_budget_ms: float) -> tuple[Batching, str]:
-    """The largest batch whose profiled latency fits the budget, and a queue delay from the rest.
-
-    A request can wait for the batch in flight and then run in its own, so the rule
-    is ``2 x latency(batch) + delay <= budget``; the delay is at most a quarter of
-    the batch latency, so an idle worker still answers quickly.
-    """
-    rows = sorted(
-        (
-            r
-            for r in (report.get("profile") or {}).get("batches") or []
-            if r.get("onnxruntime_ms") is not None
-        ),
-        key=lambda r: int(r["batch_size"]),
-    )
+def propose_batching(
+    report: dict[str, Any], *, latency_budget_ms: float, target_rps: float | None = None
+) -> Proposal:
+    """The batching options for a version, from its profile (see the module's docstring)."""
+    rows = profiled_batches(report)
+    costs = codec_costs(report)
+    protocol, codec = next(iter(costs.items()), (None, 0.0))
+    budget = latency_budget_ms
+    fitting = [m for m in rows if 2 * m.latency_ms + codec <= budget]
+    chosen = _choose(fitting, codec, target_rps)
     if not report.get("dynamic_batch", True):
-        return Batching(max_batch_size=1), "The model has a fixed batch dimension: batching is off."
+        note = "The model has a fixed batch dimension: batching is off."
+        return Proposal(BatchingConfig().unbatched(), note, chosen, protocol, codec)
     if not rows:
-        return Batching(), "No latency profile yet: Triton-like defaults (max batch 32, no queue delay)."
-    fitting = [r for r in rows if 2 * float(r["onnxruntime_ms"]) <= latency_budget_ms]
-    if not fitting:
-        first = rows[0]
-        return (
-            Batching(max_batch_size=1),
-            f"Even batch 1 takes {float(first['onnxruntime_ms']):.2f} ms, so twice that exceeds the "
-            f"{latency_budget_ms:g} ms budget: batching is off.",
+        default = MAX_BATCH_SIZE.default
+        note = f"No latency profile yet: Triton-like defaults (max batch {default}, no queue delay)."
+        return Proposal(BatchingConfig(), note)
+    if chosen is None:
+        note = (
+            f"Even batch {rows[0].batch_size} takes {rows[0].latency_ms:.2f} ms, so twice that"
+            f"{_plus(codec, protocol)} exceeds the {budget:g} ms budget: batching is off."
         )
-    best = fitting[-1]
-    size, latency = int(best["batch_size"]), float(best["onnxruntime_ms"])
-    delay = round(min(latency_budget_ms - 2 * latency, latency / 4), 2)
-    preferred = tuple(int(r["batch_size"]) for r in fitting if int(r["batch_size"]) >= max(2, size // 4))
-    larger = rows[len(fitting)] if len(fitting) < len(rows) else None
+        return Proposal(BatchingConfig(max_batch_size=1), note, None, protocol, codec)
+    size, latency = chosen.batch_size, chosen.latency_ms
+    delay = queue_delay_ms(chosen, budget, codec)
+    preferred = tuple(m.batch_size for m in fitting if max(2, size // 4) <= m.batch_size <= size)
+    config = BatchingConfig(max_batch_size=size, max_queue_delay_ms=delay, preferred_batch_sizes=preferred)
+    larger = next((m for m in rows if m.batch_size > size), None)
     note = (
         f"Batch {size} takes {latency:.2f} ms (profiled), so a request waiting for one batch and running in "
-        f"the next stays within 2 x {latency:.2f} = {2 * latency:.2f} ms of the {latency_budget_ms:g} ms "
-        f"budget; the queue delay of {delay:g} ms fits the rest. Larger batches exceed it"
-        + (
-            f" (batch {larger['batch_size']}: {float(larger['onnxruntime_ms']):.2f} ms)."
-            if larger is not None
-            else "."
-        )
+        f"the next stays within 2 x {latency:.2f}{_plus(codec, protocol)} = {2 * latency + codec:.2f} ms of "
+        f"the {budget:g} ms budget; the queue delay of {delay:g} ms fits the rest."
     )
-    return Batching(
-        max_batch_size=size, max_queue_delay_ms=max(delay, 0.0), preferred_batch_sizes=preferred
-    ), note
+    if target_rps is not None:
+        note += f" One worker sustains {throughput_rps(chosen, codec):,.0f} req/s (target {target_rps:,.0f})."
+    elif larger is not None:
+        note += f" Larger batches exceed it (batch {larger.batch_size}: {larger.latency_ms:.2f} ms)."
+    return Proposal(config, note, chosen, protocol, codec)
+
+
+def _choose(fitting: list[Measured], codec: float, target_rps: float | None) -> Measured | None:
+    if not fitting:
+        return None
+    if target_rps is None:
+        return fitting[-1]
+    meeting = [m for m in fitting if throughput_rps(m, codec) >= target_rps]
+    if meeting:
+        return min(meeting, key=lambda m: (m.latency_ms, m.batch_size))
+    return max(fitting, key=lambda m: throughput_rps(m, codec))
+
+
+def _plus(codec: float, protocol: str | None) -> str:
+    return f" + {codec:.3f} ms {PROTOCOLS[protocol]} codec" if protocol is not None else ""

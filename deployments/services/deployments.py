@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from deployments.backends import BackendError, get_backend, owns_placement
 from deployments.errors import DuplicateDeploymentError, InvalidDeploymentError
-from deployments.inputs import Placement
+from deployments.inputs import VariantSpec, VersionTarget, slug
 from deployments.models import Deployment, DeploymentStatus, Variant, WorkerState
-from deployments.services.batching import propose_batching, validate_batching
+from deployments.services.batching import below, propose_batching, validate_batching
 from deployments.services.events import enqueue_reconcile, record_deployment_event
 from deployments.services.routing import publish_routing_table
+from inference_worker.contracts.batching import MAX_BATCH_SIZE, PREFERRED_BATCH_SIZES, encode_batching
 from registry.audit import Actor
-from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus, slug_validator
+from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -34,36 +35,19 @@ class VariantTarget:
     alias: str
 
 
-def _slug(value: Any, field: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidDeploymentError(f"{field}: must be a string")
-    try:
-        slug_validator(value)
-    except ValidationError:
-        raise InvalidDeploymentError(
-            f"{field}: {value!r} is not valid; use 1-64 lowercase letters, digits and hyphens"
-        ) from None
-    return value
-
-
-def resolve_target(model: RegisteredModel, raw: dict[str, Any], prefix: str) -> VariantTarget:
-    """A variant's version: ``version`` (pinned number) or ``alias`` (followed), exactly one."""
-    has_version, has_alias = raw.get("version") not in (None, ""), bool(raw.get("alias"))
-    if has_version == has_alias:
-        raise InvalidDeploymentError(f"{prefix}version: give either a version number or an alias to follow")
-    if has_alias:
-        alias_name = _slug(raw["alias"], f"{prefix}alias")
-        alias = Alias.objects.select_related("version").filter(model=model, name=alias_name).first()
+def resolve_target(model: RegisteredModel, target: VersionTarget, prefix: str = "") -> VariantTarget:
+    """The version a target names: it exists and is ready (an alias is followed to its version)."""
+    if target.alias:
+        alias = Alias.objects.select_related("version").filter(model=model, name=target.alias).first()
         if alias is None:
-            raise InvalidDeploymentError(f"{prefix}alias: model {model.name!r} has no alias {alias_name!r}")
-        version, pinned = alias.version, None
+            raise InvalidDeploymentError(f"{prefix}alias: model {model.name!r} has no alias {target.alias!r}")
+        version, pinned, alias_name = alias.version, None, target.alias
     else:
-        number = raw["version"]
-        if isinstance(number, bool) or not isinstance(number, int):
-            raise InvalidDeploymentError(f"{prefix}version: must be a version number")
-        found = ModelVersion.objects.filter(model=model, version=number).first()
+        found = ModelVersion.objects.filter(model=model, version=target.version or 0).first()
         if found is None:
-            raise InvalidDeploymentError(f"{prefix}version: model {model.name!r} has no version {number}")
+            raise InvalidDeploymentError(
+                f"{prefix}version: model {model.name!r} has no version {target.version}"
+            )
         version, pinned, alias_name = found, found, ""
     if version.status != VersionStatus.READY:
         raise InvalidDeploymentError(
@@ -73,69 +57,35 @@ def resolve_target(model: RegisteredModel, raw: dict[str, Any], prefix: str) -> 
     return VariantTarget(version=version, pinned=pinned, alias=alias_name)
 
 
-def _gpu_ids(raw: Any, prefix: str) -> list[int]:
-    device = raw.get("device", "cpu")
-    if device in (None, "", "cpu"):
-        return []
-    if isinstance(device, str) and device.startswith("cuda:"):
-        device = device[5:].split(",")
-    if isinstance(device, str):
-        device = device.split(",")
-    try:
-        ids = sorted({int(str(d).strip()) for d in device})
-    except (TypeError, ValueError):
-        raise InvalidDeploymentError(
-            f"{prefix}device: use 'cpu', 'cuda:0' or a list of GPU ids such as [0, 1]"
-        ) from None
-    if any(i < 0 or i > 63 for i in ids):
-        raise InvalidDeploymentError(f"{prefix}device: GPU ids must be between 0 and 63")
-    return ids
-
-
 def build_variant(
-    deployment: Deployment, raw: dict[str, Any], index: int, *, latency_budget_ms: float | None = None
+    deployment: Deployment, spec: VariantSpec, index: int, *, latency_budget_ms: float | None = None
 ) -> Variant:
-    """Validate one variant's input and return an unsaved Variant; errors name ``variants[i].field``."""
+    """An unsaved Variant from ``spec``: the domain's checks; errors name ``variants[i].field``."""
     prefix = f"variants[{index}]."
-    if not isinstance(raw, dict):
-        raise InvalidDeploymentError(f"variants[{index}]: must be an object")
-    name = _slug(raw.get("name", "primary" if index == 0 else f"v{index}"), f"{prefix}name")
-    target = resolve_target(deployment.model, raw, prefix)
-    replicas = raw.get("replicas", 1)
-    if (
-        isinstance(replicas, bool)
-        or not isinstance(replicas, int)
-        or not 0 <= replicas <= settings.KILN_MAX_REPLICAS
-    ):
-        raise InvalidDeploymentError(
-            f"{prefix}replicas: must be an integer from 0 to {settings.KILN_MAX_REPLICAS}"
-        )
-    weight = raw.get("weight", 100 if index == 0 else 0)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-        raise InvalidDeploymentError(f"{prefix}weight: must be an integer from 0 to 100")
-    backend_name = raw.get("backend") or settings.KILN_DEFAULT_BACKEND
-    gpu_ids = _gpu_ids(raw, prefix)
+    name = spec.name or ("primary" if index == 0 else f"v{index}")
+    target = resolve_target(deployment.model, spec.target, prefix)
+    weight = spec.weight if spec.weight is not None else (100 if index == 0 else 0)
+    backend_name = spec.backend or settings.KILN_DEFAULT_BACKEND
     try:
-        get_backend(str(backend_name)).check_spec(gpu_ids=tuple(gpu_ids))
+        get_backend(backend_name).check_spec(gpu_ids=spec.gpu_ids)
     except BackendError as exc:
         field = "device" if exc.code == "no_gpu" else "backend"
         raise InvalidDeploymentError(f"{prefix}{field}: {exc.message}") from None
-    placement = Placement.parse(raw.get("placement"), prefix=prefix)
-    if placement and not owns_placement(get_backend(str(backend_name))):
+    placement = spec.placement
+    if placement and not owns_placement(get_backend(backend_name)):
         raise InvalidDeploymentError(
             f"{prefix}placement: only a backend that places replicas on several machines (swarm) takes it"
         )
     dynamic = bool((target.version.report or {}).get("dynamic_batch", True))
-    proposed, note = propose_batching(
-        target.version.report or {}, latency_budget_ms=latency_budget_ms or settings.KILN_LATENCY_BUDGET_MS
-    )
-    given = dict(raw.get("batching") or {})
-    merged = {**proposed.as_dict(), **given}
-    if "preferred_batch_sizes" not in given and isinstance(merged["max_batch_size"], int):
-        merged["preferred_batch_sizes"] = [
-            s for s in proposed.preferred_batch_sizes if s <= merged["max_batch_size"]
-        ]
-    batching = validate_batching(merged, prefix=f"{prefix}batching.", fixed_batch=not dynamic)
+    budget = latency_budget_ms or settings.KILN_LATENCY_BUDGET_MS
+    proposal = propose_batching(target.version.report or {}, latency_budget_ms=budget)
+    given = dict(spec.batching)
+    base = proposal.batching
+    max_batch = given.get(MAX_BATCH_SIZE.name)
+    if PREFERRED_BATCH_SIZES.name not in given and isinstance(max_batch, int):
+        base = below(base, max_batch)  # the proposed sizes that still fit under the batch size given
+    batching = validate_batching(given, base=base, prefix=f"{prefix}batching.", fixed_batch=not dynamic)
+    note = proposal.note
     if given:
         note = f"Set by the user ({', '.join(sorted(given))}); the profile proposed: {note}"
     return Variant(
@@ -145,13 +95,13 @@ def build_variant(
         alias=target.alias,
         version=target.version,
         weight=weight,
-        replicas=replicas,
-        gpu_ids=gpu_ids,
-        backend=str(backend_name),
+        replicas=spec.replicas,
+        gpu_ids=list(spec.gpu_ids),
+        backend=backend_name,
         placement_constraints=list(placement.constraints),
         placement_spread=list(placement.spread),
         batching_note=note,
-        **{**batching.as_dict(), "preferred_batch_sizes": list(batching.preferred_batch_sizes)},
+        **encode_batching(batching),
     )
 
 
@@ -167,14 +117,14 @@ def create_deployment(
     *,
     name: str,
     model: RegisteredModel,
-    variants: list[dict[str, Any]],
+    variants: Sequence[VariantSpec],
     actor: User,
     description: str = "",
     latency_budget_ms: float | None = None,
 ) -> Deployment:
     """Create a deployment and its variants; the reconcile loop starts the replicas."""
-    _slug(name, "name")
-    if not isinstance(variants, list) or not variants:
+    slug(name, "name")
+    if not variants:
         raise InvalidDeploymentError("variants: at least one variant is required")
     if len(variants) > 8:
         raise InvalidDeploymentError("variants: at most 8 variants")
@@ -184,8 +134,8 @@ def create_deployment(
                 name=name, model=model, description=description[:5000], created_by=actor
             )
             built = [
-                build_variant(deployment, raw, i, latency_budget_ms=latency_budget_ms)
-                for i, raw in enumerate(variants)
+                build_variant(deployment, spec, i, latency_budget_ms=latency_budget_ms)
+                for i, spec in enumerate(variants)
             ]
             names = [v.name for v in built]
             if len(set(names)) != len(names):
@@ -292,7 +242,7 @@ def delete_deployment(*, deployment: Deployment, actor: Actor) -> Deployment:
     return locked
 
 
-def add_variant(*, deployment: Deployment, raw: dict[str, Any], actor: Actor) -> Variant:
+def add_variant(*, deployment: Deployment, spec: VariantSpec, actor: Actor) -> Variant:
     """Add an arm to a deployment at weight 0 (traffic moves through a split change)."""
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("model").get(pk=deployment.pk)
@@ -300,12 +250,11 @@ def add_variant(*, deployment: Deployment, raw: dict[str, Any], actor: Actor) ->
         existing = list(locked.variants.all())
         if len(existing) >= 8:
             raise InvalidDeploymentError("variants: at most 8 variants")
-        raw = {**raw, "weight": raw.get("weight", 0)}
-        if raw["weight"] != 0:
+        if spec.weight:
             raise InvalidDeploymentError(
                 "weight: a new variant starts at weight 0; change the traffic split next"
             )
-        variant = build_variant(locked, raw, len(existing))
+        variant = build_variant(locked, replace(spec, weight=0), len(existing))
         if any(v.name == variant.name for v in existing):
             raise InvalidDeploymentError(f"name: variant {variant.name!r} exists already")
         variant.save()

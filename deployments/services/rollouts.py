@@ -176,8 +176,8 @@ def _advance_one(rollout_id: int) -> str:
         _apply_step(rollout, now, reason=f"rollout step 1: {rollout.current_weight}%")
         return "advanced"
     figures = measure(rollout.candidate, since=rollout.step_started_at)
-    summary = shadow_summary(variant_stats(rollout.deployment.name).get(rollout.candidate.name, {}))
-    figures["shadow_agreement"] = summary["argmax_agreement"] if summary else None
+    summary = shadow_summary(variant_stats(rollout.deployment.name).get(rollout.candidate.name))
+    figures["shadow_agreement"] = summary.argmax_agreement if summary else None
     rollout.last_evaluation = {"at": now.isoformat(), "step": rollout.step_index, **figures}
     breach = _breach(rollout, figures)
     if breach:

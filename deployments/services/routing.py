@@ -1,17 +1,11 @@
 """The routing table the gateway serves from, published to Redis.
 
-Format (JSON at key ``KILN_ROUTING_KEY``; a message on the channel of the same
-name announces each new table)::
-
-    {"version": 1732700000123, "generated_at": "...",
-     "deployments": {
-        "fraud": {"model": "fraud-model", "variants": [
-            {"name": "primary", "model_name": "fraud", "version": 3, "weight": 90, "shadow_percent": 0,
-             "replicas": [{"id": 12, "url": "http://127.0.0.1:40123", "grpc": "127.0.0.1:40124"}]}]}}}
-
-Only ready workers of running deployments are listed. The table is rebuilt
-whole from the database and swapped whole, so a missed message heals at the
-gateway's next periodic reload.
+The table is a JSON string at key ``KILN_ROUTING_KEY``; a message on the
+channel of the same name announces each new one. Its format is
+``inference_worker.contracts.routing`` (the gateway reads it through the same
+module). Only ready workers of running deployments are listed. The table is
+rebuilt whole from the database and swapped whole, so a missed message heals
+at the gateway's next periodic reload.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
 
 import redis
 from django.conf import settings
@@ -27,13 +20,20 @@ from django.utils import timezone
 
 from config.redis import redis_client
 from deployments.models import Deployment, Worker, WorkerState
+from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.routing import (
+    DeploymentRecord,
+    ReplicaRecord,
+    TableRecord,
+    VariantRecord,
+    encode_table,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def build_routing_table() -> dict[str, Any]:
+def build_routing_table() -> TableRecord:
     """The whole table, from the database."""
-    deployments: dict[str, Any] = {}
     ready = (
         Worker.objects.filter(state=WorkerState.READY, variant__deployment__desired_running=True)
         .select_related("variant__deployment", "version")
@@ -45,31 +45,42 @@ def build_routing_table() -> dict[str, Any]:
     running = (
         Deployment.objects.filter(desired_running=True).select_related("model").prefetch_related("variants")
     )
+    deployments = {}
     for deployment in running:
         variants = []
         for variant in deployment.variants.all():
             if variant.remove_requested_at is not None:
                 continue  # being removed: its workers drain
             workers = by_variant.get(variant.pk, [])
+            replicas = tuple(replica for replica in map(_replica, workers) if replica is not None)
+            version = variant.version.version if workers == [] else _served_version(workers)
             variants.append(
-                {
-                    "name": variant.name,
-                    "model_name": deployment.name,
-                    "version": variant.version.version if workers == [] else _served_version(workers),
-                    "weight": variant.weight,
-                    "shadow_percent": variant.shadow_percent,
-                    "replicas": [
-                        {"id": w.pk, "url": w.http_url, "grpc": w.grpc_target, "version": w.version.version}
-                        for w in workers
-                    ],
-                }
+                VariantRecord(
+                    name=variant.name,
+                    model_name=deployment.name,
+                    version=str(version),
+                    weight=variant.weight,
+                    shadow_percent=variant.shadow_percent,
+                    replicas=replicas,
+                )
             )
-        deployments[deployment.name] = {"model": deployment.model.name, "variants": variants}
-    return {
-        "version": time.time_ns() // 1_000_000,
-        "generated_at": timezone.now().isoformat(),
-        "deployments": deployments,
-    }
+        deployments[deployment.name] = DeploymentRecord(model=deployment.model.name, variants=tuple(variants))
+    return TableRecord(
+        version=time.time_ns() // 1_000_000,
+        deployments=deployments,
+        generated_at=timezone.now().isoformat(),
+    )
+
+
+def _replica(worker: Worker) -> ReplicaRecord | None:
+    """The worker as a replica of the table; one with an address no gateway can use is left out, logged."""
+    try:
+        return ReplicaRecord(
+            url=worker.http_url, id=worker.pk, grpc=worker.grpc_target, version=str(worker.version.version)
+        )
+    except ContractError as exc:
+        logger.warning("worker %s is left out of the routing table: %s", worker.pk, exc)
+        return None
 
 
 def _served_version(workers: list[Worker]) -> int:
@@ -77,15 +88,15 @@ def _served_version(workers: list[Worker]) -> int:
     return max(w.version.version for w in workers)
 
 
-def publish_routing_table() -> dict[str, Any]:
+def publish_routing_table() -> TableRecord:
     """Rebuild the table and publish it; Redis being down is logged, never raised."""
     table = build_routing_table()
-    payload = json.dumps(table, separators=(",", ":"))
+    payload = json.dumps(encode_table(table), separators=(",", ":"))
     try:
         client = redis_client()
         pipe = client.pipeline()
         pipe.set(settings.KILN_ROUTING_KEY, payload)
-        pipe.publish(settings.KILN_ROUTING_KEY, str(table["version"]))
+        pipe.publish(settings.KILN_ROUTING_KEY, str(table.version))
         pipe.execute()
     except redis.RedisError as exc:
         logger.warning("could not publish the routing table: %s", exc)

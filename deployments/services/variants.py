@@ -9,10 +9,12 @@ from django.conf import settings
 from django.db import transaction
 
 from deployments.errors import InvalidDeploymentError
+from deployments.inputs import VersionTarget
 from deployments.models import Deployment, Variant
 from deployments.services.batching import validate_batching
 from deployments.services.deployments import describe_variant, resolve_target
 from deployments.services.events import enqueue_reconcile, record_deployment_event
+from inference_worker.contracts.batching import encode_batching
 from registry.audit import Actor
 from registry.models import Alias, VersionStatus
 
@@ -53,11 +55,11 @@ def scale_variant(*, variant: Variant, replicas: int, actor: Actor) -> Variant:
 
 @transaction.atomic
 def set_variant_version(
-    *, variant: Variant, target: dict[str, Any], actor: Actor, reason: str = ""
+    *, variant: Variant, target: VersionTarget, actor: Actor, reason: str = ""
 ) -> Variant:
-    """Pin a version (``{"version": n}``) or follow an alias (``{"alias": name}``): a rolling update."""
+    """Pin a version or follow an alias: a rolling update."""
     locked = _locked(variant)
-    resolved = resolve_target(locked.deployment.model, target, "")
+    resolved = resolve_target(locked.deployment.model, target)
     before = describe_variant(locked)
     locked.version = resolved.version
     locked.pinned_version = resolved.pinned
@@ -79,19 +81,12 @@ def set_variant_version(
 def update_batching(*, variant: Variant, batching: dict[str, Any], actor: Actor) -> Variant:
     """Change batching options; workers are replaced one by one with the new options."""
     locked = _locked(variant)
-    current = {
-        "max_batch_size": locked.max_batch_size,
-        "max_queue_delay_ms": locked.max_queue_delay_ms,
-        "preferred_batch_sizes": list(locked.preferred_batch_sizes),
-        "max_queue_size": locked.max_queue_size,
-        "request_timeout_ms": locked.request_timeout_ms,
-        "instances": locked.instances,
-    }
+    current = locked.batching
     dynamic = bool((locked.version.report or {}).get("dynamic_batch", True))
-    new = validate_batching({**current, **batching}, prefix="batching.", fixed_batch=not dynamic).as_dict()
+    new = validate_batching(batching, base=current, prefix="batching.", fixed_batch=not dynamic)
     if new == current:
         return locked
-    for field, value in new.items():
+    for field, value in encode_batching(new).items():
         setattr(locked, field, value)
     locked.batching_note = f"Set by the user ({', '.join(sorted(batching))})."
     locked.save()
@@ -99,8 +94,8 @@ def update_batching(*, variant: Variant, batching: dict[str, Any], actor: Actor)
         actor=actor,
         action="variant.batching_changed",
         deployment=locked.deployment,
-        before={"variant": locked.name, **current},
-        after={"variant": locked.name, **new},
+        before={"variant": locked.name, **encode_batching(current)},
+        after={"variant": locked.name, **encode_batching(new)},
     )
     enqueue_reconcile(locked.deployment)
     return locked

@@ -203,9 +203,8 @@
             html += '<p class="error" role="alert" data-advice-shortfall>' + esc(a.shortfall) + "</p>";
           }
           if (a.choice) {
-            var c = a.choice, deploy = form.getAttribute("data-deploy") + "?" + new URLSearchParams({
-              max_batch_size: c.batch_size, max_queue_delay_ms: c.queue_delay_ms, instances: a.instances, replicas: a.replicas,
-            }).toString();
+            // a.deploy is the deploy form's query for exactly this advice (every batching option, from the server)
+            var c = a.choice, deploy = form.getAttribute("data-deploy") + "?" + new URLSearchParams(a.deploy || {}).toString();
             html += "<dl class=\"facts\"><dt>Batch size</dt><dd>" + c.batch_size + "</dd><dt>Queue delay</dt><dd>" + c.queue_delay_ms +
               " ms</dd><dt>Instances</dt><dd>" + a.instances + "</dd><dt>Replicas</dt><dd>" + a.replicas + "</dd><dt>Protocol</dt><dd>" +
               esc(c.protocol_label) + "</dd></dl>" +

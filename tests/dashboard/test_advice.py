@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
 
 from dashboard.advice import advise
+from deployments.models import Variant
+from deployments.services.batching import propose_batching
+from inference_worker.contracts.batching import BATCHING
+from tests.support.versions import ready_version
 
 REPORT: dict[str, Any] = {
     "profile": {
@@ -66,3 +76,50 @@ def test_every_option_reports_its_measured_inputs(budget: float) -> None:
         assert option.worst_latency_ms == pytest.approx(
             option.queue_delay_ms + 2 * option.batch_latency_ms + option.codec_ms
         )
+
+
+def test_the_advice_and_the_deploy_form_follow_one_rule() -> None:
+    advice = advise(REPORT, budget_ms=20, target_rps=1500)
+    proposal = propose_batching(REPORT, latency_budget_ms=20, target_rps=1500)
+
+    assert advice.choice is not None
+    assert advice.batching == proposal.batching
+    assert (advice.choice.protocol, advice.choice.batch_size) == (proposal.protocol, 4)
+    assert advice.choice.queue_delay_ms == proposal.batching.max_queue_delay_ms
+
+
+@pytest.mark.django_db
+def test_the_advice_s_link_deploys_exactly_the_advised_options(
+    owner: User, web_as: Callable[[User], Client]
+) -> None:
+    version = ready_version(owner, report=REPORT)
+    advice = advise(REPORT, budget_ms=20, target_rps=1500)
+    assert advice.batching is not None
+    assert advice.deploy is not None
+    without_target = propose_batching(REPORT, latency_budget_ms=20).batching
+    assert without_target.max_batch_size > advice.batching.max_batch_size  # the link used to mix the two
+    web = web_as(owner)
+    url = (
+        reverse("deployments:create", args=[version.model.name, version.version])
+        + "?"
+        + urlencode(advice.deploy)
+    )
+
+    page = web.get(url)
+    form = page.context["form"]
+    assert {name: str(form.initial[name]) for name in BATCHING} == {
+        name: advice.deploy[name] for name in BATCHING
+    }
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
+    assert csrf
+    posted = {
+        **advice.deploy,
+        "name": "fraud",
+        "version": version.version,
+        "device": "cpu",
+        "backend": "process",
+    }
+    created = web.post(url, {**posted, "description": "", "csrfmiddlewaretoken": csrf.group(1)})
+
+    assert created.status_code == 302, created.content.decode()[:2000]
+    assert Variant.objects.get(deployment__name="fraud").batching == advice.batching

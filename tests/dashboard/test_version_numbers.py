@@ -13,7 +13,7 @@ from django.utils import timezone
 from deployments.models import Deployment, Report, Variant, Worker
 from deployments.series import version_numbers
 from registry.models import ModelVersion
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

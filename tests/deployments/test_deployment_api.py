@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from deployments.models import Deployment, Variant
 from registry.models import AuditEvent
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

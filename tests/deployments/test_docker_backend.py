@@ -30,9 +30,10 @@ from rest_framework.test import APIClient
 from accounts.tokens import create_api_token
 from deployments.models import Report, Worker, WorkerImage
 from registry import storage
-from tests.conftest import CeleryWorker, Platform, wait_for
-from tests.deployments.factories import stored_version
-from tests.deployments.test_process_backend import infer
+from tests.support.deployments import infer
+from tests.support.polling import wait_for
+from tests.support.services import CeleryWorker, Platform
+from tests.support.versions import stored_version
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -48,9 +49,20 @@ def _test_images(client: docker.DockerClient) -> list[Any]:
 
 
 def _our_containers(client: docker.DockerClient) -> list[Any]:
-    """Containers started by this test session's platforms (running or not)."""
-    containers = client.containers.list(all=True, filters={"label": "kiln.instance"})
-    return [c for c in containers if c.labels.get("kiln.instance", "").startswith(INSTANCE_PREFIX)]
+    """Containers started by this test session's platforms (running or not).
+
+    Listed sparse, then read one by one: the reconcile loop removes containers while we look,
+    and a full listing fails on one that went between the list and its inspection.
+    """
+    found = []
+    for sparse in client.containers.list(all=True, sparse=True, filters={"label": "kiln.instance"}):
+        if not (sparse.attrs.get("Labels") or {}).get("kiln.instance", "").startswith(INSTANCE_PREFIX):
+            continue
+        try:
+            found.append(client.containers.get(sparse.id))
+        except docker.errors.NotFound:
+            continue  # removed since the listing
+    return found
 
 
 @pytest.fixture(scope="session")

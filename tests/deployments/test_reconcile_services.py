@@ -11,14 +11,15 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from deployments.inputs import VariantSpec, VersionTarget
 from deployments.models import Deployment, DeploymentStatus, Worker, WorkerState
 from deployments.reconcile import reconcile_deployment, stop_orphans
 from deployments.services.deployments import create_deployment, delete_deployment
 from deployments.services.routing import build_routing_table
 from deployments.services.variants import scale_variant, set_variant_version
 from registry.models import AuditEvent, RegisteredModel
-from tests.deployments.factories import ready_version
 from tests.support.memory_backend import MemoryServiceBackend, memory_service_backend
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +38,9 @@ def _deploy(owner: User, *, replicas: int = 2, **variant: Any) -> Deployment:
         name="fraud",
         model=RegisteredModel.objects.get(name="cnn"),
         variants=[
-            {"name": "primary", "version": 1, "replicas": replicas, "backend": "memory-swarm", **variant}
+            VariantSpec.parse(
+                {"name": "primary", "version": 1, "replicas": replicas, "backend": "memory-swarm", **variant}
+            )
         ],
         actor=owner,
     )
@@ -54,8 +57,8 @@ def _rows(deployment: Deployment) -> list[tuple[str, int | None, str]]:
 
 
 def _routed(name: str = "fraud") -> list[str]:
-    variants = build_routing_table()["deployments"].get(name, {}).get("variants", [])
-    return sorted(r["url"] for v in variants for r in v["replicas"])
+    routed = build_routing_table().deployments.get(name)
+    return sorted(r.url for v in routed.variants for r in v.replicas) if routed else []
 
 
 @pytest.fixture
@@ -109,7 +112,7 @@ def test_tasks_become_rows_with_their_node_and_slot_and_are_routed_at_the_addres
     (service,) = swarm.services.values()
     assert (
         service.replicas,
-        service.spec.worker.report_url.endswith("/api/v1/tasks/{task_id}/reports/"),
+        service.spec.worker.launch.report_url.endswith("/api/v1/tasks/{task_id}/reports/"),
     ) == (2, True)
     assert Worker.objects.count() == 0  # the orchestrator has placed nothing yet
     swarm.schedule()
@@ -259,10 +262,10 @@ def test_a_new_version_rolls_through_the_orchestrator_new_tasks_first(
 ) -> None:
     deployment = _serving(owner, swarm, report, replicas=2)
     old = {t.handle for t in swarm.live()}
-    set_variant_version(variant=deployment.variants.get(), target={"version": 2}, actor=owner)
+    set_variant_version(variant=deployment.variants.get(), target=VersionTarget(version=2), actor=owner)
     _pass(deployment)
     (service,) = swarm.services.values()
-    assert service.spec.worker.model_version == 2
+    assert service.spec.worker.launch.model_version == "2"
     swarm.schedule()
     _pass(deployment)
     assert _rows(deployment) == [
@@ -291,7 +294,7 @@ def test_an_update_the_orchestrator_rolled_back_fails_the_deployment_and_is_not_
     owner: User, swarm: MemoryServiceBackend, report: Callable[..., int]
 ) -> None:
     deployment = _serving(owner, swarm, report, replicas=1)
-    set_variant_version(variant=deployment.variants.get(), target={"version": 2}, actor=owner)
+    set_variant_version(variant=deployment.variants.get(), target=VersionTarget(version=2), actor=owner)
     _pass(deployment)
     applied = swarm.applied
     (service,) = swarm.services.values()
@@ -299,7 +302,7 @@ def test_an_update_the_orchestrator_rolled_back_fails_the_deployment_and_is_not_
     _pass(deployment)
     _pass(deployment)
     assert swarm.applied == applied
-    assert service.spec.worker.model_version == 1
+    assert service.spec.worker.launch.model_version == "1"
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.FAILED
     assert "rolled the update back (update rolled back due to failure" in deployment.status_reason
@@ -335,7 +338,11 @@ def test_placement_is_refused_for_a_backend_that_does_not_place_and_checked_for_
         create_deployment(
             name="fraud2",
             model=RegisteredModel.objects.get(name="cnn"),
-            variants=[{"version": 1, "backend": "memory-swarm", "placement": {"constraints": ["rm -rf /"]}}],
+            variants=[
+                VariantSpec.parse(
+                    {"version": 1, "backend": "memory-swarm", "placement": {"constraints": ["rm -rf /"]}}
+                )
+            ],
             actor=owner,
         )
 

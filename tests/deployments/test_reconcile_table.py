@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from deployments.inputs import VariantSpec
 from deployments.models import Deployment, DeploymentStatus, Variant, Worker, WorkerState
 from deployments.reconcile import reconcile_deployment, stop_orphans
 from deployments.reconcile.variant import VariantReconciler
@@ -18,8 +19,8 @@ from deployments.services.deployments import create_deployment, delete_deploymen
 from deployments.services.routing import build_routing_table
 from deployments.services.variants import scale_variant, update_batching
 from registry.models import AuditEvent, RegisteredModel
-from tests.deployments.factories import ready_version
 from tests.support.memory_backend import MemoryBackend, memory_backend
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +39,11 @@ def _deploy(owner: User, *, replicas: int = 2, variants: list[dict[str, Any]] | 
     return create_deployment(
         name="fraud",
         model=RegisteredModel.objects.get(name="cnn"),
-        variants=variants or [{"name": "primary", "version": 1, "replicas": replicas, "backend": "memory"}],
+        variants=[
+            VariantSpec.parse(raw)
+            for raw in variants
+            or [{"name": "primary", "version": 1, "replicas": replicas, "backend": "memory"}]
+        ],
         actor=owner,
     )
 
@@ -110,7 +115,7 @@ def test_replicas_start_become_ready_and_the_deployment_serves(owner: User, back
     assert _states(deployment) == ["ready", "ready"]
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.SERVING
-    routed = build_routing_table()["deployments"]["fraud"]["variants"][0]["replicas"]
+    routed = build_routing_table().deployments["fraud"].variants[0].replicas
     assert len(routed) == 2
 
 
@@ -154,7 +159,7 @@ def test_scaling_down_drains_a_ready_worker_out_of_the_table_before_stopping_it(
     scale_variant(variant=deployment.variants.get(), replicas=1, actor=owner)
     _pass(deployment)
     assert _states(deployment) == ["draining", "ready"]
-    assert len(build_routing_table()["deployments"]["fraud"]["variants"][0]["replicas"]) == 1
+    assert len(build_routing_table().deployments["fraud"].variants[0].replicas) == 1
     draining = Worker.objects.get(state=WorkerState.DRAINING)
     assert backend.workers[draining.handle].running  # still finishing what it holds
     _pass(deployment)
@@ -213,7 +218,7 @@ def test_deleting_is_desired_state_the_loop_drains_stops_and_then_deletes_the_ro
     delete_deployment(deployment=deployment, actor=owner)
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.DELETING
-    assert "fraud" not in build_routing_table()["deployments"]  # no traffic from the moment it is asked
+    assert "fraud" not in build_routing_table().deployments  # no traffic from the moment it is asked
     assert all(backend.workers[h].running for h in handles)  # the request itself touches no worker
     _pass(deployment)
     assert _states(deployment) == ["draining", "draining"]
@@ -252,7 +257,7 @@ def test_removing_a_variant_drains_its_workers_then_deletes_it_and_the_other_kee
     )
     canary = deployment.variants.get(name="canary")
     remove_variant(variant=canary, actor=owner)
-    names = [v["name"] for v in build_routing_table()["deployments"]["fraud"]["variants"]]
+    names = [v.name for v in build_routing_table().deployments["fraud"].variants]
     assert names == ["primary"]
     _pass(deployment)
     assert _states(deployment, "canary") == ["draining"]

@@ -12,7 +12,7 @@ from django.utils import timezone
 from deployments import histograms
 from deployments.models import Deployment, Report, Variant, Worker
 from deployments.services.workers import downsample_reports
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 LE = [1.0, 2.0, 5.0, 10.0, 50.0, "+Inf"]
 

@@ -12,6 +12,8 @@ import pytest
 from deployments.backends import swarm_spec as sp
 from deployments.backends.base import TASK_ID, ServiceSpec, WorkerSpec
 from deployments.backends.docker_images import registry_of
+from inference_worker.contracts.batching import BatchingConfig
+from inference_worker.contracts.launch import LaunchSpec
 
 SECRET = sp.Secret(id="sec123", name="kiln-7-fraud-primary-ab12")
 
@@ -21,20 +23,17 @@ def _spec(**worker: Any) -> ServiceSpec:
         worker_id=0,
         deployment="fraud",
         variant="primary",
-        model_name="fraud",
-        model_version=3,
         onnx_path=Path("/store/x.onnx"),
-        onnx_sha256="a" * 64,
         gpu_ids=(),
-        max_batch_size=16,
-        max_queue_delay_ms=2.0,
-        preferred_batch_sizes=(8, 16),
-        max_queue_size=100,
-        request_timeout_ms=1000.0,
-        instances=1,
-        report_url=f"http://platform:8000/api/v1/tasks/{TASK_ID}/reports/",
-        report_token="",
-        report_interval_s=5.0,
+        launch=LaunchSpec(
+            model_name="fraud",
+            model_version="3",
+            model_sha256="a" * 64,
+            batching=BatchingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16)),
+            report_url=f"http://platform:8000/api/v1/tasks/{TASK_ID}/reports/",
+            report_interval_s=5.0,
+            worker_id="0",
+        ),
         image="registry:5000/kiln-worker/fraud:v3-cpu-abc",
         labels={"deployment": "fraud", "variant": "primary", "version": "3"},
     )
@@ -77,7 +76,7 @@ def test_every_task_runs_the_worker_on_a_free_port_with_its_own_identity_from_th
     assert "KILN_WORKER_REPORT_URL=http://platform:8000/api/v1/tasks/{{.Task.ID}}/reports/" in env
     assert "KILN_WORKER_WORKER_ID={{.Task.ID}}" in env
     assert "KILN_WORKER_REPORT_TOKEN_FILE=/run/secrets/kiln-report-token" in env
-    assert "KILN_WORKER_SHUTDOWN_DELAY_S=10" in env
+    assert "KILN_WORKER_SHUTDOWN_DELAY_S=10.0" in env
     assert container["Secrets"] == [
         {
             "SecretID": "sec123",

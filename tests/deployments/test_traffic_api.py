@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from deployments.models import Rollout, TrafficChange, Variant, Worker
 from registry.models import Alias, AuditEvent
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.reconcile import reconcile_deployment
 from deployments.services.images import ensure_worker_image, fail_worker_image
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 

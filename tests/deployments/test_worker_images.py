@@ -184,6 +184,8 @@ def test_a_gpu_worker_asks_the_engine_for_its_gpus_with_the_limits_and_runs_on_t
 ) -> None:
     from deployments.backends.base import WorkerSpec
     from deployments.backends.docker import DockerBackend
+    from inference_worker.contracts.batching import BatchingConfig
+    from inference_worker.contracts.launch import LaunchSpec, parse_launch
 
     settings.KILN_DOCKER_NETWORK = "host"
     settings.KILN_DOCKER_MEMORY_LIMIT = "2g"
@@ -194,20 +196,20 @@ def test_a_gpu_worker_asks_the_engine_for_its_gpus_with_the_limits_and_runs_on_t
         worker_id=12,
         deployment="cnn-prod",
         variant="primary",
-        model_name="cnn-prod",
-        model_version=3,
         onnx_path=tmp_path / "m.onnx",
-        onnx_sha256="ab" * 32,
         gpu_ids=(2, 3),
-        max_batch_size=8,
-        max_queue_delay_ms=1.0,
-        preferred_batch_sizes=(4, 8),
-        max_queue_size=64,
-        request_timeout_ms=1000.0,
-        instances=1,
-        report_url="http://127.0.0.1:8000/api/v1/workers/12/reports/",
-        report_token="secret-token",
-        report_interval_s=5.0,
+        launch=LaunchSpec(
+            model_name="cnn-prod",
+            model_version="3",
+            model_sha256="ab" * 32,
+            batching=BatchingConfig(
+                max_batch_size=8, max_queue_delay_ms=1.0, preferred_batch_sizes=(4, 8), max_queue_size=64
+            ),
+            report_url="http://127.0.0.1:8000/api/v1/workers/12/reports/",
+            report_token="secret-token",
+            report_interval_s=5.0,
+            worker_id="12",
+        ),
         image="kiln-worker/cnn:v3-gpu-0123456789ab",
     )
 
@@ -218,7 +220,8 @@ def test_a_gpu_worker_asks_the_engine_for_its_gpus_with_the_limits_and_runs_on_t
     assert (request["DeviceIDs"], request["Capabilities"]) == (["2", "3"], [["gpu"]])
     assert args[args.index("--device") + 1] == "cuda:0"
     assert args[args.index("--model-path") + 1] == "/opt/kiln/model/model.onnx"
-    assert args[args.index("--report-url") + 1] == spec.report_url
+    assert args[args.index("--report-url") + 1] == spec.launch.report_url
+    assert parse_launch(args, options["environment"]).batching == spec.launch.batching
     assert "secret-token" not in args
     assert options["environment"]["KILN_WORKER_REPORT_TOKEN"] == "secret-token"
     assert (options["mem_limit"], options["nano_cpus"]) == ("2g", 1_500_000_000)
@@ -243,7 +246,7 @@ def test_an_image_the_engine_lost_is_rebuilt_on_a_fresh_clock_not_failed_by_the_
 
     from deployments.models import ImageStatus, WorkerImage
     from deployments.services import images
-    from tests.deployments.factories import ready_version
+    from tests.support.versions import ready_version
 
     long_ago = timezone.now() - timedelta(hours=3)
     image = WorkerImage.objects.create(

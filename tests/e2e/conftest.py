@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.browser import CHROMIUM, FLAGS, Shots
+from tests.support.browser import CHROMIUM, FLAGS, Shots
 
 
 @pytest.fixture

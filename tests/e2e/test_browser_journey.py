@@ -12,10 +12,11 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from registry.models import AuditEvent
-from tests.conftest import Platform, wait_for
-from tests.e2e.browser import log_in
-from tests.e2e.helpers import Load
-from tests.registry.model_factories import save_torchscript_cnn
+from tests.support.browser import log_in
+from tests.support.e2e import Load
+from tests.support.polling import wait_for
+from tests.support.services import Platform
+from tests.support.torch_models import save_torchscript_cnn
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.browser]
 

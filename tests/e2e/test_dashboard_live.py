@@ -14,9 +14,10 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from deployments.models import Report, Worker
-from tests.conftest import Platform, wait_for
-from tests.deployments.factories import stored_version
-from tests.e2e.helpers import Load, wait_ready, wait_routed
+from tests.support.e2e import Load, wait_ready, wait_routed
+from tests.support.polling import wait_for
+from tests.support.services import Platform
+from tests.support.versions import stored_version
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -42,8 +43,8 @@ def test_overview_and_series_agree_with_the_load_and_a_hung_worker_shows_unhealt
     start_reports = set(Report.objects.values_list("pk", flat=True))
 
     load = Load(f"{platform.gateway.url}/v2/models/cnn/infer", clients=2, rate=40)
-    with load:
-        time.sleep(15)  # a steady load the dashboard has to measure
+    with load:  # a steady load the dashboard has to measure: several reports' worth
+        wait_for(lambda: load.ok >= 400, timeout=90, interval=0.5, message="400 answered requests")
     # Every worker reports once more after the load stopped, so the window holds all requests.
     last = time.time()
     wait_for(

@@ -12,9 +12,10 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from registry import storage
-from tests.conftest import Platform, wait_for
-from tests.deployments.factories import stored_version
-from tests.e2e.helpers import Load, request_body, rollout_end, wait_ready, wait_routed
+from tests.support.e2e import Load, request_body, rollout_end, wait_ready, wait_routed
+from tests.support.polling import wait_for
+from tests.support.services import Platform
+from tests.support.versions import stored_version
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -9,50 +9,32 @@ from types import SimpleNamespace
 
 import httpx
 import numpy as np
-import orjson
 
 from inference_worker.config import DynamicBatching
-from tests.inference_worker.conftest import RunningWorker, make_config, running, v2_body, wait_until
-from tests.inference_worker.onnx_models import reference
-
-BIG_K = 1600  # a @ a @ a @ a at this size keeps one thread busy for a few hundred ms
-
-
-def square_request(k: int, **extra: object) -> tuple[bytes, dict[str, str]]:
-    a = (np.eye(k, dtype=np.float32) * 0.5)[None]
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "a",
-                    "shape": [1, k, k],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": a.nbytes},
-                }
-            ],
-            "outputs": [{"name": "p", "parameters": {"binary_data": True}}],
-            **extra,
-        }
-    )
-    return header + a.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
-
-
-def post_square(worker: RunningWorker, k: int, **extra: object) -> httpx.Response:
-    body, headers = square_request(k, **extra)
-    return httpx.post(worker.url + "/v2/models/square/infer", content=body, headers=headers, timeout=60)
+from tests.support.onnx_models import reference
+from tests.support.polling import wait_for
+from tests.support.workers import (
+    BIG_K,
+    LONGEST_DELAY_US,
+    RunningWorker,
+    make_config,
+    post_square,
+    running,
+    v2_body,
+)
 
 
 def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Response]:
     """Start a slow request and return once the model is running it."""
     future = pool.submit(post_square, worker, BIG_K)
-    wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
+    wait_for(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
     return future
 
 
 def test_concurrent_requests_form_one_batch(models: SimpleNamespace) -> None:
     config = make_config(
         models.mlp,
-        batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(4,)),
+        batching=DynamicBatching(max_queue_delay_microseconds=LONGEST_DELAY_US, preferred_batch_sizes=(4,)),
     )
     xs = [np.full((1, 4), float(i), np.float32) for i in range(4)]
     with running(config) as worker, ThreadPoolExecutor(4) as pool:
@@ -72,7 +54,7 @@ def test_concurrent_requests_form_one_batch(models: SimpleNamespace) -> None:
 def test_multi_row_requests_are_packed_into_one_batch_and_split_back(models: SimpleNamespace) -> None:
     config = make_config(
         models.mlp,
-        batching=DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(6,)),
+        batching=DynamicBatching(max_queue_delay_microseconds=LONGEST_DELAY_US, preferred_batch_sizes=(6,)),
     )
     xs = [np.random.default_rng(rows).standard_normal((rows, 4)).astype(np.float32) for rows in (1, 2, 3)]
     with running(config) as worker, ThreadPoolExecutor(3) as pool:
@@ -106,7 +88,7 @@ def test_a_full_queue_answers_503_at_once(models: SimpleNamespace) -> None:
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
         running_request = occupy(pool, worker)
         queued = pool.submit(post_square, worker, 8)
-        wait_until(lambda: worker.metric("kiln_worker_queue_depth") == 1)
+        wait_for(lambda: worker.metric("kiln_worker_queue_depth") == 1)
         refused = post_square(worker, 8)
         assert refused.status_code == 503
         assert refused.json() == {"error": "server overloaded: the request queue is full, retry later"}

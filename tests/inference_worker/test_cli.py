@@ -19,9 +19,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inference_worker.cli import OPTIONS, build_parser, config_from_args, main
-from tests.inference_worker.conftest import make_config, running, wait_until
-from tests.inference_worker.test_batching import BIG_K, square_request
+from inference_worker.cli import build_parser, config_from_args, main, serve_options
+from tests.support.polling import wait_for
+from tests.support.workers import BIG_K, make_config, running, square_request
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,10 +44,10 @@ def serve_args(models: SimpleNamespace, *extra: str) -> list[str]:
             ["--max-batch-size", "many"],
             "--max-batch-size (or KILN_WORKER_MAX_BATCH_SIZE): invalid value 'many'",
         ),
-        (["--max-batch-size", "0"], "--max-batch-size: must be between 1 and 65536"),
+        (["--max-batch-size", "0"], "--max-batch-size: must be between 1 and 4096"),
         (
             ["--preferred-batch-sizes", "8,64"],
-            "--preferred-batch-sizes: 64 is outside 1..--max-batch-size (32)",
+            "--preferred-batch-sizes: every size must be between 1 and the max batch size (32); 64 is not",
         ),
         (["--preferred-batch-sizes", "16,8"], "distinct and increasing"),
         (["--device", "tpu:0"], "--device: 'tpu:0' is not 'cpu' or 'cuda:N'"),
@@ -117,7 +117,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         "KILN_WORKER_LOG_LEVEL": "warning",
         "KILN_WORKER_MODEL_SHA256": "a" * 64,
     }
-    assert sorted(env) == sorted(option.env for option in OPTIONS)
+    assert sorted(env) == sorted(option.env for option in serve_options())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     config, level = config_from_args(build_parser().parse_args(["serve", "--max-batch-size", "48"]))
@@ -215,14 +215,14 @@ def test_a_digest_mismatch_refuses_to_start(models: SimpleNamespace) -> None:
 def test_sigterm_finishes_in_flight_requests_then_exits_0(models: SimpleNamespace) -> None:
     args = ("--model-name", "square", "--model-path", str(models.square), "--intra-op-threads", "1")
     with worker_process(*args) as (process, url, grpc_target), ThreadPoolExecutor(3) as pool:
-        wait_until(lambda: httpx.get(url + "/v2/health/ready").status_code == 200)
+        wait_for(lambda: httpx.get(url + "/v2/health/ready").status_code == 200)
         body, headers = square_request(BIG_K)
 
         def post() -> httpx.Response:
             return httpx.post(url + "/v2/models/square/infer", content=body, headers=headers, timeout=60)
 
         in_flight = [pool.submit(post) for _ in range(3)]
-        wait_until(
+        wait_for(
             lambda: (
                 'kiln_worker_in_flight_requests{model="square",version="1"} 3.0'
                 in httpx.get(url + "/metrics").text
@@ -231,7 +231,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(models: SimpleNamespac
         process.send_signal(signal.SIGTERM)
         with grpc.insecure_channel(grpc_target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            status = wait_until(
+            status = wait_for(
                 lambda: (
                     health.Check(health_pb2.HealthCheckRequest()).status
                     == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from tests.inference_worker.gateway_support import (
+from tests.support.gateway import (
     Arm,
     Client,
     applied,
@@ -32,9 +32,9 @@ from tests.inference_worker.gateway_support import (
     publish,
     routing_key,
     table,
-    wait_until,
     worker,
 )
+from tests.support.polling import wait_for
 
 BODY = infer_body(rows=2, seed=0)
 
@@ -186,12 +186,14 @@ def test_a_split_changed_20_times_under_16_looping_clients_fails_nothing_and_sta
             thread.start()
         try:
             for version in range(1, 21):
-                time.sleep(0.1)
+                answered = len(records)  # some requests under each table before the next one
+                wait_for(lambda n=answered: len(records) >= n + 20, timeout=30, interval=0.01)  # type: ignore[misc]
                 published.append(time.monotonic())
                 publish(redis, key, split_table(version))
                 applied(gw.url, version)
                 seen_applied.append(time.monotonic())
-            time.sleep(0.1)
+            answered = len(records)
+            wait_for(lambda: len(records) >= answered + 20, timeout=30, interval=0.01)
         finally:
             stop.set()
             for thread in threads:
@@ -222,10 +224,10 @@ def test_a_killed_replica_s_requests_are_retried_on_another(clf: Path) -> None:
         for thread in threads:
             thread.start()
         try:
-            wait_until(lambda: statuses.total() > 300)
+            wait_for(lambda: statuses.total() > 300)
             victim.kill()  # SIGKILL: in-flight requests lose their connection
             done = statuses.total()
-            wait_until(lambda: statuses.total() > done + 500)
+            wait_for(lambda: statuses.total() > done + 500)
         finally:
             stop.set()
             for thread in threads:
@@ -351,5 +353,5 @@ def test_a_gateway_without_redis_stays_live_and_not_ready_and_stops_cleanly() ->
         assert get(gw.url, "/v2/health/live")[0] == 200
         status, _, body = get(gw.url, "/v2/health/ready")
         assert (status, orjson.loads(body)["ready"]) == (503, False)
-        wait_until(lambda: metric(gw.url, "kiln_gateway_routing_reloads_total", result="failed") >= 1)
-        wait_until(lambda: "cannot read the routing table" in gw.log())
+        wait_for(lambda: metric(gw.url, "kiln_gateway_routing_reloads_total", result="failed") >= 1)
+        wait_for(lambda: "cannot read the routing table" in gw.log())

@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from inference_worker.cli import build_parser, main
-from inference_worker.gateway_config import OPTIONS, config_from_args
-from inference_worker.gateway_metrics import GatewayMetrics, apply_shadow_state, shadow_state
-from inference_worker.gateway_proxy import UpstreamResponse
-from inference_worker.gateway_shadow import (
+from inference_worker.gateway.config import config_from_args, gateway_options
+from inference_worker.gateway.metrics import GatewayMetrics, apply_shadow_state, shadow_state
+from inference_worker.gateway.proxy import UpstreamResponse
+from inference_worker.gateway.shadow import (
     FrameReader,
     ShadowCopy,
     compare,
@@ -85,7 +85,10 @@ def test_gateway_options_come_from_flags_then_environment_then_defaults(
     )
     assert (config.shadow_concurrency, config.stats_interval_s, config.upstream_timeout_s) == (8, 1, 30)
     assert config.gateway_id.endswith(f"-{os.getpid()}")
-    assert {option.env for option in OPTIONS} >= {"KILN_GATEWAY_REDIS_URL", "KILN_GATEWAY_MAX_BODY_BYTES"}
+    assert {option.env for option in gateway_options()} >= {
+        "KILN_GATEWAY_REDIS_URL",
+        "KILN_GATEWAY_MAX_BODY_BYTES",
+    }
 
 
 def v2(outputs: dict[str, np.ndarray], binary: bool = False) -> UpstreamResponse:
@@ -155,18 +158,11 @@ def test_the_snapshot_adds_a_variant_s_versions_and_labels_it_with_the_newest() 
     metrics.series("fraud", "a", "4").answered(503, 0.0001)
     metrics.series("fraud", "a", "4").retries += 1
     snapshot = metrics.snapshot("gw-1", started_at=100.0)
-    entry = snapshot["deployments"]["fraud"]["variants"]["a"]
-    assert (entry["version"], entry["requests"], entry["responses"], entry["retries"]) == (
-        4,
-        2,
-        {"200": 1, "503": 1},
-        1,
-    )
-    assert entry["latency_ms"]["le"][-1] == "+Inf"
-    assert entry["latency_ms"]["le"][:3] == [0.1, 0.25, 0.5]
-    assert sum(entry["latency_ms"]["counts"]) == 2
-    assert snapshot["gateway_id"] == "gw-1"
-    assert snapshot["started_at"] == 100.0
+    entry = snapshot.deployments["fraud"]["a"]
+    assert (entry.version, entry.requests, entry.responses, entry.retries) == (4, 2, {"200": 1, "503": 1}, 1)
+    assert entry.latency_ms.le[:3] == (0.1, 0.25, 0.5)
+    assert entry.latency_ms.total == 2
+    assert (snapshot.gateway_id, snapshot.started_at) == ("gw-1", 100.0)
 
 
 def test_the_shadow_process_state_replaces_the_gateway_s_shadow_counters() -> None:
@@ -178,16 +174,16 @@ def test_the_shadow_process_state_replaces_the_gateway_s_shadow_counters() -> No
     series.compared({"y": 0.25}, rows=4, equal=3)
     parent.series("fraud", "next", "4").shadow_dropped = 2
     apply_shadow_state(parent.series("fraud", "next", "4"), orjson.loads(orjson.dumps(shadow_state(series))))
-    shadow = parent.snapshot("gw", 0.0)["deployments"]["fraud"]["variants"]["next"]["shadow"]
-    assert {k: shadow[k] for k in ("sent", "dropped", "compared", "argmax_compared", "argmax_equal")} == {
-        "sent": 3,
-        "dropped": 2,
-        "compared": 1,
-        "argmax_compared": 4,
-        "argmax_equal": 3,
-    }
-    assert (shadow["max_abs_diff_sum"], shadow["max_abs_diff_max"]) == (0.25, 0.25)
-    assert sum(shadow["latency_ms"]["counts"]) == sum(shadow["live_latency_ms"]["counts"]) == 1
+    shadow = parent.snapshot("gw", 0.0).deployments["fraud"]["next"].shadow
+    assert (shadow.sent, shadow.dropped, shadow.compared, shadow.argmax_compared, shadow.argmax_equal) == (
+        3,
+        2,
+        1,
+        4,
+        3,
+    )
+    assert (shadow.max_abs_diff_sum, shadow.max_abs_diff_max) == (0.25, 0.25)
+    assert shadow.latency_ms.total == shadow.live_latency_ms.total == 1
     text = parent.render(parent.registry()).decode()
     labels = 'output="y",variant="next",version="4"'
     assert f'kiln_gateway_shadow_max_abs_diff_bucket{{deployment="fraud",le="0.1",{labels}}} 0.0' in text

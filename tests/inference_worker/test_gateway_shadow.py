@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from tests.inference_worker.gateway_support import (
+from tests.support.gateway import (
     Client,
     applied,
     classifier,
@@ -21,9 +21,9 @@ from tests.inference_worker.gateway_support import (
     publish,
     routing_key,
     table,
-    wait_until,
     worker,
 )
+from tests.support.polling import wait_for
 
 ROWS = 4
 BODIES = [infer_body(ROWS, seed=i) for i in range(64)]
@@ -63,8 +63,9 @@ def compared(url: str, deployment: str, variant: str = "s") -> float:
 def test_an_identical_shadow_agrees_fully_and_the_stats_reach_redis_in_the_platform_format(
     workers: SimpleNamespace,
 ) -> None:
-    from deployments.histograms import quantile, total
+    from deployments.histograms import quantile_of
     from deployments.services.gateway_stats import shadow_summary, variant_stats
+    from inference_worker.contracts.gateway_stats import parse_snapshot
 
     with routing_key() as (key, redis), gateway(key, "--gateway-id", "gw-test-1") as gw:
         publish(
@@ -72,7 +73,7 @@ def test_an_identical_shadow_agrees_fully_and_the_stats_reach_redis_in_the_platf
         )
         applied(gw.url, 1)
         send(gw.url, "fraud", 50)
-        wait_until(lambda: compared(gw.url, "fraud") == 50)
+        wait_for(lambda: compared(gw.url, "fraud") == 50)
         labels = {"deployment": "fraud", "variant": "s", "version": "1"}
         assert metric(gw.url, "kiln_gateway_shadow_requests_total", **labels) == 50
         assert metric(gw.url, "kiln_gateway_shadow_argmax_rows_total", **labels) == 50 * ROWS
@@ -87,20 +88,20 @@ def test_an_identical_shadow_agrees_fully_and_the_stats_reach_redis_in_the_platf
             shadow = found["deployments"]["fraud"]["variants"].get("s", {}).get("shadow", {}) if found else {}
             return found if shadow.get("compared") == 50 else None
 
-        written = wait_until(snapshot, timeout=10)
+        written = wait_for(snapshot, timeout=10)
         assert 0 < redis.ttl(f"{key}:stats") <= 300
     assert {"gateway_id", "started_at", "updated_at", "deployments"} <= set(written)
     assert written["started_at"] <= written["updated_at"]
-    stats = variant_stats("fraud", [written])
-    assert (stats["a"]["version"], stats["a"]["requests"], stats["a"]["responses"]) == (1, 50, {"200": 50})
-    assert total(stats["a"]["latency_ms"]) == 50
-    assert 0 < (quantile(stats["a"]["latency_ms"], 0.5) or 0) < 1000
+    stats = variant_stats("fraud", [parse_snapshot(written)])
+    assert (stats["a"].version, stats["a"].requests, stats["a"].responses) == (1, 50, {"200": 50})
+    assert stats["a"].latency_ms.total == 50
+    assert 0 < (quantile_of(stats["a"].latency_ms, 0.5) or 0) < 1000
     summary = shadow_summary(stats["s"])
     assert summary is not None
-    assert (summary["sent"], summary["compared"], summary["errors"], summary["dropped"]) == (50, 50, 0, 0)
-    assert summary["argmax_agreement"] == 1.0
-    assert summary["max_abs_diff"] == summary["mean_max_abs_diff"] == 0.0
-    assert total(summary["latency_ms"]) == total(summary["live_latency_ms"]) == 50
+    assert (summary.sent, summary.compared, summary.errors, summary.dropped) == (50, 50, 0, 0)
+    assert summary.argmax_agreement == 1.0
+    assert summary.max_abs_diff == summary.mean_max_abs_diff == 0.0
+    assert summary.latency_ms.total == summary.live_latency_ms.total == 50
 
 
 def test_a_shadow_with_different_weights_shows_agreement_below_one(workers: SimpleNamespace) -> None:
@@ -110,7 +111,7 @@ def test_a_shadow_with_different_weights_shows_agreement_below_one(workers: Simp
         )
         applied(gw.url, 1)
         send(gw.url, "fraud", 50)
-        wait_until(lambda: compared(gw.url, "fraud") == 50)
+        wait_for(lambda: compared(gw.url, "fraud") == 50)
         rows = metric(gw.url, "kiln_gateway_shadow_argmax_rows_total", deployment="fraud", variant="s")
         agreements = metric(gw.url, "kiln_gateway_shadow_argmax_agreements_total", deployment="fraud")
         assert rows == 50 * ROWS
@@ -137,7 +138,7 @@ def test_a_shadow_that_never_answers_drops_copies_and_never_delays_the_client(
             assert max(latencies) < 1
             dropped = metric(gw.url, "kiln_gateway_shadow_dropped_total", deployment="fraud", variant="s")
             assert dropped >= 40 - 3  # one in flight, two queued
-            wait_until(lambda: metric(gw.url, "kiln_gateway_shadow_errors_total", deployment="fraud") >= 1)
+            wait_for(lambda: metric(gw.url, "kiln_gateway_shadow_errors_total", deployment="fraud") >= 1)
 
 
 def test_a_shadow_at_100_percent_keeps_the_client_p50_within_10_percent(workers: SimpleNamespace) -> None:
@@ -173,7 +174,7 @@ def test_a_shadow_at_100_percent_keeps_the_client_p50_within_10_percent(workers:
             )
             return (done, dropped, errors) if done + dropped + errors == offered else None
 
-        done, dropped, errors = wait_until(accounted, timeout=30)
+        done, dropped, errors = wait_for(accounted, timeout=30)
         assert errors == 0
         assert done >= offered / 4, (done, dropped)
     assert min(ratios) <= 1.10, ratios

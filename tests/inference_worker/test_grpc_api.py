@@ -19,9 +19,17 @@ from tritonclient.utils import InferenceServerException
 
 from inference_worker import build_protos
 from inference_worker.config import DynamicBatching, Limits
-from tests.inference_worker.conftest import RunningWorker, make_config, running, v2_body, wait_until
-from tests.inference_worker.onnx_models import reference
-from tests.inference_worker.test_batching import BIG_K, post_square
+from tests.support.onnx_models import reference
+from tests.support.polling import wait_for
+from tests.support.workers import (
+    BIG_K,
+    LONGEST_DELAY_US,
+    RunningWorker,
+    make_config,
+    post_square,
+    running,
+    v2_body,
+)
 
 pb2, pb2_grpc = build_protos.load()
 RNG = np.random.default_rng(5)
@@ -153,7 +161,7 @@ def test_queue_full_is_resource_exhausted_and_timeouts_are_deadline_exceeded(mod
         client = triton.InferenceServerClient(worker.grpc_target)
         small = triton_input("a", np.eye(4, dtype=np.float32)[None])
         busy = pool.submit(post_square, worker, BIG_K)
-        wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
+        wait_for(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
         with pytest.raises(InferenceServerException) as caught:  # the client's own deadline
             client.infer("square", [small], client_timeout=0.05)
         assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -162,7 +170,7 @@ def test_queue_full_is_resource_exhausted_and_timeouts_are_deadline_exceeded(mod
         assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         assert "timed out" in caught.value.message()
         queued = pool.submit(client.infer, "square", [small])
-        wait_until(lambda: worker.metric("kiln_worker_queue_depth") == 1)
+        wait_for(lambda: worker.metric("kiln_worker_queue_depth") == 1)
         with pytest.raises(InferenceServerException) as caught:
             client.infer("square", [small])
         assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
@@ -184,7 +192,7 @@ def test_health_watch_follows_ready_then_draining(models: SimpleNamespace) -> No
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
         assert next(watch).status == serving
         busy = pool.submit(post_square, worker, BIG_K)
-        wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
+        wait_for(lambda: worker.metric("kiln_worker_in_flight_requests") == 1)
         worker.worker.stop()
         assert next(watch).status == not_serving
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == not_serving
@@ -198,7 +206,7 @@ def test_health_watch_follows_ready_then_draining(models: SimpleNamespace) -> No
 
 
 def test_http_and_grpc_requests_batch_together(models: SimpleNamespace) -> None:
-    batching = DynamicBatching(max_queue_delay_microseconds=10_000_000, preferred_batch_sizes=(2,))
+    batching = DynamicBatching(max_queue_delay_microseconds=LONGEST_DELAY_US, preferred_batch_sizes=(2,))
     with running(make_config(models.mlp, batching=batching)) as worker, ThreadPoolExecutor(2) as pool:
         client = triton.InferenceServerClient(worker.grpc_target)
         x = np.ones((1, 4), np.float32)
@@ -232,13 +240,13 @@ def test_a_stream_the_client_cancels_leaves_nothing_queued_or_in_flight(models: 
 
         with grpc.insecure_channel(worker.grpc_target) as channel:
             call = pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
-            wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 4)
+            wait_for(lambda: worker.metric("kiln_worker_in_flight_requests") == 4)
             call.cancel()
-            wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 0)
+            wait_for(lambda: worker.metric("kiln_worker_in_flight_requests") == 0)
             done_sending.set()
         assert worker.metric("kiln_worker_queue_depth") == 0
         assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="cancelled") == 4
-        wait_until(
+        wait_for(
             lambda: worker.metric("kiln_worker_batches_total") == 1
         )  # the running one finishes; none after
         assert worker.metric("kiln_worker_inferences_total") == 1
@@ -277,5 +285,5 @@ def test_a_bug_while_reading_a_request_answers_internal_and_leaves_nothing_in_fl
             )
         assert [bool(a.error_message) for a in answers] == [False, True, False]
         assert "internal error" in answers[1].error_message
-        wait_until(lambda: worker.metric("kiln_worker_in_flight_requests") == 0)
+        wait_for(lambda: worker.metric("kiln_worker_in_flight_requests") == 0)
         assert worker.metric("kiln_worker_requests_total", protocol="grpc", outcome="internal") == 2

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from inference_worker.config import Limits
-from tests.inference_worker.conftest import RunningWorker, make_config, running, v2_body
-from tests.inference_worker.onnx_models import reference
+from tests.support.onnx_models import reference
+from tests.support.workers import RunningWorker, make_config, running, v2_body
 
 RNG = np.random.default_rng(11)
 

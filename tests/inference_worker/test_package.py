@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_worker import build_protos
-from tests.inference_worker.conftest import RunningWorker
+from tests.support.workers import RunningWorker
 
 PACKAGE = Path(build_protos.__file__).resolve().parent
 CONTROL_PLANE = {"django", "rest_framework", "config", "registry", "deployments", "accounts", "celery"}
@@ -24,6 +25,53 @@ def test_the_worker_imports_nothing_of_the_control_plane() -> None:
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
             assert not {name.split(".")[0] for name in names} & CONTROL_PLANE, f"{path.name} imports {names}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """The package's modules ``path`` imports (at any depth of its code), longest known name first."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def test_the_data_plane_s_modules_import_each_other_without_a_circle() -> None:
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py") if not {"_generated", "build"} & set(p.parts)}
+    graph = {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
+    done: set[str] = set()
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        assert name not in trail, " -> ".join([*trail[trail.index(name) :], name])
+        if name not in done:
+            for imported in sorted(graph[name]):
+                visit(imported, (*trail, name))
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
+
+
+def test_the_wheel_lists_every_subpackage_of_the_worker() -> None:
+    config = tomllib.loads((PACKAGE / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(("inference_worker", *init.parent.relative_to(PACKAGE).parts))
+        for init in PACKAGE.rglob("__init__.py")
+        if "build" not in init.parts
+    }
+    assert found | {"inference_worker._generated"} == listed
 
 
 def test_generated_grpc_code_is_ignored_by_git() -> None:

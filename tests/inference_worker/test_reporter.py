@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 from inference_worker.config import ReportConfig, ServerConfig
+from inference_worker.contracts.report import Listen, parse_listen, parse_report
 from inference_worker.metrics import Histogram, HistogramSnapshot
-from tests.inference_worker.conftest import make_config, running, v2_body, wait_until
+from tests.support.polling import wait_for
+from tests.support.workers import make_config, running, v2_body
 
 
 class Receiver(ThreadingHTTPServer):
@@ -89,7 +91,7 @@ def test_reports_carry_identity_counters_latency_and_batches(models: SimpleNames
     port = free_port()
     with receiving(port) as receiver, running(make_config(models.mlp, report=report_config(port))) as worker:
         assert [infer(worker.url, rows) for rows in (1, 2, 3)] == [200] * 3
-        report = wait_until(
+        report = wait_for(
             lambda: next((r for r in receiver.reports if r["counters"]["inferences"] == 6), None)
         )
         assert receiver.auth[0] == "Bearer s3cret"
@@ -118,34 +120,35 @@ def test_reports_survive_an_outage_and_the_next_one_covers_it(
     port = free_port()
     caplog.set_level(logging.WARNING, logger="inference_worker.reporter")
     with running(make_config(models.mlp, report=report_config(port))) as worker:
-        wait_until(lambda: "cannot deliver reports" in caplog.text)
+        wait_for(lambda: "cannot deliver reports" in caplog.text)
         assert [infer(worker.url) for _ in range(5)] == [
             200
         ] * 5  # inference goes on while the platform is down
         with receiving(port) as receiver:
-            first = wait_until(lambda: receiver.reports and receiver.reports[0])
+            first = wait_for(lambda: receiver.reports and receiver.reports[0])
             assert first["counters"]["requests"]["success"] == 5
             assert first["window"]["requests"] == 5  # the interval spans the outage: nothing is lost
             assert first["interval"]["start"] == first["started_at"]
             receiver.status = 500  # answering errors is an outage too
             count = len(receiver.reports)
-            wait_until(lambda: len(receiver.reports) > count + 1)
+            wait_for(lambda: len(receiver.reports) > count + 1)
             receiver.status = 202
             assert infer(worker.url) == 200
-            wait_until(lambda: receiver.reports[-1]["counters"]["requests"]["success"] == 6)
+            wait_for(lambda: receiver.reports[-1]["counters"]["requests"]["success"] == 6)
     assert caplog.text.count("cannot deliver reports") == 2
     assert caplog.text.count("reports delivered again") == 2
 
 
 def test_a_stalled_platform_never_stalls_inference(models: SimpleNamespace) -> None:
     port = free_port()
-    with receiving(port) as receiver, running(make_config(models.mlp, report=report_config(port))) as worker:
-        receiver.hold.clear()
-        wait_until(lambda: worker.metric("kiln_worker_ready") == 1)
-        assert [infer(worker.url) for _ in range(20)] == [200] * 20
-        assert receiver.reports == []
-        receiver.hold.set()
-        wait_until(lambda: receiver.reports)
+    with receiving(port) as receiver:
+        receiver.hold.clear()  # the platform stalls from the worker's first report on
+        with running(make_config(models.mlp, report=report_config(port))) as worker:
+            wait_for(lambda: worker.metric("kiln_worker_ready") == 1)
+            assert [infer(worker.url) for _ in range(20)] == [200] * 20
+            assert receiver.reports == []
+            receiver.hold.set()
+            wait_for(lambda: receiver.reports)
 
 
 def test_quantiles_interpolate_inside_histogram_buckets() -> None:
@@ -176,26 +179,19 @@ def test_a_stop_with_a_shutdown_delay_reports_draining_at_once_and_serves_until_
         ),
     )
     with receiving(port) as receiver, running(config) as worker:
-        listen = json.loads(listen_file.read_text())
-        assert listen == {
-            "host": "127.0.0.1",
-            "http_port": worker.worker.http_port,
-            "grpc_port": worker.worker.grpc_port,
-        }
-        first = wait_until(lambda: receiver.reports and receiver.reports[0], timeout=5)
-        assert (first["state"], first["listen"]) == (
-            "ready",
-            {"http_port": worker.worker.http_port, "grpc_port": worker.worker.grpc_port},
-        )
+        bound = Listen(http_port=worker.worker.http_port, grpc_port=worker.worker.grpc_port)
+        assert parse_listen(json.loads(listen_file.read_text())) == bound
+        first = parse_report(wait_for(lambda: receiver.reports and receiver.reports[0], timeout=5))
+        assert (first.state, first.listen) == ("ready", bound)
 
         stopped_at = time.monotonic()
         worker.worker.stop()
-        wait_until(lambda: httpx.get(worker.url + "/v2/health/ready", timeout=5).status_code == 503)
+        wait_for(lambda: httpx.get(worker.url + "/v2/health/ready", timeout=5).status_code == 503, timeout=10)
         assert infer(worker.url) == 200  # not ready, but still serving
-        said = wait_until(lambda: len(receiver.reports) > 1 and receiver.reports[1], timeout=2)
-        assert said["state"] == "draining"
+        said = parse_report(wait_for(lambda: len(receiver.reports) > 1 and receiver.reports[1], timeout=2))
+        assert said.state == "draining"
         assert time.monotonic() - stopped_at < 2
-        wait_until(lambda: _refused(worker.url), timeout=15)
+        wait_for(lambda: _refused(worker.url), timeout=15)
         assert time.monotonic() - stopped_at >= 2.9
 
 

@@ -9,8 +9,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.inference_worker.conftest import RunningWorker, make_config, running
-from tests.inference_worker.onnx_models import reference
+from tests.support.onnx_models import reference
+from tests.support.workers import RunningWorker, make_config, running
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from registry.models import AuditEvent
-from tests.registry.model_factories import save_torchscript_cnn
-from tests.registry.test_upload_api import create_model, upload
+from tests.support.torch_models import save_torchscript_cnn
+from tests.support.uploads import create_model, upload
 
 pytestmark = pytest.mark.django_db
 

@@ -26,7 +26,7 @@ from registry.conversion.onnx_export import explain_export_error
 from registry.conversion.parity import ParityTally, compare_output
 from registry.conversion.profiling import profile, profile_batch_sizes
 from registry.sandbox import SandboxError, run_child
-from tests.registry import model_factories
+from tests.support import torch_models as model_factories
 
 SaveModel = Callable[..., dict[str, Any]]
 EXTENSIONS = {"torchscript": "pt", "torch_export": "pt2", "onnx": "onnx"}

@@ -12,9 +12,10 @@ from rest_framework.test import APIClient
 
 from registry.models import ModelVersion
 from registry.services import sweep_stale_conversions
-from tests.conftest import CeleryWorker, wait_for
-from tests.registry import model_factories as factories
-from tests.registry.test_upload_api import create_model, upload
+from tests.support import torch_models as factories
+from tests.support.polling import wait_for
+from tests.support.services import CeleryWorker
+from tests.support.uploads import create_model, upload
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

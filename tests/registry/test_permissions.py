@@ -11,8 +11,8 @@ from django.contrib.auth.models import Group, User
 from rest_framework.test import APIClient
 
 from registry.models import ModelVersion, RegisteredModel
-from tests.registry.model_factories import save_torchscript_cnn
-from tests.registry.test_upload_api import create_model, upload
+from tests.support.torch_models import save_torchscript_cnn
+from tests.support.uploads import create_model, upload
 
 pytestmark = pytest.mark.django_db
 

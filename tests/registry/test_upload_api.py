@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +12,10 @@ from rest_framework.test import APIClient
 
 from registry import storage
 from registry.models import AuditEvent, ModelVersion
-from tests.registry.model_factories import save_onnx_cnn, save_pt2_cnn, save_torchscript_cnn
+from tests.support.torch_models import save_onnx_cnn, save_pt2_cnn, save_torchscript_cnn
+from tests.support.uploads import create_model, upload
 
 pytestmark = pytest.mark.django_db
-
-
-def create_model(client: APIClient, name: str = "cnn") -> Any:
-    response = client.post(
-        "/api/v1/models/", {"name": name, "description": "a small CNN", "tags": ["vision"]}
-    )
-    assert response.status_code == 201, response.content
-    return response.json()
-
-
-def upload(client: APIClient, name: str, path: Path, **fields: Any) -> Any:
-    with path.open("rb") as handle:
-        data = {"file": handle, **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in fields.items()}}
-        return client.post(f"/api/v1/models/{name}/versions/", data, format="multipart")
 
 
 def test_a_torchscript_cnn_with_its_signature_becomes_version_1(owner_api: APIClient, tmp_path: Path) -> None:

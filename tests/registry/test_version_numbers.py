@@ -11,7 +11,7 @@ from django.db import connection
 
 from registry import services
 from registry.models import ModelVersion, RegisteredModel
-from tests.registry.model_factories import save_onnx_cnn
+from tests.support.torch_models import save_onnx_cnn
 
 
 @pytest.mark.django_db(transaction=True)

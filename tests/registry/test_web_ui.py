@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from registry.models import Alias, ModelVersion, RegisteredModel
-from tests.registry.model_factories import save_torchscript_cnn
+from tests.support.torch_models import save_torchscript_cnn
 
 pytestmark = pytest.mark.django_db
 

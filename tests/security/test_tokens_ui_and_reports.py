@@ -14,7 +14,7 @@ from django.test import Client
 from accounts.models import ApiToken
 from deployments.models import Deployment, Variant, Worker
 from deployments.services.workers import new_worker_token
-from tests.deployments.factories import ready_version
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +63,7 @@ def worker_with_token(owner: User) -> tuple[Worker, str]:
         ("not json", 400, "not valid JSON"),
         ("[1, 2]", 400, "must be a JSON object"),
         ('{"schema": "other"}', 400, "schema"),
-        ('{"schema": "kiln.worker-report/v1"}', 400, "interval and window"),
+        ('{"schema": "kiln.worker-report/v1"}', 400, "interval: must be an object"),
         (
             json.dumps({"schema": "kiln.worker-report/v1", "interval": {"start": "x"}, "window": {}}),
             400,
@@ -127,21 +127,30 @@ def test_a_task_report_without_its_services_token_or_for_another_task_is_refused
     client: Client, task_with_token: tuple[Worker, str], path: str, header: str, status: int
 ) -> None:
     worker, token = task_with_token
-    authorization = {"HTTP_AUTHORIZATION": header.replace("TOKEN", f"Bearer {token}")} if header else {}
+    headers = {"Authorization": header.replace("TOKEN", f"Bearer {token}")} if header else {}
 
-    response = client.post(path, "{}", content_type="application/json", **authorization)
+    response = client.post(path, "{}", content_type="application/json", headers=headers)
 
     assert response.status_code == status
     assert not worker.reports.exists()
 
 
-def test_a_task_report_keeps_only_port_numbers_from_what_it_says_about_listening(
-    client: Client, task_with_token: tuple[Worker, str]
+@pytest.mark.parametrize(
+    ("listen", "field"),
+    [
+        ({"http_port": 41000, "grpc_port": "x"}, "listen.grpc_port"),
+        ({"http_port": 0}, "listen.http_port"),
+        ({"http_port": 70000}, "listen.http_port"),
+        ("127.0.0.1:41000", "listen"),
+    ],
+)
+def test_a_report_that_says_it_listens_anywhere_but_on_a_port_number_is_refused(
+    client: Client, task_with_token: tuple[Worker, str], listen: object, field: str
 ) -> None:
     worker, token = task_with_token
     body = {
         "schema": "kiln.worker-report/v1",
-        "listen": {"http_port": 41000, "grpc_port": "x", "host": "evil.example", "extra": 1},
+        "listen": listen,
         "interval": {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:00:01Z"},
         "window": {"requests": 0},
     }
@@ -153,6 +162,8 @@ def test_a_task_report_keeps_only_port_numbers_from_what_it_says_about_listening
         HTTP_AUTHORIZATION=f"Bearer {token}",
     )
 
-    assert response.status_code == 202
+    assert response.status_code == 400
+    assert field in json.loads(response.content)["message"]
     worker.refresh_from_db()
-    assert worker.last_report["listen"] == {"http_port": 41000}
+    assert worker.last_report == {}
+    assert not worker.reports.exists()

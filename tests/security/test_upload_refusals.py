@@ -16,8 +16,8 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from registry.models import AuditEvent, ModelVersion
-from tests.registry.model_factories import SmallCNN, save_onnx_cnn, save_torchscript_cnn
-from tests.registry.test_upload_api import create_model, upload
+from tests.support.torch_models import SmallCNN, save_onnx_cnn, save_torchscript_cnn
+from tests.support.uploads import create_model, upload
 
 pytestmark = pytest.mark.django_db
 

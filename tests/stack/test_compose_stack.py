@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from deployments.backends.ports import free_port
-from tests.conftest import ROOT, wait_for
-from tests.registry.model_factories import save_onnx_cnn
+from tests.support.paths import ROOT
+from tests.support.polling import wait_for
+from tests.support.torch_models import save_onnx_cnn
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

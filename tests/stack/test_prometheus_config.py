@@ -19,8 +19,10 @@ from django.test import Client
 from django.urls import reverse
 
 from deployments.backends.ports import free_port
-from tests.conftest import ROOT, wait_for
-from tests.stack.conftest import (
+from tests.support.paths import ROOT
+from tests.support.polling import wait_for
+from tests.support.promql import metric_names
+from tests.support.stack import (
     DEPLOYMENT,
     LiveExports,
     Process,
@@ -29,7 +31,6 @@ from tests.stack.conftest import (
     unexported,
     until_ok,
 )
-from tests.stack.promql import metric_names
 
 PROMETHEUS_DIR = ROOT / "platform" / "prometheus"
 needs_promtool = pytest.mark.skipif(
@@ -203,7 +204,7 @@ def test_a_real_prometheus_finds_workers_through_the_platform_and_labels_their_s
     live_server: Any, staff: User, tmp_path: Path
 ) -> None:
     from deployments.models import Deployment, Variant, Worker
-    from tests.deployments.factories import ready_version
+    from tests.support.versions import ready_version
 
     worker, worker_url = start_worker(tmp_path)
     out = StringIO()

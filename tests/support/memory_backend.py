@@ -54,14 +54,17 @@ class MemoryBackend:
     def start(self, spec: WorkerSpec) -> WorkerHandle:
         if self.refuse_starts:
             raise BackendError(self.refuse_starts, code="start_failed")
-        handle = f"mem-{next(self._ids)}"
+        number = next(self._ids)
+        handle = f"mem-{number}"
         self.workers[handle] = MemoryWorker(
             spec=spec,
             started=time.monotonic(),
             ready=self.ready_on_start,
             log=[f"worker {spec.worker_id} up"],
         )
-        return WorkerHandle(handle=handle, http_url=f"http://memory.invalid/{handle}", grpc_target="")
+        # An address a gateway could route to (nothing listens: .invalid never resolves).
+        url = f"http://mem-{number}.invalid:8080"
+        return WorkerHandle(handle=handle, http_url=url, grpc_target=f"mem-{number}.invalid:8081")
 
     def status(self, handle: str) -> BackendStatus:
         worker = self.workers.get(handle)
@@ -275,13 +278,18 @@ class MemoryServiceBackend:
                 f"task{number}",
                 slot,
                 spec.spec_hash,
-                spec.worker.model_version,
+                int(spec.worker.launch.model_version),
                 state="pending",
                 error=self.no_node,
             )
         node = "node-a" if number % 2 else "node-b"
         return MemoryTask(
-            f"task{number}", slot, spec.spec_hash, spec.worker.model_version, node=node, log=["up"]
+            f"task{number}",
+            slot,
+            spec.spec_hash,
+            int(spec.worker.launch.model_version),
+            node=node,
+            log=["up"],
         )
 
     def finish_stops(self) -> None:

@@ -20,7 +20,7 @@ import docker
 import pytest
 from django.conf import settings as django_settings
 
-from tests.conftest import CeleryWorker, Gateway, Platform
+from tests.support.services import CeleryWorker, Gateway, Platform
 from tests.support.swarm_cluster import SwarmCluster, missing_prerequisites
 
 BASE_IMAGE = os.environ.get("KILN_DOCKER_BASE_IMAGE", "kiln/python-base:bookworm")

@@ -23,9 +23,10 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from deployments.models import Worker
-from tests.conftest import Gateway, Platform, wait_for
-from tests.deployments.factories import stored_version
+from tests.support.polling import wait_for
+from tests.support.services import Gateway, Platform
 from tests.support.swarm_cluster import SwarmCluster
+from tests.support.versions import stored_version
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.swarm, pytest.mark.slow]
 
@@ -216,7 +217,7 @@ def test_four_replicas_spread_over_both_nodes_answer_through_two_gateways_heal_s
         assert scaled.status_code == 202
         ready_workers(owner_api, replicas, version=1, timeout=120)
         wait_for(
-            lambda n=replicas: len(running_tasks(cluster, instance)) == n,
+            lambda n=replicas: len(running_tasks(cluster, instance)) == n,  # type: ignore[misc]
             timeout=60,
             message=f"{replicas} tasks",
         )

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from deployments.inputs import Split
+from deployments.inputs import Split, VariantSpec, VersionTarget
 from deployments.models import Deployment, WorkerState
 from deployments.services import add_variant, create_deployment
 from deployments.services.traffic import set_traffic_split
@@ -88,12 +88,14 @@ class Command(BaseCommand):
                 model=model,
                 actor=actor,
                 description="the demo: 90/10 between two versions",
-                variants=[{"name": "primary", "version": versions[0].version, "replicas": 1}],
+                variants=[VariantSpec(VersionTarget(versions[0].version), name="primary")],
             )
             self.stdout.write(f"deployed {DEPLOYMENT}; starting replicas…")
         if not deployment.variants.filter(name="candidate").exists():
             add_variant(
-                deployment=deployment, raw={"name": "candidate", "version": versions[1].version}, actor=actor
+                deployment=deployment,
+                spec=VariantSpec(VersionTarget(versions[1].version), name="candidate"),
+                actor=actor,
             )
         self._wait(lambda: self._all_ready(deployment), timeout, "the replicas to be ready")
         split = {v.name: v.weight for v in deployment.variants.all()}

@@ -1,0 +1,379 @@
+"""The gateway: one stable address in front of every deployment's replicas.
+
+For each inference request (``POST /v2/models/{deployment}[/versions/{v}]/infer``,
+``POST /v1/models/{deployment}:predict``) and metadata read (``GET
+/v2/models/{deployment}[/ready]``): look the deployment up in the current
+routing table, ``choose_arm`` (by weight, sticky with the routing-key header),
+``choose_replica`` (least outstanding requests), and proxy the request bytes
+unchanged (the path's model name rewritten when the variant's differs). A
+connection failure, or a 503 (the worker refuses before running anything: it
+is loading, draining or its queue is full), is retried on another replica of
+the same arm, each replica at most once. Every answer carries
+``X-Kiln-Variant`` and ``X-Kiln-Model-Version``. After the client's answer is
+written, ``ShadowMirror`` may take a copy for each shadow variant.
+
+Nothing here decodes a body on the live path; the request is handled by
+callbacks from the server's parser to the upstream connection's parser, with
+no task per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from random import Random
+
+from inference_worker import __version__
+from inference_worker.config import ConfigError
+from inference_worker.contracts.gateway_stats import GatewaySnapshot
+from inference_worker.gateway.config import GatewayConfig, config_from_args
+from inference_worker.gateway.metrics import GatewayMetrics, Series
+from inference_worker.gateway.mirror import ShadowMirror
+from inference_worker.gateway.proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
+from inference_worker.gateway.routing import (
+    EMPTY,
+    INFER,
+    READ,
+    Replica,
+    Route,
+    RoutingTable,
+    Target,
+    Variant,
+    choose_arm,
+    choose_replica,
+    parse_target,
+    wants_shadow,
+)
+from inference_worker.gateway.server import (
+    GatewayRequest,
+    GatewayResponse,
+    GatewayServer,
+    Reply,
+    json_response,
+)
+from inference_worker.gateway.shadow import ShadowCopy
+from inference_worker.gateway.stats import StatsPublisher, TableWatcher, redis_client
+
+log = logging.getLogger("inference_worker.gateway")
+
+METRICS_TYPE = b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+_SWEEP_S = 0.25
+
+
+class Gateway:
+    """Routing table, upstream pools, metrics and the servers of one gateway process."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.port = 0
+        self.table: RoutingTable = EMPTY
+        self.loaded = False
+        self.routes: dict[bytes, Route] = {}
+        self.rng = Random()  # noqa: S311 - traffic splitting, not secrets
+        self.metrics = GatewayMetrics()
+        self.started_at = time.time()
+        self.server = GatewayServer(
+            self, max_body_bytes=config.max_body_bytes, routing_key_header=config.routing_key_header
+        )
+        self._registry = self.metrics.registry()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.upstreams: Upstreams | None = None
+        self._shadow: ShadowMirror | None = None
+        self._targets: dict[bytes, Target] = {}
+        self._series_by_replica: dict[int, Series] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def serve(self, *, handle_signals: bool = True) -> int:
+        """Run until ``stop()``; returns the exit status."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+        c = self.config
+        limits = PoolLimits(c.max_connections_per_replica, c.connect_timeout_s)
+        self.upstreams = Upstreams(limits, c.upstream_timeout_s, loop)
+        upstreams = self.upstreams
+        self.metrics.outstanding = lambda: {u: float(p.outstanding) for u, p in upstreams.pools.items()}
+        child_args = [
+            "--upstream-timeout-s", str(c.upstream_timeout_s),
+            "--connect-timeout-s", str(c.connect_timeout_s),
+            "--max-connections", str(c.max_connections_per_replica),
+            "--nice", str(c.shadow_nice),
+            "--log-level", c.log_level,
+        ]  # fmt: skip
+        self._shadow = ShadowMirror(
+            queue_size=c.shadow_queue_size, concurrency=c.shadow_concurrency, metrics=self.metrics,
+            child_args=child_args,
+        )  # fmt: skip
+        self.port = await self.server.start(c.host, c.port)
+        log.info("listening http=%s:%d", c.host, self.port)
+        client = redis_client(c.redis_url)
+        watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
+        publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
+        await self._shadow.start()
+        tasks = [loop.create_task(job) for job in (watcher.run(), publisher.run(), self._sweep())]
+        await self._stop.wait()
+        await self._drain()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._shadow.stop()
+        await publisher.publish()
+        await client.aclose()
+        log.info("stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Begin the drain; safe to call from any thread."""
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _drain(self) -> None:
+        self.server.stop_accepting()
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self.server.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await self.server.close()
+        assert self.upstreams is not None  # noqa: S101 - serve() set it
+        self.upstreams.close()
+
+    async def _sweep(self) -> None:
+        assert self.upstreams is not None  # noqa: S101 - serve() set it
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            self.upstreams.sweep()
+
+    def apply(self, table: RoutingTable) -> None:
+        """Swap in a new table whole; requests in flight keep the route they were given."""
+        self.table = table
+        self.routes = {name.encode(): route for name, route in table.deployments.items()}
+        self.loaded = True
+        if self.upstreams is not None:
+            urls = {r.url for route in table.deployments.values() for v in route.variants for r in v.replicas}
+            self.upstreams.keep_only(urls)
+        self._series_by_replica = {
+            id(replica): self.metrics.series(route.name, variant.name, replica.version)
+            for route in table.deployments.values()
+            for variant in route.variants
+            for replica in variant.replicas
+        }
+        self.metrics.table_version = table.version
+        self.metrics.table_loaded_at = time.time()
+        log.info("routing table %d applied: %d deployment(s)", table.version, len(table.deployments))
+
+    def snapshot(self) -> GatewaySnapshot:
+        return self.metrics.snapshot(self.config.gateway_id, self.started_at)
+
+    # -- requests ----------------------------------------------------------------------------
+    def handle(self, request: GatewayRequest, reply: Reply) -> None:
+        """Answer ``request`` through ``reply``, now or later; never raises."""
+        target = self._targets.get(request.url)
+        if target is None:
+            target = parse_target(request.url)
+            if target is None:
+                return self._gateway_route(request, reply)
+            if len(self._targets) >= _MAX_TARGETS:
+                self._targets.clear()
+            self._targets[request.url] = target
+        method = request.method
+        if target.kind == INFER:
+            if method != b"POST":
+                return reply(json_response(405, {"error": "method not allowed; use POST"}))
+        elif target.kind == READ:
+            if method not in (b"GET", b"HEAD"):
+                return reply(json_response(405, {"error": "method not allowed; use GET"}))
+            method = b"GET"
+        else:
+            return reply(json_response(404, {"error": f"no route for {request.url.decode('latin-1')!r}"}))
+        route = self.routes.get(target.key)
+        if route is None:
+            if not self.loaded:
+                return reply(json_response(503, {"error": "the gateway has no routing table yet"}))
+            message = f"unknown deployment {target.key.decode('latin-1')!r}"
+            return reply(json_response(404, {"error": message}))
+        variant = choose_arm(route, request.routing_key, self.rng)
+        if variant is None:
+            message = f"deployment {route.name!r} has no variant with traffic weight"
+            return reply(json_response(503, {"error": message}))
+        return _Call(self, request, reply, route, variant, method, target).attempt()
+
+    def _gateway_route(self, request: GatewayRequest, reply: Reply) -> None:
+        path = request.url.partition(b"?")[0]
+        if path == b"/metrics":
+            return reply(GatewayResponse(200, METRICS_TYPE, self.metrics.render(self._registry)))
+        if path == b"/v2/health/live":
+            return reply(json_response(200, {"live": True}))
+        if path == b"/v2/health/ready":
+            body = {"ready": self.loaded, "routing_table_version": self.table.version}
+            return reply(json_response(200 if self.loaded else 503, body))
+        if path == b"/v2":
+            return reply(json_response(200, {"name": "kiln-gateway", "version": __version__}))
+        return reply(json_response(404, {"error": f"no route for {path.decode('latin-1')!r}"}))
+
+    def series(self, route: Route, variant: Variant, replica: Replica | None) -> Series:
+        """The counters of an answer by ``replica`` (or by the gateway itself, for ``variant``)."""
+        if replica is not None:
+            found = self._series_by_replica.get(id(replica))
+            if found is not None:
+                return found
+        version = replica.version if replica is not None else variant.version
+        return self.metrics.series(route.name, variant.name, version)
+
+    def mirror(self, call: _Call, live: UpstreamResponse, seconds: float) -> None:
+        """Offer a copy of a successful live request to each shadow variant that wants one."""
+        assert self._shadow is not None  # noqa: S101 - serve() set it
+        for shadow in call.route.shadows:
+            if wants_shadow(shadow, self.rng):
+                request = call.request
+                replicas = [(r.host, r.port, r.version) for r in shadow.replicas]
+                url = call.upstream_url(shadow)
+                copy = ShadowCopy(
+                    call.route.name, shadow.name, shadow.version, replicas, call.method, url,
+                    request.headers, request.body, live, seconds,
+                )  # fmt: skip
+                self._shadow.offer(copy)
+
+
+_MAX_TARGETS = 4096
+"""Distinct request URLs whose parse is remembered (the cache restarts when full)."""
+
+
+def _head(method: bytes, url: bytes, length: int, headers: bytes) -> bytes:
+    return b"%s %s HTTP/1.1\r\nContent-Length: %d\r\n%s" % (method, url, length, headers)
+
+
+class _Call:
+    """One client request on its way through the replicas of its arm."""
+
+    __slots__ = (
+        "gateway",
+        "head",
+        "method",
+        "replica",
+        "reply",
+        "request",
+        "route",
+        "target",
+        "tried",
+        "variant",
+    )
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: GatewayRequest,
+        reply: Reply,
+        route: Route,
+        variant: Variant,
+        method: bytes,
+        target: Target,
+    ) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.reply = reply
+        self.route = route
+        self.variant = variant
+        self.method = method
+        self.target = target
+        self.head = _head(method, self.upstream_url(variant), len(request.body), request.headers)
+        self.tried: set[str] | tuple[()] = ()
+        self.replica: Replica | None = None
+
+    def upstream_url(self, variant: Variant) -> bytes:
+        """The request's URL with the deployment name replaced by the variant's model name."""
+        target = self.target
+        if variant.model == target.name:
+            return self.request.url
+        return target.prefix + variant.model + target.rest
+
+    def attempt(self) -> None:
+        gateway = self.gateway
+        upstreams = gateway.upstreams
+        assert upstreams is not None  # noqa: S101 - requests arrive once serving
+        replica = choose_replica(self.variant.replicas, upstreams.load, gateway.rng, self.tried)
+        if replica is None:
+            what = f"deployment {self.route.name!r} variant {self.variant.name!r}"
+            return self._fail(503, f"no ready replica of {what}")
+        self.replica = replica
+        pool = upstreams.pool(replica.url, replica.host, replica.port)
+        deadline = upstreams.loop.time() + upstreams.timeout_s
+        return pool.request(self.head, self.request.body, self.answered, deadline)
+
+    def answered(self, result: UpstreamResponse | UpstreamError) -> None:
+        if type(result) is UpstreamResponse:
+            if result.status != 503 or not self._retry():
+                self._respond(result)
+            return
+        assert isinstance(result, UpstreamError)  # noqa: S101 - the other member of the union
+        if not (result.retryable and self._retry()):
+            message = result.message
+            if result.retryable:  # no replica left to try
+                message = f"no replica of deployment {self.route.name!r} variant {self.variant.name!r} "
+                message += f"could be reached (last: {result.message})"
+            self._fail(503 if result.retryable else result.status, message)
+
+    def _retry(self) -> bool:
+        """Try another replica of the arm, if one is left; each replica at most once."""
+        replica = self.replica
+        tried = self.tried if isinstance(self.tried, set) else set()
+        if replica is not None:
+            tried.add(replica.url)
+        self.tried = tried
+        if all(r.url in tried for r in self.variant.replicas):
+            return False
+        self.gateway.series(self.route, self.variant, replica).retries += 1
+        self.attempt()
+        return True
+
+    def _respond(self, result: UpstreamResponse) -> None:
+        replica = self.replica
+        assert replica is not None  # noqa: S101 - only after an attempt
+        self.reply(GatewayResponse(result.status, result.headers + replica.labels, result.body))
+        seconds = time.perf_counter() - self.request.received
+        self.gateway.series(self.route, self.variant, replica).answered(result.status, seconds)
+        if self.route.shadows and result.status == 200:
+            self.gateway.mirror(self, result, seconds)
+
+    def _fail(self, status: int, message: str) -> None:
+        replica = self.replica
+        labels = replica.labels if replica is not None else self.variant.labels
+        self.reply(json_response(status, {"error": message}, labels))
+        seconds = time.perf_counter() - self.request.received
+        self.gateway.series(self.route, self.variant, replica).answered(status, seconds)
+
+
+# -- entry point ---------------------------------------------------------------------------------
+def main(args: argparse.Namespace) -> int:
+    """``inference-worker gateway``: configure, log, serve on uvloop; 2 on a bad option."""
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"inference-worker: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(Gateway(config).serve())
+    except OSError as exc:
+        print(f"inference-worker: error: cannot listen: {exc}", file=sys.stderr)
+        return 2

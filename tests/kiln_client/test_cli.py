@@ -1,0 +1,171 @@
+"""The `kiln` CLI against the live platform: real server, real Celery worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from accounts.tokens import create_api_token
+from registry.models import Alias, ModelVersion
+from tests.support import torch_models as factories
+from tests.support.paths import ROOT
+from tests.support.services import CeleryWorker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def kiln(
+    *args: str, url: str, token: str | None, env: dict[str, str] | None = None, timeout: float = 300
+) -> Any:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "GITHUB_", "CI_"))}
+    environment.update({"KILN_URL": url, **({"KILN_TOKEN": token} if token else {}), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "kiln_client", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def token(owner: User) -> str:
+    return create_api_token(user=owner)
+
+
+def test_upload_with_wait_creates_the_model_converts_and_records_ci_metadata(
+    live_server: Any, celery_worker: CeleryWorker, token: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "cnn.pt"
+    signature = factories.save_torchscript_cnn(path)
+    env = {"GITHUB_SHA": "0123abcd", "GITHUB_REPOSITORY": "acme/models", "GITHUB_RUN_ID": "77"}
+
+    result = kiln(
+        "upload",
+        "digits",
+        str(path),
+        "--signature",
+        json.dumps(signature),
+        "--create",
+        "--wait",
+        url=live_server.url,
+        token=token,
+        env=env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "ready"
+    assert "uploading" in result.stderr
+    assert "v1: ready" in result.stderr
+    version = ModelVersion.objects.get(model__name="digits", version=1)
+    assert version.metadata["git_commit"] == "0123abcd"
+    assert version.metadata["ci_run_url"] == "https://github.com/acme/models/actions/runs/77"
+
+
+def test_a_failed_conversion_exits_non_zero_with_the_reason(
+    live_server: Any, celery_worker: CeleryWorker, token: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "fft.pt"
+    signature = factories.save_unexportable_torchscript(path)
+
+    result = kiln(
+        "upload",
+        "spectral",
+        str(path),
+        "--signature",
+        json.dumps(signature),
+        "--create",
+        "--wait",
+        url=live_server.url,
+        token=token,
+    )
+
+    assert result.returncode == 1
+    assert "conversion failed" in result.stderr
+    assert factories.UNEXPORTABLE_OPERATOR in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
+    live_server: Any, token: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "cnn.onnx"
+    factories.save_onnx_cnn(path)
+    upload = kiln("upload", "digits", str(path), "--create", url=live_server.url, token=token)
+    assert upload.returncode == 0, upload.stderr
+
+    listed = kiln("versions", "digits", url=live_server.url, token=token)
+    aliased = kiln("alias", "digits", "production", "1", url=live_server.url, token=token)
+    missing = kiln("alias", "digits", "production", "9", url=live_server.url, token=token)
+    refused = kiln("upload", "digits", str(tmp_path / "nope.onnx"), url=live_server.url, token=token)
+    bad_split = kiln("traffic", "nothing-here", "a=90", "b=10", url=live_server.url, token=token)
+
+    assert listed.returncode == 0
+    assert listed.stdout.startswith("v1 ")
+    assert aliased.returncode == 0
+    assert Alias.objects.get(name="production").version.version == 1
+    assert (missing.returncode, missing.stderr.strip()) == (1, "kiln: model 'digits' has no version 9")
+    assert refused.returncode == 1
+    assert "no such file" in refused.stderr
+    assert bad_split.returncode == 1
+    assert "no deployment named 'nothing-here'" in bad_split.stderr
+    for result in (missing, refused, bad_split):
+        assert "Traceback" not in result.stderr
+
+
+def test_a_missing_or_wrong_token_is_a_clear_error(live_server: Any) -> None:
+    missing = kiln("versions", "digits", url=live_server.url, token=None)
+    wrong = kiln("versions", "digits", url=live_server.url, token="kiln_nope_nope")
+
+    assert missing.returncode == 1
+    assert "set KILN_TOKEN" in missing.stderr
+    assert wrong.returncode == 1
+    assert "invalid, expired or revoked API token" in wrong.stderr
+
+
+def test_the_client_runs_without_django_and_builds_as_its_own_wheel(tmp_path: Path) -> None:
+    blocked = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['django'] = None; sys.argv = ['kiln', '--help'];"
+            "from kiln_client.cli import main; raise SystemExit(main())",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    wheel = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            "./kiln_client",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert blocked.returncode == 0, blocked.stderr
+    assert "upload" in blocked.stdout
+    assert wheel.returncode == 0, wheel.stderr
+    assert list(tmp_path.glob("kiln_client-*.whl"))
