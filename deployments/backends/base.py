@@ -167,9 +167,20 @@ class ServiceStatus:
     token_digest: str = ""
     """The digest of the report token every replica of the service sends."""
     tasks: tuple[Replica, ...] = ()
-    rolled_back_from: str = ""
-    """The configuration of an update the orchestrator rolled back (it failed), else ""."""
+    update_state: str = ""
+    """The orchestrator's last update: ``updating``, ``completed``, ``rollback_started``,
+    ``rollback_completed``, ``rollback_paused``... ("" before any)."""
     update_message: str = ""
+    rolled_back_from: str = ""
+    """The configuration of an update the orchestrator rolled back, as noted (``note_rollback``)."""
+
+    @property
+    def rolling_back(self) -> bool:
+        return self.update_state == "rollback_started"
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.update_state in ("rollback_completed", "rollback_paused")
 
 
 class ServiceBackend(Protocol):
@@ -197,6 +208,14 @@ class ServiceBackend(Protocol):
 
     def scale_service(self, variant_id: int, replicas: int) -> bool:
         """Change only the replica count of an existing service; whether it changed (False: no service)."""
+        ...
+
+    def note_rollback(self, variant_id: int, spec_hash: str) -> None:
+        """Record on the service that the update to ``spec_hash`` was rolled back.
+
+        A rollback restores the whole earlier service, labels included, so the service no longer
+        says what failed; this note stays until the next configuration is applied.
+        """
         ...
 
     def remove_service(self, variant_id: int) -> None:

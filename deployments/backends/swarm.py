@@ -159,12 +159,6 @@ class SwarmBackend:
             raise unavailable(exc) from exc
         labels = service["Spec"].get("Labels") or {}
         update = service.get("UpdateStatus") or {}
-        rolled_back_from = ""
-        if str(update.get("State", "")).startswith("rollback"):
-            previous = (service.get("PreviousSpec") or {}).get("Labels") or {}
-            rolled_back_from = (
-                previous.get(sp.SPEC, "") if previous.get(sp.SPEC) != labels.get(sp.SPEC) else ""
-            )
         replicas = [_replica(task, _Nodes(nodes)) for task in tasks]
         return ServiceStatus(
             exists=True,
@@ -172,30 +166,46 @@ class SwarmBackend:
             spec_hash=labels.get(sp.SPEC, ""),
             token_digest=labels.get(sp.TOKEN_DIGEST, ""),
             tasks=tuple(sorted(replicas, key=lambda r: (r.slot, r.handle))),
-            rolled_back_from=rolled_back_from,
+            update_state=str(update.get("State") or ""),
             update_message=str(update.get("Message") or ""),
+            rolled_back_from=labels.get(sp.ROLLED_BACK_FROM, ""),
         )
 
     def scale_service(self, variant_id: int, replicas: int) -> bool:
+        return self._amend(variant_id, replicas=replicas)
+
+    def note_rollback(self, variant_id: int, spec_hash: str) -> None:
+        self._amend(variant_id, labels={sp.ROLLED_BACK_FROM: spec_hash})
+
+    def _amend(
+        self, variant_id: int, *, replicas: int | None = None, labels: dict[str, str] | None = None
+    ) -> bool:
+        """Change the count or add labels, sending the tasks' template as it stands (no task restarts)."""
         client = engine()
         try:
             current = self._find(client, variant_id)
-            if current is None or _replicas(current) == replicas:
+            if current is None:
                 return False
             spec = current["Spec"]
+            count = _replicas(current) if replicas is None else replicas
+            merged = {**(spec.get("Labels") or {}), **(labels or {})}
+            if count == _replicas(current) and merged == (spec.get("Labels") or {}):
+                return False
             client.api.update_service(
                 current["ID"],
                 current["Version"]["Index"],
                 task_template=spec["TaskTemplate"],
                 name=spec["Name"],
-                labels=spec.get("Labels"),
-                mode=ServiceMode("replicated", replicas=replicas),
+                labels=merged,
+                mode=ServiceMode("replicated", replicas=count),
                 update_config=spec.get("UpdateConfig"),
                 rollback_config=spec.get("RollbackConfig"),
             )
             return True
         except docker.errors.APIError as exc:
-            raise BackendError(f"the swarm manager refused to scale the service: {short_error(exc)}") from exc
+            raise BackendError(
+                f"the swarm manager refused to change the service: {short_error(exc)}"
+            ) from exc
         except ENGINE_ERRORS as exc:
             raise unavailable(exc) from exc
 

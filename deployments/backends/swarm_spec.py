@@ -55,6 +55,7 @@ VARIANT_ID = "kiln.variant-id"
 SPEC = "kiln.spec"
 FINGERPRINT = "kiln.service-spec"
 TOKEN_DIGEST = "kiln.report-token-sha256"  # noqa: S105 - a label name
+ROLLED_BACK_FROM = "kiln.rolled-back-from"
 SECRET = "kiln.secret"  # noqa: S105 - a label name
 
 

@@ -21,6 +21,7 @@ API read workers as they do for the other backends:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
@@ -204,7 +205,8 @@ class ServiceReconciler:
     def converge(self, status: ServiceStatus) -> None:
         wanted = self.wanted_replicas()
         for waiting in self.variant.workers.filter(state=WorkerState.STARTING, handle=""):
-            if waiting.slot is None or waiting.slot > wanted:
+            gone = status.exists and status.spec_hash != waiting.spec_hash  # e.g. an update rolled back
+            if waiting.slot is None or waiting.slot > wanted or gone:
                 self.set_state(waiting, WorkerState.STOPPED)
         if wanted == 0:
             if any(not task.ended for task in status.tasks):
@@ -216,11 +218,17 @@ class ServiceReconciler:
             if status.exists:
                 self.backend.scale_service(self.variant.pk, wanted)  # the current image keeps serving
             return
-        if status.rolled_back_from and status.rolled_back_from == self.spec:
+        if status.rolling_back:
+            self.problem = f"variant {self.variant.name}: the swarm is rolling an update back"
+            return
+        if status.rolled_back and status.spec_hash != self.spec and not status.rolled_back_from:
+            self.backend.note_rollback(self.variant.pk, self.spec)  # the update to this configuration failed
+            status = replace(status, rolled_back_from=self.spec)
+        if status.rolled_back_from == self.spec:
             self.problem_fatal = True
             self.problem = (
-                f"variant {self.variant.name}: the swarm rolled the update back "
-                f"({status.update_message or 'a new task failed'}); the earlier configuration serves"
+                f"variant {self.variant.name}: the swarm rolled the update back (a new task failed: see the "
+                "workers' last errors); the earlier configuration serves until the variant changes again"
             )
             self.backend.scale_service(self.variant.pk, wanted)
             return

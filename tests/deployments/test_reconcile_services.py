@@ -16,7 +16,7 @@ from deployments.models import Deployment, DeploymentStatus, Worker, WorkerState
 from deployments.reconcile import reconcile_deployment, stop_orphans
 from deployments.services.deployments import create_deployment, delete_deployment
 from deployments.services.routing import build_routing_table
-from deployments.services.variants import scale_variant, set_variant_version
+from deployments.services.variants import scale_variant, set_variant_version, update_batching
 from registry.models import AuditEvent, RegisteredModel
 from tests.support.memory_backend import MemoryServiceBackend, memory_service_backend
 from tests.support.versions import ready_version
@@ -290,7 +290,7 @@ def test_a_new_version_rolls_through_the_orchestrator_new_tasks_first(
     assert [state for state, _, _ in _rows(deployment)] == ["ready", "ready"]
 
 
-def test_an_update_the_orchestrator_rolled_back_fails_the_deployment_and_is_not_sent_again(
+def test_an_update_the_orchestrator_rolled_back_fails_the_deployment_until_the_variant_changes_again(
     owner: User, swarm: MemoryServiceBackend, report: Callable[..., int]
 ) -> None:
     deployment = _serving(owner, swarm, report, replicas=1)
@@ -298,15 +298,32 @@ def test_an_update_the_orchestrator_rolled_back_fails_the_deployment_and_is_not_
     _pass(deployment)
     applied = swarm.applied
     (service,) = swarm.services.values()
-    swarm.roll_back(service.spec.variant_id, "update rolled back due to failure or early termination of task")
+    swarm.schedule()  # the new task starts first, and dies
+    (new,) = [t for t in swarm.live() if t.version == 2]
+    _pass(deployment)
+    swarm.crash(new.handle, line="ConfigError: the model does not load")
+    swarm.roll_back(service.spec.variant_id, "rollback completed")
     _pass(deployment)
     _pass(deployment)
-    assert swarm.applied == applied
+    assert swarm.applied == applied  # not sent again
+    assert "does not load" in Worker.objects.get(handle=new.handle).last_error
+    assert _rows(deployment) == [("ready", 1, "node-a")]  # no replacement awaited for the failed one
     assert service.spec.worker.launch.model_version == "1"
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.FAILED
-    assert "rolled the update back (update rolled back due to failure" in deployment.status_reason
+    assert "the swarm rolled the update back" in deployment.status_reason
     assert len(_routed()) == 1  # the earlier version keeps serving
+
+    update_batching(
+        variant=deployment.variants.get(),
+        batching={"max_batch_size": 8, "preferred_batch_sizes": [8]},
+        actor=owner,
+    )
+    _pass(deployment)
+    assert swarm.applied == applied + 1  # a new configuration is tried
+    assert service.rolled_back_from == ""
+    deployment.refresh_from_db()
+    assert deployment.status != DeploymentStatus.FAILED
 
 
 def test_tasks_no_node_can_take_leave_the_variant_pending_with_the_orchestrators_reason(

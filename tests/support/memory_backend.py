@@ -167,8 +167,9 @@ class MemoryService:
     replicas: int
     token: str
     previous: ServiceSpec | None = None
-    rolled_back_from: str = ""
+    update_state: str = ""
     update_message: str = ""
+    rolled_back_from: str = ""  # the note
     tasks: list[MemoryTask] = field(default_factory=list)
 
 
@@ -206,6 +207,7 @@ class MemoryServiceBackend:
         else:
             if service.spec.spec_hash != spec.spec_hash:
                 service.previous = service.spec
+                service.update_state, service.rolled_back_from = "updating", ""
             service.spec, service.replicas = spec, spec.replicas
         self.applied += 1
         return True
@@ -227,9 +229,13 @@ class MemoryServiceBackend:
             spec_hash=service.spec.spec_hash,
             token_digest=hashlib.sha256(service.token.encode()).hexdigest(),
             tasks=tuple(task.as_replica() for task in service.tasks),
-            rolled_back_from=service.rolled_back_from,
+            update_state=service.update_state,
             update_message=service.update_message,
+            rolled_back_from=service.rolled_back_from,
         )
+
+    def note_rollback(self, variant_id: int, spec_hash: str) -> None:
+        self.services[variant_id].rolled_back_from = spec_hash
 
     def remove_service(self, variant_id: int) -> None:
         self.services.pop(variant_id, None)
@@ -306,14 +312,15 @@ class MemoryServiceBackend:
             task.log.append(line)
 
     def roll_back(self, variant_id: int, message: str) -> None:
-        """The update failed: the service runs its previous configuration again."""
+        """The update failed: the service runs its previous configuration again, as Swarm does it
+        (the whole earlier service comes back: nothing on it says which configuration failed)."""
         service = self.services[variant_id]
         assert service.previous is not None
-        service.rolled_back_from = service.spec.spec_hash
-        service.update_message = message
+        failed = service.spec.spec_hash
+        service.update_state, service.update_message = "rollback_completed", message
         service.spec, service.previous = service.previous, None
         for task in service.tasks:
-            if task.spec_hash == service.rolled_back_from and task.state in ("pending", "running"):
+            if task.spec_hash == failed and task.state in ("pending", "running"):
                 task.state, task.desired = "shutdown", "shutdown"
 
 

@@ -119,16 +119,23 @@ class Engine:
             return None
         return docker.DockerClient(base_url=self.url, timeout=120)  # asks the engine its API version
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM: it stops its containers and unmounts their layers."""
         if self.client is not None:
             self.client.close()
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # it stops its containers and unmounts their layers
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, *, timeout: float) -> None:
+        """Until it has exited; past ``timeout``, SIGKILL for its whole process group (its containerd)."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
 
     def log_tail(self, lines: int = 30) -> str:
         path = self.dir / "dockerd.log"
@@ -140,6 +147,7 @@ class SwarmCluster:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="kiln-swarm-", dir="/tmp"))  # short: sockets live here
+        self.started = time.monotonic()
         self.first = Engine(self.root, "manager")
         self.second = Engine(self.root, "worker")
         self.registry = ""
@@ -215,18 +223,21 @@ class SwarmCluster:
     def node_id(self, client: docker.DockerClient) -> str:
         return str(client.info()["Swarm"]["NodeID"])
 
-    def containers(self, label: str) -> list[Any]:
-        """Containers (running or not) carrying ``label`` on either node."""
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        """Containers (running or not) carrying ``label`` on either node, as the engines list them."""
         return [
-            c
+            row
             for engine in (self.manager, self.worker)
-            for c in engine.containers.list(all=True, filters={"label": label})
+            for row in engine.api.containers(all=True, filters={"label": label})
         ]
 
     def stop(self) -> None:
-        for engine in (self.second, self.first):
-            with contextlib.suppress(Exception):
-                engine.stop()
+        """Both engines stop at once (each stops its containers), then the registry; then the directory."""
+        engines = [engine for engine in (self.second, self.first) if engine.proc is not None]
+        for engine in engines:
+            engine.terminate()
+        for engine in engines:
+            engine.wait(timeout=30)
         if self._registry is not None and self._registry.poll() is None:
             os.killpg(self._registry.pid, signal.SIGTERM)
             self._registry.wait(timeout=30)

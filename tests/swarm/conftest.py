@@ -5,6 +5,9 @@ it. Each test gets the usual platform (web, Celery worker and beat, gateway) wit
 ``DOCKER_HOST`` at the swarm manager, the registry in ``KILN_DOCKER_IMAGE_REPOSITORY`` and short
 timings, plus a second gateway reading the same routing table; whatever the test left (services,
 their secrets) is removed after it.
+
+The suite has a budget of its own (``KILN_SWARM_SUITE_BUDGET_S``, 8 minutes from the cluster's
+start, CI's share for it) besides each test's timeout: a test that would start past it fails.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tests.support.services import CeleryWorker, Gateway, Platform
 from tests.support.swarm_cluster import SwarmCluster, missing_prerequisites
 
 BASE_IMAGE = os.environ.get("KILN_DOCKER_BASE_IMAGE", "kiln/python-base:bookworm")
+BUDGET_S = float(os.environ.get("KILN_SWARM_SUITE_BUDGET_S", "480"))
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +44,13 @@ def cluster() -> Iterator[SwarmCluster]:
         pytest.fail(f"the test swarm did not come up: {exc}\n{logs}")
     yield swarm
     swarm.stop()
+
+
+@pytest.fixture(autouse=True)
+def _within_the_suites_budget(cluster: SwarmCluster) -> None:
+    spent = time.monotonic() - cluster.started
+    if spent > BUDGET_S:
+        pytest.fail(f"the swarm suite has spent {spent:.0f} s, past its budget of {BUDGET_S:.0f} s")
 
 
 @pytest.fixture

@@ -142,7 +142,7 @@ class Load(threading.Thread):
         self.join(timeout=30)
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(360)
 def test_four_replicas_spread_over_both_nodes_answer_through_two_gateways_heal_scale_and_leave_nothing(
     swarm_platform: Platform,
     second_gateway: Gateway,
@@ -236,7 +236,7 @@ def test_four_replicas_spread_over_both_nodes_answer_through_two_gateways_heal_s
     assert cluster.manager.api.tasks(filters={"label": label}) == []
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(180)
 def test_draining_a_node_moves_its_replicas_with_no_failed_request_under_load(
     swarm_platform: Platform,
     second_gateway: Gateway,
@@ -276,8 +276,8 @@ def test_draining_a_node_moves_its_replicas_with_no_failed_request_under_load(
     delete_and_wait(owner_api)
 
 
-@pytest.mark.timeout(300)
-def test_a_rolling_update_of_the_version_under_load_fails_no_request(
+@pytest.mark.timeout(240)
+def test_a_rolling_update_under_load_fails_no_request_and_a_broken_version_is_rolled_back_by_the_swarm(
     swarm_platform: Platform,
     second_gateway: Gateway,
     cluster: SwarmCluster,
@@ -287,8 +287,10 @@ def test_a_rolling_update_of_the_version_under_load_fails_no_request(
 ) -> None:
     stored_version(owner, tmp_path, number=1, seed=0)
     stored_version(owner, tmp_path, number=2, seed=1)
+    stored_version(owner, tmp_path, number=3, onnx_bytes=b"not an ONNX model: the worker exits at load")
     deploy(owner_api, 1, 2)
     ready_workers(owner_api, 2, version=1, timeout=240)
+    instance = swarm_platform.worker.env["KILN_INSTANCE_ID"]
 
     load = Load([swarm_platform.gateway.url, second_gateway.url])
     load.start()
@@ -300,18 +302,38 @@ def test_a_rolling_update_of_the_version_under_load_fails_no_request(
         assert rolled.status_code == 202, rolled.content
         ready_workers(owner_api, 2, version=2, timeout=240)
         wait_for(lambda: load.versions.get("2", 0) >= 30, timeout=30, message="requests served by v2")
+
+        # A version whose workers cannot start: the swarm rolls the update back, v2 keeps serving.
+        broken = owner_api.put(
+            f"/api/v1/deployments/{NAME}/variants/primary/version/", {"version": 3}, format="json"
+        )
+        assert broken.status_code == 202, broken.content
+        with explained(cluster, instance):
+            failed = wait_for(
+                lambda: (body := deployment_of(owner_api))["status"] == "failed" and body,
+                timeout=150,
+                interval=0.5,
+                message="the broken update rolled back and shown",
+            )
+        served = load.versions.get("2", 0)
+        wait_for(lambda: load.versions.get("2", 0) >= served + 20, timeout=30, message="v2 still serving")
     finally:
         load.stop()
 
     assert load.failures == []
-    instance = swarm_platform.worker.env["KILN_INSTANCE_ID"]
-    wait_for(lambda: len(running_tasks(cluster, instance)) == 2, timeout=60, message="the old tasks gone")
+    assert load.versions.get("3", 0) == 0
+    assert "the swarm rolled the update back" in failed["status_reason"]
+    dead = [w for w in failed["variants"][0]["workers"] if w["version"] == 3]
+    assert all(w["state"] != "ready" for w in dead)
     (service,) = cluster.manager.services.list(filters={"label": f"kiln.instance={instance}"})
+    assert service.attrs["UpdateStatus"]["State"] == "rollback_completed"
     assert service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Labels"]["kiln.version"] == "2"
+    assert service.attrs["Spec"]["Labels"]["kiln.rolled-back-from"]
+    wait_for(lambda: len(running_tasks(cluster, instance)) == 2, timeout=60, message="two v2 tasks")
     delete_and_wait(owner_api)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(150)
 def test_a_constraint_no_node_meets_leaves_the_variant_pending_with_the_reason_until_a_node_qualifies(
     swarm_platform: Platform, cluster: SwarmCluster, owner: User, owner_api: APIClient, tmp_path: Path
 ) -> None:
@@ -347,6 +369,7 @@ def test_a_constraint_no_node_meets_leaves_the_variant_pending_with_the_reason_u
     delete_and_wait(owner_api)
 
 
+@pytest.mark.timeout(60)
 def test_the_manager_refuses_a_variant_when_the_engine_is_no_swarm_manager(
     cluster: SwarmCluster, owner: User, owner_api: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
