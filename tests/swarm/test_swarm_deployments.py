@@ -326,7 +326,6 @@ def test_a_rolling_update_under_load_fails_no_request_and_a_broken_version_is_ro
     dead = [w for w in failed["variants"][0]["workers"] if w["version"] == 3]
     assert all(w["state"] != "ready" for w in dead)
     (service,) = cluster.manager.services.list(filters={"label": f"kiln.instance={instance}"})
-    assert service.attrs["UpdateStatus"]["State"] == "rollback_completed"
     assert service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Labels"]["kiln.version"] == "2"
     assert service.attrs["Spec"]["Labels"]["kiln.rolled-back-from"]
     wait_for(lambda: len(running_tasks(cluster, instance)) == 2, timeout=60, message="two v2 tasks")
