@@ -25,7 +25,8 @@ from tests.support.paths import ROOT
 from tests.support.polling import wait_for
 from tests.support.torch_models import save_onnx_cnn
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# Building the platform and worker images on an engine that has only the base image takes minutes.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SERVICES = ["postgres", "redis", "web", "celery-worker", "celery-beat", "gateway", "prometheus"]
 BASE_IMAGE = os.environ.get("KILN_DOCKER_BASE_IMAGE", "kiln/python-base:bookworm")
