@@ -33,7 +33,8 @@ def stop_orphans() -> int:
     )
     stopped = 0
     names = set(Worker.objects.values_list("backend", flat=True).distinct())
-    names |= set(Variant.objects.values_list("backend", flat=True).distinct()) | {"process"}
+    names |= set(Variant.objects.values_list("backend", flat=True).distinct())
+    names |= {"process", settings.KILN_DEFAULT_BACKEND}  # leftovers of variants long gone, too
     for name in names:
         try:
             backend = get_backend(name)

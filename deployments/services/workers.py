@@ -37,7 +37,10 @@ def authenticate_worker(*, worker_id: int, token: str) -> Worker:
 
 
 def authenticate_task(*, handle: str, token: str) -> Worker:
-    """The worker row of an orchestrator's task (its id as handle) whose service token this is."""
+    """The worker row of an orchestrator's task (its id as handle) whose service token this is.
+
+    Every task of a service shares the service's token (one launch spec for all), so a task could
+    speak for a sibling of the same variant, never for another variant's."""
     worker = (
         Worker.objects.select_related("variant__deployment")
         .filter(handle=handle)
