@@ -9,7 +9,7 @@ for ``docker save`` of the local base image, which is loaded into the manager (n
 pulled from the internet here); worker images reach the second node through the registry.
 
 ``start()`` and ``stop()`` bracket a session; ``stop()`` shuts the engines down (they stop their
-containers) and removes the directory.
+containers) and removes the directory (in the background: it holds gigabytes of layers).
 """
 
 from __future__ import annotations
@@ -242,7 +242,8 @@ class SwarmCluster:
             os.killpg(self._registry.pid, signal.SIGTERM)
             self._registry.wait(timeout=30)
         self._unmount()
-        shutil.rmtree(self.root, ignore_errors=True)
+        # Gigabytes of image layers: removed in the background, so the session does not wait for the disk.
+        subprocess.Popen(["rm", "-rf", str(self.root)], start_new_session=True)
 
     def _unmount(self) -> None:
         """What the engines left mounted under the directory (the network namespace of each one)."""

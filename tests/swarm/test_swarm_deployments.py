@@ -368,7 +368,6 @@ def test_a_constraint_no_node_meets_leaves_the_variant_pending_with_the_reason_u
     delete_and_wait(owner_api)
 
 
-@pytest.mark.timeout(60)
 def test_the_manager_refuses_a_variant_when_the_engine_is_no_swarm_manager(
     cluster: SwarmCluster, owner: User, owner_api: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
