@@ -243,7 +243,7 @@ class SwarmCluster:
             self._registry.wait(timeout=30)
         self._unmount()
         # Gigabytes of image layers: removed in the background, so the session does not wait for the disk.
-        subprocess.Popen(["rm", "-rf", str(self.root)], start_new_session=True)
+        subprocess.run(["sh", "-c", 'rm -rf "$0" >/dev/null 2>&1 &', str(self.root)], check=False)
 
     def _unmount(self) -> None:
         """What the engines left mounted under the directory (the network namespace of each one)."""
