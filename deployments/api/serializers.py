@@ -290,7 +290,10 @@ class AutoscalingInput(serializers.Serializer[Any]):
         return {option.name: option_field(option) for option in AUTOSCALING.values()}
 
     def policy(self, base: AutoscalingPolicy | None) -> AutoscalingPolicy:
-        return AutoscalingPolicy.parse(dict(self.validated_data), base=base)
+        """The policy asked for; an option the table does not know is refused, not ignored."""
+        given = self.initial_data if isinstance(self.initial_data, dict) else {}
+        unknown = {name: None for name in given if name not in AUTOSCALING}
+        return AutoscalingPolicy.parse({**unknown, **self.validated_data}, base=base)
 
 
 class VersionInput(serializers.Serializer[Any]):

@@ -44,7 +44,9 @@ def burst(before: float, after: float, *, burst_s: int = 3) -> list[Sample]:
 
 
 def silent(seconds: int = 40) -> list[Sample]:
-    return [Sample(at=NOW - seconds + i, busy_s=50.0, requests=500, in_flight=0.0) for i in range(seconds + 1)]
+    return [
+        Sample(at=NOW - seconds + i, busy_s=50.0, requests=500, in_flight=0.0) for i in range(seconds + 1)
+    ]
 
 
 CASES = [
