@@ -59,7 +59,7 @@ def cold_start_s(version_id: int) -> float | None:
         .order_by("-ready_at")
         .values_list("started_at", "ready_at")[:20]
     )
-    seconds = [(ready - started).total_seconds() for started, ready in rows]
+    seconds = [(ready - started).total_seconds() for started, ready in rows if ready and started]
     return round(statistics.median(seconds), 3) if seconds else None
 
 

@@ -66,8 +66,8 @@ def test_a_change_keeps_the_options_it_does_not_name_and_every_change_is_audited
     events = list(AuditEvent.objects.filter(action="variant.autoscaling_changed").order_by("id"))
     assert len(events) == 3
     assert events[0].before is None
-    assert events[1].before["target_in_flight"] == 4.0
-    assert events[1].after["target_in_flight"] == 8.0
+    assert (events[1].before or {})["target_in_flight"] == 4.0
+    assert (events[1].after or {})["target_in_flight"] == 8.0
     assert events[2].after == {"variant": "primary", "replicas": 1}
 
 
