@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from config import dispatch
 from config.locks import advisory_lock
+from config.metrics.events import record_scaling_decision
 from deployments.autoscaling import load
 from deployments.autoscaling.decide import Decision, decide
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy
@@ -168,6 +169,8 @@ def apply_decision(*, row: ScalingPolicy, decision: Decision, now: float) -> boo
     locked.save(update_fields=["replicas", "updated_at"])
     ScalingPolicy.objects.filter(pk=row.pk).update(last_scaled_at=_moment(now))
     enqueue_reconcile(locked.deployment)
+    name, variant, reason = locked.deployment.name, locked.name, str(decision.reason)
+    transaction.on_commit(lambda: record_scaling_decision(deployment=name, variant=variant, reason=reason))
     return True
 
 
