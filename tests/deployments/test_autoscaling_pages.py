@@ -112,3 +112,19 @@ def test_the_admin_sets_a_policy_through_the_service_and_refuses_a_bad_one(
     assert saved.status_code == 200
     assert ScalingPolicy.objects.get(variant=variant).max_replicas == 6
     assert AuditEvent.objects.filter(action="variant.autoscaling_changed", actor=staff).exists()
+
+
+def test_the_dashboard_series_has_replicas_over_time_beside_the_load(
+    variant: Variant, staff: User, api_as: Callable[[User], Any]
+) -> None:
+    ScalingDecision.objects.create(
+        variant=variant, from_replicas=2, to_replicas=4, reason="load_up", short_load=9.0, long_load=3.0
+    )
+
+    data = api_as(staff).get(reverse("api:dashboard-series", args=["fraud"])).json()
+
+    primary = data["variants"]["primary"]
+    assert len(primary["replicas"]) == len(primary["desired_replicas"]) == len(data["t"])
+    assert (primary["desired_replicas"][0], primary["desired_replicas"][-1]) == (2, 4)
+    assert set(primary["replicas"]) == {0}  # no worker reported yet
+    assert "requests_per_s" in primary
