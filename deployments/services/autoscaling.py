@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from config import dispatch
@@ -24,7 +26,7 @@ from deployments.autoscaling import load
 from deployments.autoscaling.decide import Decision, decide
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy
 from deployments.inputs import AutoscalingPolicy
-from deployments.models import Variant
+from deployments.models import Rollout, Variant
 from deployments.services.events import enqueue_reconcile, record_deployment_event
 from deployments.services.gateway_stats import read_snapshots
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
@@ -120,6 +122,8 @@ def _tick(row: ScalingPolicy, snapshots: list[GatewaySnapshot], wanted: set[tupl
     variant, now = row.variant, time.time()
     deployment = variant.deployment
     policy = AutoscalingPolicy(**row.values())
+    if policy.min_replicas == 0 and _must_keep_one(variant):
+        policy = replace(policy, min_replicas=1)
     sample = load.observe(snapshots, deployment.name, variant.name, now)
     keep_s = max(policy.upscale_delay_s, policy.downscale_delay_s) + 5.0
     samples = load.remember(variant.pk, sample, keep_s=keep_s)
@@ -143,6 +147,18 @@ def _tick(row: ScalingPolicy, snapshots: list[GatewaySnapshot], wanted: set[tupl
     if decision.replicas == variant.replicas:
         return False
     return apply_decision(row=row, decision=decision, now=now)
+
+
+def _must_keep_one(variant: Variant) -> bool:
+    """A shadow, or a variant in a running rollout, keeps a replica: the guard and the copies need one.
+
+    Shadow copies and a rollout's first step never reach the activator, so such a variant at zero
+    would wait forever (and a cold start in a rollout's first step would count against its p99).
+    """
+    if variant.shadow_percent > 0:
+        return True
+    active = (Rollout.State.RUNNING, Rollout.State.PAUSED)
+    return Rollout.objects.filter(Q(candidate=variant) | Q(baseline=variant), state__in=active).exists()
 
 
 @transaction.atomic
