@@ -163,7 +163,9 @@ class ScalingPolicyForm(forms.ModelForm[ScalingPolicy]):
                 self.policy = AutoscalingPolicy(**{name: cleaned[name] for name in AUTOSCALING})
             except InvalidDeploymentError as exc:
                 field = exc.message.partition(":")[0]
-                raise forms.ValidationError({field if field in AUTOSCALING else None: exc.message}) from None
+                if field not in AUTOSCALING:
+                    raise forms.ValidationError(exc.message) from None
+                raise forms.ValidationError({field: exc.message}) from None
         return cleaned
 
 

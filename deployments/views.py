@@ -225,7 +225,7 @@ def variant_autoscaling(request: HttpRequest, name: str, variant: str) -> HttpRe
             return
         if not form.is_valid():
             field, errors = next(iter(form.errors.items()))
-            raise PlatformError(f"{field}: {' '.join(errors)}")
+            raise PlatformError(f"{field}: {' '.join(str(e) for e in errors)}")
         services.set_autoscaling(variant=row, policy=form.policy(), actor=user)
 
     return act_on_deployment(request, name, act, f"Autoscaling of {variant} saved.")
