@@ -195,4 +195,4 @@ def test_autoscale_sets_shows_and_turns_off_a_variant_s_policy_and_a_bad_value_i
     assert (policy["min_replicas"], policy["max_replicas"], policy["idle_before_zero_s"]) == (0, 3, 30.0)
     assert json.loads(shown.stdout)["autoscaling"] == policy
     assert (bad.returncode, bad.stderr.strip()) == (1, "kiln: min_replicas: 5 is above max_replicas (3)")
-    assert (off.returncode, off.stdout.strip()) == (0, "cnn-prod/primary: autoscaling off, 1 replica(s)")
+    assert (off.returncode, off.stderr.strip()) == (0, "cnn-prod/primary: autoscaling off, 1 replica(s)")
