@@ -50,8 +50,8 @@ def test_replicas_follow_a_step_load_go_to_zero_when_idle_and_wake_for_50_first_
     assert created.status_code == 201, created.content
     wait_ready(owner_api, "cnn", {"primary": 1})
     wait_routed(platform.gateway.url, "cnn")
-    policy = {"min_replicas": 1, "max_replicas": 3, "target_in_flight": 0.5}
-    delays = {"upscale_delay_s": 1, "downscale_delay_s": 4, "idle_before_zero_s": 3}
+    policy = {"min_replicas": 1, "max_replicas": 3, "target_in_flight": 0.25}
+    delays = {"upscale_delay_s": 2, "downscale_delay_s": 15, "idle_before_zero_s": 3}
     assert owner_api.put(POLICY, {**policy, **delays}, format="json").status_code == 202
 
     url = f"{platform.gateway.url}/v2/models/cnn/infer"
