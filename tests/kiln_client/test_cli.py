@@ -104,6 +104,8 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
     assert upload.returncode == 0, upload.stderr
 
     listed = kiln("versions", "digits", url=live_server.url, token=token)
+    not_ready = kiln("alias", "digits", "production", "1", url=live_server.url, token=token)
+    ModelVersion.objects.update(status="ready")  # as the conversion leaves it
     aliased = kiln("alias", "digits", "production", "1", url=live_server.url, token=token)
     missing = kiln("alias", "digits", "production", "9", url=live_server.url, token=token)
     refused = kiln("upload", "digits", str(tmp_path / "nope.onnx"), url=live_server.url, token=token)
@@ -111,6 +113,8 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
 
     assert listed.returncode == 0
     assert listed.stdout.startswith("v1 ")
+    assert not_ready.returncode == 1
+    assert "not ready" in not_ready.stderr
     assert aliased.returncode == 0
     assert Alias.objects.get(name="production").version.version == 1
     assert (missing.returncode, missing.stderr.strip()) == (1, "kiln: model 'digits' has no version 9")
