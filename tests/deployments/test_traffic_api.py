@@ -165,7 +165,7 @@ def test_a_rollout_is_validated_started_once_and_controllable(owner_api: APIClie
     assert "in progress already" in second.json()["message"]
     assert [paused.json()["state"], resumed.json()["state"], aborted.json()["state"]] == [
         "paused",
-        "running",
+        "waiting_for_replicas",  # it had not taken traffic yet: it waits for a ready replica again
         "aborted",
     ]
     assert again.status_code == 409
