@@ -173,3 +173,53 @@ def test_the_client_runs_without_django_and_builds_as_its_own_wheel(tmp_path: Pa
     assert "upload" in blocked.stdout
     assert wheel.returncode == 0, wheel.stderr
     assert list(tmp_path.glob("kiln_client-*.whl"))
+
+
+def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_the_platforms_rules(
+    live_server: Any, owner: User, token: str
+) -> None:
+    from tests.support.versions import ready_version
+
+    ready_version(owner, model="digits")
+    ready_version(owner, model="digits", number=2)
+    Alias.objects.create(model=ModelVersion.objects.get(version=1).model, name="production",
+                         version=ModelVersion.objects.get(version=1))  # fmt: skip
+    args = ("deploy", "fraud", "--model", "digits", "--variant", "primary:alias=production")
+    canary = ("--variant", "canary:version=2,weight=0", "--on-alias-move", "manual")
+
+    created = kiln(*args, *canary, url=live_server.url, token=token)
+    again = kiln(*args, url=live_server.url, token=token)
+    kept = kiln(*args, "--exist-ok", url=live_server.url, token=token)
+    bad_variant = kiln("deploy", "x", "--model", "digits", "--variant", "p:colour=red", url=live_server.url,
+                       token=token)  # fmt: skip
+    promote = kiln("promote", "fraud", "canary", url=live_server.url, token=token)
+    started = kiln("rollout", "start", "fraud", "--candidate", "canary", url=live_server.url, token=token)
+    missing = kiln("rollout", "start", "fraud", "--candidate", "nope", url=live_server.url, token=token)
+
+    assert created.returncode == 0, created.stderr
+    assert "deployment fraud created: primary, canary" in created.stderr
+    from deployments.models import Deployment, Rollout
+
+    deployment = Deployment.objects.get(name="fraud")
+    assert deployment.on_alias_move == "manual"
+    assert dict(deployment.variants.values_list("name", "role")) == {
+        "primary": "stable",
+        "canary": "candidate",
+    }
+    assert again.returncode == 1
+    assert "exists already" in again.stderr
+    assert kept.returncode == 0
+    assert "kept as it is" in kept.stderr
+    assert bad_variant.returncode == 1
+    assert "NAME:alias=production" in bad_variant.stderr
+    assert promote.returncode == 1
+    assert "variant 'canary' has no ready replica" in promote.stderr
+    assert started.returncode == 0, started.stderr
+    rollout = Rollout.objects.get()
+    assert (rollout.state, rollout.min_requests, rollout.baseline.name) == (
+        "waiting_for_replicas",
+        100,
+        "primary",
+    )
+    assert missing.returncode == 1
+    assert "no variant 'nope'" in missing.stderr
