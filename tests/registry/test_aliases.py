@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
+from django.test import Client
 from rest_framework.test import APIClient
 
 from registry.models import AuditEvent, ModelVersion, VersionStatus
@@ -93,3 +95,18 @@ def test_an_alias_points_only_at_a_ready_version_409_naming_its_state(
     assert body["extra"] == {"version": 2, "status": status}
     assert owner_api.get("/api/v1/models/cnn/").json()["aliases"][0]["version"] == 1
     assert not AuditEvent.objects.filter(action="alias.moved").exists()
+
+
+@pytest.mark.usefixtures("two_versions")
+def test_the_version_page_offers_the_alias_control_only_on_a_ready_version(owner: User) -> None:
+    ModelVersion.objects.filter(version=2).update(status=VersionStatus.FAILED)
+    browser = Client()
+    browser.force_login(owner)
+
+    ready = browser.get("/models/cnn/versions/1/").content.decode()
+    failed = browser.get("/models/cnn/versions/2/").content.decode()
+
+    assert "Move alias production to v1" in ready
+    assert "Move alias production" not in failed
+    assert "Promote to production" not in ready + failed
+    assert "Aliases point only at ready versions; v2 is failed." in failed
