@@ -318,3 +318,26 @@ def test_state_conflicts_are_409s_in_one_shape(owner_api: APIClient) -> None:
         assert "variant 'b' has no ready replica" in response.json()["message"]
     assert stable.status_code == 409
     assert "is the stable variant already" in stable.json()["message"]
+
+
+@pytest.mark.usefixtures("release")
+def test_the_deployment_page_shows_roles_each_objectives_samples_and_promotes_only_candidates(
+    owner: User, owner_api: APIClient
+) -> None:
+    rollout = start(owner_api)
+    advance_rollouts()
+    serve("b", requests=60)
+    held(rollout["id"])
+    advance_rollouts()
+    browser = Client()
+    browser.force_login(owner)
+
+    page = browser.get("/deployments/ab/").content.decode()
+    promoted = browser.post("/deployments/ab/variants/b/promote/", {"reason": "by hand"}, follow=True)
+
+    assert "stable" in page
+    assert "max_error_rate 0.0000 over 60" in page
+    assert "max_error_rate (60 of 100 samples)" in page
+    assert 'aria-label="Promote b"' in page
+    assert 'aria-label="Promote a"' not in page  # the stable variant is promoted to, not from
+    assert "rollout #" in promoted.content.decode() or "in progress" in promoted.content.decode()
