@@ -95,7 +95,7 @@ def test_the_documented_pipeline_twice_guards_the_second_version_until_measured_
     wait_for(lambda: Variant.objects.filter(deployment__name="fraud").exists() or first.poll() is not None,
              timeout=300, message="the first run to make the deployment")  # fmt: skip
     wait_routed(platform.gateway.url, "fraud", timeout=300)
-    with Load(f"{platform.gateway.url}/v2/models/fraud/infer", clients=3) as load:
+    with Load(f"{platform.gateway.url}/v2/models/fraud/infer", clients=3, rate=30) as load:
         finish(first)
         mark = TrafficChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
         second = finish(run_pipeline(platform.url, token, tmp_path, v2))
