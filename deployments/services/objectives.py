@@ -55,7 +55,7 @@ def shadow_counters(rollout: Rollout) -> dict[str, int]:
         if found is not None:
             equal += found.shadow.argmax_equal
             compared += found.shadow.argmax_compared
-    return {"argmax_equal": equal, "argmax_compared": compared}
+    return {"agreed_rows": equal, "classified_rows": compared}
 
 
 def _since_mark(now: dict[str, int], mark: dict[str, Any]) -> dict[str, int]:
@@ -118,8 +118,8 @@ def evaluate(rollout: Rollout) -> list[Objective]:
     ]
     if rollout.min_shadow_agreement is not None:
         counted = _since_mark(shadow_counters(rollout), rollout.shadow_mark or {})
-        compared = counted["argmax_compared"]
-        agreement = counted["argmax_equal"] / compared if compared else None
+        compared = counted["classified_rows"]
+        agreement = counted["agreed_rows"] / compared if compared else None
         objectives.append(
             Objective("min_shadow_agreement", rollout.min_shadow_agreement, agreement, compared)
         )
