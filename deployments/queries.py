@@ -7,9 +7,13 @@ from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 
-from config.errors import NotFoundError
 from deployments.autoscaling.models import ScalingDecision
-from deployments.errors import DeploymentBusyError, DeploymentNotFoundError, VariantNotFoundError
+from deployments.errors import (
+    DeploymentBusyError,
+    DeploymentNotFoundError,
+    RolloutNotFoundError,
+    VariantNotFoundError,
+)
 from deployments.models import (
     LIVE_WORKER_STATES,
     Deployment,
@@ -115,7 +119,7 @@ def get_rollout(deployment_name: str, rollout_id: int) -> Rollout:
     )
     if rollout is None:
         get_deployment(deployment_name)
-        raise NotFoundError(f"deployment {deployment_name!r} has no rollout {rollout_id}")
+        raise RolloutNotFoundError(f"deployment {deployment_name!r} has no rollout {rollout_id}")
     return rollout
 
 

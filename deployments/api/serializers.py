@@ -11,7 +11,7 @@ from rest_framework import serializers
 from deployments.autoscaling.models import ScalingDecision
 from deployments.autoscaling.table import AUTOSCALING
 from deployments.backends import BACKEND_NAMES, uses_images
-from deployments.inputs import AutoscalingPolicy, VariantSpec, VersionTarget
+from deployments.inputs import ALIAS_MOVE_POLICIES, AutoscalingPolicy, VariantSpec, VersionTarget
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.queries import cold_start_s, recent_decisions
 from deployments.services.images import latest_image_of
@@ -128,9 +128,11 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         model = Variant
         fields = (
             "name",
+            "role",
             "version",
             "pinned_version",
             "alias",
+            "follow_note",
             "weight",
             "shadow_percent",
             "replicas",
@@ -202,6 +204,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "description",
             "status",
             "status_reason",
+            "on_alias_move",
             "delete_requested_at",
             "desired_running",
             "endpoint",
@@ -270,6 +273,11 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
     model = serializers.CharField(max_length=64)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.1, max_value=60_000)
+    on_alias_move = serializers.ChoiceField(
+        choices=ALIAS_MOVE_POLICIES,
+        default="rollout",
+        help_text="when the alias of a variant carrying traffic moves: rollout, immediate (forced) or manual",
+    )
     variants = VariantInput(many=True)
 
     def specs(self) -> list[VariantSpec]:
@@ -277,6 +285,10 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
             VariantSpec.parse(_given(raw), prefix=f"variants[{i}].")
             for i, raw in enumerate(self.validated_data["variants"])
         ]
+
+
+class AliasMovePolicyInput(serializers.Serializer[Any]):
+    on_alias_move = serializers.ChoiceField(choices=ALIAS_MOVE_POLICIES)
 
 
 class ScaleInput(serializers.Serializer[Any]):

@@ -247,10 +247,14 @@ class Gateway:
         return self.metrics.series(route.name, variant.name, version)
 
     def mirror(self, call: _Call, live: UpstreamResponse, seconds: float) -> None:
-        """Offer a copy of a successful live request to each shadow variant that wants one."""
+        """Offer a copy of a successful live request to each shadow variant that wants one.
+
+        A live arm that is also a shadow (a rollout measuring agreement) gets copies of the
+        requests the other arms answered, never of its own.
+        """
         assert self._shadow is not None  # noqa: S101 - serve() set it
         for shadow in call.route.shadows:
-            if wants_shadow(shadow, self.rng):
+            if shadow.name != call.variant.name and wants_shadow(shadow, self.rng):
                 request = call.request
                 replicas = [(r.host, r.port, r.version) for r in shadow.replicas]
                 url = call.upstream_url(shadow)

@@ -204,7 +204,9 @@ def _route(name: str, record: DeploymentRecord) -> Route:
     cumulative: list[float] = []
     for arm in arms:
         cumulative.append((cumulative[-1] if cumulative else 0.0) + arm.weight)
-    shadows = tuple(v for v in variants if v.weight == 0 and v.shadow_percent > 0)
+    # A live arm with a shadow percentage (a rollout measuring agreement) also gets copies of the
+    # requests the other arms answered; ``GatewayApp.mirror`` never copies a request to its own arm.
+    shadows = tuple(v for v in variants if v.shadow_percent > 0)
     return Route(name, record.model, variants, arms, tuple(cumulative), shadows)
 
 
