@@ -39,6 +39,14 @@ def deployments() -> QuerySet[Deployment]:
     )
 
 
+def ready_replicas(variant: Variant) -> int:
+    """Ready workers of a variant, counted in the prefetched ``visible_workers`` when the read set them."""
+    workers = getattr(variant, "visible_workers", None)
+    if workers is None:
+        return variant.workers.filter(state=WorkerState.READY).count()
+    return sum(1 for w in workers if w.state == WorkerState.READY)
+
+
 def get_deployment(name: str) -> Deployment:
     deployment = deployments().filter(name=name).first()
     if deployment is None:

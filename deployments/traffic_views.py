@@ -12,7 +12,7 @@ from config.errors import PlatformError
 from deployments import queries
 from deployments.forms import RolloutForm
 from deployments.inputs import Split
-from deployments.models import Rollout
+from deployments.models import Rollout, TrafficChange
 from deployments.services import rollouts, traffic
 from deployments.views import act_on_deployment
 
@@ -57,8 +57,16 @@ def promote(request: HttpRequest, name: str, variant: str) -> HttpResponse:
         request,
         name,
         lambda d: traffic.promote_variant(deployment=d, variant_name=variant, actor=request.user),
-        f"{variant} promoted: it now takes all traffic.",
+        lambda change: _promoted(variant, change),
     )
+
+
+def _promoted(variant: str, change: TrafficChange | None) -> str:
+    """What a promotion did, in words: what it changed and the split that serves now."""
+    if change is None:
+        return f"{variant} was promoted already: nothing changed."
+    done = change.reason[:1].upper() + change.reason[1:]
+    return f"{done}. Traffic now: {TrafficChange.split_label(change.after)}."
 
 
 @login_required

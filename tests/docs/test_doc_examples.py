@@ -9,7 +9,10 @@ does not run as written fails here. Long waits in the examples read environment 
 from __future__ import annotations
 
 import contextlib
+import html
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +22,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
 
 from tests.support.doc_blocks import FENCE, NORUN, RUNNABLE, Block, all_blocks, blocks_of
 from tests.support.paths import ROOT
@@ -157,7 +162,7 @@ def _stop_demo_load(var_dir: Path) -> None:
 def test_every_example_of_the_readme_and_docs_runs_as_written(
     platform: Platform, settings: Any, tmp_path: Path, files_the_examples_make: None
 ) -> None:
-    User.objects.create_superuser("admin", "admin@example.com", "pw-admin-123")
+    admin = User.objects.create_superuser("admin", "admin@example.com", "pw-admin-123")
     env = {
         **platform.worker.env,
         "KILN_URL": platform.url,
@@ -182,6 +187,28 @@ def test_every_example_of_the_readme_and_docs_runs_as_written(
                     f"--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-3000:]}\n"
                     f"--- celery worker ---\n{platform.worker.log_tail(40)}"
                 )
+        # The deployments the examples made: the page's "Call it with curl" answers as pasted.
+        for deployment in ("demo", "digits"):
+            _page_curl_answers(admin, deployment)
     finally:
         _stop_demo_load(Path(env["KILN_VAR_DIR"]))
         print("\n".join(timings))
+
+
+def _page_curl_answers(user: User, deployment: str) -> None:
+    client = Client()
+    client.force_login(user)
+    page = client.get(reverse("deployments:detail", args=[deployment])).content.decode()
+    found = re.search(r"<pre[^>]*data-curl-example[^>]*>(.*?)</pre>", page, re.DOTALL)
+    assert found, f"no curl example on the page of {deployment}"
+    command = html.unescape(found[1])
+    result = subprocess.run(
+        ["bash", "-c", f"{command} -w '\\n%{{http_code}}'"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    body, _, code = result.stdout.rpartition("\n")
+    assert code == "200", f"{command}\n-> {result.stdout[-500:]} {result.stderr[-500:]}"
+    assert json.loads(body)["outputs"]
