@@ -22,6 +22,10 @@ TERMINAL_VERSION = ("ready", "failed")
 TERMINAL_ROLLOUT = ("succeeded", "rolled_back", "aborted")
 
 
+class UsageError(Exception):
+    """The command line itself is wrong (exit status 2, as argparse's own errors)."""
+
+
 class Progress:
     """A one-line progress bar on a terminal; plain lines otherwise (CI logs)."""
 
@@ -55,7 +59,7 @@ def _json_arg(raw: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ApiError(f"{what}: not valid JSON ({exc})") from None
+        raise UsageError(f"{what}: not valid JSON ({exc})") from None
 
 
 def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
@@ -77,7 +81,7 @@ def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
 def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     path = Path(args.file)
     if not path.is_file():
-        raise ApiError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file")
     if args.create:
         try:
             client.get(f"/models/{args.model}/")
@@ -104,7 +108,9 @@ def _wait_version(client: Client, model: str, number: int, timeout: float, out: 
     deadline = time.monotonic() + timeout
     while True:
         version = client.get(f"/models/{model}/versions/{number}/")
-        out.line(f"v{number}: {version['status']} {version.get('progress') or ''}".rstrip())
+        progress = version.get("progress") or ""
+        detail = "" if progress == version["status"] or version["status"] in TERMINAL_VERSION else progress
+        out.line(f"v{number}: {version['status']} {detail}".rstrip())
         if version["status"] in TERMINAL_VERSION:
             break
         if time.monotonic() > deadline:
@@ -148,7 +154,7 @@ def cmd_alias(client: Client, args: argparse.Namespace, out: Progress) -> int:
         out.line(f"removed alias {args.alias}")
         return 0
     if args.version is None:
-        raise ApiError("give the version to point the alias at, or --delete")
+        raise UsageError("give the version to point the alias at, or --delete")
     alias = client.put(path, {"version": args.version})
     out.line(f"{args.model}@{args.alias} -> v{alias['version']}")
     return 0
@@ -162,7 +168,7 @@ def cmd_traffic(client: Client, args: argparse.Namespace, out: Progress) -> int:
     for item in args.split:
         name, _, weight = item.partition("=")
         if not weight.isdigit():
-            raise ApiError(f"{item!r}: write splits as variant=weight, e.g. a=90 b=10")
+            raise UsageError(f"{item!r}: write splits as variant=weight, e.g. a=90 b=10")
         split[name] = int(weight)
     result = client.put(f"/deployments/{args.deployment}/traffic/", {"split": split, "reason": args.reason})
     out.line(" / ".join(f"{n} {v['weight']}%" for n, v in result["split"].items()))
@@ -172,9 +178,15 @@ def cmd_traffic(client: Client, args: argparse.Namespace, out: Progress) -> int:
 def cmd_rollout(client: Client, args: argparse.Namespace, out: Progress) -> int:
     base = f"/deployments/{args.deployment}/rollouts/"
     if args.action == "start":
+        if not args.candidate:
+            raise UsageError("rollout start: --candidate is required")
+        try:
+            steps = [int(s) for s in args.steps.split(",")]
+        except ValueError:
+            raise UsageError(f"--steps: write percentages as 5,25,50,100, not {args.steps!r}") from None
         body: dict[str, Any] = {
             "candidate": args.candidate,
-            "steps": [int(s) for s in args.steps.split(",")],
+            "steps": steps,
             "hold_s": args.hold,
             "max_error_rate": args.max_error_rate,
             "max_p99_ms": args.max_p99_ms,
@@ -289,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(url=args.url)
         code: int = args.run(client, args, out)
+    except UsageError as exc:
+        sys.stderr.write(f"kiln: {exc}\n")
+        return 2
     except ApiError as exc:
         sys.stderr.write(f"kiln: {exc.message}\n")
         return 1

@@ -91,6 +91,7 @@ def test_a_failed_conversion_exits_non_zero_with_the_reason(
 
     assert result.returncode == 1
     assert "conversion failed" in result.stderr
+    assert "failed failed" not in result.stderr
     assert factories.UNEXPORTABLE_OPERATOR in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -114,7 +115,7 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
     assert aliased.returncode == 0
     assert Alias.objects.get(name="production").version.version == 1
     assert (missing.returncode, missing.stderr.strip()) == (1, "kiln: model 'digits' has no version 9")
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a file that is not there is bad usage
     assert "no such file" in refused.stderr
     assert bad_split.returncode == 1
     assert "no deployment named 'nothing-here'" in bad_split.stderr
