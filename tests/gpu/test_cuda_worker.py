@@ -135,3 +135,37 @@ def test_the_command_line_serves_on_cuda_and_says_so(model_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+def test_a_convolution_runs_through_cudnn_with_answers_equal_to_the_cpu(tmp_path: Path) -> None:
+    """A 3x3 convolution (cuDNN) with two instances on the same GPU, under concurrent load."""
+    kernel = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "K"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "cnn_gpu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 16, 16])],
+        initializer=[numpy_helper.from_array(kernel, "K")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, path)
+    cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    config = make_config(path, name="cnn-gpu", device="cuda:0", instance_count=2)
+    with running(config) as worker:
+
+        def one(i: int) -> None:
+            x = RNG.standard_normal((1 + i % 3, 3, 16, 16)).astype(np.float32)
+            answer = httpx.post(worker.url + "/v2/models/cnn-gpu/infer", json=v2_body({"x": x}), timeout=30)
+            assert answer.status_code == 200, answer.text
+            (out,) = answer.json()["outputs"]
+            y = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+            np.testing.assert_allclose(y, cpu.run(None, {"x": x})[0], rtol=1e-3, atol=1e-3)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, range(128)))
