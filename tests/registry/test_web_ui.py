@@ -32,6 +32,22 @@ def test_pages_need_a_login(client: Client) -> None:
         assert response["Location"].startswith("/accounts/login/")
 
 
+def test_a_name_that_is_not_a_slug_is_refused_with_the_rule_and_a_suggestion(
+    owner: User, web_as: Callable[[User], Client]
+) -> None:
+    web = web_as(owner)
+    refused = web.post(
+        "/models/new/", {"name": "My Model", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")}
+    )
+
+    assert refused.status_code == 200
+    assert refused.context["form"].errors["name"] == [
+        "“My Model” is not a valid name: use lowercase letters, digits and hyphens, "
+        "starting and ending with a letter or digit (for example my-model)."
+    ]
+    assert not RegisteredModel.objects.exists()
+
+
 def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     owner: User, web_as: Callable[[User], Client], tmp_path: Path
 ) -> None:
