@@ -98,6 +98,8 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     number = version["version"]
     digest, fmt = version["source_sha256"][:12], version["source_format"]
     out.line(f"registered {args.model} v{number} (sha256 {digest}…, {fmt})")
+    if version.get("same_bytes_as"):
+        out.line(f"note: the same bytes as v{version['same_bytes_as']}")
     if not args.wait:
         print(json.dumps({"model": args.model, "version": number, "status": version["status"]}))
         return 0
