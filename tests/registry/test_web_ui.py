@@ -100,6 +100,33 @@ def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     assert RegisteredModel.objects.get().tags == ["demo", "vision"]
 
 
+def test_uploading_the_same_bytes_again_says_so(
+    owner: User, web_as: Callable[[User], Client], tmp_path: Path
+) -> None:
+    web = web_as(owner)
+    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+    pages = []
+    for _ in range(2):
+        with path.open("rb") as handle:
+            answer = web.post(
+                "/models/digits/upload/",
+                {
+                    "file": handle,
+                    "signature": json.dumps(signature),
+                    "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/"),
+                },
+                follow=True,
+            )
+        pages.append(answer.content.decode())
+
+    assert "same bytes" not in pages[0]
+    assert re.search(
+        r"These are the same bytes as v1 \(sha256 [0-9a-f]{12}…\): v2 is a copy of it.", pages[1]
+    )
+
+
 def test_a_form_post_without_csrf_token_is_refused(
     owner: User, web_as: Callable[[User], Client], tmp_path: Path
 ) -> None:
