@@ -101,6 +101,13 @@
     el.setAttribute("data-total", histogram.counts.reduce(function (a, b) { return a + b; }, 0));
   }
 
+  // The width a chart may take: its box without padding (a phone's 390 px leaves little to spare).
+  function plotWidth(el, fallback) {
+    var style = window.getComputedStyle(el);
+    var inner = el.clientWidth - parseFloat(style.paddingLeft || 0) - parseFloat(style.paddingRight || 0);
+    return Math.max(200, inner > 0 ? inner : fallback);
+  }
+
   function sparse(values) {
     for (var i = 1; i < values.length; i++) if (values[i] !== null && values[i - 1] !== null) return false;
     return true;
@@ -160,7 +167,7 @@
         el.innerHTML = "";
         if (!sets.length) { el.innerHTML = '<p class="muted">No data yet.</p>'; delete plots[kind]; return; }
         var opts = {
-          width: Math.max(240, el.clientWidth || 320), height: 200,
+          width: plotWidth(el, 320), height: 200,
           // A series with no two neighbouring values draws no line: show its values as points.
           series: [{}].concat(sets.map(function (s, i) {
             var colour = PALETTE[i % PALETTE.length];
@@ -217,7 +224,7 @@
     var ort = rows.map(function (r) { return r.onnxruntime_ms; });
     var torch = rows.map(function (r) { return r.torch_ms === undefined ? null : r.torch_ms; });
     new window.uPlot({
-      width: Math.max(260, el.clientWidth || 360), height: 220,
+      width: plotWidth(el, 360), height: 220,
       scales: { x: { time: false, distr: 3 } },
       axes: [{ label: "batch size" }, { label: "ms", size: 50 }],
       series: [{ label: "batch" }, { label: "ONNX Runtime", stroke: PALETTE[0], width: 2 }, { label: "PyTorch", stroke: PALETTE[1], width: 2 }],
