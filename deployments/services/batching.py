@@ -144,7 +144,7 @@ def propose_batching(
     if target_rps is not None:
         note += f" One worker sustains {throughput_rps(chosen, codec):,.0f} req/s (target {target_rps:,.0f})."
     elif larger is not None:
-        note += f" Larger batches exceed it (batch {larger.batch_size}: {larger.latency_ms:.2f} ms)."
+        note += f" Larger batches exceed it (batch {larger.batch_size}: {_figure(larger.latency_ms):g} ms)."
     return Proposal(config, note, chosen, protocol, codec)
 
 
