@@ -18,7 +18,12 @@ from tests.support.polling import wait_for
 from tests.support.services import Platform
 from tests.support.torch_models import save_torchscript_cnn
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.browser]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.timeout(900),  # two conversions, two deployments and a browser: 3-6 minutes here
+]
 
 
 def upload_version(page: Any, base: str, path: Path, signature: dict[str, Any]) -> None:
