@@ -41,15 +41,17 @@ def wait_status(page: Any, selector: str, status: str, timeout: float = 240) -> 
 
 
 def wider_than_the_screen(page: Any) -> list[str]:
-    """Elements that stick out of the viewport (tables scroll inside their own wrapper, which is fine)."""
+    """Why the page scrolls sideways, if it does: the elements that stick out of the viewport (a table
+    scrolls inside its own wrapper, so its cells are not listed; the page itself must not scroll)."""
     return list(
         page.evaluate(
             """() => document.documentElement.scrollWidth <= window.innerWidth + 2 ? [] :
+            ['page ' + document.documentElement.scrollWidth + ' px wide'].concat(
             [...document.querySelectorAll('body *')]
               .filter(e => e.getBoundingClientRect().right > window.innerWidth + 2)
-              .filter(e => !e.closest('.table-wrap'))
+              .filter(e => !e.closest('table'))
               .slice(0, 5)
-              .map(e => e.tagName + '.' + e.className + ' ' + (e.textContent || '').slice(0, 40))"""
+              .map(e => e.tagName + '.' + e.className + ' ' + (e.textContent || '').slice(0, 40)))"""
         )
     )
 
