@@ -128,7 +128,7 @@ def files_the_examples_make() -> Iterator[None]:
     yield
     for name in _left_behind() - before:
         path = ROOT / name
-        if path.is_file() and "__pycache__" not in path.parts:
+        if path.is_file() and not {"__pycache__", "test-artifacts", ".pytest_cache"} & set(path.parts):
             path.unlink()
     for name, content in kept.items():
         if (ROOT / name).read_bytes() != content:
