@@ -67,6 +67,14 @@ def cold_start_s(version_id: int) -> float | None:
     return round(statistics.median(seconds), 3) if seconds else None
 
 
+def ready_replicas(variant: Variant) -> int:
+    """Ready workers of a variant, counted in the prefetched ``visible_workers`` when the read set them."""
+    workers = getattr(variant, "visible_workers", None)
+    if workers is None:
+        return variant.workers.filter(state=WorkerState.READY).count()
+    return sum(1 for w in workers if w.state == WorkerState.READY)
+
+
 def get_deployment(name: str) -> Deployment:
     deployment = deployments().filter(name=name).first()
     if deployment is None:

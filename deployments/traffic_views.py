@@ -18,7 +18,7 @@ from deployments.services import promotion, rollouts, traffic
 from deployments.views import act_on_deployment
 
 
-def _run(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
+def _run(request: HttpRequest, name: str, action: Any, success: Any) -> HttpResponse:
     return act_on_deployment(request, name, lambda deployment, _user: action(deployment), success)
 
 

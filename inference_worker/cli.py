@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
+        # httpx logs every request at INFO: one line per report every few seconds. The reporter says
+        # itself what matters (a failure, the recovery, a change of state).
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
         return _run(config)
     except ConfigError as exc:
         print(f"inference-worker: error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln_client import __version__
-from kiln_client.api import ApiError, Client
+from kiln_client.api import ApiError, Client, UsageError
 from kiln_client.deploying import (
     AUTOSCALING_FLAGS,
     cmd_autoscale,
@@ -38,7 +38,7 @@ def _json_arg(raw: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ApiError(f"{what}: not valid JSON ({exc})") from None
+        raise UsageError(f"{what}: not valid JSON ({exc})") from None
 
 
 def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
@@ -60,7 +60,7 @@ def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
 def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     path = Path(args.file)
     if not path.is_file():
-        raise ApiError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file")
     if args.create:
         try:
             client.get(f"/models/{args.model}/")
@@ -77,6 +77,8 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     number = version["version"]
     digest, fmt = version["source_sha256"][:12], version["source_format"]
     out.line(f"registered {args.model} v{number} (sha256 {digest}…, {fmt})")
+    if version.get("same_bytes_as"):
+        out.line(f"note: the same bytes as v{version['same_bytes_as']}")
     if not args.wait:
         print(json.dumps({"model": args.model, "version": number, "status": version["status"]}))
         return 0
@@ -87,7 +89,9 @@ def _wait_version(client: Client, model: str, number: int, timeout: float, out: 
     deadline = time.monotonic() + timeout
     while True:
         version = client.get(f"/models/{model}/versions/{number}/")
-        out.line(f"v{number}: {version['status']} {version.get('progress') or ''}".rstrip())
+        progress = version.get("progress") or ""
+        detail = "" if progress == version["status"] or version["status"] in TERMINAL_VERSION else progress
+        out.line(f"v{number}: {version['status']} {detail}".rstrip())
         if version["status"] in TERMINAL_VERSION:
             break
         if time.monotonic() > deadline:
@@ -131,7 +135,7 @@ def cmd_alias(client: Client, args: argparse.Namespace, out: Progress) -> int:
         out.line(f"removed alias {args.alias}")
         return 0
     if args.version is None:
-        raise ApiError("give the version to point the alias at, or --delete")
+        raise UsageError("give the version to point the alias at, or --delete")
     if args.if_missing:
         existing = [a for a in client.get(f"/models/{args.model}/")["aliases"] if a["name"] == args.alias]
         if existing:
@@ -253,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(url=args.url)
         code: int = args.run(client, args, out)
+    except UsageError as exc:
+        sys.stderr.write(f"kiln: {exc}\n")
+        return 2
     except ApiError as exc:
         sys.stderr.write(f"kiln: {exc.message}\n")
         return 1

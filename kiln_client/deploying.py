@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from kiln_client.api import ApiError, Client
+from kiln_client.api import ApiError, Client, UsageError
 from kiln_client.progress import Progress
 
 TERMINAL_ROLLOUT = ("succeeded", "rolled_back", "aborted", "timed_out")
@@ -22,7 +22,7 @@ def cmd_traffic(client: Client, args: argparse.Namespace, out: Progress) -> int:
     for item in args.split:
         name, _, weight = item.partition("=")
         if not weight.isdigit():
-            raise ApiError(f"{item!r}: write splits as variant=weight, e.g. a=90 b=10")
+            raise UsageError(f"{item!r}: write splits as variant=weight, e.g. a=90 b=10")
         split[name] = int(weight)
     result = client.put(f"/deployments/{args.deployment}/traffic/", {"split": split, "reason": args.reason})
     out.line(" / ".join(f"{n} {v['weight']}%" for n, v in result["split"].items()))
@@ -33,10 +33,14 @@ def cmd_rollout(client: Client, args: argparse.Namespace, out: Progress) -> int:
     base = f"/deployments/{args.deployment}/rollouts/"
     if args.action == "start":
         if not args.candidate:
-            raise ApiError("rollout start: give --candidate VARIANT")
+            raise UsageError("rollout start: --candidate is required")
+        try:
+            steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+        except ValueError:
+            raise UsageError(f"--steps: write percentages as 5,25,50,100, not {args.steps!r}") from None
         given = {
             "baseline": args.baseline,
-            "steps": [int(s) for s in args.steps.split(",")] if args.steps else None,
+            "steps": steps,
             "hold_s": args.hold,
             "max_error_rate": args.max_error_rate,
             "max_p99_ms": args.max_p99_ms,
@@ -100,7 +104,7 @@ def _variant_arg(raw: str) -> dict[str, Any]:
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key not in ("alias", "version", "replicas", "weight", "device", "backend") or not value:
-            raise ApiError(f"--variant {raw!r}: write NAME:alias=production,replicas=2,weight=100")
+            raise UsageError(f"--variant {raw!r}: write NAME:alias=production,replicas=2,weight=100")
         variant[key] = int(value) if key in ("version", "replicas", "weight") and value.isdigit() else value
     return variant
 

@@ -8,6 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from deployments import queries
 from deployments.autoscaling.models import ScalingDecision
 from deployments.autoscaling.table import AUTOSCALING
 from deployments.backends import BACKEND_NAMES, uses_images
@@ -187,7 +188,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         return list(WorkerOutput(self._workers(obj), many=True).data)
 
     def get_ready_replicas(self, obj: Variant) -> int:
-        return sum(1 for w in self._workers(obj) if w.state == "ready")
+        return queries.ready_replicas(obj)
 
 
 class DeploymentOutput(serializers.ModelSerializer[Deployment]):

@@ -230,6 +230,8 @@ class Gateway:
             return reply(GatewayResponse(200, METRICS_TYPE, self.metrics.render(self._registry)))
         if path == b"/v2/health/live":
             return reply(json_response(200, {"live": True}))
+        if path == b"/healthz":  # as the platform and the workers answer it: the process is up
+            return reply(json_response(200, {"status": "ok", "routing_table_loaded": self.loaded}))
         if path == b"/v2/health/ready":
             body = {"ready": self.loaded, "routing_table_version": self.table.version}
             return reply(json_response(200 if self.loaded else 503, body))

@@ -38,7 +38,7 @@ def test_a_deployment_is_created_with_batching_proposed_from_the_profile(
     assert variant["replicas"] == 2
     assert variant["device"] == "cpu"
     assert variant["batching"]["max_batch_size"] == 8
-    assert "Batch 8 takes 2.60 ms" in variant["batching_note"]
+    assert "Batch 8 takes 2.6 ms" in variant["batching_note"]
     assert AuditEvent.objects.filter(action="deployment.created", subject="deployment/cnn-prod").exists()
 
 

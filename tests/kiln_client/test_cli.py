@@ -93,6 +93,7 @@ def test_a_failed_conversion_exits_non_zero_with_the_reason(
 
     assert result.returncode == 1
     assert "conversion failed" in result.stderr
+    assert "failed failed" not in result.stderr
     assert factories.UNEXPORTABLE_OPERATOR in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -120,7 +121,7 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
     assert aliased.returncode == 0
     assert Alias.objects.get(name="production").version.version == 1
     assert (missing.returncode, missing.stderr.strip()) == (1, "kiln: model 'digits' has no version 9")
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a file that is not there is bad usage
     assert "no such file" in refused.stderr
     assert bad_split.returncode == 1
     assert "no deployment named 'nothing-here'" in bad_split.stderr
@@ -237,7 +238,7 @@ def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_th
     assert "exists already" in again.stderr
     assert kept.returncode == 0
     assert "kept as it is" in kept.stderr
-    assert bad_variant.returncode == 1
+    assert bad_variant.returncode == 2
     assert "NAME:alias=production" in bad_variant.stderr
     assert promote.returncode == 1
     assert "variant 'canary' has no ready replica" in promote.stderr
