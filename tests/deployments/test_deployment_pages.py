@@ -38,7 +38,10 @@ def _deployment(owner: User, *, candidate: bool = False) -> Deployment:
 def _live_region(page: str) -> str:
     """What the page shows inside its refreshed region (up to the section that follows it)."""
     start = page.index(">", page.index("<div data-fragment=")) + 1
-    end = page.index('<section aria-labelledby="add-h">', start)
+    end = min(
+        page.find(marker, start) % (len(page) + 1)
+        for marker in ('<section aria-labelledby="autoscaling-h">', '<section aria-labelledby="add-h">')
+    )
     return page[start : page.rindex("</div>", start, end)]
 
 
@@ -76,7 +79,7 @@ def test_promote_asks_first_and_then_says_what_serves(owner: User, web_as: Calla
     deployment.variants.filter(name="primary").update(weight=100)
     web = web_as(owner)
     page = web.get(reverse("deployments:detail", args=["fraud"])).content.decode()
-    assert re.search(r'data-confirm="Promote candidate \(v2\)\? It takes all live traffic.', page)
+    assert 'data-confirm="Promote candidate? The stable variant takes v2 (forced and recorded)' in page
 
     client = Client()
     client.force_login(owner)
