@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "config.outbox",
     "accounts",
     "registry",
     "deployments",
@@ -212,6 +213,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "registry.sweep_stale_conversions",
         "schedule": 60.0,
     },
+}
+
+# Task messages whose send failed after their transaction committed (the broker was down) are
+# sent by this sweep as soon as the broker is back (config.outbox).
+KILN_OUTBOX_SWEEP_S = env_float("KILN_OUTBOX_SWEEP_S", 2.0, minimum=0.5)
+CELERY_BEAT_SCHEDULE["deliver-outbox"] = {
+    "task": "outbox.deliver",
+    "schedule": KILN_OUTBOX_SWEEP_S,
+    "options": {"expires": KILN_OUTBOX_SWEEP_S * 2},
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -108,6 +109,10 @@ class Stack:
         self.output.close()
 
 
+def _replaced(stack: Stack, component: str, before: int) -> bool:
+    return stack.pid(component) != before
+
+
 def test_make_run_restarts_each_killed_component_and_the_interrupted_conversion_completes(
     tmp_path: Path,
 ) -> None:
@@ -146,9 +151,9 @@ def test_make_run_restarts_each_killed_component_and_the_interrupted_conversion_
                 before = stack.pid(component)
                 os.kill(before, signal.SIGKILL)
                 wait_for(
-                    lambda component=component, before=before: stack.pid(component) != before,
+                    partial(_replaced, stack, component, before),
                     timeout=60,
-                    message=f"{component} to be restarted",
+                    message=f"{component} to restart",
                 )
                 assert f"{component} (pid {before}) was killed by SIGKILL; restarting" in stack.console()
                 wait_for(lambda: _answers(f"{web}/healthz"), timeout=60, message="the web app")
