@@ -8,7 +8,6 @@ from django.conf import settings
 from django.db import transaction
 
 from config.locks import advisory_lock
-from config.redis import redis_client
 from deployments.backends import BackendError, get_backend, owns_placement
 from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, WorkerState
 from deployments.reconcile.cleanup import stop_orphans
@@ -17,7 +16,7 @@ from deployments.reconcile.status import update_status
 from deployments.reconcile.variant import VariantReconciler
 from deployments.services.deployments import describe_variant
 from deployments.services.events import record_deployment_event
-from deployments.services.routing import publish_routing_table
+from deployments.services.routing import converge_routing_table, publish_routing_table
 from deployments.services.variants import followers_pending, roll_alias_followers
 from registry.models import Alias
 
@@ -34,7 +33,7 @@ def reconcile_all() -> dict[str, int]:
     with advisory_lock("deployments.cleanup") as taken:
         if taken:
             counts["orphans"] = stop_orphans()
-            ensure_routing_table()
+            converge_routing_table()
             _remember_docker_engine()
     return counts
 
@@ -53,17 +52,6 @@ def _remember_docker_engine() -> None:
         remember_engine(engine(timeout_s=5).info())
     except Exception as exc:  # no engine: validation in other processes refuses docker variants
         logger.info("the Docker engine does not answer: %s", exc)
-
-
-def ensure_routing_table() -> None:
-    """Publish the table when Redis has none (a fresh or restarted Redis): gateways wait for one."""
-    try:
-        missing = not redis_client().exists(settings.KILN_ROUTING_KEY)
-    except Exception as exc:  # Redis down: the next pass tries again
-        logger.warning("cannot check the routing table: %s", exc)
-        return
-    if missing:
-        publish_routing_table()
 
 
 def reconcile_deployment(deployment_id: int) -> bool:

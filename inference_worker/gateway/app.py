@@ -32,6 +32,7 @@ from random import Random
 from inference_worker import __version__
 from inference_worker.config import ConfigError
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
+from inference_worker.contracts.gateway_table import GatewayTableRecord
 from inference_worker.gateway.config import GatewayConfig, config_from_args
 from inference_worker.gateway.metrics import GatewayMetrics, Series
 from inference_worker.gateway.mirror import ShadowMirror
@@ -117,7 +118,9 @@ class Gateway:
         log.info("listening http=%s:%d", c.host, self.port)
         client = redis_client(c.redis_url)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
-        publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
+        publisher = StatsPublisher(
+            client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot, self.table_record
+        )
         await self._shadow.start()
         tasks = [loop.create_task(job) for job in (watcher.run(), publisher.run(), self._sweep())]
         await self._stop.wait()
@@ -174,6 +177,10 @@ class Gateway:
 
     def snapshot(self) -> GatewaySnapshot:
         return self.metrics.snapshot(self.config.gateway_id, self.started_at)
+
+    def table_record(self) -> GatewayTableRecord:
+        """Which table this gateway serves (``contracts.gateway_table``)."""
+        return GatewayTableRecord(self.config.gateway_id, self.table.version, self.table.digest, time.time())
 
     # -- requests ----------------------------------------------------------------------------
     def handle(self, request: GatewayRequest, reply: Reply) -> None:
