@@ -18,9 +18,9 @@ from config.outbox.delivery import deliver, publish
 from config.outbox.models import OutboxMessage
 
 
-def send(name: str, *args: Any) -> None:
+def send(name: str, *args: Any, countdown: float | None = None) -> None:
     """Queue task ``name`` with positional ``args`` now (raises when the broker is unreachable)."""
-    publish(name, list(args))
+    publish(name, list(args), countdown=countdown)
 
 
 def send_on_commit(name: str, *args: Any) -> None:

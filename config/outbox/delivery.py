@@ -18,11 +18,11 @@ FRESH_S = 2.0
 """The sweep leaves messages this young to their own after-commit send."""
 
 
-def publish(name: str, args: list[Any]) -> None:
-    """Hand one message to the broker (raises when it cannot)."""
+def publish(name: str, args: list[Any], *, countdown: float | None = None) -> None:
+    """Hand one message to the broker, to run after ``countdown`` seconds (raises when it cannot)."""
     from config.celery_app import app
 
-    app.send_task(name, args=args)
+    app.send_task(name, args=args, countdown=countdown)
 
 
 def deliver(message_id: int) -> bool:

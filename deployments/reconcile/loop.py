@@ -54,9 +54,13 @@ def _remember_docker_engine() -> None:
         logger.info("the Docker engine does not answer: %s", exc)
 
 
-def reconcile_deployment(deployment_id: int) -> bool:
-    """One pass over one deployment; returns whether anything changed."""
-    with advisory_lock(f"deployments.reconcile.{deployment_id}") as taken:
+def reconcile_deployment(deployment_id: int, *, wait_s: float = 0.0) -> bool:
+    """One pass over one deployment; returns whether anything changed.
+
+    A pass already running for it makes this one return at once, or after waiting up to
+    ``wait_s`` for it (a pass asked for by a worker's exit must not be lost to a routine one).
+    """
+    with advisory_lock(f"deployments.reconcile.{deployment_id}", wait_s=wait_s) as taken:
         if not taken:
             return False
         deployment = Deployment.objects.select_related("model").filter(pk=deployment_id).first()
