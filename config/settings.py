@@ -208,6 +208,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Each tick writes a heartbeat to Redis (the healthcheck reads it); ticks come at least this often.
+CELERY_BEAT_SCHEDULER = "config.beat:HeartbeatScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sweep-stale-conversions": {
         "task": "registry.sweep_stale_conversions",
