@@ -10,6 +10,7 @@ Both planes import these modules; neither writes a message's keys itself.
 - ``report``          the report a worker pushes to the platform
 - ``gateway_stats``   the counters each gateway writes for the platform to read
 - ``gateway_table``   which routing table each gateway holds (its digest), for convergence
+- ``warmup``          the input shapes a conversion validated, which the worker warms up with
 - ``histograms``      a histogram as the report and the stats carry it
 - ``errors``          ``ContractError``: what every ``parse_*`` raises, naming the field
 - ``wire``            reading decoded JSON into typed values (the ``parse_*`` functions' helpers)
