@@ -3,8 +3,8 @@
 ``config.beat.HeartbeatScheduler`` sets ``<KILN_INSTANCE_ID>:beat:heartbeat`` to the Unix time of
 its latest tick (beat ticks at least every ``CELERY_BEAT_MAX_LOOP_INTERVAL`` seconds). The compose
 healthcheck runs ``python -m config.beat_health --max-age-s 30``: exit 0 when the heartbeat is
-younger than that, 1 (with the reason) otherwise. This module needs only ``redis`` and the
-environment, no Django, so a check costs little.
+younger than that, 1 (with the reason) otherwise. It reads the environment and sets up no Django
+(the client comes from ``config.redis`` with an explicit URL), so a check costs little.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ def heartbeat_key(instance_id: str) -> str:
 
 def heartbeat_age(url: str, instance_id: str) -> float | None:
     """Seconds since beat's last tick; None when it never ticked (or the key expired)."""
-    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-    try:
-        raw = client.get(heartbeat_key(instance_id))
-    finally:
-        client.close()
+    from config.redis import redis_client
+
+    raw = redis_client(url, timeout_s=3).get(heartbeat_key(instance_id))
     return None if raw is None else time.time() - float(raw)
 
 
