@@ -14,7 +14,15 @@ from django.views.decorators.http import require_POST
 from config.errors import NotFoundError, PlatformError
 from deployments import queries, services
 from deployments.backends import get_backend, uses_images
-from deployments.forms import AddVariantForm, DeploymentCreateForm, RolloutForm, ScaleForm, VersionForm
+from deployments.examples import infer_curl
+from deployments.forms import (
+    AddVariantForm,
+    AutoscalingForm,
+    DeploymentCreateForm,
+    RolloutForm,
+    ScaleForm,
+    VersionForm,
+)
 from deployments.inputs import VariantSpec, VersionTarget
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
@@ -27,6 +35,9 @@ from registry.audit import Actor
 @login_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
     rows = list(queries.deployments().order_by("name"))
+    for deployment in rows:
+        for variant in deployment.variants.all():
+            setattr(variant, "ready_count", queries.ready_replicas(variant))  # noqa: B010
     return render(
         request,
         "deployments/deployment_list.html",
@@ -94,6 +105,7 @@ def _live_context(request: HttpRequest, name: str) -> dict[str, Any]:
     for variant in variants:
         image = latest_image_of(variant) if uses_images(variant.backend) else None
         setattr(variant, "worker_image", image)  # noqa: B010
+        setattr(variant, "cold_start_s", queries.cold_start_s(variant.version_id))  # noqa: B010
     return {
         "deployment": deployment,
         "variants": variants,
@@ -109,15 +121,36 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
     return {
         **context,
         "gateway": settings.KILN_GATEWAY_URL,
+        "curl_example": _curl_example(deployment, context["variants"]),
         "events": audit_events().filter(subject=f"deployment/{name}")[:30],
         "scale_form": ScaleForm(),
+        "autoscaling_forms": [(v, _autoscaling_form(v)) for v in context["variants"]],
         "version_form": VersionForm(),
         "add_form": AddVariantForm(),
+        "new_variant_name": _unused_name({v.name for v in context["variants"]}),
         "rollout_form": RolloutForm(),
         "history": deployment.traffic_changes.all()[:50],
         "rollouts": deployment.rollouts.select_related("candidate", "baseline")[:20],
         "shadow": _shadow_numbers(deployment),
     }
+
+
+def _autoscaling_form(variant: Any) -> AutoscalingForm:
+    policy = services.policy_of(variant)
+    initial = policy.values() if policy is not None else {}
+    return AutoscalingForm(initial=initial, auto_id=f"autoscaling-{variant.name}-%s")
+
+
+def _unused_name(taken: set[str]) -> str:
+    """The name the "Add a variant" form proposes: ``candidate``, else the first free ``candidate-N``."""
+    return next(n for n in ("candidate", *(f"candidate-{i}" for i in range(2, 1000))) if n not in taken)
+
+
+def _curl_example(deployment: Any, variants: list[Any]) -> str:
+    """The request to copy, from the signature of the version the first variant serves."""
+    served = next((v.version for v in variants if v.version_id is not None), None)
+    signature = served.signature if served is not None else {}
+    return infer_curl(gateway=settings.KILN_GATEWAY_URL, deployment=deployment.name, signature=signature)
 
 
 def _shadow_numbers(deployment: Any) -> dict[str, Any]:
@@ -137,16 +170,19 @@ def deployment_workers_fragment(request: HttpRequest, name: str) -> HttpResponse
     return render(request, "deployments/_live.html", _live_context(request, name))
 
 
-def act_on_deployment(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
-    """Run ``action(deployment, user)`` if the user may change it; flash the outcome; back to its page."""
+def act_on_deployment(request: HttpRequest, name: str, action: Any, success: Any) -> HttpResponse:
+    """Run ``action(deployment, user)`` if the user may change it; flash the outcome; back to its page.
+
+    ``success`` is the message, or a function of what the action returned that words it.
+    """
     try:
-        action(queries.deployment_for_change(name, request.user), request.user)
+        result = action(queries.deployment_for_change(name, request.user), request.user)
     except NotFoundError:
         raise
     except PlatformError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, success)
+        messages.success(request, success(result) if callable(success) else success)
     return redirect("deployments:detail", name=name)
 
 
@@ -195,6 +231,25 @@ def variant_scale(request: HttpRequest, name: str, variant: str) -> HttpResponse
         services.scale_variant(variant=row, replicas=form.cleaned_data["replicas"], actor=user)
 
     return act_on_deployment(request, name, act, f"Scaling {variant}.")
+
+
+@login_required
+@require_POST
+def variant_autoscaling(request: HttpRequest, name: str, variant: str) -> HttpResponse:
+    """Set a variant's autoscaling policy, or turn it off (``off`` in the form)."""
+    form = AutoscalingForm(request.POST)
+    row = queries.get_variant(name, variant)
+
+    def act(_d: Any, user: Actor) -> None:
+        if "off" in request.POST:
+            services.remove_autoscaling(variant=row, actor=user)
+            return
+        if not form.is_valid():
+            field, errors = next(iter(form.errors.items()))
+            raise PlatformError(f"{field}: {' '.join(str(e) for e in errors)}")
+        services.set_autoscaling(variant=row, policy=form.policy(), actor=user)
+
+    return act_on_deployment(request, name, act, f"Autoscaling of {variant} saved.")
 
 
 @login_required

@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``inference-worker`` and ``python -m inference_worker``."""
     args = build_parser().parse_args(argv)
     if args.command == "gateway":
-        from inference_worker.gateway.app import main as gateway_main
+        from inference_worker.gateway.main import main as gateway_main
 
         return gateway_main(args)
     try:
@@ -139,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
+        # httpx logs every request at INFO: one line per report every few seconds. The reporter says
+        # itself what matters (a failure, the recovery, a change of state).
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
         return _run(config)
     except ConfigError as exc:
         print(f"inference-worker: error: {exc}", file=sys.stderr)

@@ -184,6 +184,21 @@ def test_export_failure_names_the_unsupported_operator(tmp_path: Path) -> None:
     assert "export" in error.extra["report"]["durations_s"]
 
 
+def test_a_signature_the_model_cannot_take_fails_with_the_root_cause_not_torchscripts_header(
+    tmp_path: Path,
+) -> None:
+    def save_with_one_channel(path: Path) -> dict[str, Any]:
+        signature = model_factories.save_torchscript_cnn(path)  # the CNN takes 3 channels
+        signature["inputs"][0]["shape"] = [-1, 1, 16, 16]
+        return signature
+
+    error = _failure(_request(tmp_path, "torchscript", save_with_one_channel))
+
+    assert "to have 3 channels, but got 1 channels instead" in error.message
+    assert "The following operation failed" not in error.message
+    assert len(error.message) < 1200
+
+
 def test_pt2_export_failure_names_the_operator_without_an_onnx_function(tmp_path: Path) -> None:
     request = _request(tmp_path, "torch_export", model_factories.save_unexportable_pt2)
 

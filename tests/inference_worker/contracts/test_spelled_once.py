@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from inference_worker.contracts.activation import encode_activation
 from inference_worker.contracts.batching import BATCHING, encode_batching
 from inference_worker.contracts.gateway_stats import encode_snapshot
 from inference_worker.contracts.gateway_table import encode_gateway_table
@@ -68,6 +69,8 @@ SHARED = WORDS | {
     "responses",
     "live_latency_ms",
     "routing_table_version",  # the gateway's readiness answer (/v2/health/ready)
+    "deployment",  # the audit log's and the API's records name a deployment and its variant too
+    "variant",
     "started_at",  # timestamps most of the platform's models have (a row job's, a worker's)
     "updated_at",
 }
@@ -91,6 +94,7 @@ def wire_keys() -> dict[str, set[str]]:
         "gateway stats": keys(encode_snapshot(samples.SNAPSHOT)) - {"fraud", "b", "200", "503"},
         "gateway table": keys(encode_gateway_table(samples.GATEWAY_TABLE)),
         "batching": keys(encode_batching(samples.BATCHING)),
+        "activation": keys(encode_activation(samples.ACTIVATION)),
     }
 
 
