@@ -13,3 +13,9 @@ class DeploymentsConfig(AppConfig):
 
         hooks.alias_moved.register(on_alias_moved)
         hooks.version_serving.register(series.version_numbers)
+
+        from celery.signals import worker_ready
+
+        from deployments.reconcile.exits import start_exit_watcher
+
+        worker_ready.connect(start_exit_watcher, weak=False)

@@ -29,6 +29,8 @@ Gateways of that time ignore the keys they do not know.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -163,6 +165,13 @@ def _encode_variant(variant: VariantRecord) -> dict[str, Any]:
             {"id": r.id, "url": r.url, "grpc": r.grpc, "version": r.version} for r in variant.replicas
         ],
     }
+
+
+def table_digest(table: TableRecord) -> str:
+    """What ``table`` routes, as a hex SHA-256: equal for equal deployments, whatever the table's
+    ``version`` and build time (so a gateway's table can be compared with the database's)."""
+    body = json.dumps(encode_table(table)["deployments"], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def parse_table(payload: object) -> TableRecord:

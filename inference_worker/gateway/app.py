@@ -30,6 +30,7 @@ from random import Random
 
 from inference_worker import __version__
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
+from inference_worker.contracts.gateway_table import GatewayTableRecord
 from inference_worker.gateway.activator import ActivationSender, Activator
 from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.metrics import GatewayMetrics, Series
@@ -121,7 +122,9 @@ class Gateway:
         client = redis_client(c.redis_url)
         self.activator.notify = ActivationSender(client, c.routing_key, c.gateway_id, loop)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
-        publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
+        publisher = StatsPublisher(
+            client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot, self.table_record
+        )
         await self._shadow.start()
         tasks = [loop.create_task(job) for job in (watcher.run(), publisher.run(), self._sweep())]
         await self._stop.wait()
@@ -190,6 +193,9 @@ class Gateway:
             for route in self.table.deployments.values()
             for v in route.variants
         }
+
+    def table_record(self) -> GatewayTableRecord:  # which table it serves (contracts.gateway_table)
+        return GatewayTableRecord(self.config.gateway_id, self.table.version, self.table.digest, time.time())
 
     # -- requests ----------------------------------------------------------------------------
     def handle(self, request: GatewayRequest, reply: Reply) -> None:

@@ -80,7 +80,7 @@ def test_torchscript_cnn_converts_with_parity_recorded_and_a_dynamic_batch(tmp_p
     assert 0 < parity["outputs"]["output_0"]["max_abs_error"] < 1e-4
     assert [b["batch_size"] for b in report["profile"]["batches"]] == [1, 2, 4]
     assert all(b["torch_ms"] > 0 and b["speedup"] > 0 for b in report["profile"]["batches"])
-    assert set(report["durations_s"]) == {"export", "check", "parity", "profile"}
+    assert set(report["durations_s"]) == {"export", "check", "parity", "warm-up", "profile"}
     json.dumps(report, allow_nan=False)  # storable as PostgreSQL jsonb
     image = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
     (logits,) = _ort(request["output_path"]).run(None, {"image": image})
