@@ -109,6 +109,7 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
     return {
         **context,
         "gateway": settings.KILN_GATEWAY_URL,
+        "gateway_grpc": settings.KILN_GATEWAY_GRPC_TARGET,
         "events": audit_events().filter(subject=f"deployment/{name}")[:30],
         "scale_form": ScaleForm(),
         "version_form": VersionForm(),

@@ -12,6 +12,8 @@ the same arm, each replica at most once. Every answer carries
 ``X-Kiln-Variant`` and ``X-Kiln-Model-Version``. After the client's answer is
 written, ``ShadowMirror`` may take a copy for each shadow variant.
 
+gRPC calls on ``--grpc-port`` are routed the same way by ``grpc_proxy.GrpcProxy``.
+
 Nothing here decodes a body on the live path; the request is handled by
 callbacks from the server's parser to the upstream connection's parser, with
 no task per request.
@@ -33,6 +35,7 @@ from inference_worker import __version__
 from inference_worker.config import ConfigError
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
 from inference_worker.gateway.config import GatewayConfig, config_from_args
+from inference_worker.gateway.grpc_proxy import GrpcProxy
 from inference_worker.gateway.metrics import GatewayMetrics, Series
 from inference_worker.gateway.mirror import ShadowMirror
 from inference_worker.gateway.proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
@@ -72,6 +75,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.port = 0
+        self.grpc_port = -1
         self.table: RoutingTable = EMPTY
         self.loaded = False
         self.routes: dict[bytes, Route] = {}
@@ -86,6 +90,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.upstreams: Upstreams | None = None
         self._shadow: ShadowMirror | None = None
+        self.grpc: GrpcProxy | None = None
         self._targets: dict[bytes, Target] = {}
         self._series_by_replica: dict[int, Series] = {}
 
@@ -114,7 +119,10 @@ class Gateway:
             child_args=child_args,
         )  # fmt: skip
         self.port = await self.server.start(c.host, c.port)
-        log.info("listening http=%s:%d", c.host, self.port)
+        if c.grpc_port >= 0:
+            self.grpc = GrpcProxy(self, c)
+            self.grpc_port = await self.grpc.start(c.host, c.grpc_port)
+        log.info("listening http=%s:%d grpc=%s:%d", c.host, self.port, c.host, self.grpc_port)
         client = redis_client(c.redis_url)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
         publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
@@ -142,9 +150,11 @@ class Gateway:
     async def _drain(self) -> None:
         self.server.stop_accepting()
         deadline = time.monotonic() + self.config.drain_timeout_s
+        grpc = [asyncio.create_task(self.grpc.stop(self.config.drain_timeout_s))] if self.grpc else []
         while self.server.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await self.server.close()
+        await asyncio.gather(*grpc)  # it stopped taking calls at once and let those in flight finish
         assert self.upstreams is not None  # noqa: S101 - serve() set it
         self.upstreams.close()
 
@@ -162,6 +172,8 @@ class Gateway:
         if self.upstreams is not None:
             urls = {r.url for route in table.deployments.values() for v in route.variants for r in v.replicas}
             self.upstreams.keep_only(urls)
+        if self.grpc is not None:
+            self.grpc.keep_only(table)
         self._series_by_replica = {
             id(replica): self.metrics.series(route.name, variant.name, replica.version)
             for route in table.deployments.values()
@@ -229,6 +241,13 @@ class Gateway:
                 return found
         version = replica.version if replica is not None else variant.version
         return self.metrics.series(route.name, variant.name, version)
+
+    def http_load(self, url: str) -> float:
+        return 0.0 if self.upstreams is None else self.upstreams.load(url)
+
+    def offer_shadow(self, copy: ShadowCopy) -> None:
+        assert self._shadow is not None  # noqa: S101 - serve() set it
+        self._shadow.offer(copy)
 
     def mirror(self, call: _Call, live: UpstreamResponse, seconds: float) -> None:
         """Offer a copy of a successful live request to each shadow variant that wants one."""
