@@ -10,9 +10,8 @@ connection failure, or a 503 (the worker refuses before running anything: it
 is loading, draining or its queue is full), is retried on another replica of
 the same arm, each replica at most once. Every answer carries
 ``X-Kiln-Variant`` and ``X-Kiln-Model-Version``. After the client's answer is
-written, ``ShadowMirror`` may take a copy for each shadow variant.
-
-gRPC calls on ``--grpc-port`` are routed the same way by ``grpc_proxy.GrpcProxy``.
+written, ``ShadowMirror`` may take a copy for each shadow variant. gRPC calls
+(``--grpc-port``) are routed the same way by ``grpc_proxy.GrpcProxy``.
 
 Nothing here decodes a body on the live path; the request is handled by
 callbacks from the server's parser to the upstream connection's parser, with
@@ -132,9 +131,10 @@ class Gateway:
         await self._drain()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if (await asyncio.wait(tasks, timeout=2.0))[
+            1
+        ]:  # grpc's threads beside uvloop: rarely, one never ends
+            log.warning("a background task did not end when cancelled; stopping without it")
         await self._shadow.stop()
         await publisher.publish()
         await client.aclose()
@@ -385,14 +385,16 @@ def main(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     with contextlib.suppress(ImportError):
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    loop = loop_factory()  # closed without waiting for tasks left pending (see serve)
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(Gateway(config).serve())
+        return loop.run_until_complete(Gateway(config).serve())
     except OSError as exc:
         print(f"inference-worker: error: cannot listen: {exc}", file=sys.stderr)
         return 2
+    finally:
+        loop.close()

@@ -30,6 +30,10 @@ failed request answers with ``error_message`` and the stream goes on, as the
 worker's own streams do. ``ServerLive``, ``ServerReady`` (a routing table is
 loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are
 ``UNIMPLEMENTED``.
+
+The server and its channels run on a thread of their own (``grpc_thread``: grpc.aio and
+uvloop do not mix). Only reads cross over (routes, random source, HTTP pools' load);
+counters and shadow copies go back to the gateway's loop with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import grpc
 from inference_worker import __version__, build_protos
 from inference_worker.gateway import grpc_wire
 from inference_worker.gateway.config import GatewayConfig
+from inference_worker.gateway.grpc_thread import GrpcThread
 from inference_worker.gateway.metrics import Series
 from inference_worker.gateway.proxy import UpstreamResponse
 from inference_worker.gateway.routing import (
@@ -120,8 +125,8 @@ class GrpcProxy:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._pb2, _ = build_protos.load()
-        self._server = grpc.aio.server(options=[*self._options, ("grpc.so_reuseport", 0)])
-        self._server.add_generic_rpc_handlers((self._handler(),))
+        self._main = asyncio.get_running_loop()
+        self._thread = GrpcThread(self._options, self._handler)
 
     def _handler(self) -> grpc.GenericRpcHandler:
         unary = grpc.unary_unary_rpc_method_handler
@@ -152,17 +157,14 @@ class GrpcProxy:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port."""
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = int(self._server.add_insecure_port(address))
-        if bound == 0:
-            raise OSError(f"cannot listen for gRPC on {address}")
-        await self._server.start()
-        return bound
+        """Listen (on the gRPC thread); returns the bound port."""
+        return await self._thread.start(host, port)
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let those in flight finish for ``grace`` seconds, close the channels."""
-        await self._server.stop(grace)
+        await self._thread.stop(grace, self._close_channels)
+
+    async def _close_channels(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -171,10 +173,22 @@ class GrpcProxy:
     def keep_only(self, table: RoutingTable) -> None:
         """Close the channels of replicas no longer in ``table`` (after their calls finish)."""
         targets = {r.grpc for route in table.deployments.values() for v in route.variants for r in v.replicas}
+        self._thread.call_soon(self._close_others, targets)
+
+    def _close_others(self, targets: set[str]) -> None:
         for target in [t for t in self._channels if t not in targets]:
             channel = self._channels.pop(target)
             self._calls = {k: v for k, v in self._calls.items() if k[0] != target}
             asyncio.get_running_loop().create_task(channel.close(grace=self.timeout_s))
+
+    def _count(
+        self, route: Route, variant: Variant, replica: Replica | None, status: int, seconds: float
+    ) -> None:
+        """Count an answer in the gateway's series (on the gateway's loop)."""
+        self.router.series(route, variant, replica).answered(status, seconds)
+
+    def _retried(self, route: Route, variant: Variant, replica: Replica) -> None:
+        self.router.series(route, variant, replica).retries += 1
 
     # -- routing -----------------------------------------------------------------------------
     def _call(self, target: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -253,7 +267,7 @@ class GrpcProxy:
                 code = exc.code()
                 if code in RETRYABLE and len(tried) + 1 < len(variant.grpc_replicas):
                     tried.add(url)
-                    self.router.series(route, variant, replica).retries += 1
+                    self._main.call_soon_threadsafe(self._retried, route, variant, replica)
                     continue
                 message = exc.details() or code.name
                 if code == grpc.StatusCode.UNAVAILABLE:  # unreachable, loading or draining: say which arm
@@ -277,10 +291,11 @@ class GrpcProxy:
             replica, answer = await self._send("ModelInfer", route, variant, request, metadata, timeout)
         except Failure as failure:
             seconds = time.perf_counter() - started
-            self.router.series(route, variant, None).answered(HTTP_OF.get(failure.code, 502), seconds)
+            status = HTTP_OF.get(failure.code, 502)
+            self._main.call_soon_threadsafe(self._count, route, variant, None, status, seconds)
             raise
         seconds = time.perf_counter() - started
-        self.router.series(route, variant, replica).answered(200, seconds)
+        self._main.call_soon_threadsafe(self._count, route, variant, replica, 200, seconds)
         if route.shadows:
             self._mirror(route, request, answer, seconds)
         return variant, replica, answer + replica.grpc_labels
@@ -299,7 +314,7 @@ class GrpcProxy:
             copy = ShadowCopy(
                 route.name, shadow.name, shadow.version, replicas, GRPC_METHOD, b"", b"", body, live, seconds
             )  # fmt: skip
-            self.router.offer_shadow(copy)
+            self._main.call_soon_threadsafe(self.router.offer_shadow, copy)
 
     def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         remaining = context.time_remaining()
