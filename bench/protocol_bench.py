@@ -51,7 +51,7 @@ NOTES = (
     "  req/s. Closing that gap takes a server core of our own for HTTP/2 (framing, HPACK, flow control)",
     "  beside the HTTP/1.1 one; not done yet.",
     "- The gateway's gRPC hop is a grpc.aio server and a grpc.aio client call per request, bytes in and",
-    "  out (no protobuf decode), on a thread beside the HTTP loop: about +1.2 ms at c=1, 0.6-0.75 of direct gRPC at c=64, short",
+    "  out, on a thread beside the HTTP loop: about +1.2 ms at c=1, 0.6-0.75 of direct gRPC at c=64, short",
     "  of the HTTP path's budget (+0.3 ms, 0.85), for the same reason. HTTP through the gateway meets it.",
     "- The recorded run is from a quiet 16-core machine (load generator, worker and gateway each with",
     "  cores to spare); on the 2-core machines the ratios move with whatever else runs.",
