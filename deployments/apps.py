@@ -8,7 +8,7 @@ class DeploymentsConfig(AppConfig):
     def ready(self) -> None:
         """Answer the registry's announcements (it cannot import this app)."""
         from deployments import series
-        from deployments.services.variants import on_alias_moved
+        from deployments.services.alias_moves import on_alias_moved
         from registry import hooks
 
         hooks.alias_moved.register(on_alias_moved)

@@ -170,7 +170,7 @@ def deployment_series(
     reports = [r for r in reports if r.resolution == Report.Resolution.RAW or r.end <= raw_since]
     grouped: dict[tuple[str, int], list[Report]] = defaultdict(list)
     per_worker: dict[int, dict[int, list[Report]]] = defaultdict(lambda: defaultdict(list))
-    variant_names = [v.name for v in deployment.variants.order_by("id")]
+    variants = list(deployment.variants.order_by("id"))
     for report in reports:
         bucket = int(report.end.timestamp()) // chart.step_s * chart.step_s
         grouped[(report.variant.name, bucket)].append(report)
@@ -181,7 +181,11 @@ def deployment_series(
         "step_s": chart.step_s,
         "t": buckets,
         "variants": {
-            name: _variant_series(name, buckets, grouped, chart.step_s, reports) for name in variant_names
+            v.name: {
+                **_variant_series(v.name, buckets, grouped, chart.step_s, reports),
+                "desired_replicas": _desired_replicas(v, buckets, chart.step_s, start),
+            }
+            for v in variants
         },
         "workers": _worker_series(per_worker, buckets),
         "gateway": gateway_numbers(deployment),
@@ -201,6 +205,7 @@ def _variant_series(
         "latency_p95_ms": [],
         "latency_p99_ms": [],
         "queue_depth": [],
+        "replicas": [],
         "errors_per_s": defaultdict(list),
     }
     outcomes = sorted({k for r in reports if r.variant.name == name for k in r.outcomes if k != SUCCESS})
@@ -212,12 +217,27 @@ def _variant_series(
             series[key].append(numbers[key])
         latest = _latest_per_worker(rows)
         series["queue_depth"].append(sum(r.queue_depth for r in latest) if rows else None)
+        series["replicas"].append(len({r.worker_id for r in rows}))
         for outcome in outcomes:
             count = sum(r.outcomes.get(outcome, 0) for r in rows)
             series["errors_per_s"][outcome].append(round(count / step, 3) if rows else None)
     series["errors_per_s"] = dict(series["errors_per_s"])
     series["batch_histogram"] = histograms.merge(r.batch_histogram for r in reports if r.variant.name == name)
     return series
+
+
+def _desired_replicas(variant: Variant, buckets: list[int], step: int, start: datetime) -> list[int]:
+    """The replica count asked for at the end of each bucket: the autoscaler's decisions as steps."""
+    decisions = list(variant.scaling.filter(created_at__gt=start).order_by("created_at", "id"))
+    before = variant.scaling.filter(created_at__lte=start).order_by("-created_at", "-id").first()
+    current = before.to_replicas if before else decisions[0].from_replicas if decisions else variant.replicas
+    values, index = [], 0
+    for bucket in buckets:
+        while index < len(decisions) and decisions[index].created_at.timestamp() < bucket + step:
+            current = decisions[index].to_replicas
+            index += 1
+        values.append(current)
+    return values
 
 
 def _worker_series(per_worker: dict[int, dict[int, list[Report]]], buckets: list[int]) -> dict[str, Any]:

@@ -20,6 +20,11 @@ urlpatterns = [
         views.DeploymentViewSet.as_view({"post": "start"}),
         name="deployment-start",
     ),
+    path(
+        "deployments/<slug:name>/on-alias-move/",
+        views.DeploymentViewSet.as_view({"put": "on_alias_move"}),
+        name="deployment-on-alias-move",
+    ),
     path("deployments/<slug:name>/variants/", views.VariantListView.as_view(), name="variant-list"),
     path(
         "deployments/<slug:name>/variants/<slug:variant>/",
@@ -30,6 +35,11 @@ urlpatterns = [
         "deployments/<slug:name>/variants/<slug:variant>/scale/",
         views.ScaleView.as_view(),
         name="variant-scale",
+    ),
+    path(
+        "deployments/<slug:name>/variants/<slug:variant>/autoscaling/",
+        views.AutoscalingView.as_view(),
+        name="variant-autoscaling",
     ),
     path(
         "deployments/<slug:name>/variants/<slug:variant>/version/",

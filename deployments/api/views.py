@@ -55,6 +55,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
             actor=request.user,  # type: ignore[arg-type]
             description=data.validated_data["description"],
             latency_budget_ms=data.validated_data.get("latency_budget_ms"),
+            on_alias_move=data.validated_data["on_alias_move"],
         )
         return Response(s.DeploymentOutput(queries.get_deployment(deployment.name)).data, status=201)
 
@@ -67,6 +68,18 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
         deployment = queries.deployment_for_change(name, request.user, deleting_ok=True)
         services.delete_deployment(deployment=deployment, actor=request.user)
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data, status=202)
+
+    @extend_schema(request=s.AliasMovePolicyInput, responses=s.DeploymentOutput)
+    @action(detail=True, methods=["put"], url_path="on-alias-move")
+    def on_alias_move(self, request: Request, name: str) -> Response:
+        """What happens when the alias of a variant carrying traffic moves."""
+        deployment = queries.deployment_for_change(name, request.user)
+        data = s.AliasMovePolicyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.set_alias_move_policy(
+            deployment=deployment, policy=data.validated_data["on_alias_move"], actor=request.user
+        )
+        return Response(s.DeploymentOutput(queries.get_deployment(name)).data)
 
     @extend_schema(request=None, responses=s.DeploymentOutput)
     @action(detail=True, methods=["post"])
@@ -120,6 +133,26 @@ class ScaleView(APIView):
         data = s.ScaleInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.scale_variant(variant=row, replicas=data.validated_data["replicas"], actor=request.user)
+        return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
+
+
+class AutoscalingView(APIView):
+    """``PUT`` a variant's autoscaling policy (options left out keep their value); ``DELETE`` it."""
+
+    @extend_schema(request=s.AutoscalingInput, responses={202: s.VariantOutput})
+    def put(self, request: Request, name: str, variant: str) -> Response:
+        row = queries.variant_for_change(name, variant, request.user)
+        data = s.AutoscalingInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        policy = data.policy(base=services.policy_of(row))
+        services.set_autoscaling(variant=row, policy=policy, actor=request.user)
+        return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
+
+    @extend_schema(request=None, responses={202: s.VariantOutput})
+    def delete(self, request: Request, name: str, variant: str) -> Response:
+        """Back to a fixed replica count: the one running now."""
+        row = queries.variant_for_change(name, variant, request.user)
+        services.remove_autoscaling(variant=row, actor=request.user)
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
 

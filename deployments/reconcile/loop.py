@@ -15,11 +15,10 @@ from deployments.reconcile.cleanup import stop_orphans
 from deployments.reconcile.service import ServiceReconciler
 from deployments.reconcile.status import update_status
 from deployments.reconcile.variant import VariantReconciler
+from deployments.services.alias_moves import follow_pending
 from deployments.services.deployments import describe_variant
 from deployments.services.events import record_deployment_event
 from deployments.services.routing import publish_routing_table
-from deployments.services.variants import followers_pending, roll_alias_followers
-from registry.models import Alias
 
 logger = logging.getLogger(__name__)
 BUSY_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
@@ -76,11 +75,7 @@ def reconcile_deployment(deployment_id: int) -> bool:
             return False
         changed = False
         if deployment.delete_requested_at is None:
-            for variant in followers_pending(deployment):
-                alias = Alias.objects.select_related("version").get(
-                    model_id=deployment.model_id, name=variant.alias
-                )
-                changed |= bool(roll_alias_followers(alias=alias))
+            changed |= bool(follow_pending(deployment))
         problems: dict[int, tuple[bool, str]] = {}  # variant -> (fatal, why it cannot run now)
         for variant in deployment.variants.select_related("version__model").order_by("id"):
             try:

@@ -1,16 +1,18 @@
 """Deployment services, split by concept: deployments, variants, batching, workers and reports, routing."""
 
+from deployments.services.alias_moves import on_alias_moved
+from deployments.services.autoscaling import policy_of, remove_autoscaling, set_autoscaling
 from deployments.services.batching import propose_batching, validate_batching
 from deployments.services.deployments import (
     add_variant,
     create_deployment,
     delete_deployment,
     remove_variant,
+    set_alias_move_policy,
     set_deployment_running,
 )
 from deployments.services.routing import build_routing_table, publish_routing_table
 from deployments.services.variants import (
-    on_alias_moved,
     scale_variant,
     set_variant_version,
     update_batching,
@@ -32,10 +34,14 @@ __all__ = (
     "downsample_reports",
     "ingest_report",
     "on_alias_moved",
+    "policy_of",
     "propose_batching",
     "publish_routing_table",
+    "remove_autoscaling",
     "remove_variant",
     "scale_variant",
+    "set_alias_move_policy",
+    "set_autoscaling",
     "set_deployment_running",
     "set_variant_version",
     "update_batching",

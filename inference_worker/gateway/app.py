@@ -1,39 +1,29 @@
 """The gateway: one stable address in front of every deployment's replicas.
 
-For each inference request (``POST /v2/models/{deployment}[/versions/{v}]/infer``,
-``POST /v1/models/{deployment}:predict``) and metadata read (``GET
-/v2/models/{deployment}[/ready]``): look the deployment up in the current
-routing table, ``choose_arm`` (by weight, sticky with the routing-key header),
-``choose_replica`` (least outstanding requests), and proxy the request bytes
-unchanged (the path's model name rewritten when the variant's differs). A
-connection failure, or a 503 (the worker refuses before running anything: it
-is loading, draining or its queue is full), is retried on another replica of
-the same arm, each replica at most once. Every answer carries
-``X-Kiln-Variant`` and ``X-Kiln-Model-Version``. After the client's answer is
-written, ``ShadowMirror`` may take a copy for each shadow variant. gRPC calls
-(``--grpc-port``) are routed the same way by ``grpc_proxy.GrpcProxy``.
-
-Nothing here decodes a body on the live path; the request is handled by
-callbacks from the server's parser to the upstream connection's parser, with
-no task per request.
+Each inference request (``POST /v2/models/{deployment}[/versions/{v}]/infer``, ``POST
+/v1/models/{deployment}:predict``) and metadata read (``GET /v2/models/{deployment}[/ready]``):
+look the deployment up in the routing table, ``choose_arm`` (by weight, sticky with the
+routing-key header), ``choose_replica`` (least outstanding), proxy the bytes unchanged (the
+path's model name rewritten when the variant's differs). A connection failure or a 503 (the
+worker refuses before running anything) is retried on another replica of the arm, each at most
+once. A variant at zero replicas has its requests held by the ``Activator`` until one is ready.
+Answers carry ``X-Kiln-Variant``/``X-Kiln-Model-Version``; ``ShadowMirror`` may copy them to shadows.
+gRPC is routed alike by ``grpc_proxy.GrpcProxy``. No body decoded, no task per request.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
-from collections.abc import Callable
 from random import Random
 
 from inference_worker import __version__
-from inference_worker.config import ConfigError
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
-from inference_worker.gateway.config import GatewayConfig, config_from_args
+from inference_worker.gateway.activator import ActivationSender, Activator
+from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.grpc_proxy import GrpcProxy
 from inference_worker.gateway.metrics import GatewayMetrics, Series
 from inference_worker.gateway.mirror import ShadowMirror
@@ -92,6 +82,10 @@ class Gateway:
         self.grpc: GrpcProxy | None = None
         self._targets: dict[bytes, Target] = {}
         self._series_by_replica: dict[int, Series] = {}
+        self.activator = Activator(
+            queue_size=config.activator_queue_size, timeout_s=config.activator_timeout_s, notify=_nobody
+        )
+        self.metrics.held = self.activator.held
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def serve(self, *, handle_signals: bool = True) -> int:
@@ -123,6 +117,7 @@ class Gateway:
             self.grpc_port = await self.grpc.start(c.host, c.grpc_port)
         log.info("listening http=%s:%d grpc=%s:%d", c.host, self.port, c.host, self.grpc_port)
         client = redis_client(c.redis_url)
+        self.activator.notify = ActivationSender(client, c.routing_key, c.gateway_id, loop)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
         publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
         await self._shadow.start()
@@ -131,9 +126,7 @@ class Gateway:
         await self._drain()
         for task in tasks:
             task.cancel()
-        if (await asyncio.wait(tasks, timeout=2.0))[
-            1
-        ]:  # grpc's threads beside uvloop: rarely, one never ends
+        if (await asyncio.wait(tasks, timeout=2.0))[1]:  # grpc beside uvloop: rarely, one never ends
             log.warning("a background task did not end when cancelled; stopping without it")
         await self._shadow.stop()
         await publisher.publish()
@@ -153,6 +146,7 @@ class Gateway:
         grpc = [asyncio.create_task(self.grpc.stop(self.config.drain_timeout_s))] if self.grpc else []
         while self.server.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.activator.close()
         await self.server.close()
         await asyncio.gather(*grpc)  # it stopped taking calls at once and let those in flight finish
         assert self.upstreams is not None  # noqa: S101 - serve() set it
@@ -163,6 +157,7 @@ class Gateway:
         while True:
             await asyncio.sleep(_SWEEP_S)
             self.upstreams.sweep()
+            self.activator.sweep()
 
     def apply(self, table: RoutingTable) -> None:
         """Swap in a new table whole; requests in flight keep the route they were given."""
@@ -182,10 +177,20 @@ class Gateway:
         }
         self.metrics.table_version = table.version
         self.metrics.table_loaded_at = time.time()
+        self.activator.release(self.routes)
         log.info("routing table %d applied: %d deployment(s)", table.version, len(table.deployments))
 
     def snapshot(self) -> GatewaySnapshot:
-        return self.metrics.snapshot(self.config.gateway_id, self.started_at)
+        return self.metrics.snapshot(self.config.gateway_id, self.started_at, self.in_flight())
+
+    def in_flight(self) -> dict[tuple[str, str], int]:
+        """Requests sent to each variant's replicas and not answered yet, by (deployment, variant)."""
+        pools = self.upstreams.pools if self.upstreams is not None else {}
+        return {
+            (route.name, v.name): sum(pools[r.url].outstanding for r in v.replicas if r.url in pools)
+            for route in self.table.deployments.values()
+            for v in route.variants
+        }
 
     # -- requests ----------------------------------------------------------------------------
     def handle(self, request: GatewayRequest, reply: Reply) -> None:
@@ -250,10 +255,14 @@ class Gateway:
         self._shadow.offer(copy)
 
     def mirror(self, call: _Call, live: UpstreamResponse, seconds: float) -> None:
-        """Offer a copy of a successful live request to each shadow variant that wants one."""
+        """Offer a copy of a successful live request to each shadow variant that wants one.
+
+        A live arm that is also a shadow (a rollout measuring agreement) gets copies of the
+        requests the other arms answered, never of its own.
+        """
         assert self._shadow is not None  # noqa: S101 - serve() set it
         for shadow in call.route.shadows:
-            if wants_shadow(shadow, self.rng):
+            if shadow.name != call.variant.name and wants_shadow(shadow, self.rng):
                 request = call.request
                 replicas = [(r.host, r.port, r.version) for r in shadow.replicas]
                 url = call.upstream_url(shadow)
@@ -266,6 +275,10 @@ class Gateway:
 
 _MAX_TARGETS = 4096
 """Distinct request URLs whose parse is remembered (the cache restarts when full)."""
+
+
+def _nobody(deployment: str, variant: str, held: int) -> None:
+    """Where activation requests go before the gateway has Redis."""
 
 
 def _head(method: bytes, url: bytes, length: int, headers: bytes) -> bytes:
@@ -323,11 +336,26 @@ class _Call:
         replica = choose_replica(self.variant.replicas, upstreams.load, gateway.rng, self.tried)
         if replica is None:
             what = f"deployment {self.route.name!r} variant {self.variant.name!r}"
+            if self.variant.activate and not self.tried:
+                if gateway.activator.hold(self):
+                    return None
+                return self._fail(503, f"{what} is starting and holds as many requests as it can")
             return self._fail(503, f"no ready replica of {what}")
         self.replica = replica
         pool = upstreams.pool(replica.url, replica.host, replica.port)
         deadline = upstreams.loop.time() + upstreams.timeout_s
         return pool.request(self.head, self.request.body, self.answered, deadline)
+
+    def resume(self, route: Route, variant: Variant) -> None:
+        """Held by the activator until ``variant`` had a replica: go on with the new table's route."""
+        self.route, self.variant = route, variant
+        self.head = _head(
+            self.method, self.upstream_url(variant), len(self.request.body), self.request.headers
+        )
+        self.attempt()
+
+    def give_up(self, status: int, message: str) -> None:
+        self._fail(status, message)
 
     def answered(self, result: UpstreamResponse | UpstreamError) -> None:
         if type(result) is UpstreamResponse:
@@ -370,31 +398,3 @@ class _Call:
         self.reply(json_response(status, {"error": message}, labels))
         seconds = time.perf_counter() - self.request.received
         self.gateway.series(self.route, self.variant, replica).answered(status, seconds)
-
-
-# -- entry point ---------------------------------------------------------------------------------
-def main(args: argparse.Namespace) -> int:
-    """``inference-worker gateway``: configure, log, serve on uvloop; 2 on a bad option."""
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"inference-worker: error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    loop = loop_factory()  # closed without waiting for tasks left pending (see serve)
-    try:
-        return loop.run_until_complete(Gateway(config).serve())
-    except OSError as exc:
-        print(f"inference-worker: error: cannot listen: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        loop.close()

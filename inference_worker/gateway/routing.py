@@ -71,6 +71,8 @@ class Variant:
     """``model_name`` as it goes into an upstream URL."""
     grpc_replicas: tuple[Replica, ...] = ()
     """The replicas with a gRPC server, the ones a gRPC request can go to."""
+    activate: bool = False
+    """Without a replica, its requests are held while the platform starts one (``Activator``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,9 @@ def _route(name: str, record: DeploymentRecord) -> Route:
     cumulative: list[float] = []
     for arm in arms:
         cumulative.append((cumulative[-1] if cumulative else 0.0) + arm.weight)
-    shadows = tuple(v for v in variants if v.weight == 0 and v.shadow_percent > 0)
+    # A live arm with a shadow percentage (a rollout measuring agreement) also gets copies of the
+    # requests the other arms answered; ``GatewayApp.mirror`` never copies a request to its own arm.
+    shadows = tuple(v for v in variants if v.shadow_percent > 0)
     return Route(name, record.model, variants, arms, tuple(cumulative), shadows)
 
 
@@ -243,4 +247,5 @@ def _variant(record: VariantRecord) -> Variant:
         labels=_labels(name, version),
         model=record.model_name.encode(),
         grpc_replicas=tuple(r for r in replicas if r.grpc),
+        activate=record.activate,
     )

@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from deployments.models import Variant
 from registry.models import AuditEvent
 from tests.support.browser import log_in
 from tests.support.e2e import Load
@@ -134,7 +135,15 @@ def test_a_user_goes_from_upload_to_a_promoted_ab_split(
     page.goto(f"{base}/deployments/digits/")
     page.get_by_role("button", name="Promote candidate").click()
     page.wait_for_selector("text=candidate promoted")
-    assert page.locator("#weight-candidate").input_value() == "100"
+
+    def promoted() -> bool:
+        primary = Variant.objects.select_related("version").get(deployment__name="digits", name="primary")
+        return primary.version.version == 2 and primary.weight == 100
+
+    wait_for(promoted, timeout=120, interval=1, message="primary serving v2 with the traffic back")
+    page.reload()
+    assert page.locator("#weight-primary").input_value() == "100"
+    assert page.locator("#weight-candidate").input_value() == "0"
     shot("candidate promoted")
 
     page.get_by_role("link", name="Audit").click()
@@ -145,6 +154,7 @@ def test_a_user_goes_from_upload_to_a_promoted_ab_split(
         "deployment.created",
         "variant.added",
         "traffic.manual",
+        "rollout.promoted",
         "traffic.promote",
     ):
         assert action in trail, action

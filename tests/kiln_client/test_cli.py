@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from rest_framework.test import APIClient
 
 from accounts.tokens import create_api_token
 from registry.models import Alias, ModelVersion
 from tests.support import torch_models as factories
 from tests.support.paths import ROOT
 from tests.support.services import CeleryWorker
+from tests.support.versions import ready_version
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -104,6 +106,8 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
     assert upload.returncode == 0, upload.stderr
 
     listed = kiln("versions", "digits", url=live_server.url, token=token)
+    not_ready = kiln("alias", "digits", "production", "1", url=live_server.url, token=token)
+    ModelVersion.objects.update(status="ready")  # as the conversion leaves it
     aliased = kiln("alias", "digits", "production", "1", url=live_server.url, token=token)
     missing = kiln("alias", "digits", "production", "9", url=live_server.url, token=token)
     refused = kiln("upload", "digits", str(tmp_path / "nope.onnx"), url=live_server.url, token=token)
@@ -111,6 +115,8 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
 
     assert listed.returncode == 0
     assert listed.stdout.startswith("v1 ")
+    assert not_ready.returncode == 1
+    assert "not ready" in not_ready.stderr
     assert aliased.returncode == 0
     assert Alias.objects.get(name="production").version.version == 1
     assert (missing.returncode, missing.stderr.strip()) == (1, "kiln: model 'digits' has no version 9")
@@ -169,3 +175,78 @@ def test_the_client_runs_without_django_and_builds_as_its_own_wheel(tmp_path: Pa
     assert "upload" in blocked.stdout
     assert wheel.returncode == 0, wheel.stderr
     assert list(tmp_path.glob("kiln_client-*.whl"))
+
+
+def test_autoscale_sets_shows_and_turns_off_a_variant_s_policy_and_a_bad_value_is_a_message(
+    live_server: Any, owner: User, token: str
+) -> None:
+    ready_version(owner)
+    api = APIClient()
+    api.force_authenticate(owner)
+    body = {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1}]}
+    assert api.post("/api/v1/deployments/", body, format="json").status_code == 201
+    variant = ("cnn-prod", "primary")
+
+    set_ = kiln(
+        "autoscale", *variant, "--min", "0", "--max", "3", "--idle", "30", url=live_server.url, token=token
+    )
+    shown = kiln("autoscale", *variant, url=live_server.url, token=token)
+    bad = kiln("autoscale", *variant, "--min", "5", url=live_server.url, token=token)
+    off = kiln("autoscale", *variant, "--off", url=live_server.url, token=token)
+
+    assert set_.returncode == 0, set_.stderr
+    policy = json.loads(set_.stdout)["autoscaling"]
+    assert (policy["min_replicas"], policy["max_replicas"], policy["idle_before_zero_s"]) == (0, 3, 30.0)
+    assert json.loads(shown.stdout)["autoscaling"] == policy
+    assert (bad.returncode, bad.stderr.strip()) == (1, "kiln: min_replicas: 5 is above max_replicas (3)")
+    assert (off.returncode, off.stderr.strip()) == (0, "cnn-prod/primary: autoscaling off, 1 replica(s)")
+
+
+def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_the_platforms_rules(
+    live_server: Any, owner: User, token: str
+) -> None:
+    from tests.support.versions import ready_version
+
+    ready_version(owner, model="digits")
+    ready_version(owner, model="digits", number=2)
+    Alias.objects.create(model=ModelVersion.objects.get(version=1).model, name="production",
+                         version=ModelVersion.objects.get(version=1))  # fmt: skip
+    args = ("deploy", "fraud", "--model", "digits", "--variant", "primary:alias=production")
+    canary = ("--variant", "canary:version=2,weight=0", "--on-alias-move", "manual")
+
+    created = kiln(*args, *canary, url=live_server.url, token=token)
+    again = kiln(*args, url=live_server.url, token=token)
+    kept = kiln(*args, "--exist-ok", url=live_server.url, token=token)
+    bad_variant = kiln("deploy", "x", "--model", "digits", "--variant", "p:colour=red", url=live_server.url,
+                       token=token)  # fmt: skip
+    promote = kiln("promote", "fraud", "canary", url=live_server.url, token=token)
+    started = kiln("rollout", "start", "fraud", "--candidate", "canary", url=live_server.url, token=token)
+    missing = kiln("rollout", "start", "fraud", "--candidate", "nope", url=live_server.url, token=token)
+
+    assert created.returncode == 0, created.stderr
+    assert "deployment fraud created: primary, canary" in created.stderr
+    from deployments.models import Deployment, Rollout
+
+    deployment = Deployment.objects.get(name="fraud")
+    assert deployment.on_alias_move == "manual"
+    assert dict(deployment.variants.values_list("name", "role")) == {
+        "primary": "stable",
+        "canary": "candidate",
+    }
+    assert again.returncode == 1
+    assert "exists already" in again.stderr
+    assert kept.returncode == 0
+    assert "kept as it is" in kept.stderr
+    assert bad_variant.returncode == 1
+    assert "NAME:alias=production" in bad_variant.stderr
+    assert promote.returncode == 1
+    assert "variant 'canary' has no ready replica" in promote.stderr
+    assert started.returncode == 0, started.stderr
+    rollout = Rollout.objects.get()
+    assert (rollout.state, rollout.min_requests, rollout.baseline.name) == (
+        "waiting_for_replicas",
+        100,
+        "primary",
+    )
+    assert missing.returncode == 1
+    assert "no variant 'nope'" in missing.stderr

@@ -68,6 +68,7 @@ def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     assert "deadbeef" in page
     assert 'href="https://ci.example.com/1"' in page
     assert "image" in page  # the signature table
+    ModelVersion.objects.update(status="ready")  # as the conversion leaves it
     promoted = web.post(
         "/models/digits/aliases/",
         {
