@@ -103,6 +103,7 @@ class Proc:
 
     popen: subprocess.Popen[str]
     port: int
+    grpc_port: int = -1
 
     @property
     def url(self) -> str:
@@ -140,16 +141,16 @@ def spawn(args: list[str]) -> Iterator[Proc]:
     )
     try:
         assert popen.stderr is not None
-        port = 0
+        port, grpc_port = 0, -1
         for line in popen.stderr:
-            found = re.search(r"listening http=[^:\s]+:(\d+)", line)
+            found = re.search(r"listening http=[^:\s]+:(\d+)(?: grpc=[^:\s]+:(-?\d+))?", line)
             if found:
-                port = int(found.group(1))
+                port, grpc_port = int(found.group(1)), int(found.group(2) or -1)
                 break
         if not port:
             raise RuntimeError(f"{args[0]} did not start (exit {popen.wait()})")
         drain = subprocess.Popen(["cat"], stdin=popen.stderr, stdout=subprocess.DEVNULL)
-        yield Proc(popen, port)
+        yield Proc(popen, port, grpc_port)
     finally:
         popen.terminate()
         try:
@@ -399,7 +400,19 @@ def run(quick: bool, worker_args: list[str]) -> None:
         client.set(key, json.dumps(routing_table(w1, w2)))
         stack.callback(client.delete, key, f"{key}:stats")
         gateway = stack.enter_context(
-            spawn(["gateway", "--port", "0", "--redis-url", REDIS_URL, "--routing-key", key])
+            spawn(
+                [
+                    "gateway",
+                    "--port",
+                    "0",
+                    "--grpc-port",
+                    "-1",
+                    "--redis-url",
+                    REDIS_URL,
+                    "--routing-key",
+                    key,
+                ]
+            )
         )
         wait_http(gateway.url, "/v2/health/ready")
         procs = {"gateway": gateway, "worker 1": w1, "worker 2": w2}

@@ -267,6 +267,11 @@ KILN_MAX_REPORT_BYTES = env_int("KILN_MAX_REPORT_BYTES", 64 * 1024, minimum=1024
 KILN_ROUTING_KEY = env_str("KILN_ROUTING_KEY", f"{KILN_INSTANCE_ID}:routing")
 KILN_GATEWAY_HOST = env_str("KILN_GATEWAY_HOST", "127.0.0.1")
 KILN_GATEWAY_PORT = env_int("KILN_GATEWAY_PORT", 8100, minimum=1, maximum=65535)
+KILN_GATEWAY_GRPC_PORT = env_int("KILN_GATEWAY_GRPC_PORT", 8101, minimum=-1, maximum=65535)
+KILN_GATEWAY_GRPC_TARGET = env_str(
+    "KILN_GATEWAY_GRPC_TARGET",
+    f"{KILN_GATEWAY_HOST}:{KILN_GATEWAY_GRPC_PORT}" if KILN_GATEWAY_GRPC_PORT > 0 else "",
+)
 KILN_GATEWAY_URL = env_str("KILN_GATEWAY_URL", f"http://{KILN_GATEWAY_HOST}:{KILN_GATEWAY_PORT}").rstrip("/")
 CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
     "task": "deployments.reconcile_all",

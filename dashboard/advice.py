@@ -7,6 +7,10 @@ advice's link carries them there whole. Around the choice the advice lays out
 every measured (protocol, batch) option and says what falls short when nothing
 meets both the budget and T. Extra instances in one worker share the cores the
 profile already used, so on the CPU the advice keeps one and scales replicas.
+
+Its throughput figures are predictions from compute and codec time alone
+(``THROUGHPUT_BASIS``), never measured against a running worker, and it says so:
+they are upper bounds, far above what a worker serves for a small model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from deployments.services.batching import (
 from inference_worker.contracts.batching import BATCHING, BatchingConfig
 
 PROTOCOL_LABELS = PROTOCOLS
+THROUGHPUT_BASIS = (
+    "Predicted, not measured: throughput here is the profiled ONNX Runtime time per batch plus the codec "
+    "time per request. A running worker also reads, parses, schedules and answers every request, so it "
+    "serves less (several times less for a model whose batch runs in well under a millisecond); measure a "
+    "deployment before relying on the replica count."
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Advice:
             ],
             "shortfall": self.shortfall,
             "explanation": self.explanation,
+            "throughput_basis": THROUGHPUT_BASIS,
             "deploy": self.deploy,
         }
 
@@ -152,16 +163,18 @@ def advise(report: dict[str, Any], *, budget_ms: float, target_rps: float) -> Ad
         label = PROTOCOL_LABELS[best.protocol]
         explanation = (
             f"Batch {best.batch_size} runs in {best.batch_latency_ms:.2f} ms (measured); with {label} "
-            f"({best.codec_ms:.3f} ms codec per request) one worker sustains "
-            f"{best.throughput_rps:,.0f} req/s >= {target_rps:,.0f}, and the worst case "
+            f"({best.codec_ms:.3f} ms codec per request) one worker is predicted to sustain at most "
+            f"{best.throughput_rps:,.0f} req/s >= {target_rps:,.0f} (compute and codec only, not measured), "
+            f"and the worst case "
             f"{best.worst_latency_ms:.2f} ms (delay {best.queue_delay_ms:g} + 2 x "
             f"{best.batch_latency_ms:.2f} + codec) fits {budget_ms:g} ms."
         )
         return Advice(best, batching.instances, 1, options, "", explanation, batching, deploy)
     missing = target_rps - best.throughput_rps
     shortfall = (
-        f"Throughput falls short: within {budget_ms:g} ms one worker reaches at most "
-        f"{best.throughput_rps:,.0f} req/s (batch {best.batch_size}, {PROTOCOL_LABELS[best.protocol]}), "
+        f"Throughput falls short: within {budget_ms:g} ms one worker is predicted to reach at most "
+        f"{best.throughput_rps:,.0f} req/s (batch {best.batch_size}, {PROTOCOL_LABELS[best.protocol]}; "
+        "compute and codec only, not measured), "
         f"{missing:,.0f} req/s ({missing / target_rps:.0%}) below the target of {target_rps:,.0f}. "
         f"{replicas} replicas on separate hardware would reach it."
     )

@@ -122,6 +122,7 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
         **context,
         "gateway": settings.KILN_GATEWAY_URL,
         "curl_example": _curl_example(deployment, context["variants"]),
+        "gateway_grpc": settings.KILN_GATEWAY_GRPC_TARGET,
         "events": audit_events().filter(subject=f"deployment/{name}")[:30],
         "scale_form": ScaleForm(),
         "autoscaling_forms": [(v, _autoscaling_form(v)) for v in context["variants"]],

@@ -202,7 +202,9 @@ def platform(
             setattr(settings, name, value)
     gateway = Gateway({**celery_worker.env, **fast}, tmp_path / "gateway.log")
     settings.KILN_GATEWAY_URL = gateway.url
+    settings.KILN_GATEWAY_GRPC_TARGET = gateway.grpc
     fast["KILN_GATEWAY_URL"] = gateway.url
+    fast["KILN_GATEWAY_GRPC_TARGET"] = gateway.grpc
     celery_worker.stop()
     celery_worker.env.update(fast)
     celery_worker.start()

@@ -221,6 +221,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "infer": f"{base}/v2/models/{obj.name}/infer",
             "predict": f"{base}/v1/models/{obj.name}:predict",
             "ready": f"{base}/v2/models/{obj.name}/ready",
+            "grpc": settings.KILN_GATEWAY_GRPC_TARGET,
         }
 
 

@@ -9,6 +9,8 @@
 - ``routing``       the routing table's hot-path objects and the pure ``choose_arm`` / ``choose_replica``
 - ``server``        the HTTP server the gateway answers on (over ``http_base``)
 - ``proxy``         pooled upstream connections to replicas, with limits and timeouts
+- ``grpc_proxy``    the gRPC server: ``inference.GRPCInferenceService`` routed as HTTP is
+- ``grpc_wire``     the few protobuf wire operations it does on message bytes
 - ``stats``         Redis: the table watcher and the stats publisher
 - ``metrics``       counters per (deployment, variant, version): Prometheus and the stats snapshot
 - ``shadow``        the copy handed to the shadow process, and the comparison (pure)

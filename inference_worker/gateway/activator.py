@@ -37,7 +37,7 @@ RESEND_S = 1.0
 
 
 class Held(Protocol):
-    """A request waiting for a replica (the gateway's ``_Call``)."""
+    """A request waiting for a replica (the gateway's ``Call``)."""
 
     route: Route
     variant: Variant

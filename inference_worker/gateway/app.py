@@ -1,22 +1,14 @@
 """The gateway: one stable address in front of every deployment's replicas.
 
-For each inference request (``POST /v2/models/{deployment}[/versions/{v}]/infer``,
-``POST /v1/models/{deployment}:predict``) and metadata read (``GET
-/v2/models/{deployment}[/ready]``): look the deployment up in the current
-routing table, ``choose_arm`` (by weight, sticky with the routing-key header),
-``choose_replica`` (least outstanding requests), and proxy the request bytes
-unchanged (the path's model name rewritten when the variant's differs). A
-connection failure, or a 503 (the worker refuses before running anything: it
-is loading, draining or its queue is full), is retried on another replica of
-the same arm, each replica at most once. A variant without a replica that may be
-scaled to zero has its requests held by the ``Activator`` until one is ready.
-Every answer carries
-``X-Kiln-Variant`` and ``X-Kiln-Model-Version``. After the client's answer is
-written, ``ShadowMirror`` may take a copy for each shadow variant.
-
-Nothing here decodes a body on the live path; the request is handled by
-callbacks from the server's parser to the upstream connection's parser, with
-no task per request.
+Each inference request (``POST /v2/models/{deployment}[/versions/{v}]/infer``, ``POST
+/v1/models/{deployment}:predict``) and metadata read (``GET /v2/models/{deployment}[/ready]``):
+look the deployment up in the routing table, ``choose_arm`` (by weight, sticky with the
+routing-key header), ``choose_replica`` (least outstanding), proxy the bytes unchanged (the
+path's model name rewritten when the variant's differs). A connection failure or a 503 (the
+worker refuses before running anything) is retried on another replica of the arm, each at most
+once. A variant at zero replicas has its requests held by the ``Activator`` until one is ready.
+Answers carry ``X-Kiln-Variant``/``X-Kiln-Model-Version``; ``ShadowMirror`` may copy them to shadows.
+gRPC is routed alike by ``grpc_proxy.GrpcProxy``. No body decoded, no task per request.
 """
 
 from __future__ import annotations
@@ -32,10 +24,12 @@ from inference_worker import __version__
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
 from inference_worker.contracts.gateway_table import GatewayTableRecord
 from inference_worker.gateway.activator import ActivationSender, Activator
+from inference_worker.gateway.call import Call
 from inference_worker.gateway.config import GatewayConfig
+from inference_worker.gateway.grpc_proxy import GrpcProxy
 from inference_worker.gateway.metrics import GatewayMetrics, Series
 from inference_worker.gateway.mirror import ShadowMirror
-from inference_worker.gateway.proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
+from inference_worker.gateway.proxy import PoolLimits, UpstreamResponse, Upstreams
 from inference_worker.gateway.routing import (
     EMPTY,
     INFER,
@@ -46,7 +40,6 @@ from inference_worker.gateway.routing import (
     Target,
     Variant,
     choose_arm,
-    choose_replica,
     parse_target,
     wants_shadow,
 )
@@ -72,6 +65,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.port = 0
+        self.grpc_port = -1
         self.table: RoutingTable = EMPTY
         self.loaded = False
         self.routes: dict[bytes, Route] = {}
@@ -86,6 +80,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.upstreams: Upstreams | None = None
         self._shadow: ShadowMirror | None = None
+        self.grpc: GrpcProxy | None = None
         self._targets: dict[bytes, Target] = {}
         self._series_by_replica: dict[int, Series] = {}
         self.activator = Activator(
@@ -118,7 +113,10 @@ class Gateway:
             child_args=child_args,
         )  # fmt: skip
         self.port = await self.server.start(c.host, c.port)
-        log.info("listening http=%s:%d", c.host, self.port)
+        if c.grpc_port >= 0:
+            self.grpc = GrpcProxy(self, c)
+            self.grpc_port = await self.grpc.start(c.host, c.grpc_port)
+        log.info("listening http=%s:%d grpc=%s:%d", c.host, self.port, c.host, self.grpc_port)
         client = redis_client(c.redis_url)
         self.activator.notify = ActivationSender(client, c.routing_key, c.gateway_id, loop)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
@@ -131,9 +129,8 @@ class Gateway:
         await self._drain()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if (await asyncio.wait(tasks, timeout=2.0))[1]:  # grpc beside uvloop: rarely, one never ends
+            log.warning("a background task did not end when cancelled; stopping without it")
         await self._shadow.stop()
         await publisher.publish()
         await client.aclose()
@@ -149,10 +146,12 @@ class Gateway:
     async def _drain(self) -> None:
         self.server.stop_accepting()
         deadline = time.monotonic() + self.config.drain_timeout_s
+        grpc = [asyncio.create_task(self.grpc.stop(self.config.drain_timeout_s))] if self.grpc else []
         while self.server.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.activator.close()
         await self.server.close()
+        await asyncio.gather(*grpc)  # it stopped taking calls at once and let those in flight finish
         assert self.upstreams is not None  # noqa: S101 - serve() set it
         self.upstreams.close()
 
@@ -171,6 +170,8 @@ class Gateway:
         if self.upstreams is not None:
             urls = {r.url for route in table.deployments.values() for v in route.variants for r in v.replicas}
             self.upstreams.keep_only(urls)
+        if self.grpc is not None:
+            self.grpc.keep_only(table)
         self._series_by_replica = {
             id(replica): self.metrics.series(route.name, variant.name, replica.version)
             for route in table.deployments.values()
@@ -228,7 +229,7 @@ class Gateway:
         if variant is None:
             message = f"deployment {route.name!r} has no variant with traffic weight"
             return reply(json_response(503, {"error": message}))
-        return _Call(self, request, reply, route, variant, method, target).attempt()
+        return Call(self, request, reply, route, variant, method, target).attempt()
 
     def _gateway_route(self, request: GatewayRequest, reply: Reply) -> None:
         path = request.url.partition(b"?")[0]
@@ -254,7 +255,14 @@ class Gateway:
         version = replica.version if replica is not None else variant.version
         return self.metrics.series(route.name, variant.name, version)
 
-    def mirror(self, call: _Call, live: UpstreamResponse, seconds: float) -> None:
+    def http_load(self, url: str) -> float:
+        return 0.0 if self.upstreams is None else self.upstreams.load(url)
+
+    def offer_shadow(self, copy: ShadowCopy) -> None:
+        assert self._shadow is not None  # noqa: S101 - serve() set it
+        self._shadow.offer(copy)
+
+    def mirror(self, call: Call, live: UpstreamResponse, seconds: float) -> None:
         """Offer a copy of a successful live request to each shadow variant that wants one.
 
         A live arm that is also a shadow (a rollout measuring agreement) gets copies of the
@@ -279,122 +287,3 @@ _MAX_TARGETS = 4096
 
 def _nobody(deployment: str, variant: str, held: int) -> None:
     """Where activation requests go before the gateway has Redis."""
-
-
-def _head(method: bytes, url: bytes, length: int, headers: bytes) -> bytes:
-    return b"%s %s HTTP/1.1\r\nContent-Length: %d\r\n%s" % (method, url, length, headers)
-
-
-class _Call:
-    """One client request on its way through the replicas of its arm."""
-
-    __slots__ = (
-        "gateway",
-        "head",
-        "method",
-        "replica",
-        "reply",
-        "request",
-        "route",
-        "target",
-        "tried",
-        "variant",
-    )
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        request: GatewayRequest,
-        reply: Reply,
-        route: Route,
-        variant: Variant,
-        method: bytes,
-        target: Target,
-    ) -> None:
-        self.gateway = gateway
-        self.request = request
-        self.reply = reply
-        self.route = route
-        self.variant = variant
-        self.method = method
-        self.target = target
-        self.head = _head(method, self.upstream_url(variant), len(request.body), request.headers)
-        self.tried: set[str] | tuple[()] = ()
-        self.replica: Replica | None = None
-
-    def upstream_url(self, variant: Variant) -> bytes:
-        """The request's URL with the deployment name replaced by the variant's model name."""
-        target = self.target
-        if variant.model == target.name:
-            return self.request.url
-        return target.prefix + variant.model + target.rest
-
-    def attempt(self) -> None:
-        gateway = self.gateway
-        upstreams = gateway.upstreams
-        assert upstreams is not None  # noqa: S101 - requests arrive once serving
-        replica = choose_replica(self.variant.replicas, upstreams.load, gateway.rng, self.tried)
-        if replica is None:
-            what = f"deployment {self.route.name!r} variant {self.variant.name!r}"
-            if self.variant.activate and not self.tried:
-                if gateway.activator.hold(self):
-                    return None
-                return self._fail(503, f"{what} is starting and holds as many requests as it can")
-            return self._fail(503, f"no ready replica of {what}")
-        self.replica = replica
-        pool = upstreams.pool(replica.url, replica.host, replica.port)
-        deadline = upstreams.loop.time() + upstreams.timeout_s
-        return pool.request(self.head, self.request.body, self.answered, deadline)
-
-    def resume(self, route: Route, variant: Variant) -> None:
-        """Held by the activator until ``variant`` had a replica: go on with the new table's route."""
-        self.route, self.variant = route, variant
-        self.head = _head(
-            self.method, self.upstream_url(variant), len(self.request.body), self.request.headers
-        )
-        self.attempt()
-
-    def give_up(self, status: int, message: str) -> None:
-        self._fail(status, message)
-
-    def answered(self, result: UpstreamResponse | UpstreamError) -> None:
-        if type(result) is UpstreamResponse:
-            if result.status != 503 or not self._retry():
-                self._respond(result)
-            return
-        assert isinstance(result, UpstreamError)  # noqa: S101 - the other member of the union
-        if not (result.retryable and self._retry()):
-            message = result.message
-            if result.retryable:  # no replica left to try
-                message = f"no replica of deployment {self.route.name!r} variant {self.variant.name!r} "
-                message += f"could be reached (last: {result.message})"
-            self._fail(503 if result.retryable else result.status, message)
-
-    def _retry(self) -> bool:
-        """Try another replica of the arm, if one is left; each replica at most once."""
-        replica = self.replica
-        tried = self.tried if isinstance(self.tried, set) else set()
-        if replica is not None:
-            tried.add(replica.url)
-        self.tried = tried
-        if all(r.url in tried for r in self.variant.replicas):
-            return False
-        self.gateway.series(self.route, self.variant, replica).retries += 1
-        self.attempt()
-        return True
-
-    def _respond(self, result: UpstreamResponse) -> None:
-        replica = self.replica
-        assert replica is not None  # noqa: S101 - only after an attempt
-        self.reply(GatewayResponse(result.status, result.headers + replica.labels, result.body))
-        seconds = time.perf_counter() - self.request.received
-        self.gateway.series(self.route, self.variant, replica).answered(result.status, seconds)
-        if self.route.shadows and result.status == 200:
-            self.gateway.mirror(self, result, seconds)
-
-    def _fail(self, status: int, message: str) -> None:
-        replica = self.replica
-        labels = replica.labels if replica is not None else self.variant.labels
-        self.reply(json_response(status, {"error": message}, labels))
-        seconds = time.perf_counter() - self.request.received
-        self.gateway.series(self.route, self.variant, replica).answered(status, seconds)

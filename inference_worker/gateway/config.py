@@ -25,6 +25,7 @@ GATEWAY_ID: OptionField[str | None] = OptionField(
 GATEWAY = OptionTable(
     OptionField("host", Kind.TEXT, "127.0.0.1", "address to listen on"),
     OptionField("port", Kind.INT, 8100, "HTTP port (0: any free port)"),
+    OptionField("grpc_port", Kind.INT, 8101, "gRPC port (0: any free port, -1: no gRPC)"),
     OptionField("redis_url", Kind.TEXT, "redis://127.0.0.1:6379/0", "Redis holding the routing table"),
     OptionField("routing_key", Kind.TEXT, "kiln:routing", "Redis key (and channel) of the routing table"),
     OptionField("reload_interval_s", Kind.FLOAT, 5.0, "seconds between periodic reloads of the table"),
@@ -73,6 +74,7 @@ class GatewayConfig:
 
     host: str
     port: int
+    grpc_port: int
     redis_url: str
     routing_key: str
     reload_interval_s: float
@@ -94,6 +96,7 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         checks = (
             (0 <= self.port <= 65535, "--port: must be between 0 and 65535"),
+            (-1 <= self.grpc_port <= 65535, "--grpc-port: must be between -1 and 65535"),
             (
                 re.match(r"^(redis|rediss|unix)://", self.redis_url) is not None,
                 "--redis-url: expected a redis://, rediss:// or unix:// URL",

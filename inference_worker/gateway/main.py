@@ -26,14 +26,16 @@ def main(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     with contextlib.suppress(ImportError):
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    loop = loop_factory()  # closed without waiting for a task left pending (Gateway.serve says why)
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(Gateway(config).serve())
+        return loop.run_until_complete(Gateway(config).serve())
     except OSError as exc:
         print(f"inference-worker: error: cannot listen: {exc}", file=sys.stderr)
         return 2
+    finally:
+        loop.close()

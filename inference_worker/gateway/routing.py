@@ -30,6 +30,7 @@ from random import Random
 from urllib.parse import unquote_to_bytes
 
 from inference_worker.contracts.routing import DeploymentRecord, TableRecord, VariantRecord, table_digest
+from inference_worker.gateway import grpc_wire
 
 _TWO_64 = float(1 << 64)
 
@@ -46,6 +47,10 @@ class Replica:
     version: str
     labels: bytes
     """The ``X-Kiln-Variant`` and ``X-Kiln-Model-Version`` header lines of its answers."""
+    grpc: str = ""
+    """``host:port`` of its gRPC server ("" without one)."""
+    grpc_labels: bytes = b""
+    """``grpc_wire.labels``: the same two labels as response parameters of a gRPC answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ class Variant:
     """Header lines for answers the gateway makes itself (no replica)."""
     model: bytes = b""
     """``model_name`` as it goes into an upstream URL."""
+    grpc_replicas: tuple[Replica, ...] = ()
+    """The replicas with a gRPC server, the ones a gRPC request can go to."""
     activate: bool = False
     """Without a replica, its requests are held while the platform starts one (``Activator``)."""
 
@@ -219,7 +226,16 @@ def _labels(variant: str, version: str) -> bytes:
 def _variant(record: VariantRecord) -> Variant:
     name, version = record.name, record.version
     replicas = tuple(
-        Replica(str(r.id), f"http://{r.host}:{r.port}", r.host, r.port, r.version, _labels(name, r.version))
+        Replica(
+            str(r.id),
+            f"http://{r.host}:{r.port}",
+            r.host,
+            r.port,
+            r.version,
+            _labels(name, r.version),
+            r.grpc,
+            grpc_wire.labels(name, r.version),
+        )
         for r in record.replicas
     )
     return Variant(
@@ -232,5 +248,6 @@ def _variant(record: VariantRecord) -> Variant:
         seed=name.encode() + b"\x00",
         labels=_labels(name, version),
         model=record.model_name.encode(),
+        grpc_replicas=tuple(r for r in replicas if r.grpc),
         activate=record.activate,
     )

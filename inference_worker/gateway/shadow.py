@@ -6,8 +6,13 @@ runs it) as one frame on a Unix socket: ``encode_copy`` / ``FrameReader``.
 Frames are a 4-byte big-endian length, a 4-byte length of the JSON header,
 the header, then raw bytes (here the request body and the live answer's body).
 
+A copy of a gRPC ``ModelInfer`` has the method ``GRPC_METHOD``, the serialized
+request as its body and the serialized ``ModelInferResponse`` as the live
+answer's body; its replicas are the shadow's gRPC servers.
+
 ``decode_outputs`` reads the output tensors of a v2 answer (JSON or the binary
-tensor extension) or a v1 ``predictions`` answer; ``compare`` gives, per
+tensor extension) or a v1 ``predictions`` answer, ``decode_grpc_outputs`` those
+of a ``ModelInferResponse``; ``compare`` gives, per
 numeric output, the max absolute difference, and for classification-shaped
 outputs (2-D, ``[batch, classes > 1]``) how many rows have the same argmax.
 """
@@ -23,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+from google.protobuf.message import DecodeError
 
+from inference_worker import build_protos
 from inference_worker.config import Limits
 from inference_worker.gateway.proxy import UpstreamResponse
 from inference_worker.tensor_codec import DATATYPES, check_shape, decode_raw, decode_values
@@ -33,6 +40,8 @@ _ENCODED = re.compile(rb"(?im)^content-encoding:\s*(?!identity)\S")
 _LIMITS = Limits()
 _FRAME = struct.Struct(">II")
 MAX_FRAME_BYTES = 1 << 31
+GRPC_METHOD = b"GRPC"
+"""The ``method`` of a copy of a gRPC ``ModelInfer`` call."""
 
 
 @dataclass(slots=True)
@@ -143,6 +152,28 @@ def decode_outputs(response: UpstreamResponse) -> dict[str, np.ndarray]:
         else:
             outputs[name] = decode_raw(name, datatype, shape, count, body[offset : offset + int(binary)])
             offset += int(binary)
+    return outputs
+
+
+def decode_grpc_outputs(payload: bytes) -> dict[str, np.ndarray]:
+    """The output tensors of a serialized ``ModelInferResponse`` (raw or typed contents)."""
+    pb2, _ = build_protos.load()
+    try:
+        response = pb2.ModelInferResponse.FromString(payload)
+    except DecodeError as exc:
+        raise ValueError(f"not a ModelInferResponse: {exc}") from None
+    raw = response.raw_output_contents
+    if raw and len(raw) != len(response.outputs):
+        raise ValueError("raw_output_contents does not have one entry per output")
+    outputs: dict[str, np.ndarray] = {}
+    for index, item in enumerate(response.outputs):
+        datatype = DATATYPES[item.datatype]
+        shape, count = check_shape(item.name, list(item.shape), _LIMITS)
+        if raw:
+            outputs[item.name] = decode_raw(item.name, datatype, shape, count, raw[index])
+        else:
+            values = getattr(item.contents, datatype.grpc_field)
+            outputs[item.name] = decode_values(item.name, datatype, shape, count, values)
     return outputs
 
 

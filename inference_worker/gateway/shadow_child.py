@@ -8,7 +8,8 @@ depend on the shadow. It reads copies from the socket, keeps at most
 ``--concurrency`` of them in flight (the gateway bounds how many it hands
 over, so nothing queues here beyond that), sends each to the shadow replica
 with the fewest outstanding requests over the same pooled client as the
-gateway's, and compares the shadow answer with the live one.
+gateway's, and compares the shadow answer with the live one. A copy of a gRPC
+call goes to the shadow replica's gRPC server (one channel per replica).
 
 ``REPORT_S`` after a copy finishes (one frame for all that finished by then)
 it writes back how many copies it has finished and the cumulative shadow
@@ -33,15 +34,19 @@ from collections.abc import Sequence
 from random import Random
 from typing import Any
 
+import grpc
+
 from inference_worker.errors import WorkerError
 from inference_worker.gateway.metrics import GatewayMetrics, shadow_state
 from inference_worker.gateway.proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
 from inference_worker.gateway.routing import Replica, choose_replica
 from inference_worker.gateway.shadow import (
+    GRPC_METHOD,
     FrameReader,
     ShadowCopy,
     compare,
     decode_copy,
+    decode_grpc_outputs,
     decode_outputs,
     frame,
 )
@@ -49,6 +54,7 @@ from inference_worker.gateway.shadow import (
 log = logging.getLogger("inference_worker.gateway.shadow")
 REPORT_S = 0.02
 SWEEP_S = 0.25
+_GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
 class ShadowRunner(asyncio.Protocol):
@@ -67,6 +73,7 @@ class ShadowRunner(asyncio.Protocol):
         self._reader = FrameReader()
         self._replicas: dict[tuple[str, int, str], Replica] = {}
         self._closed = done
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._reporting = False
         self._sweeping = False
 
@@ -115,6 +122,9 @@ class ShadowRunner(asyncio.Protocol):
             if self.waiting and self.in_flight < self.concurrency:
                 self._send(self.waiting.popleft())
 
+        if copy.method == GRPC_METHOD:
+            self.upstreams.loop.create_task(self._send_grpc(copy, replica, done))
+            return
         head = b"%s %s HTTP/1.1\r\nContent-Length: %d\r\n%s" % (
             copy.method,
             copy.url,
@@ -123,6 +133,25 @@ class ShadowRunner(asyncio.Protocol):
         )
         pool = self.upstreams.pool(replica.url, replica.host, replica.port)
         pool.request(head, copy.body, done, self.upstreams.loop.time() + self.upstreams.timeout_s)
+
+    async def _send_grpc(self, copy: ShadowCopy, replica: Replica, done: Any) -> None:
+        target = (
+            f"[{replica.host}]:{replica.port}" if ":" in replica.host else f"{replica.host}:{replica.port}"
+        )
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = grpc.aio.insecure_channel(target, options=_GRPC_OPTIONS)
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        try:
+            answer = await call(copy.body, timeout=self.upstreams.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            done(UpstreamError(f"{target}: {exc.code().name} {exc.details()}", retryable=False))
+            return
+        done(UpstreamResponse(200, b"", answer))
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
 
     def _sweep(self) -> None:
         """Deadlines of copies in flight and idle connections; re-armed while connections are open."""
@@ -156,7 +185,11 @@ class ShadowRunner(asyncio.Protocol):
         series.shadow_latency.observe(seconds)
         series.shadow_live_latency.observe(copy.live_seconds)
         try:
-            series.compared(*compare(decode_outputs(copy.live), decode_outputs(result)))
+            if copy.method == GRPC_METHOD:
+                live, shadow = decode_grpc_outputs(copy.live.body), decode_grpc_outputs(result.body)
+            else:
+                live, shadow = decode_outputs(copy.live), decode_outputs(result)
+            series.compared(*compare(live, shadow))
         except (WorkerError, ValueError, TypeError, KeyError) as exc:
             log.debug("shadow answer of %s/%s not comparable: %s", copy.deployment, copy.variant, exc)
             series.shadow_errors += 1
@@ -171,6 +204,7 @@ async def run(sock: socket.socket, args: argparse.Namespace) -> None:
     await loop.connect_accepted_socket(lambda: runner, sock)
     await closed.wait()
     upstreams.close()
+    await runner.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -269,7 +269,8 @@
               esc(c.protocol_label) + "</dd></dl>" +
               '<p><a class="button" href="' + deploy + '" data-advice-deploy>Create a deployment with exactly this</a></p>';
           }
-          html += '<details><summary>All measured options</summary><div class="table-wrap"><table><thead><tr><th>Protocol</th><th>Batch</th><th>Batch latency (ms)</th><th>Codec (ms/request)</th><th>Worst latency (ms)</th><th>Throughput (req/s)</th><th>Meets</th></tr></thead><tbody>' +
+          if (a.throughput_basis) html += '<p class="muted" data-advice-basis>' + esc(a.throughput_basis) + "</p>";
+          html += '<details><summary>All measured options</summary><div class="table-wrap"><table><thead><tr><th>Protocol</th><th>Batch</th><th>Batch latency (ms)</th><th>Codec (ms/request)</th><th>Worst latency (ms)</th><th>Predicted throughput (req/s)</th><th>Meets</th></tr></thead><tbody>' +
             a.options.map(function (o) {
               return "<tr><td>" + esc(o.protocol_label) + "</td><td>" + o.batch_size + "</td><td>" + fmt(o.batch_latency_ms, 3) + "</td><td>" +
                 fmt(o.codec_ms, 4) + "</td><td>" + fmt(o.worst_latency_ms) + "</td><td>" + fmt(o.throughput_rps, 0) + "</td><td>" + (o.meets ? "yes" : "no") + "</td></tr>";

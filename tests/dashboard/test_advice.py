@@ -42,6 +42,17 @@ def test_the_smallest_batch_meeting_budget_and_target_is_chosen_with_the_cheapes
     assert advice.as_dict()["choice"]["protocol_label"] == "HTTP binary"
 
 
+def test_the_advice_says_its_throughput_is_a_prediction_from_compute_and_codec_not_a_measurement() -> None:
+    chosen = advise(REPORT, budget_ms=20, target_rps=1500)
+    short = advise(REPORT, budget_ms=40, target_rps=10_000)
+
+    assert "predicted to sustain at most 1,923 req/s" in chosen.explanation
+    assert "not measured" in chosen.explanation
+    assert "predicted to reach at most 3,704 req/s" in short.shortfall
+    assert "not measured" in short.shortfall
+    assert chosen.as_dict()["throughput_basis"].startswith("Predicted, not measured")
+
+
 def test_a_latency_budget_below_batch_one_says_by_how_much_it_falls_short() -> None:
     advice = advise(REPORT, budget_ms=1.5, target_rps=10)
 

@@ -45,6 +45,7 @@ def test_runstack_starts_the_platform_on_a_fresh_directory_and_ctrl_c_stops_all_
         REDIS_URL="redis://127.0.0.1:6379/13",
         KILN_INSTANCE_ID=f"runstack-{uuid.uuid4().hex[:8]}",
         KILN_GATEWAY_PORT=str(gateway_port),
+        KILN_GATEWAY_GRPC_PORT=str(free_port()),
     )
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "runstack", "--port", str(web_port), "--web-workers", "1"],

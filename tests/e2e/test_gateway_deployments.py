@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from registry import storage
-from tests.support.e2e import Load, request_body, rollout_end, wait_ready, wait_routed
+from tests.support.e2e import GrpcLoad, Load, request_body, rollout_end, wait_ready, wait_routed
 from tests.support.polling import wait_for
 from tests.support.services import Platform
 from tests.support.versions import stored_version
@@ -157,3 +157,50 @@ def test_a_candidate_that_rejects_the_live_inputs_is_rolled_back_within_its_firs
     events = owner_api.get("/api/v1/audit-events/?action=rollout.rolled_back").json()["results"]
     assert events
     assert "error rate" in events[0]["reason"]
+
+
+def test_grpc_clients_reach_the_deployment_through_the_gateway_and_a_failing_candidate_is_rolled_back(
+    platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    stored_version(owner, tmp_path, number=1, seed=1)
+    stored_version(owner, tmp_path, number=2, seed=2, input_name="pixels")  # expects another input name
+    created = owner_api.post(
+        "/api/v1/deployments/", {"name": "cnn", "model": "cnn", "variants": [{"version": 1}]}, format="json"
+    )
+    assert created.json()["endpoint"]["grpc"] == platform.gateway.grpc
+    owner_api.post("/api/v1/deployments/cnn/variants/", {"name": "candidate", "version": 2}, format="json")
+    wait_ready(owner_api, "cnn", {"primary": 1, "candidate": 1})
+    wait_routed(platform.gateway.url, "cnn")
+
+    with GrpcLoad(platform.gateway.grpc, "cnn", clients=3) as load:
+        wait_for(lambda: load.ok > 20, timeout=30, message="gRPC answers through the gateway")
+        assert load.failures == []
+        started = owner_api.post(
+            "/api/v1/deployments/cnn/rollouts/",
+            {
+                "candidate": "candidate",
+                "steps": [25, 50, 100],
+                "hold_s": 30,
+                "max_error_rate": 0.05,
+                "max_p99_ms": 2000,
+                "min_requests": 10,
+            },
+            format="json",
+        )
+        assert started.status_code == 201, started.content
+        final = rollout_end(owner_api, "cnn", started.json()["id"], timeout=60)
+        served_before = load.ok
+        wait_for(lambda: load.ok > served_before + 20, timeout=30, message="answers after the rollback")
+        failed_before = len(load.failures)
+        wait_for(lambda: load.ok > served_before + 60, timeout=30, message="more answers after the rollback")
+        failed_after = len(load.failures)
+
+    assert final["state"] == "rolled_back", final
+    assert "error rate" in final["reason"]
+    assert load.variants["primary"] > 0
+    assert load.failures, "the candidate refused some of the gRPC requests routed to it"
+    refusals = [f for f in load.failures if "INVALID_ARGUMENT" in f and "unknown input 'image'" in f]
+    assert refusals, load.failures
+    assert failed_after == failed_before  # back at 0 %: no request reaches the candidate any more
+    traffic = owner_api.get("/api/v1/deployments/cnn/traffic/").json()
+    assert traffic["split"]["candidate"]["weight"] == 0

@@ -49,7 +49,12 @@ class Stack:
 
     def __init__(self, tmp: Path) -> None:
         self.project = f"kilnci{os.getpid()}"
-        self.ports = {"web": free_port(), "gateway": free_port(), "prometheus": free_port()}
+        self.ports = {
+            "web": free_port(),
+            "gateway": free_port(),
+            "gateway_grpc": free_port(),
+            "prometheus": free_port(),
+        }
         self.network = f"{self.project}-net"
         env_file = tmp / "stack.env"
         env_file.write_text(
@@ -79,6 +84,7 @@ class Stack:
             "KILN_STACK_NETWORK": self.network,
             "KILN_WEB_PORT": str(self.ports["web"]),
             "KILN_GATEWAY_HOST_PORT": str(self.ports["gateway"]),
+            "KILN_GATEWAY_GRPC_HOST_PORT": str(self.ports["gateway_grpc"]),
             "KILN_PROMETHEUS_PORT": str(self.ports["prometheus"]),
             "KILN_IMAGE": "kiln/platform:ci",
             "BASE_IMAGE": BASE_IMAGE,

@@ -119,6 +119,44 @@ class Load:
                     time.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
+class GrpcLoad(Load):
+    """The same load over gRPC with stock ``tritonclient.grpc``, through the gateway's gRPC port.
+
+    ``url`` is the gateway's gRPC target (``host:port``) and the deployment is the model name; the
+    routing key goes as metadata, the variant and version are read from the answer's parameters.
+    """
+
+    def __init__(self, target: str, deployment: str, *, clients: int = 4, input_name: str = "image") -> None:
+        super().__init__(target, clients=clients, input_name=input_name)
+        self.deployment = deployment
+
+    def _loop(self, index: int) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        rng = np.random.default_rng(index)
+        with grpcclient.InferenceServerClient(self.url) as client:
+            while not self._stop.is_set():
+                tensor = grpcclient.InferInput(self.input_name, [1, *IMAGE], "FP32")
+                tensor.set_data_from_numpy(rng.standard_normal((1, *IMAGE)).astype(np.float32))
+                started = time.monotonic()
+                try:
+                    result = client.infer(
+                        self.deployment, [tensor], headers={"x-routing-key": f"k{rng.integers(1 << 30)}"}
+                    )
+                except InferenceServerException as exc:
+                    with self._lock:
+                        self.statuses[0] += 1
+                        self.failures.append(f"{exc.status()}: {exc.message()}"[:200])
+                    continue
+                parameters = result.get_response().parameters
+                with self._lock:
+                    self.statuses[200] += 1
+                    self.latencies.append(time.monotonic() - started)
+                    self.variants[parameters["kiln_variant"].string_param] += 1
+                    self.versions[parameters["kiln_model_version"].string_param] += 1
+
+
 def rollout_end(client: APIClient, deployment: str, rollout_id: int, *, timeout: float) -> dict[str, Any]:
     """The rollout once it ended (succeeded, rolled back, aborted or timed out)."""
     url = f"/api/v1/deployments/{deployment}/rollouts/{rollout_id}/"

@@ -31,7 +31,7 @@ from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/15"
-_LISTENING = re.compile(r"listening http=[^:\s]+:(\d+)")
+_LISTENING = re.compile(r"listening http=[^:\s]+:(\d+)(?: grpc=[^:\s]+:(-?\d+))?")
 
 
 def classifier(path: Path, seed: int) -> Path:
@@ -70,11 +70,17 @@ class Process:
     popen: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
     port: int = 0
+    grpc_port: int = -1
     listening: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc(self) -> str:
+        """``host:port`` of its gRPC server."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return "".join(self.lines[-40:])
@@ -102,6 +108,7 @@ def _read(process: Process) -> None:
             found = _LISTENING.search(line)
             if found and not process.listening.is_set():
                 process.port = int(found.group(1))
+                process.grpc_port = int(found.group(2) or -1)
                 process.listening.set()
     process.listening.set()
 
@@ -126,10 +133,15 @@ def start(args: Sequence[str], env: dict[str, str] | None = None, nice: int = 0)
 
 
 @contextmanager
-def worker(model: Path, name: str = "clf", version: str = "1", nice: int = 0) -> Iterator[Process]:
-    """A real worker serving ``model`` as ``name`` (one ONNX Runtime thread, no gRPC)."""
+def worker(
+    model: Path, name: str = "clf", version: str = "1", nice: int = 0, *, grpc: bool = False
+) -> Iterator[Process]:
+    """A real worker serving ``model`` as ``name`` (one ONNX Runtime thread; gRPC on a free port if asked)."""
     args = ["serve", "--model-name", name, "--model-version", version, "--model-path", str(model)]
-    process = start([*args, "--http-port", "0", "--grpc-port", "-1", "--intra-op-threads", "1"], nice=nice)
+    grpc_port = "0" if grpc else "-1"
+    process = start(
+        [*args, "--http-port", "0", "--grpc-port", grpc_port, "--intra-op-threads", "1"], nice=nice
+    )
     try:
         wait_for(lambda: get(process.url, "/v2/health/ready")[0] == 200, timeout=60)
         yield process
@@ -139,8 +151,8 @@ def worker(model: Path, name: str = "clf", version: str = "1", nice: int = 0) ->
 
 @contextmanager
 def gateway(key: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[Process]:
-    """A real gateway following routing key ``key`` in Redis db 15."""
-    args = ["gateway", "--port", "0", "--redis-url", REDIS_URL, "--routing-key", key]
+    """A real gateway following routing key ``key`` in Redis db 15 (HTTP and gRPC on free ports)."""
+    args = ["gateway", "--port", "0", "--grpc-port", "0", "--redis-url", REDIS_URL, "--routing-key", key]
     process = start([*args, "--reload-interval-s", "0.5", "--stats-interval-s", "0.2", *extra], env)
     try:
         yield process
@@ -176,6 +188,7 @@ def table(
         variants = []
         for name, weight, shadow, replicas in arms:
             urls = [r if isinstance(r, str) else r.url for r in replicas]
+            targets = ["" if isinstance(r, str) or r.grpc_port < 0 else r.grpc for r in replicas]
             served = (versions or {}).get(name, 1)
             variants.append(
                 {
@@ -185,7 +198,8 @@ def table(
                     "weight": weight,
                     "shadow_percent": shadow,
                     "replicas": [
-                        {"id": i, "url": u, "grpc": "", "version": served} for i, u in enumerate(urls)
+                        {"id": i, "url": u, "grpc": g, "version": served}
+                        for i, (u, g) in enumerate(zip(urls, targets, strict=True))
                     ],
                 }
             )

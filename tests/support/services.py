@@ -105,6 +105,8 @@ class Gateway(Service):
         super().__init__(env, log_path)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
 
     def argv(self) -> list[str]:
         return [
@@ -114,6 +116,8 @@ class Gateway(Service):
             "gateway",
             "--port",
             str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
             "--redis-url",
             self.env["REDIS_URL"],
             "--routing-key",

@@ -57,6 +57,10 @@ class Command(BaseCommand):
         self.stdout.write(f"  log in: {login}")
         self.stdout.write(f"  API docs: {url}api/docs/   admin: {url}admin/   metrics: {url}metrics")
         self.stdout.write(f"  endpoints (gateway): {settings.KILN_GATEWAY_URL}/v2/models/<deployment>/infer")
+        if settings.KILN_GATEWAY_GRPC_TARGET:
+            self.stdout.write(
+                f"  gRPC (gateway): {settings.KILN_GATEWAY_GRPC_TARGET}, model name = deployment"
+            )
         self.stdout.write(
             f"  database: {str(settings.DATABASES['default']['ENGINE']).rsplit('.', 1)[-1]}"
             f"  broker: {settings.CELERY_BROKER_URL}"
@@ -162,6 +166,8 @@ class Command(BaseCommand):
             settings.KILN_GATEWAY_HOST,
             "--port",
             str(settings.KILN_GATEWAY_PORT),
+            "--grpc-port",
+            str(settings.KILN_GATEWAY_GRPC_PORT),
             "--redis-url",
             settings.REDIS_URL,
             "--routing-key",

@@ -1,0 +1,400 @@
+"""The gateway's gRPC side: ``inference.GRPCInferenceService`` routed like HTTP.
+
+A grpc.aio server on ``--grpc-port`` with one generic handler that keeps every
+message as bytes. For ``ModelInfer``, ``ModelReady`` and ``ModelMetadata`` it
+reads the model name the request names (the deployment), chooses an arm with
+the same ``choose_arm`` as HTTP (sticky when the call carries the routing-key
+metadata, ``x-routing-key`` by default), a replica of that arm that has a gRPC
+server by least outstanding requests (HTTP's and gRPC's together), and calls
+the replica's own gRPC server with the request's bytes, the model name
+rewritten when the variant's workers answer to another one
+(``grpc_wire.with_name``). A replica that cannot be reached or answers
+``UNAVAILABLE`` (loading, draining) or ``RESOURCE_EXHAUSTED`` (its queue is
+full) is retried on another replica of the arm, each at most once, as HTTP's
+connection failures and 503s are.
+
+Every answer is labelled, as HTTP's ``X-Kiln-Variant`` / ``X-Kiln-Model-Version``
+headers: the initial metadata ``x-kiln-variant`` and ``x-kiln-model-version``,
+and the response parameters ``kiln_variant`` and ``kiln_model_version`` (which a
+stream's answers carry too, each its own). The call's deadline, lowered to
+``--upstream-timeout-s``, goes on to the replica; its other metadata passes
+unchanged. Answers count in the same per-(deployment, variant, version) series
+as HTTP (with the HTTP status of the gRPC code, ``HTTP_OF``), so the stats, the
+dashboards and a rollout's guard see both protocols, and a successful
+``ModelInfer`` may be copied to shadow variants (by their gRPC servers).
+
+``ModelStreamInfer`` routes each request of a stream on its own (weights apply
+per request; a routing key in the stream's metadata keeps the whole stream on
+one arm), up to ``STREAM_WINDOW`` at once, and answers in request order; a
+failed request answers with ``error_message`` and the stream goes on, as the
+worker's own streams do. ``ServerLive``, ``ServerReady`` (a routing table is
+loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are
+``UNIMPLEMENTED``.
+
+The server and its channels run on a thread of their own (``grpc_thread``: grpc.aio and
+uvloop do not mix). Only reads cross over (routes, random source, HTTP pools' load);
+counters and shadow copies go back to the gateway's loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from random import Random
+from typing import Any, Protocol
+
+import grpc
+
+from inference_worker import __version__, build_protos
+from inference_worker.gateway import grpc_wire
+from inference_worker.gateway.config import GatewayConfig
+from inference_worker.gateway.grpc_thread import GrpcThread
+from inference_worker.gateway.metrics import Series
+from inference_worker.gateway.proxy import UpstreamResponse
+from inference_worker.gateway.routing import (
+    Replica,
+    Route,
+    RoutingTable,
+    Variant,
+    choose_arm,
+    choose_replica,
+    wants_shadow,
+)
+from inference_worker.gateway.shadow import GRPC_METHOD, ShadowCopy
+
+log = logging.getLogger("inference_worker.gateway")
+
+SERVICE = "inference.GRPCInferenceService"
+STREAM_WINDOW = 256
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+HTTP_OF: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+}
+"""The HTTP status an answer counts as in the gateway's series (anything else: 502)."""
+_NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "host"})
+
+
+class Router(Protocol):
+    """What the proxy reads of the gateway: its current routes and counters."""
+
+    routes: dict[bytes, Route]
+    loaded: bool
+    rng: Random
+
+    def series(self, route: Route, variant: Variant, replica: Replica | None) -> Series: ...
+
+    def http_load(self, url: str) -> float: ...
+
+    def offer_shadow(self, copy: ShadowCopy) -> None: ...
+
+
+class Failure(Exception):
+    """A call that ends with ``code`` and ``message`` (and the labels of the variant chosen, if any)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, labels: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.labels = tuple(labels)
+
+
+class GrpcProxy:
+    """The gateway's grpc.aio server, its channels to the replicas and their outstanding calls."""
+
+    def __init__(self, router: Router, config: GatewayConfig) -> None:
+        self.router = router
+        self.key_header = config.routing_key_header.lower()
+        self.timeout_s = config.upstream_timeout_s
+        self.outstanding: dict[str, int] = {}
+        self._options = [
+            ("grpc.max_receive_message_length", config.max_body_bytes),
+            ("grpc.max_send_message_length", config.max_body_bytes),
+            ("grpc.max_metadata_size", 64 * 1024),
+        ]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._pb2, _ = build_protos.load()
+        self._main = asyncio.get_running_loop()
+        self._thread = GrpcThread(self._options, self._handler)
+
+    def _handler(self) -> grpc.GenericRpcHandler:
+        unary = grpc.unary_unary_rpc_method_handler
+        own = self._own_answers()
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "ModelInfer": unary(self.model_infer),
+            "ModelReady": unary(self._forward("ModelReady")),
+            "ModelMetadata": unary(self._forward("ModelMetadata")),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+            **{name: unary(answer) for name, answer in own.items()},
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _own_answers(self) -> dict[str, Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]]:
+        pb2 = self._pb2
+
+        async def live(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            return bytes(pb2.ServerLiveResponse(live=True).SerializeToString())
+
+        async def ready(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            return bytes(pb2.ServerReadyResponse(ready=self.router.loaded).SerializeToString())
+
+        async def metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            answer = pb2.ServerMetadataResponse(name="kiln-gateway", version=__version__)
+            return bytes(answer.SerializeToString())
+
+        return {"ServerLive": live, "ServerReady": ready, "ServerMetadata": metadata}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> int:
+        """Listen (on the gRPC thread); returns the bound port."""
+        return await self._thread.start(host, port)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls, let those in flight finish for ``grace`` seconds, close the channels."""
+        await self._thread.stop(grace, self._close_channels)
+
+    async def _close_channels(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._calls.clear()
+
+    def keep_only(self, table: RoutingTable) -> None:
+        """Close the channels of replicas no longer in ``table`` (after their calls finish)."""
+        targets = {r.grpc for route in table.deployments.values() for v in route.variants for r in v.replicas}
+        self._thread.call_soon(self._close_others, targets)
+
+    def _close_others(self, targets: set[str]) -> None:
+        for target in [t for t in self._channels if t not in targets]:
+            channel = self._channels.pop(target)
+            self._calls = {k: v for k, v in self._calls.items() if k[0] != target}
+            asyncio.get_running_loop().create_task(channel.close(grace=self.timeout_s))
+
+    def _count(
+        self, route: Route, variant: Variant, replica: Replica | None, status: int, seconds: float
+    ) -> None:
+        """Count an answer in the gateway's series (on the gateway's loop)."""
+        self.router.series(route, variant, replica).answered(status, seconds)
+
+    def _retried(self, route: Route, variant: Variant, replica: Replica) -> None:
+        self.router.series(route, variant, replica).retries += 1
+
+    # -- routing -----------------------------------------------------------------------------
+    def _call(self, target: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        found = self._calls.get((target, method))
+        if found is None:
+            channel = self._channels.get(target)
+            if channel is None:
+                channel = self._channels[target] = grpc.aio.insecure_channel(target, options=self._options)
+            found = self._calls[(target, method)] = channel.unary_unary(f"/{SERVICE}/{method}")
+        return found
+
+    def load(self, url: str) -> float:
+        return self.router.http_load(url) + self.outstanding.get(url, 0)
+
+    def _metadata(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[bytes | None, tuple[Any, ...]]:
+        """The routing key, and the metadata passed on to the replica."""
+        key: bytes | None = None
+        passed = []
+        for name, value in context.invocation_metadata() or ():
+            if name == self.key_header:
+                key = value.encode() if isinstance(value, str) else value
+            if not (name.startswith((":", "grpc-")) or name in _NOT_FORWARDED):
+                passed.append((name, value))
+        return key, tuple(passed)
+
+    def _route(self, request: bytes, key: bytes | None) -> tuple[Route, Variant]:
+        try:
+            name = grpc_wire.read_name(request)
+        except grpc_wire.WireError as exc:
+            raise Failure(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}") from None
+        if not name:
+            raise Failure(grpc.StatusCode.INVALID_ARGUMENT, "the request names no model (deployment)")
+        router = self.router
+        route = router.routes.get(name.encode())
+        if route is None:
+            if not router.loaded:
+                raise Failure(grpc.StatusCode.UNAVAILABLE, "the gateway has no routing table yet")
+            raise Failure(grpc.StatusCode.NOT_FOUND, f"unknown deployment {name!r}")
+        variant = choose_arm(route, key, router.rng)
+        if variant is None:
+            message = f"deployment {route.name!r} has no variant with traffic weight"
+            raise Failure(grpc.StatusCode.UNAVAILABLE, message)
+        return route, variant
+
+    async def _send(
+        self,
+        method: str,
+        route: Route,
+        variant: Variant,
+        request: bytes,
+        metadata: tuple[Any, ...],
+        timeout: float,
+    ) -> tuple[Replica, bytes]:
+        """The answer of a replica of ``variant``, retried on another one when it may be."""
+        if variant.model_name != route.name:
+            request = grpc_wire.with_name(request, variant.model_name)
+        tried: set[str] = set()
+        labels = _labels(variant.name, variant.version)
+        while True:
+            replica = choose_replica(variant.grpc_replicas, self.load, self.router.rng, tried)
+            if replica is None:
+                what = f"deployment {route.name!r} variant {variant.name!r}"
+                if not tried:
+                    raise Failure(
+                        grpc.StatusCode.UNAVAILABLE, f"no ready replica of {what} serves gRPC", labels
+                    )
+                raise Failure(grpc.StatusCode.UNAVAILABLE, f"no replica of {what} could answer", labels)
+            labels = _labels(variant.name, replica.version)
+            url = replica.url
+            self.outstanding[url] = self.outstanding.get(url, 0) + 1
+            try:
+                return replica, await self._call(replica.grpc, method)(
+                    request, metadata=metadata, timeout=timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code in RETRYABLE and len(tried) + 1 < len(variant.grpc_replicas):
+                    tried.add(url)
+                    self._main.call_soon_threadsafe(self._retried, route, variant, replica)
+                    continue
+                message = exc.details() or code.name
+                if code == grpc.StatusCode.UNAVAILABLE:  # unreachable, loading or draining: say which arm
+                    what = f"deployment {route.name!r} variant {variant.name!r}"
+                    message = f"no replica of {what} could answer (last: {message})"
+                raise Failure(code, message, labels) from None
+            finally:
+                left = self.outstanding[url] - 1
+                if left:
+                    self.outstanding[url] = left
+                else:
+                    del self.outstanding[url]
+
+    async def _infer(
+        self, request: bytes, key: bytes | None, metadata: tuple[Any, ...], timeout: float
+    ) -> tuple[Variant, Replica, bytes]:
+        """Route and answer one ``ModelInfer``, labelled; counted, and offered to the shadows."""
+        started = time.perf_counter()
+        route, variant = self._route(request, key)
+        try:
+            replica, answer = await self._send("ModelInfer", route, variant, request, metadata, timeout)
+        except Failure as failure:
+            seconds = time.perf_counter() - started
+            status = HTTP_OF.get(failure.code, 502)
+            self._main.call_soon_threadsafe(self._count, route, variant, None, status, seconds)
+            raise
+        seconds = time.perf_counter() - started
+        self._main.call_soon_threadsafe(self._count, route, variant, replica, 200, seconds)
+        if route.shadows:
+            self._mirror(route, request, answer, seconds)
+        return variant, replica, answer + replica.grpc_labels
+
+    def _mirror(self, route: Route, request: bytes, answer: bytes, seconds: float) -> None:
+        live = UpstreamResponse(200, b"", answer)
+        for shadow in route.shadows:
+            if not wants_shadow(shadow, self.router.rng):
+                continue
+            body = (
+                request
+                if shadow.model_name == route.name
+                else grpc_wire.with_name(request, shadow.model_name)
+            )
+            replicas = [(*_host_port(r.grpc), r.version) for r in shadow.grpc_replicas]
+            copy = ShadowCopy(
+                route.name, shadow.name, shadow.version, replicas, GRPC_METHOD, b"", b"", body, live, seconds
+            )  # fmt: skip
+            self._main.call_soon_threadsafe(self.router.offer_shadow, copy)
+
+    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        remaining = context.time_remaining()
+        return self.timeout_s if remaining is None else max(0.0, min(remaining, self.timeout_s))
+
+    # -- the RPCs ----------------------------------------------------------------------------
+    async def model_infer(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        key, metadata = self._metadata(context)
+        try:
+            variant, replica, answer = await self._infer(request, key, metadata, self._timeout(context))
+        except Failure as failure:
+            if failure.labels:
+                await context.send_initial_metadata(failure.labels)
+            await context.abort(failure.code, failure.message)
+        await context.send_initial_metadata(_labels(variant.name, replica.version))
+        return answer
+
+    def _forward(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
+        """``ModelReady`` / ``ModelMetadata``: answered by a replica of the chosen arm."""
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            key, metadata = self._metadata(context)
+            try:
+                route, variant = self._route(request, key)
+                replica, answer = await self._send(
+                    method, route, variant, request, metadata, self._timeout(context)
+                )
+            except Failure as failure:
+                await context.abort(failure.code, failure.message)
+            await context.send_initial_metadata(_labels(variant.name, replica.version))
+            return answer
+
+        return forward
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        key, metadata = self._metadata(context)
+        loop = asyncio.get_running_loop()
+        window: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def one(request: bytes) -> bytes:
+            try:
+                _, _, answer = await self._infer(request, key, metadata, self.timeout_s)
+            except Failure as failure:
+                return grpc_wire.stream_error(failure.message)
+            return grpc_wire.stream_response(answer)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = loop.create_task(one(request))
+                    try:
+                        await window.put(task)
+                    except asyncio.CancelledError:
+                        task.cancel()
+                        raise
+            except grpc.RpcError as exc:  # the client broke off: answer what was read, then end
+                log.info("a ModelStreamInfer stream ended early: %s", exc.code())
+            except Exception:  # never leave the answering side waiting for an end that does not come
+                log.exception("reading a ModelStreamInfer stream failed")
+            await window.put(None)
+
+        reader = loop.create_task(read())
+        try:
+            while (task := await window.get()) is not None:
+                yield await task
+        finally:
+            reader.cancel()
+            while not window.empty():
+                if (task := window.get_nowait()) is not None:
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+def _labels(variant: str, version: str) -> tuple[tuple[str, str], ...]:
+    return (("x-kiln-variant", variant), ("x-kiln-model-version", version))
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port)
