@@ -155,7 +155,7 @@ def test_a_user_goes_from_upload_to_a_promoted_ab_split(
                 int(chart.get_attribute("data-points") or 0) > 0
                 and page.locator("#gateway-table tbody tr").count() == 2
             ),
-            timeout=60,
+            timeout=120,  # reports every second, gateway stats every few: slower on a loaded machine
             interval=1,
             message="both variants with live numbers",
         )
