@@ -112,15 +112,6 @@
     return Math.max(200, inner > 0 ? inner : fallback);
   }
 
-  // Time axis labels on the 24-hour clock (uPlot's default is 4:30pm); the date once ticks span days.
-  function timeTicks(u, splits) {
-    var span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
-    return splits.map(function (ts) {
-      var d = new Date(ts * 1000);
-      return span > 86400 ? (d.getMonth() + 1) + "/" + d.getDate() + " " + clock(d, false) : clock(d, false);
-    });
-  }
-
   function sparse(values) {
     for (var i = 1; i < values.length; i++) if (values[i] !== null && values[i - 1] !== null) return false;
     return true;
@@ -186,7 +177,7 @@
             var colour = PALETTE[i % PALETTE.length];
             return { label: s.label, stroke: colour, width: 1.5, spanGaps: false, points: { show: sparse(s.values), size: 7, fill: colour } };
           })),
-          axes: [{ values: timeTicks }, { label: el.getAttribute("data-unit") || "" , size: 50 }],
+          axes: [{}, { label: el.getAttribute("data-unit") || "" , size: 50 }],
           scales: { x: { time: true } }, legend: { live: false },
         };
         plots[kind] = { key: key, plot: new window.uPlot(opts, columns, el) };
