@@ -77,8 +77,11 @@ def _follow(variant_id: int, alias: Alias) -> bool:
     variant = (
         Variant.objects.select_for_update(of=("self",))
         .select_related("deployment__model", "version")
-        .get(pk=variant_id)
+        .filter(pk=variant_id)
+        .first()
     )
+    if variant is None:  # removed since the followers were read: nothing to follow
+        return False
     version = alias.version
     if variant.version_id == version.pk:
         _note(variant, "")
