@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 from deployments.backends import BACKEND_NAMES, uses_images
 from deployments.inputs import VariantSpec, VersionTarget
-from deployments.models import Deployment, Variant, Worker, WorkerImage
+from deployments.models import Deployment, DeploymentStatus, Variant, Worker, WorkerImage, WorkerState
 from deployments.services.images import latest_image_of
 from inference_worker.contracts.batching import BATCHING, encode_batching
 from inference_worker.contracts.options import Kind, OptionField, whole
@@ -86,9 +86,54 @@ class PlacementInput(serializers.Serializer[Any]):
     )
 
 
+def batching_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
+    """The input field of one batching option: type and bounds from the option table, not required."""
+    low, high = whole(option.low), whole(option.high)
+    if option.kind is Kind.INT:
+        return serializers.IntegerField(required=False, help_text=option.help, min_value=low, max_value=high)
+    if option.kind is Kind.FLOAT:
+        return serializers.FloatField(
+            required=False, help_text=option.help, min_value=option.low, max_value=option.high
+        )
+    child = serializers.IntegerField(min_value=low, max_value=high)  # the preferred sizes
+    return serializers.ListField(child=child, required=False, help_text=option.help)
+
+
+class BatchingInput(serializers.Serializer[Any]):
+    """Any of the batching options; the fields are made from the option table at validation time."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {option.name: batching_field(option) for option in BATCHING.values()}
+
+
+class VariantImageOutput(serializers.Serializer[Any]):
+    """A variant's worker image: the tag its workers run and the build of the image wanted now."""
+
+    in_use = serializers.CharField(allow_null=True, help_text="the tag the variant's workers run")
+    tag = serializers.CharField(allow_null=True)
+    status = serializers.CharField(help_text="the build's status, or 'not requested'")
+    log_tail = serializers.ListField(child=serializers.CharField(allow_blank=True), required=False)
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        for name, field in WorkerImageOutput().get_fields().items():  # a build's fields, when there is one
+            if name not in fields:
+                field.required = False
+                fields[name] = field
+        return fields
+
+
+class EndpointOutput(serializers.Serializer[Any]):
+    """The gateway's URLs of a deployment."""
+
+    infer = serializers.CharField(help_text="Open Inference Protocol (v2)")
+    predict = serializers.CharField(help_text="KServe v1")
+    ready = serializers.CharField()
+
+
 class VariantOutput(serializers.ModelSerializer[Variant]):
     version = serializers.IntegerField(source="version.version")
-    pinned_version = serializers.IntegerField(source="pinned_version.version", default=None)
+    pinned_version = serializers.IntegerField(source="pinned_version.version", default=None, allow_null=True)
     device = serializers.CharField(read_only=True)
     batching = serializers.SerializerMethodField()
     workers = serializers.SerializerMethodField()
@@ -118,6 +163,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
             "remove_requested_at",
         )
 
+    @extend_schema_field(BatchingInput())
     def get_batching(self, obj: Variant) -> dict[str, Any]:
         return encode_batching(obj.batching)
 
@@ -125,7 +171,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     def get_placement(self, obj: Variant) -> dict[str, list[str]]:
         return {"constraints": list(obj.placement_constraints), "spread": list(obj.placement_spread)}
 
-    @extend_schema_field(WorkerImageOutput(allow_null=True))
+    @extend_schema_field(VariantImageOutput(allow_null=True))
     def get_image(self, obj: Variant) -> dict[str, Any] | None:
         """The worker image: the tag workers run (``in_use``) and the build of the one wanted now."""
         if not uses_images(obj.backend):
@@ -138,6 +184,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         workers = getattr(obj, "visible_workers", None)
         return list(workers) if workers is not None else list(obj.workers.exclude(state="stopped"))
 
+    @extend_schema_field(WorkerOutput(many=True))
     def get_workers(self, obj: Variant) -> list[dict[str, Any]]:
         return list(WorkerOutput(self._workers(obj), many=True).data)
 
@@ -168,6 +215,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "updated_at",
         )
 
+    @extend_schema_field(EndpointOutput())
     def get_endpoint(self, obj: Deployment) -> dict[str, str]:
         base = settings.KILN_GATEWAY_URL
         return {
@@ -175,26 +223,6 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "predict": f"{base}/v1/models/{obj.name}:predict",
             "ready": f"{base}/v2/models/{obj.name}/ready",
         }
-
-
-def batching_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
-    """The input field of one batching option: type and bounds from the option table, not required."""
-    low, high = whole(option.low), whole(option.high)
-    if option.kind is Kind.INT:
-        return serializers.IntegerField(required=False, help_text=option.help, min_value=low, max_value=high)
-    if option.kind is Kind.FLOAT:
-        return serializers.FloatField(
-            required=False, help_text=option.help, min_value=option.low, max_value=option.high
-        )
-    child = serializers.IntegerField(min_value=low, max_value=high)  # the preferred sizes
-    return serializers.ListField(child=child, required=False, help_text=option.help)
-
-
-class BatchingInput(serializers.Serializer[Any]):
-    """Any of the batching options; the fields are made from the option table at validation time."""
-
-    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        return {option.name: batching_field(option) for option in BATCHING.values()}
 
 
 class VariantInput(serializers.Serializer[Any]):
@@ -246,3 +274,25 @@ class VersionInput(serializers.Serializer[Any]):
 
     def target(self) -> VersionTarget:
         return VersionTarget.parse(self.validated_data)
+
+
+class DeploymentQuery(serializers.Serializer[Any]):
+    model = serializers.CharField(required=False, help_text="the model's name")
+    status = serializers.ChoiceField(choices=DeploymentStatus.choices, required=False)
+
+
+class WorkerLogsQuery(serializers.Serializer[Any]):
+    tail = serializers.IntegerField(required=False, default=200, min_value=1, max_value=2000)
+
+
+class WorkerLogsOutput(serializers.Serializer[Any]):
+    """The last lines a worker printed (empty before it started)."""
+
+    worker = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=WorkerState.choices)
+    lines = serializers.ListField(child=serializers.CharField(allow_blank=True))
+
+
+class ReportAcceptedOutput(serializers.Serializer[Any]):
+    accepted = serializers.BooleanField()
+    report = serializers.IntegerField(help_text="the stored report's id")

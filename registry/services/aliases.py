@@ -29,9 +29,12 @@ def _check_alias_name(name: str) -> None:
 def set_alias(*, model: RegisteredModel, name: str, version_number: int, actor: Actor) -> Alias:
     """Point alias ``name`` at ``version_number``, creating it or moving it.
 
-    Deployments that follow the alias roll to the new version after the commit.
+    Deployments that follow the alias roll to the new version after the commit. Concurrent
+    writers of the model's aliases queue on the model's row, so two requests creating the same
+    new alias cannot both insert it: the second moves it (last writer wins), never a 500.
     """
     _check_alias_name(name)
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
     version = ModelVersion.objects.filter(model=model, version=version_number).first()
     if version is None:
         raise VersionNotFoundError(f"model {model.name!r} has no version {version_number}")
@@ -60,6 +63,7 @@ def set_alias(*, model: RegisteredModel, name: str, version_number: int, actor: 
 @transaction.atomic
 def delete_alias(*, model: RegisteredModel, name: str, actor: Actor) -> None:
     """Remove alias ``name``."""
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()  # as set_alias does
     alias = Alias.objects.select_for_update().select_related("version").filter(model=model, name=name).first()
     if alias is None:
         raise AliasNotFoundError(f"model {model.name!r} has no alias {name!r}")
