@@ -4,7 +4,8 @@ drf-spectacular documents the success answer of each operation from its serializ
 answers all come from one exception handler (``config.exceptions``) with one body shape,
 ``ErrorOutput``; which statuses an operation can answer follows from what it takes:
 
-- 400: it reads a body or query parameters (a field is invalid, names the field);
+- 400: always: a body field or a query parameter is invalid (and every request's query string
+  passes ``config.query.QueryGuardMiddleware``, whatever the operation reads);
 - 401: always (no or a wrong token); 403: unless it is open to all (not allowed, or CSRF);
 - 404: it names an object in its path, or it is a paginated list (a page past the end);
 - 409: it changes something (a duplicate, a wrong state, a busy deployment);
@@ -20,10 +21,12 @@ from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 
+from config.query import MAX_QUERY_VALUE_CHARS
+
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 ERROR_DESCRIPTIONS = {
-    400: "Invalid input: the message names the field or parameter.",
+    400: "Invalid input: the message names the field or query parameter.",
     401: "No credentials, or a wrong, expired or revoked token.",
     403: "Authenticated, but not allowed to do this.",
     404: "No such object (or a page past the end of a list).",
@@ -45,13 +48,10 @@ class ErrorOutput(serializers.Serializer[Any]):
 def error_statuses(operation: dict[str, Any], method: str, open_to_all: bool) -> list[int]:
     """The error statuses an operation can answer, from its parameters, body and method."""
     parameters = operation.get("parameters", [])
-    reads_query = any(p.get("in") == "query" for p in parameters)
     names_object = any(p.get("in") == "path" for p in parameters)
     paginated = any(p.get("in") == "query" and p.get("name") == "page" for p in parameters)
     has_body = "requestBody" in operation
-    statuses = [401]
-    if reads_query or has_body:
-        statuses.append(400)
+    statuses = [400, 401]
     if not open_to_all:
         statuses.append(403)
     if names_object or paginated:
@@ -72,6 +72,10 @@ class PlatformSchema(AutoSchema):
             return None
         permissions = getattr(self.view, "permission_classes", [])
         open_to_all = bool(permissions) and all(p is AllowAny for p in permissions)
+        for parameter in operation.get("parameters", []):
+            schema = parameter.get("schema", {})
+            if parameter.get("in") == "query" and schema.get("type") == "string" and "enum" not in schema:
+                schema.setdefault("maxLength", MAX_QUERY_VALUE_CHARS)  # the guard's limit
         responses = operation["responses"]
         for status in error_statuses(operation, self.method, open_to_all):
             if str(status) not in responses:
