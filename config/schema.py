@@ -7,7 +7,8 @@ answers all come from one exception handler (``config.exceptions``) with one bod
 - 400: always: a body field or a query parameter is invalid (and every request's query string
   passes ``config.query.QueryGuardMiddleware``, whatever the operation reads);
 - 401: always (no or a wrong token); 403: unless it is open to all (not allowed, or CSRF);
-- 404: it names an object in its path, or it is a paginated list (a page past the end);
+- 404: it names an object in its path or (a write) in its body, or it is a paginated list (a page
+  past the end);
 - 409: it changes something (a duplicate, a wrong state, a busy deployment);
 - 413, 415: it reads a body (over a size limit; a media type it does not parse);
 - 503: it changes something that needs a dependency (Redis, the Docker engine) right now.
@@ -54,7 +55,7 @@ def error_statuses(operation: dict[str, Any], method: str, open_to_all: bool) ->
     statuses = [400, 401]
     if not open_to_all:
         statuses.append(403)
-    if names_object or paginated:
+    if names_object or paginated or method in WRITES:
         statuses.append(404)
     if method in WRITES:
         statuses.extend((409, 503))
