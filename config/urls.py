@@ -30,3 +30,9 @@ urlpatterns = [
     path("", include("deployments.urls")),
     path("", include("registry.urls")),
 ]
+
+# JSON under /api/, the usual pages elsewhere (config/error_pages.py).
+handler400 = "config.error_pages.bad_request"
+handler403 = "config.error_pages.permission_denied"
+handler404 = "config.error_pages.not_found"
+handler500 = "config.error_pages.server_error"

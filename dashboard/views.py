@@ -7,12 +7,14 @@ from typing import Any
 from django.contrib.auth.decorators import user_passes_test
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.query import read_query
+from dashboard import serializers as ds
 from dashboard.advice import advise
 from deployments import queries, series
 from deployments.models import Rollout
@@ -59,10 +61,11 @@ class OverviewApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[OpenApiParameter("window_s", int)], responses={200: dict})
+    @extend_schema(parameters=[ds.OverviewQuery], responses=ds.OverviewOutput)
     def get(self, request: Request) -> Response:
-        window = int(min(max(_positive(request.query_params.get("window_s"), 60, "window_s"), 10), 3600))
-        return Response({"window_s": window, "deployments": series.overview(window_s=window)})
+        window = int(min(max(read_query(request, ds.OverviewQuery)["window_s"], 10), 3600))
+        rows = series.overview(window_s=window)
+        return Response(ds.OverviewOutput({"window_s": window, "deployments": rows}).data)
 
 
 class SeriesApi(APIView):
@@ -70,12 +73,11 @@ class SeriesApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(
-        parameters=[OpenApiParameter("range", str, enum=list(series.RANGES))], responses={200: dict}
-    )
+    @extend_schema(parameters=[ds.SeriesQuery], responses=ds.SeriesOutput)
     def get(self, request: Request, name: str) -> Response:
         deployment = queries.get_deployment(name)
-        return Response(series.deployment_series(deployment, request.query_params.get("range", "15m")))
+        chart = series.deployment_series(deployment, read_query(request, ds.SeriesQuery)["range"])
+        return Response(ds.SeriesOutput(chart).data)
 
 
 class VersionLiveApi(APIView):
@@ -83,22 +85,11 @@ class VersionLiveApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses=ds.VersionLiveOutput)
     def get(self, request: Request, name: str, number: int) -> Response:
         version = registry_queries.get_version(name, number)
-        return Response({"version": version.version, "serving": series.version_numbers(version.pk)})
-
-
-def _positive(raw: Any, default: float, field: str) -> float:
-    from config.errors import PlatformError
-
-    try:
-        value = float(raw) if raw not in (None, "") else default
-    except (TypeError, ValueError):
-        raise PlatformError(f"{field}: must be a number") from None
-    if not 0 < value < 1e9 or value != value:
-        raise PlatformError(f"{field}: must be a positive number")
-    return value
+        serving = series.version_numbers(version.pk)
+        return Response(ds.VersionLiveOutput({"version": version.version, "serving": serving}).data)
 
 
 class AdviceApi(APIView):
@@ -106,13 +97,11 @@ class AdviceApi(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(
-        parameters=[OpenApiParameter("latency_budget_ms", float), OpenApiParameter("target_rps", float)],
-        responses={200: dict},
-    )
+    @extend_schema(parameters=[ds.AdviceQuery], responses=ds.AdviceOutput)
     def get(self, request: Request, name: str, number: int) -> Response:
         version = registry_queries.get_version(name, number)
-        budget = _positive(request.query_params.get("latency_budget_ms"), 50.0, "latency_budget_ms")
-        target = _positive(request.query_params.get("target_rps"), 100.0, "target_rps")
+        params = read_query(request, ds.AdviceQuery)
+        budget, target = params["latency_budget_ms"], params["target_rps"]
         advice = advise(version.report or {}, budget_ms=budget, target_rps=target)
-        return Response({"latency_budget_ms": budget, "target_rps": target, **advice.as_dict()})
+        body = {"latency_budget_ms": budget, "target_rps": target, **advice.as_dict()}
+        return Response(ds.AdviceOutput(body).data)

@@ -26,10 +26,11 @@ from deployments.autoscaling.table import (
     UPSCALE_DELAY_S,
 )
 from deployments.errors import InvalidDeploymentError
+from deployments.models import AliasMovePolicy
 from inference_worker.contracts.errors import ContractError
 from registry.models import slug_validator
 
-ALIAS_MOVE_POLICIES = ("rollout", "immediate", "manual")
+ALIAS_MOVE_POLICIES: tuple[str, ...] = tuple(AliasMovePolicy.values)
 
 
 def alias_move_policy(value: Any) -> str:

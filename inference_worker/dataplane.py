@@ -83,6 +83,7 @@ class DataPlane:
         self._signature: ModelSignature | None = None
         self._idle = asyncio.Event()
         self._output_index: dict[str, int] = {}
+        self._input_datatypes: dict[str, str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def attach(self, signature: ModelSignature, batcher: Batcher) -> None:
@@ -90,6 +91,7 @@ class DataPlane:
         self._signature = signature
         self._batcher = batcher
         self._output_index = {spec.name: index for index, spec in enumerate(signature.outputs)}
+        self._input_datatypes = {spec.name: spec.datatype for spec in signature.inputs}
         self._dims = [
             (spec.name, len(spec.shape), spec.shape, DATATYPES[spec.datatype]) for spec in signature.inputs
         ]
@@ -119,6 +121,11 @@ class DataPlane:
     @property
     def signature(self) -> ModelSignature | None:
         return self._signature
+
+    @property
+    def input_datatypes(self) -> dict[str, str] | None:
+        """The model's datatype of each input (None while loading): decoders check it first."""
+        return self._input_datatypes
 
     @property
     def queue_depth(self) -> int:

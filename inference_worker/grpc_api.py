@@ -174,7 +174,9 @@ class InferenceServicer:
             deadline_us = int(time_remaining * 1e6)
             timeout_us = deadline_us if timeout_us is None else min(timeout_us, deadline_us)
         self._dp.check_input_count(len(request.inputs))
-        inputs = decode_grpc_inputs(request.inputs, request.raw_input_contents, self._limits)
+        inputs = decode_grpc_inputs(
+            request.inputs, request.raw_input_contents, self._limits, self._dp.input_datatypes
+        )
         outputs = tuple(output.name for output in request.outputs) or None
         return InferRequest(
             request.model_name, request.model_version, inputs, outputs, request.id, timeout_us

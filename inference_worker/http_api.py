@@ -206,7 +206,7 @@ class HttpApi:
         raw_inputs = header.get("inputs")
         if isinstance(raw_inputs, list):
             self._dp.check_input_count(len(raw_inputs))
-        inputs = decode_json_inputs(raw_inputs, binary, self._limits)
+        inputs = decode_json_inputs(raw_inputs, binary, self._limits, self._dp.input_datatypes)
         names, selection = self._selection(
             header.get("outputs"), parameters.get("binary_data_output") is True
         )

@@ -219,8 +219,25 @@ def raw_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
-def decode_json_inputs(inputs: object, binary: memoryview | None, limits: Limits) -> dict[str, np.ndarray]:
-    """The ``inputs`` of a v2 JSON request; ``binary`` is the extension's tail, if any."""
+def check_declared(name: str, dt: Datatype, expected: Mapping[str, str] | None) -> None:
+    """Refuse an input whose declared datatype is not the model's, before its data is decoded.
+
+    ``expected`` maps the model's input names to their datatypes (None: the model is not known
+    yet). Decoding first would answer with the decoder's complaint ("BYTES data must hold
+    strings") instead of what is wrong: the datatype, and what the model takes.
+    """
+    want = expected.get(name) if expected is not None else None
+    if want is not None and dt.name != want:
+        raise InvalidRequest(f"input '{name}' has datatype {dt.name}; the model takes {want}")
+
+
+def decode_json_inputs(
+    inputs: object, binary: memoryview | None, limits: Limits, expected: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """The ``inputs`` of a v2 JSON request; ``binary`` is the extension's tail, if any.
+
+    ``expected``: the model's datatype of each input, compared with the declared one first.
+    """
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequest("'inputs' must be a non-empty list")
     decoded: dict[str, np.ndarray] = {}
@@ -234,6 +251,7 @@ def decode_json_inputs(inputs: object, binary: memoryview | None, limits: Limits
         if name in decoded:
             raise InvalidRequest(f"input '{name}' appears twice")
         dt = datatype(item.get("datatype"))
+        check_declared(name, dt, expected)
         shape, count = check_shape(name, item.get("shape"), limits)
         size = _binary_size(name, item.get("parameters"))
         if size is None:
@@ -264,9 +282,13 @@ def _binary_size(name: str, parameters: object) -> int | None:
 
 
 def decode_grpc_inputs(
-    inputs: Sequence[Any], raw_contents: Sequence[bytes], limits: Limits
+    inputs: Sequence[Any],
+    raw_contents: Sequence[bytes],
+    limits: Limits,
+    expected: Mapping[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The inputs of a gRPC ``ModelInferRequest``: raw contents, or typed contents."""
+    """The inputs of a gRPC ``ModelInferRequest``: raw contents, or typed contents (``expected``: as
+    for ``decode_json_inputs``)."""
     if not inputs:
         raise InvalidRequest("the request has no inputs")
     if raw_contents and len(raw_contents) != len(inputs):
@@ -281,6 +303,7 @@ def decode_grpc_inputs(
         if name in decoded:
             raise InvalidRequest(f"input '{name}' appears twice")
         dt = datatype(tensor.datatype)
+        check_declared(name, dt, expected)
         shape, count = check_shape(name, list(tensor.shape), limits)
         if raw_contents:
             decoded[name] = decode_raw(name, dt, shape, count, raw_contents[index])

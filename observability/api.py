@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,10 +13,20 @@ from rest_framework.views import APIView
 from deployments.models import Worker, WorkerState
 
 
+class TargetGroupOutput(serializers.Serializer[Any]):
+    """One target group of Prometheus' HTTP service discovery format."""
+
+    targets = serializers.ListField(child=serializers.CharField(), help_text="host:port of one worker")
+    labels = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="deployment, variant, version, model, worker and __metrics_path__",
+    )
+
+
 class PrometheusTargetsView(APIView):
     """Prometheus HTTP service discovery: every ready worker's metrics address with labels."""
 
-    @extend_schema(responses={200: list})
+    @extend_schema(responses=TargetGroupOutput(many=True))
     def get(self, request: Request) -> Response:
         workers = (
             Worker.objects.filter(state__in=(WorkerState.READY, WorkerState.UNHEALTHY, WorkerState.DRAINING))
@@ -36,4 +49,4 @@ class PrometheusTargetsView(APIView):
                     },
                 }
             )
-        return Response(groups)
+        return Response(TargetGroupOutput(groups, many=True).data)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
 from django.utils.text import slugify
 
+from config import json_input
+from config.errors import PlatformError
 from registry.models import slug_validator
 from registry.signature import DTYPES
 
@@ -60,9 +61,9 @@ class UploadForm(forms.Form):
         if not raw:
             return None
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise forms.ValidationError(f"not valid JSON: {exc}") from None
+            return json_input.loads(raw, "signature")
+        except PlatformError as exc:
+            raise forms.ValidationError(exc.message) from None
 
     def metadata(self) -> dict[str, str]:
         data = {"source": "web"}

@@ -12,8 +12,16 @@ from deployments import queries
 from deployments.autoscaling.models import ScalingDecision
 from deployments.autoscaling.table import AUTOSCALING
 from deployments.backends import BACKEND_NAMES, uses_images
-from deployments.inputs import ALIAS_MOVE_POLICIES, AutoscalingPolicy, VariantSpec, VersionTarget
-from deployments.models import Deployment, Variant, Worker, WorkerImage
+from deployments.inputs import AutoscalingPolicy, VariantSpec, VersionTarget
+from deployments.models import (
+    AliasMovePolicy,
+    Deployment,
+    DeploymentStatus,
+    Variant,
+    Worker,
+    WorkerImage,
+    WorkerState,
+)
 from deployments.queries import cold_start_s, recent_decisions
 from deployments.services.images import latest_image_of
 from inference_worker.contracts.batching import BATCHING, encode_batching
@@ -90,6 +98,26 @@ class PlacementInput(serializers.Serializer[Any]):
     )
 
 
+def option_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
+    """The input field of one option (batching, autoscaling): type and bounds from its table, not required."""
+    low, high = whole(option.low), whole(option.high)
+    if option.kind is Kind.INT:
+        return serializers.IntegerField(required=False, help_text=option.help, min_value=low, max_value=high)
+    if option.kind is Kind.FLOAT:
+        return serializers.FloatField(
+            required=False, help_text=option.help, min_value=option.low, max_value=option.high
+        )
+    child = serializers.IntegerField(min_value=low, max_value=high)  # the preferred sizes
+    return serializers.ListField(child=child, required=False, help_text=option.help)
+
+
+class BatchingInput(serializers.Serializer[Any]):
+    """Any of the batching options; the fields are made from the option table at validation time."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {option.name: option_field(option) for option in BATCHING.values()}
+
+
 class ScalingDecisionOutput(serializers.ModelSerializer[ScalingDecision]):
     """One change of replicas by the autoscaler and what it saw."""
 
@@ -110,9 +138,34 @@ class AutoscalingOutput(serializers.Serializer[Any]):
         }
 
 
+class VariantImageOutput(serializers.Serializer[Any]):
+    """A variant's worker image: the tag its workers run and the build of the image wanted now."""
+
+    in_use = serializers.CharField(allow_null=True, help_text="the tag the variant's workers run")
+    tag = serializers.CharField(allow_null=True)
+    status = serializers.CharField(help_text="the build's status, or 'not requested'")
+    log_tail = serializers.ListField(child=serializers.CharField(allow_blank=True), required=False)
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        for name, field in WorkerImageOutput().get_fields().items():  # a build's fields, when there is one
+            if name not in fields:
+                field.required = False
+                fields[name] = field
+        return fields
+
+
+class EndpointOutput(serializers.Serializer[Any]):
+    """The gateway's URLs of a deployment."""
+
+    infer = serializers.CharField(help_text="Open Inference Protocol (v2)")
+    predict = serializers.CharField(help_text="KServe v1")
+    ready = serializers.CharField()
+
+
 class VariantOutput(serializers.ModelSerializer[Variant]):
     version = serializers.IntegerField(source="version.version")
-    pinned_version = serializers.IntegerField(source="pinned_version.version", default=None)
+    pinned_version = serializers.IntegerField(source="pinned_version.version", default=None, allow_null=True)
     device = serializers.CharField(read_only=True)
     batching = serializers.SerializerMethodField()
     workers = serializers.SerializerMethodField()
@@ -164,6 +217,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     def get_cold_start_s(self, obj: Variant) -> float | None:
         return cold_start_s(obj.version_id)
 
+    @extend_schema_field(BatchingInput())
     def get_batching(self, obj: Variant) -> dict[str, Any]:
         return encode_batching(obj.batching)
 
@@ -171,7 +225,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     def get_placement(self, obj: Variant) -> dict[str, list[str]]:
         return {"constraints": list(obj.placement_constraints), "spread": list(obj.placement_spread)}
 
-    @extend_schema_field(WorkerImageOutput(allow_null=True))
+    @extend_schema_field(VariantImageOutput(allow_null=True))
     def get_image(self, obj: Variant) -> dict[str, Any] | None:
         """The worker image: the tag workers run (``in_use``) and the build of the one wanted now."""
         if not uses_images(obj.backend):
@@ -184,6 +238,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         workers = getattr(obj, "visible_workers", None)
         return list(workers) if workers is not None else list(obj.workers.exclude(state="stopped"))
 
+    @extend_schema_field(WorkerOutput(many=True))
     def get_workers(self, obj: Variant) -> list[dict[str, Any]]:
         return list(WorkerOutput(self._workers(obj), many=True).data)
 
@@ -215,6 +270,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "updated_at",
         )
 
+    @extend_schema_field(EndpointOutput())
     def get_endpoint(self, obj: Deployment) -> dict[str, str]:
         base = settings.KILN_GATEWAY_URL
         return {
@@ -223,26 +279,6 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "ready": f"{base}/v2/models/{obj.name}/ready",
             "grpc": settings.KILN_GATEWAY_GRPC_TARGET,
         }
-
-
-def option_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
-    """The input field of one option (batching, autoscaling): type and bounds from its table, not required."""
-    low, high = whole(option.low), whole(option.high)
-    if option.kind is Kind.INT:
-        return serializers.IntegerField(required=False, help_text=option.help, min_value=low, max_value=high)
-    if option.kind is Kind.FLOAT:
-        return serializers.FloatField(
-            required=False, help_text=option.help, min_value=option.low, max_value=option.high
-        )
-    child = serializers.IntegerField(min_value=low, max_value=high)  # the preferred sizes
-    return serializers.ListField(child=child, required=False, help_text=option.help)
-
-
-class BatchingInput(serializers.Serializer[Any]):
-    """Any of the batching options; the fields are made from the option table at validation time."""
-
-    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        return {option.name: option_field(option) for option in BATCHING.values()}
 
 
 class VariantInput(serializers.Serializer[Any]):
@@ -276,7 +312,7 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.1, max_value=60_000)
     on_alias_move = serializers.ChoiceField(
-        choices=ALIAS_MOVE_POLICIES,
+        choices=AliasMovePolicy.choices,
         default="rollout",
         help_text="when the alias of a variant carrying traffic moves: rollout, immediate (forced) or manual",
     )
@@ -290,7 +326,7 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
 
 
 class AliasMovePolicyInput(serializers.Serializer[Any]):
-    on_alias_move = serializers.ChoiceField(choices=ALIAS_MOVE_POLICIES)
+    on_alias_move = serializers.ChoiceField(choices=AliasMovePolicy.choices)
 
 
 class ScaleInput(serializers.Serializer[Any]):
@@ -316,3 +352,25 @@ class VersionInput(serializers.Serializer[Any]):
 
     def target(self) -> VersionTarget:
         return VersionTarget.parse(self.validated_data)
+
+
+class DeploymentQuery(serializers.Serializer[Any]):
+    model = serializers.CharField(required=False, help_text="the model's name")
+    status = serializers.ChoiceField(choices=DeploymentStatus.choices, required=False)
+
+
+class WorkerLogsQuery(serializers.Serializer[Any]):
+    tail = serializers.IntegerField(required=False, default=200, min_value=1, max_value=2000)
+
+
+class WorkerLogsOutput(serializers.Serializer[Any]):
+    """The last lines a worker printed (empty before it started)."""
+
+    worker = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=WorkerState.choices)
+    lines = serializers.ListField(child=serializers.CharField(allow_blank=True))
+
+
+class ReportAcceptedOutput(serializers.Serializer[Any]):
+    accepted = serializers.BooleanField()
+    report = serializers.IntegerField(help_text="the stored report's id")

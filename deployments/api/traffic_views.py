@@ -167,7 +167,7 @@ class RolloutDetailView(APIView):
 
 
 class RolloutControlView(APIView):
-    @extend_schema(request=None, responses=RolloutOutput)
+    @extend_schema(request=None, responses=RolloutOutput, operation_id="v1_deployments_rollouts_control")
     def post(self, request: Request, name: str, rollout_id: int, command: str) -> Response:
         rollout = queries.rollout_for_change(name, rollout_id, request.user)
         updated = rollouts.control_rollout(rollout=rollout, command=command, actor=request.user)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -14,7 +14,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import PayloadTooLargeError, PlatformError
+from config import json_input
+from config.errors import NotFoundError, PayloadTooLargeError, PlatformError
+from config.query import read_query
 from deployments import queries, services
 from deployments.api import serializers as s
 from deployments.backends import get_backend
@@ -33,13 +35,14 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
 
     def get_queryset(self) -> QuerySet[Deployment]:
         queryset = queries.deployments().order_by("name")
-        if model := self.request.query_params.get("model"):
+        params = read_query(self.request, s.DeploymentQuery)
+        if model := params.get("model"):
             queryset = queryset.filter(model__name=model)
-        if state := self.request.query_params.get("status"):
+        if state := params.get("status"):
             queryset = queryset.filter(status=state)
         return queryset
 
-    @extend_schema(parameters=[OpenApiParameter("model", str), OpenApiParameter("status", str)])
+    @extend_schema(parameters=[s.DeploymentQuery])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -81,12 +84,12 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
         )
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data)
 
-    @extend_schema(request=None, responses=s.DeploymentOutput)
+    @extend_schema(request=None, responses={202: s.DeploymentOutput})
     @action(detail=True, methods=["post"])
     def stop(self, request: Request, name: str) -> Response:
         return self._set_running(request, name, running=False)
 
-    @extend_schema(request=None, responses=s.DeploymentOutput)
+    @extend_schema(request=None, responses={202: s.DeploymentOutput})
     @action(detail=True, methods=["post"])
     def start(self, request: Request, name: str) -> Response:
         return self._set_running(request, name, running=True)
@@ -127,7 +130,7 @@ class VariantDetailView(APIView):
 class ScaleView(APIView):
     """``POST {"replicas": n}``: scale a variant."""
 
-    @extend_schema(request=s.ScaleInput, responses=s.VariantOutput)
+    @extend_schema(request=s.ScaleInput, responses={202: s.VariantOutput})
     def post(self, request: Request, name: str, variant: str) -> Response:
         row = queries.variant_for_change(name, variant, request.user)
         data = s.ScaleInput(data=request.data)
@@ -159,7 +162,7 @@ class AutoscalingView(APIView):
 class VersionView(APIView):
     """``PUT {"version": n}`` or ``{"alias": name}``: roll a variant to another version."""
 
-    @extend_schema(request=s.VersionInput, responses=s.VariantOutput)
+    @extend_schema(request=s.VersionInput, responses={202: s.VariantOutput})
     def put(self, request: Request, name: str, variant: str) -> Response:
         row = queries.variant_for_change(name, variant, request.user)
         data = s.VersionInput(data=request.data)
@@ -171,7 +174,7 @@ class VersionView(APIView):
 class BatchingView(APIView):
     """``PUT`` batching options of a variant (workers are replaced with the new options)."""
 
-    @extend_schema(request=s.BatchingInput, responses=s.VariantOutput)
+    @extend_schema(request=s.BatchingInput, responses={202: s.VariantOutput})
     def put(self, request: Request, name: str, variant: str) -> Response:
         row = queries.variant_for_change(name, variant, request.user)
         data = s.BatchingInput(data=request.data)
@@ -183,7 +186,7 @@ class BatchingView(APIView):
 class RebuildImageView(APIView):
     """``POST``: build a variant's failed worker image again (docker backend)."""
 
-    @extend_schema(request=None, responses=s.VariantOutput)
+    @extend_schema(request=None, responses={202: s.VariantOutput})
     def post(self, request: Request, name: str, variant: str) -> Response:
         row = queries.variant_for_change(name, variant, request.user)
         rebuild_worker_image(variant=row, actor=request.user)
@@ -193,18 +196,25 @@ class RebuildImageView(APIView):
 class WorkerLogsView(APIView):
     """The last lines a worker printed."""
 
-    @extend_schema(parameters=[OpenApiParameter("tail", int)], responses={200: dict})
+    @extend_schema(parameters=[s.WorkerLogsQuery], responses=s.WorkerLogsOutput)
     def get(self, request: Request, name: str, worker_id: int) -> Response:
         worker = Worker.objects.filter(pk=worker_id, variant__deployment__name=name).first()
         if worker is None:
-            raise PlatformError(f"deployment {name!r} has no worker {worker_id}", code="not_found")
-        tail = min(max(int(request.query_params.get("tail", "200") or 200), 1), 2000)
+            raise NotFoundError(f"deployment {name!r} has no worker {worker_id}")
+        tail = read_query(request, s.WorkerLogsQuery)["tail"]
         text = (
             get_backend(worker.backend).logs(worker.handle, log_path=worker.log_path, tail=tail)
             if worker.handle
             else ""
         )
-        return Response({"worker": worker.pk, "state": worker.state, "lines": text.splitlines()})
+        body = {"worker": worker.pk, "state": worker.state, "lines": text.splitlines()}
+        return Response(s.WorkerLogsOutput(body).data)
+
+
+# A report is the worker report contract (inference_worker/contracts/report.py), parsed by the service.
+REPORT_BODY = {"application/json": OpenApiTypes.OBJECT}
+# Reports authenticate with the worker's own token, not a user's API token.
+WORKER_TOKEN: Any = [{"workerToken": []}]
 
 
 class ReportView(APIView):
@@ -213,11 +223,11 @@ class ReportView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=dict, responses={202: dict})
+    @extend_schema(request=REPORT_BODY, responses={202: s.ReportAcceptedOutput}, auth=WORKER_TOKEN)
     def post(self, request: Request, worker_id: int) -> Response:
         worker = services.authenticate_worker(worker_id=worker_id, token=_bearer(request))
         report = services.ingest_report(worker=worker, payload=_report_payload(request))
-        return Response({"accepted": True, "report": report.pk}, status=202)
+        return Response(s.ReportAcceptedOutput({"accepted": True, "report": report.pk}).data, status=202)
 
 
 class TaskReportView(APIView):
@@ -226,11 +236,11 @@ class TaskReportView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=dict, responses={202: dict})
+    @extend_schema(request=REPORT_BODY, responses={202: s.ReportAcceptedOutput}, auth=WORKER_TOKEN)
     def post(self, request: Request, task_id: str) -> Response:
         worker = services.authenticate_task(handle=task_id, token=_bearer(request))
         report = services.ingest_report(worker=worker, payload=_report_payload(request))
-        return Response({"accepted": True, "report": report.pk}, status=202)
+        return Response(s.ReportAcceptedOutput({"accepted": True, "report": report.pk}).data, status=202)
 
 
 def _bearer(request: Request) -> str:
@@ -247,10 +257,7 @@ def _report_payload(request: Request) -> dict[str, Any]:
     body = request.body
     if len(body) > settings.KILN_MAX_REPORT_BYTES:
         raise PayloadTooLargeError(f"report larger than {settings.KILN_MAX_REPORT_BYTES} bytes")
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        raise PlatformError("report: not valid JSON") from None
+    payload = json_input.loads(body, "report")
     if not isinstance(payload, dict):
         raise PlatformError("report: must be a JSON object")
     return payload

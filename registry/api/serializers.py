@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel
+from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel, VersionStatus
 
 
 class AliasOutput(serializers.ModelSerializer[Alias]):
     version = serializers.IntegerField(source="version.version")
-    updated_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
+    updated_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField(
+        allow_null=True, help_text="null when the platform moved it (a rollout)"
+    )
 
     class Meta:
         model = Alias
@@ -21,7 +24,7 @@ class AliasOutput(serializers.ModelSerializer[Alias]):
 
 class ModelOutput(serializers.ModelSerializer[RegisteredModel]):
     owner: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
-    team: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
+    team: serializers.StringRelatedField[Any] = serializers.StringRelatedField(allow_null=True)
     aliases = AliasOutput(many=True, read_only=True)
     version_count = serializers.IntegerField(read_only=True, required=False)
     url = serializers.SerializerMethodField()
@@ -55,6 +58,17 @@ class ModelCreateInput(serializers.Serializer[Any]):
 class ModelUpdateInput(serializers.Serializer[Any]):
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False)
+
+
+class ArtifactsOutput(serializers.Serializer[Any]):
+    """Download paths of a version's artifacts."""
+
+    onnx = serializers.CharField(allow_null=True, help_text="null until the conversion finished")
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        fields["source"] = serializers.CharField()  # "source" names an attribute of every field
+        return fields
 
 
 class VersionOutput(serializers.ModelSerializer[ModelVersion]):
@@ -92,6 +106,7 @@ class VersionOutput(serializers.ModelSerializer[ModelVersion]):
     def get_aliases(self, obj: ModelVersion) -> list[str]:
         return sorted(alias.name for alias in obj.aliases.all())
 
+    @extend_schema_field(ArtifactsOutput())
     def get_artifacts(self, obj: ModelVersion) -> dict[str, str | None]:
         kwargs = {"name": obj.model.name, "number": obj.version}
         onnx = reverse("api:version-artifact", kwargs={**kwargs, "kind": "onnx"}) if obj.onnx_path else None
@@ -117,7 +132,7 @@ class AliasInput(serializers.Serializer[Any]):
 
 class AuditEventOutput(serializers.ModelSerializer[AuditEvent]):
     actor = serializers.CharField(source="actor_label")
-    model = serializers.CharField(source="model.name", default=None)
+    model = serializers.CharField(source="model.name", default=None, allow_null=True)
 
     class Meta:
         model = AuditEvent
@@ -136,3 +151,21 @@ class VersionUploadOutput(VersionOutput):
         """The number of the first other version uploaded with these bytes; null when none."""
         earlier: ModelVersion | None = self.context.get("same_bytes_as")
         return earlier.version if earlier is not None else None
+
+
+# Query parameters: read by ``config.query.read_query`` and listed in the schema from the same class.
+class ModelQuery(serializers.Serializer[Any]):
+    search = serializers.CharField(required=False, help_text="substring of name or description")
+    tag = serializers.CharField(required=False)
+    owner = serializers.CharField(required=False, help_text="owner's username")
+
+
+class VersionQuery(serializers.Serializer[Any]):
+    status = serializers.ChoiceField(choices=VersionStatus.choices, required=False)
+
+
+class AuditEventQuery(serializers.Serializer[Any]):
+    model = serializers.CharField(required=False)
+    action = serializers.CharField(required=False)
+    actor = serializers.CharField(required=False)
+    subject = serializers.CharField(required=False, help_text="prefix, e.g. model/resnet")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from django.db.models import QuerySet
 from django.http import FileResponse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -17,7 +16,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import PlatformError
+from config import json_input
+from config.query import read_query
 from registry import queries, services, storage
 from registry.api import serializers as s
 from registry.errors import ArtifactTooLargeError, InvalidArtifactError, VersionNotFoundError
@@ -26,13 +26,10 @@ from registry.uploads import HashedTempUploadedFile
 
 
 def parse_json_field(raw: str | None, field: str) -> Any:
-    """Decode a JSON form field; a clear 400 names the field when it is malformed."""
+    """Decode a JSON form field; a clear 400 names the field (and the spot) when it is malformed."""
     if raw is None or raw.strip() == "":
         return None
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise PlatformError(f"{field}: not valid JSON ({exc})", code="invalid") from None
+    return json_input.loads(raw, field)
 
 
 class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredModel]):
@@ -44,7 +41,7 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
 
     def get_queryset(self) -> QuerySet[RegisteredModel]:
         queryset = queries.models_with_counts()
-        params = self.request.query_params
+        params = read_query(self.request, s.ModelQuery)
         if search := params.get("search"):
             queryset = queryset.filter(name__icontains=search) | queryset.filter(
                 description__icontains=search
@@ -55,13 +52,7 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
             queryset = queryset.filter(owner__username=owner)
         return queryset.order_by("name")
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("search", str, description="substring of name or description"),
-            OpenApiParameter("tag", str),
-            OpenApiParameter("owner", str, description="owner's username"),
-        ]
-    )
+    @extend_schema(parameters=[s.ModelQuery])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -95,13 +86,11 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
         queryset = queries.versions().filter(model__name=self.kwargs["name"]).order_by("-version")
-        if state := self.request.query_params.get("status"):
+        if state := read_query(self.request, s.VersionQuery).get("status"):
             queryset = queryset.filter(status=state)
         return queryset
 
-    @extend_schema(
-        parameters=[OpenApiParameter("status", str, enum=["registered", "converting", "ready", "failed"])]
-    )
+    @extend_schema(parameters=[s.VersionQuery])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         queries.get_model(kwargs["name"])
         return super().list(request, *args, **kwargs)
@@ -175,6 +164,7 @@ class ArtifactDownloadView(APIView):
 class AliasView(APIView):
     """Read, set or delete one alias: ``PUT {"version": n}``."""
 
+    @extend_schema(responses=s.AliasOutput)
     def get(self, request: Request, name: str, alias: str) -> Response:
         model = queries.get_model(name)
         row = model.aliases.select_related("version", "updated_by").filter(name=alias).first()
@@ -216,7 +206,7 @@ class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[AuditEven
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
         queryset = queries.audit_events()
-        params = self.request.query_params
+        params = read_query(self.request, s.AuditEventQuery)
         if model := params.get("model"):
             queryset = queryset.filter(model__name=model)
         if action_name := params.get("action"):
@@ -227,13 +217,6 @@ class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[AuditEven
             queryset = queryset.filter(subject__startswith=subject)
         return queryset
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("model", str),
-            OpenApiParameter("action", str),
-            OpenApiParameter("actor", str),
-            OpenApiParameter("subject", str, description="prefix, e.g. model/resnet"),
-        ]
-    )
+    @extend_schema(parameters=[s.AuditEventQuery])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)

@@ -31,8 +31,11 @@ def set_alias(*, model: RegisteredModel, name: str, version_number: int, actor: 
 
     Only a ready version can be pointed at (409 naming its state otherwise). Deployments that
     follow the alias react after the commit, each by its ``on_alias_move`` policy.
+    Concurrent writers of the model's aliases queue on the model's row, so two requests creating
+    the same new alias cannot both insert it: the second moves it (last writer wins), never a 500.
     """
     _check_alias_name(name)
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
     version = ModelVersion.objects.filter(model=model, version=version_number).first()
     if version is None:
         raise VersionNotFoundError(f"model {model.name!r} has no version {version_number}")
@@ -68,6 +71,7 @@ def set_alias(*, model: RegisteredModel, name: str, version_number: int, actor: 
 @transaction.atomic
 def delete_alias(*, model: RegisteredModel, name: str, actor: Actor) -> None:
     """Remove alias ``name``."""
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()  # as set_alias does
     alias = Alias.objects.select_for_update().select_related("version").filter(model=model, name=name).first()
     if alias is None:
         raise AliasNotFoundError(f"model {model.name!r} has no alias {name!r}")

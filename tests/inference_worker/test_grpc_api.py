@@ -85,6 +85,16 @@ def test_typed_contents_work_as_raw_contents_do(stub: Any, models: SimpleNamespa
     np.testing.assert_allclose(got, reference(models.mlp, {"x": x})[0], rtol=1e-5)
 
 
+def test_a_declared_datatype_other_than_the_models_is_named_before_the_data_is_decoded(stub: Any) -> None:
+    request = pb2.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add(name="x", datatype="BYTES", shape=[1, 4])
+    tensor.contents.bytes_contents.extend([b"\xff"] * 4)  # not UTF-8: decoding would complain first
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "input 'x' has datatype BYTES; the model takes FP32"
+
+
 def test_tritonclient_streaming_answers_every_request_in_order(
     client: triton.InferenceServerClient, models: SimpleNamespace
 ) -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.test import APIClient
 
-from registry.models import AuditEvent, ModelVersion, VersionStatus
+from accounts.tokens import create_api_token
+from registry.models import Alias, AuditEvent, ModelVersion, VersionStatus
 from tests.support.torch_models import save_torchscript_cnn
 from tests.support.uploads import create_model, upload
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 
@@ -110,3 +115,25 @@ def test_the_version_page_offers_the_alias_control_only_on_a_ready_version(owner
     assert "Move alias production" not in failed
     assert "Promote to production" not in ready + failed
     assert "Aliases point only at ready versions; v2 is failed." in failed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_puts_of_the_same_new_alias_answer_200_and_leave_one_row(
+    owner: User, live_server: Any
+) -> None:
+    for number in (1, 2):
+        ready_version(owner, number=number)
+    headers = {"Authorization": f"Bearer {create_api_token(user=owner)}"}
+    url = f"{live_server.url}/api/v1/models/cnn/aliases/champion/"
+
+    def put(index: int) -> tuple[int, str]:
+        response = httpx.put(url, json={"version": 1 + index % 2}, headers=headers, timeout=60)
+        return response.status_code, response.text
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(put, range(40)))
+
+    assert {status for status, _ in answers} <= {200, 409}, answers
+    assert Alias.objects.filter(model__name="cnn", name="champion").count() == 1
+    events = AuditEvent.objects.filter(subject="model/cnn@champion")
+    assert events.filter(action="alias.set").count() == 1

@@ -1,0 +1,106 @@
+"""The OpenAPI schema: generated without a warning, every answer typed, every error status listed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from drf_spectacular.drainage import GENERATOR_STATS
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.validation import validate_schema
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    GENERATOR_STATS.reset()
+    generator = SchemaGenerator()  # type: ignore[no-untyped-call]
+    generated: dict[str, Any] = generator.get_schema(request=None, public=True)  # type: ignore[no-untyped-call]
+    warnings = dict(GENERATOR_STATS._warn_cache) | dict(GENERATOR_STATS._error_cache)
+    assert warnings == {}, f"drf-spectacular warned: {list(warnings)}"
+    validate_schema(generated)  # type: ignore[no-untyped-call]
+    return generated
+
+
+def operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
+
+
+def loose_objects(node: Any, path: str = "") -> list[str]:
+    """Where a schema is an object that says nothing about its properties."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("type") == "object" and not {"properties", "additionalProperties", "$ref"} & set(node):
+            found.append(path)
+        if node.get("additionalProperties") in ({}, True):
+            found.append(path)
+        for key, value in node.items():
+            found.extend(loose_objects(value, f"{path}/{key}"))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.extend(loose_objects(value, f"{path}[{index}]"))
+    return found
+
+
+def test_the_schema_is_generated_without_warnings_and_is_valid_openapi(schema: dict[str, Any]) -> None:
+    assert len(operations(schema)) >= 44
+
+
+def test_every_response_body_is_typed(schema: dict[str, Any]) -> None:
+    responses = [op["responses"] for _, _, op in operations(schema)]
+    loose = loose_objects(responses) + loose_objects(
+        {k: v for k, v in schema["components"]["schemas"].items() if not k.endswith("Request")}
+    )
+    # The error body's "extra" carries details of any shape (fields, limit): the one free-form object.
+    assert loose == ["/ErrorOutput/properties/extra"]
+
+
+def test_every_operation_lists_its_error_answers_with_the_error_body(schema: dict[str, Any]) -> None:
+    for method, path, op in operations(schema):
+        statuses = set(op["responses"])
+        assert "401" in statuses, (method, path)
+        if any(p["in"] == "path" for p in op.get("parameters", [])):
+            assert "404" in statuses, (method, path)
+        if "requestBody" in op:
+            assert {"400", "413", "415"} <= statuses, (method, path)
+        if method != "GET":
+            assert "409" in statuses, (method, path)
+        for status, response in op["responses"].items():
+            if status.startswith(("4", "5")):
+                body = response["content"]["application/json"]["schema"]
+                assert body == {"$ref": "#/components/schemas/ErrorOutput"}, (method, path, status)
+
+
+def test_accepted_answers_are_documented_as_202(schema: dict[str, Any]) -> None:
+    accepted = {(method, path) for method, path, op in operations(schema) if "202" in op["responses"]}
+    for suffix in ("scale/", "version/", "batching/", "rebuild-image/"):
+        assert (
+            "POST" if suffix in ("scale/", "rebuild-image/") else "PUT",
+            f"/api/v1/deployments/{{name}}/variants/{{variant}}/{suffix}",
+        ) in accepted
+    assert ("DELETE", "/api/v1/deployments/{name}/") in accepted
+    assert ("POST", "/api/v1/deployments/{name}/stop/") in accepted
+    for method, path in accepted:
+        assert "200" not in schema["paths"][path][method.lower()]["responses"], (method, path)
+
+
+def test_nullable_fields_are_marked_and_prometheus_targets_is_a_list(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    assert components["ModelOutput"]["properties"]["team"]["nullable"] is True
+    assert components["AuditEventOutput"]["properties"]["model"]["nullable"] is True
+    assert components["VariantOutput"]["properties"]["pinned_version"]["nullable"] is True
+    targets = schema["paths"]["/api/v1/prometheus/targets/"]["get"]["responses"]["200"]
+    assert targets["content"]["application/json"]["schema"]["type"] == "array"
+
+
+def test_the_token_schemes_are_in_the_schema(schema: dict[str, Any]) -> None:
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["apiToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "kiln_<prefix>_<secret>",
+        "description": schemes["apiToken"]["description"],
+    }
+    models = schema["paths"]["/api/v1/models/"]["get"]
+    assert {"apiToken": []} in models["security"]
+    report = schema["paths"]["/api/v1/workers/{worker_id}/reports/"]["post"]
+    assert report["security"] == [{"workerToken": []}]
