@@ -21,6 +21,7 @@ from registry import queries, services, storage
 from registry.api import serializers as s
 from registry.errors import ArtifactTooLargeError, InvalidArtifactError, VersionNotFoundError
 from registry.models import AuditEvent, ModelVersion, RegisteredModel
+from registry.search import STATES, ModelFilters, VersionFilters
 from registry.uploads import HashedTempUploadedFile
 
 
@@ -42,23 +43,16 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
     serializer_class = s.ModelOutput
 
     def get_queryset(self) -> QuerySet[RegisteredModel]:
-        queryset = queries.models_with_counts()
-        params = self.request.query_params
-        if search := params.get("search"):
-            queryset = queryset.filter(name__icontains=search) | queryset.filter(
-                description__icontains=search
-            )
-        if tag := params.get("tag"):
-            queryset = queryset.filter(tags__contains=[tag])
-        if owner := params.get("owner"):
-            queryset = queryset.filter(owner__username=owner)
-        return queryset.order_by("name")
+        filters = ModelFilters.from_params(self.request.query_params)
+        return filters.apply(queries.models_with_counts()).order_by("name")
 
     @extend_schema(
         parameters=[
             OpenApiParameter("search", str, description="substring of name or description"),
             OpenApiParameter("tag", str),
             OpenApiParameter("owner", str, description="owner's username"),
+            OpenApiParameter("team", str, description="team's name"),
+            OpenApiParameter("state", str, enum=list(STATES), description="state of the latest version"),
         ]
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -92,17 +86,22 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
     lookup_value_regex = "[0-9]+"
     parser_classes = (MultiPartParser, FormParser, JSONParser)
 
+    cursor_ordering = "-version"
+
     def get_queryset(self) -> QuerySet[ModelVersion]:
-        queryset = queries.versions().filter(model__name=self.kwargs["name"]).order_by("-version")
-        if state := self.request.query_params.get("status"):
-            queryset = queryset.filter(status=state)
-        return queryset
+        filters = VersionFilters.from_params(self.request.query_params)
+        model = queries.get_model(self.kwargs["name"])
+        return filters.apply(queries.versions().filter(model=model)).order_by("-version")
 
     @extend_schema(
-        parameters=[OpenApiParameter("status", str, enum=["registered", "converting", "ready", "failed"])]
+        parameters=[
+            OpenApiParameter("state", str, enum=list(STATES)),
+            OpenApiParameter("status", str, enum=list(STATES), description="the same as state"),
+            OpenApiParameter("alias", str, description="versions an alias of this name points at"),
+            OpenApiParameter("metadata_key", str, description="versions whose metadata has this key"),
+        ]
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        queries.get_model(kwargs["name"])
         return super().list(request, *args, **kwargs)
 
     @extend_schema(request={"multipart/form-data": s.VersionUploadInput}, responses={201: s.VersionOutput})
@@ -203,6 +202,7 @@ class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[AuditEven
     """The audit trail, newest first; filter by model, action, actor or subject prefix."""
 
     serializer_class = s.AuditEventOutput
+    cursor_ordering = "-created_at"
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
         queryset = queries.audit_events()
