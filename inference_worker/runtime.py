@@ -7,6 +7,7 @@ built from those same bytes, so the worker runs exactly what it verified.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -78,8 +79,11 @@ def providers_for(device: str) -> tuple[list[str | tuple[str, dict[str, str]]], 
     if device.startswith("cuda:"):
         device_id = int(device.split(":", 1)[1])
         if "CUDAExecutionProvider" in ort.get_available_providers():
+            _preload_cuda_libraries()
             return [
-                ("CUDAExecutionProvider", {"device_id": str(device_id)}),
+                # use_tf32 off: answers as precise as the FP32 the conversion's parity check ran
+                # (TF32 matmuls drift by about 1e-3 relative on Ampere and newer).
+                ("CUDAExecutionProvider", {"device_id": str(device_id), "use_tf32": "0"}),
                 "CPUExecutionProvider",
             ], device_id
         log.warning(
@@ -87,6 +91,19 @@ def providers_for(device: str) -> tuple[list[str | tuple[str, dict[str, str]]], 
             device,
         )
     return ["CPUExecutionProvider"], None
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels when they are installed (a GPU image may carry
+    them as Python packages instead of system libraries); the system's own paths are tried next."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload(cuda=True, cudnn=True, msvc=False, directory="")
+    except Exception as exc:  # a missing library shows again, with its name, when the session starts
+        log.info("CUDA libraries not preloaded from the nvidia wheels (%s); using the system's", exc)
 
 
 class OrtRuntime:
@@ -111,6 +128,13 @@ class OrtRuntime:
         self.signature = _signature(self._session)
         self._output_names = [spec.name for spec in self.signature.outputs]
         self.providers: list[str] = self._session.get_providers()
+        if self.cuda_device is not None and "CUDAExecutionProvider" not in self.providers:
+            log.warning(
+                "--device %s: ONNX Runtime's CUDA provider did not start (CUDA or cuDNN libraries "
+                "missing or not matching): running on the CPU",
+                config.device,
+            )
+            self.cuda_device = None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in signature order; with CUDA, through I/O binding."""

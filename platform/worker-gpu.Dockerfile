@@ -1,8 +1,8 @@
 # The inference worker for one model version on NVIDIA GPUs (onnxruntime-gpu): an immutable unit.
 #
 # Same layout and context as worker-cpu.Dockerfile (see there); the differences:
-# - BASE_IMAGE is a CUDA 12 runtime with cuDNN 9 *and* Python 3.11 with venv, for example one
-#   built FROM nvidia/cuda:12.x-cudnn-runtime-ubuntu22.04 with python3.11 added (see the README,
+# - BASE_IMAGE is a CUDA 13 runtime with cuDNN 9 *and* Python 3.11 with venv, for example one
+#   built FROM nvidia/cuda:13.0.x-cudnn-runtime-ubuntu24.04 with python3.11 added (see the README,
 #   "Docker engine"). There is no default: the platform passes KILN_DOCKER_GPU_BASE_IMAGE.
 # - the wheelhouse holds onnxruntime-gpu instead of onnxruntime (platform/worker-gpu.requirements.txt);
 #   the build checks that the CUDA execution provider is compiled in.

@@ -90,7 +90,7 @@ class SwarmBackend:
             )
         if gpu_ids and not settings.KILN_DOCKER_GPU_BASE_IMAGE:
             raise BackendError(
-                "GPU workers need KILN_DOCKER_GPU_BASE_IMAGE: a CUDA 12 runtime image with cuDNN 9 and "
+                "GPU workers need KILN_DOCKER_GPU_BASE_IMAGE: a CUDA 13 runtime image with cuDNN 9 and "
                 "Python 3.11 to build the GPU worker image on (see the README)",
                 code="no_gpu",
             )
