@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth.decorators import user_passes_test
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
@@ -74,8 +75,15 @@ class SeriesApi(APIView):
         parameters=[OpenApiParameter("range", str, enum=list(series.RANGES))], responses={200: dict}
     )
     def get(self, request: Request, name: str) -> Response:
+        """Answers 304 to ``If-None-Match`` while nothing the series shows has changed."""
         deployment = queries.get_deployment(name)
-        return Response(series.deployment_series(deployment, request.query_params.get("range", "15m")))
+        range_name = request.query_params.get("range", "15m")
+        now = timezone.now()
+        etag = series.series_etag(deployment, range_name, now=now)
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(status=304, headers=headers)
+        return Response(series.deployment_series(deployment, range_name, now=now), headers=headers)
 
 
 class VersionLiveApi(APIView):

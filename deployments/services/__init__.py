@@ -8,6 +8,7 @@ from deployments.services.deployments import (
     remove_variant,
     set_deployment_running,
 )
+from deployments.services.rollups import downsample_reports
 from deployments.services.routing import build_routing_table, publish_routing_table
 from deployments.services.variants import (
     on_alias_moved,
@@ -18,7 +19,6 @@ from deployments.services.variants import (
 from deployments.services.workers import (
     authenticate_task,
     authenticate_worker,
-    downsample_reports,
     ingest_report,
 )
 
