@@ -91,11 +91,12 @@ def bench_registry(sizes: list[int], repeat: int) -> tuple[list[list[str]], str]
     made = 0
     for size in sizes:
         began = time.perf_counter()
-        seed_catalog(owner=user, models=size - made, prefix=f"model-{made:05d}")
+        prefix = f"model-{made:05d}"
+        seed_catalog(owner=user, models=size - made, prefix=prefix)
         seeded = time.perf_counter() - began
+        model = f"{prefix}-{size - made - 1:05d}"
         made = size
         _analyze()
-        model = f"model-{made - 1:05d}-{0:05d}"
         print(f"{size:,} models seeded in {seeded:.0f} s", flush=True)
         for label, url in PAGES:
             ms, size_b, status = _time(client, url.format(model=model), repeat)
@@ -227,6 +228,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     connection = _setup()
+    load_before = os.getloadavg()[0]
     try:
         rss_before = _rss_mb()
         registry, registry_header = bench_registry([int(s) for s in args.models.split(",")], args.repeat)
@@ -243,7 +245,9 @@ def main(argv: list[str]) -> int:
         f"Measured {datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()},"
         f" {os.cpu_count()} cores; Python {platform.python_version()}; {vendor}.",
         f"Command: `python bench/scale_bench.py --models {args.models} --workers {args.workers}`"
-        f" (median of {args.repeat} requests in-process after a warm-up; sizes are response bodies).",
+        f" (median of {args.repeat} requests in-process after a warm-up; sizes are response bodies)."
+        f" Load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f} (above the core count,"
+        " other jobs shared the machine: compare cells of one run, not runs).",
         "Each model has 4 versions with a conversion report, a production alias and 4 audit events;"
         " each worker's reports are kept as the rollup task keeps them"
         " (raw 1 h, 1m 26 h, 10m and 1h 7 days).",

@@ -18,44 +18,35 @@ from typing import Any
 
 from django.db import connection
 
+from deployments import histograms
 from deployments.models import Report
 from deployments.services.rollups import TIER, TIERS, watermark
 
 TABLE = Report._meta.db_table
+MAX_BUCKETS = 64
 
 
 @dataclass(frozen=True)
 class Dialect:
-    bucket: str  # {pos}, {step}
-    counts: str  # FROM clause addition unnesting latency or batch histogram counts: {field}
-    count_index: str
-    count_value: str
-    bounds: str  # the histogram's bounds as text: {field}
-    outcomes: str
-    outcome_key: str
+    bucket: str  # epoch seconds of {pos}, floored to {step}
+    count: str  # the {i}th count of the histogram in column {field}, as an integer
+    same_bounds: str  # the histogram in {field} has the bounds given as a JSON parameter
+    outcomes: str  # FROM clause addition: one row (o.key, o.value) per outcome of a report
     outcome_value: str
 
 
 POSTGRES = Dialect(
     bucket="(FLOOR(EXTRACT(EPOCH FROM r.{pos}) / {step}) * {step})::bigint",
-    counts=(
-        "CROSS JOIN LATERAL jsonb_array_elements_text(r.{field} -> 'counts') WITH ORDINALITY AS h(value, ord)"
-    ),
-    count_index="h.ord - 1",
-    count_value="h.value::bigint",
-    bounds="(r.{field} -> 'le')::text",
+    count="COALESCE((r.{field} -> 'counts' ->> {i})::bigint, 0)",
+    same_bounds="(r.{field} -> 'le') = %s::jsonb",
     outcomes="CROSS JOIN LATERAL jsonb_each_text(r.outcomes) AS o(key, value)",
-    outcome_key="o.key",
     outcome_value="o.value::bigint",
 )
 SQLITE = Dialect(
     bucket="(CAST(strftime('%%s', r.{pos}) AS INTEGER) / {step}) * {step}",
-    counts=", json_each(r.{field}, '$.counts') AS h",
-    count_index="h.key",
-    count_value="CAST(h.value AS INTEGER)",
-    bounds="json_extract(r.{field}, '$.le')",
+    count="COALESCE(CAST(json_extract(r.{field}, '$.counts[{i}]') AS INTEGER), 0)",
+    same_bounds="json_extract(r.{field}, '$.le') = json(%s)",
     outcomes=", json_each(r.outcomes) AS o",
-    outcome_key="o.key",
     outcome_value="CAST(o.value AS INTEGER)",
 )
 
@@ -97,7 +88,12 @@ def tier_conditions(
 
 
 def aggregate(deployment_id: int, resolution: str, step: int, first: datetime) -> Aggregates:
-    """Run the five aggregations of one deployment's series (one query each)."""
+    """The aggregations of one deployment's series: counters and histograms, outcomes, worker gauges.
+
+    Histogram buckets are summed position by position (no unnesting): every report of a
+    deployment has the bounds of the worker's contract; rows with other bounds than the
+    newest report's add nothing to the percentiles (as ``histograms.merge`` skips them).
+    """
     d = _dialect()
     where, params, newest = tier_conditions(deployment_id, resolution, first)
     bucket = (
@@ -107,22 +103,39 @@ def aggregate(deployment_id: int, resolution: str, step: int, first: datetime) -
         + d.bucket.format(pos="start", step=step)
         + " END"
     )
+    shapes = _newest_bounds(deployment_id)
+    sums: list[str] = []
+    shape_params: list[Any] = []
+    for field, le in shapes.items():
+        same = d.same_bounds.format(field=field)
+        for i in range(len(le)):
+            sums.append(f"SUM(CASE WHEN {same} THEN {d.count.format(field=field, i=i)} ELSE 0 END)")
+            shape_params.append(json.dumps(le))
+    extra = "".join(", " + column for column in sums)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT r.variant_id, {bucket} AS b, SUM(r.requests), COUNT(*),"  # noqa: S608
-            " SUM(r.queue_depth), COUNT(DISTINCT COALESCE(r.worker_id, 0))"
+            f" SUM(r.queue_depth), COUNT(DISTINCT COALESCE(r.worker_id, 0)){extra}"
             f" FROM {TABLE} r WHERE {where} GROUP BY r.variant_id, b",
-            params,
+            shape_params + params,
         )
-        scalars = {
-            (v, int(b)): {"requests": float(req or 0), "queue_depth": float(q or 0) * workers / rows}
-            for v, b, req, rows, q, workers in cursor.fetchall()
-        }
-        latency = _histograms(cursor, d, "latency_histogram", bucket, where, params)
-        batch_rows = _histograms(cursor, d, "batch_histogram", "0", where, params)
+        scalars: dict[tuple[int, int], dict[str, float]] = {}
+        latency: dict[tuple[int, int], dict[str, Any]] = {}
+        batch: dict[int, dict[str, Any]] = {}
+        for v, b, req, rows, q, workers, *counts in cursor.fetchall():
+            key = (v, int(b))
+            scalars[key] = {"requests": float(req or 0), "queue_depth": float(q or 0) * workers / rows}
+            offset = 0
+            for field, le in shapes.items():
+                part = [int(c or 0) for c in counts[offset : offset + len(le)]]
+                offset += len(le)
+                if field == "latency_histogram":
+                    latency[key] = {"le": le, "counts": part}
+                else:
+                    batch[v] = histograms.merge([batch.get(v, {}), {"le": le, "counts": part}])
         cursor.execute(
-            f"SELECT r.variant_id, {bucket} AS b, {d.outcome_key}, SUM({d.outcome_value})"  # noqa: S608
-            f" FROM {TABLE} r {d.outcomes} WHERE {where} GROUP BY r.variant_id, b, {d.outcome_key}",
+            f"SELECT r.variant_id, {bucket} AS b, o.key, SUM({d.outcome_value})"  # noqa: S608
+            f" FROM {TABLE} r {d.outcomes} WHERE {where} GROUP BY r.variant_id, b, o.key",
             params,
         )
         outcomes: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
@@ -147,34 +160,33 @@ def aggregate(deployment_id: int, resolution: str, step: int, first: datetime) -
         scalars=scalars,
         latency=latency,
         outcomes=dict(outcomes),
-        batch={variant: histogram for (variant, _), histogram in batch_rows.items()},
+        batch=batch,
         workers=workers,
         last_end=newest,
     )
 
 
+def _newest_bounds(deployment_id: int) -> dict[str, list[Any]]:
+    """The latency and batch histogram bounds of the deployment's newest report (indexed reads)."""
+    newest: dict[str, Any] = {}
+    for tier in TIERS:
+        row = (
+            Report.objects.filter(deployment_id=deployment_id, resolution=tier.resolution)
+            .order_by("-end")
+            .values("latency_histogram", "batch_histogram")
+            .first()
+        )
+        if row is not None:
+            newest = dict(row)
+            break
+    shapes: dict[str, list[Any]] = {}
+    for field in ("latency_histogram", "batch_histogram"):
+        histogram = newest.get(field)
+        le = histogram.get("le") if isinstance(histogram, dict) else None
+        if isinstance(le, list) and 0 < len(le) <= MAX_BUCKETS:
+            shapes[field] = le
+    return shapes
+
+
 def _f(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _histograms(
-    cursor: Any, d: Dialect, field: str, bucket: str, where: str, params: list[Any]
-) -> dict[tuple[int, int], dict[str, Any]]:
-    """Summed bucket counts per (variant, bucket); other bounds than the first found are left out."""
-    bounds = d.bounds.format(field=field)
-    cursor.execute(
-        f"SELECT r.variant_id, {bucket} AS b, {bounds} AS le, {d.count_index} AS i,"  # noqa: S608
-        f" SUM({d.count_value}) FROM {TABLE} r {d.counts.format(field=field)}"
-        f" WHERE {where} GROUP BY r.variant_id, b, le, i",
-        params,
-    )
-    out: dict[tuple[int, int], dict[str, Any]] = {}
-    counts: dict[tuple[int, int, str], dict[int, int]] = defaultdict(dict)
-    for v, b, le, i, total in cursor.fetchall():
-        counts[(v, int(b), str(le))][int(i)] = int(total or 0)
-    for (v, b, le), by_index in counts.items():
-        key = (v, b)
-        if key in out:
-            continue  # mixed bounds in one bucket: the first set wins, as histograms.merge does
-        out[key] = {"le": json.loads(le), "counts": [by_index.get(i, 0) for i in range(max(by_index) + 1)]}
-    return out
