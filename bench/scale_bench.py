@@ -19,6 +19,7 @@ import argparse
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -227,6 +228,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    # A stopped run still drops its throwaway database (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     connection = _setup()
     load_before = os.getloadavg()[0]
     try:
