@@ -260,6 +260,13 @@ CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
     "schedule": KILN_RECONCILE_INTERVAL_S,
     "options": {"expires": KILN_RECONCILE_INTERVAL_S * 2},
 }
+# The autoscaler's tick: load observed, decisions taken, activation requests answered.
+KILN_AUTOSCALE_INTERVAL_S = env_float("KILN_AUTOSCALE_INTERVAL_S", 1.0, minimum=0.2)
+CELERY_BEAT_SCHEDULE["autoscale"] = {
+    "task": "deployments.autoscale",
+    "schedule": KILN_AUTOSCALE_INTERVAL_S,
+    "options": {"expires": KILN_AUTOSCALE_INTERVAL_S * 2},
+}
 CELERY_BEAT_SCHEDULE["downsample-reports"] = {"task": "deployments.downsample_reports", "schedule": 60.0}
 KILN_ROLLOUT_INTERVAL_S = env_float("KILN_ROLLOUT_INTERVAL_S", 2.0, minimum=0.5)
 CELERY_BEAT_SCHEDULE["advance-rollouts"] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -11,6 +12,10 @@ from django.http import HttpRequest
 from config.admin_lists import LargeTableAdmin
 from config.errors import PlatformError
 from deployments import services
+from deployments.autoscaling.models import ScalingDecision, ScalingPolicy
+from deployments.autoscaling.table import AUTOSCALING
+from deployments.errors import InvalidDeploymentError
+from deployments.inputs import AutoscalingPolicy
 from deployments.models import Deployment, Report, Variant, Worker, WorkerImage
 from registry.permissions import ensure_can_change
 
@@ -137,6 +142,79 @@ class WorkerImageAdmin(admin.ModelAdmin[WorkerImage]):
     list_filter = ("status", "flavour", "reused")
     search_fields = ("tag", "version__model__name", "worker_code_hash")
     readonly_fields = [f.name for f in WorkerImage._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ScalingPolicyForm(forms.ModelForm[ScalingPolicy]):
+    """Checks the policy as the API does (the typed input), naming the field."""
+
+    class Meta:
+        model = ScalingPolicy
+        fields = ("variant", *AUTOSCALING)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if all(name in cleaned for name in AUTOSCALING):
+            try:
+                self.policy = AutoscalingPolicy(**{name: cleaned[name] for name in AUTOSCALING})
+            except InvalidDeploymentError as exc:
+                field = exc.message.partition(":")[0]
+                if field not in AUTOSCALING:
+                    raise forms.ValidationError(exc.message) from None
+                raise forms.ValidationError({field: exc.message}) from None
+        return cleaned
+
+
+@admin.register(ScalingPolicy)
+class ScalingPolicyAdmin(admin.ModelAdmin[ScalingPolicy]):
+    """Changes go through the autoscaling service: replicas move into the bounds, the change is audited."""
+
+    form = ScalingPolicyForm
+    list_display = ("variant", *AUTOSCALING, "last_scaled_at", "last_active_at")
+    list_select_related = ("variant__deployment",)
+    readonly_fields = ("last_scaled_at", "last_active_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return (*self.readonly_fields, "variant") if obj is not None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: ScalingPolicy, form: Any, change: bool) -> None:
+        variant = Variant.objects.select_related("deployment__model").get(pk=obj.variant_id)
+        try:
+            ensure_can_change(request.user, variant.deployment.model)
+            services.set_autoscaling(variant=variant, policy=form.policy, actor=request.user)
+        except PlatformError as exc:
+            self.message_user(request, f"{variant}: {exc.message}", messages.ERROR)
+        obj.pk = ScalingPolicy.objects.filter(variant=variant).values_list("pk", flat=True).first()
+
+    def delete_model(self, request: HttpRequest, obj: ScalingPolicy) -> None:
+        services.remove_autoscaling(variant=obj.variant, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ScalingPolicy]) -> None:
+        for policy in queryset.select_related("variant"):
+            self.delete_model(request, policy)
+
+
+@admin.register(ScalingDecision)
+class ScalingDecisionAdmin(admin.ModelAdmin[ScalingDecision]):
+    """Read-only: what the autoscaler decided and what it saw."""
+
+    list_display = (
+        "created_at",
+        "variant",
+        "from_replicas",
+        "to_replicas",
+        "reason",
+        "short_load",
+        "long_load",
+    )
+    list_filter = ("reason",)
+    list_select_related = ("variant__deployment",)
+    date_hierarchy = "created_at"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

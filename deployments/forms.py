@@ -7,14 +7,22 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
+from deployments.autoscaling.table import AUTOSCALING
 from deployments.backends import BACKEND_NAMES
-from deployments.inputs import Placement, RolloutPolicy, VariantSpec, VersionTarget, gpu_ids
+from deployments.inputs import (
+    AutoscalingPolicy,
+    Placement,
+    RolloutPolicy,
+    VariantSpec,
+    VersionTarget,
+    gpu_ids,
+)
 from inference_worker.contracts.batching import BATCHING
 from inference_worker.contracts.options import Kind, OptionField, whole
 
 
 def batching_field(option: OptionField[Any]) -> forms.Field:
-    """The form field of one batching option: bounds, label and help from the option table."""
+    """The form field of one option (batching, autoscaling): bounds, label and help from its table."""
     label, help_text = option.title, option.help
     if option.kind is Kind.INT:
         low, high = whole(option.low), whole(option.high)
@@ -105,6 +113,19 @@ class DeploymentCreateForm(BatchingFields):
         constraints = [line.strip() for line in self.cleaned_data["constraints"].splitlines() if line.strip()]
         spread = [part for part in self.cleaned_data["spread"].replace(",", " ").split() if part]
         return Placement.parse({"constraints": constraints, "spread": spread})
+
+
+class AutoscalingForm(forms.Form):
+    """A variant's autoscaling policy: one field per option of the table, its current value shown."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for option in AUTOSCALING.values():
+            self.fields[option.name] = batching_field(option)
+            self.fields[option.name].initial = self.initial.get(option.name, option.default)
+
+    def policy(self) -> AutoscalingPolicy:
+        return AutoscalingPolicy(**{name: self.cleaned_data[name] for name in AUTOSCALING})
 
 
 class ScaleForm(forms.Form):

@@ -16,7 +16,17 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from deployments.autoscaling.table import (
+    AUTOSCALING,
+    DOWNSCALE_DELAY_S,
+    IDLE_BEFORE_ZERO_S,
+    MAX_REPLICAS,
+    MIN_REPLICAS,
+    TARGET_IN_FLIGHT,
+    UPSCALE_DELAY_S,
+)
 from deployments.errors import InvalidDeploymentError
+from inference_worker.contracts.errors import ContractError
 from registry.models import slug_validator
 
 
@@ -297,6 +307,52 @@ class VariantSpec:
             raise InvalidDeploymentError(f"{prefix}{exc.message}", extra=exc.extra) from None
 
 
+@dataclass(frozen=True)
+class AutoscalingPolicy:
+    """A variant's autoscaling policy: bounds and defaults from ``autoscaling.table``, checked here.
+
+    ``max_replicas`` is also capped by ``KILN_MAX_REPLICAS``, and the minimum may not pass it.
+    """
+
+    min_replicas: int = MIN_REPLICAS.default
+    max_replicas: int = MAX_REPLICAS.default
+    target_in_flight: float = TARGET_IN_FLIGHT.default
+    upscale_delay_s: float = UPSCALE_DELAY_S.default
+    downscale_delay_s: float = DOWNSCALE_DELAY_S.default
+    idle_before_zero_s: float = IDLE_BEFORE_ZERO_S.default
+
+    def __post_init__(self) -> None:
+        for option in AUTOSCALING.values():
+            try:
+                object.__setattr__(self, option.name, option.check(getattr(self, option.name)))
+            except ContractError as exc:
+                raise InvalidDeploymentError(f"{option.name}: {exc.reason}") from None
+        most = settings.KILN_MAX_REPLICAS
+        if self.max_replicas > most:
+            raise InvalidDeploymentError(f"max_replicas: at most {most} on this platform (KILN_MAX_REPLICAS)")
+        if self.min_replicas > self.max_replicas:
+            raise InvalidDeploymentError(
+                f"min_replicas: {self.min_replicas} is above max_replicas ({self.max_replicas})"
+            )
+
+    @classmethod
+    def parse(cls, raw: Any, *, base: AutoscalingPolicy | None = None, prefix: str = "") -> AutoscalingPolicy:
+        """From a JSON object; absent options keep ``base``'s values (the defaults without one)."""
+        if not isinstance(raw, Mapping):
+            raise InvalidDeploymentError(f"{prefix}autoscaling: must be an object")
+        unknown = sorted(str(name) for name in raw if name not in AUTOSCALING)
+        if unknown:
+            raise InvalidDeploymentError(f"{prefix}{unknown[0]}: not an autoscaling option")
+        try:
+            return cls(**{**(base or cls()).values(), **raw})
+        except InvalidDeploymentError as exc:
+            raise InvalidDeploymentError(f"{prefix}{exc.message}") from None
+
+    def values(self) -> dict[str, Any]:
+        """Each option by name, in the table's order."""
+        return {name: getattr(self, name) for name in AUTOSCALING}
+
+
 def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidDeploymentError(f"{name}: must be a number")
@@ -305,6 +361,7 @@ def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
 
 
 __all__ = (
+    "AutoscalingPolicy",
     "Placement",
     "RolloutPolicy",
     "Share",

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from deployments.autoscaling.models import ScalingDecision, ScalingPolicy  # noqa: F401 - the app's models
 from deployments.backends import BACKEND_NAMES
 from inference_worker.contracts import batching as table
 from inference_worker.contracts.options import OptionField

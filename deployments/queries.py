@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 
 from config.errors import NotFoundError
+from deployments.autoscaling.models import ScalingDecision
 from deployments.errors import DeploymentBusyError, DeploymentNotFoundError, VariantNotFoundError
 from deployments.models import (
     LIVE_WORKER_STATES,
@@ -20,16 +22,19 @@ from deployments.models import (
 from registry.permissions import ensure_can_change
 
 VISIBLE_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING, WorkerState.FAILED)
+RECENT_DECISIONS = 10
 
 
 def deployments() -> QuerySet[Deployment]:
     """Deployments with model, variants (and their versions) and visible workers."""
     workers = Worker.objects.filter(state__in=VISIBLE_WORKER_STATES).select_related("version").order_by("id")
     images = WorkerImage.objects.order_by("-created_at", "-id")
+    decisions = ScalingDecision.objects.order_by("-created_at", "-id")[:RECENT_DECISIONS]
     variants = (
-        Variant.objects.select_related("version", "pinned_version")
+        Variant.objects.select_related("version", "pinned_version", "autoscaling")
         .prefetch_related(
             Prefetch("workers", queryset=workers, to_attr="visible_workers"),
+            Prefetch("scaling", queryset=decisions, to_attr="recent_decisions"),
             Prefetch("version__worker_images", queryset=images, to_attr="images_newest_first"),
         )
         .order_by("id")
@@ -37,6 +42,25 @@ def deployments() -> QuerySet[Deployment]:
     return Deployment.objects.select_related("model", "created_by").prefetch_related(
         Prefetch("variants", queryset=variants)
     )
+
+
+def recent_decisions(variant: Variant) -> list[ScalingDecision]:
+    """The autoscaler's last decisions for ``variant``, newest first (prefetched by ``deployments()``)."""
+    found = getattr(variant, "recent_decisions", None)
+    if found is not None:
+        return list(found)
+    return list(variant.scaling.order_by("-created_at", "-id")[:RECENT_DECISIONS])
+
+
+def cold_start_s(version_id: int) -> float | None:
+    """Median seconds from start to ready of the version's last 20 workers (None: none was ready yet)."""
+    rows = (
+        Worker.objects.filter(version_id=version_id, started_at__isnull=False, ready_at__isnull=False)
+        .order_by("-ready_at")
+        .values_list("started_at", "ready_at")[:20]
+    )
+    seconds = [(ready - started).total_seconds() for started, ready in rows if ready and started]
+    return round(statistics.median(seconds), 3) if seconds else None
 
 
 def get_deployment(name: str) -> Deployment:

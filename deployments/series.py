@@ -178,7 +178,13 @@ def deployment_series(
         "refresh_s": chart.refresh_s,
         "last_report": found.last_end.isoformat() if found.last_end else None,
         "t": buckets,
-        "variants": {v.name: _variant_series(v.pk, buckets, found, chart.step_s) for v in variants},
+        "variants": {
+            v.name: {
+                **_variant_series(v.pk, buckets, found, chart.step_s),
+                "desired_replicas": _desired_replicas(v, buckets, chart.step_s, start),
+            }
+            for v in variants
+        },
         "workers": _worker_series(found, buckets),
         "gateway": gateway_numbers(deployment),
     }
@@ -193,6 +199,7 @@ def _variant_series(
         "latency_p95_ms": [],
         "latency_p99_ms": [],
         "queue_depth": [],
+        "replicas": [],
     }
     outcomes = sorted(
         {k for (v, _), counts in found.outcomes.items() if v == variant_id for k in counts if k != SUCCESS}
@@ -206,12 +213,27 @@ def _variant_series(
         series["latency_p95_ms"].append(histograms.quantile(histogram, 0.95))
         series["latency_p99_ms"].append(histograms.quantile(histogram, 0.99))
         series["queue_depth"].append(round(row["queue_depth"], 3) if row else None)
+        series["replicas"].append(int(row["replicas"]) if row else 0)
         counts = found.outcomes.get((variant_id, bucket), {})
         for outcome in outcomes:
             errors[outcome].append(round(counts.get(outcome, 0) / step, 3) if row else None)
     series["errors_per_s"] = errors
     series["batch_histogram"] = found.batch.get(variant_id, {})
     return series
+
+
+def _desired_replicas(variant: Variant, buckets: list[int], step: int, start: datetime) -> list[int]:
+    """The replica count asked for at the end of each bucket: the autoscaler's decisions as steps."""
+    decisions = list(variant.scaling.filter(created_at__gt=start).order_by("created_at", "id"))
+    before = variant.scaling.filter(created_at__lte=start).order_by("-created_at", "-id").first()
+    current = before.to_replicas if before else decisions[0].from_replicas if decisions else variant.replicas
+    values, index = [], 0
+    for bucket in buckets:
+        while index < len(decisions) and decisions[index].created_at.timestamp() < bucket + step:
+            current = decisions[index].to_replicas
+            index += 1
+        values.append(current)
+    return values
 
 
 def _worker_series(found: series_sql.Aggregates, buckets: list[int]) -> dict[str, Any]:

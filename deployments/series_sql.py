@@ -124,7 +124,11 @@ def aggregate(deployment_id: int, resolution: str, step: int, first: datetime) -
         batch: dict[int, dict[str, Any]] = {}
         for v, b, req, rows, q, workers, *counts in cursor.fetchall():
             key = (v, int(b))
-            scalars[key] = {"requests": float(req or 0), "queue_depth": float(q or 0) * workers / rows}
+            scalars[key] = {
+                "requests": float(req or 0),
+                "queue_depth": float(q or 0) * workers / rows,
+                "replicas": float(workers),
+            }
             offset = 0
             for field, le in shapes.items():
                 part = [int(c or 0) for c in counts[offset : offset + len(le)]]

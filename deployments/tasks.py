@@ -34,6 +34,13 @@ def reconcile_all_task() -> dict[str, int]:
     return reconcile_all()
 
 
+@shared_task(name="deployments.autoscale", acks_late=True, soft_time_limit=20, time_limit=30)
+def autoscale_task() -> dict[str, int]:
+    from deployments.services.autoscaling import autoscale
+
+    return autoscale()
+
+
 @shared_task(name="deployments.downsample_reports", acks_late=True, time_limit=600)
 def downsample_reports_task() -> dict[str, int]:
     from deployments.services import downsample_reports

@@ -17,6 +17,11 @@ urlpatterns = [
     path("deployments/<slug:name>/variants/", views.variant_add, name="variant-add"),
     path("deployments/<slug:name>/variants/<slug:variant>/scale/", views.variant_scale, name="variant-scale"),
     path(
+        "deployments/<slug:name>/variants/<slug:variant>/autoscaling/",
+        views.variant_autoscaling,
+        name="variant-autoscaling",
+    ),
+    path(
         "deployments/<slug:name>/variants/<slug:variant>/version/",
         views.variant_version,
         name="variant-version",

@@ -14,7 +14,14 @@ from django.views.decorators.http import require_POST
 from config.errors import NotFoundError, PlatformError
 from deployments import queries, services
 from deployments.backends import get_backend, uses_images
-from deployments.forms import AddVariantForm, DeploymentCreateForm, RolloutForm, ScaleForm, VersionForm
+from deployments.forms import (
+    AddVariantForm,
+    AutoscalingForm,
+    DeploymentCreateForm,
+    RolloutForm,
+    ScaleForm,
+    VersionForm,
+)
 from deployments.inputs import VariantSpec, VersionTarget
 from deployments.models import Worker
 from deployments.services.batching import propose_batching
@@ -94,6 +101,7 @@ def _live_context(request: HttpRequest, name: str) -> dict[str, Any]:
     for variant in variants:
         image = latest_image_of(variant) if uses_images(variant.backend) else None
         setattr(variant, "worker_image", image)  # noqa: B010
+        setattr(variant, "cold_start_s", queries.cold_start_s(variant.version_id))  # noqa: B010
     return {
         "deployment": deployment,
         "variants": variants,
@@ -111,6 +119,7 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
         "gateway": settings.KILN_GATEWAY_URL,
         "events": audit_events().filter(subject=f"deployment/{name}")[:30],
         "scale_form": ScaleForm(),
+        "autoscaling_forms": [(v, _autoscaling_form(v)) for v in context["variants"]],
         "version_form": VersionForm(),
         "add_form": AddVariantForm(),
         "rollout_form": RolloutForm(),
@@ -118,6 +127,12 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
         "rollouts": deployment.rollouts.select_related("candidate", "baseline")[:20],
         "shadow": _shadow_numbers(deployment),
     }
+
+
+def _autoscaling_form(variant: Any) -> AutoscalingForm:
+    policy = services.policy_of(variant)
+    initial = policy.values() if policy is not None else {}
+    return AutoscalingForm(initial=initial, auto_id=f"autoscaling-{variant.name}-%s")
 
 
 def _shadow_numbers(deployment: Any) -> dict[str, Any]:
@@ -195,6 +210,25 @@ def variant_scale(request: HttpRequest, name: str, variant: str) -> HttpResponse
         services.scale_variant(variant=row, replicas=form.cleaned_data["replicas"], actor=user)
 
     return act_on_deployment(request, name, act, f"Scaling {variant}.")
+
+
+@login_required
+@require_POST
+def variant_autoscaling(request: HttpRequest, name: str, variant: str) -> HttpResponse:
+    """Set a variant's autoscaling policy, or turn it off (``off`` in the form)."""
+    form = AutoscalingForm(request.POST)
+    row = queries.get_variant(name, variant)
+
+    def act(_d: Any, user: Actor) -> None:
+        if "off" in request.POST:
+            services.remove_autoscaling(variant=row, actor=user)
+            return
+        if not form.is_valid():
+            field, errors = next(iter(form.errors.items()))
+            raise PlatformError(f"{field}: {' '.join(str(e) for e in errors)}")
+        services.set_autoscaling(variant=row, policy=form.policy(), actor=user)
+
+    return act_on_deployment(request, name, act, f"Autoscaling of {variant} saved.")
 
 
 @login_required

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``inference-worker`` and ``python -m inference_worker``."""
     args = build_parser().parse_args(argv)
     if args.command == "gateway":
-        from inference_worker.gateway.app import main as gateway_main
+        from inference_worker.gateway.main import main as gateway_main
 
         return gateway_main(args)
     try:

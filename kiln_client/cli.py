@@ -184,6 +184,35 @@ def cmd_traffic(client: Client, args: argparse.Namespace, out: Progress) -> int:
     return 0
 
 
+AUTOSCALING_FLAGS = (
+    ("min", "min_replicas", int, "replicas kept without load (0: scale to zero when idle)"),
+    ("max", "max_replicas", int, "replicas never exceeded"),
+    ("target", "target_in_flight", float, "requests in flight per replica to aim for"),
+    ("upscale_delay", "upscale_delay_s", float, "seconds of load averaged to scale up"),
+    (
+        "downscale_delay",
+        "downscale_delay_s",
+        float,
+        "seconds of load averaged (and since a change) to scale down",
+    ),
+    ("idle", "idle_before_zero_s", float, "seconds without a request before the last replica stops (min 0)"),
+)
+"""Flag, API field, type, help: the platform checks bounds and fills defaults (GET shows them)."""
+
+
+def cmd_autoscale(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    path = f"/deployments/{args.deployment}/variants/{args.variant}/"
+    if args.off:
+        variant = client.delete(f"{path}autoscaling/")
+        out.line(f"{args.deployment}/{args.variant}: autoscaling off, {variant['replicas']} replica(s)")
+        return 0
+    given = {field: getattr(args, flag) for flag, field, _, _ in AUTOSCALING_FLAGS}
+    given = {field: value for field, value in given.items() if value is not None}
+    variant = client.put(f"{path}autoscaling/", given) if given else client.get(path)
+    print(json.dumps({"replicas": variant["replicas"], "autoscaling": variant["autoscaling"]}, indent=2))
+    return 0
+
+
 def cmd_rollout(client: Client, args: argparse.Namespace, out: Progress) -> int:
     base = f"/deployments/{args.deployment}/rollouts/"
     if args.action == "start":
@@ -290,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("split", nargs="*")
     p.add_argument("--reason", default="")
     p.set_defaults(run=cmd_traffic)
+
+    p = sub.add_parser("autoscale", help="show or set a variant's autoscaling policy (--off: fixed replicas)")
+    p.add_argument("deployment")
+    p.add_argument("variant")
+    for flag, _, kind, text in AUTOSCALING_FLAGS:
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
+    p.add_argument("--off", action="store_true", help="back to a fixed replica count")
+    p.set_defaults(run=cmd_autoscale)
 
     p = sub.add_parser("rollout", help="start, watch, pause, resume or abort a guarded rollout")
     p.add_argument("action", choices=["start", "watch", "pause", "resume", "abort"])

@@ -104,7 +104,9 @@ def _database_families() -> Iterator[Metric]:
     yield status
 
     variants = list(
-        Variant.objects.select_related("deployment__model", "version").order_by("deployment__name", "name")
+        Variant.objects.select_related("deployment__model", "version", "autoscaling").order_by(
+            "deployment__name", "name"
+        )
     )
     current_spec = {variant.pk: spec_hash(variant) for variant in variants}
     counts: dict[tuple[int, str], int] = {}
@@ -130,6 +132,11 @@ def _variant_families(variants: list[Any], counts: dict[tuple[int, str], int]) -
     )
     desired = GaugeMetricFamily(
         "kiln_variant_replicas_desired", "Replicas the variant should run (0 when stopped).", labels=labels
+    )
+    most = GaugeMetricFamily(
+        "kiln_variant_replicas_max",
+        "The autoscaler's maximum for the variant (its fixed replica count without autoscaling).",
+        labels=labels,
     )
     weight = GaugeMetricFamily(
         "kiln_variant_traffic_weight_ratio",
@@ -164,12 +171,14 @@ def _variant_families(variants: list[Any], counts: dict[tuple[int, str], int]) -
             1.0,
         )
         desired.add_metric(names, float(variant.replicas if variant.deployment.desired_running else 0))
+        policy = getattr(variant, "autoscaling", None)
+        most.add_metric(names, float(policy.max_replicas if policy is not None else variant.replicas))
         weight.add_metric(names, variant.weight / 100.0)
         shadow.add_metric(names, variant.shadow_percent / 100.0)
         queue.add_metric(names, float(variant.max_queue_size))
         for state in _WORKER_STATES:
             workers.add_metric([*names, state], float(counts.get((variant.pk, state), 0)))
-    yield from (info, desired, weight, shadow, queue, workers)
+    yield from (info, desired, most, weight, shadow, queue, workers)
 
 
 def _image_families() -> Iterator[Metric]:
@@ -189,6 +198,7 @@ def _event_families(client: redis.Redis) -> Iterator[Metric]:
     yield _counter(events.IMAGE_BUILD_FAILURES, client)
     yield _counter(events.CELERY_TASKS, client)
     yield _counter(events.RECONCILE_ACTIONS_TOTAL, client)
+    yield _counter(events.SCALING_DECISIONS_TOTAL, client)
 
 
 def _counter(metric: SharedCounter, client: redis.Redis) -> CounterMetricFamily:

@@ -53,6 +53,12 @@ RECONCILE_ACTIONS_TOTAL = SharedCounter(
     ("deployment", "variant", "action"),
 )
 
+SCALING_DECISIONS_TOTAL = SharedCounter(
+    "kiln_autoscaling_decisions",
+    "Replica changes by the autoscaler, by reason (load_up, load_down, idle, activate, minimum, maximum).",
+    ("deployment", "variant", "reason"),
+)
+
 
 def record_conversion(*, outcome: str, duration_s: float | None, reason: str = "") -> None:
     """A conversion ended: ``ready`` or ``failed`` (with its error code as ``reason``)."""
@@ -73,6 +79,11 @@ def record_image_build(*, outcome: str, duration_s: float | None, reason: str = 
 def record_reconcile_action(*, deployment: str, variant: str, action: str) -> None:
     """The reconcile loop started, restarted, drained or failed a worker of ``deployment/variant``."""
     RECONCILE_ACTIONS_TOTAL.inc(deployment, variant, action)
+
+
+def record_scaling_decision(*, deployment: str, variant: str, reason: str) -> None:
+    """The autoscaler changed the replicas of ``deployment/variant`` for ``reason``."""
+    SCALING_DECISIONS_TOTAL.inc(deployment, variant, reason)
 
 
 def _task_name(sender: Any) -> str:

@@ -8,9 +8,12 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from deployments.autoscaling.models import ScalingDecision
+from deployments.autoscaling.table import AUTOSCALING
 from deployments.backends import BACKEND_NAMES, uses_images
-from deployments.inputs import VariantSpec, VersionTarget
+from deployments.inputs import AutoscalingPolicy, VariantSpec, VersionTarget
 from deployments.models import Deployment, Variant, Worker, WorkerImage
+from deployments.queries import cold_start_s, recent_decisions
 from deployments.services.images import latest_image_of
 from inference_worker.contracts.batching import BATCHING, encode_batching
 from inference_worker.contracts.options import Kind, OptionField, whole
@@ -86,6 +89,26 @@ class PlacementInput(serializers.Serializer[Any]):
     )
 
 
+class ScalingDecisionOutput(serializers.ModelSerializer[ScalingDecision]):
+    """One change of replicas by the autoscaler and what it saw."""
+
+    class Meta:
+        model = ScalingDecision
+        fields = ("created_at", "from_replicas", "to_replicas", "reason", "short_load", "long_load", "idle_s")
+
+
+class AutoscalingOutput(serializers.Serializer[Any]):
+    """A variant's autoscaling policy, its recent decisions and its version's cold start."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = {option.name: option_field(option) for option in AUTOSCALING.values()}
+        return {
+            **fields,
+            "last_scaled_at": serializers.DateTimeField(allow_null=True),
+            "last_active_at": serializers.DateTimeField(allow_null=True),
+        }
+
+
 class VariantOutput(serializers.ModelSerializer[Variant]):
     version = serializers.IntegerField(source="version.version")
     pinned_version = serializers.IntegerField(source="pinned_version.version", default=None)
@@ -95,6 +118,11 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
     ready_replicas = serializers.SerializerMethodField()
     image = serializers.SerializerMethodField()
     placement = serializers.SerializerMethodField()
+    autoscaling = serializers.SerializerMethodField()
+    scaling_decisions = serializers.SerializerMethodField()
+    cold_start_s = serializers.SerializerMethodField(
+        help_text="median start-to-ready of its version's workers"
+    )
 
     class Meta:
         model = Variant
@@ -115,8 +143,23 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
             "batching",
             "batching_note",
             "workers",
+            "autoscaling",
+            "scaling_decisions",
+            "cold_start_s",
             "remove_requested_at",
         )
+
+    @extend_schema_field(AutoscalingOutput(allow_null=True))
+    def get_autoscaling(self, obj: Variant) -> dict[str, Any] | None:
+        policy = getattr(obj, "autoscaling", None)
+        return None if policy is None else dict(AutoscalingOutput(policy).data)
+
+    @extend_schema_field(ScalingDecisionOutput(many=True))
+    def get_scaling_decisions(self, obj: Variant) -> list[dict[str, Any]]:
+        return list(ScalingDecisionOutput(recent_decisions(obj), many=True).data)
+
+    def get_cold_start_s(self, obj: Variant) -> float | None:
+        return cold_start_s(obj.version_id)
 
     def get_batching(self, obj: Variant) -> dict[str, Any]:
         return encode_batching(obj.batching)
@@ -177,8 +220,8 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
         }
 
 
-def batching_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
-    """The input field of one batching option: type and bounds from the option table, not required."""
+def option_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, Any]:
+    """The input field of one option (batching, autoscaling): type and bounds from its table, not required."""
     low, high = whole(option.low), whole(option.high)
     if option.kind is Kind.INT:
         return serializers.IntegerField(required=False, help_text=option.help, min_value=low, max_value=high)
@@ -194,7 +237,7 @@ class BatchingInput(serializers.Serializer[Any]):
     """Any of the batching options; the fields are made from the option table at validation time."""
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        return {option.name: batching_field(option) for option in BATCHING.values()}
+        return {option.name: option_field(option) for option in BATCHING.values()}
 
 
 class VariantInput(serializers.Serializer[Any]):
@@ -238,6 +281,19 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
 
 class ScaleInput(serializers.Serializer[Any]):
     replicas = serializers.IntegerField()
+
+
+class AutoscalingInput(serializers.Serializer[Any]):
+    """Any of the autoscaling options; those left out keep the current policy's value (or the default)."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {option.name: option_field(option) for option in AUTOSCALING.values()}
+
+    def policy(self, base: AutoscalingPolicy | None) -> AutoscalingPolicy:
+        """The policy asked for; an option the table does not know is refused, not ignored."""
+        given = self.initial_data if isinstance(self.initial_data, dict) else {}
+        unknown = {name: None for name in given if name not in AUTOSCALING}
+        return AutoscalingPolicy.parse({**unknown, **self.validated_data}, base=base)
 
 
 class VersionInput(serializers.Serializer[Any]):

@@ -32,6 +32,11 @@ urlpatterns = [
         name="variant-scale",
     ),
     path(
+        "deployments/<slug:name>/variants/<slug:variant>/autoscaling/",
+        views.AutoscalingView.as_view(),
+        name="variant-autoscaling",
+    ),
+    path(
         "deployments/<slug:name>/variants/<slug:variant>/version/",
         views.VersionView.as_view(),
         name="variant-version",

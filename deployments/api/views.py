@@ -123,6 +123,26 @@ class ScaleView(APIView):
         return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
 
 
+class AutoscalingView(APIView):
+    """``PUT`` a variant's autoscaling policy (options left out keep their value); ``DELETE`` it."""
+
+    @extend_schema(request=s.AutoscalingInput, responses={202: s.VariantOutput})
+    def put(self, request: Request, name: str, variant: str) -> Response:
+        row = queries.variant_for_change(name, variant, request.user)
+        data = s.AutoscalingInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        policy = data.policy(base=services.policy_of(row))
+        services.set_autoscaling(variant=row, policy=policy, actor=request.user)
+        return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
+
+    @extend_schema(request=None, responses={202: s.VariantOutput})
+    def delete(self, request: Request, name: str, variant: str) -> Response:
+        """Back to a fixed replica count: the one running now."""
+        row = queries.variant_for_change(name, variant, request.user)
+        services.remove_autoscaling(variant=row, actor=request.user)
+        return Response(s.VariantOutput(queries.get_variant(name, variant)).data, status=202)
+
+
 class VersionView(APIView):
     """``PUT {"version": n}`` or ``{"alias": name}``: roll a variant to another version."""
 

@@ -1,5 +1,6 @@
 """Deployment services, split by concept: deployments, variants, batching, workers and reports, routing."""
 
+from deployments.services.autoscaling import policy_of, remove_autoscaling, set_autoscaling
 from deployments.services.batching import propose_batching, validate_batching
 from deployments.services.deployments import (
     add_variant,
@@ -32,10 +33,13 @@ __all__ = (
     "downsample_reports",
     "ingest_report",
     "on_alias_moved",
+    "policy_of",
     "propose_batching",
     "publish_routing_table",
+    "remove_autoscaling",
     "remove_variant",
     "scale_variant",
+    "set_autoscaling",
     "set_deployment_running",
     "set_variant_version",
     "update_batching",

@@ -16,10 +16,12 @@ import time
 
 import redis
 from django.conf import settings
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from config.redis import redis_client
-from deployments.models import Deployment, Worker, WorkerState
+from deployments.autoscaling.models import ScalingPolicy
+from deployments.models import Deployment, Variant, Worker, WorkerState
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.routing import (
     DeploymentRecord,
@@ -43,7 +45,9 @@ def build_routing_table() -> TableRecord:
     for worker in ready:
         by_variant.setdefault(worker.variant_id, []).append(worker)
     running = (
-        Deployment.objects.filter(desired_running=True).select_related("model").prefetch_related("variants")
+        Deployment.objects.filter(desired_running=True)
+        .select_related("model")
+        .prefetch_related(Prefetch("variants", queryset=Variant.objects.select_related("autoscaling")))
     )
     deployments = {}
     for deployment in running:
@@ -62,6 +66,7 @@ def build_routing_table() -> TableRecord:
                     weight=variant.weight,
                     shadow_percent=variant.shadow_percent,
                     replicas=replicas,
+                    activate=_scales_to_zero(variant),
                 )
             )
         deployments[deployment.name] = DeploymentRecord(model=deployment.model.name, variants=tuple(variants))
@@ -81,6 +86,12 @@ def _replica(worker: Worker) -> ReplicaRecord | None:
     except ContractError as exc:
         logger.warning("worker %s is left out of the routing table: %s", worker.pk, exc)
         return None
+
+
+def _scales_to_zero(variant: Variant) -> bool:
+    """An autoscaled variant with a minimum of 0: gateways hold its requests while it has no replica."""
+    policy: ScalingPolicy | None = getattr(variant, "autoscaling", None)
+    return policy is not None and policy.min_replicas == 0
 
 
 def _served_version(workers: list[Worker]) -> int:

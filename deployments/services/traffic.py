@@ -48,10 +48,18 @@ def _check_split(split: Split, variants: dict[str, Variant], previous: Split) ->
     for name, share in split.items():
         before = previous.get(name)
         needs_replica = share.weight > (before.weight if before else 0) or share.shadow_percent
-        if needs_replica and not variants[name].workers.filter(state=WorkerState.READY).exists():
+        if needs_replica and not _can_serve(variants[name], share.shadow_percent):
             raise InvalidDeploymentError(
                 f"split.{name}: variant {name!r} has no ready replica, so it cannot take traffic yet"
             )
+
+
+def _can_serve(variant: Variant, shadow_percent: int) -> bool:
+    """A ready replica, or live traffic for a variant at zero that the gateway's activator wakes."""
+    if variant.workers.filter(state=WorkerState.READY).exists():
+        return True
+    policy = getattr(variant, "autoscaling", None)
+    return not shadow_percent and policy is not None and policy.min_replicas == 0
 
 
 @transaction.atomic

@@ -7,6 +7,7 @@ Each gateway writes a snapshot into the Redis hash ``<routing key>:stats``
      "updated_at": 1732700100.5, "routing_table_version": 17,
      "deployments": {"fraud": {"variants": {"b": {
         "version": 4, "requests": 120, "responses": {"200": 118, "503": 2}, "retries": 1,
+        "busy_s": 3.2, "in_flight": 3, "held": 0,
         "latency_ms": {"le": [0.5, 1, ..., "+Inf"], "counts": [...]},
         "shadow": {"sent": 60, "dropped": 0, "errors": 0, "compared": 60,
                    "argmax_compared": 60, "argmax_equal": 59,
@@ -14,7 +15,12 @@ Each gateway writes a snapshot into the Redis hash ``<routing key>:stats``
                    "latency_ms": {...}, "live_latency_ms": {...}}}}}}}
 
 Counters are cumulative since the gateway started, so the snapshots of all
-gateways add up (``add_variant_stats``). A variant's ``version`` is the newest
+gateways add up (``add_variant_stats``). ``busy_s`` is the time the answered
+requests spent in the gateway, added up: its growth over a window divided by the
+window is the mean number of requests in flight (Little's law), which the
+autoscaler reads. ``in_flight`` (sent to a replica, not answered yet) and
+``held`` (waiting in the activator for a replica of a variant scaled to zero)
+are gauges of the moment of the snapshot. A variant's ``version`` is the newest
 model version it served (during a rolling update it serves two).
 Compatibility: snapshots without ``schema`` (from before it) read the same.
 """
@@ -62,6 +68,12 @@ class VariantStats:
     retries: int = 0
     latency_ms: HistogramRecord = field(default_factory=HistogramRecord)
     shadow: ShadowStats = field(default_factory=ShadowStats)
+    busy_s: float = 0.0
+    """Seconds the answered requests spent in the gateway, added up (cumulative)."""
+    in_flight: int = 0
+    """Requests sent to a replica and not answered yet (a gauge)."""
+    held: int = 0
+    """Requests waiting in the activator for a replica to start (a gauge)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,9 @@ def add_variant_stats(a: VariantStats, b: VariantStats) -> VariantStats:
         retries=a.retries + b.retries,
         latency_ms=a.latency_ms.plus(b.latency_ms),
         shadow=add_shadow_stats(a.shadow, b.shadow),
+        busy_s=a.busy_s + b.busy_s,
+        in_flight=a.in_flight + b.in_flight,
+        held=a.held + b.held,
     )
 
 
@@ -137,6 +152,9 @@ def _encode_variant(stats: VariantStats) -> dict[str, Any]:
         "responses": dict(stats.responses),
         "retries": stats.retries,
         "latency_ms": encode_histogram(stats.latency_ms),
+        "busy_s": stats.busy_s,
+        "in_flight": stats.in_flight,
+        "held": stats.held,
         "shadow": {
             "sent": shadow.sent,
             "dropped": shadow.dropped,
@@ -191,6 +209,9 @@ def _parse_variant(payload: object, where: str) -> VariantStats:
         retries=_count(item, "retries", where),
         latency_ms=_histogram(item, "latency_ms", where),
         shadow=_parse_shadow(shadow, at(where, "shadow")),
+        busy_s=number(item.get("busy_s", 0.0), at(where, "busy_s"), low=0),
+        in_flight=_count(item, "in_flight", where),
+        held=_count(item, "held", where),
     )
 
 

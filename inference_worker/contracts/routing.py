@@ -9,13 +9,17 @@ every gateway follows it. Format::
      "deployments": {
         "fraud": {"model": "fraud-model", "variants": [
             {"name": "primary", "model_name": "fraud", "version": "3", "weight": 90, "shadow_percent": 0,
+             "activate": false,
              "replicas": [{"id": 12, "url": "http://127.0.0.1:40123", "grpc": "127.0.0.1:40124",
                            "version": "3"}]}]}}}
 
 ``version`` (of the table) grows with every publication. A variant with
 weight 0 and a shadow percentage gets copies of live requests. A replica's
 ``version`` is the model version it serves (during a rolling update a variant's
-replicas serve two); ``grpc`` is its gRPC target, for clients and for people.
+replicas serve two); ``grpc`` is its gRPC target, for clients and for people. ``activate`` marks a
+variant that may be scaled to zero: while it has no replica, a gateway holds its
+requests and asks the platform for one (``contracts.activation``) instead of
+answering 503.
 
 Compatibility: tables from before the schema name (no ``schema``, versions as
 integers) are read the same; the defaults below are what those tables left out.
@@ -31,7 +35,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from inference_worker.contracts.errors import ContractError
-from inference_worker.contracts.wire import at, integer, mapping, number, plain, sequence, text
+from inference_worker.contracts.wire import at, integer, mapping, number, plain, sequence, switch, text
 
 SCHEMA = "kiln.routing-table/v1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
@@ -92,6 +96,8 @@ class VariantRecord:
     weight: float
     shadow_percent: float = 0.0
     replicas: tuple[ReplicaRecord, ...] = ()
+    activate: bool = False
+    """Without a replica, hold its requests and ask the platform to start one (scale to zero)."""
 
     def __post_init__(self) -> None:
         _check_name(self.name, "name")
@@ -151,6 +157,7 @@ def _encode_variant(variant: VariantRecord) -> dict[str, Any]:
         "version": variant.version,
         "weight": plain(variant.weight),
         "shadow_percent": plain(variant.shadow_percent),
+        "activate": variant.activate,
         "replicas": [
             {"id": r.id, "url": r.url, "grpc": r.grpc, "version": r.version} for r in variant.replicas
         ],
@@ -198,6 +205,7 @@ def _parse_variant(deployment: str, payload: object, where: str) -> VariantRecor
         weight=item.get("weight", 0),
         shadow_percent=item.get("shadow_percent", 0),
         replicas=replicas,
+        activate=switch(item.get("activate", False), at(where, "activate")),
     )
 
 

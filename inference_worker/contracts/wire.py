@@ -40,6 +40,12 @@ def text(value: object, where: str) -> str:
     return value
 
 
+def switch(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ContractError(where, "must be true or false")
+    return value
+
+
 def integer(value: object, where: str, *, low: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ContractError(where, "must be an integer")

@@ -1,8 +1,10 @@
 """The gateway: one stable address splitting traffic between deployment variants.
 
-``inference-worker gateway`` (``python -m inference_worker gateway``) runs ``app.main``.
+``inference-worker gateway`` (``python -m inference_worker gateway``) runs ``main.main``.
 
-- ``app``           the ``Gateway``: lifecycle, the request path (arm, replica, proxy), ``main``
+- ``main``          the entry point: options, logging, the event loop
+- ``app``           the ``Gateway``: lifecycle, the request path (arm, replica, proxy)
+- ``activator``     requests held for a variant scaled to zero while the platform starts a replica
 - ``config``        its options (``KILN_GATEWAY_*``) and the frozen ``GatewayConfig``
 - ``routing``       the routing table's hot-path objects and the pure ``choose_arm`` / ``choose_replica``
 - ``server``        the HTTP server the gateway answers on (over ``http_base``)

@@ -8,7 +8,9 @@ routing table, ``choose_arm`` (by weight, sticky with the routing-key header),
 unchanged (the path's model name rewritten when the variant's differs). A
 connection failure, or a 503 (the worker refuses before running anything: it
 is loading, draining or its queue is full), is retried on another replica of
-the same arm, each replica at most once. Every answer carries
+the same arm, each replica at most once. A variant without a replica that may be
+scaled to zero has its requests held by the ``Activator`` until one is ready.
+Every answer carries
 ``X-Kiln-Variant`` and ``X-Kiln-Model-Version``. After the client's answer is
 written, ``ShadowMirror`` may take a copy for each shadow variant.
 
@@ -19,20 +21,17 @@ no task per request.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
-from collections.abc import Callable
 from random import Random
 
 from inference_worker import __version__
-from inference_worker.config import ConfigError
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
-from inference_worker.gateway.config import GatewayConfig, config_from_args
+from inference_worker.gateway.activator import ActivationSender, Activator
+from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.metrics import GatewayMetrics, Series
 from inference_worker.gateway.mirror import ShadowMirror
 from inference_worker.gateway.proxy import PoolLimits, UpstreamError, UpstreamResponse, Upstreams
@@ -88,6 +87,10 @@ class Gateway:
         self._shadow: ShadowMirror | None = None
         self._targets: dict[bytes, Target] = {}
         self._series_by_replica: dict[int, Series] = {}
+        self.activator = Activator(
+            queue_size=config.activator_queue_size, timeout_s=config.activator_timeout_s, notify=_nobody
+        )
+        self.metrics.held = self.activator.held
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def serve(self, *, handle_signals: bool = True) -> int:
@@ -116,6 +119,7 @@ class Gateway:
         self.port = await self.server.start(c.host, c.port)
         log.info("listening http=%s:%d", c.host, self.port)
         client = redis_client(c.redis_url)
+        self.activator.notify = ActivationSender(client, c.routing_key, c.gateway_id, loop)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
         publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
         await self._shadow.start()
@@ -144,6 +148,7 @@ class Gateway:
         deadline = time.monotonic() + self.config.drain_timeout_s
         while self.server.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.activator.close()
         await self.server.close()
         assert self.upstreams is not None  # noqa: S101 - serve() set it
         self.upstreams.close()
@@ -153,6 +158,7 @@ class Gateway:
         while True:
             await asyncio.sleep(_SWEEP_S)
             self.upstreams.sweep()
+            self.activator.sweep()
 
     def apply(self, table: RoutingTable) -> None:
         """Swap in a new table whole; requests in flight keep the route they were given."""
@@ -170,10 +176,20 @@ class Gateway:
         }
         self.metrics.table_version = table.version
         self.metrics.table_loaded_at = time.time()
+        self.activator.release(self.routes)
         log.info("routing table %d applied: %d deployment(s)", table.version, len(table.deployments))
 
     def snapshot(self) -> GatewaySnapshot:
-        return self.metrics.snapshot(self.config.gateway_id, self.started_at)
+        return self.metrics.snapshot(self.config.gateway_id, self.started_at, self.in_flight())
+
+    def in_flight(self) -> dict[tuple[str, str], int]:
+        """Requests sent to each variant's replicas and not answered yet, by (deployment, variant)."""
+        pools = self.upstreams.pools if self.upstreams is not None else {}
+        return {
+            (route.name, v.name): sum(pools[r.url].outstanding for r in v.replicas if r.url in pools)
+            for route in self.table.deployments.values()
+            for v in route.variants
+        }
 
     # -- requests ----------------------------------------------------------------------------
     def handle(self, request: GatewayRequest, reply: Reply) -> None:
@@ -249,6 +265,10 @@ _MAX_TARGETS = 4096
 """Distinct request URLs whose parse is remembered (the cache restarts when full)."""
 
 
+def _nobody(deployment: str, variant: str, held: int) -> None:
+    """Where activation requests go before the gateway has Redis."""
+
+
 def _head(method: bytes, url: bytes, length: int, headers: bytes) -> bytes:
     return b"%s %s HTTP/1.1\r\nContent-Length: %d\r\n%s" % (method, url, length, headers)
 
@@ -304,11 +324,26 @@ class _Call:
         replica = choose_replica(self.variant.replicas, upstreams.load, gateway.rng, self.tried)
         if replica is None:
             what = f"deployment {self.route.name!r} variant {self.variant.name!r}"
+            if self.variant.activate and not self.tried:
+                if gateway.activator.hold(self):
+                    return None
+                return self._fail(503, f"{what} is starting and holds as many requests as it can")
             return self._fail(503, f"no ready replica of {what}")
         self.replica = replica
         pool = upstreams.pool(replica.url, replica.host, replica.port)
         deadline = upstreams.loop.time() + upstreams.timeout_s
         return pool.request(self.head, self.request.body, self.answered, deadline)
+
+    def resume(self, route: Route, variant: Variant) -> None:
+        """Held by the activator until ``variant`` had a replica: go on with the new table's route."""
+        self.route, self.variant = route, variant
+        self.head = _head(
+            self.method, self.upstream_url(variant), len(self.request.body), self.request.headers
+        )
+        self.attempt()
+
+    def give_up(self, status: int, message: str) -> None:
+        self._fail(status, message)
 
     def answered(self, result: UpstreamResponse | UpstreamError) -> None:
         if type(result) is UpstreamResponse:
@@ -351,29 +386,3 @@ class _Call:
         self.reply(json_response(status, {"error": message}, labels))
         seconds = time.perf_counter() - self.request.received
         self.gateway.series(self.route, self.variant, replica).answered(status, seconds)
-
-
-# -- entry point ---------------------------------------------------------------------------------
-def main(args: argparse.Namespace) -> int:
-    """``inference-worker gateway``: configure, log, serve on uvloop; 2 on a bad option."""
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"inference-worker: error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(Gateway(config).serve())
-    except OSError as exc:
-        print(f"inference-worker: error: cannot listen: {exc}", file=sys.stderr)
-        return 2

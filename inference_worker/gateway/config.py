@@ -41,6 +41,18 @@ GATEWAY = OptionTable(
     OptionField("max_connections_per_replica", Kind.INT, 128, "open connections to one replica, at most"),
     OptionField("max_body_bytes", Kind.INT, 64 * MIB, "largest request body (413 beyond)"),
     OptionField("drain_timeout_s", Kind.FLOAT, 30.0, "longest SIGTERM waits for in-flight requests"),
+    OptionField(
+        "activator_queue_size",
+        Kind.INT,
+        1000,
+        "requests held per variant scaled to zero while a replica starts (503 beyond)",
+    ),
+    OptionField(
+        "activator_timeout_s",
+        Kind.FLOAT,
+        60.0,
+        "longest a held request waits for a replica of a variant scaled to zero (503 after)",
+    ),
     OptionField("log_level", Kind.LOWER, "info", "debug, info, warning or error"),
 )
 """The ``gateway`` options; ``GatewayConfig`` has one field per entry, with no default of its own."""
@@ -75,6 +87,8 @@ class GatewayConfig:
     max_connections_per_replica: int
     max_body_bytes: int
     drain_timeout_s: float
+    activator_queue_size: int
+    activator_timeout_s: float
     log_level: str
 
     def __post_init__(self) -> None:
@@ -106,6 +120,14 @@ class GatewayConfig:
             ),
             (1024 <= self.max_body_bytes <= 4096 * MIB, "--max-body-bytes: must be between 1 KiB and 4 GiB"),
             (0 < self.drain_timeout_s <= 3600, "--drain-timeout-s: must be between 0 and 3600"),
+            (
+                1 <= self.activator_queue_size <= 1_000_000,
+                "--activator-queue-size: must be between 1 and 1000000",
+            ),
+            (
+                0.1 <= self.activator_timeout_s <= 3600,
+                "--activator-timeout-s: must be between 0.1 and 3600",
+            ),
             (
                 self.log_level in ("debug", "info", "warning", "error"),
                 f"--log-level: {self.log_level!r} is not debug, info, warning or error",

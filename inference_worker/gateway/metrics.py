@@ -10,7 +10,8 @@ Redis (``snapshot``, a ``contracts.gateway_stats`` record).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -150,6 +151,7 @@ class GatewayMetrics:
         self.table_loaded_at = 0.0
         self.reloads: dict[str, int] = {"applied": 0, "unchanged": 0, "failed": 0}
         self.outstanding: Callable[[], dict[str, float]] = dict
+        self.held: Callable[[], dict[tuple[str, str], int]] = dict
 
     def series(self, deployment: str, variant: str, version: str) -> Series:
         key = (deployment, variant, version)
@@ -166,14 +168,25 @@ class GatewayMetrics:
     def render(self, registry: CollectorRegistry) -> bytes:
         return generate_latest(registry)
 
-    def snapshot(self, gateway_id: str, started_at: float) -> GatewaySnapshot:
-        """The cumulative snapshot the platform reads (``contracts.gateway_stats``)."""
+    def snapshot(
+        self, gateway_id: str, started_at: float, in_flight: Mapping[tuple[str, str], int] | None = None
+    ) -> GatewaySnapshot:
+        """The cumulative snapshot the platform reads (``contracts.gateway_stats``), with the gauges.
+
+        ``in_flight``: requests at each (deployment, variant)'s replicas now; held requests come
+        from ``held``. A variant with a gauge but no answer yet still gets its entry.
+        """
         deployments: dict[str, dict[str, VariantStats]] = {}
         for series in self.series_by_key.values():
             variants = deployments.setdefault(series.deployment, {})
             stats = _stats(series)
             earlier = variants.get(series.variant)
             variants[series.variant] = stats if earlier is None else add_variant_stats(earlier, stats)
+        held = self.held()
+        for key in {*(in_flight or {}), *held}:
+            variants = deployments.setdefault(key[0], {})
+            stats = variants.get(key[1], VariantStats())
+            variants[key[1]] = replace(stats, in_flight=(in_flight or {}).get(key, 0), held=held.get(key, 0))
         return GatewaySnapshot(gateway_id, started_at, time.time(), self.table_version, deployments)
 
 
@@ -185,6 +198,7 @@ def _stats(s: Series) -> VariantStats:
         responses={str(status): count for status, count in s.responses.items()},
         retries=s.retries,
         latency_ms=_ms(s.latency),
+        busy_s=s.latency.total,
         shadow=ShadowStats(
             sent=s.shadow_sent,
             dropped=s.shadow_dropped,
@@ -237,6 +251,13 @@ class GatewayCollector(Collector):
         for url, pending in m.outstanding().items():
             outstanding.add_metric([url], pending)
         yield outstanding
+        held = GaugeMetricFamily(
+            "kiln_gateway_held_requests", "Requests waiting for a replica of a variant scaled to zero.",
+            labels=["deployment", "variant"],
+        )  # fmt: skip
+        for (deployment, variant), count in m.held().items():
+            held.add_metric([deployment, variant], count)
+        yield held
 
 
 def _values(s: Series) -> list[str]:

@@ -64,6 +64,8 @@ class Variant:
     """Header lines for answers the gateway makes itself (no replica)."""
     model: bytes = b""
     """``model_name`` as it goes into an upstream URL."""
+    activate: bool = False
+    """Without a replica, its requests are held while the platform starts one (``Activator``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,4 +228,5 @@ def _variant(record: VariantRecord) -> Variant:
         seed=name.encode() + b"\x00",
         labels=_labels(name, version),
         model=record.model_name.encode(),
+        activate=record.activate,
     )

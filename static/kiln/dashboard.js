@@ -74,6 +74,10 @@
       var v = data.variants[name];
       if (kind === "requests_per_s" || kind === "queue_depth") sets.push({ label: name, values: v[kind] });
       if (kind === "latency") ["p50", "p95", "p99"].forEach(function (q) { sets.push({ label: name + " " + q, values: v["latency_" + q + "_ms"] }); });
+      if (kind === "replicas") {
+        sets.push({ label: name + " reporting", values: v.replicas });
+        sets.push({ label: name + " desired", values: v.desired_replicas });
+      }
       if (kind === "errors_per_s") Object.keys(v.errors_per_s).forEach(function (o) { sets.push({ label: name + " " + o, values: v.errors_per_s[o] }); });
     });
     if (["cpu_percent", "rss_mb", "gpu_utilization_percent"].indexOf(kind) >= 0) {

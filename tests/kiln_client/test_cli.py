@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from rest_framework.test import APIClient
 
 from accounts.tokens import create_api_token
 from registry.models import Alias, ModelVersion
 from tests.support import torch_models as factories
 from tests.support.paths import ROOT
 from tests.support.services import CeleryWorker
+from tests.support.versions import ready_version
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -169,3 +171,28 @@ def test_the_client_runs_without_django_and_builds_as_its_own_wheel(tmp_path: Pa
     assert "upload" in blocked.stdout
     assert wheel.returncode == 0, wheel.stderr
     assert list(tmp_path.glob("kiln_client-*.whl"))
+
+
+def test_autoscale_sets_shows_and_turns_off_a_variant_s_policy_and_a_bad_value_is_a_message(
+    live_server: Any, owner: User, token: str
+) -> None:
+    ready_version(owner)
+    api = APIClient()
+    api.force_authenticate(owner)
+    body = {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1}]}
+    assert api.post("/api/v1/deployments/", body, format="json").status_code == 201
+    variant = ("cnn-prod", "primary")
+
+    set_ = kiln(
+        "autoscale", *variant, "--min", "0", "--max", "3", "--idle", "30", url=live_server.url, token=token
+    )
+    shown = kiln("autoscale", *variant, url=live_server.url, token=token)
+    bad = kiln("autoscale", *variant, "--min", "5", url=live_server.url, token=token)
+    off = kiln("autoscale", *variant, "--off", url=live_server.url, token=token)
+
+    assert set_.returncode == 0, set_.stderr
+    policy = json.loads(set_.stdout)["autoscaling"]
+    assert (policy["min_replicas"], policy["max_replicas"], policy["idle_before_zero_s"]) == (0, 3, 30.0)
+    assert json.loads(shown.stdout)["autoscaling"] == policy
+    assert (bad.returncode, bad.stderr.strip()) == (1, "kiln: min_replicas: 5 is above max_replicas (3)")
+    assert (off.returncode, off.stderr.strip()) == (0, "cnn-prod/primary: autoscaling off, 1 replica(s)")

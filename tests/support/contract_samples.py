@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from inference_worker.contracts.activation import ActivationRequest
 from inference_worker.contracts.batching import BatchingConfig
 from inference_worker.contracts.gateway_stats import GatewaySnapshot, ShadowStats, VariantStats
 from inference_worker.contracts.histograms import HistogramRecord
@@ -66,7 +67,7 @@ TABLE = TableRecord(
                         ReplicaRecord(url="http://127.0.0.1:40125", id=13, grpc="", version="4"),
                     ),
                 ),
-                VariantRecord(name="canary", model_name="fraud", version="4", weight=10),
+                VariantRecord(name="canary", model_name="fraud", version="4", weight=10, activate=True),
                 VariantRecord(name="next", model_name="fraud", version="5", weight=0, shadow_percent=25),
             ),
         )
@@ -139,7 +140,14 @@ SNAPSHOT = GatewaySnapshot(
                     latency_ms=LATENCY,
                     live_latency_ms=HistogramRecord((0.25, 0.5, 1.0), (1, 1, 1, 1)),
                 ),
+                busy_s=3.25,
+                in_flight=3,
+                held=2,
             )
         }
     },
+)
+
+ACTIVATION = ActivationRequest(
+    deployment="fraud", variant="canary", gateway_id="host-123", held=3, requested_at=1732700000.5
 )

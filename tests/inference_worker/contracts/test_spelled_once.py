@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from inference_worker.contracts.activation import encode_activation
 from inference_worker.contracts.batching import BATCHING, encode_batching
 from inference_worker.contracts.gateway_stats import encode_snapshot
 from inference_worker.contracts.report import encode_report
@@ -67,6 +68,8 @@ SHARED = WORDS | {
     "responses",
     "live_latency_ms",
     "routing_table_version",  # the gateway's readiness answer (/v2/health/ready)
+    "deployment",  # the audit log's and the API's records name a deployment and its variant too
+    "variant",
     "started_at",  # timestamps most of the platform's models have (a row job's, a worker's)
     "updated_at",
 }
@@ -89,6 +92,7 @@ def wire_keys() -> dict[str, set[str]]:
         - {"success", "invalid_argument", "http", "grpc"},
         "gateway stats": keys(encode_snapshot(samples.SNAPSHOT)) - {"fraud", "b", "200", "503"},
         "batching": keys(encode_batching(samples.BATCHING)),
+        "activation": keys(encode_activation(samples.ACTIVATION)),
     }
 
 
