@@ -143,7 +143,8 @@ def test_the_series_runs_the_same_queries_for_few_and_many_reports(
     downsample_reports()
     with CaptureQueriesContext(connection) as many:
         deployment_series(deployment, range_name, now=now)
-    assert len(few) == len(many) <= 12
+    # the autoscaler's desired replicas read 2 rows per variant (2 variants here)
+    assert len(few) == len(many) <= 16
 
 
 def test_the_series_endpoint_answers_304_while_nothing_changed(
