@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "config.outbox",
     "accounts",
     "registry",
     "deployments",
@@ -207,11 +208,23 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Each tick writes a heartbeat to Redis (the healthcheck reads it); ticks come at least this often.
+CELERY_BEAT_SCHEDULER = "config.beat:HeartbeatScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sweep-stale-conversions": {
         "task": "registry.sweep_stale_conversions",
         "schedule": 60.0,
     },
+}
+
+# Task messages whose send failed after their transaction committed (the broker was down) are
+# sent by this sweep as soon as the broker is back (config.outbox).
+KILN_OUTBOX_SWEEP_S = env_float("KILN_OUTBOX_SWEEP_S", 2.0, minimum=0.5)
+CELERY_BEAT_SCHEDULE["deliver-outbox"] = {
+    "task": "outbox.deliver",
+    "schedule": KILN_OUTBOX_SWEEP_S,
+    "options": {"expires": KILN_OUTBOX_SWEEP_S * 2},
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -8,8 +8,14 @@ class DeploymentsConfig(AppConfig):
     def ready(self) -> None:
         """Answer the registry's announcements (it cannot import this app)."""
         from deployments import series
-        from deployments.services.variants import on_alias_moved
+        from deployments.services.alias_moves import on_alias_moved
         from registry import hooks
 
         hooks.alias_moved.register(on_alias_moved)
         hooks.version_serving.register(series.version_numbers)
+
+        from celery.signals import worker_ready
+
+        from deployments.reconcile.exits import start_exit_watcher
+
+        worker_ready.connect(start_exit_watcher, weak=False)

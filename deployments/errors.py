@@ -17,6 +17,22 @@ class VariantNotFoundError(NotFoundError):
     """The deployment has no such variant."""
 
 
+class RolloutNotFoundError(NotFoundError):
+    """The deployment has no such rollout (or traffic change)."""
+
+
+class NotReadyError(ConflictError):
+    """A variant has no ready replica, so it cannot take traffic (or start a rollout) yet."""
+
+    default_code = "not_ready"
+
+
+class RolloutStateError(ConflictError):
+    """The rollout, or the deployment's rollout in progress, does not allow this now."""
+
+    default_code = "wrong_state"
+
+
 class DuplicateDeploymentError(ConflictError):
     """A deployment with this name exists already."""
 

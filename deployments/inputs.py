@@ -29,6 +29,15 @@ from deployments.errors import InvalidDeploymentError
 from inference_worker.contracts.errors import ContractError
 from registry.models import slug_validator
 
+ALIAS_MOVE_POLICIES = ("rollout", "immediate", "manual")
+
+
+def alias_move_policy(value: Any) -> str:
+    """``on_alias_move``: what a deployment does when the alias of a variant carrying traffic moves."""
+    if value not in ALIAS_MOVE_POLICIES:
+        raise InvalidDeploymentError(f"on_alias_move: one of {', '.join(ALIAS_MOVE_POLICIES)}")
+    return str(value)
+
 
 def _percent(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
@@ -38,7 +47,12 @@ def _percent(value: Any, name: str) -> int:
 
 @dataclass(frozen=True)
 class Share:
-    """One variant's part of a split: live (a weight) or a shadow (a copy percentage), not both."""
+    """One variant's part of a split: a weight of live requests and a percentage of copies.
+
+    A person gives a variant one or the other (``Split.parse`` refuses both); a rollout that
+    measures shadow agreement gives its candidate both, so the requests routed elsewhere are
+    mirrored to it (a gateway never mirrors a request to the variant that answered it).
+    """
 
     weight: int = 0
     shadow_percent: int = 0
@@ -46,10 +60,6 @@ class Share:
     def __post_init__(self) -> None:
         _percent(self.weight, "weight")
         _percent(self.shadow_percent, "shadow_percent")
-        if self.weight and self.shadow_percent:
-            raise InvalidDeploymentError(
-                "a variant is either live (weight) or a shadow (shadow_percent), not both"
-            )
 
     def as_dict(self) -> dict[str, int]:
         return {"weight": self.weight, "shadow_percent": self.shadow_percent}
@@ -77,14 +87,14 @@ class Split(Mapping[str, Share]):
                 raise InvalidDeploymentError(f"split.{name}: unknown field(s) {', '.join(unknown)}")
             weight = entry.get("weight", 0)
             shadow = entry.get("shadow_percent", (shadows or {}).get(name, 0))
-            try:
-                shares[str(name)] = Share(
-                    weight=_percent(weight, f"split.{name}.weight"),
-                    shadow_percent=_percent(shadow, f"split.{name}.shadow_percent"),
+            shares[str(name)] = Share(
+                weight=_percent(weight, f"split.{name}.weight"),
+                shadow_percent=_percent(shadow, f"split.{name}.shadow_percent"),
+            )
+            if weight and shadow:
+                raise InvalidDeploymentError(
+                    f"split.{name}: a variant is either live (weight) or a shadow (shadow_percent), not both"
                 )
-            except InvalidDeploymentError as exc:
-                message = exc.message if exc.message.startswith("split.") else f"split.{name}: {exc.message}"
-                raise InvalidDeploymentError(message) from None
         return cls(shares)
 
     @property
@@ -106,9 +116,11 @@ class Split(Mapping[str, Share]):
 
 @dataclass(frozen=True)
 class RolloutPolicy:
-    """A guarded rollout: the weight steps of the candidate and the objective every step must meet.
+    """A guarded rollout: the weight steps of the candidate and the objectives every step must meet.
 
-    The defaults here are the API's and the web form's.
+    The defaults here are the API's, the web form's and an alias move's. ``min_requests`` is the
+    number of samples each objective needs at each step before the step is judged;
+    ``replica_timeout_s`` how long the rollout waits for a ready candidate replica.
     """
 
     candidate: str
@@ -118,7 +130,8 @@ class RolloutPolicy:
     max_error_rate: float = 0.01
     max_p99_ms: float = 1000.0
     min_shadow_agreement: float | None = None
-    min_requests: int = 20
+    min_requests: int = 100
+    replica_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         steps = self.steps
@@ -138,6 +151,7 @@ class RolloutPolicy:
             raise InvalidDeploymentError("min_requests: must be an integer")
         if not 1 <= self.min_requests <= 1_000_000:
             raise InvalidDeploymentError("min_requests: from 1 to 1000000")
+        _number(self.replica_timeout_s, "replica_timeout_s", 1.0, 86_400.0, "between 1 second and 1 day")
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -361,6 +375,7 @@ def _number(value: Any, name: str, low: float, high: float, what: str) -> None:
 
 
 __all__ = (
+    "ALIAS_MOVE_POLICIES",
     "AutoscalingPolicy",
     "Placement",
     "RolloutPolicy",
@@ -368,6 +383,7 @@ __all__ = (
     "Split",
     "VariantSpec",
     "VersionTarget",
+    "alias_move_policy",
     "gpu_ids",
     "slug",
 )

@@ -1,4 +1,7 @@
-"""Deployment domain: endpoints, their variants (A/B arms), running workers and their reports."""
+"""Deployment domain: endpoints, their variants (A/B arms), running workers and their reports.
+
+Traffic changes and rollouts live in ``release_models`` and are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from django.db import models
 
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy  # noqa: F401 - the app's models
 from deployments.backends import BACKEND_NAMES
+from deployments.release_models import ACTIVE_ROLLOUT_STATES as ACTIVE_ROLLOUT_STATES
+from deployments.release_models import Rollout as Rollout
+from deployments.release_models import TrafficChange as TrafficChange
 from inference_worker.contracts import batching as table
 from inference_worker.contracts.options import OptionField
 from registry.models import ModelVersion, RegisteredModel, slug_validator
@@ -30,6 +36,14 @@ class DeploymentStatus(models.TextChoices):
     DELETING = "deleting", "Deleting"
 
 
+class AliasMovePolicy(models.TextChoices):
+    """What a deployment does when the alias of a variant carrying traffic moves."""
+
+    ROLLOUT = "rollout", "Start a guarded rollout"
+    IMMEDIATE = "immediate", "Follow at once (recorded as forced)"
+    MANUAL = "manual", "Wait for a person"
+
+
 class Deployment(models.Model):
     """A named endpoint serving one model through the gateway.
 
@@ -47,6 +61,12 @@ class Deployment(models.Model):
         max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.DEPLOYING
     )
     status_reason = models.TextField(blank=True)
+    on_alias_move = models.CharField(
+        max_length=16,
+        choices=AliasMovePolicy.choices,
+        default=AliasMovePolicy.ROLLOUT,
+        help_text="when the alias of a variant that carries traffic moves",
+    )
     delete_requested_at = models.DateTimeField(null=True, blank=True)
     delete_requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -69,11 +89,23 @@ class Deployment(models.Model):
             raise DeploymentBusyError(f"deployment {self.name!r} is being deleted")
 
 
+class VariantRole(models.TextChoices):
+    STABLE = "stable", "Stable"
+    CANDIDATE = "candidate", "Candidate"
+
+
 class Variant(models.Model):
-    """One arm of a deployment: a version (pinned, or followed through an alias) and how to run it."""
+    """One arm of a deployment: a version (pinned, or followed through an alias) and how to run it.
+
+    Each deployment has one ``stable`` variant; the others are candidates. A rollout that succeeds
+    gives the stable variant the candidate's version (promotion). ``follow_note`` says why a
+    variant does not serve its alias' version yet (empty when it does).
+    """
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="variants")
     name = models.CharField(max_length=64, validators=[slug_validator])
+    role = models.CharField(max_length=16, choices=VariantRole.choices, default=VariantRole.CANDIDATE)
+    follow_note = models.TextField(blank=True, help_text="why it does not serve its alias' version")
     pinned_version = models.ForeignKey(
         ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
@@ -116,10 +148,19 @@ class Variant(models.Model):
         ordering = ("deployment__name", "name")
         constraints = [
             models.UniqueConstraint(fields=("deployment", "name"), name="unique_variant_per_deployment"),
+            models.UniqueConstraint(
+                fields=("deployment",),
+                condition=models.Q(role="stable"),
+                name="one_stable_variant_per_deployment",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.deployment.name}/{self.name}"
+
+    @property
+    def is_stable(self) -> bool:
+        return self.role == VariantRole.STABLE
 
     @property
     def device(self) -> str:
@@ -239,102 +280,6 @@ class Report(models.Model):
 
     def as_point(self) -> dict[str, Any]:
         return {"end": self.end.isoformat(), "requests": self.requests, "errors": self.errors}
-
-
-class TrafficChange(models.Model):
-    """One change of a deployment's traffic split: who, when, why, the split before and after.
-
-    ``before``/``after`` map variant names to ``{"weight": w, "shadow_percent": s}``;
-    any earlier split can be restored from its row.
-    """
-
-    class Kind(models.TextChoices):
-        MANUAL = "manual", "Manual"
-        PROMOTE = "promote", "Promote"
-        RESTORE = "restore", "Restore"
-        ROLLOUT = "rollout", "Rollout step"
-        ROLLBACK = "rollback", "Automatic rollback"
-
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="traffic_changes")
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.MANUAL)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    actor_label = models.CharField(max_length=150)
-    before = models.JSONField()
-    after = models.JSONField()
-    reason = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        ordering = ("-created_at", "-id")
-
-    def __str__(self) -> str:
-        return f"{self.deployment.name}: {self.split_label(self.after)}"
-
-    @staticmethod
-    def split_label(split: dict[str, Any]) -> str:
-        parts = [f"{name} {v.get('weight', 0)}%" for name, v in split.items()]
-        shadows = [
-            f"{name} shadow {v['shadow_percent']}%" for name, v in split.items() if v.get("shadow_percent")
-        ]
-        return " / ".join(parts) + (f" ({', '.join(shadows)})" if shadows else "")
-
-
-class Rollout(models.Model):
-    """A guarded rollout: a candidate variant moves through weight steps while it meets its SLO.
-
-    Beat advances it after each hold time and rolls it back (candidate weight 0) as
-    soon as a measured figure breaches the objective.
-    """
-
-    class State(models.TextChoices):
-        RUNNING = "running", "Running"
-        PAUSED = "paused", "Paused"
-        SUCCEEDED = "succeeded", "Succeeded"
-        ROLLED_BACK = "rolled_back", "Rolled back"
-        ABORTED = "aborted", "Aborted"
-
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="rollouts")
-    candidate = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="rollouts")
-    baseline = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="+")
-    steps = models.JSONField(help_text="candidate weights, e.g. [5, 25, 50, 100]")
-    hold_s = models.FloatField(validators=[MinValueValidator(1.0)])
-    max_error_rate = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
-    max_p99_ms = models.FloatField(validators=[MinValueValidator(0.1)])
-    min_shadow_agreement = models.FloatField(null=True, blank=True)
-    min_requests = models.PositiveIntegerField(default=20, help_text="requests needed before judging a step")
-    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING, db_index=True)
-    step_index = models.PositiveSmallIntegerField(default=0)
-    step_started_at = models.DateTimeField(null=True, blank=True)
-    last_evaluation = models.JSONField(default=dict, blank=True)
-    reason = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ("-created_at",)
-        constraints = [
-            models.UniqueConstraint(
-                fields=("deployment",),
-                condition=models.Q(state__in=("running", "paused")),
-                name="one_active_rollout_per_deployment",
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"rollout of {self.candidate} ({self.state})"
-
-    @property
-    def current_weight(self) -> int:
-        steps: list[int] = self.steps
-        return int(steps[min(self.step_index, len(steps) - 1)])
-
-    @property
-    def is_active(self) -> bool:
-        return self.state in (self.State.RUNNING, self.State.PAUSED)
 
 
 class ImageFlavour(models.TextChoices):

@@ -7,9 +7,13 @@ from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 
-from config.errors import NotFoundError
 from deployments.autoscaling.models import ScalingDecision
-from deployments.errors import DeploymentBusyError, DeploymentNotFoundError, VariantNotFoundError
+from deployments.errors import (
+    DeploymentBusyError,
+    DeploymentNotFoundError,
+    RolloutNotFoundError,
+    VariantNotFoundError,
+)
 from deployments.models import (
     LIVE_WORKER_STATES,
     Deployment,
@@ -61,6 +65,14 @@ def cold_start_s(version_id: int) -> float | None:
     )
     seconds = [(ready - started).total_seconds() for started, ready in rows if ready and started]
     return round(statistics.median(seconds), 3) if seconds else None
+
+
+def ready_replicas(variant: Variant) -> int:
+    """Ready workers of a variant, counted in the prefetched ``visible_workers`` when the read set them."""
+    workers = getattr(variant, "visible_workers", None)
+    if workers is None:
+        return variant.workers.filter(state=WorkerState.READY).count()
+    return sum(1 for w in workers if w.state == WorkerState.READY)
 
 
 def get_deployment(name: str) -> Deployment:
@@ -115,7 +127,7 @@ def get_rollout(deployment_name: str, rollout_id: int) -> Rollout:
     )
     if rollout is None:
         get_deployment(deployment_name)
-        raise NotFoundError(f"deployment {deployment_name!r} has no rollout {rollout_id}")
+        raise RolloutNotFoundError(f"deployment {deployment_name!r} has no rollout {rollout_id}")
     return rollout
 
 

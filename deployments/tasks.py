@@ -27,6 +27,22 @@ def reconcile_deployment_task(deployment_id: int) -> bool:
     return reconcile_deployment(deployment_id)
 
 
+@shared_task(
+    name="deployments.reconcile_after_exit",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=5,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def reconcile_after_exit_task(deployment_id: int, follow_ups: int) -> bool:
+    from deployments.reconcile.exits import reconcile_after_exit
+
+    return reconcile_after_exit(deployment_id, follow_ups)
+
+
 @shared_task(name="deployments.reconcile_all", acks_late=True, soft_time_limit=240, time_limit=300)
 def reconcile_all_task() -> dict[str, int]:
     from deployments.reconcile import reconcile_all

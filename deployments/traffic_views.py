@@ -10,14 +10,15 @@ from django.views.decorators.http import require_POST
 
 from config.errors import PlatformError
 from deployments import queries
+from deployments.errors import RolloutNotFoundError
 from deployments.forms import RolloutForm
 from deployments.inputs import Split
 from deployments.models import Rollout
-from deployments.services import rollouts, traffic
+from deployments.services import promotion, rollouts, traffic
 from deployments.views import act_on_deployment
 
 
-def _run(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
+def _run(request: HttpRequest, name: str, action: Any, success: Any) -> HttpResponse:
     return act_on_deployment(request, name, lambda deployment, _user: action(deployment), success)
 
 
@@ -56,8 +57,10 @@ def promote(request: HttpRequest, name: str, variant: str) -> HttpResponse:
     return _run(
         request,
         name,
-        lambda d: traffic.promote_variant(deployment=d, variant_name=variant, actor=request.user),
-        f"{variant} promoted: it now takes all traffic.",
+        lambda d: promotion.promote_variant(
+            deployment=d, variant_name=variant, actor=request.user, reason=request.POST.get("reason", "")
+        ),
+        f"{variant} promoted (forced): the stable variant takes its version, then the traffic.",
     )
 
 
@@ -92,11 +95,7 @@ def start_rollout(request: HttpRequest, name: str) -> HttpResponse:
         form = RolloutForm(request.POST)
         if not form.is_valid():
             raise PlatformError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
-        rollouts.start_rollout(
-            deployment=deployment,
-            policy=form.policy(),
-            actor=request.user,  # type: ignore[arg-type]
-        )
+        rollouts.start_rollout(deployment=deployment, policy=form.policy(), actor=request.user)
 
     return _run(request, name, act, "Rollout started; beat advances it after each hold.")
 
@@ -107,7 +106,7 @@ def control_rollout(request: HttpRequest, name: str, rollout_id: int, command: s
     def act(deployment: Any) -> None:
         rollout = Rollout.objects.filter(deployment=deployment, pk=rollout_id).first()
         if rollout is None:
-            raise PlatformError(f"no rollout {rollout_id}", code="not_found")
+            raise RolloutNotFoundError(f"deployment {name!r} has no rollout {rollout_id}")
         rollouts.control_rollout(rollout=rollout, command=command, actor=request.user)
 
     return _run(request, name, act, f"Rollout {command}d." if command != "abort" else "Rollout aborted.")

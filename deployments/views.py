@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from config.errors import NotFoundError, PlatformError
 from deployments import queries, services
 from deployments.backends import get_backend, uses_images
+from deployments.examples import infer_curl
 from deployments.forms import (
     AddVariantForm,
     AutoscalingForm,
@@ -34,6 +35,9 @@ from registry.audit import Actor
 @login_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
     rows = list(queries.deployments().order_by("name"))
+    for deployment in rows:
+        for variant in deployment.variants.all():
+            setattr(variant, "ready_count", queries.ready_replicas(variant))  # noqa: B010
     return render(
         request,
         "deployments/deployment_list.html",
@@ -117,11 +121,13 @@ def _detail_context(request: HttpRequest, name: str) -> dict[str, Any]:
     return {
         **context,
         "gateway": settings.KILN_GATEWAY_URL,
+        "curl_example": _curl_example(deployment, context["variants"]),
         "events": audit_events().filter(subject=f"deployment/{name}")[:30],
         "scale_form": ScaleForm(),
         "autoscaling_forms": [(v, _autoscaling_form(v)) for v in context["variants"]],
         "version_form": VersionForm(),
         "add_form": AddVariantForm(),
+        "new_variant_name": _unused_name({v.name for v in context["variants"]}),
         "rollout_form": RolloutForm(),
         "history": deployment.traffic_changes.all()[:50],
         "rollouts": deployment.rollouts.select_related("candidate", "baseline")[:20],
@@ -133,6 +139,18 @@ def _autoscaling_form(variant: Any) -> AutoscalingForm:
     policy = services.policy_of(variant)
     initial = policy.values() if policy is not None else {}
     return AutoscalingForm(initial=initial, auto_id=f"autoscaling-{variant.name}-%s")
+
+
+def _unused_name(taken: set[str]) -> str:
+    """The name the "Add a variant" form proposes: ``candidate``, else the first free ``candidate-N``."""
+    return next(n for n in ("candidate", *(f"candidate-{i}" for i in range(2, 1000))) if n not in taken)
+
+
+def _curl_example(deployment: Any, variants: list[Any]) -> str:
+    """The request to copy, from the signature of the version the first variant serves."""
+    served = next((v.version for v in variants if v.version_id is not None), None)
+    signature = served.signature if served is not None else {}
+    return infer_curl(gateway=settings.KILN_GATEWAY_URL, deployment=deployment.name, signature=signature)
 
 
 def _shadow_numbers(deployment: Any) -> dict[str, Any]:
@@ -152,16 +170,19 @@ def deployment_workers_fragment(request: HttpRequest, name: str) -> HttpResponse
     return render(request, "deployments/_live.html", _live_context(request, name))
 
 
-def act_on_deployment(request: HttpRequest, name: str, action: Any, success: str) -> HttpResponse:
-    """Run ``action(deployment, user)`` if the user may change it; flash the outcome; back to its page."""
+def act_on_deployment(request: HttpRequest, name: str, action: Any, success: Any) -> HttpResponse:
+    """Run ``action(deployment, user)`` if the user may change it; flash the outcome; back to its page.
+
+    ``success`` is the message, or a function of what the action returned that words it.
+    """
     try:
-        action(queries.deployment_for_change(name, request.user), request.user)
+        result = action(queries.deployment_for_change(name, request.user), request.user)
     except NotFoundError:
         raise
     except PlatformError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, success)
+        messages.success(request, success(result) if callable(success) else success)
     return redirect("deployments:detail", name=name)
 
 

@@ -35,6 +35,7 @@ from inference_worker.config import (
 )
 from inference_worker.contracts.batching import BATCHING, BatchingConfig
 from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.warmup import parse_warmup_text
 from inference_worker.contracts.worker_options import ENV_PREFIX, SERVE
 from inference_worker.options import CommandOption, add_arguments, command_options, read_options
 
@@ -71,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
     v = read_options(args, serve_options())
     try:
         batching = BatchingConfig(**v.pick(BATCHING))
+        warmup = parse_warmup_text(v.warmup_inputs)
     except ContractError as exc:
         raise refused(exc) from None
     config = WorkerConfig(
@@ -83,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
             instance_count=batching.instances,
             intra_op_num_threads=v.intra_op_threads,
             allow_spinning=v.intra_op_spinning,
+            warmup=warmup,
         ),
         batching=DynamicBatching.from_options(batching),
         limits=Limits(
@@ -136,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
+        # httpx logs every request at INFO: one line per report every few seconds. The reporter says
+        # itself what matters (a failure, the recovery, a change of state).
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
         return _run(config)
     except ConfigError as exc:
         print(f"inference-worker: error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from inference_worker.contracts.batching import (
 )
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.options import OptionField
+from inference_worker.contracts.warmup import WarmupInputs
 
 MIB = options.MIB
 T = TypeVar("T")
@@ -65,6 +66,8 @@ class ModelConfig:
     """0 lets ONNX Runtime pick (one per physical core)."""
     allow_spinning: bool = options.INTRA_OP_SPINNING.default
     """Intra-op threads spin-wait between parallel sections: off, they leave the cores to the event loop."""
+    warmup: WarmupInputs | None = None
+    """The inputs the conversion validated (``--warmup-inputs``); None: zeros, dynamic dims 1."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", self.name):

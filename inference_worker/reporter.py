@@ -100,6 +100,7 @@ class Reporter:
         self._device_stats = device_stats
         self._sequence = 0
         self._failures = 0
+        self._last_state = ""
         self._baseline = _Baseline(self._metrics)
         self._started = self._baseline.wall
 
@@ -188,6 +189,9 @@ class Reporter:
         if problem is None:
             if self._failures:
                 log.warning("reports delivered again after %d failed attempts", self._failures)
+            if report.state != self._last_state:
+                log.info("reported state %s to %s", report.state, self._config.url)
+                self._last_state = report.state
             self._failures = 0
             self._baseline = end
             return self._config.interval_s

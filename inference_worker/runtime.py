@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inference_worker.config import ConfigError, ModelConfig
+from inference_worker.contracts.warmup import WarmupInputs
 from inference_worker.tensor_codec import DATATYPES, ONNX_TO_DATATYPE
 
 log = logging.getLogger("inference_worker.runtime")
@@ -148,21 +149,40 @@ class OrtRuntime:
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()  # type: ignore[no-any-return]
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run zeros through the model once per batch size (dynamic non-batch dims as 1)."""
+    def warm_up(self, batch_sizes: Sequence[int], inputs: WarmupInputs | None = None) -> None:
+        """Run the model once per batch size: on random inputs of the shapes the conversion validated
+        (``inputs``), or, without them, on zeros with every dynamic non-batch dimension 1."""
         for size in batch_sizes:
-            self.run(example_inputs(self.signature, size))
+            self.run(example_inputs(self.signature, size, inputs))
 
 
-def example_inputs(signature: ModelSignature, batch_size: int) -> dict[str, np.ndarray]:
-    """Zero tensors matching the signature; the batch dimension is ``batch_size``."""
+def example_inputs(
+    signature: ModelSignature, batch_size: int, validated: WarmupInputs | None = None
+) -> dict[str, np.ndarray]:
+    """Tensors matching the signature with the batch dimension ``batch_size``: random, shaped as
+    ``validated`` says (``contracts.warmup``), or zeros with dynamic dimensions 1 without it."""
     feeds: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(batch_size)
     for spec in signature.inputs:
-        shape = [dim if dim >= 0 else 1 for dim in spec.shape]
+        known = validated.shapes.get(spec.name) if validated is not None else None
+        if known is not None and len(known) == len(spec.shape):
+            shape = [
+                dim if dim >= 0 else (got if got > 0 else 1)
+                for dim, got in zip(spec.shape, known, strict=True)
+            ]
+        else:
+            shape = [dim if dim >= 0 else 1 for dim in spec.shape]
         if signature.batched:
             shape[0] = batch_size
         dtype = DATATYPES[spec.datatype].dtype
-        feeds[spec.name] = (
-            np.full(shape, "", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype=dtype)
-        )
+        if dtype.kind == "O":
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        elif validated is None:
+            feeds[spec.name] = np.zeros(shape, dtype=dtype)
+        elif dtype.kind == "b":
+            feeds[spec.name] = rng.random(shape) < 0.5
+        elif dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[spec.name] = rng.integers(0, validated.int_high, size=shape).astype(dtype)
     return feeds

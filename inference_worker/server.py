@@ -151,7 +151,7 @@ class Worker:
         sizes = [1, *self.config.batching.preferred_batch_sizes] if signature.batched else [1]
         for runtime in runtimes:
             try:
-                runtime.warm_up(sizes)
+                runtime.warm_up(sizes, model.warmup)
             except Exception as exc:  # ORT's own errors: the model cannot run at all
                 raise ConfigError(f"--model-path: warm-up failed: {exc}".splitlines()[0]) from None
         log.info(

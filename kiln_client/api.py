@@ -20,6 +20,10 @@ class ApiError(Exception):
         self.status = status
 
 
+class UsageError(Exception):
+    """The command line itself is wrong (exit status 2, as argparse's own errors)."""
+
+
 class Client:
     """Bearer-token client; ``KILN_URL`` and ``KILN_TOKEN`` come from the environment by default."""
 

@@ -16,38 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from kiln_client import __version__
-from kiln_client.api import ApiError, Client
+from kiln_client.api import ApiError, Client, UsageError
+from kiln_client.deploying import (
+    AUTOSCALING_FLAGS,
+    cmd_autoscale,
+    cmd_deploy,
+    cmd_promote,
+    cmd_rollout,
+    cmd_traffic,
+    cmd_wait,
+)
+from kiln_client.progress import Progress
 
 TERMINAL_VERSION = ("ready", "failed")
-TERMINAL_ROLLOUT = ("succeeded", "rolled_back", "aborted")
-
 STATES = ["registered", "converting", "ready", "failed"]
-
-
-class Progress:
-    """A one-line progress bar on a terminal; plain lines otherwise (CI logs)."""
-
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last = ""
-
-    def bar(self, label: str, done: int, total: int) -> None:
-        fraction = done / total if total else 1.0
-        if self.tty:
-            filled = int(fraction * 30)
-            self.stream.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%}")
-            if done >= total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif done >= total:
-            self.line(f"{label}: {total} bytes")
-
-    def line(self, text: str) -> None:
-        if text != self.last:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self.last = text
 
 
 def _json_arg(raw: str | None, what: str) -> Any:
@@ -57,7 +39,7 @@ def _json_arg(raw: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ApiError(f"{what}: not valid JSON ({exc})") from None
+        raise UsageError(f"{what}: not valid JSON ({exc})") from None
 
 
 def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
@@ -79,7 +61,7 @@ def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
 def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     path = Path(args.file)
     if not path.is_file():
-        raise ApiError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file")
     if args.create:
         try:
             client.get(f"/models/{args.model}/")
@@ -96,6 +78,8 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     number = version["version"]
     digest, fmt = version["source_sha256"][:12], version["source_format"]
     out.line(f"registered {args.model} v{number} (sha256 {digest}…, {fmt})")
+    if version.get("same_bytes_as"):
+        out.line(f"note: the same bytes as v{version['same_bytes_as']}")
     if not args.wait:
         print(json.dumps({"model": args.model, "version": number, "status": version["status"]}))
         return 0
@@ -106,7 +90,9 @@ def _wait_version(client: Client, model: str, number: int, timeout: float, out: 
     deadline = time.monotonic() + timeout
     while True:
         version = client.get(f"/models/{model}/versions/{number}/")
-        out.line(f"v{number}: {version['status']} {version.get('progress') or ''}".rstrip())
+        progress = version.get("progress") or ""
+        detail = "" if progress == version["status"] or version["status"] in TERMINAL_VERSION else progress
+        out.line(f"v{number}: {version['status']} {detail}".rstrip())
         if version["status"] in TERMINAL_VERSION:
             break
         if time.monotonic() > deadline:
@@ -163,106 +149,14 @@ def cmd_alias(client: Client, args: argparse.Namespace, out: Progress) -> int:
         out.line(f"removed alias {args.alias}")
         return 0
     if args.version is None:
-        raise ApiError("give the version to point the alias at, or --delete")
+        raise UsageError("give the version to point the alias at, or --delete")
+    if args.if_missing:
+        existing = [a for a in client.get(f"/models/{args.model}/")["aliases"] if a["name"] == args.alias]
+        if existing:
+            out.line(f"{args.model}@{args.alias} -> v{existing[0]['version']} (kept: it exists)")
+            return 0
     alias = client.put(path, {"version": args.version})
     out.line(f"{args.model}@{args.alias} -> v{alias['version']}")
-    return 0
-
-
-def cmd_traffic(client: Client, args: argparse.Namespace, out: Progress) -> int:
-    if not args.split:
-        print(json.dumps(client.get(f"/deployments/{args.deployment}/traffic/")["split"], indent=2))
-        return 0
-    split = {}
-    for item in args.split:
-        name, _, weight = item.partition("=")
-        if not weight.isdigit():
-            raise ApiError(f"{item!r}: write splits as variant=weight, e.g. a=90 b=10")
-        split[name] = int(weight)
-    result = client.put(f"/deployments/{args.deployment}/traffic/", {"split": split, "reason": args.reason})
-    out.line(" / ".join(f"{n} {v['weight']}%" for n, v in result["split"].items()))
-    return 0
-
-
-AUTOSCALING_FLAGS = (
-    ("min", "min_replicas", int, "replicas kept without load (0: scale to zero when idle)"),
-    ("max", "max_replicas", int, "replicas never exceeded"),
-    ("target", "target_in_flight", float, "requests in flight per replica to aim for"),
-    ("upscale_delay", "upscale_delay_s", float, "seconds of load averaged to scale up"),
-    (
-        "downscale_delay",
-        "downscale_delay_s",
-        float,
-        "seconds of load averaged (and since a change) to scale down",
-    ),
-    ("idle", "idle_before_zero_s", float, "seconds without a request before the last replica stops (min 0)"),
-)
-"""Flag, API field, type, help: the platform checks bounds and fills defaults (GET shows them)."""
-
-
-def cmd_autoscale(client: Client, args: argparse.Namespace, out: Progress) -> int:
-    path = f"/deployments/{args.deployment}/variants/{args.variant}/"
-    if args.off:
-        variant = client.delete(f"{path}autoscaling/")
-        out.line(f"{args.deployment}/{args.variant}: autoscaling off, {variant['replicas']} replica(s)")
-        return 0
-    given = {field: getattr(args, flag) for flag, field, _, _ in AUTOSCALING_FLAGS}
-    given = {field: value for field, value in given.items() if value is not None}
-    variant = client.put(f"{path}autoscaling/", given) if given else client.get(path)
-    print(json.dumps({"replicas": variant["replicas"], "autoscaling": variant["autoscaling"]}, indent=2))
-    return 0
-
-
-def cmd_rollout(client: Client, args: argparse.Namespace, out: Progress) -> int:
-    base = f"/deployments/{args.deployment}/rollouts/"
-    if args.action == "start":
-        body: dict[str, Any] = {
-            "candidate": args.candidate,
-            "steps": [int(s) for s in args.steps.split(",")],
-            "hold_s": args.hold,
-            "max_error_rate": args.max_error_rate,
-            "max_p99_ms": args.max_p99_ms,
-            "min_shadow_agreement": args.min_shadow_agreement,
-            "min_requests": args.min_requests,
-        }
-        rollout = client.post(base, body)
-        out.line(f"rollout {rollout['id']} of {rollout['candidate']} started: steps {rollout['steps']}")
-        if not args.watch:
-            return 0
-        return _watch_rollout(client, args.deployment, rollout["id"], args.timeout, out)
-    rollout_id = args.id or _latest_rollout(client, base)
-    if args.action == "watch":
-        return _watch_rollout(client, args.deployment, rollout_id, args.timeout, out)
-    rollout = client.post(f"{base}{rollout_id}/{args.action}/")
-    out.line(f"rollout {rollout_id}: {rollout['state']}")
-    return 0
-
-
-def _latest_rollout(client: Client, base: str) -> int:
-    rollouts = client.get(base)
-    if not rollouts:
-        raise ApiError("this deployment has no rollout")
-    return int(rollouts[0]["id"])
-
-
-def _watch_rollout(client: Client, deployment: str, rollout_id: int, timeout: float, out: Progress) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        rollout = client.get(f"/deployments/{deployment}/rollouts/{rollout_id}/")
-        evaluation = rollout.get("last_evaluation") or {}
-        measured = evaluation.get("note") or (
-            f"{evaluation.get('requests', 0)} requests, errors "
-            f"{'n/a' if evaluation.get('error_rate') is None else format(evaluation['error_rate'], '.1%')}"
-        )
-        out.line(f"rollout {rollout_id}: {rollout['state']} at {rollout['current_weight']}% ({measured})")
-        if rollout["state"] in TERMINAL_ROLLOUT:
-            break
-        if time.monotonic() > deadline:
-            raise ApiError(f"rollout {rollout_id} still {rollout['state']} after {timeout:.0f} s")
-        time.sleep(2.0)
-    if rollout["state"] != "succeeded":
-        sys.stderr.write(f"rollout {rollout['state']}: {rollout['reason']}\n")
-        return 1
     return 0
 
 
@@ -312,7 +206,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias")
     p.add_argument("version", type=int, nargs="?")
     p.add_argument("--delete", action="store_true")
+    p.add_argument("--if-missing", action="store_true", help="only set it when the alias does not exist")
     p.set_defaults(run=cmd_alias)
+
+    p = sub.add_parser("deploy", help="create a deployment and its variants (--variant NAME:alias=A,...)")
+    p.add_argument("deployment")
+    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME:key=value,... with alias or version, replicas, weight, device, backend; "
+        "the first is the stable variant",
+    )
+    p.add_argument("--on-alias-move", choices=["rollout", "immediate", "manual"])
+    p.add_argument("--exist-ok", action="store_true", help="a deployment of that name is kept as it is")
+    p.add_argument("--wait", action="store_true", help="wait until every replica is ready")
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(run=cmd_deploy)
+
+    p = sub.add_parser("wait", help="wait until every replica of a deployment serves its variant's version")
+    p.add_argument("deployment")
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(run=cmd_wait)
+
+    p = sub.add_parser(
+        "promote", help="promote a variant now (forced, recorded): the stable one takes its version"
+    )
+    p.add_argument("deployment")
+    p.add_argument("variant")
+    p.add_argument("--reason", default="")
+    p.add_argument(
+        "--watch", action="store_true", help="follow it until the traffic is back on the stable variant"
+    )
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(run=cmd_promote)
 
     p = sub.add_parser("traffic", help="show or set a deployment's split: kiln traffic NAME a=90 b=10")
     p.add_argument("deployment")
@@ -333,12 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("deployment")
     p.add_argument("--id", type=int, help="rollout id (default: the latest)")
     p.add_argument("--candidate")
-    p.add_argument("--steps", default="5,25,50,100")
-    p.add_argument("--hold", type=float, default=60.0, help="seconds per step")
-    p.add_argument("--max-error-rate", type=float, default=0.01)
-    p.add_argument("--max-p99-ms", type=float, default=250.0)
+    p.add_argument("--baseline", help="default: the stable variant")
+    p.add_argument("--steps", help="candidate weights, e.g. 5,25,50,100 (default: the platform's)")
+    p.add_argument("--hold", type=float, help="seconds per step")
+    p.add_argument("--max-error-rate", type=float)
+    p.add_argument("--max-p99-ms", type=float)
     p.add_argument("--min-shadow-agreement", type=float)
-    p.add_argument("--min-requests", type=int, default=20)
+    p.add_argument("--min-requests", type=int, help="samples each objective needs at each step")
+    p.add_argument("--replica-timeout", type=float, help="seconds to wait for a ready candidate replica")
     p.add_argument("--watch", action="store_true", help="follow it; exit 1 unless it succeeds")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(run=cmd_rollout)
@@ -351,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(url=args.url)
         code: int = args.run(client, args, out)
+    except UsageError as exc:
+        sys.stderr.write(f"kiln: {exc}\n")
+        return 2
     except ApiError as exc:
         sys.stderr.write(f"kiln: {exc.message}\n")
         return 1

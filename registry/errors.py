@@ -43,3 +43,9 @@ class DuplicateModelError(ConflictError):
     """A model with this name exists already."""
 
     default_code = "duplicate"
+
+
+class DuplicateUploadError(ConflictError):
+    """The model has a version with the same bytes, and the caller asked not to register them again."""
+
+    default_code = "duplicate_upload"

@@ -6,16 +6,32 @@ import json
 from typing import Any
 
 from django import forms
+from django.utils.text import slugify
 
+from registry.models import slug_validator
 from registry.signature import DTYPES
 
 
 class ModelCreateForm(forms.Form):
-    name = forms.SlugField(
+    name = forms.CharField(
         max_length=64, help_text="lowercase letters, digits and hyphens, e.g. fraud-detector"
     )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=10_000)
     tags = forms.CharField(required=False, help_text="comma-separated", max_length=2000)
+
+    def clean_name(self) -> str:
+        """The name as the service will take it; a refusal says what would do (``My Model``: my-model)."""
+        name: str = self.cleaned_data["name"].strip()
+        try:
+            slug_validator(name)
+        except forms.ValidationError:
+            suggestion = slugify(name)[:64].strip("-")
+            hint = f" (for example {suggestion})" if suggestion and suggestion != name else ""
+            raise forms.ValidationError(
+                f"“{name}” is not a valid name: use lowercase letters, digits and hyphens, "
+                f"starting and ending with a letter or digit{hint}."
+            ) from None
+        return name
 
     def clean_tags(self) -> list[str]:
         return [t.strip() for t in self.cleaned_data["tags"].split(",") if t.strip()]

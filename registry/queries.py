@@ -95,3 +95,13 @@ def resolve_reference(model_name: str, reference: str) -> ModelVersion:
 
 def audit_events() -> QuerySet[AuditEvent]:
     return AuditEvent.objects.select_related("model")
+
+
+def same_bytes_as(version: ModelVersion) -> ModelVersion | None:
+    """The first other version of the same model uploaded with the same bytes, if any."""
+    return (
+        ModelVersion.objects.filter(model_id=version.model_id, source_sha256=version.source_sha256)
+        .exclude(pk=version.pk)
+        .order_by("version")
+        .first()
+    )

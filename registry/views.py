@@ -109,6 +109,13 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                 form.add_error(field, exc.message)
             else:
                 messages.success(request, f"Version {version.version} registered; conversion is queued.")
+                earlier = queries.same_bytes_as(version)
+                if earlier is not None:
+                    messages.warning(
+                        request,
+                        f"These are the same bytes as v{earlier.version} "
+                        f"(sha256 {version.source_sha256[:12]}…): v{version.version} is a copy of it.",
+                    )
                 return redirect("registry:version-detail", name=name, number=version.version)
     status = 400 if request.method == "POST" else 200
     return render(request, "registry/version_upload.html", {"model": model, "form": form}, status=status)

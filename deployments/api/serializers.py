@@ -8,10 +8,11 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from deployments import queries
 from deployments.autoscaling.models import ScalingDecision
 from deployments.autoscaling.table import AUTOSCALING
 from deployments.backends import BACKEND_NAMES, uses_images
-from deployments.inputs import AutoscalingPolicy, VariantSpec, VersionTarget
+from deployments.inputs import ALIAS_MOVE_POLICIES, AutoscalingPolicy, VariantSpec, VersionTarget
 from deployments.models import Deployment, Variant, Worker, WorkerImage
 from deployments.queries import cold_start_s, recent_decisions
 from deployments.services.images import latest_image_of
@@ -128,9 +129,11 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         model = Variant
         fields = (
             "name",
+            "role",
             "version",
             "pinned_version",
             "alias",
+            "follow_note",
             "weight",
             "shadow_percent",
             "replicas",
@@ -185,7 +188,7 @@ class VariantOutput(serializers.ModelSerializer[Variant]):
         return list(WorkerOutput(self._workers(obj), many=True).data)
 
     def get_ready_replicas(self, obj: Variant) -> int:
-        return sum(1 for w in self._workers(obj) if w.state == "ready")
+        return queries.ready_replicas(obj)
 
 
 class DeploymentOutput(serializers.ModelSerializer[Deployment]):
@@ -202,6 +205,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "description",
             "status",
             "status_reason",
+            "on_alias_move",
             "delete_requested_at",
             "desired_running",
             "endpoint",
@@ -270,6 +274,11 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
     model = serializers.CharField(max_length=64)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.1, max_value=60_000)
+    on_alias_move = serializers.ChoiceField(
+        choices=ALIAS_MOVE_POLICIES,
+        default="rollout",
+        help_text="when the alias of a variant carrying traffic moves: rollout, immediate (forced) or manual",
+    )
     variants = VariantInput(many=True)
 
     def specs(self) -> list[VariantSpec]:
@@ -277,6 +286,10 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
             VariantSpec.parse(_given(raw), prefix=f"variants[{i}].")
             for i, raw in enumerate(self.validated_data["variants"])
         ]
+
+
+class AliasMovePolicyInput(serializers.Serializer[Any]):
+    on_alias_move = serializers.ChoiceField(choices=ALIAS_MOVE_POLICIES)
 
 
 class ScaleInput(serializers.Serializer[Any]):

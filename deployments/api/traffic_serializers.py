@@ -68,8 +68,13 @@ class ShadowComparisonOutput(serializers.Serializer[Any]):
 
 
 class RolloutOutput(serializers.ModelSerializer[Rollout]):
+    """A rollout; ``last_evaluation.objectives`` has each objective's bound, value and sample size,
+    ``history`` the evaluation that closed each step."""
+
     candidate = serializers.CharField(source="candidate.name")
     baseline = serializers.CharField(source="baseline.name")
+    version = serializers.IntegerField(source="version.version", default=None)
+    created_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
     current_weight = serializers.IntegerField(read_only=True)
 
     class Meta:
@@ -79,6 +84,10 @@ class RolloutOutput(serializers.ModelSerializer[Rollout]):
             "state",
             "candidate",
             "baseline",
+            "version",
+            "trigger",
+            "forced",
+            "created_by",
             "steps",
             "step_index",
             "current_weight",
@@ -87,8 +96,10 @@ class RolloutOutput(serializers.ModelSerializer[Rollout]):
             "max_p99_ms",
             "min_shadow_agreement",
             "min_requests",
+            "replica_timeout_s",
             "step_started_at",
             "last_evaluation",
+            "history",
             "reason",
             "created_at",
             "finished_at",
@@ -131,11 +142,28 @@ class RolloutInput(serializers.Serializer[Any]):
     max_error_rate = serializers.FloatField(default=_default("max_error_rate"))
     max_p99_ms = serializers.FloatField(default=_default("max_p99_ms"))
     min_shadow_agreement = serializers.FloatField(required=False, allow_null=True, default=None)
-    min_requests = serializers.IntegerField(default=_default("min_requests"))
+    min_requests = serializers.IntegerField(
+        default=_default("min_requests"), help_text="samples each objective needs at each step"
+    )
+    replica_timeout_s = serializers.FloatField(
+        default=_default("replica_timeout_s"), help_text="how long to wait for a ready candidate replica"
+    )
 
     def policy(self) -> RolloutPolicy:
         data = dict(self.validated_data)
         return RolloutPolicy(**{**data, "steps": tuple(data["steps"])})
+
+
+class PromoteInput(serializers.Serializer[Any]):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class PromotionOutput(serializers.Serializer[Any]):
+    """The split right after a promotion, and the promotion (a forced rollout row, ``promoting``
+    until the stable variant serves the version, then ``succeeded``)."""
+
+    split = serializers.DictField(child=ShareOutput())
+    rollout = RolloutOutput()
 
 
 class ShadowInput(serializers.Serializer[Any]):

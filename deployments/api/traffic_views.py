@@ -11,6 +11,8 @@ from rest_framework.views import APIView
 
 from deployments import histograms, queries
 from deployments.api.traffic_serializers import (
+    PromoteInput,
+    PromotionOutput,
     RolloutInput,
     RolloutOutput,
     ShadowComparisonOutput,
@@ -20,7 +22,7 @@ from deployments.api.traffic_serializers import (
     TrafficOutput,
 )
 from deployments.models import Deployment, TrafficChange
-from deployments.services import rollouts, traffic
+from deployments.services import promotion, rollouts, traffic
 from deployments.services.gateway_stats import ShadowSummary, shadow_summary, variant_stats
 from inference_worker.contracts.histograms import HistogramRecord
 
@@ -68,13 +70,22 @@ class RestoreView(APIView):
 
 
 class PromoteView(APIView):
-    """All traffic to this variant; a followed alias moves to its version."""
+    """Promote now (forced, recorded): the stable variant takes this variant's version, its alias
+    moves, and the traffic goes back to it once its replicas serve that version."""
 
-    @extend_schema(request=None, responses=TrafficChangeResultOutput)
+    @extend_schema(request=PromoteInput, responses=PromotionOutput)
     def post(self, request: Request, name: str, variant: str) -> Response:
         deployment = queries.deployment_for_change(name, request.user)
-        change = traffic.promote_variant(deployment=deployment, variant_name=variant, actor=request.user)
-        return _changed(deployment, change)
+        data = PromoteInput(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        rollout = promotion.promote_variant(
+            deployment=deployment,
+            variant_name=variant,
+            actor=request.user,
+            reason=data.validated_data["reason"],
+        )
+        split = traffic.current_split(deployment).as_dict()
+        return Response(PromotionOutput({"split": split, "rollout": rollout}).data)
 
 
 class ShadowView(APIView):
@@ -143,11 +154,7 @@ class RolloutListView(APIView):
         deployment = queries.deployment_for_change(name, request.user)
         data = RolloutInput(data=request.data)
         data.is_valid(raise_exception=True)
-        rollout = rollouts.start_rollout(
-            deployment=deployment,
-            policy=data.policy(),
-            actor=request.user,  # type: ignore[arg-type]
-        )
+        rollout = rollouts.start_rollout(deployment=deployment, policy=data.policy(), actor=request.user)
         return Response(RolloutOutput(rollout).data, status=201)
 
 

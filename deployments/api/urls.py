@@ -20,6 +20,11 @@ urlpatterns = [
         views.DeploymentViewSet.as_view({"post": "start"}),
         name="deployment-start",
     ),
+    path(
+        "deployments/<slug:name>/on-alias-move/",
+        views.DeploymentViewSet.as_view({"put": "on_alias_move"}),
+        name="deployment-on-alias-move",
+    ),
     path("deployments/<slug:name>/variants/", views.VariantListView.as_view(), name="variant-list"),
     path(
         "deployments/<slug:name>/variants/<slug:variant>/",

@@ -55,6 +55,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
             actor=request.user,  # type: ignore[arg-type]
             description=data.validated_data["description"],
             latency_budget_ms=data.validated_data.get("latency_budget_ms"),
+            on_alias_move=data.validated_data["on_alias_move"],
         )
         return Response(s.DeploymentOutput(queries.get_deployment(deployment.name)).data, status=201)
 
@@ -67,6 +68,18 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Deploymen
         deployment = queries.deployment_for_change(name, request.user, deleting_ok=True)
         services.delete_deployment(deployment=deployment, actor=request.user)
         return Response(s.DeploymentOutput(queries.get_deployment(name)).data, status=202)
+
+    @extend_schema(request=s.AliasMovePolicyInput, responses=s.DeploymentOutput)
+    @action(detail=True, methods=["put"], url_path="on-alias-move")
+    def on_alias_move(self, request: Request, name: str) -> Response:
+        """What happens when the alias of a variant carrying traffic moves."""
+        deployment = queries.deployment_for_change(name, request.user)
+        data = s.AliasMovePolicyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.set_alias_move_policy(
+            deployment=deployment, policy=data.validated_data["on_alias_move"], actor=request.user
+        )
+        return Response(s.DeploymentOutput(queries.get_deployment(name)).data)
 
     @extend_schema(request=None, responses=s.DeploymentOutput)
     @action(detail=True, methods=["post"])

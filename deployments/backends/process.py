@@ -133,6 +133,20 @@ class ProcessBackend:
             os.killpg(pid, signal.SIGKILL)
         _reap(pid)
 
+    def exit_fd(self, handle: str) -> int | None:
+        """A pidfd that becomes readable when the worker exits (any process may wait on it, not only
+        its parent); None when it has exited already."""
+        pid, started = _parse(handle)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        now = _start_time(pid)
+        if now is None or (started and now != started):  # gone, or the pid was reused
+            os.close(fd)
+            return None
+        return fd
+
     def logs(self, handle: str, *, log_path: str, tail: int) -> str:
         return tail_file(Path(log_path), tail) if log_path else ""
 

@@ -10,7 +10,8 @@ version, batching, "delete this deployment", "remove this variant"); each pass o
   rolling updates, adoption of workers that outlived a platform restart);
 - ``spec``: what a worker runs (the fingerprint that decides a rolling update, the launch spec);
 - ``status``: the deployment's status from its workers;
-- ``cleanup``: orphans no row knows, and stopping workers when the platform itself stops.
+- ``cleanup``: orphans no row knows, and stopping workers when the platform itself stops;
+- ``exits``: a local worker's exit noticed at once (a pidfd), queuing a pass for its deployment.
 """
 
 from deployments.reconcile.cleanup import stop_orphans, stop_workers

@@ -8,18 +8,16 @@ from django.conf import settings
 from django.db import transaction
 
 from config.locks import advisory_lock
-from config.redis import redis_client
 from deployments.backends import BackendError, get_backend, owns_placement
 from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, WorkerState
 from deployments.reconcile.cleanup import stop_orphans
 from deployments.reconcile.service import ServiceReconciler
 from deployments.reconcile.status import update_status
 from deployments.reconcile.variant import VariantReconciler
+from deployments.services.alias_moves import follow_pending
 from deployments.services.deployments import describe_variant
 from deployments.services.events import record_deployment_event
-from deployments.services.routing import publish_routing_table
-from deployments.services.variants import followers_pending, roll_alias_followers
-from registry.models import Alias
+from deployments.services.routing import converge_routing_table, publish_routing_table
 
 logger = logging.getLogger(__name__)
 BUSY_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
@@ -34,7 +32,7 @@ def reconcile_all() -> dict[str, int]:
     with advisory_lock("deployments.cleanup") as taken:
         if taken:
             counts["orphans"] = stop_orphans()
-            ensure_routing_table()
+            converge_routing_table()
             _remember_docker_engine()
     return counts
 
@@ -55,20 +53,13 @@ def _remember_docker_engine() -> None:
         logger.info("the Docker engine does not answer: %s", exc)
 
 
-def ensure_routing_table() -> None:
-    """Publish the table when Redis has none (a fresh or restarted Redis): gateways wait for one."""
-    try:
-        missing = not redis_client().exists(settings.KILN_ROUTING_KEY)
-    except Exception as exc:  # Redis down: the next pass tries again
-        logger.warning("cannot check the routing table: %s", exc)
-        return
-    if missing:
-        publish_routing_table()
+def reconcile_deployment(deployment_id: int, *, wait_s: float = 0.0) -> bool:
+    """One pass over one deployment; returns whether anything changed.
 
-
-def reconcile_deployment(deployment_id: int) -> bool:
-    """One pass over one deployment; returns whether anything changed."""
-    with advisory_lock(f"deployments.reconcile.{deployment_id}") as taken:
+    A pass already running for it makes this one return at once, or after waiting up to
+    ``wait_s`` for it (a pass asked for by a worker's exit must not be lost to a routine one).
+    """
+    with advisory_lock(f"deployments.reconcile.{deployment_id}", wait_s=wait_s) as taken:
         if not taken:
             return False
         deployment = Deployment.objects.select_related("model").filter(pk=deployment_id).first()
@@ -76,11 +67,7 @@ def reconcile_deployment(deployment_id: int) -> bool:
             return False
         changed = False
         if deployment.delete_requested_at is None:
-            for variant in followers_pending(deployment):
-                alias = Alias.objects.select_related("version").get(
-                    model_id=deployment.model_id, name=variant.alias
-                )
-                changed |= bool(roll_alias_followers(alias=alias))
+            changed |= bool(follow_pending(deployment))
         problems: dict[int, tuple[bool, str]] = {}  # variant -> (fatal, why it cannot run now)
         for variant in deployment.variants.select_related("version__model").order_by("id"):
             try:

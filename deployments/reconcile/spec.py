@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -11,8 +12,12 @@ from django.conf import settings
 from deployments.backends import ServiceSpec, WorkerSpec
 from deployments.backends.base import TASK_ID
 from deployments.models import Deployment, ImageStatus, Variant, Worker
+from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.launch import LaunchSpec
+from inference_worker.contracts.warmup import REPORT_KEY, parse_warmup, warmup_text
 from registry import storage
+
+logger = logging.getLogger(__name__)
 
 
 def spec_hash(variant: Variant) -> str:
@@ -108,6 +113,7 @@ def _launch(
             report_token=token,
             report_interval_s=settings.KILN_REPORT_INTERVAL_S,
             worker_id=str(worker_id),
+            warmup_inputs=_warmup(version.report),
         ),
         image=variant.image,
         labels={
@@ -116,3 +122,15 @@ def _launch(
             "version": str(version.version),
         },
     )
+
+
+def _warmup(report: object) -> str:
+    """The shapes the version's conversion validated, for the worker's warm-up ("" when none recorded)."""
+    recorded = report.get(REPORT_KEY) if isinstance(report, dict) else None
+    if recorded is None:
+        return ""
+    try:
+        return warmup_text(parse_warmup(recorded))
+    except ContractError as exc:  # an unreadable record: the worker's own warm-up, logged
+        logger.warning("ignoring the recorded warm-up inputs: %s", exc)
+        return ""

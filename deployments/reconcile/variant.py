@@ -112,7 +112,8 @@ class VariantReconciler:
             return
         self.set_state(worker, WorkerState.STOPPED, last_error=error)
         if wanted:
-            backoff = min(2 ** (restarts - 1), settings.KILN_RESTART_BACKOFF_MAX_S)
+            # A worker that had served a while is replaced at once; crashes back off exponentially.
+            backoff = min(2 ** (restarts - 1), settings.KILN_RESTART_BACKOFF_MAX_S) if crashed else 0
             Worker.objects.create(
                 variant=self.variant,
                 version=worker.version,

@@ -1,5 +1,6 @@
 """Deployment services, split by concept: deployments, variants, batching, workers and reports, routing."""
 
+from deployments.services.alias_moves import on_alias_moved
 from deployments.services.autoscaling import policy_of, remove_autoscaling, set_autoscaling
 from deployments.services.batching import propose_batching, validate_batching
 from deployments.services.deployments import (
@@ -7,12 +8,12 @@ from deployments.services.deployments import (
     create_deployment,
     delete_deployment,
     remove_variant,
+    set_alias_move_policy,
     set_deployment_running,
 )
 from deployments.services.rollups import downsample_reports
 from deployments.services.routing import build_routing_table, publish_routing_table
 from deployments.services.variants import (
-    on_alias_moved,
     scale_variant,
     set_variant_version,
     update_batching,
@@ -39,6 +40,7 @@ __all__ = (
     "remove_autoscaling",
     "remove_variant",
     "scale_variant",
+    "set_alias_move_policy",
     "set_autoscaling",
     "set_deployment_running",
     "set_variant_version",

@@ -133,15 +133,18 @@ def propose_batching(
     preferred = tuple(m.batch_size for m in fitting if max(2, size // 4) <= m.batch_size <= size)
     config = BatchingConfig(max_batch_size=size, max_queue_delay_ms=delay, preferred_batch_sizes=preferred)
     larger = next((m for m in rows if m.batch_size > size), None)
+    # The sum is of the figures as printed, so that the arithmetic reads right (not 2 x 0.01 = 0.03).
+    shown, shown_codec = _figure(latency), _figure(codec)
+    plus = f" + {shown_codec:g} ms {PROTOCOLS[protocol]} codec" if protocol is not None else ""
     note = (
-        f"Batch {size} takes {latency:.2f} ms (profiled), so a request waiting for one batch and running in "
-        f"the next stays within 2 x {latency:.2f}{_plus(codec, protocol)} = {2 * latency + codec:.2f} ms of "
+        f"Batch {size} takes {shown:g} ms (profiled), so a request waiting for one batch and running in "
+        f"the next stays within 2 × {shown:g}{plus} = {_figure(2 * shown + shown_codec):g} ms of "
         f"the {budget:g} ms budget; the queue delay of {delay:g} ms fits the rest."
     )
     if target_rps is not None:
         note += f" One worker sustains {throughput_rps(chosen, codec):,.0f} req/s (target {target_rps:,.0f})."
     elif larger is not None:
-        note += f" Larger batches exceed it (batch {larger.batch_size}: {larger.latency_ms:.2f} ms)."
+        note += f" Larger batches exceed it (batch {larger.batch_size}: {_figure(larger.latency_ms):g} ms)."
     return Proposal(config, note, chosen, protocol, codec)
 
 
@@ -154,6 +157,11 @@ def _choose(fitting: list[Measured], codec: float, target_rps: float | None) -> 
     if meeting:
         return min(meeting, key=lambda m: (m.latency_ms, m.batch_size))
     return max(fitting, key=lambda m: throughput_rps(m, codec))
+
+
+def _figure(ms: float) -> float:
+    """A duration rounded to three significant digits, as the notes print it."""
+    return float(f"{ms:.3g}")
 
 
 def _plus(codec: float, protocol: str | None) -> str:

@@ -14,8 +14,15 @@ from django.utils import timezone
 
 from deployments.backends import BackendError, get_backend, owns_placement
 from deployments.errors import DuplicateDeploymentError, InvalidDeploymentError
-from deployments.inputs import VariantSpec, VersionTarget, slug
-from deployments.models import Deployment, DeploymentStatus, Variant, WorkerState
+from deployments.inputs import VariantSpec, VersionTarget, alias_move_policy, slug
+from deployments.models import (
+    AliasMovePolicy,
+    Deployment,
+    DeploymentStatus,
+    Variant,
+    VariantRole,
+    WorkerState,
+)
 from deployments.services.batching import below, propose_batching, validate_batching
 from deployments.services.events import enqueue_reconcile, record_deployment_event
 from deployments.services.routing import publish_routing_table
@@ -121,9 +128,14 @@ def create_deployment(
     actor: User,
     description: str = "",
     latency_budget_ms: float | None = None,
+    on_alias_move: str = AliasMovePolicy.ROLLOUT,
 ) -> Deployment:
-    """Create a deployment and its variants; the reconcile loop starts the replicas."""
+    """Create a deployment and its variants; the reconcile loop starts the replicas.
+
+    The variant with the most traffic (the first on a tie) is the stable one.
+    """
     slug(name, "name")
+    alias_move_policy(on_alias_move)
     if not variants:
         raise InvalidDeploymentError("variants: at least one variant is required")
     if len(variants) > 8:
@@ -131,7 +143,11 @@ def create_deployment(
     try:
         with transaction.atomic():
             deployment = Deployment.objects.create(
-                name=name, model=model, description=description[:5000], created_by=actor
+                name=name,
+                model=model,
+                description=description[:5000],
+                created_by=actor,
+                on_alias_move=on_alias_move,
             )
             built = [
                 build_variant(deployment, spec, i, latency_budget_ms=latency_budget_ms)
@@ -141,6 +157,7 @@ def create_deployment(
             if len(set(names)) != len(names):
                 raise InvalidDeploymentError("variants: variant names must be unique")
             check_weights(built)
+            max(built, key=lambda v: v.weight).role = VariantRole.STABLE
             for variant in built:
                 variant.save()
             record_deployment_event(
@@ -161,6 +178,7 @@ def describe_variant(variant: Variant) -> dict[str, Any]:
     """A variant as recorded in audit events."""
     return {
         "name": variant.name,
+        "role": variant.role,
         "version": variant.version.version,
         "alias": variant.alias or None,
         "weight": variant.weight,
@@ -202,6 +220,26 @@ def set_deployment_running(*, deployment: Deployment, running: bool, actor: Acto
         after={"running": running},
     )
     enqueue_reconcile(locked)
+    return locked
+
+
+@transaction.atomic
+def set_alias_move_policy(*, deployment: Deployment, policy: str, actor: Actor) -> Deployment:
+    """Choose what happens when the alias of a variant carrying traffic moves (audited)."""
+    alias_move_policy(policy)
+    locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    locked.ensure_changeable()
+    if locked.on_alias_move != policy:
+        before = locked.on_alias_move
+        locked.on_alias_move = policy
+        locked.save(update_fields=["on_alias_move", "updated_at"])
+        record_deployment_event(
+            actor=actor,
+            action="deployment.alias_move_policy",
+            deployment=locked,
+            before={"on_alias_move": before},
+            after={"on_alias_move": policy},
+        )
     return locked
 
 

@@ -6,6 +6,12 @@ channel of the same name announces each new one. Its format is
 module). Only ready workers of running deployments are listed. The table is
 rebuilt whole from the database and swapped whole, so a missed message heals
 at the gateway's next periodic reload.
+
+A publication can be lost (Redis down when a traffic change commits). The
+reconcile loop therefore calls ``converge_routing_table`` on every pass: it
+compares the digest of the database's table with the table in Redis and with
+the table every live gateway says it holds (``contracts.gateway_table``), and
+publishes again until all of them agree.
 """
 
 from __future__ import annotations
@@ -23,15 +29,21 @@ from config.redis import redis_client
 from deployments.autoscaling.models import ScalingPolicy
 from deployments.models import Deployment, Variant, Worker, WorkerState
 from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.gateway_table import GatewayTableRecord, parse_gateway_table, tables_key
 from inference_worker.contracts.routing import (
     DeploymentRecord,
     ReplicaRecord,
     TableRecord,
     VariantRecord,
     encode_table,
+    parse_table,
+    table_digest,
 )
 
 logger = logging.getLogger(__name__)
+
+GATEWAY_GONE_S = 30.0
+"""A gateway whose record is older than this is gone (stopped, killed) and no longer waited for."""
 
 
 def build_routing_table() -> TableRecord:
@@ -101,7 +113,10 @@ def _served_version(workers: list[Worker]) -> int:
 
 def publish_routing_table() -> TableRecord:
     """Rebuild the table and publish it; Redis being down is logged, never raised."""
-    table = build_routing_table()
+    return _publish(build_routing_table())
+
+
+def _publish(table: TableRecord) -> TableRecord:
     payload = json.dumps(encode_table(table), separators=(",", ":"))
     try:
         client = redis_client()
@@ -112,3 +127,50 @@ def publish_routing_table() -> TableRecord:
     except redis.RedisError as exc:
         logger.warning("could not publish the routing table: %s", exc)
     return table
+
+
+def converge_routing_table() -> bool:
+    """Publish the database's table when Redis or a live gateway holds another; True when it did.
+
+    Redis being down is logged (the next pass tries again); a gateway that refuses the table
+    keeps it published on every pass, and is logged.
+    """
+    table = build_routing_table()
+    wanted = table_digest(table)
+    try:
+        client = redis_client()
+        stored = client.get(settings.KILN_ROUTING_KEY)
+        reports = client.hgetall(tables_key(settings.KILN_ROUTING_KEY))
+    except redis.RedisError as exc:
+        logger.warning("cannot compare the routing tables: %s", exc)
+        return False
+    behind = sorted(
+        record.gateway_id
+        for record in map(_gateway_record, reports.values())
+        if record is not None
+        and time.time() - record.reported_at <= GATEWAY_GONE_S
+        and record.table_digest != wanted
+    )
+    if _stored_digest(stored) == wanted and not behind:
+        return False
+    if behind:
+        logger.info("gateway(s) %s hold another routing table; publishing it again", ", ".join(behind))
+    _publish(table)
+    return True
+
+
+def _stored_digest(payload: bytes | str | None) -> str | None:
+    if payload is None:
+        return None
+    try:
+        return table_digest(parse_table(json.loads(payload)))
+    except ValueError:  # not JSON, or a ContractError: replaced by a good one
+        return None
+
+
+def _gateway_record(payload: bytes | str) -> GatewayTableRecord | None:
+    try:
+        return parse_gateway_table(json.loads(payload))
+    except ValueError as exc:
+        logger.warning("skipping a gateway's table record: %s", exc)
+        return None

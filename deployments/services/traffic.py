@@ -1,9 +1,10 @@
-"""Traffic splits between a deployment's variants: set, promote, restore, shadow.
+"""Traffic splits between a deployment's variants: set, restore, shadow.
 
 A split names every variant. The weights of the live (non-shadow) variants add up
 to 100; a shadow variant carries weight 0 and a copy percentage. A variant without
-a ready replica cannot be given weight. Every change is a ``TrafficChange`` row and
-an audit event, applied in one transaction and published as one routing table.
+a ready replica cannot be given weight (409, the same answer a rollout and a promotion
+give). Every change is a ``TrafficChange`` row and an audit event, applied in one
+transaction and published as one routing table. Promotion is ``services.promotion``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,21 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from deployments.errors import InvalidDeploymentError
+from config.errors import ConflictError, NotFoundError
+from deployments.errors import InvalidDeploymentError, NotReadyError
 from deployments.inputs import Share, Split
 from deployments.models import Deployment, TrafficChange, Variant, WorkerState
 from deployments.services.events import record_deployment_event
 from registry.audit import Actor, actor_label
-from registry.models import Alias
+
+
+def ensure_ready_replica(variant: Variant, what: str) -> None:
+    """409 unless ``variant`` has a ready replica; ``what`` says what it was about to do."""
+    if not variant.workers.filter(state=WorkerState.READY).exists():
+        raise NotReadyError(
+            f"variant {variant.name!r} has no ready replica, so it cannot {what} yet",
+            extra={"variant": variant.name},
+        )
 
 
 def current_split(deployment: Deployment) -> Split:
@@ -48,16 +58,12 @@ def _check_split(split: Split, variants: dict[str, Variant], previous: Split) ->
     for name, share in split.items():
         before = previous.get(name)
         needs_replica = share.weight > (before.weight if before else 0) or share.shadow_percent
-        if needs_replica and not _can_serve(variants[name], share.shadow_percent):
-            raise InvalidDeploymentError(
-                f"split.{name}: variant {name!r} has no ready replica, so it cannot take traffic yet"
-            )
+        if needs_replica and not _wakes_on_demand(variants[name], share.shadow_percent):
+            ensure_ready_replica(variants[name], "take traffic")
 
 
-def _can_serve(variant: Variant, shadow_percent: int) -> bool:
-    """A ready replica, or live traffic for a variant at zero that the gateway's activator wakes."""
-    if variant.workers.filter(state=WorkerState.READY).exists():
-        return True
+def _wakes_on_demand(variant: Variant, shadow_percent: int) -> bool:
+    """Live traffic for a variant at zero, which the gateway's activator wakes: no replica needed yet."""
     policy = getattr(variant, "autoscaling", None)
     return not shadow_percent and policy is not None and policy.min_replicas == 0
 
@@ -121,7 +127,7 @@ def restore_split(*, deployment: Deployment, change_id: int, actor: Actor) -> Tr
     """Restore the split an earlier change set (variants added since get weight 0)."""
     change = TrafficChange.objects.filter(deployment=deployment, pk=change_id).first()
     if change is None:
-        raise InvalidDeploymentError(f"deployment {deployment.name!r} has no traffic change {change_id}")
+        raise NotFoundError(f"deployment {deployment.name!r} has no traffic change {change_id}")
     names = set(deployment.variants.filter(remove_requested_at__isnull=True).values_list("name", flat=True))
     gone = sorted(set(change.after) - names)
     if gone:
@@ -136,36 +142,6 @@ def restore_split(*, deployment: Deployment, change_id: int, actor: Actor) -> Tr
     )
 
 
-@transaction.atomic
-def promote_variant(*, deployment: Deployment, variant_name: str, actor: Actor) -> TrafficChange | None:
-    """Send all traffic to one variant and, where the deployment follows an alias, move it there."""
-    variant = deployment.variants.select_related("version").filter(name=variant_name).first()
-    if variant is None:
-        raise InvalidDeploymentError(f"deployment {deployment.name!r} has no variant {variant_name!r}")
-    split = Split(
-        {name: Share(weight=100 if name == variant.name else 0) for name in current_split(deployment)}
-    )
-    followed = sorted(set(deployment.variants.exclude(alias="").values_list("alias", flat=True)))
-    moved = []
-    for alias_name in followed:
-        alias = (
-            Alias.objects.select_related("version").filter(model=deployment.model, name=alias_name).first()
-        )
-        if alias is not None and alias.version_id != variant.version_id:
-            from registry.services import set_alias
-
-            set_alias(
-                model=deployment.model, name=alias_name, version_number=variant.version.version, actor=actor
-            )
-            moved.append(f"alias {alias_name} -> v{variant.version.version}")
-    reason = f"promoted {variant.name} (v{variant.version.version})" + (
-        f"; {', '.join(moved)}" if moved else ""
-    )
-    return set_traffic_split(
-        deployment=deployment, split=split, actor=actor, reason=reason, kind=TrafficChange.Kind.PROMOTE
-    )
-
-
 def set_shadow(*, variant: Variant, percent: int, actor: Actor) -> TrafficChange | None:
     """Make a weight-0 variant a shadow receiving ``percent`` % copies of live requests (0 stops it)."""
     deployment = variant.deployment
@@ -174,7 +150,7 @@ def set_shadow(*, variant: Variant, percent: int, actor: Actor) -> TrafficChange
         raise InvalidDeploymentError("shadow_percent: must be an integer from 0 to 100")
     weight = split[variant.name].weight
     if weight and percent:
-        raise InvalidDeploymentError(
+        raise ConflictError(
             f"variant {variant.name!r} carries {weight}% of live traffic; "
             "move it to 0 before making it a shadow"
         )

@@ -1,4 +1,4 @@
-"""Changing a variant: replicas, version (a rolling update), batching; following aliases."""
+"""Changing a variant: replicas, version (a rolling update), batching (aliases: ``alias_moves``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ from django.db import transaction
 
 from deployments.errors import InvalidDeploymentError
 from deployments.inputs import VersionTarget
-from deployments.models import Deployment, Variant
+from deployments.models import Variant
 from deployments.services.batching import validate_batching
 from deployments.services.deployments import describe_variant, resolve_target
 from deployments.services.events import enqueue_reconcile, record_deployment_event
 from inference_worker.contracts.batching import encode_batching
 from registry.audit import Actor
-from registry.models import Alias, VersionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -99,54 +98,3 @@ def update_batching(*, variant: Variant, batching: dict[str, Any], actor: Actor)
     )
     enqueue_reconcile(locked.deployment)
     return locked
-
-
-def roll_alias_followers(*, alias: Alias) -> list[Variant]:
-    """Move every variant that follows ``alias`` to its new version, when that version is ready."""
-    moved = []
-    followers = Variant.objects.select_related("deployment", "version").filter(
-        deployment__model_id=alias.model_id, alias=alias.name
-    )
-    for variant in followers:
-        if variant.version_id == alias.version_id:
-            continue
-        if alias.version.status != VersionStatus.READY:
-            logger.info("%s follows %s, whose version is not ready yet", variant, alias)
-            continue
-        with transaction.atomic():
-            locked = _locked(variant)
-            before = describe_variant(locked)
-            locked.version = alias.version
-            locked.save(update_fields=["version", "updated_at"])
-            record_deployment_event(
-                actor=None,
-                action="variant.version_changed",
-                deployment=locked.deployment,
-                before=before,
-                after=describe_variant(locked),
-                reason=f"alias {alias.name} moved to v{alias.version.version}",
-            )
-            enqueue_reconcile(locked.deployment)
-        moved.append(variant)
-    return moved
-
-
-def on_alias_moved(*, alias_id: int) -> None:
-    """Called by the registry after an alias move commits."""
-    alias = Alias.objects.select_related("version", "model").filter(pk=alias_id).first()
-    if alias is not None:
-        roll_alias_followers(alias=alias)
-
-
-def followers_pending(deployment: Deployment) -> list[Variant]:
-    """Variants whose alias points at a ready version other than the one they serve."""
-    pending = []
-    for variant in deployment.variants.exclude(alias="").select_related("version"):
-        alias = (
-            Alias.objects.select_related("version")
-            .filter(model_id=deployment.model_id, name=variant.alias)
-            .first()
-        )
-        if alias and alias.version_id != variant.version_id and alias.version.status == VersionStatus.READY:
-            pending.append(variant)
-    return pending

@@ -9,13 +9,15 @@ Both planes import these modules; neither writes a message's keys itself.
 - ``routing``         the routing table the platform publishes and the gateway follows
 - ``report``          the report a worker pushes to the platform
 - ``gateway_stats``   the counters each gateway writes for the platform to read
+- ``gateway_table``   which routing table each gateway holds (its digest), for convergence
+- ``warmup``          the input shapes a conversion validated, which the worker warms up with
 - ``activation``      a gateway's request for a replica of a variant scaled to zero
 - ``histograms``      a histogram as the report and the stats carry it
 - ``errors``          ``ContractError``: what every ``parse_*`` raises, naming the field
 - ``wire``            reading decoded JSON into typed values (the ``parse_*`` functions' helpers)
 
-Each message module (routing, report, gateway_stats, activation, launch) has a schema name, frozen
-records, ``encode_*`` and ``parse_*``; the batching options travel inside the launch spec
+Each message module (routing, report, gateway_stats, gateway_table, activation, launch) has a schema
+name, frozen records, ``encode_*`` and ``parse_*``; the batching options travel inside the launch spec
 and the API, so they have the encode and parse but no schema of their own. A round-trip
 test each lives in ``tests/inference_worker/contracts``, and
 ``test_spelled_once.py`` there keeps every other module from spelling their keys.

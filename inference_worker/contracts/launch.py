@@ -47,6 +47,8 @@ class LaunchSpec:
     host: str = HOST.default
     http_port: int = HTTP_PORT.default
     grpc_port: int = GRPC_PORT.default
+    warmup_inputs: str = ""
+    """``contracts.warmup``'s text: the shapes the version's conversion validated."""
 
     def __post_init__(self) -> None:
         for name, value in self._own().items():

@@ -13,8 +13,9 @@ every gateway follows it. Format::
              "replicas": [{"id": 12, "url": "http://127.0.0.1:40123", "grpc": "127.0.0.1:40124",
                            "version": "3"}]}]}}}
 
-``version`` (of the table) grows with every publication. A variant with
-weight 0 and a shadow percentage gets copies of live requests. A replica's
+``version`` (of the table) grows with every publication. A variant with a
+shadow percentage gets copies of the live requests the other variants answered
+(weight 0: a pure shadow; a weight too: a rollout that measures agreement). A replica's
 ``version`` is the model version it serves (during a rolling update a variant's
 replicas serve two); ``grpc`` is its gRPC target, for clients and for people. ``activate`` marks a
 variant that may be scaled to zero: while it has no replica, a gateway holds its
@@ -28,6 +29,8 @@ Gateways of that time ignore the keys they do not know.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,7 +90,7 @@ class ReplicaRecord:
 
 @dataclass(frozen=True)
 class VariantRecord:
-    """One arm of a deployment: live (weight > 0) or a shadow (weight 0, shadow_percent > 0)."""
+    """One arm of a deployment: live (weight > 0), a shadow (shadow_percent > 0), or both during a rollout."""
 
     name: str
     model_name: str
@@ -162,6 +165,13 @@ def _encode_variant(variant: VariantRecord) -> dict[str, Any]:
             {"id": r.id, "url": r.url, "grpc": r.grpc, "version": r.version} for r in variant.replicas
         ],
     }
+
+
+def table_digest(table: TableRecord) -> str:
+    """What ``table`` routes, as a hex SHA-256: equal for equal deployments, whatever the table's
+    ``version`` and build time (so a gateway's table can be compared with the database's)."""
+    body = json.dumps(encode_table(table)["deployments"], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def parse_table(payload: object) -> TableRecord:

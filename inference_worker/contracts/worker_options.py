@@ -78,11 +78,14 @@ WORKER_ID: OptionField[str | None] = OptionField(
     "worker_id", Kind.TEXT, None, "identity in reports (default: hostname-pid)"
 )
 LOG_LEVEL = OptionField("log_level", Kind.LOWER, "info", "debug, info, warning or error")
+WARMUP_INPUTS = OptionField(
+    "warmup_inputs", Kind.TEXT, "", "the input shapes the conversion validated (JSON, contracts.warmup)"
+)
 
 SERVE = OptionTable(
     MODEL_NAME, MODEL_PATH, MODEL_VERSION, MODEL_SHA256, HOST, HTTP_PORT, GRPC_PORT, DEVICE,
     INTRA_OP_THREADS, INTRA_OP_SPINNING, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
     MAX_TENSOR_ELEMENTS, MAX_QUEUE_BYTES, DRAIN_TIMEOUT_S, SHUTDOWN_DELAY_S, LISTEN_FILE, REPORT_URL,
-    REPORT_TOKEN, REPORT_INTERVAL_S, WORKER_ID, LOG_LEVEL,
+    REPORT_TOKEN, REPORT_INTERVAL_S, WORKER_ID, LOG_LEVEL, WARMUP_INPUTS,
 )  # fmt: skip
 """The ``serve`` options, batching included (looked up in ``BATCHING`` on every read)."""

@@ -30,6 +30,7 @@ from random import Random
 
 from inference_worker import __version__
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
+from inference_worker.contracts.gateway_table import GatewayTableRecord
 from inference_worker.gateway.activator import ActivationSender, Activator
 from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.metrics import GatewayMetrics, Series
@@ -121,7 +122,9 @@ class Gateway:
         client = redis_client(c.redis_url)
         self.activator.notify = ActivationSender(client, c.routing_key, c.gateway_id, loop)
         watcher = TableWatcher(client, c.routing_key, c.reload_interval_s, self.apply, self.metrics)
-        publisher = StatsPublisher(client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot)
+        publisher = StatsPublisher(
+            client, c.routing_key, c.gateway_id, c.stats_interval_s, self.snapshot, self.table_record
+        )
         await self._shadow.start()
         tasks = [loop.create_task(job) for job in (watcher.run(), publisher.run(), self._sweep())]
         await self._stop.wait()
@@ -191,6 +194,9 @@ class Gateway:
             for v in route.variants
         }
 
+    def table_record(self) -> GatewayTableRecord:  # which table it serves (contracts.gateway_table)
+        return GatewayTableRecord(self.config.gateway_id, self.table.version, self.table.digest, time.time())
+
     # -- requests ----------------------------------------------------------------------------
     def handle(self, request: GatewayRequest, reply: Reply) -> None:
         """Answer ``request`` through ``reply``, now or later; never raises."""
@@ -230,6 +236,8 @@ class Gateway:
             return reply(GatewayResponse(200, METRICS_TYPE, self.metrics.render(self._registry)))
         if path == b"/v2/health/live":
             return reply(json_response(200, {"live": True}))
+        if path == b"/healthz":  # as the platform and the workers answer it: the process is up
+            return reply(json_response(200, {"status": "ok", "routing_table_loaded": self.loaded}))
         if path == b"/v2/health/ready":
             body = {"ready": self.loaded, "routing_table_version": self.table.version}
             return reply(json_response(200 if self.loaded else 503, body))
@@ -247,10 +255,14 @@ class Gateway:
         return self.metrics.series(route.name, variant.name, version)
 
     def mirror(self, call: _Call, live: UpstreamResponse, seconds: float) -> None:
-        """Offer a copy of a successful live request to each shadow variant that wants one."""
+        """Offer a copy of a successful live request to each shadow variant that wants one.
+
+        A live arm that is also a shadow (a rollout measuring agreement) gets copies of the
+        requests the other arms answered, never of its own.
+        """
         assert self._shadow is not None  # noqa: S101 - serve() set it
         for shadow in call.route.shadows:
-            if wants_shadow(shadow, self.rng):
+            if shadow.name != call.variant.name and wants_shadow(shadow, self.rng):
                 request = call.request
                 replicas = [(r.host, r.port, r.version) for r in shadow.replicas]
                 url = call.upstream_url(shadow)

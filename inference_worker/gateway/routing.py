@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from random import Random
 from urllib.parse import unquote_to_bytes
 
-from inference_worker.contracts.routing import DeploymentRecord, TableRecord, VariantRecord
+from inference_worker.contracts.routing import DeploymentRecord, TableRecord, VariantRecord, table_digest
 
 _TWO_64 = float(1 << 64)
 
@@ -86,6 +86,8 @@ class RoutingTable:
 
     version: int
     deployments: Mapping[str, Route] = field(default_factory=dict)
+    digest: str = ""
+    """``contracts.routing.table_digest`` of the record it was built from ("" for none)."""
 
 
 EMPTY = RoutingTable(version=0)
@@ -195,7 +197,7 @@ def wants_shadow(variant: Variant, rng: Random) -> bool:
 def build_table(record: TableRecord) -> RoutingTable:
     """The hot-path objects of a parsed table (``contracts.routing.parse_table`` checked it)."""
     routes = {name: _route(name, deployment) for name, deployment in record.deployments.items()}
-    return RoutingTable(version=record.version, deployments=routes)
+    return RoutingTable(version=record.version, deployments=routes, digest=table_digest(record))
 
 
 def _route(name: str, record: DeploymentRecord) -> Route:
@@ -204,7 +206,9 @@ def _route(name: str, record: DeploymentRecord) -> Route:
     cumulative: list[float] = []
     for arm in arms:
         cumulative.append((cumulative[-1] if cumulative else 0.0) + arm.weight)
-    shadows = tuple(v for v in variants if v.weight == 0 and v.shadow_percent > 0)
+    # A live arm with a shadow percentage (a rollout measuring agreement) also gets copies of the
+    # requests the other arms answered; ``GatewayApp.mirror`` never copies a request to its own arm.
+    shadows = tuple(v for v in variants if v.shadow_percent > 0)
     return Route(name, record.model, variants, arms, tuple(cumulative), shadows)
 
 

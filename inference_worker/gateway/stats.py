@@ -10,7 +10,9 @@ and the previous one stays.
 ``StatsPublisher`` writes the cumulative snapshot into the hash
 ``<routing key>:stats``, field ``<gateway id>``, every ``--stats-interval-s``,
 and sets the hash to expire after ``STATS_TTL_S`` without a write from any
-gateway. Redis being down never stops the gateway: it logs once per outage
+gateway; beside it, which table the gateway holds (``contracts.gateway_table``),
+so the platform republishes until every gateway serves its database's table.
+Redis being down never stops the gateway: it logs once per outage
 and keeps serving with the table it has.
 """
 
@@ -28,6 +30,7 @@ from redis.exceptions import RedisError
 
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.gateway_stats import GatewaySnapshot, encode_snapshot
+from inference_worker.contracts.gateway_table import GatewayTableRecord, encode_gateway_table, tables_key
 from inference_worker.contracts.routing import parse_table
 from inference_worker.gateway.metrics import GatewayMetrics
 from inference_worker.gateway.routing import RoutingTable, build_table
@@ -138,9 +141,12 @@ class StatsPublisher:
         gateway_id: str,
         interval_s: float,
         snapshot: Callable[[], GatewaySnapshot],
+        table: Callable[[], GatewayTableRecord] | None = None,
     ) -> None:
         self.client = client
         self.key = f"{routing_key}:stats"
+        self.tables_key = tables_key(routing_key)
+        self.table = table
         self.gateway_id = gateway_id
         self.interval_s = interval_s
         self.snapshot = snapshot
@@ -159,6 +165,11 @@ class StatsPublisher:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hset(self.key, self.gateway_id, payload)
                 pipe.expire(self.key, STATS_TTL_S)
+                if self.table is not None:
+                    pipe.hset(
+                        self.tables_key, self.gateway_id, orjson.dumps(encode_gateway_table(self.table()))
+                    )
+                    pipe.expire(self.tables_key, STATS_TTL_S)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             if not self._failing:

@@ -100,6 +100,12 @@ class VersionOutput(serializers.ModelSerializer[ModelVersion]):
 
 class VersionUploadInput(serializers.Serializer[Any]):
     file = serializers.FileField()
+    if_exists = serializers.ChoiceField(
+        choices=["new", "existing", "refuse"],
+        default="new",
+        help_text="when a version has the same bytes: register them again (new), answer that version "
+        "(existing, 200) or refuse (409)",
+    )
     signature = serializers.CharField(required=False, allow_blank=True, max_length=64 * 1024)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
     metadata = serializers.CharField(required=False, allow_blank=True, max_length=32 * 1024)
@@ -116,3 +122,17 @@ class AuditEventOutput(serializers.ModelSerializer[AuditEvent]):
     class Meta:
         model = AuditEvent
         fields = ("id", "created_at", "actor", "action", "subject", "model", "before", "after", "reason")
+
+
+class VersionUploadOutput(VersionOutput):
+    """The version an upload registered (or found), and the earlier version with the same bytes."""
+
+    same_bytes_as = serializers.SerializerMethodField()
+
+    class Meta(VersionOutput.Meta):
+        fields: tuple[str, ...] = (*VersionOutput.Meta.fields, "same_bytes_as")  # type: ignore[assignment]
+
+    def get_same_bytes_as(self, obj: ModelVersion) -> int | None:
+        """The number of the first other version uploaded with these bytes; null when none."""
+        earlier: ModelVersion | None = self.context.get("same_bytes_as")
+        return earlier.version if earlier is not None else None

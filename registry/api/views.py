@@ -8,6 +8,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import FileResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -104,7 +105,10 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request={"multipart/form-data": s.VersionUploadInput}, responses={201: s.VersionOutput})
+    @extend_schema(
+        request={"multipart/form-data": s.VersionUploadInput},
+        responses={201: s.VersionUploadOutput, 200: s.VersionUploadOutput},
+    )
     def create(self, request: Request, name: str) -> Response:
         model = queries.model_for_change(name, request.user)
         if getattr(request._request, "upload_too_large", False):
@@ -117,6 +121,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
         upload = data.validated_data["file"]
         if not isinstance(upload, HashedTempUploadedFile):
             raise InvalidArtifactError("file: send the artifact as a multipart file field", code="invalid")
+        started = timezone.now()
         version = services.register_version(
             model=model,
             upload_path=Path(upload.temporary_file_path()),
@@ -124,8 +129,13 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
             signature=parse_json_field(data.validated_data.get("signature"), "signature"),
             description=data.validated_data.get("description", ""),
             metadata=parse_json_field(data.validated_data.get("metadata"), "metadata"),
+            if_exists=data.validated_data["if_exists"],
         )
-        return Response(s.VersionOutput(queries.versions().get(pk=version.pk)).data, status=201)
+        # if_exists=existing answers a version registered before this request with a 200.
+        found = version.created_at < started
+        context = {"same_bytes_as": version if found else queries.same_bytes_as(version)}
+        output = s.VersionUploadOutput(queries.versions().get(pk=version.pk), context=context)
+        return Response(output.data, status=200 if found else 201)
 
     def retrieve(self, request: Request, name: str, number: str) -> Response:
         return Response(s.VersionOutput(queries.get_version(name, int(number))).data)

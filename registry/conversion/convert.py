@@ -55,6 +55,7 @@ from registry.conversion.parity import (
 from registry.conversion.profiling import DEFAULT_BUDGET_S, profile, profile_batch_sizes
 from registry.conversion.protocol_costs import protocol_costs
 from registry.conversion.torch_sources import prepare_program, prepare_torchscript
+from registry.conversion.warmup import check_warm_up
 
 FORMATS = ("torchscript", "torch_export", "onnx")
 EXPORTERS = {"torchscript": "torchscript", "torch_export": "dynamo", "onnx": "none (uploaded ONNX)"}
@@ -207,6 +208,12 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
         )
     with _timed(report, "parity"):
         _parity(req, report, source, checked, inputs, [o["name"] for o in signature["outputs"]])
+    with _timed(report, "warm-up"):
+        report.update(
+            check_warm_up(
+                req.output_path, inputs, int_high=source.int_high, batch_sizes=req.parity_batch_sizes
+            )
+        )
     with _timed(report, "profile"):
         _profile(req, report, source, checked, inputs)
     return signature

@@ -224,12 +224,21 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(innermost).__name__}: {first_line(innermost)}"
 
 
+# Messages that start with a generic header and end with the cause, after a traceback.
+_TORCHSCRIPT_HEADER = "The following operation failed in the TorchScript interpreter."
+
+
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, without colour codes, capped."""
-    for line in _ANSI.sub("", str(exc)).splitlines():
-        if line.strip():
-            return line.strip()[:500]
-    return type(exc).__name__
+    """The line of an exception's message that says what went wrong, without colour codes, capped:
+    the first non-empty one, except for TorchScript's interpreter errors, whose first line is a
+    generic header and whose cause (``RuntimeError: Given groups=1 ... 3 channels, but got 1``)
+    is the last line, after the TorchScript traceback."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0] == _TORCHSCRIPT_HEADER and len(lines) > 1:
+        return f"{lines[-1][:500]} (in the TorchScript interpreter)"
+    return lines[0][:500]
 
 
 _OOM_MARKERS = ("can't allocate memory", "not enough memory", "bad_alloc", "Failed to allocate memory")

@@ -8,8 +8,8 @@ from django.db import transaction
 
 from registry import hooks
 from registry.audit import Actor, record_event
-from registry.errors import AliasNotFoundError, InvalidArtifactError, VersionNotFoundError
-from registry.models import Alias, ModelVersion, RegisteredModel, slug_validator
+from registry.errors import AliasNotFoundError, InvalidArtifactError, VersionNotFoundError, VersionStateError
+from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus, slug_validator
 
 
 def _check_alias_name(name: str) -> None:
@@ -29,12 +29,20 @@ def _check_alias_name(name: str) -> None:
 def set_alias(*, model: RegisteredModel, name: str, version_number: int, actor: Actor) -> Alias:
     """Point alias ``name`` at ``version_number``, creating it or moving it.
 
-    Deployments that follow the alias roll to the new version after the commit.
+    Only a ready version can be pointed at (409 naming its state otherwise). Deployments that
+    follow the alias react after the commit, each by its ``on_alias_move`` policy.
     """
     _check_alias_name(name)
     version = ModelVersion.objects.filter(model=model, version=version_number).first()
     if version is None:
         raise VersionNotFoundError(f"model {model.name!r} has no version {version_number}")
+    if version.status != VersionStatus.READY:
+        raise VersionStateError(
+            f"version {version_number} of {model.name!r} is {version.status}, not ready; "
+            "an alias points only at a ready version",
+            code="version_not_ready",
+            extra={"version": version_number, "status": version.status},
+        )
     alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
     before = None if alias is None else {"version": alias.version.version}
     if alias is None:

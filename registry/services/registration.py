@@ -17,6 +17,7 @@ from registry.artifacts import detect_format
 from registry.audit import Actor, record_event
 from registry.errors import (
     DuplicateModelError,
+    DuplicateUploadError,
     InvalidArtifactError,
     InvalidSignatureError,
     ModelNotFoundError,
@@ -158,6 +159,10 @@ def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) ->
     return actual
 
 
+IF_EXISTS = ("new", "existing", "refuse")
+"""What an upload of bytes a version of the model already has does (``register_version``)."""
+
+
 def register_version(
     *,
     model: RegisteredModel,
@@ -167,18 +172,34 @@ def register_version(
     description: str = "",
     metadata: Any = None,
     enqueue_conversion: bool = True,
+    if_exists: str = "new",
 ) -> ModelVersion:
     """Check an uploaded file, store it content-addressed and create the next version.
 
     ``upload_path`` is a fully written temp file in the storage filesystem; the caller
     deletes it afterwards. Nothing is stored, and no row is created, unless every check
     passes. Conversion is enqueued after the transaction commits.
+
+    When a version of this model has the same bytes, ``if_exists`` decides:
+    ``new`` registers them again, ``existing`` returns that version, ``refuse`` raises
+    ``DuplicateUploadError``.
     """
+    if if_exists not in IF_EXISTS:
+        raise InvalidArtifactError(f"if_exists: one of {', '.join(IF_EXISTS)}", code="invalid")
     clean_meta = clean_metadata(metadata)
     kind = detect_format(upload_path, max_unpacked_bytes=settings.KILN_MAX_UNPACKED_BYTES)
     inspected = _inspect(kind.format, upload_path)
     sig = resolve_signature(kind.format, signature, inspected)
     relative, digest, size, created = storage.store_path(upload_path)
+    earlier = model.versions.filter(source_sha256=digest).order_by("version").first()
+    if earlier is not None and if_exists != "new":
+        if if_exists == "existing":
+            return earlier
+        raise DuplicateUploadError(
+            f"file: the same bytes as v{earlier.version} (sha256 {digest[:12]}…); "
+            f"send if_exists=new to register them again, or if_exists=existing to get v{earlier.version}",
+            extra={"version": earlier.version},
+        )
     try:
         version = _create_version_row(
             model=model,

@@ -7,6 +7,11 @@
     if (value === null || value === undefined) return "–";
     return Number(value).toFixed(digits === undefined ? 2 : digits);
   }
+  // Every time on the pages is 24-hour (the server renders H:i:s); so is the browser's.
+  function clock(date, seconds) {
+    function two(n) { return (n < 10 ? "0" : "") + n; }
+    return two(date.getHours()) + ":" + two(date.getMinutes()) + (seconds === false ? "" : ":" + two(date.getSeconds()));
+  }
   function pct(value) { return value === null || value === undefined ? "–" : (value * 100).toFixed(1) + "%"; }
   function esc(text) {
     var div = document.createElement("div"); div.textContent = text === null || text === undefined ? "" : String(text);
@@ -100,6 +105,44 @@
     el.setAttribute("data-total", histogram.counts.reduce(function (a, b) { return a + b; }, 0));
   }
 
+  // The width a chart may take: its box without padding (a phone's 390 px leaves little to spare).
+  function plotWidth(el, fallback) {
+    var style = window.getComputedStyle(el);
+    var inner = el.clientWidth - parseFloat(style.paddingLeft || 0) - parseFloat(style.paddingRight || 0);
+    return Math.max(200, inner > 0 ? inner : fallback);
+  }
+
+  // Time axis labels on the 24-hour clock (uPlot's default is 4:30pm); the date once ticks span days.
+  function timeTicks(u, splits) {
+    var span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+    return splits.map(function (ts) {
+      var d = new Date(ts * 1000);
+      return span > 86400 ? (d.getMonth() + 1) + "/" + d.getDate() + " " + clock(d, false) : clock(d, false);
+    });
+  }
+
+  function sparse(values) {
+    for (var i = 1; i < values.length; i++) if (values[i] !== null && values[i - 1] !== null) return false;
+    return true;
+  }
+
+  // The part of the range the reports cover: a deployment minutes old has one bucket of a 7-day range.
+  function covered(data) {
+    var first = null, last = null;
+    Object.keys(data.variants).forEach(function (name) {
+      (data.variants[name].requests_per_s || []).forEach(function (v, i) {
+        if (v === null) return;
+        if (first === null || data.t[i] < first) first = data.t[i];
+        if (last === null || data.t[i] > last) last = data.t[i];
+      });
+    });
+    if (first === null) return " · no reports in this range";
+    var a = new Date(first * 1000), b = new Date(last * 1000);
+    var day = function (d) { return d.getFullYear() + "-" + ("0" + (d.getMonth() + 1)).slice(-2) + "-" + ("0" + d.getDate()).slice(-2); };
+    var text = day(a) === day(b) ? clock(a, false) + "–" + clock(b, false) : day(a) + " " + clock(a, false) + " – " + day(b) + " " + clock(b, false);
+    return " · data " + (first === last ? "at " + clock(a, false) : "from " + text);
+  }
+
   function charts() {
     var root = document.querySelector("[data-series]");
     if (!root || !window.uPlot) return;
@@ -122,22 +165,34 @@
         var sets = chartSeries(data, kind);
         var points = sets.reduce(function (n, s) { return n + s.values.filter(function (v) { return v !== null; }).length; }, 0);
         el.setAttribute("data-points", points);
+        if (!points) {
+          // Axes with nothing on them read as broken: say why instead.
+          if (plots[kind]) { plots[kind].plot.destroy(); delete plots[kind]; }
+          el.innerHTML = '<p class="muted" data-empty>' + (kind === "gpu_utilization_percent" && Object.keys(data.workers).length
+            ? "No GPU on these workers." : "No data in this range.") + "</p>";
+          return;
+        }
         var key = kind + ":" + sets.map(function (s) { return s.label; }).join("|");
         var columns = [data.t].concat(sets.map(function (s) { return s.values; }));
+        key += ":" + sets.map(function (s) { return sparse(s.values) ? "p" : "l"; }).join("");
         if (plots[kind] && plots[kind].key === key) { plots[kind].plot.setData(columns); return; }
         if (plots[kind]) plots[kind].plot.destroy();
         el.innerHTML = "";
         if (!sets.length) { el.innerHTML = '<p class="muted">No data yet.</p>'; delete plots[kind]; return; }
         var opts = {
-          width: Math.max(240, el.clientWidth || 320), height: 200,
-          series: [{}].concat(sets.map(function (s, i) { return { label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: false }; })),
-          axes: [{}, { label: el.getAttribute("data-unit") || "" , size: 50 }],
+          width: plotWidth(el, 320), height: 200,
+          // A series with no two neighbouring values draws no line: show its values as points.
+          series: [{}].concat(sets.map(function (s, i) {
+            var colour = PALETTE[i % PALETTE.length];
+            return { label: s.label, stroke: colour, width: 1.5, spanGaps: false, points: { show: sparse(s.values), size: 7, fill: colour } };
+          })),
+          axes: [{ values: timeTicks }, { label: el.getAttribute("data-unit") || "" , size: 50 }],
           scales: { x: { time: true } }, legend: { live: false },
         };
         plots[kind] = { key: key, plot: new window.uPlot(opts, columns, el) };
       });
       updateGateway(data.gateway || {});
-      if (updated) updated.textContent = "updated " + new Date().toLocaleTimeString();
+      if (updated) updated.textContent = "updated " + clock(new Date()) + covered(data);
       root.setAttribute("data-loaded", String(Date.now()));
     }
 
@@ -197,7 +252,7 @@
     var ort = rows.map(function (r) { return r.onnxruntime_ms; });
     var torch = rows.map(function (r) { return r.torch_ms === undefined ? null : r.torch_ms; });
     new window.uPlot({
-      width: Math.max(260, el.clientWidth || 360), height: 220,
+      width: plotWidth(el, 360), height: 220,
       scales: { x: { time: false, distr: 3 } },
       axes: [{ label: "batch size" }, { label: "ms", size: 50 }],
       series: [{ label: "batch" }, { label: "ONNX Runtime", stroke: PALETTE[0], width: 2 }, { label: "PyTorch", stroke: PALETTE[1], width: 2 }],

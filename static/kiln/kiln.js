@@ -101,5 +101,23 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { autoRefresh(); pollStatus(); uploadProgress(); bars(); liveFragments(); confirms(); });
+  // The split form's running total: the weights must add up to 100 before the server is asked.
+  function splitTotal() {
+    document.querySelectorAll("form[data-split-form]").forEach(function (form) {
+      var out = form.querySelector("[data-split-total]");
+      if (!out) return;
+      function update() {
+        var total = 0;
+        form.querySelectorAll("input[data-weight]:not([disabled])").forEach(function (input) {
+          total += parseInt(input.value, 10) || 0;
+        });
+        out.textContent = "Total " + total + "%" + (total === 100 ? "" : " (must be 100%)");
+        out.classList.toggle("error", total !== 100);
+      }
+      form.addEventListener("input", update);
+      update();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { autoRefresh(); pollStatus(); uploadProgress(); bars(); liveFragments(); confirms(); splitTotal(); });
 })();

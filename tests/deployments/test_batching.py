@@ -105,3 +105,10 @@ def test_the_spec_hash_lists_the_options_as_before_so_running_workers_do_not_rol
 
     expected = hashlib.sha256(json.dumps(before_the_table, sort_keys=True).encode()).hexdigest()[:32]
     assert spec_hash(variant) == expected
+
+
+def test_the_proposal_note_adds_up_as_printed() -> None:
+    profile = {"profile": {"batches": [{"batch_size": 1, "onnxruntime_ms": 0.0144}]}}
+    proposal = propose_batching(profile, latency_budget_ms=50)
+
+    assert "2 × 0.0144 = 0.0288 ms" in proposal.note

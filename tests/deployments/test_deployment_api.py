@@ -38,7 +38,7 @@ def test_a_deployment_is_created_with_batching_proposed_from_the_profile(
     assert variant["replicas"] == 2
     assert variant["device"] == "cpu"
     assert variant["batching"]["max_batch_size"] == 8
-    assert "Batch 8 takes 2.60 ms" in variant["batching_note"]
+    assert "Batch 8 takes 2.6 ms" in variant["batching_note"]
     assert AuditEvent.objects.filter(action="deployment.created", subject="deployment/cnn-prod").exists()
 
 
@@ -138,25 +138,30 @@ def test_scaling_changing_version_and_stopping_are_audited(owner: User, owner_ap
     ]
 
 
-def test_a_variant_following_an_alias_moves_when_the_alias_moves(owner: User, owner_api: APIClient) -> None:
+def test_with_the_immediate_policy_a_variant_with_traffic_follows_its_alias_at_once_recorded_as_forced(
+    owner: User, owner_api: APIClient
+) -> None:
     ready_version(owner)
     ready_version(owner, number=2)
     owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
-    create(owner_api, variants=[{"alias": "production"}])
+    create(owner_api, on_alias_move="immediate", variants=[{"alias": "production"}])
 
-    from deployments.services.variants import roll_alias_followers
+    from deployments.services.alias_moves import follow_alias
     from registry.models import Alias
 
     owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json")
-    roll_alias_followers(
-        alias=Alias.objects.get(name="production")
-    )  # on_commit does this outside a test transaction
+    follow_alias(alias=Alias.objects.get(name="production"))  # on_commit does this outside a test transaction
 
     variant = Variant.objects.get()
     assert variant.version.version == 2
     assert variant.alias == "production"
     event = AuditEvent.objects.filter(action="variant.version_changed").get()
-    assert event.reason == "alias production moved to v2"
+    assert event.reason == (
+        "alias production moved to v2; the deployment's policy is immediate: "
+        "followed at once (forced by olivia)"
+    )
+    assert (event.after or {})["forced"] is True
+    assert event.actor_label == "olivia"
 
 
 def test_only_owner_team_and_staff_may_deploy(

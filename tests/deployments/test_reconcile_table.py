@@ -152,6 +152,19 @@ def test_a_dead_worker_is_replaced_after_a_backoff_and_a_crash_loop_ends_failed_
     assert backend.running() == []  # no restart after the loop ended
 
 
+def test_a_worker_that_served_a_while_is_replaced_in_the_pass_that_sees_it_die(
+    owner: User, backend: MemoryBackend
+) -> None:
+    deployment = _serving(owner, backend, replicas=1)
+    Worker.objects.update(ready_at=timezone.now() - timedelta(minutes=5))  # past the crash window
+    (handle,) = backend.running()
+    backend.crash(handle, line="Killed")
+    _pass(deployment)
+    replacement = Worker.objects.get(variant__deployment=deployment, state=WorkerState.STARTING)
+    assert (replacement.restarts, replacement.handle != "") == (1, True)
+    assert backend.running() == [replacement.handle]
+
+
 def test_scaling_down_drains_a_ready_worker_out_of_the_table_before_stopping_it(
     owner: User, backend: MemoryBackend
 ) -> None:

@@ -85,7 +85,8 @@ def test_a_variant_without_a_ready_replica_cannot_get_weight(owner_api: APIClien
 
     response = put_split(owner_api, {"a": 50, "b": 50})
 
-    assert response.status_code == 400
+    assert response.status_code == 409
+    assert response.json()["code"] == "not_ready"
     assert "no ready replica" in response.json()["message"]
 
 
@@ -105,15 +106,27 @@ def test_an_earlier_split_is_restored_in_one_call(owner_api: APIClient) -> None:
 
 
 @pytest.mark.usefixtures("two_arms")
-def test_promote_moves_all_traffic_and_the_followed_alias_in_one_action(owner_api: APIClient) -> None:
-    response = owner_api.post("/api/v1/deployments/ab/variants/b/promote/")
+def test_promote_gives_the_stable_variant_the_version_and_moves_its_alias_in_one_forced_action(
+    owner_api: APIClient,
+) -> None:
+    response = owner_api.post(
+        "/api/v1/deployments/ab/variants/b/promote/", {"reason": "hotfix"}, format="json"
+    )
 
-    assert response.status_code == 200
-    assert response.json()["split"]["b"]["weight"] == 100
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["rollout"]["state"], body["rollout"]["forced"], body["rollout"]["trigger"]) == (
+        "promoting",
+        True,
+        "promote",
+    )
+    stable = Variant.objects.get(name="a")
+    assert (stable.role, stable.version.version, stable.alias) == ("stable", 2, "production")
     assert Alias.objects.get(name="production").version.version == 2
-    change = TrafficChange.objects.get()
-    assert change.kind == "promote"
-    assert "alias production -> v2" in change.reason
+    event = AuditEvent.objects.get(action="rollout.promoted")
+    assert "forced" in event.reason
+    assert "hotfix" in event.reason
+    assert body["split"]["a"]["weight"] == 100  # the traffic stays until a's replicas serve v2
 
 
 @pytest.mark.usefixtures("two_arms")
@@ -123,7 +136,7 @@ def test_a_shadow_takes_no_live_weight(owner_api: APIClient) -> None:
 
     assert shadow.status_code == 200
     assert shadow.json()["split"]["b"] == {"weight": 0, "shadow_percent": 100}
-    assert live_shadow.status_code == 400
+    assert live_shadow.status_code == 409
     assert "carries 100% of live traffic" in live_shadow.json()["message"]
 
 
@@ -148,14 +161,14 @@ def test_a_rollout_is_validated_started_once_and_controllable(owner_api: APIClie
     assert "increase" in bad.json()["message"]
     assert started.status_code == 201
     assert started.json()["baseline"] == "a"
-    assert second.status_code == 400
+    assert second.status_code == 409
     assert "in progress already" in second.json()["message"]
     assert [paused.json()["state"], resumed.json()["state"], aborted.json()["state"]] == [
         "paused",
-        "running",
+        "waiting_for_replicas",  # it had not taken traffic yet: it waits for a ready replica again
         "aborted",
     ]
-    assert again.status_code == 400
+    assert again.status_code == 409
     assert Rollout.objects.get().state == "aborted"
 
 

@@ -28,7 +28,12 @@ def test_one_endpoint_serves_through_the_gateway_and_an_alias_move_rolls_without
     owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
     created = owner_api.post(
         "/api/v1/deployments/",
-        {"name": "cnn", "model": "cnn", "variants": [{"alias": "production", "replicas": 2}]},
+        {
+            "name": "cnn",
+            "model": "cnn",
+            "on_alias_move": "immediate",
+            "variants": [{"alias": "production", "replicas": 2}],
+        },
         format="json",
     )
     assert created.status_code == 201, created.content
@@ -99,12 +104,17 @@ def test_a_healthy_candidate_rolls_out_to_100_percent(
         )
         assert started.status_code == 201, started.content
         rollout_id = started.json()["id"]
-        final = rollout_end(owner_api, "cnn", rollout_id, timeout=120)
+        final = rollout_end(owner_api, "cnn", rollout_id, timeout=180)
 
     assert final["state"] == "succeeded", final
     split = owner_api.get("/api/v1/deployments/cnn/traffic/").json()
-    assert split["split"]["candidate"]["weight"] == 100
-    assert [h["kind"] for h in split["history"]][:2] == ["rollout", "rollout"]
+    # promoted: primary (the stable variant) serves v2 and has the traffic back
+    assert split["split"]["primary"]["weight"] == 100
+    assert split["split"]["candidate"]["weight"] == 0
+    assert [h["kind"] for h in split["history"]][:3] == ["promote", "rollout", "rollout"]
+    primary = owner_api.get("/api/v1/deployments/cnn/variants/primary/").json()
+    assert primary["version"] == 2
+    assert all(w["version"] == 2 for w in primary["workers"] if w["state"] == "ready")
 
 
 def test_a_candidate_that_rejects_the_live_inputs_is_rolled_back_within_its_first_step(

@@ -116,6 +116,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         "KILN_WORKER_WORKER_ID": "w-9",
         "KILN_WORKER_LOG_LEVEL": "warning",
         "KILN_WORKER_MODEL_SHA256": "a" * 64,
+        "KILN_WORKER_WARMUP_INPUTS": '{"shapes": {"image": [-1, 3, 8, 8]}, "int_high": 10}',
     }
     assert sorted(env) == sorted(option.env for option in serve_options())
     for name, value in env.items():
@@ -134,6 +135,8 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
     )
     assert config.model.allow_spinning is False
     assert config.model.sha256 == "a" * 64
+    assert config.model.warmup is not None
+    assert (dict(config.model.warmup.shapes), config.model.warmup.int_high) == ({"image": (-1, 3, 8, 8)}, 10)
     assert config.batching.max_batch_size == 48
     assert config.batching.preferred_batch_sizes == (8, 16, 32)
     assert config.batching.max_queue_delay_microseconds == 2500

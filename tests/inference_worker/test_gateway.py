@@ -93,6 +93,11 @@ def test_the_gateway_is_ready_once_a_table_is_loaded_and_an_unknown_deployment_i
     with routing_key() as (key, redis), gateway(key) as gw:
         assert get(gw.url, "/v2/health/live")[0] == 200
         assert get(gw.url, "/v2/health/ready")[0] == 503
+        healthz = get(gw.url, "/healthz")
+        assert (healthz[0], orjson.loads(healthz[2])) == (
+            200,
+            {"status": "ok", "routing_table_loaded": False},
+        )
         with Client(gw.url) as client:
             status, _, body = client.infer("fraud", BODY)
             assert (status, orjson.loads(body)) == (503, {"error": "the gateway has no routing table yet"})

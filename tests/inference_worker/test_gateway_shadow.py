@@ -178,3 +178,23 @@ def test_a_shadow_at_100_percent_keeps_the_client_p50_within_10_percent(workers:
         assert errors == 0
         assert done >= offered / 4, (done, dropped)
     assert min(ratios) <= 1.10, ratios
+
+
+def test_two_live_arms_that_shadow_each_other_get_copies_only_of_the_other_arms_requests(
+    workers: SimpleNamespace,
+) -> None:
+    """A rollout measuring agreement: each arm is live and a shadow; nothing is copied to itself."""
+    with routing_key() as (key, redis), gateway(key) as gw:
+        arms = [("a", 50, 100, [workers.live]), ("b", 50, 100, [workers.twin])]
+        publish(redis, key, table(1, {"fraud": arms}))
+        applied(gw.url, 1)
+        answered = {"a": 0, "b": 0}
+        with Client(gw.url) as client:
+            for i in range(40):
+                status, headers, _ = client.infer("fraud", BODIES[i % len(BODIES)])
+                assert status == 200
+                answered[headers["x-kiln-variant"]] += 1
+        wait_for(lambda: compared(gw.url, "fraud", "a") + compared(gw.url, "fraud", "b") == 40)
+        assert compared(gw.url, "fraud", "b") == answered["a"]
+        assert compared(gw.url, "fraud", "a") == answered["b"]
+        assert min(answered.values()) > 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -200,3 +202,21 @@ def _refused(url: str) -> bool:
         return infer(url) != 200
     except httpx.TransportError:
         return True
+
+
+def test_the_worker_log_says_a_report_only_on_a_change_of_state_or_a_failure(models: SimpleNamespace) -> None:
+    port = free_port()
+    with receiving(port) as receiver:
+        command = [sys.executable, "-m", "inference_worker", "serve", "--model-name", "mlp"]
+        command += ["--model-path", str(models.mlp), "--http-port", "0", "--grpc-port", "0"]
+        command += ["--report-url", report_config(port).url or "", "--report-token", "s3cret"]
+        command += ["--report-interval-s", "0.1", "--worker-id", "w-1", "--log-level", "info"]
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: len(receiver.reports) >= 8, timeout=60, message="eight reports")
+        finally:
+            process.terminate()
+            _, log = process.communicate(timeout=60)
+
+    assert "HTTP Request" not in log  # httpx's line per request
+    assert log.count("reported state ready") == 1

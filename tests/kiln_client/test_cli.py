@@ -93,6 +93,7 @@ def test_a_failed_conversion_exits_non_zero_with_the_reason(
 
     assert result.returncode == 1
     assert "conversion failed" in result.stderr
+    assert "failed failed" not in result.stderr
     assert factories.UNEXPORTABLE_OPERATOR in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -106,6 +107,8 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
     assert upload.returncode == 0, upload.stderr
 
     listed = kiln("versions", "digits", url=live_server.url, token=token)
+    not_ready = kiln("alias", "digits", "production", "1", url=live_server.url, token=token)
+    ModelVersion.objects.update(status="ready")  # as the conversion leaves it
     aliased = kiln("alias", "digits", "production", "1", url=live_server.url, token=token)
     missing = kiln("alias", "digits", "production", "9", url=live_server.url, token=token)
     refused = kiln("upload", "digits", str(tmp_path / "nope.onnx"), url=live_server.url, token=token)
@@ -113,10 +116,12 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
 
     assert listed.returncode == 0
     assert listed.stdout.startswith("v1 ")
+    assert not_ready.returncode == 1
+    assert "not ready" in not_ready.stderr
     assert aliased.returncode == 0
     assert Alias.objects.get(name="production").version.version == 1
     assert (missing.returncode, missing.stderr.strip()) == (1, "kiln: model 'digits' has no version 9")
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a file that is not there is bad usage
     assert "no such file" in refused.stderr
     assert bad_split.returncode == 1
     assert "no deployment named 'nothing-here'" in bad_split.stderr
@@ -196,3 +201,53 @@ def test_autoscale_sets_shows_and_turns_off_a_variant_s_policy_and_a_bad_value_i
     assert json.loads(shown.stdout)["autoscaling"] == policy
     assert (bad.returncode, bad.stderr.strip()) == (1, "kiln: min_replicas: 5 is above max_replicas (3)")
     assert (off.returncode, off.stderr.strip()) == (0, "cnn-prod/primary: autoscaling off, 1 replica(s)")
+
+
+def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_the_platforms_rules(
+    live_server: Any, owner: User, token: str
+) -> None:
+    from tests.support.versions import ready_version
+
+    ready_version(owner, model="digits")
+    ready_version(owner, model="digits", number=2)
+    Alias.objects.create(model=ModelVersion.objects.get(version=1).model, name="production",
+                         version=ModelVersion.objects.get(version=1))  # fmt: skip
+    args = ("deploy", "fraud", "--model", "digits", "--variant", "primary:alias=production")
+    canary = ("--variant", "canary:version=2,weight=0", "--on-alias-move", "manual")
+
+    created = kiln(*args, *canary, url=live_server.url, token=token)
+    again = kiln(*args, url=live_server.url, token=token)
+    kept = kiln(*args, "--exist-ok", url=live_server.url, token=token)
+    bad_variant = kiln("deploy", "x", "--model", "digits", "--variant", "p:colour=red", url=live_server.url,
+                       token=token)  # fmt: skip
+    promote = kiln("promote", "fraud", "canary", url=live_server.url, token=token)
+    started = kiln("rollout", "start", "fraud", "--candidate", "canary", url=live_server.url, token=token)
+    missing = kiln("rollout", "start", "fraud", "--candidate", "nope", url=live_server.url, token=token)
+
+    assert created.returncode == 0, created.stderr
+    assert "deployment fraud created: primary, canary" in created.stderr
+    from deployments.models import Deployment, Rollout
+
+    deployment = Deployment.objects.get(name="fraud")
+    assert deployment.on_alias_move == "manual"
+    assert dict(deployment.variants.values_list("name", "role")) == {
+        "primary": "stable",
+        "canary": "candidate",
+    }
+    assert again.returncode == 1
+    assert "exists already" in again.stderr
+    assert kept.returncode == 0
+    assert "kept as it is" in kept.stderr
+    assert bad_variant.returncode == 2
+    assert "NAME:alias=production" in bad_variant.stderr
+    assert promote.returncode == 1
+    assert "variant 'canary' has no ready replica" in promote.stderr
+    assert started.returncode == 0, started.stderr
+    rollout = Rollout.objects.get()
+    assert (rollout.state, rollout.min_requests, rollout.baseline.name) == (
+        "waiting_for_replicas",
+        100,
+        "primary",
+    )
+    assert missing.returncode == 1
+    assert "no variant 'nope'" in missing.stderr

@@ -80,7 +80,7 @@ def test_torchscript_cnn_converts_with_parity_recorded_and_a_dynamic_batch(tmp_p
     assert 0 < parity["outputs"]["output_0"]["max_abs_error"] < 1e-4
     assert [b["batch_size"] for b in report["profile"]["batches"]] == [1, 2, 4]
     assert all(b["torch_ms"] > 0 and b["speedup"] > 0 for b in report["profile"]["batches"])
-    assert set(report["durations_s"]) == {"export", "check", "parity", "profile"}
+    assert set(report["durations_s"]) == {"export", "check", "parity", "warm-up", "profile"}
     json.dumps(report, allow_nan=False)  # storable as PostgreSQL jsonb
     image = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
     (logits,) = _ort(request["output_path"]).run(None, {"image": image})
@@ -182,6 +182,21 @@ def test_export_failure_names_the_unsupported_operator(tmp_path: Path) -> None:
     assert "opset 20" in error.message
     assert error.extra["report"]["exporter"] == "torchscript"
     assert "export" in error.extra["report"]["durations_s"]
+
+
+def test_a_signature_the_model_cannot_take_fails_with_the_root_cause_not_torchscripts_header(
+    tmp_path: Path,
+) -> None:
+    def save_with_one_channel(path: Path) -> dict[str, Any]:
+        signature = model_factories.save_torchscript_cnn(path)  # the CNN takes 3 channels
+        signature["inputs"][0]["shape"] = [-1, 1, 16, 16]
+        return signature
+
+    error = _failure(_request(tmp_path, "torchscript", save_with_one_channel))
+
+    assert "to have 3 channels, but got 1 channels instead" in error.message
+    assert "The following operation failed" not in error.message
+    assert len(error.message) < 1200
 
 
 def test_pt2_export_failure_names_the_operator_without_an_onnx_function(tmp_path: Path) -> None:

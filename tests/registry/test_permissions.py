@@ -34,6 +34,7 @@ def test_a_teammate_may_upload_and_move_aliases(
     path = tmp_path / "m.pt"
 
     uploaded = upload(client, "cnn", path, signature=save_torchscript_cnn(path))
+    ModelVersion.objects.update(status="ready")  # an alias points only at a ready version
     aliased = client.put("/api/v1/models/cnn/aliases/staging/", {"version": 1}, format="json")
 
     assert uploaded.status_code == 201

@@ -86,6 +86,30 @@ def test_versions_count_up_and_identical_content_is_stored_once(owner_api: APICl
     assert [v["version"] for v in listing["results"]] == [3, 2, 1]
 
 
+def test_the_same_bytes_again_are_pointed_out_and_the_caller_chooses_what_happens(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
+    create_model(owner_api)
+    path = tmp_path / "m.pt"
+    signature = save_torchscript_cnn(path)
+    first = upload(owner_api, "cnn", path, signature=signature)
+
+    again = upload(owner_api, "cnn", path, signature=signature)
+    existing = upload(owner_api, "cnn", path, signature=signature, if_exists="existing")
+    refused = upload(owner_api, "cnn", path, signature=signature, if_exists="refuse")
+    wrong = upload(owner_api, "cnn", path, signature=signature, if_exists="maybe")
+
+    assert (first.status_code, first.json()["same_bytes_as"]) == (201, None)
+    assert (again.status_code, again.json()["version"], again.json()["same_bytes_as"]) == (201, 2, 1)
+    assert (existing.status_code, existing.json()["version"], existing.json()["same_bytes_as"]) == (200, 1, 1)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "duplicate_upload"
+    assert refused.json()["message"].startswith("file: the same bytes as v1 (sha256 ")
+    assert refused.json()["extra"] == {"version": 1}
+    assert wrong.status_code == 400
+    assert ModelVersion.objects.filter(model__name="cnn").count() == 2
+
+
 def test_a_declared_signature_that_contradicts_the_onnx_graph_is_refused(
     owner_api: APIClient, tmp_path: Path
 ) -> None:

@@ -32,6 +32,22 @@ def test_pages_need_a_login(client: Client) -> None:
         assert response["Location"].startswith("/accounts/login/")
 
 
+def test_a_name_that_is_not_a_slug_is_refused_with_the_rule_and_a_suggestion(
+    owner: User, web_as: Callable[[User], Client]
+) -> None:
+    web = web_as(owner)
+    refused = web.post(
+        "/models/new/", {"name": "My Model", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")}
+    )
+
+    assert refused.status_code == 200
+    assert refused.context["form"].errors["name"] == [
+        "“My Model” is not a valid name: use lowercase letters, digits and hyphens, "
+        "starting and ending with a letter or digit (for example my-model)."
+    ]
+    assert not RegisteredModel.objects.exists()
+
+
 def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     owner: User, web_as: Callable[[User], Client], tmp_path: Path
 ) -> None:
@@ -68,6 +84,7 @@ def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     assert "deadbeef" in page
     assert 'href="https://ci.example.com/1"' in page
     assert "image" in page  # the signature table
+    ModelVersion.objects.update(status="ready")  # as the conversion leaves it
     promoted = web.post(
         "/models/digits/aliases/",
         {
@@ -82,6 +99,33 @@ def test_a_user_creates_a_model_uploads_a_version_and_promotes_it(
     listing = web.get("/").content.decode()
     assert "production → v1" in listing
     assert RegisteredModel.objects.get().tags == ["demo", "vision"]
+
+
+def test_uploading_the_same_bytes_again_says_so(
+    owner: User, web_as: Callable[[User], Client], tmp_path: Path
+) -> None:
+    web = web_as(owner)
+    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+    pages = []
+    for _ in range(2):
+        with path.open("rb") as handle:
+            answer = web.post(
+                "/models/digits/upload/",
+                {
+                    "file": handle,
+                    "signature": json.dumps(signature),
+                    "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/"),
+                },
+                follow=True,
+            )
+        pages.append(answer.content.decode())
+
+    assert "same bytes" not in pages[0]
+    assert re.search(
+        r"These are the same bytes as v1 \(sha256 [0-9a-f]{12}…\): v2 is a copy of it.", pages[1]
+    )
 
 
 def test_a_form_post_without_csrf_token_is_refused(

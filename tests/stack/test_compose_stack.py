@@ -135,6 +135,17 @@ class Stack:
             check=False,
         ).stdout.strip()
 
+    def health_checks(self, service: str) -> list[int]:
+        """Exit codes of the service's latest health checks (the engine keeps the last five)."""
+        (container,) = self.compose("ps", "-q", service).stdout.split()
+        log = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .State.Health.Log}}", container],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [int(entry["ExitCode"]) for entry in json.loads(log) or []]
+
     def manage(self, *args: str, extra_env: dict[str, str] | None = None) -> str:
         env_args = [arg for k, v in (extra_env or {}).items() for arg in ("-e", f"{k}={v}")]
         return self.compose("exec", "-T", *env_args, "web", "python", "manage.py", *args, timeout=120).stdout
@@ -258,6 +269,14 @@ def test_the_compose_stack_serves_a_model_end_to_end_and_leaves_nothing_behind(
         interval=3,
         message="a worker report that counts the answered request",
     )
+
+    # Beat is judged by its heartbeat (each tick), not by its schedule file's age (which went stale
+    # after a few minutes while beat kept working): minutes and many 15 s intervals in, every
+    # recent check passed.
+    beat_checks = stack.health_checks("celery-beat")
+    assert len(beat_checks) >= 2, beat_checks
+    assert set(beat_checks) == {0}, beat_checks
+    assert stack.health("celery-beat") == "running healthy"
 
     # The web app has no Docker socket: it stops the deployment and hands the deletion to Celery.
     assert client.delete("/deployments/cnn/").status_code in (202, 204)

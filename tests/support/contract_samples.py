@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from inference_worker.contracts.activation import ActivationRequest
 from inference_worker.contracts.batching import BatchingConfig
 from inference_worker.contracts.gateway_stats import GatewaySnapshot, ShadowStats, VariantStats
+from inference_worker.contracts.gateway_table import GatewayTableRecord
 from inference_worker.contracts.histograms import HistogramRecord
 from inference_worker.contracts.launch import LaunchSpec
 from inference_worker.contracts.report import (
@@ -146,6 +147,10 @@ SNAPSHOT = GatewaySnapshot(
             )
         }
     },
+)
+
+GATEWAY_TABLE = GatewayTableRecord(
+    gateway_id="gw-1", table_version=1732700000123, table_digest="ab" * 32, reported_at=1732700100.5
 )
 
 ACTIVATION = ActivationRequest(

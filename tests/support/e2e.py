@@ -120,12 +120,12 @@ class Load:
 
 
 def rollout_end(client: APIClient, deployment: str, rollout_id: int, *, timeout: float) -> dict[str, Any]:
-    """The rollout once it succeeded or was rolled back."""
+    """The rollout once it ended (succeeded, rolled back, aborted or timed out)."""
     url = f"/api/v1/deployments/{deployment}/rollouts/{rollout_id}/"
 
     def ended() -> dict[str, Any] | None:
         rollout: dict[str, Any] = client.get(url).json()
-        return rollout if rollout["state"] in ("succeeded", "rolled_back") else None
+        return rollout if rollout["state"] in ("succeeded", "rolled_back", "aborted", "timed_out") else None
 
     result: dict[str, Any] = wait_for(ended, timeout=timeout, interval=1, message="the rollout to end")
     return result

@@ -211,3 +211,22 @@ def save_memory_hog_torchscript(path: Path) -> dict[str, Any]:
     """A model that allocates far more memory than any conversion limit."""
     _save_scripted(Hog().eval(), path)
     return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}], "outputs": []}
+
+
+class UnpaddedConv(nn.Module):
+    """A 3x3 convolution without padding over a dynamic height and width: needs inputs of at least 3x3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        scores: torch.Tensor = self.conv(image).mean(dim=(2, 3))
+        return scores
+
+
+def save_unpadded_conv(path: Path) -> dict[str, Any]:
+    """``image`` float32 [-1, 3, -1, -1] -> ``scores`` [-1, 4]; a 1x1 image cannot run."""
+    torch.manual_seed(0)
+    _save_scripted(UnpaddedConv().eval(), path)
+    return {"inputs": [{"name": "image", "dtype": "float32", "shape": [-1, 3, -1, -1]}], "outputs": []}

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from config.env import env_float
 from deployments.inputs import Split, VariantSpec, VersionTarget
 from deployments.models import Deployment, WorkerState
 from deployments.services import add_variant, create_deployment
@@ -51,7 +52,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each step")
-        parser.add_argument("--load-seconds", type=float, default=1800.0, help="0: no load")
+        parser.add_argument(
+            "--load-seconds",
+            type=float,
+            default=env_float("KILN_DEMO_LOAD_SECONDS", 1800.0, minimum=0.0),
+            help="how long the load runs; 0: no load (default: $KILN_DEMO_LOAD_SECONDS, else 1800)",
+        )
         parser.add_argument("--rate", type=float, default=20.0, help="load requests per second")
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -2,7 +2,8 @@
 
 Migrates, collects static files, creates an admin user when there is none, then
 runs the web server (gunicorn), a Celery worker per queue, Celery beat and the
-gateway as child processes, and stops them all together.
+gateway as child processes. A component that dies is started again with backoff
+(``deployments.management.supervisor``); Ctrl-C stops them all together.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +20,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
+
+from deployments.management.supervisor import Component, Supervisor
 
 
 class Command(BaseCommand):
@@ -46,7 +48,10 @@ class Command(BaseCommand):
         publish_routing_table()  # the gateway starts from the current table
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        processes = self._start({**options, "access_log": log_dir / "web-access.log"})
+        supervisor = Supervisor(
+            self._components({**options, "access_log": log_dir / "web-access.log"}), say=self._say
+        )
+        supervisor.start_all()
         url = f"http://{options['host']}:{options['port']}/"
         self.stdout.write(self.style.SUCCESS(f"\nKiln is running at {url}"))
         self.stdout.write(f"  log in: {login}")
@@ -60,8 +65,12 @@ class Command(BaseCommand):
             f"  web requests: {log_dir / 'web-access.log'}   Celery here at {options['task_log_level']}"
             " (--task-log-level info, or KILN_RUN_TASK_LOG_LEVEL=info, for every task)"
         )
-        self.stdout.write("  Ctrl-C stops everything.\n")
-        self._supervise(processes)
+        self.stdout.write("  A component that dies is restarted; Ctrl-C stops everything.\n")
+        self._supervise(supervisor)
+
+    def _say(self, line: str) -> None:
+        self.stdout.write(f"{time.strftime('%H:%M:%S')} {line}")
+        self.stdout.flush()
 
     def _ensure_admin(self) -> str:
         users = get_user_model()
@@ -77,7 +86,7 @@ class Command(BaseCommand):
         password_file.chmod(0o600)
         return f"admin / {password}  (saved in {password_file})"
 
-    def _start(self, options: dict[str, Any]) -> dict[str, subprocess.Popen[bytes]]:
+    def _components(self, options: dict[str, Any]) -> list[Component]:
         python = sys.executable
         bin_dir = Path(python).parent
         queue = settings.CELERY_TASK_DEFAULT_QUEUE
@@ -160,14 +169,13 @@ class Command(BaseCommand):
         ]
         web_env = prometheus_multiprocess_env(Path(settings.VAR_DIR))
         other_env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
-        processes = {}
-        for name, argv in commands.items():
-            env = web_env if name == "web" else other_env
-            processes[name] = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env)
-            self.stdout.write(f"started {name} (pid {processes[name].pid})")
-        return processes
+        return [
+            Component(name, argv, web_env if name == "web" else other_env, Path(settings.BASE_DIR))
+            for name, argv in commands.items()
+        ]
 
-    def _supervise(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    def _supervise(self, supervisor: Supervisor) -> None:
+        """Restart dead components until Ctrl-C (or SIGTERM); a crash loop stops everything."""
         stopping = False
 
         def stop(signum: int, frame: Any) -> None:
@@ -176,26 +184,10 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        exit_code = 0
-        while not stopping:
-            for name, proc in processes.items():
-                if proc.poll() is not None:
-                    self.stderr.write(f"{name} exited with {proc.returncode}; stopping the stack")
-                    exit_code = 1
-                    stopping = True
-                    break
-            time.sleep(0.5)
-        for proc in processes.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in processes.values():
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        looping = supervisor.watch(lambda: stopping)
+        supervisor.stop_all()
         self._stop_local_workers()
-        sys.exit(exit_code)
+        sys.exit(0 if looping is None else 1)
 
     def _stop_local_workers(self) -> None:
         """Local worker processes stop with the platform (containers are the engine's and keep serving);

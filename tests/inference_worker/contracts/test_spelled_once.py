@@ -31,6 +31,7 @@ import pytest
 from inference_worker.contracts.activation import encode_activation
 from inference_worker.contracts.batching import BATCHING, encode_batching
 from inference_worker.contracts.gateway_stats import encode_snapshot
+from inference_worker.contracts.gateway_table import encode_gateway_table
 from inference_worker.contracts.report import encode_report
 from inference_worker.contracts.routing import encode_table
 from inference_worker.contracts.worker_options import ENV_PREFIX, SERVE
@@ -91,6 +92,7 @@ def wire_keys() -> dict[str, set[str]]:
         "worker report": keys(encode_report(samples.REPORT))
         - {"success", "invalid_argument", "http", "grpc"},
         "gateway stats": keys(encode_snapshot(samples.SNAPSHOT)) - {"fraud", "b", "200", "503"},
+        "gateway table": keys(encode_gateway_table(samples.GATEWAY_TABLE)),
         "batching": keys(encode_batching(samples.BATCHING)),
         "activation": keys(encode_activation(samples.ACTIVATION)),
     }

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0006_autoscaling'),
+        ('deployments', '0007_release'),
     ]
 
     operations = [

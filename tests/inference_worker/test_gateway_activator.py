@@ -1,0 +1,85 @@
+"""The gateway's activator with a real worker: requests for a variant at zero are held, asked for,
+forwarded once a replica is routed, and answered 503 when none comes in time or the queue is full."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pytest
+
+from inference_worker.contracts.activation import activation_key, parse_activation
+from tests.support.gateway import (
+    Client,
+    Process,
+    applied,
+    classifier,
+    gateway,
+    infer_body,
+    publish,
+    routing_key,
+    table,
+    worker,
+)
+from tests.support.polling import wait_for
+
+BODY = infer_body(rows=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    with worker(classifier(tmp_path_factory.mktemp("activator") / "clf.onnx", seed=1)) as w:
+        yield w
+
+
+def at_zero(version: int, replicas: list[Process]) -> dict[str, Any]:
+    payload = table(version, {"idle": [("a", 100, 0, replicas)]})
+    payload["deployments"]["idle"]["variants"][0]["activate"] = True
+    return payload
+
+
+def test_held_requests_ask_for_a_replica_and_are_answered_once_one_is_routed(replica: Process) -> None:
+    with routing_key() as (key, redis), gateway(key, "--activator-timeout-s", "30") as gw:
+        publish(redis, key, at_zero(1, []))
+        applied(gw.url, 1)
+
+        def infer(_: int) -> tuple[int, dict[str, str]]:
+            with Client(gw.url) as client:
+                status, headers, _body = client.infer("idle", BODY)
+                return status, headers
+
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            answers = pool.map(infer, range(5))
+            asked = wait_for(lambda: redis.hget(activation_key(key), "idle/a"), timeout=10)
+            request = parse_activation(orjson.loads(asked))
+            assert (request.deployment, request.variant) == ("idle", "a")
+            assert request.held >= 1
+            publish(redis, key, at_zero(2, [replica]))
+            results = list(answers)
+
+    assert [status for status, _ in results] == [200] * 5
+    assert {headers["x-kiln-variant"] for _, headers in results} == {"a"}
+
+
+def test_a_held_request_gets_a_503_when_no_replica_comes_and_a_full_queue_refuses_at_once() -> None:
+    with (
+        routing_key() as (key, redis),
+        gateway(key, "--activator-timeout-s", "1", "--activator-queue-size", "1") as gw,
+    ):
+        publish(redis, key, at_zero(1, []))
+        applied(gw.url, 1)
+
+        def infer(_: int) -> tuple[int, Any]:
+            with Client(gw.url) as client:
+                status, _headers, body = client.infer("idle", BODY)
+                return status, orjson.loads(body)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = sorted(pool.map(infer, range(2)), key=lambda r: str(r[1]))
+
+    assert [status for status, _ in results] == [503, 503]
+    messages = [body["error"] for _, body in results]
+    assert "deployment 'idle' variant 'a' is starting and holds as many requests as it can" in messages
+    assert "no replica of deployment 'idle' variant 'a' became ready within 1 s" in messages
