@@ -1,10 +1,83 @@
-"""Pagination for every API list: ``?page=N&page_size=M`` (at most 500)."""
+"""Pagination for every API list: ``?page=N&page_size=M`` (at most 500), or a keyset ``?cursor=``.
 
-from rest_framework.pagination import PageNumberPagination
+Lists whose table grows without bound (versions, audit events, reports) name a
+``cursor_ordering`` on their view; there ``?cursor=`` (empty for the first page)
+pages by keyset: no count, no OFFSET, so page 1,000 costs what page 1 does. The
+answer has the same shape in both modes; ``count`` is null under a cursor, and
+``next``/``previous`` carry the cursor on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+MAX_PAGE_SIZE = 500
+
+
+class KeysetPagination(CursorPagination):
+    """DRF's cursor pagination with the client-chosen, bounded page size of the page mode."""
+
+    page_size_query_param = "page_size"
+    max_page_size = MAX_PAGE_SIZE
 
 
 class DefaultPagination(PageNumberPagination):
-    """Page-number pagination with a client-chosen, bounded page size."""
+    """Page-number pagination with a client-chosen, bounded page size; keyset where the view allows."""
 
     page_size_query_param = "page_size"
-    max_page_size = 500
+    max_page_size = MAX_PAGE_SIZE
+    keyset: KeysetPagination | None = None
+
+    def paginate_queryset(
+        self, queryset: QuerySet[Any, Any] | Sequence[Any], request: Request, view: APIView | None = None
+    ) -> list[Any] | None:
+        ordering = getattr(view, "cursor_ordering", None)
+        self.keyset = None
+        if ordering and KeysetPagination.cursor_query_param in request.query_params:
+            self.keyset = KeysetPagination()
+            self.keyset.ordering = ordering
+            return self.keyset.paginate_queryset(queryset, request, view)
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        if self.keyset is None:
+            return super().get_paginated_response(data)
+        return Response(
+            {
+                "count": None,
+                "next": self.keyset.get_next_link(),
+                "previous": self.keyset.get_previous_link(),
+                "results": data,
+            }
+        )
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        described = super().get_paginated_response_schema(schema)
+        described["properties"]["count"] = {
+            "type": "integer",
+            "nullable": True,
+            "example": 123,
+            "description": "rows matching, null when paging by ?cursor=",
+        }
+        return described
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        if getattr(view, "cursor_ordering", None):
+            parameters.append(
+                {
+                    "name": KeysetPagination.cursor_query_param,
+                    "required": False,
+                    "in": "query",
+                    "description": "keyset paging: empty for the first page, then follow next",
+                    "schema": {"type": "string"},
+                }
+            )
+        return parameters

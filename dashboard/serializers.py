@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments import series
@@ -58,10 +60,19 @@ class OverviewQuery(serializers.Serializer[Any]):
     )
 
 
+@extend_schema_field({"oneOf": [{"type": "number"}, {"type": "string", "enum": ["+Inf"]}]})
+class BoundField(serializers.Field):  # type: ignore[type-arg]
+    """An upper bound of a histogram bucket: a number, or "+Inf" for the last, unbounded one."""
+
+    def to_representation(self, value: Any) -> float | str:
+        number = float(value)
+        return "+Inf" if math.isinf(number) else number
+
+
 class HistogramOutput(serializers.Serializer[Any]):
     """Upper bounds and one count per bound plus the last, unbounded bucket (empty: no data)."""
 
-    le = serializers.ListField(child=serializers.FloatField(), required=False)
+    le = serializers.ListField(child=BoundField(), required=False)
     counts = serializers.ListField(child=serializers.IntegerField(), required=False)
 
 
@@ -76,9 +87,13 @@ class VariantSeriesOutput(serializers.Serializer[Any]):
     latency_p50_ms = _points()
     latency_p95_ms = _points()
     latency_p99_ms = _points()
-    queue_depth = serializers.ListField(child=serializers.IntegerField(allow_null=True))
+    queue_depth = _points(help_text="mean queue depth of the reports in the bucket")
     errors_per_s = serializers.DictField(child=_points(), help_text="per error outcome")
     batch_histogram = HistogramOutput()
+    replicas = serializers.ListField(child=serializers.IntegerField(), help_text="workers that reported")
+    desired_replicas = serializers.ListField(
+        child=serializers.IntegerField(), help_text="replicas asked for (the autoscaler's decisions)"
+    )
 
 
 class WorkerSeriesOutput(serializers.Serializer[Any]):
@@ -121,6 +136,8 @@ class SeriesOutput(serializers.Serializer[Any]):
     """Time series of one deployment: per variant, per worker, and what the gateways saw."""
 
     step_s = serializers.IntegerField()
+    refresh_s = serializers.IntegerField(help_text="how often a page showing this range asks again")
+    last_report = serializers.DateTimeField(allow_null=True, help_text="the newest report in the range")
     t = serializers.ListField(child=serializers.IntegerField(), help_text="bucket starts, Unix seconds")
     variants = serializers.DictField(child=VariantSeriesOutput())
     workers = serializers.DictField(child=WorkerSeriesOutput(), help_text="by worker id")

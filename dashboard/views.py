@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth.decorators import user_passes_test
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
@@ -75,9 +76,16 @@ class SeriesApi(APIView):
 
     @extend_schema(parameters=[ds.SeriesQuery], responses=ds.SeriesOutput)
     def get(self, request: Request, name: str) -> Response:
+        """Answers 304 to ``If-None-Match`` while nothing the series shows has changed."""
         deployment = queries.get_deployment(name)
-        chart = series.deployment_series(deployment, read_query(request, ds.SeriesQuery)["range"])
-        return Response(ds.SeriesOutput(chart).data)
+        range_name = read_query(request, ds.SeriesQuery)["range"]
+        now = timezone.now()
+        etag = series.series_etag(deployment, range_name, now=now)
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(status=304, headers=headers)
+        chart = series.deployment_series(deployment, range_name, now=now)
+        return Response(ds.SeriesOutput(chart).data, headers=headers)
 
 
 class VersionLiveApi(APIView):

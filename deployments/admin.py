@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from config.admin_lists import LargeTableAdmin
 from config.errors import PlatformError
 from deployments import services
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy
@@ -111,7 +112,7 @@ class WorkerAdmin(admin.ModelAdmin[Worker]):
 
 
 @admin.register(Report)
-class ReportAdmin(admin.ModelAdmin[Report]):
+class ReportAdmin(LargeTableAdmin[Report]):
     list_display = (
         "end",
         "deployment",
@@ -123,8 +124,8 @@ class ReportAdmin(admin.ModelAdmin[Report]):
         "latency_p99_ms",
     )
     list_filter = ("resolution", "deployment")
-    date_hierarchy = "end"
     list_select_related = ("deployment", "variant", "worker")
+    ordering = ("-end",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

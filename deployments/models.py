@@ -233,15 +233,14 @@ class Worker(models.Model):
 
 
 class Report(models.Model):
-    """One report a worker pushed (raw), or a per-minute rollup of them (``resolution='1m'``).
-
-    Raw rows are kept for an hour, then folded into per-minute rows per worker:
-    counters and histogram buckets add up, so percentiles stay computable.
-    """
+    """A worker's report (raw) or a per-worker rollup (``1m``/``10m``/``1h``, ``services/rollups.py``):
+    counters and histogram buckets add up; a rollup covers ``[start, end)``, a raw row sits at ``end``."""
 
     class Resolution(models.TextChoices):
         RAW = "raw", "raw"
         MINUTE = "1m", "per minute"
+        TEN_MINUTES = "10m", "per 10 minutes"
+        HOUR = "1h", "per hour"
 
     worker = models.ForeignKey(Worker, on_delete=models.SET_NULL, null=True, related_name="reports")
     variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="reports")
@@ -273,6 +272,7 @@ class Report(models.Model):
         indexes = [
             models.Index(fields=("deployment", "resolution", "end")),
             models.Index(fields=("variant", "resolution", "end")),
+            models.Index(fields=("resolution", "end"), name="report_tier_end_idx"),  # rollup marks
         ]
 
     def __str__(self) -> str:

@@ -6,16 +6,18 @@ Rates are requests over wall time; percentiles come from merged latency histogra
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Prefetch
 from django.utils import timezone
 
-from deployments import histograms
+from deployments import histograms, series_sql
 from deployments.models import Deployment, Report, Rollout, Variant, Worker, WorkerState
 from deployments.services.gateway_stats import read_snapshots, shadow_summary, variant_stats
 
@@ -24,18 +26,20 @@ SUCCESS = "success"
 
 @dataclass(frozen=True)
 class Range:
-    """A chart range: how far back, the bucket width, and which report resolution feeds it."""
+    """A chart range: how far back, the bucket width, the rollup tier it reads, how often to refresh."""
 
     name: str
     seconds: int
     step_s: int
+    resolution: str
+    refresh_s: int
 
 
 RANGES = {
-    "15m": Range("15m", 15 * 60, 15),
-    "1h": Range("1h", 3600, 60),
-    "24h": Range("24h", 24 * 3600, 600),
-    "7d": Range("7d", 7 * 24 * 3600, 3600),
+    "15m": Range("15m", 15 * 60, 15, Report.Resolution.RAW, 5),
+    "1h": Range("1h", 3600, 60, Report.Resolution.MINUTE, 15),
+    "24h": Range("24h", 24 * 3600, 600, Report.Resolution.TEN_MINUTES, 60),
+    "7d": Range("7d", 7 * 24 * 3600, 3600, Report.Resolution.HOUR, 300),
 }
 
 
@@ -154,50 +158,40 @@ def _problems(
 def deployment_series(
     deployment: Deployment, range_name: str, *, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Time series per variant (and per worker) over a range, bucketed by the range's step."""
+    """Time series per variant (and per worker) over a range, bucketed by the range's step.
+
+    Aggregated in SQL from the range's rollup tier (``series_sql``): the cost follows the
+    buckets shown and the workers, not the reports kept.
+    """
     chart = RANGES.get(range_name, RANGES["15m"])
     now = now or timezone.now()
     start = now - timedelta(seconds=chart.seconds)
     first = int(start.timestamp()) // chart.step_s * chart.step_s
     buckets = list(range(first, int(now.timestamp()) + 1, chart.step_s))
-    reports = list(
-        Report.objects.filter(deployment=deployment, end__gt=start)
-        .select_related("variant", "worker")
-        .order_by("end")
+    found = series_sql.aggregate(
+        deployment.pk, chart.resolution, chart.step_s, datetime.fromtimestamp(first, tz=UTC)
     )
-    raw_since = now - timedelta(seconds=settings.KILN_REPORT_RAW_RETENTION_S)
-    # Prefer raw rows where they still exist; older times come from the per-minute rollups.
-    reports = [r for r in reports if r.resolution == Report.Resolution.RAW or r.end <= raw_since]
-    grouped: dict[tuple[str, int], list[Report]] = defaultdict(list)
-    per_worker: dict[int, dict[int, list[Report]]] = defaultdict(lambda: defaultdict(list))
     variants = list(deployment.variants.order_by("id"))
-    for report in reports:
-        bucket = int(report.end.timestamp()) // chart.step_s * chart.step_s
-        grouped[(report.variant.name, bucket)].append(report)
-        if report.worker_id is not None:
-            per_worker[report.worker_id][bucket].append(report)
     return {
         "range": chart.name,
         "step_s": chart.step_s,
+        "refresh_s": chart.refresh_s,
+        "last_report": found.last_end.isoformat() if found.last_end else None,
         "t": buckets,
         "variants": {
             v.name: {
-                **_variant_series(v.name, buckets, grouped, chart.step_s, reports),
+                **_variant_series(v.pk, buckets, found, chart.step_s),
                 "desired_replicas": _desired_replicas(v, buckets, chart.step_s, start),
             }
             for v in variants
         },
-        "workers": _worker_series(per_worker, buckets),
+        "workers": _worker_series(found, buckets),
         "gateway": gateway_numbers(deployment),
     }
 
 
 def _variant_series(
-    name: str,
-    buckets: list[int],
-    grouped: dict[tuple[str, int], list[Report]],
-    step: int,
-    reports: list[Report],
+    variant_id: int, buckets: list[int], found: series_sql.Aggregates, step: int
 ) -> dict[str, Any]:
     series: dict[str, Any] = {
         "requests_per_s": [],
@@ -206,23 +200,25 @@ def _variant_series(
         "latency_p99_ms": [],
         "queue_depth": [],
         "replicas": [],
-        "errors_per_s": defaultdict(list),
     }
-    outcomes = sorted({k for r in reports if r.variant.name == name for k in r.outcomes if k != SUCCESS})
+    outcomes = sorted(
+        {k for (v, _), counts in found.outcomes.items() if v == variant_id for k in counts if k != SUCCESS}
+    )
+    errors: dict[str, list[float | None]] = {outcome: [] for outcome in outcomes}
     for bucket in buckets:
-        rows = grouped.get((name, bucket), [])
-        numbers = summarize(rows, step)
-        series["requests_per_s"].append(round(numbers["requests_per_s"], 3) if rows else None)
-        for key in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
-            series[key].append(numbers[key])
-        latest = _latest_per_worker(rows)
-        series["queue_depth"].append(sum(r.queue_depth for r in latest) if rows else None)
-        series["replicas"].append(len({r.worker_id for r in rows}))
+        row = found.scalars.get((variant_id, bucket))
+        histogram = found.latency.get((variant_id, bucket), {})
+        series["requests_per_s"].append(round(row["requests"] / step, 3) if row else None)
+        series["latency_p50_ms"].append(histograms.quantile(histogram, 0.5))
+        series["latency_p95_ms"].append(histograms.quantile(histogram, 0.95))
+        series["latency_p99_ms"].append(histograms.quantile(histogram, 0.99))
+        series["queue_depth"].append(round(row["queue_depth"], 3) if row else None)
+        series["replicas"].append(int(row["replicas"]) if row else 0)
+        counts = found.outcomes.get((variant_id, bucket), {})
         for outcome in outcomes:
-            count = sum(r.outcomes.get(outcome, 0) for r in rows)
-            series["errors_per_s"][outcome].append(round(count / step, 3) if rows else None)
-    series["errors_per_s"] = dict(series["errors_per_s"])
-    series["batch_histogram"] = histograms.merge(r.batch_histogram for r in reports if r.variant.name == name)
+            errors[outcome].append(round(counts.get(outcome, 0) / step, 3) if row else None)
+    series["errors_per_s"] = errors
+    series["batch_histogram"] = found.batch.get(variant_id, {})
     return series
 
 
@@ -240,21 +236,20 @@ def _desired_replicas(variant: Variant, buckets: list[int], step: int, start: da
     return values
 
 
-def _worker_series(per_worker: dict[int, dict[int, list[Report]]], buckets: list[int]) -> dict[str, Any]:
-    workers = {w.pk: w for w in Worker.objects.filter(pk__in=per_worker).select_related("variant")}
+def _worker_series(found: series_sql.Aggregates, buckets: list[int]) -> dict[str, Any]:
+    ids = {worker_id for worker_id, _ in found.workers}
+    workers = {w.pk: w for w in Worker.objects.filter(pk__in=ids).select_related("variant")}
     out: dict[str, Any] = {}
-    for worker_id, by_bucket in per_worker.items():
+    for worker_id in sorted(ids):
         worker = workers.get(worker_id)
         if worker is None:
             continue
 
-        def series(
-            field: str, scale: float = 1.0, rows: dict[int, list[Report]] = by_bucket
-        ) -> list[float | None]:
-            values = []
+        def series(field: str, scale: float = 1.0, worker_id: int = worker_id) -> list[float | None]:
+            values: list[float | None] = []
             for bucket in buckets:
-                points = [getattr(r, field) for r in rows.get(bucket, []) if getattr(r, field) is not None]
-                values.append(round(sum(points) / len(points) * scale, 3) if points else None)
+                value = found.workers.get((worker_id, bucket), {}).get(field)
+                values.append(None if value is None else round(value * scale, 3))
             return values
 
         out[str(worker_id)] = {
@@ -267,6 +262,38 @@ def _worker_series(per_worker: dict[int, dict[int, list[Report]]], buckets: list
             "gpu_memory_mb": series("gpu_memory_bytes", 1 / 2**20),
         }
     return out
+
+
+def series_etag(deployment: Deployment, range_name: str, *, now: datetime | None = None) -> str:
+    """A tag that changes when the answer of ``deployment_series`` may: a new report, a new bucket,
+    a worker's state, the gateways' numbers. Costs a few indexed reads, not the aggregation."""
+    chart = RANGES.get(range_name, RANGES["15m"])
+    now = now or timezone.now()
+    newest = (
+        Report.objects.filter(deployment=deployment, resolution=Report.Resolution.RAW)
+        .order_by("-end")
+        .values_list("end", flat=True)
+        .first()
+    )
+    states = list(
+        Worker.objects.filter(variant__deployment=deployment)
+        .order_by("pk")
+        .values_list("pk", "state", "node")
+    )
+    variants = list(deployment.variants.order_by("id").values_list("pk", "name"))
+    key = json.dumps(
+        [
+            chart.name,
+            int(now.timestamp()) // chart.step_s,
+            str(newest),
+            states,
+            variants,
+            gateway_numbers(deployment),
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 
 def gateway_numbers(deployment: Deployment) -> dict[str, Any]:

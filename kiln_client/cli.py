@@ -29,6 +29,7 @@ from kiln_client.deploying import (
 from kiln_client.progress import Progress
 
 TERMINAL_VERSION = ("ready", "failed")
+STATES = ["registered", "converting", "ready", "failed"]
 
 
 def _json_arg(raw: str | None, what: str) -> Any:
@@ -113,6 +114,19 @@ def _wait_version(client: Client, model: str, number: int, timeout: float, out: 
     return 0
 
 
+def cmd_models(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    filters = {k: getattr(args, k) for k in ("search", "tag", "owner", "team", "state")}
+    page = client.get("/models/", page=args.page, page_size=args.page_size, **filters)
+    for m in page["results"]:
+        aliases = ",".join(f"{a['name']}=v{a['version']}" for a in m["aliases"]) or "-"
+        tags = ",".join(m["tags"]) or "-"
+        print(f"{m['name']:<32} v{m['latest_version']:<5} {aliases:<24} {m['owner']:<16} {tags}")
+    pages = max(1, -(-page["count"] // args.page_size))
+    count = page["count"]
+    sys.stderr.write(f"page {args.page} of {pages} ({count} model{'' if count == 1 else 's'})\n")
+    return 0
+
+
 def cmd_versions(client: Client, args: argparse.Namespace, out: Progress) -> int:
     page = client.get(f"/models/{args.model}/versions/", status=args.status, page_size=args.limit)
     for v in page["results"]:
@@ -166,9 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800)
     p.set_defaults(run=cmd_upload)
 
+    p = sub.add_parser("models", help="list models, a page at a time, filtered like the web list")
+    p.add_argument("--search", help="substring of the name or description")
+    p.add_argument("--tag")
+    p.add_argument("--owner", help="owner's username")
+    p.add_argument("--team", help="team's name")
+    p.add_argument("--state", choices=STATES, help="state of the latest version")
+    p.add_argument("--page", type=int, default=1)
+    p.add_argument("--page-size", type=int, default=50)
+    p.set_defaults(run=cmd_models)
+
     p = sub.add_parser("versions", help="list a model's versions")
     p.add_argument("model")
-    p.add_argument("--status", choices=["registered", "converting", "ready", "failed"])
+    p.add_argument("--status", choices=STATES)
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(run=cmd_versions)
 

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from config.admin_lists import LargeTableAdmin
 from config.errors import PlatformError
 from registry import services
 from registry.forms import UploadForm
@@ -33,10 +34,12 @@ class AliasInline(admin.TabularInline[Alias, RegisteredModel]):
 
 
 @admin.register(RegisteredModel)
-class RegisteredModelAdmin(admin.ModelAdmin[RegisteredModel]):
+class RegisteredModelAdmin(LargeTableAdmin[RegisteredModel]):
     list_display = ("name", "owner", "team", "latest_version", "created_at")
-    list_filter = ("team", "owner")
-    search_fields = ("name", "description")
+    list_filter = ("team",)
+    list_select_related = ("owner", "team")
+    search_fields = ("name", "description", "owner__username")
+    autocomplete_fields = ("owner", "team")
     readonly_fields = ("latest_version", "created_at", "updated_at")
     inlines = (AliasInline,)
 
@@ -45,7 +48,12 @@ class RegisteredModelAdmin(admin.ModelAdmin[RegisteredModel]):
 
 
 class AdminUploadForm(UploadForm):
-    model = forms.ModelChoiceField(queryset=RegisteredModel.objects.order_by("name"))
+    model = forms.ModelChoiceField(
+        queryset=RegisteredModel.objects.order_by("name"),
+        to_field_name="name",
+        widget=forms.TextInput(attrs={"placeholder": "model name"}),
+        help_text="the model's name (a select of every model would not scale)",
+    )
     field_order = ("model", "file", "signature", "description", "git_commit", "ci_run_url")
 
 
@@ -54,11 +62,12 @@ class AliasActionForm(forms.Form):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
+class ModelVersionAdmin(LargeTableAdmin[ModelVersion]):
     list_display = ("__str__", "status", "source_format", "source_size", "created_by", "created_at")
-    list_filter = ("status", "source_format", "model")
-    search_fields = ("model__name", "source_sha256", "onnx_sha256", "description")
+    list_filter = ("status", "source_format")
+    search_fields = ("model__name", "source_sha256", "onnx_sha256")
     list_select_related = ("model", "created_by")
+    ordering = ("-pk",)
     readonly_fields = [f.name for f in ModelVersion._meta.fields]
     actions = ("set_alias_action", "convert_again_action")
 
@@ -144,11 +153,11 @@ class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
 
 
 @admin.register(Alias)
-class AliasAdmin(admin.ModelAdmin[Alias]):
+class AliasAdmin(LargeTableAdmin[Alias]):
     list_display = ("model", "name", "version", "updated_by", "updated_at")
-    list_filter = ("name", "model")
+    list_filter = ("name",)
     search_fields = ("model__name", "name")
-    list_select_related = ("model", "version", "updated_by")
+    list_select_related = ("model", "version__model", "updated_by")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # use the "Set an alias" action on a version: it validates and audits
@@ -165,11 +174,11 @@ class AliasAdmin(admin.ModelAdmin[Alias]):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+class AuditEventAdmin(LargeTableAdmin[AuditEvent]):
     list_display = ("created_at", "actor_label", "action", "subject", "reason")
-    list_filter = ("action", "actor_label", "created_at")
-    search_fields = ("subject", "reason", "actor_label")
-    date_hierarchy = "created_at"
+    list_filter = ("action", "created_at")
+    search_fields = ("=actor_label", "^subject")
+    ordering = ("-pk",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -41,6 +41,8 @@ class RegisteredModel(models.Model):
 
     class Meta:
         ordering = ("name",)
+        # On PostgreSQL, 0002 adds trigram indexes for the name/description search and a GIN
+        # index on ``tags``; owner and team are foreign keys, indexed already.
 
     def __str__(self) -> str:
         return self.name
@@ -109,6 +111,9 @@ class ModelVersion(models.Model):
         constraints = [
             models.UniqueConstraint(fields=("model", "version"), name="unique_version_per_model"),
         ]
+        # A model's versions by state, newest first. (On PostgreSQL, 0002 also adds a GIN
+        # index on ``metadata`` for the metadata-key filter.)
+        indexes = [models.Index(fields=("model", "status", "-version"), name="version_model_state_idx")]
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.version}"
@@ -176,6 +181,12 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ("-created_at", "-id")
+        # Every filter of the audit lists, newest first (keyset pages on ``created_at``).
+        indexes = [
+            models.Index(fields=("model", "-created_at"), name="audit_model_time_idx"),
+            models.Index(fields=("action", "-created_at"), name="audit_action_time_idx"),
+            models.Index(fields=("actor_label", "-created_at"), name="audit_actor_time_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.subject}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from registry.errors import ModelNotFoundError, VersionNotFoundError
 from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel
@@ -12,15 +13,31 @@ from registry.permissions import ensure_can_change
 
 
 def models_with_counts() -> QuerySet[RegisteredModel]:
-    """Models with owner, version count, latest version's status and aliases, for lists."""
-    latest = ModelVersion.objects.filter(model=OuterRef("pk")).order_by("-version")
+    """Models with owner, version count, latest version's status and aliases, for lists.
+
+    The count and the status are correlated subqueries, not a join with GROUP BY, so a
+    page costs the rows it shows: each runs for the page's rows only, on the
+    ``(model, version)`` unique index.
+    """
+    latest = ModelVersion.objects.filter(model=OuterRef("pk"), version=OuterRef("latest_version"))
+    count = (
+        ModelVersion.objects.filter(model=OuterRef("pk"))
+        .order_by()
+        .values("model")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
     return (
         RegisteredModel.objects.select_related("owner", "team")
         .annotate(
-            version_count=Count("versions", distinct=True),
+            version_count=Coalesce(Subquery(count, output_field=IntegerField()), Value(0)),
             latest_status=Subquery(latest.values("status")[:1]),
         )
-        .prefetch_related(Prefetch("aliases", queryset=Alias.objects.select_related("version")))
+        .prefetch_related(
+            Prefetch(
+                "aliases", queryset=Alias.objects.select_related("version", "updated_by").order_by("name")
+            )
+        )
     )
 
 

@@ -19,17 +19,37 @@ from registry import hooks, queries, services
 from registry.errors import ArtifactTooLargeError
 from registry.forms import AliasForm, ModelCreateForm, UploadForm
 from registry.models import VersionStatus
+from registry.search import ModelFilters
 from registry.uploads import HashedTempUploadedFile
+
+MODELS_PER_PAGE = 50
 
 
 @login_required
 def model_list(request: HttpRequest) -> HttpResponse:
-    models = list(queries.models_with_counts().order_by("name"))
+    """One page of models, narrowed by the same filters as ``/api/v1/models/``."""
+    try:
+        filters = ModelFilters.from_params(request.GET)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+        filters = ModelFilters()
+    models = filters.apply(queries.models_with_counts()).order_by("name")
+    page = Paginator(models, MODELS_PER_PAGE).get_page(request.GET.get("page"))
     busy = any(
         getattr(m, "latest_status", None) in (VersionStatus.REGISTERED, VersionStatus.CONVERTING)
-        for m in models
+        for m in page
     )
-    return render(request, "registry/model_list.html", {"models": models, "busy": busy})
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "page": page,
+        "busy": busy,
+        "filters": filters,
+        "states": VersionStatus.choices,
+        "query": query.urlencode(),
+        "any_model": filters.active or page.paginator.count > 0,
+    }
+    return render(request, "registry/model_list.html", context)
 
 
 @login_required

@@ -11,6 +11,7 @@ from deployments.services.deployments import (
     set_alias_move_policy,
     set_deployment_running,
 )
+from deployments.services.rollups import downsample_reports
 from deployments.services.routing import build_routing_table, publish_routing_table
 from deployments.services.variants import (
     scale_variant,
@@ -20,7 +21,6 @@ from deployments.services.variants import (
 from deployments.services.workers import (
     authenticate_task,
     authenticate_worker,
-    downsample_reports,
     ingest_report,
 )
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -109,88 +106,6 @@ def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
             state=WorkerState.READY, state_changed_at=now
         )
     return row
-
-
-def downsample_reports() -> dict[str, int]:
-    """Fold raw reports older than the raw retention into per-minute rows; drop rows past retention."""
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.KILN_REPORT_RAW_RETENTION_S)
-    folded = 0
-    old = Report.objects.filter(resolution=Report.Resolution.RAW, end__lt=cutoff).order_by("end")
-    groups: dict[tuple[int | None, int, datetime], list[Report]] = {}
-    for report in old.iterator(chunk_size=2000):
-        minute = report.end.replace(second=0, microsecond=0)
-        groups.setdefault((report.worker_id, report.variant_id, minute), []).append(report)
-    for (_worker_id, _variant_id, minute), reports in groups.items():
-        with transaction.atomic():
-            _fold(reports, minute).save()
-            Report.objects.filter(pk__in=[r.pk for r in reports]).delete()
-        folded += len(reports)
-    expired = Report.objects.filter(
-        end__lt=now - timedelta(days=settings.KILN_REPORT_RETENTION_DAYS)
-    ).delete()[0]
-    return {"folded": folded, "expired": expired}
-
-
-def _fold(reports: list[Report], minute: datetime) -> Report:
-    """One per-minute row standing for ``reports`` (unsaved)."""
-    first = reports[0]
-    outcomes: dict[str, int] = {}
-    for r in reports:
-        for key, value in r.outcomes.items():
-            outcomes[key] = outcomes.get(key, 0) + int(value)
-
-    def weighted(read: Callable[[Report], float | None]) -> float | None:
-        """Weighted by each report's requests (a plain mean when none had any)."""
-        pairs = [(value, r.requests) for r in reports if (value := read(r)) is not None]
-        total = sum(w for _, w in pairs)
-        if not pairs:
-            return None
-        result = sum(v * w for v, w in pairs) / total if total else sum(v for v, _ in pairs) / len(pairs)
-        return float(result)
-
-    def mean(read: Callable[[Report], float | None]) -> float | None:
-        values = [value for r in reports if (value := read(r)) is not None]
-        return sum(values) / len(values) if values else None
-
-    def largest(read: Callable[[Report], int | None]) -> int | None:
-        values = [value for r in reports if (value := read(r)) is not None]
-        return max(values) if values else None
-
-    latency = histograms.merge(r.latency_histogram for r in reports)
-
-    def percentile(q: float, read: Callable[[Report], float | None]) -> float | None:
-        """From the merged buckets; reports without a histogram fall back to the weighted mean."""
-        if histograms.total(latency):
-            return histograms.quantile(latency, q)
-        return weighted(read)
-
-    return Report(
-        worker_id=first.worker_id,
-        variant_id=first.variant_id,
-        deployment_id=first.deployment_id,
-        version_number=first.version_number,
-        resolution=Report.Resolution.MINUTE,
-        start=min(r.start for r in reports),
-        end=minute + timedelta(minutes=1),
-        seconds=sum(r.seconds for r in reports),
-        requests=sum(r.requests for r in reports),
-        errors=sum(r.errors for r in reports),
-        outcomes=outcomes,
-        latency_histogram=latency,
-        batch_histogram=histograms.merge(r.batch_histogram for r in reports),
-        latency_p50_ms=percentile(0.5, lambda r: r.latency_p50_ms),
-        latency_p95_ms=percentile(0.95, lambda r: r.latency_p95_ms),
-        latency_p99_ms=percentile(0.99, lambda r: r.latency_p99_ms),
-        mean_batch_size=weighted(lambda r: r.mean_batch_size),
-        queue_depth=mean(lambda r: r.queue_depth) or 0.0,
-        in_flight=mean(lambda r: r.in_flight) or 0.0,
-        cpu_percent=mean(lambda r: r.cpu_percent),
-        rss_bytes=largest(lambda r: r.rss_bytes),
-        gpu_utilization=mean(lambda r: r.gpu_utilization),
-        gpu_memory_bytes=largest(lambda r: r.gpu_memory_bytes),
-        samples=sum(r.samples for r in reports),
-    )
 
 
 def bump_restarts(worker: Worker) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import FileResponse
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -22,6 +22,7 @@ from registry import queries, services, storage
 from registry.api import serializers as s
 from registry.errors import ArtifactTooLargeError, InvalidArtifactError, VersionNotFoundError
 from registry.models import AuditEvent, ModelVersion, RegisteredModel
+from registry.search import STATES, ModelFilters, VersionFilters
 from registry.uploads import HashedTempUploadedFile
 
 
@@ -40,19 +41,18 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
     serializer_class = s.ModelOutput
 
     def get_queryset(self) -> QuerySet[RegisteredModel]:
-        queryset = queries.models_with_counts()
-        params = read_query(self.request, s.ModelQuery)
-        if search := params.get("search"):
-            queryset = queryset.filter(name__icontains=search) | queryset.filter(
-                description__icontains=search
-            )
-        if tag := params.get("tag"):
-            queryset = queryset.filter(tags__contains=[tag])
-        if owner := params.get("owner"):
-            queryset = queryset.filter(owner__username=owner)
-        return queryset.order_by("name")
+        filters = ModelFilters.from_params(self.request.query_params)
+        return filters.apply(queries.models_with_counts()).order_by("name")
 
-    @extend_schema(parameters=[s.ModelQuery])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("search", str, description="substring of name or description"),
+            OpenApiParameter("tag", str),
+            OpenApiParameter("owner", str, description="owner's username"),
+            OpenApiParameter("team", str, description="team's name"),
+            OpenApiParameter("state", str, enum=list(STATES), description="state of the latest version"),
+        ]
+    )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -84,15 +84,22 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
     lookup_value_regex = "[0-9]+"
     parser_classes = (MultiPartParser, FormParser, JSONParser)
 
-    def get_queryset(self) -> QuerySet[ModelVersion]:
-        queryset = queries.versions().filter(model__name=self.kwargs["name"]).order_by("-version")
-        if state := read_query(self.request, s.VersionQuery).get("status"):
-            queryset = queryset.filter(status=state)
-        return queryset
+    cursor_ordering = "-version"
 
-    @extend_schema(parameters=[s.VersionQuery])
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        filters = VersionFilters.from_params(self.request.query_params)
+        model = queries.get_model(self.kwargs["name"])
+        return filters.apply(queries.versions().filter(model=model)).order_by("-version")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, enum=list(STATES)),
+            OpenApiParameter("status", str, enum=list(STATES), description="the same as state"),
+            OpenApiParameter("alias", str, description="versions an alias of this name points at"),
+            OpenApiParameter("metadata_key", str, description="versions whose metadata has this key"),
+        ]
+    )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        queries.get_model(kwargs["name"])
         return super().list(request, *args, **kwargs)
 
     @extend_schema(
@@ -203,6 +210,7 @@ class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[AuditEven
     """The audit trail, newest first; filter by model, action, actor or subject prefix."""
 
     serializer_class = s.AuditEventOutput
+    cursor_ordering = "-created_at"
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
         queryset = queries.audit_events()

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from deployments import histograms
 from deployments.models import Deployment, Report, Variant, Worker
-from deployments.services.workers import downsample_reports
+from deployments.services import downsample_reports
 from tests.support.versions import ready_version
 
 LE = [1.0, 2.0, 5.0, 10.0, 50.0, "+Inf"]
@@ -59,7 +59,8 @@ def test_raw_reports_of_one_minute_fold_into_one_row_with_percentiles_from_the_m
     _report(worker, minute + timedelta(seconds=20), [0, 0, 0, 0, 10, 0], p99=49.6, cpu_percent=20.0, errors=2)
     recent = _report(worker, timezone.now(), [5, 0, 0, 0, 0, 0], p99=0.9)
 
-    assert downsample_reports() == {"folded": 2, "expired": 0}
+    result = downsample_reports()
+    assert (result["1m"], result["expired"]) == (2, 2)  # folded, then past the raw retention
 
     folded = Report.objects.get(resolution=Report.Resolution.MINUTE)
     assert folded.start == minute
@@ -87,8 +88,53 @@ def test_reports_past_the_retention_are_dropped_and_a_second_pass_changes_nothin
 
     first = downsample_reports()
 
-    assert first["folded"] == 2
-    assert first["expired"] == 1  # the ancient minute, folded then past retention
-    assert Report.objects.count() == 1
-    assert downsample_reports() == {"folded": 0, "expired": 0}
-    assert Report.objects.get().resolution == Report.Resolution.MINUTE
+    assert first["1m"] == 2
+    assert not Report.objects.filter(end__lt=timezone.now() - timedelta(days=7)).exists()
+    assert not Report.objects.filter(resolution=Report.Resolution.RAW).exists()
+    kept = Report.objects.order_by("resolution", "end")
+    assert {r.resolution for r in kept} <= {"1m", "10m", "1h"}
+    assert all(r.requests == 3 for r in kept)
+    assert downsample_reports() == {"1m": 0, "10m": 0, "1h": 0, "expired": 0}
+
+
+def _hour_ago(hours: int) -> datetime:
+    now = timezone.now()
+    return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours)
+
+
+@pytest.mark.django_db
+def test_minutes_fold_into_ten_minutes_and_hours_once_the_finer_tier_covers_them(
+    worker: Worker, settings: Any
+) -> None:
+    settings.KILN_REPORT_RAW_RETENTION_S = 3600
+    base = _hour_ago(4)
+    _report(worker, base + timedelta(seconds=10), [100, 0, 0, 0, 0, 0], p99=0.9, cpu_percent=10.0)
+    _report(worker, base + timedelta(seconds=20), [0, 0, 0, 0, 4, 0], p99=40.0, cpu_percent=30.0)
+    _report(worker, base + timedelta(minutes=30, seconds=10), [10, 0, 0, 0, 0, 0], p99=0.9)
+    _report(worker, base + timedelta(minutes=65), [7, 0, 0, 0, 0, 0], p99=0.9)
+    _report(worker, base + timedelta(minutes=120, seconds=5), [5, 0, 0, 0, 0, 0], p99=0.9)
+
+    result = downsample_reports()
+
+    assert result == {"1m": 5, "10m": 3, "1h": 2, "expired": 5}
+    tiers = {
+        resolution: [(r.start - base, r.requests) for r in Report.objects.filter(resolution=resolution)]
+        for resolution in ("1m", "10m", "1h")
+    }
+    minutes = timedelta(minutes=1)
+    assert sorted(tiers["1m"]) == [
+        (0 * minutes, 104),
+        (30 * minutes, 10),
+        (65 * minutes, 7),
+        (120 * minutes, 5),
+    ]
+    # the minute at 2:00 is not a whole ten minutes of 1m rows yet; the hour from 1:00 not a whole hour
+    assert sorted(tiers["10m"]) == [(0 * minutes, 104), (30 * minutes, 10), (60 * minutes, 7)]
+    assert tiers["1h"] == [(0 * minutes, 114)]
+    hour = Report.objects.get(resolution="1h")
+    assert hour.end == base + timedelta(hours=1)
+    assert hour.latency_histogram == {"le": LE, "counts": [110, 0, 0, 0, 4, 0]}
+    assert hour.latency_p99_ms == pytest.approx(histograms.quantile(hour.latency_histogram, 0.99))
+    assert hour.samples == 3
+    assert hour.cpu_percent == pytest.approx(20.0)
+    assert downsample_reports() == {"1m": 0, "10m": 0, "1h": 0, "expired": 0}
