@@ -10,33 +10,26 @@ from config.jobs import RETRYING_JOB, RowJobTask
 
 _BUILD_HARD_LIMIT = int(settings.KILN_IMAGE_BUILD_TIMEOUT_S) + 120
 
+_RECONCILE_PASS = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": True,
+    "max_retries": 5,
+    "soft_time_limit": 240,
+    "time_limit": 300,
+}
+"""Options of a reconcile pass of one deployment (on demand or after a worker's exit)."""
 
-@shared_task(
-    name="deployments.reconcile_deployment",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    max_retries=5,
-    soft_time_limit=240,
-    time_limit=300,
-)
+
+@shared_task(name="deployments.reconcile_deployment", **_RECONCILE_PASS)
 def reconcile_deployment_task(deployment_id: int) -> bool:
     from deployments.reconcile import reconcile_deployment
 
     return reconcile_deployment(deployment_id)
 
 
-@shared_task(
-    name="deployments.reconcile_after_exit",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    max_retries=5,
-    soft_time_limit=240,
-    time_limit=300,
-)
+@shared_task(name="deployments.reconcile_after_exit", **_RECONCILE_PASS)
 def reconcile_after_exit_task(deployment_id: int, follow_ups: int) -> bool:
     from deployments.reconcile.exits import reconcile_after_exit
 
