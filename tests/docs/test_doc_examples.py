@@ -168,6 +168,7 @@ def test_every_example_of_the_readme_and_docs_runs_as_written(
         "KILN_URL": platform.url,
         "KILN_PUBLIC_URL": platform.url,
         "KILN_GATEWAY_URL": platform.gateway.url,
+        "KILN_GATEWAY_GRPC_TARGET": platform.gateway.grpc,
         **_install_client(tmp_path / "client"),
         **OVERRIDES,
     }
