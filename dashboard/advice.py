@@ -76,15 +76,10 @@ class Advice:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "choice": None
-            if self.choice is None
-            else {**asdict(self.choice), "protocol_label": PROTOCOL_LABELS[self.choice.protocol]},
+            "choice": None if self.choice is None else _option_dict(self.choice),
             "instances": self.instances,
             "replicas": self.replicas,
-            "options": [
-                {**asdict(o), "protocol_label": PROTOCOL_LABELS[o.protocol], "meets": o.meets}
-                for o in self.options
-            ],
+            "options": [_option_dict(o) for o in self.options],
             "shortfall": self.shortfall,
             "explanation": self.explanation,
             "throughput_basis": THROUGHPUT_BASIS,

@@ -190,6 +190,7 @@ class AdviceOutput(serializers.Serializer[Any]):
     options = AdviceOptionOutput(many=True)
     shortfall = serializers.CharField(allow_blank=True)
     explanation = serializers.CharField(allow_blank=True)
+    throughput_basis = serializers.CharField(help_text="where the throughput figures come from")
     deploy = serializers.DictField(
         child=serializers.CharField(), allow_null=True, help_text="the deploy form's query for this advice"
     )
