@@ -134,3 +134,20 @@ def test_the_advice_s_link_deploys_exactly_the_advised_options(
 
     assert created.status_code == 302, created.content.decode()[:2000]
     assert Variant.objects.get(deployment__name="fraud").batching == advice.batching
+
+
+def test_the_advice_api_answers_the_choice_and_every_option_in_one_shape(owner: User) -> None:
+    from rest_framework.test import APIClient
+
+    ready_version(owner, report=REPORT)
+    api = APIClient()
+    api.force_authenticate(owner)
+
+    answer = api.get("/api/v1/models/cnn/versions/1/advice/?latency_budget_ms=20&target_rps=1500")
+
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["choice"] is not None
+    assert body["choice"]["meets"] is True
+    assert set(body["choice"]) == set(body["options"][0])
+    assert body["throughput_basis"].startswith("Predicted, not measured")
