@@ -114,7 +114,12 @@ def _read(process: Process) -> None:
 
 
 def start(args: Sequence[str], env: dict[str, str] | None = None, nice: int = 0) -> Process:
-    """``python -m inference_worker <args>``, once it listens (``nice``: its CPU priority, 0-19)."""
+    """``python -m inference_worker <args>``, once it listens (``nice``: its CPU priority, 0-19).
+
+    A gateway without ``--grpc-port`` gets any free one: its default (8101) would collide with
+    another gateway of this or a concurrent test run."""
+    if args and args[0] == "gateway" and "--grpc-port" not in args:
+        args = [*args, "--grpc-port", "0"]
     popen = subprocess.Popen(
         ["nice", "-n", str(nice), sys.executable, "-m", "inference_worker", *args],
         cwd=ROOT,
