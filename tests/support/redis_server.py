@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+from kombu import pools
 
 from deployments.backends.ports import free_port
 from tests.support.polling import wait_for
@@ -61,16 +62,22 @@ def broker_at(url: str) -> Iterator[None]:
     from config.celery_app import app
 
     def reset() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # app.pool is kombu's process-wide pool for the URL: closing it alone would leave a closed pool
+        # that the next send to the same URL gets back ("Acquire on closed pool"); reset drops them all.
+        pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
 
-    before = app.conf.broker_url
+    # Only the override is undone: the URL underneath is read from Django's settings, which a test may
+    # have pointed at the same server first (and its settings fixture puts back on its own).
+    had, before = "broker_url" in app.conf.changes, app.conf.changes.get("broker_url")
     app.conf.broker_url = url
     reset()
     try:
         yield
     finally:
-        app.conf.broker_url = before
+        if had:
+            app.conf.broker_url = before
+        else:
+            app.conf.changes.pop("broker_url", None)
         reset()

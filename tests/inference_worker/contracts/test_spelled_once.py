@@ -60,6 +60,7 @@ SHARED = WORDS | {
     # the dashboard's JSON (a Report column's figures) and the shadow API's answer
     "queue_depth",
     "cpu_percent",
+    "rss_bytes",  # the series API's per-worker figures
     "mean_batch_size",
     "errors",
     "shadow",
