@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import tomllib
 from pathlib import Path
 
@@ -92,6 +93,16 @@ def test_build_protos_generates_importable_modules_into_a_directory(tmp_path: Pa
         "from inference_worker._generated import grpc_service_pb2"
         in (tmp_path / "grpc_service_pb2_grpc.py").read_text()
     )
+
+
+def test_generated_modules_are_readable_by_every_user_as_the_umask_allows(tmp_path: Path) -> None:
+    # An image generates them as root and runs as another user: mkstemp's 0600 made them unreadable.
+    before = os.umask(0o022)
+    try:
+        written = build_protos.generate(tmp_path)
+    finally:
+        os.umask(before)
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o644)}
 
 
 def test_the_service_keeps_the_protocols_names() -> None:

@@ -174,8 +174,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        logs = stack.compose("logs", "--no-color", "--tail", "80", check=False)
-        print(logs.stdout[-20000:], logs.stderr[-2000:])  # shown by pytest when the test failed
+        # Each service's own tail, so one chatty service cannot push another's last words out.
+        print(stack.compose("ps", check=False).stdout)  # shown by pytest when the test failed
+        for service in SERVICES:
+            logs = stack.compose("logs", "--no-color", "--tail", "40", service, check=False)
+            print(logs.stdout[-6000:], logs.stderr[-1000:])
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
         leftovers = _docker_ids("ps", "-aq", "--filter", f"name={stack.project}-worker-", check=False)
         if leftovers:
