@@ -64,7 +64,7 @@ def broker_at(url: str) -> Iterator[None]:
     def reset() -> None:
         # app.pool is kombu's process-wide pool for the URL: closing it alone would leave a closed pool
         # that the next send to the same URL gets back ("Acquire on closed pool"); reset drops them all.
-        pools.reset()
+        pools.reset()  # type: ignore[no-untyped-call]
         app._pool = None
         app.amqp._producer_pool = None
 
