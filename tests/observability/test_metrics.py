@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +30,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from config.metrics.events import record_image_build
-from deployments.backends.ports import free_port
 from deployments.models import Deployment, Variant, Worker
 from deployments.reconcile import spec_hash
 from registry import storage
@@ -41,7 +38,7 @@ from registry.services import convert_version, fail_version, sweep_stale_convers
 from registry.tasks import convert_version_task, sweep_stale_conversions_task
 from tests.support import onnx_models
 from tests.support.deployments import ready_workers
-from tests.support.paths import ROOT
+from tests.support.gunicorn import gunicorn as run_gunicorn
 from tests.support.polling import wait_for
 from tests.support.services import CeleryWorker, Platform, database_url_for_children
 from tests.support.versions import ready_version, stored_version
@@ -505,29 +502,8 @@ def gunicorn(tmp_path: Path, metrics_instance: str) -> Iterator[Gunicorn]:
     env = prometheus_multiprocess_env(tmp_path)
     assert not leftover.exists()
     env.update(DATABASE_URL=database_url_for_children(), KILN_INSTANCE_ID=metrics_instance)
-    port = free_port()
-    argv = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "config.wsgi",
-        *("--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2"),
-        *("--config", "python:config.gunicorn_conf"),
-    ]
-    with (tmp_path / "gunicorn.log").open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Gunicorn(f"http://127.0.0.1:{port}", leftover.parent)
-    try:
-        wait_for(lambda: _scrape_answers(server.url), timeout=60, message="gunicorn to answer")
-        yield server
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _scrape_answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/metrics", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
+    with run_gunicorn(tmp_path / "gunicorn.log", env) as url:
+        yield Gunicorn(url, leftover.parent)
 
 
 def _scrape_url(url: str) -> Samples:
