@@ -12,6 +12,22 @@
     function two(n) { return (n < 10 ? "0" : "") + n; }
     return two(date.getHours()) + ":" + two(date.getMinutes()) + (seconds === false ? "" : ":" + two(date.getSeconds()));
   }
+  // The charts' time axis on the same clock: seconds where ticks are under a minute apart, and the date
+  // under the first tick and under every midnight, so a day-long or week-long range reads unambiguously.
+  function timeTicks(el) {
+    return function (u, splits) {
+      function two(n) { return (n < 10 ? "0" : "") + n; }
+      var step = splits.length > 1 ? splits[1] - splits[0] : 60;
+      var labels = splits.map(function (s, i) {
+        var d = new Date(s * 1000), time = clock(d, step < 60);
+        var day = two(d.getMonth() + 1) + "-" + two(d.getDate());
+        if (step >= 86400) return day;
+        return i === 0 || (d.getHours() === 0 && d.getMinutes() === 0 && d.getSeconds() === 0) ? time + "\n" + day : time;
+      });
+      el.setAttribute("data-x-labels", labels.join("|"));  // canvas text cannot be read from the page
+      return labels;
+    };
+  }
   function pct(value) { return value === null || value === undefined ? "–" : (value * 100).toFixed(1) + "%"; }
   function esc(text) {
     var div = document.createElement("div"); div.textContent = text === null || text === undefined ? "" : String(text);
@@ -177,7 +193,7 @@
             var colour = PALETTE[i % PALETTE.length];
             return { label: s.label, stroke: colour, width: 1.5, spanGaps: false, points: { show: sparse(s.values), size: 7, fill: colour } };
           })),
-          axes: [{}, { label: el.getAttribute("data-unit") || "" , size: 50 }],
+          axes: [{ values: timeTicks(el), size: 44 }, { label: el.getAttribute("data-unit") || "" , size: 50 }],
           scales: { x: { time: true } }, legend: { live: false },
         };
         plots[kind] = { key: key, plot: new window.uPlot(opts, columns, el) };

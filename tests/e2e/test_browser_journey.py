@@ -180,6 +180,11 @@ def test_a_user_goes_from_upload_to_a_promoted_ab_split(
             message="the 7-day chart to have points",
         )
         assert "· data " in page.locator("[data-updated]").inner_text()
+        # the time axis on the pages' 24-hour clock, dated (uPlot's default reads "9pm")
+        labels = (chart.get_attribute("data-x-labels") or "").split("|")
+        assert labels
+        assert all(re.fullmatch(r"\d\d-\d\d|\d\d:\d\d(\n\d\d-\d\d)?", label) for label in labels), labels
+        assert "\n" in labels[0] or re.fullmatch(r"\d\d-\d\d", labels[0]), labels
         shot("dashboard seven days")
 
     page.goto(f"{base}/deployments/digits/")
