@@ -13,27 +13,20 @@ rewritten when the variant's workers answer to another one
 full) is retried on another replica of the arm, each at most once, as HTTP's
 connection failures and 503s are.
 
-Every answer is labelled, as HTTP's ``X-Kiln-Variant`` / ``X-Kiln-Model-Version``
-headers: the initial metadata ``x-kiln-variant`` and ``x-kiln-model-version``,
-and the response parameters ``kiln_variant`` and ``kiln_model_version`` (which a
-stream's answers carry too, each its own). The call's deadline, lowered to
-``--upstream-timeout-s``, goes on to the replica; its other metadata passes
-unchanged. Answers count in the same per-(deployment, variant, version) series
-as HTTP (with the HTTP status of the gRPC code, ``HTTP_OF``), so the stats, the
-dashboards and a rollout's guard see both protocols, and a successful
-``ModelInfer`` may be copied to shadow variants (by their gRPC servers).
+Every answer is labelled like HTTP's (initial metadata ``x-kiln-variant`` and
+``x-kiln-model-version``, and response parameters ``kiln_variant`` and ``kiln_model_version``, per
+answer of a stream too). The call's deadline, lowered to ``--upstream-timeout-s``, goes on to the
+replica with its other metadata. Answers count in HTTP's per-(deployment, variant, version) series
+(with the HTTP status of the gRPC code, ``HTTP_OF``) for the stats, dashboards and rollout guards, and
+a successful ``ModelInfer`` may be copied to shadow variants (by their gRPC servers).
 
-``ModelStreamInfer`` routes each request of a stream on its own (weights apply
-per request; a routing key in the stream's metadata keeps the whole stream on
-one arm), up to ``STREAM_WINDOW`` at once, and answers in request order; a
-failed request answers with ``error_message`` and the stream goes on, as the
-worker's own streams do. ``ServerLive``, ``ServerReady`` (a routing table is
-loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are
-``UNIMPLEMENTED``.
+``ModelStreamInfer`` routes each request of a stream on its own (a routing key in the stream's
+metadata keeps it on one arm), up to ``STREAM_WINDOW`` at once, answering in request order; a failed
+request answers with ``error_message`` and the stream goes on. ``ServerLive``, ``ServerReady`` (a
+table is loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are ``UNIMPLEMENTED``.
 
-The server and its channels run on a thread of their own (``grpc_thread``: grpc.aio and
-uvloop do not mix). Only reads cross over (routes, random source, HTTP pools' load);
-counters and shadow copies go back to the gateway's loop with ``call_soon_threadsafe``.
+Calls for a variant at zero wait in the activator (``grpc_hold``). The server has a thread of its own
+(``grpc_thread``: grpc.aio and uvloop do not mix); what it tells the gateway crosses over threadsafe.
 """
 
 from __future__ import annotations
@@ -49,7 +42,8 @@ from typing import Any, Protocol
 import grpc
 
 from inference_worker import __version__, build_protos
-from inference_worker.gateway import grpc_wire
+from inference_worker.gateway import grpc_hold, grpc_wire
+from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.grpc_thread import GrpcThread
 from inference_worker.gateway.metrics import Series
@@ -91,6 +85,7 @@ class Router(Protocol):
     routes: dict[bytes, Route]
     loaded: bool
     rng: Random
+    activator: Activator
 
     def series(self, route: Route, variant: Variant, replica: Replica | None) -> Series: ...
 
@@ -242,7 +237,12 @@ class GrpcProxy:
         metadata: tuple[Any, ...],
         timeout: float,
     ) -> tuple[Replica, bytes]:
-        """The answer of a replica of ``variant``, retried on another one when it may be."""
+        """The answer of a replica of ``variant`` (held while it is scaled to zero), retried on another."""
+        if variant.activate and not variant.replicas:
+            outcome = await grpc_hold.hold(self.router.activator, self._main, route, variant)
+            if isinstance(outcome, str):
+                raise Failure(grpc.StatusCode.UNAVAILABLE, outcome, _labels(variant.name, variant.version))
+            route, variant = outcome
         if variant.model_name != route.name:
             request = grpc_wire.with_name(request, variant.model_name)
         tried: set[str] = set()

@@ -1,5 +1,6 @@
 """The gateway's activator with a real worker: requests for a variant at zero are held, asked for,
-forwarded once a replica is routed, and answered 503 when none comes in time or the queue is full."""
+forwarded once a replica is routed, and answered 503 when none comes in time or the queue is full;
+gRPC calls (stock tritonclient.grpc) the same way, in the same queue."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from inference_worker.contracts.activation import activation_key, parse_activation
 from tests.support.gateway import (
@@ -30,7 +34,7 @@ BODY = infer_body(rows=2, seed=0)
 
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    with worker(classifier(tmp_path_factory.mktemp("activator") / "clf.onnx", seed=1)) as w:
+    with worker(classifier(tmp_path_factory.mktemp("activator") / "clf.onnx", seed=1), grpc=True) as w:
         yield w
 
 
@@ -83,3 +87,40 @@ def test_a_held_request_gets_a_503_when_no_replica_comes_and_a_full_queue_refuse
     messages = [body["error"] for _, body in results]
     assert "deployment 'idle' variant 'a' is starting and holds as many requests as it can" in messages
     assert "no replica of deployment 'idle' variant 'a' became ready within 1 s" in messages
+
+
+def grpc_infer(target: str) -> Any:
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return grpcclient.InferenceServerClient(target).infer("idle", [tensor], client_timeout=60)
+
+
+def test_a_grpc_call_for_a_variant_at_zero_is_held_asked_for_and_answered_by_the_replica_routed_later(
+    replica: Process,
+) -> None:
+    with routing_key() as (key, redis), gateway(key, "--activator-timeout-s", "30") as gw:
+        publish(redis, key, at_zero(1, []))
+        applied(gw.url, 1)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            calls = [pool.submit(grpc_infer, gw.grpc) for _ in range(3)]
+            asked = wait_for(lambda: redis.hget(activation_key(key), "idle/a"), timeout=10)
+            assert parse_activation(orjson.loads(asked)).held >= 1
+            assert not any(call.done() for call in calls)  # held, not refused
+            publish(redis, key, at_zero(2, [replica]))
+            results = [call.result(timeout=60) for call in calls]
+
+    for result in results:
+        assert result.get_response().parameters["kiln_variant"].string_param == "a"
+        assert result.as_numpy(result.get_response().outputs[0].name).shape[0] == 2
+
+
+def test_a_held_grpc_call_is_unavailable_with_the_reason_when_no_replica_comes_in_time() -> None:
+    with routing_key() as (key, redis), gateway(key, "--activator-timeout-s", "1") as gw:
+        publish(redis, key, at_zero(1, []))
+        applied(gw.url, 1)
+        with pytest.raises(InferenceServerException) as failure:
+            grpc_infer(gw.grpc)
+
+    assert failure.value.status() == "StatusCode.UNAVAILABLE"
+    assert "no replica of deployment 'idle' variant 'a' became ready within 1 s" in failure.value.message()
