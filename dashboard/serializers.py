@@ -194,6 +194,11 @@ class AdviceOutput(serializers.Serializer[Any]):
     deploy = serializers.DictField(
         child=serializers.CharField(), allow_null=True, help_text="the deploy form's query for this advice"
     )
+    cold_start_s = serializers.FloatField(
+        allow_null=True,
+        help_text="measured: median seconds from start to ready of this version's last 20 workers (what the "
+        "first caller waits on a variant scaled to zero); null until one was ready",
+    )
 
 
 class AdviceQuery(serializers.Serializer[Any]):

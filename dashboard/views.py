@@ -112,4 +112,5 @@ class AdviceApi(APIView):
         budget, target = params["latency_budget_ms"], params["target_rps"]
         advice = advise(version.report or {}, budget_ms=budget, target_rps=target)
         body = {"latency_budget_ms": budget, "target_rps": target, **advice.as_dict()}
+        body["cold_start_s"] = queries.cold_start_s(version.id)
         return Response(ds.AdviceOutput(body).data)

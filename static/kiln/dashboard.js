@@ -292,6 +292,10 @@
               '<p><a class="button" href="' + deploy + '" data-advice-deploy>Create a deployment with exactly this</a></p>';
           }
           if (a.throughput_basis) html += '<p class="muted" data-advice-basis>' + esc(a.throughput_basis) + "</p>";
+          html += '<p data-advice-cold-start>' + (a.cold_start_s === null
+            ? "Cold start: not measured yet (no worker of this version has become ready)."
+            : "Cold start (measured, median start to ready): " + fmt(a.cold_start_s, 1) +
+              " s. A variant scaled to zero makes its first caller wait about this long.") + "</p>";
           html += '<details><summary>All measured options</summary><div class="table-wrap"><table><thead><tr><th>Protocol</th><th>Batch</th><th>Batch latency (ms)</th><th>Codec (ms/request)</th><th>Worst latency (ms)</th><th>Predicted throughput (req/s)</th><th>Meets</th></tr></thead><tbody>' +
             a.options.map(function (o) {
               return "<tr><td>" + esc(o.protocol_label) + "</td><td>" + o.batch_size + "</td><td>" + fmt(o.batch_latency_ms, 3) + "</td><td>" +

@@ -151,3 +151,34 @@ def test_the_advice_api_answers_the_choice_and_every_option_in_one_shape(owner: 
     assert body["choice"]["meets"] is True
     assert set(body["choice"]) == set(body["options"][0])
     assert body["throughput_basis"].startswith("Predicted, not measured")
+
+
+@pytest.mark.django_db
+def test_the_advice_quotes_the_version_s_measured_cold_start_once_a_worker_was_ready(owner: User) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rest_framework.test import APIClient
+
+    from deployments.models import Worker
+
+    version = ready_version(owner, report=REPORT)
+    api = APIClient()
+    api.force_authenticate(owner)
+    url = "/api/v1/models/cnn/versions/1/advice/?latency_budget_ms=20&target_rps=1500"
+    assert api.get(url).json()["cold_start_s"] is None  # no worker of it has started
+
+    body = {"name": "cnn-prod", "model": "cnn", "variants": [{"version": 1, "replicas": 1}]}
+    assert api.post("/api/v1/deployments/", body, format="json").status_code == 201
+    variant = Variant.objects.get(deployment__name="cnn-prod")
+    start = timezone.now() - timedelta(minutes=5)
+    for seconds in (2.0, 9.0, 4.0):  # the median, not the mean (5.0) nor the last
+        Worker.objects.create(
+            variant=variant,
+            version=version,
+            backend="process",
+            started_at=start,
+            ready_at=start + timedelta(seconds=seconds),
+        )
+
+    assert api.get(url).json()["cold_start_s"] == 4.0
