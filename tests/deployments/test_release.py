@@ -27,6 +27,7 @@ from inference_worker.contracts.gateway_stats import (
     encode_snapshot,
 )
 from registry.models import Alias, AuditEvent
+from tests.support.deployments import two_ready_arms
 from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
@@ -35,21 +36,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def release(owner: User, owner_api: APIClient) -> Iterator[None]:
     """Deployment ``ab``: ``a`` (stable, follows production = v1, 100%) and ``b`` (v2, 0%), ready rows."""
-    ready_version(owner)
-    ready_version(owner, number=2)
-    owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
-    response = owner_api.post(
-        "/api/v1/deployments/",
-        {
-            "name": "ab",
-            "model": "cnn",
-            "variants": [{"name": "a", "alias": "production"}, {"name": "b", "version": 2, "weight": 0}],
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    for variant in Variant.objects.all():
-        Worker.objects.create(variant=variant, version=variant.version, backend="process", state="ready")
+    two_ready_arms(owner, owner_api)
     redis_client().delete(stats_key())
     yield
     redis_client().delete(stats_key())

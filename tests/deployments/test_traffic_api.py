@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from deployments.models import Rollout, TrafficChange, Variant, Worker
 from registry.models import Alias, AuditEvent
-from tests.support.versions import ready_version
+from tests.support.deployments import two_ready_arms
 
 pytestmark = pytest.mark.django_db
 
@@ -18,21 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def two_arms(owner: User, owner_api: APIClient) -> None:
     """A deployment with variants a (v1, 100%) and b (v2, 0%), each with one ready worker row."""
-    ready_version(owner)
-    ready_version(owner, number=2)
-    owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 1}, format="json")
-    response = owner_api.post(
-        "/api/v1/deployments/",
-        {
-            "name": "ab",
-            "model": "cnn",
-            "variants": [{"name": "a", "alias": "production"}, {"name": "b", "version": 2, "weight": 0}],
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    for variant in Variant.objects.all():
-        Worker.objects.create(variant=variant, version=variant.version, backend="process", state="ready")
+    two_ready_arms(owner, owner_api)
 
 
 def put_split(client: APIClient, split: Any, reason: str = "") -> Any:
