@@ -18,6 +18,15 @@ from tests.support.services import Platform
 from tests.support.versions import stored_version
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+GUARDED_ROLLOUT = {
+    "candidate": "candidate",
+    "steps": [25, 50, 100],
+    "hold_s": 30,
+    "max_error_rate": 0.05,
+    "max_p99_ms": 2000,
+    "min_requests": 10,
+}
+"""A rollout of ``candidate`` whose guard a failing candidate trips at the first step."""
 
 
 def test_one_endpoint_serves_through_the_gateway_and_an_alias_move_rolls_without_a_failed_request(
@@ -130,18 +139,7 @@ def test_a_candidate_that_rejects_the_live_inputs_is_rolled_back_within_its_firs
     wait_routed(platform.gateway.url, "cnn")
 
     with Load(f"{platform.gateway.url}/v2/models/cnn/infer", clients=3) as load:
-        started = owner_api.post(
-            "/api/v1/deployments/cnn/rollouts/",
-            {
-                "candidate": "candidate",
-                "steps": [25, 50, 100],
-                "hold_s": 30,
-                "max_error_rate": 0.05,
-                "max_p99_ms": 2000,
-                "min_requests": 10,
-            },
-            format="json",
-        )
+        started = owner_api.post("/api/v1/deployments/cnn/rollouts/", GUARDED_ROLLOUT, format="json")
         assert started.status_code == 201, started.content
         rollout_id = started.json()["id"]
         final = rollout_end(owner_api, "cnn", rollout_id, timeout=60)
@@ -175,18 +173,7 @@ def test_grpc_clients_reach_the_deployment_through_the_gateway_and_a_failing_can
     with GrpcLoad(platform.gateway.grpc, "cnn", clients=3) as load:
         wait_for(lambda: load.ok > 20, timeout=30, message="gRPC answers through the gateway")
         assert load.failures == []
-        started = owner_api.post(
-            "/api/v1/deployments/cnn/rollouts/",
-            {
-                "candidate": "candidate",
-                "steps": [25, 50, 100],
-                "hold_s": 30,
-                "max_error_rate": 0.05,
-                "max_p99_ms": 2000,
-                "min_requests": 10,
-            },
-            format="json",
-        )
+        started = owner_api.post("/api/v1/deployments/cnn/rollouts/", GUARDED_ROLLOUT, format="json")
         assert started.status_code == 201, started.content
         final = rollout_end(owner_api, "cnn", started.json()["id"], timeout=60)
         served_before = load.ok
