@@ -164,10 +164,18 @@ def test_a_rolled_back_change_records_no_delivery(
     version = ready_version(owner)
     subscribe(owner_api, receiver.url, ["alias.moved"])
 
-    with pytest.raises(RuntimeError), transaction.atomic():
-        set_alias(model=version.model, name="production", version_number=1, actor=owner)
-        assert WebhookDelivery.objects.count() == 1  # written in the change's transaction
-        raise RuntimeError
+    written = []
+
+    def change_that_fails() -> None:
+        with transaction.atomic():
+            set_alias(model=version.model, name="production", version_number=1, actor=owner)
+            written.append(WebhookDelivery.objects.count())  # written in the change's transaction
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        change_that_fails()
+
+    assert written == [1]
 
     assert not WebhookDelivery.objects.exists()
     assert not OutboxMessage.objects.filter(task="webhooks.deliver").exists()
