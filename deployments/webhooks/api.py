@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
 from rest_framework.request import Request
@@ -16,21 +14,13 @@ from deployments.webhooks import services
 from deployments.webhooks.models import Webhook, WebhookDelivery
 
 
-def webhooks_for(user: Any) -> QuerySet[Webhook]:
-    """The subscriptions ``user`` may manage: all for staff, else those of models they may change."""
-    queryset = Webhook.objects.select_related("model", "created_by").order_by("id")
-    if getattr(user, "is_staff", False):
-        return queryset
-    return queryset.filter(Q(model__owner=user) | Q(model__team__in=user.groups.all())).distinct()
-
-
 class WebhookListView(generics.ListAPIView[Webhook]):
     """List the subscriptions you manage; create one (the answer shows its secret, once)."""
 
     serializer_class = s.WebhookOutput
 
     def get_queryset(self) -> QuerySet[Webhook]:
-        return webhooks_for(self.request.user)
+        return services.webhooks_for(self.request.user)
 
     @extend_schema(request=s.WebhookInput, responses={201: s.WebhookCreatedOutput})
     def post(self, request: Request) -> Response:

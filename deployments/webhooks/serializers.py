@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from rest_framework import serializers
 
+from deployments.webhooks import services
 from deployments.webhooks.events import EVENT_CHOICES
 from deployments.webhooks.models import DeliveryStatus, Webhook, WebhookDelivery
 from deployments.webhooks.services import WebhookSpec
@@ -42,7 +42,7 @@ class WebhookInput(serializers.Serializer[Any]):
         name = data.get("model")
         return WebhookSpec(
             url=data["url"],
-            secret=data.get("secret") or secret or secrets.token_hex(32),
+            secret=data.get("secret") or secret or services.new_secret(),
             event_types=tuple(data["event_types"]),
             model=registry_queries.get_model(name) if name else None,
             description=data["description"],

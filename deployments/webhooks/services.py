@@ -6,11 +6,13 @@ Who may manage a subscription: for one model, whoever may change that model; a g
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q, QuerySet
 
 from config.errors import NotFoundError, PermissionDeniedError
 from deployments.errors import InvalidDeploymentError
@@ -30,6 +32,11 @@ class WebhookSpec:
     model: RegisteredModel | None = None
     description: str = ""
     active: bool = True
+
+
+def new_secret() -> str:
+    """A signing secret for a subscription made without one (shown once)."""
+    return secrets.token_hex(32)
 
 
 def ensure_can_manage(user: Any, model: RegisteredModel | None) -> None:
@@ -149,3 +156,11 @@ def get_delivery(webhook: Webhook, delivery_id: int) -> WebhookDelivery:
     if delivery is None:
         raise NotFoundError(f"webhook {webhook.pk} has no delivery {delivery_id}")
     return delivery
+
+
+def webhooks_for(user: Any) -> QuerySet[Webhook]:
+    """The subscriptions ``user`` may manage: all for staff, else those of models they may change."""
+    queryset = Webhook.objects.select_related("model", "created_by").order_by("id")
+    if getattr(user, "is_staff", False):
+        return queryset
+    return queryset.filter(Q(model__owner=user) | Q(model__team__in=user.groups.all())).distinct()
