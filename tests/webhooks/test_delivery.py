@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from config.outbox.models import OutboxMessage
 from deployments.models import Variant, Worker
 from deployments.reconcile.status import update_status
-from deployments.webhooks.delivery import deliver
+from deployments.webhooks.delivery import deliver, send_due
 from deployments.webhooks.models import DeliveryStatus, Webhook, WebhookDelivery
 from deployments.webhooks.signing import verify
 from registry.models import AuditEvent
@@ -224,3 +224,25 @@ def test_a_deployment_that_becomes_degraded_is_announced_once(
     assert delivery.event_type == "deployment.degraded"
     assert deliver(delivery.pk) == DeliveryStatus.DELIVERED
     assert json.loads(receiver.received[0].body)["audit"]["subject"] == "deployment/web"
+
+
+def test_a_send_cut_short_is_claimed_again_after_its_lease_and_the_sweep_requeues_overdue_retries(
+    owner: User, owner_api: APIClient, receiver: WebhookReceiver
+) -> None:
+    ready_version(owner)
+    subscribe(owner_api, receiver.url, ["alias.moved"])
+    move_alias(owner_api)
+    delivery = WebhookDelivery.objects.get()
+    # A worker claimed it and died mid-send: the row says ``sending`` under a lease.
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status="sending", attempts=1, lease_until=timezone.now() + timedelta(seconds=60)
+    )
+    assert deliver(delivery.pk) == "skipped"  # the lease still holds
+    assert send_due() == 0
+
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+    assert send_due() == 1
+    assert deliver(delivery.pk) == "delivered"
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.lease_until) == (2, None)
+    assert send_due() == 0
