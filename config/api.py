@@ -7,6 +7,7 @@ app_name = "api"
 urlpatterns = [
     path("", include("registry.api.urls")),
     path("", include("deployments.api.urls")),
+    path("", include("deployments.webhooks.urls")),
     path("", include("dashboard.api_urls")),
     path("", include("observability.api_urls")),
 ]

@@ -251,6 +251,20 @@ CELERY_BEAT_SCHEDULE["deliver-outbox"] = {
     "options": {"expires": KILN_OUTBOX_SWEEP_S * 2},
 }
 
+# Signed webhooks for release events (deployments.webhooks, docs/webhooks.md). Targets must be
+# public addresses unless this allow-list (host names, addresses or CIDRs) names them.
+KILN_WEBHOOK_ALLOWED_HOSTS = env_list("KILN_WEBHOOK_ALLOWED_HOSTS", [])
+KILN_WEBHOOK_TIMEOUT_S = env_float("KILN_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.5, maximum=60.0)
+KILN_WEBHOOK_MAX_ATTEMPTS = env_int("KILN_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=30)
+KILN_WEBHOOK_BACKOFF_S = env_float("KILN_WEBHOOK_BACKOFF_S", 10.0, minimum=0.1)
+KILN_WEBHOOK_BACKOFF_MAX_S = env_float("KILN_WEBHOOK_BACKOFF_MAX_S", 3600.0, minimum=1.0)
+KILN_WEBHOOK_SWEEP_S = env_float("KILN_WEBHOOK_SWEEP_S", 10.0, minimum=0.5)
+CELERY_BEAT_SCHEDULE["send-due-webhooks"] = {
+    "task": "webhooks.send_due",
+    "schedule": KILN_WEBHOOK_SWEEP_S,
+    "options": {"expires": KILN_WEBHOOK_SWEEP_S * 2},
+}
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,

@@ -17,6 +17,7 @@ from deployments.autoscaling.table import AUTOSCALING
 from deployments.errors import InvalidDeploymentError
 from deployments.inputs import AutoscalingPolicy
 from deployments.models import Deployment, Report, Variant, Worker, WorkerImage
+from deployments.webhooks import admin as webhook_admin  # noqa: F401 - registers the webhook models
 from registry.permissions import ensure_can_change
 
 

@@ -16,6 +16,8 @@ from deployments.backends import BACKEND_NAMES
 from deployments.release_models import ACTIVE_ROLLOUT_STATES as ACTIVE_ROLLOUT_STATES
 from deployments.release_models import Rollout as Rollout
 from deployments.release_models import TrafficChange as TrafficChange
+from deployments.webhooks.models import Webhook as Webhook
+from deployments.webhooks.models import WebhookDelivery as WebhookDelivery
 from inference_worker.contracts import batching as table
 from inference_worker.contracts.options import OptionField
 from registry.models import ModelVersion, RegisteredModel, slug_validator

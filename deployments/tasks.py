@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from config.jobs import RETRYING_JOB, RowJobTask
+from deployments.webhooks.tasks import deliver_webhook_task as deliver_webhook_task
+from deployments.webhooks.tasks import send_due_webhooks_task as send_due_webhooks_task
 
 _BUILD_HARD_LIMIT = int(settings.KILN_IMAGE_BUILD_TIMEOUT_S) + 120
 

@@ -3,11 +3,21 @@
 from django.urls import path, re_path
 
 from deployments import traffic_views, views
+from deployments.webhooks import views as webhook_views
 
 app_name = "deployments"
 
 urlpatterns = [
     path("deployments/", views.deployment_list, name="list"),
+    path("webhooks/", webhook_views.webhook_list, name="webhooks"),
+    path("webhooks/<int:webhook_id>/", webhook_views.webhook_detail, name="webhook-detail"),
+    path("webhooks/<int:webhook_id>/ping/", webhook_views.webhook_ping, name="webhook-ping"),
+    path("webhooks/<int:webhook_id>/delete/", webhook_views.webhook_delete, name="webhook-delete"),
+    path(
+        "webhooks/<int:webhook_id>/deliveries/<int:delivery_id>/redeliver/",
+        webhook_views.webhook_redeliver,
+        name="webhook-redeliver",
+    ),
     path("models/<slug:name>/versions/<int:number>/deploy/", views.deployment_create, name="create"),
     path("deployments/<slug:name>/", views.deployment_detail, name="detail"),
     path("deployments/<slug:name>/live/", views.deployment_workers_fragment, name="live"),

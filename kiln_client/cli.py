@@ -27,6 +27,7 @@ from kiln_client.deploying import (
     cmd_wait,
 )
 from kiln_client.progress import Progress
+from kiln_client.webhooks import add_webhook_parser
 
 TERMINAL_VERSION = ("ready", "failed")
 STATES = ["registered", "converting", "ready", "failed"]
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="follow it; exit 1 unless it succeeds")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(run=cmd_rollout)
+
+    add_webhook_parser(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
 
+from registry import hooks
 from registry.models import AuditEvent, RegisteredModel
 
 Actor = User | AnonymousUser | None
@@ -28,9 +29,12 @@ def record_event(
     after: Any = None,
     reason: str = "",
 ) -> AuditEvent:
-    """Append one audit event. Call it inside the same transaction as the change it records."""
+    """Append one audit event. Call it inside the same transaction as the change it records.
+
+    The apps above hear of it through ``hooks.event_recorded``, in that transaction.
+    """
     user = actor if isinstance(actor, User) else None
-    return AuditEvent.objects.create(
+    event = AuditEvent.objects.create(
         actor=user,
         actor_label=actor_label(actor),
         action=action,
@@ -40,3 +44,5 @@ def record_event(
         after=after,
         reason=reason[:4000],
     )
+    hooks.event_recorded.call(event=event)
+    return event

@@ -1,6 +1,8 @@
 """What the registry announces to the apps above it (they register in their ``AppConfig.ready()``).
 
 - ``alias_moved(alias_id=...)``: an alias was created or moved; called after the commit.
+- ``event_recorded(event=...)``: an audit event was recorded; called inside the change's
+  transaction (webhook deliveries are written with it).
 - ``version_serving(version_id=...)``: the deployments serving a version with their live numbers,
   for the version page (each registered function returns a list of rows, or None).
 """
@@ -12,4 +14,5 @@ from typing import Any
 from config.hooks import Hook
 
 alias_moved: Hook[..., None] = Hook("registry.alias_moved")
+event_recorded: Hook[..., None] = Hook("registry.event_recorded")
 version_serving: Hook[..., list[dict[str, Any]] | None] = Hook("registry.version_serving")

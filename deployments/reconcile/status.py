@@ -53,4 +53,13 @@ def update_status(deployment: Deployment, problems: dict[int, tuple[bool, str]] 
                     after={"status": status},
                     reason=reason[-2000:],
                 )
+            elif status == DeploymentStatus.DEGRADED and deployment.status != DeploymentStatus.DEGRADED:
+                record_deployment_event(
+                    actor=None,
+                    action="deployment.degraded",
+                    deployment=deployment,
+                    before={"status": deployment.status},
+                    after={"status": status},
+                    reason=f"{sum(ready.values())} of {sum(v.replicas for v in variants)} replicas ready",
+                )
         deployment.status, deployment.status_reason = status, reason
