@@ -75,7 +75,10 @@ class Stack:
             )
             + "\n"
         )
-        socket_gid = os.stat("/var/run/docker.sock").st_gid
+        # The engine the test drives is the one the stack's Celery worker must launch workers on.
+        host = os.environ.get("DOCKER_HOST", "")
+        socket = host.removeprefix("unix://") if host.startswith("unix://") else "/var/run/docker.sock"
+        socket_gid = os.stat(socket).st_gid
         self.env = {
             **os.environ,
             "KILN_ENV_FILE": str(env_file),
@@ -89,6 +92,7 @@ class Stack:
             "KILN_IMAGE": "kiln/platform:ci",
             "BASE_IMAGE": BASE_IMAGE,
             "DOCKER_GID": str(socket_gid),
+            "DOCKER_SOCKET": socket,
         }
         # POSTGRES_PASSWORD must be the same for the database and the platform: both read the env file
         # through substitution too, so it is exported from it.
