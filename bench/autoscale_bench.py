@@ -189,7 +189,10 @@ def step_load(args: argparse.Namespace, load: Load, trace: Trace) -> Step:
         replicas_after_delay=(after_delay.replicas, after_delay.ready),
         down_after_s=down.at - ended,
         trace=[(s.at - stepped, s.replicas, s.ready) for s in trace.samples if began <= s.at <= settled],
-        reasons=[d["reason"] for d in reversed(decisions)],
+        reasons=[
+            f"{d['to_replicas']} {d['reason']} ({d['short_load']:g}/{d['long_load']:g})"
+            for d in reversed(decisions)
+        ],
     )
 
 
@@ -263,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         "downscale_delay_s": args.downscale_delay_s,
         "idle_before_zero_s": 3600,
     }
-    with running_platform(args.database, args.redis_url, intervals) as platform:
+    with running_platform(args.database, args.redis_url, intervals, args.keep_logs) as platform:
         print(f"platform up at {platform.web_url} (gateway {platform.gateway_url})", flush=True)
         deploy_cnn(platform, MODEL, DEPLOYMENT)
         platform.send("PUT", POLICY, 202, json=policy)
@@ -303,6 +306,9 @@ def main(argv: list[str]) -> int:
         "--database", default="kiln_asbench", help="PostgreSQL database made and dropped [kiln_asbench]"
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="[redis://127.0.0.1:6379/8]")
+    parser.add_argument(
+        "--keep-logs", type=Path, help="copy the platform's and workers' logs to this directory"
+    )
     parser.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     args.load_s = args.load_s or (30.0 if args.quick else 60.0)

@@ -7,6 +7,7 @@ import datetime
 import math
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -103,10 +104,18 @@ def _phase_rows(step: Step) -> list[str]:
         rate = f"{len(records) / seconds:,.0f}" if seconds > 0 else ""
         rows.append(
             f"| {name} | {clients.get(name, step.base_clients)} | {len(records):,} | {rate} "
-            f"| {sum(1 for r in records if r[2] != 200)} | {quantile(latencies, 0.5):.1f} "
+            f"| {_failed(records)} | {quantile(latencies, 0.5):.1f} "
             f"| {quantile(latencies, 0.99):.1f} |"
         )
     return rows
+
+
+def _failed(records: list[Record]) -> str:
+    """How many failed, by status (0: no HTTP answer)."""
+    statuses = Counter(r[2] for r in records if r[2] != 200)
+    if not statuses:
+        return "0"
+    return f"{statuses.total():,} ({', '.join(f'{code}: {n:,}' for code, n in sorted(statuses.items()))})"
 
 
 def _seconds(value: float | None) -> str:
@@ -160,9 +169,9 @@ def write_results(
         f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {_cpu()},"
         f" {os.cpu_count()} cores; Python {platform.python_version()}; {versions}.",
         f"Command: `{command}` (load {args.load_s:g} s at 8x, downscale delay {args.downscale_delay_s:g} s). "
-        f"The platform as `bin/kiln-run` starts it ({settings}), a small CNN (3x32x32, two convolutions) "
-        "uploaded through the REST API, one variant on the process backend; closed-loop HTTP JSON "
-        "clients through the gateway (one httpx client per thread). "
+        f"The platform as `bin/kiln-run` starts it ({settings}), a small CNN (3x32x32 in, three "
+        "convolutions, about 230 MFLOP) uploaded through the REST API, one variant on the process "
+        "backend; closed-loop HTTP JSON clients through the gateway (one httpx client per thread). "
         f"Policy: {', '.join(f'{k} {v}' for k, v in policy.items() if k != 'idle_before_zero_s')}. "
         f"Load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
         "(above the core count, other jobs shared the machine: the times include waiting for a core).",
@@ -180,7 +189,8 @@ def write_results(
         *_phase_rows(step),
         "",
         f"Replicas over time, desired/ready, seconds from the step (changes only): {_changes(step.trace)}.",
-        f"The autoscaler's decisions, oldest first: {', '.join(step.reasons)}.",
+        "The autoscaler's decisions, oldest first, with the mean requests in flight it saw over the short"
+        f" and the long window: {', '.join(step.reasons)}.",
         "",
         "### Cold start from zero",
         "",
