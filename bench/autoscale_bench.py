@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,8 @@ class Trace:
 
     platform: Platform
     samples: list[Sample] = field(default_factory=list)
+    workers: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
+    """Every worker seen: the platform's started_at and ready_at (Unix time)."""
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def variant(self) -> dict[str, Any]:
@@ -127,6 +130,15 @@ class Trace:
             self.samples.append(
                 Sample(time.monotonic(), v["replicas"], v["ready_replicas"], len(v["workers"]))
             )
+            self.remember(v)
+
+    def remember(self, variant: dict[str, Any]) -> None:
+        for worker in variant["workers"]:
+            self.workers[worker["id"]] = (unix(worker["started_at"]), unix(worker["ready_at"]))
+
+    def ready_since(self, since: float) -> list[float]:
+        """Seconds from ``since`` (Unix time) to each worker's ready_at that came after it, in order."""
+        return sorted(r - since for _, r in self.workers.values() if r is not None and r >= since)
 
     def latest(self) -> Sample:
         poll(lambda: self.samples, timeout=60, what="a first trace sample")
@@ -134,6 +146,10 @@ class Trace:
 
     def first(self, since: float, check: Any) -> Sample | None:
         return next((s for s in self.samples if s.at >= since and check(s)), None)
+
+
+def unix(text: str | None) -> float | None:
+    return None if text is None else datetime.fromisoformat(text).timestamp()
 
 
 def needed(in_flight: float, target: float) -> int:
@@ -149,7 +165,8 @@ def step_load(args: argparse.Namespace, load: Load, trace: Trace) -> Step:
     began = time.monotonic()
     load.set_clients(base_clients)
     time.sleep(args.base_s)
-    stepped = time.monotonic()
+    stepped, stepped_unix = time.monotonic(), time.time()
+    ready_before = trace.latest().ready
     load.set_clients(step_clients)
     print(f"step: {base_clients} -> {step_clients} clients, expecting {expected} ready replicas", flush=True)
     time.sleep(args.load_s)
@@ -173,12 +190,17 @@ def step_load(args: argparse.Namespace, load: Load, trace: Trace) -> Step:
     ready = trace.first(stepped, lambda s: s.ready >= expected)
     ready_at = ready.at if ready is not None and ready.at < ended else ended
     decisions = trace.variant()["scaling_decisions"]
+    new_ready = [t for t in trace.ready_since(stepped_unix) if t < ended - stepped]
+    wanted = expected - ready_before
     return Step(
         base_clients=base_clients,
         step_clients=step_clients,
         expected=expected,
         low=low,
         ready_after_s=None if ready is None or ready.at >= ended else ready.at - stepped,
+        ready_at_after_s=0.0
+        if wanted <= 0
+        else (new_ready[wanted - 1] if len(new_ready) >= wanted else None),
         phases={
             "baseline": load.window(began, stepped),
             "ramp": load.window(stepped, ready_at),
@@ -233,11 +255,17 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
     zero_after = time.monotonic() - idle_from
     print(f"at zero {zero_after:.1f} s after the policy allowed it; {args.callers} first callers", flush=True)
     time.sleep(1)
-    fired = time.monotonic()
+    fired = time.time()
     answers = first_callers(url, args.callers)
     variant = trace.variant()
+    trace.remember(variant)
+    activations = [
+        t - fired
+        for d in variant["scaling_decisions"]
+        if d["reason"] == "activate" and (t := unix(d["created_at"]) or 0) >= fired - 1
+    ]
+    starts = [s - fired for s, _ in trace.workers.values() if s is not None and s >= fired - 1]
     advice = platform.get(f"/api/v1/models/{MODEL}/versions/1/advice/")
-    first_ready = trace.first(fired, lambda s: s.ready >= 1)
     return ColdStart(
         callers=args.callers,
         latencies=sorted(a[0] for a in answers),
@@ -246,7 +274,9 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
         advice_cold_start_s=advice.get("cold_start_s"),
         variant_cold_start_s=variant.get("cold_start_s"),
         replicas_started=variant["replicas"],
-        first_ready_after_s=None if first_ready is None else first_ready.at - fired,
+        activate_after_s=min(activations, default=None),
+        first_start_after_s=min(starts, default=None),
+        first_ready_after_s=min(trace.ready_since(fired - 1), default=None),
         reasons=[d["reason"] for d in reversed(variant["scaling_decisions"])][-3:],
     )
 

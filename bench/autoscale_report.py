@@ -31,7 +31,9 @@ class Step:
     low: int
     """Replicas the 1x load asks for."""
     ready_after_s: float | None
-    """From the step until ``expected`` replicas were ready (None: not within the load)."""
+    """From the step until the deployment API showed ``expected`` ready (None: not within the load)."""
+    ready_at_after_s: float | None
+    """The same from the workers' ``ready_at``: the one that made ``expected`` became ready."""
     phases: dict[str, list[Record]]
     replicas_at_end: tuple[int, int]
     """(desired, ready) right after the load ended."""
@@ -72,7 +74,12 @@ class ColdStart:
     advice_cold_start_s: float | None
     variant_cold_start_s: float | None
     replicas_started: int
+    activate_after_s: float | None
+    """From the callers' requests to the autoscaler's activate decision."""
+    first_start_after_s: float | None
+    """... to the first worker's start."""
     first_ready_after_s: float | None
+    """... to the first worker's ready_at."""
     reasons: list[str]
 
 
@@ -125,7 +132,8 @@ def _seconds(value: float | None) -> str:
 def _targets(step: Step, cold: ColdStart) -> list[str]:
     ramp = [r[1] * 1000 for r in step.phases["ramp"] if r[2] == 200]
     ready = (
-        f"**{step.ready_after_s:.1f} s**"
+        f"**{_seconds(step.ready_at_after_s)}** after the step (the workers' `ready_at`; the deployment "
+        f"API, polled every 0.5 s, showed them after {_seconds(step.ready_after_s)})"
         if step.ready_after_s is not None
         else f"**not within the load** (at most {max((s[2] for s in step.trace), default=0)} ready)"
     )
@@ -134,7 +142,7 @@ def _targets(step: Step, cold: ColdStart) -> list[str]:
     verdict = "n/a" if start is None else ("met" if worst < start + 1 else "missed")
     return [
         f"- Step {step.base_clients} -> {step.step_clients} clients (1x -> 8x the target in flight): "
-        f"{step.expected} replicas ready {ready} after the step; p99 during the ramp "
+        f"{step.expected} replicas ready {ready}; p99 during the ramp "
         f"{quantile(ramp, 0.99):,.0f} ms.",
         f"- Failed requests (anything but 200) over the whole step load: **{step.failed()}** (target 0).",
         f"- Replicas (desired/ready) right after the load: {'/'.join(map(str, step.replicas_at_end))}; "
@@ -202,9 +210,11 @@ def write_results(
         f"| {_plus_one(cold.advice_cold_start_s or cold.variant_cold_start_s)} |",
         "",
         f"The variant reached zero {cold.zero_after_s:.1f} s after the policy allowed it (idle time "
-        f"{args.idle_s:g} s); the first callers' activation asked for {cold.replicas_started} replica(s), "
-        f"the first ready {_seconds(cold.first_ready_after_s)} after they called "
-        f"(decisions: {', '.join(cold.reasons)}).",
+        f"{args.idle_s:g} s). After the first callers sent their requests: the autoscaler's activate "
+        f"decision at {_seconds(cold.activate_after_s)} (for {cold.replicas_started} replicas), the first "
+        f"worker started at {_seconds(cold.first_start_after_s)} and ready at "
+        f"{_seconds(cold.first_ready_after_s)} (the platform's `started_at` and `ready_at`), the first "
+        f"answer at {quantile(cold.latencies, 0):.2f} s. Decisions: {', '.join(cold.reasons)}.",
         *([f"Transport errors seen by the load: {'; '.join(errors)}"] if errors else []),
         END,
     ]
