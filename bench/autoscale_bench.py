@@ -345,6 +345,7 @@ def main(argv: list[str]) -> int:
     args.downscale_delay_s = args.downscale_delay_s or (15.0 if args.quick else 30.0)
     # A stopped run still stops the platform and its workers and drops its database (the finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (&)
     return run(args)
 
 
