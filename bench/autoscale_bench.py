@@ -218,9 +218,12 @@ def step_load(args: argparse.Namespace, load: Load, trace: Trace) -> Step:
     )
 
 
-def first_callers(url: str, count: int) -> list[tuple[float, int]]:
-    """``count`` callers, each with its own connection, sending one request at the same moment."""
-    barrier = threading.Barrier(count)
+def first_callers(url: str, count: int) -> tuple[float, list[tuple[float, int]]]:
+    """``count`` callers, each with its own connection, sending one request at the same moment.
+
+    Returns when they were released (Unix time) and each one's (seconds, status)."""
+    released: list[float] = []
+    barrier = threading.Barrier(count, action=lambda: released.append(time.time()))
     answers: list[tuple[float, int]] = []
 
     def call(index: int) -> None:
@@ -239,7 +242,7 @@ def first_callers(url: str, count: int) -> list[tuple[float, int]]:
         thread.start()
     for thread in threads:
         thread.join()
-    return answers
+    return released[0], answers
 
 
 def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: str) -> ColdStart:
@@ -255,8 +258,7 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
     zero_after = time.monotonic() - idle_from
     print(f"at zero {zero_after:.1f} s after the policy allowed it; {args.callers} first callers", flush=True)
     time.sleep(1)
-    fired = time.time()
-    answers = first_callers(url, args.callers)
+    fired, answers = first_callers(url, args.callers)
     variant = trace.variant()
     trace.remember(variant)
     activations = [
