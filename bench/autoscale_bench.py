@@ -275,11 +275,14 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
         zero_after_s=zero_after,
         advice_cold_start_s=advice.get("cold_start_s"),
         variant_cold_start_s=variant.get("cold_start_s"),
-        replicas_started=variant["replicas"],
         activate_after_s=min(activations, default=None),
         first_start_after_s=min(starts, default=None),
         first_ready_after_s=min(trace.ready_since(fired - 1), default=None),
-        reasons=[d["reason"] for d in reversed(variant["scaling_decisions"])][-3:],
+        reasons=[
+            f"{d['to_replicas']} {d['reason']} at {t - fired:+.2f} s"
+            for d in reversed(variant["scaling_decisions"])
+            if (t := unix(d["created_at"]) or 0) >= fired - 1
+        ],
     )
 
 

@@ -16,6 +16,25 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 START, END = "<!-- autoscale-bench:start -->", "<!-- autoscale-bench:end -->"
 
+NOTES = (
+    "### Reading it",
+    "",
+    "- Flapping counts any fall and later rise of the desired replicas after the step, whatever the cause;"
+    " the decisions above show the loads each one saw.",
+    "- The autoscaler's load is what the gateway counts in flight, from when its handler has a request."
+    " With the load client, the gateway and up to 8 workers on the same 2 cores (and other jobs), part of"
+    " each client's wait is outside that count: 8 closed-loop clients can read as 5-7 in flight once 8"
+    " replicas serve them, the long window then allows fewer replicas in mid-load, and they come back as"
+    " latency rises (how much of the gap a load generator on other cores would close is not measured here).",
+    "- A load at exactly the target (1x) can read a little above it: a sample is stamped with the tick's"
+    " time while the gateways' counters in it are up to one stats interval (1 s) old, which over a 2 s"
+    " upscale window can add up to half. It asks for a second replica, so a run often ends with one"
+    " such load_up.",
+    "- Cold start: the activation starts what the held requests ask for, and the next ticks add what they"
+    " still ask for (the decisions after the callers): several workers start within a second on 2 cores, and"
+    " the first of them takes longer to be ready than the version's median start-to-ready.",
+)
+
 Record = tuple[float, float, int]
 """(start, seconds, HTTP status or 0) of one request."""
 
@@ -73,7 +92,6 @@ class ColdStart:
     zero_after_s: float
     advice_cold_start_s: float | None
     variant_cold_start_s: float | None
-    replicas_started: int
     activate_after_s: float | None
     """From the callers' requests to the autoscaler's activate decision."""
     first_start_after_s: float | None
@@ -81,6 +99,7 @@ class ColdStart:
     first_ready_after_s: float | None
     """... to the first worker's ready_at."""
     reasons: list[str]
+    """The autoscaler's decisions after the callers sent their requests, oldest first."""
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -211,11 +230,15 @@ def write_results(
         "",
         f"The variant reached zero {cold.zero_after_s:.1f} s after the policy allowed it (idle time "
         f"{args.idle_s:g} s). After the first callers sent their requests: the autoscaler's activate "
-        f"decision at {_seconds(cold.activate_after_s)} (for {cold.replicas_started} replicas), the first "
+        f"decision at {_seconds(cold.activate_after_s)}, the first "
         f"worker started at {_seconds(cold.first_start_after_s)} and ready at "
         f"{_seconds(cold.first_ready_after_s)} (the platform's `started_at` and `ready_at`), the first "
-        f"answer at {quantile(cold.latencies, 0):.2f} s. Decisions: {', '.join(cold.reasons)}.",
+        f"answer at {quantile(cold.latencies, 0):.2f} s. The decisions from the callers on (replicas, "
+        f"reason, when): {', '.join(cold.reasons)}.",
         *([f"Transport errors seen by the load: {'; '.join(errors)}"] if errors else []),
+        "",
+        *NOTES,
+        "",
         END,
     ]
     section = "\n".join(lines)
