@@ -1,7 +1,7 @@
 """Benchmark: autoscaling on the process backend, a step load and a cold start from zero (issue 21).
 
-    python bench/autoscale_bench.py            # about 6 minutes
-    python bench/autoscale_bench.py --quick    # shorter phases, about 4 minutes
+    python bench/autoscale_bench.py            # about 3 minutes
+    python bench/autoscale_bench.py --quick    # shorter phases, about 2 minutes
 
 Needs PostgreSQL and Redis on 127.0.0.1: it creates (and drops) its own database, ``kiln_asbench``,
 and uses Redis db 8 under names of its own run. It starts the platform as an operator does
