@@ -108,6 +108,8 @@ class Trace:
     samples: list[Sample] = field(default_factory=list)
     workers: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
     """Every worker seen: the platform's started_at and ready_at (Unix time)."""
+    decisions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """Every scaling decision seen (the API shows the last few), by time and reason."""
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def variant(self) -> dict[str, Any]:
@@ -135,6 +137,13 @@ class Trace:
     def remember(self, variant: dict[str, Any]) -> None:
         for worker in variant["workers"]:
             self.workers[worker["id"]] = (unix(worker["started_at"]), unix(worker["ready_at"]))
+        for decision in variant["scaling_decisions"]:
+            self.decisions[decision["created_at"], decision["reason"]] = decision
+
+    def decided(self, since: float, until: float) -> list[tuple[float, dict[str, Any]]]:
+        """(Unix time, decision) of the decisions taken between ``since`` and ``until``, oldest first."""
+        taken = ((unix(d["created_at"]) or 0.0, d) for d in self.decisions.values())
+        return sorted(((t, d) for t, d in taken if since <= t <= until), key=lambda pair: pair[0])
 
     def ready_since(self, since: float) -> list[float]:
         """Seconds from ``since`` (Unix time) to each worker's ready_at that came after it, in order."""
@@ -162,7 +171,7 @@ def step_load(args: argparse.Namespace, load: Load, trace: Trace) -> Step:
     step_clients = max(1, round(8 * args.target_in_flight))
     expected = min(args.max_replicas, needed(step_clients, args.target_in_flight))
     low = max(1, min(args.max_replicas, needed(base_clients, args.target_in_flight)))
-    began = time.monotonic()
+    began, began_unix = time.monotonic(), time.time()
     load.set_clients(base_clients)
     time.sleep(args.base_s)
     stepped, stepped_unix = time.monotonic(), time.time()
@@ -187,20 +196,19 @@ def step_load(args: argparse.Namespace, load: Load, trace: Trace) -> Step:
     time.sleep(args.settle_s)
     settled = time.monotonic()
     load.set_clients(0)
+    trace.remember(trace.variant())
     ready = trace.first(stepped, lambda s: s.ready >= expected)
-    ready_at = ready.at if ready is not None and ready.at < ended else ended
-    decisions = trace.variant()["scaling_decisions"]
     new_ready = [t for t in trace.ready_since(stepped_unix) if t < ended - stepped]
     wanted = expected - ready_before
+    exact = 0.0 if wanted <= 0 else (new_ready[wanted - 1] if len(new_ready) >= wanted else None)
+    ready_at = ended if exact is None else stepped + exact
     return Step(
         base_clients=base_clients,
         step_clients=step_clients,
         expected=expected,
         low=low,
         ready_after_s=None if ready is None or ready.at >= ended else ready.at - stepped,
-        ready_at_after_s=0.0
-        if wanted <= 0
-        else (new_ready[wanted - 1] if len(new_ready) >= wanted else None),
+        ready_at_after_s=exact,
         phases={
             "baseline": load.window(began, stepped),
             "ramp": load.window(stepped, ready_at),
@@ -212,8 +220,9 @@ def step_load(args: argparse.Namespace, load: Load, trace: Trace) -> Step:
         down_after_s=down.at - ended,
         trace=[(s.at - stepped, s.replicas, s.ready) for s in trace.samples if began <= s.at <= settled],
         reasons=[
-            f"{d['to_replicas']} {d['reason']} ({d['short_load']:g}/{d['long_load']:g})"
-            for d in reversed(decisions)
+            f"{d['to_replicas']} {d['reason']} at {t - stepped_unix:+.1f} s"
+            f" ({d['short_load']:g}/{d['long_load']:g})"
+            for t, d in trace.decided(began_unix, time.time())
         ],
     )
 
@@ -261,11 +270,8 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
     fired, answers = first_callers(url, args.callers)
     variant = trace.variant()
     trace.remember(variant)
-    activations = [
-        t - fired
-        for d in variant["scaling_decisions"]
-        if d["reason"] == "activate" and (t := unix(d["created_at"]) or 0) >= fired - 1
-    ]
+    decided = trace.decided(fired - 1, time.time())
+    activations = [t - fired for t, d in decided if d["reason"] == "activate"]
     starts = [s - fired for s, _ in trace.workers.values() if s is not None and s >= fired - 1]
     advice = platform.get(f"/api/v1/models/{MODEL}/versions/1/advice/")
     return ColdStart(
@@ -278,11 +284,7 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
         activate_after_s=min(activations, default=None),
         first_start_after_s=min(starts, default=None),
         first_ready_after_s=min(trace.ready_since(fired - 1), default=None),
-        reasons=[
-            f"{d['to_replicas']} {d['reason']} at {t - fired:+.2f} s"
-            for d in reversed(variant["scaling_decisions"])
-            if (t := unix(d["created_at"]) or 0) >= fired - 1
-        ],
+        reasons=[f"{d['to_replicas']} {d['reason']} at {t - fired:+.2f} s" for t, d in decided],
     )
 
 

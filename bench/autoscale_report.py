@@ -215,9 +215,12 @@ def write_results(
         "|---|---:|---:|---:|---:|---:|---:|",
         *_phase_rows(step),
         "",
+        "Ramp: from the step until the replicas it asks for were ready (their `ready_at`); plateau: from"
+        " then until the load ended.",
+        "",
         f"Replicas over time, desired/ready, seconds from the step (changes only): {_changes(step.trace)}.",
-        "The autoscaler's decisions, oldest first, with the mean requests in flight it saw over the short"
-        f" and the long window: {', '.join(step.reasons)}.",
+        "The autoscaler's decisions (replicas, reason, seconds from the step, and the mean requests in"
+        f" flight it saw over the short and the long window): {', '.join(step.reasons)}.",
         "",
         "### Cold start from zero",
         "",
