@@ -32,7 +32,8 @@ NOTES = (
     " such load_up.",
     "- Cold start: the activation starts what the held requests ask for, and the next ticks add what they"
     " still ask for (the decisions after the callers): several workers start within a second on 2 cores, and"
-    " the first of them takes longer to be ready than the version's median start-to-ready.",
+    " the first of them takes longer to be ready than the version's median start-to-ready. The held requests"
+    " go on once the gateway has a routing table with that replica, a moment after its `ready_at`.",
 )
 
 Record = tuple[float, float, int]
