@@ -4,7 +4,7 @@
     python bench/autoscale_bench.py --quick    # shorter phases, about 2 minutes
 
 Needs PostgreSQL and Redis on 127.0.0.1: it creates (and drops) its own database, ``kiln_asbench``,
-and uses Redis db 8 under names of its own run. It starts the platform as an operator does
+and uses Redis db 8 under names of its own run (deleted at the end). It starts the platform as an operator does
 (``bin/kiln-run``, see autoscale_stack.py), uploads a small CNN through the REST API, deploys one
 replica on the process backend, sets an autoscaling policy and measures:
 

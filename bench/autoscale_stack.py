@@ -5,7 +5,7 @@ runstack`` with bin/kiln-env's embedded defaults) in its own process group with 
 ``KILN_VAR_DIR``, free ports and short intervals, makes an API token with ``bin/manage
 create_api_token`` and yields a small REST client. On the way out (normal end, error, Ctrl-C) it
 stops the process group, then any worker process still marked with this run's instance id, then
-drops the database.
+drops the database and deletes the run's Redis keys.
 """
 
 from __future__ import annotations
@@ -200,11 +200,25 @@ def running_platform(
             if left:
                 print(f"warning: {left} worker process(es) of {env['KILN_INSTANCE_ID']} would not stop")
             _psql("-c", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            _forget_run(redis_url, env["KILN_INSTANCE_ID"])
             if keep_logs is not None:
                 keep_logs.mkdir(parents=True, exist_ok=True)
                 shutil.copy(log_path, keep_logs)
                 if (var_dir / "workers").is_dir():
                     shutil.copytree(var_dir / "workers", keep_logs / "workers", dirs_exist_ok=True)
+
+
+def _forget_run(redis_url: str, name: str) -> None:
+    """Delete the run's Redis keys (routing table, stats, windows, Celery bindings: all carry its name)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"*{name}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def _web_up(proc: subprocess.Popen[bytes], log_path: Path, web_url: str) -> bool:
