@@ -4,9 +4,9 @@
     python bench/autoscale_bench.py --quick    # shorter phases, about 2 minutes
 
 Needs PostgreSQL and Redis on 127.0.0.1: it creates (and drops) its own database, ``kiln_asbench``,
-and uses Redis db 8 under names of its own run (deleted at the end). It starts the platform as an operator does
-(``bin/kiln-run``, see autoscale_stack.py), uploads a small CNN through the REST API, deploys one
-replica on the process backend, sets an autoscaling policy and measures:
+and uses Redis db 8 under names of its own run (deleted at the end). It starts the platform as an
+operator does (``bin/kiln-run``, see autoscale_stack.py), uploads a small CNN through the REST API,
+deploys one replica on the process backend, sets an autoscaling policy and measures:
 
 1. Step load: closed-loop HTTP JSON clients through the gateway, as many as 1x the policy's
    ``target_in_flight``, then 8x for ``--load-s``, then 1x again until the replicas are back down.
