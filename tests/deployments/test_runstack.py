@@ -37,7 +37,7 @@ def test_runstack_starts_the_platform_on_a_fresh_directory_and_ctrl_c_stops_all_
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR", "DJANGO_SETTINGS_MODULE")
+        if k not in ("DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR", "DJANGO_SETTINGS_MODULE", "KILN_PUBLIC_URL")
     }
     env.update(
         KILN_VAR_DIR=str(tmp_path / "var"),
@@ -69,6 +69,8 @@ def test_runstack_starts_the_platform_on_a_fresh_directory_and_ctrl_c_stops_all_
         assert proc.poll() is None, "".join(lines)[-3000:]
         banner = "".join(lines)
         assert f"http://127.0.0.1:{web_port}/" in banner
+        # the workers it launches report to this port, not the default 8000
+        assert f"workers report to: http://127.0.0.1:{web_port}\n" in banner
         assert "log in: admin / " in banner
         password_file = tmp_path / "var" / "admin-password.txt"
         assert stat.S_IMODE(password_file.stat().st_mode) == 0o600

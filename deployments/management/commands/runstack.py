@@ -46,6 +46,9 @@ class Command(BaseCommand):
         from deployments.services import publish_routing_table
 
         publish_routing_table()  # the gateway starts from the current table
+        # Workers report to the web app where it listens now (--port / KILN_PORT), unless an operator
+        # named another address; the Celery workers that launch them inherit this environment.
+        public = os.environ.setdefault("KILN_PUBLIC_URL", local_url(options["host"], options["port"]))
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         supervisor = Supervisor(
@@ -57,6 +60,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  log in: {login}")
         self.stdout.write(f"  API docs: {url}api/docs/   admin: {url}admin/   metrics: {url}metrics")
         self.stdout.write(f"  endpoints (gateway): {settings.KILN_GATEWAY_URL}/v2/models/<deployment>/infer")
+        self.stdout.write(f"  workers report to: {public}")
         if settings.KILN_GATEWAY_GRPC_TARGET:
             self.stdout.write(
                 f"  gRPC (gateway): {settings.KILN_GATEWAY_GRPC_TARGET}, model name = deployment"
@@ -209,6 +213,13 @@ class Command(BaseCommand):
         stop_workers(live)
         if live:
             self.stdout.write(f"stopped {len(live)} local worker(s); they start with the platform")
+
+
+def local_url(host: str, port: int) -> str:
+    """The web app's URL on this machine (a wildcard bind is reached at the loopback address)."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def prometheus_multiprocess_env(var_dir: Path) -> dict[str, str]:
