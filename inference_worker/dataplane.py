@@ -131,6 +131,11 @@ class DataPlane:
     def queue_depth(self) -> int:
         return self._batcher.queue_depth if self._batcher is not None else 0
 
+    @property
+    def running_batches(self) -> int:
+        """Batches the model runs now (at most one per instance)."""
+        return self._batcher.busy_runners if self._batcher is not None else 0
+
     # -- metadata --------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, object]:
         return {"name": "kiln-inference-worker", "version": __version__, "extensions": list(EXTENSIONS)}

@@ -65,6 +65,7 @@ class Worker:
         self._http = HttpServer(self.http_api, config.limits)
         self.metrics.gauges["queue_depth"] = lambda: self.dataplane.queue_depth
         self.metrics.gauges["in_flight_requests"] = lambda: self.dataplane.in_flight
+        self.metrics.gauges["running_batches"] = lambda: self.dataplane.running_batches
         self.metrics.gauges["ready"] = lambda: float(self.dataplane.ready)
 
     async def serve(self, *, handle_signals: bool = True) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,7 @@ def v2_body(inputs: dict[str, np.ndarray], **extra: Any) -> dict[str, Any]:
     return {"inputs": tensors, **extra}
 
 
-BIG_K = 1600  # a @ a @ a @ a at this size keeps one thread busy for a few hundred ms
+BIG_K = 1600  # the square model (a^16) at this size keeps a core busy for a few hundred ms
 
 LONGEST_DELAY_US = round((MAX_QUEUE_DELAY_MS.high or 0) * 1000)
 """The longest queue delay the option table allows: a batch forms by size, not by time."""
@@ -150,3 +151,12 @@ def square_request(k: int, **extra: object) -> tuple[bytes, dict[str, str]]:
 def post_square(worker: RunningWorker, k: int, **extra: object) -> httpx.Response:
     body, headers = square_request(k, **extra)
     return httpx.post(worker.url + "/v2/models/square/infer", content=body, headers=headers, timeout=60)
+
+
+def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Response]:
+    """Start a slow request and return once the model runs it (not while its body is still decoded:
+    a request sent meanwhile would be queued first and run before it)."""
+    future = pool.submit(post_square, worker, BIG_K)
+    wait_for(lambda: worker.metric("kiln_worker_running_batches") == 1 or future.done())
+    assert not future.done(), "the slow request ended before it was seen running"
+    return future
