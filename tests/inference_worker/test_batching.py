@@ -12,7 +12,6 @@ import numpy as np
 
 from inference_worker.config import DynamicBatching
 from tests.support.onnx_models import reference
-from tests.support.polling import wait_for
 from tests.support.workers import (
     LONGEST_DELAY_US,
     RunningWorker,
@@ -21,6 +20,7 @@ from tests.support.workers import (
     post_square,
     running,
     v2_body,
+    wait_queued,
 )
 
 
@@ -87,7 +87,7 @@ def test_a_full_queue_answers_503_at_once(models: SimpleNamespace) -> None:
         while not any(a.status_code == 503 for a in answers) and time.monotonic() < deadline:
             running_request = occupy(pool, worker)
             queued = pool.submit(post_square, worker, 8)
-            wait_for(lambda q=queued: worker.metric("kiln_worker_queue_depth") == 1 or q.done())
+            wait_queued(worker, queued)
             answers.append(post_square(worker, 8))
             answers += [running_request.result(), queued.result()]
         refused = [a for a in answers if a.status_code == 503]

@@ -30,6 +30,7 @@ from tests.support.workers import (
     occupy,
     running,
     v2_body,
+    wait_queued,
 )
 
 pb2, pb2_grpc = build_protos.load()
@@ -188,7 +189,7 @@ def test_queue_full_is_resource_exhausted_and_timeouts_are_deadline_exceeded(mod
         while not refused and time.monotonic() < deadline:
             busy = occupy(pool, worker)
             queued = pool.submit(client.infer, "square", [small])
-            wait_for(lambda q=queued: worker.metric("kiln_worker_queue_depth") == 1 or q.done())
+            wait_queued(worker, queued)
             try:
                 client.infer("square", [small])
             except InferenceServerException as exc:

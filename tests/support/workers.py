@@ -153,6 +153,11 @@ def post_square(worker: RunningWorker, k: int, **extra: object) -> httpx.Respons
     return httpx.post(worker.url + "/v2/models/square/infer", content=body, headers=headers, timeout=60)
 
 
+def wait_queued(worker: RunningWorker, request: Future[Any]) -> None:
+    """Until ``request`` waits in the worker's queue (or has ended: the runner was quicker)."""
+    wait_for(lambda: worker.metric("kiln_worker_queue_depth") == 1 or request.done())
+
+
 def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Response]:
     """Start a slow request and return once the model runs it (not while its body is still decoded:
     a request sent meanwhile would be queued first and run before it)."""
