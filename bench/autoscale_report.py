@@ -9,12 +9,11 @@ import os
 import platform
 from collections import Counter
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-START, END = "<!-- autoscale-bench:start -->", "<!-- autoscale-bench:end -->"
+from results_md import cpu_name, markers, package_version, write_section
+
+START, END = markers("autoscale")
 
 NOTES = (
     "### Reading it",
@@ -187,14 +186,14 @@ def write_results(
     errors: list[str],
 ) -> None:
     load_after = os.getloadavg()
-    versions = ", ".join(f"{m} {_version(m)}" for m in ("onnxruntime", "torch", "httpx"))
+    versions = ", ".join(f"{m} {package_version(m)}" for m in ("onnxruntime", "torch", "httpx"))
     settings = ", ".join(f"{k}={v:g}" for k, v in intervals.items())
     command = "python bench/autoscale_bench.py" + (" --quick" if args.quick else "")
     lines = [
         START,
         "## Autoscaling",
         "",
-        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {_cpu()},"
+        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {cpu_name()},"
         f" {os.cpu_count()} cores; Python {platform.python_version()}; {versions}.",
         f"Command: `{command}` (load {args.load_s:g} s at 8x, downscale delay {args.downscale_delay_s:g} s). "
         f"The platform as `bin/kiln-run` starts it ({settings}), a small CNN (3x32x32 in, three "
@@ -249,12 +248,7 @@ def write_results(
     print(section)
     if args.no_results:
         return
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section(section, START, END)
 
 
 def _plus_one(value: float | None) -> str:
@@ -263,17 +257,3 @@ def _plus_one(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
-
-
-def _version(module: str) -> str:
-    try:
-        return version(module)
-    except PackageNotFoundError:
-        return "?"
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"

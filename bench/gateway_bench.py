@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_md import cpu_name, markers, package_version, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-START, END = "<!-- gateway-bench:start -->", "<!-- gateway-bench:end -->"
+START, END = markers("gateway")
 REDIS_URL = "redis://127.0.0.1:6379/15"
 WORKER_ARGS = ""
 WRK_SCRIPT = """
@@ -482,14 +482,15 @@ def report(
     wk_cpu = _median([r.cpu_us["worker 1"] for r in cells["direct", "c64"]])
     load_after = os.getloadavg()
     versions = ", ".join(
-        f"{m} {_version(m)}" for m in ("onnxruntime", "numpy", "orjson", "httptools", "uvloop", "redis")
+        f"{m} {package_version(m)}"
+        for m in ("onnxruntime", "numpy", "orjson", "httptools", "uvloop", "redis")
     )
     lines = [
         START,
         "## Gateway",
         "",
         f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC "
-        f"on {_cpu()}, {os.cpu_count()} cores; "
+        f"on {cpu_name()}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()}; {versions}.",
         f"Command: `python bench/gateway_bench.py{' --quick' if quick else ''}` "
         "(MLP 64->256->10, JSON bodies; "
@@ -532,28 +533,7 @@ def report(
     ]
     section = "\n".join(lines)
     print(section)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
-
-
-def _version(module: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(module)
-    except PackageNotFoundError:
-        return "?"
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    write_section(section, START, END)
 
 
 def main() -> None:

@@ -35,11 +35,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway_bench import REDIS_URL, _cpu, build_mlp, spawn, wait_http
+from gateway_bench import REDIS_URL, build_mlp, spawn, wait_http
+from results_md import cpu_name, markers, write_section
 from worker_load import LoadResult, h2load_grpc
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-START, END = "<!-- protocol-bench:start -->", "<!-- protocol-bench:end -->"
+START, END = markers("protocol")
 PATHS = ("direct", "gateway")
 PROTOCOLS = ("http", "grpc")
 CONCURRENCY = (1, 64)
@@ -194,8 +194,9 @@ def report(
         START,
         "## Protocols",
         "",
-        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {_cpu()}, {os.cpu_count()} "
-        f"cores. Command: `python bench/protocol_bench.py{' --quick' if quick else ''}` (MLP 64->256->10, "
+        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {cpu_name()}, "
+        f"{os.cpu_count()} cores. Command: `python bench/protocol_bench.py{' --quick' if quick else ''}` "
+        "(MLP 64->256->10, "
         "one row; h2load for both protocols: HTTP/1.1 JSON and gRPC unary with raw contents; one worker "
         f"and the gateway with default options; {rounds} rounds of {seconds:g} s per cell, cells round-robin "
         f"in each round, medians over rounds). Load average before/after: {load_before[0]:.2f}/"
@@ -218,12 +219,7 @@ def report(
     ]
     section = "\n".join(lines)
     print(section)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section(section, START, END)
 
 
 def main() -> None:

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-START, END = "<!-- scale-bench:start -->", "<!-- scale-bench:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import markers, write_section  # noqa: E402
+
+START, END = markers("scale")
 LE = ["0.5", "1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "250.0", "+Inf"]
 
 PAGES = [
@@ -270,12 +272,7 @@ def main(argv: list[str]) -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_results:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        if START in text and END in text:
-            text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        RESULTS.write_text(text)
+        write_section(section, START, END)
     return 0
 
 
