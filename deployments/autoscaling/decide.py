@@ -48,6 +48,13 @@ class Sample:
     """Answered requests, cumulative."""
     in_flight: float
     """Requests at its replicas or held for one, now."""
+    counted_at: float | None = None
+    """When the gateways wrote the counters (their snapshots' mean time; None: ``at``). A snapshot
+    is up to a second older than the tick that reads it: rates use this clock, not the tick's."""
+
+    @property
+    def clock(self) -> float:
+        return self.at if self.counted_at is None else self.counted_at
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ def mean_load(samples: Sequence[Sample], now: float, span: float) -> float:
     before = [s for s in samples if s.at < now - span]
     base, last = (before[-1] if before else recent[0]), recent[-1]
     gauge = sum(s.in_flight for s in recent) / len(recent)
-    elapsed = last.at - base.at
+    elapsed = last.clock - base.clock
     answered = max(last.busy_s - base.busy_s, 0.0) / elapsed if elapsed > 0 else 0.0
     return max(answered, gauge)
 

@@ -29,15 +29,18 @@ STALE_S = 5.0
 def observe(snapshots: list[GatewaySnapshot], deployment: str, variant: str, now: float) -> Sample:
     """The variant's load in ``snapshots``, every gateway added up."""
     busy_s, requests, in_flight = 0.0, 0, 0
+    written: list[float] = []
     for snapshot in snapshots:
         stats = snapshot.deployments.get(deployment, {}).get(variant)
         if stats is None:
             continue
         busy_s += stats.busy_s
         requests += stats.requests
+        written.append(snapshot.updated_at)
         if now - snapshot.updated_at <= STALE_S:
             in_flight += stats.in_flight + stats.held
-    return Sample(at=now, busy_s=busy_s, requests=requests, in_flight=float(in_flight))
+    counted_at = sum(written) / len(written) if written else None
+    return Sample(at=now, busy_s=busy_s, requests=requests, in_flight=float(in_flight), counted_at=counted_at)
 
 
 def window_key(variant_id: int) -> str:
@@ -47,7 +50,7 @@ def window_key(variant_id: int) -> str:
 def remember(variant_id: int, sample: Sample, *, keep_s: float) -> list[Sample]:
     """Append ``sample`` to the variant's window and return the window (oldest first, ``keep_s`` long)."""
     key = window_key(variant_id)
-    row = json.dumps([sample.at, sample.busy_s, sample.requests, sample.in_flight])
+    row = json.dumps([sample.at, sample.busy_s, sample.requests, sample.in_flight, sample.counted_at])
     try:
         client = redis_client()
         pipe = client.pipeline()
@@ -59,8 +62,11 @@ def remember(variant_id: int, sample: Sample, *, keep_s: float) -> list[Sample]:
         return [sample]
     samples = []
     for item in raw:
-        at, busy_s, requests, in_flight = json.loads(item)
-        samples.append(Sample(at=at, busy_s=busy_s, requests=requests, in_flight=in_flight))
+        at, busy_s, requests, in_flight, *counted = json.loads(item)  # rows of an older release: 4 fields
+        counted_at = counted[0] if counted else None
+        samples.append(
+            Sample(at=at, busy_s=busy_s, requests=requests, in_flight=in_flight, counted_at=counted_at)
+        )
     old = sum(1 for s in samples if s.at < sample.at - keep_s)
     if old > 1:  # keep one sample older than the window: the base of its busy-seconds growth
         with contextlib.suppress(redis.RedisError):

@@ -109,6 +109,19 @@ def test_short_requests_count_by_the_time_they_took_not_by_the_gauge() -> None:
     assert needed(0.0, 2.0) == 0
 
 
+def test_a_rate_is_taken_over_the_time_the_counters_cover_not_the_ticks_that_read_them() -> None:
+    """One request always in flight (busy seconds grow by 1 a second). The tick at NOW - 2 read a
+    snapshot a second old, the tick at NOW a fresh one: 3 busy seconds in 3 s, not in the ticks' 2."""
+    samples = [
+        Sample(at=NOW - 4, busy_s=8.0, requests=8, in_flight=1.0, counted_at=NOW - 4),
+        Sample(at=NOW - 2, busy_s=9.0, requests=9, in_flight=1.0, counted_at=NOW - 3),
+        Sample(at=NOW, busy_s=12.0, requests=12, in_flight=1.0, counted_at=NOW),
+    ]
+
+    assert mean_load(samples, NOW, 1.0) == pytest.approx(1.0)  # the tick clock said 1.5: one more replica
+    assert needed(mean_load(samples, NOW, 1.0), 1.0) == 1
+
+
 def test_the_decision_says_what_it_saw() -> None:
     decision = decide(
         policy=POLICY,
