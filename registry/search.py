@@ -8,9 +8,11 @@ an index (``registry/migrations/0002_search_indexes.py``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from config.errors import PlatformError
@@ -66,7 +68,10 @@ class ModelFilters:
         if self.search:
             queryset = queryset.filter(Q(name__icontains=self.search) | Q(description__icontains=self.search))
         if self.tag:
-            queryset = queryset.filter(tags__contains=[self.tag])
+            if connection.vendor == "postgresql":
+                queryset = queryset.filter(tags__contains=[self.tag])  # JSON containment, indexed
+            else:  # SQLite (make run's fallback) has no containment: the tag's JSON text in the list's
+                queryset = queryset.filter(tags__icontains=json.dumps(self.tag))
         if self.owner:
             queryset = queryset.filter(owner__username=self.owner)
         if self.team:

@@ -6,6 +6,7 @@ configured) and a Redis database of its own, so it shares nothing with the rest 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -54,6 +55,7 @@ def test_runstack_starts_the_platform_on_a_fresh_directory_and_ctrl_c_stops_all_
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # the finally block can end the whole stack, children and all
     )
     lines: list[str] = []
     output = proc.stdout
@@ -94,11 +96,12 @@ def test_runstack_starts_the_platform_on_a_fresh_directory_and_ctrl_c_stops_all_
         assert not _answers(f"http://127.0.0.1:{web_port}/healthz")
         assert not _answers(f"http://127.0.0.1:{gateway_port}/v2/health/live")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        reader.join(timeout=5)
-        output.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what it left running, if it failed
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+        if not reader.is_alive():  # closing the pipe under a blocked reader would hang
+            output.close()
     quiet = [line for line in lines if "celery.beat: Scheduler: Sending due task" in line]
     assert not quiet, "the console is flooded with schedule ticks at the default log level"
 

@@ -6,6 +6,7 @@ The stack runs on SQLite in a temporary ``KILN_VAR_DIR``, a Celery queue and ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -70,6 +71,7 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # close() can end the whole stack, children and all
         )
         output = self.proc.stdout
         assert output is not None
@@ -102,11 +104,14 @@ class Stack:
         return done.stdout.strip()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self.reader.join(timeout=5)
-        self.output.close()
+        """Stop the stack and every process it started (a SIGKILL of runstack alone would leave its
+        children holding the console pipe, and closing it under the reader thread would hang)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=10)
+        if not self.reader.is_alive():
+            self.output.close()
 
 
 def _replaced(stack: Stack, component: str, before: int) -> bool:
