@@ -44,22 +44,19 @@ def update_status(deployment: Deployment, problems: dict[int, tuple[bool, str]] 
     if (deployment.status, deployment.status_reason) != (status, reason):
         with transaction.atomic():
             Deployment.objects.filter(pk=deployment.pk).update(status=status, status_reason=reason[:4000])
+            announced = None
             if status == DeploymentStatus.FAILED:
-                record_deployment_event(
-                    actor=None,
-                    action="deployment.failed",
-                    deployment=deployment,
-                    before={"status": deployment.status},
-                    after={"status": status},
-                    reason=reason[-2000:],
-                )
+                announced = ("deployment.failed", reason[-2000:])
             elif status == DeploymentStatus.DEGRADED and deployment.status != DeploymentStatus.DEGRADED:
+                total = sum(v.replicas for v in variants)
+                announced = ("deployment.degraded", f"{sum(ready.values())} of {total} replicas ready")
+            if announced is not None:
                 record_deployment_event(
                     actor=None,
-                    action="deployment.degraded",
+                    action=announced[0],
                     deployment=deployment,
                     before={"status": deployment.status},
                     after={"status": status},
-                    reason=f"{sum(ready.values())} of {sum(v.replicas for v in variants)} replicas ready",
+                    reason=announced[1],
                 )
         deployment.status, deployment.status_reason = status, reason
