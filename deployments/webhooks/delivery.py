@@ -72,9 +72,9 @@ def post(target: Target, *, body: str, headers: dict[str, str]) -> httpx.Respons
     url = httpx.URL(target.url).copy_with(host=str(target.address))
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     default_port = 443 if target.scheme == "https" else 80
-    host = target.host if target.port == default_port else f"{target.host}:{target.port}"
-    if ":" in target.host:  # an IPv6 literal
-        host = f"[{target.host}]" if target.port == default_port else f"[{target.host}]:{target.port}"
+    host = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal in brackets
+    if target.port != default_port:
+        host = f"{host}:{target.port}"
     with httpx.Client(
         timeout=settings.KILN_WEBHOOK_TIMEOUT_S, follow_redirects=False, trust_env=False
     ) as client:
