@@ -46,6 +46,14 @@ def move_alias(client: APIClient, version: int = 1) -> None:
     assert response.status_code == 200, response.content
 
 
+def alias_move_delivery(owner: User, client: APIClient, receiver: WebhookReceiver) -> WebhookDelivery:
+    """A subscription to alias moves at ``receiver``, an alias moved: the delivery it recorded."""
+    ready_version(owner)
+    subscribe(client, receiver.url, ["alias.moved"])
+    move_alias(client)
+    return WebhookDelivery.objects.get()
+
+
 def make_due(delivery: WebhookDelivery) -> None:
     """As if the backoff had passed (the test does not wait for it)."""
     WebhookDelivery.objects.filter(pk=delivery.pk).update(next_retry_at=timezone.now() - timedelta(seconds=1))
@@ -87,10 +95,7 @@ def test_an_alias_move_is_recorded_with_the_change_and_delivered_signed(
 def test_a_delivered_event_is_never_sent_twice(
     owner: User, owner_api: APIClient, receiver: WebhookReceiver
 ) -> None:
-    ready_version(owner)
-    subscribe(owner_api, receiver.url, ["alias.moved"])
-    move_alias(owner_api)
-    delivery = WebhookDelivery.objects.get()
+    delivery = alias_move_delivery(owner, owner_api, receiver)
 
     assert deliver(delivery.pk) == "delivered"
     assert deliver(delivery.pk) == "skipped"  # the same Celery message, delivered again
@@ -105,10 +110,7 @@ def test_a_500_is_retried_with_exponential_backoff_then_delivered(
 ) -> None:
     settings.KILN_WEBHOOK_BACKOFF_S = 10.0
     receiver.statuses = [500, 503]
-    ready_version(owner)
-    subscribe(owner_api, receiver.url, ["alias.moved"])
-    move_alias(owner_api)
-    delivery = WebhookDelivery.objects.get()
+    delivery = alias_move_delivery(owner, owner_api, receiver)
 
     waits = []
     for expected_attempts in (1, 2):
@@ -143,10 +145,7 @@ def test_retries_stop_after_the_last_attempt(
 ) -> None:
     settings.KILN_WEBHOOK_MAX_ATTEMPTS = 2
     receiver.statuses = [500, 500, 500]
-    ready_version(owner)
-    subscribe(owner_api, receiver.url, ["alias.moved"])
-    move_alias(owner_api)
-    delivery = WebhookDelivery.objects.get()
+    delivery = alias_move_delivery(owner, owner_api, receiver)
 
     assert deliver(delivery.pk) == "pending"
     make_due(delivery)
@@ -229,10 +228,7 @@ def test_a_deployment_that_becomes_degraded_is_announced_once(
 def test_a_send_cut_short_is_claimed_again_after_its_lease_and_the_sweep_requeues_overdue_retries(
     owner: User, owner_api: APIClient, receiver: WebhookReceiver
 ) -> None:
-    ready_version(owner)
-    subscribe(owner_api, receiver.url, ["alias.moved"])
-    move_alias(owner_api)
-    delivery = WebhookDelivery.objects.get()
+    delivery = alias_move_delivery(owner, owner_api, receiver)
     # A worker claimed it and died mid-send: the row says ``sending`` under a lease.
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         status="sending", attempts=1, lease_until=timezone.now() + timedelta(seconds=60)
