@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     }
     with running_platform(args.database, args.redis_url, intervals, args.keep_logs) as platform:
         print(f"platform up at {platform.web_url} (gateway {platform.gateway_url})", flush=True)
-        deploy_cnn(platform, MODEL, DEPLOYMENT)
+        deploy_cnn(platform, MODEL, DEPLOYMENT, intra_op_threads=args.intra_op_threads)
         platform.send("PUT", POLICY, 202, json=policy)
         url = f"{platform.gateway_url}/v2/models/{DEPLOYMENT}/infer"
         with Trace(platform) as trace, Load(url, max(1, round(8 * args.target_in_flight))) as load:
@@ -335,6 +335,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--idle-s", type=float, default=5, help="the policy's idle time before zero [5]")
     parser.add_argument("--target-in-flight", type=float, default=1, help="the policy's target [1]")
     parser.add_argument("--max-replicas", type=int, default=8, help="the policy's maximum [8]")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads per replica (0: one per core) [1]",
+    )
     parser.add_argument("--callers", type=int, default=50, help="concurrent first callers after zero [50]")
     parser.add_argument(
         "--autoscale-interval-s", type=float, default=0.5, help="KILN_AUTOSCALE_INTERVAL_S [0.5]"

@@ -131,6 +131,7 @@ class Variant(models.Model):
     max_queue_size = models.PositiveIntegerField(**_column(table.MAX_QUEUE_SIZE))
     request_timeout_ms = models.FloatField(**_column(table.REQUEST_TIMEOUT_MS))
     instances = models.PositiveSmallIntegerField(**_column(table.INSTANCES))
+    intra_op_threads = models.PositiveSmallIntegerField(**_column(table.INTRA_OP_THREADS))
     batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
     image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker, swarm)")
     placement_constraints = models.JSONField(

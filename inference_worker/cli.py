@@ -83,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
             sha256=v.model_sha256,
             device=v.device,
             instance_count=batching.instances,
-            intra_op_num_threads=v.intra_op_threads,
+            intra_op_num_threads=batching.intra_op_threads,
             allow_spinning=v.intra_op_spinning,
             warmup=warmup,
         ),

@@ -7,13 +7,18 @@ however short) and the mean of the in-flight gauges sampled in it (what is still
 replica should carry ``target_in_flight`` requests, so the load asks for
 ``ceil(load / target)`` replicas.
 
-- Up: the mean over the short window (``upscale_delay_s``) asks for more replicas than run:
+- Up: the mean over the short window (``upscale_delay_s``) asks for more replicas than run,
+  by more than ``UP_TOLERANCE`` (a load at the target that reads a little above it is noise):
   scale up at once, to at most ``max_replicas`` (Knative's panic window).
-- Down: the mean over the long window (``downscale_delay_s``) asks for fewer, the window was
-  observed whole, and the last change is at least that old: scale down (no flapping).
+- Down: the mean over the long window (``downscale_delay_s``) fits fewer replicas with
+  ``DOWN_HEADROOM`` to spare, the window was observed whole, and the last change is at least
+  that old: scale down. The headroom stops flapping: fewer replicas queue more, which reads as
+  more load, which would ask for them back.
 - Zero: with ``min_replicas`` 0, no request for ``idle_before_zero_s``: stop the last replica.
 - From zero: a gateway holds a request (an activation request, or held requests in the load):
-  start what the load asks for, at least one.
+  start one replica (or the minimum). While none is ready it starts no more: the held callers
+  wait for one worker's start, not for several sharing the machine's cores; once one serves,
+  the load asks for the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from deployments.inputs import AutoscalingPolicy
+
+UP_TOLERANCE = 0.1
+"""Scale up only for a load above the running replicas' target by more than this fraction."""
+DOWN_HEADROOM = 0.8
+"""Scale down only to replicas that carry the long window's load at this fraction of the target."""
 
 
 class Reason(StrEnum):
@@ -98,8 +108,10 @@ def decide(
     last_scaled_at: float | None,
     last_active_at: float | None,
     activation: bool = False,
+    warming: bool = False,
 ) -> Decision:
-    """The replica count for a variant running ``replicas`` now, with the reason."""
+    """The replica count for a variant running ``replicas`` now, with the reason; ``warming``:
+    a replica is starting and none serves yet."""
     short = mean_load(samples, now, policy.upscale_delay_s)
     long = mean_load(samples, now, policy.downscale_delay_s)
     idle_s = None if last_active_at is None else max(now - last_active_at, 0.0)
@@ -109,9 +121,9 @@ def decide(
         return Decision(count, reason, round(short, 3), round(long, 3), idle_s)
 
     if replicas == 0 and (activation or short > 0):
-        return made(min(max(needed(short, target), low, 1), high), Reason.ACTIVATE)
+        return made(min(max(low, 1), high), Reason.ACTIVATE)
     up = min(needed(short, target), high)
-    if up > replicas:
+    if up > replicas and short > replicas * target * (1 + UP_TOLERANCE) and not warming:
         return made(up, Reason.LOAD_UP)
     if replicas < low:
         return made(low, Reason.MINIMUM)
@@ -122,7 +134,7 @@ def decide(
         return made(0, Reason.IDLE)
     settled = last_scaled_at is None or now - last_scaled_at >= policy.downscale_delay_s
     observed = bool(samples) and samples[0].at <= now - policy.downscale_delay_s
-    down = max(needed(long, target), low, 1)
+    down = max(needed(long / DOWN_HEADROOM, target), low, 1)
     if down < replicas and settled and observed:
         return made(down, Reason.LOAD_DOWN)
     return made(replicas, Reason.STEADY)

@@ -12,28 +12,34 @@ from django.conf import settings
 from deployments.backends import ServiceSpec, WorkerSpec
 from deployments.backends.base import TASK_ID
 from deployments.models import Deployment, ImageStatus, Variant, Worker
+from inference_worker.contracts.batching import BATCHING, INTRA_OP_THREADS
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.launch import LaunchSpec
 from inference_worker.contracts.warmup import REPORT_KEY, parse_warmup, warmup_text
 from registry import storage
 
 logger = logging.getLogger(__name__)
+ADDED_OPTIONS = (INTRA_OP_THREADS.name,)
+"""Batching options added after the first fingerprints were taken: hashed only when set."""
 
 
 def spec_hash(variant: Variant) -> str:
     """A fingerprint of everything that needs a new worker when it changes.
 
-    The batching options are listed in the option table's order, so a new option (a
-    new flag for the worker) changes every fingerprint: the workers roll to get it.
+    The batching options are listed in the option table's order. Options the table gained
+    later (``ADDED_OPTIONS``) appear by name only when set, so running workers do not roll
+    when the platform learns one; a value set later rolls them, as any change does.
     """
-    data = {
+    values = variant.batching.values()
+    data: dict[str, object] = {
         "version": variant.version_id,
         "onnx": variant.version.onnx_sha256,
-        "batching": list(variant.batching.values().values()),
+        "batching": [value for name, value in values.items() if name not in ADDED_OPTIONS],
         "gpu_ids": sorted(variant.gpu_ids),
         "backend": variant.backend,
         "image": variant.image,
     }
+    data.update({name: values[name] for name in ADDED_OPTIONS if values[name] != BATCHING[name].default})
     if variant.placement_constraints or variant.placement_spread:  # absent: earlier hashes stay valid
         data["placement"] = [sorted(variant.placement_constraints), list(variant.placement_spread)]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]

@@ -33,9 +33,6 @@ GRPC_PORT = OptionField(
 DEVICE = OptionField(
     "device", Kind.TEXT, "cpu", "cpu or cuda:N (falls back to the CPU, with a warning, without CUDA)"
 )
-INTRA_OP_THREADS = OptionField(
-    "intra_op_threads", Kind.INT, 0, "ONNX Runtime threads per instance (0: one per core)", low=0, high=256
-)
 INTRA_OP_SPINNING = OptionField(
     "intra_op_spinning", Kind.SWITCH, False, "ONNX Runtime threads spin-wait between parallel sections"
 )
@@ -84,7 +81,7 @@ WARMUP_INPUTS = OptionField(
 
 SERVE = OptionTable(
     MODEL_NAME, MODEL_PATH, MODEL_VERSION, MODEL_SHA256, HOST, HTTP_PORT, GRPC_PORT, DEVICE,
-    INTRA_OP_THREADS, INTRA_OP_SPINNING, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
+    INTRA_OP_SPINNING, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
     MAX_TENSOR_ELEMENTS, MAX_QUEUE_BYTES, DRAIN_TIMEOUT_S, SHUTDOWN_DELAY_S, LISTEN_FILE, REPORT_URL,
     REPORT_TOKEN, REPORT_INTERVAL_S, WORKER_ID, LOG_LEVEL, WARMUP_INPUTS,
 )  # fmt: skip
