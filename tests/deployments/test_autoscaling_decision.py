@@ -43,6 +43,17 @@ def burst(before: float, after: float, *, burst_s: int = 3) -> list[Sample]:
     return calm + loud
 
 
+def spike(level: float, peak: float) -> list[Sample]:
+    """``level`` requests in flight for 40 s, but ``peak`` for 4 s from 20 s ago."""
+    samples, busy = [], 0.0
+    for i in range(41):
+        at = NOW - 40 + i
+        load = peak if NOW - 20 <= at < NOW - 16 else level
+        busy += load if i else 0.0
+        samples.append(Sample(at=at, busy_s=busy, requests=int(10 * busy), in_flight=load))
+    return samples
+
+
 def silent(seconds: int = 40) -> list[Sample]:
     return [
         Sample(at=NOW - seconds + i, busy_s=50.0, requests=500, in_flight=0.0) for i in range(seconds + 1)
@@ -55,9 +66,9 @@ CASES = [
     ("a burst of 8 in flight asks for 4", POLICY, 1, burst(1.0, 8.0), 100, 0, False, 4, Reason.LOAD_UP),
     ("upscale right after a change", POLICY, 2, burst(4.0, 10.0), 1, 0, False, 5, Reason.LOAD_UP),
     ("no more than the maximum", POLICY, 2, burst(2.0, 40.0), 100, 0, False, 6, Reason.LOAD_UP),
-    ("load fell over the long window", POLICY, 5, steady(1.5), 100, 0, False, 1, Reason.LOAD_DOWN),
-    ("down to what carries it with headroom", POLICY, 5, steady(2.0), 100, 0, False, 2, Reason.LOAD_DOWN),
-    ("a load just under capacity keeps all", POLICY, 6, steady(9.0), 100, 0, False, 6, Reason.STEADY),
+    ("load fell over the long window", POLICY, 5, steady(2.0), 100, 0, False, 1, Reason.LOAD_DOWN),
+    ("down to what the window's peak needs", POLICY, 5, spike(2.0, 6.0), 100, 0, False, 3, Reason.LOAD_DOWN),
+    ("a peak at what runs keeps it", POLICY, 4, spike(2.0, 8.0), 100, 0, False, 4, Reason.STEADY),
     ("a load just above the target is noise", POLICY, 2, steady(4.3), 100, 0, False, 2, Reason.STEADY),
     ("above the tolerance it scales up", POLICY, 2, steady(4.5), 100, 0, False, 3, Reason.LOAD_UP),
     ("no downscale soon after a change", POLICY, 5, steady(2.0), 10, 0, False, 5, Reason.STEADY),
@@ -156,5 +167,5 @@ def test_the_decision_says_what_it_saw() -> None:
     )
 
     assert decision.short_load == pytest.approx(6.25)
-    assert 1.0 < decision.long_load < 2.0
+    assert decision.long_load == pytest.approx(6.25)  # the burst is the long window's peak
     assert decision.idle_s == 2
