@@ -145,9 +145,9 @@ class Trace:
         taken = ((unix(d["created_at"]) or 0.0, d) for d in self.decisions.values())
         return sorted(((t, d) for t, d in taken if since <= t <= until), key=lambda pair: pair[0])
 
-    def ready_since(self, since: float) -> list[float]:
-        """Seconds from ``since`` (Unix time) to each worker's ready_at that came after it, in order."""
-        return sorted(r - since for _, r in self.workers.values() if r is not None and r >= since)
+    def ready_since(self, since: float, *, slack: float = 0.0) -> list[float]:
+        """Seconds from ``since`` (Unix time) to each worker's ready_at from ``since - slack`` on, sorted."""
+        return sorted(r - since for _, r in self.workers.values() if r is not None and r >= since - slack)
 
     def latest(self) -> Sample:
         poll(lambda: self.samples, timeout=60, what="a first trace sample")
@@ -283,7 +283,7 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
         variant_cold_start_s=variant.get("cold_start_s"),
         activate_after_s=min(activations, default=None),
         first_start_after_s=min(starts, default=None),
-        first_ready_after_s=min(trace.ready_since(fired - 1), default=None),
+        first_ready_after_s=min(trace.ready_since(fired, slack=1), default=None),
         reasons=[f"{d['to_replicas']} {d['reason']} at {t - fired:+.2f} s" for t, d in decided],
     )
 
