@@ -301,6 +301,8 @@ KILN_WORKER_LOG_MAX_BYTES = env_int("KILN_WORKER_LOG_MAX_BYTES", 2 * 1024 * 1024
 KILN_LATENCY_BUDGET_MS = env_float("KILN_LATENCY_BUDGET_MS", 50.0, minimum=0.1)
 KILN_REPORT_RAW_RETENTION_S = env_float("KILN_REPORT_RAW_RETENTION_S", 3600.0, minimum=60.0)
 KILN_REPORT_RETENTION_DAYS = env_float("KILN_REPORT_RETENTION_DAYS", 7.0, minimum=0.01)
+# Per-worker lines in a deployment chart (CPU, memory, GPU): the live workers first, then the newest.
+KILN_SERIES_MAX_WORKERS = env_int("KILN_SERIES_MAX_WORKERS", 24, minimum=1, maximum=1000)
 KILN_MAX_REPORT_BYTES = env_int("KILN_MAX_REPORT_BYTES", 64 * 1024, minimum=1024)
 KILN_ROUTING_KEY = env_str("KILN_ROUTING_KEY", f"{KILN_INSTANCE_ID}:routing")
 KILN_GATEWAY_HOST = env_str("KILN_GATEWAY_HOST", "127.0.0.1")

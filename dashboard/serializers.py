@@ -140,7 +140,12 @@ class SeriesOutput(serializers.Serializer[Any]):
     last_report = serializers.DateTimeField(allow_null=True, help_text="the newest report in the range")
     t = serializers.ListField(child=serializers.IntegerField(), help_text="bucket starts, Unix seconds")
     variants = serializers.DictField(child=VariantSeriesOutput())
-    workers = serializers.DictField(child=WorkerSeriesOutput(), help_text="by worker id")
+    workers = serializers.DictField(
+        child=WorkerSeriesOutput(), help_text="by worker id: the live workers first, then the newest"
+    )
+    workers_limit = serializers.IntegerField(
+        help_text="most workers with lines of their own (KILN_SERIES_MAX_WORKERS); variants count all"
+    )
     gateway = serializers.DictField(child=GatewayNumbersOutput(), help_text="by variant")
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:

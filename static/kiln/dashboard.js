@@ -157,6 +157,11 @@
     var updated = document.querySelector("[data-updated]");
 
     function update(data) {
+      var cap = document.querySelector("[data-worker-cap]"), shown = Object.keys(data.workers).length;
+      if (cap) {
+        cap.hidden = !(data.workers_limit && shown >= data.workers_limit);
+        cap.textContent = "Per-worker charts show " + shown + " workers (the live ones first); the variants' charts count every worker.";
+      }
       root.querySelectorAll("[data-chart]").forEach(function (el) {
         var kind = el.getAttribute("data-chart");
         if (kind === "batch_histogram") {
