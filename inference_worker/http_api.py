@@ -28,8 +28,8 @@ from inference_worker.errors import (
     UnsupportedMediaType,
     WorkerError,
 )
-from inference_worker.shm import Window
-from inference_worker.shm_api import PREFIX, http_route, output_parameters
+from inference_worker.shm import PREFIX, Window
+from inference_worker.shm_api import http_route, output_parameters
 from inference_worker.tensor_codec import DATATYPES, decode_json_inputs, decode_values, json_data, raw_bytes
 
 JSON = b"application/json"

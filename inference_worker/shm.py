@@ -46,7 +46,9 @@ REGION: Final = "shared_memory_region"
 OFFSET: Final = "shared_memory_offset"
 BYTE_SIZE: Final = "shared_memory_byte_size"
 PARAMETERS: Final = (REGION, OFFSET, BYTE_SIZE)
-DIRECTORY: Final = "/dev/shm"
+DIRECTORY: Final = "/dev/shm"  # noqa: S108 - where POSIX shared memory objects live, not a temp file
+PREFIX: Final = b"/v2/systemsharedmemory"
+"""Where the extension's HTTP routes start."""
 MAX_NAME: Final = 256
 _KEY = re.compile(r"/?([A-Za-z0-9_][A-Za-z0-9_.\-]{0,254})")
 _OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -211,7 +213,7 @@ class SharedMemory:
         done, start = 0, window.region.offset + window.offset
         try:
             while done < window.byte_size:
-                got = os.preadv(window.region.fd, [buffer[done:]], start + done)
+                got = os.preadv(window.region.fd, [buffer[done:].data], start + done)
                 if got == 0:
                     raise InvalidRequest(
                         f"input '{name}': shared memory object '{window.region.key}' is shorter than "
@@ -237,7 +239,7 @@ class SharedMemory:
         done, start = 0, window.region.offset + window.offset
         try:
             while done < data.size:
-                done += os.pwritev(window.region.fd, [data[done:]], start + done)
+                done += os.pwritev(window.region.fd, [data[done:].data], start + done)
         except OSError as exc:
             raise InvalidRequest(f"output '{name}': cannot write shared memory: {exc.strerror}") from None
         return int(data.size)
@@ -283,7 +285,9 @@ def _open(directory: str, key: str, name: str) -> int:
             f"no shared memory object '{key}' exists (the client creates it before registering)"
         ) from None
     except PermissionError:
-        raise InvalidRequest(f"the worker may not open shared memory object '{key}' to read and write") from None
+        raise InvalidRequest(
+            f"the worker may not open shared memory object '{key}' to read and write"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InvalidRequest(f"'{key}' is a symbolic link, not a shared memory object") from None

@@ -24,9 +24,17 @@ import orjson
 
 from inference_worker.dataplane import DataPlane
 from inference_worker.errors import GRPC_STATUS, InvalidRequest, WorkerError
-from inference_worker.shm import BYTE_SIZE, OFFSET, PARAMETERS, REGION, SharedMemory, Window, grpc_values
+from inference_worker.shm import (
+    BYTE_SIZE,
+    OFFSET,
+    PARAMETERS,
+    PREFIX,
+    REGION,
+    SharedMemory,
+    Window,
+    grpc_values,
+)
 
-PREFIX = b"/v2/systemsharedmemory"
 _GET, _POST = (b"GET", b"HEAD"), (b"POST",)
 
 
@@ -119,7 +127,9 @@ class SharedMemoryServicer:
     _dp: DataPlane
     _pb2: Any
 
-    async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def SystemSharedMemoryStatus(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         try:
             regions = self._dp.shared_memory.status(request.name)
         except WorkerError as error:

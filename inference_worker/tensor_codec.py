@@ -263,7 +263,10 @@ def decode_json_inputs(
         check_declared(name, dt, expected)
         shape, count = check_shape(name, item.get("shape"), limits)
         size = _binary_size(name, item.get("parameters"))
-        if shared is not None and (array := shared(name, dt, shape, count, item.get("parameters"))) is not None:
+        if (
+            shared is not None
+            and (array := shared(name, dt, shape, count, item.get("parameters"))) is not None
+        ):
             if size is not None or "data" in item:
                 raise InvalidRequest(f"input '{name}' names a shared memory region and carries data too")
             decoded[name] = array

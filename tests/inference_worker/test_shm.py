@@ -45,9 +45,12 @@ def test_tritonclient_http_reads_inputs_from_and_writes_outputs_to_shared_memory
     http: http_client.InferenceServerClient, models: SimpleNamespace
 ) -> None:
     x = RNG.standard_normal((5, 4)).astype(np.float32)
-    with client_region("in", x.nbytes) as (in_key, in_handle), client_region("out", 5 * 3 * 4) as (
-        out_key,
-        out_handle,
+    with (
+        client_region("in", x.nbytes) as (in_key, in_handle),
+        client_region("out", 5 * 3 * 4) as (
+            out_key,
+            out_handle,
+        ),
     ):
         client_shm.set_shared_memory_region(in_handle, [x])
         http.register_system_shared_memory("in", in_key, x.nbytes)
@@ -149,7 +152,10 @@ def test_grpc_inputs_in_shared_memory_mix_with_raw_inputs_and_outputs_keep_their
             client_shm.set_shared_memory_region(b_handle, [b])
             client.register_system_shared_memory("b", b_key, b.nbytes)
             client.register_system_shared_memory("sum", s_key, 8)
-            inputs = [grpc_client.InferInput("a", [1, 2], "FP32"), grpc_client.InferInput("b", [1, 2], "INT64")]
+            inputs = [
+                grpc_client.InferInput("a", [1, 2], "FP32"),
+                grpc_client.InferInput("b", [1, 2], "INT64"),
+            ]
             inputs[0].set_data_from_numpy(a)
             inputs[1].set_shared_memory("b", b.nbytes)
             outputs = [grpc_client.InferRequestedOutput("sum"), grpc_client.InferRequestedOutput("neg")]
@@ -157,7 +163,9 @@ def test_grpc_inputs_in_shared_memory_mix_with_raw_inputs_and_outputs_keep_their
 
             result = client.infer("pair", inputs, outputs=outputs)
 
-            np.testing.assert_array_equal(client_shm.get_contents_as_numpy(s_handle, np.float32, [1, 2]), a + b)
+            np.testing.assert_array_equal(
+                client_shm.get_contents_as_numpy(s_handle, np.float32, [1, 2]), a + b
+            )
             np.testing.assert_array_equal(result.as_numpy("neg"), -a)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import importlib.util
 import itertools
 import os
 import sys
@@ -30,9 +31,7 @@ def _stock_client_shm() -> ModuleType:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            import pkg_resources  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("pkg_resources") is None:
             shim = ModuleType("pkg_resources")
             shim.resource_filename = lambda package, name: str(importlib.resources.files(package) / name)  # type: ignore[attr-defined]
             sys.modules["pkg_resources"] = shim
@@ -54,7 +53,7 @@ def with_shared_memory(config: WorkerConfig, **limits: int) -> WorkerConfig:
 
 @contextmanager
 def client_region(label: str, byte_size: int) -> Iterator[tuple[str, Any]]:
-    """A region tritonclient creates (``shm_open``, ``ftruncate``, ``mmap``): (key, handle); unlinked after."""
+    """A region tritonclient creates (``shm_open``, ``ftruncate``, ``mmap``): (key, handle); then unlinked."""
     key = unique_key(label)
     handle = client_shm.create_shared_memory_region(label, key, byte_size)
     try:
