@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +18,9 @@ import tritonclient.grpc as grpc_client
 import tritonclient.http as http_client
 from tritonclient.utils import serialize_byte_tensor, serialized_byte_size
 
-from tests.support.onnx_models import reference
+from tests.support.doc_blocks import blocks_of
+from tests.support.onnx_models import image_classifier, reference
+from tests.support.paths import ROOT
 from tests.support.shm import client_region, client_shm, open_descriptors_of, raw_object, with_shared_memory
 from tests.support.workers import RunningWorker, make_config, running
 
@@ -219,3 +225,29 @@ def test_metrics_count_registered_regions_and_bytes_and_metadata_lists_the_exten
         assert shm_worker.metric("kiln_worker_system_shared_memory_regions") == 0
     assert "system_shared_memory" in http.get_server_metadata()["extensions"]
     assert "system_shared_memory" not in httpx.get(mlp_worker.url + "/v2").json()["extensions"]
+
+
+def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
+    (example,) = [
+        block
+        for block in blocks_of(ROOT / "inference_worker/README.md")
+        if block.kind == "python" and "set_shared_memory" in block.code
+    ]
+    with running(with_shared_memory(make_config(image_classifier(tmp_path / "cnn.onnx"), "cnn"))) as worker:
+        address = worker.url.removeprefix("http://")
+        result = subprocess.run(
+            [sys.executable, "-c", example.code],
+            env={**os.environ, "KILN_WORKER_ADDRESS": address},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert result.returncode == 0, result.stderr
+    first, _, scores = result.stdout.partition("\n")
+    assert (
+        "'shared_memory_region': 'example', 'shared_memory_byte_size': 40, 'shared_memory_offset': 49152"
+        in first
+    )
+    assert len(scores.replace("[", " ").replace("]", " ").split()) == 10
