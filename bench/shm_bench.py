@@ -76,7 +76,8 @@ def _shm_header(model: BenchModel, output_to_region: bool) -> bytes:
     output: dict[str, object] = {"name": "output", "parameters": {"binary_data": True}}
     if output_to_region:
         output["parameters"] = {"shared_memory_region": "out", "shared_memory_byte_size": 40}
-    inputs = [{**tensor, "parameters": {**REGION, "shared_memory_byte_size": _size(model)}}]
+    parameters: dict[str, object] = {**REGION, "shared_memory_byte_size": _size(model)}
+    inputs = [{**tensor, "parameters": parameters}]
     return json.dumps({"inputs": inputs, "outputs": [output]}).encode()
 
 

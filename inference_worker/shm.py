@@ -182,7 +182,7 @@ class SharedMemory:
     # -- tensors -----------------------------------------------------------------------------------
     def window(self, what: str, parameters: Mapping[str, object]) -> Window | None:
         """The window a tensor's parameters name (None when they name none), checked against its region."""
-        if not any(key in parameters for key in PARAMETERS):
+        if REGION not in parameters and BYTE_SIZE not in parameters and OFFSET not in parameters:
             return None
         self._check_enabled()
         name, offset, size = (parameters.get(key) for key in PARAMETERS)
