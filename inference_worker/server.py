@@ -63,7 +63,7 @@ class Worker:
             model_version=model.version,
             batching=config.batching,
             metrics=self.metrics,
-            shared_memory=SharedMemory(config.shared_memory),
+            shared_memory=SharedMemory(config.shared_memory, max_input_bytes=config.limits.max_body_bytes),
         )
         registry = self.metrics.registry()
         self.http_api = HttpApi(self.dataplane, config.limits, lambda: self.metrics.render(registry))

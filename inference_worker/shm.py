@@ -38,7 +38,8 @@ from typing import Any, Final
 import numpy as np
 
 from inference_worker.config import SharedMemoryConfig
-from inference_worker.errors import InvalidRequest, WorkerError
+from inference_worker.contracts.worker_options import MAX_BODY_BYTES
+from inference_worker.errors import InvalidRequest, PayloadTooLarge, WorkerError
 from inference_worker.tensor_codec import Datatype, decode_raw, raw_bytes
 
 EXTENSION: Final = "system_shared_memory"
@@ -90,8 +91,16 @@ class Window:
 class SharedMemory:
     """The worker's registered regions, and reading and writing tensors through them."""
 
-    def __init__(self, config: SharedMemoryConfig | None = None, directory: str = DIRECTORY) -> None:
+    def __init__(
+        self,
+        config: SharedMemoryConfig | None = None,
+        *,
+        max_input_bytes: int = MAX_BODY_BYTES.default,
+        directory: str = DIRECTORY,
+    ) -> None:
         self.config = config or SharedMemoryConfig()
+        self._max_input_bytes = max_input_bytes
+        """One input read from a region is bounded like a body (``--max-body-bytes``): 413 beyond."""
         self._directory = directory
         self._regions: dict[str, Region] = {}
 
@@ -203,6 +212,11 @@ class SharedMemory:
 
     def read(self, name: str, window: Window, dt: Datatype, shape: tuple[int, ...], count: int) -> np.ndarray:
         """Input ``name`` from ``window``, after checking its size against the shape."""
+        if window.byte_size > self._max_input_bytes:
+            raise PayloadTooLarge(
+                f"input '{name}': {window.byte_size} bytes of shared memory exceed the limit of "
+                f"{self._max_input_bytes} bytes (--max-body-bytes)"
+            )
         expected = count * dt.dtype.itemsize
         if dt.name != "BYTES" and window.byte_size != expected:
             raise InvalidRequest(

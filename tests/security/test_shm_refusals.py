@@ -20,6 +20,7 @@ import tritonclient.grpc as grpc_client
 import tritonclient.http as http_client
 from tritonclient.utils import InferenceServerException
 
+from inference_worker.config import Limits
 from tests.support import onnx_models
 from tests.support.shm import DEV_SHM, raw_object, unique_key, with_shared_memory
 from tests.support.workers import RunningWorker, make_config, running
@@ -257,3 +258,20 @@ def test_unknown_paths_and_methods_of_the_extension_answer_404_and_405(worker: R
         400,
         {"error": "'byte_size' must be a non-negative integer"},
     )
+
+
+def test_an_input_larger_than_a_body_may_be_is_refused_before_it_is_read(mlp_path: Path) -> None:
+    config = with_shared_memory(make_config(mlp_path, limits=Limits(max_body_bytes=1024)))
+    with running(config) as worker, raw_object("big", bytes(4096)) as (key, _):
+        client = http_client.InferenceServerClient(worker.url.removeprefix("http://"))
+        client.register_system_shared_memory("big", key, 4096)
+        tensor = http_client.InferInput("s", [1], "BYTES")
+        tensor.set_shared_memory("big", 4096)
+
+        error = refusal(client.infer, "mlp", [tensor])
+
+        assert (error.status(), error.message()) == (
+            "413",
+            "input 's': 4096 bytes of shared memory exceed the limit of 1024 bytes (--max-body-bytes)",
+        )
+        assert_still_serving(client)
