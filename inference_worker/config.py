@@ -148,6 +148,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SharedMemoryConfig:
+    """The system shared memory extension: on or off, and how much a worker's clients may register."""
+
+    enabled: bool = options.SYSTEM_SHARED_MEMORY.default
+    max_regions: int = options.MAX_SHM_REGIONS.default
+    max_bytes: int = options.MAX_SHM_BYTES.default
+
+    def __post_init__(self) -> None:
+        _checked(options.SYSTEM_SHARED_MEMORY, self.enabled)
+        _checked(options.MAX_SHM_REGIONS, self.max_regions)
+        _checked(options.MAX_SHM_BYTES, self.max_bytes)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Where the worker listens."""
 
@@ -199,3 +213,4 @@ class WorkerConfig:
     limits: Limits = Limits()
     server: ServerConfig = ServerConfig()
     report: ReportConfig = ReportConfig()
+    shared_memory: SharedMemoryConfig = SharedMemoryConfig()

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import grpc
 
 from inference_worker import __version__, build_protos
-from inference_worker.gateway import grpc_hold, grpc_wire
+from inference_worker.gateway import grpc_hold, grpc_wire, shared_memory
 from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.grpc_thread import GrpcThread
@@ -148,7 +148,7 @@ class GrpcProxy:
             answer = pb2.ServerMetadataResponse(name="kiln-gateway", version=__version__)
             return bytes(answer.SerializeToString())
 
-        return {"ServerLive": live, "ServerReady": ready, "ServerMetadata": metadata}
+        return {"ServerLive": live, "ServerReady": ready, "ServerMetadata": metadata} | shared_memory.REFUSALS
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
