@@ -18,6 +18,7 @@ from config.env import (
     env_choice,
     env_float,
     env_int,
+    env_int_list,
     env_list,
     env_optional_str,
     env_path,
@@ -225,6 +226,7 @@ KILN_CELERY_LONG_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.long"
 CELERY_TASK_ROUTES = {
     "registry.convert_version": {"queue": KILN_CELERY_LONG_QUEUE},
     "deployments.build_worker_image": {"queue": KILN_CELERY_LONG_QUEUE},
+    "deployments.measure_version": {"queue": KILN_CELERY_LONG_QUEUE},
 }
 # Above the longest task's hard limit, so Redis never redelivers a task that still runs.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -330,6 +332,13 @@ CELERY_BEAT_SCHEDULE["advance-rollouts"] = {
     "schedule": KILN_ROLLOUT_INTERVAL_S,
     "options": {"expires": KILN_ROLLOUT_INTERVAL_S * 2},
 }
+# Serving-advice measurements (deployments.services.measurements): the real worker under a closed loop.
+KILN_ADVICE_MEASURE_SECONDS = env_float("KILN_ADVICE_MEASURE_SECONDS", 3.0, minimum=0.1, maximum=60.0)
+KILN_ADVICE_MEASURE_CLIENTS = env_int_list("KILN_ADVICE_MEASURE_CLIENTS", [1, 16, 64], minimum=1, maximum=512)
+KILN_ADVICE_MEASURE_INSTANCES = env_int_list("KILN_ADVICE_MEASURE_INSTANCES", [1, 2], minimum=1, maximum=16)
+KILN_ADVICE_MEASURE_AFTER_CONVERSION = env_bool("KILN_ADVICE_MEASURE_AFTER_CONVERSION", False)
+KILN_ADVICE_MEASURE_TIMEOUT_S = env_float("KILN_ADVICE_MEASURE_TIMEOUT_S", 1800.0, minimum=30.0)
+CELERY_BEAT_SCHEDULE["sweep-measurements"] = {"task": "deployments.sweep_measurements", "schedule": 30.0}
 # The default service-level objective the dashboard and alerts flag.
 KILN_SLO_ERROR_RATE = env_float("KILN_SLO_ERROR_RATE", 0.01, minimum=0.0, maximum=1.0)
 KILN_SLO_P99_MS = env_float("KILN_SLO_P99_MS", 500.0, minimum=0.1)
