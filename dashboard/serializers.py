@@ -192,7 +192,7 @@ class AdviceOptionOutput(serializers.Serializer[Any]):
 
 class MeasuredCellOutput(serializers.Serializer[Any]):
     batching = serializers.DictField(help_text="the worker's batching options")
-    max_batch_size = serializers.IntegerField()
+    batch_size = serializers.IntegerField(source="max_batch_size", help_text="its max batch size")
     instances = serializers.IntegerField()
     protocol = serializers.CharField()
     concurrency = serializers.IntegerField()
