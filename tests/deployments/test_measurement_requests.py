@@ -14,8 +14,8 @@ from rest_framework.test import APIClient
 
 from config.outbox.models import OutboxMessage
 from deployments.models import MeasurementRun
-from deployments.services.measurements import MAX_TRIES, measured_configurations, sweep_measurements
 from deployments.services.batching import candidate_batchings, propose_batching
+from deployments.services.measurements import MAX_TRIES, measured_configurations, sweep_measurements
 from registry import hooks
 from tests.support.versions import PROFILE, ready_version
 
