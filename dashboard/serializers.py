@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments import series
+from deployments.api.serializers import BatchingInput
 from deployments.measure_models import MeasurementStatus
 
 
@@ -191,7 +192,7 @@ class AdviceOptionOutput(serializers.Serializer[Any]):
 
 
 class MeasuredCellOutput(serializers.Serializer[Any]):
-    batching = serializers.DictField(help_text="the worker's batching options")
+    batching = BatchingInput(help_text="the worker's batching options")
     batch_size = serializers.IntegerField(source="max_batch_size", help_text="its max batch size")
     instances = serializers.IntegerField()
     protocol = serializers.CharField()
