@@ -36,7 +36,7 @@ from deployments.services.batching import (
     worst_latency_ms,
 )
 from deployments.services.measurements import MeasuredCell, config_key
-from inference_worker.contracts.batching import BATCHING, BatchingConfig
+from inference_worker.contracts.batching import BATCHING, BatchingConfig, encode_batching
 
 PROTOCOL_LABELS = PROTOCOLS
 THROUGHPUT_BASIS = (
@@ -112,6 +112,7 @@ class Advice:
             "measured": self.measured,
             "measured_at": self.choice.measured_at if self.choice is not None else None,
             "deploy": self.deploy,
+            "batching": None if self.batching is None else encode_batching(self.batching),
             "measurements": [asdict(cell) for cell in self.measurements],
         }
 

@@ -249,6 +249,7 @@ class AdviceOutput(serializers.Serializer[Any]):
     deploy = serializers.DictField(
         child=serializers.CharField(), allow_null=True, help_text="the deploy form's query for this advice"
     )
+    batching = BatchingInput(allow_null=True, help_text="the batching options to deploy with (the API's)")
     cold_start_s = serializers.FloatField(
         allow_null=True,
         help_text="measured: median seconds from start to ready of this version's last 20 workers (what the "
