@@ -187,8 +187,8 @@ def write_results(rows: list[Row], args: argparse.Namespace, load_before: tuple[
             "after `POST .../measurements/` (the real worker with each proposed batching, closed-loop load "
             "on this machine); then one replica deployed with exactly the advised batching, loaded with wrk "
             f"at the advice's concurrency for {args.seconds:g} s over the advised protocol. Error = "
-            "(advice - deployment) / deployment; the target is within 25% for the worker the advice describes "
-            f"({'met' if within else 'NOT met'} in this run).",
+            "(advice - deployment) / deployment; the target is within 25% for the worker the advice "
+            f"describes ({'met' if within else 'NOT met'} in this run).",
             "",
             *table(rows),
             "",
