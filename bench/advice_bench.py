@@ -56,8 +56,10 @@ class Row:
     worker: LoadResult
     gateway: LoadResult
 
-    def error(self, served: float) -> float:
-        return (self.advised - served) / served if served else float("inf")
+    def error(self, served: float, figure: float | None = None) -> float:
+        """(the advice's figure - what the deployment served) / what it served."""
+        quoted = self.advised if figure is None else figure
+        return (quoted - served) / served if served else float("inf")
 
 
 def _advice(platform: Platform, model: str) -> dict[str, Any]:
@@ -164,7 +166,8 @@ def table(rows: list[Row]) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r.model} | {r.protocol} | {r.batching} | {r.clients} | {r.predicted:,.0f} "
-            f"({r.error(r.worker.rate):+.0%} vs worker) | {r.advised:,.0f} | {r.worker.rate:,.0f} | "
+            f"({r.error(r.worker.rate, r.predicted):+.0%} vs worker) | {r.advised:,.0f} | "
+            f"{r.worker.rate:,.0f} | "
             f"{r.error(r.worker.rate):+.1%} | {r.gateway.rate:,.0f} | {r.error(r.gateway.rate):+.1%} | "
             f"{r.advised_p99:.2f} / {r.worker.p99_ms:.2f} |"
         )
@@ -181,7 +184,7 @@ def write_results(rows: list[Row], args: argparse.Namespace, load_before: tuple[
             "",
             f"{datetime.now():%Y-%m-%d %H:%M}, {cpu_name()}, {os.cpu_count()} cores, load average before "
             f"{load_before[0]:.2f}; onnxruntime {package_version('onnxruntime')}. Rerun: "
-            f"`python bench/advice_bench.py{' --quick' if args.quick else ''}`.",
+            f"`python bench/advice_bench.py{' --quick' if args.quick else ''} --seconds {args.seconds:g}`.",
             "",
             "For each model: the advice for a 50 ms budget and a target far above one worker, before and "
             "after `POST .../measurements/` (the real worker with each proposed batching, closed-loop load "

@@ -47,7 +47,11 @@ def test_a_bad_budget_is_a_400_naming_the_field(
 
 
 def test_a_measurement_is_queued_once_at_a_time_and_refused_for_what_cannot_be_measured(
-    owner: User, owner_api: APIClient, outsider: User, api_as: Callable[[User], APIClient]
+    owner: User,
+    owner_api: APIClient,
+    outsider: User,
+    api_as: Callable[[User], APIClient],
+    anonymous_api: APIClient,
 ) -> None:
     ready_version(owner)
     ready_version(owner, number=2, status="failed")
@@ -57,6 +61,7 @@ def test_a_measurement_is_queued_once_at_a_time_and_refused_for_what_cannot_be_m
     failed = owner_api.post("/api/v1/models/cnn/versions/2/measurements/", {}, format="json")
     missing = owner_api.post("/api/v1/models/cnn/versions/9/measurements/", {}, format="json")
     foreign = api_as(outsider).post(URL, {}, format="json")
+    anonymous = anonymous_api.post(URL, {}, format="json")
 
     assert queued.status_code == 202, queued.content
     assert queued.json()["status"] == "queued"
@@ -66,6 +71,8 @@ def test_a_measurement_is_queued_once_at_a_time_and_refused_for_what_cannot_be_m
     assert (failed.status_code, failed.json()["code"]) == (409, "version_not_ready")
     assert missing.status_code == 404
     assert foreign.status_code == 403
+    assert anonymous.status_code == 401
+    assert anonymous_api.get(URL).status_code == 401
     assert list(MeasurementRun.objects.values_list("status", flat=True)) == ["queued"]
     assert OutboxMessage.objects.filter(task="deployments.measure_version").count() == 1
     shown = owner_api.get(URL).json()

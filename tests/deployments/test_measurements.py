@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from deployments.models import Measurement, MeasurementRun
 from deployments.services.batching import propose_batching
 from deployments.services.measurements import config_key
+from inference_worker.contracts.batching import encode_batching
 from registry.models import ModelVersion
 from tests.support.polling import wait_for
 from tests.support.services import CeleryWorker
@@ -92,6 +93,7 @@ def test_a_run_records_what_the_worker_served_and_the_advice_quotes_those_rows(
     assert advice["choice"]["measured_p99_ms"] == quoted.p99_ms
     assert advice["replicas"] == math.ceil(1_000_000 / quoted.throughput_rps)
     assert advice["deploy"]["replicas"] == str(advice["replicas"])
+    assert advice["batching"] == encode_batching(proposal.batching)  # what the deploy form proposes
     assert advice["throughput_basis"].startswith("Measured on this machine at ")
     assert f"{quoted.throughput_rps:,.0f} req/s" in advice["shortfall"]
     assert len(advice["measurements"]) == 8
