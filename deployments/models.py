@@ -13,6 +13,8 @@ from django.db import models
 
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy  # noqa: F401 - the app's models
 from deployments.backends import BACKEND_NAMES
+from deployments.measure_models import Measurement as Measurement
+from deployments.measure_models import MeasurementRun as MeasurementRun
 from deployments.release_models import ACTIVE_ROLLOUT_STATES as ACTIVE_ROLLOUT_STATES
 from deployments.release_models import Rollout as Rollout
 from deployments.release_models import TrafficChange as TrafficChange
