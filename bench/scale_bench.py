@@ -233,7 +233,7 @@ def _insert_in_sql(deployment_id: int, resolution: str, width: int, first: int, 
         f" FROM {Worker._meta.db_table} w JOIN {Variant._meta.db_table} v ON v.id = w.variant_id"
         " CROSS JOIN generate_series(%s, %s, %s) AS t WHERE v.deployment_id = %s) s"
     )
-    params = [
+    params: list[int | float | str] = [
         deployment_id, resolution, float(width), requests, requests, json.dumps(LE), requests,
         300 * 2**20, max(1, width // 5), first, last - 1, width, deployment_id,
     ]  # fmt: skip

@@ -13,6 +13,7 @@ from django.core.validators import MaxValueValidator
 from django.db import models
 from django.db.models import Q
 
+from config.jobs import JobRow
 from registry.models import ModelVersion
 
 
@@ -26,7 +27,7 @@ class MeasurementStatus(models.TextChoices):
 ACTIVE_MEASUREMENT_STATES = (MeasurementStatus.QUEUED, MeasurementStatus.RUNNING)
 
 
-class MeasurementRun(models.Model):
+class MeasurementRun(JobRow):
     """One measurement of a version on the platform's machine (at most one queued or running each).
 
     ``worker_handle`` names the process-backend worker the run has started (empty between
@@ -47,12 +48,6 @@ class MeasurementRun(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    attempt = models.UUIDField(null=True, blank=True)
-    tries = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at", "-id")

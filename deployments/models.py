@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from config.jobs import JobRow
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy  # noqa: F401 - the app's models
 from deployments.backends import BACKEND_NAMES
 from deployments.measure_models import Measurement as Measurement
@@ -299,7 +300,7 @@ class ImageStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-class WorkerImage(models.Model):
+class WorkerImage(JobRow):
     """A worker container image for one model version: the ONNX file, its config and the worker, baked in.
 
     ``key`` is content-addressed (the ONNX digest, flavour, worker code hash and base image), so the
@@ -323,12 +324,6 @@ class WorkerImage(models.Model):
     log = models.TextField(blank=True, help_text="the build log (its end, when long)")
     error = models.TextField(blank=True)
     reused = models.BooleanField(default=False)
-    attempt = models.UUIDField(null=True, blank=True)
-    tries = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at", "-id")

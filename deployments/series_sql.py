@@ -148,7 +148,7 @@ def aggregate(
         outcomes: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
         for v, b, key, value in cursor.fetchall():
             outcomes[(v, int(b))][str(key)] = int(value or 0)
-        rows: list[Any] = []
+        gauges: list[Any] = []
         if worker_ids:
             cursor.execute(
                 f"SELECT r.worker_id, {bucket} AS b, AVG(r.cpu_percent), AVG(r.rss_bytes),"  # noqa: S608
@@ -157,7 +157,7 @@ def aggregate(
                 " GROUP BY r.worker_id, b",
                 [*params, *worker_ids],
             )
-            rows = cursor.fetchall()
+            gauges = cursor.fetchall()
         workers = {
             (w, int(b)): {
                 "cpu_percent": _f(cpu),
@@ -165,7 +165,7 @@ def aggregate(
                 "gpu_utilization": _f(gpu),
                 "gpu_memory_bytes": _f(mem),
             }
-            for w, b, cpu, rss, gpu, mem in rows
+            for w, b, cpu, rss, gpu, mem in gauges
         }
     return Aggregates(
         scalars=scalars,
