@@ -195,6 +195,12 @@ def seed_reports(workers: int, days: int = 7) -> Any:
                     batch = []
         Report.objects.bulk_create(batch)
         total += len(batch)
+    if connection.vendor == "postgresql":
+        total += _insert_variant_tiers(deployment.pk)
+    else:  # the rollup task's first pass makes the variants' tiers from the workers' ones
+        from deployments.services import downsample_reports
+
+        downsample_reports()
     print(f"{workers} workers: {total:,} report rows seeded", flush=True)
     _analyze()
     return deployment
@@ -240,6 +246,53 @@ def _insert_in_sql(deployment_id: int, resolution: str, width: int, first: int, 
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
+
+
+def _insert_variant_tiers(deployment_id: int) -> int:
+    """The variants' rows (all their workers added up) of every tier, as the rollup task folds
+    them, from the workers' rows ``seed_reports`` made (PostgreSQL)."""
+    from django.db import connection
+
+    from deployments.models import Report
+
+    def summed(field: str, size: int) -> str:
+        parts = ", ".join(f"SUM(({field} -> 'counts' ->> {i})::bigint)" for i in range(size))
+        return f"jsonb_build_object('le', {field} -> 'le', 'counts', jsonb_build_array({parts}))"
+
+    columns = (
+        'worker_id, variant_id, deployment_id, version_number, resolution, start, "end", seconds,'
+        " requests, errors, outcomes, latency_histogram, batch_histogram, queue_depth, in_flight,"
+        " samples, replicas"
+    )
+    values = (
+        "NULL, variant_id, deployment_id, 1, %s, {start}, {end}, %s, SUM(requests), SUM(errors),"
+        " jsonb_build_object('success', SUM((outcomes ->> 'success')::bigint),"
+        " 'timeout', SUM((outcomes ->> 'timeout')::bigint)),"
+        f" {summed('latency_histogram', len(LE))}, {summed('batch_histogram', 4)},"
+        " SUM(queue_depth) / {per_worker}, 0, SUM(samples), COUNT(DISTINCT worker_id)"
+    )
+    table, total = Report._meta.db_table, 0
+    with connection.cursor() as cursor:
+        for resolution, source, width in (("v1h", "1h", 3600), ("v10m", "10m", 600), ("v1m", "1m", 60)):
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT "  # noqa: S608
+                + values.format(start="start", end='"end"', per_worker=1)
+                + f" FROM {table} WHERE deployment_id = %s AND resolution = %s"
+                " GROUP BY variant_id, deployment_id, start, \"end\", latency_histogram -> 'le',"
+                " batch_histogram -> 'le'",
+                [resolution, float(width), deployment_id, source],
+            )
+            total += int(cursor.rowcount)
+        bucket = 'to_timestamp(FLOOR(EXTRACT(EPOCH FROM "end") / 15) * 15)'
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT "  # noqa: S608
+            + values.format(start=bucket, end=f"{bucket} + interval '15 seconds'", per_worker=3)
+            + f" FROM {table} WHERE deployment_id = %s AND resolution = 'raw'"
+            f" GROUP BY variant_id, deployment_id, {bucket}, latency_histogram -> 'le',"
+            " batch_histogram -> 'le'",
+            ["v15s", 15.0, deployment_id],
+        )
+        return total + int(cursor.rowcount)
 
 
 def bench_series(worker_counts: list[int], repeat: int) -> tuple[list[list[str]], str]:

@@ -325,7 +325,7 @@ CELERY_BEAT_SCHEDULE["autoscale"] = {
     "schedule": KILN_AUTOSCALE_INTERVAL_S,
     "options": {"expires": KILN_AUTOSCALE_INTERVAL_S * 2},
 }
-CELERY_BEAT_SCHEDULE["downsample-reports"] = {"task": "deployments.downsample_reports", "schedule": 60.0}
+CELERY_BEAT_SCHEDULE["downsample-reports"] = {"task": "deployments.downsample_reports", "schedule": 20.0}
 KILN_ROLLOUT_INTERVAL_S = env_float("KILN_ROLLOUT_INTERVAL_S", 2.0, minimum=0.5)
 CELERY_BEAT_SCHEDULE["advance-rollouts"] = {
     "task": "deployments.advance_rollouts",

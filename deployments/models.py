@@ -239,14 +239,19 @@ class Worker(models.Model):
 
 
 class Report(models.Model):
-    """A worker's report (raw) or a per-worker rollup (``1m``/``10m``/``1h``, ``services/rollups.py``):
-    counters and histogram buckets add up; a rollup covers ``[start, end)``, a raw row sits at ``end``."""
+    """A worker's report (raw), a per-worker rollup (``1m``/``10m``/``1h``) or a variant's rollup
+    (``v15s``/``v1m``/``v10m``/``v1h``: all its workers added up, no worker; ``services/rollups.py``).
+    Counters and histogram buckets add up; a rollup covers ``[start, end)``, a raw row sits at ``end``."""
 
     class Resolution(models.TextChoices):
         RAW = "raw", "raw"
         MINUTE = "1m", "per minute"
         TEN_MINUTES = "10m", "per 10 minutes"
         HOUR = "1h", "per hour"
+        VARIANT_15S = "v15s", "variant, per 15 seconds"
+        VARIANT_MINUTE = "v1m", "variant, per minute"
+        VARIANT_TEN_MINUTES = "v10m", "variant, per 10 minutes"
+        VARIANT_HOUR = "v1h", "variant, per hour"
 
     worker = models.ForeignKey(Worker, on_delete=models.SET_NULL, null=True, related_name="reports")
     variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="reports")
@@ -272,6 +277,7 @@ class Report(models.Model):
     gpu_utilization = models.FloatField(null=True)
     gpu_memory_bytes = models.BigIntegerField(null=True)
     samples = models.PositiveIntegerField(default=1, help_text="raw reports folded into this row")
+    replicas = models.FloatField(null=True, help_text="a variant's rollup: its workers reporting (mean)")
 
     class Meta:
         ordering = ("-end",)

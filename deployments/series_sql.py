@@ -20,7 +20,7 @@ from django.db import connection
 
 from deployments import histograms
 from deployments.models import Report
-from deployments.services.rollups import TIER, TIERS, watermark
+from deployments.services.rollups import RAW, TIER, TIERS, VARIANT_TIERS, variant_tier, watermark
 
 TABLE = Report._meta.db_table
 MAX_BUCKETS = 64
@@ -70,8 +70,11 @@ class Aggregates:
 def tier_conditions(
     deployment_id: int, resolution: str, first: datetime
 ) -> tuple[str, list[Any], datetime | None]:
-    """The WHERE clause choosing each tier's rows, its parameters, and the newest row's end."""
-    chain = [t for t in reversed(TIERS) if t.seconds <= TIER[resolution].seconds]
+    """The WHERE clause choosing the rows of ``resolution``'s tier, then of each finer tier of its
+    family from the coarser one's watermark on, then raw reports; its parameters; the newest end."""
+    tier = TIER[resolution]
+    family = VARIANT_TIERS if tier.per_variant else TIERS[1:]
+    chain = [t for t in reversed(family) if t.seconds <= tier.seconds] + [TIER[RAW]]
     clauses: list[str] = []
     params: list[Any] = []
     since = first
@@ -99,6 +102,8 @@ def aggregate(
     """
     d = _dialect()
     where, params, newest = tier_conditions(deployment_id, resolution, first)
+    vwhere, vparams, vnewest = tier_conditions(deployment_id, variant_tier(step).resolution, first)
+    newest = max((m for m in (newest, vnewest) if m is not None), default=None)
     bucket = (
         "CASE WHEN r.resolution = 'raw' THEN "
         + d.bucket.format(pos='"end"', step=step)
@@ -116,34 +121,41 @@ def aggregate(
             shape_params.append(json.dumps(le))
     extra = "".join(", " + column for column in sums)
     with connection.cursor() as cursor:
+        # Variant rows (no worker) carry their workers' totals; raw rows are added up here.
         cursor.execute(
-            f"SELECT r.variant_id, {bucket} AS b, SUM(r.requests), COUNT(*),"  # noqa: S608
-            f" SUM(r.queue_depth), COUNT(DISTINCT COALESCE(r.worker_id, 0)){extra}"
-            f" FROM {TABLE} r WHERE {where} GROUP BY r.variant_id, b",
-            shape_params + params,
+            f"SELECT r.variant_id, {bucket} AS b, r.worker_id IS NULL AS whole, SUM(r.requests),"  # noqa: S608
+            " COUNT(*), SUM(r.queue_depth), COUNT(DISTINCT r.worker_id), AVG(r.queue_depth),"
+            f" AVG(r.replicas){extra} FROM {TABLE} r WHERE {vwhere} GROUP BY r.variant_id, b, whole",
+            shape_params + vparams,
         )
         scalars: dict[tuple[int, int], dict[str, float]] = {}
         latency: dict[tuple[int, int], dict[str, Any]] = {}
         batch: dict[int, dict[str, Any]] = {}
-        for v, b, req, rows, q, workers, *counts in cursor.fetchall():
+        for v, b, whole, req, rows, q, workers, mean_q, replicas, *counts in cursor.fetchall():
             key = (v, int(b))
+            part_q, part_replicas = (
+                (float(mean_q or 0), float(replicas or 0))
+                if whole
+                else (float(q or 0) * workers / rows, workers)
+            )
+            seen = scalars.get(key, {"requests": 0.0, "queue_depth": 0.0, "replicas": 0.0})
             scalars[key] = {
-                "requests": float(req or 0),
-                "queue_depth": float(q or 0) * workers / rows,
-                "replicas": float(workers),
+                "requests": seen["requests"] + float(req or 0),
+                "queue_depth": max(seen["queue_depth"], part_q),
+                "replicas": max(seen["replicas"], float(part_replicas)),
             }
             offset = 0
             for field, le in shapes.items():
-                part = [int(c or 0) for c in counts[offset : offset + len(le)]]
+                part = {"le": le, "counts": [int(c or 0) for c in counts[offset : offset + len(le)]]}
                 offset += len(le)
                 if field == "latency_histogram":
-                    latency[key] = {"le": le, "counts": part}
+                    latency[key] = histograms.merge([latency.get(key, {}), part])
                 else:
-                    batch[v] = histograms.merge([batch.get(v, {}), {"le": le, "counts": part}])
+                    batch[v] = histograms.merge([batch.get(v, {}), part])
         cursor.execute(
             f"SELECT r.variant_id, {bucket} AS b, o.key, SUM({d.outcome_value})"  # noqa: S608
-            f" FROM {TABLE} r {d.outcomes} WHERE {where} GROUP BY r.variant_id, b, o.key",
-            params,
+            f" FROM {TABLE} r {d.outcomes} WHERE {vwhere} GROUP BY r.variant_id, b, o.key",
+            vparams,
         )
         outcomes: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
         for v, b, key, value in cursor.fetchall():

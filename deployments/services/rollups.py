@@ -1,12 +1,14 @@
-"""Report rollups: raw -> 1m -> 10m -> 1h buckets per worker, kept by one beat task; retention in batches.
+"""Report rollups, kept by one beat task; retention in batches.
 
-Each tier folds the next finer one period by period: counters and histogram buckets
-add up (so percentiles stay exact to the bucket), gauges are averaged. A tier's
-watermark is the end of its newest row; the next pass starts there, and a period
-is folded only once the finer tier covers it whole (raw rows wait out a lag for
-late reports). Finer rows are kept for their own retention, so the 15-minute chart
-reads raw rows, the hour 1m rows, the day 10m rows and the week 1h rows, each
-from a few rows per worker per bucket (``deployments/series_sql.py``).
+Two families of tiers: per worker (raw -> 1m -> 10m -> 1h), for the workers' own gauges, and
+per variant (raw -> v15s -> v1m -> v10m -> v1h: every worker of the variant in one row), for
+the variants' lines. Each tier folds the next finer one period by period: counters and
+histogram buckets add up (so percentiles stay exact to the bucket), gauges are averaged (a
+variant's queue depth is its workers' total). A tier's watermark is the end of its newest row;
+the next pass starts there, and a period is folded only once the finer tier covers it whole
+(raw rows wait out a lag for late reports). Finer rows are kept for their own retention, so a
+chart reads the tier of its step, then finer ones for the newest part: a few rows per variant
+per bucket, however many workers report (``deployments/series_sql.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from deployments import histograms
 from deployments.models import Report
 
 R = Report.Resolution
+RAW = R.RAW
 MAX_PERIODS_PER_PASS = 2000
 DELETE_BATCH = 5000
 MAX_DELETE_BATCHES = 200
@@ -38,11 +41,15 @@ class Tier:
     finer: str | None
 
     def retention_s(self) -> float:
-        if self.resolution == R.RAW:
+        if self.seconds < 60:
             return float(settings.KILN_REPORT_RAW_RETENTION_S)
-        if self.resolution == R.MINUTE:
+        if self.seconds == 60:
             return max(float(settings.KILN_REPORT_RAW_RETENTION_S), 26 * 3600.0)
         return float(settings.KILN_REPORT_RETENTION_DAYS) * 86400
+
+    @property
+    def per_variant(self) -> bool:
+        return self.resolution in VARIANT_RESOLUTIONS
 
 
 TIERS = (
@@ -51,7 +58,20 @@ TIERS = (
     Tier(R.TEN_MINUTES, 600, R.MINUTE),
     Tier(R.HOUR, 3600, R.TEN_MINUTES),
 )
-TIER = {tier.resolution: tier for tier in TIERS}
+VARIANT_TIERS = (
+    Tier(R.VARIANT_15S, 15, R.RAW),
+    Tier(R.VARIANT_MINUTE, 60, R.VARIANT_15S),
+    Tier(R.VARIANT_TEN_MINUTES, 600, R.VARIANT_MINUTE),
+    Tier(R.VARIANT_HOUR, 3600, R.VARIANT_TEN_MINUTES),
+)
+VARIANT_RESOLUTIONS = frozenset(t.resolution for t in VARIANT_TIERS)
+WORKER_TIER_OF = {t.seconds: t.resolution for t in TIERS[1:]}
+TIER = {tier.resolution: tier for tier in (*TIERS, *VARIANT_TIERS)}
+
+
+def variant_tier(step_s: int) -> Tier:
+    """The variants' tier whose rows are one chart bucket of ``step_s`` seconds."""
+    return next(t for t in VARIANT_TIERS if t.seconds == step_s)
 
 
 def position_field(resolution: str) -> str:
@@ -73,12 +93,12 @@ def downsample_reports(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     lag = max(30.0, 2 * float(settings.KILN_REPORT_INTERVAL_S))
     folded: dict[str, int] = {}
-    limit = now - timedelta(seconds=lag)
-    for tier in TIERS[1:]:
-        folded[tier.resolution] = _roll_up(tier, limit)
-        limit = watermark(tier.resolution) or limit
+    for family in (TIERS[1:], VARIANT_TIERS):
+        limit = now - timedelta(seconds=lag)
+        for tier in family:
+            folded[tier.resolution], limit = _roll_up(tier, limit)
     expired = 0
-    for tier in TIERS:
+    for tier in (*TIERS, *VARIANT_TIERS):
         cutoff = now - timedelta(seconds=tier.retention_s())
         expired += _delete_in_batches(tier.resolution, cutoff)
     return {**folded, "expired": expired}
@@ -93,32 +113,39 @@ def watermark(resolution: str, deployment_id: int | None = None) -> datetime | N
     return end
 
 
-def _roll_up(tier: Tier, limit: datetime) -> int:
-    """Fold whole periods of the finer tier that end by ``limit``; the number of finer rows folded."""
+def _roll_up(tier: Tier, limit: datetime) -> tuple[int, datetime]:
+    """Fold whole periods of the finer tier that end by ``limit``; the number of finer rows folded,
+    and the time up to which every period is folded: ``limit``, unless the pass stopped early.
+    The next tier folds its periods ending by then (a coarser period is whole once its finer
+    periods are folded, whether or not they held rows)."""
     finer_tier = tier.finer or Report.Resolution.RAW
+    mark = watermark(tier.resolution)
+    if mark is None and tier.per_variant and tier.seconds in WORKER_TIER_OF:
+        # Its first pass: the history the workers' tier of the same width already holds.
+        finer_tier = WORKER_TIER_OF[tier.seconds]
     width = timedelta(seconds=tier.seconds)
     at = position_field(finer_tier)
     finer = Report.objects.filter(resolution=finer_tier)
-    mark = watermark(tier.resolution)
     if mark is not None:
         finer = finer.filter(**{f"{at}__gte": mark})
     folded = 0
     for _ in range(MAX_PERIODS_PER_PASS):
         first = finer.aggregate(first=Min(at))["first"]
         if first is None:
-            break
+            return folded, limit
         period = floor_time(first, tier.seconds)
         if period + width > limit:
-            break
+            return folded, limit
         rows = list(finer.filter(**{f"{at}__gte": period, f"{at}__lt": period + width}).order_by(at))
         groups: dict[tuple[int | None, int], list[Report]] = {}
         for row in rows:
-            groups.setdefault((row.worker_id, row.variant_id), []).append(row)
+            groups.setdefault((None if tier.per_variant else row.worker_id, row.variant_id), []).append(row)
+        folder = fold_variant if tier.per_variant else fold
         with transaction.atomic():
-            Report.objects.bulk_create([fold(group, period, tier) for group in groups.values()])
+            Report.objects.bulk_create([folder(group, period, tier) for group in groups.values()])
         folded += len(rows)
         finer = finer.filter(**{f"{at}__gte": period + width})
-    return folded
+    return folded, min(period + width, limit)
 
 
 def _delete_in_batches(resolution: str, cutoff: datetime) -> int:
@@ -191,3 +218,30 @@ def fold(reports: list[Report], period: datetime, tier: Tier) -> Report:
         gpu_memory_bytes=largest(lambda r: r.gpu_memory_bytes),
         samples=sum(r.samples for r in reports),
     )
+
+
+def fold_variant(reports: list[Report], period: datetime, tier: Tier) -> Report:
+    """One row of a variant's ``tier`` for its ``reports`` in the period from ``period`` (unsaved).
+
+    From workers' rows (raw reports, or a workers' tier on the first pass): the queue depth and
+    requests in flight are the workers' total (each worker's mean, added up) and ``replicas`` the
+    workers that reported. From a finer variant tier: their means over the period. Worker gauges
+    (CPU, memory, GPU) stay per worker.
+    """
+    row = fold(reports, period, tier)
+    if reports[0].resolution not in VARIANT_RESOLUTIONS:
+        by_worker: dict[int | None, list[Report]] = {}
+        for r in reports:
+            by_worker.setdefault(r.worker_id, []).append(r)
+        queue = sum(sum(r.queue_depth for r in rs) / len(rs) for rs in by_worker.values())
+        in_flight = sum(sum(r.in_flight for r in rs) / len(rs) for rs in by_worker.values())
+        replicas = float(len(by_worker))
+    else:
+        queue = sum(r.queue_depth for r in reports) / len(reports)
+        in_flight = sum(r.in_flight for r in reports) / len(reports)
+        replicas = sum(r.replicas or 0.0 for r in reports) / len(reports)
+    row.worker_id = None
+    row.seconds = float(tier.seconds)
+    row.queue_depth, row.in_flight, row.replicas = queue, in_flight, replicas
+    row.cpu_percent = row.rss_bytes = row.gpu_utilization = row.gpu_memory_bytes = None
+    return row

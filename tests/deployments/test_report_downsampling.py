@@ -60,7 +60,8 @@ def test_raw_reports_of_one_minute_fold_into_one_row_with_percentiles_from_the_m
     recent = _report(worker, timezone.now(), [5, 0, 0, 0, 0, 0], p99=0.9)
 
     result = downsample_reports()
-    assert (result["1m"], result["expired"]) == (2, 2)  # folded, then past the raw retention
+    # folded into the worker's minute and the variant's quarter-minutes, then past the raw retention
+    assert (result["1m"], result["v15s"], result["expired"]) == (2, 2, 4)
 
     folded = Report.objects.get(resolution=Report.Resolution.MINUTE)
     assert folded.start == minute
@@ -74,6 +75,9 @@ def test_raw_reports_of_one_minute_fold_into_one_row_with_percentiles_from_the_m
     assert folded.latency_p50_ms == pytest.approx(0.505)
     assert folded.cpu_percent == pytest.approx(50.0)
     assert list(Report.objects.filter(resolution=Report.Resolution.RAW)) == [recent]
+    whole = Report.objects.get(resolution=Report.Resolution.VARIANT_MINUTE)
+    assert (whole.worker_id, whole.start, whole.requests, whole.replicas) == (None, minute, 1010, 1.0)
+    assert whole.latency_histogram == folded.latency_histogram
 
 
 @pytest.mark.django_db
@@ -92,9 +96,9 @@ def test_reports_past_the_retention_are_dropped_and_a_second_pass_changes_nothin
     assert not Report.objects.filter(end__lt=timezone.now() - timedelta(days=7)).exists()
     assert not Report.objects.filter(resolution=Report.Resolution.RAW).exists()
     kept = Report.objects.order_by("resolution", "end")
-    assert {r.resolution for r in kept} <= {"1m", "10m", "1h"}
+    assert {r.resolution for r in kept} <= {"1m", "10m", "1h", "v1m", "v10m", "v1h"}
     assert all(r.requests == 3 for r in kept)
-    assert downsample_reports() == {"1m": 0, "10m": 0, "1h": 0, "expired": 0}
+    assert set(downsample_reports().values()) == {0}
 
 
 def _hour_ago(hours: int) -> datetime:
@@ -116,11 +120,13 @@ def test_minutes_fold_into_ten_minutes_and_hours_once_the_finer_tier_covers_them
 
     result = downsample_reports()
 
-    assert result == {"1m": 5, "10m": 3, "1h": 2, "expired": 5}
+    assert {k: result[k] for k in ("1m", "10m", "1h")} == {"1m": 5, "10m": 4, "1h": 4}
     tiers = {
         resolution: [(r.start - base, r.requests) for r in Report.objects.filter(resolution=resolution)]
-        for resolution in ("1m", "10m", "1h")
+        for resolution in ("1m", "10m", "1h", "v1m", "v10m", "v1h")
     }
+    for tier in ("1m", "10m", "1h"):  # one worker: the variant's rows are the worker's
+        assert sorted(tiers["v" + tier]) == sorted(tiers[tier])
     minutes = timedelta(minutes=1)
     assert sorted(tiers["1m"]) == [
         (0 * minutes, 104),
@@ -128,13 +134,45 @@ def test_minutes_fold_into_ten_minutes_and_hours_once_the_finer_tier_covers_them
         (65 * minutes, 7),
         (120 * minutes, 5),
     ]
-    # the minute at 2:00 is not a whole ten minutes of 1m rows yet; the hour from 1:00 not a whole hour
-    assert sorted(tiers["10m"]) == [(0 * minutes, 104), (30 * minutes, 10), (60 * minutes, 7)]
-    assert tiers["1h"] == [(0 * minutes, 114)]
-    hour = Report.objects.get(resolution="1h")
+    # every period that ended before the pass is folded, though no later report came
+    assert sorted(tiers["10m"]) == [
+        (0 * minutes, 104),
+        (30 * minutes, 10),
+        (60 * minutes, 7),
+        (120 * minutes, 5),
+    ]
+    assert sorted(tiers["1h"]) == [(0 * minutes, 114), (60 * minutes, 7), (120 * minutes, 5)]
+    hour = Report.objects.get(resolution="1h", start=base)
     assert hour.end == base + timedelta(hours=1)
     assert hour.latency_histogram == {"le": LE, "counts": [110, 0, 0, 0, 4, 0]}
     assert hour.latency_p99_ms == pytest.approx(histograms.quantile(hour.latency_histogram, 0.99))
     assert hour.samples == 3
     assert hour.cpu_percent == pytest.approx(20.0)
-    assert downsample_reports() == {"1m": 0, "10m": 0, "1h": 0, "expired": 0}
+    assert set(downsample_reports().values()) == {0}
+
+
+@pytest.mark.django_db
+def test_a_variant_row_adds_up_its_workers_and_later_passes_fold_its_quarter_minutes(
+    worker: Worker, settings: Any
+) -> None:
+    """Two workers in one minute: one variant row with both workers' requests, their total queue
+    and 2 replicas. The first pass takes the workers' minutes it finds; the next one folds the
+    variant's own quarter-minutes."""
+    settings.KILN_REPORT_RAW_RETENTION_S = 3 * 3600
+    other = Worker.objects.create(variant=worker.variant, version=worker.version, backend="process")
+    base = _hour_ago(2)
+    _report(worker, base + timedelta(seconds=10), [10, 0, 0, 0, 0, 0], p99=0.9, queue_depth=2.0)
+    _report(worker, base + timedelta(seconds=40), [10, 0, 0, 0, 0, 0], p99=0.9, queue_depth=4.0)
+    _report(other, base + timedelta(seconds=20), [0, 0, 5, 0, 0, 0], p99=4.0, queue_depth=1.0)
+    _report(worker, base + timedelta(minutes=5, seconds=10), [7, 0, 0, 0, 0, 0], p99=0.9, queue_depth=1.0)
+
+    downsample_reports(now=base + timedelta(minutes=3))
+    downsample_reports()
+
+    minutes = {r.start - base: r for r in Report.objects.filter(resolution=Report.Resolution.VARIANT_MINUTE)}
+    first, later = minutes[timedelta(0)], minutes[timedelta(minutes=5)]
+    assert (first.worker_id, first.requests, first.replicas, first.queue_depth) == (None, 25, 2.0, 4.0)
+    assert first.latency_histogram == {"le": LE, "counts": [20, 0, 5, 0, 0, 0]}
+    assert (later.requests, later.replicas, later.queue_depth) == (7, 1.0, 1.0)
+    ten = Report.objects.get(resolution=Report.Resolution.VARIANT_TEN_MINUTES, start=base)
+    assert (ten.requests, ten.worker_id) == (32, None)
