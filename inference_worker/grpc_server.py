@@ -115,6 +115,7 @@ class Call:
         """A unary answer: the response message, or a ``WorkerError``."""
         if self.done:
             return
+        self.on_cancel = None
         if isinstance(result, WorkerError):
             return self.fail(GRPC_STATUS[result.code].value[0], result.message)
         payload = result.SerializeToString()
@@ -255,8 +256,29 @@ class GrpcConnection(h2_base.Connection):
         super().__init__(server.connections, max_header_bytes=server.limits.max_header_bytes)
         self.routes = server.routes
         self.max_message = server.limits.max_grpc_message_bytes
+        self._heads: dict[tuple[tuple[bytes, bytes], ...], tuple[Route | None, float | None, bytes | None]] = {}
 
     def on_headers(self, stream: h2_base.Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
+        head = self._heads.get(headers)  # clients repeat their header block: read it once
+        if head is None:
+            head = self._read_head(headers)
+            if len(self._heads) >= 256:
+                self._heads.clear()
+            self._heads[headers] = head
+        route, timeout, refusal = head
+        if refusal is not None:
+            self.send(stream, None, None, refusal)
+            return
+        assert route is not None  # noqa: S101 - a head without a route has a refusal
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call = stream.call = Call(self, stream, route, deadline)
+        if route.kind == BIDI:
+            call.task = asyncio.get_running_loop().create_task(call.run(call.incoming()))
+        if end:
+            call.end()
+
+    def _read_head(self, headers: tuple[tuple[bytes, bytes], ...]) -> tuple[Route | None, float | None, bytes | None]:
+        """The call's route and timeout, or the header block that refuses it."""
         path = content_type = timeout = b""
         method = b"POST"
         size = 0
@@ -271,30 +293,16 @@ class GrpcConnection(h2_base.Connection):
             elif name == b":method":
                 method = value
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
-            status = b"405" if method != b"POST" else b"415"
-            self.send(stream, None, None, literal(b":status", status))
-            return
+            return None, None, literal(b":status", b"405" if method != b"POST" else b"415")
         route = self.routes.get(path)
-        code, message = 0, ""
         if size > self.max_header_bytes:
-            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "the call's metadata is too large"
-        elif route is None:
-            code = grpc.StatusCode.UNIMPLEMENTED.value[0]
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            return None, None, _HEADERS + status_block(code.value[0], "the call's metadata is too large")
+        if route is None:
             message = f"unknown method {path.decode('latin-1')[:200]}"
-        if code:
-            self.send(stream, None, None, _HEADERS + status_block(code, message))
-            return
-        assert route is not None  # noqa: S101 - refused above
-        deadline = None
-        if timeout:
-            match = _TIMEOUT.fullmatch(timeout)
-            if match is not None:
-                deadline = time.monotonic() + int(match[1]) * _UNITS[match[2]]
-        call = stream.call = Call(self, stream, route, deadline)
-        if route.kind == BIDI:
-            call.task = asyncio.get_running_loop().create_task(call.run(call.incoming()))
-        if end:
-            call.end()
+            return None, None, _HEADERS + status_block(grpc.StatusCode.UNIMPLEMENTED.value[0], message)
+        match = _TIMEOUT.fullmatch(timeout) if timeout else None
+        return route, None if match is None else int(match[1]) * _UNITS[match[2]], None
 
     def on_data(self, stream: h2_base.Stream, data: bytes) -> None:
         call = stream.call

@@ -1,9 +1,10 @@
 """HPACK (RFC 7541) for the HTTP/2 server core: a decoder with a fast path, and literal encoding.
 
 Clients send the same header block on every call of a connection once their
-fields sit in the dynamic table (only indexed fields, a few bytes), so a block
-made only of indexed fields is decoded once and cached, keyed by its bytes and
-the table's generation (bumped by every change of the table). Huffman-coded
+fields sit in the dynamic table (indexed fields, and literals they chose not to
+index, such as nghttp2's ``:path``), so a block that leaves the table as it was
+is decoded once and cached, keyed by its bytes and the table's generation
+(bumped by every change of the table). Huffman-coded
 strings are decoded through a table of the canonical code's bit strings, and
 cached too (``grpc-timeout`` values repeat). The encoder side is what a server
 needs: literal fields without indexing and without Huffman coding, so the
@@ -108,7 +109,7 @@ class Decoder:
         if cached is not None and cached[0] == self.generation:
             return cached[1]
         fields: list[tuple[bytes, bytes]] = []
-        only_indexed = True
+        unchanged = True
         position, end = 0, len(block)
         while position < end:
             first = block[position]
@@ -116,10 +117,10 @@ class Decoder:
                 index, position = self._integer(block, position, 0x7F)
                 fields.append(self._field(index))
                 continue
-            only_indexed = False
             if first & 0xE0 == 0x20:  # dynamic table size update
                 if fields:
                     raise HpackError("a table size update must start the block")
+                unchanged = False
                 size, position = self._integer(block, position, 0x1F)
                 if size > self.limit:
                     raise HpackError(f"table size {size} exceeds the {self.limit} allowed")
@@ -135,9 +136,10 @@ class Decoder:
             value, position = self._string(block, position)
             fields.append((name, value))
             if incremental:
+                unchanged = False
                 self._insert(name, value)
         result = tuple(fields)
-        if only_indexed:
+        if unchanged:
             if len(self._blocks) >= _CACHE_ENTRIES:
                 self._blocks.clear()
             self._blocks[block] = (self.generation, result)
