@@ -152,7 +152,7 @@ class InferenceServicer:
 
         def done(result: Outputs | WorkerError) -> None:
             if not open_[0]:
-                return
+                return None
             open_[0] = False
             if not isinstance(result, WorkerError):
                 try:

@@ -34,6 +34,7 @@ from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane
 from inference_worker.errors import GRPC_STATUS, WorkerError
 from inference_worker.grpc_api import SERVICE, InferenceServicer
+from inference_worker.h2_send import Stream
 from inference_worker.health_service import HEALTH_SERVICE, Health
 from inference_worker.hpack_codec import literal
 
@@ -85,10 +86,12 @@ class Route:
 class Call:
     """One RPC on one stream: its messages, deadline and outcome; the servicer's ``CallContext``."""
 
-    __slots__ = ("buffer", "conn", "deadline", "done", "held", "message", "on_cancel", "requests", "route")
-    __slots__ += ("sent_headers", "stream", "task", "waiter")
+    __slots__ = (
+        "buffer", "conn", "deadline", "done", "held", "message", "on_cancel", "requests", "route",
+        "sent_headers", "stream", "task", "waiter",
+    )  # fmt: skip
 
-    def __init__(self, conn: GrpcConnection, stream: h2_base.Stream, route: Route, deadline: float | None) -> None:
+    def __init__(self, conn: GrpcConnection, stream: Stream, route: Route, deadline: float | None) -> None:
         self.conn = conn
         self.stream = stream
         self.route = route
@@ -114,13 +117,15 @@ class Call:
     def reply(self, result: Any) -> None:
         """A unary answer: the response message, or a ``WorkerError``."""
         if self.done:
-            return
+            return None
         self.on_cancel = None
         if isinstance(result, WorkerError):
             return self.fail(GRPC_STATUS[result.code].value[0], result.message)
         payload = result.SerializeToString()
         if len(payload) > self.conn.max_message:
-            return self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "the response exceeds the size limit")
+            return self.fail(
+                grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "the response exceeds the size limit"
+            )
         self.done = True
         head = None if self.sent_headers else _HEADERS
         self.conn.send(self.stream, head, b"\x00" + len(payload).to_bytes(4, "big") + payload, _OK)
@@ -186,7 +191,7 @@ class Call:
 
     def end(self) -> None:
         if self.done:
-            return
+            return None
         if self.buffer:
             return self.fail(_INTERNAL, "the stream ended inside a message")
         if self.route.kind == BIDI:
@@ -256,9 +261,11 @@ class GrpcConnection(h2_base.Connection):
         super().__init__(server.connections, max_header_bytes=server.limits.max_header_bytes)
         self.routes = server.routes
         self.max_message = server.limits.max_grpc_message_bytes
-        self._heads: dict[tuple[tuple[bytes, bytes], ...], tuple[Route | None, float | None, bytes | None]] = {}
+        self._heads: dict[
+            tuple[tuple[bytes, bytes], ...], tuple[Route | None, float | None, bytes | None]
+        ] = {}
 
-    def on_headers(self, stream: h2_base.Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
+    def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
         head = self._heads.get(headers)  # clients repeat their header block: read it once
         if head is None:
             head = self._read_head(headers)
@@ -277,7 +284,9 @@ class GrpcConnection(h2_base.Connection):
         if end:
             call.end()
 
-    def _read_head(self, headers: tuple[tuple[bytes, bytes], ...]) -> tuple[Route | None, float | None, bytes | None]:
+    def _read_head(
+        self, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> tuple[Route | None, float | None, bytes | None]:
         """The call's route and timeout, or the header block that refuses it."""
         path = content_type = timeout = b""
         method = b"POST"
@@ -304,18 +313,18 @@ class GrpcConnection(h2_base.Connection):
         match = _TIMEOUT.fullmatch(timeout) if timeout else None
         return route, None if match is None else int(match[1]) * _UNITS[match[2]], None
 
-    def on_data(self, stream: h2_base.Stream, data: bytes) -> None:
+    def on_data(self, stream: Stream, data: bytes) -> None:
         call = stream.call
         if call is not None and not call.done:
             call.feed(data)
         else:
             self.consumed(stream, len(data))
 
-    def on_end(self, stream: h2_base.Stream) -> None:
+    def on_end(self, stream: Stream) -> None:
         if stream.call is not None:
             stream.call.end()
 
-    def on_reset(self, stream: h2_base.Stream) -> None:
+    def on_reset(self, stream: Stream) -> None:
         if stream.call is not None:
             stream.call.cancel()
 

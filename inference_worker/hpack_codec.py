@@ -18,7 +18,7 @@ from collections import deque
 DEFAULT_TABLE_SIZE = 4096
 _CACHE_ENTRIES = 512
 
-_STATIC_NAMES = (
+_STATIC_TEXT = (
     ":authority :method :method :path :path :scheme :scheme :status :status :status :status :status "
     ":status :status accept-charset accept-encoding accept-language accept-ranges accept "
     "access-control-allow-origin age allow authorization cache-control content-disposition "
@@ -27,7 +27,8 @@ _STATIC_NAMES = (
     "if-unmodified-since last-modified link location max-forwards proxy-authenticate "
     "proxy-authorization range referer refresh retry-after server set-cookie "
     "strict-transport-security transfer-encoding user-agent vary via www-authenticate"
-).split()
+)
+_STATIC_NAMES = _STATIC_TEXT.split()
 _STATIC_VALUES = {
     2: "GET", 3: "POST", 4: "/", 5: "/index.html", 6: "http", 7: "https", 8: "200", 9: "204",
     10: "206", 11: "304", 12: "400", 13: "404", 14: "500", 16: "gzip, deflate",
@@ -77,11 +78,12 @@ def huffman_decode(data: bytes) -> bytes:
         rest = end - position
         if rest < 8 and bits.count("0", position) == 0:
             break  # padding: the most significant bits of EOS, shorter than a byte
+        symbol, length = -1, 0
         for length in _LENGTHS:
             if length > rest:
                 raise HpackError("a Huffman-coded string ends inside a code")
-            symbol = codes.get(bits[position : position + length])
-            if symbol is not None:
+            symbol = codes.get(bits[position : position + length], -1)
+            if symbol >= 0:
                 break
         if symbol == _EOS:
             raise HpackError("a Huffman-coded string contains EOS")
