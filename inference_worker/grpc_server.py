@@ -9,7 +9,9 @@ other RPCs run as tasks. Messages use gRPC's framing (5-byte prefix); a
 compressed message is ``UNIMPLEMENTED`` (we never announce an encoding), one
 over ``max_grpc_message_bytes`` is ``RESOURCE_EXHAUSTED``, metadata over
 ``max_header_bytes`` too. ``grpc-timeout`` becomes the call's deadline, read
-by the servicer as grpc.aio's ``time_remaining()`` was. Answers reuse
+by the servicer as grpc.aio's ``time_remaining()`` was; when it passes, the
+call ends with ``DEADLINE_EXCEEDED`` and its work is cancelled, as grpcio's
+server does. Answers reuse
 precomputed header blocks; a stream's next answer waits while the client
 reads too slowly (``h2_base`` flow control). A stream request the servicer
 has not taken holds back the stream's window once ``READ_AHEAD`` are waiting.
@@ -88,7 +90,7 @@ class Call:
 
     __slots__ = (
         "buffer", "conn", "deadline", "done", "held", "message", "on_cancel", "requests", "route",
-        "sent_headers", "stream", "task", "waiter",
+        "sent_headers", "stream", "task", "timer", "waiter",
     )  # fmt: skip
 
     def __init__(self, conn: GrpcConnection, stream: Stream, route: Route, deadline: float | None) -> None:
@@ -105,6 +107,7 @@ class Call:
         self.done = False
         self.on_cancel: Callable[[], None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- CallContext ---------------------------------------------------------------------------
     def time_remaining(self) -> float | None:
@@ -126,7 +129,7 @@ class Call:
             return self.fail(
                 grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "the response exceeds the size limit"
             )
-        self.done = True
+        self._end()
         head = None if self.sent_headers else _HEADERS
         self.conn.send(self.stream, head, b"\x00" + len(payload).to_bytes(4, "big") + payload, _OK)
         return None
@@ -139,19 +142,30 @@ class Call:
 
     def finish(self) -> None:
         if not self.done:
-            self.done = True
+            self._end()
             self.conn.send(self.stream, None if self.sent_headers else _HEADERS, None, _OK)
 
     def fail(self, code: int, message: str) -> None:
         if not self.done:
-            self.done = True
+            self._end()
             trailers = status_block(code, message)
             self.conn.send(self.stream, None, None, trailers if self.sent_headers else _HEADERS + trailers)
             self.cancel()
 
+    def _end(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def expire(self) -> None:
+        """The client's deadline passed: the call ends as grpcio's server ends it."""
+        self.timer = None
+        self.fail(grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+
     def cancel(self) -> None:
         """The call ended early (the client reset it, a failure): stop its work."""
-        self.done = True
+        self._end()
         if self.on_cancel is not None:
             self.on_cancel()
             self.on_cancel = None
@@ -279,6 +293,8 @@ class GrpcConnection(h2_base.Connection):
         assert route is not None  # noqa: S101 - a head without a route has a refusal
         deadline = None if timeout is None else time.monotonic() + timeout
         call = stream.call = Call(self, stream, route, deadline)
+        if timeout is not None:
+            call.timer = asyncio.get_running_loop().call_later(timeout, call.expire)
         if route.kind == BIDI:
             call.task = asyncio.get_running_loop().create_task(call.run(call.incoming()))
         if end:

@@ -213,3 +213,17 @@ def test_a_connection_closed_mid_request_leaves_nothing_in_flight(tmp_path: Path
         assert call.cancelled() or call.exception() is not None
         assert slow.metric("kiln_worker_requests_total", protocol="grpc") == 1
         wait_for(lambda: slow.metric("kiln_worker_batches_total") == 1)  # the run it had begun ends
+
+
+def test_a_call_that_never_finishes_ends_at_its_deadline(worker: RunningWorker) -> None:
+    client = H2Client(worker.worker.grpc_port)
+    message = grpc_message(mlp_call())
+    client.send(
+        frame(HEADERS, END_HEADERS, 1, request_headers(grpc_timeout="200m")), frame(DATA, 0, 1, message[:9])
+    )
+    path = "/inference.GRPCInferenceService/ModelStreamInfer"
+    client.send(frame(HEADERS, END_HEADERS, 3, request_headers(path=path, grpc_timeout="300m")))
+    assert client.status(1)["grpc-status"] == "4"  # DEADLINE_EXCEEDED
+    assert client.status(3)["grpc-status"] == "4"
+    client.close()
+    still_serves(worker)
