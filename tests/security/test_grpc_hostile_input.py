@@ -181,7 +181,7 @@ def test_a_client_that_never_grants_window_gets_new_streams_refused(worker: Runn
     message = mlp_call()
     for index in range(MAX_STREAMS + 8):
         client.call(2 * index + 1, message)
-    refused = set()
+    refused: set[int] = set()
     while len(refused) < 8:
         got = client.until(RST_STREAM)
         assert got is not None
