@@ -89,7 +89,7 @@ class Call:
     """One RPC on one stream: its messages, deadline and outcome; the servicer's ``CallContext``."""
 
     __slots__ = (
-        "buffer", "conn", "deadline", "done", "held", "message", "on_cancel", "requests", "route",
+        "buffer", "conn", "deadline", "done", "held", "message", "needed", "on_cancel", "requests", "route",
         "sent_headers", "stream", "task", "timer", "waiter",
     )  # fmt: skip
 
@@ -98,7 +98,8 @@ class Call:
         self.stream = stream
         self.route = route
         self.deadline = deadline
-        self.buffer = b""
+        self.buffer = bytearray()
+        self.needed = 0
         self.message: bytes | None = None
         self.requests: deque[bytes | None] = deque()
         self.held = 0
@@ -175,19 +176,28 @@ class Call:
 
     # -- requests ------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        buffer = self.buffer + data if self.buffer else data
-        conn, position = self.conn, 0
-        while len(buffer) - position >= 5:
-            flag, length = buffer[position], int.from_bytes(buffer[position + 1 : position + 5], "big")
+        if self.buffer:  # a message arrives in pieces: gathered in place, parsed once whole
+            self.buffer += data
+            self._grant(len(data))
+            if len(self.buffer) < self.needed:
+                return None
+            data, self.buffer = bytes(self.buffer), bytearray()
+        else:
+            self._grant(len(data))
+        conn, position, end = self.conn, 0, len(data)
+        self.needed = 5
+        while end - position >= 5:
+            flag, length = data[position], int.from_bytes(data[position + 1 : position + 5], "big")
             if length > conn.max_message:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
                 return self.fail(code, f"received message larger than max ({length} vs. {conn.max_message})")
             if flag:
                 code = grpc.StatusCode.UNIMPLEMENTED.value[0]
                 return self.fail(code, "compressed messages are not supported; send identity")
-            if len(buffer) - position - 5 < length:
+            if end - position - 5 < length:
+                self.needed = 5 + length
                 break
-            message = buffer[position + 5 : position + 5 + length]
+            message = data[position + 5 : position + 5 + length]
             position += 5 + length
             if self.route.kind == BIDI:
                 self.requests.append(message)
@@ -196,12 +206,16 @@ class Call:
                 return self.fail(_INTERNAL, "a unary call carries more than one request message")
             else:
                 self.message = message
-        self.buffer = buffer[position:]
-        if self.route.kind == BIDI and len(self.requests) >= READ_AHEAD:
-            self.held += len(data)  # granted back when the servicer takes them
-        else:
-            conn.consumed(self.stream, len(data))
+        if position < end:
+            self.buffer = bytearray(data[position:])
         return None
+
+    def _grant(self, size: int) -> None:
+        """The peer may send more, unless a stream's reader is ``READ_AHEAD`` messages behind."""
+        if self.route.kind == BIDI and len(self.requests) >= READ_AHEAD:
+            self.held += size  # granted back when the servicer takes them
+        else:
+            self.conn.consumed(self.stream, size)
 
     def end(self) -> None:
         if self.done:

@@ -74,7 +74,9 @@ class Connection(Sender, asyncio.Protocol):
         self.decoder = Decoder()
         self.unacked = 0
         """DATA bytes received on the connection and not granted back yet."""
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._needed = 0
+        """Bytes ``_buffer`` must hold before parsing is worth trying again (a whole frame)."""
         self._preface = False
         self._block: list[bytes] = []
         self._block_size = 0
@@ -126,9 +128,14 @@ class Connection(Sender, asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._buffer:  # a frame arrives in pieces: gathered in place, parsed once whole
+            self._buffer += data
+            if len(self._buffer) < self._needed:
+                return
+            data, self._buffer = bytes(self._buffer), bytearray()
         self._reading = True
         try:
-            self._receive(self._buffer + data if self._buffer else data)
+            self._receive(data)
         except ProtocolFault as exc:
             self.goaway(exc.code, str(exc))
         except HpackError as exc:
@@ -143,24 +150,27 @@ class Connection(Sender, asyncio.Protocol):
             if len(data) < len(PREFACE):
                 if not PREFACE.startswith(data):
                     return self.refuse_preface(data)
-                self._buffer = data
+                self._buffer, self._needed = bytearray(data), len(PREFACE)
                 return None
             if not data.startswith(PREFACE):
                 return self.refuse_preface(data)
             self._preface = True
             position = len(PREFACE)
         end = len(data)
+        self._needed = 9
         while end - position >= 9 and not self.closed:
             head, flags, stream_id = _HEAD.unpack_from(data, position)
             length = head >> 8
             if length > MAX_FRAME:
                 raise ProtocolFault(FRAME_SIZE_ERROR, f"a frame of {length} bytes exceeds {MAX_FRAME}")
             if end - position - 9 < length:
+                self._needed = 9 + length
                 break
             payload = data[position + 9 : position + 9 + length]
             position += 9 + length
             self._frame(head & 0xFF, flags, stream_id & MAX_WINDOW, payload)
-        self._buffer = data[position:] if position < end else b""
+        if position < end and not self.closed:
+            self._buffer = bytearray(data[position:])
         return None
 
     # -- frames ------------------------------------------------------------------------------
