@@ -14,7 +14,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,9 +22,6 @@ from google.protobuf.message import DecodeError
 from inference_worker.errors import GRPC_STATUS, WorkerError
 from inference_worker.h2_send import Stream
 from inference_worker.hpack_codec import literal
-
-if TYPE_CHECKING:
-    from inference_worker.grpc_server import GrpcConnection
 
 log = logging.getLogger("inference_worker.grpc")
 
@@ -35,6 +32,20 @@ TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
 UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 UNARY, SERVER_STREAM, BIDI, FAST_INFER = range(4)
+
+
+class Carrier(Protocol):
+    """What a call needs of its connection (``grpc_server.GrpcConnection``)."""
+
+    max_message: int
+
+    def send(
+        self, stream: Stream, headers: bytes | None, data: bytes | None, trailers: bytes | None
+    ) -> None: ...
+
+    def consumed(self, stream: Stream, size: int) -> None: ...
+
+    async def writable(self, stream: Stream) -> None: ...
 
 
 def status_block(code: int, message: str) -> bytes:
@@ -97,7 +108,7 @@ class Call:
 
     def __init__(
         self,
-        conn: GrpcConnection,
+        conn: Carrier,
         stream: Stream,
         route: Route,
         deadline: float | None,
