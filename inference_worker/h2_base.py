@@ -67,17 +67,19 @@ _HEAD = struct.Struct(">IBI")
 class Connection(Sender, asyncio.Protocol):
     """One client connection. Subclasses define ``on_headers``, ``on_data``, ``on_end``, ``on_reset``."""
 
-    def __init__(self, connections: set[Connection], *, max_header_bytes: int) -> None:
+    def __init__(self, connections: set[Connection], *, max_header_bytes: int, client: bool = False) -> None:
         super().__init__()
+        self.client = client  # we open the streams; HEADERS on them are answers
+        self.peer_max_streams = MAX_STREAMS
         self.connections = connections
         self.max_header_bytes = max_header_bytes
         self.decoder = Decoder()
         self.unacked = 0
         """DATA bytes received on the connection and not granted back yet."""
         self._buffer = bytearray()
+        self._preface = client
         self._needed = 0
         """Bytes ``_buffer`` must hold before parsing is worth trying again (a whole frame)."""
-        self._preface = False
         self._block: list[bytes] = []
         self._block_size = 0
         self._block_stream = 0
@@ -105,11 +107,13 @@ class Connection(Sender, asyncio.Protocol):
             transport.close()
             return
         self.connections.add(self)
+        first = (0x2, 0) if self.client else (0x3, MAX_STREAMS)  # no push; or the streams we take
         settings = struct.pack(
-            ">HIHIHIHI", 0x3, MAX_STREAMS, 0x4, STREAM_WINDOW, 0x5, MAX_FRAME, 0x6, self.max_header_bytes
+            ">HIHIHIHI", *first, 0x4, STREAM_WINDOW, 0x5, MAX_FRAME, 0x6, self.max_header_bytes
         )
         update = struct.pack(">I", CONNECTION_WINDOW - DEFAULT_WINDOW)
-        self.transport.write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, update))
+        preface = PREFACE if self.client else b""
+        self.transport.write(preface + frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, update))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -200,6 +204,7 @@ class Connection(Sender, asyncio.Protocol):
             self._idle_check(stream_id, "RST_STREAM")
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
+                stream.reset_code = int.from_bytes(payload, "big")
                 self._forget(stream)
                 self.on_reset(stream)
                 stream.call = None
@@ -210,6 +215,11 @@ class Connection(Sender, asyncio.Protocol):
                 self.reset(stream_id, FRAME_SIZE_ERROR)
         elif kind == GOAWAY:
             self.going_away = True
+            if self.client and len(payload) >= 8:  # streams past the last it took never ran: refused
+                last = int.from_bytes(payload[:4], "big") & MAX_WINDOW
+                for stream in [s for s in self.streams.values() if s.id > last]:
+                    stream.reset_code = REFUSED_STREAM
+                    self._drop(stream)
             if not self.streams:
                 self.close()
         elif kind == PUSH_PROMISE:
@@ -292,6 +302,14 @@ class Connection(Sender, asyncio.Protocol):
         self._block_stream, self._block = 0, []
         headers = self.decoder.decode(block)  # always: the table must stay in step with the peer's
         stream = self.streams.get(stream_id)
+        if self.client:  # the answer's headers, or its trailers
+            if stream is None:
+                if stream_id > self.last_stream:
+                    raise ProtocolFault(PROTOCOL_ERROR, f"HEADERS on stream {stream_id} we never opened")
+                return  # a stream we reset
+            stream.closed_remote = end
+            self.on_headers(stream, headers, end)
+            return
         if stream is not None:  # trailers
             if not end or stream.closed_remote:
                 raise ProtocolFault(PROTOCOL_ERROR, "trailers must end the stream")
@@ -325,6 +343,8 @@ class Connection(Sender, asyncio.Protocol):
                 delta, self.initial_window = value - self.initial_window, value
                 for stream in self.streams.values():
                     stream.window += delta
+            elif key == 0x3:
+                self.peer_max_streams = value
             elif key == 0x5:
                 if not 16384 <= value <= (1 << 24) - 1:
                     raise ProtocolFault(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")

@@ -64,6 +64,7 @@ class Stream:
         "free",
         "id",
         "pending",
+        "reset_code",
         "room",
         "unacked",
         "window",
@@ -81,6 +82,8 @@ class Stream:
         """(bytes, is DATA, ends the stream) waiting for the windows (headers wait behind data)."""
         self.room: asyncio.Event | None = None
         self.call: Any = None
+        self.reset_code: int | None = None
+        """The peer's RST_STREAM code (REFUSED_STREAM past its GOAWAY), if it reset the stream."""
 
     def queued(self) -> int:
         return sum(len(data) for data, is_data, _ in self.pending if is_data)
@@ -99,6 +102,7 @@ class Sender:
         self.buffered = 0
         self.closed = False
         self.going_away = False
+        self.client = False
         self._out: list[bytes] = []
         self._reading = False
         self._flush_scheduled = False
@@ -123,8 +127,17 @@ class Sender:
         else:
             self._out.clear()
 
-    def send(self, stream: Stream, headers: bytes | None, data: bytes | None, trailers: bytes | None) -> None:
-        """Send a header block, DATA and a trailer block (each optional); the trailers end the stream.
+    def send(
+        self,
+        stream: Stream,
+        headers: bytes | None,
+        data: bytes | None,
+        trailers: bytes | None,
+        *,
+        end: bool = False,
+    ) -> None:
+        """Send a header block, DATA and a trailer block (each optional); trailers end the stream, and
+        so does the DATA when ``end`` (a client's request).
 
         DATA beyond the peer's windows waits in the stream's queue, and so does what follows it.
         """
@@ -133,10 +146,11 @@ class Sender:
         size = 0 if data is None else len(data)
         if not stream.pending and size <= min(self.send_window, stream.window, self.max_send_frame):
             out = b"" if headers is None else frame(HEADERS, END_HEADERS, stream.id, headers)
-            if size:
-                out += frame(DATA, 0, stream.id, data)  # type: ignore[arg-type]
+            if size or end:
+                out += frame(DATA, END_STREAM if end else 0, stream.id, data or b"")
                 self.send_window -= size
                 stream.window -= size
+                stream.closed_local = end
             if trailers is not None:
                 out += frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers)
                 stream.closed_local = True
@@ -146,8 +160,8 @@ class Sender:
             return
         if headers is not None:
             self._queue(stream, headers, False, False)
-        if data:
-            self._queue(stream, data, True, False)
+        if data or end:
+            self._queue(stream, data or b"", True, end)
         if trailers is not None:
             self._queue(stream, trailers, False, True)
         self._send_pending(stream)
@@ -206,12 +220,23 @@ class Sender:
             await stream.room.wait()
 
     def _finish(self, stream: Stream) -> None:
-        """Our side ended the stream; if the peer has not, it need not go on sending (RFC 9113 8.1)."""
+        """Our side ended the stream. A server's answer is complete: if the peer is still sending, it
+        need not go on (RFC 9113 8.1). A client's stream ends with the answer (``release``)."""
+        if self.client:
+            if stream.closed_remote:
+                self.release(stream)
+            return
+        if self.streams.get(stream.id) is not stream:
+            return
+        if not stream.closed_remote:
+            self.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", NO_ERROR)))
+        self.release(stream)
+
+    def release(self, stream: Stream) -> None:
+        """Forget an ended stream (and close a connection going away once none is left)."""
         if self.streams.pop(stream.id, None) is None:
             return
         stream.call = None  # no cycle left for the garbage collector (its pauses are the p99)
-        if not stream.closed_remote:
-            self.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", NO_ERROR)))
         if self.going_away and not self.streams:
             self.close()
 
