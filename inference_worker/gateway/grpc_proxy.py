@@ -117,7 +117,6 @@ class GrpcProxy:
         self.timeout_s = config.upstream_timeout_s
         self.outstanding: dict[str, int] = {}
         self._pb2, _ = build_protos.load()
-        self._main = asyncio.get_running_loop()
         self._upstreams = Upstreams(config.max_body_bytes)
         self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes)
         unary: dict[str, Callable[[bytes, Call], Any]] = {
@@ -214,7 +213,7 @@ class GrpcProxy:
     ) -> tuple[Replica, bytes]:
         """The answer of a replica of ``variant`` (held while it is scaled to zero), retried on another."""
         if variant.activate and not variant.replicas:
-            outcome = await grpc_hold.hold(self.router.activator, self._main, route, variant)
+            outcome = await grpc_hold.hold(self.router.activator, route, variant)
             if isinstance(outcome, str):
                 raise Failure(grpc.StatusCode.UNAVAILABLE, outcome, _labels(variant.name, variant.version))
             route, variant = outcome
