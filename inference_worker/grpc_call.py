@@ -9,6 +9,7 @@ gateway's proxy); otherwise messages are parsed and serialized with the route's 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -46,6 +47,12 @@ class Carrier(Protocol):
     def consumed(self, stream: Stream, size: int) -> None: ...
 
     async def writable(self, stream: Stream) -> None: ...
+
+
+@functools.lru_cache(maxsize=256)
+def _initial_block(metadata: tuple[tuple[str, str], ...]) -> bytes:
+    """The answer's header block with ``metadata`` (a gateway labels every answer alike)."""
+    return HEADERS + b"".join(literal(k.encode(), v.encode()) for k, v in metadata)
 
 
 def status_block(code: int, message: str) -> bytes:
@@ -150,7 +157,7 @@ class Call:
 
     async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
         if not self.sent_headers:
-            self.head = HEADERS + b"".join(literal(k.encode(), v.encode()) for k, v in metadata)
+            self.head = _initial_block(metadata)
 
     # -- answers -------------------------------------------------------------------------------
     def reply(self, result: Any) -> None:
@@ -313,5 +320,7 @@ class Call:
         except WorkerError as error:
             self.fail(GRPC_STATUS[error.code].value[0], error.message)
         except Exception:
-            log.exception("the gRPC method %s failed", type(self.route.handler).__name__)
+            log.exception("the gRPC method %s failed", getattr(self.route.handler, "__name__", "?"))
             self.fail(INTERNAL, "internal error; the worker's log has the details")
+        finally:
+            self.task = None  # the task and its call no longer hold each other

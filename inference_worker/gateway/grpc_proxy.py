@@ -118,6 +118,7 @@ class GrpcProxy:
         self.outstanding: dict[str, int] = {}
         self._pb2, _ = build_protos.load()
         self._upstreams = Upstreams(config.max_body_bytes)
+        self._seen: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes | None, tuple[Any, ...]]] = {}
         self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes)
         unary: dict[str, Callable[[bytes, Call], Any]] = {
             "ModelInfer": self.model_infer,
@@ -173,7 +174,15 @@ class GrpcProxy:
         return self.router.http_load(url) + self.outstanding.get(url, 0)
 
     def _metadata(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]:
-        """The routing key, and the metadata passed on to the replica."""
+        """The routing key, and the metadata passed on to the replica (a client repeats its own)."""
+        found = self._seen.get(context.headers)
+        if found is None:
+            if len(self._seen) >= 1024:
+                self._seen.clear()
+            found = self._seen[context.headers] = self._read_metadata(context)
+        return found
+
+    def _read_metadata(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]:
         key: bytes | None = None
         passed = []
         for name, value in context.invocation_metadata() or ():

@@ -14,6 +14,7 @@ the replica's own ``grpc-status`` and ``grpc-message``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -78,8 +79,7 @@ class UpstreamConnection(h2_base.Connection):
         self.streams[stream.id] = stream
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         stream.call = _Answer(future)
-        block = self.head + literal(b":path", path) + metadata
-        block += literal(b"grpc-timeout", b"%dm" % max(1, math.ceil(timeout * 1000)))
+        block = self.head + _path(path) + metadata + _timeout(max(1, math.ceil(timeout * 1000)))
         self.send(stream, block, b"\x00" + len(request).to_bytes(4, "big") + request, None, end=True)
         return stream, future
 
@@ -90,22 +90,27 @@ class UpstreamConnection(h2_base.Connection):
 
     def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
         answer: _Answer = stream.call
-        fields = dict(headers)
-        if fields.get(b":status", b"200") != b"200":
-            status = fields[b":status"].decode("latin-1")
-            self._settle(stream, grpc.StatusCode.UNAVAILABLE, f"the replica answered HTTP {status}")
-            return
+        status = message = b""
+        for name, value in headers:
+            if name == b"grpc-status":
+                status = value
+            elif name == b"grpc-message":
+                message = value
+            elif name == b":status" and value != b"200":
+                text = f"the replica answered HTTP {value.decode('latin-1')}"
+                return self._settle(stream, grpc.StatusCode.UNAVAILABLE, text)
         if not end:
-            return
-        answer.status = fields.get(b"grpc-status", b"")
-        message = unquote_to_bytes(fields.get(b"grpc-message", b"")).decode(errors="replace")
-        code = _CODES.get(int(answer.status)) if answer.status.isdigit() else None
+            return None
+        answer.status = status
+        code = _CODES.get(int(status)) if status.isdigit() else None
         if code is None:
             self._settle(stream, grpc.StatusCode.INTERNAL, "the replica's answer has no grpc-status")
         elif code is grpc.StatusCode.OK:
             self._settle(stream, None, "")
         else:
-            self._settle(stream, code, message or code.name)
+            text = unquote_to_bytes(message).decode(errors="replace") if message else code.name
+            self._settle(stream, code, text)
+        return None
 
     def on_data(self, stream: Stream, data: bytes) -> None:
         answer: _Answer = stream.call
@@ -165,7 +170,7 @@ class Upstreams:
         connection = self._connections.get(target)
         if connection is None or connection.full:
             connection = await self._connect(target)
-        block = b"".join(literal(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata)
+        block = _metadata(tuple(metadata))
         stream, future = connection.start(path, request, block, timeout)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, _expire, connection, stream, future)
@@ -222,6 +227,21 @@ class Upstreams:
         for connection in self._connections.values():
             connection.close()
         self._connections.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _path(path: bytes) -> bytes:
+    return literal(b":path", path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _timeout(milliseconds: int) -> bytes:
+    return literal(b"grpc-timeout", b"%dm" % milliseconds)
+
+
+@functools.lru_cache(maxsize=256)
+def _metadata(metadata: tuple[tuple[str, Any], ...]) -> bytes:
+    return b"".join(literal(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata)
 
 
 def _expire(connection: UpstreamConnection, stream: Stream, future: asyncio.Future[bytes]) -> None:
