@@ -17,6 +17,8 @@ from inference_worker import build_protos
 from inference_worker.config import Limits
 from inference_worker.h2_send import MAX_STREAMS
 from tests.support import onnx_models
+from tests.support.gateway import applied, classifier, gateway, publish, routing_key, table
+from tests.support.gateway import worker as replica_worker
 from tests.support.h2_client import (
     DATA,
     END_HEADERS,
@@ -227,3 +229,28 @@ def test_a_call_that_never_finishes_ends_at_its_deadline(worker: RunningWorker) 
     assert client.status(3)["grpc-status"] == "4"
     client.close()
     still_serves(worker)
+
+
+def test_the_gateway_s_grpc_port_refuses_hostile_http2_and_goes_on_routing(tmp_path: Path) -> None:
+    model = classifier(tmp_path / "clf.onnx", seed=3)
+    with replica_worker(model, grpc=True) as replica, routing_key() as (key, redis), gateway(key) as gw:
+        publish(redis, key, table(1, {"fraud": [("a", 100, 0, [replica])]}))
+        applied(gw.url, 1)
+        port = int(gw.grpc.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"HTTP/1.1 426 " in sock.recv(4096)
+        client = H2Client(port)
+        client.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, b"\xff\x7f"))
+        assert goaway_code(client) == COMPRESSION_ERROR
+        client.close()
+        client = H2Client(port)
+        prefix = b"\x00" + (128 << 20).to_bytes(4, "big")  # past the gateway's body limit
+        client.send(frame(HEADERS, END_HEADERS, 1, request_headers()), frame(DATA, 0, 1, prefix))
+        assert client.status(1)["grpc-status"] == "8"
+        client.close()
+        triton_client = triton.InferenceServerClient(gw.grpc)
+        tensor = triton.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        assert triton_client.infer("fraud", [tensor]).as_numpy("y").shape[0] == 1
+        triton_client.close()
