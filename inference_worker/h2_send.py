@@ -113,11 +113,16 @@ class Sender:
 
     # -- sending -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        """Write now if reading (flushed after the read), else at the end of this loop iteration."""
+        """Queue ``data``: written after the read in progress, at once when no other stream waits for
+        an answer, else at the end of this loop iteration (with the other answers made in it)."""
         self._out.append(data)
-        if not self._reading and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        if self._reading or self._flush_scheduled:
+            return
+        if len(self.streams) <= 1:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False
