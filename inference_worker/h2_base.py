@@ -14,7 +14,9 @@ reader lags stops receiving. What we send waits for the peer's windows in
 the stream's queue; past ``MAX_BUFFERED`` bytes waiting on one connection,
 new streams are refused, and a stream's sender can wait for room
 (``writable``). A peer that stops reading the socket stops being read.
-Protocol violations end the connection with GOAWAY and the error's code.
+Protocol violations end the connection with GOAWAY and the error's code, and
+so does a rapid-reset flood (CVE-2023-44487): past ``MAX_RESETS`` streams reset
+while open, when they are most of those the peer opened.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from inference_worker.h2_send import (
 from inference_worker.hpack_codec import Decoder, HpackError
 
 _HEAD = struct.Struct(">IBI")
+MAX_RESETS = 1000
 
 
 class Connection(Sender, asyncio.Protocol):
@@ -76,6 +79,8 @@ class Connection(Sender, asyncio.Protocol):
         self.decoder = Decoder()
         self.unacked = 0
         """DATA bytes received on the connection and not granted back yet."""
+        self.resets = 0
+        """Streams the peer reset while open: past ``MAX_RESETS``, if most were, it is a flood."""
         self._buffer = bytearray()
         self._preface = client
         self._needed = 0
@@ -204,6 +209,9 @@ class Connection(Sender, asyncio.Protocol):
             self._idle_check(stream_id, "RST_STREAM")
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
+                self.resets += 1
+                if self.resets > MAX_RESETS and self.resets * 2 > self.last_stream // 2:
+                    raise ProtocolFault(ENHANCE_YOUR_CALM, "most streams were reset (a rapid reset flood)")
                 stream.reset_code = int.from_bytes(payload, "big")
                 self._forget(stream)
                 self.on_reset(stream)

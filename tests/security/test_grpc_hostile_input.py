@@ -254,3 +254,18 @@ def test_the_gateway_s_grpc_port_refuses_hostile_http2_and_goes_on_routing(tmp_p
         tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
         assert triton_client.infer("fraud", [tensor]).as_numpy("y").shape[0] == 1
         triton_client.close()
+
+
+def test_a_rapid_reset_flood_ends_the_connection(worker: RunningWorker) -> None:
+    client = H2Client(worker.worker.grpc_port)
+    message = grpc_message(mlp_call())
+    for index in range(1500):
+        stream_id = 2 * index + 1
+        client.send(
+            frame(HEADERS, END_HEADERS, stream_id, request_headers()),
+            frame(DATA, END_STREAM, stream_id, message),
+            frame(RST_STREAM, 0, stream_id, struct.pack(">I", CANCEL)),
+        )
+    assert goaway_code(client) == ENHANCE_YOUR_CALM
+    client.close()
+    still_serves(worker)
