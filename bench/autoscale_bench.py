@@ -145,9 +145,9 @@ class Trace:
         taken = ((unix(d["created_at"]) or 0.0, d) for d in self.decisions.values())
         return sorted(((t, d) for t, d in taken if since <= t <= until), key=lambda pair: pair[0])
 
-    def ready_since(self, since: float) -> list[float]:
-        """Seconds from ``since`` (Unix time) to each worker's ready_at that came after it, in order."""
-        return sorted(r - since for _, r in self.workers.values() if r is not None and r >= since)
+    def ready_since(self, since: float, *, slack: float = 0.0) -> list[float]:
+        """Seconds from ``since`` (Unix time) to each worker's ready_at from ``since - slack`` on, sorted."""
+        return sorted(r - since for _, r in self.workers.values() if r is not None and r >= since - slack)
 
     def latest(self) -> Sample:
         poll(lambda: self.samples, timeout=60, what="a first trace sample")
@@ -283,7 +283,7 @@ def cold_start(args: argparse.Namespace, platform: Platform, trace: Trace, url: 
         variant_cold_start_s=variant.get("cold_start_s"),
         activate_after_s=min(activations, default=None),
         first_start_after_s=min(starts, default=None),
-        first_ready_after_s=min(trace.ready_since(fired - 1), default=None),
+        first_ready_after_s=min(trace.ready_since(fired, slack=1), default=None),
         reasons=[f"{d['to_replicas']} {d['reason']} at {t - fired:+.2f} s" for t, d in decided],
     )
 
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     }
     with running_platform(args.database, args.redis_url, intervals, args.keep_logs) as platform:
         print(f"platform up at {platform.web_url} (gateway {platform.gateway_url})", flush=True)
-        deploy_cnn(platform, MODEL, DEPLOYMENT)
+        deploy_cnn(platform, MODEL, DEPLOYMENT, intra_op_threads=args.intra_op_threads)
         platform.send("PUT", POLICY, 202, json=policy)
         url = f"{platform.gateway_url}/v2/models/{DEPLOYMENT}/infer"
         with Trace(platform) as trace, Load(url, max(1, round(8 * args.target_in_flight))) as load:
@@ -335,6 +335,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--idle-s", type=float, default=5, help="the policy's idle time before zero [5]")
     parser.add_argument("--target-in-flight", type=float, default=1, help="the policy's target [1]")
     parser.add_argument("--max-replicas", type=int, default=8, help="the policy's maximum [8]")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads per replica (0: one per core) [1]",
+    )
     parser.add_argument("--callers", type=int, default=50, help="concurrent first callers after zero [50]")
     parser.add_argument(
         "--autoscale-interval-s", type=float, default=0.5, help="KILN_AUTOSCALE_INTERVAL_S [0.5]"

@@ -23,16 +23,15 @@ NOTES = (
     "- The autoscaler's load is what the gateway counts in flight, from when its handler has a request."
     " With the load client, the gateway and up to 8 workers on the same 2 cores (and other jobs), part of"
     " each client's wait is outside that count: 8 closed-loop clients can read as 5-7 in flight once 8"
-    " replicas serve them, the long window then allows fewer replicas in mid-load, and they come back as"
-    " latency rises (how much of the gap a load generator on other cores would close is not measured here).",
-    "- A load at exactly the target (1x) can read a little above it: a sample is stamped with the tick's"
-    " time while the gateways' counters in it are up to one stats interval (1 s) old, which over a 2 s"
-    " upscale window can add up to half. It asks for a second replica, so a run often ends with one"
-    " such load_up.",
-    "- Cold start: the activation starts what the held requests ask for, and the next ticks add what they"
-    " still ask for (the decisions after the callers): several workers start within a second on 2 cores, and"
-    " the first of them takes longer to be ready than the version's median start-to-ready. The held requests"
-    " go on once the gateway has a routing table with that replica, a moment after its `ready_at`.",
+    " replicas serve them. A downscale keeps what the highest upscale-window mean of the downscale window"
+    " needs (the Horizontal Pod Autoscaler's stabilisation), not what the window's mean needs: the mean"
+    " asked for fewer replicas mid-load, latency rose, and they came back (8 -> 6 -> 8 before).",
+    "- A load at the target (1x) reads at or a little above it; within 10% of the running replicas'"
+    " target no replica is added or removed, so the 1x phases hold one replica.",
+    "- Cold start: the activation starts one replica and no more until it is ready, so the first callers"
+    " wait for one worker's start, not for eight sharing two cores; the worker reports at once when it is"
+    " ready and that report asks for a reconcile pass, which routes it. Then the held requests ask for the"
+    " rest (the load_up after the activation).",
 )
 
 Record = tuple[float, float, int]
@@ -202,8 +201,8 @@ def write_results(
         f"Policy: {', '.join(f'{k} {v}' for k, v in policy.items() if k != 'idle_before_zero_s')}. "
         f"Load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
         "(above the core count, other jobs shared the machine: the times include waiting for a core).",
-        "Workers run ONNX Runtime's default threads (one per core, no spinning): the platform has no "
-        "per-variant intra-op setting yet (the launch spec carries the batching options only).",
+        f"Each replica runs ONNX Runtime on {_threads(args.intra_op_threads)} (the variant's "
+        "`intra_op_threads`), so several fit on the cores.",
         "",
         "### Targets",
         "",
@@ -220,7 +219,8 @@ def write_results(
         "",
         f"Replicas over time, desired/ready, seconds from the step (changes only): {_changes(step.trace)}.",
         "The autoscaler's decisions (replicas, reason, seconds from the step, and the mean requests in"
-        f" flight it saw over the short and the long window): {', '.join(step.reasons)}.",
+        " flight it saw over the short window, and the highest such mean over the long window):"
+        f" {', '.join(step.reasons)}.",
         "",
         "### Cold start from zero",
         "",
@@ -257,3 +257,7 @@ def _plus_one(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _threads(count: int) -> str:
+    return "one thread per core" if count == 0 else f"{count} intra-op thread{'s' if count > 1 else ''}"

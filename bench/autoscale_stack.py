@@ -266,8 +266,10 @@ def request_body(seed: int) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
-def deploy_cnn(platform: Platform, model: str, deployment: str) -> None:
-    """Upload the CNN through the REST API, wait for its conversion, deploy one replica, wait until routed."""
+def deploy_cnn(platform: Platform, model: str, deployment: str, *, intra_op_threads: int = 0) -> None:
+    """Upload the CNN through the REST API, wait for its conversion, deploy one replica, wait until routed.
+
+    ``intra_op_threads``: ONNX Runtime threads per worker (the variant's option; 0: one per core)."""
     platform.send("POST", "/api/v1/models/", 201, json={"name": model, "description": "autoscale bench"})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cnn.pt"
@@ -288,7 +290,8 @@ def deploy_cnn(platform: Platform, model: str, deployment: str) -> None:
         return bool(status == "ready")
 
     poll(converted, timeout=600, interval=1, what="the conversion")
-    variants = [{"version": 1, "replicas": 1, "backend": "process"}]
+    batching = {"intra_op_threads": intra_op_threads}
+    variants = [{"version": 1, "replicas": 1, "backend": "process", "batching": batching}]
     platform.send(
         "POST", "/api/v1/deployments/", 201, json={"name": deployment, "model": model, "variants": variants}
     )

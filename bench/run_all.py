@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["worker_bench.py", "gateway_bench.py", "protocol_bench.py", "autoscale_bench.py"]
+BENCHES = [
+    "worker_bench.py",
+    "shm_bench.py",
+    "gateway_bench.py",
+    "protocol_bench.py",
+    "autoscale_bench.py",
+    "advice_bench.py",
+]
 
 
 def main(argv: list[str]) -> int:

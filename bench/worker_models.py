@@ -2,8 +2,9 @@
 
 CNN: three 3x3 convolutions (64/128/256 channels, ReLU, 2x2 max-pool after
 the first two) on a 3x64x64 input, global average pool, 10 classes: compute
-heavy, a 249 KB JSON body. MLP: 64 -> 256 -> 10: per-request overhead is
-everything. Bodies are what clients send: JSON with the data as
+heavy, a 249 KB JSON body. Pool: the CNN's input averaged per channel, then 3 -> 10: the
+CNN's transfer with next to no compute (``shm_bench.py``). MLP: 64 -> 256 -> 10: per-request
+overhead is everything. Bodies are what clients send: JSON with the data as
 ``json.dumps(array.tolist())`` writes float32 values (tritonclient does the
 same), or the binary tensor extension.
 """
@@ -52,6 +53,9 @@ def _export(name: str, directory: Path) -> tuple[Path, tuple[int, ...]]:
             nn.Linear(256, 10),
         )
         shape: tuple[int, ...] = (3, 64, 64)
+    elif name == "pool":  # the CNN's input with next to no compute: what moving the tensor costs
+        module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+        shape = (3, 64, 64)
     else:
         module = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
         shape = (64,)

@@ -95,6 +95,26 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_int_list(
+    name: str, default: list[int], *, minimum: int | None = None, maximum: int | None = None
+) -> list[int]:
+    """A comma-separated list of integers, each bounded, in the order given, repeats dropped."""
+    numbers: list[int] = []
+    for item in env_list(name, [str(n) for n in default]):
+        try:
+            number = int(item)
+        except ValueError:
+            msg = f"{name}: {item!r} is not an integer"
+            raise ImproperlyConfigured(msg) from None
+        _check_bounds(name, number, minimum, maximum)
+        if number not in numbers:
+            numbers.append(number)
+    if not numbers:
+        msg = f"{name} must name at least one integer"
+        raise ImproperlyConfigured(msg)
+    return numbers
+
+
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     """One of a fixed set of strings."""
     value = env_str(name, default).strip()

@@ -50,6 +50,20 @@ StaleCause = Literal["timeout", "interrupted"]
 """Why the sweep fails a row: it ran past its deadline, or its worker died once too often."""
 
 
+class JobRow(models.Model):
+    """The fields every job row has beside its own status: who owns it, how often it ran, when."""
+
+    attempt = models.UUIDField(null=True, blank=True)
+    tries = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
 @dataclass(frozen=True)
 class RowJob(Generic[Row]):
     """The state machine of one kind of job, on the rows of ``model``.

@@ -18,6 +18,7 @@ from config.env import (
     env_choice,
     env_float,
     env_int,
+    env_int_list,
     env_list,
     env_optional_str,
     env_path,
@@ -142,8 +143,7 @@ STATIC_ROOT = env_path("STATIC_ROOT", BASE_DIR / "staticfiles")
 WHITENOISE_USE_FINDERS = DEBUG
 STATICFILES_DIRS = [p for p in (BASE_DIR / "static", BASE_DIR / "static_build") if p.is_dir()]
 
-# Uploads: files stream to disk (never held in memory) through a handler that
-# hashes and bounds them while they arrive.
+# Uploads stream to disk (never held in memory) through a handler that hashes and bounds them.
 KILN_MAX_UPLOAD_BYTES = env_int("KILN_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1)
 # Archives (TorchScript, .pt2) may not unpack to more than this (zip bombs).
 KILN_MAX_UNPACKED_BYTES = env_int("KILN_MAX_UNPACKED_BYTES", 4 * KILN_MAX_UPLOAD_BYTES, minimum=1)
@@ -225,6 +225,7 @@ KILN_CELERY_LONG_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.long"
 CELERY_TASK_ROUTES = {
     "registry.convert_version": {"queue": KILN_CELERY_LONG_QUEUE},
     "deployments.build_worker_image": {"queue": KILN_CELERY_LONG_QUEUE},
+    "deployments.measure_version": {"queue": KILN_CELERY_LONG_QUEUE},
 }
 # Above the longest task's hard limit, so Redis never redelivers a task that still runs.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -301,6 +302,7 @@ KILN_WORKER_LOG_MAX_BYTES = env_int("KILN_WORKER_LOG_MAX_BYTES", 2 * 1024 * 1024
 KILN_LATENCY_BUDGET_MS = env_float("KILN_LATENCY_BUDGET_MS", 50.0, minimum=0.1)
 KILN_REPORT_RAW_RETENTION_S = env_float("KILN_REPORT_RAW_RETENTION_S", 3600.0, minimum=60.0)
 KILN_REPORT_RETENTION_DAYS = env_float("KILN_REPORT_RETENTION_DAYS", 7.0, minimum=0.01)
+KILN_SERIES_MAX_WORKERS = env_int("KILN_SERIES_MAX_WORKERS", 24, minimum=1, maximum=1000)
 KILN_MAX_REPORT_BYTES = env_int("KILN_MAX_REPORT_BYTES", 64 * 1024, minimum=1024)
 KILN_ROUTING_KEY = env_str("KILN_ROUTING_KEY", f"{KILN_INSTANCE_ID}:routing")
 KILN_GATEWAY_HOST = env_str("KILN_GATEWAY_HOST", "127.0.0.1")
@@ -330,6 +332,13 @@ CELERY_BEAT_SCHEDULE["advance-rollouts"] = {
     "schedule": KILN_ROLLOUT_INTERVAL_S,
     "options": {"expires": KILN_ROLLOUT_INTERVAL_S * 2},
 }
+# Serving-advice measurements (deployments.services.measurements): the real worker under a closed loop.
+KILN_ADVICE_MEASURE_SECONDS = env_float("KILN_ADVICE_MEASURE_SECONDS", 3.0, minimum=0.1, maximum=60.0)
+KILN_ADVICE_MEASURE_CLIENTS = env_int_list("KILN_ADVICE_MEASURE_CLIENTS", [1, 16, 64], minimum=1, maximum=512)
+KILN_ADVICE_MEASURE_INSTANCES = env_int_list("KILN_ADVICE_MEASURE_INSTANCES", [1, 2], minimum=1, maximum=16)
+KILN_ADVICE_MEASURE_AFTER_CONVERSION = env_bool("KILN_ADVICE_MEASURE_AFTER_CONVERSION", False)
+KILN_ADVICE_MEASURE_TIMEOUT_S = env_float("KILN_ADVICE_MEASURE_TIMEOUT_S", 1800.0, minimum=30.0)
+CELERY_BEAT_SCHEDULE["sweep-measurements"] = {"task": "deployments.sweep_measurements", "schedule": 30.0}
 # The default service-level objective the dashboard and alerts flag.
 KILN_SLO_ERROR_RATE = env_float("KILN_SLO_ERROR_RATE", 0.01, minimum=0.0, maximum=1.0)
 KILN_SLO_P99_MS = env_float("KILN_SLO_P99_MS", 500.0, minimum=0.1)

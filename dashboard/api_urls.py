@@ -13,4 +13,9 @@ urlpatterns = [
     path(
         "models/<slug:name>/versions/<int:number>/advice/", views.AdviceApi.as_view(), name="version-advice"
     ),
+    path(
+        "models/<slug:name>/versions/<int:number>/measurements/",
+        views.MeasurementsApi.as_view(),
+        name="version-measurements",
+    ),
 ]

@@ -9,6 +9,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments import series
+from deployments.api.serializers import BatchingInput
+from deployments.measure_models import MeasurementStatus
 
 
 class LiveNumbersOutput(serializers.Serializer[Any]):
@@ -140,7 +142,12 @@ class SeriesOutput(serializers.Serializer[Any]):
     last_report = serializers.DateTimeField(allow_null=True, help_text="the newest report in the range")
     t = serializers.ListField(child=serializers.IntegerField(), help_text="bucket starts, Unix seconds")
     variants = serializers.DictField(child=VariantSeriesOutput())
-    workers = serializers.DictField(child=WorkerSeriesOutput(), help_text="by worker id")
+    workers = serializers.DictField(
+        child=WorkerSeriesOutput(), help_text="by worker id: the live workers first, then the newest"
+    )
+    workers_limit = serializers.IntegerField(
+        help_text="most workers with lines of their own (KILN_SERIES_MAX_WORKERS); variants count all"
+    )
     gateway = serializers.DictField(child=GatewayNumbersOutput(), help_text="by variant")
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
@@ -179,6 +186,55 @@ class AdviceOptionOutput(serializers.Serializer[Any]):
     meets_latency = serializers.BooleanField()
     meets_throughput = serializers.BooleanField()
     meets = serializers.BooleanField()
+    measured = serializers.BooleanField(help_text="a running worker with these options was measured")
+    measured_throughput_rps = serializers.FloatField(
+        allow_null=True, help_text="the most it served with p99 within the budget (null: not measured)"
+    )
+    measured_p50_ms = serializers.FloatField(allow_null=True)
+    measured_p99_ms = serializers.FloatField(allow_null=True)
+    measured_concurrency = serializers.IntegerField(allow_null=True, help_text="clients in that cell")
+    measured_at = serializers.DateTimeField(allow_null=True)
+
+
+class MeasuredCellOutput(serializers.Serializer[Any]):
+    batching = BatchingInput(help_text="the worker's batching options")
+    batch_size = serializers.IntegerField(source="max_batch_size", help_text="its max batch size")
+    instances = serializers.IntegerField()
+    protocol = serializers.CharField()
+    concurrency = serializers.IntegerField()
+    throughput_rps = serializers.FloatField()
+    p50_ms = serializers.FloatField(allow_null=True)
+    p99_ms = serializers.FloatField(allow_null=True)
+    failed_requests = serializers.IntegerField(source="errors", help_text="answers other than 200")
+    measured_at = serializers.DateTimeField()
+    machine = serializers.CharField()
+
+
+class MeasurementRunOutput(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=MeasurementStatus.choices)
+    progress = serializers.IntegerField(help_text="percent of the cells measured")
+    step = serializers.CharField(allow_blank=True)
+    error = serializers.CharField(allow_blank=True)
+    latency_budget_ms = serializers.FloatField()
+    machine = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class MeasurementsOutput(serializers.Serializer[Any]):
+    run = MeasurementRunOutput(allow_null=True, help_text="the latest measurement run (null: never measured)")
+    rows = MeasuredCellOutput(many=True)
+
+
+class MeasurementInput(serializers.Serializer[Any]):
+    latency_budget_ms = serializers.FloatField(
+        required=False,
+        min_value=0.1,
+        max_value=600_000,
+        help_text="the budget the measured batchings are proposed for (default KILN_LATENCY_BUDGET_MS)",
+    )
 
 
 class AdviceOutput(serializers.Serializer[Any]):
@@ -191,9 +247,14 @@ class AdviceOutput(serializers.Serializer[Any]):
     shortfall = serializers.CharField(allow_blank=True)
     explanation = serializers.CharField(allow_blank=True)
     throughput_basis = serializers.CharField(help_text="where the throughput figures come from")
+    measured = serializers.BooleanField(help_text="the choice's figures come from a measured worker")
+    measured_at = serializers.DateTimeField(allow_null=True)
+    measurements = MeasuredCellOutput(many=True, help_text="every configuration measured for the version")
+    measurement = MeasurementRunOutput(allow_null=True, help_text="the latest measurement run")
     deploy = serializers.DictField(
         child=serializers.CharField(), allow_null=True, help_text="the deploy form's query for this advice"
     )
+    batching = BatchingInput(allow_null=True, help_text="the batching options to deploy with (the API's)")
     cold_start_s = serializers.FloatField(
         allow_null=True,
         help_text="measured: median seconds from start to ready of this version's last 20 workers (what the "

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.decorators import user_passes_test
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, user_passes_test
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.errors import PlatformError
 from config.query import read_query
 from dashboard import serializers as ds
 from dashboard.advice import advise
 from deployments import queries, series
 from deployments.models import Rollout
+from deployments.services import measurements
 from registry import queries as registry_queries
 
 
@@ -110,7 +115,54 @@ class AdviceApi(APIView):
         version = registry_queries.get_version(name, number)
         params = read_query(request, ds.AdviceQuery)
         budget, target = params["latency_budget_ms"], params["target_rps"]
-        advice = advise(version.report or {}, budget_ms=budget, target_rps=target)
+        cells = measurements.measured_cells(version)
+        advice = advise(version.report or {}, budget_ms=budget, target_rps=target, measured=cells)
         body = {"latency_budget_ms": budget, "target_rps": target, **advice.as_dict()}
         body["cold_start_s"] = queries.cold_start_s(version.id)
+        body["measurement"] = measurements.latest_run(version)
         return Response(ds.AdviceOutput(body).data)
+
+
+class MeasurementsApi(APIView):
+    """A version's serving measurements: the latest run and every measured cell; POST starts a run.
+
+    A run starts the real inference worker on the platform's machine with each batching the
+    platform's rule can propose at the budget and loads it; the serving advice then quotes it.
+    """
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses=ds.MeasurementsOutput)
+    def get(self, request: Request, name: str, number: int) -> Response:
+        version = registry_queries.get_version(name, number)
+        body = {"run": measurements.latest_run(version), "rows": measurements.measured_cells(version)}
+        return Response(ds.MeasurementsOutput(body).data)
+
+    @extend_schema(request=ds.MeasurementInput, responses={202: ds.MeasurementRunOutput})
+    def post(self, request: Request, name: str, number: int) -> Response:
+        version = registry_queries.version_for_change(name, number, request.user)
+        data = ds.MeasurementInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        budget = data.validated_data.get("latency_budget_ms", settings.KILN_LATENCY_BUDGET_MS)
+        run = measurements.request_measurement(version=version, latency_budget_ms=budget, actor=request.user)
+        return Response(ds.MeasurementRunOutput(run).data, status=202)
+
+
+@login_required
+@require_POST
+def version_measure(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    """The version page's "Measure on this machine" button."""
+    version = registry_queries.version_for_change(name, number, request.user)
+    form = ds.MeasurementInput(data=request.POST)
+    if not form.is_valid():
+        problems = [str(error) for errors in form.errors.values() for error in errors]
+        messages.error(request, f"Latency budget: {'; '.join(problems)}")
+        return redirect("registry:version-detail", name=name, number=number)
+    budget = form.validated_data.get("latency_budget_ms", settings.KILN_LATENCY_BUDGET_MS)
+    try:
+        measurements.request_measurement(version=version, latency_budget_ms=budget, actor=request.user)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Measurement queued: the serving advice quotes it once it is done.")
+    return redirect("registry:version-detail", name=name, number=number)

@@ -9,12 +9,14 @@ class DeploymentsConfig(AppConfig):
         """Answer the registry's announcements (it cannot import this app)."""
         from deployments import series
         from deployments.services.alias_moves import on_alias_moved
+        from deployments.services.measurements import measure_after_conversion
         from deployments.webhooks.events import on_event_recorded
         from registry import hooks
 
         hooks.alias_moved.register(on_alias_moved)
         hooks.event_recorded.register(on_event_recorded)
         hooks.version_serving.register(series.version_numbers)
+        hooks.version_ready.register(measure_after_conversion)
 
         from celery.signals import worker_ready
 

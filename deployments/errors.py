@@ -56,3 +56,15 @@ class ImageBuildError(PlatformError):
     """A worker image could not be built; the message says which stage failed, the build log the rest."""
 
     default_code = "image_build_failed"
+
+
+class MeasurementError(PlatformError):
+    """A serving-advice measurement could not run: the worker did not start, refused the sample request..."""
+
+    default_code = "measurement_failed"
+
+
+class MeasurementBusyError(ConflictError):
+    """The version is being measured already (one run at a time each)."""
+
+    default_code = "measurement_running"

@@ -11,8 +11,11 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from config.jobs import JobRow
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy  # noqa: F401 - the app's models
 from deployments.backends import BACKEND_NAMES
+from deployments.measure_models import Measurement as Measurement
+from deployments.measure_models import MeasurementRun as MeasurementRun
 from deployments.release_models import ACTIVE_ROLLOUT_STATES as ACTIVE_ROLLOUT_STATES
 from deployments.release_models import Rollout as Rollout
 from deployments.release_models import TrafficChange as TrafficChange
@@ -131,6 +134,7 @@ class Variant(models.Model):
     max_queue_size = models.PositiveIntegerField(**_column(table.MAX_QUEUE_SIZE))
     request_timeout_ms = models.FloatField(**_column(table.REQUEST_TIMEOUT_MS))
     instances = models.PositiveSmallIntegerField(**_column(table.INSTANCES))
+    intra_op_threads = models.PositiveSmallIntegerField(**_column(table.INTRA_OP_THREADS))
     batching_note = models.TextField(blank=True, help_text="why these batching options were proposed")
     image = models.CharField(max_length=255, blank=True, help_text="the worker image (docker, swarm)")
     placement_constraints = models.JSONField(
@@ -296,7 +300,7 @@ class ImageStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-class WorkerImage(models.Model):
+class WorkerImage(JobRow):
     """A worker container image for one model version: the ONNX file, its config and the worker, baked in.
 
     ``key`` is content-addressed (the ONNX digest, flavour, worker code hash and base image), so the
@@ -320,12 +324,6 @@ class WorkerImage(models.Model):
     log = models.TextField(blank=True, help_text="the build log (its end, when long)")
     error = models.TextField(blank=True)
     reused = models.BooleanField(default=False)
-    attempt = models.UUIDField(null=True, blank=True)
-    tries = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at", "-id")

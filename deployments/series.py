@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Prefetch
+from django.db.models import Case, Count, Prefetch, When
 from django.utils import timezone
 
 from deployments import histograms, series_sql
@@ -158,10 +158,10 @@ def _problems(
 def deployment_series(
     deployment: Deployment, range_name: str, *, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Time series per variant (and per worker) over a range, bucketed by the range's step.
+    """Time series per variant (and per charted worker) over a range, bucketed by the range's step.
 
     Aggregated in SQL from the range's rollup tier (``series_sql``): the cost follows the
-    buckets shown and the workers, not the reports kept.
+    buckets shown and the workers, not the reports kept; per-worker lines are capped.
     """
     chart = RANGES.get(range_name, RANGES["15m"])
     now = now or timezone.now()
@@ -169,7 +169,11 @@ def deployment_series(
     first = int(start.timestamp()) // chart.step_s * chart.step_s
     buckets = list(range(first, int(now.timestamp()) + 1, chart.step_s))
     found = series_sql.aggregate(
-        deployment.pk, chart.resolution, chart.step_s, datetime.fromtimestamp(first, tz=UTC)
+        deployment.pk,
+        chart.resolution,
+        chart.step_s,
+        datetime.fromtimestamp(first, tz=UTC),
+        _charted_workers(deployment),
     )
     variants = list(deployment.variants.order_by("id"))
     return {
@@ -186,6 +190,7 @@ def deployment_series(
             for v in variants
         },
         "workers": _worker_series(found, buckets),
+        "workers_limit": settings.KILN_SERIES_MAX_WORKERS,
         "gateway": gateway_numbers(deployment),
     }
 
@@ -234,6 +239,14 @@ def _desired_replicas(variant: Variant, buckets: list[int], step: int, start: da
             index += 1
         values.append(current)
     return values
+
+
+def _charted_workers(deployment: Deployment) -> list[int]:
+    """The workers with a line of their own: the live ones first, then the newest; at most
+    ``KILN_SERIES_MAX_WORKERS``, so a chart costs the same for 20 workers or 2,000."""
+    gone = Case(When(state__in=(WorkerState.STOPPED, WorkerState.FAILED), then=1), default=0)
+    workers = Worker.objects.filter(variant__deployment=deployment).order_by(gone, "-pk")
+    return list(workers.values_list("pk", flat=True)[: settings.KILN_SERIES_MAX_WORKERS])
 
 
 def _worker_series(found: series_sql.Aggregates, buckets: list[int]) -> dict[str, Any]:

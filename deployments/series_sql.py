@@ -87,8 +87,11 @@ def tier_conditions(
     return "r.deployment_id = %s AND (" + " OR ".join(clauses) + ")", [deployment_id, *params], newest
 
 
-def aggregate(deployment_id: int, resolution: str, step: int, first: datetime) -> Aggregates:
-    """The aggregations of one deployment's series: counters and histograms, outcomes, worker gauges.
+def aggregate(
+    deployment_id: int, resolution: str, step: int, first: datetime, worker_ids: list[int]
+) -> Aggregates:
+    """The aggregations of one deployment's series: counters and histograms, outcomes, and the
+    gauges of the workers ``worker_ids`` (the lines a chart shows, not every worker's).
 
     Histogram buckets are summed position by position (no unnesting): every report of a
     deployment has the bounds of the worker's contract; rows with other bounds than the
@@ -145,12 +148,16 @@ def aggregate(deployment_id: int, resolution: str, step: int, first: datetime) -
         outcomes: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
         for v, b, key, value in cursor.fetchall():
             outcomes[(v, int(b))][str(key)] = int(value or 0)
-        cursor.execute(
-            f"SELECT r.worker_id, {bucket} AS b, AVG(r.cpu_percent), AVG(r.rss_bytes),"  # noqa: S608
-            " AVG(r.gpu_utilization), AVG(r.gpu_memory_bytes)"
-            f" FROM {TABLE} r WHERE {where} AND r.worker_id IS NOT NULL GROUP BY r.worker_id, b",
-            params,
-        )
+        gauges: list[Any] = []
+        if worker_ids:
+            cursor.execute(
+                f"SELECT r.worker_id, {bucket} AS b, AVG(r.cpu_percent), AVG(r.rss_bytes),"  # noqa: S608
+                " AVG(r.gpu_utilization), AVG(r.gpu_memory_bytes)"
+                f" FROM {TABLE} r WHERE {where} AND r.worker_id IN ({', '.join(['%s'] * len(worker_ids))})"
+                " GROUP BY r.worker_id, b",
+                [*params, *worker_ids],
+            )
+            gauges = cursor.fetchall()
         workers = {
             (w, int(b)): {
                 "cpu_percent": _f(cpu),
@@ -158,7 +165,7 @@ def aggregate(deployment_id: int, resolution: str, step: int, first: datetime) -
                 "gpu_utilization": _f(gpu),
                 "gpu_memory_bytes": _f(mem),
             }
-            for w, b, cpu, rss, gpu, mem in cursor.fetchall()
+            for w, b, cpu, rss, gpu, mem in gauges
         }
     return Aggregates(
         scalars=scalars,

@@ -101,3 +101,36 @@ def sweep_image_builds_task() -> dict[str, int]:
     from deployments.services.images import sweep_image_builds
 
     return sweep_image_builds()
+
+
+_MEASURE_HARD_LIMIT = int(settings.KILN_ADVICE_MEASURE_TIMEOUT_S) + 60
+
+
+class _MeasureTask(RowJobTask):
+    job = "measurement job"
+
+    def fail_row(self, row_id: int, attempt: str | None, reason: str) -> None:
+        from deployments.services.measurements import fail_measurement
+
+        fail_measurement(run_id=row_id, attempt=attempt, reason=reason)
+
+
+@shared_task(
+    base=_MeasureTask,
+    name="deployments.measure_version",
+    **RETRYING_JOB,
+    soft_time_limit=_MEASURE_HARD_LIMIT - 30,
+    time_limit=_MEASURE_HARD_LIMIT,
+)
+def measure_version_task(run_id: int, attempt: str) -> str:
+    from deployments.services.measurements import measure_version
+
+    run = measure_version(run_id=run_id, attempt=attempt)
+    return "skipped" if run is None else run.status
+
+
+@shared_task(name="deployments.sweep_measurements", acks_late=True, time_limit=120)
+def sweep_measurements_task() -> dict[str, int]:
+    from deployments.services.measurements import sweep_measurements
+
+    return sweep_measurements()

@@ -30,6 +30,7 @@ from inference_worker.config import (
     ModelConfig,
     ReportConfig,
     ServerConfig,
+    SharedMemoryConfig,
     WorkerConfig,
     refused,
 )
@@ -83,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
             sha256=v.model_sha256,
             device=v.device,
             instance_count=batching.instances,
-            intra_op_num_threads=v.intra_op_threads,
+            intra_op_num_threads=batching.intra_op_threads,
             allow_spinning=v.intra_op_spinning,
             warmup=warmup,
         ),
@@ -107,6 +108,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
             token=v.report_token,
             interval_s=v.report_interval_s,
             worker_id=v.worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        ),
+        shared_memory=SharedMemoryConfig(
+            enabled=v.system_shared_memory, max_regions=v.max_shm_regions, max_bytes=v.max_shm_bytes
         ),
     )
     if v.log_level not in LOG_LEVELS:

@@ -19,6 +19,7 @@ from typing import TypeVar
 from inference_worker.contracts import worker_options as options
 from inference_worker.contracts.batching import (
     INSTANCES,
+    INTRA_OP_THREADS,
     MAX_BATCH_SIZE,
     MAX_QUEUE_DELAY_MS,
     MAX_QUEUE_SIZE,
@@ -62,7 +63,7 @@ class ModelConfig:
     sha256: str | None = None
     device: str = options.DEVICE.default
     instance_count: int = INSTANCES.default
-    intra_op_num_threads: int = options.INTRA_OP_THREADS.default
+    intra_op_num_threads: int = INTRA_OP_THREADS.default
     """0 lets ONNX Runtime pick (one per physical core)."""
     allow_spinning: bool = options.INTRA_OP_SPINNING.default
     """Intra-op threads spin-wait between parallel sections: off, they leave the cores to the event loop."""
@@ -81,7 +82,7 @@ class ModelConfig:
         if not _DEVICE.match(self.device):
             raise ConfigError(f"--device: {self.device!r} is not 'cpu' or 'cuda:N'")
         _checked(INSTANCES, self.instance_count)
-        _checked(options.INTRA_OP_THREADS, self.intra_op_num_threads)
+        _checked(INTRA_OP_THREADS, self.intra_op_num_threads)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SharedMemoryConfig:
+    """The system shared memory extension: on or off, and how much a worker's clients may register."""
+
+    enabled: bool = options.SYSTEM_SHARED_MEMORY.default
+    max_regions: int = options.MAX_SHM_REGIONS.default
+    max_bytes: int = options.MAX_SHM_BYTES.default
+
+    def __post_init__(self) -> None:
+        _checked(options.SYSTEM_SHARED_MEMORY, self.enabled)
+        _checked(options.MAX_SHM_REGIONS, self.max_regions)
+        _checked(options.MAX_SHM_BYTES, self.max_bytes)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Where the worker listens."""
 
@@ -198,3 +213,4 @@ class WorkerConfig:
     limits: Limits = Limits()
     server: ServerConfig = ServerConfig()
     report: ReportConfig = ReportConfig()
+    shared_memory: SharedMemoryConfig = SharedMemoryConfig()

@@ -28,6 +28,8 @@ from inference_worker.contracts import report
 from inference_worker.errors import InvalidRequest, ModelNotFound, Unavailable
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.runtime import ModelSignature, TensorSpec
+from inference_worker.shm import EXTENSION as SHARED_MEMORY
+from inference_worker.shm import SharedMemory, Window
 from inference_worker.tensor_codec import DATATYPES
 
 EXTENSIONS = ("binary_tensor_data", "model_stream_infer", "kserve_v1_predict", "health_grpc")
@@ -54,6 +56,8 @@ class InferRequest:
     id: str = ""
     timeout_us: int | None = None
     """The protocol's ``timeout`` parameter (microseconds); may only lower the server's."""
+    shared_outputs: dict[str, Window] | None = None
+    """Requested outputs to write into shared memory regions (``shm``), by name."""
 
 
 class DataPlane:
@@ -67,10 +71,13 @@ class DataPlane:
         batching: DynamicBatching,
         metrics: WorkerMetrics,
         clock: Callable[[], float] = time.monotonic,
+        shared_memory: SharedMemory | None = None,
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
         self.metrics = metrics
+        self.shared_memory = shared_memory or SharedMemory()
+        """The system shared memory regions clients registered (off unless the option turns it on)."""
         self.state = State.LOADING
         self.leaving = False
         """SIGTERM came but the drain has not begun (``--shutdown-delay-s``): inference is still
@@ -138,7 +145,8 @@ class DataPlane:
 
     # -- metadata --------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, object]:
-        return {"name": "kiln-inference-worker", "version": __version__, "extensions": list(EXTENSIONS)}
+        extensions = [*EXTENSIONS, SHARED_MEMORY] if self.shared_memory.enabled else list(EXTENSIONS)
+        return {"name": "kiln-inference-worker", "version": __version__, "extensions": extensions}
 
     def check_model(self, name: str, version: str) -> None:
         """Refuse a model name or version this worker does not serve."""

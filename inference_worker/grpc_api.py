@@ -25,6 +25,7 @@ from inference_worker.batcher import Outputs, Pending
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
 from inference_worker.errors import GRPC_STATUS, InvalidRequest, ModelFailure, RequestTimeout, WorkerError
+from inference_worker.shm_api import SharedMemoryServicer, add_grpc_output, grpc_windows
 from inference_worker.tensor_codec import decode_grpc_inputs, raw_bytes
 
 log = logging.getLogger("inference_worker.grpc")
@@ -43,8 +44,8 @@ class CallContext(Protocol):
         """Raises: the call ends with ``code`` and ``details``."""
 
 
-class InferenceServicer:
-    """The v2 RPCs; method names are the protocol's."""
+class InferenceServicer(SharedMemoryServicer):
+    """The v2 RPCs, the system shared memory ones included; method names are the protocol's."""
 
     def __init__(self, dataplane: DataPlane, limits: Limits, pb2: Any) -> None:
         self._dp = dataplane
@@ -87,12 +88,13 @@ class InferenceServicer:
         except asyncio.CancelledError:
             self._dp.finish("grpc", "cancelled", started)
             raise
+        if not isinstance(result, WorkerError):
+            result = self._encode(request, infer, result)  # type: ignore[arg-type]
         if isinstance(result, WorkerError):
             self._dp.finish("grpc", result.code, started)
             await _abort(context, result)
-        response = self._encode(request, infer, result)  # type: ignore[arg-type]
         self._dp.finish("grpc", "success", started)
-        return response
+        return result
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: CallContext
@@ -129,12 +131,13 @@ class InferenceServicer:
         except asyncio.CancelledError:
             self._dp.finish("grpc", "cancelled", started)
             raise
+        if not isinstance(result, WorkerError):
+            result = self._encode(request, infer, result)  # type: ignore[arg-type]
         if isinstance(result, WorkerError):
             self._dp.finish("grpc", result.code, started)
             return self._pb2.ModelStreamInferResponse(error_message=result.message)
-        response = self._encode(request, infer, result)  # type: ignore[arg-type]
         self._dp.finish("grpc", "success", started)
-        return self._pb2.ModelStreamInferResponse(infer_response=response)
+        return self._pb2.ModelStreamInferResponse(infer_response=result)
 
     def _abandon(self, item: _Item) -> None:
         started, pending, _ = item
@@ -224,24 +227,44 @@ class InferenceServicer:
             deadline_us = int(time_remaining * 1e6)
             timeout_us = deadline_us if timeout_us is None else min(timeout_us, deadline_us)
         self._dp.check_input_count(len(request.inputs))
+        shm = self._dp.shared_memory
         inputs = decode_grpc_inputs(
-            request.inputs, request.raw_input_contents, self._limits, self._dp.input_datatypes
+            request.inputs, request.raw_input_contents, self._limits, self._dp.input_datatypes, shm.grpc_input
         )
         outputs = tuple(output.name for output in request.outputs) or None
         return InferRequest(
-            request.model_name, request.model_version, inputs, outputs, request.id, timeout_us
+            request.model_name,
+            request.model_version,
+            inputs,
+            outputs,
+            request.id,
+            timeout_us,
+            grpc_windows(shm, request.outputs) if outputs else None,
         )
 
     def _encode(self, request: Any, infer: InferRequest, outputs: Outputs) -> Any:
+        """The response; a ``WorkerError`` (returned, not raised) when a shared memory region cannot
+        take an output."""
+        try:
+            return self._response(request, infer, outputs)
+        except WorkerError as error:
+            return error
+
+    def _response(self, request: Any, infer: InferRequest, outputs: Outputs) -> Any:
         signature = self._dp.signature
         assert signature is not None  # noqa: S101 - only called with results of the model
         response = self._pb2.ModelInferResponse(
             model_name=self._dp.model_name, model_version=self._dp.model_version, id=request.id
         )
         names = infer.outputs or tuple(spec.name for spec in signature.outputs)
+        shared = infer.shared_outputs
         for name in names:
             index = self._dp.output_index(name)
             array = outputs[index]
+            if shared is not None and name in shared:
+                datatype = signature.outputs[index].datatype
+                add_grpc_output(self._dp.shared_memory, response, shared[name], name, datatype, array)
+                continue
             response.outputs.add(name=name, datatype=signature.outputs[index].datatype, shape=array.shape)
             response.raw_output_contents.append(raw_bytes(array))
         return response

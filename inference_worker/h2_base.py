@@ -112,13 +112,18 @@ class Connection(Sender, asyncio.Protocol):
             transport.close()
             return
         self.connections.add(self)
+        if self.client:
+            self.transport.write(PREFACE + self._settings_frames())
+
+    def _settings_frames(self) -> bytes:
+        """Our SETTINGS and connection window; a server's follow the client's preface (a peer that
+        spoke HTTP/1.1 reads a plain answer)."""
         first = (0x2, 0) if self.client else (0x3, MAX_STREAMS)  # no push; or the streams we take
         settings = struct.pack(
             ">HIHIHIHI", *first, 0x4, STREAM_WINDOW, 0x5, MAX_FRAME, 0x6, self.max_header_bytes
         )
         update = struct.pack(">I", CONNECTION_WINDOW - DEFAULT_WINDOW)
-        preface = PREFACE if self.client else b""
-        self.transport.write(preface + frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, update))
+        return frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, update)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -164,6 +169,7 @@ class Connection(Sender, asyncio.Protocol):
             if not data.startswith(PREFACE):
                 return self.refuse_preface(data)
             self._preface = True
+            self.write(self._settings_frames())
             position = len(PREFACE)
         end = len(data)
         self._needed = 9

@@ -28,6 +28,8 @@ from inference_worker.errors import (
     UnsupportedMediaType,
     WorkerError,
 )
+from inference_worker.shm import PREFIX, Window
+from inference_worker.shm_api import http_route, output_parameters
 from inference_worker.tensor_codec import DATATYPES, decode_json_inputs, decode_values, json_data, raw_bytes
 
 JSON = b"application/json"
@@ -108,6 +110,10 @@ class HttpApi:
             return self._model_route(request, path, reply)
         if path.startswith(b"/v1/models/"):
             return self._v1_route(request, path, reply)
+        if path.startswith(PREFIX):
+            body = inflate(request.body, request.content_encoding, self._limits.max_body_bytes)
+            status, payload = http_route(self._dp.shared_memory, request.method, path, body)
+            return reply(Response(status, [b""]) if payload is None else json_response(status, payload))
         simple = self._get.get(path)
         if simple is None:
             return reply(json_response(404, {"error": f"no route for {path.decode('latin-1')!r}"}))
@@ -153,6 +159,8 @@ class HttpApi:
                 return answer(result.code, error_response(result))
             try:
                 response = encode(result)
+            except WorkerError as error:  # an output its shared memory region cannot hold
+                return answer(error.code, error_response(error))
             except Exception:  # a bug, not the client's fault: log it, never leave the client hanging
                 log.exception("encoding a response failed")
                 return answer("internal", _INTERNAL_ERROR)
@@ -171,7 +179,9 @@ class HttpApi:
         def prepare() -> tuple[InferRequest, Encode]:
             header, binary = self._split_body(request)
             infer, selection = self._parse_v2(header, binary, name, version)
-            return infer, lambda outputs: encode_v2_response(self._dp, infer.id, outputs, selection)
+            return infer, lambda outputs: encode_v2_response(
+                self._dp, infer.id, outputs, selection, infer.shared_outputs
+            )
 
         self._admit(reply, prepare)
 
@@ -206,32 +216,41 @@ class HttpApi:
         raw_inputs = header.get("inputs")
         if isinstance(raw_inputs, list):
             self._dp.check_input_count(len(raw_inputs))
-        inputs = decode_json_inputs(raw_inputs, binary, self._limits, self._dp.input_datatypes)
-        names, selection = self._selection(
+        inputs = decode_json_inputs(
+            raw_inputs, binary, self._limits, self._dp.input_datatypes, self._dp.shared_memory.json_input
+        )
+        names, selection, shared = self._selection(
             header.get("outputs"), parameters.get("binary_data_output") is True
         )
-        infer = InferRequest(name, version, inputs, names, request_id, timeout)
+        infer = InferRequest(name, version, inputs, names, request_id, timeout, shared)
         return infer, selection
 
-    def _selection(self, outputs: object, binary_default: bool) -> tuple[tuple[str, ...] | None, Selection]:
+    def _selection(
+        self, outputs: object, binary_default: bool
+    ) -> tuple[tuple[str, ...] | None, Selection, dict[str, Window] | None]:
+        """The outputs asked for, how to send each, and those to write into shared memory."""
         signature = self._dp.signature
         assert signature is not None  # noqa: S101 - submit refuses before the model is attached
         if outputs is None:
-            return None, [(i, s.name, s.datatype, binary_default) for i, s in enumerate(signature.outputs)]
+            all_outputs = [(i, s.name, s.datatype, binary_default) for i, s in enumerate(signature.outputs)]
+            return None, all_outputs, None
         if not isinstance(outputs, list) or len(outputs) > len(signature.outputs):
             raise InvalidRequest(
                 f"'outputs' must be a list of at most {len(signature.outputs)} requested outputs"
             )
         selection: Selection = []
+        shared: dict[str, Window] = {}
         for item in outputs:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidRequest("each requested output must be an object with a 'name'")
             index = self._dp.output_index(item["name"])
-            binary = _parameters(item.get("parameters"), self._limits, "output").get(
-                "binary_data", binary_default
-            )
+            parameters = _parameters(item.get("parameters"), self._limits, "output")
+            binary = parameters.get("binary_data", binary_default)
             selection.append((index, item["name"], signature.outputs[index].datatype, binary is True))
-        return tuple(name for _, name, _, _ in selection), selection
+            window = self._dp.shared_memory.window(f"output '{item['name']}'", parameters)
+            if window is not None:
+                shared[item["name"]] = window
+        return tuple(name for _, name, _, _ in selection), selection, shared or None
 
     # -- KServe v1 -----------------------------------------------------------------------------
     def _v1_route(self, request: Request, path: bytes, reply: Reply) -> None:
@@ -307,14 +326,26 @@ def json_array(array: np.ndarray) -> object:
     return np.ascontiguousarray(array)
 
 
-def encode_v2_response(dp: DataPlane, request_id: str, outputs: Outputs, selection: Selection) -> Response:
-    """The v2 response: JSON, or JSON header plus binary tensors when any output is binary."""
+def encode_v2_response(
+    dp: DataPlane,
+    request_id: str,
+    outputs: Outputs,
+    selection: Selection,
+    shared: dict[str, Window] | None = None,
+) -> Response:
+    """The v2 response: JSON, or JSON header plus binary tensors when any output is binary.
+
+    Outputs in ``shared`` are written into their shared memory region and carry no data.
+    """
     items: list[dict[str, object]] = []
     chunks: list[bytes] = []
     for index, name, dtype, binary in selection:
         array = outputs[index]
         item: dict[str, object] = {"name": name, "datatype": dtype, "shape": list(array.shape)}
-        if binary:
+        if shared is not None and name in shared:
+            written = dp.shared_memory.write(name, shared[name], array)
+            item["parameters"] = output_parameters(shared[name], written)
+        elif binary:
             raw = raw_bytes(array)
             item["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

@@ -4,9 +4,9 @@ Headers: ``Authorization: Bearer <--report-token>``, ``Content-Type: application
 Any 2xx answer counts as delivered. The body is a ``contracts.report`` report
 (its docstring shows the JSON); the platform reads it through the same module.
 
-The first report goes out one second after the worker is ready (or after one
-interval, if shorter), so a platform that learns a worker's ports from its
-reports (``listen``) can route it at once; a stop (``nudge``) sends one at once.
+The first report goes out as soon as the worker is ready, so a platform that
+learns a worker's ports or readiness from its reports (``listen``, ``state``)
+can route it at once; a stop (``nudge``) sends one at once.
 
 Quantiles are interpolated inside histogram buckets (Prometheus'
 ``histogram_quantile``), so they are as precise as the buckets. A platform
@@ -46,7 +46,6 @@ from inference_worker.metrics import HistogramSnapshot, WorkerMetrics, process_s
 log = logging.getLogger("inference_worker.reporter")
 
 MAX_BACKOFF_S = 60.0
-FIRST_REPORT_S = 1.0
 
 
 def _moment(timestamp: float) -> datetime:
@@ -166,7 +165,7 @@ class Reporter:
         headers = {"Authorization": f"Bearer {self._config.token}", "Content-Type": "application/json"}
         timeout = httpx.Timeout(min(self._config.timeout_s, self._config.interval_s))
         async with httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False) as client:
-            delay = min(self._config.interval_s, FIRST_REPORT_S)
+            delay = 0.0  # the first report says "ready" at once
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)

@@ -37,6 +37,7 @@ from inference_worker.http_server import HttpServer
 from inference_worker.metrics import WorkerMetrics, gpu_reader
 from inference_worker.reporter import Reporter
 from inference_worker.runtime import OrtRuntime, read_model
+from inference_worker.shm import SharedMemory
 
 log = logging.getLogger("inference_worker")
 
@@ -58,7 +59,11 @@ class Worker:
         model = config.model
         self.metrics = WorkerMetrics(model.name, model.version, config.batching.max_batch_size)
         self.dataplane = DataPlane(
-            model_name=model.name, model_version=model.version, batching=config.batching, metrics=self.metrics
+            model_name=model.name,
+            model_version=model.version,
+            batching=config.batching,
+            metrics=self.metrics,
+            shared_memory=SharedMemory(config.shared_memory, max_input_bytes=config.limits.max_body_bytes),
         )
         registry = self.metrics.registry()
         self.http_api = HttpApi(self.dataplane, config.limits, lambda: self.metrics.render(registry))
@@ -67,6 +72,9 @@ class Worker:
         self.metrics.gauges["in_flight_requests"] = lambda: self.dataplane.in_flight
         self.metrics.gauges["running_batches"] = lambda: self.dataplane.running_batches
         self.metrics.gauges["ready"] = lambda: float(self.dataplane.ready)
+        shm = self.dataplane.shared_memory
+        self.metrics.gauges["system_shared_memory_regions"] = lambda: shm.region_count
+        self.metrics.gauges["system_shared_memory_bytes"] = lambda: shm.registered_bytes
 
     async def serve(self, *, handle_signals: bool = True) -> int:
         """Run until ``stop()``; returns the process exit status."""
@@ -205,3 +213,4 @@ class Worker:
         await self._http.close()
         if self._batcher is not None:
             self._batcher.close()
+        self.dataplane.shared_memory.close()

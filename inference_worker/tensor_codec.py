@@ -12,7 +12,7 @@ little-endian length followed by the bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -70,6 +70,10 @@ ONNX_TO_DATATYPE: Final[dict[str, str]] = {
 }
 
 _LENGTH = struct.Struct("<I")
+
+SharedInput = Callable[[str, Datatype, tuple[int, ...], int, Any], "np.ndarray | None"]
+"""Reads an input from the region its parameters name (``shm``): (name, datatype, shape, element
+count, the tensor's parameters) -> the array, or None when the parameters name no region."""
 
 
 def datatype(name: object) -> Datatype:
@@ -232,11 +236,16 @@ def check_declared(name: str, dt: Datatype, expected: Mapping[str, str] | None) 
 
 
 def decode_json_inputs(
-    inputs: object, binary: memoryview | None, limits: Limits, expected: Mapping[str, str] | None = None
+    inputs: object,
+    binary: memoryview | None,
+    limits: Limits,
+    expected: Mapping[str, str] | None = None,
+    shared: SharedInput | None = None,
 ) -> dict[str, np.ndarray]:
     """The ``inputs`` of a v2 JSON request; ``binary`` is the extension's tail, if any.
 
-    ``expected``: the model's datatype of each input, compared with the declared one first.
+    ``expected``: the model's datatype of each input, compared with the declared one first;
+    ``shared``: reads the inputs that name a shared memory region.
     """
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequest("'inputs' must be a non-empty list")
@@ -254,6 +263,14 @@ def decode_json_inputs(
         check_declared(name, dt, expected)
         shape, count = check_shape(name, item.get("shape"), limits)
         size = _binary_size(name, item.get("parameters"))
+        if (
+            shared is not None
+            and (array := shared(name, dt, shape, count, item.get("parameters"))) is not None
+        ):
+            if size is not None or "data" in item:
+                raise InvalidRequest(f"input '{name}' names a shared memory region and carries data too")
+            decoded[name] = array
+            continue
         if size is None:
             if "data" not in item:
                 raise InvalidRequest(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
@@ -286,17 +303,20 @@ def decode_grpc_inputs(
     raw_contents: Sequence[bytes],
     limits: Limits,
     expected: Mapping[str, str] | None = None,
+    shared: SharedInput | None = None,
 ) -> dict[str, np.ndarray]:
-    """The inputs of a gRPC ``ModelInferRequest``: raw contents, or typed contents (``expected``: as
-    for ``decode_json_inputs``)."""
+    """The inputs of a gRPC ``ModelInferRequest``: raw contents, typed contents, or a shared memory
+    region (``expected`` and ``shared``: as for ``decode_json_inputs``). As in Triton, an input in
+    shared memory has no entry in ``raw_input_contents``."""
     if not inputs:
         raise InvalidRequest("the request has no inputs")
-    if raw_contents and len(raw_contents) != len(inputs):
+    if raw_contents and len(raw_contents) > len(inputs):
         raise InvalidRequest(
             f"raw_input_contents has {len(raw_contents)} entries for {len(inputs)} inputs; send one per input"
         )
     decoded: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(inputs):
+    raw_index = 0
+    for tensor in inputs:
         name = tensor.name
         if not 0 < len(name) <= limits.max_name_length:
             raise InvalidRequest("each input needs a name of 1 to 256 characters")
@@ -305,8 +325,18 @@ def decode_grpc_inputs(
         dt = datatype(tensor.datatype)
         check_declared(name, dt, expected)
         shape, count = check_shape(name, list(tensor.shape), limits)
+        if shared is not None and (array := shared(name, dt, shape, count, tensor.parameters)) is not None:
+            if tensor.HasField("contents"):
+                raise InvalidRequest(f"input '{name}' names a shared memory region and carries contents too")
+            decoded[name] = array
+            continue
         if raw_contents:
-            decoded[name] = decode_raw(name, dt, shape, count, raw_contents[index])
+            if raw_index == len(raw_contents):
+                raise InvalidRequest(
+                    f"raw_input_contents has {len(raw_contents)} entries: none is left for input '{name}'"
+                )
+            decoded[name] = decode_raw(name, dt, shape, count, raw_contents[raw_index])
+            raw_index += 1
             continue
         values = getattr(tensor.contents, dt.grpc_field)
         if len(values) != count:
@@ -315,4 +345,9 @@ def decode_grpc_inputs(
                 f"contents.{dt.grpc_field}, got {len(values)}"
             )
         decoded[name] = decode_values(name, dt, shape, count, values)
+    if raw_index != len(raw_contents):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raw_contents)} entries for {raw_index} inputs sent raw; "
+            "send one per input not in shared memory"
+        )
     return decoded

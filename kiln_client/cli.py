@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln_client import __version__
+from kiln_client.advice import add_advice_parsers
 from kiln_client.api import ApiError, Client, UsageError
 from kiln_client.deploying import (
     AUTOSCALING_FLAGS,
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_rollout)
 
     add_webhook_parser(sub)
+    add_advice_parsers(sub)
     return parser
 
 

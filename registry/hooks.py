@@ -5,6 +5,8 @@
   transaction (webhook deliveries are written with it).
 - ``version_serving(version_id=...)``: the deployments serving a version with their live numbers,
   for the version page (each registered function returns a list of rows, or None).
+- ``version_ready(version=...)``: a conversion finished and the version is ready; called inside
+  the transaction that marks it (work it queues is sent once that commits).
 """
 
 from __future__ import annotations
@@ -16,3 +18,4 @@ from config.hooks import Hook
 alias_moved: Hook[..., None] = Hook("registry.alias_moved")
 event_recorded: Hook[..., None] = Hook("registry.event_recorded")
 version_serving: Hook[..., list[dict[str, Any]] | None] = Hook("registry.version_serving")
+version_ready: Hook[..., None] = Hook("registry.version_ready")

@@ -142,6 +142,7 @@ def celery_worker(
         "KILN_PARITY_ATOL": str(settings.KILN_PARITY_ATOL),
         "KILN_PARITY_RTOL": str(settings.KILN_PARITY_RTOL),
         "PYTHONUNBUFFERED": "1",
+        **_advice_measure_env(),
     }
     worker = CeleryWorker(env, tmp_path / "celery.log")
     worker.start()
@@ -149,6 +150,19 @@ def celery_worker(
     worker.stop()
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         sys.stderr.write(f"\n--- celery worker log ---\n{worker.log_tail()}\n")
+
+
+def _advice_measure_env() -> dict[str, str]:
+    """The serving-advice measurement settings as the test set them, as the environment spells them."""
+    env = {}
+    for name in dir(settings):  # django.conf's: pytest-django's wrapper lists none
+        if name.startswith("KILN_ADVICE_MEASURE_"):
+            value = getattr(settings, name)
+            if isinstance(value, list):
+                env[name] = ",".join(map(str, value))
+            else:
+                env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -7,23 +7,34 @@ however short) and the mean of the in-flight gauges sampled in it (what is still
 replica should carry ``target_in_flight`` requests, so the load asks for
 ``ceil(load / target)`` replicas.
 
-- Up: the mean over the short window (``upscale_delay_s``) asks for more replicas than run:
+- Up: the mean over the short window (``upscale_delay_s``) asks for more replicas than run,
+  by more than ``UP_TOLERANCE`` (a load at the target that reads a little above it is noise):
   scale up at once, to at most ``max_replicas`` (Knative's panic window).
-- Down: the mean over the long window (``downscale_delay_s``) asks for fewer, the window was
-  observed whole, and the last change is at least that old: scale down (no flapping).
+- Down: the highest short-window mean seen over the long window (``downscale_delay_s``; the
+  Horizontal Pod Autoscaler's stabilisation window keeps its highest recommendation the same
+  way) fits fewer replicas within the tolerance, the window was observed whole, and the last
+  change is at least that old: scale down. Taking the peak, not the mean, stops flapping:
+  fewer replicas queue more, which reads as more load, which would ask for them back.
 - Zero: with ``min_replicas`` 0, no request for ``idle_before_zero_s``: stop the last replica.
 - From zero: a gateway holds a request (an activation request, or held requests in the load):
-  start what the load asks for, at least one.
+  start one replica (or the minimum). While none is ready it starts no more: the held callers
+  wait for one worker's start, not for several sharing the machine's cores; once one serves,
+  the load asks for the rest.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import accumulate
 
 from deployments.inputs import AutoscalingPolicy
+
+TOLERANCE = 0.1
+"""A load within this fraction above what the replicas carry at their target is no reason to scale."""
 
 
 class Reason(StrEnum):
@@ -66,19 +77,37 @@ class Decision:
     short_load: float
     """Mean requests in flight over the short (upscale) window."""
     long_load: float
-    """Mean requests in flight over the long (downscale) window."""
+    """The highest short-window mean over the long (downscale) window: what fewer replicas must carry."""
     idle_s: float | None
     """Seconds since the variant last had a request (None: never seen one)."""
 
 
 def mean_load(samples: Sequence[Sample], now: float, span: float) -> float:
     """Mean requests in flight over the last ``span`` seconds of ``samples`` (oldest first)."""
-    recent = [s for s in samples if s.at >= now - span]
-    if not recent:
-        return 0.0
-    before = [s for s in samples if s.at < now - span]
-    base, last = (before[-1] if before else recent[0]), recent[-1]
-    gauge = sum(s.in_flight for s in recent) / len(recent)
+    first = bisect_left([s.at for s in samples], now - span)
+    return _mean(samples, _gauge_sums(samples), first, len(samples)) if first < len(samples) else 0.0
+
+
+def peak_load(samples: Sequence[Sample], now: float, span: float, window: float) -> float:
+    """The highest ``window``-second mean load at any sample of the last ``span`` seconds."""
+    clocks, sums = [s.at for s in samples], _gauge_sums(samples)
+    return max(
+        (
+            _mean(samples, sums, bisect_left(clocks, clocks[i] - window, 0, i + 1), i + 1)
+            for i in range(bisect_left(clocks, now - span), len(samples))
+        ),
+        default=0.0,
+    )
+
+
+def _gauge_sums(samples: Sequence[Sample]) -> list[float]:
+    return list(accumulate((s.in_flight for s in samples), initial=0.0))
+
+
+def _mean(samples: Sequence[Sample], sums: list[float], start: int, end: int) -> float:
+    """The load over ``samples[start:end]`` (not empty), from the sample before it on."""
+    base, last = samples[max(start - 1, 0)], samples[end - 1]
+    gauge = (sums[end] - sums[start]) / (end - start)
     elapsed = last.clock - base.clock
     answered = max(last.busy_s - base.busy_s, 0.0) / elapsed if elapsed > 0 else 0.0
     return max(answered, gauge)
@@ -98,10 +127,12 @@ def decide(
     last_scaled_at: float | None,
     last_active_at: float | None,
     activation: bool = False,
+    warming: bool = False,
 ) -> Decision:
-    """The replica count for a variant running ``replicas`` now, with the reason."""
+    """The replica count for a variant running ``replicas`` now, with the reason; ``warming``:
+    a replica is starting and none serves yet."""
     short = mean_load(samples, now, policy.upscale_delay_s)
-    long = mean_load(samples, now, policy.downscale_delay_s)
+    long = peak_load(samples, now, policy.downscale_delay_s, policy.upscale_delay_s)
     idle_s = None if last_active_at is None else max(now - last_active_at, 0.0)
     low, high, target = policy.min_replicas, policy.max_replicas, policy.target_in_flight
 
@@ -109,9 +140,9 @@ def decide(
         return Decision(count, reason, round(short, 3), round(long, 3), idle_s)
 
     if replicas == 0 and (activation or short > 0):
-        return made(min(max(needed(short, target), low, 1), high), Reason.ACTIVATE)
+        return made(min(max(low, 1), high), Reason.ACTIVATE)
     up = min(needed(short, target), high)
-    if up > replicas:
+    if up > replicas and short > replicas * target * (1 + TOLERANCE) and not warming:
         return made(up, Reason.LOAD_UP)
     if replicas < low:
         return made(low, Reason.MINIMUM)
@@ -122,7 +153,7 @@ def decide(
         return made(0, Reason.IDLE)
     settled = last_scaled_at is None or now - last_scaled_at >= policy.downscale_delay_s
     observed = bool(samples) and samples[0].at <= now - policy.downscale_delay_s
-    down = max(needed(long, target), low, 1)
+    down = max(needed(long / (1 + TOLERANCE), target), low, 1)
     if down < replicas and settled and observed:
         return made(down, Reason.LOAD_DOWN)
     return made(replicas, Reason.STEADY)

@@ -68,7 +68,9 @@ class ScalingDecision(models.Model):
     to_replicas = models.PositiveSmallIntegerField()
     reason = models.CharField(max_length=16, choices=Reason.choices)
     short_load = models.FloatField(help_text="mean requests in flight over the upscale window")
-    long_load = models.FloatField(help_text="mean requests in flight over the downscale window")
+    long_load = models.FloatField(
+        help_text="the highest upscale-window mean in flight over the downscale window"
+    )
     idle_s = models.FloatField(null=True, blank=True, help_text="seconds since its last request")
     policy = models.JSONField(default=dict, help_text="the policy it applied")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

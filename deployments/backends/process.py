@@ -68,9 +68,14 @@ class ProcessBackend:
             )
 
     def start(self, spec: WorkerSpec) -> WorkerHandle:
+        return self.spawn(spec, log_name=f"worker-{spec.worker_id}")
+
+    def spawn(self, spec: WorkerSpec, *, log_name: str) -> WorkerHandle:
+        """Start the worker of ``spec``, its output in ``<var>/workers/<log_name>.log`` (``start`` for a
+        deployment's worker; a serving-advice measurement starts its own under another name)."""
         http_port, grpc_port = free_port(self.host), free_port(self.host)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"worker-{spec.worker_id}.log"
+        log_path = self.log_dir / f"{log_name}.log"
         launch = spec.placed(
             host=self.host, http_port=http_port, grpc_port=grpc_port, model_path=str(spec.onnx_path)
         )

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from deployments.backends import BackendError, ServiceBackend, get_backend, owns_placement, worker_backend
 from deployments.backends.logs import trim_log
+from deployments.measure_models import ACTIVE_MEASUREMENT_STATES, MeasurementRun
 from deployments.models import Variant, Worker, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,12 @@ def stop_orphans() -> int:
         Worker.objects.exclude(state__in=(WorkerState.STOPPED, WorkerState.FAILED)).values_list(
             "handle", flat=True
         )
+    )
+    # A serving-advice measurement's worker, while its run is active (once it ended, an orphan).
+    known |= set(
+        MeasurementRun.objects.filter(status__in=ACTIVE_MEASUREMENT_STATES)
+        .exclude(worker_handle="")
+        .values_list("worker_handle", flat=True)
     )
     stopped = 0
     names = set(Worker.objects.values_list("backend", flat=True).distinct())

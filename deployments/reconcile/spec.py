@@ -12,28 +12,35 @@ from django.conf import settings
 from deployments.backends import ServiceSpec, WorkerSpec
 from deployments.backends.base import TASK_ID
 from deployments.models import Deployment, ImageStatus, Variant, Worker
+from inference_worker.contracts.batching import BATCHING, INTRA_OP_THREADS, BatchingConfig
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.launch import LaunchSpec
 from inference_worker.contracts.warmup import REPORT_KEY, parse_warmup, warmup_text
 from registry import storage
+from registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
+ADDED_OPTIONS = (INTRA_OP_THREADS.name,)
+"""Batching options added after the first fingerprints were taken: hashed only when set."""
 
 
 def spec_hash(variant: Variant) -> str:
     """A fingerprint of everything that needs a new worker when it changes.
 
-    The batching options are listed in the option table's order, so a new option (a
-    new flag for the worker) changes every fingerprint: the workers roll to get it.
+    The batching options are listed in the option table's order. Options the table gained
+    later (``ADDED_OPTIONS``) appear by name only when set, so running workers do not roll
+    when the platform learns one; a value set later rolls them, as any change does.
     """
-    data = {
+    values = variant.batching.values()
+    data: dict[str, object] = {
         "version": variant.version_id,
         "onnx": variant.version.onnx_sha256,
-        "batching": list(variant.batching.values().values()),
+        "batching": [value for name, value in values.items() if name not in ADDED_OPTIONS],
         "gpu_ids": sorted(variant.gpu_ids),
         "backend": variant.backend,
         "image": variant.image,
     }
+    data.update({name: values[name] for name in ADDED_OPTIONS if values[name] != BATCHING[name].default})
     if variant.placement_constraints or variant.placement_spread:  # absent: earlier hashes stay valid
         data["placement"] = [sorted(variant.placement_constraints), list(variant.placement_spread)]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
@@ -97,30 +104,52 @@ def worker_spec(*, deployment: Deployment, variant: Variant, worker: Worker, tok
 def _launch(
     *, deployment: Deployment, variant: Variant, worker_id: int, report_url: str, token: str
 ) -> WorkerSpec:
-    version = variant.version
-    return WorkerSpec(
-        worker_id=worker_id,
+    return version_worker_spec(
+        version=variant.version,
         deployment=deployment.name,
         variant=variant.name,
-        onnx_path=storage.resolve(version.onnx_path),
+        batching=variant.batching,
         gpu_ids=tuple(variant.gpu_ids),
+        image=variant.image,
+        worker_id=worker_id,
+        report_url=report_url,
+        token=token,
+    )
+
+
+def version_worker_spec(
+    *,
+    version: ModelVersion,
+    deployment: str,
+    variant: str,
+    batching: BatchingConfig,
+    worker_id: int,
+    report_url: str,
+    token: str,
+    gpu_ids: tuple[int, ...] = (),
+    image: str = "",
+) -> WorkerSpec:
+    """A worker serving ``version`` as ``deployment`` with ``batching``: a variant's, or (no report URL)
+    one the serving advice measures."""
+    return WorkerSpec(
+        worker_id=worker_id,
+        deployment=deployment,
+        variant=variant,
+        onnx_path=storage.resolve(version.onnx_path),
+        gpu_ids=gpu_ids,
         launch=LaunchSpec(
-            model_name=deployment.name,
+            model_name=deployment,
             model_version=str(version.version),
             model_sha256=version.onnx_sha256,
-            batching=variant.batching,
+            batching=batching,
             report_url=report_url,
             report_token=token,
             report_interval_s=settings.KILN_REPORT_INTERVAL_S,
             worker_id=str(worker_id),
             warmup_inputs=_warmup(version.report),
         ),
-        image=variant.image,
-        labels={
-            "deployment": deployment.name,
-            "variant": variant.name,
-            "version": str(version.version),
-        },
+        image=image,
+        labels={"deployment": deployment, "variant": variant, "version": str(version.version)},
     )
 
 

@@ -26,7 +26,7 @@ from deployments.autoscaling import load
 from deployments.autoscaling.decide import Decision, decide
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy
 from deployments.inputs import AutoscalingPolicy
-from deployments.models import Rollout, Variant
+from deployments.models import Rollout, Variant, WorkerState
 from deployments.services.events import enqueue_reconcile, record_deployment_event
 from deployments.services.gateway_stats import read_snapshots
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
@@ -143,10 +143,21 @@ def _tick(row: ScalingPolicy, snapshots: list[GatewaySnapshot], wanted: set[tupl
         last_scaled_at=row.last_scaled_at.timestamp() if row.last_scaled_at else None,
         last_active_at=(row.last_active_at or row.created_at).timestamp(),
         activation=activation,
+        warming=_warming(variant),
     )
     if decision.replicas == variant.replicas:
         return False
     return apply_decision(row=row, decision=decision, now=now)
+
+
+def _warming(variant: Variant) -> bool:
+    """A replica of the variant is starting and none is ready (a start from zero, or every one lost)."""
+    states = set(
+        variant.workers.filter(state__in=(WorkerState.STARTING, WorkerState.READY)).values_list(
+            "state", flat=True
+        )
+    )
+    return states == {WorkerState.STARTING}
 
 
 def _must_keep_one(variant: Variant) -> bool:

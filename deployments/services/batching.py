@@ -129,9 +129,8 @@ def propose_batching(
         )
         return Proposal(BatchingConfig(max_batch_size=1), note, None, protocol, codec)
     size, latency = chosen.batch_size, chosen.latency_ms
-    delay = queue_delay_ms(chosen, budget, codec)
-    preferred = tuple(m.batch_size for m in fitting if max(2, size // 4) <= m.batch_size <= size)
-    config = BatchingConfig(max_batch_size=size, max_queue_delay_ms=delay, preferred_batch_sizes=preferred)
+    config = _batching_for(chosen, fitting, budget, codec)
+    delay = config.max_queue_delay_ms
     larger = next((m for m in rows if m.batch_size > size), None)
     # The sum is of the figures as printed, so that the arithmetic reads right (not 2 x 0.01 = 0.03).
     shown, shown_codec = _figure(latency), _figure(codec)
@@ -146,6 +145,29 @@ def propose_batching(
     elif larger is not None:
         note += f" Larger batches exceed it (batch {larger.batch_size}: {_figure(larger.latency_ms):g} ms)."
     return Proposal(config, note, chosen, protocol, codec)
+
+
+def _batching_for(chosen: Measured, fitting: list[Measured], budget: float, codec: float) -> BatchingConfig:
+    """The options the rule proposes once it chose ``chosen`` among the batches that fit the budget."""
+    size = chosen.batch_size
+    delay = queue_delay_ms(chosen, budget, codec)
+    preferred = tuple(m.batch_size for m in fitting if max(2, size // 4) <= m.batch_size <= size)
+    return BatchingConfig(max_batch_size=size, max_queue_delay_ms=delay, preferred_batch_sizes=preferred)
+
+
+def candidate_batchings(report: dict[str, Any], *, latency_budget_ms: float) -> list[BatchingConfig]:
+    """Every batching ``propose_batching`` can answer for this budget, whatever the target: the options
+    it proposes for each profiled batch that fits, smallest first (what a measurement run tries)."""
+    rows = profiled_batches(report)
+    codec = next(iter(codec_costs(report).values()), 0.0)
+    if not report.get("dynamic_batch", True):
+        return [BatchingConfig().unbatched()]
+    if not rows:
+        return [BatchingConfig()]
+    fitting = [m for m in rows if 2 * m.latency_ms + codec <= latency_budget_ms]
+    if not fitting:
+        return [BatchingConfig(max_batch_size=1)]
+    return [_batching_for(m, fitting, latency_budget_ms, codec) for m in fitting]
 
 
 def _choose(fitting: list[Measured], codec: float, target_rps: float | None) -> Measured | None:

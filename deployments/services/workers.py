@@ -14,6 +14,7 @@ from django.utils import timezone
 from deployments import histograms
 from deployments.errors import InvalidDeploymentError, WorkerAuthError
 from deployments.models import Report, Worker, WorkerState
+from deployments.services.events import enqueue_reconcile
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.report import READY, WorkerReport, encode_report, parse_report
 
@@ -101,6 +102,9 @@ def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
         gpu_memory_bytes=(device.memory_used_bytes or 0) if device else None,
     )
     Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now, last_report=encode_report(report))
+    if report.state == READY and worker.state == WorkerState.STARTING:
+        # Its first report: probe and route it now, not at the next scheduled pass (a cold start waits on it).
+        enqueue_reconcile(worker.variant.deployment)
     if report.state == READY and worker.state == WorkerState.UNHEALTHY:
         Worker.objects.filter(pk=worker.pk, state=WorkerState.UNHEALTHY).update(
             state=WorkerState.READY, state_changed_at=now

@@ -9,7 +9,7 @@ Triton's microseconds itself.
 JSON form (the API's ``batching`` object, a variant's stored options)::
 
     {"max_batch_size": 32, "max_queue_delay_ms": 2.5, "preferred_batch_sizes": [8, 16],
-     "max_queue_size": 1024, "request_timeout_ms": 10000.0, "instances": 1}
+     "max_queue_size": 1024, "request_timeout_ms": 10000.0, "instances": 1, "intra_op_threads": 0}
 
 ``parse_batching`` fills absent keys from a base (the defaults without one)
 and reads the preferred sizes as a set (order and repeats don't matter);
@@ -49,10 +49,17 @@ INSTANCES = OptionField(
     unit="sessions", low=1, high=16,
 )  # fmt: skip
 
+INTRA_OP_THREADS = OptionField(
+    "intra_op_threads", Kind.INT, 0, "ONNX Runtime threads per instance (0: one per core)",
+    unit="threads", low=0, high=256, label="Intra-op threads",
+)  # fmt: skip
+
 BATCHING = OptionTable(
-    MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, PREFERRED_BATCH_SIZES, MAX_QUEUE_SIZE, REQUEST_TIMEOUT_MS, INSTANCES
-)
-"""The batching options, in this order everywhere (the order is part of the spec hash)."""
+    MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS, PREFERRED_BATCH_SIZES, MAX_QUEUE_SIZE, REQUEST_TIMEOUT_MS, INSTANCES,
+    INTRA_OP_THREADS,
+)  # fmt: skip
+"""The batching options (with how many sessions run batches, on how many threads each), in this
+order everywhere (the order is part of the spec hash)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class BatchingConfig:
     max_queue_size: int = MAX_QUEUE_SIZE.default
     request_timeout_ms: float = REQUEST_TIMEOUT_MS.default
     instances: int = INSTANCES.default
+    intra_op_threads: int = INTRA_OP_THREADS.default
 
     def __post_init__(self) -> None:
         for option in BATCHING.values():

@@ -33,9 +33,6 @@ GRPC_PORT = OptionField(
 DEVICE = OptionField(
     "device", Kind.TEXT, "cpu", "cpu or cuda:N (falls back to the CPU, with a warning, without CUDA)"
 )
-INTRA_OP_THREADS = OptionField(
-    "intra_op_threads", Kind.INT, 0, "ONNX Runtime threads per instance (0: one per core)", low=0, high=256
-)
 INTRA_OP_SPINNING = OptionField(
     "intra_op_spinning", Kind.SWITCH, False, "ONNX Runtime threads spin-wait between parallel sections"
 )
@@ -62,6 +59,18 @@ SHUTDOWN_DELAY_S = OptionField(
     "shutdown_delay_s", Kind.FLOAT, 0.0, "after SIGTERM, keep serving this long before draining", unit="s",
     low=0, high=600,
 )  # fmt: skip
+SYSTEM_SHARED_MEMORY = OptionField(
+    "system_shared_memory", Kind.SWITCH, False,
+    "serve the system shared memory extension (for clients on this host; off behind a gateway)",
+)  # fmt: skip
+MAX_SHM_REGIONS = OptionField(
+    "max_shm_regions", Kind.INT, 64, "shared memory regions registered at once (400 beyond)",
+    unit="regions", low=1, high=4096,
+)  # fmt: skip
+MAX_SHM_BYTES = OptionField(
+    "max_shm_bytes", Kind.INT, 1024 * MIB, "bytes of shared memory registered, all regions together",
+    unit="bytes", low=1, high=1 << 40,
+)  # fmt: skip
 LISTEN_FILE = OptionField(
     "listen_file", Kind.TEXT, "", "write the bound address and ports here (JSON) once listening"
 )
@@ -84,8 +93,9 @@ WARMUP_INPUTS = OptionField(
 
 SERVE = OptionTable(
     MODEL_NAME, MODEL_PATH, MODEL_VERSION, MODEL_SHA256, HOST, HTTP_PORT, GRPC_PORT, DEVICE,
-    INTRA_OP_THREADS, INTRA_OP_SPINNING, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
-    MAX_TENSOR_ELEMENTS, MAX_QUEUE_BYTES, DRAIN_TIMEOUT_S, SHUTDOWN_DELAY_S, LISTEN_FILE, REPORT_URL,
-    REPORT_TOKEN, REPORT_INTERVAL_S, WORKER_ID, LOG_LEVEL, WARMUP_INPUTS,
+    INTRA_OP_SPINNING, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
+    MAX_TENSOR_ELEMENTS, MAX_QUEUE_BYTES, SYSTEM_SHARED_MEMORY, MAX_SHM_REGIONS, MAX_SHM_BYTES,
+    DRAIN_TIMEOUT_S, SHUTDOWN_DELAY_S, LISTEN_FILE, REPORT_URL, REPORT_TOKEN, REPORT_INTERVAL_S,
+    WORKER_ID, LOG_LEVEL, WARMUP_INPUTS,
 )  # fmt: skip
 """The ``serve`` options, batching included (looked up in ``BATCHING`` on every read)."""

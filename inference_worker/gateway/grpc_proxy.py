@@ -1,6 +1,6 @@
 """The gateway's gRPC side: ``inference.GRPCInferenceService`` routed like HTTP.
 
-A grpc.aio server on ``--grpc-port`` with one generic handler that keeps every
+A server on ``--grpc-port`` (our HTTP/2 core) whose routes keep every
 message as bytes. For ``ModelInfer``, ``ModelReady`` and ``ModelMetadata`` it
 reads the model name the request names (the deployment), chooses an arm with
 the same ``choose_arm`` as HTTP (sticky when the call carries the routing-key
@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import grpc
 
 from inference_worker import __version__, build_protos
-from inference_worker.gateway import grpc_hold, grpc_wire
+from inference_worker.gateway import grpc_hold, grpc_wire, shared_memory
 from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.grpc_upstream import UpstreamError, Upstreams
@@ -143,7 +143,7 @@ class GrpcProxy:
             answer = pb2.ServerMetadataResponse(name="kiln-gateway", version=__version__)
             return bytes(answer.SerializeToString())
 
-        return {"ServerLive": live, "ServerReady": ready, "ServerMetadata": metadata}
+        return {"ServerLive": live, "ServerReady": ready, "ServerMetadata": metadata} | shared_memory.REFUSALS
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:

@@ -22,7 +22,7 @@ from django.utils import timezone
 from config import dispatch
 from config.jobs import RowJob, StaleCause
 from config.metrics.events import record_conversion
-from registry import storage
+from registry import hooks, storage
 from registry.audit import Actor, record_event
 from registry.errors import VersionStateError
 from registry.models import ModelVersion, VersionStatus
@@ -188,6 +188,7 @@ def _mark_ready(
         before={"status": "converting"},
         after={"status": "ready", "onnx_sha256": digest, "parity": version.report.get("parity")},
     )
+    hooks.version_ready.call(version=version)
     return version
 
 

@@ -157,6 +157,11 @@
     var updated = document.querySelector("[data-updated]");
 
     function update(data) {
+      var cap = document.querySelector("[data-worker-cap]"), shown = Object.keys(data.workers).length;
+      if (cap) {
+        cap.hidden = !(data.workers_limit && shown >= data.workers_limit);
+        cap.textContent = "Per-worker charts show " + shown + " workers (the live ones first); the variants' charts count every worker.";
+      }
       root.querySelectorAll("[data-chart]").forEach(function (el) {
         var kind = el.getAttribute("data-chart");
         if (kind === "batch_histogram") {
@@ -296,15 +301,54 @@
             ? "Cold start: not measured yet (no worker of this version has become ready)."
             : "Cold start (measured, median start to ready): " + fmt(a.cold_start_s, 1) +
               " s. A variant scaled to zero makes its first caller wait about this long.") + "</p>";
-          html += '<details><summary>All measured options</summary><div class="table-wrap"><table><thead><tr><th>Protocol</th><th>Batch</th><th>Batch latency (ms)</th><th>Codec (ms/request)</th><th>Worst latency (ms)</th><th>Predicted throughput (req/s)</th><th>Meets</th></tr></thead><tbody>' +
+          html += '<details><summary>All options</summary><div class="table-wrap"><table><thead><tr><th>Protocol</th><th>Batch</th><th>Batch latency (ms)</th><th>Codec (ms/request)</th><th>Worst latency (ms)</th><th>Predicted throughput (req/s)</th><th>Measured throughput (req/s)</th><th>Measured p99 (ms)</th><th>Meets</th></tr></thead><tbody>' +
             a.options.map(function (o) {
               return "<tr><td>" + esc(o.protocol_label) + "</td><td>" + o.batch_size + "</td><td>" + fmt(o.batch_latency_ms, 3) + "</td><td>" +
-                fmt(o.codec_ms, 4) + "</td><td>" + fmt(o.worst_latency_ms) + "</td><td>" + fmt(o.throughput_rps, 0) + "</td><td>" + (o.meets ? "yes" : "no") + "</td></tr>";
+                fmt(o.codec_ms, 4) + "</td><td>" + fmt(o.worst_latency_ms) + "</td><td>" + fmt(o.throughput_rps, 0) + "</td><td data-measured-rps>" +
+                (o.measured ? fmt(o.measured_throughput_rps, 0) + " (" + o.measured_concurrency + " clients)" : "–") + "</td><td>" +
+                (o.measured ? fmt(o.measured_p99_ms) : "–") + "</td><td>" + (o.meets ? "yes" : "no") + "</td></tr>";
             }).join("") + "</tbody></table></div></details>";
+          if (a.measurements.length) {
+            html += '<details><summary>Every measured cell</summary><div class="table-wrap"><table><thead><tr><th>Batch</th><th>Instances</th><th>Protocol</th><th>Clients</th><th>Throughput (req/s)</th><th>p50 (ms)</th><th>p99 (ms)</th><th>Failed</th><th>Measured</th></tr></thead><tbody>' +
+              a.measurements.map(function (m) {
+                return "<tr><td>" + m.batch_size + "</td><td>" + m.instances + "</td><td>" + esc(m.protocol) + "</td><td>" + m.concurrency + "</td><td>" +
+                  fmt(m.throughput_rps, 0) + "</td><td>" + fmt(m.p50_ms) + "</td><td>" + fmt(m.p99_ms) + "</td><td>" + m.failed_requests + "</td><td>" + esc(m.measured_at) + "</td></tr>";
+              }).join("") + "</tbody></table></div></details>";
+          }
           out.innerHTML = html;
         });
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { overview(); charts(); profileChart(); advice(); });
+  // the latest measurement run: its progress while it runs (polled), then when and where it ran
+  function measurement() {
+    var el = document.querySelector("[data-measurement]");
+    if (!el) return;
+    var url = el.getAttribute("data-measurement"), wasRunning = false;
+    function show() {
+      fetch(url, { credentials: "same-origin" }).then(function (r) { return r.json(); }).then(function (body) {
+        var run = body.run, running = run && (run.status === "queued" || run.status === "running");
+        el.className = run && run.status === "failed" ? "error" : "muted";
+        if (!run) {
+          el.textContent = "Throughput figures are predicted until this version is measured on this machine.";
+        } else if (running) {
+          el.textContent = "Measuring on this machine (" + run.progress + "%): " + (run.step || run.status);
+        } else if (run.status === "failed") {
+          el.textContent = "The last measurement failed: " + run.error;
+        } else {
+          el.textContent = "Measured on this machine (" + run.machine + ") at " + run.finished_at + ", for a " +
+            run.latency_budget_ms + " ms budget: " + body.rows.length + " cells. The advice quotes them.";
+        }
+        var form = document.querySelector("form[data-advice]");
+        if (wasRunning && !running && form && document.querySelector("[data-advice-choice], [data-advice-shortfall]")) {
+          form.requestSubmit();
+        }
+        wasRunning = running;
+        if (running) setTimeout(show, 2000);
+      });
+    }
+    show();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { overview(); charts(); profileChart(); advice(); measurement(); });
 })();

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,7 +17,8 @@ from django.urls import reverse
 from dashboard.advice import advise
 from deployments.models import Variant
 from deployments.services.batching import propose_batching
-from inference_worker.contracts.batching import BATCHING
+from deployments.services.measurements import MeasuredCell, config_key
+from inference_worker.contracts.batching import BATCHING, encode_batching
 from tests.support.versions import ready_version
 
 REPORT: dict[str, Any] = {
@@ -182,3 +185,90 @@ def test_the_advice_quotes_the_version_s_measured_cold_start_once_a_worker_was_r
         )
 
     assert api.get(url).json()["cold_start_s"] == 4.0
+
+
+def _cells(batching: Any, protocol: str, figures: list[tuple[int, float, float]]) -> list[MeasuredCell]:
+    """Measured cells of one configuration: (clients, req/s, p99 ms) each."""
+    at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    return [
+        MeasuredCell(
+            config_key=config_key(batching),
+            batching=encode_batching(batching),
+            max_batch_size=batching.max_batch_size,
+            instances=batching.instances,
+            protocol=protocol,
+            concurrency=clients,
+            throughput_rps=rps,
+            p50_ms=p99 / 2,
+            p99_ms=p99,
+            errors=0,
+            measured_at=at,
+            machine="box, Some CPU, 2 cores",
+        )
+        for clients, rps, p99 in figures
+    ]
+
+
+def test_measured_cells_of_the_chosen_batching_set_its_throughput_and_the_replicas() -> None:
+    chosen = propose_batching(REPORT, latency_budget_ms=20, target_rps=1500)
+    cells = _cells(chosen.batching, "http_binary", [(1, 400.0, 3.0), (16, 900.0, 12.0), (64, 1100.0, 35.0)])
+
+    advice = advise(REPORT, budget_ms=20, target_rps=1500, measured=cells)
+
+    assert advice.choice is not None
+    assert advice.choice.batch_size == 4  # the rule's choice, as the deploy form's
+    assert advice.batching == chosen.batching
+    assert advice.choice.measured_throughput_rps == 900.0  # 1,100 req/s took p99 35 ms > 20
+    assert advice.choice.measured_p99_ms == 12.0
+    assert advice.choice.measured_concurrency == 16
+    assert advice.replicas == 2  # 1,500 / 900
+    assert advice.deploy is not None
+    assert advice.deploy["replicas"] == "2"
+    assert advice.shortfall.startswith("Throughput falls short: batch 4 over HTTP binary, measured on this")
+    assert "one worker served 900 req/s with p99 12.00 ms at 16 concurrent clients" in advice.shortfall
+    assert "predicted from compute and codec alone: 1,923" in advice.shortfall
+    body = advice.as_dict()
+    assert body["measured"] is True
+    assert body["throughput_basis"].startswith(
+        "Measured on this machine at 2026-12-01 09:30 UTC (box, Some CPU"
+    )
+
+
+def test_a_measured_worker_meeting_the_target_needs_one_replica() -> None:
+    chosen = propose_batching(REPORT, latency_budget_ms=20, target_rps=500)
+    cells = _cells(chosen.batching, chosen.protocol or "", [(1, 600.0, 2.0)])
+
+    advice = advise(REPORT, budget_ms=20, target_rps=500, measured=cells)
+
+    assert advice.shortfall == ""
+    assert advice.replicas == 1
+    assert (
+        "measured on this machine at 2026-12-01 09:30 UTC: one worker served 600 req/s" in advice.explanation
+    )
+
+
+def test_a_measured_p99_over_the_budget_at_every_concurrency_is_a_latency_shortfall() -> None:
+    chosen = propose_batching(REPORT, latency_budget_ms=20, target_rps=1500)
+    cells = _cells(chosen.batching, "http_binary", [(1, 300.0, 25.0), (16, 800.0, 60.0)])
+
+    advice = advise(REPORT, budget_ms=20, target_rps=1500, measured=cells)
+
+    assert advice.choice is not None
+    assert advice.choice.meets_latency is False
+    assert advice.shortfall.startswith("Latency falls short: measured on this machine")
+    assert "p99 25.00 ms even at 1 concurrent client(s), over the 20 ms budget" in advice.shortfall
+
+
+def test_cells_of_other_options_leave_the_choice_predicted() -> None:
+    chosen = propose_batching(REPORT, latency_budget_ms=20, target_rps=1500)
+    two_instances = _cells(replace(chosen.batching, instances=2), "http_binary", [(16, 2000.0, 5.0)])
+    over_json = _cells(chosen.batching, "http_json", [(16, 700.0, 5.0)])
+
+    advice = advise(REPORT, budget_ms=20, target_rps=1500, measured=two_instances + over_json)
+
+    assert advice.choice is not None
+    assert advice.choice.measured is False
+    assert advice.as_dict()["throughput_basis"].startswith("Predicted, not measured")
+    json_option = next(o for o in advice.options if (o.protocol, o.batch_size) == ("http_json", 4))
+    assert json_option.measured_throughput_rps == 700.0  # shown beside its prediction
+    assert len(advice.as_dict()["measurements"]) == 2

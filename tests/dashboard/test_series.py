@@ -130,6 +130,23 @@ def test_a_bucket_has_summed_counters_merged_percentiles_errors_and_per_worker_g
     assert answer["workers"][str(workers[1].pk)]["rss_mb"][i] == pytest.approx(100.0)
 
 
+def test_per_worker_lines_are_capped_live_workers_first_and_the_variants_count_every_worker(
+    workers: list[Worker], settings: Any
+) -> None:
+    settings.KILN_SERIES_MAX_WORKERS = 2
+    now = timezone.now()
+    Worker.objects.filter(pk=workers[1].pk).update(state="stopped")
+    for worker in workers:
+        _report(worker, now - timedelta(seconds=20), [6, 0, 0, 0, 0, 0])
+
+    answer = deployment_series(workers[0].variant.deployment, "15m", now=now)
+
+    assert sorted(answer["workers"]) == sorted(str(w.pk) for w in (workers[0], workers[2]))
+    assert answer["workers_limit"] == 2
+    assert max(r for r in answer["variants"]["primary"]["replicas"]) == 2  # the stopped one counted too
+    assert _totals(answer, "primary") == pytest.approx(12.0)
+
+
 @pytest.mark.parametrize("range_name", list(RANGES))
 def test_the_series_runs_the_same_queries_for_few_and_many_reports(
     workers: list[Worker], range_name: str

@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from config.redis import redis_client
 from deployments.autoscaling.models import ScalingDecision, ScalingPolicy
 from deployments.inputs import AutoscalingPolicy, VariantSpec, VersionTarget
-from deployments.models import Variant
+from deployments.models import Variant, Worker, WorkerState
 from deployments.services.autoscaling import autoscale, set_autoscaling
 from deployments.services.deployments import create_deployment
 from inference_worker.contracts.activation import ActivationRequest, activation_key, encode_activation
@@ -76,6 +76,23 @@ def test_load_the_gateways_report_adds_replicas_and_the_decision_says_why(
     assert decision.short_load == 8.0
     assert decision.policy["target_in_flight"] == 2.0
     assert ScalingPolicy.objects.get().last_scaled_at is not None
+
+
+def test_no_replica_is_added_while_the_first_is_starting_and_none_serves(
+    variant: Variant, owner: User, routing_key: str
+) -> None:
+    policy(variant, owner)
+    first = Worker.objects.create(
+        variant=variant, version=variant.version, backend="process", state=WorkerState.STARTING
+    )
+    gateway_writes(routing_key, in_flight=6, held=2)
+
+    assert autoscale() == {"variants": 1, "changed": 0}
+
+    Worker.objects.filter(pk=first.pk).update(state=WorkerState.READY)
+    assert autoscale() == {"variants": 1, "changed": 1}
+    variant.refresh_from_db()
+    assert variant.replicas == 4
 
 
 def test_the_gauges_of_a_gateway_that_stopped_writing_do_not_count(

@@ -43,6 +43,17 @@ def burst(before: float, after: float, *, burst_s: int = 3) -> list[Sample]:
     return calm + loud
 
 
+def spike(level: float, peak: float) -> list[Sample]:
+    """``level`` requests in flight for 40 s, but ``peak`` for 4 s from 20 s ago."""
+    samples, busy = [], 0.0
+    for i in range(41):
+        at = NOW - 40 + i
+        load = peak if NOW - 20 <= at < NOW - 16 else level
+        busy += load if i else 0.0
+        samples.append(Sample(at=at, busy_s=busy, requests=int(10 * busy), in_flight=load))
+    return samples
+
+
 def silent(seconds: int = 40) -> list[Sample]:
     return [
         Sample(at=NOW - seconds + i, busy_s=50.0, requests=500, in_flight=0.0) for i in range(seconds + 1)
@@ -56,13 +67,17 @@ CASES = [
     ("upscale right after a change", POLICY, 2, burst(4.0, 10.0), 1, 0, False, 5, Reason.LOAD_UP),
     ("no more than the maximum", POLICY, 2, burst(2.0, 40.0), 100, 0, False, 6, Reason.LOAD_UP),
     ("load fell over the long window", POLICY, 5, steady(2.0), 100, 0, False, 1, Reason.LOAD_DOWN),
+    ("down to what the window's peak needs", POLICY, 5, spike(2.0, 6.0), 100, 0, False, 3, Reason.LOAD_DOWN),
+    ("a peak at what runs keeps it", POLICY, 4, spike(2.0, 8.0), 100, 0, False, 4, Reason.STEADY),
+    ("a load just above the target is noise", POLICY, 2, steady(4.3), 100, 0, False, 2, Reason.STEADY),
+    ("above the tolerance it scales up", POLICY, 2, steady(4.5), 100, 0, False, 3, Reason.LOAD_UP),
     ("no downscale soon after a change", POLICY, 5, steady(2.0), 10, 0, False, 5, Reason.STEADY),
     ("a short dip is no downscale", POLICY, 4, burst(8.0, 0.5), 100, 0, False, 4, Reason.STEADY),
     ("never below the minimum", POLICY, 3, silent(), 100, 100, False, 1, Reason.LOAD_DOWN),
     ("minimum 1 never goes to zero", POLICY, 1, silent(), 100, 1000, False, 1, Reason.STEADY),
     ("minimum 0 and idle long enough", TO_ZERO, 1, silent(), 100, 61, False, 0, Reason.IDLE),
     ("minimum 0, not idle long enough", TO_ZERO, 1, silent(), 100, 59, False, 1, Reason.STEADY),
-    ("held requests at zero activate", TO_ZERO, 0, burst(0.0, 3.0), 100, 0, False, 2, Reason.ACTIVATE),
+    ("held requests at zero start one", TO_ZERO, 0, burst(0.0, 9.0), 100, 0, False, 1, Reason.ACTIVATE),
     ("an activation request at zero", TO_ZERO, 0, silent(), 100, 0, True, 1, Reason.ACTIVATE),
     ("zero and nothing asked stays", TO_ZERO, 0, silent(), 100, 500, False, 0, Reason.STEADY),
     ("below a raised minimum", POLICY, 0, silent(), 100, 500, False, 1, Reason.MINIMUM),
@@ -99,6 +114,25 @@ def test_the_decision_follows_the_window_and_the_policy(
     assert (decision.replicas, decision.reason) == (expected, reason)
 
 
+def test_no_more_replicas_start_while_none_is_ready() -> None:
+    """After an activation the first replica starts alone; once one serves, the load asks for the rest."""
+    seen = {
+        warming: decide(
+            policy=TO_ZERO,
+            replicas=1,
+            samples=burst(0.0, 9.0),
+            now=NOW,
+            last_scaled_at=NOW - 1,
+            last_active_at=NOW,
+            warming=warming,
+        )
+        for warming in (True, False)
+    }
+
+    assert (seen[True].replicas, seen[True].reason) == (1, Reason.STEADY)
+    assert (seen[False].replicas, seen[False].reason) == (4, Reason.LOAD_UP)  # 6.75 in flight at 2 each
+
+
 def test_short_requests_count_by_the_time_they_took_not_by_the_gauge() -> None:
     """Requests of 1 ms at 4000 per second: the gauge may read 0 at every sample, the load is 4."""
     samples = [Sample(at=NOW - 10 + i, busy_s=4.0 * i, requests=4000 * i, in_flight=0.0) for i in range(11)]
@@ -133,5 +167,5 @@ def test_the_decision_says_what_it_saw() -> None:
     )
 
     assert decision.short_load == pytest.approx(6.25)
-    assert 1.0 < decision.long_load < 2.0
+    assert decision.long_load == pytest.approx(6.25)  # the burst is the long window's peak
     assert decision.idle_s == 2

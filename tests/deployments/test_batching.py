@@ -105,6 +105,8 @@ def test_the_spec_hash_lists_the_options_as_before_so_running_workers_do_not_rol
 
     expected = hashlib.sha256(json.dumps(before_the_table, sort_keys=True).encode()).hexdigest()[:32]
     assert spec_hash(variant) == expected
+    variant.intra_op_threads = 1  # an option added later rolls the workers once it is set
+    assert spec_hash(variant) != expected
 
 
 def test_the_proposal_note_adds_up_as_printed() -> None:

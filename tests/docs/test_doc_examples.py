@@ -36,6 +36,15 @@ BLOCK_TIMEOUT_S = 420
 OVERRIDES = {"KILN_DEMO_LOAD_SECONDS": "600", "KILN_EXAMPLE_HOLD_S": "3"}
 
 
+@pytest.fixture(autouse=True)
+def _short_measurements(settings: Any) -> None:
+    """``kiln measure``'s cells, short (the README names the setting): read by the platform's Celery
+    worker when it starts, so set before it."""
+    settings.KILN_ADVICE_MEASURE_SECONDS = 0.5
+    settings.KILN_ADVICE_MEASURE_CLIENTS = [1, 8]
+    settings.KILN_ADVICE_MEASURE_INSTANCES = [1]
+
+
 def test_every_fenced_block_is_a_program_to_run_or_says_why_not() -> None:
     problems = []
     for block in all_blocks():

@@ -20,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inference_worker.cli import build_parser, config_from_args, main, serve_options
+from inference_worker.config import SharedMemoryConfig
 from tests.support.polling import wait_for
 from tests.support.workers import BIG_K, make_config, running, square_request
 
@@ -60,6 +61,8 @@ def serve_args(models: SimpleNamespace, *extra: str) -> list[str]:
             "--request-timeout-ms (or KILN_WORKER_REQUEST_TIMEOUT_MS): invalid",
         ),
         (["--intra-op-spinning", "maybe"], "--intra-op-spinning"),
+        (["--max-shm-regions", "0"], "--max-shm-regions: must be between 1 and 4096, not 0"),
+        (["--system-shared-memory", "auto"], "--system-shared-memory (or KILN_WORKER_SYSTEM_SHARED_MEMORY)"),
         (["--log-level", "loud"], "--log-level"),
     ],
 )
@@ -107,6 +110,9 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         "KILN_WORKER_MAX_GRPC_MESSAGE_BYTES": "4096",
         "KILN_WORKER_MAX_TENSOR_ELEMENTS": "100",
         "KILN_WORKER_MAX_QUEUE_BYTES": "1048576",
+        "KILN_WORKER_SYSTEM_SHARED_MEMORY": "on",
+        "KILN_WORKER_MAX_SHM_REGIONS": "5",
+        "KILN_WORKER_MAX_SHM_BYTES": "65536",
         "KILN_WORKER_DRAIN_TIMEOUT_S": "3",
         "KILN_WORKER_SHUTDOWN_DELAY_S": "4",
         "KILN_WORKER_LISTEN_FILE": "/tmp/listen.json",
@@ -148,6 +154,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
     assert (config.limits.max_tensor_elements, config.limits.max_queue_bytes) == (100, 1048576)
     assert (config.report.url, config.report.token) == ("https://platform/api/v1/workers/9/reports/", "tok")
     assert (config.report.interval_s, config.report.worker_id) == (1.5, "w-9")
+    assert config.shared_memory == SharedMemoryConfig(enabled=True, max_regions=5, max_bytes=65536)
 
 
 def test_the_report_token_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -169,6 +176,7 @@ def test_defaults_bind_localhost_and_batch_without_delay() -> None:
     assert (config.server.host, config.server.http_port, config.server.grpc_port) == ("127.0.0.1", 8080, 8081)
     assert (config.batching.max_batch_size, config.batching.max_queue_delay_microseconds) == (32, 0)
     assert config.report.url is None
+    assert config.shared_memory.enabled is False  # like Triton's --allow-client-shm: asked for, never assumed
     assert level == "info"
 
 

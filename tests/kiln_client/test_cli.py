@@ -206,8 +206,6 @@ def test_autoscale_sets_shows_and_turns_off_a_variant_s_policy_and_a_bad_value_i
 def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_the_platforms_rules(
     live_server: Any, owner: User, token: str
 ) -> None:
-    from tests.support.versions import ready_version
-
     ready_version(owner, model="digits")
     ready_version(owner, model="digits", number=2)
     Alias.objects.create(model=ModelVersion.objects.get(version=1).model, name="production",
@@ -251,3 +249,41 @@ def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_th
     )
     assert missing.returncode == 1
     assert "no variant 'nope'" in missing.stderr
+
+
+@pytest.fixture
+def short_measurements(settings: Any) -> None:
+    """Read by the Celery worker when it starts: request this fixture before it."""
+    settings.KILN_ADVICE_MEASURE_SECONDS = 0.3
+    settings.KILN_ADVICE_MEASURE_CLIENTS = [1, 4]
+    settings.KILN_ADVICE_MEASURE_INSTANCES = [1]
+
+
+def test_measure_waits_for_the_run_prints_its_cells_and_advise_quotes_them(
+    owner: User,
+    live_server: Any,
+    short_measurements: None,
+    celery_worker: CeleryWorker,
+    token: str,
+    tmp_path: Path,
+) -> None:
+    from tests.support.versions import stored_version
+
+    version = stored_version(owner, tmp_path)
+    version.report = {**version.report, "protocols": {"per_request_ms": {"http_binary": 0.01}}}
+    version.save(update_fields=["report"])
+
+    before = kiln("advise", "cnn", "1", "--target-rps", "100", url=live_server.url, token=token)
+    measured = kiln("measure", "cnn", "1", "--wait", url=live_server.url, token=token)
+    after = kiln("advise", "cnn", "1", "--target-rps", "100", url=live_server.url, token=token)
+    missing = kiln("measure", "cnn", "7", url=live_server.url, token=token)
+
+    assert before.returncode == 0, before.stderr
+    assert "req/s per worker: measured not measured" in before.stdout
+    assert before.stdout.strip().splitlines()[-1].startswith("Predicted, not measured")
+    assert measured.returncode == 0, (measured.stderr, celery_worker.log_tail())
+    assert "measured on " in measured.stdout
+    assert len([line for line in measured.stdout.splitlines() if "http_binary" in line]) >= 2
+    assert after.stdout.strip().splitlines()[-1].startswith("Measured on this machine at ")
+    assert "req/s per worker: measured " in after.stdout
+    assert (missing.returncode, missing.stderr.strip()) == (1, "kiln: model 'cnn' has no version 7")

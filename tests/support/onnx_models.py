@@ -48,6 +48,20 @@ def mlp(path: Path) -> Path:
     return _save(nodes, inputs, outputs, path, inits)
 
 
+def image_classifier(path: Path) -> Path:
+    """input FP32 [batch, 3, 64, 64] -> output FP32 [batch, 10]: channel means through a linear layer
+    (the bench CNN's names and shapes, without torch)."""
+    weights = RNG.standard_normal((3, 10)).astype(np.float32)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["output"]),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 64, 64])]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])]
+    return _save(nodes, inputs, outputs, path, [numpy_helper.from_array(weights, "W")])
+
+
 def two_inputs(path: Path) -> Path:
     """a FP32 [batch, 2], b INT64 [batch, 2] -> sum FP32 = a + b, neg FP32 = -a."""
     nodes = [
