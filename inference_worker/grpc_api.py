@@ -1,28 +1,27 @@
-"""gRPC front end: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on grpc.aio.
+"""The RPCs of ``inference.GRPCInferenceService``, whatever carries them (``grpc_server``).
 
-Runs on the same event loop as HTTP and submits to the same dataplane, so
-requests from both protocols batch together. Errors abort the RPC with the
-status of ``errors.GRPC_STATUS``; inside ``ModelStreamInfer`` they become a
-response carrying ``error_message`` and the stream goes on (Triton's
-behaviour). A stream reads ahead (up to ``STREAM_WINDOW`` requests) so its
-requests batch with each other, and answers in request order. The client's
-deadline lowers the request's timeout like the ``timeout`` parameter does,
-and a request whose client went away leaves the queue without running.
+Methods take the request message and a call context (``CallContext``: the
+client's time left, ``abort``) and return the response, as grpc.aio's
+servicers do. Errors abort the RPC with the status of ``errors.GRPC_STATUS``;
+inside ``ModelStreamInfer`` they become a response carrying ``error_message``
+and the stream goes on (Triton's behaviour). A stream reads ahead (up to
+``STREAM_WINDOW`` requests) so its requests batch with each other, and answers
+in request order. The client's deadline lowers the request's timeout like the
+``timeout`` parameter does, and a request whose client went away leaves the
+queue without running. ``infer`` is ``ModelInfer`` for a transport that
+answers from a callback: no task per request, as HTTP's routes do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
-from inference_worker import build_protos
-from inference_worker.batcher import Outputs
+from inference_worker.batcher import Outputs, Pending
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
 from inference_worker.errors import GRPC_STATUS, InvalidRequest, ModelFailure, RequestTimeout, WorkerError
@@ -36,6 +35,15 @@ STREAM_WINDOW = 256
 _Item = tuple[float, "asyncio.Future[Outputs | WorkerError] | WorkerError", "InferRequest | None"]
 
 
+class CallContext(Protocol):
+    """What the RPCs read of their call (a subset of grpc.aio's ``ServicerContext``)."""
+
+    def time_remaining(self) -> float | None: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        """Raises: the call ends with ``code`` and ``details``."""
+
+
 class InferenceServicer(SharedMemoryServicer):
     """The v2 RPCs, the system shared memory ones included; method names are the protocol's."""
 
@@ -44,22 +52,22 @@ class InferenceServicer(SharedMemoryServicer):
         self._limits = limits
         self._pb2 = pb2
 
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def ServerLive(self, request: Any, context: CallContext) -> Any:
         return self._pb2.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def ServerReady(self, request: Any, context: CallContext) -> Any:
         return self._pb2.ServerReadyResponse(ready=self._dp.ready)
 
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def ModelReady(self, request: Any, context: CallContext) -> Any:
         try:
             return self._pb2.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
         except WorkerError as error:
             await _abort(context, error)
 
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def ServerMetadata(self, request: Any, context: CallContext) -> Any:
         return self._pb2.ServerMetadataResponse(**self._dp.server_metadata())
 
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def ModelMetadata(self, request: Any, context: CallContext) -> Any:
         try:
             metadata = self._dp.model_metadata(request.name, request.version)
         except WorkerError as error:
@@ -73,7 +81,7 @@ class InferenceServicer(SharedMemoryServicer):
             outputs=[tensor(**item) for item in metadata["outputs"]],  # type: ignore[attr-defined]
         )
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def ModelInfer(self, request: Any, context: CallContext) -> Any:
         started, pending, infer = self._start(request, context.time_remaining())
         try:
             result = pending if isinstance(pending, WorkerError) else await pending
@@ -89,7 +97,7 @@ class InferenceServicer(SharedMemoryServicer):
         return result
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        self, request_iterator: AsyncIterator[Any], context: CallContext
     ) -> AsyncIterator[Any]:
         window: asyncio.Queue[tuple[Any, _Item] | None] = asyncio.Queue(STREAM_WINDOW)
 
@@ -102,8 +110,6 @@ class InferenceServicer(SharedMemoryServicer):
                     except asyncio.CancelledError:
                         self._abandon(item)
                         raise
-            except grpc.RpcError as exc:  # the client's side broke off: answer what was read, then end
-                log.info("a ModelStreamInfer stream ended early: %s", exc.code())
             except Exception:  # never leave the answering side waiting for an end that does not come
                 log.exception("reading a ModelStreamInfer stream failed")
             await window.put(None)
@@ -139,25 +145,69 @@ class InferenceServicer(SharedMemoryServicer):
             pending.cancel()  # leaves the queue if it has not run
         self._dp.finish("grpc", "cancelled", started)
 
-    def _start(self, request: Any, time_remaining: float | None) -> _Item:
-        """Decode and submit; the future resolves with the outputs or a WorkerError."""
+    def infer(
+        self, request: Any, time_remaining: float | None, reply: Callable[[Any], None]
+    ) -> Callable[[], None]:
+        """``ModelInfer`` from callbacks: ``reply`` gets the response or a ``WorkerError`` (once, unless
+        cancelled); the function returned cancels (the client went away)."""
+        dp = self._dp
+        open_ = [True]
+
+        def done(result: Outputs | WorkerError) -> None:
+            if not open_[0]:
+                return None
+            open_[0] = False
+            if not isinstance(result, WorkerError):
+                try:
+                    response = self._encode(request, infer, result)  # type: ignore[arg-type]
+                except Exception:  # a bug: the client still gets an answer, the request its outcome
+                    log.exception("encoding a gRPC response failed")
+                    result = ModelFailure("internal error; the worker's log has the details")
+                else:
+                    dp.finish("grpc", "success", started)
+                    return reply(response)
+            dp.finish("grpc", result.code, started)
+            return reply(result)
+
+        def cancel() -> None:
+            if open_[0]:
+                open_[0] = False
+                if isinstance(entry, Pending):
+                    dp.cancel(entry)
+                dp.finish("grpc", "cancelled", started)
+
+        started, entry, infer = self._submit(request, time_remaining, done)
+        if isinstance(entry, WorkerError):
+            done(entry)
+        return cancel
+
+    def _submit(
+        self, request: Any, time_remaining: float | None, done: Callable[[Outputs | WorkerError], None]
+    ) -> tuple[float, Pending | WorkerError, InferRequest | None]:
+        """Count in flight, decode and submit; ``done`` gets the outcome unless a refusal is returned."""
         started = self._dp.begin()
         try:
             infer = self._decode(request, time_remaining)
-            future: asyncio.Future[Outputs | WorkerError] = asyncio.get_running_loop().create_future()
-
-            def done(result: Outputs | WorkerError) -> None:
-                if not future.done():
-                    future.set_result(result)
-
-            entry = self._dp.submit(infer, done)
-            future.add_done_callback(lambda f: self._dp.cancel(entry) if f.cancelled() else None)
-            return started, future, infer
+            return started, self._dp.submit(infer, done), infer
         except WorkerError as error:
             return started, error, None
         except Exception:  # a bug answers INTERNAL and is accounted for, like HTTP's 500
             log.exception("reading a gRPC inference request failed")
             return started, ModelFailure("internal error; the worker's log has the details"), None
+
+    def _start(self, request: Any, time_remaining: float | None) -> _Item:
+        """Decode and submit; the future resolves with the outputs or a WorkerError."""
+        future: asyncio.Future[Outputs | WorkerError] = asyncio.get_running_loop().create_future()
+
+        def done(result: Outputs | WorkerError) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        started, entry, infer = self._submit(request, time_remaining, done)
+        if not isinstance(entry, Pending):
+            return started, entry, None
+        future.add_done_callback(lambda f: self._dp.cancel(entry) if f.cancelled() else None)
+        return started, future, infer
 
     def _decode(self, request: Any, time_remaining: float | None) -> InferRequest:
         self._dp.check_model(request.model_name, request.model_version)
@@ -220,49 +270,5 @@ class InferenceServicer(SharedMemoryServicer):
         return response
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: WorkerError) -> None:
+async def _abort(context: CallContext, error: WorkerError) -> None:
     await context.abort(GRPC_STATUS[error.code], error.message)
-
-
-class GrpcServer:
-    """The grpc.aio server with both services, and its health states."""
-
-    def __init__(self, dataplane: DataPlane, limits: Limits) -> None:
-        pb2, pb2_grpc = build_protos.load()
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limits.max_grpc_message_bytes),
-                ("grpc.max_send_message_length", limits.max_grpc_message_bytes),
-                ("grpc.max_metadata_size", limits.max_header_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(dataplane, limits, pb2), self._server
-        )
-        self.health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen and serve; returns the bound port. Health starts NOT_SERVING."""
-        await self.set_serving(False)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = int(self._server.add_insecure_port(address))
-        if bound == 0:
-            raise OSError(f"cannot listen for gRPC on {address}")
-        await self._server.start()
-        return bound
-
-    async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for service in ("", SERVICE):
-            await self.health.set(service, status)
-
-    async def drain(self) -> None:
-        """Health turns NOT_SERVING for good (watchers are told at once)."""
-        await self.health.enter_graceful_shutdown()
-
-    async def stop(self, grace: float) -> None:
-        await self._server.stop(grace)

@@ -31,7 +31,7 @@ from inference_worker.batcher import Batcher, Runner, ThreadRunner
 from inference_worker.config import ConfigError, WorkerConfig
 from inference_worker.contracts.report import Listen, encode_listen
 from inference_worker.dataplane import DataPlane, State
-from inference_worker.grpc_api import GrpcServer
+from inference_worker.grpc_server import GrpcServer
 from inference_worker.http_api import HttpApi
 from inference_worker.http_server import HttpServer
 from inference_worker.metrics import WorkerMetrics, gpu_reader

@@ -130,7 +130,9 @@ class Gateway:
         await self._drain()
         for task in tasks:
             task.cancel()
-        if (await asyncio.wait(tasks, timeout=2.0))[1]:  # grpc beside uvloop: rarely, one never ends
+        if (await asyncio.wait(tasks, timeout=2.0))[
+            1
+        ]:  # a task that ignores its cancel must not hang the stop
             log.warning("a background task did not end when cancelled; stopping without it")
         await self._shadow.stop()
         await publisher.publish()

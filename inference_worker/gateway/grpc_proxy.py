@@ -1,6 +1,6 @@
 """The gateway's gRPC side: ``inference.GRPCInferenceService`` routed like HTTP.
 
-A grpc.aio server on ``--grpc-port`` with one generic handler that keeps every
+A server on ``--grpc-port`` (our HTTP/2 core) whose routes keep every
 message as bytes. For ``ModelInfer``, ``ModelReady`` and ``ModelMetadata`` it
 reads the model name the request names (the deployment), chooses an arm with
 the same ``choose_arm`` as HTTP (sticky when the call carries the routing-key
@@ -25,8 +25,10 @@ metadata keeps it on one arm), up to ``STREAM_WINDOW`` at once, answering in req
 request answers with ``error_message`` and the stream goes on. ``ServerLive``, ``ServerReady`` (a
 table is loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are ``UNIMPLEMENTED``.
 
-Calls for a variant at zero wait in the activator (``grpc_hold``). The server has a thread of its own
-(``grpc_thread``: grpc.aio and uvloop do not mix); what it tells the gateway crosses over threadsafe.
+Calls for a variant at zero wait in the activator (``grpc_hold``). The server is our HTTP/2 core
+(``grpc_server.RpcServer``, routes of raw bytes) and the calls to the replicas go out on it as a client
+(``grpc_upstream``), both on the gateway's loop: grpc.aio's server and channels, on a thread of their
+own, cost the hop about 1.2 ms and 40% of the req/s (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from inference_worker import __version__, build_protos
 from inference_worker.gateway import grpc_hold, grpc_wire, shared_memory
 from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
-from inference_worker.gateway.grpc_thread import GrpcThread
+from inference_worker.gateway.grpc_upstream import UpstreamError, Upstreams
 from inference_worker.gateway.metrics import Series
 from inference_worker.gateway.proxy import UpstreamResponse
 from inference_worker.gateway.routing import (
@@ -58,6 +60,8 @@ from inference_worker.gateway.routing import (
     wants_shadow,
 )
 from inference_worker.gateway.shadow import GRPC_METHOD, ShadowCopy
+from inference_worker.grpc_call import BIDI, UNARY, Call
+from inference_worker.grpc_server import RpcServer
 
 log = logging.getLogger("inference_worker.gateway")
 
@@ -105,46 +109,37 @@ class Failure(Exception):
 
 
 class GrpcProxy:
-    """The gateway's grpc.aio server, its channels to the replicas and their outstanding calls."""
+    """The gateway's gRPC server, its connections to the replicas and their outstanding calls."""
 
     def __init__(self, router: Router, config: GatewayConfig) -> None:
         self.router = router
         self.key_header = config.routing_key_header.lower()
         self.timeout_s = config.upstream_timeout_s
         self.outstanding: dict[str, int] = {}
-        self._options = [
-            ("grpc.max_receive_message_length", config.max_body_bytes),
-            ("grpc.max_send_message_length", config.max_body_bytes),
-            ("grpc.max_metadata_size", 64 * 1024),
-        ]
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._pb2, _ = build_protos.load()
-        self._main = asyncio.get_running_loop()
-        self._thread = GrpcThread(self._options, self._handler)
-
-    def _handler(self) -> grpc.GenericRpcHandler:
-        unary = grpc.unary_unary_rpc_method_handler
-        own = self._own_answers()
-        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "ModelInfer": unary(self.model_infer),
-            "ModelReady": unary(self._forward("ModelReady")),
-            "ModelMetadata": unary(self._forward("ModelMetadata")),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
-            **{name: unary(answer) for name, answer in own.items()},
+        self._upstreams = Upstreams(config.max_body_bytes)
+        self._seen: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes | None, tuple[Any, ...]]] = {}
+        self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes)
+        unary: dict[str, Callable[[bytes, Call], Any]] = {
+            "ModelInfer": self.model_infer,
+            "ModelReady": self._forward("ModelReady"),
+            "ModelMetadata": self._forward("ModelMetadata"),
+            **self._own_answers(),
         }
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+        for name, handler in unary.items():
+            self._server.add(f"/{SERVICE}/{name}", UNARY, None, handler)
+        self._server.add(f"/{SERVICE}/ModelStreamInfer", BIDI, None, self.model_stream_infer)
 
-    def _own_answers(self) -> dict[str, Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]]:
+    def _own_answers(self) -> dict[str, Callable[[bytes, Call], Any]]:
         pb2 = self._pb2
 
-        async def live(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def live(request: bytes, context: Call) -> bytes:
             return bytes(pb2.ServerLiveResponse(live=True).SerializeToString())
 
-        async def ready(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def ready(request: bytes, context: Call) -> bytes:
             return bytes(pb2.ServerReadyResponse(ready=self.router.loaded).SerializeToString())
 
-        async def metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def metadata(request: bytes, context: Call) -> bytes:
             answer = pb2.ServerMetadataResponse(name="kiln-gateway", version=__version__)
             return bytes(answer.SerializeToString())
 
@@ -152,29 +147,18 @@ class GrpcProxy:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
-        """Listen (on the gRPC thread); returns the bound port."""
-        return await self._thread.start(host, port)
+        """Listen; returns the bound port."""
+        return await self._server.start(host, port)
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, let those in flight finish for ``grace`` seconds, close the channels."""
-        await self._thread.stop(grace, self._close_channels)
-
-    async def _close_channels(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-        self._calls.clear()
+        """Refuse new calls, let those in flight finish for ``grace`` seconds, close the connections."""
+        await self._server.stop(grace)
+        self._upstreams.close()
 
     def keep_only(self, table: RoutingTable) -> None:
-        """Close the channels of replicas no longer in ``table`` (after their calls finish)."""
+        """Close the connections to replicas no longer in ``table`` (after their calls finish)."""
         targets = {r.grpc for route in table.deployments.values() for v in route.variants for r in v.replicas}
-        self._thread.call_soon(self._close_others, targets)
-
-    def _close_others(self, targets: set[str]) -> None:
-        for target in [t for t in self._channels if t not in targets]:
-            channel = self._channels.pop(target)
-            self._calls = {k: v for k, v in self._calls.items() if k[0] != target}
-            asyncio.get_running_loop().create_task(channel.close(grace=self.timeout_s))
+        self._upstreams.keep_only(targets)
 
     def _count(
         self, route: Route, variant: Variant, replica: Replica | None, status: int, seconds: float
@@ -186,20 +170,19 @@ class GrpcProxy:
         self.router.series(route, variant, replica).retries += 1
 
     # -- routing -----------------------------------------------------------------------------
-    def _call(self, target: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
-        found = self._calls.get((target, method))
-        if found is None:
-            channel = self._channels.get(target)
-            if channel is None:
-                channel = self._channels[target] = grpc.aio.insecure_channel(target, options=self._options)
-            found = self._calls[(target, method)] = channel.unary_unary(f"/{SERVICE}/{method}")
-        return found
-
     def load(self, url: str) -> float:
         return self.router.http_load(url) + self.outstanding.get(url, 0)
 
-    def _metadata(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[bytes | None, tuple[Any, ...]]:
-        """The routing key, and the metadata passed on to the replica."""
+    def _metadata(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]:
+        """The routing key, and the metadata passed on to the replica (a client repeats its own)."""
+        found = self._seen.get(context.headers)
+        if found is None:
+            if len(self._seen) >= 1024:
+                self._seen.clear()
+            found = self._seen[context.headers] = self._read_metadata(context)
+        return found
+
+    def _read_metadata(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]:
         key: bytes | None = None
         passed = []
         for name, value in context.invocation_metadata() or ():
@@ -239,7 +222,7 @@ class GrpcProxy:
     ) -> tuple[Replica, bytes]:
         """The answer of a replica of ``variant`` (held while it is scaled to zero), retried on another."""
         if variant.activate and not variant.replicas:
-            outcome = await grpc_hold.hold(self.router.activator, self._main, route, variant)
+            outcome = await grpc_hold.hold(self.router.activator, route, variant)
             if isinstance(outcome, str):
                 raise Failure(grpc.StatusCode.UNAVAILABLE, outcome, _labels(variant.name, variant.version))
             route, variant = outcome
@@ -260,16 +243,15 @@ class GrpcProxy:
             url = replica.url
             self.outstanding[url] = self.outstanding.get(url, 0) + 1
             try:
-                return replica, await self._call(replica.grpc, method)(
-                    request, metadata=metadata, timeout=timeout
-                )
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                path = f"/{SERVICE}/{method}".encode()
+                return replica, await self._upstreams.call(replica.grpc, path, request, metadata, timeout)
+            except UpstreamError as exc:
+                code = exc.status
                 if code in RETRYABLE and len(tried) + 1 < len(variant.grpc_replicas):
                     tried.add(url)
-                    self._main.call_soon_threadsafe(self._retried, route, variant, replica)
+                    self._retried(route, variant, replica)
                     continue
-                message = exc.details() or code.name
+                message = exc.details or code.name
                 if code == grpc.StatusCode.UNAVAILABLE:  # unreachable, loading or draining: say which arm
                     what = f"deployment {route.name!r} variant {variant.name!r}"
                     message = f"no replica of {what} could answer (last: {message})"
@@ -292,10 +274,10 @@ class GrpcProxy:
         except Failure as failure:
             seconds = time.perf_counter() - started
             status = HTTP_OF.get(failure.code, 502)
-            self._main.call_soon_threadsafe(self._count, route, variant, None, status, seconds)
+            self._count(route, variant, None, status, seconds)
             raise
         seconds = time.perf_counter() - started
-        self._main.call_soon_threadsafe(self._count, route, variant, replica, 200, seconds)
+        self._count(route, variant, replica, 200, seconds)
         if route.shadows:
             self._mirror(route, request, answer, seconds)
         return variant, replica, answer + replica.grpc_labels
@@ -314,14 +296,14 @@ class GrpcProxy:
             copy = ShadowCopy(
                 route.name, shadow.name, shadow.version, replicas, GRPC_METHOD, b"", b"", body, live, seconds
             )  # fmt: skip
-            self._main.call_soon_threadsafe(self.router.offer_shadow, copy)
+            self.router.offer_shadow(copy)
 
-    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    def _timeout(self, context: Call) -> float:
         remaining = context.time_remaining()
         return self.timeout_s if remaining is None else max(0.0, min(remaining, self.timeout_s))
 
     # -- the RPCs ----------------------------------------------------------------------------
-    async def model_infer(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    async def model_infer(self, request: bytes, context: Call) -> bytes:
         key, metadata = self._metadata(context)
         try:
             variant, replica, answer = await self._infer(request, key, metadata, self._timeout(context))
@@ -332,10 +314,10 @@ class GrpcProxy:
         await context.send_initial_metadata(_labels(variant.name, replica.version))
         return answer
 
-    def _forward(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
+    def _forward(self, method: str) -> Callable[[bytes, Call], Any]:
         """``ModelReady`` / ``ModelMetadata``: answered by a replica of the chosen arm."""
 
-        async def forward(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def forward(request: bytes, context: Call) -> bytes:
             key, metadata = self._metadata(context)
             try:
                 route, variant = self._route(request, key)
@@ -349,9 +331,7 @@ class GrpcProxy:
 
         return forward
 
-    async def model_stream_infer(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Call) -> AsyncIterator[bytes]:
         key, metadata = self._metadata(context)
         loop = asyncio.get_running_loop()
         window: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_WINDOW)
@@ -372,8 +352,6 @@ class GrpcProxy:
                     except asyncio.CancelledError:
                         task.cancel()
                         raise
-            except grpc.RpcError as exc:  # the client broke off: answer what was read, then end
-                log.info("a ModelStreamInfer stream ended early: %s", exc.code())
             except Exception:  # never leave the answering side waiting for an end that does not come
                 log.exception("reading a ModelStreamInfer stream failed")
             await window.put(None)

@@ -1,0 +1,250 @@
+"""The gateway's unary gRPC calls to replicas, over our HTTP/2 core as a client (``h2_base``).
+
+One connection per replica target carries every call to it (a second opens
+when the first holds as many streams as the replica takes). A call is a
+header block (static ``:method``/``:scheme``, literal fields, ``grpc-timeout``),
+the request's bytes framed as one message, and the answer's bytes back: no
+protobuf decode. Failures raise ``UpstreamError`` with grpc.aio's codes: a
+replica that cannot be reached, resets the connection or refuses the stream
+is ``UNAVAILABLE`` (the proxy retries those on another replica), the deadline
+passing is ``DEADLINE_EXCEEDED`` (and the stream is cancelled), otherwise
+the replica's own ``grpc-status`` and ``grpc-message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import grpc
+
+from inference_worker import h2_base
+from inference_worker.h2_send import CANCEL, REFUSED_STREAM, Stream
+from inference_worker.hpack_codec import literal
+
+CONNECT_TIMEOUT_S = 5.0
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_FIXED = b"\x83\x86" + literal(b"content-type", b"application/grpc") + literal(b"te", b"trailers")
+"""``:method: POST`` and ``:scheme: http`` (static table entries 3 and 6), then the gRPC fields."""
+
+
+class UpstreamError(Exception):
+    """A call that failed, with grpc.aio's status code and details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.status = code
+        self.details = details
+
+
+class _Answer:
+    """What has come back on one stream."""
+
+    __slots__ = ("future", "parts", "size", "status")
+
+    def __init__(self, future: asyncio.Future[bytes]) -> None:
+        self.future = future
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.status = b""
+
+
+class UpstreamConnection(h2_base.Connection):
+    """One connection to one replica, as a client."""
+
+    def __init__(self, authority: bytes, max_message: int) -> None:
+        super().__init__(set(), max_header_bytes=64 * 1024, client=True)
+        self.max_message = max_message
+        self.next_id = 1
+        self.head = _FIXED + literal(b":authority", authority)
+
+    @property
+    def full(self) -> bool:
+        return (
+            self.closed
+            or self.going_away
+            or len(self.streams) >= self.peer_max_streams
+            or self.next_id > 1 << 30
+        )
+
+    def start(
+        self, path: bytes, request: bytes, metadata: bytes, timeout: float
+    ) -> tuple[Stream, asyncio.Future[bytes]]:
+        stream = Stream(self.next_id, self.initial_window)
+        self.last_stream, self.next_id = self.next_id, self.next_id + 2
+        self.streams[stream.id] = stream
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        stream.call = _Answer(future)
+        block = self.head + _path(path) + metadata + _timeout(max(1, math.ceil(timeout * 1000)))
+        self.send(stream, block, b"\x00" + len(request).to_bytes(4, "big") + request, None, end=True)
+        return stream, future
+
+    def cancel(self, stream: Stream) -> None:
+        if self.streams.get(stream.id) is stream:
+            self.reset(stream.id, CANCEL)
+            self.release(stream)
+
+    def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
+        answer: _Answer = stream.call
+        status = message = b""
+        for name, value in headers:
+            if name == b"grpc-status":
+                status = value
+            elif name == b"grpc-message":
+                message = value
+            elif name == b":status" and value != b"200":
+                text = f"the replica answered HTTP {value.decode('latin-1')}"
+                return self._settle(stream, grpc.StatusCode.UNAVAILABLE, text)
+        if not end:
+            return None
+        answer.status = status
+        code = _CODES.get(int(status)) if status.isdigit() else None
+        if code is None:
+            self._settle(stream, grpc.StatusCode.INTERNAL, "the replica's answer has no grpc-status")
+        elif code is grpc.StatusCode.OK:
+            self._settle(stream, None, "")
+        else:
+            text = unquote_to_bytes(message).decode(errors="replace") if message else code.name
+            self._settle(stream, code, text)
+        return None
+
+    def on_data(self, stream: Stream, data: bytes) -> None:
+        answer: _Answer = stream.call
+        answer.parts.append(data)
+        answer.size += len(data)
+        self.consumed(stream, len(data))
+        if answer.size > self.max_message + 5:
+            self.reset(stream.id, CANCEL)
+            self._settle(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "the replica's answer exceeds the limit")
+
+    def on_end(self, stream: Stream) -> None:
+        self._settle(stream, grpc.StatusCode.INTERNAL, "the replica ended the stream without trailers")
+
+    def on_reset(self, stream: Stream) -> None:
+        code = stream.reset_code
+        if code is None or code == REFUSED_STREAM:
+            self._settle(stream, grpc.StatusCode.UNAVAILABLE, "the connection to the replica was lost")
+        else:
+            self._settle(stream, grpc.StatusCode.CANCELLED if code == CANCEL else grpc.StatusCode.INTERNAL,
+                         f"the replica reset the stream (HTTP/2 error {code})")  # fmt: skip
+
+    def _settle(self, stream: Stream, code: grpc.StatusCode | None, message: str) -> None:
+        answer: _Answer | None = stream.call
+        self.release(stream)
+        if answer is None or answer.future.done():
+            return
+        if code is not None:
+            answer.future.set_exception(UpstreamError(code, message))
+            return
+        body = answer.parts[0] if len(answer.parts) == 1 else b"".join(answer.parts)
+        if len(body) < 5 or body[0] or int.from_bytes(body[1:5], "big") != len(body) - 5:
+            answer.future.set_exception(
+                UpstreamError(grpc.StatusCode.INTERNAL, "the replica's answer is not one message")
+            )
+            return
+        answer.future.set_result(body[5:])
+
+    def retire(self) -> None:
+        """Take no new calls; close once those in flight have ended."""
+        self.going_away = True
+        if not self.streams:
+            self.close()
+
+
+class Upstreams:
+    """The connections to the replicas, by target (``host:port``)."""
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self._connections: dict[str, UpstreamConnection] = {}
+        self._connecting: dict[str, asyncio.Future[UpstreamConnection]] = {}
+
+    async def call(
+        self, target: str, path: bytes, request: bytes, metadata: Iterable[tuple[str, Any]], timeout: float
+    ) -> bytes:
+        """The replica's answer to ``request`` (bytes), or ``UpstreamError``."""
+        connection = self._connections.get(target)
+        if connection is None or connection.full:
+            connection = await self._connect(target)
+        block = _metadata(tuple(metadata))
+        stream, future = connection.start(path, request, block, timeout)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, _expire, connection, stream, future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            connection.cancel(stream)
+            raise
+        finally:
+            timer.cancel()
+
+    async def _connect(self, target: str) -> UpstreamConnection:
+        pending = self._connecting.get(target)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = self._connecting[target] = asyncio.get_running_loop().create_future()
+        try:
+            connection = await self._open(target)
+        except UpstreamError as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: callers waiting get it, none left means no warning
+            raise
+        finally:
+            del self._connecting[target]
+        old = self._connections.get(target)
+        if old is not None and old is not connection:
+            old.retire()
+        self._connections[target] = connection
+        future.set_result(connection)
+        return connection
+
+    async def _open(self, target: str) -> UpstreamConnection:
+        host, _, port = target.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConnection(target.encode(), self.max_message), host.strip("[]"), int(port)
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE, f"failed to connect to {target}: {exc}"
+            ) from None
+        return connection
+
+    def keep_only(self, targets: set[str]) -> None:
+        """Retire the connections to targets no longer routed (after their calls end)."""
+        for target in [t for t in self._connections if t not in targets]:
+            self._connections.pop(target).retire()
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _path(path: bytes) -> bytes:
+    return literal(b":path", path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _timeout(milliseconds: int) -> bytes:
+    return literal(b"grpc-timeout", b"%dm" % milliseconds)
+
+
+@functools.lru_cache(maxsize=256)
+def _metadata(metadata: tuple[tuple[str, Any], ...]) -> bytes:
+    return b"".join(literal(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata)
+
+
+def _expire(connection: UpstreamConnection, stream: Stream, future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+        connection.cancel(stream)

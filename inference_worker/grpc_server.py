@@ -1,0 +1,202 @@
+"""gRPC servers on our HTTP/2 core (``h2_base``): a server of routes, and the worker's.
+
+Replaces grpcio's server, which answered at about a quarter of the HTTP/1.1
+core's rate (bench/RESULTS.md). ``RpcServer`` routes each call by its path to a
+method (``grpc_call.Route``); the worker's ``GrpcServer`` routes every method of
+``inference.GRPCInferenceService`` the servicer defines, with its request type
+from the protocol's descriptor, and gRPC health. ``ModelInfer`` answers from the
+batcher's callback (``InferenceServicer.infer``) with no task per call, the
+other RPCs run as tasks. A compressed message is ``UNIMPLEMENTED`` (we never
+announce an encoding), one over the message limit is ``RESOURCE_EXHAUSTED``,
+metadata over ``max_header_bytes`` too. ``grpc-timeout`` becomes the call's
+deadline, read as grpc.aio's ``time_remaining()`` was; when it passes, the call
+ends with ``DEADLINE_EXCEEDED`` and its work is cancelled, as grpcio's server
+does. A client repeats its header block: it is read once per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from inference_worker import build_protos, h2_base
+from inference_worker.config import Limits
+from inference_worker.dataplane import DataPlane
+from inference_worker.grpc_api import SERVICE, InferenceServicer
+from inference_worker.grpc_call import (
+    BIDI,
+    FAST_INFER,
+    HEADERS,
+    SERVER_STREAM,
+    TIMEOUT,
+    UNARY,
+    UNITS,
+    Call,
+    Route,
+    status_block,
+)  # fmt: skip
+from inference_worker.h2_send import Stream
+from inference_worker.health_service import HEALTH_SERVICE, Health
+from inference_worker.hpack_codec import literal
+
+
+class GrpcConnection(h2_base.Connection):
+    """One client connection: streams become calls of the server's routes."""
+
+    def __init__(self, server: RpcServer) -> None:
+        super().__init__(server.connections, max_header_bytes=server.max_header_bytes)
+        self.routes = server.routes
+        self.max_message = server.max_message
+        self._heads: dict[
+            tuple[tuple[bytes, bytes], ...], tuple[Route | None, float | None, bytes | None]
+        ] = {}
+
+    def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
+        head = self._heads.get(headers)  # clients repeat their header block: read it once
+        if head is None:
+            head = self._read_head(headers)
+            if len(self._heads) >= 256:
+                self._heads.clear()
+            self._heads[headers] = head
+        route, timeout, refusal = head
+        if refusal is not None:
+            self.send(stream, None, None, refusal)
+            return
+        assert route is not None  # noqa: S101 - a head without a route has a refusal
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call = stream.call = Call(self, stream, route, deadline, headers)
+        if timeout is not None:
+            call.timer = asyncio.get_running_loop().call_later(timeout, call.expire)
+        if route.kind == BIDI:
+            call.task = asyncio.get_running_loop().create_task(call.run(call.incoming()))
+        if end:
+            call.end()
+
+    def _read_head(
+        self, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> tuple[Route | None, float | None, bytes | None]:
+        """The call's route and timeout, or the header block that refuses it."""
+        path = content_type = timeout = b""
+        method = b"POST"
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value) + 32
+            if name == b":path":
+                path = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = value
+            elif name == b":method":
+                method = value
+        if method != b"POST" or not content_type.startswith(b"application/grpc"):
+            return None, None, literal(b":status", b"405" if method != b"POST" else b"415")
+        route = self.routes.get(path)
+        if size > self.max_header_bytes:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            return None, None, HEADERS + status_block(code.value[0], "the call's metadata is too large")
+        if route is None:
+            message = f"unknown method {path.decode('latin-1')[:200]}"
+            return None, None, HEADERS + status_block(grpc.StatusCode.UNIMPLEMENTED.value[0], message)
+        match = TIMEOUT.fullmatch(timeout) if timeout else None
+        return route, None if match is None else int(match[1]) * UNITS[match[2]], None
+
+    def on_data(self, stream: Stream, data: bytes) -> None:
+        call = stream.call
+        if call is not None and not call.done:
+            call.feed(data)
+        else:
+            self.consumed(stream, len(data))
+
+    def on_end(self, stream: Stream) -> None:
+        if stream.call is not None:
+            stream.call.end()
+
+    def on_reset(self, stream: Stream) -> None:
+        if stream.call is not None:
+            stream.call.cancel()
+
+    def refuse_preface(self, data: bytes) -> None:
+        if data[:8].split(b" ", 1)[0].isalpha():  # an HTTP/1.x request line
+            body = b"this port speaks gRPC (HTTP/2); send HTTP/1.1 requests to the HTTP port\n"
+            self.transport.write(
+                b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: h2c\r\nContent-Type: text/plain\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.close()
+            return
+        super().refuse_preface(data)
+
+
+class RpcServer:
+    """Listening socket, connections and routes (paths to methods)."""
+
+    def __init__(self, *, max_header_bytes: int, max_message: int) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.max_message = max_message
+        self.connections: set[h2_base.Connection] = set()
+        self.routes: dict[bytes, Route] = {}
+        self._server: asyncio.AbstractServer | None = None
+
+    def add(self, path: str, kind: int, request_type: Any, handler: Callable[..., Any]) -> None:
+        """Route ``path``; with no ``request_type`` the method takes and returns bytes."""
+        self.routes[path.encode()] = Route(kind, request_type, handler)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: GrpcConnection(self), host, port, backlog=2048)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, grace: float) -> None:
+        """No new connections or calls; calls in flight get ``grace`` seconds, then connections close."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.shut_down()
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):
+            connection.transport.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)  # connection_lost runs: calls left are cancelled
+
+
+class GrpcServer(RpcServer):
+    """The worker's: the inference service and gRPC health, and the health states."""
+
+    def __init__(self, dataplane: DataPlane, limits: Limits) -> None:
+        super().__init__(max_header_bytes=limits.max_header_bytes, max_message=limits.max_grpc_message_bytes)
+        pb2, _ = build_protos.load()
+        self.servicer = InferenceServicer(dataplane, limits, pb2)
+        self.health = Health()
+        for method in pb2.DESCRIPTOR.services_by_name[SERVICE.rsplit(".", 1)[1]].methods:
+            handler = getattr(self.servicer, method.name, None)
+            if handler is None:
+                continue
+            kind = BIDI if method.client_streaming else SERVER_STREAM if method.server_streaming else UNARY
+            if method.name == "ModelInfer":
+                kind, handler = FAST_INFER, self.servicer.infer
+            self.add(f"/{SERVICE}/{method.name}", kind, getattr(pb2, method.input_type.name), handler)
+        check, watch = self.health.methods()
+        self.add(f"/{HEALTH_SERVICE}/Check", UNARY, self.health.request_type, check)
+        self.add(f"/{HEALTH_SERVICE}/Watch", SERVER_STREAM, self.health.request_type, watch)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen and serve; returns the bound port. Health starts NOT_SERVING."""
+        await self.set_serving(False)
+        return await super().start(host, port)
+
+    async def set_serving(self, serving: bool) -> None:
+        for service in ("", SERVICE):
+            self.health.set(service, serving)
+
+    async def drain(self) -> None:
+        """Health turns NOT_SERVING for good (watchers are told at once)."""
+        self.health.enter_graceful_shutdown()
