@@ -1,22 +1,21 @@
 """HTTP/2 serving (RFC 9113, prior knowledge, no TLS) on an asyncio protocol: frames, streams, windows.
 
-Written beside ``http_base`` for the same reason: grpcio's server answered
-gRPC at about a quarter of our HTTP/1.1 core's rate (bench/RESULTS.md). This
-module knows HTTP/2 only; a subclass of :class:`Connection` gives meaning to a
-stream's headers and data (``grpc_server``). Frames are parsed with slices of
-one buffer per read; what the connection writes during a read (SETTINGS and
-PING acknowledgements, window updates, answers) goes out in one write (``h2_send``).
+Written beside ``http_base`` for the same reason: grpcio's server answered gRPC at about a
+quarter of our HTTP/1.1 core's rate (bench/RESULTS.md). This module knows HTTP/2 only; a
+subclass of :class:`Connection` gives meaning to a stream's headers and data (``grpc_server``).
+Frames are parsed with slices of one buffer per read; what the connection writes during a read
+(SETTINGS and PING acknowledgements, window updates, answers) goes out in one write (``h2_send``).
 
-Flow control both ways: the peer's DATA is counted against the windows we
-granted, and credit returns to the connection at once and to a stream when
-the subclass says the data was consumed (``consumed``), so a stream whose
-reader lags stops receiving. What we send waits for the peer's windows in
-the stream's queue; past ``MAX_BUFFERED`` bytes waiting on one connection,
-new streams are refused, and a stream's sender can wait for room
-(``writable``). A peer that stops reading the socket stops being read.
+Flow control both ways: the peer's DATA is counted against the windows we granted, and credit
+returns to the connection at once and to a stream when the subclass says the data was consumed
+(``consumed``), so a stream whose reader lags stops receiving. What we send waits for the peer's
+windows in the stream's queue; past ``MAX_BUFFERED`` bytes waiting on one connection, new streams
+are refused, and a stream's sender can wait for room (``writable``). A peer that stops reading
+the socket stops being read.
 Protocol violations end the connection with GOAWAY and the error's code, and
 so does a rapid-reset flood (CVE-2023-44487): past ``MAX_RESETS`` streams reset
-while open, when they are most of those the peer opened.
+while open, when they are most of those the peer opened. After a GOAWAY the connection
+lingers: what the peer still sends is read and dropped, so it reads the GOAWAY, not a reset.
 """
 
 from __future__ import annotations
@@ -142,6 +141,8 @@ class Connection(Sender, asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # lingering after a GOAWAY: dropped
+            return
         if self._buffer:  # a frame arrives in pieces: gathered in place, parsed once whole
             self._buffer += data
             if len(self._buffer) < self._needed:

@@ -39,6 +39,7 @@ MAX_BUFFERED = 16 << 20
 """Bytes waiting for the peer's windows on one connection before new streams are refused."""
 STREAM_HIGH_WATER = 1 << 20
 MAX_CONNECTIONS = 4096
+LINGER_S = 2.0
 _HEAD = struct.Struct(">IBI")
 
 
@@ -273,7 +274,7 @@ class Sender:
             log.info("HTTP/2 connection error %d: %s", code, message)
         debug = message.encode()[:256]
         self.write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code) + debug))
-        self.close()
+        self.close(linger=True)
 
     def shut_down(self) -> None:
         """Stop taking streams (GOAWAY, NO_ERROR); close once the open ones have ended."""
@@ -283,8 +284,16 @@ class Sender:
             if not self.streams:
                 self.close()
 
-    def close(self) -> None:
+    def close(self, *, linger: bool = False) -> None:
+        """Close; ``linger``: send what is queued and our end of the stream, then read and drop what
+        the peer still sends for ``LINGER_S`` (closing on unread data would reset the connection,
+        and the peer would lose the GOAWAY saying why)."""
         if not self.closed:
             self.closed = True
             self.flush()
-            self.transport.close()
+            transport = self.transport
+            if linger and transport.can_write_eof():
+                transport.write_eof()
+                asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+            else:
+                transport.close()
