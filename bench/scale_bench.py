@@ -323,11 +323,45 @@ def bench_series(worker_counts: list[int], repeat: int) -> tuple[list[list[str]]
     return table, header
 
 
+def _current_rss_mb() -> float:
+    """Resident memory now (not the peak): /proc/self/statm's second field, in pages."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def soak(rounds: int) -> tuple[float, float, int]:
+    """Every page and series again ``rounds`` times, on the largest tables: resident memory after
+    the first round and after the last, and the requests served in between."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from deployments.models import Deployment
+    from deployments.series import RANGES
+    from registry.models import RegisteredModel
+
+    client = Client()
+    client.force_login(User.objects.get(username="bench"))
+    model = RegisteredModel.objects.order_by("-pk").values_list("name", flat=True).first()
+    deployment = Deployment.objects.order_by("-pk").values_list("name", flat=True).first()
+    urls = [url.format(model=model) for _, url in PAGES]
+    urls += [f"/api/v1/dashboard/deployments/{deployment}/series/?range={name}" for name in RANGES]
+    for url in urls:
+        client.get(url)
+    first = _current_rss_mb()
+    for _ in range(rounds):
+        for url in urls:
+            client.get(url)
+    return first, _current_rss_mb(), rounds * len(urls)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="10,1000,20000")
     parser.add_argument("--workers", default="1,20,200")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--soak", type=int, default=20, help="rounds over every page and range at the end [20]"
+    )
     parser.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     # A stopped run still drops its throwaway database (the finally below).
@@ -340,6 +374,7 @@ def main(argv: list[str]) -> int:
         rss_registry = _rss_mb()
         series, series_header = bench_series([int(s) for s in args.workers.split(",")], args.repeat)
         rss_series = _rss_mb()
+        soak_first, soak_last, soaked = soak(args.soak)
         vendor = connection.vendor
     finally:
         connection.creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
@@ -351,11 +386,16 @@ def main(argv: list[str]) -> int:
         f" {os.cpu_count()} cores; Python {platform.python_version()}; {vendor}.",
         f"Command: `python bench/scale_bench.py --models {args.models} --workers {args.workers}`"
         f" (median of {args.repeat} requests in-process after a warm-up; sizes are response bodies)."
-        f" Load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f} (above the core count,"
-        " other jobs shared the machine: compare cells of one run, not runs).",
+        f" Load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f}"
+        + (
+            " (above the core count, other jobs shared the machine: compare cells of one run, not runs)."
+            if max(load_before, os.getloadavg()[0]) > (os.cpu_count() or 1)
+            else " (a quiet machine)."
+        ),
         "Each model has 4 versions with a conversion report, a production alias and 4 audit events;"
         " each worker's reports are kept as the rollup task keeps them"
-        " (raw 1 h, 1m 26 h, 10m and 1h 7 days).",
+        " (raw 1 h, 1m 26 h, 10m and 1h 7 days; the variants' tiers v15s 1 h, v1m 26 h, v10m and v1h"
+        " 7 days).",
         "",
         registry_header,
         "|---|" + "---:|" * (len(registry_header.split("|")) - 3),
@@ -366,7 +406,9 @@ def main(argv: list[str]) -> int:
         *("| " + " | ".join(row) + " |" for row in series),
         "",
         f"Peak memory of the process: {rss_before:,.0f} MB before, {rss_registry:,.0f} MB after the lists,"
-        f" {rss_series:,.0f} MB after the series (the seeding itself included).",
+        f" {rss_series:,.0f} MB after the series (the seeding itself included). While serving:"
+        f" {soak_first:,.0f} MB resident after one round over every page and range on the largest tables,"
+        f" {soak_last:,.0f} MB after {soaked:,} more requests.",
         END,
     ]
     section = "\n".join(lines)
