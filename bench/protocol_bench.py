@@ -23,9 +23,7 @@ import argparse
 import datetime
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -37,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway_bench import REDIS_URL, build_mlp, spawn, wait_http
 from results_md import cpu_name, markers, write_section
-from worker_load import LoadResult, h2load_grpc
+from worker_load import LoadResult, h2load_grpc, h2load_http
 
 START, END = markers("protocol")
 PATHS = ("direct", "gateway")
@@ -56,31 +54,6 @@ NOTES = (
 )
 DIRECT_HTTP, DIRECT_GRPC = ("direct", "http", 64), ("direct", "grpc", 64)
 GATEWAY_HTTP, GATEWAY_GRPC = ("gateway", "http", 64), ("gateway", "grpc", 64)
-
-
-def h2load_http(url: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
-    """Closed-loop HTTP/1.1 load with h2load: ``concurrency`` connections, one request in flight each."""
-    with tempfile.TemporaryDirectory() as tmp:
-        data, log = Path(tmp) / "data", Path(tmp) / "log"
-        data.write_bytes(body)
-        command = [
-            "h2load", "--h1", f"-c{concurrency}", "-m1", f"-D{max(1, round(seconds))}", "--warm-up-time=1",
-            "-H", "content-type: application/json", "-d", str(data), "--log-file", str(log), url,
-        ]  # fmt: skip
-        out = subprocess.run(
-            command, capture_output=True, text=True, check=True, timeout=seconds + 120
-        ).stdout
-        latencies = [
-            int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2
-        ]
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    finished = re.search(r"finished in ([\d.]+)s", out)
-    if done is None or finished is None or not latencies:
-        raise RuntimeError(f"h2load printed no result: {out}")
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] / 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000
-    return LoadResult(int(done[1]), float(finished[1]), p50, p99, int(done[1]) - int(done[2]))
 
 
 def grpc_message(body: bytes) -> bytes:
