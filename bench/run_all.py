@@ -16,6 +16,7 @@ BENCHES = [
     "shm_bench.py",
     "gateway_bench.py",
     "protocol_bench.py",
+    "peer_bench.py",
     "autoscale_bench.py",
     "advice_bench.py",
 ]

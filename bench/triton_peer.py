@@ -14,6 +14,8 @@ name it): peer_bench.py runs this file with ``--peers-python``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,16 @@ def serve(model: Path, name: str, http_port: int, grpc_port: int, metrics_port: 
         grpc_address="127.0.0.1",
         grpc_port=grpc_port,
         metrics_port=metrics_port,
-        allow_metrics=False,
+        allow_metrics=True,  # peer_bench.py reads the mean batch from nv_inference_(exec_)count
+        allow_gpu_metrics=False,
+        allow_cpu_metrics=False,
         log_verbose=0,
     )
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # leaves the with block: PyTriton stops tritonserver and its proxy
+
+    signal.signal(signal.SIGTERM, stop)
     with Triton(config=config) as triton:
         triton.bind(
             model_name=name,
@@ -56,7 +65,8 @@ def serve(model: Path, name: str, http_port: int, grpc_port: int, metrics_port: 
             ),
             strict=False,
         )
-        triton.serve()
+        with contextlib.suppress(KeyboardInterrupt):
+            triton.serve()
 
 
 def main() -> None:
