@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,11 @@ def serve(model: Path, name: str, http_port: int, grpc_port: int, metrics_port: 
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
+    # Triton's Python backend stub embeds libpython: the one of this interpreter, not a system
+    # libpython3.11 of another patch release (its C modules would not match this stdlib).
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
