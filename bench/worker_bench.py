@@ -83,7 +83,10 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120
 
 @contextmanager
 def started(label: str, command: list[str], ready_path: str, port: int) -> Iterator[Server]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
