@@ -319,3 +319,21 @@ def test_the_compose_stack_serves_a_model_end_to_end_and_leaves_nothing_behind(
 def _docker_ids(*args: str, check: bool = True) -> list[str]:
     """The ids a ``docker ... -q`` listing prints."""
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout.split()
+
+
+def test_every_service_that_runs_the_platform_image_depends_on_the_service_that_builds_it() -> None:
+    # docker-compose orders `up` by dependencies only (with an override file, the rest of the order is
+    # a set's, so it changes between runs): a service that runs web's image without depending on web
+    # may be reached first, and compose then tries to pull kiln/platform from Docker Hub.
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    platform_image = services["web"]["image"]
+    runs_it = [
+        name
+        for name, service in services.items()
+        if name != "web" and service.get("image") == platform_image and "build" not in service
+    ]
+    assert runs_it, "the platform services share web's image"
+    for name in runs_it:
+        assert "web" in services[name].get("depends_on", {}), f"{name} runs web's image without depending on web"
