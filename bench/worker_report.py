@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import orjson
 from worker_load import LoadResult
 
+from inference_worker.host import cpu_model
+
 RAW = "raw ONNX Runtime (1 session x 2 threads)"
 RAW_TUNED = "raw ONNX Runtime (2 sessions x 1 thread)"
 TUNED = ["--instances", "2", "--intra-op-threads", "1"]
@@ -154,19 +156,11 @@ def _comparison(rows: Sequence[Row]) -> list[str]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     packages = ", ".join(
         f"{p} {version(p)}"
         for p in ("onnxruntime", "numpy", "orjson", "grpcio", "uvicorn", "fastapi", "uvloop")
     )
-    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; {packages}"
+    return f"{cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; {packages}"
 
 
 def write_results(path: Path, plans: Sequence[PlanLike], **context: Any) -> None:

@@ -16,12 +16,10 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import socket
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -45,6 +43,7 @@ from deployments.services.batching import candidate_batchings
 from inference_worker.contracts.batching import BatchingConfig, encode_batching
 from inference_worker.contracts.errors import ContractError
 from inference_worker.contracts.warmup import REPORT_KEY, WarmupInputs, parse_warmup
+from inference_worker.host import cpu_model
 from registry.audit import Actor
 from registry.models import ModelVersion, VersionStatus
 
@@ -271,15 +270,7 @@ def _warmup(version: ModelVersion) -> WarmupInputs | None:
 
 def machine() -> str:
     """Where a measurement runs, as the advice quotes it: host, CPU model and cores."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{socket.gethostname()}, {cpu}, {os.cpu_count() or 1} cores"[:200]
+    return f"{socket.gethostname()}, {cpu_model()}, {os.cpu_count() or 1} cores"[:200]
 
 
 # -- reads -----------------------------------------------------------------------------------------

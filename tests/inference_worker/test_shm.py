@@ -21,7 +21,14 @@ from tritonclient.utils import serialize_byte_tensor, serialized_byte_size
 from tests.support.doc_blocks import blocks_of
 from tests.support.onnx_models import image_classifier, reference
 from tests.support.paths import ROOT
-from tests.support.shm import client_region, client_shm, open_descriptors_of, raw_object, with_shared_memory
+from tests.support.shm import (
+    client_region,
+    client_shm,
+    open_descriptors_of,
+    raw_object,
+    shm_client,
+    with_shared_memory,
+)
 from tests.support.workers import RunningWorker, make_config, running
 
 RNG = np.random.default_rng(11)
@@ -35,16 +42,14 @@ def shm_worker(models: SimpleNamespace) -> Iterator[RunningWorker]:
 
 @pytest.fixture
 def http(shm_worker: RunningWorker) -> Iterator[http_client.InferenceServerClient]:
-    client = http_client.InferenceServerClient(shm_worker.url.removeprefix("http://"))
-    yield client
-    client.unregister_system_shared_memory()
+    with shm_client(shm_worker) as client:
+        yield client
 
 
 @pytest.fixture
 def grpc(shm_worker: RunningWorker) -> Iterator[grpc_client.InferenceServerClient]:
-    client = grpc_client.InferenceServerClient(shm_worker.grpc_target)
-    yield client
-    client.unregister_system_shared_memory()
+    with shm_client(shm_worker, "grpc") as client:
+        yield client
 
 
 def test_tritonclient_http_reads_inputs_from_and_writes_outputs_to_shared_memory(

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from inference_worker.config import Limits
 from tests.support import onnx_models
-from tests.support.shm import DEV_SHM, raw_object, unique_key, with_shared_memory
+from tests.support.shm import DEV_SHM, raw_object, shm_client, unique_key, with_shared_memory
 from tests.support.workers import RunningWorker, make_config, running
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -42,10 +42,9 @@ def worker(mlp_path: Path) -> Iterator[RunningWorker]:
 
 @pytest.fixture
 def http(worker: RunningWorker) -> Iterator[http_client.InferenceServerClient]:
-    client = http_client.InferenceServerClient(worker.url.removeprefix("http://"))
-    yield client
-    client.unregister_system_shared_memory()
-    assert_still_serving(client)
+    with shm_client(worker) as client:
+        yield client
+        assert_still_serving(client)
 
 
 @pytest.fixture

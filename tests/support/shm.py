@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from inference_worker.config import SharedMemoryConfig, WorkerConfig
+from tests.support.workers import RunningWorker
 
 DEV_SHM = Path("/dev/shm")
 _COUNTER = itertools.count()
@@ -49,6 +50,23 @@ def unique_key(label: str) -> str:
 def with_shared_memory(config: WorkerConfig, **limits: int) -> WorkerConfig:
     """``config`` with the extension on (and ``max_regions`` / ``max_bytes`` when given)."""
     return replace(config, shared_memory=SharedMemoryConfig(enabled=True, **limits))
+
+
+@contextmanager
+def shm_client(worker: RunningWorker, protocol: str = "http") -> Iterator[Any]:
+    """Stock tritonclient (``http`` or ``grpc``) for ``worker``; its regions unregistered after."""
+    if protocol == "grpc":
+        import tritonclient.grpc as grpc_client
+
+        client: Any = grpc_client.InferenceServerClient(worker.grpc_target)
+    else:
+        import tritonclient.http as http_client
+
+        client = http_client.InferenceServerClient(worker.url.removeprefix("http://"))
+    try:
+        yield client
+    finally:
+        client.unregister_system_shared_memory()
 
 
 @contextmanager
