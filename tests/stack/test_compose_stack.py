@@ -336,4 +336,6 @@ def test_every_service_that_runs_the_platform_image_depends_on_the_service_that_
     ]
     assert runs_it, "the platform services share web's image"
     for name in runs_it:
-        assert "web" in services[name].get("depends_on", {}), f"{name} runs web's image without depending on web"
+        assert "web" in services[name].get("depends_on", {}), (
+            f"{name} runs web's image without depending on web"
+        )
