@@ -21,6 +21,7 @@ import orjson
 from inference_worker.batcher import Outputs
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
+from inference_worker import json_body
 from inference_worker.errors import (
     HTTP_STATUS,
     InvalidRequest,
@@ -192,9 +193,9 @@ class HttpApi:
             raise InvalidRequest(
                 f"Inference-Header-Content-Length {size} is outside the body of {len(body)} bytes"
             )
-        header_bytes = body if size is None else memoryview(body)[:size]
         try:
-            header = orjson.loads(header_bytes)
+            # A JSON body's large numeric data skips Python floats; a binary one's header is small.
+            header = json_body.loads(body) if size is None else orjson.loads(memoryview(body)[:size])
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"malformed JSON: {exc}") from None
         if not isinstance(header, dict):
