@@ -130,7 +130,10 @@ def _parse(text: bytes) -> np.ndarray | None:
     if parser is None:
         parser = _local.parser = simdjson.Parser()
     try:
-        buffer = parser.parse(text).as_buffer(of_type="d")
+        document = parser.parse(text)
+        if not isinstance(document, simdjson.Array):
+            return None
+        buffer = document.as_buffer(of_type="d")
     except _PARSE_ERRORS:
         return None
     values = np.frombuffer(buffer, dtype=np.float64)
