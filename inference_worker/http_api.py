@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import numpy as np
 import orjson
 
+from inference_worker import json_body
 from inference_worker.batcher import Outputs
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
@@ -192,9 +193,11 @@ class HttpApi:
             raise InvalidRequest(
                 f"Inference-Header-Content-Length {size} is outside the body of {len(body)} bytes"
             )
-        header_bytes = body if size is None else memoryview(body)[:size]
         try:
-            header = orjson.loads(header_bytes)
+            if size is None and len(body) >= json_body.MIN_ARRAY_BYTES:
+                header = json_body.loads(body)  # large numeric data skips Python floats
+            else:  # small bodies, and the small JSON header of the binary extension
+                header = orjson.loads(body if size is None else memoryview(body)[:size])
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"malformed JSON: {exc}") from None
         if not isinstance(header, dict):

@@ -20,6 +20,7 @@ import numpy as np
 
 from inference_worker.config import Limits
 from inference_worker.errors import InvalidRequest, PayloadTooLarge
+from inference_worker.json_body import NumericData
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,16 @@ def _utf8(name: str, value: bytes) -> str:
 
 
 def decode_values(name: str, dt: Datatype, shape: tuple[int, ...], count: int, data: object) -> np.ndarray:
-    """Array from JSON (or typed gRPC) values: flat row-major, or nested."""
+    """Array from JSON (or typed gRPC) values: flat row-major, or nested.
+
+    ``NumericData`` (a large flat array that ``json_body.loads`` cut out of the body) becomes
+    the tensor without Python floats where it can, and is decoded as orjson's list otherwise.
+    """
+    if isinstance(data, NumericData):
+        arr = data.cast(dt.dtype) if len(data) == count else None
+        if arr is not None:
+            return arr.reshape(shape)
+        data = data.as_list()
     if not isinstance(data, list) and not (isinstance(data, Sized) and isinstance(data, Iterable)):
         raise InvalidRequest(f"input '{name}': data must be a list")
     if isinstance(data, str | bytes | Mapping):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +15,7 @@ import orjson
 import pytest
 
 from inference_worker.config import Limits
-from tests.support.onnx_models import reference
+from tests.support.onnx_models import image_classifier, reference
 from tests.support.workers import RunningWorker, make_config, running, v2_body
 
 RNG = np.random.default_rng(11)
@@ -314,3 +315,25 @@ def test_expect_100_continue_is_honoured(mlp_worker: RunningWorker) -> None:
         assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(body)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_large_json_tensor_decodes_as_its_binary_twin_and_hostile_spellings_keep_the_old_answer(
+    tmp_path: Path,
+) -> None:
+    """A CNN-sized JSON body takes ``json_body``'s simdjson path; the answer is the binary one's."""
+    x = RNG.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with running(make_config(image_classifier(tmp_path / "cnn.onnx"), "cnn")) as worker:
+        url = worker.url + "/v2/models/cnn/infer"
+        json_answer = httpx.post(url, content=orjson.dumps(v2_body({"input": x}))).json()
+        body, headers = binary_request({"input": x}, {"input": "FP32"})
+        binary_answer = httpx.post(url, content=body, headers=headers).json()
+        assert json_answer["outputs"] == binary_answer["outputs"]
+        data = orjson.dumps(x.reshape(-1).tolist())
+        head = b'{"inputs": [{"name": "input", "shape": [2, 3, 64, 64], "datatype": "FP32", '
+        # the last of two keys wins, as orjson has it, even when the other spells "data" escaped
+        twice = head + b'"data": ' + orjson.dumps([0.0] * x.size) + b', "d\\u0061ta": ' + data + b"}]}"
+        assert httpx.post(url, content=twice).json()["outputs"] == json_answer["outputs"]
+        overflow = head + b'"data": ' + data[:-1] + b", 1e400]}]}"
+        response = httpx.post(url, content=overflow)
+        assert response.status_code == 400
+        assert response.json()["error"].startswith("malformed JSON: ")
