@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from inference_worker import __version__, build_protos
+from inference_worker import __version__, build_protos, pb_wire
 from inference_worker.gateway import grpc_hold, grpc_wire, shared_memory
 from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
@@ -340,8 +340,8 @@ class GrpcProxy:
             try:
                 _, _, answer = await self._infer(request, key, metadata, self.timeout_s)
             except Failure as failure:
-                return grpc_wire.stream_error(failure.message)
-            return grpc_wire.stream_response(answer)
+                return pb_wire.stream_error(failure.message)
+            return pb_wire.stream_response(answer)
 
         async def read() -> None:
             try:
