@@ -46,6 +46,13 @@ class CallContext(Protocol):
         """Raises: the call ends with ``code`` and ``details``."""
 
 
+class Answerable(CallContext, Protocol):
+    """A call answered from callbacks (``infer``)."""
+
+    def reply(self, result: Any) -> None:
+        """The serialized response, or a ``WorkerError``."""
+
+
 class InferenceServicer(SharedMemoryServicer):
     """The v2 RPCs, the system shared memory ones included; method names are the protocol's."""
 
@@ -142,14 +149,12 @@ class InferenceServicer(SharedMemoryServicer):
             pending.cancel()  # leaves the queue if it has not run
         self._dp.finish("grpc", "cancelled", started)
 
-    def infer(
-        self, request: Any, time_remaining: float | None, reply: Callable[[Any], None]
-    ) -> Callable[[], None] | None:
-        """``ModelInfer`` from callbacks: ``reply`` gets the serialized response or a ``WorkerError``
-        (once, unless cancelled); the function returned cancels (the client went away), None when
-        the answer was given at once."""
-        answer = _Answer(self, self._dp.begin(), reply)
-        answer.infer, entry = self._submit(request, time_remaining, answer.done)
+    def infer(self, request: Any, call: Answerable) -> Callable[[], None] | None:
+        """``ModelInfer`` from callbacks: ``call.reply`` gets the serialized response or a
+        ``WorkerError`` (once, unless cancelled); the function returned cancels (the client went
+        away), None when the answer was given at once."""
+        answer = _Answer(self, self._dp.begin(), call.reply)
+        answer.infer, entry = self._submit(request, call.time_remaining(), answer.done)
         if isinstance(entry, WorkerError):
             answer.done(entry)
             return None

@@ -36,6 +36,9 @@ TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
 UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 UNARY, SERVER_STREAM, BIDI, FAST_INFER = range(4)
+"""How a route runs: a coroutine method as a task, an async generator, a stream's reader, or (fast)
+a plain function of the request and the call that answers through ``Call.reply`` (now or later) and
+returns what cancels it (or None)."""
 _NO_REQUESTS: deque[bytes | None] = deque(maxlen=0)
 """Every call but a client stream's: it never queues a request message."""
 
@@ -162,6 +165,10 @@ class Call:
         )
 
     async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.set_initial_metadata(metadata)
+
+    def set_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        """The answer's initial metadata (before its first message)."""
         if not self.sent_headers:
             self.head = _initial_block(metadata)
 
@@ -283,7 +290,7 @@ class Call:
         except DecodeError:
             return self.fail(INTERNAL, "the request message could not be parsed")
         if self.route.kind == FAST_INFER:
-            self.on_cancel = self.route.handler(request, self.time_remaining(), self.reply)
+            self.on_cancel = self.route.handler(request, self)
         else:
             self.task = asyncio.get_running_loop().create_task(self.run(request))
         return None
@@ -312,11 +319,16 @@ class Call:
                 self.fail(INTERNAL, "a request message could not be parsed")
                 return
 
-    async def run(self, argument: Any) -> None:
-        """A unary or streaming method as a task."""
+    def start(self, handler: Callable[[Any, Call], Any], argument: Any) -> None:
+        """Run ``handler``, a unary coroutine method, as this call's task (a callback method whose
+        answer must wait for a coroutine)."""
+        self.task = asyncio.get_running_loop().create_task(self.run(argument, handler))
+
+    async def run(self, argument: Any, unary: Callable[[Any, Call], Any] | None = None) -> None:
+        """A unary or streaming method as a task (``unary``: a unary method other than the route's)."""
         try:
-            if self.route.kind == UNARY:
-                self.reply(await self.route.handler(argument, self))
+            if unary is not None or self.route.kind == UNARY:
+                self.reply(await (unary or self.route.handler)(argument, self))
                 return
             async for response in self.route.handler(argument, self):
                 self.send_message(response if isinstance(response, bytes) else response.SerializeToString())
