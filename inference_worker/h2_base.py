@@ -241,10 +241,6 @@ class Connection(Sender, asyncio.Protocol):
             raise ProtocolFault(PROTOCOL_ERROR, "a client cannot push")
         # other types are extensions: ignored (RFC 9113 section 5.5)
 
-    def _idle_check(self, stream_id: int, what: str) -> None:
-        if stream_id > self.last_stream:
-            raise ProtocolFault(PROTOCOL_ERROR, f"{what} on idle stream {stream_id}")
-
     def _strip(self, flags: int, payload: bytes) -> bytes:
         if flags & PADDED:
             if not payload or payload[0] >= len(payload):
@@ -381,32 +377,3 @@ class Connection(Sender, asyncio.Protocol):
         self.write(frame(SETTINGS, ACK, 0))
         for stream in list(self.streams.values()):
             self._send_pending(stream)
-
-    def _window_update(self, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise ProtocolFault(FRAME_SIZE_ERROR, "WINDOW_UPDATE of a length other than 4")
-        increment = int.from_bytes(payload, "big") & MAX_WINDOW
-        if not stream_id:
-            if not increment:
-                raise ProtocolFault(PROTOCOL_ERROR, "a connection window increment of 0")
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise ProtocolFault(FLOW_CONTROL_ERROR, "the connection window exceeds 2^31-1")
-            for waiting in list(self.streams.values()):
-                if waiting.pending:
-                    self._send_pending(waiting)
-            return
-        self._idle_check(stream_id, "WINDOW_UPDATE")
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if not increment:
-            self.reset(stream_id, PROTOCOL_ERROR)
-            self._drop(stream)
-            return
-        stream.window += increment
-        if stream.window > MAX_WINDOW:
-            self.reset(stream_id, FLOW_CONTROL_ERROR)
-            self._drop(stream)
-            return
-        self._send_pending(stream)
