@@ -32,7 +32,6 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _FIXED = b"\x83\x86" + literal(b"content-type", b"application/grpc") + literal(b"te", b"trailers")
 """``:method: POST`` and ``:scheme: http`` (static table entries 3 and 6), then the gRPC fields."""
 _PREFIX = struct.Struct(">BI")
-_loop = asyncio.get_running_loop
 
 
 class UpstreamError(Exception):
@@ -68,6 +67,7 @@ class UpstreamConnection(h2_base.Connection):
         self.max_message = max_message
         self.next_id = 1
         self.head = _FIXED + literal(b":authority", authority)
+        self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid()
 
     @property
     def full(self) -> bool:
@@ -84,7 +84,7 @@ class UpstreamConnection(h2_base.Connection):
         self.last_stream, self.next_id = self.next_id, self.next_id + 2
         self.streams[stream.id] = stream
         answer = stream.call = _Answer(done)
-        answer.timer = _loop().call_later(timeout, self._expire, stream)
+        answer.timer = self.loop.call_later(timeout, self._expire, stream)
         block = self.head + _path(path) + metadata + _timeout(max(1, math.ceil(timeout * 1000)))
         self.send(stream, block, _PREFIX.pack(0, len(request)) + request, None, end=True)
         return stream
