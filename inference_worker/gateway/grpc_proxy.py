@@ -25,6 +25,9 @@ metadata keeps it on one arm), up to ``STREAM_WINDOW`` at once, answering in req
 request answers with ``error_message`` and the stream goes on. ``ServerLive``, ``ServerReady`` (a
 table is loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are ``UNIMPLEMENTED``.
 
+``ModelInfer`` runs from callbacks (``grpc_infer.FastInfer``: no task per call, as HTTP's calls go);
+the other RPCs, and a ``ModelInfer`` held for a variant at zero, run as coroutines.
+
 Calls for a variant at zero wait in the activator (``grpc_hold``). The server is our HTTP/2 core
 (``grpc_server.RpcServer``, routes of raw bytes) and the calls to the replicas go out on it as a client
 (``grpc_upstream``), both on the gateway's loop: grpc.aio's server and channels, on a thread of their
