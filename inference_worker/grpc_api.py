@@ -25,6 +25,8 @@ from inference_worker.batcher import Outputs, Pending
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
 from inference_worker.errors import GRPC_STATUS, InvalidRequest, ModelFailure, RequestTimeout, WorkerError
+from inference_worker.pb_wire import InferResponseEncoder, stream_error, stream_response
+from inference_worker.runtime import ModelSignature
 from inference_worker.shm_api import SharedMemoryServicer, add_grpc_output, grpc_windows
 from inference_worker.tensor_codec import decode_grpc_inputs, raw_bytes
 
@@ -44,6 +46,13 @@ class CallContext(Protocol):
         """Raises: the call ends with ``code`` and ``details``."""
 
 
+class Answerable(CallContext, Protocol):
+    """A call answered from callbacks (``infer``)."""
+
+    def reply(self, result: Any) -> None:
+        """The serialized response, or a ``WorkerError``."""
+
+
 class InferenceServicer(SharedMemoryServicer):
     """The v2 RPCs, the system shared memory ones included; method names are the protocol's."""
 
@@ -51,6 +60,7 @@ class InferenceServicer(SharedMemoryServicer):
         self._dp = dataplane
         self._limits = limits
         self._pb2 = pb2
+        self._encoder: tuple[ModelSignature, InferResponseEncoder] | None = None
 
     async def ServerLive(self, request: Any, context: CallContext) -> Any:
         return self._pb2.ServerLiveResponse(live=True)
@@ -81,32 +91,24 @@ class InferenceServicer(SharedMemoryServicer):
             outputs=[tensor(**item) for item in metadata["outputs"]],  # type: ignore[attr-defined]
         )
 
-    async def ModelInfer(self, request: Any, context: CallContext) -> Any:
-        started, pending, infer = self._start(request, context.time_remaining())
-        try:
-            result = pending if isinstance(pending, WorkerError) else await pending
-        except asyncio.CancelledError:
-            self._dp.finish("grpc", "cancelled", started)
-            raise
-        if not isinstance(result, WorkerError):
-            result = self._encode(request, infer, result)  # type: ignore[arg-type]
+    async def ModelInfer(self, request: Any, context: CallContext) -> bytes:
+        """The serialized response (``infer`` is the same RPC from callbacks)."""
+        result = await self._outcome(self._start(request, context.time_remaining()))
         if isinstance(result, WorkerError):
-            self._dp.finish("grpc", result.code, started)
             await _abort(context, result)
-        self._dp.finish("grpc", "success", started)
-        return result
+        return result  # type: ignore[return-value]
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: CallContext
-    ) -> AsyncIterator[Any]:
-        window: asyncio.Queue[tuple[Any, _Item] | None] = asyncio.Queue(STREAM_WINDOW)
+    ) -> AsyncIterator[bytes]:
+        window: asyncio.Queue[_Item | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     item = self._start(request, None)
                     try:
-                        await window.put((request, item))
+                        await window.put(item)
                     except asyncio.CancelledError:
                         self._abandon(item)
                         raise
@@ -116,28 +118,30 @@ class InferenceServicer(SharedMemoryServicer):
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
-            while (entry := await window.get()) is not None:
-                yield await self._stream_answer(*entry)
+            while (item := await window.get()) is not None:
+                result = await self._outcome(item)
+                yield (
+                    stream_error(result.message)
+                    if isinstance(result, WorkerError)
+                    else stream_response(result)
+                )
         finally:
             reader.cancel()
             while not window.empty():  # the client left: what it sent and never read is cancelled
-                if (entry := window.get_nowait()) is not None:
-                    self._abandon(entry[1])
+                if (item := window.get_nowait()) is not None:
+                    self._abandon(item)
 
-    async def _stream_answer(self, request: Any, item: _Item) -> Any:
+    async def _outcome(self, item: _Item) -> bytes | WorkerError:
+        """The serialized response of a submitted request, or its error; counted as finished."""
         started, pending, infer = item
         try:
-            result = pending if isinstance(pending, WorkerError) else await pending
+            outputs = pending if isinstance(pending, WorkerError) else await pending
         except asyncio.CancelledError:
             self._dp.finish("grpc", "cancelled", started)
             raise
-        if not isinstance(result, WorkerError):
-            result = self._encode(request, infer, result)  # type: ignore[arg-type]
-        if isinstance(result, WorkerError):
-            self._dp.finish("grpc", result.code, started)
-            return self._pb2.ModelStreamInferResponse(error_message=result.message)
-        self._dp.finish("grpc", "success", started)
-        return self._pb2.ModelStreamInferResponse(infer_response=result)
+        result = outputs if isinstance(outputs, WorkerError) else self._encode(infer, outputs)  # type: ignore[arg-type]
+        self._dp.finish("grpc", result.code if isinstance(result, WorkerError) else "success", started)
+        return result
 
     def _abandon(self, item: _Item) -> None:
         started, pending, _ = item
@@ -145,55 +149,30 @@ class InferenceServicer(SharedMemoryServicer):
             pending.cancel()  # leaves the queue if it has not run
         self._dp.finish("grpc", "cancelled", started)
 
-    def infer(
-        self, request: Any, time_remaining: float | None, reply: Callable[[Any], None]
-    ) -> Callable[[], None]:
-        """``ModelInfer`` from callbacks: ``reply`` gets the response or a ``WorkerError`` (once, unless
-        cancelled); the function returned cancels (the client went away)."""
-        dp = self._dp
-        open_ = [True]
-
-        def done(result: Outputs | WorkerError) -> None:
-            if not open_[0]:
-                return None
-            open_[0] = False
-            if not isinstance(result, WorkerError):
-                try:
-                    response = self._encode(request, infer, result)  # type: ignore[arg-type]
-                except Exception:  # a bug: the client still gets an answer, the request its outcome
-                    log.exception("encoding a gRPC response failed")
-                    result = ModelFailure("internal error; the worker's log has the details")
-                else:
-                    dp.finish("grpc", "success", started)
-                    return reply(response)
-            dp.finish("grpc", result.code, started)
-            return reply(result)
-
-        def cancel() -> None:
-            if open_[0]:
-                open_[0] = False
-                if isinstance(entry, Pending):
-                    dp.cancel(entry)
-                dp.finish("grpc", "cancelled", started)
-
-        started, entry, infer = self._submit(request, time_remaining, done)
+    def infer(self, request: Any, call: Answerable) -> Callable[[], None] | None:
+        """``ModelInfer`` from callbacks: ``call.reply`` gets the serialized response or a
+        ``WorkerError`` (once, unless cancelled); the function returned cancels (the client went
+        away), None when the answer was given at once."""
+        answer = _Answer(self, self._dp.begin(), call.reply)
+        answer.infer, entry = self._submit(request, call.time_remaining(), answer.done)
         if isinstance(entry, WorkerError):
-            done(entry)
-        return cancel
+            answer.done(entry)
+            return None
+        answer.entry = entry
+        return answer.cancel
 
     def _submit(
         self, request: Any, time_remaining: float | None, done: Callable[[Outputs | WorkerError], None]
-    ) -> tuple[float, Pending | WorkerError, InferRequest | None]:
-        """Count in flight, decode and submit; ``done`` gets the outcome unless a refusal is returned."""
-        started = self._dp.begin()
+    ) -> tuple[InferRequest | None, Pending | WorkerError]:
+        """Decode and submit; ``done`` gets the outcome unless a refusal is returned."""
         try:
             infer = self._decode(request, time_remaining)
-            return started, self._dp.submit(infer, done), infer
+            return infer, self._dp.submit(infer, done)
         except WorkerError as error:
-            return started, error, None
+            return None, error
         except Exception:  # a bug answers INTERNAL and is accounted for, like HTTP's 500
             log.exception("reading a gRPC inference request failed")
-            return started, ModelFailure("internal error; the worker's log has the details"), None
+            return None, ModelFailure("internal error; the worker's log has the details")
 
     def _start(self, request: Any, time_remaining: float | None) -> _Item:
         """Decode and submit; the future resolves with the outputs or a WorkerError."""
@@ -203,7 +182,8 @@ class InferenceServicer(SharedMemoryServicer):
             if not future.done():
                 future.set_result(result)
 
-        started, entry, infer = self._submit(request, time_remaining, done)
+        started = self._dp.begin()
+        infer, entry = self._submit(request, time_remaining, done)
         if not isinstance(entry, Pending):
             return started, entry, None
         future.add_done_callback(lambda f: self._dp.cancel(entry) if f.cancelled() else None)
@@ -213,11 +193,12 @@ class InferenceServicer(SharedMemoryServicer):
         self._dp.check_model(request.model_name, request.model_version)
         if len(request.id) > self._limits.max_name_length:
             raise InvalidRequest("'id' must be at most 256 characters")
-        if len(request.parameters) > self._limits.max_parameters:
+        parameters = request.parameters
+        if parameters and len(parameters) > self._limits.max_parameters:
             raise InvalidRequest(f"at most {self._limits.max_parameters} request parameters are allowed")
         timeout_us = None
-        if "timeout" in request.parameters:
-            parameter = request.parameters["timeout"]
+        if parameters and "timeout" in parameters:
+            parameter = parameters["timeout"]
             if parameter.WhichOneof("parameter_choice") not in ("int64_param", "uint64_param"):
                 raise InvalidRequest("the 'timeout' parameter must be an integer (microseconds)")
             timeout_us = max(0, parameter.int64_param or parameter.uint64_param)
@@ -231,7 +212,8 @@ class InferenceServicer(SharedMemoryServicer):
         inputs = decode_grpc_inputs(
             request.inputs, request.raw_input_contents, self._limits, self._dp.input_datatypes, shm.grpc_input
         )
-        outputs = tuple(output.name for output in request.outputs) or None
+        requested = request.outputs
+        outputs = tuple(output.name for output in requested) if requested else None
         return InferRequest(
             request.model_name,
             request.model_version,
@@ -239,35 +221,95 @@ class InferenceServicer(SharedMemoryServicer):
             outputs,
             request.id,
             timeout_us,
-            grpc_windows(shm, request.outputs) if outputs else None,
+            grpc_windows(shm, requested) if outputs else None,
         )
 
-    def _encode(self, request: Any, infer: InferRequest, outputs: Outputs) -> Any:
-        """The response; a ``WorkerError`` (returned, not raised) when a shared memory region cannot
-        take an output."""
+    def _encode(self, infer: InferRequest, outputs: Outputs) -> bytes | WorkerError:
+        """The serialized response; a ``WorkerError`` (returned, not raised) when a shared memory
+        region cannot take an output."""
         try:
-            return self._response(request, infer, outputs)
+            return self._response(infer, outputs)
         except WorkerError as error:
             return error
 
-    def _response(self, request: Any, infer: InferRequest, outputs: Outputs) -> Any:
+    def _response(self, infer: InferRequest, outputs: Outputs) -> bytes:
         signature = self._dp.signature
         assert signature is not None  # noqa: S101 - only called with results of the model
+        if infer.outputs is None:
+            indices: Any = range(len(signature.outputs))
+        else:
+            indices = [self._dp.output_index(name) for name in infer.outputs]
+        if infer.shared_outputs is not None:
+            return self._shared_response(infer, outputs, signature, indices)
+        encoder = self._encoder
+        if encoder is None or encoder[0] is not signature:
+            specs = [(spec.name, spec.datatype) for spec in signature.outputs]
+            encoder = self._encoder = (
+                signature,
+                InferResponseEncoder(self._dp.model_name, self._dp.model_version, specs),
+            )
+        return encoder[1].encode(infer.id, [(i, outputs[i], raw_bytes(outputs[i])) for i in indices])
+
+    def _shared_response(
+        self, infer: InferRequest, outputs: Outputs, signature: ModelSignature, indices: Any
+    ) -> bytes:
+        """A response with outputs written to shared memory (they carry parameters, no data)."""
         response = self._pb2.ModelInferResponse(
-            model_name=self._dp.model_name, model_version=self._dp.model_version, id=request.id
+            model_name=self._dp.model_name, model_version=self._dp.model_version, id=infer.id
         )
-        names = infer.outputs or tuple(spec.name for spec in signature.outputs)
         shared = infer.shared_outputs
-        for name in names:
-            index = self._dp.output_index(name)
-            array = outputs[index]
-            if shared is not None and name in shared:
-                datatype = signature.outputs[index].datatype
-                add_grpc_output(self._dp.shared_memory, response, shared[name], name, datatype, array)
+        assert shared is not None  # noqa: S101 - the caller checked
+        for index in indices:
+            spec, array = signature.outputs[index], outputs[index]
+            if spec.name in shared:
+                add_grpc_output(
+                    self._dp.shared_memory, response, shared[spec.name], spec.name, spec.datatype, array
+                )
                 continue
-            response.outputs.add(name=name, datatype=signature.outputs[index].datatype, shape=array.shape)
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
             response.raw_output_contents.append(raw_bytes(array))
-        return response
+        data: bytes = response.SerializeToString()
+        return data
+
+
+class _Answer:
+    """One ``ModelInfer`` answered from the batcher's callback: its outcome is given once."""
+
+    __slots__ = ("entry", "infer", "open", "reply", "servicer", "started")
+
+    def __init__(self, servicer: InferenceServicer, started: float, reply: Callable[[Any], None]) -> None:
+        self.servicer = servicer
+        self.infer: InferRequest | None = None
+        self.started = started
+        self.reply = reply
+        self.entry: Pending | None = None
+        self.open = True
+
+    def done(self, result: Outputs | WorkerError) -> None:
+        if not self.open:
+            return None
+        self.open = False
+        servicer, dp = self.servicer, self.servicer._dp
+        if not isinstance(result, WorkerError):
+            try:
+                response = servicer._encode(self.infer, result)  # type: ignore[arg-type]
+            except Exception:  # a bug: the client still gets an answer, the request its outcome
+                log.exception("encoding a gRPC response failed")
+                response = ModelFailure("internal error; the worker's log has the details")
+            if not isinstance(response, WorkerError):
+                dp.finish("grpc", "success", self.started)
+                return self.reply(response)
+            result = response
+        dp.finish("grpc", result.code, self.started)
+        return self.reply(result)
+
+    def cancel(self) -> None:
+        if self.open:
+            self.open = False
+            dp = self.servicer._dp
+            if self.entry is not None:
+                dp.cancel(self.entry)
+            dp.finish("grpc", "cancelled", self.started)
 
 
 async def _abort(context: CallContext, error: WorkerError) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import re
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -29,10 +30,17 @@ log = logging.getLogger("inference_worker.grpc")
 READ_AHEAD = 64
 HEADERS = b"\x88" + literal(b"content-type", b"application/grpc")  # \x88: ":status: 200", indexed
 _OK = literal(b"grpc-status", b"0")
+_PREFIX = struct.Struct(">BI")
+"""A message's prefix: compressed or not, and its length."""
 TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
 UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 UNARY, SERVER_STREAM, BIDI, FAST_INFER = range(4)
+"""How a route runs: a coroutine method as a task, an async generator, a stream's reader, or (fast)
+a plain function of the request and the call that answers through ``Call.reply`` (now or later) and
+returns what cancels it (or None)."""
+_NO_REQUESTS: deque[bytes | None] = deque(maxlen=0)
+"""Every call but a client stream's: it never queues a request message."""
 
 
 class Carrier(Protocol):
@@ -128,10 +136,11 @@ class Call:
         self.stream = stream
         self.route = route
         self.deadline = deadline
-        self.buffer = bytearray()
+        self.buffer: bytes | bytearray = b""
         self.needed = 0
         self.message: bytes | None = None
-        self.requests: deque[bytes | None] = deque()
+        self.requests: deque[bytes | None] = _NO_REQUESTS if route.kind != BIDI else deque()
+        """A client stream's messages waiting for the servicer (``incoming``)."""
         self.held = 0
         self.waiter: asyncio.Future[None] | None = None
         self.sent_headers = False
@@ -156,6 +165,10 @@ class Call:
         )
 
     async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.set_initial_metadata(metadata)
+
+    def set_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        """The answer's initial metadata (before its first message)."""
         if not self.sent_headers:
             self.head = _initial_block(metadata)
 
@@ -172,16 +185,19 @@ class Call:
             return self.fail(
                 grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "the response exceeds the size limit"
             )
-        self._end()
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         head = None if self.sent_headers else self.head
-        self.conn.send(self.stream, head, b"\x00" + len(payload).to_bytes(4, "big") + payload, _OK)
+        self.conn.send(self.stream, head, _PREFIX.pack(0, len(payload)) + payload, _OK)
         return None
 
     def send_message(self, payload: bytes) -> None:
         if not self.done:
             head = None if self.sent_headers else self.head
             self.sent_headers = True
-            self.conn.send(self.stream, head, b"\x00" + len(payload).to_bytes(4, "big") + payload, None)
+            self.conn.send(self.stream, head, _PREFIX.pack(0, len(payload)) + payload, None)
 
     def finish(self) -> None:
         if not self.done:
@@ -223,13 +239,13 @@ class Call:
             self._grant(len(data))
             if len(self.buffer) < self.needed:
                 return None
-            data, self.buffer = bytes(self.buffer), bytearray()
+            data, self.buffer = bytes(self.buffer), b""
         else:
             self._grant(len(data))
         conn, position, end = self.conn, 0, len(data)
         self.needed = 5
         while end - position >= 5:
-            flag, length = data[position], int.from_bytes(data[position + 1 : position + 5], "big")
+            flag, length = _PREFIX.unpack_from(data, position)
             if length > conn.max_message:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
                 return self.fail(code, f"received message larger than max ({length} vs. {conn.max_message})")
@@ -241,13 +257,13 @@ class Call:
                 break
             message = data[position + 5 : position + 5 + length]
             position += 5 + length
-            if self.route.kind == BIDI:
+            if self.message is None and self.route.kind != BIDI:
+                self.message = message
+            elif self.route.kind == BIDI:
                 self.requests.append(message)
                 self._wake()
-            elif self.message is not None:
-                return self.fail(INTERNAL, "a unary call carries more than one request message")
             else:
-                self.message = message
+                return self.fail(INTERNAL, "a unary call carries more than one request message")
         if position < end:
             self.buffer = bytearray(data[position:])
         return None
@@ -274,7 +290,7 @@ class Call:
         except DecodeError:
             return self.fail(INTERNAL, "the request message could not be parsed")
         if self.route.kind == FAST_INFER:
-            self.on_cancel = self.route.handler(request, self.time_remaining(), self.reply)
+            self.on_cancel = self.route.handler(request, self)
         else:
             self.task = asyncio.get_running_loop().create_task(self.run(request))
         return None
@@ -303,11 +319,16 @@ class Call:
                 self.fail(INTERNAL, "a request message could not be parsed")
                 return
 
-    async def run(self, argument: Any) -> None:
-        """A unary or streaming method as a task."""
+    def start(self, handler: Callable[[Any, Call], Any], argument: Any) -> None:
+        """Run ``handler``, a unary coroutine method, as this call's task (a callback method whose
+        answer must wait for a coroutine)."""
+        self.task = asyncio.get_running_loop().create_task(self.run(argument, handler))
+
+    async def run(self, argument: Any, unary: Callable[[Any, Call], Any] | None = None) -> None:
+        """A unary or streaming method as a task (``unary``: a unary method other than the route's)."""
         try:
-            if self.route.kind == UNARY:
-                self.reply(await self.route.handler(argument, self))
+            if unary is not None or self.route.kind == UNARY:
+                self.reply(await (unary or self.route.handler)(argument, self))
                 return
             async for response in self.route.handler(argument, self):
                 self.send_message(response if isinstance(response, bytes) else response.SerializeToString())

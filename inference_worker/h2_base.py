@@ -241,10 +241,6 @@ class Connection(Sender, asyncio.Protocol):
             raise ProtocolFault(PROTOCOL_ERROR, "a client cannot push")
         # other types are extensions: ignored (RFC 9113 section 5.5)
 
-    def _idle_check(self, stream_id: int, what: str) -> None:
-        if stream_id > self.last_stream:
-            raise ProtocolFault(PROTOCOL_ERROR, f"{what} on idle stream {stream_id}")
-
     def _strip(self, flags: int, payload: bytes) -> bytes:
         if flags & PADDED:
             if not payload or payload[0] >= len(payload):
@@ -255,11 +251,13 @@ class Connection(Sender, asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
             raise ProtocolFault(PROTOCOL_ERROR, "DATA on stream 0")
-        self._idle_check(stream_id, "DATA")
-        self.unacked += len(payload)  # every DATA frame counts against the connection's window
-        if self.unacked > CONNECTION_WINDOW:
-            raise ProtocolFault(FLOW_CONTROL_ERROR, "the peer sent past the connection window")
+        if stream_id > self.last_stream:
+            raise ProtocolFault(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+        size = len(payload)
+        self.unacked += size  # every DATA frame counts against the connection's window
         if self.unacked >= CONNECTION_WINDOW // 2:
+            if self.unacked > CONNECTION_WINDOW:
+                raise ProtocolFault(FLOW_CONTROL_ERROR, "the peer sent past the connection window")
             self.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.unacked)))
             self.unacked = 0
         stream = self.streams.get(stream_id)
@@ -269,16 +267,16 @@ class Connection(Sender, asyncio.Protocol):
             self.reset(stream_id, STREAM_CLOSED)
             self._drop(stream)
             return
-        stream.unacked += len(payload)
+        stream.unacked += size
         if stream.unacked > STREAM_WINDOW:
             self.reset(stream_id, FLOW_CONTROL_ERROR)
             self._drop(stream)
             return
-        data = self._strip(flags, payload)
-        if len(data) != len(payload):
-            self.consumed(stream, len(payload) - len(data))  # padding is consumed at once
-        if data:
-            self.on_data(stream, data)
+        if flags & PADDED:
+            payload = self._strip(flags, payload)
+            self.consumed(stream, size - len(payload))  # padding is consumed at once
+        if payload:
+            self.on_data(stream, payload)
         if flags & END_STREAM and stream.id in self.streams:
             stream.closed_remote = True
             self.on_end(stream)
@@ -294,27 +292,37 @@ class Connection(Sender, asyncio.Protocol):
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id or not stream_id & 1:
             raise ProtocolFault(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
-        payload = self._strip(flags, payload)
-        if flags & PRIORITY_FLAG:
-            if len(payload) < 5:
-                raise ProtocolFault(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
-            payload = payload[5:]
+        if flags & (PADDED | PRIORITY_FLAG):
+            payload = self._strip(flags, payload)
+            if flags & PRIORITY_FLAG:
+                if len(payload) < 5:
+                    raise ProtocolFault(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+                payload = payload[5:]
+        if flags & END_HEADERS:  # the whole block in one frame (the usual case)
+            self._check_block_size(len(payload))
+            return self._block_done(stream_id, bool(flags & END_STREAM), payload)
         self._block_stream, self._block_end = stream_id, bool(flags & END_STREAM)
         self._block, self._block_size = [], 0
-        self._fragment(payload, flags)
+        return self._fragment(payload, flags)
+
+    def _check_block_size(self, size: int) -> None:
+        if size > 4 * self.max_header_bytes:
+            raise ProtocolFault(
+                ENHANCE_YOUR_CALM, f"a header block exceeds {4 * self.max_header_bytes} bytes"
+            )
 
     def _fragment(self, payload: bytes, flags: int) -> None:
         self._block.append(payload)
         self._block_size += len(payload)
-        if self._block_size > 4 * self.max_header_bytes:
-            raise ProtocolFault(
-                ENHANCE_YOUR_CALM, f"a header block exceeds {4 * self.max_header_bytes} bytes"
-            )
+        self._check_block_size(self._block_size)
         if not flags & END_HEADERS:
             return
-        stream_id, end = self._block_stream, self._block_end
-        block = self._block[0] if len(self._block) == 1 else b"".join(self._block)
+        stream_id, block = self._block_stream, b"".join(self._block)
         self._block_stream, self._block = 0, []
+        self._block_done(stream_id, self._block_end, block)
+
+    def _block_done(self, stream_id: int, end: bool, block: bytes) -> None:
+        """A whole header block of ``stream_id``: a new stream's request, trailers, or an answer."""
         headers = self.decoder.decode(block)  # always: the table must stay in step with the peer's
         stream = self.streams.get(stream_id)
         if self.client:  # the answer's headers, or its trailers
@@ -369,32 +377,3 @@ class Connection(Sender, asyncio.Protocol):
         self.write(frame(SETTINGS, ACK, 0))
         for stream in list(self.streams.values()):
             self._send_pending(stream)
-
-    def _window_update(self, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise ProtocolFault(FRAME_SIZE_ERROR, "WINDOW_UPDATE of a length other than 4")
-        increment = int.from_bytes(payload, "big") & MAX_WINDOW
-        if not stream_id:
-            if not increment:
-                raise ProtocolFault(PROTOCOL_ERROR, "a connection window increment of 0")
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise ProtocolFault(FLOW_CONTROL_ERROR, "the connection window exceeds 2^31-1")
-            for waiting in list(self.streams.values()):
-                if waiting.pending:
-                    self._send_pending(waiting)
-            return
-        self._idle_check(stream_id, "WINDOW_UPDATE")
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if not increment:
-            self.reset(stream_id, PROTOCOL_ERROR)
-            self._drop(stream)
-            return
-        stream.window += increment
-        if stream.window > MAX_WINDOW:
-            self.reset(stream_id, FLOW_CONTROL_ERROR)
-            self._drop(stream)
-            return
-        self._send_pending(stream)

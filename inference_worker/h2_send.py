@@ -116,12 +116,17 @@ class Sender:
     def write(self, data: bytes) -> None:
         """Queue ``data``: written after the read in progress, at once when no other stream waits for
         an answer, else at the end of this loop iteration (with the other answers made in it)."""
-        self._out.append(data)
         if self._reading or self._flush_scheduled:
+            self._out.append(data)
             return
         if len(self.streams) <= 1:
+            if not self._out and not self.transport.is_closing():
+                self.transport.write(data)
+                return
+            self._out.append(data)
             self.flush()
             return
+        self._out.append(data)
         self._flush_scheduled = True
         asyncio.get_running_loop().call_soon(self.flush)
 
@@ -151,16 +156,19 @@ class Sender:
             return
         size = 0 if data is None else len(data)
         if not stream.pending and size <= min(self.send_window, stream.window, self.max_send_frame):
-            out = b"" if headers is None else frame(HEADERS, END_HEADERS, stream.id, headers)
+            sid, pack = stream.id, _HEAD.pack  # the frames joined once: one copy of the data
+            parts: list[bytes] = []
+            if headers is not None:
+                parts += (pack((len(headers) << 8) | HEADERS, END_HEADERS, sid), headers)
             if size or end:
-                out += frame(DATA, END_STREAM if end else 0, stream.id, data or b"")
+                parts += (pack((size << 8) | DATA, END_STREAM if end else 0, sid), data or b"")
                 self.send_window -= size
                 stream.window -= size
                 stream.closed_local = end
             if trailers is not None:
-                out += frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers)
+                parts += (pack((len(trailers) << 8) | HEADERS, END_HEADERS | END_STREAM, sid), trailers)
                 stream.closed_local = True
-            self.write(out)
+            self.write(b"".join(parts))
             if stream.closed_local:
                 self._finish(stream)
             return
@@ -245,6 +253,40 @@ class Sender:
         stream.call = None  # no cycle left for the garbage collector (its pauses are the p99)
         if self.going_away and not self.streams:
             self.close()
+
+    # -- the peer's windows ------------------------------------------------------------------
+    def _idle_check(self, stream_id: int, what: str) -> None:
+        if stream_id > self.last_stream:
+            raise ProtocolFault(PROTOCOL_ERROR, f"{what} on idle stream {stream_id}")
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ProtocolFault(FRAME_SIZE_ERROR, "WINDOW_UPDATE of a length other than 4")
+        increment = int.from_bytes(payload, "big") & MAX_WINDOW
+        if not stream_id:
+            if not increment:
+                raise ProtocolFault(PROTOCOL_ERROR, "a connection window increment of 0")
+            self.send_window += increment
+            if self.send_window > MAX_WINDOW:
+                raise ProtocolFault(FLOW_CONTROL_ERROR, "the connection window exceeds 2^31-1")
+            for waiting in list(self.streams.values()):
+                if waiting.pending:
+                    self._send_pending(waiting)
+            return
+        self._idle_check(stream_id, "WINDOW_UPDATE")
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not increment:
+            self.reset(stream_id, PROTOCOL_ERROR)
+            self._drop(stream)
+            return
+        stream.window += increment
+        if stream.window > MAX_WINDOW:
+            self.reset(stream_id, FLOW_CONTROL_ERROR)
+            self._drop(stream)
+            return
+        self._send_pending(stream)
 
     # -- ending streams and the connection ---------------------------------------------------
     def reset(self, stream_id: int, code: int) -> None:

@@ -12,6 +12,7 @@ little-endian length followed by the bytes.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Final
@@ -71,6 +72,7 @@ ONNX_TO_DATATYPE: Final[dict[str, str]] = {
 }
 
 _LENGTH = struct.Struct("<I")
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 SharedInput = Callable[[str, Datatype, tuple[int, ...], int, Any], "np.ndarray | None"]
 """Reads an input from the region its parameters name (``shm``): (name, datatype, shape, element
@@ -116,7 +118,7 @@ def decode_raw(
         raise InvalidRequest(
             f"input '{name}': {dt.name} shape {list(shape)} needs {expected} bytes of data, got {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dt.dtype).reshape(shape)
+    return np.ndarray(shape, dt.dtype, raw)  # frombuffer and reshape in one call
 
 
 def _decode_bytes_elements(name: str, shape: tuple[int, ...], count: int, buf: memoryview) -> np.ndarray:
@@ -230,6 +232,8 @@ def raw_bytes(arr: np.ndarray) -> bytes:
             parts.append(_LENGTH.pack(len(value)))
             parts.append(value)
         return b"".join(parts)
+    if _LITTLE_ENDIAN and arr.dtype.isnative:
+        return arr.tobytes()  # C order, one copy
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
@@ -326,7 +330,8 @@ def decode_grpc_inputs(
         )
     decoded: dict[str, np.ndarray] = {}
     raw_index = 0
-    for tensor in inputs:
+    for position in range(len(inputs)):  # indexing a repeated field is cheaper than iterating it
+        tensor = inputs[position]
         name = tensor.name
         if not 0 < len(name) <= limits.max_name_length:
             raise InvalidRequest("each input needs a name of 1 to 256 characters")
@@ -334,8 +339,13 @@ def decode_grpc_inputs(
             raise InvalidRequest(f"input '{name}' appears twice")
         dt = datatype(tensor.datatype)
         check_declared(name, dt, expected)
-        shape, count = check_shape(name, list(tensor.shape), limits)
-        if shared is not None and (array := shared(name, dt, shape, count, tensor.parameters)) is not None:
+        shape, count = check_shape(name, tensor.shape[:], limits)
+        parameters = tensor.parameters
+        if (
+            shared is not None
+            and parameters
+            and (array := shared(name, dt, shape, count, parameters)) is not None
+        ):
             if tensor.HasField("contents"):
                 raise InvalidRequest(f"input '{name}' names a shared memory region and carries contents too")
             decoded[name] = array

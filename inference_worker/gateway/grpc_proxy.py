@@ -25,6 +25,9 @@ metadata keeps it on one arm), up to ``STREAM_WINDOW`` at once, answering in req
 request answers with ``error_message`` and the stream goes on. ``ServerLive``, ``ServerReady`` (a
 table is loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are ``UNIMPLEMENTED``.
 
+``ModelInfer`` runs from callbacks (``grpc_infer.FastInfer``: no task per call, as HTTP's calls go);
+the other RPCs, and a ``ModelInfer`` held for a variant at zero, run as coroutines.
+
 Calls for a variant at zero wait in the activator (``grpc_hold``). The server is our HTTP/2 core
 (``grpc_server.RpcServer``, routes of raw bytes) and the calls to the replicas go out on it as a client
 (``grpc_upstream``), both on the gateway's loop: grpc.aio's server and channels, on a thread of their
@@ -37,16 +40,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from random import Random
 from typing import Any, Protocol
 
 import grpc
 
-from inference_worker import __version__, build_protos
+from inference_worker import __version__, build_protos, pb_wire
 from inference_worker.gateway import grpc_hold, grpc_wire, shared_memory
 from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
+from inference_worker.gateway.grpc_infer import (
+    HTTP_OF,
+    RETRYABLE,
+    Failure,
+    FastInfer,
+    no_replica,
+    upstream_failure,
+)
+from inference_worker.gateway.grpc_infer import (
+    labels_of as _labels,
+)
 from inference_worker.gateway.grpc_upstream import UpstreamError, Upstreams
 from inference_worker.gateway.metrics import Series
 from inference_worker.gateway.proxy import UpstreamResponse
@@ -60,26 +74,13 @@ from inference_worker.gateway.routing import (
     wants_shadow,
 )
 from inference_worker.gateway.shadow import GRPC_METHOD, ShadowCopy
-from inference_worker.grpc_call import BIDI, UNARY, Call
+from inference_worker.grpc_call import BIDI, FAST_INFER, UNARY, Call
 from inference_worker.grpc_server import RpcServer
 
 log = logging.getLogger("inference_worker.gateway")
 
 SERVICE = "inference.GRPCInferenceService"
 STREAM_WINDOW = 256
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-HTTP_OF: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-}
-"""The HTTP status an answer counts as in the gateway's series (anything else: 502)."""
 _NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "host"})
 
 
@@ -98,16 +99,6 @@ class Router(Protocol):
     def offer_shadow(self, copy: ShadowCopy) -> None: ...
 
 
-class Failure(Exception):
-    """A call that ends with ``code`` and ``message`` (and the labels of the variant chosen, if any)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, labels: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.labels = tuple(labels)
-
-
 class GrpcProxy:
     """The gateway's gRPC server, its connections to the replicas and their outstanding calls."""
 
@@ -120,8 +111,8 @@ class GrpcProxy:
         self._upstreams = Upstreams(config.max_body_bytes)
         self._seen: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes | None, tuple[Any, ...]]] = {}
         self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes)
+        self._server.add(f"/{SERVICE}/ModelInfer", FAST_INFER, None, self.model_infer_now)
         unary: dict[str, Callable[[bytes, Call], Any]] = {
-            "ModelInfer": self.model_infer,
             "ModelReady": self._forward("ModelReady"),
             "ModelMetadata": self._forward("ModelMetadata"),
             **self._own_answers(),
@@ -170,6 +161,10 @@ class GrpcProxy:
         self.router.series(route, variant, replica).retries += 1
 
     # -- routing -----------------------------------------------------------------------------
+    @property
+    def rng(self) -> Random:
+        return self.router.rng
+
     def load(self, url: str) -> float:
         return self.router.http_load(url) + self.outstanding.get(url, 0)
 
@@ -233,12 +228,7 @@ class GrpcProxy:
         while True:
             replica = choose_replica(variant.grpc_replicas, self.load, self.router.rng, tried)
             if replica is None:
-                what = f"deployment {route.name!r} variant {variant.name!r}"
-                if not tried:
-                    raise Failure(
-                        grpc.StatusCode.UNAVAILABLE, f"no ready replica of {what} serves gRPC", labels
-                    )
-                raise Failure(grpc.StatusCode.UNAVAILABLE, f"no replica of {what} could answer", labels)
+                raise no_replica(route, variant, tried, labels)
             labels = _labels(variant.name, replica.version)
             url = replica.url
             self.outstanding[url] = self.outstanding.get(url, 0) + 1
@@ -246,22 +236,29 @@ class GrpcProxy:
                 path = f"/{SERVICE}/{method}".encode()
                 return replica, await self._upstreams.call(replica.grpc, path, request, metadata, timeout)
             except UpstreamError as exc:
-                code = exc.status
-                if code in RETRYABLE and len(tried) + 1 < len(variant.grpc_replicas):
-                    tried.add(url)
-                    self._retried(route, variant, replica)
+                if self.retry(route, variant, replica, exc, tried):
                     continue
-                message = exc.details or code.name
-                if code == grpc.StatusCode.UNAVAILABLE:  # unreachable, loading or draining: say which arm
-                    what = f"deployment {route.name!r} variant {variant.name!r}"
-                    message = f"no replica of {what} could answer (last: {message})"
-                raise Failure(code, message, labels) from None
+                raise upstream_failure(route, variant, exc, labels) from None
             finally:
-                left = self.outstanding[url] - 1
-                if left:
-                    self.outstanding[url] = left
-                else:
-                    del self.outstanding[url]
+                self.done_with(url)
+
+    def retry(
+        self, route: Route, variant: Variant, replica: Replica, error: UpstreamError, tried: set[str]
+    ) -> bool:
+        """Whether to try another replica of the arm after ``error`` (each at most once)."""
+        if error.status in RETRYABLE and len(tried) + 1 < len(variant.grpc_replicas):
+            tried.add(replica.url)
+            self._retried(route, variant, replica)
+            return True
+        return False
+
+    def done_with(self, url: str) -> None:
+        """A call to the replica at ``url`` ended (``outstanding``)."""
+        left = self.outstanding[url] - 1
+        if left:
+            self.outstanding[url] = left
+        else:
+            del self.outstanding[url]
 
     async def _infer(
         self, request: bytes, key: bytes | None, metadata: tuple[Any, ...], timeout: float
@@ -303,6 +300,11 @@ class GrpcProxy:
         return self.timeout_s if remaining is None else max(0.0, min(remaining, self.timeout_s))
 
     # -- the RPCs ----------------------------------------------------------------------------
+    def model_infer_now(self, request: bytes, call: Call) -> Callable[[], None] | None:
+        """``ModelInfer`` from callbacks (no task per call); ``model_infer`` while a variant is held at
+        zero replicas."""
+        return FastInfer(self, request, call).begin()
+
     async def model_infer(self, request: bytes, context: Call) -> bytes:
         key, metadata = self._metadata(context)
         try:
@@ -340,8 +342,8 @@ class GrpcProxy:
             try:
                 _, _, answer = await self._infer(request, key, metadata, self.timeout_s)
             except Failure as failure:
-                return grpc_wire.stream_error(failure.message)
-            return grpc_wire.stream_response(answer)
+                return pb_wire.stream_error(failure.message)
+            return pb_wire.stream_response(answer)
 
         async def read() -> None:
             try:
@@ -367,10 +369,6 @@ class GrpcProxy:
                     task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-
-
-def _labels(variant: str, version: str) -> tuple[tuple[str, str], ...]:
-    return (("x-kiln-variant", variant), ("x-kiln-model-version", version))
 
 
 def _host_port(target: str) -> tuple[str, int]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Iterable
+import struct
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -30,6 +31,7 @@ CONNECT_TIMEOUT_S = 5.0
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _FIXED = b"\x83\x86" + literal(b"content-type", b"application/grpc") + literal(b"te", b"trailers")
 """``:method: POST`` and ``:scheme: http`` (static table entries 3 and 6), then the gRPC fields."""
+_PREFIX = struct.Struct(">BI")
 
 
 class UpstreamError(Exception):
@@ -41,16 +43,20 @@ class UpstreamError(Exception):
         self.details = details
 
 
+Done = Callable[["bytes | UpstreamError"], None]
+"""Gets a call's outcome, once: the answer's message, or why there is none."""
+
+
 class _Answer:
-    """What has come back on one stream."""
+    """What has come back on one stream, and who waits for it."""
 
-    __slots__ = ("future", "parts", "size", "status")
+    __slots__ = ("done", "parts", "size", "timer")
 
-    def __init__(self, future: asyncio.Future[bytes]) -> None:
-        self.future = future
+    def __init__(self, done: Done) -> None:
+        self.done: Done | None = done
         self.parts: list[bytes] = []
         self.size = 0
-        self.status = b""
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class UpstreamConnection(h2_base.Connection):
@@ -61,6 +67,7 @@ class UpstreamConnection(h2_base.Connection):
         self.max_message = max_message
         self.next_id = 1
         self.head = _FIXED + literal(b":authority", authority)
+        self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid()
 
     @property
     def full(self) -> bool:
@@ -71,25 +78,37 @@ class UpstreamConnection(h2_base.Connection):
             or self.next_id > 1 << 30
         )
 
-    def start(
-        self, path: bytes, request: bytes, metadata: bytes, timeout: float
-    ) -> tuple[Stream, asyncio.Future[bytes]]:
+    def start(self, path: bytes, request: bytes, metadata: bytes, timeout: float, done: Done) -> Stream:
+        """Send the call; ``done`` gets its outcome (``DEADLINE_EXCEEDED`` after ``timeout``)."""
         stream = Stream(self.next_id, self.initial_window)
         self.last_stream, self.next_id = self.next_id, self.next_id + 2
         self.streams[stream.id] = stream
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        stream.call = _Answer(future)
+        answer = stream.call = _Answer(done)
+        answer.timer = self.loop.call_later(timeout, self._expire, stream)
         block = self.head + _path(path) + metadata + _timeout(max(1, math.ceil(timeout * 1000)))
-        self.send(stream, block, b"\x00" + len(request).to_bytes(4, "big") + request, None, end=True)
-        return stream, future
+        self.send(stream, block, _PREFIX.pack(0, len(request)) + request, None, end=True)
+        return stream
 
     def cancel(self, stream: Stream) -> None:
+        """The caller gave up: reset the stream; its ``done`` is not called."""
+        answer: _Answer | None = stream.call
+        if answer is not None:
+            answer.done = None
+            if answer.timer is not None:
+                answer.timer.cancel()
         if self.streams.get(stream.id) is stream:
             self.reset(stream.id, CANCEL)
             self.release(stream)
 
+    def _expire(self, stream: Stream) -> None:
+        answer: _Answer | None = stream.call
+        if answer is not None:
+            answer.timer = None
+        if self.streams.get(stream.id) is stream:
+            self.reset(stream.id, CANCEL)
+        self._settle(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
     def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
-        answer: _Answer = stream.call
         status = message = b""
         for name, value in headers:
             if name == b"grpc-status":
@@ -101,7 +120,6 @@ class UpstreamConnection(h2_base.Connection):
                 return self._settle(stream, grpc.StatusCode.UNAVAILABLE, text)
         if not end:
             return None
-        answer.status = status
         code = _CODES.get(int(status)) if status.isdigit() else None
         if code is None:
             self._settle(stream, grpc.StatusCode.INTERNAL, "the replica's answer has no grpc-status")
@@ -135,18 +153,18 @@ class UpstreamConnection(h2_base.Connection):
     def _settle(self, stream: Stream, code: grpc.StatusCode | None, message: str) -> None:
         answer: _Answer | None = stream.call
         self.release(stream)
-        if answer is None or answer.future.done():
-            return
+        if answer is None or answer.done is None:
+            return None
+        done, answer.done = answer.done, None
+        if answer.timer is not None:
+            answer.timer.cancel()
+            answer.timer = None
         if code is not None:
-            answer.future.set_exception(UpstreamError(code, message))
-            return
+            return done(UpstreamError(code, message))
         body = answer.parts[0] if len(answer.parts) == 1 else b"".join(answer.parts)
-        if len(body) < 5 or body[0] or int.from_bytes(body[1:5], "big") != len(body) - 5:
-            answer.future.set_exception(
-                UpstreamError(grpc.StatusCode.INTERNAL, "the replica's answer is not one message")
-            )
-            return
-        answer.future.set_result(body[5:])
+        if len(body) < 5 or body[0] or _PREFIX.unpack_from(body)[1] != len(body) - 5:
+            return done(UpstreamError(grpc.StatusCode.INTERNAL, "the replica's answer is not one message"))
+        return done(body[5:])
 
     def retire(self) -> None:
         """Take no new calls; close once those in flight have ended."""
@@ -170,17 +188,39 @@ class Upstreams:
         connection = self._connections.get(target)
         if connection is None or connection.full:
             connection = await self._connect(target)
-        block = _metadata(tuple(metadata))
-        stream, future = connection.start(path, request, block, timeout)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, _expire, connection, stream, future)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: bytes | UpstreamError) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, UpstreamError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        stream = connection.start(path, request, _metadata(tuple(metadata)), timeout, done)
         try:
             return await future
         except asyncio.CancelledError:
             connection.cancel(stream)
             raise
-        finally:
-            timer.cancel()
+
+    def send(
+        self,
+        target: str,
+        path: bytes,
+        request: bytes,
+        metadata: tuple[tuple[str, Any], ...],
+        timeout: float,
+        done: Done,
+    ) -> Callable[[], None] | None:
+        """``call`` from callbacks, when a connection to ``target`` is open and has room: ``done`` gets
+        the outcome; returns what cancels the call. None (and ``done`` is not called) otherwise."""
+        connection = self._connections.get(target)
+        if connection is None or connection.full:
+            return None
+        stream = connection.start(path, request, _metadata(metadata), timeout, done)
+        return functools.partial(connection.cancel, stream)
 
     async def _connect(self, target: str) -> UpstreamConnection:
         pending = self._connecting.get(target)
@@ -242,9 +282,3 @@ def _timeout(milliseconds: int) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _metadata(metadata: tuple[tuple[str, Any], ...]) -> bytes:
     return b"".join(literal(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata)
-
-
-def _expire(connection: UpstreamConnection, stream: Stream, future: asyncio.Future[bytes]) -> None:
-    if not future.done():
-        future.set_exception(UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
-        connection.cancel(stream)

@@ -2,8 +2,8 @@
 
 The proxy passes messages through as bytes (no decode, no re-encode of the
 tensors): it only reads the model name a request names, rewrites it for a
-variant whose workers answer to another name, labels answers with the
-variant, and wraps a ``ModelInferResponse`` as a ``ModelStreamInferResponse``.
+variant whose workers answer to another name, and labels answers with the
+variant (``pb_wire`` wraps a ``ModelInferResponse`` as a ``ModelStreamInferResponse``).
 Each is a few varints at the front or the end of the message, thanks to two
 rules of the protobuf encoding: a singular field seen twice takes its last
 value, and a repeated (or map) field may be continued anywhere.
@@ -11,33 +11,23 @@ value, and a repeated (or map) field may be continued anywhere.
 Field numbers are those of ``protos/grpc_service.proto``: ``ModelInferRequest``,
 ``ModelReadyRequest`` and ``ModelMetadataRequest`` all name the model in
 field 1; ``ModelInferResponse.parameters`` is field 4 (``map<string,
-InferParameter>``, whose ``string_param`` is field 3);
-``ModelStreamInferResponse`` is ``error_message = 1, infer_response = 2``.
+InferParameter>``, whose ``string_param`` is field 3).
 """
 
 from __future__ import annotations
+
+from inference_worker.pb_wire import length_field
 
 NAME_FIELD = 1
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _NAME_TAG = b"\x0a"  # field 1, length-delimited
 _PARAMETER_TAG = b"\x22"  # field 4 (ModelInferResponse.parameters), length-delimited
-_STREAM_ERROR_TAG = b"\x0a"  # ModelStreamInferResponse.error_message
-_STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response
 VARIANT_PARAMETER = "kiln_variant"
 VERSION_PARAMETER = "kiln_model_version"
 
 
 class WireError(ValueError):
     """The bytes are not a protobuf message."""
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
@@ -83,30 +73,16 @@ def read_name(message: bytes) -> str | None:
     return found
 
 
-def _length_field(tag: bytes, payload: bytes) -> bytes:
-    return tag + varint(len(payload)) + payload
-
-
 def with_name(message: bytes, name: str) -> bytes:
     """``message`` naming ``name`` in field 1 (appended: the last occurrence wins)."""
-    return message + _length_field(_NAME_TAG, name.encode())
+    return message + length_field(_NAME_TAG, name.encode())
 
 
 def labels(variant: str, version: str) -> bytes:
     """``ModelInferResponse.parameters`` entries naming the variant and the model version that answered."""
     out = b""
     for key, value in ((VARIANT_PARAMETER, variant), (VERSION_PARAMETER, version)):
-        parameter = _length_field(b"\x1a", value.encode())  # InferParameter.string_param = 3
-        entry = _length_field(b"\x0a", key.encode()) + _length_field(b"\x12", parameter)
-        out += _length_field(_PARAMETER_TAG, entry)
+        parameter = length_field(b"\x1a", value.encode())  # InferParameter.string_param = 3
+        entry = length_field(b"\x0a", key.encode()) + length_field(b"\x12", parameter)
+        out += length_field(_PARAMETER_TAG, entry)
     return out
-
-
-def stream_response(infer_response: bytes) -> bytes:
-    """A ``ModelStreamInferResponse`` carrying ``infer_response``."""
-    return _length_field(_STREAM_RESPONSE_TAG, infer_response)
-
-
-def stream_error(message: str) -> bytes:
-    """A ``ModelStreamInferResponse`` carrying ``error_message``."""
-    return _length_field(_STREAM_ERROR_TAG, message.encode())

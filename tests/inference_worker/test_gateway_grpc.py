@@ -245,3 +245,34 @@ def test_a_variant_without_a_grpc_server_answers_unavailable_and_counts_it_for_t
                 >= 1
             )
         )
+
+
+def test_a_replica_that_never_answers_ends_the_call_at_the_upstream_deadline_and_the_connection_goes_on(
+    workers: SimpleNamespace,
+) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog), never answers
+    port = silent.getsockname()[1]
+    with (
+        silent,
+        routing_key() as (key, redis),
+        gateway(key, "--upstream-timeout-s", "0.3") as gw,
+        client(gw) as triton,
+    ):
+        payload = table(1, {"fraud": [("a", 100, 0, [workers.w1])]})
+        payload["deployments"]["fraud"]["variants"][0]["replicas"][0]["grpc"] = f"127.0.0.1:{port}"
+        publish(redis, key, payload)
+        applied(gw.url, 1)
+        for _ in range(2):  # the first call opens the connection, the second reuses it
+            with pytest.raises(InferenceServerException) as error:
+                triton.infer("fraud", inputs(), client_timeout=10)
+            assert error.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        wait_for(
+            lambda: (
+                metric(gw.url, "kiln_gateway_responses_total", deployment="fraud", variant="a", code="504")
+                >= 2
+            )
+        )
+        payload["deployments"]["fraud"]["variants"][0]["replicas"][0]["grpc"] = workers.w1.grpc
+        publish(redis, key, {**payload, "version": 2})
+        applied(gw.url, 2)
+        assert labels(triton.infer("fraud", inputs())) == ("a", "1")

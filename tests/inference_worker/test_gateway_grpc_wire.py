@@ -75,19 +75,3 @@ def test_labels_are_two_string_parameters_added_to_a_response_that_keeps_its_own
     assert labelled.parameters["kiln_model_version"].string_param == "7"
     assert labelled.parameters["own"].bool_param is True
     assert list(labelled.raw_output_contents) == [b"1234"]
-
-
-def test_stream_answers_wrap_a_response_or_carry_an_error_message(pb2: Any) -> None:
-    response = pb2.ModelInferResponse(model_name="clf", id="7")
-    wrapped = pb2.ModelStreamInferResponse.FromString(grpc_wire.stream_response(response.SerializeToString()))
-    assert wrapped.infer_response == response
-    assert wrapped.error_message == ""
-    error = pb2.ModelStreamInferResponse.FromString(grpc_wire.stream_error("unknown deployment 'nope'"))
-    assert error.error_message == "unknown deployment 'nope'"
-    assert not error.HasField("infer_response")
-
-
-@pytest.mark.parametrize("value", [1, 127, 128, 300, 16384, 2**31, 2**63 - 1])
-def test_varints_encode_as_protobuf_does(pb2: Any, value: int) -> None:
-    encoded = pb2.InferParameter(int64_param=value).SerializeToString()  # field 2, varint: tag 0x10
-    assert encoded == b"\x10" + grpc_wire.varint(value)
