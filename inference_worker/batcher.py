@@ -12,7 +12,11 @@ busy one batches whatever arrived while the model ran.
 planner whenever something changes, hands batches to runners (one thread per
 model instance, so inference runs off the event loop while the next batch
 forms) and splits outputs back by row offsets after checking the total, as
-PyTriton's ``@batch`` does. Everything but the runner threads happens on the
+PyTriton's ``@batch`` does. Spare runners take a batch only while every
+instance is busy and batches take at least ``SPARE_MIN_COMPUTE_S`` to run: a
+lone request always gets an instance (all its cores), and a light model keeps
+its large batches (a smaller batch on a spare would cost the event loop more
+per request than waiting for the instance does). Everything but the runner threads happens on the
 event loop thread; the loop is injected (tests pass a fake one and a clock).
 """
 
@@ -36,6 +40,13 @@ log = logging.getLogger("inference_worker.batcher")
 
 Outputs = list[np.ndarray]
 Done = Callable[["Outputs | WorkerError"], None]
+
+SPARE_MIN_COMPUTE_S = 1e-3
+"""A spare runner takes a batch only when batches recently took at least this long (a CNN's do,
+an MLP's run in tens of microseconds): waiting that long for an instance costs queued requests
+more than a second, smaller batch costs the event loop."""
+COMPUTE_SMOOTHING = 0.2
+"""Weight of the latest batch in the running estimate of compute time per batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +134,16 @@ class Pending:
 class Batch:
     """Requests that run together on one runner."""
 
-    __slots__ = ("compute_s", "entries", "rows", "runner", "started")
+    __slots__ = ("compute_s", "entries", "rows", "runner", "spare", "started")
 
-    def __init__(self, entries: list[Pending], rows: int, started: float, runner: Runner) -> None:
+    def __init__(
+        self, entries: list[Pending], rows: int, started: float, runner: Runner, *, spare: bool = False
+    ) -> None:
         self.entries = entries
         self.rows = rows
         self.started = started
         self.runner = runner
+        self.spare = spare
         self.compute_s = 0.0
 
     def feeds(self) -> Mapping[str, np.ndarray]:
@@ -199,7 +213,11 @@ class ThreadRunner:
 
 
 class Batcher:
-    """The bounded queue, the dispatch loop and the splitting of outputs."""
+    """The bounded queue, the dispatch loop and the splitting of outputs.
+
+    ``runners`` share the batches; ``spares`` take one only while every runner is busy and
+    batches are compute-heavy (``SPARE_MIN_COMPUTE_S``).
+    """
 
     def __init__(
         self,
@@ -211,9 +229,12 @@ class Batcher:
         max_queue_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
+        spares: Sequence[Runner] = (),
     ) -> None:
-        self._runners = list(runners)
+        self._runners = [*runners, *spares]
         self._idle = list(runners)
+        self._idle_spares = list(spares)
+        self._compute_s = 0.0
         self._batched = batched
         self._max_rows = max(config.preferred_batch_sizes, default=config.max_batch_size) if batched else 1
         self._preferred = frozenset(config.preferred_batch_sizes) if batched else frozenset()
@@ -250,7 +271,7 @@ class Batcher:
         self._queued_bytes += entry.nbytes
         if entry.deadline < self._min_deadline:
             self._min_deadline = entry.deadline
-        if self._idle:
+        if self._has_runner():
             if not self._scheduled:
                 self._scheduled = True
                 self._loop.call_soon(self._dispatch)
@@ -279,7 +300,7 @@ class Batcher:
         if self._min_deadline <= now:
             self._expire(now)
         wait_until = float("inf")
-        while self._idle and self._queue:
+        while self._queue and self._has_runner():
             plan = plan_batch(
                 self._queue,
                 now,
@@ -294,6 +315,10 @@ class Batcher:
         if self._queue:
             self._arm(min(wait_until, self._min_deadline))
 
+    def _has_runner(self) -> bool:
+        """An instance is idle, or a spare is and batches are compute-heavy."""
+        return bool(self._idle) or (bool(self._idle_spares) and self._compute_s >= SPARE_MIN_COMPUTE_S)
+
     def _start(self, take: int, now: float) -> None:
         entries = [self._queue.popleft() for _ in range(take)]
         rows = 0
@@ -301,7 +326,10 @@ class Batcher:
             rows += entry.rows
             self._queued_bytes -= entry.nbytes
         self._min_deadline = min((entry.deadline for entry in self._queue), default=float("inf"))
-        batch = Batch(entries, rows, now, self._idle.pop())
+        if self._idle:
+            batch = Batch(entries, rows, now, self._idle.pop())
+        else:
+            batch = Batch(entries, rows, now, self._idle_spares.pop(), spare=True)
         self._running += 1
         batch.runner.start(batch, self._finish)
 
@@ -331,7 +359,8 @@ class Batcher:
 
     def _finish(self, batch: Batch, result: Outputs | BaseException) -> None:
         self._running -= 1
-        self._idle.append(batch.runner)
+        (self._idle_spares if batch.spare else self._idle).append(batch.runner)
+        self._compute_s += COMPUTE_SMOOTHING * (batch.compute_s - self._compute_s)
         if self._queue:
             self._dispatch()  # keep the model busy before spending time on responses
         if isinstance(result, BaseException):

@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_worker.batcher import Batch, Batcher, Finish, Outputs, Pending, ThreadRunner
+from inference_worker.batcher import (
+    SPARE_MIN_COMPUTE_S,
+    Batch,
+    Batcher,
+    Finish,
+    Outputs,
+    Pending,
+    ThreadRunner,
+)
 from inference_worker.config import DynamicBatching
 from inference_worker.errors import ModelFailure, QueueFull, RequestTimeout, WorkerError
 
@@ -73,8 +81,9 @@ class FakeModel:
         self.running.append((batch, finish))
         self.sizes.append(batch.rows)
 
-    def complete(self, result: Outputs | BaseException | None = None) -> None:
+    def complete(self, result: Outputs | BaseException | None = None, *, compute_s: float = 0.0) -> None:
         batch, finish = self.running.pop(0)
+        batch.compute_s = compute_s
         if result is None:
             result = [np.asarray(batch.feeds()["x"]) * 2]
         self.loop.call_soon(finish, batch, result)
@@ -96,18 +105,21 @@ def make(
     config: DynamicBatching | None = None,
     *,
     runners: int = 1,
+    spares: int = 0,
     batched: bool = True,
     max_queue_bytes: int = 1 << 30,
 ) -> tuple[Batcher, FakeLoop, list[FakeModel], Results]:
+    """The batcher and its fake models: the instances first, then the spares."""
     loop = FakeLoop()
-    models = [FakeModel(loop) for _ in range(runners)]
+    models = [FakeModel(loop) for _ in range(runners + spares)]
     batcher = Batcher(
-        models,
+        models[:runners],
         config or DynamicBatching(),
         batched=batched,
         loop=loop,
         max_queue_bytes=max_queue_bytes,
         clock=loop.clock,
+        spares=models[runners:],
     )
     return batcher, loop, models, Results()
 
@@ -294,6 +306,62 @@ def test_two_instances_run_two_batches_at_once() -> None:
         batcher.submit(request(results, name))
     loop.run()
     assert [m.sizes for m in models] == [[2], [2]]
+
+
+HEAVY_S = 10 * SPARE_MIN_COMPUTE_S
+
+
+def test_a_spare_takes_a_batch_while_the_instance_runs_a_compute_heavy_one() -> None:
+    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=2), spares=1)
+    batcher.submit(request(results, "warm"))
+    loop.run()
+    instance.complete(compute_s=HEAVY_S)
+    batcher.submit(request(results, "a"))
+    loop.run()
+    batcher.submit(request(results, "b"))
+    batcher.submit(request(results, "c"))
+    loop.run()
+    assert (instance.sizes, spare.sizes) == ([1, 1], [2])
+    spare.complete(compute_s=HEAVY_S)
+    instance.complete(compute_s=HEAVY_S)
+    assert set(results.by_name) == {"warm", "a", "b", "c"}
+    batcher.submit(request(results, "lone"))
+    loop.run()
+    assert (instance.sizes, spare.sizes) == ([1, 1, 1], [2]), "an idle instance comes first, with every core"
+
+
+def test_requests_wait_for_the_instance_while_batches_are_light() -> None:
+    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=4), spares=1)
+    batcher.submit(request(results, "warm"))
+    loop.run()
+    instance.complete(compute_s=SPARE_MIN_COMPUTE_S / 10)
+    for name in "abc":
+        batcher.submit(request(results, name))
+        loop.run()
+    assert (instance.sizes, spare.sizes, batcher.queue_depth) == ([1, 1], [], 2)
+    instance.complete(compute_s=SPARE_MIN_COMPUTE_S / 10)
+    assert (instance.sizes, spare.sizes) == ([1, 1, 2], []), "one larger batch, not two small ones"
+
+
+def test_the_spare_stops_taking_batches_once_they_turn_light() -> None:
+    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=1), spares=1)
+    batcher.submit(request(results, "a"))
+    loop.run()
+    instance.complete(compute_s=HEAVY_S)
+    batcher.submit(request(results, "b"))
+    batcher.submit(request(results, "c"))
+    loop.run()
+    assert (instance.sizes, spare.sizes) == ([1, 1], [1])
+    for _ in range(20):  # the estimate follows the recent batches
+        spare.complete(compute_s=0.0)
+        instance.complete(compute_s=0.0)
+        batcher.submit(request(results, "x"))
+        batcher.submit(request(results, "y"))
+        loop.run()
+        if not spare.running:
+            break
+    assert not spare.running
+    assert batcher.queue_depth == 1
 
 
 def test_requests_of_other_shapes_wait_for_their_own_batch() -> None:

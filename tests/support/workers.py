@@ -158,6 +158,11 @@ def wait_queued(worker: RunningWorker, request: Future[Any]) -> None:
     wait_for(lambda: worker.metric("kiln_worker_queue_depth") == 1 or request.done())
 
 
+ONE_QUEUE = 1
+"""``instance_count`` for a test that needs requests to wait while one runs: one session and no
+spare (by default a worker on 2+ cores adds one for compute-heavy batches, such as ``occupy``'s)."""
+
+
 def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Response]:
     """Start a slow request and return once the model runs it (not while its body is still decoded:
     a request sent meanwhile would be queued first and run before it)."""
