@@ -121,18 +121,22 @@ class SessionPlan:
     spares: int = 0
 
 
-def plan_sessions(instances: int, *, device: str, model_bytes: int, cores: int) -> SessionPlan:
+def plan_sessions(
+    instances: int, *, intra_op_threads: int, device: str, model_bytes: int, cores: int
+) -> SessionPlan:
     """The sessions for ``--instances``: an explicit count as given; 0 (the default) one instance,
-    plus one spare on a CPU with 2 or more cores for a model up to ``SPARE_MAX_MODEL_BYTES``.
+    plus one spare when the instance uses every core of a CPU with 2 or more (``--intra-op-threads``
+    0: an explicit thread count says the cores are shared out by hand, e.g. between replicas) and
+    the model is at most ``SPARE_MAX_MODEL_BYTES``.
 
     Why a spare: one session's intra-op threads meet at a barrier in every parallel section, so
-    while the event loop decodes and answers requests (and between batches) the cores sit partly
-    idle; a second session computing beside it fills them (0.8 -> 0.9+ of raw ONNX Runtime for a CNN
-    at c=64 on 2 cores). A lone request still gets the first session and every core.
+    while the event loop decodes and answers requests, and between batches, cores sit idle; a
+    second session computing beside it fills them. A lone request still gets the instance and
+    every core.
     """
     if instances:
         return SessionPlan(instances)
-    spare = device == "cpu" and cores >= 2 and model_bytes <= SPARE_MAX_MODEL_BYTES
+    spare = device == "cpu" and intra_op_threads == 0 and cores >= 2 and model_bytes <= SPARE_MAX_MODEL_BYTES
     return SessionPlan(1, 1 if spare else 0)
 
 

@@ -158,7 +158,11 @@ class Worker:
         up (in a thread: the loop keeps answering)."""
         model = self.config.model
         plan = plan_sessions(
-            model.instance_count, device=model.device, model_bytes=len(model_bytes), cores=usable_cores()
+            model.instance_count,
+            intra_op_threads=model.intra_op_num_threads,
+            device=model.device,
+            model_bytes=len(model_bytes),
+            cores=usable_cores(),
         )
         runtimes = [OrtRuntime(model_bytes, model) for _ in range(plan.instances)]
         spares = [OrtRuntime(model_bytes, model, spare=True) for _ in range(plan.spares)]

@@ -154,28 +154,33 @@ def test_requests_keep_flowing_while_one_connection_waits(mlp_worker: RunningWor
 
 
 @pytest.mark.parametrize(
-    ("instances", "device", "model_bytes", "cores", "plan"),
+    ("instances", "threads", "device", "model_bytes", "cores", "plan"),
     [
-        (0, "cpu", 1_000_000, 2, SessionPlan(1, 1)),
-        (0, "cpu", 1_000_000, 1, SessionPlan(1, 0)),  # one core: nothing to fill
-        (0, "cpu", SPARE_MAX_MODEL_BYTES + 1, 16, SessionPlan(1, 0)),  # a second copy is too large
-        (0, "cuda:0", 1_000_000, 16, SessionPlan(1, 0)),
-        (1, "cpu", 1_000_000, 16, SessionPlan(1, 0)),  # explicit counts are kept
-        (3, "cpu", 1_000_000, 2, SessionPlan(3, 0)),
-        (2, "cuda:0", 1_000_000, 16, SessionPlan(2, 0)),
+        (0, 0, "cpu", 1_000_000, 2, SessionPlan(1, 1)),
+        (0, 0, "cpu", 1_000_000, 1, SessionPlan(1, 0)),  # one core: nothing to fill
+        (0, 1, "cpu", 1_000_000, 16, SessionPlan(1, 0)),  # cores shared out by hand (replicas)
+        (0, 0, "cpu", SPARE_MAX_MODEL_BYTES + 1, 16, SessionPlan(1, 0)),  # a second copy is too large
+        (0, 0, "cuda:0", 1_000_000, 16, SessionPlan(1, 0)),
+        (1, 0, "cpu", 1_000_000, 16, SessionPlan(1, 0)),  # explicit counts are kept
+        (3, 1, "cpu", 1_000_000, 2, SessionPlan(3, 0)),
+        (2, 0, "cuda:0", 1_000_000, 16, SessionPlan(2, 0)),
     ],
 )
-def test_the_default_adds_one_spare_session_on_a_cpu_with_cores_to_fill(
-    instances: int, device: str, model_bytes: int, cores: int, plan: SessionPlan
+def test_the_default_adds_one_spare_session_where_one_session_leaves_cores_to_fill(
+    instances: int, threads: int, device: str, model_bytes: int, cores: int, plan: SessionPlan
 ) -> None:
-    assert plan_sessions(instances, device=device, model_bytes=model_bytes, cores=cores) == plan
+    got = plan_sessions(
+        instances, intra_op_threads=threads, device=device, model_bytes=model_bytes, cores=cores
+    )
+    assert got == plan
 
 
 @pytest.mark.skipif(usable_cores() < 2, reason="a spare session needs 2 cores")
 def test_by_default_a_spare_session_runs_a_compute_heavy_request_beside_the_first(
     models: SimpleNamespace,
 ) -> None:
-    with running(make_config(models.square, "square")) as worker, ThreadPoolExecutor(2) as pool:
+    config = make_config(models.square, "square", intra_op_num_threads=0)  # the defaults
+    with running(config) as worker, ThreadPoolExecutor(2) as pool:
         assert post_square(worker, BIG_K).status_code == 200  # batches take long: the spare may help
         # The second slow request runs while the first does. On a busy machine the first may end
         # before the second arrives: try again.
