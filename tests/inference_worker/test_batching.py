@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from types import SimpleNamespace
 
 import httpx
@@ -175,6 +176,10 @@ def test_the_default_adds_one_spare_session_where_one_session_leaves_cores_to_fi
     assert got == plan
 
 
+def _both_running_or_one_done(worker: RunningWorker, *requests: Future[httpx.Response]) -> bool:
+    return worker.metric("kiln_worker_running_batches") == 2 or any(r.done() for r in requests)
+
+
 @pytest.mark.skipif(usable_cores() < 2, reason="a spare session needs 2 cores")
 def test_by_default_a_spare_session_runs_a_compute_heavy_request_beside_the_first(
     models: SimpleNamespace,
@@ -189,12 +194,7 @@ def test_by_default_a_spare_session_runs_a_compute_heavy_request_beside_the_firs
         while seen < 2 and time.monotonic() < deadline:
             first = occupy(pool, worker)
             second = pool.submit(post_square, worker, BIG_K)
-            pair = (first, second)
-            wait_for(
-                lambda pair=pair: (
-                    worker.metric("kiln_worker_running_batches") == 2 or any(f.done() for f in pair)
-                )
-            )
+            wait_for(partial(_both_running_or_one_done, worker, first, second))
             seen = worker.metric("kiln_worker_running_batches")
             assert first.result().status_code == second.result().status_code == 200
         assert seen == 2, "the second request never ran beside the first"
