@@ -13,7 +13,7 @@ planner whenever something changes, hands batches to runners (one thread per
 model instance, so inference runs off the event loop while the next batch
 forms) and splits outputs back by row offsets after checking the total, as
 PyTriton's ``@batch`` does. Spare runners take a batch only while every
-instance is busy and batches take at least ``SPARE_MIN_COMPUTE_S`` to run: a
+instance is busy and batches cost at least ``SPARE_MIN_CPU_S`` to run: a
 lone request always gets an instance (all its cores), and a light model keeps
 its large batches (a smaller batch on a spare would cost the event loop more
 per request than waiting for the instance does). Everything but the runner threads happens on the
@@ -41,12 +41,14 @@ log = logging.getLogger("inference_worker.batcher")
 Outputs = list[np.ndarray]
 Done = Callable[["Outputs | WorkerError"], None]
 
-SPARE_MIN_COMPUTE_S = 1e-3
-"""A spare runner takes a batch only when batches recently took at least this long (a CNN's do,
-an MLP's run in tens of microseconds): waiting that long for an instance costs queued requests
-more than a second, smaller batch costs the event loop."""
-COMPUTE_SMOOTHING = 0.2
-"""Weight of the latest batch in the running estimate of compute time per batch."""
+SPARE_MIN_CPU_S = 1e-3
+"""A spare runner takes a batch only when the median of the recent batches kept the thread that
+runs them busy at least this long (a CNN's do, an MLP's take tens of microseconds): waiting that
+long for an instance costs queued requests more than a second, smaller batch costs the event
+loop. CPU time, not wall time: on a busy machine a light batch may wait for a core, and must not
+look heavy for it."""
+RECENT_BATCHES = 9
+"""How many batches that median looks at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,7 @@ class Pending:
 class Batch:
     """Requests that run together on one runner."""
 
-    __slots__ = ("compute_s", "entries", "rows", "runner", "spare", "started")
+    __slots__ = ("compute_s", "cpu_s", "entries", "rows", "runner", "spare", "started")
 
     def __init__(
         self, entries: list[Pending], rows: int, started: float, runner: Runner, *, spare: bool = False
@@ -145,6 +147,8 @@ class Batch:
         self.runner = runner
         self.spare = spare
         self.compute_s = 0.0
+        self.cpu_s = 0.0
+        """CPU time of the runner's own thread (ONNX Runtime's pool threads not counted)."""
 
     def feeds(self) -> Mapping[str, np.ndarray]:
         """The model's inputs: the requests' tensors stacked along the batch dimension."""
@@ -199,13 +203,14 @@ class ThreadRunner:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             batch, finish = job
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             result: Outputs | BaseException
             try:
                 result = self._run(batch.feeds())
             except Exception as exc:  # the model's own failure, reported to its requests
                 result = exc
             batch.compute_s = time.perf_counter() - started
+            batch.cpu_s = time.thread_time() - cpu
             try:
                 self._loop.call_soon_threadsafe(finish, batch, result)
             except RuntimeError:  # the loop closed under us: the process is exiting
@@ -216,7 +221,7 @@ class Batcher:
     """The bounded queue, the dispatch loop and the splitting of outputs.
 
     ``runners`` share the batches; ``spares`` take one only while every runner is busy and
-    batches are compute-heavy (``SPARE_MIN_COMPUTE_S``).
+    batches are compute-heavy (``SPARE_MIN_CPU_S``).
     """
 
     def __init__(
@@ -233,8 +238,10 @@ class Batcher:
     ) -> None:
         self._runners = [*runners, *spares]
         self._idle = list(runners)
+        self._spares = bool(spares)
         self._idle_spares = list(spares)
-        self._compute_s = 0.0
+        self._recent_cpu_s: deque[float] = deque(maxlen=RECENT_BATCHES)
+        self._heavy = False
         self._batched = batched
         self._max_rows = max(config.preferred_batch_sizes, default=config.max_batch_size) if batched else 1
         self._preferred = frozenset(config.preferred_batch_sizes) if batched else frozenset()
@@ -317,7 +324,7 @@ class Batcher:
 
     def _has_runner(self) -> bool:
         """An instance is idle, or a spare is and batches are compute-heavy."""
-        return bool(self._idle) or (bool(self._idle_spares) and self._compute_s >= SPARE_MIN_COMPUTE_S)
+        return bool(self._idle) or (self._heavy and bool(self._idle_spares))
 
     def _start(self, take: int, now: float) -> None:
         entries = [self._queue.popleft() for _ in range(take)]
@@ -360,7 +367,10 @@ class Batcher:
     def _finish(self, batch: Batch, result: Outputs | BaseException) -> None:
         self._running -= 1
         (self._idle_spares if batch.spare else self._idle).append(batch.runner)
-        self._compute_s += COMPUTE_SMOOTHING * (batch.compute_s - self._compute_s)
+        if self._spares:
+            recent = self._recent_cpu_s
+            recent.append(batch.cpu_s)
+            self._heavy = sorted(recent)[len(recent) // 2] >= SPARE_MIN_CPU_S
         if self._queue:
             self._dispatch()  # keep the model busy before spending time on responses
         if isinstance(result, BaseException):

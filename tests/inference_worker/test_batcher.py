@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from inference_worker.batcher import (
-    SPARE_MIN_COMPUTE_S,
+    RECENT_BATCHES,
+    SPARE_MIN_CPU_S,
     Batch,
     Batcher,
     Finish,
@@ -81,9 +82,9 @@ class FakeModel:
         self.running.append((batch, finish))
         self.sizes.append(batch.rows)
 
-    def complete(self, result: Outputs | BaseException | None = None, *, compute_s: float = 0.0) -> None:
+    def complete(self, result: Outputs | BaseException | None = None, *, cpu_s: float = 0.0) -> None:
         batch, finish = self.running.pop(0)
-        batch.compute_s = compute_s
+        batch.cpu_s = cpu_s
         if result is None:
             result = [np.asarray(batch.feeds()["x"]) * 2]
         self.loop.call_soon(finish, batch, result)
@@ -308,22 +309,22 @@ def test_two_instances_run_two_batches_at_once() -> None:
     assert [m.sizes for m in models] == [[2], [2]]
 
 
-HEAVY_S = 10 * SPARE_MIN_COMPUTE_S
+HEAVY_S = 10 * SPARE_MIN_CPU_S
 
 
 def test_a_spare_takes_a_batch_while_the_instance_runs_a_compute_heavy_one() -> None:
     batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=2), spares=1)
     batcher.submit(request(results, "warm"))
     loop.run()
-    instance.complete(compute_s=HEAVY_S)
+    instance.complete(cpu_s=HEAVY_S)
     batcher.submit(request(results, "a"))
     loop.run()
     batcher.submit(request(results, "b"))
     batcher.submit(request(results, "c"))
     loop.run()
     assert (instance.sizes, spare.sizes) == ([1, 1], [2])
-    spare.complete(compute_s=HEAVY_S)
-    instance.complete(compute_s=HEAVY_S)
+    spare.complete(cpu_s=HEAVY_S)
+    instance.complete(cpu_s=HEAVY_S)
     assert set(results.by_name) == {"warm", "a", "b", "c"}
     batcher.submit(request(results, "lone"))
     loop.run()
@@ -334,27 +335,39 @@ def test_requests_wait_for_the_instance_while_batches_are_light() -> None:
     batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=4), spares=1)
     batcher.submit(request(results, "warm"))
     loop.run()
-    instance.complete(compute_s=SPARE_MIN_COMPUTE_S / 10)
+    instance.complete(cpu_s=SPARE_MIN_CPU_S / 10)
     for name in "abc":
         batcher.submit(request(results, name))
         loop.run()
     assert (instance.sizes, spare.sizes, batcher.queue_depth) == ([1, 1], [], 2)
-    instance.complete(compute_s=SPARE_MIN_COMPUTE_S / 10)
+    instance.complete(cpu_s=SPARE_MIN_CPU_S / 10)
     assert (instance.sizes, spare.sizes) == ([1, 1, 2], []), "one larger batch, not two small ones"
+
+
+def test_a_few_costly_batches_of_a_light_model_do_not_bring_the_spare_in() -> None:
+    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=1), spares=1)
+    for index in range(RECENT_BATCHES):  # now and then a costly one (a new batch shape): 4 in 9
+        batcher.submit(request(results, f"r{index}"))
+        loop.run()
+        instance.complete(cpu_s=HEAVY_S if index % 2 else SPARE_MIN_CPU_S / 10)
+    batcher.submit(request(results, "a"))
+    batcher.submit(request(results, "b"))
+    loop.run()
+    assert (spare.sizes, batcher.queue_depth) == ([], 1)
 
 
 def test_the_spare_stops_taking_batches_once_they_turn_light() -> None:
     batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=1), spares=1)
     batcher.submit(request(results, "a"))
     loop.run()
-    instance.complete(compute_s=HEAVY_S)
+    instance.complete(cpu_s=HEAVY_S)
     batcher.submit(request(results, "b"))
     batcher.submit(request(results, "c"))
     loop.run()
     assert (instance.sizes, spare.sizes) == ([1, 1], [1])
     for _ in range(20):  # the estimate follows the recent batches
-        spare.complete(compute_s=0.0)
-        instance.complete(compute_s=0.0)
+        spare.complete(cpu_s=0.0)
+        instance.complete(cpu_s=0.0)
         batcher.submit(request(results, "x"))
         batcher.submit(request(results, "y"))
         loop.run()
