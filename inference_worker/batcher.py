@@ -12,11 +12,9 @@ busy one batches whatever arrived while the model ran.
 planner whenever something changes, hands batches to runners (one thread per
 model instance, so inference runs off the event loop while the next batch
 forms) and splits outputs back by row offsets after checking the total, as
-PyTriton's ``@batch`` does. Spare runners take a batch only while every
-instance is busy and batches cost at least ``SPARE_MIN_CPU_S`` to run: a
-lone request always gets an instance (all its cores), and a light model keeps
-its large batches (a smaller batch on a spare would cost the event loop more
-per request than waiting for the instance does). Everything but the runner threads happens on the
+PyTriton's ``@batch`` does. A spare runner takes a batch only while every
+instance is busy on compute-heavy batches (``SPARE_MIN_CPU_S``): a lone request
+gets an instance and all its cores. Everything but the runner threads happens on the
 event loop thread; the loop is injected (tests pass a fake one and a clock).
 """
 
@@ -42,13 +40,10 @@ Outputs = list[np.ndarray]
 Done = Callable[["Outputs | WorkerError"], None]
 
 SPARE_MIN_CPU_S = 1e-3
-"""A spare runner takes a batch only when the median of the recent batches kept the thread that
-runs them busy at least this long (a CNN's do, an MLP's take tens of microseconds): waiting that
-long for an instance costs queued requests more than a second, smaller batch costs the event
-loop. CPU time, not wall time: on a busy machine a light batch may wait for a core, and must not
-look heavy for it."""
+"""The median of the last ``RECENT_BATCHES`` batches' runner-thread CPU time (not wall time, which a
+busy machine inflates) at which a spare may take a batch: a CNN's batches cost more, an MLP's tens
+of microseconds, and for those a second, smaller batch costs the event loop more than waiting."""
 RECENT_BATCHES = 9
-"""How many batches that median looks at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +142,7 @@ class Batch:
         self.runner = runner
         self.spare = spare
         self.compute_s = 0.0
-        self.cpu_s = 0.0
-        """CPU time of the runner's own thread (ONNX Runtime's pool threads not counted)."""
+        self.cpu_s = 0.0  # the runner's own thread (not ONNX Runtime's pool threads)
 
     def feeds(self) -> Mapping[str, np.ndarray]:
         """The model's inputs: the requests' tensors stacked along the batch dimension."""
@@ -218,11 +212,7 @@ class ThreadRunner:
 
 
 class Batcher:
-    """The bounded queue, the dispatch loop and the splitting of outputs.
-
-    ``runners`` share the batches; ``spares`` take one only while every runner is busy and
-    batches are compute-heavy (``SPARE_MIN_CPU_S``).
-    """
+    """The bounded queue, the dispatch loop and the splitting of outputs (``spares``: see above)."""
 
     def __init__(
         self,
