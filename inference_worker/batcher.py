@@ -12,9 +12,7 @@ busy one batches whatever arrived while the model ran.
 planner whenever something changes, hands batches to runners (one thread per
 model instance, so inference runs off the event loop while the next batch
 forms) and splits outputs back by row offsets after checking the total, as
-PyTriton's ``@batch`` does. A spare runner takes a batch only while every
-instance is busy on compute-heavy batches (``SPARE_MIN_CPU_S``): a lone request
-gets an instance and all its cores. Everything but the runner threads happens on the
+PyTriton's ``@batch`` does. Everything but the runner threads happens on the
 event loop thread; the loop is injected (tests pass a fake one and a clock).
 """
 
@@ -38,12 +36,6 @@ log = logging.getLogger("inference_worker.batcher")
 
 Outputs = list[np.ndarray]
 Done = Callable[["Outputs | WorkerError"], None]
-
-SPARE_MIN_CPU_S = 1e-3
-"""The median of the last ``RECENT_BATCHES`` batches' runner-thread CPU time (not wall time, which a
-busy machine inflates) at which a spare may take a batch: a CNN's batches cost more, an MLP's tens
-of microseconds, and for those a second, smaller batch costs the event loop more than waiting."""
-RECENT_BATCHES = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +123,14 @@ class Pending:
 class Batch:
     """Requests that run together on one runner."""
 
-    __slots__ = ("compute_s", "cpu_s", "entries", "rows", "runner", "spare", "started")
+    __slots__ = ("compute_s", "entries", "rows", "runner", "started")
 
-    def __init__(
-        self, entries: list[Pending], rows: int, started: float, runner: Runner, *, spare: bool = False
-    ) -> None:
+    def __init__(self, entries: list[Pending], rows: int, started: float, runner: Runner) -> None:
         self.entries = entries
         self.rows = rows
         self.started = started
         self.runner = runner
-        self.spare = spare
         self.compute_s = 0.0
-        self.cpu_s = 0.0  # the runner's own thread (not ONNX Runtime's pool threads)
 
     def feeds(self) -> Mapping[str, np.ndarray]:
         """The model's inputs: the requests' tensors stacked along the batch dimension."""
@@ -197,14 +185,13 @@ class ThreadRunner:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             batch, finish = job
-            started, cpu = time.perf_counter(), time.thread_time()
+            started = time.perf_counter()
             result: Outputs | BaseException
             try:
                 result = self._run(batch.feeds())
             except Exception as exc:  # the model's own failure, reported to its requests
                 result = exc
             batch.compute_s = time.perf_counter() - started
-            batch.cpu_s = time.thread_time() - cpu
             try:
                 self._loop.call_soon_threadsafe(finish, batch, result)
             except RuntimeError:  # the loop closed under us: the process is exiting
@@ -212,7 +199,7 @@ class ThreadRunner:
 
 
 class Batcher:
-    """The bounded queue, the dispatch loop and the splitting of outputs (``spares``: see above)."""
+    """The bounded queue, the dispatch loop and the splitting of outputs."""
 
     def __init__(
         self,
@@ -224,14 +211,9 @@ class Batcher:
         max_queue_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
-        spares: Sequence[Runner] = (),
     ) -> None:
-        self._runners = [*runners, *spares]
+        self._runners = list(runners)
         self._idle = list(runners)
-        self._spares = bool(spares)
-        self._idle_spares = list(spares)
-        self._recent_cpu_s: deque[float] = deque(maxlen=RECENT_BATCHES)
-        self._heavy = False
         self._batched = batched
         self._max_rows = max(config.preferred_batch_sizes, default=config.max_batch_size) if batched else 1
         self._preferred = frozenset(config.preferred_batch_sizes) if batched else frozenset()
@@ -268,7 +250,7 @@ class Batcher:
         self._queued_bytes += entry.nbytes
         if entry.deadline < self._min_deadline:
             self._min_deadline = entry.deadline
-        if self._has_runner():
+        if self._idle:
             if not self._scheduled:
                 self._scheduled = True
                 self._loop.call_soon(self._dispatch)
@@ -297,7 +279,7 @@ class Batcher:
         if self._min_deadline <= now:
             self._expire(now)
         wait_until = float("inf")
-        while self._queue and self._has_runner():
+        while self._idle and self._queue:
             plan = plan_batch(
                 self._queue,
                 now,
@@ -312,10 +294,6 @@ class Batcher:
         if self._queue:
             self._arm(min(wait_until, self._min_deadline))
 
-    def _has_runner(self) -> bool:
-        """An instance is idle, or a spare is and batches are compute-heavy."""
-        return bool(self._idle) or (self._heavy and bool(self._idle_spares))
-
     def _start(self, take: int, now: float) -> None:
         entries = [self._queue.popleft() for _ in range(take)]
         rows = 0
@@ -323,10 +301,7 @@ class Batcher:
             rows += entry.rows
             self._queued_bytes -= entry.nbytes
         self._min_deadline = min((entry.deadline for entry in self._queue), default=float("inf"))
-        if self._idle:
-            batch = Batch(entries, rows, now, self._idle.pop())
-        else:
-            batch = Batch(entries, rows, now, self._idle_spares.pop(), spare=True)
+        batch = Batch(entries, rows, now, self._idle.pop())
         self._running += 1
         batch.runner.start(batch, self._finish)
 
@@ -356,11 +331,7 @@ class Batcher:
 
     def _finish(self, batch: Batch, result: Outputs | BaseException) -> None:
         self._running -= 1
-        (self._idle_spares if batch.spare else self._idle).append(batch.runner)
-        if self._spares:
-            recent = self._recent_cpu_s
-            recent.append(batch.cpu_s)
-            self._heavy = sorted(recent)[len(recent) // 2] >= SPARE_MIN_CPU_S
+        self._idle.append(batch.runner)
         if self._queue:
             self._dispatch()  # keep the model busy before spending time on responses
         if isinstance(result, BaseException):

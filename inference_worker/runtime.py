@@ -107,53 +107,17 @@ def _preload_cuda_libraries() -> None:
         log.info("CUDA libraries not preloaded from the nvidia wheels (%s); using the system's", exc)
 
 
-SPARE_MAX_MODEL_BYTES = 256 * 1024 * 1024
-"""The largest model that gets a spare session by default: a second session holds a second copy
-of the weights (and its own arena for activations), so a worker's memory for the model doubles."""
-
-
-@dataclass(frozen=True)
-class SessionPlan:
-    """How many sessions a worker builds: ``instances`` that share the batches, and ``spares`` that
-    take one only while every instance is busy on a compute-heavy model (``batcher.Batcher``)."""
-
-    instances: int
-    spares: int = 0
-
-
-def plan_sessions(
-    instances: int, *, intra_op_threads: int, device: str, model_bytes: int, cores: int
-) -> SessionPlan:
-    """The sessions for ``--instances``: an explicit count as given; 0 (the default) one instance,
-    plus one spare when the instance uses every core of a CPU with 2 or more (``--intra-op-threads``
-    0: an explicit thread count says the cores are shared out by hand, e.g. between replicas) and
-    the model is at most ``SPARE_MAX_MODEL_BYTES``.
-
-    Why a spare: one session's intra-op threads meet at a barrier in every parallel section, so
-    while the event loop decodes and answers requests, and between batches, cores sit idle; a
-    second session computing beside it fills them. A lone request still gets the instance and
-    every core.
-    """
-    if instances:
-        return SessionPlan(instances)
-    spare = device == "cpu" and intra_op_threads == 0 and cores >= 2 and model_bytes <= SPARE_MAX_MODEL_BYTES
-    return SessionPlan(1, 1 if spare else 0)
-
-
 class OrtRuntime:
-    """One ONNX Runtime session; ``run`` is called from one thread at a time.
+    """One ONNX Runtime session; ``run`` is called from one thread at a time."""
 
-    A ``spare`` session never spins: its threads sleep while it waits, leaving the cores to the
-    session that is busy.
-    """
-
-    def __init__(self, model: bytes, config: ModelConfig, *, spare: bool = False) -> None:
+    def __init__(self, model: bytes, config: ModelConfig) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = config.intra_op_num_threads
         options.inter_op_num_threads = 1
-        spinning = config.allow_spinning and not spare
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if config.allow_spinning else "0"
+        )
         options.log_severity_level = 3
         providers, self.cuda_device = providers_for(config.device)
         try:

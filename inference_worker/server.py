@@ -32,12 +32,11 @@ from inference_worker.config import ConfigError, WorkerConfig
 from inference_worker.contracts.report import Listen, encode_listen
 from inference_worker.dataplane import DataPlane, State
 from inference_worker.grpc_server import GrpcServer
-from inference_worker.host import usable_cores
 from inference_worker.http_api import HttpApi
 from inference_worker.http_server import HttpServer
 from inference_worker.metrics import WorkerMetrics, gpu_reader
 from inference_worker.reporter import Reporter
-from inference_worker.runtime import OrtRuntime, plan_sessions, read_model
+from inference_worker.runtime import OrtRuntime, read_model
 from inference_worker.shm import SharedMemory
 
 log = logging.getLogger("inference_worker")
@@ -86,14 +85,14 @@ class Worker:
         model_bytes = read_model(self.config.model.path, self.config.model.sha256)
         await self._listen()
         try:
-            runtimes, spares = await self._loop.run_in_executor(None, self._load, model_bytes)
+            runtimes = await self._loop.run_in_executor(None, self._load, model_bytes)
         except ConfigError as exc:
             log.error("%s", exc)
             self.dataplane.state = State.FAILED
             await self._close()
             return 1
         del model_bytes
-        self._attach(runtimes, spares)
+        self._attach(runtimes)
         if self._grpc is not None:
             await self._grpc.set_serving(True)
         log.info("ready: model %s version %s", self.config.model.name, self.config.model.version)
@@ -153,55 +152,40 @@ class Worker:
             json.dump(encode_listen(Listen(http_port=self.http_port, grpc_port=self.grpc_port)), handle)
         os.replace(partial, path)
 
-    def _load(self, model_bytes: bytes) -> tuple[list[OrtRuntime], list[OrtRuntime]]:
-        """Build every instance's session and any spare's (``runtime.plan_sessions``) and warm them
-        up (in a thread: the loop keeps answering)."""
+    def _load(self, model_bytes: bytes) -> list[OrtRuntime]:
+        """Build every instance's session and warm it up (in a thread: the loop keeps answering)."""
         model = self.config.model
-        plan = plan_sessions(
-            model.instance_count,
-            intra_op_threads=model.intra_op_num_threads,
-            device=model.device,
-            model_bytes=len(model_bytes),
-            cores=usable_cores(),
-        )
-        runtimes = [OrtRuntime(model_bytes, model) for _ in range(plan.instances)]
-        spares = [OrtRuntime(model_bytes, model, spare=True) for _ in range(plan.spares)]
+        runtimes = [OrtRuntime(model_bytes, model) for _ in range(model.instance_count)]
         signature = runtimes[0].signature
         sizes = [1, *self.config.batching.preferred_batch_sizes] if signature.batched else [1]
-        for runtime in (*runtimes, *spares):
+        for runtime in runtimes:
             try:
                 runtime.warm_up(sizes, model.warmup)
             except Exception as exc:  # ORT's own errors: the model cannot run at all
                 raise ConfigError(f"--model-path: warm-up failed: {exc}".splitlines()[0]) from None
         log.info(
-            "loaded %s: %d instance(s)%s on %s, batching %s",
+            "loaded %s: %d instance(s) on %s, batching %s",
             model.path.name,
             len(runtimes),
-            f" and {len(spares)} spare(s) for compute-heavy batches" if spares else "",
             ",".join(runtimes[0].providers),
             "on" if signature.batched else "off (no dynamic batch dimension)",
         )
-        return runtimes, spares
+        return runtimes
 
-    def _attach(self, runtimes: Sequence[OrtRuntime], spares: Sequence[OrtRuntime]) -> None:
+    def _attach(self, runtimes: Sequence[OrtRuntime]) -> None:
         assert self._loop is not None  # noqa: S101 - serve() set it
-        loop = self._loop
         runners: list[Runner] = [
-            ThreadRunner(runtime.run, loop, f"model-instance-{index}")
+            ThreadRunner(runtime.run, self._loop, f"model-instance-{index}")
             for index, runtime in enumerate(runtimes)
-        ]
-        spare_runners: list[Runner] = [
-            ThreadRunner(runtime.run, loop, f"model-spare-{index}") for index, runtime in enumerate(spares)
         ]
         signature = runtimes[0].signature
         self._batcher = Batcher(
             runners,
             self.config.batching,
             batched=signature.batched,
-            loop=loop,
+            loop=self._loop,
             max_queue_bytes=self.config.limits.max_queue_bytes,
             observer=self.metrics,
-            spares=spare_runners,
         )
         self.metrics.device_stats = gpu_reader(runtimes[0].cuda_device)
         self.dataplane.attach(signature, self._batcher)

@@ -69,12 +69,11 @@ def config_key(batching: BatchingConfig) -> str:
 
 
 def measured_configurations(report: dict[str, object], *, latency_budget_ms: float) -> list[BatchingConfig]:
-    """What a run measures: each batching the rule can propose at this budget, as it proposes them
-    (the default instances: one, with a spare where the worker adds one), and the largest with every
-    other instance count of ``KILN_ADVICE_MEASURE_INSTANCES`` (counts above 1)."""
+    """What a run measures: each batching the rule can propose at this budget, with one instance, and
+    the largest with every other instance count of ``KILN_ADVICE_MEASURE_INSTANCES``."""
     candidates = candidate_batchings(report, latency_budget_ms=latency_budget_ms)
-    extra = [replace(candidates[-1], instances=n) for n in settings.KILN_ADVICE_MEASURE_INSTANCES if n > 1]
-    return candidates + extra
+    extra = [replace(candidates[-1], instances=n) for n in settings.KILN_ADVICE_MEASURE_INSTANCES if n != 1]
+    return [replace(c, instances=1) for c in candidates] + extra
 
 
 def _load() -> Load:

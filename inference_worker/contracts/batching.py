@@ -9,7 +9,7 @@ Triton's microseconds itself.
 JSON form (the API's ``batching`` object, a variant's stored options)::
 
     {"max_batch_size": 32, "max_queue_delay_ms": 2.5, "preferred_batch_sizes": [8, 16],
-     "max_queue_size": 1024, "request_timeout_ms": 10000.0, "instances": 0, "intra_op_threads": 0}
+     "max_queue_size": 1024, "request_timeout_ms": 10000.0, "instances": 1, "intra_op_threads": 0}
 
 ``parse_batching`` fills absent keys from a base (the defaults without one)
 and reads the preferred sizes as a set (order and repeats don't matter);
@@ -45,10 +45,8 @@ REQUEST_TIMEOUT_MS = OptionField(
     unit="ms", low=1, high=600_000, label="Request timeout",
 )  # fmt: skip
 INSTANCES = OptionField(
-    "instances", Kind.INT, 0,
-    "model sessions running batches at once, each on its own thread (0: one, and on a CPU with 2+ cores "
-    "a spare for compute-heavy models while it is busy)",
-    unit="sessions", low=0, high=16,
+    "instances", Kind.INT, 1, "model sessions running batches at once, each on its own thread",
+    unit="sessions", low=1, high=16,
 )  # fmt: skip
 
 INTRA_OP_THREADS = OptionField(

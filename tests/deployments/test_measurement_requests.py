@@ -115,7 +115,7 @@ def test_a_run_measures_every_batching_the_rule_can_propose_and_the_largest_with
 
     candidates = candidate_batchings(PROFILE, latency_budget_ms=9)
     assert [c.max_batch_size for c in configurations] == [1, 2, 4, 8, 8]  # 16 takes 2 x 5 ms > 9
-    assert configurations[:4] == candidates  # as the rule proposes them: the default instances
+    assert configurations[:4] == candidates
     assert configurations[4].instances == 2
     for target in (100, 1000, 2000, 100_000):  # whatever the target, the rule answers one of them
         assert propose_batching(PROFILE, latency_budget_ms=9, target_rps=target).batching in candidates

@@ -11,16 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_worker.batcher import (
-    RECENT_BATCHES,
-    SPARE_MIN_CPU_S,
-    Batch,
-    Batcher,
-    Finish,
-    Outputs,
-    Pending,
-    ThreadRunner,
-)
+from inference_worker.batcher import Batch, Batcher, Finish, Outputs, Pending, ThreadRunner
 from inference_worker.config import DynamicBatching
 from inference_worker.errors import ModelFailure, QueueFull, RequestTimeout, WorkerError
 
@@ -82,9 +73,8 @@ class FakeModel:
         self.running.append((batch, finish))
         self.sizes.append(batch.rows)
 
-    def complete(self, result: Outputs | BaseException | None = None, *, cpu_s: float = 0.0) -> None:
+    def complete(self, result: Outputs | BaseException | None = None) -> None:
         batch, finish = self.running.pop(0)
-        batch.cpu_s = cpu_s
         if result is None:
             result = [np.asarray(batch.feeds()["x"]) * 2]
         self.loop.call_soon(finish, batch, result)
@@ -106,21 +96,18 @@ def make(
     config: DynamicBatching | None = None,
     *,
     runners: int = 1,
-    spares: int = 0,
     batched: bool = True,
     max_queue_bytes: int = 1 << 30,
 ) -> tuple[Batcher, FakeLoop, list[FakeModel], Results]:
-    """The batcher and its fake models: the instances first, then the spares."""
     loop = FakeLoop()
-    models = [FakeModel(loop) for _ in range(runners + spares)]
+    models = [FakeModel(loop) for _ in range(runners)]
     batcher = Batcher(
-        models[:runners],
+        models,
         config or DynamicBatching(),
         batched=batched,
         loop=loop,
         max_queue_bytes=max_queue_bytes,
         clock=loop.clock,
-        spares=models[runners:],
     )
     return batcher, loop, models, Results()
 
@@ -307,74 +294,6 @@ def test_two_instances_run_two_batches_at_once() -> None:
         batcher.submit(request(results, name))
     loop.run()
     assert [m.sizes for m in models] == [[2], [2]]
-
-
-HEAVY_S = 10 * SPARE_MIN_CPU_S
-
-
-def test_a_spare_takes_a_batch_while_the_instance_runs_a_compute_heavy_one() -> None:
-    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=2), spares=1)
-    batcher.submit(request(results, "warm"))
-    loop.run()
-    instance.complete(cpu_s=HEAVY_S)
-    batcher.submit(request(results, "a"))
-    loop.run()
-    batcher.submit(request(results, "b"))
-    batcher.submit(request(results, "c"))
-    loop.run()
-    assert (instance.sizes, spare.sizes) == ([1, 1], [2])
-    spare.complete(cpu_s=HEAVY_S)
-    instance.complete(cpu_s=HEAVY_S)
-    assert set(results.by_name) == {"warm", "a", "b", "c"}
-    batcher.submit(request(results, "lone"))
-    loop.run()
-    assert (instance.sizes, spare.sizes) == ([1, 1, 1], [2]), "an idle instance comes first, with every core"
-
-
-def test_requests_wait_for_the_instance_while_batches_are_light() -> None:
-    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=4), spares=1)
-    batcher.submit(request(results, "warm"))
-    loop.run()
-    instance.complete(cpu_s=SPARE_MIN_CPU_S / 10)
-    for name in "abc":
-        batcher.submit(request(results, name))
-        loop.run()
-    assert (instance.sizes, spare.sizes, batcher.queue_depth) == ([1, 1], [], 2)
-    instance.complete(cpu_s=SPARE_MIN_CPU_S / 10)
-    assert (instance.sizes, spare.sizes) == ([1, 1, 2], []), "one larger batch, not two small ones"
-
-
-def test_a_few_costly_batches_of_a_light_model_do_not_bring_the_spare_in() -> None:
-    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=1), spares=1)
-    for index in range(RECENT_BATCHES):  # now and then a costly one (a new batch shape): 4 in 9
-        batcher.submit(request(results, f"r{index}"))
-        loop.run()
-        instance.complete(cpu_s=HEAVY_S if index % 2 else SPARE_MIN_CPU_S / 10)
-    batcher.submit(request(results, "a"))
-    batcher.submit(request(results, "b"))
-    loop.run()
-    assert (spare.sizes, batcher.queue_depth) == ([], 1)
-
-
-def test_the_spare_stops_taking_batches_once_they_turn_light() -> None:
-    batcher, loop, (instance, spare), results = make(DynamicBatching(max_batch_size=1), spares=1)
-    batcher.submit(request(results, "a"))
-    loop.run()
-    instance.complete(cpu_s=HEAVY_S)
-    batcher.submit(request(results, "b"))
-    batcher.submit(request(results, "c"))
-    loop.run()
-    assert (instance.sizes, spare.sizes) == ([1, 1], [1])
-    for _ in range(20):  # the estimate follows the recent batches
-        spare.complete(cpu_s=0.0)
-        instance.complete(cpu_s=0.0)
-        batcher.submit(request(results, "x"))
-        batcher.submit(request(results, "y"))
-        loop.run()
-        if not spare.running:
-            break
-    assert not spare.running
-    assert batcher.queue_depth == 1
 
 
 def test_requests_of_other_shapes_wait_for_their_own_batch() -> None:

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
 import numpy as np
-import pytest
 
 from inference_worker.config import DynamicBatching
-from inference_worker.host import usable_cores
-from inference_worker.runtime import SPARE_MAX_MODEL_BYTES, SessionPlan, plan_sessions
 from tests.support.onnx_models import reference
-from tests.support.polling import wait_for
 from tests.support.workers import (
-    BIG_K,
     LONGEST_DELAY_US,
-    ONE_QUEUE,
     RunningWorker,
     make_config,
     occupy,
@@ -84,9 +77,7 @@ def test_a_lone_request_is_served_once_the_queue_delay_has_passed(models: Simple
 
 
 def test_a_full_queue_answers_503_at_once(models: SimpleNamespace) -> None:
-    config = make_config(
-        models.square, "square", batching=DynamicBatching(max_queue_size=1), instance_count=ONE_QUEUE
-    )
+    config = make_config(models.square, "square", batching=DynamicBatching(max_queue_size=1))
     overloaded = {"error": "server overloaded: the request queue is full, retry later"}
     answers: list[httpx.Response] = []
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
@@ -108,10 +99,7 @@ def test_a_full_queue_answers_503_at_once(models: SimpleNamespace) -> None:
 
 def test_a_request_past_its_timeout_gets_504_and_is_not_run(models: SimpleNamespace) -> None:
     config = make_config(
-        models.square,
-        "square",
-        batching=DynamicBatching(default_timeout_microseconds=50_000),
-        instance_count=ONE_QUEUE,
+        models.square, "square", batching=DynamicBatching(default_timeout_microseconds=50_000)
     )
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
         running_request = occupy(pool, worker)
@@ -123,17 +111,13 @@ def test_a_request_past_its_timeout_gets_504_and_is_not_run(models: SimpleNamesp
 
 
 def test_a_request_may_lower_its_timeout_but_not_raise_it(models: SimpleNamespace) -> None:
-    config = make_config(models.square, "square", instance_count=ONE_QUEUE)
-    with running(config) as worker, ThreadPoolExecutor(2) as pool:
+    with running(make_config(models.square, "square")) as worker, ThreadPoolExecutor(2) as pool:
         running_request = occupy(pool, worker)
         lowered = post_square(worker, 8, parameters={"timeout": 50_000})
         assert lowered.status_code == 504
         running_request.result()
     config = make_config(
-        models.square,
-        "square",
-        batching=DynamicBatching(default_timeout_microseconds=50_000),
-        instance_count=ONE_QUEUE,
+        models.square, "square", batching=DynamicBatching(default_timeout_microseconds=50_000)
     )
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
         running_request = occupy(pool, worker)
@@ -152,49 +136,3 @@ def test_requests_keep_flowing_while_one_connection_waits(mlp_worker: RunningWor
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(call, range(8))) == [200] * 8
-
-
-@pytest.mark.parametrize(
-    ("instances", "threads", "device", "model_bytes", "cores", "plan"),
-    [
-        (0, 0, "cpu", 1_000_000, 2, SessionPlan(1, 1)),
-        (0, 0, "cpu", 1_000_000, 1, SessionPlan(1, 0)),  # one core: nothing to fill
-        (0, 1, "cpu", 1_000_000, 16, SessionPlan(1, 0)),  # cores shared out by hand (replicas)
-        (0, 0, "cpu", SPARE_MAX_MODEL_BYTES + 1, 16, SessionPlan(1, 0)),  # a second copy is too large
-        (0, 0, "cuda:0", 1_000_000, 16, SessionPlan(1, 0)),
-        (1, 0, "cpu", 1_000_000, 16, SessionPlan(1, 0)),  # explicit counts are kept
-        (3, 1, "cpu", 1_000_000, 2, SessionPlan(3, 0)),
-        (2, 0, "cuda:0", 1_000_000, 16, SessionPlan(2, 0)),
-    ],
-)
-def test_the_default_adds_one_spare_session_where_one_session_leaves_cores_to_fill(
-    instances: int, threads: int, device: str, model_bytes: int, cores: int, plan: SessionPlan
-) -> None:
-    got = plan_sessions(
-        instances, intra_op_threads=threads, device=device, model_bytes=model_bytes, cores=cores
-    )
-    assert got == plan
-
-
-def _both_running_or_one_done(worker: RunningWorker, *requests: Future[httpx.Response]) -> bool:
-    return worker.metric("kiln_worker_running_batches") == 2 or any(r.done() for r in requests)
-
-
-@pytest.mark.skipif(usable_cores() < 2, reason="a spare session needs 2 cores")
-def test_by_default_a_spare_session_runs_a_compute_heavy_request_beside_the_first(
-    models: SimpleNamespace,
-) -> None:
-    config = make_config(models.square, "square", intra_op_num_threads=0)  # the defaults
-    with running(config) as worker, ThreadPoolExecutor(2) as pool:
-        assert post_square(worker, BIG_K).status_code == 200  # batches take long: the spare may help
-        # The second slow request runs while the first does. On a busy machine the first may end
-        # before the second arrives: try again.
-        deadline = time.monotonic() + 120
-        seen = 0.0
-        while seen < 2 and time.monotonic() < deadline:
-            first = occupy(pool, worker)
-            second = pool.submit(post_square, worker, BIG_K)
-            wait_for(partial(_both_running_or_one_done, worker, first, second))
-            seen = worker.metric("kiln_worker_running_batches")
-            assert first.result().status_code == second.result().status_code == 200
-        assert seen == 2, "the second request never ran beside the first"

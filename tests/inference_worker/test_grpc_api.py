@@ -25,7 +25,6 @@ from tests.support.polling import wait_for
 from tests.support.workers import (
     BIG_K,
     LONGEST_DELAY_US,
-    ONE_QUEUE,
     RunningWorker,
     make_config,
     occupy,
@@ -169,9 +168,7 @@ def test_messages_over_the_size_limit_are_refused(models: SimpleNamespace) -> No
 
 
 def test_queue_full_is_resource_exhausted_and_timeouts_are_deadline_exceeded(models: SimpleNamespace) -> None:
-    config = make_config(
-        models.square, "square", batching=DynamicBatching(max_queue_size=1), instance_count=ONE_QUEUE
-    )
+    config = make_config(models.square, "square", batching=DynamicBatching(max_queue_size=1))
     with running(config) as worker, ThreadPoolExecutor(2) as pool:
         client = triton.InferenceServerClient(worker.grpc_target)
         small = triton_input("a", np.eye(4, dtype=np.float32)[None])

@@ -67,7 +67,7 @@ def make_config(
     **model: Any,
 ) -> WorkerConfig:
     return WorkerConfig(
-        model=ModelConfig(name=name, path=model_path, **{"intra_op_num_threads": 1, **model}),
+        model=ModelConfig(name=name, path=model_path, intra_op_num_threads=1, **model),
         batching=batching or DynamicBatching(),
         limits=limits or Limits(),
         server=ServerConfig(http_port=0, grpc_port=0, drain_timeout_s=20),
@@ -156,12 +156,6 @@ def post_square(worker: RunningWorker, k: int, **extra: object) -> httpx.Respons
 def wait_queued(worker: RunningWorker, request: Future[Any]) -> None:
     """Until ``request`` waits in the worker's queue (or has ended: the runner was quicker)."""
     wait_for(lambda: worker.metric("kiln_worker_queue_depth") == 1 or request.done())
-
-
-ONE_QUEUE = 1
-"""``instance_count`` for a test that needs requests to wait while one runs: one session and never
-a spare (with the defaults a worker on 2+ cores adds one for compute-heavy batches such as
-``occupy``'s)."""
 
 
 def occupy(pool: ThreadPoolExecutor, worker: RunningWorker) -> Future[httpx.Response]:

@@ -42,7 +42,7 @@ def test_a_partial_object_keeps_the_base_and_reads_sizes_as_a_set() -> None:
         ({"preferred_batch_sizes": [64]}, "preferred_batch_sizes", "max batch size (32)"),
         ({"preferred_batch_sizes": "8,16"}, "preferred_batch_sizes", "list of integers"),
         ({"request_timeout_ms": 0}, "request_timeout_ms", "between 1 and 600000"),
-        ({"instances": 17}, "instances", "between 0 and 16"),
+        ({"instances": 17}, "instances", "between 1 and 16"),
         ({"turbo": 1}, "turbo", "is not a batching option"),
     ],
 )
