@@ -67,9 +67,13 @@ def _raw(rows: Sequence[Row], model: str, batch: int) -> Row | None:
     return next((r for r in rows if r.model == model and r.server == RAW and r.concurrency == batch), None)
 
 
+def _ratio(value: float) -> str:
+    """A ratio as every table here shows it: truncated, so 0.897 reads 0.89, never a "missed" 0.90."""
+    return f"{math.floor(value * 100) / 100:.2f}"
+
+
 def _verdict(value: float, target: float) -> str:
-    shown = math.floor(value * 100) / 100  # truncated: 0.897 reads 0.89, not a "missed" 0.90
-    return f"**{shown:.2f}x** (target {target:g}: {'met' if value >= target else 'missed'})"
+    return f"**{_ratio(value)}x** (target {target:g}: {'met' if value >= target else 'missed'})"
 
 
 def _targets(rows: Sequence[Row]) -> list[str]:
@@ -94,7 +98,7 @@ def _targets(rows: Sequence[Row]) -> list[str]:
                     f"- {model} c=64 {protocol}: worker / raw ONNX Runtime at batch 32 "
                     f"({raw.result.rate:,.0f} samples/s) = "
                     + (_verdict(ours.result.rate / raw.result.rate, target) if target else
-                       f"**{ours.result.rate / raw.result.rate:.2f}**")
+                       f"**{_ratio(ours.result.rate / raw.result.rate)}**")
                     + f"; the worker's mean batch {batch}."
                 )  # fmt: skip
         ours, http = _find(rows, model, WORKER, GRPC, 64), _find(rows, model, WORKER, JSON, 64)
@@ -161,7 +165,7 @@ def _readme_rows(rows: Sequence[Row], context: Context) -> list[str]:
             elif server == WORKER or ours is None:
                 cells.append(f"{row.result.rate:,.0f}")
             else:
-                cells.append(f"{row.result.rate:,.0f} ({ours.result.rate / row.result.rate:.2f})")
+                cells.append(f"{row.result.rate:,.0f} ({_ratio(ours.result.rate / row.result.rate)})")
         label = "raw ONNX Runtime, batch 32 (samples/s)" if server == RAW else server
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*lines, END]
