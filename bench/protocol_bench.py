@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import worker_models
 from gateway_bench import REDIS_URL, build_mlp, spawn, wait_http
 from results_md import cpu_name, markers, write_section
 from worker_load import LoadResult, h2load_grpc, h2load_http
@@ -60,15 +61,10 @@ def grpc_message(body: bytes) -> bytes:
     """The JSON body's sample as a gRPC-framed ModelInferRequest with raw contents."""
     import numpy as np
 
-    from inference_worker import build_protos
-
     tensor = json.loads(body)["inputs"][0]
-    sample = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
-    pb2, _ = build_protos.load()
-    request = pb2.ModelInferRequest(model_name="mlp", raw_input_contents=[sample.tobytes()])
-    request.inputs.add(name="input", datatype="FP32", shape=list(sample.shape))
-    payload: bytes = request.SerializeToString()
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+    return worker_models.grpc_message(
+        "mlp", np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    )
 
 
 def run(quick: bool) -> None:

@@ -83,6 +83,7 @@ def _shm_header(model: BenchModel, output_to_region: bool) -> bytes:
 
 def _shm_grpc(model: BenchModel) -> bytes:
     from inference_worker import build_protos
+    from inference_worker.grpc_call import MESSAGE_PREFIX
 
     pb2, _ = build_protos.load()
     request = pb2.ModelInferRequest(model_name=model.name)
@@ -90,7 +91,7 @@ def _shm_grpc(model: BenchModel) -> bytes:
     tensor.parameters["shared_memory_region"].string_param = "in"
     tensor.parameters["shared_memory_byte_size"].int64_param = _size(model)
     payload: bytes = request.SerializeToString()
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+    return MESSAGE_PREFIX.pack(0, len(payload)) + payload
 
 
 def cells(model: BenchModel) -> list[Cell]:

@@ -75,14 +75,16 @@ def _export(name: str, directory: Path) -> tuple[Path, tuple[int, ...]]:
     return path, shape
 
 
-def _grpc_message(name: str, sample: np.ndarray) -> bytes:
+def grpc_message(name: str, sample: np.ndarray) -> bytes:
+    """``sample`` as a gRPC-framed ModelInferRequest for model ``name`` with raw contents."""
     from inference_worker import build_protos
+    from inference_worker.grpc_call import MESSAGE_PREFIX
 
     pb2, _ = build_protos.load()
     request = pb2.ModelInferRequest(model_name=name, raw_input_contents=[sample.tobytes()])
     request.inputs.add(name="input", datatype="FP32", shape=list(sample.shape))
     payload: bytes = request.SerializeToString()
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+    return MESSAGE_PREFIX.pack(0, len(payload)) + payload
 
 
 def build(name: str, directory: Path) -> BenchModel:
@@ -104,5 +106,5 @@ def build(name: str, directory: Path) -> BenchModel:
         json_body=json_body,
         binary_body=header + sample.tobytes(),
         binary_header_length=len(header),
-        grpc_message=_grpc_message(name, sample),
+        grpc_message=grpc_message(name, sample),
     )

@@ -30,8 +30,8 @@ log = logging.getLogger("inference_worker.grpc")
 READ_AHEAD = 64
 HEADERS = b"\x88" + literal(b"content-type", b"application/grpc")  # \x88: ":status: 200", indexed
 _OK = literal(b"grpc-status", b"0")
-_PREFIX = struct.Struct(">BI")
-"""A message's prefix: compressed or not, and its length."""
+MESSAGE_PREFIX = struct.Struct(">BI")
+"""A gRPC message's prefix on the wire: compressed or not, and its length."""
 TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
 UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
@@ -190,14 +190,14 @@ class Call:
             self.timer.cancel()
             self.timer = None
         head = None if self.sent_headers else self.head
-        self.conn.send(self.stream, head, _PREFIX.pack(0, len(payload)) + payload, _OK)
+        self.conn.send(self.stream, head, MESSAGE_PREFIX.pack(0, len(payload)) + payload, _OK)
         return None
 
     def send_message(self, payload: bytes) -> None:
         if not self.done:
             head = None if self.sent_headers else self.head
             self.sent_headers = True
-            self.conn.send(self.stream, head, _PREFIX.pack(0, len(payload)) + payload, None)
+            self.conn.send(self.stream, head, MESSAGE_PREFIX.pack(0, len(payload)) + payload, None)
 
     def finish(self) -> None:
         if not self.done:
@@ -245,7 +245,7 @@ class Call:
         conn, position, end = self.conn, 0, len(data)
         self.needed = 5
         while end - position >= 5:
-            flag, length = _PREFIX.unpack_from(data, position)
+            flag, length = MESSAGE_PREFIX.unpack_from(data, position)
             if length > conn.max_message:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
                 return self.fail(code, f"received message larger than max ({length} vs. {conn.max_message})")

@@ -194,10 +194,8 @@ class HttpApi:
                 f"Inference-Header-Content-Length {size} is outside the body of {len(body)} bytes"
             )
         try:
-            if size is None and len(body) >= json_body.MIN_ARRAY_BYTES:
-                header = json_body.loads(body)  # large numeric data skips Python floats
-            else:  # small bodies, and the small JSON header of the binary extension
-                header = orjson.loads(body if size is None else memoryview(body)[:size])
+            # json_body: large numeric data skips Python floats; the binary extension's header has none
+            header = json_body.loads(body) if size is None else orjson.loads(memoryview(body)[:size])
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"malformed JSON: {exc}") from None
         if not isinstance(header, dict):

@@ -56,24 +56,24 @@ class Proxy(Protocol):
     """What a call needs of the proxy (``grpc_proxy.GrpcProxy``)."""
 
     outstanding: dict[str, int]
-    _upstreams: Upstreams
+    upstreams: Upstreams
 
     @property
     def rng(self) -> Random: ...
 
     def load(self, url: str) -> float: ...
 
-    def _metadata(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]: ...
+    def metadata_of(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]: ...
 
-    def _timeout(self, context: Call) -> float: ...
+    def timeout_of(self, context: Call) -> float: ...
 
-    def _route(self, request: bytes, key: bytes | None) -> tuple[Route, Variant]: ...
+    def route_of(self, request: bytes, key: bytes | None) -> tuple[Route, Variant]: ...
 
-    def _count(
+    def count(
         self, route: Route, variant: Variant, replica: Replica | None, status: int, seconds: float
     ) -> None: ...
 
-    def _mirror(self, route: Route, request: bytes, answer: bytes, seconds: float) -> None: ...
+    def mirror(self, route: Route, request: bytes, answer: bytes, seconds: float) -> None: ...
 
     def retry(
         self, route: Route, variant: Variant, replica: Replica, error: UpstreamError, tried: set[str]
@@ -114,11 +114,11 @@ class FastInfer:
     def begin(self) -> Callable[[], None] | None:
         """Route and send; returns what cancels the call (None once answered or on the coroutine path)."""
         proxy, call = self.proxy, self.call
-        key, self.metadata = proxy._metadata(call)
-        self.timeout = proxy._timeout(call)
+        key, self.metadata = proxy.metadata_of(call)
+        self.timeout = proxy.timeout_of(call)
         self.started = time.perf_counter()
         try:
-            route, variant = proxy._route(self.request, key)
+            route, variant = proxy.route_of(self.request, key)
         except Failure as failure:
             call.fail(failure.code.value[0], failure.message)
             return None
@@ -139,7 +139,7 @@ class FastInfer:
             return self._fail(no_replica(self.route, variant, self.tried, labels))
         self.replica = replica
         proxy.outstanding[replica.url] = proxy.outstanding.get(replica.url, 0) + 1
-        self.cancel_upstream = proxy._upstreams.send(
+        self.cancel_upstream = proxy.upstreams.send(
             replica.grpc, PATH, self.request, self.metadata, self.timeout, self._answered
         )
         if self.cancel_upstream is None:  # no open connection with room: open one first
@@ -148,7 +148,7 @@ class FastInfer:
 
     async def _connect(self, replica: Replica) -> None:
         try:
-            answer = await self.proxy._upstreams.call(
+            answer = await self.proxy.upstreams.call(
                 replica.grpc, PATH, self.request, self.metadata, self.timeout
             )
         except UpstreamError as error:
@@ -182,9 +182,9 @@ class FastInfer:
                 return self._attempt()
             return self._fail(upstream_failure(route, variant, outcome, labels))
         seconds = time.perf_counter() - self.started
-        proxy._count(route, variant, replica, 200, seconds)
+        proxy.count(route, variant, replica, 200, seconds)
         if route.shadows:
-            proxy._mirror(route, self.request, outcome, seconds)
+            proxy.mirror(route, self.request, outcome, seconds)
         call = self.call
         call.set_initial_metadata(labels)
         call.reply(outcome + replica.grpc_labels)
@@ -192,7 +192,7 @@ class FastInfer:
 
     def _fail(self, failure: Failure) -> None:
         seconds = time.perf_counter() - self.started
-        self.proxy._count(self.route, self.variant, None, HTTP_OF.get(failure.code, 502), seconds)
+        self.proxy.count(self.route, self.variant, None, HTTP_OF.get(failure.code, 502), seconds)
         call = self.call
         if failure.labels:
             call.set_initial_metadata(failure.labels)

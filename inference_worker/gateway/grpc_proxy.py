@@ -55,11 +55,9 @@ from inference_worker.gateway.grpc_infer import (
     RETRYABLE,
     Failure,
     FastInfer,
+    labels_of,
     no_replica,
     upstream_failure,
-)
-from inference_worker.gateway.grpc_infer import (
-    labels_of as _labels,
 )
 from inference_worker.gateway.grpc_upstream import UpstreamError, Upstreams
 from inference_worker.gateway.metrics import Series
@@ -108,7 +106,7 @@ class GrpcProxy:
         self.timeout_s = config.upstream_timeout_s
         self.outstanding: dict[str, int] = {}
         self._pb2, _ = build_protos.load()
-        self._upstreams = Upstreams(config.max_body_bytes)
+        self.upstreams = Upstreams(config.max_body_bytes)
         self._seen: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes | None, tuple[Any, ...]]] = {}
         self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes)
         self._server.add(f"/{SERVICE}/ModelInfer", FAST_INFER, None, self.model_infer_now)
@@ -144,14 +142,14 @@ class GrpcProxy:
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let those in flight finish for ``grace`` seconds, close the connections."""
         await self._server.stop(grace)
-        self._upstreams.close()
+        self.upstreams.close()
 
     def keep_only(self, table: RoutingTable) -> None:
         """Close the connections to replicas no longer in ``table`` (after their calls finish)."""
         targets = {r.grpc for route in table.deployments.values() for v in route.variants for r in v.replicas}
-        self._upstreams.keep_only(targets)
+        self.upstreams.keep_only(targets)
 
-    def _count(
+    def count(
         self, route: Route, variant: Variant, replica: Replica | None, status: int, seconds: float
     ) -> None:
         """Count an answer in the gateway's series (on the gateway's loop)."""
@@ -168,7 +166,7 @@ class GrpcProxy:
     def load(self, url: str) -> float:
         return self.router.http_load(url) + self.outstanding.get(url, 0)
 
-    def _metadata(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]:
+    def metadata_of(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]:
         """The routing key, and the metadata passed on to the replica (a client repeats its own)."""
         found = self._seen.get(context.headers)
         if found is None:
@@ -187,7 +185,7 @@ class GrpcProxy:
                 passed.append((name, value))
         return key, tuple(passed)
 
-    def _route(self, request: bytes, key: bytes | None) -> tuple[Route, Variant]:
+    def route_of(self, request: bytes, key: bytes | None) -> tuple[Route, Variant]:
         try:
             name = grpc_wire.read_name(request)
         except grpc_wire.WireError as exc:
@@ -219,22 +217,22 @@ class GrpcProxy:
         if variant.activate and not variant.replicas:
             outcome = await grpc_hold.hold(self.router.activator, route, variant)
             if isinstance(outcome, str):
-                raise Failure(grpc.StatusCode.UNAVAILABLE, outcome, _labels(variant.name, variant.version))
+                raise Failure(grpc.StatusCode.UNAVAILABLE, outcome, labels_of(variant.name, variant.version))
             route, variant = outcome
         if variant.model_name != route.name:
             request = grpc_wire.with_name(request, variant.model_name)
         tried: set[str] = set()
-        labels = _labels(variant.name, variant.version)
+        labels = labels_of(variant.name, variant.version)
         while True:
             replica = choose_replica(variant.grpc_replicas, self.load, self.router.rng, tried)
             if replica is None:
                 raise no_replica(route, variant, tried, labels)
-            labels = _labels(variant.name, replica.version)
+            labels = labels_of(variant.name, replica.version)
             url = replica.url
             self.outstanding[url] = self.outstanding.get(url, 0) + 1
             try:
                 path = f"/{SERVICE}/{method}".encode()
-                return replica, await self._upstreams.call(replica.grpc, path, request, metadata, timeout)
+                return replica, await self.upstreams.call(replica.grpc, path, request, metadata, timeout)
             except UpstreamError as exc:
                 if self.retry(route, variant, replica, exc, tried):
                     continue
@@ -265,21 +263,21 @@ class GrpcProxy:
     ) -> tuple[Variant, Replica, bytes]:
         """Route and answer one ``ModelInfer``, labelled; counted, and offered to the shadows."""
         started = time.perf_counter()
-        route, variant = self._route(request, key)
+        route, variant = self.route_of(request, key)
         try:
             replica, answer = await self._send("ModelInfer", route, variant, request, metadata, timeout)
         except Failure as failure:
             seconds = time.perf_counter() - started
             status = HTTP_OF.get(failure.code, 502)
-            self._count(route, variant, None, status, seconds)
+            self.count(route, variant, None, status, seconds)
             raise
         seconds = time.perf_counter() - started
-        self._count(route, variant, replica, 200, seconds)
+        self.count(route, variant, replica, 200, seconds)
         if route.shadows:
-            self._mirror(route, request, answer, seconds)
+            self.mirror(route, request, answer, seconds)
         return variant, replica, answer + replica.grpc_labels
 
-    def _mirror(self, route: Route, request: bytes, answer: bytes, seconds: float) -> None:
+    def mirror(self, route: Route, request: bytes, answer: bytes, seconds: float) -> None:
         live = UpstreamResponse(200, b"", answer)
         for shadow in route.shadows:
             if not wants_shadow(shadow, self.router.rng):
@@ -295,7 +293,7 @@ class GrpcProxy:
             )  # fmt: skip
             self.router.offer_shadow(copy)
 
-    def _timeout(self, context: Call) -> float:
+    def timeout_of(self, context: Call) -> float:
         remaining = context.time_remaining()
         return self.timeout_s if remaining is None else max(0.0, min(remaining, self.timeout_s))
 
@@ -306,35 +304,35 @@ class GrpcProxy:
         return FastInfer(self, request, call).begin()
 
     async def model_infer(self, request: bytes, context: Call) -> bytes:
-        key, metadata = self._metadata(context)
+        key, metadata = self.metadata_of(context)
         try:
-            variant, replica, answer = await self._infer(request, key, metadata, self._timeout(context))
+            variant, replica, answer = await self._infer(request, key, metadata, self.timeout_of(context))
         except Failure as failure:
             if failure.labels:
                 await context.send_initial_metadata(failure.labels)
             await context.abort(failure.code, failure.message)
-        await context.send_initial_metadata(_labels(variant.name, replica.version))
+        await context.send_initial_metadata(labels_of(variant.name, replica.version))
         return answer
 
     def _forward(self, method: str) -> Callable[[bytes, Call], Any]:
         """``ModelReady`` / ``ModelMetadata``: answered by a replica of the chosen arm."""
 
         async def forward(request: bytes, context: Call) -> bytes:
-            key, metadata = self._metadata(context)
+            key, metadata = self.metadata_of(context)
             try:
-                route, variant = self._route(request, key)
+                route, variant = self.route_of(request, key)
                 replica, answer = await self._send(
-                    method, route, variant, request, metadata, self._timeout(context)
+                    method, route, variant, request, metadata, self.timeout_of(context)
                 )
             except Failure as failure:
                 await context.abort(failure.code, failure.message)
-            await context.send_initial_metadata(_labels(variant.name, replica.version))
+            await context.send_initial_metadata(labels_of(variant.name, replica.version))
             return answer
 
         return forward
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Call) -> AsyncIterator[bytes]:
-        key, metadata = self._metadata(context)
+        key, metadata = self.metadata_of(context)
         loop = asyncio.get_running_loop()
         window: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_WINDOW)
 

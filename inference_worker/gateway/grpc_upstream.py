@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -24,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 import grpc
 
 from inference_worker import h2_base
+from inference_worker.grpc_call import MESSAGE_PREFIX
 from inference_worker.h2_send import CANCEL, REFUSED_STREAM, Stream
 from inference_worker.hpack_codec import literal
 
@@ -31,7 +31,6 @@ CONNECT_TIMEOUT_S = 5.0
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _FIXED = b"\x83\x86" + literal(b"content-type", b"application/grpc") + literal(b"te", b"trailers")
 """``:method: POST`` and ``:scheme: http`` (static table entries 3 and 6), then the gRPC fields."""
-_PREFIX = struct.Struct(">BI")
 
 
 class UpstreamError(Exception):
@@ -86,7 +85,7 @@ class UpstreamConnection(h2_base.Connection):
         answer = stream.call = _Answer(done)
         answer.timer = self.loop.call_later(timeout, self._expire, stream)
         block = self.head + _path(path) + metadata + _timeout(max(1, math.ceil(timeout * 1000)))
-        self.send(stream, block, _PREFIX.pack(0, len(request)) + request, None, end=True)
+        self.send(stream, block, MESSAGE_PREFIX.pack(0, len(request)) + request, None, end=True)
         return stream
 
     def cancel(self, stream: Stream) -> None:
@@ -162,7 +161,7 @@ class UpstreamConnection(h2_base.Connection):
         if code is not None:
             return done(UpstreamError(code, message))
         body = answer.parts[0] if len(answer.parts) == 1 else b"".join(answer.parts)
-        if len(body) < 5 or body[0] or _PREFIX.unpack_from(body)[1] != len(body) - 5:
+        if len(body) < 5 or body[0] or MESSAGE_PREFIX.unpack_from(body)[1] != len(body) - 5:
             return done(UpstreamError(grpc.StatusCode.INTERNAL, "the replica's answer is not one message"))
         return done(body[5:])
 
