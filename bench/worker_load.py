@@ -100,12 +100,14 @@ def _h2load(options: list[str], body: bytes, url: str, seconds: float) -> LoadRe
             int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2
         ]
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    finished = re.search(r"finished in ([\d.]+)s", out)
+    # "finished in" counts the warm-up too while "done" counts only the measured requests:
+    # h2load's own rate is over the measured window.
+    finished = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
     if done is None or finished is None or not latencies:
         raise RuntimeError(f"h2load printed no result: {out}")
-    n, ok = int(done[1]), int(done[2])
+    n, ok, rate = int(done[1]), int(done[2]), float(finished[1])
     p50, p99 = np.percentile(latencies, [50, 99]) / 1000
-    return LoadResult(n, float(finished[1]), float(p50), float(p99), n - ok)
+    return LoadResult(n, n / rate if rate else float(seconds), float(p50), float(p99), n - ok)
 
 
 def h2load_http(
