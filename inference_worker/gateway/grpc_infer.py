@@ -1,14 +1,15 @@
-"""One gRPC ``ModelInfer`` through the gateway from callbacks, as HTTP's ``call.Call`` goes.
+"""One gRPC call through the gateway to a replica of its arm, from callbacks, as HTTP's ``call.Call`` goes.
 
-The proxy's coroutine path (``GrpcProxy.model_infer``) costs a task, a few
-coroutines and futures per call; on a machine whose cores the gateway shares
-with the workers that was most of its gRPC CPU. ``FastInfer`` routes the call
-(same ``choose_arm``, ``choose_replica``, retries, counting and shadows as the
-coroutine path, through the proxy's own methods), starts it on an open
-connection to the replica (``Upstreams.send``) and answers from the upstream
-callback. What needs to wait goes on as a task: a variant held at zero replicas
-takes the coroutine path whole, a replica with no open connection is connected to
-first.
+``ReplicaCall`` is the one walk through the replicas of an arm for every RPC the
+gateway forwards: ``choose_replica`` (least outstanding), the call started on
+an open connection to the replica (``Upstreams.send``) and answered from the
+upstream callback, a retry on another replica after ``UNAVAILABLE`` or
+``RESOURCE_EXHAUSTED`` (each at most once), and for ``ModelInfer`` the count in
+the gateway's series and the copies to shadows. No task per call: a task runs
+only what has to wait (a variant held at zero replicas waits in the activator,
+a replica with no open connection is connected to first). It ends in
+``answered`` or ``failed``: ``model_infer`` answers a unary call's ``Call``,
+``call_replica`` a coroutine (streams, ``ModelReady``, ``ModelMetadata``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Proxy(Protocol):
 
     def route_of(self, request: bytes, key: bytes | None) -> tuple[Route, Variant]: ...
 
+    async def hold(self, route: Route, variant: Variant) -> tuple[Route, Variant] | str: ...
+
     def count(
         self, route: Route, variant: Variant, replica: Replica | None, status: int, seconds: float
     ) -> None: ...
@@ -81,16 +84,15 @@ class Proxy(Protocol):
 
     def done_with(self, url: str) -> None: ...
 
-    async def model_infer(self, request: bytes, context: Call) -> bytes: ...
 
-
-class FastInfer:
-    """One call on its way through the replicas of its arm."""
+class ReplicaCall:
+    """One call on its way through the replicas of its arm; a subclass says where the outcome goes."""
 
     __slots__ = (
-        "call",
         "cancel_upstream",
+        "infer",
         "metadata",
+        "path",
         "proxy",
         "replica",
         "request",
@@ -102,34 +104,58 @@ class FastInfer:
         "variant",
     )
 
-    def __init__(self, proxy: Proxy, request: bytes, call: Call) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        route: Route,
+        variant: Variant,
+        path: bytes,
+        request: bytes,
+        metadata: tuple[Any, ...],
+        timeout: float,
+    ) -> None:
         self.proxy = proxy
+        self.route = route
+        self.variant = variant
+        self.path = path
+        self.infer = path == PATH  # counted in the series and copied to shadows
         self.request = request
-        self.call = call
+        self.metadata = metadata
+        self.timeout = timeout
+        self.started = time.perf_counter()
         self.tried: set[str] = set()
         self.replica: Replica | None = None
         self.cancel_upstream: Callable[[], None] | None = None
         self.task: asyncio.Task[None] | None = None
 
-    def begin(self) -> Callable[[], None] | None:
-        """Route and send; returns what cancels the call (None once answered or on the coroutine path)."""
-        proxy, call = self.proxy, self.call
-        key, self.metadata = proxy.metadata_of(call)
-        self.timeout = proxy.timeout_of(call)
-        self.started = time.perf_counter()
-        try:
-            route, variant = proxy.route_of(self.request, key)
-        except Failure as failure:
-            call.fail(failure.code.value[0], failure.message)
-            return None
-        if variant.activate and not variant.replicas:  # held by the activator: the coroutine path
-            call.start(proxy.model_infer, self.request)
-            return None
-        self.route, self.variant = route, variant
-        if variant.model_name != route.name:
-            self.request = grpc_wire.with_name(self.request, variant.model_name)
+    def answered(self, variant: Variant, replica: Replica, answer: bytes) -> None:
+        """The replica's answer (the message's bytes, unlabelled)."""
+        raise NotImplementedError
+
+    def failed(self, failure: Failure) -> None:
+        """No replica of the arm could answer, or one answered with an error."""
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        """Send (after the activator's hold when the variant is at zero replicas)."""
+        if self.variant.activate and not self.variant.replicas:
+            self.task = asyncio.get_running_loop().create_task(self._hold())
+            return
+        self._send()
+
+    async def _hold(self) -> None:
+        outcome = await self.proxy.hold(self.route, self.variant)
+        self.task = None
+        if isinstance(outcome, str):
+            labels = labels_of(self.variant.name, self.variant.version)
+            return self._fail(Failure(grpc.StatusCode.UNAVAILABLE, outcome, labels))
+        self.route, self.variant = outcome
+        return self._send()
+
+    def _send(self) -> None:
+        if self.variant.model_name != self.route.name:
+            self.request = grpc_wire.with_name(self.request, self.variant.model_name)
         self._attempt()
-        return self.cancel
 
     def _attempt(self) -> None:
         proxy, variant = self.proxy, self.variant
@@ -140,7 +166,7 @@ class FastInfer:
         self.replica = replica
         proxy.outstanding[replica.url] = proxy.outstanding.get(replica.url, 0) + 1
         self.cancel_upstream = proxy.upstreams.send(
-            replica.grpc, PATH, self.request, self.metadata, self.timeout, self._answered
+            replica.grpc, self.path, self.request, self.metadata, self.timeout, self._answered
         )
         if self.cancel_upstream is None:  # no open connection with room: open one first
             self.task = asyncio.get_running_loop().create_task(self._connect(replica))
@@ -149,7 +175,7 @@ class FastInfer:
     async def _connect(self, replica: Replica) -> None:
         try:
             answer = await self.proxy.upstreams.call(
-                replica.grpc, PATH, self.request, self.metadata, self.timeout
+                replica.grpc, self.path, self.request, self.metadata, self.timeout
             )
         except UpstreamError as error:
             self.task = None
@@ -158,7 +184,7 @@ class FastInfer:
         return self._answered(answer)
 
     def cancel(self) -> None:
-        """The client went away (or its deadline passed): stop the call to the replica."""
+        """The caller went away (or its deadline passed): stop the call to the replica."""
         if self.cancel_upstream is not None:
             self.cancel_upstream()
             self.cancel_upstream = None
@@ -176,27 +202,104 @@ class FastInfer:
             return None
         self.replica = None
         proxy.done_with(replica.url)
-        labels = labels_of(variant.name, replica.version)
         if isinstance(outcome, UpstreamError):
             if proxy.retry(route, variant, replica, outcome, self.tried):
                 return self._attempt()
+            labels = labels_of(variant.name, replica.version)
             return self._fail(upstream_failure(route, variant, outcome, labels))
-        seconds = time.perf_counter() - self.started
-        proxy.count(route, variant, replica, 200, seconds)
-        if route.shadows:
-            proxy.mirror(route, self.request, outcome, seconds)
-        call = self.call
-        call.set_initial_metadata(labels)
-        call.reply(outcome + replica.grpc_labels)
-        return None
+        if self.infer:
+            seconds = time.perf_counter() - self.started
+            proxy.count(route, variant, replica, 200, seconds)
+            if route.shadows:
+                proxy.mirror(route, self.request, outcome, seconds)
+        return self.answered(variant, replica, outcome)
 
     def _fail(self, failure: Failure) -> None:
-        seconds = time.perf_counter() - self.started
-        self.proxy.count(self.route, self.variant, None, HTTP_OF.get(failure.code, 502), seconds)
+        if self.infer:
+            seconds = time.perf_counter() - self.started
+            self.proxy.count(self.route, self.variant, None, HTTP_OF.get(failure.code, 502), seconds)
+        self.failed(failure)
+
+
+class _UnaryInfer(ReplicaCall):
+    """A ``ModelInfer`` answered on its call: labelled in its initial metadata and its parameters."""
+
+    __slots__ = ("call",)
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        route: Route,
+        variant: Variant,
+        request: bytes,
+        metadata: tuple[Any, ...],
+        call: Call,
+    ) -> None:
+        super().__init__(proxy, route, variant, PATH, request, metadata, proxy.timeout_of(call))
+        self.call = call
+
+    def answered(self, variant: Variant, replica: Replica, answer: bytes) -> None:
+        call = self.call
+        call.set_initial_metadata(labels_of(variant.name, replica.version))
+        call.reply(answer + replica.grpc_labels)
+
+    def failed(self, failure: Failure) -> None:
         call = self.call
         if failure.labels:
             call.set_initial_metadata(failure.labels)
         call.fail(failure.code.value[0], failure.message)
+
+
+def model_infer(proxy: Proxy, request: bytes, call: Call) -> Callable[[], None] | None:
+    """Route a unary ``ModelInfer`` and start it; returns what cancels it (None when it already failed)."""
+    key, metadata = proxy.metadata_of(call)
+    try:
+        route, variant = proxy.route_of(request, key)
+    except Failure as failure:
+        call.fail(failure.code.value[0], failure.message)
+        return None
+    infer = _UnaryInfer(proxy, route, variant, request, metadata, call)
+    infer.begin()
+    return infer.cancel
+
+
+class _Awaited(ReplicaCall):
+    """A call whose outcome a coroutine awaits."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[tuple[Variant, Replica, bytes]] = loop.create_future()
+
+    def answered(self, variant: Variant, replica: Replica, answer: bytes) -> None:
+        if not self.future.done():
+            self.future.set_result((variant, replica, answer))
+
+    def failed(self, failure: Failure) -> None:
+        if not self.future.done():
+            self.future.set_exception(failure)
+
+
+async def call_replica(
+    proxy: Proxy,
+    route: Route,
+    variant: Variant,
+    path: bytes,
+    request: bytes,
+    metadata: tuple[Any, ...],
+    timeout: float,
+) -> tuple[Variant, Replica, bytes]:
+    """The answer of a replica of ``variant`` (the variant that answered, which replica, the message's
+    bytes), or ``Failure``; ``ModelInfer`` counts and is copied to shadows as a unary call is."""
+    call = _Awaited(proxy, route, variant, path, request, metadata, timeout)
+    call.begin()
+    try:
+        return await call.future
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
 
 
 def labels_of(variant: str, version: str) -> tuple[tuple[str, str], ...]:

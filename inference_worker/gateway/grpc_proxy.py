@@ -25,8 +25,9 @@ metadata keeps it on one arm), up to ``STREAM_WINDOW`` at once, answering in req
 request answers with ``error_message`` and the stream goes on. ``ServerLive``, ``ServerReady`` (a
 table is loaded) and ``ServerMetadata`` are the gateway's own; other RPCs are ``UNIMPLEMENTED``.
 
-``ModelInfer`` runs from callbacks (``grpc_infer.FastInfer``: no task per call, as HTTP's calls go);
-the other RPCs, and a ``ModelInfer`` held for a variant at zero, run as coroutines.
+Every forwarded call walks the replicas of its arm in ``grpc_infer.ReplicaCall`` (from callbacks, no
+task per call, as HTTP's calls go): a unary ``ModelInfer`` answers its call from there, the other RPCs
+and each request of a stream await it.
 
 Calls for a variant at zero wait in the activator (``grpc_hold``). The server is our HTTP/2 core
 (``grpc_server.RpcServer``, routes of raw bytes) and the calls to the replicas go out on it as a client
@@ -39,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from random import Random
 from typing import Any, Protocol
@@ -50,15 +50,7 @@ from inference_worker import __version__, build_protos, pb_wire
 from inference_worker.gateway import grpc_hold, grpc_wire, shared_memory
 from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
-from inference_worker.gateway.grpc_infer import (
-    HTTP_OF,
-    RETRYABLE,
-    Failure,
-    FastInfer,
-    labels_of,
-    no_replica,
-    upstream_failure,
-)
+from inference_worker.gateway.grpc_infer import PATH, RETRYABLE, Failure, call_replica, labels_of, model_infer
 from inference_worker.gateway.grpc_upstream import UpstreamError, Upstreams
 from inference_worker.gateway.metrics import Series
 from inference_worker.gateway.proxy import UpstreamResponse
@@ -68,7 +60,6 @@ from inference_worker.gateway.routing import (
     RoutingTable,
     Variant,
     choose_arm,
-    choose_replica,
     wants_shadow,
 )
 from inference_worker.gateway.shadow import GRPC_METHOD, ShadowCopy
@@ -204,41 +195,9 @@ class GrpcProxy:
             raise Failure(grpc.StatusCode.UNAVAILABLE, message)
         return route, variant
 
-    async def _send(
-        self,
-        method: str,
-        route: Route,
-        variant: Variant,
-        request: bytes,
-        metadata: tuple[Any, ...],
-        timeout: float,
-    ) -> tuple[Replica, bytes]:
-        """The answer of a replica of ``variant`` (held while it is scaled to zero), retried on another."""
-        if variant.activate and not variant.replicas:
-            outcome = await grpc_hold.hold(self.router.activator, route, variant)
-            if isinstance(outcome, str):
-                raise Failure(grpc.StatusCode.UNAVAILABLE, outcome, labels_of(variant.name, variant.version))
-            route, variant = outcome
-        if variant.model_name != route.name:
-            request = grpc_wire.with_name(request, variant.model_name)
-        tried: set[str] = set()
-        labels = labels_of(variant.name, variant.version)
-        while True:
-            replica = choose_replica(variant.grpc_replicas, self.load, self.router.rng, tried)
-            if replica is None:
-                raise no_replica(route, variant, tried, labels)
-            labels = labels_of(variant.name, replica.version)
-            url = replica.url
-            self.outstanding[url] = self.outstanding.get(url, 0) + 1
-            try:
-                path = f"/{SERVICE}/{method}".encode()
-                return replica, await self.upstreams.call(replica.grpc, path, request, metadata, timeout)
-            except UpstreamError as exc:
-                if self.retry(route, variant, replica, exc, tried):
-                    continue
-                raise upstream_failure(route, variant, exc, labels) from None
-            finally:
-                self.done_with(url)
+    async def hold(self, route: Route, variant: Variant) -> tuple[Route, Variant] | str:
+        """Wait in the activator for a replica of a variant at zero: its refreshed arm, or why not."""
+        return await grpc_hold.hold(self.router.activator, route, variant)
 
     def retry(
         self, route: Route, variant: Variant, replica: Replica, error: UpstreamError, tried: set[str]
@@ -257,25 +216,6 @@ class GrpcProxy:
             self.outstanding[url] = left
         else:
             del self.outstanding[url]
-
-    async def _infer(
-        self, request: bytes, key: bytes | None, metadata: tuple[Any, ...], timeout: float
-    ) -> tuple[Variant, Replica, bytes]:
-        """Route and answer one ``ModelInfer``, labelled; counted, and offered to the shadows."""
-        started = time.perf_counter()
-        route, variant = self.route_of(request, key)
-        try:
-            replica, answer = await self._send("ModelInfer", route, variant, request, metadata, timeout)
-        except Failure as failure:
-            seconds = time.perf_counter() - started
-            status = HTTP_OF.get(failure.code, 502)
-            self.count(route, variant, None, status, seconds)
-            raise
-        seconds = time.perf_counter() - started
-        self.count(route, variant, replica, 200, seconds)
-        if route.shadows:
-            self.mirror(route, request, answer, seconds)
-        return variant, replica, answer + replica.grpc_labels
 
     def mirror(self, route: Route, request: bytes, answer: bytes, seconds: float) -> None:
         live = UpstreamResponse(200, b"", answer)
@@ -299,30 +239,19 @@ class GrpcProxy:
 
     # -- the RPCs ----------------------------------------------------------------------------
     def model_infer_now(self, request: bytes, call: Call) -> Callable[[], None] | None:
-        """``ModelInfer`` from callbacks (no task per call); ``model_infer`` while a variant is held at
-        zero replicas."""
-        return FastInfer(self, request, call).begin()
-
-    async def model_infer(self, request: bytes, context: Call) -> bytes:
-        key, metadata = self.metadata_of(context)
-        try:
-            variant, replica, answer = await self._infer(request, key, metadata, self.timeout_of(context))
-        except Failure as failure:
-            if failure.labels:
-                await context.send_initial_metadata(failure.labels)
-            await context.abort(failure.code, failure.message)
-        await context.send_initial_metadata(labels_of(variant.name, replica.version))
-        return answer
+        """``ModelInfer``, from callbacks: returns what cancels it."""
+        return model_infer(self, request, call)
 
     def _forward(self, method: str) -> Callable[[bytes, Call], Any]:
         """``ModelReady`` / ``ModelMetadata``: answered by a replica of the chosen arm."""
+        path = f"/{SERVICE}/{method}".encode()
 
         async def forward(request: bytes, context: Call) -> bytes:
             key, metadata = self.metadata_of(context)
             try:
                 route, variant = self.route_of(request, key)
-                replica, answer = await self._send(
-                    method, route, variant, request, metadata, self.timeout_of(context)
+                variant, replica, answer = await call_replica(
+                    self, route, variant, path, request, metadata, self.timeout_of(context)
                 )
             except Failure as failure:
                 await context.abort(failure.code, failure.message)
@@ -338,10 +267,13 @@ class GrpcProxy:
 
         async def one(request: bytes) -> bytes:
             try:
-                _, _, answer = await self._infer(request, key, metadata, self.timeout_s)
+                route, variant = self.route_of(request, key)
+                _, replica, answer = await call_replica(
+                    self, route, variant, PATH, request, metadata, self.timeout_s
+                )
             except Failure as failure:
                 return pb_wire.stream_error(failure.message)
-            return pb_wire.stream_response(answer)
+            return pb_wire.stream_response(answer + replica.grpc_labels)
 
         async def read() -> None:
             try:

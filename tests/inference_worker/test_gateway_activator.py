@@ -4,6 +4,7 @@ gRPC calls (stock tritonclient.grpc) the same way, in the same queue."""
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -124,3 +125,31 @@ def test_a_held_grpc_call_is_unavailable_with_the_reason_when_no_replica_comes_i
 
     assert failure.value.status() == "StatusCode.UNAVAILABLE"
     assert "no replica of deployment 'idle' variant 'a' became ready within 1 s" in failure.value.message()
+
+
+def test_the_requests_of_a_grpc_stream_for_a_variant_at_zero_are_held_and_answered_in_order(
+    replica: Process,
+) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    with routing_key() as (key, redis), gateway(key, "--activator-timeout-s", "30") as gw:
+        publish(redis, key, at_zero(1, []))
+        applied(gw.url, 1)
+        client = grpcclient.InferenceServerClient(gw.grpc)
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            for i in range(3):
+                x = np.full((1, 4), float(i), dtype=np.float32)
+                tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                client.async_stream_infer("idle", [tensor], request_id=str(i))
+            wait_for(lambda: redis.hget(activation_key(key), "idle/a"), timeout=10)
+            assert answers.empty()  # held, not refused
+            publish(redis, key, at_zero(2, [replica]))
+            got = [answers.get(timeout=60) for _ in range(3)]
+        finally:
+            client.stop_stream()
+            client.close()
+
+    assert [error for _, error in got] == [None, None, None]
+    assert [result.get_response().id for result, _ in got] == ["0", "1", "2"]
+    assert all(result.get_response().parameters["kiln_variant"].string_param == "a" for result, _ in got)
