@@ -95,8 +95,12 @@ def worker_source_files() -> list[Path]:
 
 @cache
 def worker_code_hash(flavour: str) -> str:
-    """sha256 of the worker sources, the flavour's Dockerfile and pinned requirements (once per process)."""
-    digest = hashlib.sha256(f"kiln-worker-image/1 {flavour} python{PYTHON_VERSION}\n".encode())
+    """sha256 of the worker sources, the flavour's Dockerfile and pinned requirements (once per process).
+
+    The prefix's number is the wheelhouse recipe's: 2 since the wheel's build environment takes the
+    lock's grpcio-tools (wheelhouses and images of 1 may hold gRPC code the image's grpcio refuses).
+    """
+    digest = hashlib.sha256(f"kiln-worker-image/2 {flavour} python{PYTHON_VERSION}\n".encode())
     named = [(f"inference_worker/{p.relative_to(WORKER_DIR)}", p) for p in worker_source_files()]
     for name, path in [*named, (f"platform/{DOCKERFILES[flavour].name}", DOCKERFILES[flavour])]:
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -120,10 +124,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(argv: list[str], *, log: Log, timeout_s: float) -> None:
-    """Run a command, sending each output line to ``log``; a failure raises with the command named."""
+def _run(argv: list[str], *, log: Log, timeout_s: float, env: dict[str, str] | None = None) -> None:
+    """Run a command (with ``env`` added to ours), sending each output line to ``log``; a failure
+    raises with the command named."""
     log("$ " + " ".join(argv[2:] if argv[0] == sys.executable else argv))
-    env = {**os.environ, "PIP_PROGRESS_BAR": "off", "PIP_NO_INPUT": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PIP_PROGRESS_BAR": "off",
+        "PIP_NO_INPUT": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     deadline = time.monotonic() + timeout_s
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -181,6 +192,22 @@ def _prune_wheelhouses(root: Path, prefix: str, *, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def build_worker_wheel(source: Path, wheels: Path, constraints: Path, *, log: Log, timeout_s: float) -> None:
+    """``pip wheel`` of the worker's sources into ``wheels``, its build environment held to ``constraints``.
+
+    The build generates the gRPC code with grpcio-tools, and that code refuses a grpcio older than
+    the grpcio-tools that made it: the image installs the lock's grpcio, so the build must take the
+    lock's grpcio-tools, not the newest. pip 25.3 and newer read build constraints from
+    PIP_BUILD_CONSTRAINT only; older ones apply PIP_CONSTRAINT to the build environment.
+    """
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels), str(source)],
+        log=log,
+        timeout_s=timeout_s,
+        env={"PIP_BUILD_CONSTRAINT": str(constraints), "PIP_CONSTRAINT": str(constraints)},
+    )
+
+
 def _make_wheelhouse(flavour: str, work: Path, arch: str, log: Log, timeout_s: float) -> None:
     source, wheels = work / "src", work / "wheels"
     shutil.copytree(
@@ -189,12 +216,12 @@ def _make_wheelhouse(flavour: str, work: Path, arch: str, log: Log, timeout_s: f
         ignore=shutil.ignore_patterns(*_SKIPPED_DIRS, "*.egg-info", "*.pyc", "*.pyo"),
     )
     pip = [sys.executable, "-m", "pip"]
-    _run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(source)], log=log, timeout_s=timeout_s)
-    (wheels / "requirements.txt").write_text("\n".join(worker_requirements(flavour)) + "\n")
     constraints = [
         line for line in LOCK_FILE.read_text().splitlines() if not line.startswith("onnxruntime==")
     ]
     (work / "constraints.txt").write_text("\n".join(constraints) + "\n")
+    build_worker_wheel(source, wheels, work / "constraints.txt", log=log, timeout_s=timeout_s)
+    (wheels / "requirements.txt").write_text("\n".join(worker_requirements(flavour)) + "\n")
     platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(28, 4, -1)]
     platforms += [f"manylinux2014_{arch}"] + (
         [f"manylinux2010_{arch}", f"manylinux1_{arch}"] * (arch == "x86_64")

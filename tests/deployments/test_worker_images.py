@@ -4,10 +4,12 @@ container-side URLs and the docker settings' validation."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,37 @@ def test_the_worker_requirements_are_pinned_to_the_lock_and_the_gpu_flavour_swap
     assert "numpy==" + next(line for line in lock if line.startswith("numpy==")).split("==")[1] in cpu
     assert any(line.startswith("uvloop==") and "sys_platform" in line for line in cpu)
     assert all("==" in line for line in cpu)
+
+
+def test_the_worker_wheel_s_grpc_code_is_made_by_the_locked_grpcio_tools_and_runs_on_the_locked_grpcio(
+    tmp_path: Path,
+) -> None:
+    """A newer grpcio-tools on the index (the build environment's default) makes code that refuses the
+    image's grpcio: the wheel is built with the lock's."""
+    lock = dict(line.split("==") for line in (ROOT / "requirements.lock").read_text().split() if "==" in line)
+    source = tmp_path / "src"
+    shutil.copytree(
+        image_build.WORKER_DIR,
+        source,
+        ignore=shutil.ignore_patterns("_generated", "__pycache__", "*.egg-info"),
+    )
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in lock.items()))
+    lines: list[str] = []
+
+    image_build.build_worker_wheel(source, tmp_path / "wheels", constraints, log=lines.append, timeout_s=600)
+
+    (wheel,) = (tmp_path / "wheels").glob("kiln_inference_worker-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        code = archive.read("inference_worker/_generated/grpc_service_pb2_grpc.py").decode()
+    made_by = re.search(r"GRPC_GENERATED_VERSION = '([^']+)'", code)
+    assert made_by is not None, code[:400]
+    assert made_by.group(1) == lock["grpcio-tools"]
+    assert _version(made_by.group(1)) <= _version(lock["grpcio"])
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
 
 
 def test_the_worker_code_hash_is_stable_per_flavour_and_follows_the_worker_sources(worker_copy: Path) -> None:
