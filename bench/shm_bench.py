@@ -36,7 +36,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
 from results_md import cpu_name, markers, package_version, write_section  # noqa: E402
 from worker_bench import free_port, started, worker_command  # noqa: E402
 from worker_load import LoadResult, h2load_grpc, wrk  # noqa: E402
-from worker_models import BenchModel, build  # noqa: E402
+from worker_models import BenchModel, build, grpc_framed  # noqa: E402
 
 START, END = markers("shm")
 REGION: dict[str, object] = {"shared_memory_region": "in"}
@@ -83,15 +83,13 @@ def _shm_header(model: BenchModel, output_to_region: bool) -> bytes:
 
 def _shm_grpc(model: BenchModel) -> bytes:
     from inference_worker import build_protos
-    from inference_worker.grpc_call import MESSAGE_PREFIX
 
     pb2, _ = build_protos.load()
     request = pb2.ModelInferRequest(model_name=model.name)
     tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, *model.sample_shape])
     tensor.parameters["shared_memory_region"].string_param = "in"
     tensor.parameters["shared_memory_byte_size"].int64_param = _size(model)
-    payload: bytes = request.SerializeToString()
-    return MESSAGE_PREFIX.pack(0, len(payload)) + payload
+    return grpc_framed(request)
 
 
 def cells(model: BenchModel) -> list[Cell]:

@@ -15,6 +15,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,12 +79,18 @@ def _export(name: str, directory: Path) -> tuple[Path, tuple[int, ...]]:
 def grpc_message(name: str, sample: np.ndarray) -> bytes:
     """``sample`` as a gRPC-framed ModelInferRequest for model ``name`` with raw contents."""
     from inference_worker import build_protos
-    from inference_worker.grpc_call import MESSAGE_PREFIX
 
     pb2, _ = build_protos.load()
     request = pb2.ModelInferRequest(model_name=name, raw_input_contents=[sample.tobytes()])
     request.inputs.add(name="input", datatype="FP32", shape=list(sample.shape))
-    payload: bytes = request.SerializeToString()
+    return grpc_framed(request)
+
+
+def grpc_framed(message: Any) -> bytes:
+    """A protobuf message as one gRPC message on the wire (prefix and bytes), as h2load sends it."""
+    from inference_worker.grpc_call import MESSAGE_PREFIX
+
+    payload: bytes = message.SerializeToString()
     return MESSAGE_PREFIX.pack(0, len(payload)) + payload
 
 

@@ -124,6 +124,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+_PIP = [sys.executable, "-m", "pip"]
+
+
 def _run(argv: list[str], *, log: Log, timeout_s: float, env: dict[str, str] | None = None) -> None:
     """Run a command (with ``env`` added to ours), sending each output line to ``log``; a failure
     raises with the command named."""
@@ -192,6 +195,13 @@ def _prune_wheelhouses(root: Path, prefix: str, *, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_constraints(path: Path) -> Path:
+    """The lock's pins as a pip constraints file at ``path``, but onnxruntime's (the flavour picks it)."""
+    pins = [line for line in LOCK_FILE.read_text().splitlines() if not line.startswith("onnxruntime==")]
+    path.write_text("\n".join(pins) + "\n")
+    return path
+
+
 def build_worker_wheel(source: Path, wheels: Path, constraints: Path, *, log: Log, timeout_s: float) -> None:
     """``pip wheel`` of the worker's sources into ``wheels``, its build environment held to ``constraints``.
 
@@ -201,7 +211,7 @@ def build_worker_wheel(source: Path, wheels: Path, constraints: Path, *, log: Lo
     PIP_BUILD_CONSTRAINT only; older ones apply PIP_CONSTRAINT to the build environment.
     """
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels), str(source)],
+        [*_PIP, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(source)],
         log=log,
         timeout_s=timeout_s,
         env={"PIP_BUILD_CONSTRAINT": str(constraints), "PIP_CONSTRAINT": str(constraints)},
@@ -215,12 +225,8 @@ def _make_wheelhouse(flavour: str, work: Path, arch: str, log: Log, timeout_s: f
         source,
         ignore=shutil.ignore_patterns(*_SKIPPED_DIRS, "*.egg-info", "*.pyc", "*.pyo"),
     )
-    pip = [sys.executable, "-m", "pip"]
-    constraints = [
-        line for line in LOCK_FILE.read_text().splitlines() if not line.startswith("onnxruntime==")
-    ]
-    (work / "constraints.txt").write_text("\n".join(constraints) + "\n")
-    build_worker_wheel(source, wheels, work / "constraints.txt", log=log, timeout_s=timeout_s)
+    constraints = write_constraints(work / "constraints.txt")
+    build_worker_wheel(source, wheels, constraints, log=log, timeout_s=timeout_s)
     (wheels / "requirements.txt").write_text("\n".join(worker_requirements(flavour)) + "\n")
     platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(28, 4, -1)]
     platforms += [f"manylinux2014_{arch}"] + (
@@ -228,7 +234,7 @@ def _make_wheelhouse(flavour: str, work: Path, arch: str, log: Log, timeout_s: f
     )
     _run(
         [
-            *pip,
+            *_PIP,
             "download",
             "--dest",
             str(wheels),
@@ -241,7 +247,7 @@ def _make_wheelhouse(flavour: str, work: Path, arch: str, log: Log, timeout_s: f
             "--requirement",
             str(wheels / "requirements.txt"),
             "--constraint",
-            str(work / "constraints.txt"),
+            str(constraints),
         ],
         log=log,
         timeout_s=timeout_s,

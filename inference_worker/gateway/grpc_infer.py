@@ -264,14 +264,11 @@ def model_infer(proxy: Proxy, request: bytes, call: Call) -> Callable[[], None] 
 
 
 class _Awaited(ReplicaCall):
-    """A call whose outcome a coroutine awaits."""
+    """A call whose outcome a coroutine awaits (``future``, set by ``call_replica``)."""
 
     __slots__ = ("future",)
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[tuple[Variant, Replica, bytes]] = loop.create_future()
+    future: asyncio.Future[tuple[Variant, Replica, bytes]]
 
     def answered(self, variant: Variant, replica: Replica, answer: bytes) -> None:
         if not self.future.done():
@@ -283,17 +280,14 @@ class _Awaited(ReplicaCall):
 
 
 async def call_replica(
-    proxy: Proxy,
-    route: Route,
-    variant: Variant,
-    path: bytes,
-    request: bytes,
-    metadata: tuple[Any, ...],
-    timeout: float,
+    proxy: Proxy, path: bytes, request: bytes, key: bytes | None, metadata: tuple[Any, ...], timeout: float
 ) -> tuple[Variant, Replica, bytes]:
-    """The answer of a replica of ``variant`` (the variant that answered, which replica, the message's
-    bytes), or ``Failure``; ``ModelInfer`` counts and is copied to shadows as a unary call is."""
+    """Route ``request`` (``key``: its routing key) and await the answer of a replica of the arm: the
+    variant that answered, which replica, the message's bytes; or ``Failure``. ``ModelInfer`` counts
+    and is copied to shadows as a unary call is."""
+    route, variant = proxy.route_of(request, key)
     call = _Awaited(proxy, route, variant, path, request, metadata, timeout)
+    call.future = asyncio.get_running_loop().create_future()
     call.begin()
     try:
         return await call.future

@@ -249,9 +249,8 @@ class GrpcProxy:
         async def forward(request: bytes, context: Call) -> bytes:
             key, metadata = self.metadata_of(context)
             try:
-                route, variant = self.route_of(request, key)
                 variant, replica, answer = await call_replica(
-                    self, route, variant, path, request, metadata, self.timeout_of(context)
+                    self, path, request, key, metadata, self.timeout_of(context)
                 )
             except Failure as failure:
                 await context.abort(failure.code, failure.message)
@@ -267,10 +266,7 @@ class GrpcProxy:
 
         async def one(request: bytes) -> bytes:
             try:
-                route, variant = self.route_of(request, key)
-                _, replica, answer = await call_replica(
-                    self, route, variant, PATH, request, metadata, self.timeout_s
-                )
+                _, replica, answer = await call_replica(self, PATH, request, key, metadata, self.timeout_s)
             except Failure as failure:
                 return pb_wire.stream_error(failure.message)
             return pb_wire.stream_response(answer + replica.grpc_labels)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -45,14 +44,11 @@ class Answers(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), Answers)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Answers)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}/infer"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/infer"
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -60,8 +60,7 @@ def test_the_worker_wheel_s_grpc_code_is_made_by_the_locked_grpcio_tools_and_run
         source,
         ignore=shutil.ignore_patterns("_generated", "__pycache__", "*.egg-info"),
     )
-    constraints = tmp_path / "constraints.txt"
-    constraints.write_text("".join(f"{name}=={version}\n" for name, version in lock.items()))
+    constraints = image_build.write_constraints(tmp_path / "constraints.txt")
     lines: list[str] = []
 
     image_build.build_worker_wheel(source, tmp_path / "wheels", constraints, log=lines.append, timeout_s=600)
