@@ -187,6 +187,10 @@ class Upstreams:
         connection = self._connections.get(target)
         if connection is None or connection.full:
             connection = await self._connect(target)
+            if connection.closed:  # the replica closed it before the call went out (it is going away)
+                raise UpstreamError(
+                    grpc.StatusCode.UNAVAILABLE, f"{target} closed the connection as it opened"
+                )
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         def done(outcome: bytes | UpstreamError) -> None:

@@ -238,13 +238,12 @@ class ReplicaPool:
             )
         except (OSError, TimeoutError) as exc:
             self.opening -= 1
-            self.down_until = self.loop.time() + self.limits.down_s
-            reason = str(exc) or type(exc).__name__
-            self.settle(done, UpstreamError(f"cannot connect to {self.url}: {reason}", retryable=True))
-            if not self.busy and not self.opening:
-                self._fail_waiters(f"cannot connect to {self.url}: {reason}", retryable=True)
+            self._unreachable(done, f"cannot connect to {self.url}: {str(exc) or type(exc).__name__}")
             return
         self.opening -= 1
+        if connection.closed:  # the replica closed it before the request went out (it is going away)
+            self._unreachable(done, f"{self.url} closed the connection as it opened")
+            return
         self.down_until = 0.0
         if self.retired:
             connection.close()
@@ -252,6 +251,13 @@ class ReplicaPool:
             return
         self.busy.add(connection)
         connection.send(head, body, done, deadline)
+
+    def _unreachable(self, done: Done, message: str) -> None:
+        """The replica cannot have got the request: retryable, and chosen last for a while."""
+        self.down_until = self.loop.time() + self.limits.down_s
+        self.settle(done, UpstreamError(message, retryable=True))
+        if not self.busy and not self.opening:
+            self._fail_waiters(message, retryable=True)
 
     def _fail_waiters(self, message: str, *, retryable: bool, status: int = 502) -> None:
         while self.waiters:

@@ -1,0 +1,89 @@
+"""The gateway's upstream clients when a replica goes away as a connection to it opens.
+
+A replica killed while the gateway connects to it can accept the connection and close it before
+the pool has sent anything on it. The request never reached the replica, so it must be answered
+at once as retryable (the caller tries another replica), not left to its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from inference_worker.gateway import grpc_upstream
+from inference_worker.gateway.proxy import PoolLimits, ReplicaPool, UpstreamError, UpstreamResponse
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def closing_as_it_opens(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection the loop opens is closed by the time its opener resumes (a replica going away)."""
+    real = loop.create_connection
+
+    async def create_connection(factory: Callable[[], Any], host: str, port: int) -> tuple[Any, Any]:
+        transport, protocol = await real(factory, host, port)
+        transport.abort()
+        await asyncio.sleep(0)  # the protocol's connection_lost runs before the opener sees it
+        return transport, protocol
+
+    monkeypatch.setattr(loop, "create_connection", create_connection)
+
+
+async def listening(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.AbstractServer, int]:
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+def test_an_http_request_whose_connection_closes_as_it_opens_is_answered_retryable_at_once(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> UpstreamResponse | UpstreamError:
+        server, port = await listening(loop)
+        closing_as_it_opens(loop, monkeypatch)
+        pool = ReplicaPool("127.0.0.1", port, PoolLimits(), 30.0, loop)
+        answer: asyncio.Future[UpstreamResponse | UpstreamError] = loop.create_future()
+        head = b"POST /v2/models/m/infer HTTP/1.1\r\nContent-Length: 2\r\n"
+        pool.request(head, b"{}", answer.set_result, loop.time() + 30.0)
+        try:
+            # the pool's sweep (which would answer 504 at the 30 s deadline) is not running here
+            result = await asyncio.wait_for(answer, 5.0)
+        finally:
+            server.close()
+        assert pool.empty, "the pool still counts the request"
+        assert pool.load(loop.time()) >= 1e6, "a replica that closed as it opened is chosen last for a while"
+        return result
+
+    result = loop.run_until_complete(scenario())
+    assert isinstance(result, UpstreamError)
+    assert result.retryable
+    assert "closed the connection" in result.message
+
+
+def test_a_grpc_call_whose_connection_closes_as_it_opens_is_unavailable_at_once(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        server, port = await listening(loop)
+        closing_as_it_opens(loop, monkeypatch)
+        upstreams = grpc_upstream.Upstreams(max_message=1 << 20)
+        try:
+            call = upstreams.call(
+                f"127.0.0.1:{port}", b"/inference.GRPCInferenceService/ModelReady", b"", (), 30.0
+            )
+            with pytest.raises(grpc_upstream.UpstreamError) as raised:
+                await asyncio.wait_for(call, 5.0)  # not the call's 30 s deadline
+            assert raised.value.status == grpc.StatusCode.UNAVAILABLE  # retried on another replica
+        finally:
+            upstreams.close()
+            server.close()
+
+    loop.run_until_complete(scenario())
