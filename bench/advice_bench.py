@@ -3,16 +3,16 @@
     python bench/advice_bench.py            # MLP and CNN, about 10 minutes
     python bench/advice_bench.py --quick    # the MLP only, shorter cells
 
-Needs PostgreSQL and Redis on 127.0.0.1 and ``wrk``: it creates (and drops) its own database,
-``kiln_advicebench``, and uses Redis db 9 under names of its own run. It starts the platform as an
-operator does (``bin/kiln-run``, autoscale_stack.py), and for each model:
+Needs PostgreSQL and Redis on 127.0.0.1 and ``h2load`` (nghttp2-client): it creates (and drops)
+its own database, ``kiln_advicebench``, and uses Redis db 9 under names of its own run. It starts
+the platform as an operator does (``bin/kiln-run``, autoscale_stack.py), and for each model:
 
 1. uploads the ONNX file through the REST API and waits for the conversion (profile, codec costs);
 2. reads the advice before any measurement (its prediction: profiled compute plus codec time);
 3. measures the version (``POST .../measurements/``: the real worker with each proposed batching
    under a closed-loop load on this machine) and reads the advice again (the measured figure);
 4. deploys one replica on the process backend with exactly the advised batching, and loads it
-   with wrk at the concurrency the advice's figure was measured at, over the advised protocol,
+   with h2load at the concurrency the advice's figure was measured at, over the advised protocol,
    straight at the worker and through the gateway.
 
 The error is (advice - deployment) / deployment; the target (shared/performance.md) is within 25%
@@ -36,7 +36,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from autoscale_stack import Platform, poll, running_platform  # noqa: E402
 from results_md import cpu_name, markers, package_version, write_section  # noqa: E402
-from worker_load import LoadResult, wrk  # noqa: E402
+from worker_load import LoadResult, h2load_http  # noqa: E402
 from worker_models import BenchModel, build  # noqa: E402
 
 BUDGET_MS = 50.0
@@ -141,8 +141,8 @@ def bench_model(platform: Platform, name: str, seconds: float, directory: Path) 
     clients = int(choice["measured_concurrency"])
     path = f"/v2/models/{bench.name}-advised/infer"
     time.sleep(2)  # the gateway picks up the routing table
-    worker = wrk(f"{worker_url}{path}", body, headers, clients, seconds)
-    gateway = wrk(f"{platform.gateway_url}{path}", body, headers, clients, seconds)
+    worker = h2load_http(f"{worker_url}{path}", body, clients, seconds, headers)
+    gateway = h2load_http(f"{platform.gateway_url}{path}", body, clients, seconds, headers)
     batching = advice["batching"]
     return Row(
         model=name,
@@ -188,7 +188,8 @@ def write_results(rows: list[Row], args: argparse.Namespace, load_before: tuple[
             "",
             "For each model: the advice for a 50 ms budget and a target far above one worker, before and "
             "after `POST .../measurements/` (the real worker with each proposed batching, closed-loop load "
-            "on this machine); then one replica deployed with exactly the advised batching, loaded with wrk "
+            "on this machine); then one replica deployed with exactly the advised batching, loaded with "
+            "h2load "
             f"at the advice's concurrency for {args.seconds:g} s over the advised protocol. Error = "
             "(advice - deployment) / deployment; the target is within 25% for the worker the advice "
             f"describes ({'met' if within else 'NOT met'} in this run).",
@@ -209,7 +210,9 @@ def main(argv: list[str]) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="the MLP only, 1 s measurement cells")
-    parser.add_argument("--seconds", type=float, default=15, help="wrk's duration per deployment cell [15]")
+    parser.add_argument(
+        "--seconds", type=float, default=15, help="h2load's duration per deployment cell [15]"
+    )
     parser.add_argument("--database", default="kiln_advicebench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
     python bench/gateway_bench.py            # 8 rounds of 2 s per cell, about 3 minutes
     python bench/gateway_bench.py --quick    # 3 rounds of 1 s per cell, about 1 minute
 
-Needs ``wrk`` (Debian: apt-get install wrk) and Redis on 127.0.0.1:6379 (db 15
+Needs ``h2load`` (Debian: apt-get install nghttp2-client) and Redis on 127.0.0.1:6379 (db 15
 is used, under a key of this run). Builds the MLP of shared/performance.md
 (64 -> 256 -> 10) with onnx.helper, starts two workers (``python -m
 inference_worker serve``, default options) and the gateway (``python -m
@@ -15,8 +15,8 @@ inference_worker gateway``), publishes a routing table with deployment ``mlp``
    against worker 1: p50 of sequential requests, and req/s with 64 in flight.
 2. Cells, round-robin within each round so ratios compare numbers taken
    seconds apart: direct to worker 1, through the gateway, and the 50/50
-   split, at c=1 and c=64, with wrk (one thread, closed loop). CPU time of
-   the gateway and workers is read from /proc around each cell.
+   split, at c=1 and c=64, with h2load (HTTP/1.1, closed loop). CPU time of
+   the gateway and workers is read from /proc around each cell's measured window.
 
 Prints the tables and rewrites the "Gateway" section of bench/RESULTS.md.
 """
@@ -45,22 +45,12 @@ from typing import Any
 
 import numpy as np
 from results_md import cpu_name, markers, package_version, write_section
+from worker_load import h2load_http
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = markers("gateway")
 REDIS_URL = "redis://127.0.0.1:6379/15"
 WORKER_ARGS = ""
-WRK_SCRIPT = """
-local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99),
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.timeout))
-end
-"""
 
 
 # -- model and processes -------------------------------------------------------------------------
@@ -230,31 +220,20 @@ class Cell:
         return self.requests / self.seconds
 
 
-def wrk(url: str, body_file: Path, concurrency: int, seconds: float, procs: dict[str, Proc]) -> Cell:
-    script = body_file.with_suffix(".lua")
-    script.write_text(WRK_SCRIPT.format(body=body_file))
-    before = {name: proc.cpu_s() for name, proc in procs.items()}
-    batches = _batches(procs)
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{concurrency}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "30s",
-        "-s",
-        str(script),
-        url,
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
-    after = {name: proc.cpu_s() for name, proc in procs.items()}
-    rows, runs = (a - b for a, b in zip(_batches(procs), batches, strict=True))
-    found = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\d+)", out)
-    if found is None:
-        raise RuntimeError(f"wrk printed no result: {out}")
-    n, duration_us, p50, p99, errors = map(int, found.groups())
-    cpu = {name: (after[name] - before[name]) / max(n, 1) * 1e6 for name in procs}
-    return Cell(n, duration_us / 1e6, p50 / 1000, p99 / 1000, errors, cpu, rows / runs if runs else 0.0)
+def load(url: str, body: bytes, concurrency: int, seconds: float, procs: dict[str, Proc]) -> Cell:
+    """One cell with h2load; the processes' CPU and the workers' batches over its measured window."""
+    names = list(procs)
+
+    def counters() -> tuple[float, ...]:
+        return (*(procs[name].cpu_s() for name in names), *_batches(procs))
+
+    result = h2load_http(url, body, concurrency, seconds, counter=counters)
+    *cpu_s, rows, runs = result.counted
+    n = result.requests
+    cpu = {name: spent / max(n, 1) * 1e6 for name, spent in zip(names, cpu_s, strict=True)}
+    return Cell(
+        n, result.seconds, result.p50_ms, result.p99_ms, result.errors, cpu, rows / runs if runs else 0.0
+    )
 
 
 def _batches(procs: dict[str, Proc]) -> tuple[float, float]:
@@ -438,11 +417,11 @@ def run(quick: bool, worker_args: list[str]) -> None:
         print("upstream clients ...", flush=True)
         client_results = clients(w1.url, body_file, quick)
         for target in urls:  # warm-up: every connection opened
-            wrk(urls[target], body_file, 64, 1, procs)
+            load(urls[target], body, 64, 1, procs)
         cells: dict[tuple[str, str], list[Cell]] = {cell: [] for cell in CELLS}
         for index in range(rounds):
             for target, conc in CELLS:
-                cells[target, conc].append(wrk(urls[target], body_file, int(conc[1:]), seconds, procs))
+                cells[target, conc].append(load(urls[target], body, int(conc[1:]), seconds, procs))
             print(f"round {index + 1}/{rounds} done", flush=True)
     client.close()
     report(cells, client_results, rounds, seconds, load_before, quick, worker_args)
@@ -494,7 +473,8 @@ def report(
         f"Python {platform.python_version()}; {versions}.",
         f"Command: `python bench/gateway_bench.py{' --quick' if quick else ''}` "
         "(MLP 64->256->10, JSON bodies; "
-        f"two workers with default options, the gateway with default options; wrk -t1, {rounds} rounds of "
+        "two workers with default options, the gateway with default options; "
+        f"h2load (HTTP/1.1), {rounds} rounds of "
         f"{seconds:g} s per cell, cells round-robin in each round; medians over rounds). "
         f"Load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
         '(the benchmark itself raises it; a higher "before" means other jobs shared the machine).',

@@ -3,9 +3,9 @@
     python bench/shm_bench.py            # 3 rounds of 2 s per cell, about 4 minutes
     python bench/shm_bench.py --quick    # 1 round of 1 s per cell, about a minute
 
-Needs ``wrk`` and ``h2load`` (Debian: apt-get install wrk nghttp2-client). For each model of
-``worker_models.py`` it runs (the CNN, and ``pool``: the CNN's 3x64x64 FP32 input with next to
-no compute, so its rows are what moving 49,152 bytes costs) it starts one worker
+Needs ``h2load`` (Debian: apt-get install nghttp2-client), which drives HTTP and gRPC alike.
+For each model of ``worker_models.py`` it runs (the CNN, and ``pool``: the CNN's 3x64x64 FP32
+input with next to no compute, so its rows are what moving 49,152 bytes costs) it starts one worker
 (``--system-shared-memory on``, otherwise its defaults), creates a POSIX shared memory object
 holding the sample, registers it, and loads the worker the same way for each cell, round-robin:
 HTTP with the tensor in the body (JSON, binary extension) or named by region, gRPC with
@@ -35,7 +35,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
 
 from results_md import cpu_name, markers, package_version, write_section  # noqa: E402
 from worker_bench import free_port, started, worker_command  # noqa: E402
-from worker_load import LoadResult, h2load_grpc, wrk  # noqa: E402
+from worker_load import LoadResult, h2load_grpc, h2load_http  # noqa: E402
 from worker_models import BenchModel, build, grpc_framed  # noqa: E402
 
 START, END = markers("shm")
@@ -61,10 +61,10 @@ class Target:
     grpc: str
     pid: int
 
-    def cpu_seconds(self) -> float:
-        """The worker's user and system CPU time so far (``/proc/<pid>/stat``)."""
+    def cpu(self) -> tuple[float]:
+        """The worker's user and system CPU seconds so far (``/proc/<pid>/stat``)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return ((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),)
 
 
 def _size(model: BenchModel) -> int:
@@ -104,17 +104,16 @@ def cells(model: BenchModel) -> list[Cell]:
 
 
 def run(cell: Cell, target: Target, concurrency: int, seconds: float) -> tuple[LoadResult, float]:
-    """One load run, and the worker's CPU microseconds per answered request."""
-    before = target.cpu_seconds()
+    """One load run, and the worker's CPU microseconds per answered request over the measured window."""
     if cell.protocol == "grpc":
-        result = h2load_grpc(target.grpc, "ModelInfer", cell.body, concurrency, seconds)
+        result = h2load_grpc(target.grpc, "ModelInfer", cell.body, concurrency, seconds, target.cpu)
     else:
         headers = {"Content-Type": "application/octet-stream"}
         if cell.header_length is not None:
             headers["Inference-Header-Content-Length"] = str(cell.header_length)
         url = f"{target.url}/v2/models/{target.model.name}/infer"
-        result = wrk(url, cell.body, headers, concurrency, seconds)
-    return result, (target.cpu_seconds() - before) / max(result.requests, 1) * 1e6
+        result = h2load_http(url, cell.body, concurrency, seconds, headers, target.cpu)
+    return result, result.counted[0] / max(result.requests, 1) * 1e6
 
 
 def register(target: Target, key: str) -> None:

@@ -3,7 +3,7 @@
     python bench/worker_bench.py            # full run (best of 3 rounds of 2 s per cell), about 10 minutes
     python bench/worker_bench.py --quick    # one round of 2 s per cell, about 4 minutes
 
-Needs ``wrk`` and ``h2load`` (Debian: apt-get install wrk nghttp2-client).
+Needs ``h2load`` (Debian: apt-get install nghttp2-client): it drives HTTP/1.1 and gRPC alike.
 Builds its own models (worker_models.py), starts every server as its own
 process on free ports (the worker with its default options unless
 --worker-args says otherwise; peers from worker_peers.py), then for each
@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
 
-from worker_load import LoadResult, grpc_stream, h2load_grpc, raw_ort_subprocess, wrk  # noqa: E402
+from worker_load import LoadResult, grpc_stream, h2load_grpc, h2load_http, raw_ort_subprocess  # noqa: E402
 from worker_models import BenchModel, build  # noqa: E402
 from worker_report import RAW, RAW_TUNED, TUNED, TUNED_LABEL, Row, write_results  # noqa: E402
 
@@ -188,7 +188,7 @@ def cells(model: BenchModel) -> list[Cell]:
     json_headers = {"Content-Type": "application/json"}
 
     def http(body: bytes, headers: dict[str, str]) -> Callable[[Server, int, float], LoadResult]:
-        return lambda s, c, t: wrk(s.url + infer, body, headers, c, t)
+        return lambda s, c, t: h2load_http(s.url + infer, body, c, t, headers)
 
     unknown = model.grpc_message.replace(model.name.encode(), b"x" * len(model.name), 1)
     live = b"\x00\x00\x00\x00\x00"
@@ -315,12 +315,8 @@ def main() -> int:
     parser.add_argument("--worker-args", default="", help="extra options for inference-worker serve")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = parser.parse_args()
-    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
-    if missing:
-        print(
-            f"worker_bench: needs {' and '.join(missing)} (apt-get install wrk nghttp2-client)",
-            file=sys.stderr,
-        )
+    if shutil.which("h2load") is None:
+        print("worker_bench: needs h2load (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
     seconds, warmup, rounds = (2.0, 1.0, 1) if args.quick else (2.0, 2.0, 3)
     started_at = datetime.datetime.now(datetime.UTC)

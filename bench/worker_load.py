@@ -1,10 +1,9 @@
-"""Load generators for worker_bench.py, and the raw ONNX Runtime ceiling.
+"""Load generators for the benchmarks, and the raw ONNX Runtime ceiling.
 
-HTTP: ``wrk`` (C, one thread, closed loop: one request in flight per
-connection), with a Lua script that posts the body and prints the count and
-latency percentiles, or ``h2load --h1`` (the same closed loop, so that HTTP and
-gRPC compare with one client). gRPC unary: ``h2load`` (C, up to 8 HTTP/2 connections
-sharing ``concurrency`` streams in flight) posting a pre-framed ModelInferRequest.
+One load generator for every server and protocol, so that their rows compare: ``h2load``
+(Debian's nghttp2-client, C). HTTP: ``h2load --h1``, a closed loop with one request in flight per
+connection. gRPC unary: up to 8 HTTP/2 connections sharing ``concurrency`` streams in flight,
+posting a pre-framed ModelInferRequest.
 gRPC streaming: this module's ``grpc-stream`` command, a grpc.aio client
 keeping ``concurrency`` requests in flight on one ModelStreamInfer stream.
 Each is measured against a trivial endpoint too, so its own ceiling is known.
@@ -21,22 +20,12 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-WRK_SCRIPT = """
-local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
-wrk.method = "{method}"
-{headers}
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-"""
 
 
 @dataclass(frozen=True)
@@ -48,54 +37,44 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    counted: tuple[float, ...] = ()
+    """How far a caller's counters (servers' CPU seconds, say) moved over the measured window."""
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def wrk(url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float) -> LoadResult:
-    """Closed-loop HTTP load with wrk: ``concurrency`` connections, one thread."""
-    with tempfile.TemporaryDirectory() as tmp:
-        body_file = Path(tmp) / "body"
-        body_file.write_bytes(body)
-        lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
-        script = Path(tmp) / "post.lua"
-        method = "POST" if body else "GET"
-        script.write_text(WRK_SCRIPT.format(body=body_file, method=method, headers=lines))
-        command = [
-            "wrk",
-            "-t1",
-            f"-c{concurrency}",
-            f"-d{max(1, round(seconds))}s",
-            "--timeout",
-            "60s",
-            "-s",
-            str(script),
-            url,
-        ]
-        out = subprocess.run(
-            command, capture_output=True, text=True, check=True, timeout=seconds + 120
-        ).stdout
-    found = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
-    if found is None:
-        raise RuntimeError(f"wrk printed no result: {out}")
-    n, duration_us, p50, p99, status_errors, socket_errors = map(int, found.groups())
-    return LoadResult(n, duration_us / 1e6, p50 / 1000, p99 / 1000, status_errors + socket_errors)
+Counter = Callable[[], tuple[float, ...]]
+"""Counters read around a load generator's measured window."""
+
+WARM_UP_S = 1
+"""h2load's warm-up before its measured window (connections open, servers warm)."""
 
 
-def _h2load(options: list[str], body: bytes, url: str, seconds: float) -> LoadResult:
-    """Run h2load posting ``body`` to ``url`` for ``seconds`` after a 1 s warm-up; per-request latencies."""
+def _h2load(
+    options: list[str], body: bytes, url: str, seconds: float, counter: Counter | None = None
+) -> LoadResult:
+    """Run h2load posting ``body`` to ``url`` (a GET without one) for ``seconds`` after a warm-up.
+
+    ``counter`` (servers' CPU seconds, say) is read as the measured window opens and when h2load
+    has finished; the differences are the result's ``counted``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         data, log = Path(tmp) / "data", Path(tmp) / "log"
         data.write_bytes(body)
         command = [
-            "h2load", *options, f"-D{max(1, round(seconds))}", "--warm-up-time=1",
-            "-d", str(data), "--log-file", str(log), url,
+            "h2load", *options, f"-D{max(1, round(seconds))}", f"--warm-up-time={WARM_UP_S}",
+            *(["-d", str(data)] if body else []), "--log-file", str(log), url,
         ]  # fmt: skip
-        out = subprocess.run(
-            command, capture_output=True, text=True, check=True, timeout=seconds + 120
-        ).stdout
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if counter is not None:
+            time.sleep(WARM_UP_S)
+            start = counter()
+        out, err = process.communicate(timeout=seconds + 120)
+        counted = tuple(b - a for a, b in zip(start, counter(), strict=True)) if counter is not None else ()
+        if process.returncode:
+            raise RuntimeError(f"h2load failed ({process.returncode}): {err or out}")
         latencies = [
             int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2
         ]
@@ -107,11 +86,16 @@ def _h2load(options: list[str], body: bytes, url: str, seconds: float) -> LoadRe
         raise RuntimeError(f"h2load printed no result: {out}")
     n, ok, rate = int(done[1]), int(done[2]), float(finished[1])
     p50, p99 = np.percentile(latencies, [50, 99]) / 1000
-    return LoadResult(n, n / rate if rate else float(seconds), float(p50), float(p99), n - ok)
+    return LoadResult(n, n / rate if rate else float(seconds), float(p50), float(p99), n - ok, counted)
 
 
 def h2load_http(
-    url: str, body: bytes, concurrency: int, seconds: float, headers: dict[str, str] | None = None
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    counter: Counter | None = None,
 ) -> LoadResult:
     """Closed-loop HTTP/1.1 load with h2load: ``concurrency`` connections, one request in flight each.
 
@@ -121,10 +105,17 @@ def h2load_http(
     options = ["--h1", f"-c{concurrency}", "-m1"]
     for name, value in sent.items():
         options += ["-H", f"{name}: {value}"]
-    return _h2load(options, body, url, seconds)
+    return _h2load(options, body, url, seconds, counter)
 
 
-def h2load_grpc(target: str, method: str, framed: bytes, concurrency: int, seconds: float) -> LoadResult:
+def h2load_grpc(
+    target: str,
+    method: str,
+    framed: bytes,
+    concurrency: int,
+    seconds: float,
+    counter: Counter | None = None,
+) -> LoadResult:
     """Closed-loop gRPC unary load with h2load: up to 8 connections sharing ``concurrency`` streams.
 
     h2load counts a request by its HTTP status; a gRPC error (``grpc-status`` in the
@@ -135,7 +126,8 @@ def h2load_grpc(target: str, method: str, framed: bytes, concurrency: int, secon
         f"-c{connections}", f"-m{concurrency // connections}",
         "-H", "content-type: application/grpc", "-H", "te: trailers",
     ]  # fmt: skip
-    return _h2load(options, framed, f"http://{target}/inference.GRPCInferenceService/{method}", seconds)
+    url = f"http://{target}/inference.GRPCInferenceService/{method}"
+    return _h2load(options, framed, url, seconds, counter)
 
 
 async def _stream(target: str, payload: bytes, concurrency: int, seconds: float) -> LoadResult:

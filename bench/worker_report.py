@@ -175,7 +175,7 @@ def write_results(path: Path, plans: Sequence[PlanLike], **context: Any) -> None
         f"Measured {started:%Y-%m-%d %H:%M} UTC on {_machine()}.",
         f"Command: `{context['command']}` (each cell: best of {context['rounds']} rounds of "
         f"{context['seconds']:.0f} s, servers measured round-robin, after a warm-up; "
-        "wrk -t1 for HTTP, h2load for gRPC unary, a grpc.aio client for streaming). "
+        "h2load for HTTP/1.1 and gRPC unary alike, a grpc.aio client for streaming). "
         f"Load average before/after: {before[0]:.2f}/{after[0]:.2f} "
         '(the benchmark itself raises it; a higher "before" means other jobs shared the machine: '
         "compare rows of one run, not runs).",

@@ -64,3 +64,21 @@ def test_the_rate_is_the_measured_requests_over_the_measured_seconds_not_the_war
     assert 1.8 <= result.seconds <= 2.3, result.seconds
     # every request the server answered falls in the run; the measured ones are what the 2 s held
     assert result.requests < Answers.counted
+
+
+def test_counters_are_read_around_the_measured_window_only(server: str) -> None:
+    Answers.counted = 0
+    result = h2load_http(server, b"{}", 2, 2.0, counter=lambda: (float(Answers.counted),))
+
+    # what the server answered from the window's start to the end is what h2load measured (the
+    # warm-up's requests are not in it): CPU per request divides like-for-like
+    (answered,) = result.counted
+    assert answered < Answers.counted
+    assert 0.85 * result.requests <= answered <= 1.15 * result.requests, (answered, result.requests)
+
+
+def test_a_request_without_a_body_is_a_get(server: str) -> None:
+    result = h2load_http(server.removesuffix("/infer") + "/nothing-to-post", b"", 1, 1.0)
+    # the handler answers POST only: a GET is refused (501) and counted as an error, not a success
+    assert result.requests > 0
+    assert result.errors == result.requests
