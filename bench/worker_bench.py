@@ -1,6 +1,6 @@
 """Benchmark: the inference worker against raw ONNX Runtime and FastAPI peers, in one run.
 
-    python bench/worker_bench.py            # full run (best of 3 rounds of 2 s per cell), about 10 minutes
+    python bench/worker_bench.py            # full run (best of 3 rounds of 2 s per cell), about 12 minutes
     python bench/worker_bench.py --quick    # one round of 2 s per cell, about 4 minutes
 
 Needs ``h2load`` (Debian: apt-get install nghttp2-client): it drives HTTP/1.1 and gRPC alike.

@@ -12,7 +12,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
 from worker_load import LoadResult
 
 from inference_worker.host import cpu_model
@@ -70,14 +69,15 @@ def _raw_at(rows: Sequence[Row], batch: float, label: str) -> Row:
 
 
 def _decode_ms(body: bytes) -> float:
-    """The worker's own JSON decode of one body (orjson + np.fromiter), best of 20, in ms."""
+    """The worker's own JSON decode of one body (``json_body.loads``, then the tensors), best of 20, in ms."""
+    from inference_worker import json_body
     from inference_worker.config import Limits
     from inference_worker.tensor_codec import decode_json_inputs
 
     limits, best = Limits(), float("inf")
     for _ in range(20):
         started = time.perf_counter()
-        decode_json_inputs(orjson.loads(body)["inputs"], None, limits)
+        decode_json_inputs(json_body.loads(body)["inputs"], None, limits)
         best = min(best, time.perf_counter() - started)
     return best * 1000
 
@@ -129,7 +129,7 @@ def summary(plan: PlanLike) -> list[str]:
         compute = 2 * 1000 / raw.result.rate  # core-ms per sample: two intra-op threads
         out.append(
             f"- Profile, {name} JSON: decoding one {len(plan.model.json_body) / 1000:.0f} KB body costs "
-            f"{decode:.2f} ms of the event loop's core (orjson + np.fromiter; measured here), inference "
+            f"{decode:.2f} ms of the event loop's core (the worker's decoder, measured here), inference "
             f"{compute:.2f} core-ms per sample: on two shared cores JSON can reach at most about "
             f"{compute / (compute + decode):.2f} of raw, before HTTP and the load client take their share."
         )
