@@ -67,11 +67,16 @@ def _h2load(
             "h2load", *options, f"-D{max(1, round(seconds))}", f"--warm-up-time={WARM_UP_S}",
             *(["-d", str(data)] if body else []), "--log-file", str(log), url,
         ]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if counter is not None:
-            time.sleep(WARM_UP_S)
-            start = counter()
-        out, err = process.communicate(timeout=seconds + 120)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            if counter is not None:
+                time.sleep(WARM_UP_S)
+                start = counter()
+            try:
+                out, err = process.communicate(timeout=seconds + 120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise
         counted = tuple(b - a for a, b in zip(start, counter(), strict=True)) if counter is not None else ()
         if process.returncode:
             raise RuntimeError(f"h2load failed ({process.returncode}): {err or out}")
