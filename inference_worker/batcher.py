@@ -158,6 +158,15 @@ class Scheduler(Protocol):
     def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> Any: ...
 
 
+class Scope(Protocol):
+    """What delivering a batch's results makes connections write goes out when delivery ends
+    (``h2_send.ReadScope``), not after the next read of every socket."""
+
+    def begin(self) -> bool: ...
+
+    def end(self) -> None: ...
+
+
 class BatchObserver(Protocol):
     """Receives every finished batch (metrics)."""
 
@@ -211,8 +220,10 @@ class Batcher:
         max_queue_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self._runners = list(runners)
+        self._scope = scope
         self._idle = list(runners)
         self._batched = batched
         self._max_rows = max(config.preferred_batch_sizes, default=config.max_batch_size) if batched else 1
@@ -334,13 +345,19 @@ class Batcher:
         self._idle.append(batch.runner)
         if self._queue:
             self._dispatch()  # keep the model busy before spending time on responses
-        if isinstance(result, BaseException):
-            log.error("the model failed on a batch of %d rows: %s", batch.rows, result)
-            failure = ModelFailure(f"the model failed: {result}".splitlines()[0])
-            for entry in batch.entries:
-                _deliver(entry, failure)
-        else:
-            self._split(batch, result)
+        scope = self._scope
+        outer = scope.begin() if scope is not None else False
+        try:
+            if isinstance(result, BaseException):
+                log.error("the model failed on a batch of %d rows: %s", batch.rows, result)
+                failure = ModelFailure(f"the model failed: {result}".splitlines()[0])
+                for entry in batch.entries:
+                    _deliver(entry, failure)
+            else:
+                self._split(batch, result)
+        finally:
+            if outer and scope is not None:
+                scope.end()
         if self._observer is not None:
             self._observer.on_batch(batch)
 

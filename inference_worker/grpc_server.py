@@ -40,7 +40,7 @@ from inference_worker.grpc_call import (
     Route,
     status_block,
 )  # fmt: skip
-from inference_worker.h2_send import Stream
+from inference_worker.h2_send import ReadScope, Stream
 from inference_worker.health_service import HEALTH_SERVICE, Health
 from inference_worker.hpack_codec import literal
 
@@ -50,6 +50,7 @@ class GrpcConnection(h2_base.Connection):
 
     def __init__(self, server: RpcServer) -> None:
         super().__init__(server.connections, max_header_bytes=server.max_header_bytes)
+        self.scope = server.scope
         self.routes = server.routes
         self.max_message = server.max_message
         self._heads: dict[
@@ -136,9 +137,11 @@ class GrpcConnection(h2_base.Connection):
 class RpcServer:
     """Listening socket, connections and routes (paths to methods)."""
 
-    def __init__(self, *, max_header_bytes: int, max_message: int) -> None:
+    def __init__(self, *, max_header_bytes: int, max_message: int, scope: ReadScope | None = None) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_message = max_message
+        self.scope = scope
+        """Shared with the connections this server's calls write to (the gateway's to the replicas)."""
         self.connections: set[h2_base.Connection] = set()
         self.routes: dict[bytes, Route] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -171,8 +174,10 @@ class RpcServer:
 class GrpcServer(RpcServer):
     """The worker's: the inference service and gRPC health, and the health states."""
 
-    def __init__(self, dataplane: DataPlane, limits: Limits) -> None:
-        super().__init__(max_header_bytes=limits.max_header_bytes, max_message=limits.max_grpc_message_bytes)
+    def __init__(self, dataplane: DataPlane, limits: Limits, scope: ReadScope | None = None) -> None:
+        super().__init__(
+            max_header_bytes=limits.max_header_bytes, max_message=limits.max_grpc_message_bytes, scope=scope
+        )
         pb2, _ = build_protos.load()
         self.servicer = InferenceServicer(dataplane, limits, pb2)
         self.health = Health()

@@ -149,6 +149,8 @@ class Connection(Sender, asyncio.Protocol):
                 return
             data, self._buffer = bytes(self._buffer), bytearray()
         self._reading = True
+        scope = self.scope
+        outer = scope.begin() if scope is not None else False
         try:
             self._receive(data)
         except ProtocolFault as exc:
@@ -158,6 +160,8 @@ class Connection(Sender, asyncio.Protocol):
         finally:
             self._reading = False
             self.flush()
+            if outer and scope is not None:
+                scope.end()
 
     def _receive(self, data: bytes) -> None:
         position = 0

@@ -3,6 +3,11 @@
 What the connection writes while it reads (acknowledgements, window
 updates, answers made at once) goes out in one write after the read, and
 answers completed later in the same loop iteration are written together.
+Connections that relay between them (the gateway's client and replica sides)
+share a ``ReadScope``: what one of them reads makes the others write, and
+that goes out as soon as the read is done, not at the end of the loop
+iteration (after every other socket's read): a replica starts on a client's
+requests while the gateway reads the next client's.
 DATA beyond the peer's windows waits in its stream's queue (and whatever
 follows it on that stream); ``MAX_BUFFERED`` bytes waiting on a connection
 make it refuse new streams, and a stream's sender may wait for room
@@ -90,6 +95,31 @@ class Stream:
         return sum(len(data) for data, is_data, _ in self.pending if is_data)
 
 
+class ReadScope:
+    """Connections on one loop whose writes, made while one of them reads, go out when that read ends."""
+
+    __slots__ = ("pending", "reading")
+
+    def __init__(self) -> None:
+        self.reading = False
+        self.pending: list[Sender] = []
+
+    def begin(self) -> bool:
+        """A read starts; False when one is already in progress (the outer one flushes)."""
+        if self.reading:
+            return False
+        self.reading = True
+        return True
+
+    def end(self) -> None:
+        """The read is done: write what it made the other connections send."""
+        self.reading = False
+        while self.pending:
+            pending, self.pending = self.pending, []
+            for sender in pending:
+                sender.flush()
+
+
 class Sender:
     """A connection's transport, streams and send windows, and everything it writes."""
 
@@ -107,6 +137,7 @@ class Sender:
         self._out: list[bytes] = []
         self._reading = False
         self._flush_scheduled = False
+        self.scope: ReadScope | None = None
 
     def on_reset(self, stream: Stream) -> None:
         """The peer reset the stream, or the connection ended with the stream open."""
@@ -114,8 +145,9 @@ class Sender:
 
     # -- sending -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        """Queue ``data``: written after the read in progress, at once when no other stream waits for
-        an answer, else at the end of this loop iteration (with the other answers made in it)."""
+        """Queue ``data``: written after the read in progress (this connection's, or one of its
+        ``scope``), at once when no other stream waits for an answer, else at the end of this loop
+        iteration (with the other answers made in it)."""
         if self._reading or self._flush_scheduled:
             self._out.append(data)
             return
@@ -128,7 +160,11 @@ class Sender:
             return
         self._out.append(data)
         self._flush_scheduled = True
-        asyncio.get_running_loop().call_soon(self.flush)
+        scope = self.scope
+        if scope is not None and scope.reading:
+            scope.pending.append(self)
+        else:
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -32,6 +32,7 @@ from inference_worker.config import ConfigError, WorkerConfig
 from inference_worker.contracts.report import Listen, encode_listen
 from inference_worker.dataplane import DataPlane, State
 from inference_worker.grpc_server import GrpcServer
+from inference_worker.h2_send import ReadScope
 from inference_worker.http_api import HttpApi
 from inference_worker.http_server import HttpServer
 from inference_worker.metrics import WorkerMetrics, gpu_reader
@@ -55,6 +56,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batcher: Batcher | None = None
         self._grpc: GrpcServer | None = None
+        self._scope = ReadScope()
+        """The gRPC connections': a batch's answers go out as soon as they are made (and a read's)."""
         self._reporter_task: asyncio.Task[None] | None = None
         model = config.model
         self.metrics = WorkerMetrics(model.name, model.version, config.batching.max_batch_size)
@@ -139,7 +142,7 @@ class Worker:
         server = self.config.server
         self.http_port = await self._http.start(server.host, server.http_port)
         if server.grpc_port >= 0:
-            self._grpc = GrpcServer(self.dataplane, self.config.limits)
+            self._grpc = GrpcServer(self.dataplane, self.config.limits, self._scope)
             self.grpc_port = await self._grpc.start(server.host, server.grpc_port)
         log.info("listening http=%s:%d grpc=%s:%d", server.host, self.http_port, server.host, self.grpc_port)
         if server.listen_file:
@@ -186,6 +189,7 @@ class Worker:
             loop=self._loop,
             max_queue_bytes=self.config.limits.max_queue_bytes,
             observer=self.metrics,
+            scope=self._scope,
         )
         self.metrics.device_stats = gpu_reader(runtimes[0].cuda_device)
         self.dataplane.attach(signature, self._batcher)

@@ -65,6 +65,7 @@ from inference_worker.gateway.routing import (
 from inference_worker.gateway.shadow import GRPC_METHOD, ShadowCopy
 from inference_worker.grpc_call import BIDI, FAST_INFER, UNARY, Call
 from inference_worker.grpc_server import RpcServer
+from inference_worker.h2_send import ReadScope
 
 log = logging.getLogger("inference_worker.gateway")
 
@@ -97,9 +98,10 @@ class GrpcProxy:
         self.timeout_s = config.upstream_timeout_s
         self.outstanding: dict[str, int] = {}
         self._pb2, _ = build_protos.load()
-        self.upstreams = Upstreams(config.max_body_bytes)
+        scope = ReadScope()  # a client's requests go to the replicas when its read ends, and back
+        self.upstreams = Upstreams(config.max_body_bytes, scope)
         self._seen: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes | None, tuple[Any, ...]]] = {}
-        self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes)
+        self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes, scope=scope)
         self._server.add(f"/{SERVICE}/ModelInfer", FAST_INFER, None, self.model_infer_now)
         unary: dict[str, Callable[[bytes, Call], Any]] = {
             "ModelReady": self._forward("ModelReady"),

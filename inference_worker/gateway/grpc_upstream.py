@@ -24,7 +24,7 @@ import grpc
 
 from inference_worker import h2_base
 from inference_worker.grpc_call import MESSAGE_PREFIX
-from inference_worker.h2_send import CANCEL, REFUSED_STREAM, Stream
+from inference_worker.h2_send import CANCEL, REFUSED_STREAM, ReadScope, Stream
 from inference_worker.hpack_codec import literal
 
 CONNECT_TIMEOUT_S = 5.0
@@ -61,8 +61,9 @@ class _Answer:
 class UpstreamConnection(h2_base.Connection):
     """One connection to one replica, as a client."""
 
-    def __init__(self, authority: bytes, max_message: int) -> None:
+    def __init__(self, authority: bytes, max_message: int, scope: ReadScope | None = None) -> None:
         super().__init__(set(), max_header_bytes=64 * 1024, client=True)
+        self.scope = scope
         self.max_message = max_message
         self.next_id = 1
         self.head = _FIXED + literal(b":authority", authority)
@@ -175,8 +176,11 @@ class UpstreamConnection(h2_base.Connection):
 class Upstreams:
     """The connections to the replicas, by target (``host:port``)."""
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, scope: ReadScope | None = None) -> None:
         self.max_message = max_message
+        self.scope = scope
+        """Shared with the gateway's server: a call started while a client's read is in progress goes
+        out when that read ends, and an answer read from a replica reaches its client as soon."""
         self._connections: dict[str, UpstreamConnection] = {}
         self._connecting: dict[str, asyncio.Future[UpstreamConnection]] = {}
 
@@ -251,7 +255,9 @@ class Upstreams:
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: UpstreamConnection(target.encode(), self.max_message), host.strip("[]"), int(port)
+                    lambda: UpstreamConnection(target.encode(), self.max_message, self.scope),
+                    host.strip("[]"),
+                    int(port),
                 ),
                 CONNECT_TIMEOUT_S,
             )

@@ -14,6 +14,7 @@ import pytest
 from inference_worker.batcher import Batch, Batcher, Finish, Outputs, Pending, ThreadRunner
 from inference_worker.config import DynamicBatching
 from inference_worker.errors import ModelFailure, QueueFull, RequestTimeout, WorkerError
+from inference_worker.h2_send import ReadScope
 
 
 class FakeTimer:
@@ -98,6 +99,7 @@ def make(
     runners: int = 1,
     batched: bool = True,
     max_queue_bytes: int = 1 << 30,
+    scope: ReadScope | None = None,
 ) -> tuple[Batcher, FakeLoop, list[FakeModel], Results]:
     loop = FakeLoop()
     models = [FakeModel(loop) for _ in range(runners)]
@@ -108,6 +110,7 @@ def make(
         loop=loop,
         max_queue_bytes=max_queue_bytes,
         clock=loop.clock,
+        scope=scope,
     )
     return batcher, loop, models, Results()
 
@@ -264,6 +267,33 @@ def test_a_model_failure_fails_every_request_of_its_batch() -> None:
         error = results.by_name[name]
         assert isinstance(error, ModelFailure)
         assert "kaboom" in error.message
+
+
+def test_a_batch_s_answers_are_delivered_inside_the_scope_which_ends_even_when_one_fails() -> None:
+    scope = ReadScope()
+    batcher, loop, (model,), results = make(scope=scope)
+    inside: dict[str, bool] = {}
+
+    def done(name: str, fail: bool) -> Callable[[Outputs | WorkerError], None]:
+        def deliver(result: Outputs | WorkerError) -> None:
+            inside[name] = scope.reading  # the connections it writes to flush when delivery ends
+            if fail:
+                raise RuntimeError("the client's connection broke")
+
+        return deliver
+
+    for name, fail in (("a", True), ("b", False)):
+        x = np.ones((1, 2), np.float32)
+        batcher.submit(Pending({"x": x}, rows=1, key=None, deadline=10.0, done=done(name, fail)))
+    loop.run()
+    model.complete()
+    assert inside == {"a": True, "b": True}
+    assert not scope.reading
+    batcher.submit(request(results, "c"))
+    loop.run()
+    model.complete(RuntimeError("kaboom"))  # a failed batch too
+    assert isinstance(results.by_name["c"], ModelFailure)
+    assert not scope.reading
 
 
 def test_outputs_with_the_wrong_number_of_rows_fail_the_batch() -> None:
