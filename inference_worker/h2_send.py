@@ -117,7 +117,10 @@ class ReadScope:
         while self.pending:
             pending, self.pending = self.pending, []
             for sender in pending:
-                sender.flush()
+                try:
+                    sender.flush()
+                except Exception:  # one broken transport must not leave the others unwritten
+                    log.exception("writing to a connection failed")
 
 
 class Sender:

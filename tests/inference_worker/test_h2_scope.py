@@ -17,7 +17,7 @@ import pytest
 
 from inference_worker import h2_base
 from inference_worker.gateway.grpc_upstream import UpstreamConnection
-from inference_worker.h2_send import ReadScope, Stream
+from inference_worker.h2_send import ReadScope, Sender, Stream
 from tests.support.h2_client import PREFACE, SETTINGS, frame, request_headers
 
 CALL = b"/inference.GRPCInferenceService/ModelInfer"
@@ -124,3 +124,27 @@ def test_a_scope_s_read_in_progress_is_not_ended_by_a_nested_one() -> None:
     scope.end()
     assert not scope.reading
     assert scope.begin()
+
+
+class Flushing(Sender):
+    """A sender that counts its flushes; a broken one raises."""
+
+    def __init__(self, broken: bool) -> None:
+        super().__init__()
+        self.broken = broken
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.broken:
+            raise OSError("the transport broke")
+
+
+def test_a_connection_that_fails_to_write_does_not_keep_the_others_of_the_scope_unwritten() -> None:
+    scope = ReadScope()
+    broken, healthy = Flushing(broken=True), Flushing(broken=False)
+    assert scope.begin()
+    scope.pending += [broken, healthy]
+    scope.end()
+    assert (broken.flushes, healthy.flushes) == (1, 1)
+    assert not scope.pending
