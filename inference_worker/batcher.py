@@ -9,22 +9,21 @@ default) it takes whatever is queued, so an idle worker answers at once and a
 busy one batches whatever arrived while the model ran.
 
 ``Batcher`` owns the bounded FIFO (a full queue refuses at once), asks the
-planner whenever something changes, hands batches to runners (one thread per
-model instance, so inference runs off the event loop while the next batch
-forms) and splits outputs back by row offsets after checking the total, as
-PyTriton's ``@batch`` does. Everything but the runner threads happens on the
-event loop thread; the loop is injected (tests pass a fake one and a clock).
+planner whenever something changes, hands batches to runners (one per model
+instance, ``runner.InstanceRunner``: inference on a thread of its own while the
+next batch forms, or on the loop when the model is quick) and splits outputs
+back by row offsets after checking the total, as PyTriton's ``@batch`` does.
+Everything but the runner threads happens on the event loop thread; the loop
+is injected (tests pass a fake one and a clock).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from queue import SimpleQueue
 from typing import Any, Protocol
 
 import numpy as np
@@ -123,13 +122,17 @@ class Pending:
 class Batch:
     """Requests that run together on one runner."""
 
-    __slots__ = ("compute_s", "entries", "rows", "runner", "started")
+    __slots__ = ("compute_s", "entries", "nbytes", "rows", "runner", "started")
 
-    def __init__(self, entries: list[Pending], rows: int, started: float, runner: Runner) -> None:
+    def __init__(
+        self, entries: list[Pending], rows: int, started: float, runner: Runner, nbytes: int = 0
+    ) -> None:
         self.entries = entries
         self.rows = rows
         self.started = started
         self.runner = runner
+        self.nbytes = nbytes
+        """The inputs' bytes, all requests together."""
         self.compute_s = 0.0
 
     def feeds(self) -> Mapping[str, np.ndarray]:
@@ -171,40 +174,6 @@ class BatchObserver(Protocol):
     """Receives every finished batch (metrics)."""
 
     def on_batch(self, batch: Batch) -> None: ...
-
-
-class ThreadRunner:
-    """A model instance on its own thread: the event loop never waits for inference."""
-
-    def __init__(
-        self, run: Callable[[Mapping[str, np.ndarray]], Outputs], loop: Scheduler, name: str
-    ) -> None:
-        self._run = run
-        self._loop = loop
-        self._jobs: SimpleQueue[tuple[Batch, Finish] | None] = SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
-
-    def start(self, batch: Batch, finish: Finish) -> None:
-        self._jobs.put((batch, finish))
-
-    def close(self) -> None:
-        self._jobs.put(None)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            batch, finish = job
-            started = time.perf_counter()
-            result: Outputs | BaseException
-            try:
-                result = self._run(batch.feeds())
-            except Exception as exc:  # the model's own failure, reported to its requests
-                result = exc
-            batch.compute_s = time.perf_counter() - started
-            try:
-                self._loop.call_soon_threadsafe(finish, batch, result)
-            except RuntimeError:  # the loop closed under us: the process is exiting
-                return
 
 
 class Batcher:
@@ -307,12 +276,13 @@ class Batcher:
 
     def _start(self, take: int, now: float) -> None:
         entries = [self._queue.popleft() for _ in range(take)]
-        rows = 0
+        rows = nbytes = 0
         for entry in entries:
             rows += entry.rows
-            self._queued_bytes -= entry.nbytes
+            nbytes += entry.nbytes
+        self._queued_bytes -= nbytes
         self._min_deadline = min((entry.deadline for entry in self._queue), default=float("inf"))
-        batch = Batch(entries, rows, now, self._idle.pop())
+        batch = Batch(entries, rows, now, self._idle.pop(), nbytes)
         self._running += 1
         batch.runner.start(batch, self._finish)
 

@@ -86,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
             instance_count=batching.instances,
             intra_op_num_threads=batching.intra_op_threads,
             allow_spinning=v.intra_op_spinning,
+            inline_below_us=v.inline_below_us,
             warmup=warmup,
         ),
         batching=DynamicBatching.from_options(batching),

@@ -67,6 +67,8 @@ class ModelConfig:
     """0 lets ONNX Runtime pick (one per physical core)."""
     allow_spinning: bool = options.INTRA_OP_SPINNING.default
     """Intra-op threads spin-wait between parallel sections: off, they leave the cores to the event loop."""
+    inline_below_us: int = options.INLINE_BELOW_US.default
+    """Batches run on the event loop's thread when batches as large took at most this (``runner``)."""
     warmup: WarmupInputs | None = None
     """The inputs the conversion validated (``--warmup-inputs``); None: zeros, dynamic dims 1."""
 
@@ -83,6 +85,7 @@ class ModelConfig:
             raise ConfigError(f"--device: {self.device!r} is not 'cpu' or 'cuda:N'")
         _checked(INSTANCES, self.instance_count)
         _checked(INTRA_OP_THREADS, self.intra_op_num_threads)
+        _checked(options.INLINE_BELOW_US, self.inline_below_us)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import os
 import signal
 from collections.abc import Sequence
 
-from inference_worker.batcher import Batcher, Runner, ThreadRunner
+from inference_worker.batcher import Batcher, Runner
 from inference_worker.config import ConfigError, WorkerConfig
 from inference_worker.contracts.report import Listen, encode_listen
 from inference_worker.dataplane import DataPlane, State
@@ -37,6 +37,7 @@ from inference_worker.http_api import HttpApi
 from inference_worker.http_server import HttpServer
 from inference_worker.metrics import WorkerMetrics, gpu_reader
 from inference_worker.reporter import Reporter
+from inference_worker.runner import InstanceRunner
 from inference_worker.runtime import OrtRuntime, read_model
 from inference_worker.shm import SharedMemory
 
@@ -177,8 +178,9 @@ class Worker:
 
     def _attach(self, runtimes: Sequence[OrtRuntime]) -> None:
         assert self._loop is not None  # noqa: S101 - serve() set it
+        inline_below_s = self.config.model.inline_below_us / 1e6
         runners: list[Runner] = [
-            ThreadRunner(runtime.run, self._loop, f"model-instance-{index}")
+            InstanceRunner(runtime.run, self._loop, f"model-instance-{index}", inline_below_s=inline_below_s)
             for index, runtime in enumerate(runtimes)
         ]
         signature = runtimes[0].signature

@@ -36,6 +36,12 @@ DEVICE = OptionField(
 INTRA_OP_SPINNING = OptionField(
     "intra_op_spinning", Kind.SWITCH, False, "ONNX Runtime threads spin-wait between parallel sections"
 )
+INLINE_BELOW_US = OptionField(
+    "inline_below_us", Kind.INT, 200,
+    "run a batch on the event loop's thread when batches as large took at most this many microseconds "
+    "(0: always on the instance's thread)",
+    unit="us", low=0, high=100_000,
+)  # fmt: skip
 MAX_BODY_BYTES = OptionField(
     "max_body_bytes", Kind.INT, 64 * MIB, "largest HTTP body (413 beyond)", unit="bytes",
     low=1024, high=4096 * MIB,
@@ -93,7 +99,7 @@ WARMUP_INPUTS = OptionField(
 
 SERVE = OptionTable(
     MODEL_NAME, MODEL_PATH, MODEL_VERSION, MODEL_SHA256, HOST, HTTP_PORT, GRPC_PORT, DEVICE,
-    INTRA_OP_SPINNING, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
+    INTRA_OP_SPINNING, INLINE_BELOW_US, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
     MAX_TENSOR_ELEMENTS, MAX_QUEUE_BYTES, SYSTEM_SHARED_MEMORY, MAX_SHM_REGIONS, MAX_SHM_BYTES,
     DRAIN_TIMEOUT_S, SHUTDOWN_DELAY_S, LISTEN_FILE, REPORT_URL, REPORT_TOKEN, REPORT_INTERVAL_S,
     WORKER_ID, LOG_LEVEL, WARMUP_INPUTS,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_worker.batcher import Batch, Batcher, Finish, Outputs, Pending, ThreadRunner
+from inference_worker.batcher import Batch, Batcher, Finish, Outputs, Pending
 from inference_worker.config import DynamicBatching
 from inference_worker.errors import ModelFailure, QueueFull, RequestTimeout, WorkerError
 from inference_worker.h2_send import ReadScope
@@ -335,28 +333,3 @@ def test_requests_of_other_shapes_wait_for_their_own_batch() -> None:
     assert model.sizes == [2]
     model.complete()
     assert model.sizes == [2, 1]
-
-
-def test_the_thread_runner_runs_the_model_off_the_event_loop_thread() -> None:
-    seen: dict[str, Any] = {}
-
-    def run(feeds: Any) -> Outputs:
-        seen["thread"] = threading.current_thread().name
-        return [feeds["x"] + 1]
-
-    async def main() -> Outputs | BaseException:
-        loop = asyncio.get_running_loop()
-        runner = ThreadRunner(run, loop, "model-instance-test")
-        finished: asyncio.Future[Outputs | BaseException] = loop.create_future()
-        x = np.zeros((1, 2), dtype=np.float32)
-        entry = Pending({"x": x}, rows=1, key=None, deadline=1.0, done=lambda r: None)
-        runner.start(Batch([entry], 1, 0.0, runner), lambda batch, result: finished.set_result(result))
-        try:
-            return await asyncio.wait_for(finished, 10)
-        finally:
-            runner.close()
-
-    result = asyncio.run(main())
-    assert seen["thread"] == "model-instance-test"
-    assert isinstance(result, list)
-    np.testing.assert_array_equal(result[0], np.ones((1, 2), dtype=np.float32))

@@ -61,6 +61,7 @@ def serve_args(models: SimpleNamespace, *extra: str) -> list[str]:
             "--request-timeout-ms (or KILN_WORKER_REQUEST_TIMEOUT_MS): invalid",
         ),
         (["--intra-op-spinning", "maybe"], "--intra-op-spinning"),
+        (["--inline-below-us", "-1"], "--inline-below-us: must be between 0 and 100000, not -1"),
         (["--max-shm-regions", "0"], "--max-shm-regions: must be between 1 and 4096, not 0"),
         (["--system-shared-memory", "auto"], "--system-shared-memory (or KILN_WORKER_SYSTEM_SHARED_MEMORY)"),
         (["--log-level", "loud"], "--log-level"),
@@ -101,6 +102,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         "KILN_WORKER_INSTANCES": "2",
         "KILN_WORKER_INTRA_OP_THREADS": "3",
         "KILN_WORKER_INTRA_OP_SPINNING": "off",
+        "KILN_WORKER_INLINE_BELOW_US": "75",
         "KILN_WORKER_MAX_BATCH_SIZE": "64",
         "KILN_WORKER_MAX_QUEUE_DELAY_MS": "2.5",
         "KILN_WORKER_PREFERRED_BATCH_SIZES": "8,16,32",
@@ -140,6 +142,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         3,
     )
     assert config.model.allow_spinning is False
+    assert config.model.inline_below_us == 75
     assert config.model.sha256 == "a" * 64
     assert config.model.warmup is not None
     assert (dict(config.model.warmup.shapes), config.model.warmup.int_high) == ({"image": (-1, 3, 8, 8)}, 10)

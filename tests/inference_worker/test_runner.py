@@ -1,0 +1,124 @@
+"""``runner.InstanceRunner`` on a real event loop and a real thread: where each batch runs, and why."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from inference_worker.batcher import Batch, Finish, Outputs, Pending
+from inference_worker.runner import InstanceRunner
+
+QUICK_S = 0.05
+"""The threshold in these tests: far above a quick run's time, far below a slow one's."""
+
+
+class Model:
+    """y = x + 1; records the thread each batch ran on, and sleeps past the threshold when told."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.slow = False
+
+    def run(self, feeds: Any) -> Outputs:
+        self.threads.append(threading.current_thread().name)
+        if self.slow:
+            time.sleep(QUICK_S * 2)
+        return [feeds["x"] + 1]
+
+
+def batch_of(rows: int, runner: InstanceRunner) -> Batch:
+    x = np.zeros((rows, 2), dtype=np.float32)
+    entry = Pending({"x": x}, rows=rows, key=None, deadline=10.0, done=lambda r: None)
+    return Batch([entry], rows, 0.0, runner, entry.nbytes)
+
+
+def settle(future: asyncio.Future[Outputs | BaseException]) -> Finish:
+    """What the batcher's finish does here: the result to the test."""
+    return lambda batch, result: future.set_result(result)
+
+
+def run_batches(
+    model: Model, plan: list[tuple[int, bool]], inline_below_s: float
+) -> list[Outputs | BaseException]:
+    """Run batches of the given rows one after another (slow ones as told); their results."""
+
+    async def main() -> list[Outputs | BaseException]:
+        loop = asyncio.get_running_loop()
+        runner = InstanceRunner(model.run, loop, "model-instance-test", inline_below_s=inline_below_s)
+        results: list[Outputs | BaseException] = []
+        try:
+            for rows, slow in plan:
+                model.slow = slow
+                finished: asyncio.Future[Outputs | BaseException] = loop.create_future()
+                runner.start(
+                    batch_of(rows, runner),
+                    settle(finished),
+                )
+                results.append(await asyncio.wait_for(finished, 10))
+        finally:
+            runner.close()
+        return results
+
+    return asyncio.run(main())
+
+
+def test_a_quick_model_s_batches_run_on_the_loop_once_a_batch_as_large_was_measured() -> None:
+    model = Model()
+    results = run_batches(model, [(1, False), (1, False), (4, False), (4, False), (2, False)], QUICK_S)
+    loop_thread = threading.current_thread().name  # asyncio.run's loop runs on this thread
+    assert model.threads == [
+        "model-instance-test",  # nothing measured yet
+        loop_thread,
+        "model-instance-test",  # larger than any measured
+        loop_thread,
+        loop_thread,  # smaller than one measured quick
+    ]
+    for result in results:
+        assert isinstance(result, list)
+        np.testing.assert_array_equal(result[0], np.ones_like(result[0]))
+
+
+def test_a_slow_batch_sends_every_batch_back_to_the_thread_until_one_is_measured_quick() -> None:
+    model = Model()
+    run_batches(model, [(4, False), (1, False), (2, True), (1, False), (1, False), (2, False)], QUICK_S)
+    loop_thread = threading.current_thread().name
+    assert model.threads == [
+        "model-instance-test",
+        loop_thread,
+        loop_thread,  # measured slow on the loop (the model changed): what was known quick is forgotten
+        "model-instance-test",
+        loop_thread,
+        "model-instance-test",  # larger than the one batch measured quick since
+    ]
+
+
+def test_with_no_threshold_every_batch_runs_on_the_instance_s_thread() -> None:
+    model = Model()
+    run_batches(model, [(1, False)] * 4, 0.0)
+    assert model.threads == ["model-instance-test"] * 4
+
+
+def test_a_model_that_fails_on_the_loop_reports_its_failure_to_the_batch() -> None:
+    def run(feeds: Any) -> Outputs:
+        if feeds["x"].shape[0] == 1 and threading.current_thread() is threading.main_thread():
+            raise RuntimeError("kaboom")
+        return [feeds["x"]]
+
+    async def main() -> list[Outputs | BaseException]:
+        loop = asyncio.get_running_loop()
+        runner = InstanceRunner(run, loop, "model-instance-test", inline_below_s=QUICK_S)
+        results = []
+        for _ in range(2):
+            finished: asyncio.Future[Outputs | BaseException] = loop.create_future()
+            runner.start(batch_of(1, runner), settle(finished))
+            results.append(await asyncio.wait_for(finished, 10))
+        runner.close()
+        return results
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, list)
+    assert isinstance(second, RuntimeError)
