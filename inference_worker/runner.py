@@ -42,7 +42,6 @@ class InstanceRunner:
         self._inline_below_s = inline_below_s
         self._fast_bytes = -1
         """The largest batch (input bytes) measured at most ``inline_below_s`` since the last slow one."""
-        self.inline_batches = 0
         self._jobs: SimpleQueue[tuple[Batch, Finish] | None] = SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -71,7 +70,6 @@ class InstanceRunner:
         return result
 
     def _inline(self, batch: Batch, finish: Finish) -> None:
-        self.inline_batches += 1
         finish(batch, self._compute(batch))
 
     def _work(self) -> None:
