@@ -124,14 +124,12 @@ class Batch:
 
     __slots__ = ("compute_s", "entries", "nbytes", "rows", "runner", "started")
 
-    def __init__(
-        self, entries: list[Pending], rows: int, started: float, runner: Runner, nbytes: int = 0
-    ) -> None:
+    def __init__(self, entries: list[Pending], rows: int, started: float, runner: Runner) -> None:
         self.entries = entries
         self.rows = rows
         self.started = started
         self.runner = runner
-        self.nbytes = nbytes
+        self.nbytes = sum(entry.nbytes for entry in entries)
         """The inputs' bytes, all requests together."""
         self.compute_s = 0.0
 
@@ -276,13 +274,9 @@ class Batcher:
 
     def _start(self, take: int, now: float) -> None:
         entries = [self._queue.popleft() for _ in range(take)]
-        rows = nbytes = 0
-        for entry in entries:
-            rows += entry.rows
-            nbytes += entry.nbytes
-        self._queued_bytes -= nbytes
+        batch = Batch(entries, sum(entry.rows for entry in entries), now, self._idle.pop())
+        self._queued_bytes -= batch.nbytes
         self._min_deadline = min((entry.deadline for entry in self._queue), default=float("inf"))
-        batch = Batch(entries, rows, now, self._idle.pop(), nbytes)
         self._running += 1
         batch.runner.start(batch, self._finish)
 

@@ -65,8 +65,8 @@ class InstanceRunner:
         batch.compute_s = seconds = time.perf_counter() - started
         if seconds > self._inline_below_s:
             self._fast_bytes = -1
-        elif batch.nbytes > self._fast_bytes:
-            self._fast_bytes = batch.nbytes
+        elif batch.nbytes > self._fast_bytes and not isinstance(result, BaseException):
+            self._fast_bytes = batch.nbytes  # a failure is no measure: it may end before the compute
         return result
 
     def _inline(self, batch: Batch, finish: Finish) -> None:

@@ -33,7 +33,7 @@ class Model:
 def batch_of(rows: int, runner: InstanceRunner) -> Batch:
     x = np.zeros((rows, 2), dtype=np.float32)
     entry = Pending({"x": x}, rows=rows, key=None, deadline=10.0, done=lambda r: None)
-    return Batch([entry], rows, 0.0, runner, entry.nbytes)
+    return Batch([entry], rows, 0.0, runner)
 
 
 def settle(future: asyncio.Future[Outputs | BaseException]) -> Finish:
@@ -122,3 +122,26 @@ def test_a_model_that_fails_on_the_loop_reports_its_failure_to_the_batch() -> No
     first, second = asyncio.run(main())
     assert isinstance(first, list)
     assert isinstance(second, RuntimeError)
+
+
+def test_a_failed_batch_does_not_count_as_quick() -> None:
+    threads: list[str] = []
+
+    def run(feeds: Any) -> Outputs:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            raise ValueError("bad input")  # ends before any compute: says nothing of the model's time
+        return [feeds["x"]]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        runner = InstanceRunner(run, loop, "model-instance-test", inline_below_s=QUICK_S)
+        for _ in range(3):
+            finished: asyncio.Future[Outputs | BaseException] = loop.create_future()
+            runner.start(batch_of(1, runner), settle(finished))
+            await asyncio.wait_for(finished, 10)
+        runner.close()
+
+    asyncio.run(main())
+    loop_thread = threading.current_thread().name
+    assert threads == ["model-instance-test", "model-instance-test", loop_thread]
