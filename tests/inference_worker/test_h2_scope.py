@@ -18,7 +18,15 @@ import pytest
 from inference_worker import h2_base
 from inference_worker.gateway.grpc_upstream import UpstreamConnection
 from inference_worker.h2_send import ReadScope, Sender, Stream
-from tests.support.h2_client import PREFACE, SETTINGS, frame, request_headers
+from tests.support.h2_client import (
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PREFACE,
+    SETTINGS,
+    frame,
+    request_headers,
+)
 
 CALL = b"/inference.GRPCInferenceService/ModelInfer"
 
@@ -83,7 +91,9 @@ def relay(loop: asyncio.AbstractEventLoop, scope: ReadScope | None) -> bytes:
         transport, _ = await loop.connect_accepted_socket(
             lambda: Client(upstream, replica, scope, seen), accepted
         )
-        user.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(0x1, 0x4 | 0x1, 1, request_headers()))
+        user.sendall(
+            PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS | END_STREAM, 1, request_headers())
+        )
         for _ in range(100):
             if seen:
                 break
