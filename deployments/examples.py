@@ -47,7 +47,7 @@ def infer_request(signature: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         datatype = protocol_datatype(str(tensor.get("dtype", "float32")))
         count = math.prod(shape)
         small = small and count <= INLINE_VALUES
-        zero: Any = False if datatype == "BOOL" else (0.0 if datatype.startswith("FP") else 0)
+        zero: Any = {"BOOL": False, "BYTES": ""}.get(datatype, 0.0 if datatype.startswith("FP") else 0)
         name = tensor.get("name")
         inputs.append({"name": name, "datatype": datatype, "shape": shape, "data": [zero] * count})
     return {"inputs": inputs}, small

@@ -13,6 +13,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import unquote
 
 import numpy as np
@@ -366,6 +367,10 @@ def encode_v2_response(
     return Response(200, [header, *chunks], OCTETS, header_length=len(header))
 
 
+_SWITCHES: Final = frozenset({"binary_data", "binary_data_output"})
+"""Parameters of the binary tensor extension, which take a boolean (a string "false" is no false)."""
+
+
 def _parameters(value: object, limits: Limits, what: str) -> dict[str, object]:
     if value is None:
         return {}
@@ -376,6 +381,8 @@ def _parameters(value: object, limits: Limits, what: str) -> dict[str, object]:
     for key, item in value.items():
         if not isinstance(item, bool | int | float | str) or (isinstance(item, str) and len(item) > 4096):
             raise InvalidRequest(f"{what} parameter '{key}' must be a boolean, number or short string")
+        if key in _SWITCHES and type(item) is not bool:
+            raise InvalidRequest(f"{what} parameter '{key}' must be true or false")
     return value
 
 

@@ -148,7 +148,7 @@ def decode_outputs(response: UpstreamResponse) -> dict[str, np.ndarray]:
         shape, count = check_shape(name, item["shape"], _LIMITS)
         binary = (item.get("parameters") or {}).get("binary_data_size")
         if binary is None:
-            outputs[name] = decode_values(name, datatype, shape, count, item["data"])
+            outputs[name] = decode_values(name, datatype, shape, count, item["data"], strict=False)
         else:
             outputs[name] = decode_raw(name, datatype, shape, count, body[offset : offset + int(binary)])
             offset += int(binary)

@@ -17,6 +17,7 @@ SIGNATURE = {
         {"name": "image", "dtype": "float32", "shape": [-1, 1, 28, 28]},
         {"name": "mask", "dtype": "bool", "shape": [-1, 4]},
         {"name": "ids", "dtype": "int64", "shape": [-1, -1]},
+        {"name": "text", "dtype": "object", "shape": [-1]},
     ]
 }
 
@@ -41,7 +42,9 @@ def test_the_example_request_decodes_as_the_worker_reads_it() -> None:
         "image": ((1, 1, 28, 28), np.dtype("float32")),
         "mask": ((1, 4), np.dtype("bool")),
         "ids": ((1, 1), np.dtype("int64")),
+        "text": ((1,), np.dtype("object")),
     }
+    assert [type(item["data"][0]) for item in body["inputs"]] == [float, bool, int, str]
 
 
 def test_a_small_input_is_written_out_in_the_curl_command() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
+from inference_worker import json_body
 from inference_worker.config import Limits
 from inference_worker.errors import InvalidRequest, PayloadTooLarge
 from inference_worker.tensor_codec import (
@@ -102,8 +104,8 @@ def test_json_inputs_mix_inline_and_binary_tensors_in_order() -> None:
         ([{"name": "a", "datatype": "FP32", "shape": [1]}], "neither 'data' nor a binary_data_size"),
         ([{"name": "a", "datatype": "FP32", "shape": [1], "data": 1.5}], "data must be a list"),
         ([{"name": "a", "datatype": "FP32", "shape": [1], "data": "1.5"}], "data must be a list"),
-        ([{"name": "a", "datatype": "INT8", "shape": [1], "data": [300]}], "INT8 values"),
-        ([{"name": "a", "datatype": "FP32", "shape": [2], "data": [[1.0], [2.0, 3.0]]}], "regular shape"),
+        ([{"name": "a", "datatype": "INT8", "shape": [1], "data": [300]}], "outside the range of INT8"),
+        ([{"name": "a", "datatype": "FP32", "shape": [2, 2], "data": [[1.0], [2.0, 3.0]]}], "regular shape"),
         ([{"name": "", "datatype": "FP32", "shape": [1], "data": [1]}], "'name' string"),
         ([{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}] * 2, "appears twice"),
         (
@@ -128,3 +130,60 @@ def test_binary_data_left_after_the_last_input_is_refused() -> None:
 def test_unknown_datatypes_name_the_known_ones() -> None:
     with pytest.raises(InvalidRequest, match="'BF16'; expected one of BOOL"):
         datatype("BF16")
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "data", "message"),
+    [
+        ("FP32", [2], [1.0, None], "FP32 data must hold numbers; it holds null"),
+        ("FP32", [2], ["1.5", 2.0], "FP32 data must hold numbers; it holds a string"),
+        ("FP64", [2], [True, 2.0], "FP64 data must hold numbers; it holds a boolean"),
+        ("FP16", [1, 2], [[1.0, {}]], "FP16 data must hold numbers; it holds an object"),
+        ("INT32", [2], [1, 1.5], "INT32 data must hold integers; it holds a number with a fraction"),
+        ("INT64", [2, 1], [[1], [None]], "INT64 data must hold integers; it holds null"),
+        ("UINT8", [2], [1.0, -1.0], "outside the range of UINT8"),
+        ("BOOL", [2], [True, "false"], "BOOL data must hold true or false; it holds a string"),
+        ("BOOL", [2], [True, 0], "BOOL data must hold true or false; it holds an integer"),
+        ("FP32", [2], [[1.0], [[2.0]]], "nests lists deeper than its shape has dimensions"),
+    ],
+)
+def test_json_values_a_datatype_does_not_take_are_refused_not_converted(
+    name: str, shape: list[int], data: list[object], message: str
+) -> None:
+    """numpy would make null NaN, "1.5" 1.5, 1.5 the integer 1 and "false" True: each is a 400."""
+    inputs = [{"name": "a", "datatype": name, "shape": shape, "data": data}]
+    with pytest.raises(InvalidRequest, match=message):
+        decode_json_inputs(inputs, None, LIMITS)
+
+
+def test_whole_numbers_written_with_a_fraction_fill_integer_tensors() -> None:
+    decoded = decode_json_inputs(
+        [{"name": "a", "datatype": "INT64", "shape": [3], "data": [1, 2.0, -3.0]}], None, LIMITS
+    )
+    np.testing.assert_array_equal(decoded["a"], np.array([1, 2, -3], dtype=np.int64))
+    floats = decode_json_inputs(
+        [{"name": "a", "datatype": "FP32", "shape": [2], "data": [1, 2.5]}], None, LIMITS
+    )
+    np.testing.assert_array_equal(floats["a"], np.array([1.0, 2.5], dtype=np.float32))
+
+
+def test_data_nested_past_the_shape_is_refused_without_walking_it() -> None:
+    deep: list[object] = [1.0]
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = [deep]
+    with pytest.raises(InvalidRequest, match="nests lists deeper"):
+        decode_values("a", DATATYPES["FP32"], (1, 1), 1, deep)
+
+
+def test_large_arrays_that_leave_the_fast_path_are_checked_too() -> None:
+    """A CNN-sized body goes through json_body's simdjson path; a null sends it back to orjson's
+    list, and an integer tensor's values always take that list: both are checked."""
+    values = [0.5] * 4096
+    nulls = orjson.dumps(
+        {"inputs": [{"name": "a", "datatype": "FP32", "shape": [4097], "data": [*values, None]}]}
+    )
+    with pytest.raises(InvalidRequest, match="it holds null"):
+        decode_json_inputs(json_body.loads(nulls)["inputs"], None, LIMITS)
+    fraction = orjson.dumps({"inputs": [{"name": "a", "datatype": "INT32", "shape": [4096], "data": values}]})
+    with pytest.raises(InvalidRequest, match="a number with a fraction"):
+        decode_json_inputs(json_body.loads(fraction)["inputs"], None, LIMITS)
