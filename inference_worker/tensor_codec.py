@@ -421,6 +421,10 @@ def decode_grpc_inputs(
             decoded[name] = array
             continue
         if raw_contents:
+            if tensor.HasField("contents"):  # the protocol allows one or the other, as Triton checks
+                raise InvalidRequest(
+                    f"input '{name}' carries contents while the request sends raw_input_contents; send one"
+                )
             if raw_index == len(raw_contents):
                 raise InvalidRequest(
                     f"raw_input_contents has {len(raw_contents)} entries: none is left for input '{name}'"

@@ -155,6 +155,16 @@ def test_a_malformed_raw_tensor_is_invalid_argument(stub: Any) -> None:
     assert "needs 16 bytes" in caught.value.details()
 
 
+def test_typed_contents_beside_raw_contents_are_invalid_argument(stub: Any) -> None:
+    """The protocol sends a request's tensors one way or the other; which one would win is a guess."""
+    request = pb2.ModelInferRequest(model_name="mlp", raw_input_contents=[b"\0" * 16])
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1.0] * 4)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "carries contents while the request sends raw_input_contents" in caught.value.details()
+
+
 def test_messages_over_the_size_limit_are_refused(models: SimpleNamespace) -> None:
     with running(make_config(models.mlp, limits=Limits(max_grpc_message_bytes=4096))) as worker:
         client = triton.InferenceServerClient(worker.grpc_target)
