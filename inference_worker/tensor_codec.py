@@ -160,7 +160,8 @@ def decode_values(
     only where our own answers are read back, which write a NaN output as null.
     """
     if isinstance(data, NumericData):
-        arr = data.cast(dt.dtype) if len(data) == count else None
+        fits = len(data) == count and (len(data.dims) == 1 or data.dims == shape)
+        arr = data.cast(dt.dtype) if fits else None
         if arr is not None:
             return arr.reshape(shape)
         data = data.as_list()

@@ -335,6 +335,10 @@ def test_a_large_json_tensor_decodes_as_its_binary_twin_and_hostile_spellings_ke
         body, headers = binary_request({"input": x}, {"input": "FP32"})
         binary_answer = httpx.post(url, content=body, headers=headers).json()
         assert json_answer["outputs"] == binary_answer["outputs"]
+        nested = {
+            "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]
+        }
+        assert httpx.post(url, content=orjson.dumps(nested)).json()["outputs"] == json_answer["outputs"]
         data = orjson.dumps(x.reshape(-1).tolist())
         head = b'{"inputs": [{"name": "input", "shape": [2, 3, 64, 64], "datatype": "FP32", '
         # the last of two keys wins, as orjson has it, even when the other spells "data" escaped

@@ -304,3 +304,70 @@ def test_large_flat_data_takes_the_fast_path_and_small_data_stays_with_orjson() 
     assert decoded.dtype == np.float32
     assert decoded.tobytes() == values.tobytes()
     assert json_body.loads(small) == orjson.loads(small)
+
+
+def _nested_input(data: str, shape: list[int], datatype: str = "FP32") -> bytes:
+    return _request(
+        f'{{"name": "x", "shape": {orjson.dumps(shape).decode()}, "datatype": "{datatype}", "data": {data}}}'
+    ).encode()
+
+
+def test_nested_data_as_tolist_writes_it_takes_the_fast_path_with_its_dimensions() -> None:
+    values = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": values.tolist()}]}
+    )
+    data = json_body.loads(body)["inputs"][0]["data"]
+    assert isinstance(data, NumericData)
+    assert data.dims == (1, 3, 64, 64)
+    assert _assert_same(body)[0] == "ok"
+    decoded = decode_json_inputs(json_body.loads(body)["inputs"], None, LIMITS)["x"]
+    assert decoded.tobytes() == values.tobytes()
+
+
+ROW = "[" + ",".join(["0.5"] * 1000) + "]"
+SHORT = "[" + ",".join(["0.5"] * 999) + "]"
+INTS = "[" + ",".join(["7"] * 3000) + "]"
+NESTED = {
+    # name: (data, shape, whether the fast path may take it)
+    "regular rows": (f"[{ROW},{ROW},{ROW}]", [3, 1000], True),
+    "regular rows, a flat shape": (f"[{ROW},{ROW},{ROW}]", [3000], False),
+    "regular rows, another shape of the same count": (f"[{ROW},{ROW},{ROW}]", [1000, 3], False),
+    "rows of different lengths": (f"[{ROW},{ROW},{SHORT}]", [3, 1000], False),
+    "a row one deeper at its end, same count": (f"[{ROW},{ROW},{ROW[:-4]}[0.5]]]", [3, 1000], False),
+    "a row one deeper at its start, same count": (f"[{ROW},{ROW},[[0.5],{ROW[5:]}]", [3, 1000], False),
+    "a row holding an empty row": (f"[{ROW},{ROW},[{ROW[1:-1]},[]]]", [3, 1000], False),
+    "a number beside the rows": (f"[{ROW},{ROW},0.5]", [3, 1000], False),
+    "rows then a deeper closing": (f"[[{ROW}],[{ROW}],{ROW}]", [3, 1, 1000], False),
+    "an empty first row": (f"[[],{ROW},{ROW}]", [3, 1000], False),
+    "a space between the brackets": (f"[ {ROW},{ROW},{ROW}]", [3, 1000], False),
+    "null in a row": (f"[{ROW},{ROW},{ROW[:-4]}null]]", [3, 1000], False),
+    "three levels": (f"[[{ROW},{ROW}],[{ROW},{ROW}]]", [2, 2, 1000], True),
+    "three levels, uneven in the middle": (f"[[{ROW},{ROW}],[{ROW}]]", [2, 2, 1000], False),
+    "integers for INT32 rows": (f"[{INTS},{INTS}]", [2, 3000], True),
+}
+
+
+@pytest.mark.parametrize(("data", "shape", "fast"), NESTED.values(), ids=NESTED.keys())
+def test_nested_data_gets_the_old_answer_and_only_a_regular_nesting_is_cut_out(
+    data: str, shape: list[int], fast: bool
+) -> None:
+    body = _nested_input(data, shape, "INT32" if "7" in data else "FP32")
+    _assert_same(body)
+    header = json_body.loads(body)
+    cut = header["inputs"][0]["data"]
+    if fast:
+        assert isinstance(cut, NumericData)
+        assert cut.dims == tuple(shape)
+    elif isinstance(cut, NumericData):  # cut out, but its dimensions send it to the old path
+        assert cut.dims != tuple(shape)
+
+
+def test_each_of_several_nested_inputs_is_cut_out_whatever_follows_it() -> None:
+    rows = f"[{ROW},{ROW},{ROW}]"
+    first = f'{{"name": "a", "shape": [3, 1000], "datatype": "FP32", "data": {rows}, "parameters": {{}}}}'
+    second = f'{{"datatype": "FP64", "data": {rows}, "shape": [3, 1000], "name": "b"}}'
+    body = _request(first, second, after=', "outputs": [{"name": "y"}]').encode()
+    assert _assert_same(body)[0] == "ok"
+    inputs = json_body.loads(body)["inputs"]
+    assert [item["data"].dims for item in inputs] == [(3, 1000), (3, 1000)]
