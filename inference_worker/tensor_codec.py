@@ -154,8 +154,9 @@ def decode_values(
 ) -> np.ndarray:
     """Array from JSON (or typed gRPC) values: flat row-major, or nested.
 
-    ``NumericData`` (a large flat array that ``json_body.loads`` cut out of the body) becomes
-    the tensor without Python floats where it can, and is decoded as orjson's list otherwise.
+    ``NumericData`` (a large array that ``json_body.loads`` cut out of the body) becomes the
+    tensor without Python floats where it can (flat, or nested as the shape is), and is decoded
+    as orjson's list otherwise.
     ``strict``: a JSON list holds exactly what the datatype takes (``check_json_values``); off
     only where our own answers are read back, which write a NaN output as null.
     """
