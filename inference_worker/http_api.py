@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote
 
-import numpy as np
 import orjson
 
-from inference_worker import json_body
+from inference_worker import json_body, kserve_v1
 from inference_worker.batcher import Outputs
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
@@ -32,7 +31,7 @@ from inference_worker.errors import (
 )
 from inference_worker.shm import PREFIX, Window
 from inference_worker.shm_api import http_route, output_parameters
-from inference_worker.tensor_codec import DATATYPES, decode_json_inputs, decode_values, json_data, raw_bytes
+from inference_worker.tensor_codec import decode_json_inputs, json_data, raw_bytes
 
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"
@@ -269,63 +268,14 @@ class HttpApi:
         def prepare() -> tuple[InferRequest, Encode]:
             self._dp.check_model(name, "")
             header, _ = self._split_body(request)
-            return InferRequest(name, "", self._v1_inputs(header.get("instances"))), self._v1_response
+            inputs = kserve_v1.inputs(header.get("instances"), self._dp.signature, self._limits)
+            return InferRequest(name, "", inputs), self._v1_response
 
         self._admit(reply, prepare)
 
-    def _v1_inputs(self, instances: object) -> dict[str, np.ndarray]:
-        signature = self._dp.signature
-        if signature is None:
-            raise InvalidRequest("the model is still loading")
-        if not isinstance(instances, list) or not instances:
-            raise InvalidRequest("'instances' must be a non-empty list")
-        specs = signature.inputs
-        if not signature.batched and len(instances) != 1:
-            raise InvalidRequest("this model has no batch dimension: send exactly one instance")
-        if len(specs) == 1:
-            columns: dict[str, list[object]] = {specs[0].name: instances}
-        else:
-            if not all(isinstance(row, dict) for row in instances):
-                raise InvalidRequest(
-                    "this model takes several inputs: each instance must be an object of them"
-                )
-            columns = {spec.name: [row.get(spec.name) for row in instances] for spec in specs}
-        inputs = {}
-        for spec in specs:
-            rows = columns[spec.name]
-            probe = np.asarray(rows[0], dtype=object) if rows[0] is not None else None
-            if probe is None or probe.ndim != len(spec.shape) - (1 if signature.batched else 0):
-                raise InvalidRequest(
-                    f"input '{spec.name}': each instance must have shape {list(spec.shape[1:])}"
-                )
-            shape = (len(rows), *probe.shape) if signature.batched else probe.shape
-            count = int(np.prod(shape))
-            if count > self._limits.max_tensor_elements:
-                raise PayloadTooLarge(f"input '{spec.name}': {count} elements exceed the limit")
-            source = rows if signature.batched else rows[0]
-            inputs[spec.name] = decode_values(spec.name, DATATYPES[spec.datatype], shape, count, source)
-        return inputs
-
     def _v1_response(self, outputs: Outputs) -> Response:
-        return Response(200, [orjson.dumps({"predictions": self._v1_predictions(outputs)}, option=_NUMPY)])
-
-    def _v1_predictions(self, outputs: Outputs) -> object:
-        signature = self._dp.signature
-        assert signature is not None  # noqa: S101 - only called with results of the model
-        if len(outputs) == 1:
-            return json_array(outputs[0])
-        names = [spec.name for spec in signature.outputs]
-        return [
-            {name: json_array(out[row]) for name, out in zip(names, outputs, strict=True)}
-            for row in range(len(outputs[0]))
-        ]
-
-
-def json_array(array: np.ndarray) -> object:
-    """A (nested) array as orjson writes it; strings as a nested list."""
-    if array.dtype.kind in "OUS":
-        return np.vectorize(str, otypes=[object])(array).tolist()
-    return np.ascontiguousarray(array)
+        predictions = kserve_v1.predictions(outputs, self._dp.signature)
+        return Response(200, [orjson.dumps({"predictions": predictions}, option=_NUMPY)])
 
 
 def encode_v2_response(

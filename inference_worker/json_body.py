@@ -40,6 +40,7 @@ MIN_ARRAY_BYTES: Final = 8192
 
 _DATA_KEY: Final = b'"data"'
 _COLON_BRACKETS: Final = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*(\[+)")
+_INSTANCES: Final = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"instances"[ \t\n\r]*:[ \t\n\r]*(\[+)')
 _PLACEHOLDER: Final = 8_271_941_636_507_226_101
 """The first placeholder number (one more per array): fits in int64, so orjson reads an int."""
 _OPEN_BRACKET: Final = ord("[")
@@ -82,14 +83,15 @@ class NumericData:
 
 
 def loads(body: bytes) -> Any:
-    """``orjson.loads(body)``, with the large flat numeric ``data`` of each input as a
-    ``NumericData``; raises ``orjson.JSONDecodeError`` exactly where orjson does."""
+    """``orjson.loads(body)``, with the large numeric ``data`` of each input (and a v1 body's
+    ``instances``) as a ``NumericData``; raises ``orjson.JSONDecodeError`` exactly where orjson does."""
     if len(body) < MIN_ARRAY_BYTES:
         return orjson.loads(body)
     pieces: list[bytes] = []
     arrays: dict[int, NumericData] = {}
     done = 0
-    for start, end, depth in _data_arrays(body):
+    spans = _instances(body)
+    for start, end, depth in [*spans, *_data_arrays(body, spans[0][1] if spans else 0)]:
         data = _parse(body[start:end], depth)
         if data is None:
             continue
@@ -110,29 +112,47 @@ def loads(body: bytes) -> Any:
     return header
 
 
-def _data_arrays(body: bytes) -> list[tuple[int, int, int]]:
+def _instances(body: bytes) -> list[tuple[int, int, int]]:
+    """Where a KServe v1 body's ``instances`` array starts and ends, and how many brackets open it,
+    when it is the body's first key (as clients write it; elsewhere it stays with orjson, which
+    spares every v2 body a search for the word)."""
+    match = _INSTANCES.match(body)
+    if match is None:
+        return []
+    start, depth = match.start(1), match.end(1) - match.start(1)
+    end = _end(body, start, depth)
+    return [(start, end, depth)] if end - start >= MIN_ARRAY_BYTES else []
+
+
+def _end(body: bytes, start: int, depth: int) -> int:
+    """Where an array opened by ``depth`` brackets at ``start`` ends, or -1 (a guess ``_parse``
+    verifies): a flat one at the first closing bracket; a nested one at the last ``depth`` closing
+    ones before the next quote (numbers hold none; memchr finds it, and a search back from it stops
+    within a few bytes)."""
+    if depth == 1:
+        end = body.find(b"]", start)
+        return end + 1 if end >= 0 else -1
+    quote = body.find(b'"', start)
+    end = body.rfind(b"]" * depth, start, len(body) if quote < 0 else quote)
+    return end + depth if end >= 0 else -1
+
+
+def _data_arrays(body: bytes, pos: int = 0) -> list[tuple[int, int, int]]:
     """Where each ``"data": [...]`` array of at least ``MIN_ARRAY_BYTES`` starts and ends, and how
     many brackets open it (a guess the caller verifies: it may be inside a string, and its nesting
-    is checked as it is parsed). A flat array ends at the first closing bracket and holds no other
-    bracket; one opened by ``d`` brackets ends at the last ``d`` closing ones before the next quote
-    (numbers hold none; memchr finds it, and a search back from it stops within a few bytes)."""
+    is checked as it is parsed), from ``pos`` on. A flat array holds no other bracket."""
     found = []
-    pos = 0
     while (key := body.find(_DATA_KEY, pos)) >= 0:
         pos = key + len(_DATA_KEY)
         match = _COLON_BRACKETS.match(body, pos)
         if match is None:
             continue
         start, depth = match.start(1), match.end(1) - match.start(1)
-        if depth == 1:
-            end = body.find(b"]", start) + 1
-            if end == 0:
+        end = _end(body, start, depth)
+        if end < 0:
+            if depth == 1:
                 break  # no closing bracket left in the body
-        else:
-            quote = body.find(b'"', start)
-            end = body.rfind(b"]" * depth, start, len(body) if quote < 0 else quote) + depth
-            if end < depth:
-                continue
+            continue
         if end - start >= MIN_ARRAY_BYTES and (depth > 1 or body.find(b"[", start + 1, end) < 0):
             found.append((start, end, depth))
             pos = end
@@ -191,12 +211,16 @@ def _dims(document: simdjson.Array, depth: int) -> tuple[int, ...] | None:
 
 
 def _attach(header: object, text: bytes, arrays: dict[int, NumericData]) -> bool:
-    """Put each array where its placeholder was parsed: as the ``data`` of an input, found once."""
-    inputs = header.get("inputs") if isinstance(header, dict) else None
-    if not isinstance(inputs, list):
+    """Put each array where its placeholder was parsed, found once in the text: as the ``data`` of
+    an input, or as a v1 body's ``instances``."""
+    if not isinstance(header, dict):
         return False
     pending = dict(arrays)
-    for item in inputs:
+    instances = header.get("instances")
+    if type(instances) is int and instances in pending:
+        header["instances"] = pending.pop(instances)
+    inputs = header.get("inputs")
+    for item in inputs if isinstance(inputs, list) else ():
         data = item.get("data") if isinstance(item, dict) else None
         if type(data) is int and data in pending:
             item["data"] = pending.pop(data)

@@ -339,6 +339,15 @@ def test_a_large_json_tensor_decodes_as_its_binary_twin_and_hostile_spellings_ke
             "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]
         }
         assert httpx.post(url, content=orjson.dumps(nested)).json()["outputs"] == json_answer["outputs"]
+        (probabilities,) = json_answer["outputs"]
+        v1 = httpx.post(
+            worker.url + "/v1/models/cnn:predict", content=orjson.dumps({"instances": x.tolist()})
+        )
+        assert np.asarray(v1.json()["predictions"]).reshape(-1).tolist() == probabilities["data"]
+        later = {"signature_name": "serving_default", "instances": x.tolist()}  # not first: orjson's path
+        assert (
+            httpx.post(worker.url + "/v1/models/cnn:predict", content=orjson.dumps(later)).json() == v1.json()
+        )
         data = orjson.dumps(x.reshape(-1).tolist())
         head = b'{"inputs": [{"name": "input", "shape": [2, 3, 64, 64], "datatype": "FP32", '
         # the last of two keys wins, as orjson has it, even when the other spells "data" escaped

@@ -371,3 +371,20 @@ def test_each_of_several_nested_inputs_is_cut_out_whatever_follows_it() -> None:
     assert _assert_same(body)[0] == "ok"
     inputs = json_body.loads(body)["inputs"]
     assert [item["data"].dims for item in inputs] == [(3, 1000), (3, 1000)]
+
+
+def test_a_v1_body_whose_first_key_is_instances_has_them_cut_out_with_their_dimensions() -> None:
+    values = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    body = orjson.dumps({"instances": values.tolist(), "parameters": {"p": 1}})
+    header = json_body.loads(body)
+    instances = header["instances"]
+    assert isinstance(instances, NumericData)
+    assert instances.dims == (2, 3, 32, 32)
+    cast = instances.cast(np.dtype(np.float32))
+    assert cast is not None
+    assert cast.tobytes() == values.tobytes()
+    assert {**header, "instances": orjson.loads(body)["instances"]} == orjson.loads(body)
+    second = orjson.dumps({"signature_name": "x", "instances": values.tolist()})
+    assert json_body.loads(second) == orjson.loads(second)  # elsewhere: orjson's list
+    ragged = b'{"instances": [' + ROW.encode() + b"," + SHORT.encode() + b"]}"
+    assert json_body.loads(ragged) == orjson.loads(ragged)
