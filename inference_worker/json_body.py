@@ -1,11 +1,12 @@
-"""v2 JSON bodies whose large numeric ``data`` arrays never become Python floats.
+"""JSON bodies whose large numeric arrays never become Python floats.
 
 ``orjson.loads`` turns a CNN input of 12,288 floats (a 250 KB body) into as many Python floats,
 which ``np.fromiter`` then copies into the tensor: about half a millisecond of the event loop
 per request. ``loads`` cuts each ``"data": [...]`` array of at least ``MIN_ARRAY_BYTES`` out of
-the body, flat or nested as ``array.tolist()`` writes it (``[[...], [...]]``), parses it with
-simdjson straight into a float64 buffer (``NumericData``, with the nesting's dimensions), and lets
-orjson parse the rest of the body, where a placeholder number stands in for the array.
+the body (and a KServe v1 body's ``instances`` when they come first), flat or nested as
+``array.tolist()`` writes it (``[[...], [...]]``), parses it with simdjson straight into a
+float64 buffer (``NumericData``, with the nesting's dimensions), and lets orjson parse the rest of
+the body, where a placeholder number stands in for the array.
 
 The answer is exactly orjson's, and so are the errors, because anything unusual goes back to
 ``orjson.loads`` of the whole body:
@@ -13,9 +14,9 @@ The answer is exactly orjson's, and so are the errors, because anything unusual 
   nesting that is not regular (rows of different lengths, numbers beside rows, rows deeper in one
   place than another) or that does not start with its whole depth of brackets (``[ [``) stays in
   the body for orjson;
-- the placeholders must parse, each must be found once as the ``data`` of an input and nowhere
-  else in the text (so an array found inside a string, an escaped ``"d\\u0061ta"`` key, or a
-  duplicate key all end on the old path);
+- the placeholders must parse, each must be found once as the ``data`` of an input (or as the
+  ``instances``) and nowhere else in the text (so an array found inside a string, an escaped
+  ``"d\\u0061ta"`` key, or a duplicate key all end on the old path);
 - the numbers themselves: JSON numbers are parsed to the nearest double by both parsers, and
   integers beyond 64 bits, which orjson reads as floats, are refused by simdjson.
 ``NumericData.cast`` then gives the tensor for the float datatypes when every value fits, and the
