@@ -3,8 +3,9 @@ worker's HTTP routes: the instances as the model's input tensors, its outputs as
 
 One input: the instances are its rows. Several inputs: each instance is an object of them. A
 model without a batch dimension takes exactly one instance. The instances of a batched model's
-one input that ``json_body`` cut out of the body (a regular nesting of numbers) become the tensor
-straight from their buffer; anything else decodes orjson's list, which words any refusal.
+one input that ``json_body`` cut out of the body (a regular nesting of numbers) go to the codec
+as v2 data does, straight from their buffer; anything else decodes orjson's list, which words any
+refusal.
 """
 
 from __future__ import annotations
@@ -57,15 +58,17 @@ def inputs(instances: object, signature: ModelSignature | None, limits: Limits) 
 def _from_buffer(
     instances: NumericData, signature: ModelSignature, limits: Limits
 ) -> dict[str, np.ndarray] | None:
-    """A batched model's one input, its instances one regular nesting of the input's rank; None
-    where the list path decides (several inputs, another rank, too many values, not a float)."""
+    """A batched model's one input, its instances one regular nesting of the input's rank: the
+    codec's ``decode_values`` takes the buffer as it does v2 data (orjson's list where the values
+    do not fit the datatype); None where the list path decides (several inputs, another rank, too
+    many values)."""
     if len(signature.inputs) != 1 or not signature.batched:
         return None
     spec = signature.inputs[0]
     if len(instances.dims) != len(spec.shape) or len(instances) > limits.max_tensor_elements:
         return None
-    array = instances.cast(DATATYPES[spec.datatype].dtype)
-    return None if array is None else {spec.name: array.reshape(instances.dims)}
+    dt = DATATYPES[spec.datatype]
+    return {spec.name: decode_values(spec.name, dt, instances.dims, len(instances), instances)}
 
 
 def predictions(outputs: Outputs, signature: ModelSignature | None) -> object:

@@ -31,12 +31,15 @@ def both_ways(body: bytes, signature: ModelSignature = SIGNATURE) -> list[object
     return outcomes
 
 
-def test_regular_float_instances_become_the_tensor_from_their_buffer() -> None:
+def test_regular_float_instances_become_the_tensor_from_their_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     images = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     body = orjson.dumps({"instances": images.tolist()})
     instances = json_body.loads(body)["instances"]
     assert isinstance(instances, NumericData)
-    assert kserve_v1._from_buffer(instances, SIGNATURE, LIMITS) is not None  # the list was not made
+    with monkeypatch.context() as patch:  # the buffer alone makes the tensor: no list is asked for
+        patch.setattr(NumericData, "as_list", lambda self: pytest.fail("the list path was taken"))
+        tensor = kserve_v1.inputs(instances, SIGNATURE, LIMITS)
+    assert tensor["image"].tobytes() == images.tobytes()
     fast, old = both_ways(body)
     assert fast == old == {"image": ("<f4", (2, 3, 32, 32), images.tobytes())}
 
