@@ -11,6 +11,8 @@ answers all come from one exception handler (``config.exceptions``) with one bod
   past the end);
 - 409: it changes something (a duplicate, a wrong state, a busy deployment);
 - 413, 415: it reads a body (over a size limit; a media type it does not parse);
+- 414: always: the request line (path and query string, percent-encoded) is over gunicorn's limit
+  (``config.gunicorn_conf``), which query values each within their ``maxLength`` can still pass;
 - 503: it changes something that needs a dependency (Redis, the Docker engine) right now.
 """
 
@@ -33,6 +35,7 @@ ERROR_DESCRIPTIONS = {
     404: "No such object (or a page past the end of a list).",
     409: "The request clashes with the current state.",
     413: "A field or the body is over its size limit; the message names the limit.",
+    414: "The request line (path and query string) is too long; the message names the limit.",
     415: "The body's media type is not one this operation reads.",
     503: "A dependency (Redis, the Docker engine) cannot be reached right now; nothing changed.",
 }
@@ -52,7 +55,7 @@ def error_statuses(operation: dict[str, Any], method: str, open_to_all: bool) ->
     names_object = any(p.get("in") == "path" for p in parameters)
     paginated = any(p.get("in") == "query" and p.get("name") == "page" for p in parameters)
     has_body = "requestBody" in operation
-    statuses = [400, 401]
+    statuses = [400, 401, 414]
     if not open_to_all:
         statuses.append(403)
     if names_object or paginated or method in WRITES:

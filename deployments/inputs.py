@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 
 from deployments.autoscaling.table import (
     AUTOSCALING,
@@ -28,7 +27,7 @@ from deployments.autoscaling.table import (
 from deployments.errors import InvalidDeploymentError
 from deployments.models import AliasMovePolicy
 from inference_worker.contracts.errors import ContractError
-from registry.models import slug_validator
+from registry.models import slug_refusal
 
 ALIAS_MOVE_POLICIES: tuple[str, ...] = tuple(AliasMovePolicy.values)
 
@@ -221,12 +220,9 @@ def slug(value: Any, name: str) -> str:
     """A name of lowercase letters, digits and hyphens (deployments, variants, aliases)."""
     if not isinstance(value, str):
         raise InvalidDeploymentError(f"{name}: must be a string")
-    try:
-        slug_validator(value)
-    except ValidationError:
-        raise InvalidDeploymentError(
-            f"{name}: {value!r} is not valid; use 1-64 lowercase letters, digits and hyphens"
-        ) from None
+    refusal = slug_refusal(name, value)
+    if refusal is not None:
+        raise InvalidDeploymentError(refusal)
     return value
 
 

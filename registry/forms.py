@@ -9,7 +9,7 @@ from django.utils.text import slugify
 
 from config import json_input
 from config.errors import PlatformError
-from registry.models import slug_validator
+from registry.models import SLUG_RULE, slug_refusal
 from registry.signature import DTYPES
 
 
@@ -23,15 +23,10 @@ class ModelCreateForm(forms.Form):
     def clean_name(self) -> str:
         """The name as the service will take it; a refusal says what would do (``My Model``: my-model)."""
         name: str = self.cleaned_data["name"].strip()
-        try:
-            slug_validator(name)
-        except forms.ValidationError:
+        if slug_refusal("name", name) is not None:
             suggestion = slugify(name)[:64].strip("-")
             hint = f" (for example {suggestion})" if suggestion and suggestion != name else ""
-            raise forms.ValidationError(
-                f"“{name}” is not a valid name: use lowercase letters, digits and hyphens, "
-                f"starting and ending with a letter or digit{hint}."
-            ) from None
+            raise forms.ValidationError(f"“{name}” is not a valid name: {SLUG_RULE}{hint}.")
         return name
 
     def clean_tags(self) -> list[str]:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
-slug_validator = RegexValidator(
-    r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
-    "use 1-64 lowercase letters, digits and hyphens, starting and ending with a letter or digit",
-)
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+"""What names a model, alias, deployment or variant (the API's schema publishes it)."""
+SLUG_RULE = "use 1-64 lowercase letters, digits and hyphens, starting and ending with a letter or digit"
+slug_validator = RegexValidator(SLUG_PATTERN, SLUG_RULE)
+_SLUG = re.compile(SLUG_PATTERN)
+
+
+def slug_refusal(label: str, value: str) -> str | None:
+    """Why ``value`` cannot be the name ``label`` says (``name: '-a' is not valid; use ...``), or None."""
+    if _SLUG.fullmatch(value):  # not search: "$" would let a trailing newline through
+        return None
+    return f"{label}: {value!r} is not valid; {SLUG_RULE}"
 
 
 class RegisteredModel(models.Model):

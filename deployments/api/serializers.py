@@ -26,6 +26,7 @@ from deployments.queries import cold_start_s, recent_decisions
 from deployments.services.images import latest_image_of
 from inference_worker.contracts.batching import BATCHING, encode_batching
 from inference_worker.contracts.options import Kind, OptionField, whole
+from registry.api.serializers import SlugName
 
 
 class WorkerOutput(serializers.ModelSerializer[Worker]):
@@ -284,7 +285,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
 class VariantInput(serializers.Serializer[Any]):
     """One variant; builds a ``VariantSpec`` (what is left out is chosen when it is deployed)."""
 
-    name = serializers.CharField(required=False, max_length=64)
+    name = SlugName(required=False)
     version = serializers.IntegerField(required=False, allow_null=True)
     alias = serializers.CharField(required=False, allow_blank=True, max_length=64)
     replicas = serializers.IntegerField(required=False)
@@ -307,7 +308,7 @@ def _given(data: Any) -> dict[str, Any]:
 
 
 class DeploymentCreateInput(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=64)
+    name = SlugName()
     model = serializers.CharField(max_length=64)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.1, max_value=60_000)

@@ -8,7 +8,25 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.models import Alias, AuditEvent, ModelVersion, RegisteredModel, VersionStatus
+from registry.models import (
+    SLUG_PATTERN,
+    SLUG_RULE,
+    Alias,
+    AuditEvent,
+    ModelVersion,
+    RegisteredModel,
+    VersionStatus,
+)
+
+
+@extend_schema_field({"type": "string", "pattern": SLUG_PATTERN, "minLength": 1, "maxLength": 64})
+class SlugName(serializers.CharField):
+    """A name of a model, alias, deployment or variant: the schema publishes its pattern, so a generated
+    client can check it; the service refuses another with a message naming the value (``slug_refusal``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", SLUG_RULE)
+        super().__init__(max_length=64, **kwargs)
 
 
 class AliasOutput(serializers.ModelSerializer[Alias]):
@@ -50,7 +68,7 @@ class ModelOutput(serializers.ModelSerializer[RegisteredModel]):
 
 
 class ModelCreateInput(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=64)
+    name = SlugName()
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
     tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, default=list)
 

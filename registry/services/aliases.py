@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from registry import hooks
 from registry.audit import Actor, record_event
 from registry.errors import AliasNotFoundError, InvalidArtifactError, VersionNotFoundError, VersionStateError
-from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus, slug_validator
+from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus, slug_refusal
 
 
 def _check_alias_name(name: str) -> None:
@@ -17,12 +16,9 @@ def _check_alias_name(name: str) -> None:
         raise InvalidArtifactError(
             f"alias: {name!r} is reserved (numbers and 'latest' name versions)", code="invalid"
         )
-    try:
-        slug_validator(name)
-    except ValidationError:
-        raise InvalidArtifactError(
-            f"alias: {name!r} is not valid; use 1-64 lowercase letters, digits and hyphens", code="invalid"
-        ) from None
+    refusal = slug_refusal("alias", name)
+    if refusal is not None:
+        raise InvalidArtifactError(refusal, code="invalid")
 
 
 @transaction.atomic

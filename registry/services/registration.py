@@ -9,7 +9,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from registry import storage
@@ -22,7 +21,7 @@ from registry.errors import (
     InvalidSignatureError,
     ModelNotFoundError,
 )
-from registry.models import ModelVersion, RegisteredModel, slug_validator
+from registry.models import ModelVersion, RegisteredModel, slug_refusal
 from registry.sandbox import SandboxError, run_child
 from registry.services.conversion import start_first_conversion
 from registry.signature import Signature, check_compatible, parse_signature
@@ -47,13 +46,9 @@ def create_model(
     *, name: str, owner: User, description: str = "", tags: list[str] | None = None
 ) -> RegisteredModel:
     """Register a new model name; the name is a slug and unique."""
-    try:
-        slug_validator(name)
-    except ValidationError:
-        raise InvalidArtifactError(
-            f"name: {name!r} is not valid; use 1-64 lowercase letters, digits and hyphens",
-            code="invalid",
-        ) from None
+    refusal = slug_refusal("name", name)
+    if refusal is not None:
+        raise InvalidArtifactError(refusal, code="invalid")
     clean_tags = _clean_tags(tags)
     try:
         with transaction.atomic():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from drf_spectacular.drainage import GENERATOR_STATS
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
+
+from registry.models import SLUG_PATTERN, slug_refusal
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def test_every_response_body_is_typed(schema: dict[str, Any]) -> None:
 def test_every_operation_lists_its_error_answers_with_the_error_body(schema: dict[str, Any]) -> None:
     for method, path, op in operations(schema):
         statuses = set(op["responses"])
-        assert "401" in statuses, (method, path)
+        assert {"401", "414"} <= statuses, (method, path)
         if any(p["in"] == "path" for p in op.get("parameters", [])):
             assert "404" in statuses, (method, path)
         if "requestBody" in op:
@@ -104,3 +107,19 @@ def test_the_token_schemes_are_in_the_schema(schema: dict[str, Any]) -> None:
     assert {"apiToken": []} in models["security"]
     report = schema["paths"]["/api/v1/workers/{worker_id}/reports/"]["post"]
     assert report["security"] == [{"workerToken": []}]
+
+
+def test_names_publish_the_pattern_the_services_check(schema: dict[str, Any]) -> None:
+    """A client generated from the schema can check a name before it sends it, by the server's rule."""
+    components = schema["components"]["schemas"]
+    for component in ("ModelCreateInputRequest", "DeploymentCreateInputRequest", "VariantInputRequest"):
+        name = components[component]["properties"]["name"]
+        assert name["pattern"] == SLUG_PATTERN, component
+        assert (name["minLength"], name["maxLength"]) == (1, 64), component
+        pattern = re.compile(name["pattern"])
+        for value in ("cnn", "a", "fraud-detector-2", "c" * 64):
+            assert pattern.fullmatch(value), value
+            assert slug_refusal("name", value) is None, value
+        for value in ("-cnn", "cnn-", "Cnn", "c_nn", "c" * 65):
+            assert not pattern.fullmatch(value), value
+            assert slug_refusal("name", value), value

@@ -11,7 +11,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from registry import storage
-from registry.models import AuditEvent, ModelVersion
+from registry.models import SLUG_RULE, AuditEvent, ModelVersion, slug_refusal
 from tests.support.torch_models import save_onnx_cnn, save_pt2_cnn, save_torchscript_cnn
 from tests.support.uploads import create_model, upload
 
@@ -186,3 +186,18 @@ def test_duplicate_and_invalid_model_names_are_refused(owner_api: APIClient) -> 
     assert "exists already" in duplicate.json()["message"]
     assert invalid.status_code == 400
     assert "name" in invalid.json()["message"]
+
+
+@pytest.mark.parametrize("name", ["-cnn", "cnn-", "Cnn", "c_nn", "ünï", "c--"])
+def test_a_refused_name_is_told_the_whole_rule(owner_api: APIClient, name: str) -> None:
+    """'-cnn' is made of lowercase letters and hyphens: the message says where they may not go."""
+    refused = owner_api.post("/api/v1/models/", {"name": name}, format="json")
+
+    assert refused.status_code == 400, refused.content
+    assert refused.json()["message"] == f"name: {name!r} is not valid; {SLUG_RULE}"
+
+
+def test_a_name_with_a_trailing_newline_is_no_slug() -> None:
+    """``$`` matches before a final newline: the check matches the whole value."""
+    assert slug_refusal("alias", "cnn") is None
+    assert slug_refusal("alias", "cnn\n") == f"alias: 'cnn\\n' is not valid; {SLUG_RULE}"

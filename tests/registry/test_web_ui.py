@@ -42,7 +42,7 @@ def test_a_name_that_is_not_a_slug_is_refused_with_the_rule_and_a_suggestion(
 
     assert refused.status_code == 200
     assert refused.context["form"].errors["name"] == [
-        "“My Model” is not a valid name: use lowercase letters, digits and hyphens, "
+        "“My Model” is not a valid name: use 1-64 lowercase letters, digits and hyphens, "
         "starting and ending with a letter or digit (for example my-model)."
     ]
     assert not RegisteredModel.objects.exists()
