@@ -135,13 +135,17 @@ def _inspect(fmt: str, path: Path) -> dict[str, Any]:
 def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) -> Signature:
     """The version's signature: declared for TorchScript, read from the artifact otherwise."""
     if fmt == "torchscript":
+        arguments = inspected.get("forward_arguments", [])
         if declared_raw in (None, "", {}):
+            example = ", ".join(
+                f'{{"name": "{name}", "dtype": "float32", "shape": [-1, 16]}}' for name in arguments or ["x"]
+            )
             raise InvalidSignatureError(
-                "signature: required for TorchScript uploads (inputs with name, dtype and shape; "
-                "-1 for dynamic dimensions)"
+                "signature: required for TorchScript uploads (a TorchScript file does not record its "
+                f"inputs' types and shapes): one per argument of forward({', '.join(arguments)}), "
+                f'-1 for a dynamic dimension, for example {{"inputs": [{example}]}}'
             )
         declared = parse_signature(declared_raw)
-        arguments = inspected.get("forward_arguments", [])
         if len(arguments) != len(declared.inputs):
             raise InvalidSignatureError(
                 f"signature.inputs: {len(declared.inputs)} declared, but forward() takes "

@@ -16,6 +16,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from registry.models import AuditEvent, ModelVersion
+from registry.signature import parse_signature
 from tests.support.torch_models import SmallCNN, save_onnx_cnn, save_torchscript_cnn
 from tests.support.uploads import create_model, upload
 
@@ -264,7 +265,13 @@ def test_a_torchscript_upload_without_signature_is_refused(owner_api: APIClient,
     response = upload(owner_api, "cnn", path)
 
     assert response.status_code == 400
-    assert "required for TorchScript" in response.json()["message"]
+    message = response.json()["message"]
+    assert "required for TorchScript" in message
+    assert "forward(image)" in message
+    # The example it gives is a signature, with forward's own argument names: a first-time user can
+    # copy it and change the shape.
+    example = parse_signature(json.loads(message[message.index('{"inputs"') :]))
+    assert [spec.name for spec in example.inputs] == ["image"]
     assert_nothing_left()
 
 
