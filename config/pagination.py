@@ -13,12 +13,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 MAX_PAGE_SIZE = 500
+
+
+def _whole(request: Request, name: str, maximum: int | None, also: tuple[str, ...] = ()) -> None:
+    """``?name=`` is absent or a whole number from 1 (to ``maximum``), or one of ``also``; DRF would
+    quietly use its default page size for ``page_size=abc`` or -5, clamp 100000 to the maximum (the
+    client then counts pages wrong) and answer ``page=abc`` with a 404."""
+    raw = request.query_params.get(name)
+    if raw is None or raw in also:
+        return
+    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= (maximum or int(raw)):
+        return
+    bounds = f"from 1 to {maximum}" if maximum else "from 1" + (f" (or {', '.join(also)})" if also else "")
+    raise ValidationError({name: [f"{raw[:32]!r} is not a whole number {bounds}"]})
 
 
 class KeysetPagination(CursorPagination):
@@ -38,6 +52,8 @@ class DefaultPagination(PageNumberPagination):
     def paginate_queryset(
         self, queryset: QuerySet[Any, Any] | Sequence[Any], request: Request, view: APIView | None = None
     ) -> list[Any] | None:
+        _whole(request, self.page_size_query_param, self.max_page_size)
+        _whole(request, self.page_query_param, None, tuple(self.last_page_strings))
         ordering = getattr(view, "cursor_ordering", None)
         self.keyset = None
         if ordering and KeysetPagination.cursor_query_param in request.query_params:
@@ -70,6 +86,11 @@ class DefaultPagination(PageNumberPagination):
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:  # the bounds _whole enforces
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+            elif parameter["name"] == self.page_query_param:
+                parameter["schema"]["minimum"] = 1
         if getattr(view, "cursor_ordering", None):
             parameters.append(
                 {

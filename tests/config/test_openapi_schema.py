@@ -123,3 +123,14 @@ def test_names_publish_the_pattern_the_services_check(schema: dict[str, Any]) ->
         for value in ("-cnn", "cnn-", "Cnn", "c_nn", "c" * 65):
             assert not pattern.fullmatch(value), value
             assert slug_refusal("name", value), value
+
+
+def test_page_parameters_publish_their_bounds(schema: dict[str, Any]) -> None:
+    lists = 0
+    for _, path, op in operations(schema):
+        parameters = {p["name"]: p["schema"] for p in op.get("parameters", []) if p["in"] == "query"}
+        if "page_size" in parameters:
+            lists += 1
+            assert (parameters["page_size"]["minimum"], parameters["page_size"]["maximum"]) == (1, 500), path
+            assert parameters["page"]["minimum"] == 1, path
+    assert lists >= 5

@@ -167,6 +167,32 @@ def test_page_numbers_still_work_and_count_the_matches(owner: User, owner_api: A
     assert [m["name"] for m in body["results"]] == ["p-00003", "p-00004", "p-00005"]
     assert [m["version_count"] for m in body["results"]] == [4, 4, 4]
     assert owner_api.get("/api/v1/models/?page=9&page_size=3").status_code == 404
+    last = owner_api.get("/api/v1/models/?page=last&page_size=3").json()
+    assert [m["name"] for m in last["results"]] == ["p-00006"]
+    assert len(owner_api.get("/api/v1/models/?page_size=500").json()["results"]) == 7
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("page_size=abc", "page_size"),
+        ("page_size=-5", "page_size"),
+        ("page_size=0", "page_size"),
+        ("page_size=501", "page_size"),  # was clamped to 500: a client counting pages by its size miscounts
+        ("page_size=%EF%BC%95", "page_size"),  # a full-width digit
+        ("page=abc", "page"),  # was a 404 "Invalid page."
+        ("page=0", "page"),
+        ("cursor=&page_size=x", "page_size"),
+    ],
+)
+def test_a_page_or_page_size_that_is_no_whole_number_in_bounds_is_a_400(
+    owner: User, owner_api: APIClient, query: str, parameter: str
+) -> None:
+    seed_catalog(owner=owner, models=2, prefix="q")
+    for path in ("/api/v1/models/", "/api/v1/models/q-00000/versions/", "/api/v1/audit-events/"):
+        answer = owner_api.get(f"{path}?{query}")
+        assert answer.status_code == 400, (path, query, answer.content)
+        assert answer.json()["message"].startswith(f"{parameter}: "), answer.json()
 
 
 def test_a_cursor_walks_the_audit_trail_of_one_model(owner: User, owner_api: APIClient) -> None:
