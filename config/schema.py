@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import force_instance
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 
@@ -69,6 +70,19 @@ def error_statuses(operation: dict[str, Any], method: str, open_to_all: bool) ->
 
 class PlatformSchema(AutoSchema):
     """drf-spectacular's schema plus the error answers every operation really gives."""
+
+    def map_parsers(self) -> list[str]:
+        """One media type per request body: JSON, or multipart where a field is a file (an upload).
+
+        The views still parse forms (``curl -d a=b``), but a schema that offers JSON, a form and
+        multipart for one body makes generated clients send it as all three: openapi-python-client's
+        then posts multipart, and cannot send a nested object (a deployment's variants) at all."""
+        media_types: list[str] = super().map_parsers()
+        serializer = force_instance(self.get_request_serializer())  # type: ignore[no-untyped-call]
+        fields = serializer.fields if isinstance(serializer, serializers.Serializer) else {}
+        uploads = any(isinstance(field, serializers.FileField) for field in fields.values())
+        wanted = "multipart/form-data" if uploads else "application/json"
+        return [wanted] if wanted in media_types else media_types
 
     def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         operation: dict[str, Any] | None = super().get_operation(*args, **kwargs)

@@ -162,6 +162,9 @@ class EndpointOutput(serializers.Serializer[Any]):
     infer = serializers.CharField(help_text="Open Inference Protocol (v2)")
     predict = serializers.CharField(help_text="KServe v1")
     ready = serializers.CharField()
+    grpc = serializers.CharField(
+        help_text="the gateway's gRPC target (host:port): each request names the deployment as its model"
+    )
 
 
 class VariantOutput(serializers.ModelSerializer[Variant]):
