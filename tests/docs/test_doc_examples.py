@@ -13,6 +13,7 @@ import html
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -129,6 +130,7 @@ def files_the_examples_make() -> Iterator[None]:
     """The examples write files in the checkout (model.pt, a token file): remove the ones they
     added and put back the ones they overwrote."""
     before = _left_behind()
+    dirs_before = {path for path in ROOT.iterdir() if path.is_dir()}
     kept = {
         name: (ROOT / name).read_bytes()
         for name in before
@@ -142,6 +144,9 @@ def files_the_examples_make() -> Iterator[None]:
     for name, content in kept.items():
         if (ROOT / name).read_bytes() != content:
             (ROOT / name).write_bytes(content)
+    for path in {path for path in ROOT.iterdir() if path.is_dir()} - dirs_before:  # a generated client's
+        if all(f.is_dir() or "__pycache__" in f.parts for f in path.rglob("*")):
+            shutil.rmtree(path)
 
 
 def _install_client(prefix: Path) -> dict[str, str]:
