@@ -32,6 +32,9 @@ from registry.models import Alias, ModelVersion, RegisteredModel, VersionStatus
 
 logger = logging.getLogger(__name__)
 
+MAX_VARIANTS = 8
+"""Arms of one deployment: a split, its candidates and shadows (each a routed and reconciled set)."""
+
 
 @dataclass(frozen=True)
 class VariantTarget:
@@ -138,8 +141,8 @@ def create_deployment(
     alias_move_policy(on_alias_move)
     if not variants:
         raise InvalidDeploymentError("variants: at least one variant is required")
-    if len(variants) > 8:
-        raise InvalidDeploymentError("variants: at most 8 variants")
+    if len(variants) > MAX_VARIANTS:
+        raise InvalidDeploymentError(f"variants: at most {MAX_VARIANTS} variants")
     try:
         with transaction.atomic():
             deployment = Deployment.objects.create(
@@ -286,8 +289,8 @@ def add_variant(*, deployment: Deployment, spec: VariantSpec, actor: Actor) -> V
         locked = Deployment.objects.select_for_update().select_related("model").get(pk=deployment.pk)
         locked.ensure_changeable()
         existing = list(locked.variants.all())
-        if len(existing) >= 8:
-            raise InvalidDeploymentError("variants: at most 8 variants")
+        if len(existing) >= MAX_VARIANTS:
+            raise InvalidDeploymentError(f"variants: at most {MAX_VARIANTS} variants")
         if spec.weight:
             raise InvalidDeploymentError(
                 "weight: a new variant starts at weight 0; change the traffic split next"

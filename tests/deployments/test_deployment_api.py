@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from deployments.models import Deployment, Variant
+from deployments.services.deployments import MAX_VARIANTS
 from registry.models import AuditEvent
 from tests.support.versions import ready_version
 
@@ -77,6 +78,11 @@ def test_user_batching_options_override_the_proposal(owner: User, owner_api: API
         ),
         ([{"version": 1}, {"version": 1, "name": "primary", "weight": 0}], "variant names must be unique"),
         ([], "variants"),
+        (
+            [{"version": 1, "weight": 100}]
+            + [{"name": f"v{i}", "version": 1, "weight": 0} for i in range(8)],
+            f"variants: at most {MAX_VARIANTS} variants",
+        ),
     ],
 )
 def test_invalid_deployments_are_400s_naming_the_field(
@@ -192,3 +198,21 @@ def test_a_new_variant_starts_at_weight_zero(owner: User, owner_api: APIClient) 
     assert added.status_code == 201
     assert added.json()["weight"] == 0
     assert weighted.status_code == 400
+
+
+def test_a_deployment_takes_variants_up_to_the_limit(owner: User, owner_api: APIClient) -> None:
+    ready_version(owner)
+    create(owner_api)
+    for i in range(MAX_VARIANTS - 1):
+        added = owner_api.post(
+            "/api/v1/deployments/cnn-prod/variants/", {"name": f"v{i}", "version": 1}, format="json"
+        )
+        assert added.status_code == 201, added.content
+
+    one_more = owner_api.post(
+        "/api/v1/deployments/cnn-prod/variants/", {"name": "extra", "version": 1}, format="json"
+    )
+
+    assert one_more.status_code == 400
+    assert one_more.json()["message"] == f"variants: at most {MAX_VARIANTS} variants"
+    assert Variant.objects.count() == MAX_VARIANTS
