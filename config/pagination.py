@@ -22,16 +22,18 @@ from rest_framework.views import APIView
 MAX_PAGE_SIZE = 500
 
 
-def _whole(request: Request, name: str, maximum: int | None, also: tuple[str, ...] = ()) -> None:
-    """``?name=`` is absent or a whole number from 1 (to ``maximum``), or one of ``also``; DRF would
+def _whole(request: Request, name: str, maximum: int | None = None, also: tuple[str, ...] = ()) -> None:
+    """``?name=`` is absent, one of ``also``, or a whole number from 1 (to ``maximum``); DRF would
     quietly use its default page size for ``page_size=abc`` or -5, clamp 100000 to the maximum (the
     client then counts pages wrong) and answer ``page=abc`` with a 404."""
     raw = request.query_params.get(name)
     if raw is None or raw in also:
         return
-    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= (maximum or int(raw)):
+    if raw.isascii() and raw.isdigit() and int(raw) >= 1 and (maximum is None or int(raw) <= maximum):
         return
-    bounds = f"from 1 to {maximum}" if maximum else "from 1" + (f" (or {', '.join(also)})" if also else "")
+    bounds = "from 1" if maximum is None else f"from 1 to {maximum}"
+    if also:
+        bounds += f" (or {', '.join(also)})"
     raise ValidationError({name: [f"{raw[:32]!r} is not a whole number {bounds}"]})
 
 
@@ -53,7 +55,7 @@ class DefaultPagination(PageNumberPagination):
         self, queryset: QuerySet[Any, Any] | Sequence[Any], request: Request, view: APIView | None = None
     ) -> list[Any] | None:
         _whole(request, self.page_size_query_param, self.max_page_size)
-        _whole(request, self.page_query_param, None, tuple(self.last_page_strings))
+        _whole(request, self.page_query_param, also=tuple(self.last_page_strings))
         ordering = getattr(view, "cursor_ordering", None)
         self.keyset = None
         if ordering and KeysetPagination.cursor_query_param in request.query_params:

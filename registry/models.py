@@ -9,9 +9,13 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
-SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+SLUG_MAX_LENGTH = 64
+SLUG_PATTERN = rf"^[a-z0-9](?:[a-z0-9-]{{0,{SLUG_MAX_LENGTH - 2}}}[a-z0-9])?$"
 """What names a model, alias, deployment or variant (the API's schema publishes it)."""
-SLUG_RULE = "use 1-64 lowercase letters, digits and hyphens, starting and ending with a letter or digit"
+SLUG_RULE = (
+    f"use 1-{SLUG_MAX_LENGTH} lowercase letters, digits and hyphens, starting and ending with a letter or "
+    "digit"
+)
 slug_validator = RegexValidator(SLUG_PATTERN, SLUG_RULE)
 _SLUG = re.compile(SLUG_PATTERN)
 

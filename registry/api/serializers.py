@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from registry.models import (
+    SLUG_MAX_LENGTH,
     SLUG_PATTERN,
     SLUG_RULE,
     Alias,
@@ -19,14 +20,16 @@ from registry.models import (
 )
 
 
-@extend_schema_field({"type": "string", "pattern": SLUG_PATTERN, "minLength": 1, "maxLength": 64})
+@extend_schema_field(
+    {"type": "string", "pattern": SLUG_PATTERN, "minLength": 1, "maxLength": SLUG_MAX_LENGTH}
+)
 class SlugName(serializers.CharField):
     """A name of a model, alias, deployment or variant: the schema publishes its pattern, so a generated
     client can check it; the service refuses another with a message naming the value (``slug_refusal``)."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("help_text", SLUG_RULE)
-        super().__init__(max_length=64, **kwargs)
+        super().__init__(max_length=SLUG_MAX_LENGTH, **kwargs)
 
 
 class AliasOutput(serializers.ModelSerializer[Alias]):

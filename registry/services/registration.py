@@ -137,13 +137,13 @@ def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) ->
     if fmt == "torchscript":
         arguments = inspected.get("forward_arguments", [])
         if declared_raw in (None, "", {}):
-            example = ", ".join(
-                f'{{"name": "{name}", "dtype": "float32", "shape": [-1, 16]}}' for name in arguments or ["x"]
-            )
+            example = {
+                "inputs": [{"name": a, "dtype": "float32", "shape": [-1, 16]} for a in arguments or ["x"]]
+            }
             raise InvalidSignatureError(
                 "signature: required for TorchScript uploads (a TorchScript file does not record its "
                 f"inputs' types and shapes): one per argument of forward({', '.join(arguments)}), "
-                f'-1 for a dynamic dimension, for example {{"inputs": [{example}]}}'
+                f"-1 for a dynamic dimension, for example {json.dumps(example)}"
             )
         declared = parse_signature(declared_raw)
         if len(arguments) != len(declared.inputs):

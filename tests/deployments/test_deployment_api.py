@@ -80,7 +80,7 @@ def test_user_batching_options_override_the_proposal(owner: User, owner_api: API
         ([], "variants"),
         (
             [{"version": 1, "weight": 100}]
-            + [{"name": f"v{i}", "version": 1, "weight": 0} for i in range(8)],
+            + [{"name": f"v{i}", "version": 1, "weight": 0} for i in range(MAX_VARIANTS)],
             f"variants: at most {MAX_VARIANTS} variants",
         ),
     ],
