@@ -8,6 +8,8 @@ version, batching, "delete this deployment", "remove this variant"); each pass o
 - ``loop``: one pass over a deployment, or over all of them, and finishing deletions;
 - ``variant``: observing and acting on one variant's workers (crash loops, backoff, drain,
   rolling updates, adoption of workers that outlived a platform restart);
+- ``service``: the same for a variant whose backend owns placement (swarm: one service, its tasks);
+- ``crashes``: a worker's death read alike by both: a crash or not, when crashes fail the variant;
 - ``spec``: what a worker runs (the fingerprint that decides a rolling update, the launch spec);
 - ``status``: the deployment's status from its workers;
 - ``cleanup``: orphans no row knows, and stopping workers when the platform itself stops;

@@ -22,7 +22,6 @@ API read workers as they do for the other backends:
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -30,13 +29,12 @@ from django.utils import timezone
 from config.metrics.events import record_reconcile_action
 from deployments.backends.base import Replica, ServiceBackend, ServiceStatus
 from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerState
+from deployments.reconcile.crashes import death_of, ends_crash_loop
 from deployments.reconcile.spec import pick_image, service_spec, spec_hash
-from deployments.services.events import record_deployment_event
 from deployments.services.workers import last_report_of
 from inference_worker.contracts.report import DRAINING, Listen
 from registry.models import ModelVersion
 
-CRASH_WINDOW = timedelta(seconds=60)
 BUSY = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
 
 
@@ -173,18 +171,8 @@ class ServiceReconciler:
             return
         log_tail = self.backend.logs(row.handle, log_path=row.log_path, tail=20)
         error = f"{task.error}\n{log_tail}".strip()
-        crashed = row.ready_at is None or self.now - row.ready_at < CRASH_WINDOW
-        restarts = row.restarts + 1 if crashed else 1
-        if crashed and restarts > settings.KILN_CRASHLOOP_RESTARTS:
-            self.set_state(row, WorkerState.FAILED, last_error=error)
-            self.count("failed")
-            record_deployment_event(
-                actor=None,
-                action="variant.failed",
-                deployment=self.deployment,
-                after={"variant": self.variant.name, "restarts": row.restarts},
-                reason=f"crash loop after {row.restarts} restarts: {error[-1500:]}",
-            )
+        death = death_of(row, self.now)
+        if ends_crash_loop(self, row, death, error):
             return
         self.set_state(row, WorkerState.STOPPED, last_error=error)
         waiting = self.variant.workers.filter(state=WorkerState.STARTING, handle="", slot=row.slot)
@@ -195,7 +183,7 @@ class ServiceReconciler:
                 backend=row.backend,
                 spec_hash=row.spec_hash,
                 slot=row.slot,
-                restarts=restarts,
+                restarts=death.restarts,
                 state=WorkerState.STARTING,
                 last_error=error,
                 state_changed_at=self.now,

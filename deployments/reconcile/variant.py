@@ -19,11 +19,9 @@ from django.utils import timezone
 from config.metrics.events import record_reconcile_action
 from deployments.backends import BackendError, worker_backend
 from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerState
+from deployments.reconcile.crashes import death_of, ends_crash_loop
 from deployments.reconcile.spec import pick_image, spec_hash, worker_spec
-from deployments.services.events import record_deployment_event
 from deployments.services.workers import new_worker_token
-
-CRASH_WINDOW = timedelta(seconds=60)
 
 
 class VariantReconciler:
@@ -96,30 +94,22 @@ class VariantReconciler:
         error = f"{detail}\n{log_tail}".strip()
         if worker.handle:
             self.backend.stop(worker.handle, grace_s=0)  # release what is left of it (a dead container)
-        crashed = worker.ready_at is None or self.now - worker.ready_at < CRASH_WINDOW
-        restarts = worker.restarts + 1 if crashed else 1
+        death = death_of(worker, self.now)
         wanted = worker.spec_hash == self.spec and self.wanted_replicas() > 0
-        if crashed and restarts > settings.KILN_CRASHLOOP_RESTARTS:
-            self.set_state(worker, WorkerState.FAILED, last_error=error)
-            self.count("failed")
-            record_deployment_event(
-                actor=None,
-                action="variant.failed",
-                deployment=self.deployment,
-                after={"variant": self.variant.name, "restarts": worker.restarts},
-                reason=f"crash loop after {worker.restarts} restarts: {error[-1500:]}",
-            )
+        if ends_crash_loop(self, worker, death, error):
             return
         self.set_state(worker, WorkerState.STOPPED, last_error=error)
         if wanted:
             # A worker that had served a while is replaced at once; crashes back off exponentially.
-            backoff = min(2 ** (restarts - 1), settings.KILN_RESTART_BACKOFF_MAX_S) if crashed else 0
+            backoff = (
+                min(2 ** (death.restarts - 1), settings.KILN_RESTART_BACKOFF_MAX_S) if death.crashed else 0
+            )
             Worker.objects.create(
                 variant=self.variant,
                 version=worker.version,
                 backend=worker.backend,
                 spec_hash=worker.spec_hash,
-                restarts=restarts,
+                restarts=death.restarts,
                 next_attempt_at=self.now + timedelta(seconds=backoff),
                 state=WorkerState.STARTING,
                 last_error=error,
