@@ -23,7 +23,7 @@ from deployments.webhooks.models import Webhook as Webhook
 from deployments.webhooks.models import WebhookDelivery as WebhookDelivery
 from inference_worker.contracts import batching as table
 from inference_worker.contracts.options import OptionField
-from registry.models import ModelVersion, RegisteredModel, slug_validator
+from registry.models import SLUG_MAX_LENGTH, ModelVersion, RegisteredModel, slug_validator
 
 
 def _column(option: OptionField[Any]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ class Deployment(models.Model):
     workers, then deletes the row (only that loop touches workers).
     """
 
-    name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=SLUG_MAX_LENGTH, unique=True, validators=[slug_validator])
     model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="deployments")
     description = models.TextField(blank=True)
     desired_running = models.BooleanField(default=True)
@@ -108,7 +108,7 @@ class Variant(models.Model):
     """
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="variants")
-    name = models.CharField(max_length=64, validators=[slug_validator])
+    name = models.CharField(max_length=SLUG_MAX_LENGTH, validators=[slug_validator])
     role = models.CharField(max_length=16, choices=VariantRole.choices, default=VariantRole.CANDIDATE)
     follow_note = models.TextField(blank=True, help_text="why it does not serve its alias' version")
     pinned_version = models.ForeignKey(

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.exceptions import ValidationError
 from django.db import models
 
 SLUG_MAX_LENGTH = 64
@@ -16,7 +16,6 @@ SLUG_RULE = (
     f"use 1-{SLUG_MAX_LENGTH} lowercase letters, digits and hyphens, starting and ending with a letter or "
     "digit"
 )
-slug_validator = RegexValidator(SLUG_PATTERN, SLUG_RULE)
 _SLUG = re.compile(SLUG_PATTERN)
 
 
@@ -27,6 +26,12 @@ def slug_refusal(label: str, value: str) -> str | None:
     return f"{label}: {value!r} is not valid; {SLUG_RULE}"
 
 
+def slug_validator(value: str) -> None:
+    """The name fields' validator (the admin's forms, ``full_clean``): ``SLUG_RULE``, matched whole."""
+    if not _SLUG.fullmatch(str(value)):
+        raise ValidationError(SLUG_RULE, code="invalid")
+
+
 class RegisteredModel(models.Model):
     """A named model; its versions carry the artifacts.
 
@@ -34,7 +39,7 @@ class RegisteredModel(models.Model):
     a row lock, so concurrent uploads never share a number.
     """
 
-    name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=SLUG_MAX_LENGTH, unique=True, validators=[slug_validator])
     description = models.TextField(blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="registered_models"
@@ -155,7 +160,7 @@ class Alias(models.Model):
     """A movable name (``production``, ``staging``…) on a model, pointing at one version."""
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
-    name = models.CharField(max_length=64, validators=[slug_validator])
+    name = models.CharField(max_length=SLUG_MAX_LENGTH, validators=[slug_validator])
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True

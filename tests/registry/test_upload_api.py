@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from rest_framework.test import APIClient
 
 from registry import storage
-from registry.models import SLUG_RULE, AuditEvent, ModelVersion, slug_refusal
+from registry.models import SLUG_RULE, AuditEvent, ModelVersion, RegisteredModel, slug_refusal
 from tests.support.torch_models import save_onnx_cnn, save_pt2_cnn, save_torchscript_cnn
 from tests.support.uploads import create_model, upload
 
@@ -201,3 +202,15 @@ def test_a_name_with_a_trailing_newline_is_no_slug() -> None:
     """``$`` matches before a final newline: the check matches the whole value."""
     assert slug_refusal("alias", "cnn") is None
     assert slug_refusal("alias", "cnn\n") == f"alias: 'cnn\\n' is not valid; {SLUG_RULE}"
+
+
+@pytest.mark.parametrize("name", ["cnn\n", "-cnn", "a" * 65])
+def test_the_name_fields_validator_matches_the_whole_value(django_user_model: Any, name: str) -> None:
+    """What the admin's forms and ``full_clean`` check: the same rule, a trailing newline refused."""
+    owner = django_user_model.objects.create_user("owner-v")
+    RegisteredModel(name="cnn", owner=owner).full_clean()
+
+    with pytest.raises(ValidationError) as refused:
+        RegisteredModel(name=name, owner=owner).full_clean()
+
+    assert "name" in refused.value.message_dict
