@@ -79,7 +79,7 @@ class NumericData:
             return values
         limit = _LIMITS.get(dtype)
         if limit is None or values.max() > limit or values.min() < -limit:
-            return None  # numpy warns and writes inf: let the old path do exactly that
+            return None  # numpy would write inf: the old path refuses the value, as for a short body
         return values.astype(dtype)
 
 

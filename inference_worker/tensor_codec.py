@@ -176,12 +176,12 @@ def decode_values(
     if strict and isinstance(data, list):
         check_json_values(name, dt.name, dt.dtype, data, len(shape))
     try:
-        if len(data) == count and (count == 0 or not isinstance(data, list) or not isinstance(data[0], list)):
-            # The common flat list: fromiter skips numpy's nested-shape discovery.
-            arr = np.fromiter(data, dtype=dt.dtype, count=count)
+        if dt.dtype.kind == "f" and dt.dtype.itemsize < 8:
+            with np.errstate(over="raise"):  # past FP32's (FP16's) range numpy writes inf and warns
+                arr = _array(data, dt.dtype, count)
         else:
-            arr = np.asarray(data, dtype=dt.dtype)
-    except OverflowError:
+            arr = _array(data, dt.dtype, count)
+    except (OverflowError, FloatingPointError):
         raise InvalidRequest(f"input '{name}': a value is outside the range of {dt.name}") from None
     except (ValueError, TypeError):
         raise InvalidRequest(
@@ -192,6 +192,13 @@ def decode_values(
             f"input '{name}': shape {list(shape)} needs {count} elements, data holds {arr.size}"
         )
     return arr.reshape(shape)
+
+
+def _array(data: Sized, dtype: np.dtype[Any], count: int) -> np.ndarray:
+    if len(data) == count and (count == 0 or not isinstance(data, list) or not isinstance(data[0], list)):
+        # The common flat list: fromiter skips numpy's nested-shape discovery.
+        return np.fromiter(data, dtype=dtype, count=count)  # type: ignore[call-overload]
+    return np.asarray(data, dtype=dtype)
 
 
 def _decode_strings(name: str, shape: tuple[int, ...], count: int, data: Iterable[object]) -> np.ndarray:

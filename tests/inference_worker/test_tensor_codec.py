@@ -142,6 +142,9 @@ def test_unknown_datatypes_name_the_known_ones() -> None:
         ("INT32", [2], [1, 1.5], "INT32 data must hold integers; it holds a number with a fraction"),
         ("INT64", [2, 1], [[1], [None]], "INT64 data must hold integers; it holds null"),
         ("UINT8", [2], [1.0, -1.0], "outside the range of UINT8"),
+        ("FP32", [2], [1e39, 1.0], "outside the range of FP32"),
+        ("FP32", [1, 2], [[1.0, -1e39]], "outside the range of FP32"),
+        ("FP16", [2], [70000, 1.0], "outside the range of FP16"),
         ("BOOL", [2], [True, "false"], "BOOL data must hold true or false; it holds a string"),
         ("BOOL", [2], [True, 0], "BOOL data must hold true or false; it holds an integer"),
         ("FP32", [2], [[1.0], [[2.0]]], "nests lists deeper than its shape has dimensions"),
@@ -154,6 +157,18 @@ def test_json_values_a_datatype_does_not_take_are_refused_not_converted(
     inputs = [{"name": "a", "datatype": name, "shape": shape, "data": data}]
     with pytest.raises(InvalidRequest, match=message):
         decode_json_inputs(inputs, None, LIMITS)
+
+
+def test_a_number_past_fp32s_range_in_a_large_body_is_refused_not_made_inf() -> None:
+    """The simdjson path hands an overflowing array back to the old one, which refuses it too."""
+    body = orjson.dumps(
+        {"inputs": [{"name": "a", "datatype": "FP32", "shape": [3000], "data": [0.5] * 2999}]}
+    )
+    body = body.replace(b"0.5]", b"0.5,1e39]")
+    with pytest.raises(InvalidRequest, match="outside the range of FP32"):
+        decode_json_inputs(json_body.loads(body)["inputs"], None, LIMITS)
+    largest = body.replace(b"1e39", b"3.4e38")
+    assert decode_json_inputs(json_body.loads(largest)["inputs"], None, LIMITS)["a"][-1] == np.float32(3.4e38)
 
 
 def test_whole_numbers_written_with_a_fraction_fill_integer_tensors() -> None:
