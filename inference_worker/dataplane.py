@@ -32,7 +32,13 @@ from inference_worker.shm import EXTENSION as SHARED_MEMORY
 from inference_worker.shm import SharedMemory, Window
 from inference_worker.tensor_codec import DATATYPES
 
-EXTENSIONS = ("binary_tensor_data", "model_stream_infer", "kserve_v1_predict", "health_grpc")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "classification",
+    "model_stream_infer",
+    "kserve_v1_predict",
+    "health_grpc",
+)
 
 
 class State(enum.Enum):
@@ -58,6 +64,8 @@ class InferRequest:
     """The protocol's ``timeout`` parameter (microseconds); may only lower the server's."""
     shared_outputs: dict[str, Window] | None = None
     """Requested outputs to write into shared memory regions (``shm``), by name."""
+    classes: dict[str, int] | None = None
+    """Requested outputs answered as their top classes (``classification``), by name: how many."""
 
 
 class DataPlane:

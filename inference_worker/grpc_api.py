@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from inference_worker import classification
 from inference_worker.batcher import Outputs, Pending
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
@@ -222,7 +223,23 @@ class InferenceServicer(SharedMemoryServicer):
             request.id,
             timeout_us,
             grpc_windows(shm, requested) if outputs else None,
+            self._classes(requested) if outputs else None,
         )
+
+    def _classes(self, requested: Any) -> dict[str, int] | None:
+        """The requested outputs asked for as their top classes, and how many (None when none is)."""
+        found: dict[str, int] | None = None
+        for output in requested:
+            if classification.PARAMETER in output.parameters:
+                signature = self._dp.signature
+                assert signature is not None  # noqa: S101 - check_model passed
+                datatype = signature.outputs[self._dp.output_index(output.name)].datatype
+                classification.check_classifiable(datatype, output.name)
+                found = found or {}
+                found[output.name] = classification.grpc_class_count(
+                    output.parameters[classification.PARAMETER], output.name
+                )
+        return found
 
     def _encode(self, infer: InferRequest, outputs: Outputs) -> bytes | WorkerError:
         """The serialized response; a ``WorkerError`` (returned, not raised) when a shared memory
@@ -239,8 +256,8 @@ class InferenceServicer(SharedMemoryServicer):
             indices: Any = range(len(signature.outputs))
         else:
             indices = [self._dp.output_index(name) for name in infer.outputs]
-        if infer.shared_outputs is not None:
-            return self._shared_response(infer, outputs, signature, indices)
+        if infer.shared_outputs is not None or infer.classes is not None:
+            return self._shaped_response(infer, outputs, signature, indices)
         encoder = self._encoder
         if encoder is None or encoder[0] is not signature:
             specs = [(spec.name, spec.datatype) for spec in signature.outputs]
@@ -250,23 +267,26 @@ class InferenceServicer(SharedMemoryServicer):
             )
         return encoder[1].encode(infer.id, [(i, outputs[i], raw_bytes(outputs[i])) for i in indices])
 
-    def _shared_response(
+    def _shaped_response(
         self, infer: InferRequest, outputs: Outputs, signature: ModelSignature, indices: Any
     ) -> bytes:
-        """A response with outputs written to shared memory (they carry parameters, no data)."""
+        """A response with outputs written to shared memory (they carry parameters, no data) or
+        answered as their top classes (BYTES)."""
         response = self._pb2.ModelInferResponse(
             model_name=self._dp.model_name, model_version=self._dp.model_version, id=infer.id
         )
-        shared = infer.shared_outputs
-        assert shared is not None  # noqa: S101 - the caller checked
+        shared, classes = infer.shared_outputs or {}, infer.classes or {}
         for index in indices:
-            spec, array = signature.outputs[index], outputs[index]
+            spec = signature.outputs[index]
+            array, datatype = outputs[index], spec.datatype
+            if spec.name in classes:
+                array, datatype = classification.classify(array, classes[spec.name]), "BYTES"
             if spec.name in shared:
                 add_grpc_output(
-                    self._dp.shared_memory, response, shared[spec.name], spec.name, spec.datatype, array
+                    self._dp.shared_memory, response, shared[spec.name], spec.name, datatype, array
                 )
                 continue
-            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
+            response.outputs.add(name=spec.name, datatype=datatype, shape=array.shape)
             response.raw_output_contents.append(raw_bytes(array))
         data: bytes = response.SerializeToString()
         return data

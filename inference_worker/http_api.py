@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from inference_worker import json_body, kserve_v1
+from inference_worker import classification, json_body, kserve_v1
 from inference_worker.batcher import Outputs
 from inference_worker.config import Limits
 from inference_worker.dataplane import DataPlane, InferRequest
@@ -63,8 +63,9 @@ class Response:
 
 Reply = Callable[[Response], None]
 Encode = Callable[[Outputs], Response]
-Selection = list[tuple[int, str, str, bool]]
-"""Outputs to return: (index in signature order, name, datatype, as binary)."""
+Selection = list[tuple[int, str, str, bool, int]]
+"""Outputs to return: (index in signature order, name, datatype, as binary, classes: the top classes
+asked for with ``classification``, 0 for the tensor itself)."""
 
 
 log = logging.getLogger("inference_worker.http")
@@ -233,7 +234,9 @@ class HttpApi:
         signature = self._dp.signature
         assert signature is not None  # noqa: S101 - submit refuses before the model is attached
         if outputs is None:
-            all_outputs = [(i, s.name, s.datatype, binary_default) for i, s in enumerate(signature.outputs)]
+            all_outputs = [
+                (i, s.name, s.datatype, binary_default, 0) for i, s in enumerate(signature.outputs)
+            ]
             return None, all_outputs, None
         if not isinstance(outputs, list) or len(outputs) > len(signature.outputs):
             raise InvalidRequest(
@@ -247,11 +250,16 @@ class HttpApi:
             index = self._dp.output_index(item["name"])
             parameters = _parameters(item.get("parameters"), self._limits, "output")
             binary = parameters.get("binary_data", binary_default)
-            selection.append((index, item["name"], signature.outputs[index].datatype, binary is True))
+            datatype, classes = signature.outputs[index].datatype, 0
+            if classification.PARAMETER in parameters:
+                classes = classification.class_count(parameters[classification.PARAMETER], item["name"])
+                classification.check_classifiable(datatype, item["name"])
+                datatype = "BYTES"
+            selection.append((index, item["name"], datatype, binary is True, classes))
             window = self._dp.shared_memory.window(f"output '{item['name']}'", parameters)
             if window is not None:
                 shared[item["name"]] = window
-        return tuple(name for _, name, _, _ in selection), selection, shared or None
+        return tuple(name for _, name, *_ in selection), selection, shared or None
 
     # -- KServe v1 -----------------------------------------------------------------------------
     def _v1_route(self, request: Request, path: bytes, reply: Reply) -> None:
@@ -291,8 +299,8 @@ def encode_v2_response(
     """
     items: list[dict[str, object]] = []
     chunks: list[bytes] = []
-    for index, name, dtype, binary in selection:
-        array = outputs[index]
+    for index, name, dtype, binary, classes in selection:
+        array = outputs[index] if not classes else classification.classify(outputs[index], classes)
         item: dict[str, object] = {"name": name, "datatype": dtype, "shape": list(array.shape)}
         if shared is not None and name in shared:
             written = dp.shared_memory.write(name, shared[name], array)

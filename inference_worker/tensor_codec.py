@@ -194,10 +194,10 @@ def decode_values(
     return arr.reshape(shape)
 
 
-def _array(data: Sized, dtype: np.dtype[Any], count: int) -> np.ndarray:
+def _array(data: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
     if len(data) == count and (count == 0 or not isinstance(data, list) or not isinstance(data[0], list)):
         # The common flat list: fromiter skips numpy's nested-shape discovery.
-        return np.fromiter(data, dtype=dtype, count=count)  # type: ignore[call-overload]
+        return np.fromiter(data, dtype=dtype, count=count)
     return np.asarray(data, dtype=dtype)
 
 

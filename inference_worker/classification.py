@@ -1,0 +1,61 @@
+"""Triton's classification extension: an output asked for as its top ``k`` classes.
+
+A requested output with the ``classification`` parameter (``class_count`` in tritonclient: the
+HTTP output's ``parameters``, the gRPC output's ``int64_param``) comes back as BYTES of shape
+``[batch, k]`` instead of the model's tensor: for each row of the batch, the ``k`` highest values
+of the row (all its elements, flattened) as ``"<value>:<index>"``, highest first, ties in index
+order. ``k`` larger than a row is cut to the row's size. Values are written as Triton writes them
+(``std::to_string``: six decimals for a float, the integer for an integer type); a NaN ranks last.
+Numeric outputs only; the model carries no labels, so no ``:<label>`` part follows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from inference_worker.errors import InvalidRequest
+
+PARAMETER = "classification"
+
+
+def class_count(value: Any, output: str) -> int:
+    """The ``classification`` parameter of ``output``: a positive integer, or a 400 that says so."""
+    if type(value) is not int or value < 1:
+        raise InvalidRequest(
+            f"output '{output}': 'classification' must be a positive integer (the number of classes)"
+        )
+    return value
+
+
+def grpc_class_count(parameter: Any, output: str) -> int:
+    """The same from a gRPC ``InferParameter`` (tritonclient sends ``int64_param``)."""
+    kind = parameter.WhichOneof("parameter_choice")
+    value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+    return class_count(value, output)
+
+
+def check_classifiable(datatype: str, output: str) -> None:
+    """Refuse classification of an output that holds no numbers (BYTES, BOOL) before the model runs."""
+    if datatype in ("BYTES", "BOOL"):
+        raise InvalidRequest(f"output '{output}' is {datatype}; classification takes a numeric output")
+
+
+def classify(array: np.ndarray, count: int) -> np.ndarray:
+    """The top ``count`` classes of each row of ``array`` (BYTES ``[batch, count]``, an object array)."""
+    rows = array.reshape(array.shape[0] if array.ndim else 1, -1)
+    count = min(count, rows.shape[1])
+    keys = rows
+    if rows.dtype.kind == "f":
+        keys = np.where(np.isnan(rows), -np.inf, rows)  # a NaN ranks last, not first
+    # Descending by value, ties by ascending index: a stable ascending sort of the columns reversed,
+    # read backwards.
+    order = rows.shape[1] - 1 - np.argsort(keys[:, ::-1], axis=1, kind="stable")[:, ::-1][:, :count]
+    values = np.take_along_axis(rows, order, axis=1)
+    spell = "{:f}:{}" if rows.dtype.kind == "f" else "{}:{}"
+    out = np.empty(order.shape, dtype=object)
+    for r in range(order.shape[0]):
+        for c in range(order.shape[1]):
+            out[r, c] = spell.format(values[r, c].item(), int(order[r, c])).encode()
+    return out

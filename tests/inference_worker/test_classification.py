@@ -1,0 +1,128 @@
+"""Triton's classification extension: ``class_count`` from the stock tritonclient, HTTP and gRPC."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+
+from inference_worker.classification import classify
+from tests.support.onnx_models import reference
+from tests.support.workers import RunningWorker, make_config, running
+
+X = np.random.default_rng(11).standard_normal((5, 4)).astype(np.float32)
+
+
+def expected(models: SimpleNamespace, count: int) -> list[list[int]]:
+    """The indices of each row's ``count`` highest outputs of the model, highest first."""
+    y = reference(models.mlp, {"x": X})[0]
+    return [list(np.argsort(-row, kind="stable")[:count]) for row in y]
+
+
+def indices(classes: np.ndarray) -> list[list[int]]:
+    """The class indices of an answer (bytes from binary or gRPC, strings from JSON)."""
+    return [[int(_text(item).split(":")[1]) for item in row] for row in classes]
+
+
+def _text(item: bytes | str) -> str:
+    return item.decode() if isinstance(item, bytes) else item
+
+
+def test_each_row_gives_its_top_values_as_value_colon_index() -> None:
+    scores = np.array([[0.1, 0.7, 0.2], [3.0, -1.0, 2.5]], np.float32)
+
+    top = classify(scores, 2)
+
+    assert top.shape == (2, 2)
+    assert top.tolist() == [[b"0.700000:1", b"0.200000:2"], [b"3.000000:0", b"2.500000:2"]]
+
+
+def test_ties_keep_index_order_nan_ranks_last_and_a_large_count_is_cut_to_the_row() -> None:
+    scores = np.array([[1.0, np.nan, 1.0, 0.5]], np.float32)
+
+    assert classify(scores, 10).tolist() == [[b"1.000000:0", b"1.000000:2", b"0.500000:3", b"nan:1"]]
+
+
+def test_integer_outputs_are_written_as_integers_and_a_row_is_flattened() -> None:
+    counts = np.array([[[0, 9], [4, 200]]], np.uint8)  # one row of 2x2: indices 0-3 in C order
+
+    assert classify(counts, 3).tolist() == [[b"200:3", b"9:1", b"4:2"]]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http_class_count_gets_the_top_classes(
+    mlp_worker: RunningWorker, models: SimpleNamespace, binary: bool
+) -> None:
+    client = triton_http.InferenceServerClient(mlp_worker.url.removeprefix("http://"))
+    tensor = triton_http.InferInput("x", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X, binary_data=binary)
+    asked = triton_http.InferRequestedOutput("y", binary_data=binary, class_count=2)
+
+    result = client.infer("mlp", [tensor], outputs=[asked])
+
+    assert result.get_output("y")["datatype"] == "BYTES"
+    classes = result.as_numpy("y")
+    assert classes.shape == (5, 2)
+    assert indices(classes) == expected(models, 2)
+    y = reference(models.mlp, {"x": X})[0]
+    value, index = _text(classes[0][0]).split(":")
+    assert float(value) == pytest.approx(float(y[0][int(index)]), abs=1e-5)
+
+
+def test_tritonclient_grpc_class_count_gets_the_top_classes(
+    mlp_worker: RunningWorker, models: SimpleNamespace
+) -> None:
+    client = triton_grpc.InferenceServerClient(mlp_worker.grpc_target)
+    tensor = triton_grpc.InferInput("x", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)
+
+    result = client.infer("mlp", [tensor], outputs=[triton_grpc.InferRequestedOutput("y", class_count=3)])
+
+    classes = result.as_numpy("y")
+    assert classes.shape == (5, 3)
+    assert indices(classes) == expected(models, 3)
+    assert "classification" in client.get_server_metadata(as_json=True)["extensions"]
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [
+        (0, "'classification' must be a positive integer"),
+        ("2", "'classification' must be a positive integer"),
+        (True, "'classification' must be a positive integer"),
+        (1.5, "'classification' must be a positive integer"),
+    ],
+)
+def test_a_class_count_that_is_no_positive_integer_is_a_400(
+    mlp_worker: RunningWorker, count: object, message: str
+) -> None:
+    body = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}],
+        "outputs": [{"name": "y", "parameters": {"classification": count}}],
+    }
+
+    answer = httpx.post(f"{mlp_worker.url}/v2/models/mlp/infer", json=body)
+
+    assert answer.status_code == 400
+    assert message in answer.json()["error"]
+
+
+def test_classification_of_a_bytes_output_is_refused_over_both_protocols(models: SimpleNamespace) -> None:
+    with running(make_config(models.strings, "echo")) as worker:
+        body = {
+            "inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+            "outputs": [{"name": "t", "parameters": {"classification": 1}}],
+        }
+        answer = httpx.post(f"{worker.url}/v2/models/echo/infer", json=body)
+        assert answer.status_code == 400
+        assert answer.json()["error"] == "output 't' is BYTES; classification takes a numeric output"
+
+        client = triton_grpc.InferenceServerClient(worker.grpc_target)
+        tensor = triton_grpc.InferInput("s", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([b"a"], dtype=object))
+        with pytest.raises(triton_grpc.InferenceServerException, match="classification takes a numeric"):
+            client.infer("echo", [tensor], outputs=[triton_grpc.InferRequestedOutput("t", class_count=1)])
