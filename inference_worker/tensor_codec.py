@@ -308,6 +308,8 @@ def decode_json_inputs(
                 raise InvalidRequest(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
             decoded[name] = decode_values(name, dt, shape, count, item["data"])
             continue
+        if "data" in item:
+            raise InvalidRequest(f"input '{name}' has both 'data' and a binary_data_size parameter; send one")
         if binary is None or offset + size > len(binary):
             raise InvalidRequest(f"input '{name}': binary_data_size {size} runs past the end of the body")
         decoded[name] = decode_raw(name, dt, shape, count, binary[offset : offset + size])

@@ -112,6 +112,18 @@ def test_json_inputs_mix_inline_and_binary_tensors_in_order() -> None:
             [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": -1}}],
             "non-negative",
         ),
+        (
+            [
+                {
+                    "name": "a",
+                    "datatype": "FP32",
+                    "shape": [1],
+                    "data": [1],
+                    "parameters": {"binary_data_size": 4},
+                }
+            ],
+            "both 'data' and a binary_data_size parameter",
+        ),
         (["a"], "must be an object"),
         ({"a": 1}, "non-empty list"),
     ],
