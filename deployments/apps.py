@@ -10,6 +10,7 @@ class DeploymentsConfig(AppConfig):
         from deployments import series
         from deployments.services.alias_moves import on_alias_moved
         from deployments.services.measurements import measure_after_conversion
+        from deployments.services.version_uses import versions_deleting, versions_in_use
         from deployments.webhooks.events import on_event_recorded
         from registry import hooks
 
@@ -17,6 +18,8 @@ class DeploymentsConfig(AppConfig):
         hooks.event_recorded.register(on_event_recorded)
         hooks.version_serving.register(series.version_numbers)
         hooks.version_ready.register(measure_after_conversion)
+        hooks.versions_in_use.register(versions_in_use)
+        hooks.versions_deleting.register(versions_deleting)
 
         from celery.signals import worker_ready
 

@@ -49,3 +49,9 @@ class DuplicateUploadError(ConflictError):
     """The model has a version with the same bytes, and the caller asked not to register them again."""
 
     default_code = "duplicate_upload"
+
+
+class VersionInUseError(ConflictError):
+    """A version (or model) to delete is still used: by an alias, a deployment, a worker, a job."""
+
+    default_code = "in_use"

@@ -131,7 +131,12 @@ class ModelVersion(models.Model):
         ]
         # A model's versions by state, newest first. (On PostgreSQL, 0002 also adds a GIN
         # index on ``metadata`` for the metadata-key filter.)
-        indexes = [models.Index(fields=("model", "status", "-version"), name="version_model_state_idx")]
+        indexes = [
+            models.Index(fields=("model", "status", "-version"), name="version_model_state_idx"),
+            # Whether a stored file is still needed when a version is deleted (``services.removal``).
+            models.Index(fields=("source_path",), name="version_source_path_idx"),
+            models.Index(fields=("onnx_path",), name="version_onnx_path_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.version}"

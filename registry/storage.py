@@ -12,7 +12,8 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.conf import settings
@@ -113,6 +114,36 @@ def remove_if_unreferenced(relative: str, *, referenced: bool) -> None:
     """Delete a stored file that no row points at (after a failed registration)."""
     if not referenced:
         resolve(relative).unlink(missing_ok=True)
+
+
+def remove_unreferenced(relative: str, referenced: Callable[[], bool]) -> bool:
+    """Delete a stored file once no row points at it (its last version was deleted); whether it went.
+
+    Stored files are shared by every version with the same bytes, and an upload of those bytes may
+    be between finding the file and committing its row. So the file is first renamed aside, then
+    ``referenced()`` is asked again: a row that committed meanwhile gets its file back, and a row
+    that commits later finds it gone and stores it again (``ensure_stored``).
+    """
+    target = resolve(relative)
+    if referenced():
+        return False
+    aside = temp_dir() / f"deleting-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        target.rename(aside)
+    except FileNotFoundError:
+        return False
+    if referenced():
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, target)  # the same bytes, unless an upload stored them again meanwhile
+    aside.unlink(missing_ok=True)
+    return not target.exists()
+
+
+def ensure_stored(relative: str, source: Path, digest: str) -> None:
+    """After the row pointing at ``relative`` committed: store ``source`` again if a deletion of the
+    last other version with these bytes removed the file meanwhile (``remove_unreferenced``)."""
+    if not resolve(relative).exists():
+        store_file(source, digest)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -29,6 +29,8 @@ EVENT_TYPES: dict[tuple[str, str | None], str] = {
     ("version.registered", None): "version.registered",
     ("version.status_changed", "ready"): "version.ready",
     ("version.status_changed", "failed"): "version.failed",
+    ("version.deleted", None): "version.deleted",
+    ("model.deleted", None): "model.deleted",
     ("alias.set", None): "alias.moved",
     ("alias.moved", None): "alias.moved",
     **{(f"traffic.{kind}", None): "traffic.changed" for kind in TrafficChange.Kind.values},

@@ -34,7 +34,7 @@ def parse_json_field(raw: str | None, field: str) -> Any:
 
 
 class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredModel]):
-    """Registered models: list, create, read, update."""
+    """Registered models: list, create, read, update, delete."""
 
     lookup_field = "name"
     lookup_value_regex = "[a-z0-9-]+"
@@ -75,9 +75,15 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
         services.update_model(model=model, actor=request.user, **data.validated_data)
         return Response(s.ModelOutput(queries.models_with_counts().get(pk=model.pk)).data)
 
+    @extend_schema(responses={204: None})
+    def destroy(self, request: Request, name: str) -> Response:
+        """Delete the model, its aliases and every version; 409 naming what still uses it."""
+        services.delete_model(model=queries.model_for_change(name, request.user), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
 
 class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion]):
-    """Versions of one model: list, upload, read, download, convert again."""
+    """Versions of one model: list, upload, read, download, convert again, delete."""
 
     serializer_class = s.VersionOutput
     lookup_field = "number"
@@ -136,6 +142,14 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
 
     def retrieve(self, request: Request, name: str, number: str) -> Response:
         return Response(s.VersionOutput(queries.get_version(name, int(number))).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request: Request, name: str, number: str) -> Response:
+        """Delete the version and, once no version shares them, its stored files; 409 naming what
+        still uses it (an alias, a deployment, a worker, a conversion or job in progress)."""
+        version = queries.version_for_change(name, int(number), request.user)
+        services.delete_version(version=version, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=None, responses={202: s.VersionOutput})
     @action(detail=True, methods=["post"])

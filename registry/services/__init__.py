@@ -1,7 +1,7 @@
 """Registry services: plain functions that take and return model instances.
 
 Split by concept: ``registration`` (models and uploads), ``aliases`` (promotion),
-``conversion`` (the ONNX pipeline's database side).
+``conversion`` (the ONNX pipeline's database side), ``removal`` (deleting versions and models).
 """
 
 from registry.services.aliases import delete_alias, set_alias
@@ -12,11 +12,14 @@ from registry.services.conversion import (
     sweep_stale_conversions,
 )
 from registry.services.registration import create_model, register_version, update_model
+from registry.services.removal import delete_model, delete_version
 
 __all__ = (
     "convert_version",
     "create_model",
     "delete_alias",
+    "delete_model",
+    "delete_version",
     "fail_version",
     "register_version",
     "request_conversion",

@@ -140,7 +140,10 @@ def convert_version(*, version_id: int, attempt: str) -> ModelVersion | None:
                 version_id=version.pk, attempt=attempt, reason=exc.message, report=report, code=exc.code
             )
         relative, digest, size, _created = storage.store_path(output)
-    return _mark_ready(version, attempt, result, relative, digest, size)
+        ready = _mark_ready(version, attempt, result, relative, digest, size)
+        # A deletion of the last other version with this ONNX may have removed the file meanwhile.
+        storage.ensure_stored(relative, output, digest)
+    return ready
 
 
 def _conversion_request(version: ModelVersion, output: str) -> dict[str, Any]:

@@ -217,6 +217,8 @@ def register_version(
             referenced = ModelVersion.objects.filter(source_path=relative).exists()
             storage.remove_if_unreferenced(relative, referenced=referenced)
         raise
+    # A deletion of the last other version with these bytes may have removed the file meanwhile.
+    transaction.on_commit(lambda: storage.ensure_stored(relative, upload_path, digest))
     logger.info("registered %s (%s, %d bytes, sha256 %s)", version, kind.format, size, digest)
     return version
 
