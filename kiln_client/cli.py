@@ -162,6 +162,25 @@ def cmd_alias(client: Client, args: argparse.Namespace, out: Progress) -> int:
     return 0
 
 
+def cmd_delete(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    if (args.version is None) == (not args.whole_model):
+        raise UsageError("give the version to delete, or --whole-model for the model and every version")
+    path, what = (
+        (f"/models/{args.model}/", f"model {args.model}")
+        if args.whole_model
+        else (f"/models/{args.model}/versions/{args.version}/", f"{args.model} v{args.version}")
+    )
+    try:
+        client.delete(path)
+    except ApiError as exc:
+        if exc.status == 404 and args.if_exists:
+            out.line(f"{what}: not there (kept going: --if-exists)")
+            return 0
+        raise
+    out.line(f"deleted {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
@@ -210,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete", action="store_true")
     p.add_argument("--if-missing", action="store_true", help="only set it when the alias does not exist")
     p.set_defaults(run=cmd_alias)
+
+    p = sub.add_parser("delete", help="delete a version, or --whole-model (refused while anything uses it)")
+    p.add_argument("model")
+    p.add_argument("version", type=int, nargs="?")
+    p.add_argument("--whole-model", action="store_true", help="the model, its aliases and every version")
+    p.add_argument("--if-exists", action="store_true", help="one already gone is no error (a rerun)")
+    p.set_defaults(run=cmd_delete)
 
     p = sub.add_parser("deploy", help="create a deployment and its variants (--variant NAME:alias=A,...)")
     p.add_argument("deployment")

@@ -218,6 +218,32 @@ def version_convert(request: HttpRequest, name: str, number: int) -> HttpRespons
 
 
 @login_required
+@require_POST
+def version_delete(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = queries.version_for_change(name, number, request.user)
+    try:
+        services.delete_version(version=version, actor=request.user)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+        return redirect("registry:version-detail", name=name, number=number)
+    messages.success(request, f"Version {number} of {name} deleted.")
+    return redirect("registry:model-detail", name=name)
+
+
+@login_required
+@require_POST
+def model_delete(request: HttpRequest, name: str) -> HttpResponse:
+    model = queries.model_for_change(name, request.user)
+    try:
+        services.delete_model(model=model, actor=request.user)
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+        return redirect("registry:model-detail", name=name)
+    messages.success(request, f"Model {name} deleted.")
+    return redirect("registry:model-list")
+
+
+@login_required
 def audit_list(request: HttpRequest) -> HttpResponse:
     events = queries.audit_events()
     if model := request.GET.get("model"):

@@ -34,7 +34,7 @@ def delete_version(*, version: ModelVersion, actor: Actor) -> None:
     what = f"version {row.version} of {model.name!r}"
     aliases = sorted(Alias.objects.filter(version=row).values_list("name", flat=True))
     uses = [f"alias {name!r} points at it" for name in aliases]
-    _refuse_if_used(what, model, [row], uses, "Move or delete its aliases, and stop what uses it, first.")
+    _refuse_if_used(what, model, [row], uses)
     hooks.versions_deleting.call(version_ids=[row.pk])
     paths = _paths([row])
     record_event(
@@ -53,8 +53,7 @@ def delete_model(*, model: RegisteredModel, actor: Actor) -> None:
     """Delete ``model``, its aliases and every version (refused while any of them is used)."""
     model = _lock(model)
     versions = list(ModelVersion.objects.select_for_update().filter(model=model).order_by("version"))
-    advice = "Delete the deployments that use it first."
-    _refuse_if_used(f"model {model.name!r}", model, versions, [], advice, whole_model=True)
+    _refuse_if_used(f"model {model.name!r}", model, versions, [], whole_model=True)
     hooks.versions_deleting.call(version_ids=[v.pk for v in versions])
     paths = _paths(versions)
     aliases = dict(Alias.objects.filter(model=model).values_list("name", "version__version"))
@@ -81,7 +80,6 @@ def _refuse_if_used(
     model: RegisteredModel,
     versions: list[ModelVersion],
     uses: list[str],
-    advice: str,
     *,
     whole_model: bool = False,
 ) -> None:
@@ -94,7 +92,7 @@ def _refuse_if_used(
     for found in hooks.versions_in_use.call(model_id=model.pk, version_ids=ids, whole_model=whole_model):
         uses += found
     if uses:
-        raise VersionInUseError(f"{what} is in use: {'; '.join(uses)}. {advice}", extra={"uses": uses})
+        raise VersionInUseError(f"{what} is in use: {'; '.join(uses)}", extra={"uses": uses})
 
 
 def _summary(version: ModelVersion) -> dict[str, Any]:

@@ -129,6 +129,36 @@ def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
         assert "Traceback" not in result.stderr
 
 
+def test_delete_removes_a_version_then_the_model_says_why_not_and_reruns_with_if_exists(
+    live_server: Any, token: str, tmp_path: Path
+) -> None:
+    for seed in (1, 2):
+        path = tmp_path / f"cnn-{seed}.onnx"
+        factories.save_onnx_cnn(path, seed=seed)
+        assert (
+            kiln("upload", "digits", str(path), "--create", url=live_server.url, token=token).returncode == 0
+        )
+    ModelVersion.objects.update(status="ready")  # as the conversion leaves them
+    assert kiln("alias", "digits", "production", "2", url=live_server.url, token=token).returncode == 0
+
+    deleted = kiln("delete", "digits", "1", url=live_server.url, token=token)
+    rerun = kiln("delete", "digits", "1", "--if-exists", url=live_server.url, token=token)
+    gone = kiln("delete", "digits", "1", url=live_server.url, token=token)
+    in_use = kiln("delete", "digits", "2", url=live_server.url, token=token)
+    unclear = kiln("delete", "digits", url=live_server.url, token=token)
+    whole = kiln("delete", "digits", "--whole-model", url=live_server.url, token=token)
+
+    assert (deleted.returncode, deleted.stderr.strip()) == (0, "deleted digits v1")
+    assert rerun.returncode == 0
+    assert "not there" in rerun.stderr
+    assert (gone.returncode, gone.stderr.strip()) == (1, "kiln: model 'digits' has no version 1")
+    assert in_use.returncode == 1
+    assert "version 2 of 'digits' is in use: alias 'production' points at it" in in_use.stderr
+    assert unclear.returncode == 2
+    assert whole.returncode == 0
+    assert not ModelVersion.objects.exists()
+
+
 def test_a_missing_or_wrong_token_is_a_clear_error(live_server: Any) -> None:
     missing = kiln("versions", "digits", url=live_server.url, token=None)
     wrong = kiln("versions", "digits", url=live_server.url, token="kiln_nope_nope")

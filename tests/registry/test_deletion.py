@@ -12,6 +12,7 @@ from unittest.mock import ANY
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -100,7 +101,7 @@ def test_a_version_in_use_is_refused_naming_every_use(owner: User, owner_api: AP
     assert message.startswith("version 1 of 'cnn' is in use: alias 'production' points at it; ")
     assert "deployment 'ab' variant 'a' serves v1" in message
     assert "of deployment 'ab' runs v1 (ready)" in message
-    assert message.endswith("Move or delete its aliases, and stop what uses it, first.")
+    assert message.endswith("runs v1 (ready)")
     assert "deployment 'ab' variant 'b' is pinned to v2" in second.json()["message"]
     assert model.status_code == 409
     assert "deployment 'ab' serves the model" in model.json()["message"]
@@ -240,3 +241,48 @@ def test_an_upload_of_the_same_bytes_between_storing_and_committing_keeps_its_fi
 
     assert second.source_path == first.source_path
     assert storage.resolve(second.source_path).read_bytes() == path.read_bytes()
+
+
+def test_the_web_pages_delete_a_version_and_a_model_and_say_why_not(
+    owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    create_model(owner_api)
+    _upload(owner_api, tmp_path, seed=1)
+    _upload(owner_api, tmp_path, seed=2)
+    assert (
+        owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json").status_code
+        == 200
+    )
+    browser = Client()
+    browser.force_login(owner)
+    page = browser.get("/models/cnn/versions/1/").content.decode()
+    assert 'action="/models/cnn/versions/1/delete/"' in page
+    assert "data-confirm=" in page
+
+    deleted = browser.post("/models/cnn/versions/1/delete/", follow=True)
+    refused = browser.post("/models/cnn/versions/2/delete/", follow=True)
+
+    assert deleted.redirect_chain[-1][0] == "/models/cnn/"
+    assert "Version 1 of cnn deleted." in deleted.content.decode()
+    assert refused.redirect_chain[-1][0] == "/models/cnn/versions/2/"
+    assert "alias &#x27;production&#x27; points at it" in refused.content.decode()
+    gone = browser.post("/models/cnn/delete/", follow=True)
+    assert gone.redirect_chain[-1][0] == "/"
+    assert "Model cnn deleted." in gone.content.decode()
+    assert not RegisteredModel.objects.exists()
+
+
+def test_a_delete_form_without_its_csrf_token_or_by_another_user_deletes_nothing(
+    owner: User, outsider: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    create_model(owner_api)
+    _upload(owner_api, tmp_path, seed=1)
+    forged = Client(enforce_csrf_checks=True)
+    forged.force_login(owner)
+    other = Client()
+    other.force_login(outsider)
+
+    assert forged.post("/models/cnn/versions/1/delete/").status_code == 403
+    assert other.post("/models/cnn/delete/").status_code == 403
+    assert "Delete model" not in other.get("/models/cnn/").content.decode()
+    assert ModelVersion.objects.count() == 1
