@@ -5,6 +5,7 @@
 - ``main``          the entry point: options, logging, the event loop
 - ``app``           the ``Gateway``: lifecycle, the request path (arm, replica, proxy)
 - ``activator``     requests held for a variant scaled to zero while the platform starts a replica
+- ``identity``      what it says it is (server metadata: name, version, extensions)
 - ``config``        its options (``KILN_GATEWAY_*``) and the frozen ``GatewayConfig``
 - ``routing``       the routing table's hot-path objects and the pure ``choose_arm`` / ``choose_replica``
 - ``server``        the HTTP server the gateway answers on (over ``http_base``)

@@ -20,10 +20,9 @@ import signal
 import time
 from random import Random
 
-from inference_worker import __version__
 from inference_worker.contracts.gateway_stats import GatewaySnapshot
 from inference_worker.contracts.gateway_table import GatewayTableRecord
-from inference_worker.gateway import shared_memory
+from inference_worker.gateway import identity, shared_memory
 from inference_worker.gateway.activator import ActivationSender, Activator
 from inference_worker.gateway.call import Call
 from inference_worker.gateway.config import GatewayConfig
@@ -246,7 +245,7 @@ class Gateway:
             body = {"ready": self.loaded, "routing_table_version": self.table.version}
             return reply(json_response(200 if self.loaded else 503, body))
         if path == b"/v2":
-            return reply(json_response(200, {"name": "kiln-gateway", "version": __version__}))
+            return reply(json_response(200, identity.server_metadata()))
         if shared_memory.is_extension_path(path):
             return reply(json_response(501, {"error": shared_memory.MESSAGE}))
         return reply(json_response(404, {"error": f"no route for {path.decode('latin-1')!r}"}))

@@ -46,8 +46,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from inference_worker import __version__, build_protos, pb_wire
-from inference_worker.gateway import grpc_hold, grpc_wire, shared_memory
+from inference_worker import build_protos, pb_wire
+from inference_worker.gateway import grpc_hold, grpc_wire, identity, shared_memory
 from inference_worker.gateway.activator import Activator
 from inference_worker.gateway.config import GatewayConfig
 from inference_worker.gateway.grpc_infer import PATH, RETRYABLE, Failure, call_replica, labels_of, model_infer
@@ -122,7 +122,7 @@ class GrpcProxy:
             return bytes(pb2.ServerReadyResponse(ready=self.router.loaded).SerializeToString())
 
         async def metadata(request: bytes, context: Call) -> bytes:
-            answer = pb2.ServerMetadataResponse(name="kiln-gateway", version=__version__)
+            answer = pb2.ServerMetadataResponse(**identity.server_metadata())
             return bytes(answer.SerializeToString())
 
         return {"ServerLive": live, "ServerReady": ready, "ServerMetadata": metadata} | shared_memory.REFUSALS

@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import ANY
 
 import orjson
 import pytest
 
+from inference_worker.gateway import identity
 from tests.support.gateway import (
     Arm,
     Client,
@@ -93,6 +95,8 @@ def test_the_gateway_is_ready_once_a_table_is_loaded_and_an_unknown_deployment_i
     with routing_key() as (key, redis), gateway(key) as gw:
         assert get(gw.url, "/v2/health/live")[0] == 200
         assert get(gw.url, "/v2/health/ready")[0] == 503
+        metadata = orjson.loads(get(gw.url, "/v2")[2])
+        assert metadata == {"name": "kiln-gateway", "version": ANY, "extensions": list(identity.EXTENSIONS)}
         healthz = get(gw.url, "/healthz")
         assert (healthz[0], orjson.loads(healthz[2])) == (
             200,

@@ -19,6 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from inference_worker.gateway import identity
 from tests.support.gateway import (
     Process,
     applied,
@@ -78,6 +79,8 @@ def test_a_unary_call_is_answered_by_the_variant_s_worker_and_labelled_with_vari
         with client(gw) as triton:
             assert triton.is_server_live()
             assert triton.is_server_ready()
+            metadata = triton.get_server_metadata(as_json=True)
+            assert (metadata["name"], metadata["extensions"]) == ("kiln-gateway", list(identity.EXTENSIONS))
             assert triton.is_model_ready("fraud")
             assert [i.name for i in triton.get_model_metadata("fraud").inputs] == ["x"]
             result = triton.infer("fraud", inputs())
