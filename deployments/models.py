@@ -194,6 +194,8 @@ class WorkerState(models.TextChoices):
 
 
 LIVE_WORKER_STATES = (WorkerState.STARTING, WorkerState.READY, WorkerState.UNHEALTHY)
+BUSY_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
+"""A worker still running: live, or draining before it stops."""
 
 
 class Worker(models.Model):

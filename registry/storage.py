@@ -133,10 +133,10 @@ def remove_unreferenced(relative: str, referenced: Callable[[], bool]) -> bool:
     except FileNotFoundError:
         return False
     if referenced():
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, target)  # the same bytes, unless an upload stored them again meanwhile
-    aside.unlink(missing_ok=True)
-    return not target.exists()
+        os.replace(aside, target)  # back: the same bytes as any an upload stored again meanwhile
+        return False
+    aside.unlink()
+    return True
 
 
 def ensure_stored(relative: str, source: Path, digest: str) -> None:

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from config.locks import advisory_lock
 from deployments.backends import BackendError, get_backend, owns_placement
-from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, WorkerState
+from deployments.models import BUSY_WORKER_STATES, Deployment, Variant
 from deployments.reconcile.cleanup import stop_orphans
 from deployments.reconcile.service import ServiceReconciler
 from deployments.reconcile.status import update_status
@@ -20,7 +20,6 @@ from deployments.services.events import record_deployment_event
 from deployments.services.routing import converge_routing_table, publish_routing_table
 
 logger = logging.getLogger(__name__)
-BUSY_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
 
 
 def reconcile_all() -> dict[str, int]:

@@ -28,14 +28,19 @@ from django.utils import timezone
 
 from config.metrics.events import record_reconcile_action
 from deployments.backends.base import Replica, ServiceBackend, ServiceStatus
-from deployments.models import LIVE_WORKER_STATES, Deployment, Variant, Worker, WorkerState
+from deployments.models import (
+    BUSY_WORKER_STATES,
+    LIVE_WORKER_STATES,
+    Deployment,
+    Variant,
+    Worker,
+    WorkerState,
+)
 from deployments.reconcile.crashes import death_of, ends_crash_loop
 from deployments.reconcile.spec import pick_image, service_spec, spec_hash
 from deployments.services.workers import last_report_of
 from inference_worker.contracts.report import DRAINING, Listen
 from registry.models import ModelVersion
-
-BUSY = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
 
 
 class ServiceReconciler:
@@ -84,11 +89,11 @@ class ServiceReconciler:
             if task.ended:
                 if row is None and task.died and self.unseen_death(task):
                     row = self.adopt(task, status)
-                if row is not None and row.state in BUSY:
+                if row is not None and row.state in BUSY_WORKER_STATES:
                     self.end(row, task)
                 continue
             self.observe(row or self.adopt(task, status), task)
-        for row in self.variant.workers.filter(state__in=BUSY).exclude(handle=""):
+        for row in self.variant.workers.filter(state__in=BUSY_WORKER_STATES).exclude(handle=""):
             if row.handle not in listed:  # the service or the task's record is gone
                 self.set_state(row, WorkerState.STOPPED)
 

@@ -15,7 +15,7 @@ from django.db.models import Q
 from deployments.measure_models import ACTIVE_MEASUREMENT_STATES
 from deployments.models import (
     ACTIVE_ROLLOUT_STATES,
-    LIVE_WORKER_STATES,
+    BUSY_WORKER_STATES,
     Deployment,
     ImageStatus,
     MeasurementRun,
@@ -23,10 +23,7 @@ from deployments.models import (
     Variant,
     Worker,
     WorkerImage,
-    WorkerState,
 )
-
-_RUNNING = (*LIVE_WORKER_STATES, WorkerState.DRAINING)
 
 
 def versions_in_use(*, model_id: int, version_ids: list[int], whole_model: bool) -> list[str]:
@@ -47,7 +44,7 @@ def versions_in_use(*, model_id: int, version_ids: list[int], whole_model: bool)
         number = (pinned or variant.version).version
         how = "is pinned to" if pinned is not None else "serves"
         uses.append(f"deployment {variant.deployment.name!r} variant {variant.name!r} {how} v{number}")
-    workers = Worker.objects.filter(version_id__in=version_ids, state__in=_RUNNING).select_related(
+    workers = Worker.objects.filter(version_id__in=version_ids, state__in=BUSY_WORKER_STATES).select_related(
         "variant__deployment", "version"
     )
     uses += [
@@ -64,18 +61,19 @@ def versions_in_use(*, model_id: int, version_ids: list[int], whole_model: bool)
     uses += [
         f"the worker image of v{b.version.version} is {b.status}" for b in builds.select_related("version")
     ]
-    rollouts = Rollout.objects.filter(version_id__in=version_ids, state__in=ACTIVE_ROLLOUT_STATES)
-    uses += [
-        f"a rollout of v{r.version.version} in deployment {r.deployment.name!r} is {r.state}"
-        for r in rollouts.select_related("version", "deployment")
-        if r.version is not None and not whole_model
-    ]
+    if not whole_model:  # the model's deployments are named already
+        rollouts = Rollout.objects.filter(version_id__in=version_ids, state__in=ACTIVE_ROLLOUT_STATES)
+        uses += [
+            f"a rollout of v{r.version.version} in deployment {r.deployment.name!r} is {r.state}"
+            for r in rollouts.select_related("version", "deployment")
+            if r.version is not None
+        ]
     return uses
 
 
 def versions_deleting(*, version_ids: list[int]) -> None:
     """The versions go (nothing uses them): their ended workers' rows go, finished rollouts forget them."""
-    Worker.objects.filter(version_id__in=version_ids).exclude(state__in=_RUNNING).delete()
+    Worker.objects.filter(version_id__in=version_ids).exclude(state__in=BUSY_WORKER_STATES).delete()
     Rollout.objects.filter(version_id__in=version_ids).exclude(state__in=ACTIVE_ROLLOUT_STATES).update(
         version=None
     )
