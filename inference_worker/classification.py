@@ -11,6 +11,7 @@ Numeric outputs only; the model carries no labels, so no ``:<label>`` part follo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,8 @@ def check_classifiable(datatype: str, output: str) -> None:
 
 def classify(array: np.ndarray, count: int) -> np.ndarray:
     """The top ``count`` classes of each row of ``array`` (BYTES ``[batch, count]``, an object array)."""
-    rows = array.reshape(array.shape[0] if array.ndim else 1, -1)
+    batch, width = (array.shape[0], math.prod(array.shape[1:])) if array.ndim else (1, 1)
+    rows = array.reshape(batch, width)  # not -1: it cannot be read off an array without elements
     count = min(count, rows.shape[1])
     keys = rows
     if rows.dtype.kind == "f":

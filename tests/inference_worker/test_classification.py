@@ -53,6 +53,11 @@ def test_integer_outputs_are_written_as_integers_and_a_row_is_flattened() -> Non
     assert classify(counts, 3).tolist() == [[b"200:3", b"9:1", b"4:2"]]
 
 
+def test_rows_without_elements_give_rows_without_classes() -> None:
+    assert classify(np.zeros((2, 0), np.float32), 3).shape == (2, 0)
+    assert classify(np.zeros((0, 4), np.float32), 3).shape == (0, 3)
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_tritonclient_http_class_count_gets_the_top_classes(
     mlp_worker: RunningWorker, models: SimpleNamespace, binary: bool
