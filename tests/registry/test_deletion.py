@@ -47,6 +47,14 @@ def committed(django_capture_on_commit_callbacks: Callable[..., Any]) -> Callabl
     return delete
 
 
+def _two_versions_production_on_v2(client: APIClient, tmp_path: Path) -> None:
+    create_model(client)
+    _upload(client, tmp_path, seed=1)
+    _upload(client, tmp_path, seed=2)
+    moved = client.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json")
+    assert moved.status_code == 200, moved.content
+
+
 def _file(model: str, number: int) -> Path:
     return storage.resolve(ModelVersion.objects.get(model__name=model, version=number).source_path)
 
@@ -153,13 +161,7 @@ def test_what_only_remembers_a_version_goes_with_it(owner: User, owner_api: APIC
 def test_a_model_goes_with_its_aliases_versions_and_files(
     owner_api: APIClient, tmp_path: Path, committed: Any
 ) -> None:
-    create_model(owner_api)
-    _upload(owner_api, tmp_path, seed=1)
-    _upload(owner_api, tmp_path, seed=2)
-    assert (
-        owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json").status_code
-        == 200
-    )
+    _two_versions_production_on_v2(owner_api, tmp_path)
     files = [_file("cnn", 1), _file("cnn", 2)]
 
     deleted = committed(owner_api, "/api/v1/models/cnn/")
@@ -246,13 +248,7 @@ def test_an_upload_of_the_same_bytes_between_storing_and_committing_keeps_its_fi
 def test_the_web_pages_delete_a_version_and_a_model_and_say_why_not(
     owner: User, owner_api: APIClient, tmp_path: Path
 ) -> None:
-    create_model(owner_api)
-    _upload(owner_api, tmp_path, seed=1)
-    _upload(owner_api, tmp_path, seed=2)
-    assert (
-        owner_api.put("/api/v1/models/cnn/aliases/production/", {"version": 2}, format="json").status_code
-        == 200
-    )
+    _two_versions_production_on_v2(owner_api, tmp_path)
     browser = Client()
     browser.force_login(owner)
     page = browser.get("/models/cnn/versions/1/").content.decode()
