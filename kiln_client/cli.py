@@ -163,8 +163,6 @@ def cmd_alias(client: Client, args: argparse.Namespace, out: Progress) -> int:
 
 
 def cmd_delete(client: Client, args: argparse.Namespace, out: Progress) -> int:
-    if (args.version is None) == (not args.whole_model):
-        raise UsageError("give the version to delete, or --whole-model for the model and every version")
     path, what = (
         (f"/models/{args.model}/", f"model {args.model}")
         if args.whole_model
@@ -232,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("delete", help="delete a version, or --whole-model (refused while anything uses it)")
     p.add_argument("model")
-    p.add_argument("version", type=int, nargs="?")
-    p.add_argument("--whole-model", action="store_true", help="the model, its aliases and every version")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("version", type=int, nargs="?")
+    which.add_argument("--whole-model", action="store_true", help="the model, its aliases and every version")
     p.add_argument("--if-exists", action="store_true", help="one already gone is no error (a rerun)")
     p.set_defaults(run=cmd_delete)
 
