@@ -21,26 +21,22 @@ from inference_worker.errors import InvalidRequest
 PARAMETER = "classification"
 
 
-def class_count(value: Any, output: str) -> int:
-    """The ``classification`` parameter of ``output``: a positive integer, or a 400 that says so."""
+def class_count(value: Any, datatype: str, output: str) -> int:
+    """The ``classification`` parameter of ``output`` (of ``datatype``): a positive integer for a
+    numeric output, or a 400 that says what is wrong, before the model runs."""
     if type(value) is not int or value < 1:
         raise InvalidRequest(
             f"output '{output}': 'classification' must be a positive integer (the number of classes)"
         )
+    if datatype in ("BYTES", "BOOL"):
+        raise InvalidRequest(f"output '{output}' is {datatype}; classification takes a numeric output")
     return value
 
 
-def grpc_class_count(parameter: Any, output: str) -> int:
-    """The same from a gRPC ``InferParameter`` (tritonclient sends ``int64_param``)."""
+def grpc_value(parameter: Any) -> Any:
+    """The value of a gRPC ``InferParameter`` that can hold a count (tritonclient sends ``int64_param``)."""
     kind = parameter.WhichOneof("parameter_choice")
-    value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
-    return class_count(value, output)
-
-
-def check_classifiable(datatype: str, output: str) -> None:
-    """Refuse classification of an output that holds no numbers (BYTES, BOOL) before the model runs."""
-    if datatype in ("BYTES", "BOOL"):
-        raise InvalidRequest(f"output '{output}' is {datatype}; classification takes a numeric output")
+    return getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
 
 
 def classify(array: np.ndarray, count: int) -> np.ndarray:

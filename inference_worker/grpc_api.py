@@ -234,11 +234,9 @@ class InferenceServicer(SharedMemoryServicer):
                 signature = self._dp.signature
                 assert signature is not None  # noqa: S101 - check_model passed
                 datatype = signature.outputs[self._dp.output_index(output.name)].datatype
-                classification.check_classifiable(datatype, output.name)
+                value = classification.grpc_value(output.parameters[classification.PARAMETER])
                 found = found or {}
-                found[output.name] = classification.grpc_class_count(
-                    output.parameters[classification.PARAMETER], output.name
-                )
+                found[output.name] = classification.class_count(value, datatype, output.name)
         return found
 
     def _encode(self, infer: InferRequest, outputs: Outputs) -> bytes | WorkerError:

@@ -252,9 +252,8 @@ class HttpApi:
             binary = parameters.get("binary_data", binary_default)
             datatype, classes = signature.outputs[index].datatype, 0
             if classification.PARAMETER in parameters:
-                classes = classification.class_count(parameters[classification.PARAMETER], item["name"])
-                classification.check_classifiable(datatype, item["name"])
-                datatype = "BYTES"
+                value = parameters[classification.PARAMETER]
+                classes, datatype = classification.class_count(value, datatype, item["name"]), "BYTES"
             selection.append((index, item["name"], datatype, binary is True, classes))
             window = self._dp.shared_memory.window(f"output '{item['name']}'", parameters)
             if window is not None:
