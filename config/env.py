@@ -8,6 +8,7 @@ read from that file (Docker/Kubernetes secrets) instead of ``NAME``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -120,6 +121,15 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env_str(name, default).strip()
     if value not in choices:
         msg = f"{name}={value!r} must be one of {', '.join(choices)}"
+        raise ImproperlyConfigured(msg)
+    return value
+
+
+def env_size(name: str, default: str) -> str:
+    """A memory size as Docker writes it (``512m``, ``4g``, bytes without a unit), lowercased; empty: none."""
+    value = env_str(name, default).strip().lower()
+    if value and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", value):
+        msg = f"{name}={value!r}: use a size such as 512m or 4g (empty: none)"
         raise ImproperlyConfigured(msg)
     return value
 

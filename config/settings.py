@@ -22,6 +22,7 @@ from config.env import (
     env_list,
     env_optional_str,
     env_path,
+    env_size,
     env_str,
 )
 
@@ -357,12 +358,7 @@ KILN_DOCKER_BIND_HOST = env_str("KILN_DOCKER_BIND_HOST", "127.0.0.1")
 # Prometheus run on that network too, as in the compose stack; nothing is published).
 KILN_DOCKER_WORKER_ADDRESS = env_choice("KILN_DOCKER_WORKER_ADDRESS", "published", ("published", "network"))
 KILN_DOCKER_PUBLIC_URL = env_str("KILN_DOCKER_PUBLIC_URL", "").rstrip("/")
-KILN_DOCKER_MEMORY_LIMIT = env_str("KILN_DOCKER_MEMORY_LIMIT", "4g").strip().lower()
-if KILN_DOCKER_MEMORY_LIMIT and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", KILN_DOCKER_MEMORY_LIMIT):
-    msg = (
-        f"KILN_DOCKER_MEMORY_LIMIT={KILN_DOCKER_MEMORY_LIMIT!r}: use a size such as 512m or 4g (empty: none)"
-    )
-    raise ImproperlyConfigured(msg)
+KILN_DOCKER_MEMORY_LIMIT = env_size("KILN_DOCKER_MEMORY_LIMIT", "4g")
 KILN_DOCKER_CPUS = env_float("KILN_DOCKER_CPUS", 0.0, minimum=0.0, maximum=1024.0)
 KILN_DOCKER_RESTART_POLICY = env_str("KILN_DOCKER_RESTART_POLICY", "no").strip()
 if not re.fullmatch(r"no|always|unless-stopped|on-failure(:[0-9]+)?", KILN_DOCKER_RESTART_POLICY):
@@ -379,6 +375,7 @@ KILN_WHEELHOUSE_DIR = env_path("KILN_WHEELHOUSE_DIR", VAR_DIR / "wheelhouse")
 KILN_IMAGE_BUILD_TIMEOUT_S = env_float("KILN_IMAGE_BUILD_TIMEOUT_S", 1800.0, minimum=60.0)
 KILN_IMAGE_BUILD_LEASE_S = env_float("KILN_IMAGE_BUILD_LEASE_S", 120.0, minimum=5.0)
 CELERY_BEAT_SCHEDULE["sweep-image-builds"] = {"task": "deployments.sweep_image_builds", "schedule": 30.0}
+CELERY_BEAT_SCHEDULE["prune-worker-images"] = {"task": "deployments.prune_worker_images", "schedule": 600.0}
 
 # The swarm backend: one Docker Swarm service per variant through the manager at DOCKER_HOST; it
 # reuses the docker backend's images (pushed to the registry named in KILN_DOCKER_IMAGE_REPOSITORY),
@@ -390,10 +387,7 @@ KILN_SWARM_RESTART_DELAY_S = env_float("KILN_SWARM_RESTART_DELAY_S", 2.0, minimu
 KILN_SWARM_UPDATE_PARALLELISM = env_int("KILN_SWARM_UPDATE_PARALLELISM", 1, minimum=1, maximum=64)
 KILN_SWARM_UPDATE_DELAY_S = env_float("KILN_SWARM_UPDATE_DELAY_S", 0.0, minimum=0.0, maximum=600.0)
 KILN_SWARM_UPDATE_MONITOR_S = env_float("KILN_SWARM_UPDATE_MONITOR_S", 10.0, minimum=0.0, maximum=600.0)
-KILN_SWARM_RESERVE_MEMORY = env_str("KILN_SWARM_RESERVE_MEMORY", "").strip().lower()
-if KILN_SWARM_RESERVE_MEMORY and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", KILN_SWARM_RESERVE_MEMORY):
-    msg = f"KILN_SWARM_RESERVE_MEMORY={KILN_SWARM_RESERVE_MEMORY!r}: use a size such as 512m (empty: none)"
-    raise ImproperlyConfigured(msg)
+KILN_SWARM_RESERVE_MEMORY = env_size("KILN_SWARM_RESERVE_MEMORY", "")
 KILN_SWARM_RESERVE_CPUS = env_float("KILN_SWARM_RESERVE_CPUS", 0.0, minimum=0.0, maximum=1024.0)
 # Credentials of the registry in KILN_DOCKER_IMAGE_REPOSITORY (pushes, and pulls by swarm nodes).
 KILN_DOCKER_REGISTRY_USERNAME = env_str("KILN_DOCKER_REGISTRY_USERNAME", "")

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from config.jobs import RETRYING_JOB, RowJobTask
+from deployments.backends.base import BackendError
 from deployments.webhooks.tasks import deliver_webhook_task as deliver_webhook_task
 from deployments.webhooks.tasks import send_due_webhooks_task as send_due_webhooks_task
 
@@ -101,6 +102,27 @@ def sweep_image_builds_task() -> dict[str, int]:
     from deployments.services.images import sweep_image_builds
 
     return sweep_image_builds()
+
+
+@shared_task(
+    name="deployments.remove_worker_images",
+    acks_late=True,
+    autoretry_for=(BackendError, OperationalError, InterfaceError),
+    retry_backoff=30,
+    max_retries=5,
+    time_limit=300,
+)
+def remove_worker_images_task(tags: list[str]) -> dict[str, str]:
+    from deployments.services.image_cleanup import remove_worker_images
+
+    return remove_worker_images(tags)
+
+
+@shared_task(name="deployments.prune_worker_images", acks_late=True, time_limit=300)
+def prune_worker_images_task() -> dict[str, int]:
+    from deployments.services.image_cleanup import prune_superseded_images
+
+    return prune_superseded_images()
 
 
 _MEASURE_HARD_LIMIT = int(settings.KILN_ADVICE_MEASURE_TIMEOUT_S) + 60

@@ -32,7 +32,7 @@ from django.conf import settings
 
 from deployments import image_build
 from deployments.backends.base import BackendError
-from deployments.backends.docker_engine import engine, unavailable
+from deployments.backends.docker_engine import ENGINE_ERRORS, engine, short_error, unavailable
 from deployments.errors import ImageBuildError
 
 IMAGE_KEY_LABEL = "kiln.image.key"
@@ -133,6 +133,25 @@ def push_image(api: Any, tag: str, *, log: Callable[[str], None]) -> None:
         status = str(chunk.get("status") or "")
         if status and not chunk.get("progressDetail"):
             log(f"{chunk.get('id', '')}: {status}".strip(": "))
+
+
+def remove_image(tag: str) -> str:
+    """Remove ``tag`` from the engine (the image too when no other tag names it): ``removed``,
+    ``absent``, or ``in use`` when a container still runs it (never forced).
+
+    Raises ``BackendError`` when the engine does not answer or refuses for another reason.
+    """
+    try:
+        engine().images.remove(tag)
+    except docker.errors.ImageNotFound:
+        return "absent"
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            return "in use"
+        raise BackendError(f"the Docker engine did not remove {tag}: {short_error(exc)}") from exc
+    except ENGINE_ERRORS as exc:
+        raise unavailable(exc) from exc
+    return "removed"
 
 
 def _on_engine(client: Any, recipe: Recipe) -> str:

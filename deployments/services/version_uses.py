@@ -4,8 +4,8 @@
 deployment of the model when the whole model goes, workers still running one (starting, ready,
 unhealthy, draining), and measurements or worker image builds of one in progress.
 ``versions_deleting``: drop the history that points at them: ended workers' rows, and the version of
-finished rollouts (their records stay, naming no version). Worker image rows go with the versions;
-the images stay in the engine's cache.
+finished rollouts (their records stay, naming no version). Worker image rows go with the versions,
+and their images leave the engine after the commit (``image_cleanup``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from deployments.models import (
     Worker,
     WorkerImage,
 )
+from deployments.services.image_cleanup import forget_images_of
+
+NAMED_WORKERS = 10
+"""Running workers a refusal names one by one; it counts the rest."""
 
 
 def versions_in_use(*, model_id: int, version_ids: list[int], whole_model: bool) -> list[str]:
@@ -47,10 +51,13 @@ def versions_in_use(*, model_id: int, version_ids: list[int], whole_model: bool)
     workers = Worker.objects.filter(version_id__in=version_ids, state__in=BUSY_WORKER_STATES).select_related(
         "variant__deployment", "version"
     )
+    shown = list(workers.order_by("pk")[:NAMED_WORKERS])
     uses += [
         f"worker {w.pk} of deployment {w.variant.deployment.name!r} runs v{w.version.version} ({w.state})"
-        for w in workers.order_by("pk")[:10]
+        for w in shown
     ]
+    if len(shown) == NAMED_WORKERS and (more := workers.count() - NAMED_WORKERS):
+        uses.append(f"and {more} more worker{'s' if more > 1 else ''}")
     runs = MeasurementRun.objects.filter(version_id__in=version_ids, status__in=ACTIVE_MEASUREMENT_STATES)
     uses += [
         f"a measurement of v{run.version.version} is {run.status}" for run in runs.select_related("version")
@@ -72,7 +79,9 @@ def versions_in_use(*, model_id: int, version_ids: list[int], whole_model: bool)
 
 
 def versions_deleting(*, version_ids: list[int]) -> None:
-    """The versions go (nothing uses them): their ended workers' rows go, finished rollouts forget them."""
+    """The versions go (nothing uses them): their ended workers' rows go, finished rollouts forget them,
+    and their worker images leave the engine once the deletion commits."""
+    forget_images_of(version_ids=version_ids)
     Worker.objects.filter(version_id__in=version_ids).exclude(state__in=BUSY_WORKER_STATES).delete()
     Rollout.objects.filter(version_id__in=version_ids).exclude(state__in=ACTIVE_ROLLOUT_STATES).update(
         version=None

@@ -442,6 +442,16 @@ def test_a_rolling_update_fails_no_request_a_redeploy_reuses_the_image_and_a_sto
     )
     assert _our_containers(docker_engine) == []
 
+    # v1 serves nowhere now: deleting it takes its image off the engine (a Celery job after the commit).
+    v1_tag = WorkerImage.objects.get(version__version=1).tag
+    assert owner_api.delete("/api/v1/models/cnn/versions/1/").status_code == 204
+    wait_for(
+        lambda: not docker_engine.images.list(filters={"reference": v1_tag}),
+        timeout=60,
+        message="v1's image removed from the engine",
+    )
+    assert docker_engine.images.list(filters={"reference": v2_image.tag})
+
 
 @pytest.mark.docker
 def test_a_gpu_variant_is_refused_with_a_clear_message_where_the_engine_has_no_gpu_runtime(

@@ -186,6 +186,7 @@ def test_the_restart_policy_setting_becomes_the_engines_policy(settings: Any) ->
         ),
         ("KILN_DOCKER_RESTART_POLICY", "sometimes", "use no, on-failure[:N], unless-stopped or always"),
         ("KILN_DOCKER_MEMORY_LIMIT", "lots", "use a size such as 512m or 4g"),
+        ("KILN_SWARM_RESERVE_MEMORY", "1.5g", "KILN_SWARM_RESERVE_MEMORY='1.5g': use a size such as 512m"),
         ("KILN_DOCKER_CPUS", "-1", "KILN_DOCKER_CPUS=-1.0 is below the minimum"),
     ],
 )

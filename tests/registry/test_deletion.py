@@ -117,6 +117,21 @@ def test_a_version_in_use_is_refused_naming_every_use(owner: User, owner_api: AP
     assert not AuditEvent.objects.filter(action__endswith=".deleted").exists()
 
 
+def test_a_refusal_names_ten_running_workers_and_counts_the_rest(owner: User, owner_api: APIClient) -> None:
+    two_ready_arms(owner, owner_api)
+    arm = Variant.objects.get(deployment__name="ab", name="a")
+    running = Worker.objects.filter(variant=arm, state="ready").count()
+    Worker.objects.bulk_create(
+        Worker(variant=arm, version=arm.version, backend="process", state="starting")
+        for _ in range(12 - running)
+    )
+
+    message = owner_api.delete("/api/v1/models/cnn/versions/1/").json()["message"]
+
+    assert message.count(" runs v1 (") == 10
+    assert message.endswith("; and 2 more workers")
+
+
 def test_a_version_whose_conversion_has_not_ended_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
     create_model(owner_api)
     _upload(owner_api, tmp_path, seed=1)

@@ -1,0 +1,83 @@
+"""Worker images that nothing will run again leave the Docker engine, so its disk stays flat.
+
+Two kinds: the images of deleted versions (``forget_images_of``, called as the versions go; their
+rows go with them, and the tags are removed after the commit by a Celery job, which has the engine
+socket), and superseded images (``prune_superseded_images``, on beat): a ready image of a version
+and flavour for which a newer image is ready (the worker code, the base image or the registry
+changed since). An image is kept while a variant names its tag; the engine itself refuses to remove
+one a container still runs (then the row stays and a later pass tries again). Only this engine's
+tags go: a copy pushed to a registry stays there (the registry's own garbage collection).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db.models import Exists, OuterRef
+
+from config import dispatch
+from deployments.backends.base import BackendError
+from deployments.backends.docker_images import remove_image
+from deployments.models import ImageStatus, Variant, WorkerImage
+
+logger = logging.getLogger(__name__)
+PRUNE_BATCH = 20
+"""Superseded images one pass removes at most (the next pass takes the rest)."""
+
+
+def forget_images_of(*, version_ids: list[int]) -> None:
+    """The versions go: once that commits, their images leave the engine (in a Celery job)."""
+    tags = sorted(set(WorkerImage.objects.filter(version_id__in=version_ids).values_list("tag", flat=True)))
+    if tags:
+        dispatch.send_on_commit("deployments.remove_worker_images", tags)
+
+
+def remove_worker_images(tags: list[str]) -> dict[str, str]:
+    """Remove each tag no image row or variant names any more; what became of each.
+
+    Raises ``BackendError`` when the engine does not answer (the job tries again later).
+    """
+    named = set(WorkerImage.objects.filter(tag__in=tags).values_list("tag", flat=True))
+    named |= set(Variant.objects.filter(image__in=tags).values_list("image", flat=True))
+    outcome: dict[str, str] = {}
+    for tag in tags:
+        outcome[tag] = "kept (still named)" if tag in named else remove_image(tag)
+        logger.info("worker image %s: %s", tag, outcome[tag])
+    return outcome
+
+
+def superseded_images() -> list[WorkerImage]:
+    """Ready images that a newer ready image of the same version and flavour replaced, none in use."""
+    newer = WorkerImage.objects.filter(
+        version_id=OuterRef("version_id"),
+        flavour=OuterRef("flavour"),
+        status=ImageStatus.READY,
+        created_at__gt=OuterRef("created_at"),
+    )
+    named = Variant.objects.exclude(image="").values("image")
+    rows = (
+        WorkerImage.objects.filter(status=ImageStatus.READY)
+        .filter(Exists(newer))
+        .exclude(tag__in=named)
+        .order_by("created_at", "id")
+    )
+    return list(rows[:PRUNE_BATCH])
+
+
+def prune_superseded_images() -> dict[str, int]:
+    """Remove superseded images from the engine, and their rows once the engine let go of them."""
+    counts = {"removed": 0, "in_use": 0, "failed": 0}
+    for image in superseded_images():
+        try:
+            outcome = remove_image(image.tag)
+        except BackendError as exc:
+            logger.warning("superseded worker image %s stays for now: %s", image.tag, exc.message)
+            counts["failed"] += 1
+            break  # the engine does not answer: the next pass tries again
+        if outcome == "in use":
+            counts["in_use"] += 1
+            continue
+        WorkerImage.objects.filter(pk=image.pk, status=ImageStatus.READY).delete()
+        logger.info("superseded worker image %s: %s, its row deleted", image.tag, outcome)
+        counts["removed"] += 1
+    return counts
