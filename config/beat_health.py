@@ -3,7 +3,8 @@
 ``config.beat.HeartbeatScheduler`` sets ``<KILN_INSTANCE_ID>:beat:heartbeat`` to the Unix time of
 its latest tick (beat ticks at least every ``CELERY_BEAT_MAX_LOOP_INTERVAL`` seconds). The compose
 healthcheck runs ``python -m config.beat_health --max-age-s 30``: exit 0 when the heartbeat is
-younger than that, 1 (with the reason) otherwise. It reads the environment and sets up no Django
+younger than that, 1 (with the reason) otherwise. It reads the environment (the instance id is
+``KILN_INSTANCE_ID``, else the one ``DATABASE_URL`` gives, as in the settings) and sets up no Django
 (the client comes from ``config.redis`` with an explicit URL), so a check costs little.
 """
 
@@ -15,6 +16,8 @@ import sys
 import time
 
 import redis
+
+from config.env import instance_id_for
 
 HEARTBEAT_TTL_S = 3600
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-age-s", type=float, default=30.0, help="oldest heartbeat that is healthy")
     args = parser.parse_args(argv)
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    instance = os.environ.get("KILN_INSTANCE_ID", "kiln")
+    instance = os.environ.get("KILN_INSTANCE_ID") or instance_id_for(os.environ.get("DATABASE_URL", ""))
     try:
         age = heartbeat_age(url, instance)
     except (redis.RedisError, ValueError) as exc:

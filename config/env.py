@@ -7,6 +7,7 @@ read from that file (Docker/Kubernetes secrets) instead of ``NAME``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -138,6 +139,16 @@ def env_path(name: str, default: Path) -> Path:
     """A filesystem path, made absolute."""
     value = _raw(name)
     return (Path(value) if value else default).expanduser().resolve()
+
+
+def instance_id_for(database_url: str) -> str:
+    """The default platform instance id: ``kiln-`` and a digest of the database it keeps its rows in
+    (scheme, host, port and name, no credentials). Two platforms on one host, Docker engine or Redis
+    never take each other's workers, counters or routing table for their own, and one platform
+    keeps its id across restarts."""
+    parts = urlsplit(database_url)
+    where = f"{parts.scheme}|{parts.hostname or ''}|{parts.port or ''}|{unquote(parts.path)}"
+    return f"kiln-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
 
 
 def database_from_url(url: str, *, base_dir: Path) -> dict[str, object]:

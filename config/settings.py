@@ -24,6 +24,7 @@ from config.env import (
     env_path,
     env_size,
     env_str,
+    instance_id_for,
 )
 
 django_stubs_ext.monkeypatch()  # generic admin/queryset classes at run time
@@ -286,7 +287,7 @@ CELERY_BEAT_SCHEDULE["sweep-stale-conversions"]["schedule"] = env_float(
 )
 
 # Deployments: backends, the reconcile loop, reports, routing.
-KILN_INSTANCE_ID = env_str("KILN_INSTANCE_ID", "kiln")
+KILN_INSTANCE_ID = env_str("KILN_INSTANCE_ID", "") or instance_id_for(DATABASE_URL)
 KILN_DEFAULT_BACKEND = env_choice("KILN_DEFAULT_BACKEND", "process", ("process", "docker", "swarm"))
 KILN_PROCESS_BIND_HOST = env_str("KILN_PROCESS_BIND_HOST", "127.0.0.1")
 KILN_MAX_REPLICAS = env_int("KILN_MAX_REPLICAS", 16, minimum=1, maximum=64)

@@ -20,8 +20,7 @@ from django.utils import timezone
 from deployments import histograms, series_sql
 from deployments.models import Deployment, Report, Rollout, Variant, Worker, WorkerState
 from deployments.services.gateway_stats import read_snapshots, shadow_summary, variant_stats
-
-SUCCESS = "success"
+from inference_worker.contracts.report import SUCCESS, failed_requests
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ RANGES = {
 def summarize(reports: list[Report], seconds: float) -> dict[str, Any]:
     """Rates, error rate, percentiles, batch size and queue depth of a set of reports."""
     requests = sum(r.requests for r in reports)
-    errors = sum(v for r in reports for k, v in r.outcomes.items() if k != SUCCESS)
+    errors = sum(failed_requests(r.outcomes) for r in reports)
     merged = histograms.merge(r.latency_histogram for r in reports)
     weighted_batch = [(r.mean_batch_size, r.requests) for r in reports if r.mean_batch_size is not None]
     batch_weight = sum(w for _, w in weighted_batch)

@@ -12,7 +12,9 @@ busy one batches whatever arrived while the model ran.
 planner whenever something changes, hands batches to runners (one per model
 instance, ``runner.InstanceRunner``: inference on a thread of its own while the
 next batch forms, or on the loop when the model is quick) and splits outputs
-back by row offsets after checking the total, as PyTriton's ``@batch`` does.
+back by row offsets after checking the total, as PyTriton's ``@batch`` does; a
+batch that fails runs again in halves (``run_isolated``), so a request the model
+refuses fails alone.
 Everything but the runner threads happens on the event loop thread; the loop
 is injected (tests pass a fake one and a clock).
 """
@@ -135,13 +137,46 @@ class Batch:
 
     def feeds(self) -> Mapping[str, np.ndarray]:
         """The model's inputs: the requests' tensors stacked along the batch dimension."""
-        if len(self.entries) == 1:
-            return self.entries[0].inputs
-        names = self.entries[0].inputs.keys()
-        return {name: np.concatenate([entry.inputs[name] for entry in self.entries]) for name in names}
+        return stacked(self.entries)
 
 
-Finish = Callable[[Batch, "Outputs | BaseException"], None]
+def stacked(entries: Sequence[Pending]) -> Mapping[str, np.ndarray]:
+    """The requests' tensors stacked along the batch dimension (one request's as they are)."""
+    if len(entries) == 1:
+        return entries[0].inputs
+    names = entries[0].inputs.keys()
+    return {name: np.concatenate([entry.inputs[name] for entry in entries]) for name in names}
+
+
+@dataclass(frozen=True, slots=True)
+class Isolated:
+    """A failed batch run again in parts: each part's requests and outputs, or a lone request's failure."""
+
+    parts: list[tuple[list[Pending], Outputs | BaseException]]
+
+
+def run_isolated(run: Callable[[Mapping[str, np.ndarray]], Outputs], entries: list[Pending]) -> Isolated:
+    """Run a failed batch again half by half until each failure is one request's own: a request the
+    model refuses (a token past an embedding's table) must not fail its neighbours. For one such
+    request that costs about twice the batch's rows, not a run per request."""
+    parts: list[tuple[list[Pending], Outputs | BaseException]] = []
+
+    def halve(part: list[Pending]) -> None:
+        middle = len(part) // 2
+        for half in (part[:middle], part[middle:]):
+            try:
+                parts.append((half, run(stacked(half))))
+            except Exception as exc:  # the model's own failure, for this half
+                if len(half) > 1:
+                    halve(half)
+                else:
+                    parts.append((half, exc))
+
+    halve(entries)
+    return Isolated(parts)
+
+
+Finish = Callable[[Batch, "Outputs | Isolated | BaseException"], None]
 
 
 class Runner(Protocol):
@@ -304,7 +339,7 @@ class Batcher:
         self._timer_at = float("inf")
         self._dispatch()
 
-    def _finish(self, batch: Batch, result: Outputs | BaseException) -> None:
+    def _finish(self, batch: Batch, result: Outputs | Isolated | BaseException) -> None:
         self._running -= 1
         self._idle.append(batch.runner)
         if self._queue:
@@ -312,35 +347,50 @@ class Batcher:
         scope = self._scope
         outer = scope.begin() if scope is not None else False
         try:
-            if isinstance(result, BaseException):
-                log.error("the model failed on a batch of %d rows: %s", batch.rows, result)
-                failure = ModelFailure(f"the model failed: {result}".splitlines()[0])
-                for entry in batch.entries:
-                    _deliver(entry, failure)
+            if isinstance(result, Isolated):
+                for entries, outputs in result.parts:
+                    self._answer(entries, sum(entry.rows for entry in entries), outputs)
             else:
-                self._split(batch, result)
+                self._answer(batch.entries, batch.rows, result)
         finally:
             if outer and scope is not None:
                 scope.end()
         if self._observer is not None:
             self._observer.on_batch(batch)
 
-    def _split(self, batch: Batch, outputs: Outputs) -> None:
-        if not self._batched:
-            _deliver(batch.entries[0], outputs)
-            return
+    def _answer(self, entries: list[Pending], rows: int, result: Outputs | BaseException) -> None:
+        if isinstance(result, BaseException):
+            failure = _failure(result, rows)
+            for entry in entries:
+                _deliver(entry, failure)
+        elif not self._batched:
+            _deliver(entries[0], result)
+        else:
+            self._split(entries, rows, result)
+
+    def _split(self, entries: list[Pending], rows: int, outputs: Outputs) -> None:
         for output in outputs:
-            if not output.shape or output.shape[0] != batch.rows:
-                rows = output.shape[0] if output.shape else "no"
-                failure = ModelFailure(f"the model returned {rows} rows for a batch of {batch.rows}")
-                for entry in batch.entries:
+            if not output.shape or output.shape[0] != rows:
+                got = output.shape[0] if output.shape else "no"
+                failure = ModelFailure(f"the model returned {got} rows for a batch of {rows}")
+                for entry in entries:
                     _deliver(entry, failure)
                 return
         offset = 0
-        for entry in batch.entries:
+        for entry in entries:
             end = offset + entry.rows
             _deliver(entry, [output[offset:end] for output in outputs])
             offset = end
+
+
+def _failure(exc: BaseException, rows: int) -> WorkerError:
+    """What the requests of a failed run are told: the model's refusal of an input as is (400),
+    anything else as the model's own failure (500)."""
+    if isinstance(exc, WorkerError):
+        log.info("the model refused a request's input (%d rows): %s", rows, exc.message)
+        return exc
+    log.error("the model failed on a batch of %d rows: %s", rows, exc)
+    return ModelFailure(f"the model failed: {exc}".splitlines()[0])
 
 
 def _deliver(entry: Pending, result: Outputs | WorkerError) -> None:

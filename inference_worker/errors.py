@@ -25,6 +25,8 @@ from typing import ClassVar, Final
 
 import grpc
 
+from inference_worker.contracts.report import SUCCESS
+
 
 class WorkerError(Exception):
     """A refusal with a machine-readable ``code`` and a message for humans."""
@@ -37,7 +39,8 @@ class WorkerError(Exception):
 
 
 class InvalidRequest(WorkerError):
-    """Malformed body, unknown or missing tensor, wrong datatype or shape."""
+    """Malformed body, unknown or missing tensor, wrong datatype or shape, or a value the model refuses
+    (ONNX Runtime's INVALID_ARGUMENT: an index past a table)."""
 
     code = "invalid_argument"
 
@@ -112,5 +115,5 @@ GRPC_STATUS: Final[dict[str, grpc.StatusCode]] = {
     "internal": grpc.StatusCode.INTERNAL,
 }
 
-OUTCOMES: Final[tuple[str, ...]] = ("success", *HTTP_STATUS, "cancelled")
+OUTCOMES: Final[tuple[str, ...]] = (SUCCESS, *HTTP_STATUS, "cancelled")
 """Every value of the ``outcome`` label of the request counters ("cancelled": the client left)."""

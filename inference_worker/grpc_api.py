@@ -24,6 +24,7 @@ import grpc
 from inference_worker import classification
 from inference_worker.batcher import Outputs, Pending
 from inference_worker.config import Limits
+from inference_worker.contracts.report import SUCCESS
 from inference_worker.dataplane import DataPlane, InferRequest
 from inference_worker.errors import GRPC_STATUS, InvalidRequest, ModelFailure, RequestTimeout, WorkerError
 from inference_worker.pb_wire import InferResponseEncoder, stream_error, stream_response
@@ -141,7 +142,7 @@ class InferenceServicer(SharedMemoryServicer):
             self._dp.finish("grpc", "cancelled", started)
             raise
         result = outputs if isinstance(outputs, WorkerError) else self._encode(infer, outputs)  # type: ignore[arg-type]
-        self._dp.finish("grpc", result.code if isinstance(result, WorkerError) else "success", started)
+        self._dp.finish("grpc", result.code if isinstance(result, WorkerError) else SUCCESS, started)
         return result
 
     def _abandon(self, item: _Item) -> None:
@@ -315,7 +316,7 @@ class _Answer:
                 log.exception("encoding a gRPC response failed")
                 response = ModelFailure("internal error; the worker's log has the details")
             if not isinstance(response, WorkerError):
-                dp.finish("grpc", "success", self.started)
+                dp.finish("grpc", SUCCESS, self.started)
                 return self.reply(response)
             result = response
         dp.finish("grpc", result.code, self.started)

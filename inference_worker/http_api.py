@@ -21,6 +21,7 @@ import orjson
 from inference_worker import classification, json_body, kserve_v1
 from inference_worker.batcher import Outputs
 from inference_worker.config import Limits
+from inference_worker.contracts.report import SUCCESS
 from inference_worker.dataplane import DataPlane, InferRequest
 from inference_worker.errors import (
     HTTP_STATUS,
@@ -166,7 +167,7 @@ class HttpApi:
             except Exception:  # a bug, not the client's fault: log it, never leave the client hanging
                 log.exception("encoding a response failed")
                 return answer("internal", _INTERNAL_ERROR)
-            return answer("success", response)
+            return answer(SUCCESS, response)
 
         try:
             infer, encode = prepare()

@@ -23,7 +23,7 @@ from queue import SimpleQueue
 
 import numpy as np
 
-from inference_worker.batcher import Batch, Finish, Outputs, Scheduler
+from inference_worker.batcher import Batch, Finish, Isolated, Outputs, Scheduler, run_isolated
 
 
 class InstanceRunner:
@@ -55,17 +55,17 @@ class InstanceRunner:
     def close(self) -> None:
         self._jobs.put(None)
 
-    def _compute(self, batch: Batch) -> Outputs | BaseException:
+    def _compute(self, batch: Batch) -> Outputs | Isolated | BaseException:
         started = time.perf_counter()
-        result: Outputs | BaseException
+        result: Outputs | Isolated | BaseException
         try:
             result = self._run(batch.feeds())
         except Exception as exc:  # the model's own failure, reported to its requests
-            result = exc
+            result = run_isolated(self._run, batch.entries) if len(batch.entries) > 1 else exc
         batch.compute_s = seconds = time.perf_counter() - started
         if seconds > self._inline_below_s:
             self._fast_bytes = -1
-        elif batch.nbytes > self._fast_bytes and not isinstance(result, BaseException):
+        elif batch.nbytes > self._fast_bytes and isinstance(result, list):
             self._fast_bytes = batch.nbytes  # a failure is no measure: it may end before the compute
         return result
 

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from inference_worker.config import ConfigError, ModelConfig
 from inference_worker.contracts.warmup import WarmupInputs
+from inference_worker.errors import InvalidRequest
 from inference_worker.tensor_codec import DATATYPES, ONNX_TO_DATATYPE
 
 log = logging.getLogger("inference_worker.runtime")
@@ -138,7 +140,17 @@ class OrtRuntime:
             self.cuda_device = None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs in signature order; with CUDA, through I/O binding."""
+        """Outputs in signature order; with CUDA, through I/O binding.
+
+        ONNX Runtime's INVALID_ARGUMENT (an index past a table, a shape the graph cannot take)
+        is the input's fault: it leaves as ``InvalidRequest``; any other failure as raised.
+        """
+        try:
+            return self._run(feeds)
+        except InvalidArgument as exc:
+            raise InvalidRequest(f"the model refused the input: {exc}".splitlines()[0][:1000]) from None
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self.cuda_device is None:
             return self._session.run(self._output_names, dict(feeds))  # type: ignore[no-any-return]
         binding = self._session.io_binding()

@@ -22,15 +22,14 @@ from typing import Any
 from deployments import histograms
 from deployments.models import Report, Rollout, Variant
 from deployments.services.gateway_stats import variant_stats
-
-SUCCESS_OUTCOMES = {"success"}
+from inference_worker.contracts.report import failed_requests
 
 
 def measure(variant: Variant, *, since: Any) -> dict[str, Any]:
     """The candidate's figures since ``since``: requests, errors, error rate, p99 (ms)."""
     reports = list(Report.objects.filter(variant=variant, resolution=Report.Resolution.RAW, end__gt=since))
     requests = sum(r.requests for r in reports)
-    failed = sum(v for r in reports for k, v in r.outcomes.items() if k not in SUCCESS_OUTCOMES)
+    failed = sum(failed_requests(r.outcomes) for r in reports)
     merged = histograms.merge(r.latency_histogram for r in reports)
     if merged:
         p99 = histograms.quantile(merged, 0.99)

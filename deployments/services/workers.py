@@ -16,7 +16,13 @@ from deployments.errors import InvalidDeploymentError, WorkerAuthError
 from deployments.models import Report, Worker, WorkerState
 from deployments.services.events import enqueue_reconcile
 from inference_worker.contracts.errors import ContractError
-from inference_worker.contracts.report import READY, WorkerReport, encode_report, parse_report
+from inference_worker.contracts.report import (
+    READY,
+    WorkerReport,
+    encode_report,
+    failed_requests,
+    parse_report,
+)
 
 
 def new_worker_token() -> tuple[str, str]:
@@ -62,9 +68,6 @@ def last_report_of(worker: Worker) -> WorkerReport | None:
         return None
 
 
-ERROR_OUTCOMES_EXCLUDED = {"success"}
-
-
 def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
     """Store one report and mark the worker alive. The payload is a ``contracts.report`` report."""
     try:
@@ -86,7 +89,7 @@ def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
         end=end,
         seconds=max((end - start).total_seconds(), 0.001),
         requests=window.requests,
-        errors=sum(v for k, v in window.outcomes.items() if k not in ERROR_OUTCOMES_EXCLUDED),
+        errors=failed_requests(window.outcomes),
         outcomes=dict(window.outcomes),
         latency_histogram=histograms.stored(window.latency_histogram),
         batch_histogram=histograms.stored(window.batch_size_histogram),

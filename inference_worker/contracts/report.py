@@ -57,6 +57,8 @@ from inference_worker.contracts.wire import at, integer, mapping, optional_numbe
 SCHEMA = "kiln.worker-report/v1"
 LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
 """The states a worker reports (``dataplane.State``'s values)."""
+SUCCESS = "success"
+"""The outcome of an answered request; any other outcome (a refusal, a timeout, a failure) is an error."""
 MAX_OUTCOMES = 32
 MAX_OUTCOME_LENGTH = 40
 MAX_DEVICES = 16
@@ -341,3 +343,8 @@ def _device(device: _Object) -> DeviceStats:
         memory_total_bytes=device.amount("memory_total_bytes"),
         utilization_ratio=device.measure("utilization_ratio"),
     )
+
+
+def failed_requests(outcomes: Mapping[str, int]) -> int:
+    """Requests of these outcome counts that were not answered, whatever the reason."""
+    return sum(count for outcome, count in outcomes.items() if outcome != SUCCESS)

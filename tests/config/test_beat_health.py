@@ -8,16 +8,16 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from config.beat_health import heartbeat_age
+from config.env import instance_id_for
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for
 from tests.support.redis_server import RedisServer
-from tests.support.services import CeleryBeat
+from tests.support.services import CeleryBeat, database_url_for_children
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -40,14 +40,14 @@ def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_beat_stays_healthy_by_its_heartbeat_and_turns_unhealthy_when_it_stops(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis")
     server.start()
-    instance = f"beat-test-{uuid.uuid4().hex[:8]}"
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "KILN_INSTANCE_ID"},
         "REDIS_URL": server.url,
         "CELERY_BROKER_URL": server.url,
-        "KILN_INSTANCE_ID": instance,
         "KILN_VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": database_url_for_children(),
     }
+    instance = instance_id_for(env["DATABASE_URL"])  # what beat and the check both take without one
     beat = CeleryBeat(env, tmp_path / "beat.log")
     try:
         assert _check(env).returncode == 1  # no beat yet: no heartbeat

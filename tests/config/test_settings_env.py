@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,39 @@ def test_the_platform_module_is_still_the_standard_library() -> None:
     assert "site-packages" not in platform.__file__
     assert Path(platform.__file__).parent != ROOT
     assert callable(platform.python_version)
+
+
+def test_the_default_instance_id_follows_the_database_not_its_credentials() -> None:
+    """Two platforms on one host (a second checkout's `make run`, a staging stack) must not take each
+    other's workers for orphans: without KILN_INSTANCE_ID, the id comes from the database."""
+    first = env.instance_id_for("postgres://kiln:secret@db.internal:5432/kiln")
+    assert first == env.instance_id_for("postgres://other:password@db.internal:5432/kiln")
+    assert first.startswith("kiln-")
+    assert "secret" not in first
+    others = {
+        env.instance_id_for("postgres://kiln:secret@db.internal:5432/kiln_staging"),
+        env.instance_id_for("postgres://kiln:secret@db2.internal:5432/kiln"),
+        env.instance_id_for("postgres://kiln:secret@db.internal:5433/kiln"),
+        env.instance_id_for("sqlite:////srv/kiln/var/db.sqlite3"),
+        env.instance_id_for("sqlite:////home/me/kiln/var/db.sqlite3"),
+    }
+    assert len(others) == 5
+    assert first not in others
+
+    def instance_of(extra: dict[str, str]) -> str:
+        environ = {k: v for k, v in os.environ.items() if k != "KILN_INSTANCE_ID"}
+        code = "from django.conf import settings; print(settings.KILN_INSTANCE_ID)"
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**environ, "DJANGO_SETTINGS_MODULE": "config.settings", **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    url = "postgres://postgres@127.0.0.1:5432/kiln_elsewhere"
+    assert instance_of({"DATABASE_URL": url}) == env.instance_id_for(url)
+    assert instance_of({"DATABASE_URL": url, "KILN_INSTANCE_ID": "edge-1"}) == "edge-1"

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_worker.batcher import Batch, Finish, Outputs, Pending
+from inference_worker.batcher import Batch, Finish, Isolated, Outputs, Pending
 from inference_worker.runner import InstanceRunner
 
 QUICK_S = 0.05
@@ -36,24 +36,24 @@ def batch_of(rows: int, runner: InstanceRunner) -> Batch:
     return Batch([entry], rows, 0.0, runner)
 
 
-def settle(future: asyncio.Future[Outputs | BaseException]) -> Finish:
+def settle(future: asyncio.Future[Outputs | Isolated | BaseException]) -> Finish:
     """What the batcher's finish does here: the result to the test."""
     return lambda batch, result: future.set_result(result)
 
 
 def run_batches(
     model: Model, plan: list[tuple[int, bool]], inline_below_s: float
-) -> list[Outputs | BaseException]:
+) -> list[Outputs | Isolated | BaseException]:
     """Run batches of the given rows one after another (slow ones as told); their results."""
 
-    async def main() -> list[Outputs | BaseException]:
+    async def main() -> list[Outputs | Isolated | BaseException]:
         loop = asyncio.get_running_loop()
         runner = InstanceRunner(model.run, loop, "model-instance-test", inline_below_s=inline_below_s)
-        results: list[Outputs | BaseException] = []
+        results: list[Outputs | Isolated | BaseException] = []
         try:
             for rows, slow in plan:
                 model.slow = slow
-                finished: asyncio.Future[Outputs | BaseException] = loop.create_future()
+                finished: asyncio.Future[Outputs | Isolated | BaseException] = loop.create_future()
                 runner.start(
                     batch_of(rows, runner),
                     settle(finished),
@@ -108,12 +108,12 @@ def test_a_model_that_fails_on_the_loop_reports_its_failure_to_the_batch() -> No
             raise RuntimeError("kaboom")
         return [feeds["x"]]
 
-    async def main() -> list[Outputs | BaseException]:
+    async def main() -> list[Outputs | Isolated | BaseException]:
         loop = asyncio.get_running_loop()
         runner = InstanceRunner(run, loop, "model-instance-test", inline_below_s=QUICK_S)
         results = []
         for _ in range(2):
-            finished: asyncio.Future[Outputs | BaseException] = loop.create_future()
+            finished: asyncio.Future[Outputs | Isolated | BaseException] = loop.create_future()
             runner.start(batch_of(1, runner), settle(finished))
             results.append(await asyncio.wait_for(finished, 10))
         runner.close()
@@ -137,7 +137,7 @@ def test_a_failed_batch_does_not_count_as_quick() -> None:
         loop = asyncio.get_running_loop()
         runner = InstanceRunner(run, loop, "model-instance-test", inline_below_s=QUICK_S)
         for _ in range(3):
-            finished: asyncio.Future[Outputs | BaseException] = loop.create_future()
+            finished: asyncio.Future[Outputs | Isolated | BaseException] = loop.create_future()
             runner.start(batch_of(1, runner), settle(finished))
             await asyncio.wait_for(finished, 10)
         runner.close()
@@ -145,3 +145,49 @@ def test_a_failed_batch_does_not_count_as_quick() -> None:
     asyncio.run(main())
     loop_thread = threading.current_thread().name
     assert threads == ["model-instance-test", "model-instance-test", loop_thread]
+
+
+def test_a_failed_batch_runs_again_half_by_half_so_only_the_failing_request_fails() -> None:
+    """Six requests, the fifth refused by the model: halving answers the other five, in about twice
+    the batch's rows (not one run per request), and the failure is the fifth's alone."""
+    runs: list[int] = []
+
+    def run(feeds: Any) -> Outputs:
+        runs.append(feeds["x"].shape[0])
+        if (feeds["x"] < 0).any():
+            raise RuntimeError("a negative row")
+        return [feeds["x"] * 2]
+
+    entries = [
+        Pending(
+            {"x": np.full((1, 2), -1.0 if index == 4 else index, dtype=np.float32)},
+            rows=1,
+            key=None,
+            deadline=10.0,
+            done=lambda r: None,
+        )
+        for index in range(6)
+    ]
+
+    async def main() -> Outputs | Isolated | BaseException:
+        loop = asyncio.get_running_loop()
+        runner = InstanceRunner(run, loop, "model-instance-test")
+        finished: asyncio.Future[Outputs | Isolated | BaseException] = loop.create_future()
+        runner.start(Batch(entries, 6, 0.0, runner), lambda batch, result: finished.set_result(result))
+        try:
+            return await asyncio.wait_for(finished, 10)
+        finally:
+            runner.close()
+
+    result = asyncio.run(main())
+
+    assert isinstance(result, Isolated)
+    assert runs == [6, 3, 3, 1, 2, 1, 1]  # the batch; halves; the failing half's halves, down to one
+    answered = {id(entry): outputs for part, outputs in result.parts for entry in part}
+    for index, entry in enumerate(entries):
+        outputs = answered[id(entry)]
+        if index == 4:
+            assert isinstance(outputs, RuntimeError)
+        else:
+            assert not isinstance(outputs, BaseException)
+    assert [len(part) for part, _ in result.parts] == [3, 1, 1, 1]

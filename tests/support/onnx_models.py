@@ -80,6 +80,20 @@ def two_inputs(path: Path) -> Path:
     return _save(nodes, inputs, outputs, path)
 
 
+LOOKUP_TABLE = RNG.standard_normal((10, 2)).astype(np.float32)
+
+
+def lookup(path: Path) -> Path:
+    """tokens INT64 [batch, 3] -> y FP32 [batch, 3, 2]: rows of a 10-row table (an embedding).
+
+    A token past the table (10 or more, or below -10) makes ONNX Runtime refuse the run.
+    """
+    nodes = [helper.make_node("Gather", ["table", "tokens"], ["y"], axis=0)]
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", 3])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 2])]
+    return _save(nodes, inputs, outputs, path, [numpy_helper.from_array(LOOKUP_TABLE, "table")])
+
+
 def static(path: Path) -> Path:
     """x FP32 [2, 3] (no batch dimension) -> y = x * 2."""
     two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
