@@ -94,11 +94,12 @@ class Stack:
             "DOCKER_GID": str(socket_gid),
             "DOCKER_SOCKET": socket,
         }
-        # POSTGRES_PASSWORD must be the same for the database and the platform: both read the env file
-        # through substitution too, so it is exported from it.
+        # POSTGRES_PASSWORD must be the same for the database and the platform, and the stack's
+        # instance id reaches its services: the compose file reads both through substitution too, so
+        # they are exported from the env file (as compose reads a project's .env).
         for line in env_file.read_text().splitlines():
             key, _, value = line.partition("=")
-            if key == "POSTGRES_PASSWORD":
+            if key in ("POSTGRES_PASSWORD", "KILN_INSTANCE_ID"):
                 self.env[key] = value
 
     def compose(
