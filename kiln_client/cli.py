@@ -63,7 +63,7 @@ def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
 def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     path = Path(args.file)
     if not path.is_file():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{path}: {'a directory, not a model file' if path.is_dir() else 'no such file'}")
     if args.create:
         try:
             client.get(f"/models/{args.model}/")

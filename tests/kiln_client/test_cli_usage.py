@@ -30,6 +30,7 @@ def kiln(*args: str) -> subprocess.CompletedProcess[str]:
     ("args", "message"),
     [
         (("upload", "digits", "/nonexistent/model.pt"), "kiln: /nonexistent/model.pt: no such file"),
+        (("upload", "digits", "/"), "kiln: /: a directory, not a model file"),
         (("traffic", "fraud", "a90"), "kiln: 'a90': write splits as variant=weight, e.g. a=90 b=10"),
         (("alias", "digits", "production"), "kiln: give the version to point the alias at, or --delete"),
         (("rollout", "start", "fraud"), "kiln: rollout start: --candidate is required"),
