@@ -143,8 +143,24 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
         "statuses": VersionStatus,
         "profile_json": json.dumps((report.get("profile") or {}).get("batches") or []),
         "live": _live_numbers(request, version.pk),
+        "profiled_shapes": _profiled_shapes(version.signature, report),
     }
     return render(request, "registry/version_detail.html", context)
+
+
+def _profiled_shapes(signature: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """The shapes the checks ran inputs with dynamic dimensions besides the batch at ("tokens [batch, 8]")."""
+    shapes = (report.get("warmup") or {}).get("shapes") or {}
+    dynamic = [
+        spec.get("name")
+        for spec in signature.get("inputs") or []
+        if any(not isinstance(d, int) or d < 0 for d in (spec.get("shape") or [])[1:])
+    ]
+    return [
+        f"{name} [{', '.join('batch' if i == 0 else str(d) for i, d in enumerate(shapes[name]))}]"
+        for name in dynamic
+        if isinstance(shapes.get(name), list)
+    ]
 
 
 def _live_numbers(request: HttpRequest, version_id: int) -> list[dict[str, Any]] | None:

@@ -13,6 +13,7 @@ from django.test import Client
 
 from registry.models import Alias, ModelVersion, RegisteredModel
 from tests.support.torch_models import save_torchscript_cnn
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 
@@ -196,3 +197,33 @@ def test_a_javascript_ci_url_is_shown_as_text_not_as_a_link(
 
     assert 'href="javascript:' not in page
     assert "javascript:alert(1)" in page
+
+
+def test_the_latency_profile_says_at_which_length_a_sequence_input_ran(
+    owner: User, web_as: Callable[[User], Client]
+) -> None:
+    report = {
+        "warmup": {"shapes": {"tokens": [-1, 8], "mask": [-1, 8], "image": [-1, 3, 32, 32]}},
+        "profile": {
+            "provider": "CPUExecutionProvider",
+            "threads": 2,
+            "batches": [{"batch_size": 1, "onnxruntime_ms": 0.02, "samples_per_s": 50000.0}],
+        },
+    }
+    signature = {
+        "inputs": [
+            {"name": "tokens", "dtype": "int64", "shape": [-1, -1]},
+            {"name": "mask", "dtype": "int64", "shape": [-1, "seq"]},
+            {"name": "image", "dtype": "float32", "shape": [-1, 3, 32, 32]},
+        ],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 3]}],
+    }
+    ModelVersion.objects.filter(pk=ready_version(owner, model="texts", report=report).pk).update(
+        signature=signature
+    )
+
+    page = web_as(owner).get("/models/texts/versions/1/").content.decode()
+
+    assert (
+        "2 threads, median of several runs; dynamic dimensions at tokens [batch, 8], mask [batch, 8]." in page
+    )
