@@ -51,7 +51,7 @@ INSTANCES = OptionField(
 
 INTRA_OP_THREADS = OptionField(
     "intra_op_threads", Kind.INT, 0, "ONNX Runtime threads per instance (0: one per core)",
-    unit="threads", low=0, high=256, label="Intra-op threads",
+    unit="threads", low=0, high=256, label="Intra-op threads", zero="one per core",
 )  # fmt: skip
 
 BATCHING = OptionTable(

@@ -60,6 +60,8 @@ class OptionField(Generic[T]):
     high: float | None = None
     label: str = ""
     """What a person calls it (a form label); the name in words when empty."""
+    zero: str = ""
+    """What 0 means in words, where it is not none of it ("one per core"): pages show that instead."""
     required: bool = False
     secret: bool = False
     """Never on a command line nor in a repr; its variable may name a file holding it (``<VAR>_FILE``)."""
@@ -189,6 +191,8 @@ class OptionTable(Mapping[str, OptionField[Any]]):
         for name, value in values.items():
             option = self[name]
             shown = number_text(value) if option.kind is Kind.FLOAT else option.to_text(value)
+            if option.zero and value == 0:
+                shown = option.zero
             if shown:
                 unit = f" {option.unit}" if option.unit in ("ms", "s") else ""
                 words.append(f"{(option.label or name.replace('_', ' ')).lower()} {shown}{unit}")

@@ -52,3 +52,10 @@ def test_a_bad_option_is_refused_naming_it(payload: Any, field: str, reason: str
 
     assert refused.value.field == field
     assert reason in refused.value.reason
+
+
+def test_the_options_in_words_say_what_a_zero_thread_count_means() -> None:
+    words = BATCHING.describe(BatchingConfig(max_queue_delay_ms=2.5, intra_op_threads=0).values())
+    assert words.startswith("max batch size 32, max queue delay 2.5 ms, ")
+    assert words.endswith("instances 1, intra-op threads one per core")
+    assert BATCHING.describe(BatchingConfig(intra_op_threads=2).values()).endswith("intra-op threads 2")
