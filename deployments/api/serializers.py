@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments import queries
+from deployments.api.variant_list import VariantList
 from deployments.autoscaling.models import ScalingDecision
 from deployments.autoscaling.table import AUTOSCALING
 from deployments.backends import BACKEND_NAMES, uses_images
@@ -287,6 +288,9 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
 
 class VariantInput(serializers.Serializer[Any]):
     """One variant; builds a ``VariantSpec`` (what is left out is chosen when it is deployed)."""
+
+    class Meta:
+        list_serializer_class = VariantList
 
     name = SlugName(required=False)
     version = serializers.IntegerField(required=False, allow_null=True)

@@ -36,6 +36,13 @@ MAX_VARIANTS = 8
 """Arms of one deployment: a split, its candidates and shadows (each a routed and reconciled set)."""
 
 
+def variants_count_refusal(count: int) -> str | None:
+    """Why a deployment cannot have ``count`` variants (None: it can)."""
+    if count < 1:
+        return "at least one variant is required"
+    return f"at most {MAX_VARIANTS} variants" if count > MAX_VARIANTS else None
+
+
 @dataclass(frozen=True)
 class VariantTarget:
     """The version a variant serves and, when it follows one, the alias."""
@@ -139,10 +146,8 @@ def create_deployment(
     """
     slug(name, "name")
     alias_move_policy(on_alias_move)
-    if not variants:
-        raise InvalidDeploymentError("variants: at least one variant is required")
-    if len(variants) > MAX_VARIANTS:
-        raise InvalidDeploymentError(f"variants: at most {MAX_VARIANTS} variants")
+    if refusal := variants_count_refusal(len(variants)):
+        raise InvalidDeploymentError(f"variants: {refusal}")
     try:
         with transaction.atomic():
             deployment = Deployment.objects.create(
@@ -289,8 +294,8 @@ def add_variant(*, deployment: Deployment, spec: VariantSpec, actor: Actor) -> V
         locked = Deployment.objects.select_for_update().select_related("model").get(pk=deployment.pk)
         locked.ensure_changeable()
         existing = list(locked.variants.all())
-        if len(existing) >= MAX_VARIANTS:
-            raise InvalidDeploymentError(f"variants: at most {MAX_VARIANTS} variants")
+        if refusal := variants_count_refusal(len(existing) + 1):
+            raise InvalidDeploymentError(f"variants: {refusal}")
         if spec.weight:
             raise InvalidDeploymentError(
                 "weight: a new variant starts at weight 0; change the traffic split next"

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from deployments.webhooks import services
 from deployments.webhooks.events import EVENT_CHOICES
 from deployments.webhooks.models import DeliveryStatus, Webhook, WebhookDelivery
 from deployments.webhooks.services import WebhookSpec
+from deployments.webhooks.targets import SCHEME_PATTERN, SCHEME_REFUSAL
 from registry import queries as registry_queries
 
 
 class WebhookInput(serializers.Serializer[Any]):
     url = serializers.CharField(
-        max_length=2000, help_text="http(s) URL at a public address (or an allowed one)"
+        max_length=2000,
+        help_text="http(s) URL at a public address (or an allowed one)",
+        validators=[RegexValidator(SCHEME_PATTERN, SCHEME_REFUSAL)],  # in the schema too
     )
     event_types = serializers.ListField(
         child=serializers.ChoiceField(choices=EVENT_CHOICES), min_length=1, max_length=len(EVENT_CHOICES)

@@ -20,6 +20,10 @@ from deployments.errors import InvalidDeploymentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+SCHEME_REFUSAL = "only http and https URLs can receive webhooks"
+SCHEME_PATTERN = "^[hH][tT][tT][pP][sS]?://"
+"""The schemes as a pattern the API schema publishes, so a generated client checks before it sends."""
+
 
 class TargetRefusedError(InvalidDeploymentError):
     """The URL is malformed, does not resolve, or points at an address webhooks may not reach."""
@@ -91,7 +95,7 @@ def check_url(url: str) -> Target:
     except ValueError as exc:
         raise TargetRefusedError(f"not a valid URL ({exc})") from exc
     if parts.scheme not in ("http", "https"):
-        raise TargetRefusedError("only http and https URLs can receive webhooks")
+        raise TargetRefusedError(SCHEME_REFUSAL)
     if not parts.hostname:
         raise TargetRefusedError("the URL names no host")
     if parts.username is not None or parts.password is not None:

@@ -10,6 +10,7 @@ from drf_spectacular.drainage import GENERATOR_STATS
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
 
+from deployments.services.deployments import MAX_VARIANTS
 from registry.models import SLUG_PATTERN, slug_refusal
 
 
@@ -134,3 +135,17 @@ def test_page_parameters_publish_their_bounds(schema: dict[str, Any]) -> None:
             assert (parameters["page_size"]["minimum"], parameters["page_size"]["maximum"]) == (1, 500), path
             assert parameters["page"]["minimum"] == 1, path
     assert lists >= 5
+
+
+def test_the_variants_count_and_the_webhook_url_scheme_publish_the_rules_the_services_check(
+    schema: dict[str, Any],
+) -> None:
+    components = schema["components"]["schemas"]
+    variants = components["DeploymentCreateInputRequest"]["properties"]["variants"]
+    assert (variants["minItems"], variants["maxItems"]) == (1, MAX_VARIANTS)
+    url = components["WebhookInputRequest"]["properties"]["url"]
+    pattern = re.compile(url["pattern"])
+    for value in ("https://hooks.example.com/kiln", "http://ci.example.com:8080/x", "HTTPS://example.com/"):
+        assert pattern.match(value), value
+    for value in ("ftp://example.com/", "file:///etc/passwd", "example.com/hook", "javascript:alert(1)"):
+        assert not pattern.match(value), value
