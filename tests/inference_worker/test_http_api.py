@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import orjson
 import pytest
 
 from inference_worker.config import Limits
-from tests.support.onnx_models import image_classifier, reference
+from tests.support.onnx_models import image_classifier, logarithm, reference
 from tests.support.workers import RunningWorker, make_config, running, v2_body
 
 RNG = np.random.default_rng(11)
@@ -85,6 +86,24 @@ def test_binary_input_with_json_output_and_binary_data_output_default(mlp_worker
     np.testing.assert_array_equal(
         np.frombuffer(raw, np.float32), np.asarray(as_json.json()["outputs"][0]["data"], np.float32)
     )
+
+
+def test_non_finite_outputs_are_null_in_strict_json_and_exact_in_binary(tmp_path: Path) -> None:
+    x = np.array([[-1.0, 0.0, 1.0]], dtype=np.float32)
+    with running(make_config(logarithm(tmp_path / "log.onnx"), "log")) as worker:
+        url = f"{worker.url}/v2/models/log/infer"
+        as_json = httpx.post(url, json=v2_body({"x": x}))
+        body, headers = binary_request({"x": x}, {"x": "FP32"}, parameters={"binary_data_output": True})
+        as_binary = httpx.post(url, content=body, headers=headers)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    strict = json.loads(as_json.text, parse_constant=refuse)  # no NaN nor Infinity literal
+    assert strict["outputs"][0]["data"] == [None, None, 0.0]
+    _header, raw = split_binary(as_binary)
+    values = np.frombuffer(raw, np.float32)
+    np.testing.assert_array_equal(values, np.array([np.nan, -np.inf, 0.0], np.float32))
 
 
 def test_kserve_v1_predict_matches_onnx_runtime(mlp_worker: RunningWorker, models: SimpleNamespace) -> None:

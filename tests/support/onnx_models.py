@@ -80,6 +80,14 @@ def two_inputs(path: Path) -> Path:
     return _save(nodes, inputs, outputs, path)
 
 
+def logarithm(path: Path) -> Path:
+    """x FP32 [batch, 3] -> y = log(x): NaN below 0, -inf at 0."""
+    nodes = [helper.make_node("Log", ["x"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])]
+    return _save(nodes, inputs, outputs, path)
+
+
 LOOKUP_TABLE = RNG.standard_normal((10, 2)).astype(np.float32)
 
 
