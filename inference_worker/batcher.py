@@ -387,7 +387,7 @@ def _failure(exc: BaseException, rows: int) -> WorkerError:
     """What the requests of a failed run are told: the model's refusal of an input as is (400),
     anything else as the model's own failure (500)."""
     if isinstance(exc, WorkerError):
-        log.info("the model refused a request's input (%d rows): %s", rows, exc.message)
+        log.debug("the model refused an input (%d rows): %s", rows, exc.message)  # counted as a 400
         return exc
     log.error("the model failed on a batch of %d rows: %s", rows, exc)
     return ModelFailure(f"the model failed: {exc}".splitlines()[0])
