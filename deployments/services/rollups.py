@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Min
+from django.db.models import Max
 from django.utils import timezone
 
 from deployments import histograms
@@ -27,7 +27,8 @@ from deployments.models import Report
 
 R = Report.Resolution
 RAW = R.RAW
-MAX_PERIODS_PER_PASS = 2000
+FOLD_ROWS_PER_PASS = 20_000
+"""Finer rows one pass reads per tier (in one query); the next pass goes on from its watermark."""
 DELETE_BATCH = 5000
 MAX_DELETE_BATCHES = 200
 
@@ -100,6 +101,9 @@ def downsample_reports(*, now: datetime | None = None) -> dict[str, int]:
     expired = 0
     for tier in (*TIERS, *VARIANT_TIERS):
         cutoff = now - timedelta(seconds=tier.retention_s())
+        for coarser in (t for t in (*TIERS, *VARIANT_TIERS) if t.finer == tier.resolution):
+            # Never a row a coarser tier has not folded yet (a backlog longer than the retention).
+            cutoff = min(cutoff, watermark(coarser.resolution) or datetime.min.replace(tzinfo=UTC))
         expired += _delete_in_batches(tier.resolution, cutoff)
     return {**folded, "expired": expired}
 
@@ -125,27 +129,32 @@ def _roll_up(tier: Tier, limit: datetime) -> tuple[int, datetime]:
         finer_tier = WORKER_TIER_OF[tier.seconds]
     width = timedelta(seconds=tier.seconds)
     at = position_field(finer_tier)
-    finer = Report.objects.filter(resolution=finer_tier)
+    # Whole periods only: one that starts before the limit's own period ends by the limit.
+    finer = Report.objects.filter(resolution=finer_tier, **{f"{at}__lt": floor_time(limit, tier.seconds)})
     if mark is not None:
         finer = finer.filter(**{f"{at}__gte": mark})
-    folded = 0
-    for _ in range(MAX_PERIODS_PER_PASS):
-        first = finer.aggregate(first=Min(at))["first"]
-        if first is None:
-            return folded, limit
-        period = floor_time(first, tier.seconds)
-        if period + width > limit:
-            return folded, limit
-        rows = list(finer.filter(**{f"{at}__gte": period, f"{at}__lt": period + width}).order_by(at))
+    rows = list(finer.order_by(at, "pk")[: FOLD_ROWS_PER_PASS + 1])  # one read for many periods
+    periods: dict[datetime, list[Report]] = {}
+    for row in rows[:FOLD_ROWS_PER_PASS]:
+        periods.setdefault(floor_time(getattr(row, at), tier.seconds), []).append(row)
+    reached = limit
+    if len(rows) > FOLD_ROWS_PER_PASS:  # more than a pass reads: its last period may be cut short
+        reached = next(reversed(periods))
+        if len(periods) > 1:
+            del periods[reached]  # the next pass reads it whole
+        else:  # one period holds more rows than a pass reads: read it whole now
+            periods[reached] = list(finer.filter(**{f"{at}__lt": reached + width}).order_by(at, "pk"))
+            reached += width
+    folder = fold_variant if tier.per_variant else fold
+    made: list[Report] = []
+    for period, in_period in periods.items():
         groups: dict[tuple[int | None, int], list[Report]] = {}
-        for row in rows:
+        for row in in_period:
             groups.setdefault((None if tier.per_variant else row.worker_id, row.variant_id), []).append(row)
-        folder = fold_variant if tier.per_variant else fold
-        with transaction.atomic():
-            Report.objects.bulk_create([folder(group, period, tier) for group in groups.values()])
-        folded += len(rows)
-        finer = finer.filter(**{f"{at}__gte": period + width})
-    return folded, min(period + width, limit)
+        made += [folder(group, period, tier) for group in groups.values()]
+    with transaction.atomic():
+        Report.objects.bulk_create(made, batch_size=500)
+    return sum(len(in_period) for in_period in periods.values()), reached
 
 
 def _delete_in_batches(resolution: str, cutoff: datetime) -> int:

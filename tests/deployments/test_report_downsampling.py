@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from deployments import histograms
 from deployments.models import Deployment, Report, Variant, Worker
-from deployments.services import downsample_reports
+from deployments.services import downsample_reports, rollups
 from tests.support.versions import ready_version
 
 LE = [1.0, 2.0, 5.0, 10.0, 50.0, "+Inf"]
@@ -176,3 +176,28 @@ def test_a_variant_row_adds_up_its_workers_and_later_passes_fold_its_quarter_min
     assert (later.requests, later.replicas, later.queue_depth) == (7, 1.0, 1.0)
     ten = Report.objects.get(resolution=Report.Resolution.VARIANT_TEN_MINUTES, start=base)
     assert (ten.requests, ten.worker_id) == (32, None)
+
+
+@pytest.mark.django_db
+def test_a_pass_reads_a_bounded_number_of_rows_and_later_passes_fold_the_rest_once(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With at most 5 finer rows a pass: a period cut short at the bound waits for the next pass, a
+    period holding more rows than the bound is read whole, and every request is counted once."""
+    monkeypatch.setattr(rollups, "FOLD_ROWS_PER_PASS", 5)
+    base = _hour_ago(3)
+    for minute in range(4):  # 3 reports in each of 4 minutes
+        for second in (5, 25, 45):
+            _report(worker, base + timedelta(minutes=minute, seconds=second), [1, 0, 0, 0, 0, 0], p99=0.9)
+    for second in range(1, 60, 5):  # 12 reports in one minute, more than a pass reads
+        _report(worker, base + timedelta(minutes=30, seconds=second), [2, 0, 0, 0, 0, 0], p99=0.9)
+
+    passes = [downsample_reports()["1m"] for _ in range(6)]
+
+    minutes = {r.start - base: r.requests for r in Report.objects.filter(resolution="1m")}
+    assert minutes == {timedelta(minutes=m): 3 for m in range(4)} | {timedelta(minutes=30): 24}
+    assert sum(passes) == 24
+    assert passes[0] == 3  # a whole minute; the second, cut at the bound, waits
+    assert passes[-1] == 0
+    hours = Report.objects.filter(resolution="1h")
+    assert sum(hours.values_list("requests", flat=True)) == 12 + 24
