@@ -6,7 +6,8 @@ the variants' lines. Each tier folds the next finer one period by period: counte
 histogram buckets add up (so percentiles stay exact to the bucket), gauges are averaged (a
 variant's queue depth is its workers' total). A tier's watermark is the end of its newest row;
 the next pass starts there, and a period is folded only once the finer tier covers it whole
-(raw rows wait out a lag for late reports). Finer rows are kept for their own retention, so a
+(raw rows wait out a lag for late reports); a pass reads at most ``FOLD_ROWS_PER_PASS`` finer rows
+a tier, in one query. Finer rows are kept for their own retention, and until folded, so a
 chart reads the tier of its step, then finer ones for the newest part: a few rows per variant
 per bucket, however many workers report (``deployments/series_sql.py``).
 """
