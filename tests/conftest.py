@@ -25,6 +25,7 @@ from tests.support.services import (
     Platform,
     database_url_for_children,
     stop_workers_of,
+    wait_until_the_database_is_quiet,
 )
 
 # One private queue per test session: Celery builds its router once, so the name cannot change later.
@@ -230,3 +231,4 @@ def platform(
     beat.stop()
     celery_worker.stop()
     stop_workers_of(instance)
+    wait_until_the_database_is_quiet()

@@ -168,3 +168,25 @@ def stop_workers_of(instance: str) -> None:
                 os.killpg(int(entry.name), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             continue
+
+
+def wait_until_the_database_is_quiet(timeout: float = 30) -> None:
+    """Wait until no other session of the test database runs a statement or holds a transaction.
+
+    A worker killed mid-report leaves its request running in the live server's thread; the test
+    database's flush (one TRUNCATE of every table) racing that request's transaction can deadlock,
+    and Postgres may then cancel the flush, leaving the rows for the next test.
+    """
+    from django.db import connection
+
+    def quiet() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+                " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
+            )
+            row = cursor.fetchone()
+        return row is not None and row[0] == 0
+
+    wait_for(quiet, timeout=timeout, message="the test database's other sessions to finish")
