@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 
 from config import dispatch
 from deployments.backends.base import BackendError
@@ -35,19 +35,33 @@ def forget_images_of(*, version_ids: list[int]) -> None:
 def remove_worker_images(tags: list[str]) -> dict[str, str]:
     """Remove each tag no image row or variant names any more; what became of each.
 
-    Raises ``BackendError`` when the engine does not answer (the job tries again later).
+    A tag the engine refuses for good (not "in use") is logged and left: the other tags still go.
+    Raises ``BackendError`` when the engine does not answer, or, once every tag was tried, when a
+    container still runs one (it may be draining): the job tries again later, and a tag removed
+    before then answers "absent".
     """
     named = set(WorkerImage.objects.filter(tag__in=tags).values_list("tag", flat=True))
     named |= set(Variant.objects.filter(image__in=tags).values_list("image", flat=True))
     outcome: dict[str, str] = {}
     for tag in tags:
-        outcome[tag] = "kept (still named)" if tag in named else remove_image(tag)
+        try:
+            outcome[tag] = "kept (still named)" if tag in named else remove_image(tag)
+        except BackendError as exc:
+            if exc.code == "engine_unavailable":
+                raise
+            outcome[tag] = f"refused: {exc.message}"
+            logger.warning("worker image %s stays: %s", tag, exc.message)
+            continue
         logger.info("worker image %s: %s", tag, outcome[tag])
+    held = sorted(tag for tag, what in outcome.items() if what == "in use")
+    if held:
+        raise BackendError(f"a container still runs {', '.join(held)}: removal tried again later")
     return outcome
 
 
-def superseded_images() -> list[WorkerImage]:
-    """Ready images that a newer ready image of the same version and flavour replaced, none in use."""
+def superseded_images(*, after: WorkerImage | None = None) -> list[WorkerImage]:
+    """Ready images that a newer ready image of the same version and flavour replaced and no variant
+    names, oldest first: at most ``PRUNE_BATCH``, those after ``after`` in that order."""
     newer = WorkerImage.objects.filter(
         version_id=OuterRef("version_id"),
         flavour=OuterRef("flavour"),
@@ -55,29 +69,43 @@ def superseded_images() -> list[WorkerImage]:
         created_at__gt=OuterRef("created_at"),
     )
     named = Variant.objects.exclude(image="").values("image")
-    rows = (
-        WorkerImage.objects.filter(status=ImageStatus.READY)
-        .filter(Exists(newer))
-        .exclude(tag__in=named)
-        .order_by("created_at", "id")
-    )
-    return list(rows[:PRUNE_BATCH])
+    rows = WorkerImage.objects.filter(status=ImageStatus.READY).filter(Exists(newer)).exclude(tag__in=named)
+    if after is not None:
+        rows = rows.filter(
+            Q(created_at__gt=after.created_at) | Q(created_at=after.created_at, id__gt=after.pk)
+        )
+    return list(rows.order_by("created_at", "id")[:PRUNE_BATCH])
 
 
 def prune_superseded_images() -> dict[str, int]:
-    """Remove superseded images from the engine, and their rows once the engine let go of them."""
+    """Remove superseded images from the engine, and their rows once the engine let go of them.
+
+    A pass removes at most ``PRUNE_BATCH`` images; one a container still runs does not count, so
+    old images held by containers never keep the pass from younger ones (there are at most as many
+    of those as containers).
+    """
     counts = {"removed": 0, "in_use": 0, "failed": 0}
-    for image in superseded_images():
-        try:
-            outcome = remove_image(image.tag)
-        except BackendError as exc:
-            logger.warning("superseded worker image %s stays for now: %s", image.tag, exc.message)
-            counts["failed"] += 1
-            break  # the engine does not answer: the next pass tries again
-        if outcome == "in use":
-            counts["in_use"] += 1
-            continue
-        WorkerImage.objects.filter(pk=image.pk, status=ImageStatus.READY).delete()
-        logger.info("superseded worker image %s: %s, its row deleted", image.tag, outcome)
-        counts["removed"] += 1
+    last: WorkerImage | None = None
+    while counts["removed"] < PRUNE_BATCH:
+        page = superseded_images(after=last)
+        if not page:
+            break
+        for image in page:
+            last = image
+            try:
+                outcome = remove_image(image.tag)
+            except BackendError as exc:
+                logger.warning("superseded worker image %s stays for now: %s", image.tag, exc.message)
+                counts["failed"] += 1
+                if exc.code == "engine_unavailable":
+                    return counts  # the next pass tries again
+                continue
+            if outcome == "in use":
+                counts["in_use"] += 1
+                continue
+            WorkerImage.objects.filter(pk=image.pk, status=ImageStatus.READY).delete()
+            logger.info("superseded worker image %s: %s, its row deleted", image.tag, outcome)
+            counts["removed"] += 1
+            if counts["removed"] >= PRUNE_BATCH:
+                break
     return counts

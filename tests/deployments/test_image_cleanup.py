@@ -21,7 +21,9 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from config.outbox.models import OutboxMessage
+from deployments.backends.base import BackendError
 from deployments.models import Deployment, ImageStatus, Variant, WorkerImage
+from deployments.services import image_cleanup
 from deployments.services.image_cleanup import prune_superseded_images, remove_worker_images
 from registry.models import ModelVersion
 from tests.support.versions import ready_version
@@ -137,3 +139,43 @@ def test_a_deleted_versions_images_leave_the_engine_after_the_commit(
     assert _has(engine, image_of_two.tag)
     assert remove_worker_images([image_of_two.tag]) == {image_of_two.tag: "kept (still named)"}
     assert remove_worker_images([images_of_one[0].tag]) == {images_of_one[0].tag: "absent"}
+
+
+def test_images_held_by_containers_do_not_keep_a_pass_from_younger_superseded_ones(
+    engine: docker.DockerClient, owner: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image_cleanup, "PRUNE_BATCH", 1)
+    one = ready_version(owner, model="cleanup", number=1)
+    held, free, newest = (_ready_image(engine, one, code) for code in ("held", "free", "newest"))
+    engine.containers.create(held.tag, command="true", labels={"kiln.test.cleanup": "1"})
+
+    counts = prune_superseded_images()
+
+    assert counts == {"removed": 1, "in_use": 1, "failed": 0}  # the held one was oldest, and a page
+    assert not _has(engine, free.tag)
+    assert _has(engine, held.tag)
+    assert _has(engine, newest.tag)
+    assert set(WorkerImage.objects.values_list("pk", flat=True)) == {held.pk, newest.pk}
+
+
+def test_a_deleted_versions_image_a_container_holds_is_tried_again_and_a_refused_tag_holds_up_no_other(
+    engine: docker.DockerClient, owner: User
+) -> None:
+    one = ready_version(owner, model="cleanup", number=1)
+    held, free = _ready_image(engine, one, "held"), _ready_image(engine, one, "free")
+    container = engine.containers.create(held.tag, command="true", labels={"kiln.test.cleanup": "1"})
+    tags = ["Not A Valid Reference", held.tag, free.tag]
+    WorkerImage.objects.all().delete()  # as when the version went
+
+    with pytest.raises(BackendError, match=f"a container still runs {held.tag}"):
+        remove_worker_images(tags)  # the job's retry runs it again later
+    assert not _has(engine, free.tag)
+    assert _has(engine, held.tag)
+
+    container.remove()
+    outcome = remove_worker_images(tags)
+
+    assert outcome[held.tag] == "removed"
+    assert outcome[free.tag] == "absent"
+    assert outcome["Not A Valid Reference"].startswith("refused: the Docker engine did not remove")
+    assert not _has(engine, held.tag)
