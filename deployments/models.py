@@ -231,6 +231,7 @@ class Worker(models.Model):
 
     class Meta:
         ordering = ("variant_id", "id")
+        indexes = [models.Index(fields=("state", "state_changed_at"), name="worker_state_since_idx")]
 
     def __str__(self) -> str:
         return f"worker {self.pk} of {self.variant}"

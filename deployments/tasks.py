@@ -60,6 +60,13 @@ def downsample_reports_task() -> dict[str, int]:
     return downsample_reports()
 
 
+@shared_task(name="deployments.prune_history", acks_late=True, time_limit=600)
+def prune_history_task() -> dict[str, int]:
+    from deployments.services.history import prune_history
+
+    return prune_history()
+
+
 @shared_task(name="deployments.publish_routing_table", acks_late=True, time_limit=60)
 def publish_routing_table_task() -> int:
     from deployments.services import publish_routing_table

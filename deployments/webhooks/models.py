@@ -79,6 +79,7 @@ class WebhookDelivery(models.Model):
         indexes = [
             models.Index(fields=("webhook", "-created_at"), name="webhook_delivery_log_idx"),
             models.Index(fields=("status", "next_retry_at"), name="webhook_delivery_due_idx"),
+            models.Index(fields=("status", "created_at"), name="webhook_delivery_ended_idx"),
         ]
 
     def __str__(self) -> str:

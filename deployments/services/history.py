@@ -1,0 +1,85 @@
+"""History nothing reads after a while leaves the database (and the disk), so both stay flat.
+
+Ended workers (stopped or failed) with their log files, the autoscaler's decisions, and webhook
+deliveries that ended (delivered or failed) are kept ``KILN_HISTORY_RETENTION_DAYS`` (0: for
+ever), then deleted by a beat task in batches of ``HISTORY_BATCH`` rows, at most
+``HISTORY_BATCHES`` a table and pass (a backlog goes over the next passes). Reports keep their
+own retention (``rollups``); a deleted worker's reports stay, without it. Audit events are the
+record of who did what, and are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from deployments.autoscaling.models import ScalingDecision
+from deployments.models import Worker, WorkerState
+from deployments.webhooks.models import DeliveryStatus, WebhookDelivery
+
+logger = logging.getLogger(__name__)
+HISTORY_BATCH = 1000
+HISTORY_BATCHES = 20
+ENDED_WORKER_STATES = (WorkerState.STOPPED, WorkerState.FAILED)
+ENDED_DELIVERY_STATES = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
+def prune_history(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete the history older than the retention; how many rows of each kind went."""
+    counts = {"workers": 0, "worker_logs": 0, "scaling_decisions": 0, "webhook_deliveries": 0}
+    days = float(settings.KILN_HISTORY_RETENTION_DAYS)
+    if days <= 0:
+        return counts
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    workers = Worker.objects.filter(state__in=ENDED_WORKER_STATES).filter(
+        Q(state_changed_at__lt=cutoff) | Q(state_changed_at__isnull=True, created_at__lt=cutoff)
+    )
+    for _ in range(HISTORY_BATCHES):
+        batch = list(workers.order_by("pk").values_list("pk", "log_path")[:HISTORY_BATCH])
+        if not batch:
+            break
+        with transaction.atomic():
+            counts["workers"] += (
+                Worker.objects.filter(pk__in=[pk for pk, _ in batch]).delete()[1].get(Worker._meta.label, 0)
+            )
+        counts["worker_logs"] += sum(_remove_log(path) for _, path in batch)
+    counts["scaling_decisions"] = _delete_in_batches(ScalingDecision.objects.filter(created_at__lt=cutoff))
+    counts["webhook_deliveries"] = _delete_in_batches(
+        WebhookDelivery.objects.filter(status__in=ENDED_DELIVERY_STATES, created_at__lt=cutoff)
+    )
+    if any(counts.values()):
+        logger.info("history older than %s days deleted: %s", f"{days:g}", counts)
+    return counts
+
+
+def _delete_in_batches(rows: QuerySet[ScalingDecision] | QuerySet[WebhookDelivery]) -> int:
+    deleted = 0
+    for _ in range(HISTORY_BATCHES):
+        ids = list(rows.order_by("pk").values_list("pk", flat=True)[:HISTORY_BATCH])
+        if not ids:
+            break
+        deleted += rows.model.objects.filter(pk__in=ids).delete()[1].get(rows.model._meta.label, 0)
+    return deleted
+
+
+def _remove_log(path: str) -> bool:
+    """Remove a worker's log file, only where the backends write them (``<var>/workers``)."""
+    if not path:
+        return False
+    log = Path(path)
+    if log.parent.resolve() != (Path(settings.VAR_DIR) / "workers").resolve() or log.suffix != ".log":
+        return False
+    try:
+        log.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        logger.warning("the log file of an ended worker stays: %s", exc)
+        return False
+    return True
