@@ -1,11 +1,12 @@
 """History nothing reads after a while leaves the database (and the disk), so both stay flat.
 
-Ended workers (stopped or failed) with their log files, the autoscaler's decisions, and webhook
-deliveries that ended (delivered or failed) are kept ``KILN_HISTORY_RETENTION_DAYS`` (0: for
+Stopped workers with their log files, the autoscaler's decisions, and webhook deliveries that
+ended (delivered or failed) are kept ``KILN_HISTORY_RETENTION_DAYS`` (0: for
 ever), then deleted by a beat task in batches of ``HISTORY_BATCH`` rows, at most
 ``HISTORY_BATCHES`` a table and pass (a backlog goes over the next passes). Reports keep their
-own retention (``rollups``); a deleted worker's reports stay, without it. Audit events are the
-record of who did what, and are kept.
+own retention (``rollups``); a deleted worker's reports stay, without it. A failed worker stays: it
+marks its configuration's crash loop (the variant does not start it again) until the user restarts
+the deployment, which stops it. Audit events are the record of who did what, and are kept.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from deployments.webhooks.models import DeliveryStatus, WebhookDelivery
 logger = logging.getLogger(__name__)
 HISTORY_BATCH = 1000
 HISTORY_BATCHES = 20
-ENDED_WORKER_STATES = (WorkerState.STOPPED, WorkerState.FAILED)
 ENDED_DELIVERY_STATES = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
 
 
@@ -37,7 +37,7 @@ def prune_history(*, now: datetime | None = None) -> dict[str, int]:
     if days <= 0:
         return counts
     cutoff = (now or timezone.now()) - timedelta(days=days)
-    workers = Worker.objects.filter(state__in=ENDED_WORKER_STATES).filter(
+    workers = Worker.objects.filter(state=WorkerState.STOPPED).filter(
         Q(state_changed_at__lt=cutoff) | Q(state_changed_at__isnull=True, created_at__lt=cutoff)
     )
     for _ in range(HISTORY_BATCHES):

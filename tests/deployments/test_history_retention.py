@@ -1,4 +1,4 @@
-"""Ended workers (and their log files), the autoscaler's decisions and ended webhook deliveries
+"""Stopped workers (and their log files), the autoscaler's decisions and ended webhook deliveries
 leave the database once older than the history retention; live rows, young rows and reports stay."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_history_older_than_the_retention_goes_and_the_rest_stays(
     settings.KILN_HISTORY_RETENTION_DAYS = 30
     logs = tmp_path / "workers"
     old_stopped = _worker(variant, "stopped", OLD, logs / "worker-1.log")
-    old_failed = _worker(variant, "failed", OLD, logs / "worker-2.log")
+    old_gone = _worker(variant, "stopped", OLD, logs / "worker-2.log")
     outside = tmp_path / "elsewhere.log"  # a path the backends never write: never removed
     outside.write_text("not a worker log")
     old_odd = _worker(variant, "stopped", OLD)
@@ -67,6 +67,7 @@ def test_history_older_than_the_retention_goes_and_the_rest_stays(
         _worker(variant, "stopped", YOUNG, logs / "worker-3.log"),
         _worker(variant, "ready", OLD, logs / "worker-4.log"),  # live however old
         _worker(variant, "draining", OLD),
+        _worker(variant, "failed", OLD),  # the mark of its configuration's crash loop
     ]
     now = timezone.now()
     report = Report.objects.create(
@@ -92,7 +93,7 @@ def test_history_older_than_the_retention_goes_and_the_rest_stays(
     counts = prune_history()
 
     assert counts == {"workers": 3, "worker_logs": 2, "scaling_decisions": 1, "webhook_deliveries": 2}
-    assert not Worker.objects.filter(pk__in=[old_stopped.pk, old_failed.pk, old_odd.pk]).exists()
+    assert not Worker.objects.filter(pk__in=[old_stopped.pk, old_gone.pk, old_odd.pk]).exists()
     assert set(Worker.objects.values_list("pk", flat=True)) == {w.pk for w in kept}
     assert sorted(p.name for p in logs.iterdir()) == ["worker-3.log", "worker-4.log"]
     assert outside.exists()
