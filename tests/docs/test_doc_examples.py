@@ -3,7 +3,8 @@ against a live platform (web, Celery worker and beat, gateway, model workers).
 
 A block is left out only with ``<!-- norun: reason -->`` on the line before it; anything else that
 does not run as written fails here. Long waits in the examples read environment overrides
-(``KILN_DEMO_LOAD_SECONDS``, ``KILN_EXAMPLE_HOLD_S``), set short below so the run fits CI.
+(``KILN_DEMO_LOAD_SECONDS``, ``KILN_DEMO_LOAD_RATE``, ``KILN_EXAMPLE_HOLD_S``), set below so the
+run fits CI.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tests.support.services import Platform
 NOT_PROGRAMS = {"", "text", "yaml", "yml", "json", "toml", "ini", "dockerfile", "promql"}
 BLOCK_TIMEOUT_S = 420
 # What the examples' environment overrides are set to here (each is documented beside its example).
-OVERRIDES = {"KILN_DEMO_LOAD_SECONDS": "600", "KILN_EXAMPLE_HOLD_S": "3"}
+OVERRIDES = {"KILN_DEMO_LOAD_SECONDS": "600", "KILN_DEMO_LOAD_RATE": "100", "KILN_EXAMPLE_HOLD_S": "3"}
 
 
 @pytest.fixture(autouse=True)

@@ -58,7 +58,12 @@ class Command(BaseCommand):
             default=env_float("KILN_DEMO_LOAD_SECONDS", 1800.0, minimum=0.0),
             help="how long the load runs; 0: no load (default: $KILN_DEMO_LOAD_SECONDS, else 1800)",
         )
-        parser.add_argument("--rate", type=float, default=20.0, help="load requests per second")
+        parser.add_argument(
+            "--rate",
+            type=float,
+            default=env_float("KILN_DEMO_LOAD_RATE", 20.0, minimum=0.1, maximum=500.0),
+            help="load requests per second (default: $KILN_DEMO_LOAD_RATE, else 20)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         actor = User.objects.filter(is_superuser=True).order_by("id").first()
