@@ -1,9 +1,9 @@
 """History nothing reads after a while leaves the database (and the disk), so both stay flat.
 
 Stopped workers with their log files, the autoscaler's decisions, and webhook deliveries that
-ended (delivered or failed) are kept ``KILN_HISTORY_RETENTION_DAYS`` (0: for
-ever), then deleted by a beat task in batches of ``HISTORY_BATCH`` rows, at most
-``HISTORY_BATCHES`` a table and pass (a backlog goes over the next passes). Reports keep their
+ended (delivered or failed) are kept ``KILN_HISTORY_RETENTION_DAYS`` (0: for ever), then deleted
+by an hourly beat task in batches of ``HISTORY_BATCH`` rows, at most ``HISTORY_BATCHES`` a table
+and pass (a backlog goes over the next passes). Reports keep their
 own retention (``rollups``); a deleted worker's reports stay, without it. A failed worker stays: it
 marks its configuration's crash loop (the variant does not start it again) until the user restarts
 the deployment, which stops it. Audit events are the record of who did what, and are kept.

@@ -80,13 +80,13 @@ def superseded_images(*, after: WorkerImage | None = None) -> list[WorkerImage]:
 def prune_superseded_images() -> dict[str, int]:
     """Remove superseded images from the engine, and their rows once the engine let go of them.
 
-    A pass removes at most ``PRUNE_BATCH`` images; one a container still runs does not count, so
-    old images held by containers never keep the pass from younger ones (there are at most as many
-    of those as containers).
+    A pass asks the engine about ``PRUNE_BATCH`` images (removed or refused), plus those a container
+    still runs: there are at most as many of those as containers, and they never keep the pass from
+    younger ones.
     """
     counts = {"removed": 0, "in_use": 0, "failed": 0}
     last: WorkerImage | None = None
-    while counts["removed"] < PRUNE_BATCH:
+    while counts["removed"] + counts["failed"] < PRUNE_BATCH:
         page = superseded_images(after=last)
         if not page:
             break
@@ -97,7 +97,7 @@ def prune_superseded_images() -> dict[str, int]:
             except BackendError as exc:
                 logger.warning("superseded worker image %s stays for now: %s", image.tag, exc.message)
                 counts["failed"] += 1
-                if exc.code == "engine_unavailable":
+                if exc.code == "engine_unavailable" or counts["removed"] + counts["failed"] >= PRUNE_BATCH:
                     return counts  # the next pass tries again
                 continue
             if outcome == "in use":
@@ -106,6 +106,6 @@ def prune_superseded_images() -> dict[str, int]:
             WorkerImage.objects.filter(pk=image.pk, status=ImageStatus.READY).delete()
             logger.info("superseded worker image %s: %s, its row deleted", image.tag, outcome)
             counts["removed"] += 1
-            if counts["removed"] >= PRUNE_BATCH:
+            if counts["removed"] + counts["failed"] >= PRUNE_BATCH:
                 break
     return counts
