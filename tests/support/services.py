@@ -183,7 +183,7 @@ def wait_until_the_database_is_quiet(timeout: float = 30) -> None:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
                 " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
             )
             row = cursor.fetchone()
