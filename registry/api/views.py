@@ -20,7 +20,12 @@ from config import json_input
 from config.query import read_query
 from registry import queries, services, storage
 from registry.api import serializers as s
-from registry.errors import ArtifactTooLargeError, InvalidArtifactError, VersionNotFoundError
+from registry.errors import (
+    ArtifactTooLargeError,
+    InvalidArtifactError,
+    ModelNotFoundError,
+    VersionNotFoundError,
+)
 from registry.models import AuditEvent, ModelVersion, RegisteredModel
 from registry.search import STATES, ModelFilters, VersionFilters
 from registry.uploads import HashedTempUploadedFile
@@ -73,7 +78,10 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[RegisteredMode
         data = s.ModelUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.update_model(model=model, actor=request.user, **data.validated_data)
-        return Response(s.ModelOutput(queries.models_with_counts().get(pk=model.pk)).data)
+        updated = queries.models_with_counts().filter(pk=model.pk).first()
+        if updated is None:  # deleted since
+            raise ModelNotFoundError(f"model {name!r} was deleted")
+        return Response(s.ModelOutput(updated).data)
 
     @extend_schema(responses={204: None})
     def destroy(self, request: Request, name: str) -> Response:

@@ -161,6 +161,19 @@ def test_unknown_models_and_versions_are_404s_that_say_what_is_missing(owner_api
     assert "has no version 9" in owner_api.get("/api/v1/models/cnn/versions/9/").json()["message"]
 
 
+def test_a_model_changed_while_another_request_deletes_it_is_a_404_not_a_500(owner_api: APIClient) -> None:
+    from registry.errors import ModelNotFoundError
+    from registry.services import update_model
+
+    create_model(owner_api)
+    model = RegisteredModel.objects.get(name="cnn")  # as the PATCH view read it
+    RegisteredModel.objects.filter(pk=model.pk).delete()  # a DELETE committed meanwhile
+
+    with pytest.raises(ModelNotFoundError, match="model 'cnn' was deleted"):
+        update_model(model=model, actor=model.owner, description="x")
+    assert not AuditEvent.objects.filter(action="model.updated").exists()
+
+
 def test_models_list_is_paginated_filtered_and_does_a_fixed_number_of_queries(
     owner_api: APIClient, django_assert_max_num_queries: Any
 ) -> None:
