@@ -445,8 +445,8 @@ def test_a_rolling_update_fails_no_request_a_redeploy_reuses_the_image_and_a_sto
     # v1 serves nowhere now: deleting it takes its image off the engine (a Celery job after the commit).
     v1_tag = WorkerImage.objects.get(version__version=1).tag
     assert owner_api.delete("/api/v1/models/cnn/versions/1/").status_code == 204
-    wait_for(
-        lambda: not docker_engine.images.list(filters={"reference": v1_tag}),
+    wait_for(  # one engine call: images.list() inspects each image it listed, which may be going
+        lambda: not docker_engine.api.images(name=v1_tag, quiet=True),
         timeout=60,
         message="v1's image removed from the engine",
     )

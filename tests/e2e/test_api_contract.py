@@ -67,7 +67,7 @@ def test_every_operation_answers_as_the_schema_says(staff: User, live_server: An
         *("--max-examples", str(EXAMPLES)),
         *("--seed", "20261204"),
         "--generation-deterministic",
-        *("--workers", os.environ.get("KILN_API_CONTRACT_WORKERS", "4")),
+        *("--workers", os.environ.get("KILN_API_CONTRACT_WORKERS", "2")),
         *("--request-timeout", "60"),
         "--no-color",
         *("--report", "junit"),
