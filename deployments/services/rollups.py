@@ -102,10 +102,12 @@ def downsample_reports(*, now: datetime | None = None) -> dict[str, int]:
     expired = 0
     for tier in (*TIERS, *VARIANT_TIERS):
         cutoff = now - timedelta(seconds=tier.retention_s())
+        folded_until: datetime | None = None
         for coarser in (t for t in (*TIERS, *VARIANT_TIERS) if t.finer == tier.resolution):
             # Never a row a coarser tier has not folded yet (a backlog longer than the retention).
-            cutoff = min(cutoff, watermark(coarser.resolution) or datetime.min.replace(tzinfo=UTC))
-        expired += _delete_in_batches(tier.resolution, cutoff)
+            mark = watermark(coarser.resolution) or datetime.min.replace(tzinfo=UTC)
+            folded_until = mark if folded_until is None else min(folded_until, mark)
+        expired += _delete_in_batches(tier.resolution, cutoff, folded_until)
     return {**folded, "expired": expired}
 
 
@@ -158,9 +160,14 @@ def _roll_up(tier: Tier, limit: datetime) -> tuple[int, datetime]:
     return sum(len(in_period) for in_period in periods.values()), reached
 
 
-def _delete_in_batches(resolution: str, cutoff: datetime) -> int:
+def _delete_in_batches(resolution: str, cutoff: datetime, folded_until: datetime | None) -> int:
+    """Delete rows of ``resolution`` that ended before ``cutoff`` and, where coarser tiers fold them,
+    sit in a period folded already (before ``folded_until``, by where the row sits in time: a
+    rollup that ends at the mark was folded, a raw report that ends there was not)."""
     deleted = 0
     old = Report.objects.filter(resolution=resolution, end__lt=cutoff)
+    if folded_until is not None:
+        old = old.filter(**{f"{position_field(resolution)}__lt": folded_until})
     for _ in range(MAX_DELETE_BATCHES):
         ids = list(old.values_list("pk", flat=True)[:DELETE_BATCH])
         if not ids:
