@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.utils import timezone
 
 from deployments.autoscaling.models import ScalingDecision
 from deployments.models import Worker, WorkerState
+from deployments.services.pruning import delete_in_batches
 from deployments.webhooks.models import DeliveryStatus, WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -40,32 +40,24 @@ def prune_history(*, now: datetime | None = None) -> dict[str, int]:
     workers = Worker.objects.filter(state=WorkerState.STOPPED).filter(
         Q(state_changed_at__lt=cutoff) | Q(state_changed_at__isnull=True, created_at__lt=cutoff)
     )
-    for _ in range(HISTORY_BATCHES):
-        batch = list(workers.order_by("pk").values_list("pk", "log_path")[:HISTORY_BATCH])
-        if not batch:
-            break
-        with transaction.atomic():
-            counts["workers"] += (
-                Worker.objects.filter(pk__in=[pk for pk, _ in batch]).delete()[1].get(Worker._meta.label, 0)
-            )
-        counts["worker_logs"] += sum(_remove_log(path) for _, path in batch)
-    counts["scaling_decisions"] = _delete_in_batches(ScalingDecision.objects.filter(created_at__lt=cutoff))
-    counts["webhook_deliveries"] = _delete_in_batches(
-        WebhookDelivery.objects.filter(status__in=ENDED_DELIVERY_STATES, created_at__lt=cutoff)
+    counts["workers"], counts["worker_logs"] = delete_in_batches(
+        workers, size=HISTORY_BATCH, most=HISTORY_BATCHES, column="log_path", then=_remove_logs
+    )
+    counts["scaling_decisions"], _ = delete_in_batches(
+        ScalingDecision.objects.filter(created_at__lt=cutoff), size=HISTORY_BATCH, most=HISTORY_BATCHES
+    )
+    counts["webhook_deliveries"], _ = delete_in_batches(
+        WebhookDelivery.objects.filter(status__in=ENDED_DELIVERY_STATES, created_at__lt=cutoff),
+        size=HISTORY_BATCH,
+        most=HISTORY_BATCHES,
     )
     if any(counts.values()):
         logger.info("history older than %s days deleted: %s", f"{days:g}", counts)
     return counts
 
 
-def _delete_in_batches(rows: QuerySet[ScalingDecision] | QuerySet[WebhookDelivery]) -> int:
-    deleted = 0
-    for _ in range(HISTORY_BATCHES):
-        ids = list(rows.order_by("pk").values_list("pk", flat=True)[:HISTORY_BATCH])
-        if not ids:
-            break
-        deleted += rows.model.objects.filter(pk__in=ids).delete()[1].get(rows.model._meta.label, 0)
-    return deleted
+def _remove_logs(paths: list[str]) -> int:
+    return sum(_remove_log(path) for path in paths)
 
 
 def _remove_log(path: str) -> bool:

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from deployments import histograms
 from deployments.models import Report
+from deployments.services.pruning import delete_in_batches
 
 R = Report.Resolution
 RAW = R.RAW
@@ -164,16 +165,10 @@ def _delete_in_batches(resolution: str, cutoff: datetime, folded_until: datetime
     """Delete rows of ``resolution`` that ended before ``cutoff`` and, where coarser tiers fold them,
     sit in a period folded already (before ``folded_until``, by where the row sits in time: a
     rollup that ends at the mark was folded, a raw report that ends there was not)."""
-    deleted = 0
     old = Report.objects.filter(resolution=resolution, end__lt=cutoff)
     if folded_until is not None:
         old = old.filter(**{f"{position_field(resolution)}__lt": folded_until})
-    for _ in range(MAX_DELETE_BATCHES):
-        ids = list(old.values_list("pk", flat=True)[:DELETE_BATCH])
-        if not ids:
-            break
-        deleted += Report.objects.filter(pk__in=ids).delete()[0]
-    return deleted
+    return delete_in_batches(old, size=DELETE_BATCH, most=MAX_DELETE_BATCHES)[0]
 
 
 def fold(reports: list[Report], period: datetime, tier: Tier) -> Report:
