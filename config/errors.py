@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
+
 
 class PlatformError(Exception):
     """A failure the user can act on, with a stable machine-readable code."""
@@ -62,3 +64,13 @@ class ServiceUnavailableError(PlatformError):
 
     http_status = 503
     default_code = "unavailable"
+
+
+def deleted_meanwhile(exc: Exception) -> NotFoundError | None:
+    """The 404 for a row another request deleted while this one worked on it (a service's locked
+    re-read of it raised ``DoesNotExist``): a race the client can act on, not a server fault."""
+    if not isinstance(exc, ObjectDoesNotExist):
+        return None
+    what = type(exc).__qualname__.partition(".")[0] or "object"
+    kind = "".join(f" {c.lower()}" if c.isupper() else c for c in what).strip()
+    return NotFoundError(f"the {kind} was deleted by another request meanwhile", code="deleted")

@@ -14,7 +14,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from config.errors import PayloadTooLargeError, PlatformError
+from config.errors import PayloadTooLargeError, PlatformError, deleted_meanwhile
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def _codes(codes: Any) -> set[str]:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Map domain, Django and DRF errors to 4xx JSON; anything else is logged and becomes a 500."""
-    exc = request_too_large(exc) or exc
+    if gone := deleted_meanwhile(exc):
+        logger.warning("%s: %s", getattr(context.get("request"), "path", "?"), gone.message, exc_info=exc)
+    exc = request_too_large(exc) or gone or exc
     if isinstance(exc, PlatformError):
         return Response(
             {"message": exc.message, "code": exc.code, "extra": exc.extra}, status=exc.http_status

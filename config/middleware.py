@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from config.errors import PlatformError
+from config.errors import PlatformError, deleted_meanwhile
+
+logger = logging.getLogger(__name__)
 
 
 class PlatformErrorMiddleware:
@@ -21,6 +24,9 @@ class PlatformErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if gone := deleted_meanwhile(exception):
+            logger.warning("%s %s: %s", request.method, request.path, gone.message, exc_info=exception)
+            exception = gone
         if not isinstance(exception, PlatformError):
             return None
         return render(

@@ -87,6 +87,9 @@ def update_webhook(*, webhook: Webhook, spec: WebhookSpec, actor: Any) -> Webhoo
     ensure_can_manage(actor, webhook.model)
     ensure_can_manage(actor, spec.model)
     spec = _check(spec)
+    # Locked first: a save of a row another request deleted would insert it again.
+    if not Webhook.objects.select_for_update().filter(pk=webhook.pk).exists():
+        raise NotFoundError(f"webhook {webhook.pk} was deleted")
     webhook.url, webhook.secret, webhook.model = spec.url, spec.secret, spec.model
     webhook.event_types, webhook.description, webhook.active = (
         list(spec.event_types),
