@@ -6,7 +6,8 @@ HTTP output's ``parameters``, the gRPC output's ``int64_param``) comes back as B
 of the row (all its elements, flattened) as ``"<value>:<index>"``, highest first, ties in index
 order. ``k`` larger than a row is cut to the row's size. Values are written as Triton writes them
 (``std::to_string``: six decimals for a float, the integer for an integer type); a NaN ranks last.
-Numeric outputs only; the model carries no labels, so no ``:<label>`` part follows.
+Numeric outputs only. Where the version has labels for the output (``contracts.labels``), each
+class with one reads ``"<value>:<index>:<label>"``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def grpc_value(parameter: Any) -> Any:
     return getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
 
 
-def classify(array: np.ndarray, count: int) -> np.ndarray:
-    """The top ``count`` classes of each row of ``array`` (BYTES ``[batch, count]``, an object array)."""
+def classify(array: np.ndarray, count: int, labels: tuple[str, ...] = ()) -> np.ndarray:
+    """The top ``count`` classes of each row of ``array`` (BYTES ``[batch, count]``, an object array),
+    each with its label from ``labels`` (by class index) when it has one."""
     batch, width = (array.shape[0], math.prod(array.shape[1:])) if array.ndim else (1, 1)
     rows = array.reshape(batch, width)  # not -1: it cannot be read off an array without elements
     count = min(count, rows.shape[1])
@@ -55,5 +57,7 @@ def classify(array: np.ndarray, count: int) -> np.ndarray:
     out = np.empty(order.shape, dtype=object)
     for r in range(order.shape[0]):
         for c in range(order.shape[1]):
-            out[r, c] = spell.format(values[r, c].item(), int(order[r, c])).encode()
+            index = int(order[r, c])
+            answer = spell.format(values[r, c].item(), index)
+            out[r, c] = (f"{answer}:{labels[index]}" if index < len(labels) else answer).encode()
     return out

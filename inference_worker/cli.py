@@ -36,6 +36,7 @@ from inference_worker.config import (
 )
 from inference_worker.contracts.batching import BATCHING, BatchingConfig
 from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.labels import parse_labels_text
 from inference_worker.contracts.warmup import parse_warmup_text
 from inference_worker.contracts.worker_options import ENV_PREFIX, SERVE
 from inference_worker.options import CommandOption, add_arguments, command_options, read_options
@@ -74,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
     try:
         batching = BatchingConfig(**v.pick(BATCHING))
         warmup = parse_warmup_text(v.warmup_inputs)
+        class_labels = parse_labels_text(v.class_labels)
     except ContractError as exc:
         raise refused(exc) from None
     config = WorkerConfig(
@@ -88,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, str]:
             allow_spinning=v.intra_op_spinning,
             inline_below_us=v.inline_below_us,
             warmup=warmup,
+            class_labels=class_labels,
         ),
         batching=DynamicBatching.from_options(batching),
         limits=Limits(

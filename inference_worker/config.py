@@ -27,6 +27,7 @@ from inference_worker.contracts.batching import (
     BatchingConfig,
 )
 from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.labels import ClassLabels
 from inference_worker.contracts.options import OptionField
 from inference_worker.contracts.warmup import WarmupInputs
 
@@ -71,6 +72,8 @@ class ModelConfig:
     """Batches run on the event loop's thread when batches as large took at most this (``runner``)."""
     warmup: WarmupInputs | None = None
     """The inputs the conversion validated (``--warmup-inputs``); None: zeros, dynamic dims 1."""
+    class_labels: ClassLabels = field(default_factory=ClassLabels)
+    """The outputs' class labels (``--class-labels``), appended to classification answers."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", self.name):

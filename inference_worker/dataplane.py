@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from inference_worker import __version__
+from inference_worker import __version__, classification
 from inference_worker.batcher import Batcher, Done, Pending
 from inference_worker.config import DynamicBatching
 from inference_worker.contracts import report
+from inference_worker.contracts.labels import ClassLabels
 from inference_worker.errors import InvalidRequest, ModelNotFound, Unavailable
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.runtime import ModelSignature, TensorSpec
 from inference_worker.shm import EXTENSION as SHARED_MEMORY
 from inference_worker.shm import SharedMemory, Window
 from inference_worker.tensor_codec import DATATYPES
+
+logger = logging.getLogger(__name__)
 
 EXTENSIONS = (
     "binary_tensor_data",
@@ -80,8 +84,10 @@ class DataPlane:
         metrics: WorkerMetrics,
         clock: Callable[[], float] = time.monotonic,
         shared_memory: SharedMemory | None = None,
+        class_labels: ClassLabels | None = None,
     ) -> None:
         self.model_name = model_name
+        self.class_labels = class_labels or ClassLabels()
         self.model_version = model_version
         self.metrics = metrics
         self.shared_memory = shared_memory or SharedMemory()
@@ -111,6 +117,8 @@ class DataPlane:
             (spec.name, len(spec.shape), spec.shape, DATATYPES[spec.datatype]) for spec in signature.inputs
         ]
         self._dynamic_tail = any(-1 in spec.shape[1:] for spec in signature.inputs)
+        if unknown := sorted(set(self.class_labels.outputs) - set(self._output_index)):
+            logger.warning("--class-labels names outputs the model does not have: %s", ", ".join(unknown))
         if self.state is State.LOADING:
             self.state = State.READY
 
@@ -187,6 +195,10 @@ class DataPlane:
             raise InvalidRequest(
                 f"the request has {count} inputs; the model takes {len(self._signature.inputs)}"
             )
+
+    def classify(self, name: str, array: np.ndarray, count: int) -> np.ndarray:
+        """Output ``name`` as its top ``count`` classes, labelled where the version has labels."""
+        return classification.classify(array, count, self.class_labels.of(name))
 
     def output_index(self, name: str) -> int:
         """Position of an output in signature order, or a 400 naming it."""

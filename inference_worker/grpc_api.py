@@ -279,7 +279,7 @@ class InferenceServicer(SharedMemoryServicer):
             spec = signature.outputs[index]
             array, datatype = outputs[index], spec.datatype
             if spec.name in classes:
-                array, datatype = classification.classify(array, classes[spec.name]), "BYTES"
+                array, datatype = self._dp.classify(spec.name, array, classes[spec.name]), "BYTES"
             if spec.name in shared:
                 add_grpc_output(
                     self._dp.shared_memory, response, shared[spec.name], spec.name, datatype, array

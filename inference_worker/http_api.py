@@ -300,7 +300,7 @@ def encode_v2_response(
     items: list[dict[str, object]] = []
     chunks: list[bytes] = []
     for index, name, dtype, binary, classes in selection:
-        array = outputs[index] if not classes else classification.classify(outputs[index], classes)
+        array = outputs[index] if not classes else dp.classify(name, outputs[index], classes)
         item: dict[str, object] = {"name": name, "datatype": dtype, "shape": list(array.shape)}
         if shared is not None and name in shared:
             written = dp.shared_memory.write(name, shared[name], array)

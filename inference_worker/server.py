@@ -68,6 +68,7 @@ class Worker:
             batching=config.batching,
             metrics=self.metrics,
             shared_memory=SharedMemory(config.shared_memory, max_input_bytes=config.limits.max_body_bytes),
+            class_labels=model.class_labels,
         )
         registry = self.metrics.registry()
         self.http_api = HttpApi(self.dataplane, config.limits, lambda: self.metrics.render(registry))

@@ -44,6 +44,15 @@ def _json_arg(raw: str | None, what: str) -> Any:
         raise UsageError(f"{what}: not valid JSON ({exc})") from None
 
 
+def _text_file(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what}: cannot read {path} ({exc})") from None
+
+
 def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
     """Git commit and CI run URL from the flags, else from common CI environment variables."""
     env = os.environ
@@ -75,6 +84,7 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
         "signature": _json_arg(args.signature, "--signature"),
         "description": args.description,
         "metadata": {**_ci_metadata(args), **(_json_arg(args.metadata, "--metadata") or {})},
+        "class_labels": _text_file(args.class_labels, "--class-labels"),
     }
     version = client.upload(args.model, path, fields, lambda done, total: out.bar("uploading", done, total))
     number = version["version"]
@@ -190,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--signature", help="JSON, or @file.json (required for TorchScript)")
     p.add_argument("--description")
+    p.add_argument(
+        "--class-labels",
+        metavar="FILE",
+        help="the first output's class names, one per line in class order (or JSON by output name); "
+        "top-k answers carry them",
+    )
     p.add_argument("--metadata", help="extra JSON metadata, or @file.json")
     p.add_argument("--git-commit", help="default: $GITHUB_SHA, $CI_COMMIT_SHA or $GIT_COMMIT")
     p.add_argument("--ci-run-url", help="default: from $GITHUB_*, $CI_JOB_URL or $BUILD_URL")

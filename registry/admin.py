@@ -54,7 +54,7 @@ class AdminUploadForm(UploadForm):
         widget=forms.TextInput(attrs={"placeholder": "model name"}),
         help_text="the model's name (a select of every model would not scale)",
     )
-    field_order = ("model", "file", "signature", "description", "git_commit", "ci_run_url")
+    field_order = ("model", "file", "signature", "class_labels", "description", "git_commit", "ci_run_url")
 
 
 class AliasActionForm(forms.Form):
@@ -95,6 +95,7 @@ class ModelVersionAdmin(LargeTableAdmin[ModelVersion]):
                     signature=form.cleaned_data["signature"],
                     description=form.cleaned_data["description"],
                     metadata={**form.metadata(), "source": "admin"},
+                    class_labels=form.cleaned_data["class_labels"],
                 )
             except PlatformError as exc:
                 form.add_error(None, exc.message)

@@ -15,6 +15,12 @@ class InvalidSignatureError(PlatformError):
     default_code = "invalid_signature"
 
 
+class InvalidLabelsError(PlatformError):
+    """Class labels that are malformed or do not fit the version's outputs."""
+
+    default_code = "invalid_labels"
+
+
 class ArtifactTooLargeError(PayloadTooLargeError):
     """The upload is over ``KILN_MAX_UPLOAD_BYTES``."""
 

@@ -9,6 +9,7 @@ from django.utils.text import slugify
 
 from config import json_input
 from config.errors import PlatformError
+from inference_worker.contracts.labels import MAX_LABELS_BYTES, labels_from_text
 from registry.models import SLUG_RULE, slug_refusal
 from registry.signature import DTYPES
 
@@ -47,6 +48,16 @@ class UploadForm(forms.Form):
             f"dtypes: {', '.join(DTYPES)}; -1 marks a dynamic dimension."
         ),
     )
+    class_labels = forms.CharField(
+        required=False,
+        label="Class labels",
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono"}),
+        max_length=4 * MAX_LABELS_BYTES,
+        help_text=(
+            "Optional: the class names of the model's first output, one per line in class order "
+            '(or JSON by output name: {"logits": ["cat", "dog"]}). Top-k answers carry them.'
+        ),
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=10_000)
     git_commit = forms.CharField(required=False, max_length=100, label="Git commit")
     ci_run_url = forms.URLField(required=False, max_length=500, label="CI run URL", assume_scheme="https")
@@ -59,6 +70,9 @@ class UploadForm(forms.Form):
             return json_input.loads(raw, "signature")
         except PlatformError as exc:
             raise forms.ValidationError(exc.message) from None
+
+    def clean_class_labels(self) -> object:
+        return labels_from_text(self.cleaned_data["class_labels"])
 
     def metadata(self) -> dict[str, str]:
         data = {"source": "web"}

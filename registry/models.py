@@ -104,6 +104,8 @@ class ModelVersion(models.Model):
     source_size = models.BigIntegerField()
     source_path = models.CharField(max_length=255)
     signature = models.JSONField(default=dict, blank=True)
+    class_labels = models.JSONField(default=dict, blank=True)
+    """Labels of the outputs' classes, by output name (``inference_worker.contracts.labels``)."""
     status = models.CharField(
         max_length=16, choices=VersionStatus.choices, default=VersionStatus.REGISTERED, db_index=True
     )

@@ -1,4 +1,5 @@
-"""Input/output signatures: parsing, validation and comparison. Pure: no ORM, no torch.
+"""Input/output signatures: parsing, validation and comparison, and the outputs' class labels.
+Pure: no ORM, no torch.
 
 A signature is JSON::
 
@@ -11,11 +12,14 @@ dynamic. Errors name the offending field (``inputs[0].shape[2]``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from registry.errors import InvalidSignatureError
+from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.labels import encode_labels, parse_labels
+from registry.errors import InvalidLabelsError, InvalidSignatureError
 
 DTYPES = (
     "float32",
@@ -146,3 +150,38 @@ def check_compatible(declared: Signature, actual: Signature) -> None:
                     f"signature.{field}[{index}].shape: {list(w.shape)} does not fit the model's "
                     f"{list(h.shape)}"
                 )
+
+
+def resolve_labels(raw: Any, signature: Signature) -> dict[str, list[str]]:
+    """A version's class labels, checked against its outputs: a list labels its first output, an
+    object labels outputs by name. A labelled output is numeric and, where its classes are a fixed
+    number (every dimension after the batch's), has a label for each. ``{}`` for none."""
+    if raw in (None, "", [], {}):
+        return {}
+    if not signature.outputs:
+        raise InvalidLabelsError(
+            "class_labels: this upload's outputs are known only after its conversion; declare them "
+            "in the signature ('outputs') to label them"
+        )
+    if isinstance(raw, list):
+        raw = {signature.outputs[0].name: raw}
+    try:
+        labels = parse_labels(raw)
+    except ContractError as exc:
+        raise InvalidLabelsError(str(exc)) from None
+    outputs = {spec.name: spec for spec in signature.outputs}
+    for name, values in labels.outputs.items():
+        spec = outputs.get(name)
+        if spec is None:
+            raise InvalidLabelsError(
+                f"class_labels.{name}: the model has no output {name!r} (its outputs: {', '.join(outputs)})"
+            )
+        if spec.dtype == "bool":
+            raise InvalidLabelsError(f"class_labels.{name}: output {name!r} is bool, not a score per class")
+        classes = math.prod(spec.shape[1:])
+        if all(dim > 0 for dim in spec.shape[1:]) and len(values) != classes:
+            raise InvalidLabelsError(
+                f"class_labels.{name}: {len(values)} labels for the {classes} classes of output "
+                f"{name!r} (shape {list(spec.shape)}): one label per class, in class order"
+            )
+    return encode_labels(labels)

@@ -103,9 +103,11 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                     signature=form.cleaned_data["signature"],
                     description=form.cleaned_data["description"],
                     metadata=form.metadata(),
+                    class_labels=form.cleaned_data["class_labels"],
                 )
             except PlatformError as exc:
-                field = "signature" if exc.code == "invalid_signature" else "file"
+                fields = {"invalid_signature": "signature", "invalid_labels": "class_labels"}
+                field = fields.get(exc.code, "file")
                 form.add_error(field, exc.message)
             else:
                 messages.success(request, f"Version {version.version} registered; conversion is queued.")

@@ -14,6 +14,7 @@ from deployments.backends.base import TASK_ID
 from deployments.models import Deployment, ImageStatus, Variant, Worker
 from inference_worker.contracts.batching import BATCHING, INTRA_OP_THREADS, BatchingConfig
 from inference_worker.contracts.errors import ContractError
+from inference_worker.contracts.labels import labels_text, parse_labels
 from inference_worker.contracts.launch import LaunchSpec
 from inference_worker.contracts.warmup import REPORT_KEY, parse_warmup, warmup_text
 from registry import storage
@@ -147,10 +148,22 @@ def version_worker_spec(
             report_interval_s=settings.KILN_REPORT_INTERVAL_S,
             worker_id=str(worker_id),
             warmup_inputs=_warmup(version.report),
+            class_labels=_labels(version.class_labels),
         ),
         image=image,
         labels={"deployment": deployment, "variant": variant, "version": str(version.version)},
     )
+
+
+def _labels(recorded: object) -> str:
+    """The version's class labels for the worker's classification answers ("" when none)."""
+    if not recorded:
+        return ""
+    try:
+        return labels_text(parse_labels(recorded))
+    except ContractError as exc:  # checked at upload: only a row changed by hand gets here
+        logger.warning("ignoring the version's class labels: %s", exc)
+        return ""
 
 
 def _warmup(report: object) -> str:

@@ -49,6 +49,8 @@ class LaunchSpec:
     grpc_port: int = GRPC_PORT.default
     warmup_inputs: str = ""
     """``contracts.warmup``'s text: the shapes the version's conversion validated."""
+    class_labels: str = ""
+    """``contracts.labels``' text: the version's class labels."""
 
     def __post_init__(self) -> None:
         for name, value in self._own().items():

@@ -96,12 +96,18 @@ LOG_LEVEL = OptionField("log_level", Kind.LOWER, "info", "debug, info, warning o
 WARMUP_INPUTS = OptionField(
     "warmup_inputs", Kind.TEXT, "", "the input shapes the conversion validated (JSON, contracts.warmup)"
 )
+CLASS_LABELS = OptionField(
+    "class_labels",
+    Kind.TEXT,
+    "",
+    "labels of the outputs' classes for classification answers (JSON, contracts.labels)",
+)
 
 SERVE = OptionTable(
     MODEL_NAME, MODEL_PATH, MODEL_VERSION, MODEL_SHA256, HOST, HTTP_PORT, GRPC_PORT, DEVICE,
     INTRA_OP_SPINNING, INLINE_BELOW_US, BATCHING, MAX_BODY_BYTES, MAX_GRPC_MESSAGE_BYTES,
     MAX_TENSOR_ELEMENTS, MAX_QUEUE_BYTES, SYSTEM_SHARED_MEMORY, MAX_SHM_REGIONS, MAX_SHM_BYTES,
     DRAIN_TIMEOUT_S, SHUTDOWN_DELAY_S, LISTEN_FILE, REPORT_URL, REPORT_TOKEN, REPORT_INTERVAL_S,
-    WORKER_ID, LOG_LEVEL, WARMUP_INPUTS,
+    WORKER_ID, LOG_LEVEL, WARMUP_INPUTS, CLASS_LABELS,
 )  # fmt: skip
 """The ``serve`` options, batching included (looked up in ``BATCHING`` on every read)."""

@@ -8,6 +8,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from inference_worker.contracts.labels import MAX_LABEL_CHARS, MAX_LABELS_BYTES
 from registry.models import (
     SLUG_MAX_LENGTH,
     SLUG_PATTERN,
@@ -97,6 +98,11 @@ class VersionOutput(serializers.ModelSerializer[ModelVersion]):
     created_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
     aliases = serializers.SerializerMethodField()
     artifacts = serializers.SerializerMethodField()
+    class_labels = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        read_only=True,
+        help_text="each labelled output's class names, in class order",
+    )
 
     class Meta:
         model = ModelVersion
@@ -112,6 +118,7 @@ class VersionOutput(serializers.ModelSerializer[ModelVersion]):
             "source_sha256",
             "source_size",
             "signature",
+            "class_labels",
             "onnx_sha256",
             "onnx_size",
             "report",
@@ -145,6 +152,15 @@ class VersionUploadInput(serializers.Serializer[Any]):
     signature = serializers.CharField(required=False, allow_blank=True, max_length=64 * 1024)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
     metadata = serializers.CharField(required=False, allow_blank=True, max_length=32 * 1024)
+    class_labels = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=4 * MAX_LABELS_BYTES,
+        help_text="the class names of the first output in class order, one per line or as JSON "
+        '(["cat", "dog"]), or JSON lists by output name ({"logits": [...]}); top-k answers '
+        f"(classification) carry them; at most {MAX_LABELS_BYTES} bytes of JSON, {MAX_LABEL_CHARS} "
+        "characters a label",
+    )
 
 
 class AliasInput(serializers.Serializer[Any]):

@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from config import json_input
 from config.query import read_query
+from inference_worker.contracts.labels import labels_from_text
 from registry import queries, services, storage
 from registry.api import serializers as s
 from registry.errors import (
@@ -140,6 +141,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
             signature=parse_json_field(data.validated_data.get("signature"), "signature"),
             description=data.validated_data.get("description", ""),
             metadata=parse_json_field(data.validated_data.get("metadata"), "metadata"),
+            class_labels=labels_from_text(data.validated_data.get("class_labels", "")),
             if_exists=data.validated_data["if_exists"],
         )
         # if_exists=existing answers a version registered before this request with a 200.

@@ -24,7 +24,7 @@ from registry.errors import (
 from registry.models import ModelVersion, RegisteredModel, slug_refusal
 from registry.sandbox import SandboxError, run_child
 from registry.services.conversion import start_first_conversion
-from registry.signature import Signature, check_compatible, parse_signature
+from registry.signature import Signature, check_compatible, parse_signature, resolve_labels
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,7 @@ def register_version(
     signature: Any = None,
     description: str = "",
     metadata: Any = None,
+    class_labels: Any = None,
     enqueue_conversion: bool = True,
     if_exists: str = "new",
 ) -> ModelVersion:
@@ -185,7 +186,8 @@ def register_version(
 
     When a version of this model has the same bytes, ``if_exists`` decides:
     ``new`` registers them again, ``existing`` returns that version, ``refuse`` raises
-    ``DuplicateUploadError``.
+    ``DuplicateUploadError``. ``class_labels`` (a list for the first output, or lists by output
+    name) name the classes a classification answer reports.
     """
     if if_exists not in IF_EXISTS:
         raise InvalidArtifactError(f"if_exists: one of {', '.join(IF_EXISTS)}", code="invalid")
@@ -193,6 +195,7 @@ def register_version(
     kind = detect_format(upload_path, max_unpacked_bytes=settings.KILN_MAX_UNPACKED_BYTES)
     inspected = _inspect(kind.format, upload_path)
     sig = resolve_signature(kind.format, signature, inspected)
+    labels = resolve_labels(class_labels, sig)
     relative, digest, size, created = storage.store_path(upload_path)
     earlier = model.versions.filter(source_sha256=digest).order_by("version").first()
     if earlier is not None and if_exists != "new":
@@ -212,6 +215,7 @@ def register_version(
             digest=digest,
             size=size,
             signature=sig,
+            class_labels=labels,
             description=description,
             metadata=clean_meta,
             enqueue_conversion=enqueue_conversion,
@@ -237,6 +241,7 @@ def _create_version_row(
     digest: str,
     size: int,
     signature: Signature,
+    class_labels: dict[str, list[str]],
     description: str,
     metadata: dict[str, Any],
     enqueue_conversion: bool,
@@ -257,6 +262,7 @@ def _create_version_row(
         source_size=size,
         source_path=relative,
         signature=signature.as_dict(),
+        class_labels=class_labels,
         created_by=actor,
     )
     record_event(
@@ -271,6 +277,7 @@ def _create_version_row(
             "size": size,
             "status": version.status,
             "metadata": metadata,
+            **({"class_labels": {name: len(v) for name, v in class_labels.items()}} if class_labels else {}),
         },
     )
     if enqueue_conversion:

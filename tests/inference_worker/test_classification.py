@@ -11,6 +11,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from inference_worker.classification import classify
+from inference_worker.contracts.labels import ClassLabels, labels_text, parse_labels_text
 from tests.support.onnx_models import reference
 from tests.support.workers import RunningWorker, make_config, running
 
@@ -131,3 +132,35 @@ def test_classification_of_a_bytes_output_is_refused_over_both_protocols(models:
         tensor.set_data_from_numpy(np.array([b"a"], dtype=object))
         with pytest.raises(triton_grpc.InferenceServerException, match="classification takes a numeric"):
             client.infer("echo", [tensor], outputs=[triton_grpc.InferRequestedOutput("t", class_count=1)])
+
+
+def test_a_class_with_a_label_carries_it_and_one_past_the_labels_does_not() -> None:
+    scores = np.array([[0.1, 0.7, 0.2]], np.float32)
+
+    assert classify(scores, 3, ("cat", "dog:husky")).tolist() == [
+        [b"0.700000:1:dog:husky", b"0.200000:2", b"0.100000:0:cat"]
+    ]
+
+
+def test_a_worker_with_class_labels_answers_them_over_both_protocols(models: SimpleNamespace) -> None:
+    width = reference(models.mlp, {"x": X})[0].shape[1]
+    names = tuple(f"class-{i} é" for i in range(width))
+    labels = parse_labels_text(labels_text(ClassLabels({"y": names})))  # as the launch spec carries them
+    with running(make_config(models.mlp, class_labels=labels)) as worker:
+        http = triton_http.InferenceServerClient(worker.url.removeprefix("http://"))
+        tensor = triton_http.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X, binary_data=False)
+        asked = triton_http.InferRequestedOutput("y", binary_data=False, class_count=2)
+        over_http = http.infer("mlp", [tensor], outputs=[asked]).as_numpy("y")
+
+        grpc = triton_grpc.InferenceServerClient(worker.grpc_target)
+        tensor = triton_grpc.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X)
+        asked = triton_grpc.InferRequestedOutput("y", class_count=2)
+        over_grpc = grpc.infer("mlp", [tensor], outputs=[asked]).as_numpy("y")
+
+    for classes in (over_http, over_grpc):
+        assert indices(classes) == expected(models, 2)
+        assert [[_text(item).split(":", 2)[2] for item in row] for row in classes] == [
+            [names[i] for i in row] for row in expected(models, 2)
+        ]

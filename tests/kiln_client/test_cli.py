@@ -49,6 +49,9 @@ def test_upload_with_wait_creates_the_model_converts_and_records_ci_metadata(
 ) -> None:
     path = tmp_path / "cnn.pt"
     signature = factories.save_torchscript_cnn(path)
+    signature["outputs"] = [{"name": "digit", "dtype": "float32", "shape": [-1, 10]}]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"digit {i}\n" for i in range(10)), encoding="utf-8")
     env = {"GITHUB_SHA": "0123abcd", "GITHUB_REPOSITORY": "acme/models", "GITHUB_RUN_ID": "77"}
 
     result = kiln(
@@ -57,6 +60,8 @@ def test_upload_with_wait_creates_the_model_converts_and_records_ci_metadata(
         str(path),
         "--signature",
         json.dumps(signature),
+        "--class-labels",
+        str(labels),
         "--create",
         "--wait",
         url=live_server.url,
@@ -71,6 +76,9 @@ def test_upload_with_wait_creates_the_model_converts_and_records_ci_metadata(
     version = ModelVersion.objects.get(model__name="digits", version=1)
     assert version.metadata["git_commit"] == "0123abcd"
     assert version.metadata["ci_run_url"] == "https://github.com/acme/models/actions/runs/77"
+    # The declared output keeps its name through the conversion, so its labels still fit.
+    assert [output["name"] for output in version.signature["outputs"]] == ["digit"]
+    assert version.class_labels == {"digit": [f"digit {i}" for i in range(10)]}
 
 
 def test_a_failed_conversion_exits_non_zero_with_the_reason(

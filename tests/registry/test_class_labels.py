@@ -1,0 +1,143 @@
+"""Class labels: uploaded with a version (API, CLI text file, web form), checked against its outputs,
+shown on its page, and handed to every worker of it (the launch spec)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from deployments.reconcile.spec import version_worker_spec
+from inference_worker.contracts.batching import BatchingConfig
+from inference_worker.contracts.labels import parse_labels_text
+from inference_worker.contracts.launch import parse_launch
+from registry.models import ModelVersion
+from tests.support.torch_models import save_onnx_cnn, save_torchscript_cnn
+from tests.support.uploads import create_model, upload
+
+pytestmark = pytest.mark.django_db
+DIGITS = [f"class {i}" for i in range(10)]
+
+
+@pytest.fixture
+def onnx_cnn(owner_api: APIClient, tmp_path: Path) -> Path:
+    create_model(owner_api)
+    path = tmp_path / "model.onnx"
+    save_onnx_cnn(path)  # one output, logits [-1, 10]
+    return path
+
+
+def test_labels_one_per_line_name_the_first_outputs_classes(owner_api: APIClient, onnx_cnn: Path) -> None:
+    answer = upload(
+        owner_api, "cnn", onnx_cnn, class_labels="\n" + "\n".join(f"  {d} " for d in DIGITS) + "\n\n"
+    )
+
+    assert answer.status_code == 201, answer.content
+    assert answer.json()["class_labels"] == {"logits": DIGITS}
+    version = owner_api.get("/api/v1/models/cnn/versions/1/").json()
+    assert version["class_labels"] == {"logits": DIGITS}
+
+
+def test_labels_by_output_name_as_json_and_every_worker_gets_them(
+    owner_api: APIClient, onnx_cnn: Path
+) -> None:
+    labels = {"logits": [f"é-{i}: «x»" for i in range(10)]}
+
+    answer = upload(owner_api, "cnn", onnx_cnn, class_labels=labels)
+
+    assert answer.status_code == 201, answer.content
+    version = ModelVersion.objects.get()
+    version.onnx_path, version.onnx_sha256 = version.source_path, version.source_sha256  # ONNX already
+    spec = version_worker_spec(
+        version=version,
+        deployment="cnn",
+        variant="primary",
+        batching=BatchingConfig(),
+        worker_id=1,
+        report_url="http://127.0.0.1:8000/api/v1/reports/",
+        token="t",
+    )
+    argv = spec.launch.argv()
+    assert "--class-labels" in argv
+    read_back = parse_launch(argv)  # as the worker reads its command line
+    assert parse_labels_text(read_back.class_labels).of("logits") == tuple(labels["logits"])
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ("cat\ndog", "class_labels.logits: 2 labels for the 10 classes of output 'logits' (shape [-1, 10])"),
+        ({"scores": DIGITS}, "class_labels.scores: the model has no output 'scores' (its outputs: logits)"),
+        ("\n".join([*DIGITS[:3], "", *DIGITS[3:9]]), "class_labels.logits[3]: must be 1-256 characters"),
+        ("\n".join([*DIGITS[:9], "x" * 257]), "class_labels.logits[9]: must be 1-256 characters"),
+        ({"logits": "0123456789"}, "class_labels.logits: must be a list"),
+        ({"logits": [1] * 10}, "class_labels.logits[0]: must be a string"),
+        ('{"logits": ["a\\tb"] * 10}', "class_labels"),
+    ],
+)
+def test_labels_that_do_not_fit_the_outputs_are_refused_with_the_reason(
+    owner_api: APIClient, onnx_cnn: Path, labels: object, message: str
+) -> None:
+    answer = upload(owner_api, "cnn", onnx_cnn, class_labels=labels)
+
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["code"] == "invalid_labels"
+    assert answer.json()["message"].startswith(message)
+    assert not ModelVersion.objects.exists()
+
+
+def test_labels_over_the_size_limit_are_refused(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+    signature["outputs"] = [{"name": "scores", "dtype": "float32", "shape": [-1, -1]}]
+
+    answer = upload(owner_api, "cnn", path, signature=signature, class_labels={"scores": ["y" * 200] * 400})
+
+    assert answer.status_code == 400, answer.content
+    assert "above the limit of 65536 bytes" in answer.json()["message"]
+
+
+def test_a_torchscript_upload_labels_only_the_outputs_its_signature_declares(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+
+    undeclared = upload(owner_api, "cnn", path, signature=signature, class_labels="\n".join(DIGITS))
+    signature["outputs"] = [{"name": "digit", "dtype": "float32", "shape": [-1, 10]}]
+    declared = upload(owner_api, "cnn", path, signature=signature, class_labels="\n".join(DIGITS))
+
+    assert undeclared.status_code == 400
+    assert "declare them in the signature ('outputs')" in undeclared.json()["message"]
+    assert declared.status_code == 201, declared.content
+    assert declared.json()["class_labels"] == {"digit": DIGITS}
+
+
+def test_the_upload_form_takes_labels_and_the_version_page_lists_them(
+    owner: User, owner_api: APIClient, onnx_cnn: Path
+) -> None:
+    web = Client()
+    web.force_login(owner)
+    with onnx_cnn.open("rb") as handle:
+        refused = web.post(
+            reverse("registry:version-upload", args=["cnn"]), {"file": handle, "class_labels": "cat\ndog"}
+        )
+    assert refused.status_code == 400
+    assert "2 labels for the 10 classes" in refused.content.decode()
+
+    with onnx_cnn.open("rb") as handle:
+        web.post(
+            reverse("registry:version-upload", args=["cnn"]),
+            {"file": handle, "class_labels": "\n".join(DIGITS)},
+        )
+    page = web.get(reverse("registry:version-detail", args=["cnn", 1])).content.decode()
+
+    assert ModelVersion.objects.get().class_labels == {"logits": DIGITS}
+    assert 'Class labels of <span class="mono">logits</span>: 10' in page
+    assert '<ol start="0"><li>class 0</li>' in page
