@@ -84,7 +84,7 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
         "signature": _json_arg(args.signature, "--signature"),
         "description": args.description,
         "metadata": {**_ci_metadata(args), **(_json_arg(args.metadata, "--metadata") or {})},
-        "class_labels": _text_file(args.class_labels, "--class-labels"),
+        "class_labels": _text_file(args.labels, "--labels"),
     }
     version = client.upload(args.model, path, fields, lambda done, total: out.bar("uploading", done, total))
     number = version["version"]
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signature", help="JSON, or @file.json (required for TorchScript)")
     p.add_argument("--description")
     p.add_argument(
-        "--class-labels",
+        "--labels",
         metavar="FILE",
         help="the first output's class names, one per line in class order (or JSON by output name); "
         "top-k answers carry them",

@@ -60,7 +60,7 @@ def test_upload_with_wait_creates_the_model_converts_and_records_ci_metadata(
         str(path),
         "--signature",
         json.dumps(signature),
-        "--class-labels",
+        "--labels",
         str(labels),
         "--create",
         "--wait",
