@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inference_worker.cli import build_parser, config_from_args, main, serve_options
-from inference_worker.config import SharedMemoryConfig
+from inference_worker.config import ConfigError, SharedMemoryConfig
 from tests.support.polling import wait_for
 from tests.support.workers import BIG_K, make_config, running, square_request
 
@@ -125,6 +125,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
         "KILN_WORKER_LOG_LEVEL": "warning",
         "KILN_WORKER_MODEL_SHA256": "a" * 64,
         "KILN_WORKER_WARMUP_INPUTS": '{"shapes": {"image": [-1, 3, 8, 8]}, "int_high": 10}',
+        "KILN_WORKER_CLASS_LABELS": '{"logits": ["cat", "dog"]}',
     }
     assert sorted(env) == sorted(option.env for option in serve_options())
     for name, value in env.items():
@@ -146,6 +147,7 @@ def test_every_option_can_come_from_the_environment_and_flags_win(monkeypatch: p
     assert config.model.sha256 == "a" * 64
     assert config.model.warmup is not None
     assert (dict(config.model.warmup.shapes), config.model.warmup.int_high) == ({"image": (-1, 3, 8, 8)}, 10)
+    assert config.model.class_labels.of("logits") == ("cat", "dog")
     assert config.batching.max_batch_size == 48
     assert config.batching.preferred_batch_sizes == (8, 16, 32)
     assert config.batching.max_queue_delay_microseconds == 2500
@@ -279,3 +281,20 @@ def test_a_model_onnx_runtime_cannot_load_exits_1_without_ever_being_ready(tmp_p
     assert result.returncode == 1
     assert "ONNX Runtime cannot load the model" in result.stderr
     assert "ready:" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("not json", "--class-labels: must be JSON"),
+        ('{"logits": ["cat", ""]}', "--class-labels.logits[1]: must be 1-256 characters"),
+        ('["cat"]', "--class-labels: must be an object"),
+    ],
+)
+def test_class_labels_the_worker_cannot_read_refuse_to_start(value: str, message: str) -> None:
+    args = ["serve", "--model-name", "m", "--model-path", "m.onnx", "--class-labels", value]
+
+    with pytest.raises(ConfigError) as refused:
+        config_from_args(build_parser().parse_args(args))
+
+    assert str(refused.value).startswith(message)

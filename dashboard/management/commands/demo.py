@@ -30,7 +30,11 @@ from registry.services import create_model, register_version
 
 MODEL = "demo-classifier"
 DEPLOYMENT = "demo"
-SIGNATURE = {"inputs": [{"name": "features", "dtype": "float32", "shape": [-1, 16]}], "outputs": []}
+SIGNATURE = {
+    "inputs": [{"name": "features", "dtype": "float32", "shape": [-1, 16]}],
+    "outputs": [{"name": "scores", "dtype": "float32", "shape": [-1, 4]}],
+}
+CLASS_LABELS = ["approve", "review", "escalate", "decline"]
 
 
 def _save_demo_model(path: Path, seed: int) -> None:
@@ -85,6 +89,7 @@ class Command(BaseCommand):
                     upload_path=path,
                     actor=actor,
                     signature=SIGNATURE,
+                    class_labels=CLASS_LABELS,
                     description=f"demo weights, seed {seed}",
                     metadata={"source": "manage.py demo"},
                 )
