@@ -160,8 +160,8 @@ def resolve_labels(raw: Any, signature: Signature) -> dict[str, list[str]]:
         return {}
     if not signature.outputs:
         raise InvalidLabelsError(
-            "class_labels: this upload's outputs are known only after its conversion; declare them "
-            "in the signature ('outputs') to label them"
+            "class_labels: the version's outputs are not known before its conversion unless the "
+            "upload's signature declares them ('outputs')"
         )
     if isinstance(raw, list):
         raw = {signature.outputs[0].name: raw}

@@ -42,6 +42,8 @@ def spec_hash(variant: Variant) -> str:
         "image": variant.image,
     }
     data.update({name: values[name] for name in ADDED_OPTIONS if values[name] != BATCHING[name].default})
+    if variant.version.class_labels:  # a change of the version's labels rolls its workers
+        data["class_labels"] = variant.version.class_labels
     if variant.placement_constraints or variant.placement_spread:  # absent: earlier hashes stay valid
         data["placement"] = [sorted(variant.placement_constraints), list(variant.placement_spread)]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]

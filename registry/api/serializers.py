@@ -163,6 +163,16 @@ class VersionUploadInput(serializers.Serializer[Any]):
     )
 
 
+class VersionUpdateInput(serializers.Serializer[Any]):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    class_labels = serializers.JSONField(
+        required=False,
+        help_text="the class names of the first output in class order (a list, or a text of one per "
+        'line), or lists by output name ({"logits": [...]}); [] removes them. The version\'s workers '
+        "take new labels as a rolling update",
+    )
+
+
 class AliasInput(serializers.Serializer[Any]):
     version = serializers.IntegerField(min_value=1)
 

@@ -7,7 +7,9 @@ from registry.api import views
 model_list = views.ModelViewSet.as_view({"get": "list", "post": "create"})
 model_detail = views.ModelViewSet.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"})
 version_list = views.VersionViewSet.as_view({"get": "list", "post": "create"})
-version_detail = views.VersionViewSet.as_view({"get": "retrieve", "delete": "destroy"})
+version_detail = views.VersionViewSet.as_view(
+    {"get": "retrieve", "patch": "partial_update", "delete": "destroy"}
+)
 version_convert = views.VersionViewSet.as_view({"post": "convert"})
 audit_list = views.AuditEventViewSet.as_view({"get": "list"})
 

@@ -153,6 +153,21 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
     def retrieve(self, request: Request, name: str, number: str) -> Response:
         return Response(s.VersionOutput(queries.get_version(name, int(number))).data)
 
+    @extend_schema(request=s.VersionUpdateInput, responses=s.VersionOutput)
+    def partial_update(self, request: Request, name: str, number: str) -> Response:
+        """Change the description or the class labels (checked against the version's outputs)."""
+        version = queries.version_for_change(name, int(number), request.user)
+        data = s.VersionUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        labels = data.validated_data.get("class_labels")
+        services.update_version(
+            version=version,
+            actor=request.user,
+            description=data.validated_data.get("description"),
+            class_labels=labels_from_text(labels) if isinstance(labels, str) else labels,
+        )
+        return Response(s.VersionOutput(queries.get_version(name, int(number))).data)
+
     @extend_schema(responses={204: None})
     def destroy(self, request: Request, name: str, number: str) -> Response:
         """Delete the version and, once no version shares them, its stored files; 409 naming what

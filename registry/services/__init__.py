@@ -11,7 +11,7 @@ from registry.services.conversion import (
     request_conversion,
     sweep_stale_conversions,
 )
-from registry.services.registration import create_model, register_version, update_model
+from registry.services.registration import create_model, register_version, update_model, update_version
 from registry.services.removal import delete_model, delete_version
 
 __all__ = (
@@ -26,4 +26,5 @@ __all__ = (
     "set_alias",
     "sweep_stale_conversions",
     "update_model",
+    "update_version",
 )

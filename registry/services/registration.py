@@ -20,6 +20,7 @@ from registry.errors import (
     InvalidArtifactError,
     InvalidSignatureError,
     ModelNotFoundError,
+    VersionNotFoundError,
 )
 from registry.models import ModelVersion, RegisteredModel, slug_refusal
 from registry.sandbox import SandboxError, run_child
@@ -90,6 +91,32 @@ def update_model(
             before=before,
             after={"description": locked.description, "tags": locked.tags},
         )
+    return locked
+
+
+@transaction.atomic
+def update_version(
+    *, version: ModelVersion, actor: Actor, description: str | None = None, class_labels: Any = None
+) -> ModelVersion:
+    """Change a version's description or class labels (``[]``/``{}`` removes them; the labels are
+    checked against the version's outputs). Its workers take new labels as a rolling update."""
+    locked = ModelVersion.objects.select_for_update().filter(pk=version.pk).select_related("model").first()
+    if locked is None:
+        raise VersionNotFoundError(f"version {version.version} of {version.model.name!r} was deleted")
+    before = {"description": locked.description, "class_labels": locked.class_labels}
+    if description is not None:
+        locked.description = description[:10_000]
+    if class_labels is not None:
+        locked.class_labels = resolve_labels(class_labels, parse_signature(locked.signature))
+    locked.save(update_fields=["description", "class_labels", "updated_at"])
+    record_event(
+        actor=actor,
+        action="version.updated",
+        subject=f"model/{locked.model.name}/v{locked.version}",
+        model=locked.model,
+        before=before,
+        after={"description": locked.description, "class_labels": locked.class_labels},
+    )
     return locked
 
 

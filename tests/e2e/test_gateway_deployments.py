@@ -8,11 +8,12 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as triton_grpc
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from registry import storage
-from tests.support.e2e import GrpcLoad, Load, request_body, rollout_end, wait_ready, wait_routed
+from tests.support.e2e import IMAGE, GrpcLoad, Load, request_body, rollout_end, wait_ready, wait_routed
 from tests.support.polling import wait_for
 from tests.support.services import Platform
 from tests.support.versions import stored_version
@@ -191,3 +192,43 @@ def test_grpc_clients_reach_the_deployment_through_the_gateway_and_a_failing_can
     assert failed_after == failed_before  # back at 0 %: no request reaches the candidate any more
     traffic = owner_api.get("/api/v1/deployments/cnn/traffic/").json()
     assert traffic["split"]["candidate"]["weight"] == 0
+
+
+def test_top_k_answers_through_the_gateway_carry_the_labels_a_version_is_given_after_it_deployed(
+    platform: Platform, owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    stored_version(owner, tmp_path, number=1, seed=1)
+    created = owner_api.post(
+        "/api/v1/deployments/", {"name": "cnn", "model": "cnn", "variants": [{"version": 1}]}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    wait_ready(owner_api, "cnn", {"primary": 1})
+    wait_routed(platform.gateway.url, "cnn")
+    body = {
+        **request_body(np.random.default_rng(5)),
+        "outputs": [{"name": "logits", "parameters": {"classification": 3}}],
+    }
+
+    def top3() -> list[str]:
+        answer = httpx.post(f"{platform.gateway.url}/v2/models/cnn/infer", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["outputs"][0]["data"])
+
+    before = top3()
+    names = [f"digit {i}" for i in range(10)]
+    changed = owner_api.patch("/api/v1/models/cnn/versions/1/", {"class_labels": names}, format="json")
+    assert changed.status_code == 200, changed.content
+    # The reconcile loop rolls the variant's worker onto the labels; the gateway keeps answering.
+    wait_for(lambda: all(item.count(":") == 2 for item in top3()), timeout=120, interval=0.5,
+             message="answers with labels after the rolling update")  # fmt: skip
+
+    after = top3()
+    assert all(item.count(":") == 1 for item in before)
+    assert [item.rsplit(":", 1)[0] for item in after] == before  # same scores and classes, now named
+    assert [item.split(":")[2] for item in after] == [names[int(item.split(":")[1])] for item in after]
+    client = triton_grpc.InferenceServerClient(platform.gateway.grpc)
+    image = triton_grpc.InferInput("image", [1, *IMAGE], "FP32")
+    image.set_data_from_numpy(np.asarray(body["inputs"][0]["data"], dtype=np.float32).reshape(1, *IMAGE))
+    asked = triton_grpc.InferRequestedOutput("logits", class_count=3)
+    over_grpc = client.infer("cnn", [image], outputs=[asked]).as_numpy("logits")
+    assert [item.decode() for item in over_grpc[0]] == after

@@ -1,9 +1,11 @@
-"""Class labels: uploaded with a version (API, CLI text file, web form), checked against its outputs,
-shown on its page, and handed to every worker of it (the launch spec)."""
+"""Class labels: uploaded with a version (API, CLI text file, web form) or changed later (PATCH),
+checked against its outputs, shown on its page, and handed to every worker of it (the launch spec;
+a change rolls the workers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -11,13 +13,17 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from deployments.reconcile.spec import version_worker_spec
+from deployments.inputs import VariantSpec, VersionTarget
+from deployments.reconcile.spec import spec_hash, version_worker_spec
+from deployments.services.deployments import create_deployment
 from inference_worker.contracts.batching import BatchingConfig
 from inference_worker.contracts.labels import parse_labels_text
 from inference_worker.contracts.launch import parse_launch
-from registry.models import ModelVersion
+from registry.models import AuditEvent, ModelVersion
+from registry.services import update_version
 from tests.support.torch_models import save_onnx_cnn, save_torchscript_cnn
 from tests.support.uploads import create_model, upload
+from tests.support.versions import stored_version
 
 pytestmark = pytest.mark.django_db
 DIGITS = [f"class {i}" for i in range(10)]
@@ -114,7 +120,7 @@ def test_a_torchscript_upload_labels_only_the_outputs_its_signature_declares(
     declared = upload(owner_api, "cnn", path, signature=signature, class_labels="\n".join(DIGITS))
 
     assert undeclared.status_code == 400
-    assert "declare them in the signature ('outputs')" in undeclared.json()["message"]
+    assert "unless the upload's signature declares them ('outputs')" in undeclared.json()["message"]
     assert declared.status_code == 201, declared.content
     assert declared.json()["class_labels"] == {"digit": DIGITS}
 
@@ -141,3 +147,53 @@ def test_the_upload_form_takes_labels_and_the_version_page_lists_them(
     assert ModelVersion.objects.get().class_labels == {"logits": DIGITS}
     assert 'Class labels of <span class="mono">logits</span>: 10' in page
     assert '<ol start="0"><li>class 0</li>' in page
+
+
+def test_a_versions_labels_and_description_can_be_changed_and_removed(
+    owner: User, owner_api: APIClient, tmp_path: Path
+) -> None:
+    stored_version(owner, tmp_path)  # converted: outputs known (logits [-1, 10])
+    url = "/api/v1/models/cnn/versions/1/"
+
+    as_lines = owner_api.patch(url, {"class_labels": "\n".join(DIGITS)}, format="json")
+    as_list = owner_api.patch(url, {"class_labels": DIGITS[::-1], "description": "relabelled"}, format="json")
+    wrong = owner_api.patch(url, {"class_labels": {"logits": ["a"]}}, format="json")
+    removed = owner_api.patch(url, {"class_labels": []}, format="json")
+
+    assert as_lines.status_code == 200, as_lines.content
+    assert as_lines.json()["class_labels"] == {"logits": DIGITS}
+    assert as_list.json()["class_labels"] == {"logits": DIGITS[::-1]}
+    assert as_list.json()["description"] == "relabelled"
+    assert wrong.status_code == 400
+    assert wrong.json()["message"].startswith("class_labels.logits: 1 labels for the 10 classes")
+    assert removed.json()["class_labels"] == {}
+    assert removed.json()["description"] == "relabelled"
+    changes = AuditEvent.objects.filter(action="version.updated", subject="model/cnn/v1").count()
+    assert changes == 3  # the refused change left no record
+
+
+def test_only_those_who_may_change_the_model_change_its_versions(
+    owner: User, owner_api: APIClient, tmp_path: Path, django_user_model: Any
+) -> None:
+    stored_version(owner, tmp_path)
+    other = APIClient()
+    other.force_authenticate(django_user_model.objects.create_user("mallory", password="pw-mallory-123"))
+
+    answer = other.patch("/api/v1/models/cnn/versions/1/", {"class_labels": DIGITS}, format="json")
+
+    assert answer.status_code == 403
+    assert ModelVersion.objects.get().class_labels == {}
+
+
+def test_new_labels_give_the_versions_variants_a_new_fingerprint(owner: User, tmp_path: Path) -> None:
+    version = stored_version(owner, tmp_path)
+    deployment = create_deployment(
+        name="cnn", model=version.model, actor=owner, variants=[VariantSpec(VersionTarget(1))]
+    )
+    variant = deployment.variants.select_related("version").get()
+    unlabelled = spec_hash(variant)
+
+    update_version(version=version, actor=owner, class_labels=DIGITS)
+    variant = deployment.variants.select_related("version").get()
+
+    assert spec_hash(variant) != unlabelled  # the reconcile loop rolls the workers onto the labels
