@@ -91,6 +91,7 @@ def prepare_torchscript(
     )
     second = runner(draw_inputs(inputs, SECOND_BATCH, seed=seed, int_high=int_high)) if dynamic else first
     names = output_names(outputs, len(first)) or [f"output_{i}" for i in range(len(first))]
+    check_output_shapes(outputs, first)
     axes = {spec.name: _input_axes(spec, dynamic) for spec in inputs}
     declared = {spec.name: spec for spec in outputs}
     for name, one, two in zip(names, first, second, strict=True):
@@ -136,6 +137,21 @@ def output_names(outputs: Sequence[TensorSpec], count: int) -> list[str] | None:
             "invalid_signature",
         )
     return [spec.name for spec in outputs]
+
+
+def check_output_shapes(outputs: Sequence[TensorSpec], returned: Sequence[Array]) -> None:
+    """Refuse declared outputs whose rank or fixed dimensions (past the batch) are not what the
+    model returns: the declared shape is what clients, and the class labels, are told."""
+    for index, (spec, array) in enumerate(zip(outputs, returned, strict=False)):
+        fits = len(spec.shape) == array.ndim and all(
+            dim in (-1, size) for dim, size in zip(spec.shape[1:], array.shape[1:], strict=True)
+        )
+        if not fits:
+            raise ChildError(
+                f"signature.outputs[{index}].shape: {list(spec.shape)} is declared, but the model returns "
+                f"{spec.name!r} of shape {['batch', *array.shape[1:]]}",
+                "invalid_signature",
+            )
 
 
 def _input_axes(spec: TensorSpec, dynamic_batch: bool) -> dict[int, str]:

@@ -261,6 +261,24 @@ def test_signature_declaring_the_wrong_number_of_outputs_is_refused(tmp_path: Pa
     assert "declares 2 output(s)" in error.message
 
 
+@pytest.mark.parametrize("shape", [[-1, 5], [-1, 10, 1]])
+def test_a_declared_output_shape_the_model_does_not_return_is_refused(
+    tmp_path: Path, shape: list[int]
+) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        signature = model_factories.save_torchscript_cnn(path)  # returns [batch, 10]
+        signature["outputs"] = [{"name": "digit", "dtype": "float32", "shape": shape}]
+        return signature
+
+    error = _failure(_request(tmp_path, "torchscript", save))
+
+    assert error.code == "invalid_signature"
+    assert error.message == (
+        f"signature.outputs[0].shape: {shape} is declared, "
+        "but the model returns 'digit' of shape ['batch', 10]"
+    )
+
+
 def test_parity_compares_with_numpy_allclose_semantics_and_scale_relative_error() -> None:
     expected = np.array([100.0, 1.0, 0.0], dtype=np.float32)
     actual = np.array([100.05, 1.0, 1e-6], dtype=np.float32)
