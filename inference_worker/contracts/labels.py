@@ -85,8 +85,8 @@ def labels_from_text(text_value: str) -> object:
     if stripped[:1] in ("[", "{"):
         try:
             return json.loads(stripped)
-        except ValueError:
-            pass  # a label that starts with a bracket
+        except (ValueError, RecursionError):
+            pass  # a label that starts with a bracket (or nesting deeper than JSON is read)
     return [line.strip() for line in stripped.splitlines()] if stripped else []
 
 
@@ -103,6 +103,6 @@ def parse_labels_text(text_value: str) -> ClassLabels:
         return ClassLabels()
     try:
         payload = json.loads(text_value)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ContractError("class_labels", "must be JSON") from None
     return parse_labels(payload)

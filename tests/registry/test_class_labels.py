@@ -83,6 +83,7 @@ def test_labels_by_output_name_as_json_and_every_worker_gets_them(
         ({"logits": "0123456789"}, "class_labels.logits: must be a list"),
         ({"logits": [1] * 10}, "class_labels.logits[0]: must be a string"),
         ('{"logits": ["a\\tb"] * 10}', "class_labels"),
+        ("[" * 100_000, "class_labels.logits[0]: must be 1-256 characters"),  # deeper than JSON is read
     ],
 )
 def test_labels_that_do_not_fit_the_outputs_are_refused_with_the_reason(
@@ -93,6 +94,14 @@ def test_labels_that_do_not_fit_the_outputs_are_refused_with_the_reason(
     assert answer.status_code == 400, answer.content
     assert answer.json()["code"] == "invalid_labels"
     assert answer.json()["message"].startswith(message)
+    assert not ModelVersion.objects.exists()
+
+
+def test_a_label_with_a_nul_character_is_refused(owner_api: APIClient, onnx_cnn: Path) -> None:
+    answer = upload(owner_api, "cnn", onnx_cnn, class_labels="\n".join([*DIGITS[:9], "nul\x00"]))
+
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["message"].startswith("class_labels: ")
     assert not ModelVersion.objects.exists()
 
 
