@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -34,7 +35,40 @@ class ModelCreateForm(forms.Form):
         return [t.strip() for t in self.cleaned_data["tags"].split(",") if t.strip()]
 
 
-class UploadForm(forms.Form):
+def _class_labels_field() -> forms.CharField:
+    return forms.CharField(
+        required=False,
+        label="Class labels",
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono"}),
+        max_length=4 * MAX_LABELS_BYTES,
+        help_text=(
+            "Optional: the class names of the model's first output, one per line in class order "
+            '(or JSON by output name: {"logits": ["cat", "dog"]}). Top-k answers carry them.'
+        ),
+    )
+
+
+class ClassLabelsInput(forms.Form):
+    """The labels as typed: JSON, or one per line (``contracts.labels.labels_from_text``)."""
+
+    def clean_class_labels(self) -> object:
+        return labels_from_text(self.cleaned_data["class_labels"])
+
+
+class LabelsForm(ClassLabelsInput):
+    class_labels = _class_labels_field()
+
+    @staticmethod
+    def text_of(labels: dict[str, list[str]], first_output: str) -> str:
+        """What the field shows for a version's labels: lines for the first output's alone, else JSON."""
+        if not labels:
+            return ""
+        if list(labels) == [first_output]:
+            return "\n".join(labels[first_output])
+        return json.dumps(labels, ensure_ascii=False, indent=1)
+
+
+class UploadForm(ClassLabelsInput):
     file = forms.FileField(
         help_text="TorchScript (torch.jit.save), torch.export program (.pt2) or ONNX; pickles are refused"
     )
@@ -48,16 +82,7 @@ class UploadForm(forms.Form):
             f"dtypes: {', '.join(DTYPES)}; -1 marks a dynamic dimension."
         ),
     )
-    class_labels = forms.CharField(
-        required=False,
-        label="Class labels",
-        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono"}),
-        max_length=4 * MAX_LABELS_BYTES,
-        help_text=(
-            "Optional: the class names of the model's first output, one per line in class order "
-            '(or JSON by output name: {"logits": ["cat", "dog"]}). Top-k answers carry them.'
-        ),
-    )
+    class_labels = _class_labels_field()
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=10_000)
     git_commit = forms.CharField(required=False, max_length=100, label="Git commit")
     ci_run_url = forms.URLField(required=False, max_length=500, label="CI run URL", assume_scheme="https")
@@ -70,9 +95,6 @@ class UploadForm(forms.Form):
             return json_input.loads(raw, "signature")
         except PlatformError as exc:
             raise forms.ValidationError(exc.message) from None
-
-    def clean_class_labels(self) -> object:
-        return labels_from_text(self.cleaned_data["class_labels"])
 
     def metadata(self) -> dict[str, str]:
         data = {"source": "web"}

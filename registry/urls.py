@@ -17,5 +17,6 @@ urlpatterns = [
     path("models/<slug:name>/versions/<int:number>/", views.version_detail, name="version-detail"),
     path("models/<slug:name>/versions/<int:number>/convert/", views.version_convert, name="version-convert"),
     path("models/<slug:name>/versions/<int:number>/delete/", views.version_delete, name="version-delete"),
+    path("models/<slug:name>/versions/<int:number>/labels/", views.version_labels, name="version-labels"),
     path("audit/", views.audit_list, name="audit-list"),
 ]

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from config.errors import PlatformError
 from registry import hooks, queries, services
 from registry.errors import ArtifactTooLargeError
-from registry.forms import AliasForm, ModelCreateForm, UploadForm
+from registry.forms import AliasForm, LabelsForm, ModelCreateForm, UploadForm
 from registry.models import VersionStatus
 from registry.search import ModelFilters
 from registry.uploads import HashedTempUploadedFile
@@ -133,6 +133,7 @@ def _limit_message() -> str:
 def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
     version = queries.get_version(name, number)
     report: dict[str, Any] = version.report or {}
+    first = next((o.get("name", "") for o in version.signature.get("outputs") or []), "")
     context = {
         "model": version.model,
         "version": version,
@@ -146,6 +147,7 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
         "profile_json": json.dumps((report.get("profile") or {}).get("batches") or []),
         "live": _live_numbers(request, version.pk),
         "profiled_shapes": _profiled_shapes(version.signature, report),
+        "labels_form": LabelsForm(initial={"class_labels": LabelsForm.text_of(version.class_labels, first)}),
     }
     return render(request, "registry/version_detail.html", context)
 
@@ -232,6 +234,24 @@ def version_convert(request: HttpRequest, name: str, number: int) -> HttpRespons
         messages.error(request, exc.message)
     else:
         messages.success(request, "Conversion queued.")
+    return redirect("registry:version-detail", name=name, number=number)
+
+
+@login_required
+@require_POST
+def version_labels(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = queries.version_for_change(name, number, request.user)
+    form = LabelsForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise PlatformError("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        services.update_version(
+            version=version, actor=request.user, class_labels=form.cleaned_data["class_labels"]
+        )
+    except PlatformError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Class labels saved; the version's workers take them as a rolling update.")
     return redirect("registry:version-detail", name=name, number=number)
 
 

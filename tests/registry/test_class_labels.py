@@ -206,3 +206,29 @@ def test_new_labels_give_the_versions_variants_a_new_fingerprint(owner: User, tm
     variant = deployment.variants.select_related("version").get()
 
     assert spec_hash(variant) != unlabelled  # the reconcile loop rolls the workers onto the labels
+
+
+def test_the_version_page_changes_the_labels_for_those_who_may(
+    owner: User, tmp_path: Path, django_user_model: Any
+) -> None:
+    stored_version(owner, tmp_path)
+    web = Client()
+    web.force_login(owner)
+    page = reverse("registry:version-detail", args=["cnn", 1])
+    save = reverse("registry:version-labels", args=["cnn", 1])
+
+    assert "Add class labels" in web.get(page).content.decode()
+    refused = web.post(save, {"class_labels": "cat\ndog"}, follow=True).content.decode()
+    saved = web.post(save, {"class_labels": "\n".join(DIGITS)}, follow=True).content.decode()
+    shown = web.get(page).content.decode()
+    other = Client()
+    other.force_login(django_user_model.objects.create_user("mallory", password="pw-mallory-123"))
+    foreign = other.post(save, {"class_labels": ""})
+
+    assert "2 labels for the 10 classes" in refused
+    assert "Class labels saved" in saved
+    assert "Change the class labels" in shown
+    assert "\nclass 0\nclass 1\n" in shown  # the field holds them one per line, to edit
+    assert foreign.status_code in (403, 404)
+    assert ModelVersion.objects.get().class_labels == {"logits": DIGITS}
+    assert "Add class labels" not in other.get(page).content.decode()
