@@ -244,7 +244,7 @@ def version_labels(request: HttpRequest, name: str, number: int) -> HttpResponse
     form = LabelsForm(request.POST)
     try:
         if not form.is_valid():
-            raise PlatformError("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+            raise PlatformError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
         services.update_version(
             version=version, actor=request.user, class_labels=form.cleaned_data["class_labels"]
         )
