@@ -226,6 +226,13 @@ def register_version(
     relative, digest, size, created = storage.store_path(upload_path)
     earlier = model.versions.filter(source_sha256=digest).order_by("version").first()
     if earlier is not None and if_exists != "new":
+        if if_exists == "existing" and labels and labels != earlier.class_labels:
+            raise DuplicateUploadError(
+                f"class_labels: v{earlier.version} has the same bytes and other labels; change its labels "
+                f"(PATCH the version) or send if_exists=new to register the bytes again with these",
+                code="labels_differ",
+                extra={"version": earlier.version},
+            )
         if if_exists == "existing":
             return earlier
         raise DuplicateUploadError(

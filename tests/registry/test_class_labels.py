@@ -4,6 +4,7 @@ a change rolls the workers)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,22 @@ def test_the_version_page_changes_the_labels_for_those_who_may(
     assert foreign.status_code in (403, 404)
     assert ModelVersion.objects.get().class_labels == {"logits": DIGITS}
     assert "Add class labels" not in other.get(page).content.decode()
+
+
+def test_a_pipeline_run_again_gets_its_version_unless_it_brings_other_labels(
+    owner_api: APIClient, onnx_cnn: Path
+) -> None:
+    first = upload(owner_api, "cnn", onnx_cnn, class_labels="\n".join(DIGITS))
+    again = upload(owner_api, "cnn", onnx_cnn, class_labels="\n".join(DIGITS), if_exists="existing")
+    unlabelled = upload(owner_api, "cnn", onnx_cnn, if_exists="existing")
+    relabelled = upload(
+        owner_api, "cnn", onnx_cnn, class_labels=json.dumps(DIGITS[::-1]), if_exists="existing"
+    )
+
+    assert first.status_code == 201, first.content
+    assert (again.status_code, again.json()["version"]) == (200, 1)
+    assert (unlabelled.status_code, unlabelled.json()["version"]) == (200, 1)
+    assert relabelled.status_code == 409
+    assert relabelled.json()["code"] == "labels_differ"
+    assert relabelled.json()["message"].startswith("class_labels: v1 has the same bytes and other labels")
+    assert ModelVersion.objects.get().class_labels == {"logits": DIGITS}
