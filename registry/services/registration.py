@@ -100,7 +100,10 @@ def update_version(
 ) -> ModelVersion:
     """Change a version's description or class labels (``[]``/``{}`` removes them; the labels are
     checked against the version's outputs). Its workers take new labels as a rolling update."""
-    locked = ModelVersion.objects.select_for_update().filter(pk=version.pk).select_related("model").first()
+    # The model's row first, as uploads and deletions lock it: one order, no deadlock.
+    RegisteredModel.objects.select_for_update().filter(pk=version.model_id).first()
+    rows = ModelVersion.objects.select_for_update(of=("self",)).select_related("model")
+    locked = rows.filter(pk=version.pk).first()
     if locked is None:
         raise VersionNotFoundError(f"version {version.version} of {version.model.name!r} was deleted")
     before = {"description": locked.description, "class_labels": locked.class_labels}

@@ -20,6 +20,7 @@ from deployments.services.deployments import create_deployment
 from inference_worker.contracts.batching import BatchingConfig
 from inference_worker.contracts.labels import parse_labels_text
 from inference_worker.contracts.launch import parse_launch
+from registry import queries
 from registry.models import AuditEvent, ModelVersion
 from registry.services import update_version
 from tests.support.torch_models import save_onnx_cnn, save_torchscript_cnn
@@ -252,3 +253,23 @@ def test_a_pipeline_run_again_gets_its_version_unless_it_brings_other_labels(
     assert relabelled.json()["code"] == "labels_differ"
     assert relabelled.json()["message"].startswith("class_labels: v1 has the same bytes and other labels")
     assert ModelVersion.objects.get().class_labels == {"logits": DIGITS}
+
+
+def test_labels_for_a_version_deleted_meanwhile_are_a_404(
+    owner: User, owner_api: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored_version(owner, tmp_path)
+    read = queries.version_for_change
+
+    def read_then_lose(name: str, number: int, user: Any) -> ModelVersion:
+        found = read(name, number, user)
+        ModelVersion.objects.filter(pk=found.pk).delete()  # another request deletes it
+        return found
+
+    monkeypatch.setattr(queries, "version_for_change", read_then_lose)
+
+    answer = owner_api.patch("/api/v1/models/cnn/versions/1/", {"class_labels": DIGITS}, format="json")
+
+    assert answer.status_code == 404, answer.content
+    assert answer.json()["message"] == "version 1 of 'cnn' was deleted"
+    assert not ModelVersion.objects.exists()
