@@ -73,24 +73,23 @@ def update_model(
     *, model: RegisteredModel, actor: Actor, description: str | None = None, tags: list[str] | None = None
 ) -> RegisteredModel:
     """Change a model's description or tags (a 404 when the model was deleted meanwhile)."""
-    with transaction.atomic():
-        locked = RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
-        if locked is None:
-            raise ModelNotFoundError(f"model {model.name!r} was deleted")
-        before = {"description": locked.description, "tags": locked.tags}
-        if description is not None:
-            locked.description = description[:10_000]
-        if tags is not None:
-            locked.tags = _clean_tags(tags)
-        locked.save(update_fields=["description", "tags", "updated_at"])
-        record_event(
-            actor=actor,
-            action="model.updated",
-            subject=f"model/{locked.name}",
-            model=locked,
-            before=before,
-            after={"description": locked.description, "tags": locked.tags},
-        )
+    locked = RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+    if locked is None:
+        raise ModelNotFoundError(f"model {model.name!r} was deleted")
+    before = {"description": locked.description, "tags": locked.tags}
+    if description is not None:
+        locked.description = description[:10_000]
+    if tags is not None:
+        locked.tags = _clean_tags(tags)
+    locked.save(update_fields=["description", "tags", "updated_at"])
+    record_event(
+        actor=actor,
+        action="model.updated",
+        subject=f"model/{locked.name}",
+        model=locked,
+        before=before,
+        after={"description": locked.description, "tags": locked.tags},
+    )
     return locked
 
 
