@@ -18,6 +18,7 @@ from deployments.models import Deployment
 from deployments.services.deployments import create_deployment
 from deployments.webhooks import services as webhook_services
 from deployments.webhooks.models import Webhook
+from tests.support.races import delete_after_read
 from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
@@ -31,14 +32,7 @@ def deleted_after_read(owner: User, monkeypatch: pytest.MonkeyPatch) -> Deployme
     deployment = create_deployment(
         name="fraud", model=version.model, actor=owner, variants=[VariantSpec(VersionTarget(1))]
     )
-    read = queries.deployment_for_change
-
-    def read_then_lose(name: str, user: Any, **kwargs: Any) -> Deployment:
-        found = read(name, user, **kwargs)
-        Deployment.objects.filter(pk=found.pk).delete()
-        return found
-
-    monkeypatch.setattr(queries, "deployment_for_change", read_then_lose)
+    delete_after_read(monkeypatch, queries, "deployment_for_change")
     return deployment
 
 
@@ -76,14 +70,7 @@ def test_a_webhook_changed_while_it_is_deleted_stays_deleted(
     ready_version(owner)
     body = {"url": "http://127.0.0.1:9/hook", "event_types": ["alias.moved"], "model": "cnn"}
     created = owner_api.post("/api/v1/webhooks/", body, format="json").json()
-    read = webhook_services.get_webhook
-
-    def read_then_lose(webhook_id: int, user: Any) -> Webhook:
-        found = read(webhook_id, user)
-        Webhook.objects.filter(pk=found.pk).delete()
-        return found
-
-    monkeypatch.setattr(webhook_services, "get_webhook", read_then_lose)
+    delete_after_read(monkeypatch, webhook_services, "get_webhook")
 
     answer = owner_api.put(f"/api/v1/webhooks/{created['id']}/", {**body, "active": False}, format="json")
 

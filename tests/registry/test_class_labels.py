@@ -23,6 +23,7 @@ from inference_worker.contracts.launch import parse_launch
 from registry import queries
 from registry.models import AuditEvent, ModelVersion
 from registry.services import update_version
+from tests.support.races import delete_after_read
 from tests.support.torch_models import save_onnx_cnn, save_torchscript_cnn
 from tests.support.uploads import create_model, upload
 from tests.support.versions import stored_version
@@ -259,14 +260,7 @@ def test_labels_for_a_version_deleted_meanwhile_are_a_404(
     owner: User, owner_api: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stored_version(owner, tmp_path)
-    read = queries.version_for_change
-
-    def read_then_lose(name: str, number: int, user: Any) -> ModelVersion:
-        found = read(name, number, user)
-        ModelVersion.objects.filter(pk=found.pk).delete()  # another request deletes it
-        return found
-
-    monkeypatch.setattr(queries, "version_for_change", read_then_lose)
+    delete_after_read(monkeypatch, queries, "version_for_change")  # another request deletes it
 
     answer = owner_api.patch("/api/v1/models/cnn/versions/1/", {"class_labels": DIGITS}, format="json")
 
