@@ -14,7 +14,7 @@ def delete_after_read(monkeypatch: pytest.MonkeyPatch, module: Any, function: st
     read = getattr(module, function)
 
     def read_then_lose(*args: Any, **kwargs: Any) -> Model:
-        found = read(*args, **kwargs)
+        found: Model = read(*args, **kwargs)
         type(found)._default_manager.filter(pk=found.pk).delete()
         return found
 
