@@ -5,8 +5,9 @@ rows go with them, and the tags are removed after the commit by a Celery job, wh
 socket), and superseded images (``prune_superseded_images``, on beat): a ready image of a version
 and flavour for which a newer image is ready (the worker code, the base image or the registry
 changed since). An image is kept while a variant names its tag; the engine itself refuses to remove
-one a container still runs (then the row stays and a later pass tries again). Only this engine's
-tags go: a copy pushed to a registry stays there (the registry's own garbage collection).
+one a container still runs (then the row stays and a later pass tries again). A tag pushed to a
+registry (``KILN_DOCKER_IMAGE_REPOSITORY`` names one) leaves the registry too once the engine let go
+of it; the registry reclaims the layers with its own ``registry garbage-collect``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.db.models import Exists, OuterRef, Q
 from config import dispatch
 from deployments.backends.base import BackendError
 from deployments.backends.docker_images import remove_image
+from deployments.backends.registry_api import RegistryUnavailable, delete_from_registry
 from deployments.models import ImageStatus, Variant, WorkerImage
 
 logger = logging.getLogger(__name__)
@@ -37,15 +39,21 @@ def remove_worker_images(tags: list[str]) -> dict[str, str]:
 
     A tag the engine refuses for good (not "in use") is logged and left: the other tags still go.
     Raises ``BackendError`` when the engine does not answer, or, once every tag was tried, when a
-    container still runs one (it may be draining): the job tries again later, and a tag removed
-    before then answers "absent".
+    container still runs one (it may be draining) or its registry did not answer: the job tries
+    again later, and a tag removed before then answers "absent".
     """
     named = set(WorkerImage.objects.filter(tag__in=tags).values_list("tag", flat=True))
     named |= set(Variant.objects.filter(image__in=tags).values_list("image", flat=True))
     outcome: dict[str, str] = {}
+    later: list[str] = []
     for tag in tags:
         try:
             outcome[tag] = "kept (still named)" if tag in named else remove_image(tag)
+            if outcome[tag] in ("removed", "absent"):
+                outcome[tag] = _and_from_its_registry(tag, outcome[tag])
+        except RegistryUnavailable as exc:
+            later.append(f"{tag} ({exc.message})")
+            outcome[tag] = f"removed from the engine; registry: {exc.message}"
         except BackendError as exc:
             if exc.code == "engine_unavailable":
                 raise
@@ -53,10 +61,20 @@ def remove_worker_images(tags: list[str]) -> dict[str, str]:
             logger.warning("worker image %s stays: %s", tag, exc.message)
             continue
         logger.info("worker image %s: %s", tag, outcome[tag])
-    held = sorted(tag for tag, what in outcome.items() if what == "in use")
-    if held:
-        raise BackendError(f"a container still runs {', '.join(held)}: removal tried again later")
+    later += sorted(f"{tag} (a container still runs it)" for tag, what in outcome.items() if what == "in use")
+    if later:
+        raise BackendError(f"not removed yet, tried again later: {', '.join(later)}")
     return outcome
+
+
+def _and_from_its_registry(tag: str, engine_outcome: str) -> str:
+    """The tag leaves its registry too (when it names one); a lasting refusal is logged, not raised."""
+    registry = delete_from_registry(tag)
+    if not registry:
+        return engine_outcome
+    if registry.startswith("refused"):
+        logger.warning("worker image %s stays in its registry: %s", tag, registry)
+    return f"{engine_outcome}; registry: {registry}"
 
 
 def superseded_images(*, after: WorkerImage | None = None) -> list[WorkerImage]:
@@ -94,10 +112,13 @@ def prune_superseded_images() -> dict[str, int]:
             last = image
             try:
                 outcome = remove_image(image.tag)
+                if outcome != "in use":
+                    outcome = _and_from_its_registry(image.tag, outcome)
             except BackendError as exc:
                 logger.warning("superseded worker image %s stays for now: %s", image.tag, exc.message)
                 counts["failed"] += 1
-                if exc.code == "engine_unavailable" or counts["removed"] + counts["failed"] >= PRUNE_BATCH:
+                unreachable = exc.code in ("engine_unavailable", "registry_unavailable")
+                if unreachable or counts["removed"] + counts["failed"] >= PRUNE_BATCH:
                     return counts  # the next pass tries again
                 continue
             if outcome == "in use":

@@ -30,19 +30,7 @@ import docker.errors
 import httpx
 
 from deployments.backends.ports import free_port
-
-REGISTRY_CONFIG = """\
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-"""
+from tests.support.image_registry import LocalRegistry
 
 
 def missing_prerequisites(base_image: str) -> str:
@@ -150,8 +138,12 @@ class SwarmCluster:
         self.started = time.monotonic()
         self.first = Engine(self.root, "manager")
         self.second = Engine(self.root, "worker")
-        self.registry = ""
-        self._registry: subprocess.Popen[bytes] | None = None
+        self._registry = LocalRegistry(self.root / "registry")
+
+    @property
+    def registry(self) -> str:
+        """The registry's ``host:port``."""
+        return self._registry.address
 
     @property
     def manager(self) -> docker.DockerClient:
@@ -164,7 +156,7 @@ class SwarmCluster:
         return self.second.client
 
     def start(self, *, base_image: str) -> None:
-        self._start_registry()
+        self._registry.start()
         self.first.start()
         self.second.start()
         manager_port, worker_port = free_port(), free_port()
@@ -184,24 +176,6 @@ class SwarmCluster:
             what="both swarm nodes ready",
         )
         self._load(base_image)
-
-    def _start_registry(self) -> None:
-        port = free_port()
-        config = self.root / "registry.yml"
-        config.write_text(REGISTRY_CONFIG.format(root=self.root / "registry", port=port))
-        with (self.root / "registry.log").open("ab") as log:
-            self._registry = subprocess.Popen(
-                ["docker-registry", "serve", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.registry = f"127.0.0.1:{port}"
-        _until(
-            lambda: httpx.get(f"http://{self.registry}/v2/", timeout=2).status_code == 200,
-            timeout=30,
-            what="the registry",
-        )
 
     def _load(self, image: str) -> None:
         """Copy ``image`` from the machine's engine into the manager (``docker save | docker load``)."""
@@ -238,9 +212,7 @@ class SwarmCluster:
             engine.terminate()
         for engine in engines:
             engine.wait(timeout=30)
-        if self._registry is not None and self._registry.poll() is None:
-            os.killpg(self._registry.pid, signal.SIGTERM)
-            self._registry.wait(timeout=30)
+        self._registry.stop()
         self._unmount()
         # Gigabytes of image layers: removed in the background, so the session does not wait for the disk.
         subprocess.run(["sh", "-c", 'rm -rf "$0" >/dev/null 2>&1 &', str(self.root)], check=False)
