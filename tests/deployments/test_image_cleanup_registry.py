@@ -13,6 +13,7 @@ import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -177,3 +178,29 @@ def test_a_registry_that_does_not_answer_gets_the_tag_again_later(
     assert not _in(registry, gone)
     assert not _in(registry, old)
     assert _in(registry, new)
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["basic", "bearer-token"])
+def test_a_registry_that_asks_for_credentials_gets_the_platforms(
+    engine: docker.DockerClient, tmp_path: Path, owner: User, settings: Any, tokens: bool
+) -> None:
+    settings.KILN_DOCKER_REGISTRY_USERNAME, settings.KILN_DOCKER_REGISTRY_PASSWORD = "kiln", "s3cret pass"
+    registry = LocalRegistry(tmp_path / "with-login", user=("kiln", "s3cret pass"), tokens=tokens)
+    registry.start()
+    try:
+        version = ready_version(owner, model="cleanup")
+        kept, gone = (_pushed_image(engine, registry, version, code) for code in ("kept", "gone"))
+        WorkerImage.objects.filter(pk=gone.pk).delete()
+
+        settings.KILN_DOCKER_REGISTRY_PASSWORD = "not it"
+        refused = remove_worker_images([gone.tag])
+        assert refused[gone.tag].startswith("removed; registry: refused: the registry answered 401")
+        settings.KILN_DOCKER_REGISTRY_PASSWORD = "s3cret pass"
+        assert remove_worker_images([gone.tag]) == {gone.tag: "absent; registry: deleted"}
+
+        assert not _in(registry, gone)
+        assert _in(registry, kept)
+        if registry.tokens is not None:  # the platform asked its token server for what it does
+            assert f"repository:{REPOSITORY}/cleanup:pull,delete" in registry.tokens.issued
+    finally:
+        registry.stop()

@@ -6,16 +6,19 @@ hold 127.0.0.0/8), so an engine pushes to and pulls from one over plain HTTP.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import httpx
 
 from deployments.backends.ports import free_port
+from tests.support.registry_tokens import TokenServer, token_config
 
 CONFIG = """\
 version: 0.1
@@ -28,6 +31,12 @@ storage:
     enabled: {deletes}
 http:
   addr: 127.0.0.1:{port}
+{auth}"""
+HTPASSWD = """\
+auth:
+  htpasswd:
+    realm: kiln-test
+    path: {path}
 """
 
 
@@ -41,9 +50,13 @@ def missing() -> str:
 class LocalRegistry:
     """A registry serving from ``root``; ``address`` is its ``host:port`` once started."""
 
-    def __init__(self, root: Path, *, deletes: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, deletes: bool = True, user: tuple[str, str] | None = None, tokens: bool = False
+    ) -> None:
         self.root = root
         self.deletes = deletes
+        self.user = user  # credentials the registry asks for (htpasswd, or its token server's), or none
+        self.tokens = TokenServer(root, user) if tokens and user else None
         self.address = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -52,8 +65,16 @@ class LocalRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         config = self.root / "registry.yml"
+        auth = ""
+        if self.tokens is not None:
+            self.tokens.start()
+            auth = token_config(self.tokens)
+        elif self.user is not None:
+            users = self.root / "htpasswd"
+            users.write_text(f"{self.user[0]}:{_bcrypt(self.user[1])}\n")
+            auth = HTPASSWD.format(path=users)
         config.write_text(
-            CONFIG.format(root=self.root / "data", port=port, deletes=str(self.deletes).lower())
+            CONFIG.format(root=self.root / "data", port=port, deletes=str(self.deletes).lower(), auth=auth)
         )
         with (self.root / "registry.log").open("ab") as log:
             self._proc = subprocess.Popen(
@@ -71,18 +92,31 @@ class LocalRegistry:
 
     def _answers(self) -> bool:
         try:
-            return httpx.get(f"http://{self.address}/v2/", timeout=2).status_code == 200
+            answer = httpx.get(
+                f"http://{self.address}/v2/", timeout=2, headers=self._auth("registry:catalog:*")
+            )
+            return answer.status_code == 200
         except httpx.HTTPError:
             return False
 
     def has(self, repository: str, tag: str) -> bool:
         """Whether the registry serves a manifest for ``repository:tag``."""
+        accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
         answer = httpx.head(
             f"http://{self.address}/v2/{repository}/manifests/{tag}",
-            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            headers={**accept, **self._auth(f"repository:{repository}:pull")},
             timeout=10,
         )
         return answer.status_code == 200
+
+    def _auth(self, scope: str) -> dict[str, str]:
+        """The Authorization header this registry wants for ``scope``."""
+        if self.tokens is not None:
+            return {"Authorization": f"Bearer {self.tokens.token(scope)}"}
+        if self.user is not None:
+            pair = base64.b64encode(f"{self.user[0]}:{self.user[1]}".encode()).decode()
+            return {"Authorization": f"Basic {pair}"}
+        return {}
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.root / "registry.log"
@@ -92,3 +126,14 @@ class LocalRegistry:
         if self._proc is not None and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGTERM)
             self._proc.wait(timeout=30)
+        if self.tokens is not None:
+            self.tokens.stop()
+
+
+def _bcrypt(password: str) -> str:
+    """An htpasswd bcrypt hash from the C library's crypt (no bcrypt package in the venv)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))  # noqa: S324 (bcrypt: what htpasswd wants)
