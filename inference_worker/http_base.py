@@ -5,8 +5,13 @@ scope dicts, receive/send coroutines or task per request, the same routes answer
 faster. Limits are enforced while reading: request line and headers (``max_header_bytes``),
 ``Content-Length`` before the body arrives and the body as it arrives (``max_body_bytes``).
 A connection handles one request at a time; pipelined requests wait, with reading paused, and
-a client that does not read its responses stops being read. Idle keep-alive connections and
-requests that trickle in too slowly are closed by a sweep every few seconds.
+a client that does not read its responses stops being read. Answers leave in the order of the
+requests: a refused request (malformed, over a limit) is answered after the ones before it, then
+the connection closes, lingering so the client reads the answer instead of a reset; a ``100
+Continue`` waits for the answers before it. A chunked body's trailer fields are counted against the
+header limit and otherwise ignored (``in_trailers``). ``Upgrade`` and ``CONNECT`` are refused with
+a 400 before anything runs. Idle keep-alive connections and requests that trickle in too slowly
+are closed by a sweep every few seconds.
 
 A server subclasses :class:`Connection` for what its requests carry (the headers it reads,
 the request and response types, how a response is written) and :class:`Server` for what the
@@ -32,7 +37,11 @@ KEEPALIVE_TIMEOUT_S = 75.0
 """Longer than clients keep an idle pooled connection (httpx 5 s, load balancers up to 60 s)."""
 READ_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 4096
+LINGER_S = 2.0
+"""After a refusal, how long what the client still sends is read and dropped before the close
+(closing on unread data resets the connection, and the client would lose the answer)."""
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+UPGRADE_REFUSED = "protocol upgrades (Upgrade, CONNECT) are not supported: send plain HTTP/1.1"
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 RequestT = TypeVar("RequestT")
@@ -41,6 +50,17 @@ ResponseT = TypeVar("ResponseT")
 
 def status_line(status: int) -> bytes:
     return STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+def connection_options(value: bytes) -> frozenset[bytes]:
+    """The header names a ``Connection`` field lists (lowercase): hop-by-hop, never passed on."""
+    return frozenset(token.strip().lower() for token in value.split(b",")) - {b"", b"close"}
+
+
+def without_fields(lines: bytes, names: frozenset[bytes]) -> bytes:
+    """Header ``lines`` (each ending in CRLF) without the fields ``names`` names (lowercase)."""
+    kept = [line for line in lines.split(b"\r\n") if line and line.split(b":", 1)[0].lower() not in names]
+    return b"".join(line + b"\r\n" for line in kept)
 
 
 class Refused(Exception):
@@ -137,6 +157,10 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         self.last_activity = time.monotonic()
         self.request_started = 0.0
         self.pipeline: deque[tuple[RequestT, bool, bool]] = deque()
+        self.final: ResponseT | None = None
+        """The answer to a refused request, owed once the answers before it are written."""
+        self.continue_owed = False
+        self._in_next = False
         self._reset()
 
     # -- what a subclass provides ------------------------------------------------------------
@@ -156,6 +180,7 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         self.body_parts: list[bytes] = []
         self.body_size = 0
         self.expect_continue = False
+        self.in_trailers = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -171,11 +196,13 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed or self.final is not None:
+            return  # refused: what the client still sends is dropped
         self.last_activity = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(self.error(400, "protocol upgrades are not supported"))
+            self._fail(self.error(400, UPGRADE_REFUSED))
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if isinstance(refused, Refused):
@@ -192,9 +219,9 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if not self.busy:
+        if not self.busy and not self._in_next:
             self._next()
-        if not self.pipeline and not self.closed:
+        if not self.pipeline and not self.closed and self.final is None:
             self.transport.resume_reading()
 
     # -- httptools callbacks -----------------------------------------------------------------
@@ -206,8 +233,12 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         self.count_header(len(url))
 
     def on_headers_complete(self) -> None:
+        self.in_trailers = True  # what on_header reports from here on are a chunked body's trailers
         if self.expect_continue:
-            self.transport.write(CONTINUE)
+            if self.busy or self.pipeline:
+                self.continue_owed = True  # after the answers before it
+            else:
+                self.transport.write(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -216,6 +247,8 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         self.body_parts.append(body)
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade():  # the parser did not read a body after the headers
+            raise Refused(self.error(400, UPGRADE_REFUSED))
         parts = self.body_parts
         method = self.parser.get_method()
         request = self.request(method, parts[0] if len(parts) == 1 else b"".join(parts))
@@ -262,22 +295,39 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         self.last_activity = time.monotonic()
         if not keep_alive:
             self.close()
-        elif self.pipeline and not self.write_paused:
+        elif (self.pipeline or self.final is not None or self.continue_owed) and not self._in_next:
             self._next()
 
     def _next(self) -> None:
-        if not self.pipeline:
+        """Run the pipelined requests in order (in a loop: answers given at once do not recurse),
+        then write what is owed after them: the answer to a refused request, or a 100 Continue."""
+        self._in_next = True
+        try:
+            while self.pipeline and not self.busy and not self.write_paused and not self.closed:
+                request, keep_alive, head_only = self.pipeline.popleft()
+                if not self.pipeline and self.final is None:
+                    self.transport.resume_reading()
+                self._run(request, keep_alive, head_only)
+        finally:
+            self._in_next = False
+        if self.busy or self.pipeline or self.closed:
             return
-        request, keep_alive, head_only = self.pipeline.popleft()
-        if not self.pipeline and not self.write_paused:
-            self.transport.resume_reading()
-        self._run(request, keep_alive, head_only)
+        if self.final is not None:
+            self.write(self.final, keep_alive=False, head_only=False)
+            self.close(linger=True)
+        elif self.continue_owed:
+            self.continue_owed = False
+            self.transport.write(CONTINUE)
 
     def _fail(self, response: ResponseT) -> None:
-        """A request the parser or a limit refused: answer it and close."""
-        if not self.closed and not self.busy:
-            self.write(response, keep_alive=False, head_only=False)
-        self.close()
+        """A request the parser or a limit refused: answer it once the answers before it are
+        written, and close."""
+        if self.closed or self.final is not None:
+            return
+        self.final = response
+        self.continue_owed = False
+        if not self.busy and not self.write_paused:
+            self._next()
 
     def expire(self, now: float) -> None:
         """Called by the sweep: close idle keep-alive and too-slow connections."""
@@ -288,8 +338,15 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
         elif not self.reading and now - self.last_activity > KEEPALIVE_TIMEOUT_S:
             self.close()
 
-    def close(self) -> None:
-        """Close after what is buffered has been written; connection_lost follows."""
+    def close(self, *, linger: bool = False) -> None:
+        """Close after what is buffered has been written; connection_lost follows. ``linger``: send
+        our end of the stream, then read and drop what the client still sends for ``LINGER_S``."""
         if not self.closed:
             self.closed = True
-            self.transport.close()
+            transport = self.transport
+            if linger and transport.can_write_eof():
+                transport.write_eof()
+                transport.resume_reading()
+                asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+            else:
+                transport.close()

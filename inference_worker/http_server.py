@@ -36,6 +36,8 @@ class HttpConnection(http_base.Connection[Request, Response]):
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > self.max_header_bytes:
             self.count_header(0)
+        if self.in_trailers:
+            return  # a chunked body's trailer field: counted, never read or passed on
         name = name.lower()
         if name == b"content-length":
             self.check_length(value)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
+
+from inference_worker import http_base
+
+log = logging.getLogger("inference_worker.gateway")
 
 NOT_PASSED_BACK: frozenset[bytes] = frozenset(
     b"connection keep-alive transfer-encoding te trailer upgrade content-length proxy-connection".split()
@@ -87,6 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False
         self.closed = False
         self.headers = b""
+        self.hop_by_hop: frozenset[bytes] = frozenset()
         self.parts: list[bytes] = []
 
     def send(self, head: bytes, body: bytes, done: Done, deadline: float) -> None:
@@ -110,6 +116,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            log.error("reading the answer of %s failed", self.pool.url, exc_info=exc.__context__)
+            self._answer(UpstreamError(f"reading the answer of {self.pool.url} failed", retryable=False))
+            self.close()
         except httptools.HttpParserError as exc:
             self._answer(UpstreamError(f"malformed answer from {self.pool.url}: {exc}", retryable=False))
             self.close()
@@ -123,8 +133,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() not in NOT_PASSED_BACK:
+        lower = name.lower()
+        if lower not in NOT_PASSED_BACK:
             self.headers += b"%s: %s\r\n" % (name, value)
+        elif lower == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+            self.hop_by_hop |= http_base.connection_options(value)
 
     def on_body(self, body: bytes) -> None:
         self.parts.append(body)
@@ -132,7 +145,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parts = self.parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        response = UpstreamResponse(self.parser.get_status_code(), self.headers, body)
+        headers = self.headers
+        if self.hop_by_hop:
+            headers, self.hop_by_hop = http_base.without_fields(headers, self.hop_by_hop), frozenset()
+        response = UpstreamResponse(self.parser.get_status_code(), headers, body)
         self.headers, self.parts = b"", []
         done, self.done = self.done, None
         self.pool.release(self, self.parser.should_keep_alive())

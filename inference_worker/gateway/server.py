@@ -18,16 +18,16 @@ from inference_worker import http_base
 
 MAX_HEADER_BYTES = 64 * 1024
 JSON_TYPE = b"Content-Type: application/json\r\n"
-_FORWARD, _DROP, _LENGTH, _EXPECT, _KEY = range(5)
+_FORWARD, _DROP, _LENGTH, _EXPECT, _KEY, _CONNECTION = range(6)
 _SPECIAL: dict[bytes, int] = {
-    **dict.fromkeys(
-        b"host connection keep-alive transfer-encoding te trailer upgrade proxy-connection".split(), _DROP
-    ),
+    **dict.fromkeys(b"host keep-alive transfer-encoding te trailer upgrade proxy-connection".split(), _DROP),
+    b"connection": _CONNECTION,
     b"proxy-authorization": _DROP,
     b"content-length": _LENGTH,
     b"expect": _EXPECT,
 }
-"""Request headers the gateway reads, or does not pass on (hop-by-hop ones and the framing it rewrites)."""
+"""Request headers the gateway reads, or does not pass on (hop-by-hop ones and the framing it
+rewrites); so are those a ``Connection`` field names."""
 
 
 @dataclass(slots=True)
@@ -85,11 +85,14 @@ class GatewayConnection(http_base.Connection[GatewayRequest, GatewayResponse]):
         super()._reset()
         self.headers = b""
         self.routing_key: bytes | None = None
+        self.hop_by_hop: frozenset[bytes] = frozenset()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > self.max_header_bytes:
             self.count_header(0)
+        if self.in_trailers:
+            return  # a chunked body's trailer field: counted, never read or passed on
         kind = self.special.get(name.lower(), _FORWARD)
         if kind == _FORWARD:
             self.headers += b"%s: %s\r\n" % (name, value)
@@ -100,9 +103,14 @@ class GatewayConnection(http_base.Connection[GatewayRequest, GatewayResponse]):
             self.check_length(value)
         elif kind == _EXPECT:
             self.expect_continue = value.lower() == b"100-continue"
+        elif kind == _CONNECTION and value.lower() not in (b"keep-alive", b"close"):
+            self.hop_by_hop |= http_base.connection_options(value)
 
     def request(self, method: bytes, body: bytes) -> GatewayRequest:
-        return GatewayRequest(method, self.url, self.headers, body, self.routing_key, time.perf_counter())
+        headers = self.headers
+        if self.hop_by_hop:
+            headers = http_base.without_fields(headers, self.hop_by_hop)
+        return GatewayRequest(method, self.url, headers, body, self.routing_key, time.perf_counter())
 
     def error(self, status: int, message: str) -> GatewayResponse:
         return json_response(status, {"error": message})
