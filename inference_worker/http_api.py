@@ -231,10 +231,11 @@ class HttpApi:
     def _selection(
         self, outputs: object, binary_default: bool
     ) -> tuple[tuple[str, ...] | None, Selection, dict[str, Window] | None]:
-        """The outputs asked for, how to send each, and those to write into shared memory."""
+        """The outputs asked for, how to send each, and those to write into shared memory. None or
+        an empty list asks for every output (the protocol's "all outputs", as over gRPC)."""
         signature = self._dp.signature
         assert signature is not None  # noqa: S101 - submit refuses before the model is attached
-        if outputs is None:
+        if outputs is None or outputs == []:
             all_outputs = [
                 (i, s.name, s.datatype, binary_default, 0) for i, s in enumerate(signature.outputs)
             ]

@@ -4,14 +4,13 @@ Pure functions from what a client sent to ``np.ndarray`` and back, driven by
 one table (``DATATYPES``) as MLServer's ``_DatatypeToNumpy`` is. Sizes are
 checked against the declared shape *before* any buffer is read or allocated;
 binary and raw gRPC data become arrays through ``np.frombuffer`` (no copy, no
-Python list). ``BYTES`` elements are UTF-8 strings on our side (what ONNX
-Runtime's string tensors take); on the wire each binary element is a 4-byte
-little-endian length followed by the bytes.
+Python list). ``BYTES`` tensors (UTF-8 strings; length-prefixed elements on
+the wire) go through ``bytes_tensors``.
 """
 
 from __future__ import annotations
 
-import struct
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from inference_worker.bytes_tensors import decode_elements, decode_strings, encode_elements
 from inference_worker.config import Limits
 from inference_worker.errors import InvalidRequest, PayloadTooLarge
 from inference_worker.json_body import NumericData
@@ -72,7 +72,6 @@ ONNX_TO_DATATYPE: Final[dict[str, str]] = {
     "tensor(string)": "BYTES",
 }
 
-_LENGTH = struct.Struct("<I")
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 SharedInput = Callable[[str, Datatype, tuple[int, ...], int, Any], "np.ndarray | None"]
@@ -105,6 +104,12 @@ def check_shape(name: str, shape: object, limits: Limits) -> tuple[tuple[int, ..
         raise PayloadTooLarge(
             f"input '{name}': {count} elements exceed the limit of {limits.max_tensor_elements}"
         )
+    if count == 0 and (held := math.prod(dim for dim in shape if dim)) > limits.max_tensor_elements:
+        # No element, yet numpy cannot shape an array whose other dimensions pass its index range
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} has no elements but its other dimensions hold "
+            f"{held} elements, past the limit of {limits.max_tensor_elements}"
+        )
     return tuple(shape), count
 
 
@@ -113,41 +118,13 @@ def decode_raw(
 ) -> np.ndarray:
     """Array over ``raw`` (no copy) after checking its length against the shape."""
     if dt.name == "BYTES":
-        return _decode_bytes_elements(name, shape, count, memoryview(raw))
+        return decode_elements(name, shape, count, memoryview(raw))
     expected = count * dt.dtype.itemsize
     if len(raw) != expected:
         raise InvalidRequest(
             f"input '{name}': {dt.name} shape {list(shape)} needs {expected} bytes of data, got {len(raw)}"
         )
     return np.ndarray(shape, dt.dtype, raw)  # frombuffer and reshape in one call
-
-
-def _decode_bytes_elements(name: str, shape: tuple[int, ...], count: int, buf: memoryview) -> np.ndarray:
-    if count * _LENGTH.size > len(buf):
-        raise InvalidRequest(f"input '{name}': {count} BYTES elements cannot fit in {len(buf)} bytes")
-    out = np.empty(count, dtype=object)
-    pos, end = 0, len(buf)
-    for i in range(count):
-        if pos + 4 > end:
-            raise InvalidRequest(f"input '{name}': BYTES data ends inside element {i}")
-        (length,) = _LENGTH.unpack_from(buf, pos)
-        pos += 4
-        if pos + length > end:
-            raise InvalidRequest(f"input '{name}': BYTES element {i} runs past the end of the data")
-        out[i] = _utf8(name, bytes(buf[pos : pos + length]))
-        pos += length
-    if pos != end:
-        raise InvalidRequest(
-            f"input '{name}': {end - pos} bytes of BYTES data left over after {count} elements"
-        )
-    return out.reshape(shape)
-
-
-def _utf8(name: str, value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest(f"input '{name}': BYTES element is not valid UTF-8") from None
 
 
 def decode_values(
@@ -172,7 +149,7 @@ def decode_values(
     if isinstance(data, str | bytes | Mapping):
         raise InvalidRequest(f"input '{name}': data must be a list")
     if dt.name == "BYTES":
-        return _decode_strings(name, shape, count, data)
+        return decode_strings(name, shape, count, data)
     if strict and isinstance(data, list):
         check_json_values(name, dt.name, dt.dtype, data, len(shape))
     try:
@@ -201,29 +178,6 @@ def _array(data: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
     return np.asarray(data, dtype=dtype)
 
 
-def _decode_strings(name: str, shape: tuple[int, ...], count: int, data: Iterable[object]) -> np.ndarray:
-    flat = list(data)
-    for _ in shape:  # nested rows, at most one level per dimension
-        if not flat or not isinstance(flat[0], list) or len(flat) >= count:
-            break
-        if not all(isinstance(row, list) for row in flat):
-            raise InvalidRequest(f"input '{name}': data is not a regular nesting of lists")
-        flat = [item for row in flat for item in row]  # type: ignore[attr-defined]
-    if len(flat) != count:
-        raise InvalidRequest(
-            f"input '{name}': shape {list(shape)} needs {count} elements, data holds {len(flat)}"
-        )
-    out = np.empty(count, dtype=object)
-    for i, item in enumerate(flat):
-        if isinstance(item, str):
-            out[i] = item
-        elif isinstance(item, bytes):
-            out[i] = _utf8(name, item)
-        else:
-            raise InvalidRequest(f"input '{name}': BYTES data must hold strings")
-    return out.reshape(shape)
-
-
 def datatype_of(arr: np.ndarray) -> str:
     """Protocol datatype of an output array."""
     if arr.dtype.kind in "OUS":
@@ -244,12 +198,7 @@ def json_data(arr: np.ndarray) -> object:
 def raw_bytes(arr: np.ndarray) -> bytes:
     """A tensor's bytes as the binary extension and raw gRPC contents carry them."""
     if arr.dtype.kind in "OUS":
-        parts: list[bytes] = []
-        for item in arr.reshape(-1):
-            value = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            parts.append(_LENGTH.pack(len(value)))
-            parts.append(value)
-        return b"".join(parts)
+        return encode_elements(arr)
     if _LITTLE_ENDIAN and arr.dtype.isnative:
         return arr.tobytes()  # C order, one copy
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()

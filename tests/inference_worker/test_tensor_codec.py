@@ -80,6 +80,63 @@ def test_element_counts_are_bounded_before_allocation() -> None:
     assert check_shape("t", [2, 0, 3], LIMITS) == ((2, 0, 3), 0)
 
 
+@pytest.mark.parametrize(
+    "shape", [[1, 1 << 62, 1 << 62, 0], [0, 1 << 40], [1 << 24, 2, 0]], ids=["2^124", "2^40", "2^25"]
+)
+def test_a_shape_without_elements_still_has_its_other_dimensions_bounded(shape: list[int]) -> None:
+    """numpy cannot shape an array past its index range even with no element: a 400, not a 500."""
+    with pytest.raises(
+        InvalidRequest, match=r"its other dimensions hold \d+ elements, past the limit of 16777216"
+    ):
+        check_shape("t", shape, LIMITS)
+
+
+def test_a_shape_without_elements_within_the_limits_decodes_to_an_empty_array() -> None:
+    shape, count = check_shape("t", [0, 1 << 12, 1 << 12], LIMITS)
+    assert decode_values("t", DATATYPES["FP32"], shape, count, []).shape == (0, 4096, 4096)
+    assert decode_raw("t", DATATYPES["FP32"], shape, count, b"").shape == (0, 4096, 4096)
+    assert decode_values("t", DATATYPES["BYTES"], shape, count, []).shape == (0, 4096, 4096)
+
+
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [
+        ((2, 1), [["a"], ["b"]]),
+        ((1, 1), [["a"]]),
+        ((2, 2, 1), [[["a"], ["b"]], [["c"], ["d"]]]),
+        ((2, 1), ["a", "b"]),
+        ((1, 2, 2), [["a", "b"], ["c", "d"]]),
+        ((2, 0), [[], []]),
+    ],
+)
+def test_bytes_data_nested_as_its_shape_decodes_as_flat_data_does(
+    shape: tuple[int, ...], data: list[object]
+) -> None:
+    count = int(np.prod(shape))
+    decoded = decode_values("s", DATATYPES["BYTES"], shape, count, data)
+    assert decoded.shape == shape
+    assert decoded.reshape(-1).tolist() == ["a", "b", "c", "d"][:count]
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "message"),
+    [
+        ((2, 1), [["a"], "b"], "not a regular nesting of lists"),
+        ((2, 1), ["a", ["b"]], "not a regular nesting of lists"),
+        ((2, 2), [["a", "b"], ["c"]], "not a regular nesting of lists"),
+        ((1, 1), [[["a"]]], "not a regular nesting of lists"),
+        ((2,), [["a", "b"]], r"shape \[2\] needs 2 elements, data holds 1"),
+        ((3, 1), [["a"], ["b"]], r"shape \[3, 1\] needs 3 elements, data holds 2"),
+        ((1, 1), [[1]], "BYTES data must hold strings"),
+    ],
+)
+def test_bytes_data_nested_unlike_its_shape_is_refused(
+    shape: tuple[int, ...], data: list[object], message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_values("s", DATATYPES["BYTES"], shape, int(np.prod(shape)), data)
+
+
 def test_a_raw_buffer_of_the_wrong_size_is_refused_before_it_is_read() -> None:
     with pytest.raises(InvalidRequest, match="needs 16 bytes of data, got 15"):
         decode_raw("x", DATATYPES["FP32"], (1, 4), 4, b"\0" * 15)
