@@ -4,10 +4,12 @@ A requested output with the ``classification`` parameter (``class_count`` in tri
 HTTP output's ``parameters``, the gRPC output's ``int64_param``) comes back as BYTES of shape
 ``[batch, k]`` instead of the model's tensor: for each row of the batch, the ``k`` highest values
 of the row (all its elements, flattened) as ``"<value>:<index>"``, highest first, ties in index
-order. ``k`` larger than a row is cut to the row's size. Values are written as Triton writes them
-(``std::to_string``: six decimals for a float, the integer for an integer type); a NaN ranks last.
-Numeric outputs only. Where the version has labels for the output (``contracts.labels``), each
-class with one reads ``"<value>:<index>:<label>"``.
+order. A model without a batch dimension has one row, the whole tensor, as in Triton (a model with
+``max_batch_size`` 0): the answer is ``[k]``. ``k`` larger than a row is cut to the row's size.
+Values are written as Triton writes them (``std::to_string``: six decimals for a float, the
+integer for an integer type); a NaN ranks last. Numeric outputs only. Where the version has
+labels for the output (``contracts.labels``), each class with one reads
+``"<value>:<index>:<label>"``.
 """
 
 from __future__ import annotations
@@ -40,9 +42,15 @@ def grpc_value(parameter: Any) -> Any:
     return getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
 
 
-def classify(array: np.ndarray, count: int, labels: tuple[str, ...] = ()) -> np.ndarray:
+def classify(
+    array: np.ndarray, count: int, labels: tuple[str, ...] = (), *, batched: bool = True
+) -> np.ndarray:
     """The top ``count`` classes of each row of ``array`` (BYTES ``[batch, count]``, an object array),
-    each with its label from ``labels`` (by class index) when it has one."""
+    each with its label from ``labels`` (by class index) when it has one. Not ``batched`` (the
+    model has no batch dimension), the whole tensor is one row and the answer ``[count]``."""
+    if not batched:
+        whole: np.ndarray = classify(array.reshape(1, array.size), count, labels)[0]
+        return whole
     batch, width = (array.shape[0], math.prod(array.shape[1:])) if array.ndim else (1, 1)
     rows = array.reshape(batch, width)  # not -1: it cannot be read off an array without elements
     count = min(count, rows.shape[1])

@@ -197,8 +197,11 @@ class DataPlane:
             )
 
     def classify(self, name: str, array: np.ndarray, count: int) -> np.ndarray:
-        """Output ``name`` as its top ``count`` classes, labelled where the version has labels."""
-        return classification.classify(array, count, self.class_labels.of(name))
+        """Output ``name`` as its top ``count`` classes, labelled where the version has labels: of
+        each row (``[batch, count]``), or of the whole tensor (``[count]``) for a model without a
+        batch dimension."""
+        batched = self._signature is None or self._signature.batched
+        return classification.classify(array, count, self.class_labels.of(name), batched=batched)
 
     def output_index(self, name: str) -> int:
         """Position of an output in signature order, or a 400 naming it."""
