@@ -4,7 +4,7 @@ Methods take the request message and a call context (``CallContext``: the
 client's time left, ``abort``) and return the response, as grpc.aio's
 servicers do. Errors abort the RPC with the status of ``errors.GRPC_STATUS``;
 inside ``ModelStreamInfer`` they become a response carrying ``error_message``
-and the stream goes on (Triton's behaviour). A stream reads ahead (up to
+and the request's id, and the stream goes on (Triton's behaviour). A stream reads ahead (up to
 ``STREAM_WINDOW`` requests) so its requests batch with each other, and answers
 in request order. The client's deadline lowers the request's timeout like the
 ``timeout`` parameter does, and a request whose client went away leaves the
@@ -103,14 +103,14 @@ class InferenceServicer(SharedMemoryServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: CallContext
     ) -> AsyncIterator[bytes]:
-        window: asyncio.Queue[_Item | None] = asyncio.Queue(STREAM_WINDOW)
+        window: asyncio.Queue[tuple[_Item, str] | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     item = self._start(request, None)
-                    try:
-                        await window.put(item)
+                    try:  # the id goes along: a failed request answers with it, as in Triton
+                        await window.put((item, request.id))
                     except asyncio.CancelledError:
                         self._abandon(item)
                         raise
@@ -120,18 +120,18 @@ class InferenceServicer(SharedMemoryServicer):
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
-            while (item := await window.get()) is not None:
-                result = await self._outcome(item)
+            while (entry := await window.get()) is not None:
+                result = await self._outcome(entry[0])
                 yield (
-                    stream_error(result.message)
+                    stream_error(result.message, entry[1])
                     if isinstance(result, WorkerError)
                     else stream_response(result)
                 )
         finally:
             reader.cancel()
             while not window.empty():  # the client left: what it sent and never read is cancelled
-                if (item := window.get_nowait()) is not None:
-                    self._abandon(item)
+                if (entry := window.get_nowait()) is not None:
+                    self._abandon(entry[0])
 
     async def _outcome(self, item: _Item) -> bytes | WorkerError:
         """The serialized response of a submitted request, or its error; counted as finished."""

@@ -81,6 +81,11 @@ def stream_response(infer_response: bytes) -> bytes:
     return length_field(b"\x12", infer_response)
 
 
-def stream_error(message: str) -> bytes:
-    """A ``ModelStreamInferResponse`` carrying ``error_message`` (field 1)."""
-    return length_field(b"\x0a", message.encode())
+def stream_error(message: str, request_id: str = "") -> bytes:
+    """A ``ModelStreamInferResponse`` carrying ``error_message`` (field 1) and, as Triton's does so
+    that the client knows which request failed, an ``infer_response`` (field 2) with the failed
+    request's ``id`` when it had one."""
+    error = length_field(b"\x0a", message.encode())
+    if not request_id:
+        return error
+    return error + length_field(b"\x12", string_field(b"\x1a", request_id))

@@ -121,6 +121,24 @@ def test_tritonclient_streaming_answers_every_request_in_order(
     assert got[-1][0].get_response().id == "after"
 
 
+def test_a_failed_stream_request_answers_with_its_id_beside_the_error(stub: Any) -> None:
+    def request(request_id: str, name: str) -> Any:
+        message = pb2.ModelInferRequest(model_name="mlp", id=request_id, raw_input_contents=[bytes(16)])
+        message.inputs.add(name=name, datatype="FP32", shape=[1, 4])
+        return message
+
+    sent = [request("req-42", "nope"), request("ok", "x"), request("", "nope"), request("late", "x")]
+    answers = list(stub.ModelStreamInfer(iter(sent), timeout=10))
+
+    assert [(a.error_message, a.infer_response.id) for a in answers] == [
+        ("unknown input 'nope'; the model takes x", "req-42"),
+        ("", "ok"),
+        ("unknown input 'nope'; the model takes x", ""),
+        ("", "late"),
+    ]
+    assert not answers[2].HasField("infer_response")
+
+
 @pytest.mark.parametrize(
     ("model", "shape", "datatype", "name", "code", "message"),
     [

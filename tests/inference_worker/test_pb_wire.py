@@ -76,6 +76,17 @@ def test_stream_answers_wrap_a_response_or_carry_an_error_message(pb2: Any) -> N
     assert not error.HasField("infer_response")
 
 
+def test_a_stream_error_carries_the_id_of_the_request_that_failed_as_tritons_does(pb2: Any) -> None:
+    encoded = pb_wire.stream_error("input 'x' has shape [1, 5]", "req-42")
+
+    assert (
+        encoded
+        == pb2.ModelStreamInferResponse(
+            error_message="input 'x' has shape [1, 5]", infer_response=pb2.ModelInferResponse(id="req-42")
+        ).SerializeToString()
+    )
+
+
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16384, 2**31, 2**63 - 1])
 def test_varints_encode_as_protobuf_does(pb2: Any, value: int) -> None:
     encoded = pb2.InferParameter(int64_param=value).SerializeToString()  # field 2 of a oneof: tag 0x10
