@@ -7,7 +7,9 @@ once) for at most ``--activator-timeout-s`` (503 after). While a variant has hel
 requests, the gateway writes an activation request (``contracts.activation``) to
 Redis about once a second; the platform's autoscaler starts a replica, and the
 next routing table lists it: ``release`` then sends every held request on, in
-arrival order, through the same replica choice as any request.
+arrival order, through the same replica choice as any request. A request whose
+client left (its connection closed, its gRPC call cancelled or past its deadline)
+is dropped: it holds no place in the queue and never reaches a replica.
 
 Everything here runs on the event loop thread; nothing is awaited but the
 Redis write, which runs as its own task and never holds a request up.
@@ -42,6 +44,10 @@ class Held(Protocol):
     route: Route
     variant: Variant
 
+    @property
+    def abandoned(self) -> bool:
+        """The client is gone: nobody waits for the answer."""
+
     def resume(self, route: Route, variant: Variant) -> None:
         """Go on with ``variant`` of ``route``, which has a replica now."""
 
@@ -71,13 +77,21 @@ class Activator:
         if queue is None:
             queue = self.queues[key] = _Queue(deque())
         if len(queue.calls) >= self.queue_size:
-            return False
+            queue.calls = deque(entry for entry in queue.calls if not entry[1].abandoned)
+            if len(queue.calls) >= self.queue_size:
+                return False
         now = time.monotonic()
         queue.calls.append((now + self.timeout_s, call))
         if now - queue.sent_at >= RESEND_S:
             queue.sent_at = now
             self.notify(key[0], key[1], len(queue.calls))
         return True
+
+    def forget(self, call: Held) -> None:
+        """``call`` no longer waits (its client left)."""
+        queue = self.queues.get((call.route.name, call.variant.name))
+        if queue is not None:
+            queue.calls = deque(entry for entry in queue.calls if entry[1] is not call)
 
     def held(self) -> dict[tuple[str, str], int]:
         """Requests waiting, by (deployment, variant)."""
@@ -92,6 +106,8 @@ class Activator:
                 continue  # still starting
             queue = self.queues.pop(key)
             for _, call in queue.calls:
+                if call.abandoned:
+                    continue
                 if route is None or variant is None:
                     call.give_up(503, f"deployment {key[0]!r} variant {key[1]!r} left the routing table")
                 elif not variant.replicas:
@@ -103,6 +119,8 @@ class Activator:
         """Answer 503 to requests past their time; ask again for variants still waiting."""
         now = time.monotonic()
         for key, queue in list(self.queues.items()):
+            if any(call.abandoned for _, call in queue.calls):
+                queue.calls = deque(entry for entry in queue.calls if not entry[1].abandoned)
             calls = queue.calls
             while calls and calls[0][0] <= now:
                 _, call = calls.popleft()

@@ -99,6 +99,10 @@ class Call:
         )
         self.attempt()
 
+    @property
+    def abandoned(self) -> bool:
+        return self.request.client.closed
+
     def give_up(self, status: int, message: str) -> None:
         self._fail(status, message)
 

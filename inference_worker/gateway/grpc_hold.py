@@ -21,6 +21,10 @@ class GrpcHeld:
         self.variant = variant
         self.outcome: asyncio.Future[tuple[Route, Variant] | str] = asyncio.get_running_loop().create_future()
 
+    @property
+    def abandoned(self) -> bool:
+        return self.outcome.done()  # settled, or cancelled with its caller
+
     def resume(self, route: Route, variant: Variant) -> None:
         self._settle((route, variant))
 
@@ -38,4 +42,8 @@ async def hold(activator: Activator, route: Route, variant: Variant) -> tuple[Ro
     if not activator.hold(held):
         what = f"deployment {route.name!r} variant {variant.name!r}"
         return f"{what} is starting and holds as many requests as it can"
-    return await held.outcome
+    try:
+        return await held.outcome
+    finally:
+        if not held.outcome.done() or held.outcome.cancelled():
+            activator.forget(held)  # the call was cancelled (its deadline, the client) while held

@@ -41,6 +41,8 @@ class GatewayRequest:
     routing_key: bytes | None
     received: float
     """``time.perf_counter()`` when the request had been read."""
+    client: http_base.Connection[GatewayRequest, GatewayResponse]
+    """The connection it came on (``closed`` once the client left)."""
 
 
 @dataclass(slots=True)
@@ -110,7 +112,7 @@ class GatewayConnection(http_base.Connection[GatewayRequest, GatewayResponse]):
         headers = self.headers
         if self.hop_by_hop:
             headers = http_base.without_fields(headers, self.hop_by_hop)
-        return GatewayRequest(method, self.url, headers, body, self.routing_key, time.perf_counter())
+        return GatewayRequest(method, self.url, headers, body, self.routing_key, time.perf_counter(), self)
 
     def error(self, status: int, message: str) -> GatewayResponse:
         return json_response(status, {"error": message})

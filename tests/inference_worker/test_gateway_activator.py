@@ -5,6 +5,7 @@ gRPC calls (stock tritonclient.grpc) the same way, in the same queue."""
 from __future__ import annotations
 
 import queue
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,6 +24,7 @@ from tests.support.gateway import (
     classifier,
     gateway,
     infer_body,
+    metric,
     publish,
     routing_key,
     table,
@@ -90,11 +92,55 @@ def test_a_held_request_gets_a_503_when_no_replica_comes_and_a_full_queue_refuse
     assert "no replica of deployment 'idle' variant 'a' became ready within 1 s" in messages
 
 
-def grpc_infer(target: str) -> Any:
+def grpc_infer(target: str, timeout: float = 60) -> Any:
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
-    return grpcclient.InferenceServerClient(target).infer("idle", [tensor], client_timeout=60)
+    return grpcclient.InferenceServerClient(target).infer("idle", [tensor], client_timeout=timeout)
+
+
+def test_requests_whose_clients_left_hold_no_place_and_never_reach_the_replica(replica: Process) -> None:
+    """HTTP clients that closed their connection and gRPC calls past their deadline while held."""
+    answered = {"protocol": "http", "outcome": "success", "model": "clf"}
+    served_before = replica_metric(replica, **answered) + replica_metric(
+        replica, **{**answered, "protocol": "grpc"}
+    )
+    with (
+        routing_key() as (key, redis),
+        gateway(key, "--activator-timeout-s", "30", "--activator-queue-size", "2") as gw,
+    ):
+        publish(redis, key, at_zero(1, []))
+        applied(gw.url, 1)
+        head = b"POST /v2/models/idle/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+                sock.sendall(head + BODY)
+                wait_for(lambda: metric(gw.url, "kiln_gateway_held_requests") == 1, timeout=10)
+        wait_for(lambda: metric(gw.url, "kiln_gateway_held_requests") == 0, timeout=10)  # both left
+        for _ in range(2):
+            with pytest.raises(InferenceServerException, match="Deadline"):
+                grpc_infer(gw.grpc, timeout=0.5)
+        assert metric(gw.url, "kiln_gateway_held_requests") == 0
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            http_answer = pool.submit(held_http_infer, gw.url)
+            grpc_answer = pool.submit(grpc_infer, gw.grpc)
+            wait_for(lambda: metric(gw.url, "kiln_gateway_held_requests") == 2, timeout=10)  # room for both
+            publish(redis, key, at_zero(2, [replica]))
+            assert http_answer.result(timeout=60)[0] == 200
+            assert grpc_answer.result(timeout=60).as_numpy("y").shape[0] == 2
+
+    served = replica_metric(replica, **answered) + replica_metric(replica, **{**answered, "protocol": "grpc"})
+    assert served - served_before == 2  # the two that left never reached it
+
+
+def held_http_infer(url: str) -> tuple[int, dict[str, str], bytes]:
+    with Client(url) as client:
+        return client.infer("idle", BODY)
+
+
+def replica_metric(process: Process, **labels: str) -> float:
+    return metric(process.url, "kiln_worker_requests_total", **labels)
 
 
 def test_a_grpc_call_for_a_variant_at_zero_is_held_asked_for_and_answered_by_the_replica_routed_later(
