@@ -3,7 +3,8 @@
 Accepted: TorchScript archives (``torch.jit.save``), ``torch.export`` programs
 (``.pt2``) and ONNX protobufs. Refused with a reason: every plain pickle
 (``torch.save(model)`` included), archives whose pickles import anything beyond
-tensor rebuilding and TorchScript classes, zip bombs and corrupt files.
+tensor rebuilding and TorchScript classes, ``.pt2`` programs that would run anything but
+tensor operators when loaded (``export_checks``), zip bombs and corrupt files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import InvalidArtifactError
+from registry.export_checks import check_export_archive
 
 ACCEPTED = (
     "TorchScript (torch.jit.save), torch.export programs (.pt2, torch.export.save) "
@@ -118,6 +120,8 @@ def _detect_zip(path: Path, *, max_unpacked_bytes: int) -> ArtifactKind:
         for name in names:
             if name.endswith((".pkl", "sample_inputs/model.pt")):
                 _scan_pickle_entry(archive, name)
+        if kind.format == "torch_export":
+            check_export_archive(archive, names)
         return kind
 
 
