@@ -254,7 +254,8 @@ def _allowed(node: ast.AST, guard: bool) -> bool:
         return func.attr in _SHAPE_METHODS and not node.args and not node.keywords
     if isinstance(node, ast.Attribute):  # guards only: L[...].size(), math.floor(...)
         on_math = isinstance(node.value, ast.Name) and node.value.id == "math"
-        return guard and (node.attr in _SHAPE_METHODS or (on_math and _MATH.fullmatch(f"math.{node.attr}")))
+        math_function = on_math and _MATH.fullmatch(f"math.{node.attr}") is not None
+        return guard and (node.attr in _SHAPE_METHODS or math_function)
     if isinstance(node, ast.Subscript):  # guards only: L['x'][0].size()[1]
         key = node.slice
         return guard and isinstance(key, ast.Constant) and _plain_key(key.value)
