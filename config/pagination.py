@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
-from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import Cursor, CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -38,10 +39,38 @@ def _whole(request: Request, name: str, maximum: int | None = None, also: tuple[
 
 
 class KeysetPagination(CursorPagination):
-    """DRF's cursor pagination with the client-chosen, bounded page size of the page mode."""
+    """DRF's cursor pagination with the client-chosen, bounded page size of the page mode; a cursor
+    this list did not give (not one at all, or a position its ordering field cannot hold) is a 400
+    naming ``cursor``, not DRF's 404 or a database error."""
 
     page_size_query_param = "page_size"
     max_page_size = MAX_PAGE_SIZE
+    model: Any = None
+
+    def paginate_queryset(
+        self, queryset: QuerySet[Any, Any] | Sequence[Any], request: Request, view: APIView | None = None
+    ) -> list[Any] | None:
+        self.model = getattr(queryset, "model", None)
+        return super().paginate_queryset(queryset, request, view)
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError(
+                {self.cursor_query_param: ["not a cursor this list gave (follow next)"]}
+            ) from None
+        if cursor is None or cursor.position is None or self.model is None:
+            return cursor
+        ordering = self.ordering if isinstance(self.ordering, str) else self.ordering[0]
+        field = self.model._meta.get_field(ordering.lstrip("-"))
+        try:
+            field.to_python(cursor.position)
+        except (DjangoValidationError, ValueError, TypeError):
+            raise ValidationError(
+                {self.cursor_query_param: ["not a cursor this list gave (follow next)"]}
+            ) from None
+        return cursor
 
 
 class DefaultPagination(PageNumberPagination):

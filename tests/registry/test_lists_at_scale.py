@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -157,7 +158,20 @@ def test_a_cursor_walks_every_version_once_newest_first(owner: User, owner_api: 
         pages += 1
     assert seen == list(range(12, 0, -1))
     assert pages == 3
-    assert owner_api.get("/api/v1/models/long-00000/versions/?cursor=garbage").status_code == 404
+
+
+@pytest.mark.parametrize("position", ["p=abc", "p=1e5", "r=1&p=x", "o=-1&p=1", None])
+def test_a_cursor_the_list_did_not_give_is_a_400_naming_the_cursor(
+    owner: User, owner_api: APIClient, position: str | None
+) -> None:
+    """A hand-made cursor (base64 of a position the ordering field cannot hold) was a 500 on the
+    versions list; one that is no cursor at all was DRF's 404."""
+    seed_catalog(owner=owner, models=1, versions_per_model=2, events_per_model=2, prefix="c")
+    cursor = "garbage" if position is None else base64.b64encode(position.encode()).decode()
+    for path in ("/api/v1/models/c-00000/versions/", "/api/v1/audit-events/"):
+        answer = owner_api.get(path, {"cursor": cursor})
+        assert answer.status_code == 400, (path, answer.content)
+        assert answer.json()["message"] == "cursor: not a cursor this list gave (follow next)"
 
 
 def test_page_numbers_still_work_and_count_the_matches(owner: User, owner_api: APIClient) -> None:
