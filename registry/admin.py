@@ -96,7 +96,7 @@ class ModelVersionAdmin(LargeTableAdmin[ModelVersion]):
                     description=form.cleaned_data["description"],
                     metadata={**form.metadata(), "source": "admin"},
                     class_labels=form.cleaned_data["class_labels"],
-                )
+                ).version
             except PlatformError as exc:
                 form.add_error(None, exc.message)
             else:

@@ -104,7 +104,7 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                     description=form.cleaned_data["description"],
                     metadata=form.metadata(),
                     class_labels=form.cleaned_data["class_labels"],
-                )
+                ).version
             except PlatformError as exc:
                 fields = {"invalid_signature": "signature", "invalid_labels": "class_labels"}
                 field = fields.get(exc.code, "file")

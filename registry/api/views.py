@@ -7,7 +7,6 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import FileResponse
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -133,8 +132,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
         upload = data.validated_data["file"]
         if not isinstance(upload, HashedTempUploadedFile):
             raise InvalidArtifactError("file: send the artifact as a multipart file field", code="invalid")
-        started = timezone.now()
-        version = services.register_version(
+        version, new = services.register_version(
             model=model,
             upload_path=Path(upload.temporary_file_path()),
             actor=request.user,  # type: ignore[arg-type]
@@ -144,8 +142,8 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
             class_labels=labels_from_text(data.validated_data.get("class_labels", "")),
             if_exists=data.validated_data["if_exists"],
         )
-        # if_exists=existing answers a version registered before this request with a 200.
-        found = version.created_at < started
+        # if_exists=existing answers the version registered before with a 200.
+        found = not new
         context = {"same_bytes_as": version if found else queries.same_bytes_as(version)}
         output = s.VersionUploadOutput(queries.versions().get(pk=version.pk), context=context)
         return Response(output.data, status=200 if found else 201)

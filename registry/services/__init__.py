@@ -11,10 +11,17 @@ from registry.services.conversion import (
     request_conversion,
     sweep_stale_conversions,
 )
-from registry.services.registration import create_model, register_version, update_model, update_version
+from registry.services.registration import (
+    Registration,
+    create_model,
+    register_version,
+    update_model,
+    update_version,
+)
 from registry.services.removal import delete_model, delete_version
 
 __all__ = (
+    "Registration",
     "convert_version",
     "create_model",
     "delete_alias",

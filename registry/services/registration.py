@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -195,6 +195,12 @@ IF_EXISTS = ("new", "existing", "refuse")
 """What an upload of bytes a version of the model already has does (``register_version``)."""
 
 
+class Registration(NamedTuple):
+    version: ModelVersion
+    created: bool
+    """False when ``if_exists=existing`` found the version registered before."""
+
+
 def register_version(
     *,
     model: RegisteredModel,
@@ -206,7 +212,7 @@ def register_version(
     class_labels: Any = None,
     enqueue_conversion: bool = True,
     if_exists: str = "new",
-) -> ModelVersion:
+) -> Registration:
     """Check an uploaded file, store it content-addressed and create the next version.
 
     ``upload_path`` is a fully written temp file in the storage filesystem; the caller
@@ -226,24 +232,8 @@ def register_version(
     sig = resolve_signature(kind.format, signature, inspected)
     labels = resolve_labels(class_labels, sig)
     relative, digest, size, created = storage.store_path(upload_path)
-    earlier = model.versions.filter(source_sha256=digest).order_by("version").first()
-    if earlier is not None and if_exists != "new":
-        if if_exists == "existing" and labels and labels != earlier.class_labels:
-            raise DuplicateUploadError(
-                f"class_labels: v{earlier.version} has the same bytes and other labels; change its labels "
-                f"(PATCH the version) or send if_exists=new to register the bytes again with these",
-                code="labels_differ",
-                extra={"version": earlier.version},
-            )
-        if if_exists == "existing":
-            return earlier
-        raise DuplicateUploadError(
-            f"file: the same bytes as v{earlier.version} (sha256 {digest[:12]}…); "
-            f"send if_exists=new to register them again, or if_exists=existing to get v{earlier.version}",
-            extra={"version": earlier.version},
-        )
     try:
-        version = _create_version_row(
+        version, new = _create_version_row(
             model=model,
             actor=actor,
             fmt=kind.format,
@@ -255,16 +245,46 @@ def register_version(
             description=description,
             metadata=clean_meta,
             enqueue_conversion=enqueue_conversion,
+            if_exists=if_exists,
         )
     except BaseException:
         if created:
             referenced = ModelVersion.objects.filter(source_path=relative).exists()
             storage.remove_if_unreferenced(relative, referenced=referenced)
         raise
+    if not new:
+        return Registration(version, created=False)
     # A deletion of the last other version with these bytes may have removed the file meanwhile.
     transaction.on_commit(lambda: storage.ensure_stored(relative, upload_path, digest))
     logger.info("registered %s (%s, %d bytes, sha256 %s)", version, kind.format, size, digest)
-    return version
+    return Registration(version, created=True)
+
+
+def _same_bytes(
+    model: RegisteredModel, digest: str, labels: dict[str, list[str]], if_exists: str
+) -> ModelVersion | None:
+    """With the model's row locked: the earlier version ``if_exists=existing`` answers, or None to
+    register; raises for ``refuse`` or other labels. Checked under the lock, so concurrent uploads of
+    the same bytes (a CI job retried) register them once."""
+    if if_exists == "new":
+        return None
+    earlier = model.versions.filter(source_sha256=digest).order_by("version").first()
+    if earlier is None:
+        return None
+    if if_exists == "existing" and labels and labels != earlier.class_labels:
+        raise DuplicateUploadError(
+            f"class_labels: v{earlier.version} has the same bytes and other labels; change its labels "
+            f"(PATCH the version) or send if_exists=new to register the bytes again with these",
+            code="labels_differ",
+            extra={"version": earlier.version},
+        )
+    if if_exists == "existing":
+        return earlier
+    raise DuplicateUploadError(
+        f"file: the same bytes as v{earlier.version} (sha256 {digest[:12]}…); "
+        f"send if_exists=new to register them again, or if_exists=existing to get v{earlier.version}",
+        extra={"version": earlier.version},
+    )
 
 
 @transaction.atomic
@@ -281,11 +301,15 @@ def _create_version_row(
     description: str,
     metadata: dict[str, Any],
     enqueue_conversion: bool,
-) -> ModelVersion:
+    if_exists: str,
+) -> tuple[ModelVersion, bool]:
     # The row lock serialises number assignment per model: concurrent uploads queue here.
     locked = RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
     if locked is None:
         raise ModelNotFoundError(f"model {model.name!r} was deleted")
+    earlier = _same_bytes(locked, digest, class_labels, if_exists)
+    if earlier is not None:
+        return earlier, False
     locked.latest_version += 1
     locked.save(update_fields=["latest_version", "updated_at"])
     version = ModelVersion.objects.create(
@@ -318,4 +342,4 @@ def _create_version_row(
     )
     if enqueue_conversion:
         start_first_conversion(version)
-    return version
+    return version, True

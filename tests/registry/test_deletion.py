@@ -227,7 +227,7 @@ def test_an_upload_of_the_same_bytes_between_storing_and_committing_keeps_its_fi
     path = tmp_path / "cnn.pt"
     signature = save_torchscript_cnn(path, seed=3)
     model = services.create_model(owner=owner, name="cnn")
-    first = services.register_version(model=model, upload_path=path, actor=owner, signature=signature)
+    first = services.register_version(model=model, upload_path=path, actor=owner, signature=signature).version
     ModelVersion.objects.filter(pk=first.pk).update(status=VersionStatus.READY)
     stored, go_on = threading.Event(), threading.Event()
     store_path = storage.store_path
@@ -244,7 +244,9 @@ def test_an_upload_of_the_same_bytes_between_storing_and_committing_keeps_its_fi
 
     def register() -> ModelVersion:
         try:
-            return services.register_version(model=model, upload_path=again, actor=owner, signature=signature)
+            return services.register_version(
+                model=model, upload_path=again, actor=owner, signature=signature
+            ).version
         finally:
             connection.close()
 

@@ -92,7 +92,7 @@ class Command(BaseCommand):
                     class_labels=CLASS_LABELS,
                     description=f"demo weights, seed {seed}",
                     metadata={"source": "manage.py demo"},
-                )
+                ).version
             self.stdout.write(f"registered {version}; converting…")
         versions = list(model.versions.order_by("version")[:2])
         for version in versions:
