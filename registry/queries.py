@@ -19,7 +19,8 @@ def models_with_counts() -> QuerySet[RegisteredModel]:
     page costs the rows it shows: each runs for the page's rows only, on the
     ``(model, version)`` unique index.
     """
-    latest = ModelVersion.objects.filter(model=OuterRef("pk"), version=OuterRef("latest_version"))
+    # The newest version that exists (``latest_version`` counts the numbers handed out, deleted ones too).
+    newest = ModelVersion.objects.filter(model=OuterRef("pk")).order_by("-version")
     count = (
         ModelVersion.objects.filter(model=OuterRef("pk"))
         .order_by()
@@ -31,7 +32,8 @@ def models_with_counts() -> QuerySet[RegisteredModel]:
         RegisteredModel.objects.select_related("owner", "team")
         .annotate(
             version_count=Coalesce(Subquery(count, output_field=IntegerField()), Value(0)),
-            latest_status=Subquery(latest.values("status")[:1]),
+            newest_version=Coalesce(Subquery(newest.values("version")[:1]), Value(0)),
+            latest_status=Subquery(newest.values("status")[:1]),
         )
         .prefetch_related(
             Prefetch(

@@ -76,9 +76,8 @@ class ModelFilters:
             queryset = queryset.filter(owner__username=self.owner)
         if self.team:
             queryset = queryset.filter(team__name=self.team)
-        if self.state:
-            latest = ModelVersion.objects.filter(model=OuterRef("pk"), version=OuterRef("latest_version"))
-            queryset = queryset.filter(Exists(latest.filter(status=self.state)))
+        if self.state:  # the newest version that exists: the one the list shows
+            queryset = queryset.filter(Q(latest_status=self.state))  # annotated by models_with_counts
         return queryset
 
 

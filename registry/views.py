@@ -76,7 +76,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "model": model,
         "page": page,
         "aliases": aliases,
-        "alias_form": AliasForm(initial={"version": model.latest_version or None}),
+        "alias_form": AliasForm(initial={"version": versions.values_list("version", flat=True).first()}),
         "can_change": model.can_change(request.user),
         "busy": any(v.is_busy for v in page),
         "events": queries.audit_events().filter(model=model)[:20],

@@ -49,6 +49,7 @@ class ModelOutput(serializers.ModelSerializer[RegisteredModel]):
     team: serializers.StringRelatedField[Any] = serializers.StringRelatedField(allow_null=True)
     aliases = AliasOutput(many=True, read_only=True)
     version_count = serializers.IntegerField(read_only=True, required=False)
+    latest_version = serializers.SerializerMethodField(help_text="the newest version's number (0: none)")
     url = serializers.SerializerMethodField()
 
     class Meta:
@@ -66,6 +67,10 @@ class ModelOutput(serializers.ModelSerializer[RegisteredModel]):
             "updated_at",
             "url",
         )
+
+    def get_latest_version(self, obj: RegisteredModel) -> int:
+        # Lists annotate the newest version that exists; numbers of deleted versions are never reused.
+        return int(getattr(obj, "newest_version", obj.latest_version))
 
     def get_url(self, obj: RegisteredModel) -> str:
         return reverse("api:model-detail", kwargs={"name": obj.name})

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from registry.models import AuditEvent, RegisteredModel
 from tests.support.catalog import seed_catalog
+from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
 
@@ -245,3 +246,25 @@ def test_the_web_list_pages_searches_and_counts(owner: User, web_as: Callable[[U
     assert "No model matches" in web.get("/?owner=nobody").content.decode()
     assert "state: one of" in web.get("/?state=melted").content.decode()
     assert RegisteredModel.objects.count() == 120
+
+
+def test_after_the_newest_version_is_deleted_the_model_is_listed_and_filtered_by_the_one_before(
+    owner: User, owner_api: APIClient
+) -> None:
+    """``latest_version`` counted the numbers handed out: with v2 deleted, the list showed v2 and no
+    ``?state=`` matched the model any more."""
+    ready_version(owner, model="kept", number=1, status="registered")
+    ready_version(owner, model="kept", number=2, status="failed")
+    assert owner_api.delete("/api/v1/models/kept/versions/2/").status_code == 204
+
+    model = owner_api.get("/api/v1/models/kept/").json()
+    assert (model["latest_version"], model["version_count"]) == (1, 1)
+
+    def matching(state: str) -> list[str]:
+        return [m["name"] for m in owner_api.get("/api/v1/models/", {"state": state}).json()["results"]]
+
+    assert matching("registered") == ["kept"]
+    assert matching("failed") == []
+    ready_version(owner, model="kept", number=3, status="ready")  # numbers are never reused
+    assert owner_api.get("/api/v1/models/kept/").json()["latest_version"] == 3
+    assert matching("ready") == ["kept"]

@@ -90,4 +90,6 @@ def test_concurrent_uploads_of_the_same_bytes_register_them_once(tmp_path: Path,
     if if_exists == "existing":
         assert all(isinstance(o, services.Registration) and o.version.version == 1 for o in others)
     else:
-        assert all(isinstance(o, DuplicateUploadError) and o.code == "duplicate_upload" for o in others), others
+        assert all(isinstance(o, DuplicateUploadError) and o.code == "duplicate_upload" for o in others), (
+            others
+        )
