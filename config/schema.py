@@ -84,6 +84,14 @@ class PlatformSchema(AutoSchema):
         wanted = "multipart/form-data" if uploads else "application/json"
         return [wanted] if wanted in media_types else media_types
 
+    def _map_serializer(self, serializer: Any, direction: str, bypass_extensions: bool = False) -> Any:
+        """A request body that refuses unknown fields says so: ``additionalProperties: false``."""
+        component = super()._map_serializer(serializer, direction, bypass_extensions)  # type: ignore[no-untyped-call]
+        refused = getattr(force_instance(serializer), "unknown_fields_refused", False)  # type: ignore[no-untyped-call]
+        if direction == "request" and refused and isinstance(component, dict):
+            component["additionalProperties"] = False
+        return component
+
     def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         operation: dict[str, Any] | None = super().get_operation(*args, **kwargs)
         if operation is None:

@@ -8,6 +8,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.api_inputs import Input
 from deployments import series
 from deployments.api.serializers import BatchingInput
 from deployments.measure_models import MeasurementStatus
@@ -228,7 +229,7 @@ class MeasurementsOutput(serializers.Serializer[Any]):
     rows = MeasuredCellOutput(many=True)
 
 
-class MeasurementInput(serializers.Serializer[Any]):
+class MeasurementInput(Input):
     latency_budget_ms = serializers.FloatField(
         required=False,
         min_value=0.1,

@@ -8,6 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.api_inputs import Input
 from deployments import queries
 from deployments.api.variant_list import VariantList
 from deployments.autoscaling.models import ScalingDecision
@@ -85,7 +86,7 @@ class WorkerImageOutput(serializers.ModelSerializer[WorkerImage]):
         return obj.log_tail(40)
 
 
-class PlacementInput(serializers.Serializer[Any]):
+class PlacementInput(Input):
     """Where the swarm may run a variant's replicas, in Swarm's syntax."""
 
     constraints = serializers.ListField(
@@ -113,7 +114,7 @@ def option_field(option: OptionField[Any]) -> serializers.Field[Any, Any, Any, A
     return serializers.ListField(child=child, required=False, help_text=option.help)
 
 
-class BatchingInput(serializers.Serializer[Any]):
+class BatchingInput(Input):
     """Any of the batching options; the fields are made from the option table at validation time."""
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
@@ -286,7 +287,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
         }
 
 
-class VariantInput(serializers.Serializer[Any]):
+class VariantInput(Input):
     """One variant; builds a ``VariantSpec`` (what is left out is chosen when it is deployed)."""
 
     class Meta:
@@ -314,7 +315,7 @@ def _given(data: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(data).items() if v is not None}
 
 
-class DeploymentCreateInput(serializers.Serializer[Any]):
+class DeploymentCreateInput(Input):
     name = SlugName()
     model = serializers.CharField(max_length=64)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
@@ -333,16 +334,18 @@ class DeploymentCreateInput(serializers.Serializer[Any]):
         ]
 
 
-class AliasMovePolicyInput(serializers.Serializer[Any]):
+class AliasMovePolicyInput(Input):
     on_alias_move = serializers.ChoiceField(choices=AliasMovePolicy.choices)
 
 
-class ScaleInput(serializers.Serializer[Any]):
+class ScaleInput(Input):
     replicas = serializers.IntegerField()
 
 
 class AutoscalingInput(serializers.Serializer[Any]):
     """Any of the autoscaling options; those left out keep the current policy's value (or the default)."""
+
+    unknown_fields_refused = True  # by AutoscalingPolicy.parse, naming the option
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         return {option.name: option_field(option) for option in AUTOSCALING.values()}
@@ -354,7 +357,7 @@ class AutoscalingInput(serializers.Serializer[Any]):
         return AutoscalingPolicy.parse({**unknown, **self.validated_data}, base=base)
 
 
-class VersionInput(serializers.Serializer[Any]):
+class VersionInput(Input):
     version = serializers.IntegerField(required=False, allow_null=True)
     alias = serializers.CharField(required=False, allow_blank=True, max_length=64)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from config.api_inputs import Input
 from deployments.inputs import RolloutPolicy, Split
 from deployments.models import Rollout, TrafficChange
 
@@ -106,7 +107,7 @@ class RolloutOutput(serializers.ModelSerializer[Rollout]):
         )
 
 
-class TrafficInput(serializers.Serializer[Any]):
+class TrafficInput(Input):
     """A whole split; the bare form ``{"a": 90, "b": 10, "reason": "..."}`` is accepted too."""
 
     split = serializers.DictField(
@@ -132,7 +133,7 @@ def _default(name: str) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-class RolloutInput(serializers.Serializer[Any]):
+class RolloutInput(Input):
     """A rollout policy; defaults and bounds are ``RolloutPolicy``'s."""
 
     candidate = serializers.CharField(max_length=64)
@@ -154,7 +155,7 @@ class RolloutInput(serializers.Serializer[Any]):
         return RolloutPolicy(**{**data, "steps": tuple(data["steps"])})
 
 
-class PromoteInput(serializers.Serializer[Any]):
+class PromoteInput(Input):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
@@ -166,5 +167,5 @@ class PromotionOutput(serializers.Serializer[Any]):
     rollout = RolloutOutput()
 
 
-class ShadowInput(serializers.Serializer[Any]):
+class ShadowInput(Input):
     percent = serializers.IntegerField()

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from config.api_inputs import Input
 from deployments.webhooks import services
 from deployments.webhooks.events import EVENT_CHOICES
 from deployments.webhooks.models import DeliveryStatus, Webhook, WebhookDelivery
@@ -15,7 +16,7 @@ from deployments.webhooks.targets import SCHEME_PATTERN, SCHEME_REFUSAL
 from registry import queries as registry_queries
 
 
-class WebhookInput(serializers.Serializer[Any]):
+class WebhookInput(Input):
     url = serializers.CharField(
         max_length=2000,
         help_text="http(s) URL at a public address (or an allowed one)",

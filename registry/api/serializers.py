@@ -8,6 +8,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.api_inputs import Input
 from inference_worker.contracts.labels import MAX_LABEL_CHARS, MAX_LABELS_BYTES
 from registry.models import (
     SLUG_MAX_LENGTH,
@@ -76,13 +77,13 @@ class ModelOutput(serializers.ModelSerializer[RegisteredModel]):
         return reverse("api:model-detail", kwargs={"name": obj.name})
 
 
-class ModelCreateInput(serializers.Serializer[Any]):
+class ModelCreateInput(Input):
     name = SlugName()
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
     tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, default=list)
 
 
-class ModelUpdateInput(serializers.Serializer[Any]):
+class ModelUpdateInput(Input):
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False)
 
@@ -146,7 +147,7 @@ class VersionOutput(serializers.ModelSerializer[ModelVersion]):
         return {"source": reverse("api:version-artifact", kwargs={**kwargs, "kind": "source"}), "onnx": onnx}
 
 
-class VersionUploadInput(serializers.Serializer[Any]):
+class VersionUploadInput(Input):
     file = serializers.FileField()
     if_exists = serializers.ChoiceField(
         choices=["new", "existing", "refuse"],
@@ -168,7 +169,7 @@ class VersionUploadInput(serializers.Serializer[Any]):
     )
 
 
-class VersionUpdateInput(serializers.Serializer[Any]):
+class VersionUpdateInput(Input):
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     class_labels = serializers.JSONField(
         required=False,
@@ -178,7 +179,7 @@ class VersionUpdateInput(serializers.Serializer[Any]):
     )
 
 
-class AliasInput(serializers.Serializer[Any]):
+class AliasInput(Input):
     version = serializers.IntegerField(min_value=1)
 
 
