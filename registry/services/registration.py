@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
+from config.errors import PayloadTooLargeError
 from registry import storage
 from registry.artifacts import detect_format
 from registry.audit import Actor, record_event
@@ -130,8 +131,9 @@ def clean_metadata(metadata: Any) -> dict[str, Any]:
         raise InvalidArtifactError("metadata: must be a JSON object", code="invalid")
     encoded = json.dumps(metadata)
     if len(encoded) > MAX_METADATA_BYTES:
-        raise InvalidArtifactError(
-            f"metadata: {len(encoded)} bytes of JSON, above the limit of {MAX_METADATA_BYTES}", code="invalid"
+        raise PayloadTooLargeError(
+            f"metadata: {len(encoded)} bytes of JSON, above the limit of {MAX_METADATA_BYTES} bytes",
+            extra={"limit": MAX_METADATA_BYTES},
         )
     if _depth(metadata) > 5:
         raise InvalidArtifactError("metadata: nested deeper than 5 levels", code="invalid")

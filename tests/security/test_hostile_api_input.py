@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from accounts.tokens import create_api_token
 from registry.models import ModelVersion, RegisteredModel
 from tests.support.torch_models import save_onnx_cnn
-from tests.support.uploads import create_model
+from tests.support.uploads import create_model, upload
 from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
@@ -167,3 +167,18 @@ def test_an_unknown_api_path_is_a_json_404(owner_api: APIClient, anonymous_api: 
         assert response["content-type"] == "application/json"
         assert response.json()["code"] == "not_found"
         assert "/api/v1/no-such-thing/" in response.json()["message"]
+
+
+@pytest.mark.django_db
+def test_metadata_over_its_limit_is_a_413_naming_the_limit(owner_api: APIClient, tmp_path: Path) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.onnx"
+    save_onnx_cnn(path)
+
+    answer = upload(owner_api, "cnn", path, metadata={"notes": "n" * 17_000})
+
+    assert answer.status_code == 413, answer.content
+    assert answer.json()["code"] == "too_large"
+    assert answer.json()["message"].startswith("metadata: ")
+    assert answer.json()["extra"]["limit"] == 16 * 1024
+    assert not ModelVersion.objects.exists()
