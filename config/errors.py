@@ -52,6 +52,12 @@ class PermissionDeniedError(PlatformError):
     default_code = "permission_denied"
 
 
+def about_field(field: str, message: str) -> dict[str, Any]:
+    """The ``extra`` of an error about one field, in a validation error's shape:
+    ``{"fields": {field: [message]}}``."""
+    return {"fields": {field: [message]}}
+
+
 class PayloadTooLargeError(PlatformError):
     """A body or file is over its configured limit."""
 

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -79,7 +79,13 @@ class SeriesApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[ds.SeriesQuery], responses=ds.SeriesOutput)
+    @extend_schema(
+        parameters=[ds.SeriesQuery],
+        responses={
+            200: ds.SeriesOutput,
+            304: OpenApiResponse(description="Not modified: the ETag sent in If-None-Match is current."),
+        },
+    )
     def get(self, request: Request, name: str) -> Response:
         """Answers 304 to ``If-None-Match`` while nothing the series shows has changed."""
         deployment = queries.get_deployment(name)

@@ -34,7 +34,7 @@ class RolloutStateError(ConflictError):
 
 
 class DuplicateDeploymentError(ConflictError):
-    """A deployment with this name exists already."""
+    """A deployment (or a variant of one) with this name exists already."""
 
     default_code = "duplicate"
 

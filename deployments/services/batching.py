@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from config.errors import about_field
 from deployments.errors import InvalidDeploymentError
 from inference_worker.contracts.batching import BATCHING, MAX_BATCH_SIZE, BatchingConfig, parse_batching
 from inference_worker.contracts.errors import ContractError
@@ -40,7 +41,8 @@ def validate_batching(
     try:
         config = parse_batching(raw, base=base)
     except ContractError as exc:
-        raise InvalidDeploymentError(f"{prefix}{exc}", extra={"field": f"{prefix}{exc.field}"}) from None
+        field = f"{prefix}{exc.field}"
+        raise InvalidDeploymentError(f"{prefix}{exc}", extra=about_field(field, str(exc))) from None
     return config.unbatched() if fixed_batch and config.max_batch_size != 1 else config
 
 

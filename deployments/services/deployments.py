@@ -302,7 +302,7 @@ def add_variant(*, deployment: Deployment, spec: VariantSpec, actor: Actor) -> V
             )
         variant = build_variant(locked, replace(spec, weight=0), len(existing))
         if any(v.name == variant.name for v in existing):
-            raise InvalidDeploymentError(f"name: variant {variant.name!r} exists already")
+            raise DuplicateDeploymentError(f"name: variant {variant.name!r} exists already")
         variant.save()
         record_deployment_event(
             actor=actor, action="variant.added", deployment=locked, after=describe_variant(variant)

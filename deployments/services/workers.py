@@ -11,6 +11,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
+from config.errors import about_field
 from deployments import histograms
 from deployments.errors import InvalidDeploymentError, WorkerAuthError
 from deployments.models import Report, Worker, WorkerState
@@ -73,7 +74,7 @@ def ingest_report(*, worker: Worker, payload: dict[str, Any]) -> Report:
     try:
         report = parse_report(payload)
     except ContractError as exc:
-        raise InvalidDeploymentError(str(exc), extra={"field": exc.field}) from None
+        raise InvalidDeploymentError(str(exc), extra=about_field(exc.field, str(exc))) from None
     start, end = report.interval.start, report.interval.end
     now = timezone.now()
     if end < start or end > now + timedelta(minutes=5):

@@ -14,7 +14,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q, QuerySet
 
-from config.errors import NotFoundError, PermissionDeniedError
+from config.errors import NotFoundError, PermissionDeniedError, about_field
 from deployments.errors import InvalidDeploymentError
 from deployments.webhooks.events import EVENT_CHOICES, PING, enqueue, payload
 from deployments.webhooks.models import Webhook, WebhookDelivery
@@ -56,11 +56,10 @@ def ensure_can_manage(user: Any, model: RegisteredModel | None) -> None:
 def _check(spec: WebhookSpec) -> WebhookSpec:
     unknown = sorted(set(spec.event_types) - set(EVENT_CHOICES))
     if not spec.event_types or unknown:
-        raise InvalidDeploymentError(
-            f"event_types: choose one or more of {', '.join(EVENT_CHOICES)}"
-            + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
-            extra={"field": "event_types"},
+        message = f"choose one or more of {', '.join(EVENT_CHOICES)}" + (
+            f" (unknown: {', '.join(unknown)})" if unknown else ""
         )
+        raise InvalidDeploymentError(f"event_types: {message}", extra=about_field("event_types", message))
     check_url(spec.url)
     return replace(spec, event_types=tuple(e for e in EVENT_CHOICES if e in spec.event_types))
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from config.errors import about_field
 from deployments.errors import InvalidDeploymentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -31,7 +32,7 @@ class TargetRefusedError(InvalidDeploymentError):
     default_code = "url_refused"
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"url: {message}", extra={"field": "url"})
+        super().__init__(f"url: {message}", extra=about_field("url", message))
 
 
 @dataclass(frozen=True)
