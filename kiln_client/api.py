@@ -14,10 +14,12 @@ import httpx
 class ApiError(Exception):
     """The API refused the request (its message), or could not be reached."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.extra = extra or {}
+        """The error's ``extra`` (an existing object's ``id``, ``fields``...)."""
 
 
 class UsageError(Exception):
@@ -51,7 +53,12 @@ class Client:
             body = {"message": response.text[:500] or response.reason_phrase}
         if response.status_code >= 400:
             message = body.get("message") if isinstance(body, dict) else None
-            raise ApiError(message or f"HTTP {response.status_code}", response.status_code)
+            extra = body.get("extra") if isinstance(body, dict) else None
+            raise ApiError(
+                message or f"HTTP {response.status_code}",
+                response.status_code,
+                extra if isinstance(extra, dict) else None,
+            )
         return body
 
     def get(self, path: str, **params: Any) -> Any:

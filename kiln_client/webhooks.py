@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from kiln_client.api import Client, UsageError
+from kiln_client.api import ApiError, Client, UsageError
 from kiln_client.progress import Progress
 
 
@@ -17,7 +17,13 @@ def cmd_webhook(client: Client, args: argparse.Namespace, out: Progress) -> int:
         body: dict[str, Any] = {"url": args.target, "event_types": args.event, "model": args.model}
         if args.secret:
             body["secret"] = args.secret
-        created = client.post("/webhooks/", body)
+        try:
+            created = client.post("/webhooks/", body)
+        except ApiError as exc:
+            if not (args.exist_ok and exc.status == 409 and "id" in exc.extra):
+                raise
+            out.line(f"webhook {exc.extra['id']}: {args.target} is subscribed already (kept: --exist-ok)")
+            return 0
         out.line(f"webhook {created['id']}: {created['url']} ({', '.join(created['event_types'])})")
         print(json.dumps({"id": created["id"], "secret": created["secret"]}))  # shown this once
         return 0
@@ -73,4 +79,9 @@ def add_webhook_parser(sub: Any) -> None:
     p.add_argument("--model", help="add: only this model's events (default: every model, staff only)")
     p.add_argument("--secret", help="add: the signing secret (default: generated and printed once)")
     p.add_argument("--limit", type=int, default=50, help="deliveries: how many, newest first")
+    p.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="add: a webhook for this URL and model exists: exit 0 (a rerun)",
+    )
     p.set_defaults(run=cmd_webhook)

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 
 from config.errors import NotFoundError, PermissionDeniedError, about_field
-from deployments.errors import InvalidDeploymentError
+from deployments.errors import DuplicateDeploymentError, InvalidDeploymentError
 from deployments.webhooks.events import EVENT_CHOICES, PING, enqueue, payload
 from deployments.webhooks.models import Webhook, WebhookDelivery
 from deployments.webhooks.targets import check_url
@@ -69,6 +69,17 @@ def create_webhook(*, spec: WebhookSpec, actor: Any) -> Webhook:
     """Subscribe ``spec.url`` to events; the URL must point at an allowed address now."""
     ensure_can_manage(actor, spec.model)
     spec = _check(spec)
+    same = (
+        Webhook.objects.filter(url=spec.url, model=spec.model, event_types=list(spec.event_types))
+        .order_by("pk")
+        .first()
+    )
+    if same is not None:  # a pipeline run twice would double every delivery
+        raise DuplicateDeploymentError(
+            f"url: webhook {same.pk} sends these events to this URL already; change it "
+            f"(PUT /api/v1/webhooks/{same.pk}/) or remove it first",
+            extra={"id": same.pk},
+        )
     return Webhook.objects.create(
         url=spec.url,
         secret=spec.secret,

@@ -86,7 +86,7 @@ def test_only_those_who_may_change_the_model_manage_its_webhooks(
     assert api_as(outsider).get(f"/api/v1/webhooks/{webhook['id']}/").status_code == 404
     assert api_as(outsider).get("/api/v1/webhooks/").json()["results"] == []
     assert api_as(teammate).get(f"/api/v1/webhooks/{webhook['id']}/").status_code == 200
-    assert create(api_as(teammate), receiver.url).status_code == 201
+    assert create(api_as(teammate), receiver.url, event_types=["version.ready"]).status_code == 201
     refused = create(api_as(owner), receiver.url, model=None)
     assert refused.status_code == 403
     assert "staff" in refused.json()["message"]
@@ -155,3 +155,19 @@ def test_ping_the_delivery_log_and_redeliver(
     missing = owner_api.post(f"/api/v1/webhooks/{webhook['id']}/deliveries/999999/redeliver/")
     assert missing.status_code == 404
     assert WebhookDelivery.objects.count() == 2
+
+
+def test_the_same_subscription_again_is_a_409_naming_the_first(
+    owner: User, owner_api: APIClient, receiver: WebhookReceiver
+) -> None:
+    """A pipeline that subscribes on every run would otherwise double each delivery."""
+    ready_version(owner)
+    first = create(owner_api, receiver.url).json()
+
+    again = create(owner_api, receiver.url, event_types=["alias.moved"], secret="another-secret-1234")
+
+    assert again.status_code == 409
+    assert again.json()["code"] == "duplicate"
+    assert again.json()["extra"] == {"id": first["id"]}
+    assert create(owner_api, receiver.url, event_types=["version.ready"]).status_code == 201
+    assert Webhook.objects.count() == 2

@@ -50,6 +50,14 @@ def test_a_webhook_is_added_pinged_logged_redelivered_and_removed_from_the_cli(
     webhook = Webhook.objects.get()
     assert (created["id"], created["secret"]) == (webhook.pk, webhook.secret)
     assert webhook.event_types == ["version.ready", "alias.moved"]
+    swapped = ["--event", "version.ready", "--event", "alias.moved"]  # the same events, another order
+    again = kiln("webhook", "add", receiver.url, *swapped, "--model", "cnn", url=url, token=token)
+    kept = kiln("webhook", "add", receiver.url, *events, "--model", "cnn", "--exist-ok", url=url, token=token)
+    assert again.returncode == 1
+    assert f"webhook {webhook.pk} sends these events to this URL already" in again.stderr
+    assert (kept.returncode, kept.stdout) == (0, ""), kept.stderr
+    assert f"webhook {webhook.pk}: {receiver.url} is subscribed already (kept: --exist-ok)" in kept.stderr
+    assert Webhook.objects.count() == 1
     listed = kiln("webhook", "list", url=url, token=token)
     assert listed.returncode == 0, listed.stderr
     assert receiver.url in listed.stdout
