@@ -62,28 +62,15 @@ def _rewrite(
     return out
 
 
-def _each_expression(document: Any, change: Callable[[str], str]) -> None:
+def _each(document: Any, key: str, change: Callable[[str], str]) -> None:
+    """Change every string value under ``key`` in the program's JSON."""
     stack = [document]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            for key, value in item.items():
-                if key == "expr_str":
-                    item[key] = change(value)
-                else:
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
-def _each_target(document: Any, change: Callable[[str], str]) -> None:
-    stack = [document]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key == "target" and isinstance(value, str):
-                    item[key] = change(value)
+            for name, value in item.items():
+                if name == key and isinstance(value, str):
+                    item[name] = change(value)
                 else:
                     stack.append(value)
         elif isinstance(item, list):
@@ -140,16 +127,16 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
         "program": lambda doc: doc.update(guards_code=[f'\'" + str(open("{marker}", "w")) + "\' == 1'])
     },
     "expression": lambda marker: {
-        "program": lambda doc: _each_expression(doc, lambda _: f"__import__('os').system('touch {marker}')")
+        "program": lambda doc: _each(doc, "expr_str", lambda _: f"__import__('os').system('touch {marker}')")
     },
     "range-constraint": lambda marker: {
         "program": lambda doc: doc["range_constraints"].update({"s0.__class__": {"min_val": 1, "max_val": 2}})
     },
     "node-target": lambda marker: {
-        "program": lambda doc: _each_target(doc, lambda t: "torch.os.system" if "conv" in t else t)
+        "program": lambda doc: _each(doc, "target", lambda t: "torch.os.system" if "conv" in t else t)
     },
     "ops-loader": lambda marker: {
-        "program": lambda doc: _each_target(doc, lambda t: "torch.ops.load_library" if "conv" in t else t)
+        "program": lambda doc: _each(doc, "target", lambda t: "torch.ops.load_library" if "conv" in t else t)
     },
     "pickled-constant": _pickled_constant,
     "pickled-weight": _pickled_weight,
