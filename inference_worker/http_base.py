@@ -330,13 +330,22 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
             self._next()
 
     def expire(self, now: float) -> None:
-        """Called by the sweep: close idle keep-alive and too-slow connections."""
+        """Called by the sweep: close idle keep-alive and too-slow connections, and drop one whose
+        client does not read the refusal owed to it."""
         if self.busy:
             return
-        if self.reading and now - self.request_started > READ_TIMEOUT_S:
+        if self.final is not None:
+            if now - self.last_activity > READ_TIMEOUT_S:
+                self.closed = True
+                self.transport.abort()
+        elif self.reading and now - self.request_started > READ_TIMEOUT_S:
             self._fail(self.error(408, "the request took too long to arrive"))
         elif not self.reading and now - self.last_activity > KEEPALIVE_TIMEOUT_S:
-            self.close()
+            if self.write_paused:  # answers the client does not read: a close would wait on them
+                self.closed = True
+                self.transport.abort()
+            else:
+                self.close()
 
     def close(self, *, linger: bool = False) -> None:
         """Close after what is buffered has been written; connection_lost follows. ``linger``: send

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from inference_worker import http_base
 from inference_worker.config import Limits
 from tests.support.gateway import (
     applied,
@@ -28,6 +29,7 @@ from tests.support.gateway import (
     table,
     worker,
 )
+from tests.support.polling import wait_for
 from tests.support.workers import RunningWorker, make_config, running
 
 BODY = infer_body(rows=1, seed=0)
@@ -219,3 +221,20 @@ def test_a_body_refused_while_it_arrives_still_reads_the_refusal(models: SimpleN
 
 def _port(handle: RunningWorker) -> int:
     return handle.worker.http_port
+
+
+def test_a_client_that_never_reads_the_refusal_owed_to_it_is_dropped(
+    models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers it does not read fill the server's buffer (writing pauses); a refused request behind
+    them waits for that buffer: the sweep drops the connection after the read timeout."""
+    monkeypatch.setattr(http_base, "READ_TIMEOUT_S", 0.5)
+    with (
+        running(make_config(models.mlp)) as handle,
+        socket.create_connection(("127.0.0.1", _port(handle))) as sock,
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        metrics = b"GET /metrics HTTP/1.1\r\n\r\n"  # 13 KB answers: 1,000 fill any socket buffer
+        sock.sendall(metrics * 1_000 + b"GARBAGE\r\n\r\n")  # one read: the refusal comes after them
+        connections = handle.worker._http.connections
+        wait_for(lambda: not connections, timeout=20, message="the sweep dropping the connection")
