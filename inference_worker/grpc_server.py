@@ -11,7 +11,16 @@ announce an encoding), one over the message limit is ``RESOURCE_EXHAUSTED``,
 metadata over ``max_header_bytes`` too. ``grpc-timeout`` becomes the call's
 deadline, read as grpc.aio's ``time_remaining()`` was; when it passes, the call
 ends with ``DEADLINE_EXCEEDED`` and its work is cancelled, as grpcio's server
-does. A client repeats its header block: it is read once per connection.
+does. A client repeats its header block: a small one is read once per connection.
+
+A sweep (``Timeouts``) closes a connection that has not sent the preface and
+SETTINGS within ``handshake_s``, sends GOAWAY (NO_ERROR) to one with no call
+open and no HEADERS or DATA for ``idle_s`` (the HTTP/1.1 side's keep-alive
+time; a client's PINGs do not keep it open: grpc-core's ``max_connection_idle``
+counts calls, not pings), and cancels the calls whose request stopped arriving:
+nothing received for ``read_s`` (the HTTP/1.1 side's 408), or ``stream_idle_s``
+for a client stream (``ModelStreamInfer`` waits for its client's next request;
+Envoy's stream idle timeout, 5 minutes).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -40,9 +50,32 @@ from inference_worker.grpc_call import (
     Route,
     status_block,
 )  # fmt: skip
-from inference_worker.h2_send import ReadScope, Stream
+from inference_worker.h2_send import CANCEL, NO_ERROR, ReadScope, Stream
 from inference_worker.health_service import HEALTH_SERVICE, Health
 from inference_worker.hpack_codec import literal
+from inference_worker.http_base import KEEPALIVE_TIMEOUT_S, READ_TIMEOUT_S
+
+_CACHED_HEAD = 4096
+"""Heads (a call's route and timeout) of header lists up to this size are kept, 64 at most."""
+_TOO_LARGE = HEADERS + status_block(
+    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "the call's metadata is too large"
+)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """When the sweep (every ``sweep_s``) ends a connection or its calls (see the module's docstring)."""
+
+    handshake_s: float = 10.0
+    """A client sends the preface and SETTINGS as it connects, before waiting for anything."""
+    idle_s: float = KEEPALIVE_TIMEOUT_S
+    read_s: float = READ_TIMEOUT_S
+    stream_idle_s: float = 300.0
+    sweep_s: float = 5.0
+
+
+TIMEOUTS = Timeouts()
+"""The servers' default (tests replace it)."""
 
 
 class GrpcConnection(h2_base.Connection):
@@ -53,17 +86,22 @@ class GrpcConnection(h2_base.Connection):
         self.scope = server.scope
         self.routes = server.routes
         self.max_message = server.max_message
+        self.timeouts = server.timeouts
         self._heads: dict[
             tuple[tuple[bytes, bytes], ...], tuple[Route | None, float | None, bytes | None]
         ] = {}
+        self._opened = self._quiet_since = time.monotonic()
+        self._seen = 0
+        """``received`` at the sweep that saw it change last (at ``_quiet_since``)."""
 
     def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
         head = self._heads.get(headers)  # clients repeat their header block: read it once
         if head is None:
-            head = self._read_head(headers)
-            if len(self._heads) >= 256:
-                self._heads.clear()
-            self._heads[headers] = head
+            head, size = self._read_head(headers)
+            if size <= _CACHED_HEAD:
+                if len(self._heads) >= 64:
+                    self._heads.clear()
+                self._heads[headers] = head
         route, timeout, refusal = head
         if refusal is not None:
             self.send(stream, None, None, refusal)
@@ -80,8 +118,8 @@ class GrpcConnection(h2_base.Connection):
 
     def _read_head(
         self, headers: tuple[tuple[bytes, bytes], ...]
-    ) -> tuple[Route | None, float | None, bytes | None]:
-        """The call's route and timeout, or the header block that refuses it."""
+    ) -> tuple[tuple[Route | None, float | None, bytes | None], int]:
+        """The call's route and timeout, or the header block that refuses it; and the headers' size."""
         path = content_type = timeout = b""
         method = b"POST"
         size = 0
@@ -96,16 +134,17 @@ class GrpcConnection(h2_base.Connection):
             elif name == b":method":
                 method = value
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
-            return None, None, literal(b":status", b"405" if method != b"POST" else b"415")
+            return (None, None, literal(b":status", b"405" if method != b"POST" else b"415")), size
         route = self.routes.get(path)
-        if size > self.max_header_bytes:
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            return None, None, HEADERS + status_block(code.value[0], "the call's metadata is too large")
         if route is None:
             message = f"unknown method {path.decode('latin-1')[:200]}"
-            return None, None, HEADERS + status_block(grpc.StatusCode.UNIMPLEMENTED.value[0], message)
+            return (None, None, HEADERS + status_block(grpc.StatusCode.UNIMPLEMENTED.value[0], message)), size
         match = TIMEOUT.fullmatch(timeout) if timeout else None
-        return route, None if match is None else int(match[1]) * UNITS[match[2]], None
+        return (route, None if match is None else int(match[1]) * UNITS[match[2]], None), size
+
+    def on_oversize(self, stream: Stream) -> None:
+        """Metadata over ``max_header_bytes`` (the decoder dropped it): ``RESOURCE_EXHAUSTED``."""
+        self.send(stream, None, None, _TOO_LARGE)
 
     def on_data(self, stream: Stream, data: bytes) -> None:
         call = stream.call
@@ -122,6 +161,27 @@ class GrpcConnection(h2_base.Connection):
         if stream.call is not None:
             stream.call.cancel()
 
+    def expire(self, now: float) -> None:
+        """Called by the sweep: end a connection or its calls that overstayed (``Timeouts``)."""
+        limits = self.timeouts
+        if not self.settled:
+            if now - self._opened > limits.handshake_s:
+                self.close()
+            return
+        if self.received != self._seen:
+            self._seen, self._quiet_since = self.received, now
+            return
+        quiet = now - self._quiet_since
+        if not self.streams:
+            if quiet > limits.idle_s:  # lingers: the client reads the GOAWAY, not a reset
+                self.goaway(NO_ERROR, "the connection was idle")
+            return
+        if quiet > limits.read_s:
+            for stream in [s for s in self.streams.values() if not s.closed_remote]:
+                if quiet > limits.stream_idle_s or stream.call is None or stream.call.route.kind != BIDI:
+                    self.reset(stream.id, CANCEL)
+                    self._drop(stream)
+
     def refuse_preface(self, data: bytes) -> None:
         if data[:8].split(b" ", 1)[0].isalpha():  # an HTTP/1.x request line
             body = b"this port speaks gRPC (HTTP/2); send HTTP/1.1 requests to the HTTP port\n"
@@ -137,14 +197,23 @@ class GrpcConnection(h2_base.Connection):
 class RpcServer:
     """Listening socket, connections and routes (paths to methods)."""
 
-    def __init__(self, *, max_header_bytes: int, max_message: int, scope: ReadScope | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_header_bytes: int,
+        max_message: int,
+        scope: ReadScope | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_message = max_message
         self.scope = scope
         """Shared with the connections this server's calls write to (the gateway's to the replicas)."""
+        self.timeouts = timeouts or TIMEOUTS
         self.connections: set[h2_base.Connection] = set()
         self.routes: dict[bytes, Route] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def add(self, path: str, kind: int, request_type: Any, handler: Callable[..., Any]) -> None:
         """Route ``path``; with no ``request_type`` the method takes and returns bytes."""
@@ -154,12 +223,23 @@ class RpcServer:
         """Listen; returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: GrpcConnection(self), host, port, backlog=2048)
+        self._sweeper = loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.timeouts.sweep_s)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                if isinstance(connection, GrpcConnection):
+                    connection.expire(now)
 
     async def stop(self, grace: float) -> None:
         """No new connections or calls; calls in flight get ``grace`` seconds, then connections close."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for connection in list(self.connections):
             connection.shut_down()
         deadline = time.monotonic() + grace
@@ -169,6 +249,9 @@ class RpcServer:
             connection.transport.abort()
         with contextlib.suppress(Exception):
             await asyncio.sleep(0)  # connection_lost runs: calls left are cancelled
+        if self._sweeper is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
 
 
 class GrpcServer(RpcServer):

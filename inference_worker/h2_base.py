@@ -12,10 +12,12 @@ returns to the connection at once and to a stream when the subclass says the dat
 windows in the stream's queue; past ``MAX_BUFFERED`` bytes waiting on one connection, new streams
 are refused, and a stream's sender can wait for room (``writable``). A peer that stops reading
 the socket stops being read.
-Protocol violations end the connection with GOAWAY and the error's code, and
-so does a rapid-reset flood (CVE-2023-44487): past ``MAX_RESETS`` streams reset
-while open, when they are most of those the peer opened. After a GOAWAY the connection
-lingers: what the peer still sends is read and dropped, so it reads the GOAWAY, not a reset.
+Protocol violations end the connection with GOAWAY and the error's code, and so does a rapid-reset
+flood (CVE-2023-44487): past ``MAX_RESETS`` streams reset while open, when they are most of those the
+peer opened. After a GOAWAY the connection lingers: what the peer still sends is read and dropped, so
+it reads the GOAWAY, not a reset. A header block past twice ``max_header_bytes`` ends the connection
+(ENHANCE_YOUR_CALM) as it arrives; one whose fields pass ``max_header_bytes`` is refused
+(``on_oversize``) and the connection goes on (``hpack_codec.Decoder`` keeps the table in step).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from inference_worker.h2_send import (
     Stream,
     frame,
 )  # fmt: skip
-from inference_worker.hpack_codec import Decoder, HpackError
+from inference_worker.hpack_codec import Decoder, HpackError, HpackLimit, TooLarge
 
 _HEAD = struct.Struct(">IBI")
 MAX_RESETS = 1000
@@ -75,7 +77,9 @@ class Connection(Sender, asyncio.Protocol):
         self.peer_max_streams = MAX_STREAMS
         self.connections = connections
         self.max_header_bytes = max_header_bytes
-        self.decoder = Decoder()
+        self.decoder = Decoder(max_list_size=max_header_bytes)
+        self.settled = client  # the peer's preface and SETTINGS have arrived
+        self.received = 0  # HEADERS and DATA frames: the peer's activity (PINGs are not)
         self.unacked = 0
         """DATA bytes received on the connection and not granted back yet."""
         self.resets = 0
@@ -99,6 +103,10 @@ class Connection(Sender, asyncio.Protocol):
     def on_end(self, stream: Stream) -> None:
         raise NotImplementedError
 
+    def on_oversize(self, stream: Stream) -> None:
+        """The stream's header block decodes past ``max_header_bytes``: its fields were not kept."""
+        raise NotImplementedError
+
     def refuse_preface(self, data: bytes) -> None:
         """The peer did not speak HTTP/2 (an HTTP/1.1 request, garbage): answer, then close."""
         self.goaway(PROTOCOL_ERROR, "expected the HTTP/2 connection preface")
@@ -115,8 +123,7 @@ class Connection(Sender, asyncio.Protocol):
             self.transport.write(PREFACE + self._settings_frames())
 
     def _settings_frames(self) -> bytes:
-        """Our SETTINGS and connection window; a server's follow the client's preface (a peer that
-        spoke HTTP/1.1 reads a plain answer)."""
+        """Our SETTINGS and window; a server's follow the client's preface (HTTP/1.1 gets a plain answer)."""
         first = (0x2, 0) if self.client else (0x3, MAX_STREAMS)  # no push; or the streams we take
         settings = struct.pack(
             ">HIHIHIHI", *first, 0x4, STREAM_WINDOW, 0x5, MAX_FRAME, 0x6, self.max_header_bytes
@@ -155,6 +162,8 @@ class Connection(Sender, asyncio.Protocol):
             self._receive(data)
         except ProtocolFault as exc:
             self.goaway(exc.code, str(exc))
+        except HpackLimit as exc:
+            self.goaway(ENHANCE_YOUR_CALM, str(exc))
         except HpackError as exc:
             self.goaway(COMPRESSION_ERROR, str(exc))
         finally:
@@ -258,6 +267,7 @@ class Connection(Sender, asyncio.Protocol):
         if stream_id > self.last_stream:
             raise ProtocolFault(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
         size = len(payload)
+        self.received += 1
         self.unacked += size  # every DATA frame counts against the connection's window
         if self.unacked >= CONNECTION_WINDOW // 2:
             if self.unacked > CONNECTION_WINDOW:
@@ -310,10 +320,9 @@ class Connection(Sender, asyncio.Protocol):
         return self._fragment(payload, flags)
 
     def _check_block_size(self, size: int) -> None:
-        if size > 4 * self.max_header_bytes:
-            raise ProtocolFault(
-                ENHANCE_YOUR_CALM, f"a header block exceeds {4 * self.max_header_bytes} bytes"
-            )
+        limit = 2 * self.max_header_bytes  # past it, not a client whose metadata overshot the limit
+        if size > limit:
+            raise ProtocolFault(ENHANCE_YOUR_CALM, f"a header block exceeds {limit} bytes")
 
     def _fragment(self, payload: bytes, flags: int) -> None:
         self._block.append(payload)
@@ -327,7 +336,11 @@ class Connection(Sender, asyncio.Protocol):
 
     def _block_done(self, stream_id: int, end: bool, block: bytes) -> None:
         """A whole header block of ``stream_id``: a new stream's request, trailers, or an answer."""
-        headers = self.decoder.decode(block)  # always: the table must stay in step with the peer's
+        self.received += 1
+        try:
+            headers: tuple[tuple[bytes, bytes], ...] | None = self.decoder.decode(block)  # always (the table)
+        except TooLarge:  # refused; the table is in step with the peer's all the same
+            headers = None
         stream = self.streams.get(stream_id)
         if self.client:  # the answer's headers, or its trailers
             if stream is None:
@@ -335,23 +348,25 @@ class Connection(Sender, asyncio.Protocol):
                     raise ProtocolFault(PROTOCOL_ERROR, f"HEADERS on stream {stream_id} we never opened")
                 return  # a stream we reset
             stream.closed_remote = end
-            self.on_headers(stream, headers, end)
-            return
-        if stream is not None:  # trailers
+        elif stream is not None:  # trailers (their fields are not read)
             if not end or stream.closed_remote:
                 raise ProtocolFault(PROTOCOL_ERROR, "trailers must end the stream")
             stream.closed_remote = True
             self.on_end(stream)
             return
-        if stream_id <= self.last_stream:
-            raise ProtocolFault(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
-        self.last_stream = stream_id
-        if self.going_away or len(self.streams) >= MAX_STREAMS or self.buffered > MAX_BUFFERED:
-            self.reset(stream_id, REFUSED_STREAM)
-            return
-        stream = self.streams[stream_id] = Stream(stream_id, self.initial_window)
-        stream.closed_remote = end
-        self.on_headers(stream, headers, end)
+        else:
+            if stream_id <= self.last_stream:
+                raise ProtocolFault(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+            self.last_stream = stream_id
+            if self.going_away or len(self.streams) >= MAX_STREAMS or self.buffered > MAX_BUFFERED:
+                self.reset(stream_id, REFUSED_STREAM)
+                return
+            stream = self.streams[stream_id] = Stream(stream_id, self.initial_window)
+            stream.closed_remote = end
+        if headers is None:
+            self.on_oversize(stream)
+        else:
+            self.on_headers(stream, headers, end)
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
@@ -362,6 +377,7 @@ class Connection(Sender, asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ProtocolFault(FRAME_SIZE_ERROR, "SETTINGS of a length not a multiple of 6")
+        self.settled = True
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, offset)
             if key == 0x4:

@@ -142,6 +142,12 @@ class UpstreamConnection(h2_base.Connection):
     def on_end(self, stream: Stream) -> None:
         self._settle(stream, grpc.StatusCode.INTERNAL, "the replica ended the stream without trailers")
 
+    def on_oversize(self, stream: Stream) -> None:
+        if not stream.closed_remote:
+            self.reset(stream.id, CANCEL)
+        message = f"the replica's answer has metadata over {self.max_header_bytes} bytes"
+        self._settle(stream, grpc.StatusCode.INTERNAL, message)
+
     def on_reset(self, stream: Stream) -> None:
         code = stream.reset_code
         if code is None or code == REFUSED_STREAM:
@@ -288,6 +294,16 @@ def _timeout(milliseconds: int) -> bytes:
     return literal(b"grpc-timeout", b"%dm" % milliseconds)
 
 
-@functools.lru_cache(maxsize=256)
+_METADATA: dict[tuple[tuple[str, Any], ...], bytes] = {}
+"""Header blocks of the metadata calls pass on, up to 4 KiB each, 256 at most (clients repeat theirs)."""
+
+
 def _metadata(metadata: tuple[tuple[str, Any], ...]) -> bytes:
-    return b"".join(literal(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata)
+    block = _METADATA.get(metadata)
+    if block is None:
+        block = b"".join(literal(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata)
+        if len(block) <= 4096:
+            if len(_METADATA) >= 256:
+                _METADATA.clear()
+            _METADATA[metadata] = block
+    return block
