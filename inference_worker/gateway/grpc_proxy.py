@@ -163,9 +163,11 @@ class GrpcProxy:
         """The routing key, and the metadata passed on to the replica (a client repeats its own)."""
         found = self._seen.get(context.headers)
         if found is None:
-            if len(self._seen) >= 1024:
-                self._seen.clear()
-            found = self._seen[context.headers] = self._read_metadata(context)
+            found = self._read_metadata(context)
+            if sum(len(name) + len(value) for name, value in context.headers) <= 4096:  # kept: small only
+                if len(self._seen) >= 256:
+                    self._seen.clear()
+                self._seen[context.headers] = found
         return found
 
     def _read_metadata(self, context: Call) -> tuple[bytes | None, tuple[Any, ...]]:
