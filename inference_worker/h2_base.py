@@ -40,7 +40,6 @@ from inference_worker.h2_send import (
     GOAWAY,
     HEADERS,
     MAX_BUFFERED,
-    MAX_CONNECTIONS,
     MAX_FRAME,
     MAX_STREAMS,
     MAX_WINDOW,
@@ -63,6 +62,7 @@ from inference_worker.h2_send import (
     frame,
 )  # fmt: skip
 from inference_worker.hpack_codec import Decoder, HpackError, HpackLimit, TooLarge
+from inference_worker.http_base import MAX_CONNECTIONS
 
 _HEAD = struct.Struct(">IBI")
 MAX_RESETS = 1000

@@ -22,6 +22,8 @@ import struct
 from collections import deque
 from typing import Any
 
+from inference_worker.http_base import LINGER_S
+
 log = logging.getLogger("inference_worker.h2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -43,8 +45,6 @@ MAX_STREAMS = 1024
 MAX_BUFFERED = 16 << 20
 """Bytes waiting for the peer's windows on one connection before new streams are refused."""
 STREAM_HIGH_WATER = 1 << 20
-MAX_CONNECTIONS = 4096
-LINGER_S = 2.0
 _HEAD = struct.Struct(">IBI")
 
 
