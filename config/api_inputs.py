@@ -13,6 +13,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+_FORM_ONLY = frozenset({"csrfmiddlewaretoken"})
+"""What a page's form posts beside its fields (a page may validate with an input serializer)."""
+
 
 class Input(serializers.Serializer[Any]):
     """A request body (or a nested part of one) whose keys must all be fields."""
@@ -22,7 +25,7 @@ class Input(serializers.Serializer[Any]):
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
-            unknown = sorted(str(key) for key in data if key not in self.fields)
+            unknown = sorted(str(key) for key in data if key not in self.fields and key not in _FORM_ONLY)
             if unknown:
                 known = sorted(name for name, field in self.fields.items() if not field.read_only)
                 raise serializers.ValidationError(
