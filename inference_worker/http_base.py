@@ -249,6 +249,7 @@ class Connection(asyncio.Protocol, Generic[RequestT, ResponseT]):
     def on_message_complete(self) -> None:
         if self.parser.should_upgrade():  # the parser did not read a body after the headers
             raise Refused(self.error(400, UPGRADE_REFUSED))
+        self.continue_owed = False  # its body came without waiting for the 100
         parts = self.body_parts
         method = self.parser.get_method()
         request = self.request(method, parts[0] if len(parts) == 1 else b"".join(parts))

@@ -118,6 +118,23 @@ def test_a_100_continue_waits_for_the_answer_to_the_request_before_it(
 
 
 @pytest.mark.parametrize("where", ["worker", "gateway"])
+def test_a_body_sent_without_waiting_for_its_100_gets_no_100_after_its_answer(
+    served: SimpleNamespace, where: str
+) -> None:
+    expecting = post(PATHS[where], BODY, b"Expect: 100-continue\r\n")
+    with socket.create_connection(("127.0.0.1", getattr(served, where)), timeout=15) as sock:
+        sock.sendall(post(PATHS[where], BODY) + expecting)
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(b"}"):
+            received += sock.recv(65536)
+        sock.sendall(LAST)
+        while chunk := sock.recv(65536):
+            received += chunk
+
+    assert statuses(received) == [b"200", b"200", b"200"]  # no 100 after the answer it was for
+
+
+@pytest.mark.parametrize("where", ["worker", "gateway"])
 def test_upgrade_and_connect_get_one_400_and_run_nothing(served: SimpleNamespace, where: str) -> None:
     upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
     connect = b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n"
