@@ -29,9 +29,9 @@ from registry.errors import InvalidArtifactError
 MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_EXPRESSION_CHARS = 10_000
 
-_OPERATOR = re.compile(
-    r"torch\.ops\.(?:aten|prims|higher_order)\.[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)?"
-)
+_NAME = r"(?!__)[A-Za-z_][A-Za-z0-9_]*"
+"""An operator or overload name (``_to_copy``, ``default``): never a dunder attribute."""
+_OPERATOR = re.compile(rf"torch\.ops\.(?:aten|prims|higher_order)\.{_NAME}(?:\.{_NAME})?")
 _REFUSED_OPS = {"torch.ops.aten.from_file", "torch.ops.aten.from_file.default"}
 """Operators that touch the platform's files."""
 _PYTHON_OPERATORS = frozenset(
@@ -169,7 +169,7 @@ def _check_payloads(name: str, config: Any) -> None:
         if not isinstance(payload, dict) or payload.get("use_pickle") is not False:
             raise _refused(f"{name}: {fqn!r} is stored pickled; only raw tensors are accepted")
         path = payload.get("path_name")
-        if not isinstance(path, str) or not re.fullmatch(r"(?:weight|tensor_constant)_?\d+", path):
+        if not isinstance(path, str) or not re.fullmatch(r"(?:weight|tensor)_\d+", path):
             raise _refused(f"{name}: {fqn!r} is stored as {path!r}, not as a tensor")
 
 

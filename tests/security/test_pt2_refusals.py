@@ -197,3 +197,33 @@ def test_a_program_with_dynamic_shapes_guards_and_symbolic_helpers_is_accepted(t
     assert "torch.sym_max" in json.dumps(document)
 
     assert detect_format(path, max_unpacked_bytes=LIMIT).format == "torch_export"
+
+
+def test_a_program_with_tensor_constants_buffers_and_underscored_operators_is_accepted(
+    tmp_path: Path,
+) -> None:
+    """Lifted constants are stored raw as ``data/constants/tensor_N`` (not a pickled payload); a
+    data-dependent size brings ``aten._local_scalar_dense`` and ``aten._assert_scalar``."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("scale", torch.ones(4), persistent=False)
+            self.offset = torch.tensor([1.0, 2.0, 3.0, 4.0])
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            count: int = (x > 0).sum().item()  # type: ignore[assignment]  # a SymInt when exported
+            torch._check(count >= 0)  # type: ignore[no-untyped-call]
+            scale: torch.Tensor = self.scale  # type: ignore[assignment]
+            return x * scale + self.offset, x.new_zeros(count)
+
+    path = tmp_path / "scaled.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(Scaled(), (torch.randn(2, 4),)), str(path))
+    with zipfile.ZipFile(path) as archive:
+        assert any(name.endswith("data/constants/tensor_0") for name in archive.namelist())
+        (program,) = (archive.read(n) for n in archive.namelist() if "/models/" in n)
+    assert b"torch.ops.aten._assert_scalar" in program
+
+    assert detect_format(path, max_unpacked_bytes=LIMIT).format == "torch_export"
