@@ -350,18 +350,12 @@ class Decoder:
 
     def _string(self, block: bytes, position: int, room: int) -> tuple[bytes | None, int]:
         """The string at ``position`` and its end; None for one that cannot decode within ``room``."""
-        if position >= len(block):
-            raise HpackError("a field ends before its string")
-        huffman = block[position] & 0x80
-        length, position = self._integer(block, position, 0x7F)
-        end = position + length
-        if end > len(block):
-            raise HpackError("a string runs past the end of the block")
+        huffman, start, end = self._bounds(block, position)
         if not huffman:
-            return block[position:end], end
-        if (8 * length + 22) // 30 > room:  # _shortest
+            return block[start:end], end
+        if (8 * (end - start) + 22) // 30 > room:  # _shortest
             return None, end
-        return self._huffman(block[position:end]), end
+        return self._huffman(block[start:end]), end
 
     def _text(self, block: bytes, position: int) -> bytes:
         huffman, start, end = self._bounds(block, position)

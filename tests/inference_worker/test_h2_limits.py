@@ -37,6 +37,7 @@ from tests.support.h2_client import (
     PREFACE,
     RST_STREAM,
     H2Client,
+    count_huffman_decodes,
     frame,
     grpc_message,
     request_headers,
@@ -181,14 +182,7 @@ def test_a_block_longer_than_the_limit_allows_is_refused_without_decoding_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The audit's 250 KiB of 30-bit Huffman codes cost the loop 0.2 s each, to be refused after."""
-    decoded: list[int] = []
-    real = hpack_codec.huffman_decode
-
-    def counted(raw: bytes) -> bytes:
-        decoded.append(len(raw))
-        return real(raw)
-
-    monkeypatch.setattr(hpack_codec, "huffman_decode", counted)
+    decoded = count_huffman_decodes(monkeypatch)
     with serving() as served, contextlib.closing(H2Client(served.port)) as client:
         block = request_headers(UNARY_PATH) + b"\x00\x05x-pad" + longest_codes(18_000)  # 66 KiB
         call(client, 1, block)

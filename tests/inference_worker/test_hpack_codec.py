@@ -19,6 +19,7 @@ from inference_worker.hpack_codec import (
     huffman_decode,
     literal,
 )
+from tests.support.h2_client import count_huffman_decodes
 
 
 def test_the_rfc_s_huffman_coded_requests_decode_in_order_with_the_dynamic_table() -> None:
@@ -145,14 +146,7 @@ def test_a_block_past_the_list_limit_is_refused_and_the_table_stays_in_step() ->
 def test_a_huffman_coded_entry_past_the_limit_is_decoded_only_if_the_table_can_hold_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    decoded: list[int] = []
-    real = hpack_codec.huffman_decode
-
-    def counted(raw: bytes) -> bytes:
-        decoded.append(len(raw))
-        return real(raw)
-
-    monkeypatch.setattr(hpack_codec, "huffman_decode", counted)
+    decoded = count_huffman_decodes(monkeypatch)
     decoder = Decoder(max_list_size=1024)
     kept = b"\x40" + _string(b"x-kept") + _string(b"k" * 50, huffman=True)
     dropped = b"\x00" + _string(b"x-skipped") + _string(LONGEST * 500, huffman=True)

@@ -12,6 +12,9 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
+from inference_worker import hpack_codec
 from inference_worker.hpack_codec import Decoder, literal
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -109,3 +112,16 @@ class H2Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def count_huffman_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every string ``hpack_codec`` Huffman-decodes from now on (still decoded)."""
+    decoded: list[int] = []
+    real = hpack_codec.huffman_decode
+
+    def counted(raw: bytes) -> bytes:
+        decoded.append(len(raw))
+        return real(raw)
+
+    monkeypatch.setattr(hpack_codec, "huffman_decode", counted)
+    return decoded
