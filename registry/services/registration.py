@@ -82,6 +82,9 @@ def update_model(
         locked.description = description[:10_000]
     if tags is not None:
         locked.tags = _clean_tags(tags)
+    after = {"description": locked.description, "tags": locked.tags}
+    if after == before:  # a request that changes nothing (a pipeline run again) leaves no record
+        return locked
     locked.save(update_fields=["description", "tags", "updated_at"])
     record_event(
         actor=actor,
@@ -89,7 +92,7 @@ def update_model(
         subject=f"model/{locked.name}",
         model=locked,
         before=before,
-        after={"description": locked.description, "tags": locked.tags},
+        after=after,
     )
     return locked
 
@@ -111,6 +114,9 @@ def update_version(
         locked.description = description[:10_000]
     if class_labels is not None:
         locked.class_labels = resolve_labels(class_labels, parse_signature(locked.signature))
+    after = {"description": locked.description, "class_labels": locked.class_labels}
+    if after == before:  # a request that changes nothing (a pipeline run again) leaves no record
+        return locked
     locked.save(update_fields=["description", "class_labels", "updated_at"])
     record_event(
         actor=actor,
@@ -118,7 +124,7 @@ def update_version(
         subject=f"model/{locked.model.name}/v{locked.version}",
         model=locked.model,
         before=before,
-        after={"description": locked.description, "class_labels": locked.class_labels},
+        after=after,
     )
     return locked
 

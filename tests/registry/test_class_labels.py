@@ -267,3 +267,24 @@ def test_labels_for_a_version_deleted_meanwhile_are_a_404(
     assert answer.status_code == 404, answer.content
     assert answer.json()["message"] == "version 1 of 'cnn' was deleted"
     assert not ModelVersion.objects.exists()
+
+
+def test_a_change_sent_again_leaves_one_record(owner: User, owner_api: APIClient, tmp_path: Path) -> None:
+    """A pipeline run twice PATCHes the same labels and description: the second changes nothing."""
+    stored_version(owner, tmp_path)
+    model_url, version_url = "/api/v1/models/cnn/", "/api/v1/models/cnn/versions/1/"
+    version_change = {"class_labels": DIGITS, "description": "digits"}
+    model_change = {"description": "a CNN", "tags": ["vision", "digits"]}
+
+    answers = [owner_api.patch(version_url, version_change, format="json") for _ in range(2)]
+    answers += [owner_api.patch(model_url, model_change, format="json") for _ in range(2)]
+    answers.append(owner_api.patch(model_url, {"tags": ["digits", "vision"]}, format="json"))  # the same set
+
+    assert [answer.status_code for answer in answers] == [200] * 5, [a.content for a in answers]
+    assert answers[1].json()["class_labels"] == {"logits": DIGITS}
+    assert answers[3].json()["tags"] == answers[2].json()["tags"]
+    assert AuditEvent.objects.filter(action="version.updated").count() == 1
+    assert AuditEvent.objects.filter(action="model.updated").count() == 1
+    changed = owner_api.patch(version_url, {"description": "digits, relabelled"}, format="json")
+    assert changed.json()["description"] == "digits, relabelled"
+    assert AuditEvent.objects.filter(action="version.updated").count() == 2
