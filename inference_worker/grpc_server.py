@@ -20,7 +20,8 @@ time; a client's PINGs do not keep it open: grpc-core's ``max_connection_idle``
 counts calls, not pings), and cancels the calls whose request stopped arriving:
 nothing received for ``read_s`` (the HTTP/1.1 side's 408), or ``stream_idle_s``
 for a client stream (``ModelStreamInfer`` waits for its client's next request;
-Envoy's stream idle timeout, 5 minutes).
+Envoy's stream idle timeout, 5 minutes). A connection whose answers wait for a client that has
+taken none of them (no WINDOW_UPDATE, the socket's buffer full) for ``idle_s`` is aborted.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class GrpcConnection(h2_base.Connection):
         self._opened = self._quiet_since = time.monotonic()
         self._seen = 0
         """``received`` at the sweep that saw it change last (at ``_quiet_since``)."""
+        self._progress: tuple[int, int] = (0, 0)
+        self._flowing_since = self._opened
+        """When the sweep last saw output leave, or none waiting (``Sender.stuck``)."""
 
     def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
         head = self._heads.get(headers)  # clients repeat their header block: read it once
@@ -164,6 +168,15 @@ class GrpcConnection(h2_base.Connection):
     def expire(self, now: float) -> None:
         """Called by the sweep: end a connection or its calls that overstayed (``Timeouts``)."""
         limits = self.timeouts
+        progress = (self.drained, self.transport.get_write_buffer_size())
+        if progress != self._progress or not self.stuck():
+            self._progress, self._flowing_since = progress, now
+        elif now - self._flowing_since > limits.idle_s:  # a client that stopped reading: a close
+            self.closed = True  # (even the GOAWAY's) would wait on it for good
+            self.transport.abort()
+            return
+        if self.closed:
+            return
         if not self.settled:
             if now - self._opened > limits.handshake_s:
                 self.close()

@@ -144,6 +144,7 @@ class Connection(Sender, asyncio.Protocol):
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.drained += 1
         if not self.closed:
             self.transport.resume_reading()
 

@@ -141,6 +141,8 @@ class Sender:
         self._reading = False
         self._flush_scheduled = False
         self.scope: ReadScope | None = None
+        self.drained = 0
+        """The peer took some of what waits for it (a WINDOW_UPDATE, or the socket's buffer drained)."""
 
     def on_reset(self, stream: Stream) -> None:
         """The peer reset the stream, or the connection ended with the stream open."""
@@ -301,6 +303,7 @@ class Sender:
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ProtocolFault(FRAME_SIZE_ERROR, "WINDOW_UPDATE of a length other than 4")
+        self.drained += 1
         increment = int.from_bytes(payload, "big") & MAX_WINDOW
         if not stream_id:
             if not increment:
@@ -364,6 +367,12 @@ class Sender:
             self.write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, NO_ERROR)))
             if not self.streams:
                 self.close()
+
+    def stuck(self) -> bool:
+        """Output waits for the peer: in the socket's buffer, or in a stream's queue for its windows."""
+        if self.transport.get_write_buffer_size():
+            return True
+        return any(stream.pending for stream in self.streams.values())
 
     def close(self, *, linger: bool = False) -> None:
         """Close; ``linger``: send what is queued and our end of the stream, then read and drop what

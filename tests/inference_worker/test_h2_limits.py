@@ -36,6 +36,7 @@ from tests.support.h2_client import (
     PING,
     PREFACE,
     RST_STREAM,
+    WINDOW_UPDATE,
     H2Client,
     count_huffman_decodes,
     frame,
@@ -314,3 +315,34 @@ def test_a_call_whose_request_stops_arriving_is_cancelled_before_a_quiet_client_
             resets.append((got.stream_id, int.from_bytes(got.payload, "big")))
         assert resets == [(1, CANCEL), (3, CANCEL)]  # the unary call first (read_s), then the stream
         assert goaway(client) == (3, NO_ERROR)  # then the connection, idle
+
+
+def test_a_client_that_takes_none_of_its_answers_is_dropped_and_a_slow_one_is_not() -> None:
+    """A client that never opens its flow-control window kept its connection and the answers
+    queued for it for good (a close, even the idle GOAWAY's, waits for them): after ``idle_s``
+    with nothing taken, it is aborted; one that opens its window later gets its answer."""
+    no_window = {4: 0}  # SETTINGS_INITIAL_WINDOW_SIZE: the server may send no DATA until we grant it
+    with serving(SHORT) as served:
+        slow = H2Client(served.port, settings=no_window)
+        stuck = H2Client(served.port, settings=no_window)
+        for client, tag in ((slow, "slow"), (stuck, "stuck")):
+            call(client, 1, request_headers(UNARY_PATH, x_tag=tag))
+            assert client.until(HEADERS, 1) is not None  # the answer's headers; its DATA waits
+        time.sleep(SHORT.idle_s / 2)
+        slow.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1024)))
+        assert answer(slow, 1) == (b"slow", {"grpc-status": "0"})
+        port = stuck.sock.getsockname()[1]
+        for ping in range(100):  # PINGs are not reading: the connection is still dropped
+            with contextlib.suppress(OSError):
+                stuck.send(frame(PING, 0, 0, b"%08d" % ping))
+            if port not in served.run(client_ports(served)):
+                break
+            time.sleep(0.05)
+        assert port not in served.run(client_ports(served)), "the client that takes nothing is still served"
+        assert stuck.closed()
+        slow.close()
+        stuck.close()
+
+
+async def client_ports(served: Served) -> set[int]:
+    return {c.transport.get_extra_info("peername")[1] for c in served.server.connections}
