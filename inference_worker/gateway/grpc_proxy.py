@@ -15,9 +15,10 @@ connection failures and 503s are.
 
 Every answer is labelled like HTTP's (initial metadata ``x-kiln-variant`` and
 ``x-kiln-model-version``, and response parameters ``kiln_variant`` and ``kiln_model_version``, per
-answer of a stream too). The call's deadline, lowered to ``--upstream-timeout-s``, goes on to the
-replica with its other metadata. Answers count in HTTP's per-(deployment, variant, version) series
-(with the HTTP status of the gRPC code, ``HTTP_OF``) for the stats, dashboards and rollout guards, and
+answer of a stream too). The call's deadline, lowered to ``--upstream-timeout-s``, bounds the call;
+the client's own deadline, when shorter, goes on to the replica with its other metadata. Answers
+count in HTTP's per-(deployment, variant, version) series (with the HTTP status of the gRPC code,
+``HTTP_OF``) for the stats, dashboards and rollout guards, and
 a successful ``ModelInfer`` may be copied to shadow variants (by their gRPC servers).
 
 ``ModelStreamInfer`` routes each request of a stream on its own (a routing key in the stream's
@@ -99,7 +100,7 @@ class GrpcProxy:
         self.outstanding: dict[str, int] = {}
         self._pb2, _ = build_protos.load()
         scope = ReadScope()  # a client's requests go to the replicas when its read ends, and back
-        self.upstreams = Upstreams(config.max_body_bytes, scope)
+        self.upstreams = Upstreams(config.max_body_bytes, scope, forward_below_s=config.upstream_timeout_s)
         self._seen: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes | None, tuple[Any, ...]]] = {}
         self._server = RpcServer(max_header_bytes=64 * 1024, max_message=config.max_body_bytes, scope=scope)
         self._server.add(f"/{SERVICE}/ModelInfer", FAST_INFER, None, self.model_infer_now)

@@ -2,7 +2,8 @@
 
 One connection per replica target carries every call to it (a second opens
 when the first holds as many streams as the replica takes). A call is a
-header block (static ``:method``/``:scheme``, literal fields, ``grpc-timeout``),
+header block (static ``:method``/``:scheme``, literal fields, ``grpc-timeout`` when the
+client's deadline is the shorter, ``forward_below_s``),
 the request's bytes framed as one message, and the answer's bytes back: no
 protobuf decode. Failures raise ``UpstreamError`` with grpc.aio's codes: a
 replica that cannot be reached, resets the connection or refuses the stream
@@ -78,14 +79,19 @@ class UpstreamConnection(h2_base.Connection):
             or self.next_id > 1 << 30
         )
 
-    def start(self, path: bytes, request: bytes, metadata: bytes, timeout: float, done: Done) -> Stream:
-        """Send the call; ``done`` gets its outcome (``DEADLINE_EXCEEDED`` after ``timeout``)."""
+    def start(
+        self, path: bytes, request: bytes, metadata: bytes, timeout: float, done: Done, forward: bool = True
+    ) -> Stream:
+        """Send the call; ``done`` gets its outcome (``DEADLINE_EXCEEDED`` after ``timeout``, and the
+        stream is reset: the replica cancels it). ``forward``: the replica is told the deadline."""
         stream = Stream(self.next_id, self.initial_window)
         self.last_stream, self.next_id = self.next_id, self.next_id + 2
         self.streams[stream.id] = stream
         answer = stream.call = _Answer(done)
         answer.timer = self.loop.call_later(timeout, self._expire, stream)
-        block = self.head + _path(path) + metadata + _timeout(max(1, math.ceil(timeout * 1000)))
+        block = self.head + _path(path) + metadata
+        if forward:
+            block += _timeout(max(1, math.ceil(timeout * 1000)))
         self.send(stream, block, MESSAGE_PREFIX.pack(0, len(request)) + request, None, end=True)
         return stream
 
@@ -182,8 +188,14 @@ class UpstreamConnection(h2_base.Connection):
 class Upstreams:
     """The connections to the replicas, by target (``host:port``)."""
 
-    def __init__(self, max_message: int, scope: ReadScope | None = None) -> None:
+    def __init__(
+        self, max_message: int, scope: ReadScope | None = None, *, forward_below_s: float = math.inf
+    ) -> None:
         self.max_message = max_message
+        self.forward_below_s = forward_below_s
+        """A call's timeout goes to the replica (``grpc-timeout``) when shorter: the client's deadline.
+        The gateway's own timeout is its to keep (it resets the stream when it passes), and a replica
+        told none arms no timer for the call."""
         self.scope = scope
         """Shared with the gateway's server: a call started while a client's read is in progress goes
         out when that read ends, and an answer read from a replica reaches its client as soon."""
@@ -211,7 +223,8 @@ class Upstreams:
             else:
                 future.set_result(outcome)
 
-        stream = connection.start(path, request, _metadata(tuple(metadata)), timeout, done)
+        forward = timeout < self.forward_below_s
+        stream = connection.start(path, request, _metadata(tuple(metadata)), timeout, done, forward)
         try:
             return await future
         except asyncio.CancelledError:
@@ -232,7 +245,8 @@ class Upstreams:
         connection = self._connections.get(target)
         if connection is None or connection.full:
             return None
-        stream = connection.start(path, request, _metadata(metadata), timeout, done)
+        forward = timeout < self.forward_below_s
+        stream = connection.start(path, request, _metadata(metadata), timeout, done, forward)
         return functools.partial(connection.cancel, stream)
 
     async def _connect(self, target: str) -> UpstreamConnection:

@@ -87,3 +87,48 @@ def test_a_grpc_call_whose_connection_closes_as_it_opens_is_unavailable_at_once(
             server.close()
 
     loop.run_until_complete(scenario())
+
+
+def test_the_replica_hears_the_clients_deadline_and_not_the_gateways_own_which_still_cancels_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A replica told a deadline arms a timer per call: the gateway's own timeout (no shorter client
+    deadline) stays the gateway's, enforced by resetting the stream, which cancels the replica's work."""
+    from inference_worker.grpc_call import UNARY, Call
+    from inference_worker.grpc_server import RpcServer
+
+    heard: list[float | None] = []
+    cancelled = asyncio.Event()
+
+    async def remaining(request: bytes, context: Call) -> bytes:
+        heard.append(context.time_remaining())
+        if request == b"slow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return b"ok"
+
+    async def scenario() -> None:
+        replica = RpcServer(max_header_bytes=1 << 16, max_message=1 << 20)
+        replica.add("/test.Deadline/Remaining", UNARY, None, remaining)
+        target = f"127.0.0.1:{await replica.start('127.0.0.1', 0)}"
+        upstreams = grpc_upstream.Upstreams(1 << 20, forward_below_s=2.0)  # the gateway's own timeout
+        path = b"/test.Deadline/Remaining"
+        try:
+            assert await upstreams.call(target, path, b"", (), 2.0) == b"ok"  # no client deadline
+            assert await upstreams.call(target, path, b"", (), 1.5) == b"ok"  # the client's, shorter
+            with pytest.raises(grpc_upstream.UpstreamError) as raised:
+                await upstreams.call(target, path, b"slow", (), 2.0)
+            assert raised.value.status == grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.wait_for(cancelled.wait(), 5.0)  # the reset reached the replica's call
+        finally:
+            upstreams.close()
+            await replica.stop(0.1)
+
+    loop.run_until_complete(scenario())
+    assert heard[0] is None  # the gateway's own timeout, not told
+    assert heard[2] is None
+    assert heard[1] is not None
+    assert 1.0 < heard[1] <= 1.5
