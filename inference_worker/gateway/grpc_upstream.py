@@ -50,13 +50,13 @@ Done = Callable[["bytes | UpstreamError"], None]
 class _Answer:
     """What has come back on one stream, and who waits for it."""
 
-    __slots__ = ("done", "parts", "size", "timer")
+    __slots__ = ("deadline", "done", "parts", "size")
 
-    def __init__(self, done: Done) -> None:
+    def __init__(self, done: Done, deadline: float) -> None:
         self.done: Done | None = done
         self.parts: list[bytes] = []
         self.size = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = deadline
 
 
 class UpstreamConnection(h2_base.Connection):
@@ -69,6 +69,10 @@ class UpstreamConnection(h2_base.Connection):
         self.next_id = 1
         self.head = _FIXED + literal(b":authority", authority)
         self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid()
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = math.inf
+        """When ``_timer`` fires: the earliest deadline of the calls in flight (one timer, not one a
+        call: a timer costs about 2 µs to arm and cancel, of the ~31 µs of CPU a quick call costs)."""
 
     @property
     def full(self) -> bool:
@@ -87,8 +91,10 @@ class UpstreamConnection(h2_base.Connection):
         stream = Stream(self.next_id, self.initial_window)
         self.last_stream, self.next_id = self.next_id, self.next_id + 2
         self.streams[stream.id] = stream
-        answer = stream.call = _Answer(done)
-        answer.timer = self.loop.call_later(timeout, self._expire, stream)
+        deadline = self.loop.time() + timeout
+        stream.call = _Answer(done, deadline)
+        if deadline < self._due:
+            self._arm(deadline)
         block = self.head + _path(path) + metadata
         if forward:
             block += _timeout(max(1, math.ceil(timeout * 1000)))
@@ -100,19 +106,37 @@ class UpstreamConnection(h2_base.Connection):
         answer: _Answer | None = stream.call
         if answer is not None:
             answer.done = None
-            if answer.timer is not None:
-                answer.timer.cancel()
         if self.streams.get(stream.id) is stream:
             self.reset(stream.id, CANCEL)
             self.release(stream)
 
-    def _expire(self, stream: Stream) -> None:
-        answer: _Answer | None = stream.call
-        if answer is not None:
-            answer.timer = None
-        if self.streams.get(stream.id) is stream:
-            self.reset(stream.id, CANCEL)
-        self._settle(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = at
+        self._timer = self.loop.call_at(at, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """End the calls past their deadline (reset, ``DEADLINE_EXCEEDED``); wait for the next one's."""
+        self._timer, self._due = None, math.inf
+        now, due = self.loop.time(), math.inf
+        for stream in list(self.streams.values()):
+            answer: _Answer | None = stream.call
+            if answer is None:
+                continue
+            if answer.deadline <= now:
+                self.reset(stream.id, CANCEL)
+                self._settle(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            elif answer.deadline < due:
+                due = answer.deadline
+        if due < math.inf:
+            self._arm(due)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._due = None, math.inf
+        super().connection_lost(exc)
 
     def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:
         status = message = b""
@@ -168,9 +192,6 @@ class UpstreamConnection(h2_base.Connection):
         if answer is None or answer.done is None:
             return None
         done, answer.done = answer.done, None
-        if answer.timer is not None:
-            answer.timer.cancel()
-            answer.timer = None
         if code is not None:
             return done(UpstreamError(code, message))
         body = answer.parts[0] if len(answer.parts) == 1 else b"".join(answer.parts)

@@ -132,3 +132,41 @@ def test_the_replica_hears_the_clients_deadline_and_not_the_gateways_own_which_s
     assert heard[2] is None
     assert heard[1] is not None
     assert 1.0 < heard[1] <= 1.5
+
+
+def test_calls_on_one_connection_end_at_their_own_deadlines_in_any_order(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """One timer per connection serves every call's deadline: a shorter one started later, or one
+    started after the timer has fired, still ends on time."""
+    from inference_worker.grpc_call import UNARY, Call
+    from inference_worker.grpc_server import RpcServer
+
+    async def never(request: bytes, context: Call) -> bytes:
+        await asyncio.sleep(30)
+        return b""
+
+    async def ended_after(upstreams: grpc_upstream.Upstreams, target: str, timeout: float) -> float:
+        started = loop.time()
+        with pytest.raises(grpc_upstream.UpstreamError) as raised:
+            await upstreams.call(target, b"/test.Deadline/Never", b"", (), timeout)
+        assert raised.value.status == grpc.StatusCode.DEADLINE_EXCEEDED
+        return loop.time() - started
+
+    async def scenario() -> tuple[list[float], float]:
+        replica = RpcServer(max_header_bytes=1 << 16, max_message=1 << 20)
+        replica.add("/test.Deadline/Never", UNARY, None, never)
+        target = f"127.0.0.1:{await replica.start('127.0.0.1', 0)}"
+        upstreams = grpc_upstream.Upstreams(1 << 20, forward_below_s=0.0)  # the replica is told none
+        try:
+            first = await ended_after(upstreams, target, 0.2)  # opens the connection
+            timeouts = (1.5, 0.3, 0.9, 0.6)
+            together = await asyncio.gather(*(ended_after(upstreams, target, t) for t in timeouts))
+            return [first, *together], await ended_after(upstreams, target, 0.2)  # after the timer fired
+        finally:
+            upstreams.close()
+            await replica.stop(0.1)
+
+    ended, last = loop.run_until_complete(scenario())
+    for took, timeout in zip([*ended, last], (0.2, 1.5, 0.3, 0.9, 0.6, 0.2), strict=True):
+        assert timeout - 0.01 <= took < timeout + 0.25, (took, timeout)
