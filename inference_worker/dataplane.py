@@ -117,6 +117,9 @@ class DataPlane:
             (spec.name, len(spec.shape), spec.shape, DATATYPES[spec.datatype]) for spec in signature.inputs
         ]
         self._dynamic_tail = any(-1 in spec.shape[1:] for spec in signature.inputs)
+        self._names = frozenset(spec.name for spec in signature.inputs)
+        self._fits: list[set[tuple[int, ...]]] = [set() for _ in signature.inputs]
+        """Shapes each input was checked to take (a few hundred at most): seen again, not checked again."""
         if unknown := sorted(set(self.class_labels.outputs) - set(self._output_index)):
             logger.warning("--class-labels names outputs the model does not have: %s", ", ".join(unknown))
         if self.state is State.LOADING:
@@ -249,20 +252,23 @@ class DataPlane:
             self._idle.set()
 
     def _check_inputs(self, inputs: dict[str, np.ndarray]) -> tuple[int, object]:
-        if len(inputs) != len(self._dims) or any(name not in inputs for name, *_ in self._dims):
+        if inputs.keys() != self._names:
             self._name_error(inputs)
         rows = -1
-        for name, rank, shape, dt in self._dims:
+        for (name, rank, shape, dt), fits in zip(self._dims, self._fits, strict=True):
             array = inputs[name]
             if array.dtype != dt.dtype:
                 got = next((d.name for d in DATATYPES.values() if d.dtype == array.dtype), str(array.dtype))
                 raise InvalidRequest(f"input '{name}' has datatype {got}; the model takes {dt.name}")
-            if array.ndim != rank or any(
-                want not in (-1, got) for want, got in zip(shape, array.shape, strict=True)
-            ):
-                raise InvalidRequest(
-                    f"input '{name}' has shape {list(array.shape)}; the model takes {list(shape)}"
-                )
+            if array.shape not in fits:
+                if array.ndim != rank or any(
+                    want not in (-1, got) for want, got in zip(shape, array.shape, strict=True)
+                ):
+                    raise InvalidRequest(
+                        f"input '{name}' has shape {list(array.shape)}; the model takes {list(shape)}"
+                    )
+                if len(fits) < 256:
+                    fits.add(array.shape)
             if rows == -1:
                 rows = array.shape[0] if rank else 1
             elif rank and array.shape[0] != rows:
