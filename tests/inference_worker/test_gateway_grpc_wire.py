@@ -15,6 +15,13 @@ def pb2() -> Any:
     return build_protos.load()[0]
 
 
+@pytest.fixture(autouse=True, params=["parsed", "scanned"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test reads names both ways: small messages by protobuf's parser, large ones by the scan."""
+    if request.param == "scanned":
+        monkeypatch.setattr(grpc_wire, "PARSED_UP_TO", -1)
+
+
 def infer_request(pb2: Any, name: str) -> Any:
     request = pb2.ModelInferRequest(
         model_name=name, model_version="3", id="r-1", raw_input_contents=[b"\0" * 16]
