@@ -129,7 +129,7 @@ class UpstreamConnection(h2_base.Connection):
                 self._settle(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             elif answer.deadline < due:
                 due = answer.deadline
-        if due < math.inf:
+        if due < self._due:  # (a call its outcome started meanwhile has armed the timer already)
             self._arm(due)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -170,3 +170,46 @@ def test_calls_on_one_connection_end_at_their_own_deadlines_in_any_order(
     ended, last = loop.run_until_complete(scenario())
     for took, timeout in zip([*ended, last], (0.2, 1.5, 0.3, 0.9, 0.6, 0.2), strict=True):
         assert timeout - 0.01 <= took < timeout + 0.25, (took, timeout)
+
+
+def test_a_call_started_by_an_expired_calls_outcome_keeps_its_own_deadline(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A call's outcome may start another call (a stream's next request) while the timer is ending
+    calls: the new call's deadline is not lost behind a later one's."""
+    from inference_worker.grpc_call import UNARY, Call
+    from inference_worker.grpc_server import RpcServer
+
+    async def answer(request: bytes, context: Call) -> bytes:
+        if request == b"never":
+            await asyncio.sleep(30)
+        return b"ok"
+
+    async def scenario() -> float:
+        replica = RpcServer(max_header_bytes=1 << 16, max_message=1 << 20)
+        replica.add("/test.Deadline/Answer", UNARY, None, answer)
+        target = f"127.0.0.1:{await replica.start('127.0.0.1', 0)}"
+        upstreams = grpc_upstream.Upstreams(1 << 20, forward_below_s=0.0)  # the replica is told none
+        path = b"/test.Deadline/Answer"
+        ended: asyncio.Future[float] = loop.create_future()
+        try:
+            assert await upstreams.call(target, path, b"", (), 5.0) == b"ok"  # the connection is open
+            late = asyncio.ensure_future(upstreams.call(target, path, b"never", (), 3.0))
+            await asyncio.sleep(0.05)
+
+            def then(outcome: bytes | grpc_upstream.UpstreamError) -> None:
+                started = loop.time()
+                upstreams.send(
+                    target, path, b"never", (), 0.3, lambda _: ended.set_result(loop.time() - started)
+                )
+
+            assert upstreams.send(target, path, b"never", (), 0.2, then) is not None
+            took = await asyncio.wait_for(ended, 5.0)
+            late.cancel()
+            return took
+        finally:
+            upstreams.close()
+            await replica.stop(0.1)
+
+    took = loop.run_until_complete(scenario())
+    assert 0.29 <= took < 0.6, took  # not at the 3 s call's deadline
