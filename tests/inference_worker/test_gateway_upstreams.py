@@ -8,6 +8,7 @@ at once as retryable (the caller tries another replica), not left to its deadlin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -213,3 +214,45 @@ def test_a_call_started_by_an_expired_calls_outcome_keeps_its_own_deadline(
 
     took = loop.run_until_complete(scenario())
     assert 0.29 <= took < 0.6, took  # not at the 3 s call's deadline
+
+
+def test_calls_with_deadlines_a_millisecond_apart_end_together_not_one_walk_each(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each firing of the deadline timer walks the connection's streams: deadlines 1 ms apart must
+    not make it fire once per call."""
+    from inference_worker.grpc_call import UNARY, Call
+    from inference_worker.grpc_server import RpcServer
+
+    fired = 0
+    walk = grpc_upstream.UpstreamConnection._expire_due
+
+    def counted(self: grpc_upstream.UpstreamConnection) -> None:
+        nonlocal fired
+        fired += 1
+        walk(self)
+
+    monkeypatch.setattr(grpc_upstream.UpstreamConnection, "_expire_due", counted)
+
+    async def never(request: bytes, context: Call) -> bytes:
+        await asyncio.sleep(30)
+        return b""
+
+    async def scenario() -> list[BaseException | bytes]:
+        replica = RpcServer(max_header_bytes=1 << 16, max_message=1 << 20)
+        replica.add("/test.Deadline/Never", UNARY, None, never)
+        target = f"127.0.0.1:{await replica.start('127.0.0.1', 0)}"
+        upstreams = grpc_upstream.Upstreams(1 << 20, forward_below_s=0.0)  # the replica is told none
+        path = b"/test.Deadline/Never"
+        try:
+            with contextlib.suppress(grpc_upstream.UpstreamError):  # opens the connection
+                await upstreams.call(target, path, b"", (), 0.05)
+            calls = [upstreams.call(target, path, b"", (), 0.3 + i / 1000) for i in range(100)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            upstreams.close()
+            await replica.stop(0.1)
+
+    outcomes = loop.run_until_complete(scenario())
+    assert all(isinstance(o, grpc_upstream.UpstreamError) for o in outcomes)
+    assert fired <= 2 + 100 // 5 + 5, fired  # at most one firing per DEADLINE_GRANULE_S, not 100
