@@ -346,3 +346,22 @@ def test_a_client_that_takes_none_of_its_answers_is_dropped_and_a_slow_one_is_no
 
 async def client_ports(served: Served) -> set[int]:
     return {c.transport.get_extra_info("peername")[1] for c in served.server.connections}
+
+
+def test_calls_on_one_connection_end_at_their_own_deadlines() -> None:
+    """One deadline timer per connection: calls given deadlines in any order each end at theirs."""
+    with serving() as served, contextlib.closing(H2Client(served.port)) as client:
+        timeouts = {1: 0.9, 3: 0.3, 5: 0.6, 7: 1.5}
+        started = time.monotonic()
+        for stream_id, seconds in timeouts.items():  # client streams left open: only the deadline ends them
+            block = request_headers(STREAM_PATH, grpc_timeout=f"{round(seconds * 1000)}m")
+            client.send(frame(HEADERS, END_HEADERS, stream_id, block))
+        ended: dict[int, float] = {}
+        while len(ended) < len(timeouts):
+            got = client.read()
+            assert got is not None, "the connection closed before every call ended"
+            if got.kind == HEADERS and got.flags & END_STREAM:
+                assert got.headers["grpc-status"] == "4", got.headers  # DEADLINE_EXCEEDED
+                ended[got.stream_id] = time.monotonic() - started
+    for stream_id, seconds in timeouts.items():
+        assert seconds - 0.01 <= ended[stream_id] < seconds + 0.25, (stream_id, ended[stream_id])
