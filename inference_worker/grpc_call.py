@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import struct
 import time
@@ -46,6 +47,41 @@ a plain function of the request and the call that answers through ``Call.reply``
 returns what cancels it (or None)."""
 _NO_REQUESTS: deque[bytes | None] = deque(maxlen=0)
 """Every call but a client stream's: it never queues a request message."""
+
+
+class DeadlineTimer:
+    """One timer for the deadlines of a connection's calls (``DEADLINE_GRANULE_S``).
+
+    ``at`` takes a call's deadline (``time.monotonic()``); when the earliest passes, ``expire(now)``
+    ends the calls past theirs and returns the earliest deadline left (``math.inf`` for none).
+    """
+
+    __slots__ = ("_expire", "_handle", "_loop", "due")
+
+    def __init__(self, expire: Callable[[float], float], loop: asyncio.AbstractEventLoop) -> None:
+        self._expire = expire
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self.due = math.inf
+
+    def at(self, deadline: float) -> None:
+        if deadline < self.due:
+            if self._handle is not None:
+                self._handle.cancel()
+            self.due = deadline
+            self._handle = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle, self.due = None, math.inf
+        now = time.monotonic()
+        left = self._expire(now + 0.001)  # the loop's clock, which fires timers, lags by up to 1 ms
+        if left < math.inf:  # (what an ended call's outcome started may have armed it already)
+            self.at(max(left, now + DEADLINE_GRANULE_S))
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle, self.due = None, math.inf
 
 
 class Carrier(Protocol):

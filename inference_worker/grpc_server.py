@@ -11,7 +11,7 @@ announce an encoding), one over the message limit is ``RESOURCE_EXHAUSTED``,
 metadata over ``max_header_bytes`` too. ``grpc-timeout`` becomes the call's
 deadline, read as grpc.aio's ``time_remaining()`` was; when it passes, the call
 ends with ``DEADLINE_EXCEEDED`` and its work is cancelled, as grpcio's server
-does (one timer per connection, ``DEADLINE_GRANULE_S``). A client repeats its
+does (one timer per connection, ``DeadlineTimer``). A client repeats its
 header block: a small one is read once per connection.
 
 A sweep (``Timeouts``) closes a connection that has not sent the preface and
@@ -43,7 +43,6 @@ from inference_worker.dataplane import DataPlane
 from inference_worker.grpc_api import SERVICE, InferenceServicer
 from inference_worker.grpc_call import (
     BIDI,
-    DEADLINE_GRANULE_S,
     FAST_INFER,
     HEADERS,
     SERVER_STREAM,
@@ -51,6 +50,7 @@ from inference_worker.grpc_call import (
     UNARY,
     UNITS,
     Call,
+    DeadlineTimer,
     Route,
     status_block,
 )  # fmt: skip
@@ -97,9 +97,7 @@ class GrpcConnection(h2_base.Connection):
         self._opened = self._quiet_since = time.monotonic()
         self._seen = 0
         """``received`` at the sweep that saw it change last (at ``_quiet_since``)."""
-        self._deadlines: asyncio.TimerHandle | None = None
-        self._due = math.inf
-        """When ``_deadlines`` fires: the earliest deadline of the calls open (``DEADLINE_GRANULE_S``)."""
+        self._deadlines = DeadlineTimer(self._expire_due, asyncio.get_running_loop())
         self._progress: tuple[int, int] = (0, 0)
         self._flowing_since = self._opened
         """When the sweep last saw output leave, or none waiting (``Sender.stuck``)."""
@@ -119,8 +117,8 @@ class GrpcConnection(h2_base.Connection):
         assert route is not None  # noqa: S101 - a head without a route has a refusal
         deadline = None if timeout is None else time.monotonic() + timeout
         call = stream.call = Call(self, stream, route, deadline, headers)
-        if deadline is not None and deadline < self._due:
-            self._arm(deadline)
+        if deadline is not None:
+            self._deadlines.at(deadline)
         if route.kind == BIDI:
             call.task = asyncio.get_running_loop().create_task(call.run(call.incoming()))
         if end:
@@ -171,35 +169,21 @@ class GrpcConnection(h2_base.Connection):
         if stream.call is not None:
             stream.call.cancel()
 
-    def _arm(self, at: float) -> None:
-        if self._deadlines is not None:
-            self._deadlines.cancel()
-        self._due = at
-        delay = max(0.0, at - time.monotonic())
-        self._deadlines = asyncio.get_running_loop().call_later(delay, self._expire_due)
-
-    def _expire_due(self) -> None:
-        """End the calls whose client's deadline passed (``Call.expire``); wait for the next one's."""
-        self._deadlines, self._due = None, math.inf
-        now, due = time.monotonic(), math.inf
-        soon = now + 0.001  # the loop's clock, which fires the timer, lags by up to a millisecond
+    def _expire_due(self, now: float) -> float:
+        """End the calls whose client's deadline passed (``Call.expire``); the earliest left."""
+        due = math.inf
         for stream in list(self.streams.values()):
             call: Call | None = stream.call
             if call is None or call.done or call.deadline is None:
                 continue
-            if call.deadline <= soon:
+            if call.deadline <= now:
                 call.expire()
             elif call.deadline < due:
                 due = call.deadline
-        if due < math.inf:
-            due = max(due, now + DEADLINE_GRANULE_S)
-            if due < self._due:  # (what an ended call's outcome started has armed it already)
-                self._arm(due)
+        return due
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadlines is not None:
-            self._deadlines.cancel()
-            self._deadlines, self._due = None, math.inf
+        self._deadlines.cancel()
         super().connection_lost(exc)
 
     def expire(self, now: float) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -24,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 import grpc
 
 from inference_worker import h2_base
-from inference_worker.grpc_call import DEADLINE_GRANULE_S, MESSAGE_PREFIX
+from inference_worker.grpc_call import MESSAGE_PREFIX, DeadlineTimer
 from inference_worker.h2_send import CANCEL, REFUSED_STREAM, ReadScope, Stream
 from inference_worker.hpack_codec import literal
 
@@ -69,9 +70,7 @@ class UpstreamConnection(h2_base.Connection):
         self.next_id = 1
         self.head = _FIXED + literal(b":authority", authority)
         self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid()
-        self._timer: asyncio.TimerHandle | None = None
-        self._due = math.inf
-        """When ``_timer`` fires: the earliest deadline of the calls in flight (``DEADLINE_GRANULE_S``)."""
+        self._deadlines = DeadlineTimer(self._expire_due, self.loop)
 
     @property
     def full(self) -> bool:
@@ -90,10 +89,9 @@ class UpstreamConnection(h2_base.Connection):
         stream = Stream(self.next_id, self.initial_window)
         self.last_stream, self.next_id = self.next_id, self.next_id + 2
         self.streams[stream.id] = stream
-        deadline = self.loop.time() + timeout
+        deadline = time.monotonic() + timeout
         stream.call = _Answer(done, deadline)
-        if deadline < self._due:
-            self._arm(deadline)
+        self._deadlines.at(deadline)
         block = self.head + _path(path) + metadata
         if forward:
             block += _timeout(max(1, math.ceil(timeout * 1000)))
@@ -109,16 +107,9 @@ class UpstreamConnection(h2_base.Connection):
             self.reset(stream.id, CANCEL)
             self.release(stream)
 
-    def _arm(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._due = at
-        self._timer = self.loop.call_at(at, self._expire_due)
-
-    def _expire_due(self) -> None:
-        """End the calls past their deadline (reset, ``DEADLINE_EXCEEDED``); wait for the next one's."""
-        self._timer, self._due = None, math.inf
-        now, due = self.loop.time(), math.inf
+    def _expire_due(self, now: float) -> float:
+        """End the calls past their deadline (reset, ``DEADLINE_EXCEEDED``); the earliest left."""
+        due = math.inf
         for stream in list(self.streams.values()):
             answer: _Answer | None = stream.call
             if answer is None:
@@ -128,15 +119,10 @@ class UpstreamConnection(h2_base.Connection):
                 self._settle(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             elif answer.deadline < due:
                 due = answer.deadline
-        if due < math.inf:
-            due = max(due, now + DEADLINE_GRANULE_S)
-            if due < self._due:  # (a call its outcome started meanwhile has armed the timer already)
-                self._arm(due)
+        return due
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._due = None, math.inf
+        self._deadlines.cancel()
         super().connection_lost(exc)
 
     def on_headers(self, stream: Stream, headers: tuple[tuple[bytes, bytes], ...], end: bool) -> None:

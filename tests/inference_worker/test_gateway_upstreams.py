@@ -227,10 +227,10 @@ def test_calls_with_deadlines_a_millisecond_apart_end_together_not_one_walk_each
     fired = 0
     walk = grpc_upstream.UpstreamConnection._expire_due
 
-    def counted(self: grpc_upstream.UpstreamConnection) -> None:
+    def counted(self: grpc_upstream.UpstreamConnection, now: float) -> float:
         nonlocal fired
         fired += 1
-        walk(self)
+        return walk(self, now)
 
     monkeypatch.setattr(grpc_upstream.UpstreamConnection, "_expire_due", counted)
 
