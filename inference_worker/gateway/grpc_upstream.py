@@ -63,10 +63,21 @@ class _Answer:
 class UpstreamConnection(h2_base.Connection):
     """One connection to one replica, as a client."""
 
-    def __init__(self, authority: bytes, max_message: int, scope: ReadScope | None = None) -> None:
+    def __init__(
+        self,
+        authority: bytes,
+        max_message: int,
+        scope: ReadScope | None = None,
+        *,
+        forward_below_s: float = math.inf,
+    ) -> None:
         super().__init__(set(), max_header_bytes=64 * 1024, client=True)
         self.scope = scope
         self.max_message = max_message
+        self.forward_below_s = forward_below_s
+        """A call's timeout goes to the replica (``grpc-timeout``) when shorter: the client's deadline.
+        The gateway's own timeout is its to keep (it resets the stream when it passes), and a replica
+        told none arms no timer for the call."""
         self.next_id = 1
         self.head = _FIXED + literal(b":authority", authority)
         self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid()
@@ -81,11 +92,9 @@ class UpstreamConnection(h2_base.Connection):
             or self.next_id > 1 << 30
         )
 
-    def start(
-        self, path: bytes, request: bytes, metadata: bytes, timeout: float, done: Done, forward: bool = True
-    ) -> Stream:
+    def start(self, path: bytes, request: bytes, metadata: bytes, timeout: float, done: Done) -> Stream:
         """Send the call; ``done`` gets its outcome (``DEADLINE_EXCEEDED`` after ``timeout``, and the
-        stream is reset: the replica cancels it). ``forward``: the replica is told the deadline."""
+        stream is reset: the replica cancels it)."""
         stream = Stream(self.next_id, self.initial_window)
         self.last_stream, self.next_id = self.next_id, self.next_id + 2
         self.streams[stream.id] = stream
@@ -93,7 +102,7 @@ class UpstreamConnection(h2_base.Connection):
         stream.call = _Answer(done, deadline)
         self._deadlines.at(deadline)
         block = self.head + _path(path) + metadata
-        if forward:
+        if timeout < self.forward_below_s:
             block += _timeout(max(1, math.ceil(timeout * 1000)))
         self.send(stream, block, MESSAGE_PREFIX.pack(0, len(request)) + request, None, end=True)
         return stream
@@ -201,9 +210,7 @@ class Upstreams:
     ) -> None:
         self.max_message = max_message
         self.forward_below_s = forward_below_s
-        """A call's timeout goes to the replica (``grpc-timeout``) when shorter: the client's deadline.
-        The gateway's own timeout is its to keep (it resets the stream when it passes), and a replica
-        told none arms no timer for the call."""
+        """Each connection's ``forward_below_s``."""
         self.scope = scope
         """Shared with the gateway's server: a call started while a client's read is in progress goes
         out when that read ends, and an answer read from a replica reaches its client as soon."""
@@ -231,8 +238,7 @@ class Upstreams:
             else:
                 future.set_result(outcome)
 
-        forward = timeout < self.forward_below_s
-        stream = connection.start(path, request, _metadata(tuple(metadata)), timeout, done, forward)
+        stream = connection.start(path, request, _metadata(tuple(metadata)), timeout, done)
         try:
             return await future
         except asyncio.CancelledError:
@@ -253,8 +259,7 @@ class Upstreams:
         connection = self._connections.get(target)
         if connection is None or connection.full:
             return None
-        forward = timeout < self.forward_below_s
-        stream = connection.start(path, request, _metadata(metadata), timeout, done, forward)
+        stream = connection.start(path, request, _metadata(metadata), timeout, done)
         return functools.partial(connection.cancel, stream)
 
     async def _connect(self, target: str) -> UpstreamConnection:
@@ -283,7 +288,9 @@ class Upstreams:
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: UpstreamConnection(target.encode(), self.max_message, self.scope),
+                    lambda: UpstreamConnection(
+                        target.encode(), self.max_message, self.scope, forward_below_s=self.forward_below_s
+                    ),
                     host.strip("[]"),
                     int(port),
                 ),
