@@ -8,6 +8,7 @@ only rebuild tensors and compiled classes, checked beforehand by
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from registry.conversion.channel import ChildError, progress
@@ -55,7 +56,6 @@ def load_onnx_checked(path: str) -> Any:
     """Parse and check an ONNX file; refuse external data. Returns the ModelProto."""
     import onnx
     from google.protobuf.message import DecodeError
-    from onnx import external_data_helper
 
     try:
         model = onnx.load_model(path, load_external_data=False)
@@ -71,8 +71,8 @@ def load_onnx_checked(path: str) -> Any:
             ".pt2 (torch.export) and ONNX",
             "invalid_artifact",
         )
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             raise ChildError(
                 f"ONNX tensor {tensor.name!r} refers to external data; upload a single self-contained "
                 "file (save with save_as_external_data=False)",
@@ -84,6 +84,40 @@ def load_onnx_checked(path: str) -> Any:
         first = str(exc).strip().splitlines()[0][:500]
         raise ChildError(f"the ONNX model fails onnx.checker: {first}", "invalid_artifact") from None
     return model
+
+
+def _all_tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto of the model: initializers, sparse ones' values and indices, constants in
+    node attributes, in subgraphs (If, Loop, Scan) and in the model's local functions. (onnx's own
+    helper skips sparse tensors, which ONNX Runtime loads from external files all the same.)"""
+
+    def sparse(tensors: Iterable[Any]) -> Iterator[Any]:
+        for tensor in tensors:
+            yield tensor.values
+            yield tensor.indices
+
+    def nodes(items: Iterable[Any]) -> Iterator[Any]:
+        for node in items:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield from sparse([attribute.sparse_tensor])
+                yield from sparse(attribute.sparse_tensors)
+                if attribute.HasField("g"):
+                    yield from graph(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from graph(subgraph)
+
+    def graph(g: Any) -> Iterator[Any]:
+        yield from g.initializer
+        yield from sparse(g.sparse_initializer)
+        yield from nodes(g.node)
+
+    yield from graph(model.graph)
+    for function in model.functions:
+        yield from nodes(function.node)
 
 
 def onnx_signature(model: Any) -> dict[str, Any]:

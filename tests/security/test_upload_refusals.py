@@ -214,6 +214,101 @@ def test_an_onnx_model_with_external_data_is_refused(owner_api: APIClient, tmp_p
     assert_nothing_left()
 
 
+def _external(name: str, count: int) -> Any:
+    """A UINT8 tensor whose bytes are to be read from ``data.bin`` beside the model."""
+    import onnx
+
+    tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.UINT8, dims=[count])
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "data.bin"), ("offset", "0"), ("length", str(count))):
+        tensor.external_data.add(key=key, value=value)
+    return tensor
+
+
+def _hidden_external_data(where: str) -> bytes:
+    """A valid model (y = x + c) whose constant ``c`` hides external data ``where``."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    count = 16
+    indices = numpy_helper.from_array(np.arange(count, dtype=np.int64), "indices")
+    functions = []
+    initializers: dict[str, Any] = {}
+    if where == "sparse initializer":
+        constant = helper.make_node("Identity", ["c_sparse"], ["c"])
+        initializers["sparse_initializer"] = [
+            helper.make_sparse_tensor(_external("c_sparse", count), indices, [count])
+        ]
+    elif where == "sparse constant":
+        sparse = helper.make_sparse_tensor(_external("s", count), indices, [count])
+        constant = helper.make_node("Constant", [], ["c"], sparse_value=sparse)
+    elif where == "subgraph":
+        branch = helper.make_graph(
+            [helper.make_node("Constant", [], ["b"], value=_external("t", count))],
+            "branch",
+            [],
+            [helper.make_tensor_value_info("b", onnx.TensorProto.UINT8, [count])],
+        )
+        flag = helper.make_node(
+            "Constant", [], ["flag"], value=helper.make_tensor("f", onnx.TensorProto.BOOL, [], [True])
+        )
+        constant = helper.make_node("If", ["flag"], ["c"], then_branch=branch, else_branch=branch)
+        initializers["extra_nodes"] = [flag]
+    else:  # a model-local function
+        functions.append(
+            helper.make_function(
+                "local",
+                "Bytes",
+                [],
+                ["out"],
+                [helper.make_node("Constant", [], ["out"], value=_external("t", count))],
+                [helper.make_opsetid("", 17)],
+            )
+        )
+        constant = helper.make_node("Bytes", [], ["c"], domain="local")
+    nodes = [
+        *initializers.get("extra_nodes", []),
+        constant,
+        helper.make_node("Cast", ["c"], ["cf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "cf"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [count])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [count])],
+        sparse_initializer=initializers.get("sparse_initializer"),
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=functions,
+    )
+    model.ir_version = 9
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.usefixtures("model")
+@pytest.mark.parametrize("where", ["sparse initializer", "sparse constant", "subgraph", "local function"])
+def test_external_data_hidden_anywhere_in_an_onnx_model_is_refused(
+    owner_api: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # The bytes it names exist beside the model and in the working directory, so that only the
+    # refusal of external data (not a missing file) stops it: ONNX Runtime would read them.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.bin").write_bytes(bytes(range(16)))
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_hidden_external_data(where))
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "external_data_refused"
+    assert "refers to external data" in response.json()["message"]
+    assert_nothing_left()
+
+
 @pytest.mark.usefixtures("model")
 @pytest.mark.parametrize(
     ("signature", "field"),
