@@ -8,6 +8,7 @@ mode accepts them (exporters emit a few such) pass with a warning.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,14 @@ def check_onnx_file(path: str, *, threads: int) -> CheckedModel:
         code = exc.code if exc.code == "external_data_refused" else "check_failed"
         raise ChildError(exc.message, code) from None
     notes: list[str] = []
+    widened = widen_bfloat16_outputs(model)
+    if widened:
+        onnx.save_model(model, path)
+        many = len(widened) > 1
+        notes.append(
+            f"output{'s' if many else ''} {', '.join(map(repr, widened))} {'are' if many else 'is'} "
+            "bfloat16 in the model and served as float32 (a Cast added at the end of the graph)"
+        )
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -50,6 +59,72 @@ def check_onnx_file(path: str, *, threads: int) -> CheckedModel:
         raise_if_out_of_memory(exc, "loading the model in ONNX Runtime")
         raise ChildError(f"ONNX Runtime cannot load the model: {first_line(exc)}", "check_failed") from None
     return CheckedModel(model=model, session=session, opset=default_opset(model), warnings=notes)
+
+
+def widen_bfloat16_outputs(model: Any) -> list[str]:
+    """Give each bfloat16 graph output a Cast to float32 (numpy, and so the worker's protocols, has
+    no bfloat16); the output keeps its name, what produced it is renamed. Returns the outputs cast."""
+    import onnx
+
+    graph = model.graph
+    wanted = [o for o in graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16]
+    inputs = {i.name for i in graph.input}
+    wanted = [o for o in wanted if o.name not in inputs]  # a bfloat16 input is refused on its own
+    if not wanted:
+        return []
+    taken = _names(graph)
+    for output in wanted:
+        inner = output.name + "_bfloat16"
+        while inner in taken:
+            inner += "_"
+        taken.add(inner)
+        _rename(graph, output.name, inner)
+        graph.node.append(
+            onnx.helper.make_node(
+                "Cast", [inner], [output.name], to=onnx.TensorProto.FLOAT, name=inner + "_to_float32"
+            )
+        )
+        output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return [o.name for o in wanted]
+
+
+def _subgraphs(graph: Any) -> Iterator[Any]:
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield attribute.g
+            yield from attribute.graphs
+
+
+def _names(graph: Any) -> set[str]:
+    """Every value and node name in ``graph`` and its subgraphs."""
+    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+    for node in graph.node:
+        names.update((*node.input, *node.output, node.name))
+    for subgraph in _subgraphs(graph):
+        names |= _names(subgraph)
+    return names
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    """Rename value ``old`` where it is made (the main graph: a node's output or an initializer) and
+    wherever it is used (any node's input, subgraphs' outer-scope references included)."""
+    for initializer in graph.initializer:
+        if initializer.name == old:
+            initializer.name = new
+    for info in graph.value_info:
+        if info.name == old:
+            info.name = new
+    for node in graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+    _rename_uses(graph, old, new)
+
+
+def _rename_uses(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+    for subgraph in _subgraphs(graph):
+        _rename_uses(subgraph, old, new)
 
 
 def _infer_shapes(model: Any) -> list[str]:

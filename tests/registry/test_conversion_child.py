@@ -417,3 +417,89 @@ def test_model_that_allocates_too_much_fails_with_the_sandbox_memory_limit(tmp_p
 
     assert caught.value.code == "out_of_memory"
     assert "limit 2048 MB" in caught.value.message
+
+
+class _HalfPrecisionHead(torch.nn.Module):
+    """Runs in bfloat16 and answers in it, beside a float32 output."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        half = (x * 3).to(torch.bfloat16)
+        return half, half.float().sum(dim=1)
+
+
+def test_a_bfloat16_output_is_served_as_float32_with_parity_passed(tmp_path: Path) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(_HalfPrecisionHead().eval()), str(path))
+        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
+
+    request = _request(tmp_path, "torchscript", save)
+
+    result = convert(request)
+
+    assert result["report"]["parity"]["passed"] is True
+    assert [o["dtype"] for o in result["signature"]["outputs"]] == ["float32", "float32"]
+    assert any("bfloat16 in the model and served as float32" in w for w in result["report"]["warnings"])
+    x = np.array([[1.1, 2.0, 3.0, 4.3]], dtype=np.float32)
+    half, total = _ort(request["output_path"]).run(None, {"x": x})
+    expected = torch.from_numpy(x * 3).to(torch.bfloat16)
+    assert half.dtype == np.float32
+    assert half.tolist() == expected.float().tolist()
+    assert total.tolist() == pytest.approx(expected.float().sum(dim=1).tolist())
+
+
+def _save_onnx_bfloat16_used_inside(path: Path) -> dict[str, Any]:
+    """``h`` (bfloat16) is a graph output that a later node and an If branch (outer scope) use too."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["b"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.BFLOAT16, [-1, 4])],
+    )
+    nodes = [
+        helper.make_node("Cast", ["x"], ["h"], to=TensorProto.BFLOAT16),
+        helper.make_node("Cast", ["h"], ["back"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["back", "x"], ["sum"]),
+        helper.make_node(
+            "Constant", [], ["flag"], value=helper.make_tensor("f", TensorProto.BOOL, [], [True])
+        ),
+        helper.make_node("If", ["flag"], ["picked"], then_branch=branch, else_branch=branch),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [
+            helper.make_tensor_value_info("h", TensorProto.BFLOAT16, ["n", 4]),
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("picked", TensorProto.BFLOAT16, ["n", 4]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
+
+
+def test_bfloat16_outputs_of_an_onnx_upload_are_cast_where_later_nodes_and_branches_still_read_them(
+    tmp_path: Path,
+) -> None:
+    request = _request(tmp_path, "onnx", _save_onnx_bfloat16_used_inside)
+
+    result = convert(request)
+
+    assert result["report"]["parity"]["passed"] is True
+    assert result["signature"]["outputs"] == [
+        {"name": "h", "dtype": "float32", "shape": [-1, 4]},
+        {"name": "sum", "dtype": "float32", "shape": [-1, 4]},
+        {"name": "picked", "dtype": "float32", "shape": [-1, 4]},
+    ]
+    assert any("outputs 'h', 'picked' are bfloat16" in w for w in result["report"]["warnings"])
+    x = np.array([[1.1, 2.0, 3.0, 4.3], [0.1, -7.7, 1e3, 0.0]], dtype=np.float32)
+    h, total, picked = _ort(request["output_path"]).run(None, {"x": x})
+    rounded = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    assert h.dtype == picked.dtype == np.float32
+    assert h.tolist() == picked.tolist() == rounded.tolist()
+    assert total.tolist() == (rounded + x).tolist()
