@@ -33,6 +33,9 @@ DTYPES = (
     "uint8",
     "bool",
 )
+UNFED_DTYPES = ("bfloat16",)
+"""Dtypes a model may answer in (served converted) but not take: numpy, which feeds ONNX Runtime and
+decodes requests, has no bfloat16."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
 MAX_TENSORS = 64
 MAX_RANK = 8
@@ -124,6 +127,16 @@ def _parse_tensor(raw: Any, where: str) -> TensorSpec:
                 f"signature.{where}.shape[{index}]: {dim!r} must be a positive integer or -1 (dynamic)"
             )
     return TensorSpec(name=name, dtype=dtype, shape=tuple(shape))
+
+
+def check_inputs_fed(signature: Signature) -> None:
+    """Refuse an input no request can carry (``UNFED_DTYPES``), naming it and the way around."""
+    for index, spec in enumerate(signature.inputs):
+        if spec.dtype in UNFED_DTYPES:
+            raise InvalidSignatureError(
+                f"signature.inputs[{index}].dtype: input {spec.name!r} is {spec.dtype}, which requests "
+                "cannot carry (numpy has no such type); take float32 and cast inside the model"
+            )
 
 
 def check_compatible(declared: Signature, actual: Signature) -> None:

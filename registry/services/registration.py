@@ -26,7 +26,7 @@ from registry.errors import (
 from registry.models import ModelVersion, RegisteredModel, slug_refusal
 from registry.sandbox import SandboxError, run_child
 from registry.services.conversion import start_first_conversion
-from registry.signature import Signature, check_compatible, parse_signature, resolve_labels
+from registry.signature import Signature, check_compatible, check_inputs_fed, parse_signature, resolve_labels
 
 logger = logging.getLogger(__name__)
 
@@ -192,10 +192,12 @@ def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) ->
                 f"signature.inputs: {len(declared.inputs)} declared, but forward() takes "
                 f"{len(arguments)} ({', '.join(arguments)})"
             )
+        check_inputs_fed(declared)
         return declared
     actual = parse_signature(inspected["signature"], require_outputs=True)
     if declared_raw not in (None, "", {}):
         check_compatible(parse_signature(declared_raw), actual)
+    check_inputs_fed(actual)
     return actual
 
 

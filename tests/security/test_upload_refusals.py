@@ -332,6 +332,10 @@ def test_external_data_hidden_anywhere_in_an_onnx_model_is_refused(
             "forward() takes 1",
         ),
         ([1, 2], "signature"),
+        (
+            {"inputs": [{"name": "x", "dtype": "bfloat16", "shape": [-1, 3, 16, 16]}]},
+            "inputs[0].dtype: input 'x' is bfloat16",
+        ),
     ],
 )
 def test_a_bad_signature_is_a_400_naming_the_field(
@@ -349,6 +353,28 @@ def test_a_bad_signature_is_a_400_naming_the_field(
 
     assert response.status_code == 400
     assert field in response.json()["message"]
+    assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_an_onnx_model_taking_bfloat16_is_refused_at_upload(owner_api: APIClient, tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400, response.content
+    assert "input 'x' is bfloat16" in response.json()["message"]
+    assert "take float32 and cast inside the model" in response.json()["message"]
     assert_nothing_left()
 
 
