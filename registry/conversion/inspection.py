@@ -162,11 +162,15 @@ def inspect_torchscript(path: str) -> dict[str, Any]:
             "invalid_artifact",
         ) from None
     try:
-        arguments = [a.name for a in module.forward.schema.arguments][1:]
+        schema = list(module.forward.schema.arguments)[1:]
     except (AttributeError, RuntimeError):
         raise ChildError("TorchScript module has no forward method", "invalid_artifact") from None
     parameters = sum(p.numel() for p in module.parameters())
-    return {"forward_arguments": arguments, "parameters": int(parameters)}
+    return {
+        "forward_arguments": [a.name for a in schema],
+        "forward_required": sum(not a.has_default_value() for a in schema),
+        "parameters": int(parameters),
+    }
 
 
 def _torch_spec(name: str, value: Any) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Probing runs PyTorch on a sample batch drawn from the signature (finding an
 integer range the model accepts) and, with a dynamic batch, on a second batch
 size: output dimensions that change between the two are the dynamic ones. Output
-names are the signature's when it declares outputs, else ``output_0``, ... for
-TorchScript and the program's own names for ``.pt2``.
+names are the signature's when it declares outputs, else a returned dict's keys or
+``output_0``, ... for TorchScript (``script_binding``) and the program's own names for ``.pt2``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from registry.conversion.parity import (
     has_dynamic_batch,
     probe_int_high,
 )
+from registry.conversion.script_binding import exportable
 
 SAMPLE_BATCH = 2
 SECOND_BATCH = 3
@@ -90,17 +91,20 @@ def prepare_torchscript(
         runner, inputs, seed=seed, batch_size=SAMPLE_BATCH, label="PyTorch", code="model_failed"
     )
     second = runner(draw_inputs(inputs, SECOND_BATCH, seed=seed, int_high=int_high)) if dynamic else first
-    names = output_names(outputs, len(first)) or [f"output_{i}" for i in range(len(first))]
+    sample = draw_inputs(inputs, SAMPLE_BATCH, seed=seed, int_high=int_high)
+    with torch.no_grad(), quiet_warnings():
+        result = module(*(torch.tensor(array) for array in sample.values()))
+    exported, leaf_names = exportable(module, len(inputs), result)
+    names = output_names(outputs, len(first)) or leaf_names
     check_output_shapes(outputs, first)
     axes = {spec.name: _input_axes(spec, dynamic) for spec in inputs}
     declared = {spec.name: spec for spec in outputs}
     for name, one, two in zip(names, first, second, strict=True):
         axes[name] = _output_axes(name, declared.get(name), one, two, dynamic)
-    sample = draw_inputs(inputs, SAMPLE_BATCH, seed=seed, int_high=int_high)
 
     def export(output_path: str, opset: int | None) -> list[str]:
         return export_torchscript(
-            module,
+            exported,
             [torch.tensor(array) for array in sample.values()],
             output_path=output_path,
             input_names=[spec.name for spec in inputs],

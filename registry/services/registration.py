@@ -177,20 +177,25 @@ def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) ->
     """The version's signature: declared for TorchScript, read from the artifact otherwise."""
     if fmt == "torchscript":
         arguments = inspected.get("forward_arguments", [])
+        required = inspected.get("forward_required", len(arguments))
         if declared_raw in (None, "", {}):
             example = {
-                "inputs": [{"name": a, "dtype": "float32", "shape": [-1, 16]} for a in arguments or ["x"]]
+                "inputs": [
+                    {"name": a, "dtype": "float32", "shape": [-1, 16]} for a in arguments[:required] or ["x"]
+                ]
             }
             raise InvalidSignatureError(
                 "signature: required for TorchScript uploads (a TorchScript file does not record its "
-                f"inputs' types and shapes): one per argument of forward({', '.join(arguments)}), "
-                f"-1 for a dynamic dimension, for example {json.dumps(example)}"
+                f"inputs' types and shapes): one per argument of forward({', '.join(arguments)}) "
+                "(those with a default may be left out), -1 for a dynamic dimension, for example "
+                f"{json.dumps(example)}"
             )
         declared = parse_signature(declared_raw)
-        if len(arguments) != len(declared.inputs):
+        if not required <= len(declared.inputs) <= len(arguments):
+            takes = f"{required} to {len(arguments)}" if required < len(arguments) else str(required)
             raise InvalidSignatureError(
                 f"signature.inputs: {len(declared.inputs)} declared, but forward() takes "
-                f"{len(arguments)} ({', '.join(arguments)})"
+                f"{takes} ({', '.join(arguments)})"
             )
         check_inputs_fed(declared)
         return declared

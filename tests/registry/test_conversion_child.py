@@ -503,3 +503,84 @@ def test_bfloat16_outputs_of_an_onnx_upload_are_cast_where_later_nodes_and_branc
     assert h.dtype == picked.dtype == np.float32
     assert h.tolist() == picked.tolist() == rounded.tolist()
     assert total.tolist() == (rounded + x).tolist()
+
+
+class _Answers(torch.nn.Module):
+    """Models the TorchScript-based exporter refuses as they are, though PyTorch runs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+
+class _DictAnswer(_Answers):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.linear(x)
+        return {"probs": torch.softmax(logits, dim=1), "label": logits.argmax(dim=1)}
+
+
+class _ListInTuple(_Answers):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        return self.linear(x), [x + 1, x * 2], 7
+
+
+class _Defaults(_Answers):
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 2.0, clip: bool = True
+    ) -> torch.Tensor:
+        out: torch.Tensor = self.linear(x if mask is None else x * mask) * scale
+        return out.clamp(-1, 1) if clip else out
+
+
+@pytest.mark.parametrize(
+    ("model", "names"),
+    [
+        (_DictAnswer, ["probs", "label"]),
+        (_ListInTuple, ["output_0", "output_1", "output_2"]),
+        (_Defaults, ["output_0"]),
+    ],
+)
+def test_dict_and_list_answers_and_arguments_left_to_their_defaults_export_and_pass_parity(
+    tmp_path: Path, model: type[_Answers], names: list[str]
+) -> None:
+    torch.manual_seed(0)
+    module = model().eval()
+
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(module), str(path))
+        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
+
+    request = _request(tmp_path, "torchscript", save)
+
+    result = convert(request)
+
+    assert result["report"]["parity"]["passed"] is True
+    assert [o["name"] for o in result["signature"]["outputs"]] == names
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    session = _ort(request["output_path"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    answers = session.run(None, {"x": x})
+    with torch.no_grad():
+        expected = [
+            t.numpy()
+            for t in torch.utils._pytree.tree_leaves(module(torch.from_numpy(x)))
+            if isinstance(t, torch.Tensor)
+        ]
+    assert len(answers) == len(expected) == len(names)
+    for got, want in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_forward_whose_undeclared_arguments_have_no_usable_default_names_the_reason(tmp_path: Path) -> None:
+    class TakesTwo(torch.nn.Module):
+        def forward(self, x: torch.Tensor, steps: list[int]) -> torch.Tensor:
+            return x * len(steps)
+
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(TakesTwo()), str(path))
+        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
+
+    failure = _failure(_request(tmp_path, "torchscript", save))
+
+    assert failure.code == "invalid_signature"
+    assert "forward takes (x, steps)" in failure.message

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from rest_framework.test import APIClient
@@ -46,6 +47,50 @@ def test_a_torchscript_cnn_with_its_signature_becomes_version_1(owner_api: APICl
     assert stored.read_bytes() == path.read_bytes()
     assert stored.name == body["source_sha256"]
     assert AuditEvent.objects.filter(action="version.registered", subject="model/cnn/v1").exists()
+
+
+class _WithDefaults(torch.nn.Module):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 2.0) -> torch.Tensor:
+        return (x if mask is None else x * mask) * scale
+
+
+@pytest.mark.parametrize(
+    ("declared", "status", "message"),
+    [
+        (1, 201, None),
+        (2, 201, None),
+        (0, 400, "at least one tensor"),
+        (4, 400, "4 declared, but forward() takes 1 to 3 (x, mask, scale)"),
+    ],
+)
+def test_a_torchscript_forward_with_defaults_may_leave_them_out_of_the_signature(
+    owner_api: APIClient, tmp_path: Path, declared: int, status: int, message: str | None
+) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_WithDefaults()), str(path))
+    inputs = [{"name": f"t{i}", "dtype": "float32", "shape": [-1, 4]} for i in range(declared)]
+
+    response = upload(owner_api, "cnn", path, signature={"inputs": inputs})
+
+    assert response.status_code == status, response.content
+    if message is not None:
+        assert message in response.json()["message"]
+
+
+def test_a_torchscript_upload_without_signature_is_shown_an_example_of_the_required_arguments(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_WithDefaults()), str(path))
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert "forward(x, mask, scale) (those with a default may be left out)" in message
+    assert '{"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 16]}]}' in message
 
 
 def test_an_onnx_upload_gets_its_signature_from_the_graph(owner_api: APIClient, tmp_path: Path) -> None:
