@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from registry.conversion.channel import ChildError, progress
+from registry.conversion.script_binding import key_names
 
 ONNX_DTYPES = {
     1: "float32",
@@ -185,6 +186,15 @@ def _torch_spec(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": shape}
 
 
+def _dict_keys(out_spec: Any, count: int) -> list[str] | None:
+    """The keys of a program that answers a flat dict of ``count`` tensors, as its output names."""
+    if out_spec is None or out_spec.type is not dict or len(out_spec.context) != count:
+        return None
+    if not all(child.is_leaf() for child in out_spec.children()):
+        return None
+    return key_names(list(out_spec.context))
+
+
 def inspect_torch_export(path: str) -> dict[str, Any]:
     import torch
 
@@ -201,6 +211,7 @@ def inspect_torch_export(path: str) -> dict[str, Any]:
     output_node = next(n for n in program.graph.nodes if n.op == "output")
     values = output_node.args[0]
     user_outputs = list(signature.user_outputs)
+    user_outputs = _dict_keys(program.call_spec.out_spec, len(user_outputs)) or user_outputs
     outputs = []
     for index, node in enumerate(values[-len(user_outputs) :] if user_outputs else []):
         name = user_outputs[index] or f"output_{index}"

@@ -65,10 +65,15 @@ def _key_names(result: Any, count: int) -> list[str] | None:
         return None
     if not all(isinstance(v, torch.Tensor) for v in result.values()):
         return None
-    keys = [str(key) for key in result]
-    if not all(isinstance(key, str) and key.isidentifier() and len(key) <= 64 for key in result):
-        return None
-    return keys
+    return key_names(list(result))
+
+
+def key_names(keys: list[Any]) -> list[str] | None:
+    """A flat dict's keys as its outputs' names, when every key is an identifier of at most 64
+    characters (TorchScript and ``.pt2`` answers alike); None otherwise."""
+    if all(isinstance(key, str) and key.isidentifier() and len(key) <= 64 for key in keys):
+        return list(keys)
+    return None
 
 
 def _wrapped(module: Any, count: int, leaves: list[str]) -> Any:

@@ -584,3 +584,36 @@ def test_a_forward_whose_undeclared_arguments_have_no_usable_default_names_the_r
 
     assert failure.code == "invalid_signature"
     assert "forward takes (x, steps)" in failure.message
+
+
+class _ProgramDict(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.linear(x)
+        return {"probs": torch.softmax(logits, dim=1), "label": logits.argmax(dim=1)}
+
+
+def test_a_pt2_program_answering_a_dict_names_its_outputs_by_the_keys(tmp_path: Path) -> None:
+    from registry.conversion.inspection import inspect_torch_export
+
+    def save(path: Path) -> dict[str, Any]:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(
+                _ProgramDict().eval(), (torch.randn(2, 4),), dynamic_shapes=({0: batch},)
+            )
+            torch.export.save(program, str(path))
+        signature: dict[str, Any] = inspect_torch_export(str(path))["signature"]
+        return signature
+
+    request = _request(tmp_path, "torch_export", save)
+
+    assert [o["name"] for o in request["signature"]["outputs"]] == ["probs", "label"]
+    result = convert(request)
+    assert result["report"]["parity"]["passed"] is True
+    assert [o["name"] for o in result["signature"]["outputs"]] == ["probs", "label"]
+    assert [o.name for o in _ort(request["output_path"]).get_outputs()] == ["probs", "label"]
