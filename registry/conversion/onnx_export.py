@@ -183,18 +183,24 @@ def export_program(
 def explain_export_error(exc: BaseException, exporter: str) -> str:
     """A message a user can act on: the unsupported operator when torch names one."""
     text = _ANSI.sub("", "\n".join(_exception_chain_text(exc)))
+    # The torch.export-based exporter covers operators the TorchScript-based one lacks
+    # (nn.TransformerEncoder's fast path, for one): a TorchScript upload is told of .pt2.
+    instead = (
+        "upload the model as a torch.export program (.pt2), whose exporter covers more operators, "
+        if exporter == "TorchScript-based"
+        else ""
+    ) + "or export the model to ONNX yourself and upload the .onnx file"
     match = _TORCHSCRIPT_UNSUPPORTED.search(text)
     if match:
         return (
             f"the operator {match.group(1)} cannot be exported to ONNX opset {match.group(2)} by the "
-            f"{exporter} exporter; replace it in the model (or export the model to ONNX yourself "
-            "and upload the .onnx file)"
+            f"{exporter} exporter; replace it in the model ({instead})"
         )
     match = _TORCHSCRIPT_UNSUPPORTED_OLD.search(text) or _DYNAMO_NO_FUNCTION.search(text)
     if match:
         return (
             f"the operator {match.group(1)} is not supported by the {exporter} ONNX exporter; replace "
-            "it in the model (or export the model to ONNX yourself and upload the .onnx file)"
+            f"it in the model ({instead})"
         )
     match = _DYNAMO_NODE.search(text)
     if match:
