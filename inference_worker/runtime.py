@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from inference_worker.config import ConfigError, ModelConfig
+from inference_worker.contracts.batch_dimension import batches
 from inference_worker.contracts.warmup import WarmupInputs
 from inference_worker.errors import InvalidRequest
 from inference_worker.tensor_codec import DATATYPES, ONNX_TO_DATATYPE
@@ -42,7 +43,8 @@ class ModelSignature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     batched: bool
-    """Every input and output has a dynamic first dimension: requests can be stacked."""
+    """Every input and output has a dynamic first dimension, and the model's metadata does not say
+    it is something else (``contracts.batch_dimension``): requests can be stacked."""
 
 
 def read_model(path: Path, sha256: str | None) -> bytes:
@@ -74,6 +76,9 @@ def _signature(session: ort.InferenceSession) -> ModelSignature:
     inputs = tuple(_spec(arg) for arg in session.get_inputs())
     outputs = tuple(_spec(arg) for arg in session.get_outputs())
     batched = all(spec.shape and spec.shape[0] == -1 for spec in (*inputs, *outputs))
+    if batched and not batches(session.get_modelmeta().custom_metadata_map):
+        log.info("the model's first dimension is not the batch (its metadata says so): one request a run")
+        batched = False
     return ModelSignature(inputs, outputs, batched)
 
 

@@ -11,6 +11,7 @@ Both planes import these modules; neither writes a message's keys itself.
 - ``gateway_stats``   the counters each gateway writes for the platform to read
 - ``gateway_table``   which routing table each gateway holds (its digest), for convergence
 - ``warmup``          the input shapes a conversion validated, which the worker warms up with
+- ``batch_dimension`` the ONNX metadata entry that says a model's first dimension is not the batch
 - ``activation``      a gateway's request for a replica of a variant scaled to zero
 - ``histograms``      a histogram as the report and the stats carry it
 - ``errors``          ``ContractError``: what every ``parse_*`` raises, naming the field

@@ -36,7 +36,7 @@ import numpy as np
 
 from registry.conversion.channel import ChildError, progress
 from registry.conversion.inspection import onnx_signature
-from registry.conversion.onnx_check import CheckedModel, check_onnx_file
+from registry.conversion.onnx_check import CheckedModel, check_onnx_file, mark_if_not_batched
 from registry.conversion.onnx_export import DimRange, first_line, raise_if_out_of_memory
 from registry.conversion.parity import (
     DEFAULT_BATCH_SIZES,
@@ -208,6 +208,9 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
         )
     with _timed(report, "parity"):
         _parity(req, report, source, checked, inputs, [o["name"] for o in signature["outputs"]])
+    why = report["dynamic_batch"] and mark_if_not_batched(checked, req.output_path, inputs, source.int_high)
+    if why:
+        report.update(dynamic_batch=False, warnings=[*report["warnings"], why])
     with _timed(report, "warm-up"):
         report.update(
             check_warm_up(

@@ -8,14 +8,18 @@ mode accepts them (exporters emit a few such) pass with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from inference_worker.contracts.batch_dimension import METADATA_KEY, NOT_BATCH
 from registry.conversion.channel import ChildError
 from registry.conversion.inspection import load_onnx_checked
 from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
+from registry.conversion.parity import TensorSpec, draw_inputs
 from registry.conversion.profiling import make_session
+
+_PROBE_BATCH = 3
 
 
 @dataclass
@@ -59,6 +63,33 @@ def check_onnx_file(path: str, *, threads: int) -> CheckedModel:
         raise_if_out_of_memory(exc, "loading the model in ONNX Runtime")
         raise ChildError(f"ONNX Runtime cannot load the model: {first_line(exc)}", "check_failed") from None
     return CheckedModel(model=model, session=session, opset=default_opset(model), warnings=notes)
+
+
+def mark_if_not_batched(
+    checked: CheckedModel, path: str, inputs: Sequence[TensorSpec], int_high: int
+) -> str | None:
+    """Run the model at a batch of 3; when an output's first dimension is not 3 (it is not the
+    batch), record in the file that requests cannot be stacked (``contracts.batch_dimension``) and
+    return why, for the report. None when every output follows the batch."""
+    import onnx
+
+    feeds = draw_inputs(inputs, _PROBE_BATCH, seed=0, int_high=int_high)
+    answers = checked.session.run(None, feeds)
+    names = [output.name for output in checked.session.get_outputs()]
+    for name, answer in zip(names, answers, strict=True):
+        rows = answer.shape[0] if answer.ndim else None
+        if rows != _PROBE_BATCH:
+            onnx.helper.set_model_props(
+                checked.model,
+                {**{p.key: p.value for p in checked.model.metadata_props}, METADATA_KEY: NOT_BATCH},
+            )
+            onnx.save_model(checked.model, path)
+            got = "no first dimension" if rows is None else f"{rows} rows"
+            return (
+                f"output {name!r} has {got} for a batch of {_PROBE_BATCH}: its first dimension is not the "
+                "batch, so workers run each request alone (no dynamic batching)"
+            )
+    return None
 
 
 def widen_bfloat16_outputs(model: Any) -> list[str]:

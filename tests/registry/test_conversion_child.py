@@ -619,3 +619,45 @@ def test_a_pt2_program_answering_a_dict_names_its_outputs_by_the_keys(tmp_path: 
     assert result["report"]["parity"]["passed"] is True
     assert [o["name"] for o in result["signature"]["outputs"]] == ["probs", "label"]
     assert [o.name for o in _ort(request["output_path"]).get_outputs()] == ["probs", "label"]
+
+
+class _Flattens(torch.nn.Module):
+    """An output whose first dimension is dynamic but not the batch: four rows per sample."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flatten() * 2, x.sum(dim=1)
+
+
+def test_an_output_whose_first_dimension_is_not_the_batch_is_served_one_request_a_run(
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.support.workers import make_config, running, v2_body
+
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(_Flattens()), str(path))
+        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
+
+    request = _request(tmp_path, "torchscript", save)
+
+    report = convert(request)["report"]
+
+    assert report["parity"]["passed"] is True
+    assert report["dynamic_batch"] is False
+    assert any("'output_0' has 12 rows for a batch of 3" in w for w in report["warnings"])
+    samples = [np.full((1 + i % 2, 4), i, dtype=np.float32) for i in range(24)]
+    with running(make_config(Path(request["output_path"]), "flat")) as handle:
+
+        def infer(x: np.ndarray) -> dict[str, Any]:
+            answer = httpx.post(f"{handle.url}/v2/models/flat/infer", json=v2_body({"x": x}), timeout=30)
+            assert answer.status_code == 200, answer.text
+            return {o["name"]: o["data"] for o in answer.json()["outputs"]}
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(infer, samples))
+    for x, answer in zip(samples, answers, strict=True):
+        assert answer["output_0"] == (x.flatten() * 2).tolist()
+        assert answer["output_1"] == x.sum(axis=1).tolist()
