@@ -19,7 +19,7 @@ from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
 from registry.conversion.parity import TensorSpec, draw_inputs
 from registry.conversion.profiling import make_session
 
-_PROBE_BATCH = 3
+_PROBE_BATCHES = (3, 5)
 
 
 @dataclass
@@ -68,25 +68,25 @@ def check_onnx_file(path: str, *, threads: int) -> CheckedModel:
 def mark_if_not_batched(
     checked: CheckedModel, path: str, inputs: Sequence[TensorSpec], int_high: int
 ) -> str | None:
-    """Run the model at a batch of 3; when an output's first dimension is not 3 (it is not the
-    batch), record in the file that requests cannot be stacked (``contracts.batch_dimension``) and
-    return why, for the report. None when every output follows the batch."""
+    """Run the model at batches of 3 and 5; when an output's first dimension is not the batch size
+    (``x.flatten()``, a detector's variable count of boxes), record in the file that requests cannot
+    be stacked (``contracts.batch_dimension``) and return why, for the report. None when every
+    output follows the batch."""
     import onnx
 
-    feeds = draw_inputs(inputs, _PROBE_BATCH, seed=0, int_high=int_high)
-    answers = checked.session.run(None, feeds)
     names = [output.name for output in checked.session.get_outputs()]
-    for name, answer in zip(names, answers, strict=True):
-        rows = answer.shape[0] if answer.ndim else None
-        if rows != _PROBE_BATCH:
-            onnx.helper.set_model_props(
-                checked.model,
-                {**{p.key: p.value for p in checked.model.metadata_props}, METADATA_KEY: NOT_BATCH},
-            )
+    for batch in _PROBE_BATCHES:
+        answers = checked.session.run(None, draw_inputs(inputs, batch, seed=0, int_high=int_high))
+        for name, answer in zip(names, answers, strict=True):
+            rows = answer.shape[0] if answer.ndim else None
+            if rows == batch:
+                continue
+            metadata = {entry.key: entry.value for entry in checked.model.metadata_props}
+            onnx.helper.set_model_props(checked.model, {**metadata, METADATA_KEY: NOT_BATCH})
             onnx.save_model(checked.model, path)
             got = "no first dimension" if rows is None else f"{rows} rows"
             return (
-                f"output {name!r} has {got} for a batch of {_PROBE_BATCH}: its first dimension is not the "
+                f"output {name!r} has {got} for a batch of {batch}: its first dimension is not the "
                 "batch, so workers run each request alone (no dynamic batching)"
             )
     return None

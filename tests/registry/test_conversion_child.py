@@ -661,3 +661,42 @@ def test_an_output_whose_first_dimension_is_not_the_batch_is_served_one_request_
     for x, answer in zip(samples, answers, strict=True):
         assert answer["output_0"] == (x.flatten() * 2).tolist()
         assert answer["output_1"] == x.sum(axis=1).tolist()
+
+
+class _Detects(torch.nn.Module):
+    """A detector's shape of answer: as many rows as it finds, whatever the batch."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        found = torch.nonzero(x > 0.5)
+        return found, x[found[:, 0], found[:, 1]]
+
+
+def test_a_variable_count_of_rows_marks_the_model_as_not_batched(tmp_path: Path) -> None:
+    import onnx
+
+    from inference_worker.contracts.batch_dimension import batches
+
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(_Detects()), str(path))
+        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 16]}]}
+
+    request = _request(tmp_path, "torchscript", save)
+
+    report = convert(request)["report"]
+
+    assert report["parity"]["passed"] is True
+    assert report["dynamic_batch"] is False
+    metadata = {p.key: p.value for p in onnx.load(request["output_path"]).metadata_props}
+    assert not batches(metadata)
+
+
+def test_a_model_whose_outputs_follow_the_batch_carries_no_such_mark(tmp_path: Path) -> None:
+    import onnx
+
+    request = _request(tmp_path, "torchscript", model_factories.save_torchscript_cnn)
+
+    report = convert(request)["report"]
+
+    assert report["dynamic_batch"] is True
+    assert not [w for w in report["warnings"] if "first dimension is not the batch" in w]
+    assert list(onnx.load(request["output_path"]).metadata_props) == []
