@@ -36,7 +36,7 @@ import numpy as np
 
 from registry.conversion.channel import ChildError, progress
 from registry.conversion.inspection import onnx_signature
-from registry.conversion.onnx_check import CheckedModel, check_onnx_file, mark_if_not_batched
+from registry.conversion.onnx_check import CheckedModel, check_onnx_file, export_notes, mark_if_not_batched
 from registry.conversion.onnx_export import DimRange, first_line, raise_if_out_of_memory
 from registry.conversion.parity import (
     DEFAULT_BATCH_SIZES,
@@ -185,13 +185,9 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
     progress("checking the ONNX graph")
     with _timed(report, "check"):
         checked = check_onnx_file(req.output_path, threads=req.threads)
-    report["warnings"].extend(checked.warnings)
-    if req.opset is not None and checked.opset != req.opset:
-        report["warnings"].append(
-            f"opset {req.opset} was requested; the exporter produced opset {checked.opset}"
-        )
     signature = onnx_signature(checked.model)
     inputs = source.inputs or specs_from_signature(signature, "inputs")
+    report["warnings"].extend([*checked.warnings, *export_notes(checked, req.opset, inputs)])
     report.update(
         opset=checked.opset,
         onnx_size=os.path.getsize(req.output_path),

@@ -65,6 +65,24 @@ def check_onnx_file(path: str, *, threads: int) -> CheckedModel:
     return CheckedModel(model=model, session=session, opset=default_opset(model), warnings=notes)
 
 
+def export_notes(checked: CheckedModel, opset: int | None, inputs: Sequence[TensorSpec]) -> list[str]:
+    """What the report says of the exported graph: an opset other than the one asked for, and the
+    declared inputs the exporter left out because the model never reads them."""
+    notes = []
+    if opset is not None and checked.opset != opset:
+        notes.append(f"opset {opset} was requested; the exporter produced opset {checked.opset}")
+    fed = {i.name for i in checked.session.get_inputs()}
+    ignored = [spec.name for spec in inputs if spec.name not in fed]
+    if ignored:
+        many = len(ignored) > 1
+        notes.append(
+            f"input{'s' if many else ''} {', '.join(map(repr, ignored))} {'are' if many else 'is'} never "
+            f"read by the model, so the ONNX graph and the version's signature leave "
+            f"{'them' if many else 'it'} out: requests do not send {'them' if many else 'it'}"
+        )
+    return notes
+
+
 def mark_if_not_batched(
     checked: CheckedModel, path: str, inputs: Sequence[TensorSpec], int_high: int
 ) -> str | None:
@@ -75,8 +93,10 @@ def mark_if_not_batched(
     import onnx
 
     names = [output.name for output in checked.session.get_outputs()]
+    fed = {i.name for i in checked.session.get_inputs()}  # the exporter drops inputs the model ignores
     for batch in _PROBE_BATCHES:
-        answers = checked.session.run(None, draw_inputs(inputs, batch, seed=0, int_high=int_high))
+        feeds = draw_inputs(inputs, batch, seed=0, int_high=int_high)
+        answers = checked.session.run(None, {name: feeds[name] for name in feeds if name in fed})
         for name, answer in zip(names, answers, strict=True):
             rows = answer.shape[0] if answer.ndim else None
             if rows == batch:

@@ -700,3 +700,25 @@ def test_a_model_whose_outputs_follow_the_batch_carries_no_such_mark(tmp_path: P
     assert report["dynamic_batch"] is True
     assert not [w for w in report["warnings"] if "first dimension is not the batch" in w]
     assert list(onnx.load(request["output_path"]).metadata_props) == []
+
+
+class _IgnoresOne(torch.nn.Module):
+    def forward(self, x: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def test_an_input_the_model_never_reads_is_left_out_with_a_note(tmp_path: Path) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(_IgnoresOne()), str(path))
+        spec = {"dtype": "float32", "shape": [-1, 4]}
+        return {"inputs": [{"name": "x", **spec}, {"name": "unused", **spec}]}
+
+    request = _request(tmp_path, "torchscript", save)
+
+    result = convert(request)
+
+    assert result["report"]["parity"]["passed"] is True
+    assert result["report"]["dynamic_batch"] is True
+    assert [i["name"] for i in result["signature"]["inputs"]] == ["x"]
+    assert any("input 'unused' is never read by the model" in w for w in result["report"]["warnings"])
+    assert [i.name for i in _ort(request["output_path"]).get_inputs()] == ["x"]
