@@ -139,6 +139,17 @@ def check_inputs_fed(signature: Signature) -> None:
             )
 
 
+def check_names_apart(signature: Signature) -> None:
+    """Refuse an output named like an input: the ONNX export of a PyTorch model names each value once."""
+    inputs = {spec.name for spec in signature.inputs}
+    for index, spec in enumerate(signature.outputs):
+        if spec.name in inputs:
+            raise InvalidSignatureError(
+                f"signature.outputs[{index}].name: {spec.name!r} is also an input's name; the ONNX export "
+                "names each tensor once, so give the output another name"
+            )
+
+
 def check_compatible(declared: Signature, actual: Signature) -> None:
     """Refuse a declared signature that disagrees with the one read from the artifact."""
     for field in ("inputs", "outputs"):

@@ -26,7 +26,14 @@ from registry.errors import (
 from registry.models import ModelVersion, RegisteredModel, slug_refusal
 from registry.sandbox import SandboxError, run_child
 from registry.services.conversion import start_first_conversion
-from registry.signature import Signature, check_compatible, check_inputs_fed, parse_signature, resolve_labels
+from registry.signature import (
+    Signature,
+    check_compatible,
+    check_inputs_fed,
+    check_names_apart,
+    parse_signature,
+    resolve_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +205,7 @@ def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) ->
                 f"{takes} ({', '.join(arguments)})"
             )
         check_inputs_fed(declared)
+        check_names_apart(declared)
         return declared
     actual = parse_signature(inspected["signature"], require_outputs=True)
     if declared_raw not in (None, "", {}):

@@ -336,6 +336,13 @@ def test_external_data_hidden_anywhere_in_an_onnx_model_is_refused(
             {"inputs": [{"name": "x", "dtype": "bfloat16", "shape": [-1, 3, 16, 16]}]},
             "inputs[0].dtype: input 'x' is bfloat16",
         ),
+        (
+            {
+                "inputs": [{"name": "image", "dtype": "float32", "shape": [-1, 3, 16, 16]}],
+                "outputs": [{"name": "image", "dtype": "float32", "shape": [-1, 10]}],
+            },
+            "outputs[0].name: 'image' is also an input's name",
+        ),
     ],
 )
 def test_a_bad_signature_is_a_400_naming_the_field(
