@@ -186,13 +186,13 @@ def _torch_spec(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": shape}
 
 
-def _dict_keys(out_spec: Any, count: int) -> list[str] | None:
+def _dict_keys(out_spec: Any, count: int, inputs: list[str]) -> list[str] | None:
     """The keys of a program that answers a flat dict of ``count`` tensors, as its output names."""
     if out_spec is None or out_spec.type is not dict or len(out_spec.context) != count:
         return None
     if not all(child.is_leaf() for child in out_spec.children()):
         return None
-    return key_names(list(out_spec.context))
+    return key_names(list(out_spec.context), inputs)
 
 
 def inspect_torch_export(path: str) -> dict[str, Any]:
@@ -211,7 +211,9 @@ def inspect_torch_export(path: str) -> dict[str, Any]:
     output_node = next(n for n in program.graph.nodes if n.op == "output")
     values = output_node.args[0]
     user_outputs = list(signature.user_outputs)
-    user_outputs = _dict_keys(program.call_spec.out_spec, len(user_outputs)) or user_outputs
+    user_outputs = (
+        _dict_keys(program.call_spec.out_spec, len(user_outputs), [i["name"] for i in inputs]) or user_outputs
+    )
     outputs = []
     for index, node in enumerate(values[-len(user_outputs) :] if user_outputs else []):
         name = user_outputs[index] or f"output_{index}"

@@ -12,18 +12,19 @@ the order the PyTorch reference flattens them (``torch.utils._pytree``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from registry.conversion.channel import ChildError
 
 
-def exportable(module: Any, count: int, result: Any) -> tuple[Any, list[str]]:
-    """The module to export for ``count`` declared inputs, given what it returned on a sample
+def exportable(module: Any, inputs: Sequence[str], result: Any) -> tuple[Any, list[str]]:
+    """The module to export for the declared ``inputs``, given what it returned on a sample
     (``result``), and the outputs' default names: a dict's keys when it returned a flat dict of
     tensors keyed by identifiers, else ``output_0``, ``output_1``, ..."""
+    count = len(inputs)
     leaves = list(_leaves(result, "result"))
-    names = _key_names(result, len(leaves)) or [f"output_{index}" for index in range(len(leaves))]
+    names = _key_names(result, len(leaves), inputs) or [f"output_{index}" for index in range(len(leaves))]
     takes_all = count == len(module.forward.schema.arguments) - 1
     if takes_all and _tensor_tuples(result):
         return module, names
@@ -58,20 +59,24 @@ def _tensor_tuples(value: Any) -> bool:
     return isinstance(value, tuple) and all(_tensor_tuples(item) for item in value)
 
 
-def _key_names(result: Any, count: int) -> list[str] | None:
+def _key_names(result: Any, count: int, inputs: Sequence[str]) -> list[str] | None:
     import torch
 
     if not isinstance(result, dict) or len(result) != count:
         return None
     if not all(isinstance(v, torch.Tensor) for v in result.values()):
         return None
-    return key_names(list(result))
+    return key_names(list(result), inputs)
 
 
-def key_names(keys: list[Any]) -> list[str] | None:
+def key_names(keys: list[Any], inputs: Sequence[str]) -> list[str] | None:
     """A flat dict's keys as its outputs' names, when every key is an identifier of at most 64
-    characters (TorchScript and ``.pt2`` answers alike); None otherwise."""
-    if all(isinstance(key, str) and key.isidentifier() and len(key) <= 64 for key in keys):
+    characters and no input's name (the export names each tensor once), for TorchScript and
+    ``.pt2`` answers alike; None otherwise."""
+    taken = set(inputs)
+    if all(
+        isinstance(key, str) and key.isidentifier() and len(key) <= 64 and key not in taken for key in keys
+    ):
         return list(keys)
     return None
 

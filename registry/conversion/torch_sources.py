@@ -94,7 +94,7 @@ def prepare_torchscript(
     sample = draw_inputs(inputs, SAMPLE_BATCH, seed=seed, int_high=int_high)
     with torch.no_grad(), quiet_warnings():
         result = module(*(torch.tensor(array) for array in sample.values()))
-    exported, leaf_names = exportable(module, len(inputs), result)
+    exported, leaf_names = exportable(module, [spec.name for spec in inputs], result)
     names = output_names(outputs, len(first)) or leaf_names
     check_output_shapes(outputs, first)
     axes = {spec.name: _input_axes(spec, dynamic) for spec in inputs}

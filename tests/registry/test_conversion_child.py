@@ -722,3 +722,22 @@ def test_an_input_the_model_never_reads_is_left_out_with_a_note(tmp_path: Path) 
     assert [i["name"] for i in result["signature"]["inputs"]] == ["x"]
     assert any("input 'unused' is never read by the model" in w for w in result["report"]["warnings"])
     assert [i.name for i in _ort(request["output_path"]).get_inputs()] == ["x"]
+
+
+class _AnswersUnderTheInputsName(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": x * 2, "total": x.sum(dim=1)}
+
+
+def test_dict_keys_that_repeat_an_inputs_name_give_way_to_numbered_outputs(tmp_path: Path) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(_AnswersUnderTheInputsName()), str(path))
+        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
+
+    request = _request(tmp_path, "torchscript", save)
+
+    result = convert(request)
+
+    assert result["report"]["parity"]["passed"] is True
+    assert [o["name"] for o in result["signature"]["outputs"]] == ["output_0", "output_1"]
+    assert [i.name for i in _ort(request["output_path"]).get_inputs()] == ["x"]
