@@ -239,12 +239,21 @@ def first_line(exc: BaseException) -> str:
     the first non-empty one, except for TorchScript's interpreter errors, whose first line is a
     generic header and whose cause (``RuntimeError: Given groups=1 ... 3 channels, but got 1``)
     is the last line, after the TorchScript traceback."""
-    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    text = _ORT_NOISE.sub("", _ANSI.sub("", str(exc)))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
     if lines[0] == _TORCHSCRIPT_HEADER and len(lines) > 1:
         return f"{lines[-1][:500]} (in the TorchScript interpreter)"
     return lines[0][:500]
+
+
+_ORT_NOISE = re.compile(
+    r"\[ONNXRuntimeError\] : \d+ : \w+ : "  # the status code's header
+    r"|Load model from \S+ failed:"  # the sandbox's path
+    r"|/onnxruntime_src/\S+:\d+ (?:[\w:~<>,&*\s]+\([^()]*\)(?: const)? )?"  # the C++ file and function
+)
+"""What ONNX Runtime puts before its message: the first line is then the message itself."""
 
 
 _OOM_MARKERS = ("can't allocate memory", "not enough memory", "bad_alloc", "Failed to allocate memory")

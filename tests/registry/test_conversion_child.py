@@ -741,3 +741,28 @@ def test_dict_keys_that_repeat_an_inputs_name_give_way_to_numbered_outputs(tmp_p
     assert result["report"]["parity"]["passed"] is True
     assert [o["name"] for o in result["signature"]["outputs"]] == ["output_0", "output_1"]
     assert [i.name for i in _ort(request["output_path"]).get_inputs()] == ["x"]
+
+
+def test_onnx_runtimes_refusal_reads_without_its_source_location_or_the_sandboxs_path(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    def save(path: Path) -> dict[str, Any]:
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 30)])  # not released
+        model.ir_version = 9
+        onnx.save(model, str(path))
+        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
+
+    failure = _failure(_request(tmp_path, "onnx", save))
+
+    assert failure.code == "check_failed"
+    assert failure.message.startswith("ONNX Runtime cannot load the model: ONNX Runtime only")
+    assert "Opset 30" in failure.message
+    assert "onnxruntime_src" not in failure.message
+    assert str(tmp_path) not in failure.message
