@@ -53,6 +53,18 @@ def _request(tmp_path: Path, fmt: str, save: SaveModel, **overrides: Any) -> dic
     return request
 
 
+def _scripted(module: torch.nn.Module, **inputs: list[int]) -> SaveModel:
+    """A ``save`` that writes ``module`` as TorchScript and declares float32 ``inputs`` (name=shape)."""
+
+    def save(path: Path) -> dict[str, Any]:
+        torch.jit.save(torch.jit.script(module), str(path))
+        return {
+            "inputs": [{"name": name, "dtype": "float32", "shape": shape} for name, shape in inputs.items()]
+        }
+
+    return save
+
+
 def _failure(request: dict[str, Any]) -> ChildError:
     with pytest.raises(ChildError) as caught:
         convert(request)
@@ -430,11 +442,7 @@ class _HalfPrecisionHead(torch.nn.Module):
 
 
 def test_a_bfloat16_output_is_served_as_float32_with_parity_passed(tmp_path: Path) -> None:
-    def save(path: Path) -> dict[str, Any]:
-        torch.jit.save(torch.jit.script(_HalfPrecisionHead().eval()), str(path))
-        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
-
-    request = _request(tmp_path, "torchscript", save)
+    request = _request(tmp_path, "torchscript", _scripted(_HalfPrecisionHead().eval(), x=[-1, 4]))
 
     result = convert(request)
 
@@ -548,11 +556,7 @@ def test_dict_and_list_answers_and_arguments_left_to_their_defaults_export_and_p
     torch.manual_seed(0)
     module = model().eval()
 
-    def save(path: Path) -> dict[str, Any]:
-        torch.jit.save(torch.jit.script(module), str(path))
-        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
-
-    request = _request(tmp_path, "torchscript", save)
+    request = _request(tmp_path, "torchscript", _scripted(module, x=[-1, 4]))
 
     result = convert(request)
 
@@ -578,11 +582,7 @@ def test_a_forward_whose_undeclared_arguments_have_no_usable_default_names_the_r
         def forward(self, x: torch.Tensor, steps: list[int]) -> torch.Tensor:
             return x * len(steps)
 
-    def save(path: Path) -> dict[str, Any]:
-        torch.jit.save(torch.jit.script(TakesTwo()), str(path))
-        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
-
-    failure = _failure(_request(tmp_path, "torchscript", save))
+    failure = _failure(_request(tmp_path, "torchscript", _scripted(TakesTwo(), x=[-1, 4])))
 
     assert failure.code == "invalid_signature"
     assert "forward takes (x, steps)" in failure.message
@@ -637,11 +637,7 @@ def test_an_output_whose_first_dimension_is_not_the_batch_is_served_one_request_
 
     from tests.support.workers import make_config, running, v2_body
 
-    def save(path: Path) -> dict[str, Any]:
-        torch.jit.save(torch.jit.script(_Flattens()), str(path))
-        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
-
-    request = _request(tmp_path, "torchscript", save)
+    request = _request(tmp_path, "torchscript", _scripted(_Flattens(), x=[-1, 4]))
 
     report = convert(request)["report"]
 
@@ -676,11 +672,7 @@ def test_a_variable_count_of_rows_marks_the_model_as_not_batched(tmp_path: Path)
 
     from inference_worker.contracts.batch_dimension import batches
 
-    def save(path: Path) -> dict[str, Any]:
-        torch.jit.save(torch.jit.script(_Detects()), str(path))
-        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 16]}]}
-
-    request = _request(tmp_path, "torchscript", save)
+    request = _request(tmp_path, "torchscript", _scripted(_Detects(), x=[-1, 16]))
 
     report = convert(request)["report"]
 
@@ -708,12 +700,7 @@ class _IgnoresOne(torch.nn.Module):
 
 
 def test_an_input_the_model_never_reads_is_left_out_with_a_note(tmp_path: Path) -> None:
-    def save(path: Path) -> dict[str, Any]:
-        torch.jit.save(torch.jit.script(_IgnoresOne()), str(path))
-        spec = {"dtype": "float32", "shape": [-1, 4]}
-        return {"inputs": [{"name": "x", **spec}, {"name": "unused", **spec}]}
-
-    request = _request(tmp_path, "torchscript", save)
+    request = _request(tmp_path, "torchscript", _scripted(_IgnoresOne(), x=[-1, 4], unused=[-1, 4]))
 
     result = convert(request)
 
@@ -730,11 +717,7 @@ class _AnswersUnderTheInputsName(torch.nn.Module):
 
 
 def test_dict_keys_that_repeat_an_inputs_name_give_way_to_numbered_outputs(tmp_path: Path) -> None:
-    def save(path: Path) -> dict[str, Any]:
-        torch.jit.save(torch.jit.script(_AnswersUnderTheInputsName()), str(path))
-        return {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]}
-
-    request = _request(tmp_path, "torchscript", save)
+    request = _request(tmp_path, "torchscript", _scripted(_AnswersUnderTheInputsName(), x=[-1, 4]))
 
     result = convert(request)
 
