@@ -307,6 +307,56 @@ def test_parity_compares_with_numpy_allclose_semantics_and_scale_relative_error(
     assert failing.mismatched == 2
 
 
+def test_a_float16_output_is_held_to_float16s_precision_not_float32s() -> None:
+    expected = np.array([0.0317688, 1.0, -2.5], dtype=np.float16)
+    actual = np.array([0.0319214, 1.0, -2.5], dtype=np.float16)  # one float16 step apart
+
+    half = compare_output("y", expected, actual, atol=1e-4, rtol=1e-3, batch_size=3)
+    single = compare_output(
+        "y", expected.astype(np.float32), actual.astype(np.float32), atol=1e-4, rtol=1e-3, batch_size=3
+    )
+
+    assert half.passed
+    assert (half.atol, half.rtol) == (1e-3, 1e-2)
+    assert not single.passed
+    assert (single.atol, single.rtol) == (1e-4, 1e-3)
+    tally = ParityTally(atol=1e-4, rtol=1e-3, reference="PyTorch")
+    tally.add(half)
+    assert (tally.outputs["y"]["atol"], tally.outputs["y"]["rtol"]) == (1e-3, 1e-2)
+    assert (
+        compare_output("y", expected, actual, atol=0.1, rtol=0.2, batch_size=3).atol == 0.1
+    )  # raised, never lowered
+
+
+def test_an_onnx_upload_computing_in_float16_passes_parity(tmp_path: Path) -> None:
+    def save(path: Path) -> dict[str, Any]:
+        torch.manual_seed(0)
+        cnn = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 30 * 30, 10)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                cnn.eval().half(),
+                (torch.randn(2, 3, 32, 32).half(),),
+                str(path),
+                dynamo=False,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        return {"inputs": [{"name": "image", "dtype": "float16", "shape": [-1, 3, 32, 32]}]}
+
+    report = convert(_request(tmp_path, "onnx", save))["report"]
+
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["outputs"]["logits"]["dtype"] == "float16"
+    assert (report["parity"]["outputs"]["logits"]["atol"], report["parity"]["outputs"]["logits"]["rtol"]) == (
+        1e-3,
+        1e-2,
+    )
+
+
 def test_integer_outputs_must_match_exactly() -> None:
     check = compare_output(
         "ids", np.array([1, 2, 3]), np.array([1, 2, 4]), atol=10.0, rtol=10.0, batch_size=1
