@@ -85,6 +85,8 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
         "description": args.description,
         "metadata": {**_ci_metadata(args), **(_json_arg(args.metadata, "--metadata") or {})},
         "class_labels": _text_file(args.labels, "--labels"),
+        "parity_atol": args.parity_atol,
+        "parity_rtol": args.parity_rtol,
     }
     version = client.upload(args.model, path, fields, lambda done, total: out.bar("uploading", done, total))
     number = version["version"]
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         "top-k answers carry them",
     )
     p.add_argument("--metadata", help="extra JSON metadata, or @file.json")
+    p.add_argument("--parity-atol", type=float, help="this version's parity atol (default: the platform's)")
+    p.add_argument("--parity-rtol", type=float, help="this version's parity rtol (default: the platform's)")
     p.add_argument("--git-commit", help="default: $GITHUB_SHA, $CI_COMMIT_SHA or $GIT_COMMIT")
     p.add_argument("--ci-run-url", help="default: from $GITHUB_*, $CI_JOB_URL or $BUILD_URL")
     p.add_argument("--create", action="store_true", help="create the model when it does not exist")

@@ -115,6 +115,12 @@ class ModelVersion(models.Model):
     onnx_size = models.BigIntegerField(null=True, blank=True)
     onnx_path = models.CharField(max_length=255, blank=True)
     report = models.JSONField(default=dict, blank=True)
+    parity_atol = models.FloatField(
+        null=True, blank=True, help_text="the parity check's atol for this version; null: the platform's"
+    )
+    parity_rtol = models.FloatField(
+        null=True, blank=True, help_text="the parity check's rtol for this version; null: the platform's"
+    )
     conversion_attempt = models.UUIDField(null=True, blank=True)
     conversion_started_at = models.DateTimeField(null=True, blank=True)
     conversion_heartbeat_at = models.DateTimeField(null=True, blank=True)

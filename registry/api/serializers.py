@@ -20,6 +20,7 @@ from registry.models import (
     RegisteredModel,
     VersionStatus,
 )
+from registry.services import PARITY_TOLERANCE_MAX
 
 
 @extend_schema_field(
@@ -128,6 +129,8 @@ class VersionOutput(serializers.ModelSerializer[ModelVersion]):
             "onnx_sha256",
             "onnx_size",
             "report",
+            "parity_atol",
+            "parity_rtol",
             "aliases",
             "artifacts",
             "created_by",
@@ -145,6 +148,16 @@ class VersionOutput(serializers.ModelSerializer[ModelVersion]):
         kwargs = {"name": obj.model.name, "number": obj.version}
         onnx = reverse("api:version-artifact", kwargs={**kwargs, "kind": "onnx"}) if obj.onnx_path else None
         return {"source": reverse("api:version-artifact", kwargs={**kwargs, "kind": "source"}), "onnx": onnx}
+
+
+def _tolerance(what: str) -> serializers.FloatField:
+    return serializers.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=PARITY_TOLERANCE_MAX,
+        help_text=f"the parity check's {what} for this version (|onnx - reference| <= atol + rtol * "
+        "|reference| per element); left out: the platform's (KILN_PARITY_ATOL, KILN_PARITY_RTOL)",
+    )
 
 
 class VersionUploadInput(Input):
@@ -167,6 +180,13 @@ class VersionUploadInput(Input):
         f"(classification) carry them; at most {MAX_LABELS_BYTES} bytes of JSON, {MAX_LABEL_CHARS} "
         "characters a label",
     )
+    parity_atol = _tolerance("atol")
+    parity_rtol = _tolerance("rtol")
+
+
+class VersionConvertInput(Input):
+    parity_atol = _tolerance("atol")
+    parity_rtol = _tolerance("rtol")
 
 
 class VersionUpdateInput(Input):

@@ -141,6 +141,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
             metadata=parse_json_field(data.validated_data.get("metadata"), "metadata"),
             class_labels=labels_from_text(data.validated_data.get("class_labels", "")),
             if_exists=data.validated_data["if_exists"],
+            tolerance=_tolerance(data.validated_data),
         )
         # if_exists=existing answers the version registered before with a 200.
         found = not new
@@ -174,12 +175,22 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
         services.delete_version(version=version, actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=None, responses={202: s.VersionOutput})
+    @extend_schema(request=s.VersionConvertInput, responses={202: s.VersionOutput})
     @action(detail=True, methods=["post"])
     def convert(self, request: Request, name: str, number: str) -> Response:
+        """Convert the version again (after a failure, or to refresh its report); a parity tolerance
+        given is the version's from now on."""
+        data = s.VersionConvertInput(data=request.data)
+        data.is_valid(raise_exception=True)
         version = queries.version_for_change(name, int(number), request.user)
-        version = services.request_conversion(version=version, actor=request.user)
+        version = services.request_conversion(
+            version=version, actor=request.user, tolerance=_tolerance(data.validated_data)
+        )
         return Response(s.VersionOutput(queries.versions().get(pk=version.pk)).data, status=202)
+
+
+def _tolerance(values: dict[str, Any]) -> services.ParityTolerance:
+    return services.ParityTolerance(values.get("parity_atol"), values.get("parity_rtol"))
 
 
 def _too_large_message() -> str:

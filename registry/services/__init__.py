@@ -6,6 +6,8 @@ Split by concept: ``registration`` (models and uploads), ``aliases`` (promotion)
 
 from registry.services.aliases import delete_alias, set_alias
 from registry.services.conversion import (
+    PARITY_TOLERANCE_MAX,
+    ParityTolerance,
     convert_version,
     fail_version,
     request_conversion,
@@ -21,6 +23,8 @@ from registry.services.registration import (
 from registry.services.removal import delete_model, delete_version
 
 __all__ = (
+    "PARITY_TOLERANCE_MAX",
+    "ParityTolerance",
     "Registration",
     "convert_version",
     "create_model",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
@@ -48,20 +48,42 @@ CONVERSION_JOB = RowJob(
 )
 
 
+PARITY_TOLERANCE_MAX = 1.0
+"""The largest atol or rtol a version may ask its parity check for."""
+
+
+class ParityTolerance(NamedTuple):
+    """A version's own parity tolerance; None keeps the platform's (``KILN_PARITY_ATOL``/``_RTOL``)."""
+
+    atol: float | None = None
+    rtol: float | None = None
+
+
+PLATFORM_TOLERANCE = ParityTolerance()
+"""No tolerance of the version's own."""
+
+
 def _enqueue(version_id: int, attempt: uuid.UUID) -> None:
     dispatch.send_on_commit("registry.convert_version", version_id, str(attempt))
 
 
 @transaction.atomic
-def request_conversion(*, version: ModelVersion, actor: Actor) -> ModelVersion:
-    """Convert ``version`` again (after a failure, or to refresh its report)."""
+def request_conversion(
+    *, version: ModelVersion, actor: Actor, tolerance: ParityTolerance = PLATFORM_TOLERANCE
+) -> ModelVersion:
+    """Convert ``version`` again (after a failure, or to refresh its report); a ``tolerance``
+    value given replaces the version's own."""
     locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
     if locked.status == VersionStatus.CONVERTING:
         raise VersionStateError(f"{locked} is converting already")
-    before = {"status": locked.status, "reason": locked.status_reason}
+    before = {"status": locked.status, "reason": locked.status_reason, **_tolerance_of(locked)}
     attempt = CONVERSION_JOB.restart(locked)
     locked.status_reason = ""
     locked.progress = "queued"
+    if tolerance.atol is not None:
+        locked.parity_atol = tolerance.atol
+    if tolerance.rtol is not None:
+        locked.parity_rtol = tolerance.rtol
     locked.save()
     record_event(
         actor=actor,
@@ -69,10 +91,14 @@ def request_conversion(*, version: ModelVersion, actor: Actor) -> ModelVersion:
         subject=f"model/{locked.model.name}/v{locked.version}",
         model=locked.model,
         before=before,
-        after={"status": locked.status},
+        after={"status": locked.status, **_tolerance_of(locked)},
     )
     _enqueue(locked.pk, attempt)
     return locked
+
+
+def _tolerance_of(version: ModelVersion) -> dict[str, float | None]:
+    return {"parity_atol": version.parity_atol, "parity_rtol": version.parity_rtol}
 
 
 def start_first_conversion(version: ModelVersion) -> None:
@@ -152,8 +178,8 @@ def _conversion_request(version: ModelVersion, output: str) -> dict[str, Any]:
         "source_path": str(storage.resolve(version.source_path)),
         "output_path": output,
         "signature": version.signature,
-        "atol": settings.KILN_PARITY_ATOL,
-        "rtol": settings.KILN_PARITY_RTOL,
+        "atol": settings.KILN_PARITY_ATOL if version.parity_atol is None else version.parity_atol,
+        "rtol": settings.KILN_PARITY_RTOL if version.parity_rtol is None else version.parity_rtol,
         "parity_batch_sizes": [1, 3, 8],
         "profile_max_batch": settings.KILN_PROFILE_MAX_BATCH,
         "profile_runs": 10,

@@ -25,7 +25,7 @@ from registry.errors import (
 )
 from registry.models import ModelVersion, RegisteredModel, slug_refusal
 from registry.sandbox import SandboxError, run_child
-from registry.services.conversion import start_first_conversion
+from registry.services.conversion import PLATFORM_TOLERANCE, ParityTolerance, start_first_conversion
 from registry.signature import (
     Signature,
     check_compatible,
@@ -235,6 +235,7 @@ def register_version(
     class_labels: Any = None,
     enqueue_conversion: bool = True,
     if_exists: str = "new",
+    tolerance: ParityTolerance = PLATFORM_TOLERANCE,
 ) -> Registration:
     """Check an uploaded file, store it content-addressed and create the next version.
 
@@ -245,7 +246,8 @@ def register_version(
     When a version of this model has the same bytes, ``if_exists`` decides:
     ``new`` registers them again, ``existing`` returns that version, ``refuse`` raises
     ``DuplicateUploadError``. ``class_labels`` (a list for the first output, or lists by output
-    name) name the classes a classification answer reports.
+    name) name the classes a classification answer reports; ``tolerance`` is the version's own
+    parity tolerance (None fields: the platform's).
     """
     if if_exists not in IF_EXISTS:
         raise InvalidArtifactError(f"if_exists: one of {', '.join(IF_EXISTS)}", code="invalid")
@@ -269,6 +271,7 @@ def register_version(
             metadata=clean_meta,
             enqueue_conversion=enqueue_conversion,
             if_exists=if_exists,
+            tolerance=tolerance,
         )
     except BaseException:
         if created:
@@ -325,6 +328,7 @@ def _create_version_row(
     metadata: dict[str, Any],
     enqueue_conversion: bool,
     if_exists: str,
+    tolerance: ParityTolerance,
 ) -> tuple[ModelVersion, bool]:
     # The row lock serialises number assignment per model: concurrent uploads queue here.
     locked = RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
@@ -346,6 +350,8 @@ def _create_version_row(
         source_path=relative,
         signature=signature.as_dict(),
         class_labels=class_labels,
+        parity_atol=tolerance.atol,
+        parity_rtol=tolerance.rtol,
         created_by=actor,
     )
     record_event(

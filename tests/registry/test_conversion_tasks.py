@@ -105,29 +105,41 @@ def test_parity_above_tolerance_fails_with_the_numbers(
     assert result["report"]["parity"]["passed"] is False
 
 
-def test_a_failed_version_can_be_converted_again_through_the_api(
-    model: APIClient, celery_worker: CeleryWorker, tmp_path: Path, settings: Any
+def test_a_version_failing_parity_at_its_own_tolerance_converts_again_at_another(
+    model: APIClient, celery_worker: CeleryWorker, tmp_path: Path
 ) -> None:
     path = tmp_path / "cnn.pt"
     signature = factories.save_torchscript_cnn(path)
-    settings.KILN_PARITY_ATOL = 1e-30
-    settings.KILN_PARITY_RTOL = 1e-30
-    celery_worker.stop()
-    celery_worker.env.update({"KILN_PARITY_ATOL": "1e-30", "KILN_PARITY_RTOL": "1e-30"})
-    celery_worker.start()
-    number = upload_ok(model, path, signature)
-    assert finished(model, number)["status"] == "failed"
-    celery_worker.stop()
-    celery_worker.env.update({"KILN_PARITY_ATOL": "1e-4", "KILN_PARITY_RTOL": "1e-3"})
-    celery_worker.start()
+    response = upload(model, "cnn", path, signature=signature, parity_atol="0", parity_rtol="0")
+    assert response.status_code == 201, response.content
+    assert (response.json()["parity_atol"], response.json()["parity_rtol"]) == (0.0, 0.0)
+    number = int(response.json()["version"])
+    failed = finished(model, number)
+    assert failed["status"] == "failed"
+    assert (failed["report"]["parity"]["atol"], failed["report"]["parity"]["rtol"]) == (0.0, 0.0)
 
-    queued = model.post(f"/api/v1/models/cnn/versions/{number}/convert/")
+    queued = model.post(
+        f"/api/v1/models/cnn/versions/{number}/convert/",
+        {"parity_atol": 1e-4, "parity_rtol": 1e-3},
+        format="json",
+    )
 
-    assert queued.status_code == 202
+    assert queued.status_code == 202, queued.content
     assert queued.json()["status"] == "registered"
-    assert finished(model, number)["status"] == "ready"
-    again = model.post(f"/api/v1/models/cnn/versions/{number}/convert/")
+    assert (queued.json()["parity_atol"], queued.json()["parity_rtol"]) == (1e-4, 1e-3)
+    ready = finished(model, number)
+    assert ready["status"] == "ready"
+    assert (ready["report"]["parity"]["atol"], ready["report"]["parity"]["rtol"]) == (1e-4, 1e-3)
+    again = model.post(f"/api/v1/models/cnn/versions/{number}/convert/")  # no body: keeps its tolerance
     assert again.status_code == 202
+    assert (again.json()["parity_atol"], again.json()["parity_rtol"]) == (1e-4, 1e-3)
+    events = model.get("/api/v1/audit-events/?model=cnn").json()["results"]
+    requested = next(
+        e
+        for e in events
+        if e["action"] == "version.conversion_requested" and e["before"]["parity_atol"] == 0.0
+    )
+    assert requested["after"]["parity_atol"] == 1e-4
 
 
 def test_a_celery_worker_killed_mid_conversion_still_ends_ready_after_a_restart(

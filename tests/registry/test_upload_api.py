@@ -93,6 +93,35 @@ def test_a_torchscript_upload_without_signature_is_shown_an_example_of_the_requi
     assert '{"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 16]}]}' in message
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("parity_atol", "-1", "parity_atol"),
+        ("parity_rtol", "2", "parity_rtol"),
+        ("parity_atol", "nan", "parity_atol"),
+        ("parity_rtol", "inf", "parity_rtol"),
+        ("parity_atol", "tight", "parity_atol"),
+    ],
+)
+def test_a_parity_tolerance_out_of_bounds_is_a_400_on_upload_and_on_convert(
+    owner_api: APIClient, tmp_path: Path, field: str, value: str, message: str
+) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+
+    refused = upload(owner_api, "cnn", path, signature=signature, **{field: value})
+
+    assert refused.status_code == 400, refused.content
+    assert message in refused.content.decode()
+    assert not ModelVersion.objects.exists()
+    assert upload(owner_api, "cnn", path, signature=signature).status_code == 201
+    again = owner_api.post("/api/v1/models/cnn/versions/1/convert/", {field: value}, format="json")
+    assert again.status_code == 400, again.content
+    assert message in again.content.decode()
+    assert ModelVersion.objects.get().parity_atol is None
+
+
 def test_an_onnx_upload_gets_its_signature_from_the_graph(owner_api: APIClient, tmp_path: Path) -> None:
     create_model(owner_api)
     path = tmp_path / "model.onnx"
