@@ -12,6 +12,7 @@ from config import json_input
 from config.errors import PlatformError
 from inference_worker.contracts.labels import MAX_LABELS_BYTES, labels_from_text
 from registry.models import SLUG_RULE, slug_refusal
+from registry.services import PARITY_TOLERANCE_MAX, ParityTolerance
 from registry.signature import DTYPES
 
 
@@ -68,6 +69,32 @@ class LabelsForm(ClassLabelsInput):
         return json.dumps(labels, ensure_ascii=False, indent=1)
 
 
+def _tolerance_field(what: str) -> forms.FloatField:
+    return forms.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=PARITY_TOLERANCE_MAX,
+        label=f"Parity {what}",
+        widget=forms.NumberInput(attrs={"step": "any", "placeholder": "the platform's"}),
+        help_text=f"Optional: this version's {what} for the parity check "
+        "(|onnx - reference| <= atol + rtol * |reference|); empty: the platform's.",
+    )
+
+
+class ToleranceForm(forms.Form):
+    """The parity tolerance a conversion again is asked for (empty fields keep the version's)."""
+
+    parity_atol = _tolerance_field("atol")
+    parity_rtol = _tolerance_field("rtol")
+
+    def tolerance(self) -> ParityTolerance:
+        return _tolerance(self.cleaned_data)
+
+
+def _tolerance(cleaned: dict[str, Any]) -> ParityTolerance:
+    return ParityTolerance(cleaned.get("parity_atol"), cleaned.get("parity_rtol"))
+
+
 class UploadForm(ClassLabelsInput):
     file = forms.FileField(
         help_text="TorchScript (torch.jit.save), torch.export program (.pt2) or ONNX; pickles are refused"
@@ -86,6 +113,11 @@ class UploadForm(ClassLabelsInput):
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=10_000)
     git_commit = forms.CharField(required=False, max_length=100, label="Git commit")
     ci_run_url = forms.URLField(required=False, max_length=500, label="CI run URL", assume_scheme="https")
+    parity_atol = _tolerance_field("atol")
+    parity_rtol = _tolerance_field("rtol")
+
+    def tolerance(self) -> ParityTolerance:
+        return _tolerance(self.cleaned_data)
 
     def clean_signature(self) -> Any:
         raw = self.cleaned_data["signature"].strip()

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from config.errors import PlatformError
 from registry import hooks, queries, services
 from registry.errors import ArtifactTooLargeError
-from registry.forms import AliasForm, LabelsForm, ModelCreateForm, UploadForm
+from registry.forms import AliasForm, LabelsForm, ModelCreateForm, ToleranceForm, UploadForm
 from registry.models import VersionStatus
 from registry.search import ModelFilters
 from registry.uploads import HashedTempUploadedFile
@@ -104,6 +104,7 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                     description=form.cleaned_data["description"],
                     metadata=form.metadata(),
                     class_labels=form.cleaned_data["class_labels"],
+                    tolerance=form.tolerance(),
                 ).version
             except PlatformError as exc:
                 fields = {"invalid_signature": "signature", "invalid_labels": "class_labels"}
@@ -228,8 +229,13 @@ def alias_delete(request: HttpRequest, name: str, alias: str) -> HttpResponse:
 @require_POST
 def version_convert(request: HttpRequest, name: str, number: int) -> HttpResponse:
     version = queries.version_for_change(name, number, request.user)
+    form = ToleranceForm(request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{form.fields[field].label}: {' '.join(str(e) for e in errors)}")
+        return redirect("registry:version-detail", name=name, number=number)
     try:
-        services.request_conversion(version=version, actor=request.user)
+        services.request_conversion(version=version, actor=request.user, tolerance=form.tolerance())
     except PlatformError as exc:
         messages.error(request, exc.message)
     else:

@@ -227,3 +227,41 @@ def test_the_latency_profile_says_at_which_length_a_sequence_input_ran(
     assert (
         "2 threads, median of several runs; dynamic dimensions at tokens [batch, 8], mask [batch, 8]." in page
     )
+
+
+def test_the_pages_take_a_versions_parity_tolerance_on_upload_and_on_convert_again(
+    owner: User, web_as: Callable[[User], Client], tmp_path: Path
+) -> None:
+    web = web_as(owner)
+    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    path = tmp_path / "model.pt"
+    signature = save_torchscript_cnn(path)
+    with path.open("rb") as handle:
+        web.post(
+            "/models/digits/upload/",
+            {
+                "file": handle,
+                "signature": json.dumps(signature),
+                "parity_atol": "0.001",
+                "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/"),
+            },
+        )
+    version = ModelVersion.objects.get()
+    assert (version.parity_atol, version.parity_rtol) == (0.001, None)
+    ModelVersion.objects.filter(pk=version.pk).update(status="failed")
+    page = "/models/digits/versions/1/"
+    assert (
+        'name="parity_atol" type="number" step="any" min="0" value="0.001"' in web.get(page).content.decode()
+    )
+
+    refused = web.post(
+        f"{page}convert/", {"parity_rtol": "-1", "csrfmiddlewaretoken": csrf_token(web, page)}, follow=True
+    )
+    assert "Parity rtol: Ensure this value is greater than or equal to 0.0." in refused.content.decode()
+    assert ModelVersion.objects.get().status == "failed"
+    web.post(
+        f"{page}convert/",
+        {"parity_rtol": "0.05", "parity_atol": "", "csrfmiddlewaretoken": csrf_token(web, page)},
+    )
+    version.refresh_from_db()
+    assert (version.status, version.parity_atol, version.parity_rtol) == ("registered", 0.001, 0.05)
