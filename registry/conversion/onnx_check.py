@@ -19,8 +19,6 @@ from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
 from registry.conversion.parity import TensorSpec, draw_inputs
 from registry.conversion.profiling import make_session
 
-_PROBE_BATCHES = (3, 5)
-
 
 @dataclass
 class CheckedModel:
@@ -84,19 +82,23 @@ def export_notes(checked: CheckedModel, opset: int | None, inputs: Sequence[Tens
 
 
 def mark_if_not_batched(
-    checked: CheckedModel, path: str, inputs: Sequence[TensorSpec], int_high: int
+    checked: CheckedModel, path: str, inputs: Sequence[TensorSpec], int_high: int, sizes: Sequence[int]
 ) -> str | None:
-    """Run the model at batches of 3 and 5; when an output's first dimension is not the batch size
-    (``x.flatten()``, a detector's variable count of boxes), record in the file that requests cannot
-    be stacked (``contracts.batch_dimension``) and return why, for the report. None when every
-    output follows the batch."""
+    """Run the model at the batch ``sizes`` above 1 that parity ran; when an output's first
+    dimension is not the batch size (``x.flatten()``, a detector's variable count of boxes),
+    record in the file that requests cannot be stacked (``contracts.batch_dimension``) and return
+    why, for the report. None when every output follows the batch (or a run fails: parity ran these
+    sizes, so that is the model's randomness, and its batching stays as its shapes say)."""
     import onnx
 
     names = [output.name for output in checked.session.get_outputs()]
     fed = {i.name for i in checked.session.get_inputs()}  # the exporter drops inputs the model ignores
-    for batch in _PROBE_BATCHES:
+    for batch in [size for size in sizes if size > 1]:
         feeds = draw_inputs(inputs, batch, seed=0, int_high=int_high)
-        answers = checked.session.run(None, {name: feeds[name] for name in feeds if name in fed})
+        try:
+            answers = checked.session.run(None, {name: feeds[name] for name in feeds if name in fed})
+        except Exception:
+            return None
         for name, answer in zip(names, answers, strict=True):
             rows = answer.shape[0] if answer.ndim else None
             if rows == batch:

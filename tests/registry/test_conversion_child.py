@@ -799,3 +799,24 @@ def test_onnx_runtimes_refusal_reads_without_its_source_location_or_the_sandboxs
     assert "Opset 30" in failure.message
     assert "onnxruntime_src" not in failure.message
     assert str(tmp_path) not in failure.message
+
+
+def test_a_pt2_program_with_a_narrow_batch_range_is_probed_only_within_it(tmp_path: Path) -> None:
+    from registry.conversion.inspection import inspect_torch_export
+
+    def save(path: Path) -> dict[str, Any]:
+        batch = torch.export.Dim("batch", min=1, max=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+            torch.export.save(
+                torch.export.export(module, (torch.randn(2, 4),), dynamic_shapes=({0: batch},)), str(path)
+            )
+        signature: dict[str, Any] = inspect_torch_export(str(path))["signature"]
+        return signature
+
+    report = convert(_request(tmp_path, "torch_export", save))["report"]
+
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["batch_sizes"] == [1, 3]
+    assert report["dynamic_batch"] is True
