@@ -88,11 +88,7 @@ class ToleranceForm(forms.Form):
     parity_rtol = _tolerance_field("rtol")
 
     def tolerance(self) -> ParityTolerance:
-        return _tolerance(self.cleaned_data)
-
-
-def _tolerance(cleaned: dict[str, Any]) -> ParityTolerance:
-    return ParityTolerance(cleaned.get("parity_atol"), cleaned.get("parity_rtol"))
+        return ParityTolerance.of(self.cleaned_data)
 
 
 class UploadForm(ClassLabelsInput):
@@ -117,7 +113,7 @@ class UploadForm(ClassLabelsInput):
     parity_rtol = _tolerance_field("rtol")
 
     def tolerance(self) -> ParityTolerance:
-        return _tolerance(self.cleaned_data)
+        return ParityTolerance.of(self.cleaned_data)
 
     def clean_signature(self) -> Any:
         raw = self.cleaned_data["signature"].strip()

@@ -141,7 +141,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
             metadata=parse_json_field(data.validated_data.get("metadata"), "metadata"),
             class_labels=labels_from_text(data.validated_data.get("class_labels", "")),
             if_exists=data.validated_data["if_exists"],
-            tolerance=_tolerance(data.validated_data),
+            tolerance=services.ParityTolerance.of(data.validated_data),
         )
         # if_exists=existing answers the version registered before with a 200.
         found = not new
@@ -184,13 +184,9 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
         data.is_valid(raise_exception=True)
         version = queries.version_for_change(name, int(number), request.user)
         version = services.request_conversion(
-            version=version, actor=request.user, tolerance=_tolerance(data.validated_data)
+            version=version, actor=request.user, tolerance=services.ParityTolerance.of(data.validated_data)
         )
         return Response(s.VersionOutput(queries.versions().get(pk=version.pk)).data, status=202)
-
-
-def _tolerance(values: dict[str, Any]) -> services.ParityTolerance:
-    return services.ParityTolerance(values.get("parity_atol"), values.get("parity_rtol"))
 
 
 def _too_large_message() -> str:

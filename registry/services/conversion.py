@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -57,6 +58,11 @@ class ParityTolerance(NamedTuple):
 
     atol: float | None = None
     rtol: float | None = None
+
+    @classmethod
+    def of(cls, fields: Mapping[str, Any]) -> ParityTolerance:
+        """From validated ``parity_atol`` and ``parity_rtol`` fields (an upload's, a convert request's)."""
+        return cls(fields.get("parity_atol"), fields.get("parity_rtol"))
 
 
 PLATFORM_TOLERANCE = ParityTolerance()
