@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -24,6 +25,18 @@ def csrf_token(client: Client, url: str) -> str:
     match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
     assert match, "form has no CSRF token"
     return match.group(1)
+
+
+def new_digits_model(web: Client) -> None:
+    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+
+
+def upload_through_the_page(web: Client, path: Path, *, follow: bool = False, **fields: str) -> Any:
+    token = csrf_token(web, "/models/digits/upload/")
+    with path.open("rb") as handle:
+        return web.post(
+            "/models/digits/upload/", {"file": handle, **fields, "csrfmiddlewaretoken": token}, follow=follow
+        )
 
 
 def test_pages_need_a_login(client: Client) -> None:
@@ -106,21 +119,12 @@ def test_uploading_the_same_bytes_again_says_so(
     owner: User, web_as: Callable[[User], Client], tmp_path: Path
 ) -> None:
     web = web_as(owner)
-    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    new_digits_model(web)
     path = tmp_path / "model.pt"
     signature = save_torchscript_cnn(path)
     pages = []
     for _ in range(2):
-        with path.open("rb") as handle:
-            answer = web.post(
-                "/models/digits/upload/",
-                {
-                    "file": handle,
-                    "signature": json.dumps(signature),
-                    "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/"),
-                },
-                follow=True,
-            )
+        answer = upload_through_the_page(web, path, follow=True, signature=json.dumps(signature))
         pages.append(answer.content.decode())
 
     assert "same bytes" not in pages[0]
@@ -133,7 +137,7 @@ def test_a_form_post_without_csrf_token_is_refused(
     owner: User, web_as: Callable[[User], Client], tmp_path: Path
 ) -> None:
     web = web_as(owner)
-    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    new_digits_model(web)
     path = tmp_path / "model.pt"
     signature = save_torchscript_cnn(path)
 
@@ -148,15 +152,11 @@ def test_a_refused_upload_shows_the_reason_on_the_form(
     owner: User, web_as: Callable[[User], Client], tmp_path: Path
 ) -> None:
     web = web_as(owner)
-    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    new_digits_model(web)
     path = tmp_path / "notes.txt"
     path.write_text("hello, I am not a model\n")
 
-    with path.open("rb") as handle:
-        response = web.post(
-            "/models/digits/upload/",
-            {"file": handle, "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/")},
-        )
+    response = upload_through_the_page(web, path)
 
     assert response.status_code == 400
     assert "this is a text file, not a model" in response.content.decode()
@@ -233,19 +233,10 @@ def test_the_pages_take_a_versions_parity_tolerance_on_upload_and_on_convert_aga
     owner: User, web_as: Callable[[User], Client], tmp_path: Path
 ) -> None:
     web = web_as(owner)
-    web.post("/models/new/", {"name": "digits", "csrfmiddlewaretoken": csrf_token(web, "/models/new/")})
+    new_digits_model(web)
     path = tmp_path / "model.pt"
     signature = save_torchscript_cnn(path)
-    with path.open("rb") as handle:
-        web.post(
-            "/models/digits/upload/",
-            {
-                "file": handle,
-                "signature": json.dumps(signature),
-                "parity_atol": "0.001",
-                "csrfmiddlewaretoken": csrf_token(web, "/models/digits/upload/"),
-            },
-        )
+    upload_through_the_page(web, path, signature=json.dumps(signature), parity_atol="0.001")
     version = ModelVersion.objects.get()
     assert (version.parity_atol, version.parity_rtol) == (0.001, None)
     ModelVersion.objects.filter(pk=version.pk).update(status="failed")
