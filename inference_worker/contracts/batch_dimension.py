@@ -4,8 +4,9 @@ The worker stacks requests along the first dimension when every input and output
 one, and splits the answers back by rows. A model whose output has a dynamic first dimension that
 is not the batch (``x.flatten()``: four rows per sample) cannot be served that way: each request
 runs alone and gets its whole answer. Conversion finds such outputs (it runs the model at the
-batch sizes of its parity check) and records it in the ONNX file's metadata, which the worker reads as it loads the model. A
-file without the key (converted earlier, or given to the worker by hand) batches by its shapes.
+batch sizes of its parity check) and records it in the ONNX file's metadata, which the worker
+reads as it loads the model. A file without the key (converted earlier, or given to the worker by
+hand) batches by its shapes.
 """
 
 from __future__ import annotations
