@@ -16,7 +16,9 @@ from registry.models import ModelVersion, RegisteredModel
 from tests.support.torch_models import save_onnx_cnn
 
 
-def upload_at_once(model: RegisteredModel, tmp_path: Path, uploads: int, **options: str) -> list[object]:
+def upload_at_once(
+    model: RegisteredModel, tmp_path: Path, uploads: int, if_exists: str = "new"
+) -> list[object]:
     """``uploads`` threads register the same file at the same moment; each one's Registration or error."""
     path = tmp_path / "model.onnx"
     save_onnx_cnn(path)
@@ -30,7 +32,11 @@ def upload_at_once(model: RegisteredModel, tmp_path: Path, uploads: int, **optio
             barrier.wait()
             outcomes.append(
                 services.register_version(
-                    model=model, upload_path=copy, actor=model.owner, enqueue_conversion=False, **options
+                    model=model,
+                    upload_path=copy,
+                    actor=model.owner,
+                    enqueue_conversion=False,
+                    if_exists=if_exists,
                 )
             )
         except BaseException as exc:
