@@ -69,6 +69,11 @@ def _ci_metadata(args: argparse.Namespace) -> dict[str, str]:
     return meta
 
 
+def _tolerance_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parity-atol", type=float, help="this version's parity atol (default: the platform's)")
+    p.add_argument("--parity-rtol", type=float, help="this version's parity rtol (default: the platform's)")
+
+
 def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     path = Path(args.file)
     if not path.is_file():
@@ -156,6 +161,17 @@ def cmd_show(client: Client, args: argparse.Namespace, out: Progress) -> int:
     return 0
 
 
+def cmd_convert(client: Client, args: argparse.Namespace, out: Progress) -> int:
+    tolerance = {"parity_atol": args.parity_atol, "parity_rtol": args.parity_rtol}
+    body = {key: value for key, value in tolerance.items() if value is not None}
+    version = client.post(f"/models/{args.model}/versions/{args.version}/convert/", body)
+    out.line(f"{args.model} v{args.version}: conversion queued")
+    if not args.wait:
+        print(json.dumps({"model": args.model, "version": args.version, "status": version["status"]}))
+        return 0
+    return _wait_version(client, args.model, args.version, args.timeout, out)
+
+
 def cmd_alias(client: Client, args: argparse.Namespace, out: Progress) -> int:
     path = f"/models/{args.model}/aliases/{args.alias}/"
     if args.delete:
@@ -209,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "top-k answers carry them",
     )
     p.add_argument("--metadata", help="extra JSON metadata, or @file.json")
-    p.add_argument("--parity-atol", type=float, help="this version's parity atol (default: the platform's)")
-    p.add_argument("--parity-rtol", type=float, help="this version's parity rtol (default: the platform's)")
+    _tolerance_arguments(p)
     p.add_argument("--git-commit", help="default: $GITHUB_SHA, $CI_COMMIT_SHA or $GIT_COMMIT")
     p.add_argument("--ci-run-url", help="default: from $GITHUB_*, $CI_JOB_URL or $BUILD_URL")
     p.add_argument("--create", action="store_true", help="create the model when it does not exist")
@@ -239,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("version", type=int)
     p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser(
+        "convert", help="convert a version again (after a failure), with its own parity tolerance"
+    )
+    p.add_argument("model")
+    p.add_argument("version", type=int)
+    _tolerance_arguments(p)
+    p.add_argument("--wait", action="store_true", help="wait for the conversion; exit 1 when it fails")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("alias", help="point an alias at a version (or --delete it)")
     p.add_argument("model")

@@ -106,41 +106,35 @@ def test_a_failed_conversion_exits_non_zero_with_the_reason(
     assert "Traceback" not in result.stderr
 
 
-def test_upload_takes_the_versions_own_parity_tolerance(
+def test_upload_and_convert_take_the_versions_own_parity_tolerance(
     live_server: Any, celery_worker: CeleryWorker, token: str, tmp_path: Path
 ) -> None:
     path = tmp_path / "cnn.pt"
     signature = factories.save_torchscript_cnn(path)
-    flags = ("--signature", json.dumps(signature), "--create", "--wait")
+    exact_flags = ("--parity-atol", "0", "--parity-rtol", "0")
+    connection = {"url": live_server.url, "token": token}
 
     exact = kiln(
         "upload",
         "strict",
         str(path),
-        *flags,
-        "--parity-atol",
-        "0",
-        "--parity-rtol",
-        "0",
-        url=live_server.url,
-        token=token,
+        "--signature",
+        json.dumps(signature),
+        "--create",
+        "--wait",
+        *exact_flags,
+        **connection,
     )
-    usual = kiln(
-        "upload", "strict", str(path), *flags, "--parity-atol", "1e-4", url=live_server.url, token=token
-    )
+    loosened = kiln("convert", "strict", "1", "--parity-atol", "1e-4", "--wait", **connection)
 
     assert exact.returncode == 1, exact.stderr
     assert "parity check failed" in exact.stderr
     assert "atol=0 + rtol=0" in exact.stderr
-    assert usual.returncode == 0, usual.stderr
-    versions = {
-        v["version"]: v
-        for v in ModelVersion.objects.filter(model__name="strict").values(
-            "version", "parity_atol", "parity_rtol"
-        )
-    }
-    assert versions[1]["parity_atol"] == 0.0
-    assert (versions[2]["parity_atol"], versions[2]["parity_rtol"]) == (1e-4, None)
+    assert loosened.returncode == 0, loosened.stderr
+    assert "conversion queued" in loosened.stderr
+    assert json.loads(loosened.stdout)["status"] == "ready"
+    version = ModelVersion.objects.get(model__name="strict")  # the rtol not given stays the version's
+    assert (version.parity_atol, version.parity_rtol) == (1e-4, 0.0)
 
 
 def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
