@@ -199,7 +199,11 @@ def test_a_version_is_built_into_an_image_whose_containers_serve_http_and_grpc_r
     )
     assert building["tag"].startswith(f"{TEST_REPOSITORY}/cnn:v1-cpu-")
     assert building["in_use"] is None
-    waiting = owner_api.get(f"/api/v1/deployments/{NAME}/").json()
+    waiting = wait_for(  # the reconcile loop's next pass writes why the deployment waits
+        lambda: (body := owner_api.get(f"/api/v1/deployments/{NAME}/").json())["status_reason"] and body,
+        timeout=60,
+        message="the deployment to say why it waits",
+    )
     assert waiting["variants"][0]["workers"] == []  # no container before its image is ready
     assert (waiting["status"], waiting["status_reason"]) == (
         "deploying",
