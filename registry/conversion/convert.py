@@ -206,7 +206,7 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
         _parity(req, report, source, checked, inputs, [o["name"] for o in signature["outputs"]])
     sizes = _batch_sizes(req.parity_batch_sizes, inputs, source.batch_range, [])  # the ones parity ran
     why = report["dynamic_batch"] and mark_if_not_batched(
-        checked, req.output_path, inputs, source.int_high, sizes
+        checked, req.output_path, _ort_runner(checked.session), inputs, source.int_high, sizes
     )
     if why:
         report.update(dynamic_batch=False, warnings=[*report["warnings"], why])

@@ -16,7 +16,7 @@ from inference_worker.contracts.batch_dimension import METADATA_KEY, NOT_BATCH
 from registry.conversion.channel import ChildError
 from registry.conversion.inspection import load_onnx_checked
 from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
-from registry.conversion.parity import TensorSpec, draw_inputs
+from registry.conversion.parity import Runner, TensorSpec, draw_inputs
 from registry.conversion.profiling import make_session
 
 
@@ -43,10 +43,9 @@ def check_onnx_file(path: str, *, threads: int) -> CheckedModel:
     widened = widen_bfloat16_outputs(model)
     if widened:
         onnx.save_model(model, path)
-        many = len(widened) > 1
         notes.append(
-            f"output{'s' if many else ''} {', '.join(map(repr, widened))} {'are' if many else 'is'} "
-            "bfloat16 in the model and served as float32 (a Cast added at the end of the graph)"
+            f"{_named('output', widened)} bfloat16 in the model and served as float32 (a Cast added at the "
+            "end of the graph)"
         )
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -72,17 +71,27 @@ def export_notes(checked: CheckedModel, opset: int | None, inputs: Sequence[Tens
     fed = {i.name for i in checked.session.get_inputs()}
     ignored = [spec.name for spec in inputs if spec.name not in fed]
     if ignored:
-        many = len(ignored) > 1
+        them = "them" if len(ignored) > 1 else "it"
         notes.append(
-            f"input{'s' if many else ''} {', '.join(map(repr, ignored))} {'are' if many else 'is'} never "
-            f"read by the model, so the ONNX graph and the version's signature leave "
-            f"{'them' if many else 'it'} out: requests do not send {'them' if many else 'it'}"
+            f"{_named('input', ignored)} never read by the model, so the ONNX graph and the version's "
+            f"signature leave {them} out: requests do not send {them}"
         )
     return notes
 
 
+def _named(kind: str, names: Sequence[str]) -> str:
+    """``output 'a' is`` or ``outputs 'a', 'b' are``."""
+    many = len(names) > 1
+    return f"{kind}{'s' if many else ''} {', '.join(map(repr, names))} {'are' if many else 'is'}"
+
+
 def mark_if_not_batched(
-    checked: CheckedModel, path: str, inputs: Sequence[TensorSpec], int_high: int, sizes: Sequence[int]
+    checked: CheckedModel,
+    path: str,
+    run: Runner,
+    inputs: Sequence[TensorSpec],
+    int_high: int,
+    sizes: Sequence[int],
 ) -> str | None:
     """Run the model at the batch ``sizes`` above 1 that parity ran; when an output's first
     dimension is not the batch size (``x.flatten()``, a detector's variable count of boxes),
@@ -92,11 +101,9 @@ def mark_if_not_batched(
     import onnx
 
     names = [output.name for output in checked.session.get_outputs()]
-    fed = {i.name for i in checked.session.get_inputs()}  # the exporter drops inputs the model ignores
     for batch in [size for size in sizes if size > 1]:
-        feeds = draw_inputs(inputs, batch, seed=0, int_high=int_high)
         try:
-            answers = checked.session.run(None, {name: feeds[name] for name in feeds if name in fed})
+            answers = run(draw_inputs(inputs, batch, seed=0, int_high=int_high))
         except Exception:
             return None
         for name, answer in zip(names, answers, strict=True):
