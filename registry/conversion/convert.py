@@ -32,16 +32,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from registry.conversion.channel import ChildError, progress
 from registry.conversion.inspection import onnx_signature
 from registry.conversion.onnx_check import CheckedModel, check_onnx_file, export_notes, mark_if_not_batched
 from registry.conversion.onnx_export import DimRange, first_line, raise_if_out_of_memory
+from registry.conversion.onnx_upload import free_fixed_batch, onnx_reference, ort_runner
 from registry.conversion.parity import (
     DEFAULT_BATCH_SIZES,
-    Array,
-    Feeds,
     NotApplicableError,
     ParityTally,
     Runner,
@@ -59,8 +56,6 @@ from registry.conversion.warmup import check_warm_up
 
 FORMATS = ("torchscript", "torch_export", "onnx")
 EXPORTERS = {"torchscript": "torchscript", "torch_export": "dynamo", "onnx": "none (uploaded ONNX)"}
-REFERENCE_MAX_BYTES = 50 * 1024 * 1024
-REFERENCE_BUDGET_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -188,25 +183,34 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
     signature = onnx_signature(checked.model)
     inputs = source.inputs or specs_from_signature(signature, "inputs")
     report["warnings"].extend([*checked.warnings, *export_notes(checked, req.opset, inputs)])
+    if req.format == "onnx":
+        runner = ort_runner(checked.session)
+        source.int_high, _ = probe_int_high(
+            runner, inputs, seed=req.seed, batch_size=1, label="ONNX Runtime", code="check_failed"
+        )
+        freed, note = free_fixed_batch(
+            checked,
+            req.output_path,
+            inputs,
+            threads=req.threads,
+            int_high=source.int_high,
+            seed=req.seed,
+            tolerance=(req.atol, req.rtol),
+        )
+        report["warnings"].extend([note] if note else [])
+        if freed is not None:
+            checked, signature = freed, onnx_signature(freed.model)
+            inputs = specs_from_signature(signature, "inputs")
     report.update(
         opset=checked.opset,
         onnx_size=os.path.getsize(req.output_path),
         dynamic_batch=has_dynamic_batch(specs_from_signature(signature, "inputs")),
     )
-    if req.format == "onnx":
-        source.int_high, _ = probe_int_high(
-            _ort_runner(checked.session),
-            inputs,
-            seed=req.seed,
-            batch_size=1,
-            label="ONNX Runtime",
-            code="check_failed",
-        )
     with _timed(report, "parity"):
         _parity(req, report, source, checked, inputs, [o["name"] for o in signature["outputs"]])
     sizes = _batch_sizes(req.parity_batch_sizes, inputs, source.batch_range, [])  # the ones parity ran
     why = report["dynamic_batch"] and mark_if_not_batched(
-        checked, req.output_path, _ort_runner(checked.session), inputs, source.int_high, sizes
+        checked, req.output_path, ort_runner(checked.session), inputs, source.int_high, sizes
     )
     if why:
         report.update(dynamic_batch=False, warnings=[*report["warnings"], why])
@@ -242,15 +246,6 @@ def _export(req: ConversionRequest) -> Source:
         int_high=prepared.int_high,
         warnings=prepared.warnings + notes,
     )
-
-
-def _ort_runner(session: Any) -> Runner:
-    names = [i.name for i in session.get_inputs()]
-
-    def run(feeds: Feeds) -> list[Array]:
-        return list(session.run(None, {name: feeds[name] for name in names if name in feeds}))
-
-    return run
 
 
 def _fixed_batch(inputs: list[TensorSpec]) -> int:
@@ -289,8 +284,8 @@ def _parity(
             inputs=inputs,
             output_names=output_names,
             batch_sizes=batch_sizes,
-            reference=source.reference or _onnx_reference(req.output_path, checked.model),
-            candidate=_ort_runner(checked.session),
+            reference=source.reference or onnx_reference(req.output_path, checked.model),
+            candidate=ort_runner(checked.session),
             tally=tally,
             seed=req.seed,
             int_high=source.int_high,
@@ -321,39 +316,6 @@ def _not_applicable(req: ConversionRequest, reason: str) -> dict[str, Any]:
     }
 
 
-def _onnx_reference(path: str, model: Any) -> Runner:
-    """``onnx.reference`` as the parity reference of an ONNX upload; NotApplicableError when it cannot be."""
-    if os.path.getsize(path) > REFERENCE_MAX_BYTES:
-        raise NotApplicableError(
-            f"no PyTorch source, and the model is over {REFERENCE_MAX_BYTES // (1024 * 1024)} MB, "
-            "too large for onnx.reference"
-        )
-    from onnx.reference import ReferenceEvaluator
-
-    try:
-        evaluator = ReferenceEvaluator(model)
-    except Exception as exc:
-        raise NotApplicableError(
-            f"no PyTorch source, and onnx.reference cannot load the model: {first_line(exc)}"
-        ) from None
-    deadline = time.monotonic() + REFERENCE_BUDGET_S
-
-    def run(feeds: Feeds) -> list[Array]:
-        if time.monotonic() > deadline:
-            raise NotApplicableError(
-                f"no PyTorch source, and onnx.reference took over {REFERENCE_BUDGET_S:g} s"
-            )
-        try:
-            return [np.asarray(value) for value in evaluator.run(None, feeds)]
-        except Exception as exc:
-            raise_if_out_of_memory(exc, "running onnx.reference")
-            raise NotApplicableError(
-                f"no PyTorch source, and onnx.reference cannot run the model: {first_line(exc)}"
-            ) from None
-
-    return run
-
-
 def _profile(
     req: ConversionRequest,
     report: dict[str, Any],
@@ -364,7 +326,7 @@ def _profile(
     fixed = None if has_dynamic_batch(inputs) else _fixed_batch(inputs)
     wanted = profile_batch_sizes(req.profile_max_batch, fixed)
     sizes = _batch_sizes(wanted, inputs, source.batch_range, report["warnings"])
-    session_run = _ort_runner(checked.session)
+    session_run = ort_runner(checked.session)
     report["profile"], notes = profile(
         batch_sizes=sizes,
         draw=lambda b: draw_inputs(inputs, b, seed=req.seed + 1, int_high=source.int_high),

@@ -1,0 +1,179 @@
+"""ONNX uploads exported with a fixed batch of 1 (``torch.onnx.export`` without ``dynamic_axes``):
+conversion frees the batch dimension when the graph answers a batch as single runs, else warns.
+
+Each model here is exported by the test itself the way a user would, at batch 1, through both of
+torch's exporters, and converted in-process with ``convert()`` (real ONNX Runtime, no database).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from inference_worker.config import DynamicBatching
+from registry.conversion.convert import convert
+from registry.conversion.inspection import inspect_onnx
+from tests.support.workers import LONGEST_DELAY_US, make_config, running, v2_body
+
+IMAGE = (3, 8, 8)
+
+
+class _ViewCNN(nn.Module):
+    """The classic ``x.view(x.size(0), -1)`` head: exported at batch 1 it reshapes to ``[1, 256]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm(self.conv(x)))
+        out: torch.Tensor = self.head(y.view(y.size(0), -1))
+        return out
+
+
+class _MixesSamples(nn.Module):
+    """Each row depends on the others: no batch of it is the same samples run alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=0, keepdim=True) + 1
+
+
+class _Table(nn.Module):
+    """An output of one row whatever the input: not a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.arange(4.0).reshape(1, 4))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, self.table + x.sum() * 0
+
+
+def _export(module: nn.Module, path: Path, shape: tuple[int, ...], *, dynamo: bool) -> dict[str, Any]:
+    module.eval()
+    names = ["y"] if not isinstance(module, _Table) else ["y", "row"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kwargs: dict[str, Any] = {"external_data": False} if dynamo else {}
+        torch.onnx.export(
+            module,
+            (torch.randn(1, *shape),),
+            str(path),
+            dynamo=dynamo,
+            input_names=["x"],
+            output_names=names,
+            **kwargs,
+        )
+    signature: dict[str, Any] = inspect_onnx(str(path))["signature"]
+    return signature
+
+
+def _convert(
+    tmp_path: Path, module: nn.Module, shape: tuple[int, ...], *, dynamo: bool
+) -> tuple[dict[str, Any], Path, Path]:
+    source = tmp_path / "uploaded.onnx"
+    signature = _export(module, source, shape, dynamo=dynamo)
+    assert signature["inputs"][0]["shape"] == [1, *shape]
+    output = tmp_path / "converted.onnx"
+    result = convert(
+        {
+            "format": "onnx",
+            "source_path": str(source),
+            "output_path": str(output),
+            "signature": signature,
+            "atol": 1e-4,
+            "rtol": 1e-3,
+            "parity_batch_sizes": [1, 3, 8],
+            "profile_max_batch": 4,
+            "profile_runs": 2,
+            "threads": 1,
+            "opset": None,
+            "seed": 11,
+        }
+    )
+    return result, source, output
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
+def test_a_cnn_exported_at_batch_1_is_converted_with_a_batch_dimension(tmp_path: Path, dynamo: bool) -> None:
+    result, source, output = _convert(tmp_path, _ViewCNN(), IMAGE, dynamo=dynamo)
+
+    report = result["report"]
+    assert report["dynamic_batch"] is True
+    assert result["signature"]["inputs"] == [{"name": "x", "dtype": "float32", "shape": [-1, *IMAGE]}]
+    assert result["signature"]["outputs"] == [{"name": "y", "dtype": "float32", "shape": [-1, 5]}]
+    assert any("conversion made it the batch dimension" in w for w in report["warnings"])
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["batch_sizes"] == [1, 3, 8]
+    assert [b["batch_size"] for b in report["profile"]["batches"]] == [1, 2, 4]
+    assert sorted(os.listdir(tmp_path)) == ["converted.onnx", "uploaded.onnx"]  # no trial file left
+    images = np.random.default_rng(0).standard_normal((6, *IMAGE)).astype(np.float32)
+    fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    alone = np.concatenate([fixed.run(None, {"x": images[i : i + 1]})[0] for i in range(6)])
+    (together,) = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(
+        None, {"x": images}
+    )
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_a_worker_batches_the_freed_model_and_answers_each_request_its_own_row(tmp_path: Path) -> None:
+    result, source, output = _convert(tmp_path, _ViewCNN(), IMAGE, dynamo=False)
+    assert result["report"]["dynamic_batch"] is True
+    fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    images = [np.random.default_rng(i).standard_normal((1, *IMAGE)).astype(np.float32) for i in range(4)]
+    config = make_config(
+        output,
+        "cnn",
+        batching=DynamicBatching(max_queue_delay_microseconds=LONGEST_DELAY_US, preferred_batch_sizes=(4,)),
+    )
+    with running(config) as worker, ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda x: httpx.post(f"{worker.url}/v2/models/cnn/infer", json=v2_body({"x": x}), timeout=30),
+                images,
+            )
+        )
+        assert [a.status_code for a in answers] == [200] * 4
+        assert worker.metric("kiln_worker_batches_total") == 1  # the four requests ran as one batch
+        assert worker.metric("kiln_worker_inferences_total") == 4
+    for x, answer in zip(images, answers, strict=True):
+        got = np.asarray(answer.json()["outputs"][0]["data"], np.float32).reshape(1, 5)
+        np.testing.assert_allclose(got, fixed.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
+def test_a_model_that_mixes_samples_keeps_its_batch_of_1_with_a_warning(tmp_path: Path, dynamo: bool) -> None:
+    result, source, output = _convert(tmp_path, _MixesSamples(), (5,), dynamo=dynamo)
+
+    report = result["report"]
+    assert report["dynamic_batch"] is False
+    assert result["signature"]["inputs"][0]["shape"] == [1, 5]
+    (warning,) = [w for w in report["warnings"] if "fixed first dimension of 1" in w]
+    assert "differs from the samples run one at a time" in warning
+    assert "workers run each request alone" in warning
+    assert "dynamic_axes" in warning
+    assert output.read_bytes() == source.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["converted.onnx", "uploaded.onnx"]
+
+
+def test_an_output_of_one_row_whatever_the_batch_keeps_the_batch_of_1(tmp_path: Path) -> None:
+    result, source, output = _convert(tmp_path, _Table(), (4,), dynamo=False)
+
+    report = result["report"]
+    assert report["dynamic_batch"] is False
+    (warning,) = [w for w in report["warnings"] if "fixed first dimension of 1" in w]
+    assert "'row' has shape [1, 4] for a batch of 3, not [3, 4]" in warning
+    assert output.read_bytes() == source.read_bytes()
