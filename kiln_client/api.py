@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -74,17 +75,41 @@ class Client:
         return self.request("DELETE", path)
 
     def upload(
-        self, model: str, path: Path, fields: dict[str, Any], progress: Callable[[int, int], None]
+        self,
+        model: str,
+        path: Path,
+        fields: dict[str, Any],
+        progress: Callable[[int, int], None],
+        external_data: Path | None = None,
     ) -> Any:
-        """Upload a version as multipart, reporting bytes sent."""
-        size = path.stat().st_size
+        """Upload a version as multipart (with an ONNX model's external data file), reporting bytes sent."""
+        parts = [("file", path)] + ([] if external_data is None else [("external_data", external_data)])
+        total = sum(p.stat().st_size for _, p in parts)
         data = {
             k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in fields.items() if v is not None
         }
-        with path.open("rb") as handle:
-            reader = _ProgressReader(handle, size, progress)
-            files = {"file": (path.name, reader, "application/octet-stream")}
+        sent = dict.fromkeys((field for field, _ in parts), 0)
+
+        def counted(field: str) -> Callable[[int, int], None]:
+            def report(done: int, _size: int) -> None:
+                sent[field] = done
+                progress(sum(sent.values()), total)
+
+            return report
+
+        with contextlib.ExitStack() as stack:
+            files = {
+                field: (
+                    p.name,
+                    _ProgressReader(stack.enter_context(p.open("rb")), 0, counted(field)),
+                    _BINARY,
+                )
+                for field, p in parts
+            }
             return self.request("POST", f"/models/{model}/versions/", data=data, files=files, timeout=None)
+
+
+_BINARY = "application/octet-stream"
 
 
 class _ProgressReader:

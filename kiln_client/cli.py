@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import sys
 import time
@@ -93,7 +94,12 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
         "parity_atol": args.parity_atol,
         "parity_rtol": args.parity_rtol,
     }
-    version = client.upload(args.model, path, fields, lambda done, total: out.bar("uploading", done, total))
+    external = _external_data(path, args.external_data)
+    if external is not None:
+        out.line(f"with its external data {external.name} ({external.stat().st_size} bytes)")
+    version = client.upload(
+        args.model, path, fields, lambda done, total: out.bar("uploading", done, total), external
+    )
     number = version["version"]
     digest, fmt = version["source_sha256"][:12], version["source_format"]
     out.line(f"registered {args.model} v{number} (sha256 {digest}…, {fmt})")
@@ -103,6 +109,21 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
         print(json.dumps({"model": args.model, "version": number, "status": version["status"]}))
         return 0
     return _wait_version(client, args.model, number, args.timeout, out)
+
+
+def _external_data(path: Path, given: str | None) -> Path | None:
+    """The ONNX model's external data file: ``--external-data``, else the ``<model>.data`` beside
+    it when the model names it (torch.onnx.export writes both by default)."""
+    if given:
+        external = Path(given)
+        if not external.is_file():
+            raise UsageError(f"--external-data {given}: no such file")
+        return external
+    beside = path.with_name(path.name + ".data")
+    if not beside.is_file() or not path.stat().st_size:
+        return None
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return beside if mapped.find(beside.name.encode()) >= 0 else None
 
 
 def _wait_version(client: Client, model: str, number: int, timeout: float, out: Progress) -> int:
@@ -217,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("file")
     p.add_argument("--signature", help="JSON, or @file.json (required for TorchScript)")
+    p.add_argument(
+        "--external-data",
+        metavar="FILE",
+        help="an ONNX model's external data file (default: FILE.data beside it when the model names it)",
+    )
     p.add_argument("--description")
     p.add_argument(
         "--labels",

@@ -95,6 +95,11 @@ class UploadForm(ClassLabelsInput):
     file = forms.FileField(
         help_text="TorchScript (torch.jit.save), torch.export program (.pt2) or ONNX; pickles are refused"
     )
+    external_data = forms.FileField(
+        required=False,
+        label="ONNX external data",
+        help_text="the weights file torch.onnx.export writes beside the model (model.onnx.data), if any",
+    )
     signature = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "class": "mono"}),

@@ -92,10 +92,12 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
         if getattr(request, "upload_too_large", False):
             form.add_error("file", ArtifactTooLargeError(_limit_message()).message)
         elif form.is_valid():
-            upload = form.cleaned_data["file"]
+            upload, external = form.cleaned_data["file"], form.cleaned_data["external_data"]
             try:
                 if not isinstance(upload, HashedTempUploadedFile):
                     raise PlatformError("file: upload the artifact as a file")
+                if external is not None and not isinstance(external, HashedTempUploadedFile):
+                    raise PlatformError("external_data: upload the data file as a file")
                 version = services.register_version(
                     model=model,
                     upload_path=Path(upload.temporary_file_path()),
@@ -105,6 +107,7 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                     metadata=form.metadata(),
                     class_labels=form.cleaned_data["class_labels"],
                     tolerance=form.tolerance(),
+                    external_data=None if external is None else Path(external.temporary_file_path()),
                 ).version
             except PlatformError as exc:
                 fields = {"invalid_signature": "signature", "invalid_labels": "class_labels"}

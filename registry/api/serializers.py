@@ -162,6 +162,11 @@ def _tolerance(what: str) -> serializers.FloatField:
 
 class VersionUploadInput(Input):
     file = serializers.FileField()
+    external_data = serializers.FileField(
+        required=False,
+        help_text="an ONNX model's external data file (torch.onnx.export writes model.onnx.data beside "
+        "model.onnx by default): folded into the model, which is stored as one file",
+    )
     if_exists = serializers.ChoiceField(
         choices=["new", "existing", "refuse"],
         default="new",

@@ -130,8 +130,11 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
                 raise ArtifactTooLargeError(_too_large_message())
             data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
+        external = data.validated_data.get("external_data")
         if not isinstance(upload, HashedTempUploadedFile):
             raise InvalidArtifactError("file: send the artifact as a multipart file field", code="invalid")
+        if external is not None and not isinstance(external, HashedTempUploadedFile):
+            raise InvalidArtifactError("external_data: send it as a multipart file field", code="invalid")
         version, new = services.register_version(
             model=model,
             upload_path=Path(upload.temporary_file_path()),
@@ -142,6 +145,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
             class_labels=labels_from_text(data.validated_data.get("class_labels", "")),
             if_exists=data.validated_data["if_exists"],
             tolerance=services.ParityTolerance.of(data.validated_data),
+            external_data=None if external is None else Path(external.temporary_file_path()),
         )
         # if_exists=existing answers the version registered before with a 200.
         found = not new

@@ -1,17 +1,18 @@
 """Open an artifact in the sandboxed child and read its signature. Pure: no Django.
 
-ONNX models are parsed as protobuf (no code runs) and refused when they point at
-external data; TorchScript is opened with TorchScript's own loader (its pickles
-only rebuild tensors and compiled classes, checked beforehand by
+ONNX models are parsed as protobuf (no code runs) and refused when they point at external
+data, unless the upload sent their data file (``external_data``): it is then folded into one
+file first (``external_data.inline_external_data``). TorchScript is opened with TorchScript's
+own loader (its pickles only rebuild tensors and compiled classes, checked beforehand by
 ``registry.artifacts``); ``.pt2`` programs with ``torch.export.load``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from registry.conversion.channel import ChildError, progress
+from registry.conversion.onnx_proto import all_tensors, parse_onnx
 from registry.conversion.script_binding import key_names
 
 ONNX_DTYPES = {
@@ -43,6 +44,11 @@ TORCH_DTYPES = {
 def inspect(request: dict[str, Any]) -> dict[str, Any]:
     """Open ``request["path"]`` as ``request["format"]``; return what was learned."""
     fmt, path = request["format"], request["path"]
+    if fmt == "onnx" and request.get("external_data"):
+        from registry.conversion.external_data import inline_external_data
+
+        path = request["inlined_path"]
+        inline_external_data(request["path"], request["external_data"], path, max_bytes=request["max_bytes"])
     progress(f"opening {fmt}")
     if fmt == "onnx":
         return inspect_onnx(path)
@@ -56,27 +62,17 @@ def inspect(request: dict[str, Any]) -> dict[str, Any]:
 def load_onnx_checked(path: str) -> Any:
     """Parse and check an ONNX file; refuse external data. Returns the ModelProto."""
     import onnx
-    from google.protobuf.message import DecodeError
 
-    try:
-        model = onnx.load_model(path, load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise ChildError(
-            f"not a valid ONNX model ({type(exc).__name__}); accepted formats: TorchScript, "
-            ".pt2 (torch.export) and ONNX",
-            "invalid_artifact",
-        ) from None
-    if not model.graph.node or not model.opset_import or model.ir_version <= 0:
-        raise ChildError(
-            "not a valid ONNX model (no graph, opset or IR version); accepted formats: TorchScript, "
-            ".pt2 (torch.export) and ONNX",
-            "invalid_artifact",
-        )
-    for tensor in _all_tensors(model):
+    model = parse_onnx(path)
+    for tensor in all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "")
             raise ChildError(
-                f"ONNX tensor {tensor.name!r} refers to external data; upload a single self-contained "
-                "file (save with save_as_external_data=False)",
+                f"ONNX tensor {tensor.name[:200]!r} keeps its data in another file ({where[:200]!r}, "
+                "written beside the model: torch.onnx.export does so by default); upload that file "
+                "too as external_data (kiln upload sends it when it lies beside the model), or "
+                "export a single file (torch.onnx.export(..., external_data=False), or "
+                "onnx.save_model(model, path, save_as_external_data=False))",
                 "external_data_refused",
             )
     try:
@@ -85,40 +81,6 @@ def load_onnx_checked(path: str) -> Any:
         first = str(exc).strip().splitlines()[0][:500]
         raise ChildError(f"the ONNX model fails onnx.checker: {first}", "invalid_artifact") from None
     return model
-
-
-def _all_tensors(model: Any) -> Iterator[Any]:
-    """Every TensorProto of the model: initializers, sparse ones' values and indices, constants in
-    node attributes, in subgraphs (If, Loop, Scan) and in the model's local functions. (onnx's own
-    helper skips sparse tensors, which ONNX Runtime loads from external files all the same.)"""
-
-    def sparse(tensors: Iterable[Any]) -> Iterator[Any]:
-        for tensor in tensors:
-            yield tensor.values
-            yield tensor.indices
-
-    def nodes(items: Iterable[Any]) -> Iterator[Any]:
-        for node in items:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                if attribute.HasField("sparse_tensor"):
-                    yield from sparse([attribute.sparse_tensor])
-                yield from sparse(attribute.sparse_tensors)
-                if attribute.HasField("g"):
-                    yield from graph(attribute.g)
-                for subgraph in attribute.graphs:
-                    yield from graph(subgraph)
-
-    def graph(g: Any) -> Iterator[Any]:
-        yield from g.initializer
-        yield from sparse(g.sparse_initializer)
-        yield from nodes(g.node)
-
-    yield from graph(model.graph)
-    for function in model.functions:
-        yield from nodes(function.node)
 
 
 def onnx_signature(model: Any) -> dict[str, Any]:

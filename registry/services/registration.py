@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,24 +14,20 @@ from django.db import IntegrityError, transaction
 
 from config.errors import PayloadTooLargeError
 from registry import storage
-from registry.artifacts import detect_format
+from registry.artifacts import ArtifactKind, detect_format
 from registry.audit import Actor, record_event
 from registry.errors import (
     DuplicateModelError,
     DuplicateUploadError,
     InvalidArtifactError,
-    InvalidSignatureError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
 from registry.models import ModelVersion, RegisteredModel, slug_refusal
-from registry.sandbox import SandboxError, run_child
 from registry.services.conversion import PLATFORM_TOLERANCE, ParityTolerance, start_first_conversion
+from registry.services.upload_reading import inspect_upload, resolve_signature
 from registry.signature import (
     Signature,
-    check_compatible,
-    check_inputs_fed,
-    check_names_apart,
     parse_signature,
     resolve_labels,
 )
@@ -164,56 +161,6 @@ def _depth(value: Any, level: int = 1) -> int:
     return level
 
 
-def _inspect(fmt: str, path: Path) -> dict[str, Any]:
-    try:
-        return run_child(
-            "inspect",
-            {"format": fmt, "path": str(path)},
-            timeout_s=settings.KILN_INSPECT_TIMEOUT_S,
-            memory_mb=settings.KILN_CONVERT_MEMORY_MB,
-            threads=1,
-        )
-    except SandboxError as exc:
-        code = exc.code if exc.code in {"invalid_artifact", "external_data_refused"} else "invalid_artifact"
-        if exc.code == "invalid_signature":
-            raise InvalidSignatureError(exc.message) from None
-        raise InvalidArtifactError(exc.message, code=code) from None
-
-
-def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) -> Signature:
-    """The version's signature: declared for TorchScript, read from the artifact otherwise."""
-    if fmt == "torchscript":
-        arguments = inspected.get("forward_arguments", [])
-        required = inspected.get("forward_required", len(arguments))
-        if declared_raw in (None, "", {}):
-            example = {
-                "inputs": [
-                    {"name": a, "dtype": "float32", "shape": [-1, 16]} for a in arguments[:required] or ["x"]
-                ]
-            }
-            raise InvalidSignatureError(
-                "signature: required for TorchScript uploads (a TorchScript file does not record its "
-                f"inputs' types and shapes): one per argument of forward({', '.join(arguments)}) "
-                "(those with a default may be left out), -1 for a dynamic dimension, for example "
-                f"{json.dumps(example)}"
-            )
-        declared = parse_signature(declared_raw)
-        if not required <= len(declared.inputs) <= len(arguments):
-            takes = f"{required} to {len(arguments)}" if required < len(arguments) else str(required)
-            raise InvalidSignatureError(
-                f"signature.inputs: {len(declared.inputs)} declared, but forward() takes "
-                f"{takes} ({', '.join(arguments)})"
-            )
-        check_inputs_fed(declared)
-        check_names_apart(declared)
-        return declared
-    actual = parse_signature(inspected["signature"], require_outputs=True)
-    if declared_raw not in (None, "", {}):
-        check_compatible(parse_signature(declared_raw), actual)
-    check_inputs_fed(actual)
-    return actual
-
-
 IF_EXISTS = ("new", "existing", "refuse")
 """What an upload of bytes a version of the model already has does (``register_version``)."""
 
@@ -236,12 +183,14 @@ def register_version(
     enqueue_conversion: bool = True,
     if_exists: str = "new",
     tolerance: ParityTolerance = PLATFORM_TOLERANCE,
+    external_data: Path | None = None,
 ) -> Registration:
     """Check an uploaded file, store it content-addressed and create the next version.
 
     ``upload_path`` is a fully written temp file in the storage filesystem; the caller
-    deletes it afterwards. Nothing is stored, and no row is created, unless every check
-    passes. Conversion is enqueued after the transaction commits.
+    deletes it afterwards (and ``external_data``, an ONNX model's data file, which is folded into
+    the model: the one file that results is what is stored). Nothing is stored, and no row is
+    created, unless every check passes. Conversion is enqueued after the transaction commits.
 
     When a version of this model has the same bytes, ``if_exists`` decides:
     ``new`` registers them again, ``existing`` returns that version, ``refuse`` raises
@@ -253,7 +202,45 @@ def register_version(
         raise InvalidArtifactError(f"if_exists: one of {', '.join(IF_EXISTS)}", code="invalid")
     clean_meta = clean_metadata(metadata)
     kind = detect_format(upload_path, max_unpacked_bytes=settings.KILN_MAX_UNPACKED_BYTES)
-    inspected = _inspect(kind.format, upload_path)
+    options: dict[str, Any] = {
+        "actor": actor,
+        "signature": signature,
+        "description": description,
+        "metadata": clean_meta,
+        "class_labels": class_labels,
+        "enqueue_conversion": enqueue_conversion,
+        "if_exists": if_exists,
+        "tolerance": tolerance,
+    }
+    if external_data is None:
+        return _register(model, upload_path, kind, inspect_upload(kind.format, upload_path), **options)
+    if kind.format != "onnx":
+        raise InvalidArtifactError(
+            f"external_data: only an ONNX model keeps its data in another file; this is {kind.format}",
+            code="invalid",
+        )
+    with tempfile.TemporaryDirectory(dir=storage.temp_dir()) as folder:
+        folded = Path(folder) / "model.onnx"
+        inspected = inspect_upload(kind.format, upload_path, external_data, folded)
+        return _register(model, folded, kind, inspected, **options)
+
+
+def _register(
+    model: RegisteredModel,
+    upload_path: Path,
+    kind: ArtifactKind,
+    inspected: dict[str, Any],
+    *,
+    actor: User,
+    signature: Any,
+    description: str,
+    metadata: dict[str, Any],
+    class_labels: Any,
+    enqueue_conversion: bool,
+    if_exists: str,
+    tolerance: ParityTolerance,
+) -> Registration:
+    clean_meta = metadata
     sig = resolve_signature(kind.format, signature, inspected)
     labels = resolve_labels(class_labels, sig)
     relative, digest, size, created = storage.store_path(upload_path)

@@ -28,7 +28,7 @@ from django.contrib.auth.models import User
 
 from accounts.tokens import create_api_token
 from registry.models import SLUG_RULE
-from tests.support.torch_models import save_torchscript_cnn
+from tests.support.torch_models import save_onnx_as_exported_by_default, save_torchscript_cnn
 from tests.support.versions import stored_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.django_db(transaction=True)]
@@ -105,6 +105,16 @@ def test_a_generated_client_registers_uploads_and_deploys(
     assert isinstance(uploaded.parsed, models.VersionUploadOutput)
     assert (uploaded.parsed.model, uploaded.parsed.version) == ("digits", 1)
     assert uploaded.parsed.source_format == "torchscript"
+    exported = tmp_path / "digits.onnx"  # torch.onnx.export's defaults: the weights in digits.onnx.data
+    data = save_onnx_as_exported_by_default(exported)
+    with exported.open("rb") as graph, data.open("rb") as weights:
+        upload = models.VersionUploadInputRequest(
+            file=files.File(payload=graph, file_name=exported.name),
+            external_data=files.File(payload=weights, file_name=data.name),
+        )
+        folded = _api("v1_models_versions_create").sync_detailed("digits", client=client, body=upload)
+    assert folded.status_code == 201, folded.content
+    assert (folded.parsed.version, folded.parsed.source_format) == (2, "onnx")
 
     page = _api("v1_models_list").sync(client=client, page_size=1)
     assert (page.count, len(page.results)) == (2, 1)

@@ -137,6 +137,37 @@ def test_upload_and_convert_take_the_versions_own_parity_tolerance(
     assert (version.parity_atol, version.parity_rtol) == (1e-4, 0.0)
 
 
+def test_an_onnx_file_exported_with_torchs_defaults_uploads_with_its_data_and_converts_batched(
+    live_server: Any, celery_worker: CeleryWorker, token: str, tmp_path: Path
+) -> None:
+    # torch.onnx.export(model, (example,), "model.onnx"): weights in model.onnx.data, batch 1 fixed.
+    path = tmp_path / "model.onnx"
+    data = factories.save_onnx_as_exported_by_default(path)
+    connection = {"url": live_server.url, "token": token}
+
+    alone = kiln(
+        "upload",
+        "exported",
+        str(path),
+        "--create",
+        "--external-data",
+        str(tmp_path / "no.data"),
+        **connection,
+    )
+    result = kiln("upload", "exported", str(path), "--create", "--wait", **connection)
+
+    assert alone.returncode == 2, alone.stderr
+    assert "--external-data" in alone.stderr
+    assert "no such file" in alone.stderr
+    assert result.returncode == 0, result.stderr
+    assert f"with its external data {data.name}" in result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "ready"
+    version = ModelVersion.objects.get(model__name="exported")
+    assert version.signature["inputs"][0]["shape"] == [-1, *factories.IMAGE_SHAPE]
+    assert version.report["dynamic_batch"] is True
+    assert any("conversion made it the batch dimension" in w for w in version.report["warnings"])
+
+
 def test_versions_and_aliases_and_api_errors_print_messages_not_tracebacks(
     live_server: Any, token: str, tmp_path: Path
 ) -> None:

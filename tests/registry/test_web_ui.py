@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from registry.models import Alias, ModelVersion, RegisteredModel
-from tests.support.torch_models import save_torchscript_cnn
+from tests.support.torch_models import save_onnx_as_exported_by_default, save_torchscript_cnn
 from tests.support.versions import ready_version
 
 pytestmark = pytest.mark.django_db
@@ -161,6 +161,30 @@ def test_a_refused_upload_shows_the_reason_on_the_form(
     assert response.status_code == 400
     assert "this is a text file, not a model" in response.content.decode()
     assert not ModelVersion.objects.exists()
+
+
+def test_an_onnx_model_and_its_external_data_upload_through_the_page(
+    owner: User, web_as: Callable[[User], Client], tmp_path: Path
+) -> None:
+    web = web_as(owner)
+    new_digits_model(web)
+    path = tmp_path / "model.onnx"
+    data = save_onnx_as_exported_by_default(path)
+    form = web.get("/models/digits/upload/").content.decode()
+
+    alone = upload_through_the_page(web, path)
+    token = csrf_token(web, "/models/digits/upload/")
+    with path.open("rb") as graph, data.open("rb") as weights:
+        both = web.post(
+            "/models/digits/upload/",
+            {"file": graph, "external_data": weights, "csrfmiddlewaretoken": token},
+        )
+
+    assert 'name="external_data"' in form
+    assert alone.status_code == 400
+    assert "upload that file too as external_data" in alone.content.decode()
+    assert both.status_code == 302, both.content.decode()[:2000]
+    assert ModelVersion.objects.get().source_format == "onnx"
 
 
 def test_an_outsider_sees_models_but_no_upload_form(

@@ -15,23 +15,11 @@ import torch
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from registry.models import AuditEvent, ModelVersion
 from registry.signature import parse_signature
 from tests.support.torch_models import SmallCNN, save_onnx_cnn, save_torchscript_cnn
-from tests.support.uploads import create_model, upload
+from tests.support.uploads import assert_nothing_left, create_model, stored_files, upload
 
 pytestmark = pytest.mark.django_db
-
-
-def stored_files() -> list[Path]:
-    root = Path(settings.KILN_ARTIFACT_ROOT)
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-
-
-def assert_nothing_left() -> None:
-    assert not ModelVersion.objects.exists()
-    assert not AuditEvent.objects.filter(action="version.registered").exists()
-    assert stored_files() == []
 
 
 class RunsACommand:
@@ -210,8 +198,43 @@ def test_an_onnx_model_with_external_data_is_refused(owner_api: APIClient, tmp_p
     response = upload(owner_api, "cnn", path)
 
     assert response.status_code == 400
-    assert "external data" in response.json()["message"]
+    assert response.json()["code"] == "external_data_refused"
+    assert "keeps its data in another file ('../../../../etc/passwd'" in response.json()["message"]
     assert_nothing_left()
+
+
+@pytest.mark.usefixtures("model")
+def test_external_data_named_by_a_path_outside_is_read_only_from_the_file_uploaded(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    path = tmp_path / "model.onnx"
+    save_onnx_cnn(path)
+    proto = onnx.load(str(path))
+    tensor = proto.graph.initializer[0]
+    weights = numpy_helper.to_array(tensor)
+    data = tmp_path / "weights.bin"
+    data.write_bytes(weights.tobytes())
+    onnx.external_data_helper.set_external_data(
+        tensor, "../../../../etc/passwd", offset=0, length=weights.nbytes
+    )
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    path.write_bytes(proto.SerializeToString())
+
+    with path.open("rb") as model, data.open("rb") as external:
+        response = owner_api.post(
+            "/api/v1/models/cnn/versions/", {"file": model, "external_data": external}, format="multipart"
+        )
+
+    assert response.status_code == 201, response.content
+    stored = onnx.load(str(stored_files()[0]), load_external_data=False)
+    folded = next(t for t in stored.graph.initializer if t.name == tensor.name)
+    assert not folded.external_data
+    np.testing.assert_array_equal(numpy_helper.to_array(folded), weights)
 
 
 def _external(name: str, count: int) -> Any:
@@ -305,7 +328,7 @@ def test_external_data_hidden_anywhere_in_an_onnx_model_is_refused(
 
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "external_data_refused"
-    assert "refers to external data" in response.json()["message"]
+    assert "keeps its data in another file ('data.bin'" in response.json()["message"]
     assert_nothing_left()
 
 

@@ -117,6 +117,24 @@ def save_onnx_cnn(path: Path, *, seed: int = 0) -> dict[str, Any]:
     return signature
 
 
+def save_onnx_as_exported_by_default(path: Path, *, seed: int = 0) -> Path:
+    """The CNN as ``torch.onnx.export(model, (example,), path)`` writes it with every default: the
+    dynamo exporter, batch 1 fixed, the weights in ``<path>.data`` beside the graph. Returns that
+    data file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _cnn(seed),
+            (torch.randn(1, *IMAGE_SHAPE),),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+        )
+    data = path.with_name(path.name + ".data")
+    assert data.is_file(), "torch.onnx.export no longer writes external data by default"
+    return data
+
+
 class Spectrum(nn.Module):
     """Magnitudes of a real FFT: ``aten::fft_rfft`` has no TorchScript-exporter symbolic."""
 
