@@ -36,7 +36,7 @@ from registry.conversion.channel import ChildError, progress
 from registry.conversion.inspection import onnx_signature
 from registry.conversion.onnx_check import CheckedModel, check_onnx_file, export_notes, mark_if_not_batched
 from registry.conversion.onnx_export import DimRange, first_line, raise_if_out_of_memory
-from registry.conversion.onnx_upload import free_fixed_batch, onnx_reference, ort_runner
+from registry.conversion.onnx_upload import fixed_batch_note, free_fixed_batch, onnx_reference, ort_runner
 from registry.conversion.parity import (
     DEFAULT_BATCH_SIZES,
     NotApplicableError,
@@ -183,6 +183,7 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
     signature = onnx_signature(checked.model)
     inputs = source.inputs or specs_from_signature(signature, "inputs")
     report["warnings"].extend([*checked.warnings, *export_notes(checked, req.opset, inputs)])
+    note = None
     if req.format == "onnx":
         runner = ort_runner(checked.session)
         source.int_high, _ = probe_int_high(
@@ -197,10 +198,10 @@ def _run_stages(req: ConversionRequest, report: dict[str, Any]) -> dict[str, Any
             seed=req.seed,
             tolerance=(req.atol, req.rtol),
         )
-        report["warnings"].extend([note] if note else [])
         if freed is not None:
             checked, signature = freed, onnx_signature(freed.model)
             inputs = specs_from_signature(signature, "inputs")
+    report["warnings"].extend([n for n in [note or fixed_batch_note(req.format, inputs)] if n])
     report.update(
         opset=checked.opset,
         onnx_size=os.path.getsize(req.output_path),

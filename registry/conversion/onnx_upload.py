@@ -46,6 +46,22 @@ EXPORT_HINT = (
 )
 
 
+def fixed_batch_note(fmt: str, inputs: Sequence[TensorSpec]) -> str | None:
+    """The warning for inputs whose first dimension is fixed, which workers cannot batch; None when
+    every input's is dynamic, or for a ``.pt2`` program (its export warns with its own words)."""
+    fixed = [spec for spec in inputs if not spec.shape or spec.shape[0] != -1]
+    if not fixed or not inputs or fmt == "torch_export":
+        return None
+    named = ", ".join(f"{spec.name!r} {list(spec.shape)}" for spec in fixed[:4])
+    if fmt == "torchscript":
+        return (
+            f"the signature gives a fixed first dimension to {named}: workers run each request alone; "
+            "declare it -1 (a dynamic batch) to let them batch requests"
+        )
+    have = f"inputs {named} have" if len(fixed) > 1 else f"input {named} has"
+    return f"the model's {have} a fixed first dimension: workers run each request alone; {EXPORT_HINT}"
+
+
 def ort_runner(session: Any) -> Runner:
     """``session`` as a runner; feeds the graph does not take (an input it never reads) are left out."""
     names = [i.name for i in session.get_inputs()]

@@ -261,6 +261,10 @@ def test_fixed_batch_signature_checks_and_profiles_only_that_batch_size(tmp_path
     assert result["report"]["parity"]["batch_sizes"] == [2]
     assert [b["batch_size"] for b in result["report"]["profile"]["batches"]] == [2]
     assert result["signature"]["inputs"][0]["shape"] == [2, 3, 16, 16]
+    assert (
+        "the signature gives a fixed first dimension to 'image' [2, 3, 16, 16]: workers run each request "
+        "alone; declare it -1" in " ".join(result["report"]["warnings"])
+    )
 
 
 def test_signature_declaring_the_wrong_number_of_outputs_is_refused(tmp_path: Path) -> None:

@@ -177,3 +177,29 @@ def test_an_output_of_one_row_whatever_the_batch_keeps_the_batch_of_1(tmp_path: 
     (warning,) = [w for w in report["warnings"] if "fixed first dimension of 1" in w]
     assert "'row' has shape [1, 4] for a batch of 3, not [3, 4]" in warning
     assert output.read_bytes() == source.read_bytes()
+
+
+def test_an_onnx_model_with_a_fixed_batch_other_than_1_is_served_as_it_is_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "uploaded.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_MixesSamples(), (torch.randn(4, 5),), str(source), dynamo=False, input_names=["x"])
+    output = tmp_path / "converted.onnx"
+    signature = inspect_onnx(str(source))["signature"]
+    request = {
+        "format": "onnx",
+        "source_path": str(source),
+        "output_path": str(output),
+        "signature": signature,
+    }
+    request.update(atol=1e-4, rtol=1e-3, parity_batch_sizes=[1, 3, 8], profile_max_batch=4, profile_runs=2)
+
+    result = convert({**request, "threads": 1, "opset": None, "seed": 11})
+
+    assert result["report"]["dynamic_batch"] is False
+    assert result["signature"]["inputs"][0]["shape"] == [4, 5]
+    (warning,) = [w for w in result["report"]["warnings"] if "fixed first dimension" in w]
+    assert warning.startswith("the model's input 'x' [4, 5] has a fixed first dimension: workers run each")
+    assert "dynamic_axes" in warning
