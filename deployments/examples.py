@@ -22,6 +22,8 @@ INLINE_VALUES = 32
 
 def protocol_datatype(dtype: str) -> str:
     """The Open Inference Protocol's name of a signature dtype (``float32`` -> ``FP32``)."""
+    if dtype == "string":
+        return "BYTES"
     try:
         wanted = np.dtype(dtype)
     except TypeError:

@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels",
         metavar="FILE",
-        help="the first output's class names, one per line in class order (or JSON by output name); "
+        help="the first numeric output's class names, one per line in class order (or JSON by output name); "
         "top-k answers carry them",
     )
     p.add_argument("--metadata", help="extra JSON metadata, or @file.json")

@@ -43,7 +43,7 @@ def _class_labels_field() -> forms.CharField:
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono"}),
         max_length=4 * MAX_LABELS_BYTES,
         help_text=(
-            "Optional: the class names of the model's first output, one per line in class order "
+            "Optional: the class names of the model's first numeric output, one per line in class order "
             '(or JSON by output name: {"logits": ["cat", "dog"]}). Top-k answers carry them.'
         ),
     )

@@ -32,10 +32,13 @@ DTYPES = (
     "int8",
     "uint8",
     "bool",
+    "string",
 )
 UNFED_DTYPES = ("bfloat16",)
 """Dtypes a model may answer in (served converted) but not take: numpy, which feeds ONNX Runtime and
 decodes requests, has no bfloat16."""
+UNSCORED_DTYPES = ("bool", "string")
+"""Dtypes of outputs that cannot be scores per class, so take no class labels."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
 MAX_TENSORS = 64
 MAX_RANK = 8
@@ -177,7 +180,7 @@ def check_compatible(declared: Signature, actual: Signature) -> None:
 
 
 def resolve_labels(raw: Any, signature: Signature) -> dict[str, list[str]]:
-    """A version's class labels, checked against its outputs: a list labels its first output, an
+    """A version's class labels, checked against its outputs: a list labels its first numeric output, an
     object labels outputs by name. A labelled output is numeric and, where its classes are a fixed
     number (every dimension after the batch's), has a label for each. ``{}`` for none."""
     if raw in (None, "", [], {}):
@@ -187,8 +190,9 @@ def resolve_labels(raw: Any, signature: Signature) -> dict[str, list[str]]:
             "class_labels: the version's outputs are not known before its conversion unless the "
             "upload's signature declares them ('outputs')"
         )
-    if isinstance(raw, list):
-        raw = {signature.outputs[0].name: raw}
+    if isinstance(raw, list):  # the first output that scores classes (a classifier's label comes first)
+        scores = [spec for spec in signature.outputs if spec.dtype not in UNSCORED_DTYPES]
+        raw = {(scores or signature.outputs)[0].name: raw}
     try:
         labels = parse_labels(raw)
     except ContractError as exc:
@@ -200,8 +204,10 @@ def resolve_labels(raw: Any, signature: Signature) -> dict[str, list[str]]:
             raise InvalidLabelsError(
                 f"class_labels.{name}: the model has no output {name!r} (its outputs: {', '.join(outputs)})"
             )
-        if spec.dtype == "bool":
-            raise InvalidLabelsError(f"class_labels.{name}: output {name!r} is bool, not a score per class")
+        if spec.dtype in UNSCORED_DTYPES:
+            raise InvalidLabelsError(
+                f"class_labels.{name}: output {name!r} is {spec.dtype}, not a score per class"
+            )
         classes = math.prod(spec.shape[1:])
         if all(dim > 0 for dim in spec.shape[1:]) and len(values) != classes:
             raise InvalidLabelsError(

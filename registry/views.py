@@ -20,6 +20,7 @@ from registry.errors import ArtifactTooLargeError
 from registry.forms import AliasForm, LabelsForm, ModelCreateForm, ToleranceForm, UploadForm
 from registry.models import VersionStatus
 from registry.search import ModelFilters
+from registry.signature import UNSCORED_DTYPES
 from registry.uploads import HashedTempUploadedFile
 
 MODELS_PER_PAGE = 50
@@ -137,7 +138,8 @@ def _limit_message() -> str:
 def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
     version = queries.get_version(name, number)
     report: dict[str, Any] = version.report or {}
-    first = next((o.get("name", "") for o in version.signature.get("outputs") or []), "")
+    outputs = version.signature.get("outputs") or []
+    first = next((o.get("name", "") for o in outputs if o.get("dtype") not in UNSCORED_DTYPES), "")
     context = {
         "model": version.model,
         "version": version,

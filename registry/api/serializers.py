@@ -180,7 +180,7 @@ class VersionUploadInput(Input):
         required=False,
         allow_blank=True,
         max_length=4 * MAX_LABELS_BYTES,
-        help_text="the class names of the first output in class order, one per line or as JSON "
+        help_text="the class names of the first numeric output in class order, one per line or as JSON "
         '(["cat", "dog"]), or JSON lists by output name ({"logits": [...]}); top-k answers '
         f"(classification) carry them; at most {MAX_LABELS_BYTES} bytes of JSON, {MAX_LABEL_CHARS} "
         "characters a label",
@@ -198,7 +198,7 @@ class VersionUpdateInput(Input):
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     class_labels = serializers.JSONField(
         required=False,
-        help_text="the class names of the first output in class order (a list, or a text of one per "
+        help_text="the class names of the first numeric output in class order (a list, or a text of one per "
         'line), or lists by output name ({"logits": [...]}); [] removes them. The version\'s workers '
         "take new labels as a rolling update",
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry.conversion.channel import ChildError, progress
-from registry.conversion.onnx_proto import all_tensors, parse_onnx
+from registry.conversion.onnx_proto import all_tensors, parse_onnx, unzip_maps
 from registry.conversion.script_binding import key_names
 
 ONNX_DTYPES = {
@@ -26,6 +26,7 @@ ONNX_DTYPES = {
     10: "float16",
     11: "float64",
     16: "bfloat16",
+    8: "string",
 }
 TORCH_DTYPES = {
     "torch.float32": "float32",
@@ -92,8 +93,7 @@ def onnx_signature(model: Any) -> dict[str, Any]:
         dtype = ONNX_DTYPES.get(tensor_type.elem_type)
         if dtype is None:
             raise ChildError(
-                f"tensor {value.name!r} has an unsupported element type {tensor_type.elem_type}",
-                "invalid_signature",
+                f"tensor {value.name!r} is {_type_name(value)}, {NOT_SERVED}", "invalid_signature"
             )
         if not tensor_type.HasField("shape"):
             raise ChildError(f"tensor {value.name!r} has no shape in the graph", "invalid_signature")
@@ -108,10 +108,37 @@ def onnx_signature(model: Any) -> dict[str, Any]:
     }
 
 
+NOT_SERVED = "which the platform does not serve: inputs and outputs are tensors of " + ", ".join(
+    sorted(set(ONNX_DTYPES.values()) - {"bfloat16"})
+)
+
+
+def _type_name(value: Any) -> str:
+    """What an ONNX value's type is, in words: ``a string tensor``, ``a sequence``..."""
+    import onnx
+
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "optional"}.get(
+            kind or "", "of no tensor type"
+        )
+    elem = value.type.tensor_type.elem_type
+    try:
+        name = onnx.TensorProto.DataType.Name(elem).lower()
+    except ValueError:
+        name = f"type {elem}"
+    return f"a {name} tensor"
+
+
 def inspect_onnx(path: str) -> dict[str, Any]:
+    """The signature as served (a ZipMap's output as its tensor: ``unzip_maps``), and the class
+    labels a ZipMap names when they say more than the class indices."""
     model = load_onnx_checked(path)
     opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
-    return {"signature": onnx_signature(model), "opsets": opsets, "ir_version": model.ir_version}
+    zipped = unzip_maps(model)
+    labels = {k: v for k, v in zipped.items() if v != [str(i) for i in range(len(v))]}
+    signature = onnx_signature(model)
+    return {"signature": signature, "opsets": opsets, "ir_version": model.ir_version, "class_labels": labels}
 
 
 def inspect_torchscript(path: str) -> dict[str, Any]:

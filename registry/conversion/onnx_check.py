@@ -16,6 +16,7 @@ from inference_worker.contracts.batch_dimension import METADATA_KEY, NOT_BATCH
 from registry.conversion.channel import ChildError
 from registry.conversion.inspection import load_onnx_checked
 from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
+from registry.conversion.onnx_proto import unzip_maps
 from registry.conversion.parity import Runner, TensorSpec, draw_inputs
 from registry.conversion.profiling import make_session
 
@@ -40,9 +41,16 @@ def check_onnx_file(path: str, *, threads: int) -> CheckedModel:
         code = exc.code if exc.code == "external_data_refused" else "check_failed"
         raise ChildError(exc.message, code) from None
     notes: list[str] = []
+    unzipped = unzip_maps(model)
+    if unzipped:
+        notes.append(
+            f"{_named('output', list(unzipped))} a ZipMap's sequence of maps in the model and served as "
+            "its tensor of probabilities, one row per sample in class order"
+        )
     widened = widen_bfloat16_outputs(model)
-    if widened:
+    if widened or unzipped:
         onnx.save_model(model, path)
+    if widened:
         notes.append(
             f"{_named('output', widened)} bfloat16 in the model and served as float32 (a Cast added at the "
             "end of the graph)"

@@ -62,3 +62,43 @@ def all_tensors(model: Any) -> Iterator[Any]:
     yield from graph(model.graph)
     for function in model.functions:
         yield from nodes(function.node)
+
+
+def unzip_maps(model: Any) -> dict[str, list[str]]:
+    """Serve a ZipMap's tensor in place of its maps: each graph output made by an ``ai.onnx.ml``
+    ZipMap (a sequence of {class: probability} maps, which skl2onnx's classifiers answer by default
+    and no inference protocol carries) becomes an Identity of the ZipMap's input, the float tensor
+    of one row of probabilities per sample in class order, under the output's own name. Returns
+    each such output's class labels (the ZipMap's, as text)."""
+    import onnx
+
+    graph = model.graph
+    makers = {out: node for node in graph.node for out in node.output}
+    labels: dict[str, list[str]] = {}
+    for output in graph.output:
+        node = makers.get(output.name)
+        if node is None or node.op_type != "ZipMap" or node.domain != "ai.onnx.ml":
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        ints = attributes["classlabels_int64s"].ints if "classlabels_int64s" in attributes else []
+        strings = attributes["classlabels_strings"].strings if "classlabels_strings" in attributes else []
+        names = [str(i) for i in ints] + [s.decode("utf-8", "replace") for s in strings]
+        graph.node.remove(node)
+        graph.node.append(onnx.helper.make_node("Identity", [node.input[0]], [output.name]))
+        batch = _first_input_dim(graph)
+        output.type.CopyFrom(onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [batch, len(names)]))
+        labels[output.name] = names
+    return labels
+
+
+def _first_input_dim(graph: Any) -> str | int | None:
+    """The first graph input's first dimension (the batch, for a classifier's features)."""
+    initializers = {init.name for init in graph.initializer}
+    for value in graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            return dims[0].dim_param or (dims[0].dim_value if dims[0].HasField("dim_value") else None)
+        break
+    return None

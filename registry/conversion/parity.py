@@ -57,7 +57,10 @@ _NUMPY_DTYPES: dict[str, type[np.generic]] = {
     "int8": np.int8,
     "uint8": np.uint8,
     "bool": np.bool_,
+    "string": np.object_,
 }
+STRING_VOCABULARY = 16
+"""How many distinct words a string input is drawn from."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ def draw_inputs(specs: Sequence[TensorSpec], batch_size: int, *, seed: int, int_
             )
         if spec.dtype == "bool":
             feeds[spec.name] = rng.random(shape) < 0.5
+        elif spec.dtype == "string":  # words of a small vocabulary, some repeated, one empty
+            words = np.array(["", *(f"word{i}" for i in range(STRING_VOCABULARY - 1))], dtype=object)
+            feeds[spec.name] = words[rng.integers(0, STRING_VOCABULARY, size=shape)]
         elif spec.dtype.startswith("float"):
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         else:
@@ -169,6 +175,8 @@ def compare_output(
     name: str, expected: Array, actual: Array, *, atol: float, rtol: float, batch_size: int
 ) -> OutputCheck:
     """Compare ONNX Runtime's ``actual`` with the reference ``expected`` (see the module docstring)."""
+    if expected.dtype == object or actual.dtype == object:
+        return _compare_strings(name, expected, actual, batch_size)
     dtype = str(expected.dtype)
     least_atol, least_rtol = LEAST_TOLERANCE.get(dtype, (0.0, 0.0))
     atol, rtol = max(atol, least_atol), max(rtol, least_rtol)
@@ -217,6 +225,30 @@ def compare_output(
         check.worst = (
             f"worst at index {tuple(int(i) for i in index)}: expected {ref[index]:.6g}, "
             f"got {got[index]:.6g}, allowed difference {bound:.3g}"
+        )
+    return check
+
+
+def _compare_strings(name: str, expected: Array, actual: Array, batch_size: int) -> OutputCheck:
+    """String outputs are held to equality (bytes and text of the same UTF-8 are equal)."""
+
+    def text(value: Any) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    if expected.shape != actual.shape:
+        worst = f"shape {list(actual.shape)} in ONNX Runtime but {list(expected.shape)} in the reference"
+        return OutputCheck(
+            name, "string", batch_size, False, math.inf, math.inf, expected.size, expected.size, worst
+        )
+    same = np.frompyfunc(lambda a, b: text(a) == text(b), 2, 1)(expected, actual).astype(bool)
+    mismatched = int(same.size - np.count_nonzero(same))
+    check = OutputCheck(name, "string", batch_size, mismatched == 0, 0.0, 0.0, mismatched, int(same.size))
+    if mismatched:
+        index = np.unravel_index(int(np.argmin(same)), same.shape)
+        check.max_abs_error = check.max_rel_error = math.inf
+        check.worst = (
+            f"worst at index {tuple(int(i) for i in index)}: expected {text(expected[index])!r}, "
+            f"got {text(actual[index])!r}"
         )
     return check
 

@@ -19,9 +19,11 @@ import orjson
 
 from inference_worker.config import Limits
 from inference_worker.tensor_codec import (
+    DATATYPES,
     datatype_of,
     decode_grpc_inputs,
     decode_json_inputs,
+    decode_raw,
     json_data,
     raw_bytes,
 )
@@ -44,10 +46,11 @@ def _http_json(inputs: Feeds, outputs: Feeds, limits: Limits) -> None:
     body = orjson.dumps(
         {
             "inputs": [
-                {"name": k, "datatype": datatype_of(v), "shape": list(v.shape), "data": v.ravel().tolist()}
+                {"name": k, "datatype": datatype_of(v), "shape": list(v.shape), "data": json_data(v)}
                 for k, v in inputs.items()
             ]
-        }
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
     decode_json_inputs(orjson.loads(body)["inputs"], None, limits)
     answer = orjson.dumps(
@@ -63,30 +66,37 @@ def _http_json(inputs: Feeds, outputs: Feeds, limits: Limits) -> None:
         np.asarray(item["data"]).reshape(item["shape"])
 
 
-def _binary_header(key: str, feeds: Feeds) -> bytes:
-    """The JSON header of a binary-extension body: each tensor's name, datatype, shape and size."""
+def _binary_body(key: str, feeds: Feeds) -> tuple[bytes, bytes]:
+    """The JSON header of a binary-extension body (each tensor's name, datatype, shape and size)
+    and the tensors' bytes after it."""
+    raws = {k: raw_bytes(v) for k, v in feeds.items()}
     described = [
         {
             "name": k,
             "datatype": datatype_of(v),
             "shape": list(v.shape),
-            "parameters": {"binary_data_size": v.nbytes},
+            "parameters": {"binary_data_size": len(raws[k])},
         }
         for k, v in feeds.items()
     ]
-    return orjson.dumps({key: described})
+    return orjson.dumps({key: described}), b"".join(raws.values())
+
+
+def _read_raw(name: str, array: np.ndarray, raw: bytes | memoryview) -> np.ndarray:
+    """The client's decoding of one output's raw bytes."""
+    return decode_raw(name, DATATYPES[datatype_of(array)], array.shape, array.size, raw)
 
 
 def _http_binary(inputs: Feeds, outputs: Feeds, limits: Limits) -> None:
-    header = _binary_header("inputs", inputs)
-    body = header + b"".join(raw_bytes(v) for v in inputs.values())
+    header, tensors = _binary_body("inputs", inputs)
+    body = header + tensors
     decode_json_inputs(orjson.loads(body[: len(header)])["inputs"], memoryview(body)[len(header) :], limits)
-    out_header = _binary_header("outputs", outputs)
-    answer = out_header + b"".join(raw_bytes(v) for v in outputs.values())
+    out_header, out_tensors = _binary_body("outputs", outputs)
+    answer = out_header + out_tensors
     offset = len(out_header)
     for item in orjson.loads(answer[:offset])["outputs"]:
         size = item["parameters"]["binary_data_size"]
-        np.frombuffer(answer[offset : offset + size], dtype=outputs[item["name"]].dtype)
+        _read_raw(item["name"], outputs[item["name"]], memoryview(answer)[offset : offset + size])
         offset += size
 
 
@@ -105,7 +115,7 @@ def _grpc(inputs: Feeds, outputs: Feeds, limits: Limits, pb2: Any) -> None:
         response.raw_output_contents.append(raw_bytes(value))
     answer = pb2.ModelInferResponse.FromString(response.SerializeToString())
     for tensor, raw in zip(answer.outputs, answer.raw_output_contents, strict=True):
-        np.frombuffer(raw, dtype=outputs[tensor.name].dtype)
+        _read_raw(tensor.name, outputs[tensor.name], raw)
 
 
 def _grpc_messages() -> Any:
@@ -128,5 +138,5 @@ def protocol_costs(inputs: Feeds, outputs: Feeds, *, runs: int = 50) -> dict[str
         notes.append(f"gRPC codec not measured: {exc}")
     else:
         costs["grpc"] = _median_ms(lambda: _grpc(inputs, outputs, limits, pb2), runs)
-    request_bytes = sum(v.nbytes for v in inputs.values())
+    request_bytes = sum(len(raw_bytes(v)) for v in inputs.values())
     return {"per_request_ms": costs, "request_tensor_bytes": request_bytes, "batch_size": 1, "notes": notes}

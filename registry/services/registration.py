@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -20,6 +21,7 @@ from registry.errors import (
     DuplicateModelError,
     DuplicateUploadError,
     InvalidArtifactError,
+    InvalidLabelsError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
@@ -194,7 +196,7 @@ def register_version(
 
     When a version of this model has the same bytes, ``if_exists`` decides:
     ``new`` registers them again, ``existing`` returns that version, ``refuse`` raises
-    ``DuplicateUploadError``. ``class_labels`` (a list for the first output, or lists by output
+    ``DuplicateUploadError``. ``class_labels`` (a list for the first numeric output, or lists by output
     name) name the classes a classification answer reports; ``tolerance`` is the version's own
     parity tolerance (None fields: the platform's).
     """
@@ -243,6 +245,9 @@ def _register(
     clean_meta = metadata
     sig = resolve_signature(kind.format, signature, inspected)
     labels = resolve_labels(class_labels, sig)
+    if not labels and inspected.get("class_labels"):  # an ONNX classifier's ZipMap names its classes
+        with contextlib.suppress(InvalidLabelsError):  # if they do not fit, the version has none
+            labels = resolve_labels(inspected["class_labels"], sig)
     relative, digest, size, created = storage.store_path(upload_path)
     try:
         version, new = _create_version_row(

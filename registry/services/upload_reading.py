@@ -73,6 +73,12 @@ def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) ->
             )
         check_inputs_fed(declared)
         check_names_apart(declared)
+        strings = [spec.name for spec in (*declared.inputs, *declared.outputs) if spec.dtype == "string"]
+        if strings:
+            raise InvalidSignatureError(
+                f"signature: {strings[0]!r} is declared string, but a PyTorch model has no string tensors "
+                "(an ONNX model may take or answer strings)"
+            )
         return declared
     actual = parse_signature(inspected["signature"], require_outputs=True)
     if declared_raw not in (None, "", {}):

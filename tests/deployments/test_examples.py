@@ -17,20 +17,15 @@ SIGNATURE = {
         {"name": "image", "dtype": "float32", "shape": [-1, 1, 28, 28]},
         {"name": "mask", "dtype": "bool", "shape": [-1, 4]},
         {"name": "ids", "dtype": "int64", "shape": [-1, -1]},
-        {"name": "text", "dtype": "object", "shape": [-1]},
+        {"name": "text", "dtype": "string", "shape": [-1]},
     ]
 }
 
 
 def test_signature_dtypes_become_the_protocols_datatype_names() -> None:
-    assert [protocol_datatype(d) for d in ("float32", "float16", "float64", "int64", "bool", "uint8")] == [
-        "FP32",
-        "FP16",
-        "FP64",
-        "INT64",
-        "BOOL",
-        "UINT8",
-    ]
+    assert [
+        protocol_datatype(d) for d in ("float32", "float16", "float64", "int64", "bool", "uint8", "string")
+    ] == ["FP32", "FP16", "FP64", "INT64", "BOOL", "UINT8", "BYTES"]
 
 
 def test_the_example_request_decodes_as_the_worker_reads_it() -> None:

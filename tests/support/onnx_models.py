@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -144,3 +145,46 @@ def reference(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """What ONNX Runtime computes directly, for comparison."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)  # type: ignore[no-any-return]
+
+
+FEATURES = 4
+CLASSES = ["setosa", "versicolor", "virginica"]
+
+
+def save_classifier(path: Path, *, names: list[str] | None = CLASSES) -> None:
+    """A logistic regression as skl2onnx writes one (the ``ai.onnx.ml`` LinearClassifier and
+    ZipMap): ``label`` (the class names as strings, or int64 class numbers without ``names``) and
+    ``output_probability``, a sequence of {class: probability} maps."""
+    weights = np.random.default_rng(3).standard_normal(FEATURES * 3).round(3)
+    classes: dict[str, Any] = {"classlabels_strings": names} if names else {"classlabels_ints": [0, 1, 2]}
+    keys: dict[str, Any] = {"classlabels_strings": names} if names else {"classlabels_int64s": [0, 1, 2]}
+    label_type = TensorProto.STRING if names else TensorProto.INT64
+    nodes = [
+        helper.make_node(
+            "LinearClassifier",
+            ["float_input"],
+            ["label", "probabilities"],
+            domain="ai.onnx.ml",
+            coefficients=weights.tolist(),
+            intercepts=[0.1, -0.2, 0.05],
+            post_transform="SOFTMAX",
+            **classes,
+        ),
+        helper.make_node("ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml", **keys),
+    ]
+    maps = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(label_type, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    )
+    graph = helper.make_graph(
+        nodes,
+        "logistic_regression",
+        [helper.make_tensor_value_info("float_input", TensorProto.FLOAT, [None, FEATURES])],
+        [
+            helper.make_tensor_value_info("label", label_type, [None]),
+            helper.make_value_info("output_probability", maps),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    onnx.save_model(model, str(path))
