@@ -21,10 +21,9 @@ from onnx import TensorProto, helper
 from rest_framework.test import APIClient
 
 from inference_worker.contracts.labels import ClassLabels
-from registry.conversion.convert import convert
 from registry.conversion.inspection import inspect_onnx
 from registry.models import ModelVersion
-from tests.support.onnx_models import CLASSES, FEATURES, save_classifier
+from tests.support.onnx_models import CLASSES, FEATURES, convert_upload, save_classifier
 from tests.support.torch_models import save_torchscript_cnn
 from tests.support.uploads import create_model, upload
 from tests.support.workers import make_config, running, v2_body
@@ -69,16 +68,7 @@ def test_an_uploaded_classifier_takes_the_zipmaps_class_names_as_its_labels(
 def test_a_converted_classifier_is_served_with_the_probabilities_the_maps_held(tmp_path: Path) -> None:
     source, output = tmp_path / "classifier.onnx", tmp_path / "converted.onnx"
     save_classifier(source)
-    signature = inspect_onnx(str(source))["signature"]
-    request = {
-        "format": "onnx",
-        "source_path": str(source),
-        "output_path": str(output),
-        "signature": signature,
-    }
-    request.update(atol=1e-4, rtol=1e-3, parity_batch_sizes=[1, 3, 8], profile_max_batch=4, profile_runs=2)
-
-    report = convert({**request, "threads": 1, "opset": None, "seed": 5})["report"]
+    report = convert_upload(source, output)["report"]
 
     assert report["dynamic_batch"] is True
     assert any("output 'output_probability' is a ZipMap's sequence of maps" in w for w in report["warnings"])
@@ -135,16 +125,8 @@ def _save_word_ids(path: Path) -> None:
 def test_a_model_that_takes_strings_converts_and_a_worker_serves_it(tmp_path: Path) -> None:
     source, output = tmp_path / "vocabulary.onnx", tmp_path / "converted.onnx"
     _save_word_ids(source)
-    signature = inspect_onnx(str(source))["signature"]
-    request = {
-        "format": "onnx",
-        "source_path": str(source),
-        "output_path": str(output),
-        "signature": signature,
-    }
-    request.update(atol=1e-4, rtol=1e-3, parity_batch_sizes=[1, 3, 8], profile_max_batch=4, profile_runs=2)
-
-    report = convert({**request, "threads": 1, "opset": None, "seed": 5})["report"]
+    result = convert_upload(source, output)
+    signature, report = result["signature"], result["report"]
 
     assert signature["inputs"] == [{"name": "word", "dtype": "string", "shape": [-1, 2]}]
     assert report["parity"]["passed"] is True

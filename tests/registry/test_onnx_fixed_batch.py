@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from inference_worker.config import DynamicBatching
-from registry.conversion.convert import convert
 from registry.conversion.inspection import inspect_onnx
+from tests.support.onnx_models import convert_upload
 from tests.support.workers import LONGEST_DELAY_US, make_config, running, v2_body
 
 IMAGE = (3, 8, 8)
@@ -88,22 +88,7 @@ def _convert(
     signature = _export(module, source, shape, dynamo=dynamo)
     assert signature["inputs"][0]["shape"] == [1, *shape]
     output = tmp_path / "converted.onnx"
-    result = convert(
-        {
-            "format": "onnx",
-            "source_path": str(source),
-            "output_path": str(output),
-            "signature": signature,
-            "atol": 1e-4,
-            "rtol": 1e-3,
-            "parity_batch_sizes": [1, 3, 8],
-            "profile_max_batch": 4,
-            "profile_runs": 2,
-            "threads": 1,
-            "opset": None,
-            "seed": 11,
-        }
-    )
+    result = convert_upload(source, output, seed=11)
     return result, source, output
 
 
@@ -186,17 +171,7 @@ def test_an_onnx_model_with_a_fixed_batch_other_than_1_is_served_as_it_is_with_a
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(_MixesSamples(), (torch.randn(4, 5),), str(source), dynamo=False, input_names=["x"])
-    output = tmp_path / "converted.onnx"
-    signature = inspect_onnx(str(source))["signature"]
-    request = {
-        "format": "onnx",
-        "source_path": str(source),
-        "output_path": str(output),
-        "signature": signature,
-    }
-    request.update(atol=1e-4, rtol=1e-3, parity_batch_sizes=[1, 3, 8], profile_max_batch=4, profile_runs=2)
-
-    result = convert({**request, "threads": 1, "opset": None, "seed": 11})
+    result = convert_upload(source, tmp_path / "converted.onnx", seed=11)
 
     assert result["report"]["dynamic_batch"] is False
     assert result["signature"]["inputs"][0]["shape"] == [4, 5]

@@ -188,3 +188,27 @@ def save_classifier(path: Path, *, names: list[str] | None = CLASSES) -> None:
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 9
     onnx.save_model(model, str(path))
+
+
+def convert_upload(source: Path, output: Path, *, seed: int = 5) -> dict[str, Any]:
+    """``convert()`` of an ONNX upload in-process, as the platform asks for it (its signature read
+    from the file; parity at batches 1, 3 and 8)."""
+    from registry.conversion.convert import convert
+    from registry.conversion.inspection import inspect_onnx
+
+    request = {
+        "format": "onnx",
+        "source_path": str(source),
+        "output_path": str(output),
+        "signature": inspect_onnx(str(source))["signature"],
+        "atol": 1e-4,
+        "rtol": 1e-3,
+        "parity_batch_sizes": [1, 3, 8],
+        "profile_max_batch": 4,
+        "profile_runs": 2,
+        "threads": 1,
+        "opset": None,
+        "seed": seed,
+    }
+    result: dict[str, Any] = convert(request)
+    return result
