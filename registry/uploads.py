@@ -69,8 +69,12 @@ class BoundedHashingUploadHandler(FileUploadHandler):
             raise StopUpload(connection_reset=False)
         self.upload = HashedTempUploadedFile(str(self.file_name), self.content_type, self.charset)
 
+    earlier_files = 0
+    """Bytes of the request's files before this one: the limit holds for all of them together (a
+    model and its external data)."""
+
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
-        if start + len(raw_data) > settings.KILN_MAX_UPLOAD_BYTES:
+        if self.earlier_files + start + len(raw_data) > settings.KILN_MAX_UPLOAD_BYTES:
             self.request.upload_too_large = True  # type: ignore[union-attr]
             self.upload.close()
             raise StopUpload(connection_reset=False)
@@ -78,6 +82,7 @@ class BoundedHashingUploadHandler(FileUploadHandler):
 
     def file_complete(self, file_size: int) -> HashedTempUploadedFile:
         self.upload.finish()
+        self.earlier_files += self.upload.size or 0
         return self.upload
 
     def upload_interrupted(self) -> None:

@@ -125,9 +125,10 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[ModelVersion
         if getattr(request._request, "upload_too_large", False):
             raise ArtifactTooLargeError(_too_large_message())
         data = s.VersionUploadInput(data=request.data)
-        if not data.is_valid():
-            if getattr(request._request, "upload_too_large", False):
-                raise ArtifactTooLargeError(_too_large_message())
+        valid = data.is_valid()  # reads the body: the upload handler may stop it past the limit
+        if getattr(request._request, "upload_too_large", False):
+            raise ArtifactTooLargeError(_too_large_message())
+        if not valid:
             data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
         external = data.validated_data.get("external_data")

@@ -182,6 +182,26 @@ def test_an_oversized_file_is_refused_while_streaming(
 
 
 @pytest.mark.usefixtures("model")
+def test_the_upload_limit_holds_for_a_model_and_its_external_data_together(
+    owner_api: APIClient, tmp_path: Path, settings: Any
+) -> None:
+    settings.KILN_MAX_UPLOAD_BYTES = 64 * 1024
+    model, data = tmp_path / "model.onnx", tmp_path / "model.onnx.data"
+    model.write_bytes(os.urandom(40 * 1024))
+    data.write_bytes(os.urandom(40 * 1024))  # each under the limit, the two over it
+
+    with model.open("rb") as graph, data.open("rb") as weights:
+        response = owner_api.post(
+            "/api/v1/models/cnn/versions/", {"file": graph, "external_data": weights}, format="multipart"
+        )
+
+    assert response.status_code == 413, response.content
+    assert "upload limit of 65536 bytes" in response.json()["message"]
+    assert_nothing_left()
+    assert list((Path(settings.KILN_ARTIFACT_ROOT) / "tmp").glob("*")) == []
+
+
+@pytest.mark.usefixtures("model")
 def test_an_onnx_model_with_external_data_is_refused(owner_api: APIClient, tmp_path: Path) -> None:
     import onnx
 
