@@ -112,18 +112,47 @@ def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
 
 
 def _external_data(path: Path, given: str | None) -> Path | None:
-    """The ONNX model's external data file: ``--external-data``, else the ``<model>.data`` beside
-    it when the model names it (torch.onnx.export writes both by default)."""
+    """The ONNX model's external data file: ``--external-data``, else the one file the model names
+    as its tensors' ``location`` when it lies beside the model (torch.onnx.export writes
+    ``model.onnx.data``; other exporters ``model.onnx_data`` or ``weights.bin``)."""
     if given:
         external = Path(given)
         if not external.is_file():
             raise UsageError(f"--external-data {given}: no such file")
         return external
-    beside = path.with_name(path.name + ".data")
-    if not beside.is_file() or not path.stat().st_size:
+    if path.suffix.lower() != ".onnx" or not path.stat().st_size:
         return None
+    named = _data_locations(path)
+    if len(named) != 1:
+        return None  # none, or several files (the platform says it takes one)
+    beside = path.parent / next(iter(named))  # a plain name: beside the model
+    return beside if beside.is_file() else None
+
+
+_LOCATION = b"\n\x08location\x12"
+"""An ONNX ``StringStringEntryProto`` whose key is ``location``, up to its value's length."""
+
+
+def _data_locations(path: Path) -> set[str]:
+    """The file names an ONNX model gives as its external data's ``location`` (read from the
+    protobuf bytes, without the onnx package): plain names only, no directories."""
+    names: set[str] = set()
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        return beside if mapped.find(beside.name.encode()) >= 0 else None
+        at = mapped.find(_LOCATION)
+        while at >= 0 and len(names) < 16:
+            start = at + len(_LOCATION)
+            size, shift = 0, 0
+            while start < len(mapped) and shift < 35:
+                byte = mapped[start]
+                size |= (byte & 0x7F) << shift
+                start, shift = start + 1, shift + 7
+                if byte < 0x80:
+                    break
+            name = bytes(mapped[start : start + size]).decode("utf-8", "replace")
+            if 0 < size <= 4096 and name == Path(name).name and name not in (".", ".."):
+                names.add(name)
+            at = mapped.find(_LOCATION, start)
+    return names
 
 
 def _wait_version(client: Client, model: str, number: int, timeout: float, out: Progress) -> int:
@@ -241,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--external-data",
         metavar="FILE",
-        help="an ONNX model's external data file (default: FILE.data beside it when the model names it)",
+        help="an ONNX model's external data file (default: the file the model names, when it lies beside it)",
     )
     p.add_argument("--description")
     p.add_argument(

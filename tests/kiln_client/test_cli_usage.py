@@ -57,3 +57,53 @@ def test_a_bad_signature_argument_is_bad_usage(tmp_path: Path) -> None:
 
 def test_argparse_errors_exit_2_as_well() -> None:
     assert kiln("upload").returncode == 2
+
+
+def _save_with_external_data(path: Path, locations: list[str]) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.full(4, i, np.float32), f"w{i}") for i in range(len(locations))]
+    nodes = [
+        helper.make_node("Add", ["x" if i == 0 else f"t{i}", f"w{i}"], [f"t{i + 1}"])
+        for i in range(len(weights))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info(f"t{len(weights)}", TensorProto.FLOAT, [None, 4])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for tensor, location in zip(model.graph.initializer, locations, strict=True):
+        onnx.external_data_helper.set_external_data(tensor, location, offset=0, length=16)
+        (path.parent / location).write_bytes(tensor.raw_data)
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+    path.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("locations", "found"),
+    [
+        (["model.onnx.data"], "model.onnx.data"),  # torch.onnx.export's name
+        (["model.onnx_data"], "model.onnx_data"),  # optimum's
+        (["weights.bin", "weights.bin"], "weights.bin"),  # onnx.save_model(..., location=...)
+        (["a.bin", "b.bin"], None),  # two files: sent alone, and the platform says why
+        ([], None),
+    ],
+)
+def test_upload_finds_the_external_data_file_the_model_names(
+    tmp_path: Path, locations: list[str], found: str | None
+) -> None:
+    from kiln_client.cli import _external_data
+
+    path = tmp_path / "model.onnx"
+    _save_with_external_data(path, locations)
+    (tmp_path / "model.onnx.data").touch(exist_ok=True)  # beside it, named or not
+
+    got = _external_data(path, None)
+
+    assert (got.name if got else None) == found
