@@ -98,12 +98,12 @@ def _save_with_external_data(path: Path, locations: list[str]) -> None:
 def test_upload_finds_the_external_data_file_the_model_names(
     tmp_path: Path, locations: list[str], found: str | None
 ) -> None:
-    from kiln_client.cli import _external_data
+    from kiln_client.onnx_files import external_data_for
 
     path = tmp_path / "model.onnx"
     _save_with_external_data(path, locations)
     (tmp_path / "model.onnx.data").touch(exist_ok=True)  # beside it, named or not
 
-    got = _external_data(path, None)
+    got = external_data_for(path, None)
 
     assert (got.name if got else None) == found
