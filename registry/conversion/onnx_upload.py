@@ -175,8 +175,8 @@ def _free(
 ) -> CheckedModel | str | None:
     """Write ``model`` with the first dimension of ``values`` free to ``trial`` and check it;
     ``model`` itself is left as it was. With ``keep_batch``, each Reshape of a value computed from
-    the inputs to a constant shape ``[1, ...]`` reshapes to ``[0, ...]`` (0: the input's own first
-    dimension); None when there is no such Reshape. Returns the checked trial model or why not."""
+    the inputs to a constant shape ``[1, ...]`` keeps the batch instead (``_keep_batch_in_reshapes``);
+    None when there is no such Reshape. Returns the checked trial model or why not."""
     import onnx
 
     copy = onnx.ModelProto()
@@ -200,9 +200,11 @@ def _free(
 
 def _keep_batch_in_reshapes(graph: Any) -> int:
     """Point each Reshape of a value that depends on a graph input, whose shape is a constant
-    ``[1, ...]``, at a new constant ``[0, ...]`` (0: copy the input's dimension). A Reshape with
-    ``allowzero`` set, which reads 0 as a size, is changed only when its shape holds no other 0 (the
-    attribute then makes no difference, and is cleared). Returns how many changed."""
+    ``[1, ...]``, at a new constant that keeps the batch: ``[-1, ...]`` (the size inferred, which
+    also undoes a batch merged with another dimension, as attention's heads) when no other size is
+    -1, else ``[0, ...]`` (0: copy the input's first dimension). A Reshape with ``allowzero`` set,
+    which reads 0 as a size, takes the 0 only when its shape holds no other 0 (the attribute then
+    makes no difference, and is cleared). Returns how many changed."""
     from onnx import numpy_helper
 
     constants = {init.name: init for init in graph.initializer}
@@ -219,15 +221,18 @@ def _keep_batch_in_reshapes(graph: Any) -> int:
         if node.op_type != "Reshape" or node.input[0] not in fed or node.input[1] not in constants:
             continue
         shape = numpy_helper.to_array(constants[node.input[1]])
-        allowzero = [a for a in node.attribute if a.name == "allowzero" and a.i]
-        if shape.ndim != 1 or not shape.size or shape[0] != 1 or (allowzero and (shape == 0).any()):
+        if shape.ndim != 1 or not shape.size or shape[0] != 1:
+            continue
+        infer = not (shape == -1).any()
+        allowzero = [] if infer else [a for a in node.attribute if a.name == "allowzero" and a.i]
+        if allowzero and (shape == 0).any():
             continue
         name = f"{node.input[1]}_keeps_batch"
         while name in taken:
             name += "_"
         taken.add(name)
         kept = shape.copy()
-        kept[0] = 0
+        kept[0] = -1 if infer else 0
         graph.initializer.append(numpy_helper.from_array(kept, name))
         node.input[1] = name
         for attribute in allowzero:

@@ -44,6 +44,30 @@ class _ViewCNN(nn.Module):
         return out
 
 
+class _Attention(nn.Module):
+    """A self-attention block written as Hugging Face models write theirs: token ids and a mask,
+    ``view(b, t, heads, d)``, scaled dot-product attention (exported, it merges batch and heads)."""
+
+    def __init__(self, width: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = heads
+        self.embed, self.qkv = nn.Embedding(50, width), nn.Linear(width, 3 * width)
+        self.out, self.head = nn.Linear(width, width), nn.Linear(width, 2)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        b, t, d = x.shape
+        q, k, v = (
+            z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(x).split(d, -1)
+        )
+        attended = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[:, None, None, :].bool()
+        )
+        out: torch.Tensor = self.head((x + self.out(attended.transpose(1, 2).reshape(b, t, d)))[:, 0])
+        return out
+
+
 class _MixesSamples(nn.Module):
     """Each row depends on the others: no batch of it is the same samples run alone."""
 
@@ -178,3 +202,30 @@ def test_an_onnx_model_with_a_fixed_batch_other_than_1_is_served_as_it_is_with_a
     (warning,) = [w for w in result["report"]["warnings"] if "fixed first dimension" in w]
     assert warning.startswith("the model's input 'x' [4, 5] has a fixed first dimension: workers run each")
     assert "dynamic_axes" in warning
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
+def test_an_attention_block_exported_at_batch_1_is_freed_and_answers_as_single_runs(
+    tmp_path: Path, dynamo: bool
+) -> None:
+    source, output = tmp_path / "uploaded.onnx", tmp_path / "converted.onnx"
+    example = (torch.randint(0, 50, (1, 6)), torch.ones(1, 6, dtype=torch.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        options: dict[str, Any] = {"external_data": False} if dynamo else {}
+        options.update(input_names=["ids", "mask"], output_names=["logits"])
+        torch.onnx.export(_Attention().eval(), example, str(source), dynamo=dynamo, **options)
+
+    result = convert_upload(source, output, seed=11)
+
+    assert result["report"]["dynamic_batch"] is True, result["report"]["warnings"]
+    assert [i["shape"] for i in result["signature"]["inputs"]] == [[-1, 6], [-1, 6]]
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 50, (5, 6)).astype(np.int64)
+    mask = np.ones((5, 6), np.int64)
+    mask[:, 4:] = rng.integers(0, 2, (5, 2))
+    fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    alone = [fixed.run(None, {"ids": ids[i : i + 1], "mask": mask[i : i + 1]})[0] for i in range(5)]
+    freed = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    (together,) = freed.run(None, {"ids": ids, "mask": mask})
+    np.testing.assert_allclose(together, np.concatenate(alone), rtol=1e-4, atol=1e-5)
