@@ -242,7 +242,6 @@ def _register(
     if_exists: str,
     tolerance: ParityTolerance,
 ) -> Registration:
-    clean_meta = metadata
     sig = resolve_signature(kind.format, signature, inspected)
     labels = resolve_labels(class_labels, sig)
     if not labels and inspected.get("class_labels"):  # an ONNX classifier's ZipMap names its classes
@@ -260,7 +259,7 @@ def _register(
             signature=sig,
             class_labels=labels,
             description=description,
-            metadata=clean_meta,
+            metadata=metadata,
             enqueue_conversion=enqueue_conversion,
             if_exists=if_exists,
             tolerance=tolerance,
