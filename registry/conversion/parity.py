@@ -240,7 +240,7 @@ def _compare_strings(name: str, expected: Array, actual: Array, batch_size: int)
         return OutputCheck(
             name, "string", batch_size, False, math.inf, math.inf, expected.size, expected.size, worst
         )
-    same = np.frompyfunc(lambda a, b: text(a) == text(b), 2, 1)(expected, actual).astype(bool)
+    same = np.asarray(np.frompyfunc(lambda a, b: text(a) == text(b), 2, 1)(expected, actual), dtype=bool)
     mismatched = int(same.size - np.count_nonzero(same))
     check = OutputCheck(name, "string", batch_size, mismatched == 0, 0.0, 0.0, mismatched, int(same.size))
     if mismatched:

@@ -824,3 +824,27 @@ def test_a_pt2_program_with_a_narrow_batch_range_is_probed_only_within_it(tmp_pa
     assert report["parity"]["passed"] is True
     assert report["parity"]["batch_sizes"] == [1, 3]
     assert report["dynamic_batch"] is True
+
+
+def test_string_outputs_are_compared_for_equality_bytes_and_text_alike() -> None:
+    words = np.array([["a", "é"], ["", "b"]], dtype=object)
+    same = compare_output(
+        "label",
+        words,
+        np.array([[b"a", "é".encode()], [b"", b"b"]], dtype=object),
+        atol=0.5,
+        rtol=0.5,
+        batch_size=2,
+    )
+    differs = compare_output(
+        "label", words, np.array([["a", "é"], ["", "c"]], dtype=object), atol=0.5, rtol=0.5, batch_size=2
+    )
+    scalar = compare_output(
+        "label", np.array("x", dtype=object), np.array("x", dtype=object), atol=0, rtol=0, batch_size=1
+    )
+
+    assert same.passed
+    assert scalar.passed
+    assert (same.dtype, same.mismatched, same.elements) == ("string", 0, 4)
+    assert not differs.passed
+    assert differs.worst == "worst at index (1, 1): expected 'b', got 'c'"
