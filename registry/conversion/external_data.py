@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.conversion.channel import ChildError, progress
-from registry.conversion.onnx_proto import all_tensors, parse_onnx
+from registry.conversion.onnx_proto import all_tensors, external_entries, parse_onnx
 
 PROTOBUF_LIMIT = 2**31 - 1
 """The largest file protobuf (and so one ONNX file) can hold."""
@@ -34,15 +34,13 @@ def inline_external_data(model_path: str, data_path: str, output_path: str, *, m
 
     progress("folding the external data into the model")
     model = parse_onnx(model_path)
-    outside = [
-        t for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data
-    ]
+    outside = [(t, entries) for t in all_tensors(model) if (entries := external_entries(t)) is not None]
     if not outside:
         raise ChildError(
             "external_data: the model keeps all its tensors inside it; upload the .onnx file alone",
             "invalid_artifact",
         )
-    places = {_entries(t).get("location", "") for t in outside}
+    places = {entries.get("location", "") for _, entries in outside}
     if len(places) > 1:
         named = ", ".join(repr(p[:80]) for p in sorted(places)[:4])
         raise ChildError(
@@ -52,8 +50,9 @@ def inline_external_data(model_path: str, data_path: str, output_path: str, *, m
             "invalid_artifact",
         )
     size = os.path.getsize(data_path)
+    spans = [(tensor, *_span(tensor, entries, size)) for tensor, entries in outside]
     limit = min(max_bytes, PROTOBUF_LIMIT)
-    total = model.ByteSize() + sum(_length(t, _entries(t), size) for t in outside)
+    total = model.ByteSize() + sum(length for _, _, length in spans)
     if total > limit:
         raise ChildError(
             f"the model with its external data is {total} bytes, above the {limit} bytes one ONNX file "
@@ -61,23 +60,18 @@ def inline_external_data(model_path: str, data_path: str, output_path: str, *, m
             "invalid_artifact",
         )
     with open(data_path, "rb") as data:
-        for tensor in outside:
-            entries = _entries(tensor)
-            offset, length = int(entries.get("offset", "0")), _length(tensor, entries, size)
+        for tensor, offset, length in spans:
             data.seek(offset)
             tensor.raw_data = data.read(length)
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
     Path(output_path).write_bytes(model.SerializeToString())
-    return len(outside)
+    return len(spans)
 
 
-def _entries(tensor: Any) -> dict[str, str]:
-    return {entry.key: entry.value for entry in tensor.external_data}
-
-
-def _length(tensor: Any, entries: dict[str, str], size: int) -> int:
-    """The tensor's byte length in the data file, checked against its shape and the file's size."""
+def _span(tensor: Any, entries: dict[str, str], size: int) -> tuple[int, int]:
+    """Where the tensor's bytes lie in the data file, ``(offset, length)``, checked against its shape
+    and the file's size."""
     name = repr(tensor.name[:200])
     try:
         offset = int(entries.get("offset", "0"))
@@ -107,4 +101,4 @@ def _length(tensor: Any, entries: dict[str, str], size: int) -> int:
             f"{item} bytes (is it this model's data file?)",
             "invalid_artifact",
         )
-    return length
+    return offset, length

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry.conversion.channel import ChildError, progress
-from registry.conversion.onnx_proto import all_tensors, parse_onnx, unzip_maps
+from registry.conversion.onnx_proto import all_tensors, external_entries, parse_onnx, unzip_maps
 from registry.conversion.script_binding import key_names
 
 ONNX_DTYPES = {
@@ -66,8 +66,9 @@ def load_onnx_checked(path: str) -> Any:
 
     model = parse_onnx(path)
     for tensor in all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            where = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        entries = external_entries(tensor)
+        if entries is not None:
+            where = entries.get("location", "")
             raise ChildError(
                 f"ONNX tensor {tensor.name[:200]!r} keeps its data in another file ({where[:200]!r}, "
                 "written beside the model: torch.onnx.export does so by default); upload that file "

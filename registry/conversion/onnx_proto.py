@@ -30,6 +30,16 @@ def parse_onnx(path: str) -> Any:
     return model
 
 
+def external_entries(tensor: Any) -> dict[str, str] | None:
+    """A tensor's external data entries (``location``, ``offset``, ``length``...), or None when its
+    data lies inside the model."""
+    import onnx
+
+    if tensor.data_location != onnx.TensorProto.EXTERNAL and not tensor.external_data:
+        return None
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
 def all_tensors(model: Any) -> Iterator[Any]:
     """Every TensorProto of the model: initializers, sparse ones' values and indices, constants in
     node attributes, in subgraphs (If, Loop, Scan) and in the model's local functions. (onnx's own
