@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,7 +16,7 @@ from django.db import IntegrityError, transaction
 
 from config.errors import PayloadTooLargeError
 from registry import storage
-from registry.artifacts import ArtifactKind, detect_format
+from registry.artifacts import detect_format
 from registry.audit import Actor, record_event
 from registry.errors import (
     DuplicateModelError,
@@ -204,77 +205,58 @@ def register_version(
         raise InvalidArtifactError(f"if_exists: one of {', '.join(IF_EXISTS)}", code="invalid")
     clean_meta = clean_metadata(metadata)
     kind = detect_format(upload_path, max_unpacked_bytes=settings.KILN_MAX_UNPACKED_BYTES)
-    options: dict[str, Any] = {
-        "actor": actor,
-        "signature": signature,
-        "description": description,
-        "metadata": clean_meta,
-        "class_labels": class_labels,
-        "enqueue_conversion": enqueue_conversion,
-        "if_exists": if_exists,
-        "tolerance": tolerance,
-    }
+    with _inspected(kind.format, upload_path, external_data) as (stored_path, inspected):
+        sig = resolve_signature(kind.format, signature, inspected)
+        labels = resolve_labels(class_labels, sig)
+        if not labels and inspected.get("class_labels"):  # an ONNX classifier's ZipMap names its classes
+            with contextlib.suppress(InvalidLabelsError):  # if they do not fit, the version has none
+                labels = resolve_labels(inspected["class_labels"], sig)
+        relative, digest, size, created = storage.store_path(stored_path)
+        try:
+            version, new = _create_version_row(
+                model=model,
+                actor=actor,
+                fmt=kind.format,
+                relative=relative,
+                digest=digest,
+                size=size,
+                signature=sig,
+                class_labels=labels,
+                description=description,
+                metadata=clean_meta,
+                enqueue_conversion=enqueue_conversion,
+                if_exists=if_exists,
+                tolerance=tolerance,
+            )
+        except BaseException:
+            if created:
+                referenced = ModelVersion.objects.filter(source_path=relative).exists()
+                storage.remove_if_unreferenced(relative, referenced=referenced)
+            raise
+        if not new:
+            return Registration(version, created=False)
+        # A deletion of the last other version with these bytes may have removed the file meanwhile.
+        transaction.on_commit(lambda: storage.ensure_stored(relative, stored_path, digest))
+        logger.info("registered %s (%s, %d bytes, sha256 %s)", version, kind.format, size, digest)
+        return Registration(version, created=True)
+
+
+@contextlib.contextmanager
+def _inspected(
+    fmt: str, upload_path: Path, external_data: Path | None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The file to store and what the sandbox read from it: the upload itself, or, with an ONNX
+    model's ``external_data``, the two folded into one file that lives as long as the block."""
     if external_data is None:
-        return _register(model, upload_path, kind, inspect_upload(kind.format, upload_path), **options)
-    if kind.format != "onnx":
+        yield upload_path, inspect_upload(fmt, upload_path)
+        return
+    if fmt != "onnx":
         raise InvalidArtifactError(
-            f"external_data: only an ONNX model keeps its data in another file; this is {kind.format}",
-            code="invalid",
+            f"external_data: only an ONNX model keeps its data in another file; this is {fmt}", code="invalid"
         )
     with tempfile.TemporaryDirectory(dir=storage.temp_dir()) as folder:
         folded = Path(folder) / "model.onnx"
-        inspected = inspect_upload(kind.format, upload_path, external_data, folded)
-        return _register(model, folded, kind, inspected, **options)
-
-
-def _register(
-    model: RegisteredModel,
-    upload_path: Path,
-    kind: ArtifactKind,
-    inspected: dict[str, Any],
-    *,
-    actor: User,
-    signature: Any,
-    description: str,
-    metadata: dict[str, Any],
-    class_labels: Any,
-    enqueue_conversion: bool,
-    if_exists: str,
-    tolerance: ParityTolerance,
-) -> Registration:
-    sig = resolve_signature(kind.format, signature, inspected)
-    labels = resolve_labels(class_labels, sig)
-    if not labels and inspected.get("class_labels"):  # an ONNX classifier's ZipMap names its classes
-        with contextlib.suppress(InvalidLabelsError):  # if they do not fit, the version has none
-            labels = resolve_labels(inspected["class_labels"], sig)
-    relative, digest, size, created = storage.store_path(upload_path)
-    try:
-        version, new = _create_version_row(
-            model=model,
-            actor=actor,
-            fmt=kind.format,
-            relative=relative,
-            digest=digest,
-            size=size,
-            signature=sig,
-            class_labels=labels,
-            description=description,
-            metadata=metadata,
-            enqueue_conversion=enqueue_conversion,
-            if_exists=if_exists,
-            tolerance=tolerance,
-        )
-    except BaseException:
-        if created:
-            referenced = ModelVersion.objects.filter(source_path=relative).exists()
-            storage.remove_if_unreferenced(relative, referenced=referenced)
-        raise
-    if not new:
-        return Registration(version, created=False)
-    # A deletion of the last other version with these bytes may have removed the file meanwhile.
-    transaction.on_commit(lambda: storage.ensure_stored(relative, upload_path, digest))
-    logger.info("registered %s (%s, %d bytes, sha256 %s)", version, kind.format, size, digest)
-    return Registration(version, created=True)
+        yield folded, inspect_upload(fmt, upload_path, external_data, folded)
 
 
 def _same_bytes(
