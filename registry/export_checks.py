@@ -8,11 +8,14 @@ attribute lookup from the ``torch`` module (``torch.os.system`` resolves), which
 program then calls. So an archive is read here first, and refused unless:
 
 - every weight and constant is raw tensor bytes (no pickled payload, no legacy ``<model>.pt``);
-- every node target is an operator: ``torch.ops.{aten,prims,higher_order}.<op>[.<overload>]``,
+- every node target is an operator: ``torch.ops.{aten,prims,higher_order}.<op>[.<overload>]``
+  (no dunder but ATen's bitwise ``__and__``, ``__or__``...),
   an ``_operator`` arithmetic or comparison function, a ``math`` function, or a ``torch.sym_*``
   helper;
 - every symbolic expression and guard is an expression over symbols, numbers and the sympy
-  functions shapes use: no attribute lookups, no calls but of those functions, no other names.
+  functions shapes use: no attribute lookups, no calls but of those functions, no other names;
+- the program's input and output trees name no module to import (a ``defaultdict``'s factory, a
+  context's enum: PyTorch imports both by the name the file gives).
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ MAX_EXPRESSION_CHARS = 10_000
 
 _NAME = r"(?!__)[A-Za-z_][A-Za-z0-9_]*"
 """An operator or overload name (``_to_copy``, ``default``): never a dunder attribute."""
-_OPERATOR = re.compile(rf"torch\.ops\.(?:aten|prims|higher_order)\.{_NAME}(?:\.{_NAME})?")
+_BITWISE = r"__i?(?:and|or|xor|lshift|rshift)__"
+"""The dunder names ATen gives its bitwise operators (``aten.__and__.Tensor``, which ``mask & mask``
+exports as, in Hugging Face models' attention masks), named one by one: no other dunder resolves."""
+_OPERATOR = re.compile(rf"torch\.ops\.(?:aten|prims|higher_order)\.(?:{_NAME}|{_BITWISE})(?:\.{_NAME})?")
 _REFUSED_OPS = {"torch.ops.aten.from_file", "torch.ops.aten.from_file.default"}
 """Operators that touch the platform's files."""
 _PYTHON_OPERATORS = frozenset(
@@ -187,6 +193,50 @@ def _check_program(name: str, program: Any) -> None:
         elif key == "range_constraints" and isinstance(value, dict):
             for expression in value:
                 _check_expression(name, expression, guard=False)
+        elif key in ("in_spec", "out_spec"):
+            _check_tree_spec(name, value)
+
+
+def _check_tree_spec(name: str, spec: Any) -> None:
+    """An input or output tree (``[protocol, {"type", "context", "children_spec"}]``, as a string)
+    whose loading imports nothing: PyTorch reads a ``defaultdict``'s factory by importing the
+    module the file names, and any JSON context's ``{"__enum__": ..., "fqn": "module:Class"}``
+    likewise. Types PyTorch does not know are left to the loader (they fail, or ``program_trees``
+    reads them as dicts)."""
+    try:
+        document = json.loads(spec) if isinstance(spec, str) else None
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, list) or len(document) != 2:
+        raise InvalidArtifactError(f"archive entry {name}: a tree spec is not valid", code="corrupt_artifact")
+    for node_type, context in _spec_nodes(name, document[1]):
+        if node_type == "collections.defaultdict":
+            raise _refused(f"{name}: a defaultdict in the program's inputs or outputs names a module")
+        for key, _ in _fields(_context(context)):
+            if key == "__enum__":
+                raise _refused(f"{name}: an enum in the program's inputs or outputs names a module")
+
+
+def _spec_nodes(name: str, tree: Any) -> Iterator[tuple[Any, Any]]:
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict) or not isinstance(node.get("children_spec", []), list):
+            message = f"archive entry {name}: a tree spec is not valid"
+            raise InvalidArtifactError(message, code="corrupt_artifact")
+        yield node.get("type"), node.get("context")
+        stack.extend(node.get("children_spec", []))
+
+
+def _context(context: Any) -> Any:
+    """A node's context as PyTorch reads it: JSON text parsed (a context that is not JSON is a
+    type's own name, as a namedtuple's)."""
+    if not isinstance(context, str):
+        return context
+    try:
+        return json.loads(context)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _fields(value: Any) -> Iterator[tuple[str, Any]]:

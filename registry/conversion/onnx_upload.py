@@ -1,7 +1,8 @@
 """What conversion does for an ONNX upload, which has no PyTorch source. Pure: no Django.
 
 - ``onnx_reference``: parity's reference, ``onnx.reference.ReferenceEvaluator`` (numpy, op by op),
-  when the file is under ``REFERENCE_MAX_BYTES`` and the evaluator implements every operator.
+  when the file is under ``REFERENCE_MAX_BYTES`` and the evaluator implements every operator
+  (with the operators it gets wrong mended: ``reference_ops``).
 - ``free_fixed_batch``: ``torch.onnx.export`` without ``dynamic_axes`` (its default) writes every
   input and output with a first dimension of 1, and a worker cannot stack requests into such a
   graph: it would run each one alone. When every input and output starts with a fixed 1,
@@ -81,8 +82,10 @@ def onnx_reference(path: str, model: Any) -> Runner:
         )
     from onnx.reference import ReferenceEvaluator
 
+    from registry.conversion.reference_ops import MENDED
+
     try:
-        evaluator = ReferenceEvaluator(model)
+        evaluator = ReferenceEvaluator(model, new_ops=MENDED)
     except Exception as exc:
         raise NotApplicableError(
             f"no PyTorch source, and onnx.reference cannot load the model: {first_line(exc)}"

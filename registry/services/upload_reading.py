@@ -47,17 +47,22 @@ def inspect_upload(
         raise InvalidArtifactError(exc.message, code=code) from None
 
 
+def _example_dtype(argument: str) -> str:
+    """The dtype an example signature gives ``argument``: int64 where its name says it holds token
+    ids, indices or a mask (``input_ids``, ``attention_mask``: Hugging Face's names), else float32."""
+    words = argument.lower()
+    indexing = words.endswith(("ids", "index", "indices")) or "mask" in words or "token" in words
+    return "int64" if indexing else "float32"
+
+
 def resolve_signature(fmt: str, declared_raw: Any, inspected: dict[str, Any]) -> Signature:
     """The version's signature: declared for TorchScript, read from the artifact otherwise."""
     if fmt == "torchscript":
         arguments = inspected.get("forward_arguments", [])
         required = inspected.get("forward_required", len(arguments))
         if declared_raw in (None, "", {}):
-            example = {
-                "inputs": [
-                    {"name": a, "dtype": "float32", "shape": [-1, 16]} for a in arguments[:required] or ["x"]
-                ]
-            }
+            named = arguments[:required] or ["x"]
+            example = {"inputs": [{"name": a, "dtype": _example_dtype(a), "shape": [-1, 16]} for a in named]}
             raise InvalidSignatureError(
                 "signature: required for TorchScript uploads (a TorchScript file does not record its "
                 f"inputs' types and shapes): one per argument of forward({', '.join(arguments)}) "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,29 @@ def test_a_torchscript_upload_without_signature_is_shown_an_example_of_the_requi
     message = response.json()["message"]
     assert "forward(x, mask, scale) (those with a default may be left out)" in message
     assert '{"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 16]}]}' in message
+
+
+class _TokenClassifier(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(50, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return (self.embedding(input_ids) * attention_mask.unsqueeze(-1)).sum(1)
+
+
+def test_the_example_signature_declares_token_ids_and_masks_int64_as_they_must_be(
+    owner_api: APIClient, tmp_path: Path
+) -> None:
+    create_model(owner_api)
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_TokenClassifier()), str(path))
+
+    refused = upload(owner_api, "cnn", path).json()["message"]
+    example = json.loads(refused[refused.index("for example ") + len("for example ") :])
+
+    assert [i["dtype"] for i in example["inputs"]] == ["int64", "int64"]
+    assert upload(owner_api, "cnn", path, signature=example).status_code == 201
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ and the expression did). Each is refused before any loading, and the command nev
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -119,6 +120,21 @@ def _pickled_weight(marker: Path) -> dict[str, Any]:
     return {"entry": entry}
 
 
+def _enum_context(spec: str) -> str:
+    """The output tree's keys with an enum PyTorch would import ``pwned_module`` to read (it did,
+    checked by hand with a module on the path that wrote a file when imported)."""
+    protocol, tree = json.loads(spec)
+    tree["context"] = json.dumps([{"__enum__": True, "fqn": "pwned_module:Keys", "name": "A"}])
+    return json.dumps([protocol, tree])
+
+
+def _defaultdict(spec: str) -> str:
+    protocol, tree = json.loads(spec)
+    factory = {"default_factory_module": "os", "default_factory_name": "system", "dict_context": []}
+    node = {"type": "collections.defaultdict", "context": factory, "children_spec": []}
+    return json.dumps([protocol, {**tree, "children_spec": [*tree["children_spec"], node]}])
+
+
 CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "guard": lambda marker: {
         "program": lambda doc: doc.update(guards_code=[f"__import__('os').system('touch {marker}') == 0"])
@@ -138,6 +154,8 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "ops-loader": lambda marker: {
         "program": lambda doc: _each(doc, "target", lambda t: "torch.ops.load_library" if "conv" in t else t)
     },
+    "enum-in-an-output-tree": lambda marker: {"program": lambda doc: _each(doc, "out_spec", _enum_context)},
+    "defaultdict-in-inputs": lambda marker: {"program": lambda doc: _each(doc, "in_spec", _defaultdict)},
     "pickled-constant": _pickled_constant,
     "pickled-weight": _pickled_weight,
     "legacy-weights": lambda marker: {"extra": {"data/weights/model.pt": _torch_saved(marker)}},
@@ -227,3 +245,33 @@ def test_a_program_with_tensor_constants_buffers_and_underscored_operators_is_ac
     assert b"torch.ops.aten._assert_scalar" in program
 
     assert detect_format(path, max_unpacked_bytes=LIMIT).format == "torch_export"
+
+
+def test_bitwise_operators_which_aten_names_with_dunders_are_accepted_and_no_other_dunder(
+    good: Path, tmp_path: Path
+) -> None:
+    """``mask & mask`` exports as ``aten.__and__.Tensor`` (Hugging Face models combine attention
+    masks so); ``aten.__class__`` and the like stay refused."""
+
+    class Masks(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return ((a & b) | (a ^ b)) + ((a << 1) >> 1)
+
+    path = tmp_path / "masks.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(
+            torch.export.export(Masks(), (torch.ones(2, 3, dtype=torch.int64), torch.zeros(2, 3).long())),
+            str(path),
+        )
+    with zipfile.ZipFile(path) as archive:
+        (program,) = (archive.read(n) for n in archive.namelist() if "/models/" in n)
+    assert b"torch.ops.aten.__and__.Tensor" in program
+    assert b"torch.ops.aten.__rshift__" in program
+
+    assert detect_format(path, max_unpacked_bytes=LIMIT).format == "torch_export"
+    for target in ("torch.ops.aten.__class__", "torch.ops.aten.__and__.__call__", "torch.ops.aten.__dict__"):
+        retarget = functools.partial(_each, key="target", change=lambda _, odd=target: odd)
+        odd = _rewrite(good, tmp_path / "odd.pt2", program=retarget)
+        with pytest.raises(InvalidArtifactError, match="is not a tensor operator"):
+            detect_format(odd, max_unpacked_bytes=LIMIT)

@@ -141,6 +141,16 @@ def doubling(path: Path) -> Path:
     return _save(nodes, inputs, outputs, path)
 
 
+def gather_rows(path: Path) -> Path:
+    """ids INT64 [batch, 4] (each below 100) -> y FP32 [batch, 4]: ``GatherElements`` of a [100, 4]
+    table on its first axis (y[i, j] = table[ids[i, j], j]), as position embeddings gather."""
+    table = numpy_helper.from_array(RNG.standard_normal((100, 4)).astype(np.float32), "table")
+    nodes = [helper.make_node("GatherElements", ["table", "ids"], ["y"], axis=0)]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    return _save(nodes, [ids], [y], path, [table])
+
+
 def reference(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """What ONNX Runtime computes directly, for comparison."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
