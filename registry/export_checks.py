@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+from registry.conversion.program_trees import SPEC_KEYS, InvalidTreeError, spec_nodes
 from registry.errors import InvalidArtifactError
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -193,50 +194,23 @@ def _check_program(name: str, program: Any) -> None:
         elif key == "range_constraints" and isinstance(value, dict):
             for expression in value:
                 _check_expression(name, expression, guard=False)
-        elif key in ("in_spec", "out_spec"):
+        elif key in SPEC_KEYS:
             _check_tree_spec(name, value)
 
 
 def _check_tree_spec(name: str, spec: Any) -> None:
-    """An input or output tree (``[protocol, {"type", "context", "children_spec"}]``, as a string)
-    whose loading imports nothing: PyTorch reads a ``defaultdict``'s factory by importing the
-    module the file names, and any JSON context's ``{"__enum__": ..., "fqn": "module:Class"}``
-    likewise. Types PyTorch does not know are left to the loader (they fail, or ``program_trees``
-    reads them as dicts)."""
+    """An input or output tree whose loading imports nothing: PyTorch reads a ``defaultdict``'s
+    factory by importing the module the file names, and any JSON context's ``{"__enum__": ...,
+    "fqn": "module:Class"}`` likewise. Types PyTorch does not know are left to the loader (they
+    fail, or ``program_trees`` reads them as dicts)."""
     try:
-        document = json.loads(spec) if isinstance(spec, str) else None
-    except (ValueError, RecursionError):
-        document = None
-    if not isinstance(document, list) or len(document) != 2:
-        raise InvalidArtifactError(f"archive entry {name}: a tree spec is not valid", code="corrupt_artifact")
-    for node_type, context in _spec_nodes(name, document[1]):
-        if node_type == "collections.defaultdict":
-            raise _refused(f"{name}: a defaultdict in the program's inputs or outputs names a module")
-        for key, _ in _fields(_context(context)):
-            if key == "__enum__":
+        for node_type, context in spec_nodes(spec):
+            if node_type == "collections.defaultdict":
+                raise _refused(f"{name}: a defaultdict in the program's inputs or outputs names a module")
+            if any(key == "__enum__" for key, _ in _fields(context)):
                 raise _refused(f"{name}: an enum in the program's inputs or outputs names a module")
-
-
-def _spec_nodes(name: str, tree: Any) -> Iterator[tuple[Any, Any]]:
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict) or not isinstance(node.get("children_spec", []), list):
-            message = f"archive entry {name}: a tree spec is not valid"
-            raise InvalidArtifactError(message, code="corrupt_artifact")
-        yield node.get("type"), node.get("context")
-        stack.extend(node.get("children_spec", []))
-
-
-def _context(context: Any) -> Any:
-    """A node's context as PyTorch reads it: JSON text parsed (a context that is not JSON is a
-    type's own name, as a namedtuple's)."""
-    if not isinstance(context, str):
-        return context
-    try:
-        return json.loads(context)
-    except (ValueError, RecursionError):
-        return None
+    except InvalidTreeError as exc:
+        raise InvalidArtifactError(f"archive entry {name}: {exc}", code="corrupt_artifact") from None
 
 
 def _fields(value: Any) -> Iterator[tuple[str, Any]]:

@@ -1,8 +1,9 @@
 """The sandboxed conversion child: what runs on an untrusted model, in its own process. No Django.
 
 ``registry.sandbox.run_child`` starts ``python -m registry.conversion COMMAND REQUEST RESULT``
-under time and memory limits; the Django side never imports these modules, and they import
-nothing of Django or of the apps (a test imports every one in a fresh interpreter and checks).
+under time and memory limits; the Django side imports none of these modules but the pure
+``program_trees`` (the upload check walks a ``.pt2``'s trees as the child reads them), and they
+import nothing of Django or of the apps (a test imports every one in a fresh interpreter and checks).
 
 - ``__main__``: reads the request, runs ``inspect`` or ``convert``, writes the JSON result;
 - ``channel``: ``ChildError`` and ``progress``, how the child talks to its parent;

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry.conversion.channel import ChildError, progress
+from registry.conversion.onnx_export import load_program
 from registry.conversion.onnx_proto import all_tensors, external_entries, parse_onnx, unzip_maps
 from registry.conversion.script_binding import key_names
 
@@ -178,7 +179,8 @@ def _torch_spec(name: str, value: Any) -> dict[str, Any]:
 
 def _dict_keys(out_spec: Any, count: int, inputs: list[str]) -> list[str] | None:
     """The keys of a program that answers a flat dict of ``count`` tensors, as its output names."""
-    if out_spec is None or out_spec.type is not dict or len(out_spec.context) != count:
+    kind = getattr(out_spec, "type", None)  # None for a single tensor
+    if not (isinstance(kind, type) and issubclass(kind, dict)) or len(out_spec.context) != count:
         return None
     if not all(child.is_leaf() for child in out_spec.children()):
         return None
@@ -186,15 +188,7 @@ def _dict_keys(out_spec: Any, count: int, inputs: list[str]) -> list[str] | None
 
 
 def inspect_torch_export(path: str) -> dict[str, Any]:
-    import torch
-
-    try:
-        program = torch.export.load(path)
-    except Exception as exc:
-        raise ChildError(
-            f"torch.export program cannot be opened: {str(exc).strip().splitlines()[0][:300]}",
-            "invalid_artifact",
-        ) from None
+    program = load_program(path)
     signature = program.graph_signature
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     inputs = [_torch_spec(name, placeholders[name].meta.get("val")) for name in signature.user_inputs]

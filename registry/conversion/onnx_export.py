@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry.conversion.channel import ChildError
+from registry.conversion.program_trees import read_unknown_as_dicts
 
 # Warnings every export emits and nobody can act on.
 _NOISE = (
@@ -72,16 +73,23 @@ def load_torchscript(path: str) -> Any:
 
 
 def load_program(path: str) -> Any:
-    """Open a ``torch.export`` program (``invalid_artifact`` when it cannot be opened)."""
+    """Open a ``torch.export`` program (``invalid_artifact`` when it cannot be opened); containers
+    of types this platform lacks (a Hugging Face ``ModelOutput``) open as dicts."""
     import torch
 
+    unreadable = read_unknown_as_dicts(path)
     try:
         with quiet_warnings():
             return torch.export.load(path)
     except Exception as exc:
-        raise ChildError(
-            f"torch.export program cannot be opened: {first_line(exc)}", "invalid_artifact"
-        ) from None
+        reason = first_line(exc)
+        if unreadable:
+            reason = (
+                f"its inputs or outputs are held in {', '.join(unreadable[:3])}, a Python type this "
+                "platform does not have and will not import: export a model that takes and returns "
+                "tensors, tuples, lists or dicts (a Hugging Face model: return_dict=False)"
+            )
+        raise ChildError(f"torch.export program cannot be opened: {reason}", "invalid_artifact") from None
 
 
 def program_input_dims(program: Any) -> list[list[int | DimRange]]:

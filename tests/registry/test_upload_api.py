@@ -100,7 +100,8 @@ class _TokenClassifier(torch.nn.Module):
         self.embedding = torch.nn.Embedding(50, 4)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return (self.embedding(input_ids) * attention_mask.unsqueeze(-1)).sum(1)
+        embedded: torch.Tensor = self.embedding(input_ids)
+        return (embedded * attention_mask.unsqueeze(-1)).sum(1)
 
 
 def test_the_example_signature_declares_token_ids_and_masks_int64_as_they_must_be(

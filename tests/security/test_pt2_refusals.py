@@ -120,6 +120,10 @@ def _pickled_weight(marker: Path) -> dict[str, Any]:
     return {"entry": entry}
 
 
+def _constant(value: str, _: str) -> str:
+    return value
+
+
 def _enum_context(spec: str) -> str:
     """The output tree's keys with an enum PyTorch would import ``pwned_module`` to read (it did,
     checked by hand with a module on the path that wrote a file when imported)."""
@@ -271,7 +275,7 @@ def test_bitwise_operators_which_aten_names_with_dunders_are_accepted_and_no_oth
 
     assert detect_format(path, max_unpacked_bytes=LIMIT).format == "torch_export"
     for target in ("torch.ops.aten.__class__", "torch.ops.aten.__and__.__call__", "torch.ops.aten.__dict__"):
-        retarget = functools.partial(_each, key="target", change=lambda _, odd=target: odd)
+        retarget = functools.partial(_each, key="target", change=functools.partial(_constant, target))
         odd = _rewrite(good, tmp_path / "odd.pt2", program=retarget)
         with pytest.raises(InvalidArtifactError, match="is not a tensor operator"):
             detect_format(odd, max_unpacked_bytes=LIMIT)
