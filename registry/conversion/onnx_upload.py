@@ -253,9 +253,22 @@ def _batches_like_single_runs(
     tolerance: tuple[float, float],
 ) -> str | None:
     """None when a batch of ``PROBE_BATCH`` through ``freed`` answers as each sample alone through
-    ``fixed``; otherwise what differed."""
+    ``fixed``; otherwise what differed. Integers are drawn twice: from the model's range and from
+    {0, 1}, where a padding mask has zeros that tell its samples apart (a Hugging Face mask built
+    for one sample, the first, passed a draw of large integers, all nonzero, and not this one)."""
     specs = [replace(spec, shape=(-1, *spec.shape[1:])) for spec in inputs]
-    feeds = draw_inputs(specs, PROBE_BATCH, seed=seed, int_high=int_high)
+    for high in sorted({int_high, min(int_high, 2)}, reverse=True):
+        failed = _compare_at_a_batch(
+            fixed, freed, draw_inputs(specs, PROBE_BATCH, seed=seed, int_high=high), tolerance
+        )
+        if failed is not None:
+            return failed
+    return None
+
+
+def _compare_at_a_batch(
+    fixed: CheckedModel, freed: CheckedModel, feeds: Feeds, tolerance: tuple[float, float]
+) -> str | None:
     names = [output.name for output in fixed.session.get_outputs()]
     try:
         together = ort_runner(freed.session)(feeds)

@@ -229,3 +229,37 @@ def test_an_attention_block_exported_at_batch_1_is_freed_and_answers_as_single_r
     freed = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     (together,) = freed.run(None, {"ids": ids, "mask": mask})
     np.testing.assert_allclose(together, np.concatenate(alone), rtol=1e-4, atol=1e-5)
+
+
+class _MaskOfTheFirstSample(nn.Module):
+    """Pads as Hugging Face models build their masks: ``mask[arange(batch)]`` read as booleans.
+    Exported at batch 1, the arange is the constant ``[0]``: freed, every sample of a batch would
+    take the first one's padding, which only a mask with zeros shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(1000, 4)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask[torch.arange(ids.shape[0])].bool()
+        out: torch.Tensor = (self.embed(ids) * keep.unsqueeze(-1)).sum(1)
+        return out
+
+
+def test_a_mask_built_for_the_first_sample_only_keeps_the_batch_of_1(tmp_path: Path) -> None:
+    source, output = tmp_path / "uploaded.onnx", tmp_path / "converted.onnx"
+    example = (torch.randint(0, 1000, (1, 6)), torch.ones(1, 6, dtype=torch.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _MaskOfTheFirstSample().eval(), example, str(source), dynamo=True, external_data=False,
+            input_names=["ids", "mask"], output_names=["pooled"],
+        )  # fmt: skip
+
+    result = convert_upload(source, output, seed=11)
+
+    assert result["report"]["parity"]["input_int_range"][1] > 2  # large draws: masks with no zero
+    assert result["report"]["dynamic_batch"] is False
+    (warning,) = [w for w in result["report"]["warnings"] if "fixed first dimension of 1" in w]
+    assert "'pooled' of a batch of 3 differs from the samples run one at a time" in warning
