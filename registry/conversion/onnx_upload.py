@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from registry.conversion.channel import ChildError, progress
-from registry.conversion.onnx_check import CheckedModel, check_onnx_file
+from registry.conversion.onnx_check import CheckedModel, check_onnx_file, default_opset
 from registry.conversion.onnx_export import first_line, raise_if_out_of_memory
 from registry.conversion.parity import (
     Array,
@@ -152,7 +152,11 @@ def free_fixed_batch(
 
 
 def _freed_note(kept_batch: bool) -> str:
-    how = " and its reshapes to a leading 1 keep the batch instead" if kept_batch else ""
+    how = (
+        " and its reshapes to, and constants joined at, a first dimension of 1 follow the batch"
+        if kept_batch
+        else ""
+    )
     return (
         "the model's inputs and outputs had a fixed first dimension of 1; conversion made it the batch "
         f"dimension{how} (a batch of {PROBE_BATCH} answers as {PROBE_BATCH} single runs), so workers "
@@ -178,13 +182,14 @@ def _free(
 ) -> CheckedModel | str | None:
     """Write ``model`` with the first dimension of ``values`` free to ``trial`` and check it;
     ``model`` itself is left as it was. With ``keep_batch``, each Reshape of a value computed from
-    the inputs to a constant shape ``[1, ...]`` keeps the batch instead (``_keep_batch_in_reshapes``);
-    None when there is no such Reshape. Returns the checked trial model or why not."""
+    the inputs to a constant shape ``[1, ...]`` keeps the batch instead (``_keep_batch_in_reshapes``),
+    and constants of one row joined to such values grow with the batch (``_tile_joined_constants``);
+    None when there is neither. Returns the checked trial model or why not."""
     import onnx
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    if keep_batch and not _keep_batch_in_reshapes(copy.graph):
+    if keep_batch and not _keep_batch_in_reshapes(copy.graph) + _tile_joined_constants(copy):
         return None
     names = {value.name for value in values}
     for value in [*copy.graph.input, *copy.graph.output]:
@@ -210,17 +215,9 @@ def _keep_batch_in_reshapes(graph: Any) -> int:
     makes no difference, and is cleared). Returns how many changed."""
     from onnx import numpy_helper
 
-    constants = {init.name: init for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
-    fed = {i.name for i in graph.input if i.name not in constants}
-    taken = {*constants, *(o for node in graph.node for o in node.output)}
+    constants, fed, taken = _dataflow(graph)
     changed = 0
-    for node in graph.node:  # topologically sorted, as ONNX requires
-        if not any(name in fed for name in node.input):
-            continue
-        fed.update(node.output)
+    for node in graph.node:
         if node.op_type != "Reshape" or node.input[0] not in fed or node.input[1] not in constants:
             continue
         shape = numpy_helper.to_array(constants[node.input[1]])
@@ -230,10 +227,7 @@ def _keep_batch_in_reshapes(graph: Any) -> int:
         allowzero = [] if infer else [a for a in node.attribute if a.name == "allowzero" and a.i]
         if allowzero and (shape == 0).any():
             continue
-        name = f"{node.input[1]}_keeps_batch"
-        while name in taken:
-            name += "_"
-        taken.add(name)
+        name = _new_name(f"{node.input[1]}_keeps_batch", taken)
         kept = shape.copy()
         kept[0] = -1 if infer else 0
         graph.initializer.append(numpy_helper.from_array(kept, name))
@@ -242,6 +236,89 @@ def _keep_batch_in_reshapes(graph: Any) -> int:
             attribute.i = 0
         changed += 1
     return changed
+
+
+def _dataflow(graph: Any) -> tuple[dict[str, Any], set[str], set[str]]:
+    """``(constants by name, the values computed from a graph input, every name in use)``."""
+    constants = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    fed = {i.name for i in graph.input if i.name not in constants}
+    for node in graph.node:  # topologically sorted, as ONNX requires
+        if any(name in fed for name in node.input):
+            fed.update(node.output)
+    return constants, fed, {*constants, *(o for node in graph.node for o in node.output)}
+
+
+def _new_name(wanted: str, taken: set[str]) -> str:
+    while wanted in taken:
+        wanted += "_"
+    taken.add(wanted)
+    return wanted
+
+
+def _ranks(model: Any) -> dict[str, int]:
+    """Each value's rank, where ONNX shape inference knows it (at the uploaded batch of 1)."""
+    import onnx
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:
+        return {}
+    ranks = {init.name: len(init.dims) for init in graph.initializer}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            ranks[value.name] = len(value.type.tensor_type.shape.dim)
+    return ranks
+
+
+def _tile_joined_constants(model: Any) -> int:
+    """Grow each value that does not depend on the inputs (a constant, or computed from constants)
+    and that a Concat joins, on an axis other than the first, to a value that does, to that value's
+    first dimension: ``Expand(constant, [Shape(joined)[0], *Shape(constant)[1:]])``. At batch 1
+    both first dimensions were 1 (the Concat required it); freed, the constant follows the batch.
+    Exporters fold ``cls_token.expand(batch, -1, -1)`` (a vision transformer's class token) into
+    such a value. Returns how many grew."""
+    from onnx import helper, numpy_helper
+
+    if default_opset(model) < 10:  # Slice takes its bounds as inputs from opset 10
+        return 0
+    graph, ranks = model.graph, _ranks(model)
+    _, fed, taken = _dataflow(graph)
+    first, rest, end = (_new_name(f"keeps_batch_{part}", taken) for part in ("first", "rest", "end"))
+    nodes, grown = [], 0
+    for node in graph.node:
+        joined = next((name for name in node.input if name in fed), None)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        rank = ranks.get(joined or "", 0)
+        if node.op_type == "Concat" and joined is not None and rank >= 2 and axis % rank != 0:
+            for index, name in enumerate(node.input):
+                if name in fed or not name:
+                    continue
+                parts = ("joined_shape", "batch", "shape", "tail", "size", "tiled")
+                joined_shape, batch, shape, tail, size, tiled = (
+                    _new_name(f"{name}_{p}", taken) for p in parts
+                )
+                nodes += [
+                    helper.make_node("Shape", [joined], [joined_shape]),
+                    helper.make_node("Gather", [joined_shape, first], [batch], axis=0),
+                    helper.make_node("Shape", [name], [shape]),
+                    helper.make_node("Slice", [shape, rest, end], [tail]),
+                    helper.make_node("Concat", [batch, tail], [size], axis=0),
+                    helper.make_node("Expand", [name, size], [tiled]),
+                ]
+                node.input[index] = tiled
+                grown += 1
+        nodes.append(node)
+    if grown:
+        graph.initializer.extend(
+            numpy_helper.from_array(np.array([value], np.int64), name)
+            for name, value in ((first, 0), (rest, 1), (end, np.iinfo(np.int64).max))
+        )
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return grown
 
 
 def _batches_like_single_runs(

@@ -263,3 +263,35 @@ def test_a_mask_built_for_the_first_sample_only_keeps_the_batch_of_1(tmp_path: P
     assert result["report"]["dynamic_batch"] is False
     (warning,) = [w for w in result["report"]["warnings"] if "fixed first dimension of 1" in w]
     assert "'pooled' of a batch of 3 differs from the samples run one at a time" in warning
+
+
+class _ClassToken(nn.Module):
+    """A vision transformer's embedding: patches, then ``cat([cls_token.expand(b, -1, -1), patches])``;
+    exported at batch 1, the expanded class token is folded into a constant of one row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patches = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), patches], dim=1)
+        out: torch.Tensor = self.head(tokens.softmax(-1).cumsum(1))[:, 0]
+        return out
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
+def test_a_class_token_joined_to_the_patches_is_freed_and_answers_as_single_runs(
+    tmp_path: Path, dynamo: bool
+) -> None:
+    result, source, output = _convert(tmp_path, _ClassToken(), IMAGE, dynamo=dynamo)
+
+    assert result["report"]["dynamic_batch"] is True, result["report"]["warnings"]
+    images = np.random.default_rng(4).standard_normal((5, *IMAGE)).astype(np.float32)
+    fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    alone = np.concatenate([fixed.run(None, {"x": images[i : i + 1]})[0] for i in range(5)])
+    (together,) = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(None, {"x": images})
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
