@@ -75,10 +75,22 @@ def _tolerance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parity-rtol", type=float, help="this version's parity rtol (default: the platform's)")
 
 
+def _not_a_file(path: Path) -> str:
+    if not path.is_dir():
+        return "no such file"
+    if (path / "config.json").is_file():
+        return (
+            "a directory, not a model file (a Hugging Face save_pretrained() folder holds weights, not "
+            "the model's code): upload the model exported to one file, torch.export.save() (.pt2), "
+            "torch.onnx.export() or torch.jit.trace()"
+        )
+    return "a directory, not a model file"
+
+
 def cmd_upload(client: Client, args: argparse.Namespace, out: Progress) -> int:
     path = Path(args.file)
     if not path.is_file():
-        raise UsageError(f"{path}: {'a directory, not a model file' if path.is_dir() else 'no such file'}")
+        raise UsageError(f"{path}: {_not_a_file(path)}")
     if args.create:
         try:
             client.get(f"/models/{args.model}/")

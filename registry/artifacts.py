@@ -21,8 +21,19 @@ from registry.export_checks import check_export_archive
 
 ACCEPTED = (
     "TorchScript (torch.jit.save), torch.export programs (.pt2, torch.export.save) "
-    "and ONNX models without external data"
+    "and ONNX models (with their external data file, if any)"
 )
+EXPORT_ADVICE = (
+    "export the model with its code: torch.export.save(torch.export.export(model, example_inputs), "
+    "'model.pt2'), torch.onnx.export(model, example_inputs, 'model.onnx') or "
+    "torch.jit.save(torch.jit.trace(model, example_inputs), 'model.pt')"
+)
+_WEIGHTS_ONLY = {
+    b"GGUF": "a GGUF file (llama.cpp weights)",
+    b"\x89HDF\r\n\x1a\n": "an HDF5 file (a Keras .h5 model, or weights)",
+    b"\x93NUMPY": "a NumPy array file",
+}
+"""Files users upload by mistake, known by their first bytes, and what they are."""
 MAX_ZIP_ENTRIES = 20_000
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
 ZIP_MAGIC = b"PK\x03\x04"
@@ -72,10 +83,28 @@ def detect_format(path: Path, *, max_unpacked_bytes: int) -> ArtifactKind:
             f"are never loaded because loading one runs code. Accepted formats: {ACCEPTED}",
             code="pickle_refused",
         )
+    what = _weights_only(path, head)
+    if what:
+        raise InvalidArtifactError(f"this is {what}, not a model that can run: {EXPORT_ADVICE}")
     if _looks_like_text(path):
         raise InvalidArtifactError(f"this is a text file, not a model; accepted formats: {ACCEPTED}")
     # Anything else may be an ONNX protobuf; the sandboxed inspection decides.
     return ArtifactKind(format="onnx")
+
+
+def _weights_only(path: Path, head: bytes) -> str | None:
+    """What a file of weights without the model's code is (safetensors: an 8-byte little-endian
+    header length, then a JSON header), or None."""
+    for magic, what in _WEIGHTS_ONLY.items():
+        if head.startswith(magic):
+            return what
+    with path.open("rb") as handle:
+        handle.seek(8)
+        opening = handle.read(2)
+    header = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if opening in (b'{"', b"{}") and 2 <= header <= path.stat().st_size - 8:
+        return "a safetensors file (weights, as save_pretrained() writes them, without the model's code)"
+    return None
 
 
 def _looks_like_text(path: Path) -> bool:
@@ -140,8 +169,7 @@ def _classify_archive(names: list[str]) -> ArtifactKind:
     if "data.pkl" in rest:
         raise InvalidArtifactError(
             "this is a pickled torch.save() checkpoint; loading it would run arbitrary code, so it is "
-            "refused. Save the model with torch.jit.save(torch.jit.script(model)), "
-            f"torch.export.save(torch.export.export(...)) or export ONNX. Accepted formats: {ACCEPTED}",
+            f"refused: {EXPORT_ADVICE}",
             code="pickle_refused",
         )
     raise InvalidArtifactError(f"this zip archive is not a model archive; accepted formats: {ACCEPTED}")

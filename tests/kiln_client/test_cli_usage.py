@@ -46,6 +46,16 @@ def test_bad_usage_exits_2_with_one_line(args: tuple[str, ...], message: str) ->
     assert (result.returncode, result.stderr.strip()) == (2, message)
 
 
+def test_a_hugging_face_folder_is_refused_with_how_to_export_the_model(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+
+    result = kiln("upload", "bert", str(tmp_path))
+
+    assert result.returncode == 2
+    assert "a Hugging Face save_pretrained() folder holds weights, not the model's code" in result.stderr
+    assert "torch.export.save() (.pt2)" in result.stderr
+
+
 def test_a_bad_signature_argument_is_bad_usage(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not read: the signature is checked first")

@@ -293,5 +293,7 @@ def test_a_class_token_joined_to_the_patches_is_freed_and_answers_as_single_runs
     images = np.random.default_rng(4).standard_normal((5, *IMAGE)).astype(np.float32)
     fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     alone = np.concatenate([fixed.run(None, {"x": images[i : i + 1]})[0] for i in range(5)])
-    (together,) = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(None, {"x": images})
+    (together,) = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(
+        None, {"x": images}
+    )
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)

@@ -7,9 +7,11 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from django.conf import settings
@@ -139,6 +141,41 @@ def test_a_corrupted_onnx_file_is_refused(owner_api: APIClient, tmp_path: Path) 
 
     assert response.status_code == 400
     assert "ONNX" in response.json()["message"]
+    assert_nothing_left()
+
+
+def _safetensors(path: Path) -> None:
+    """A file as safetensors' save_file writes one (``model.safetensors`` of save_pretrained()): a
+    little-endian u64 header length, the JSON header, then the raw tensor bytes."""
+    weight = np.arange(12, dtype=np.float32)
+    header = json.dumps(
+        {"linear.weight": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}
+    ).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + weight.tobytes())
+
+
+@pytest.mark.usefixtures("model")
+@pytest.mark.parametrize(
+    ("write", "what"),
+    [
+        (_safetensors, "a safetensors file (weights, as save_pretrained() writes them"),
+        (lambda path: path.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64)), "a GGUF file"),
+        (lambda path: path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64)), "an HDF5 file"),
+    ],
+    ids=["safetensors", "gguf", "hdf5"],
+)
+def test_weights_without_the_models_code_are_refused_with_how_to_export_it(
+    owner_api: APIClient, tmp_path: Path, write: Callable[[Path], object], what: str
+) -> None:
+    path = tmp_path / "model.bin"
+    write(path)
+
+    response = upload(owner_api, "cnn", path)
+
+    assert response.status_code == 400, response.content
+    message = response.json()["message"]
+    assert message.startswith(f"this is {what}")
+    assert "torch.export.save(torch.export.export(model, example_inputs), 'model.pt2')" in message
     assert_nothing_left()
 
 
