@@ -23,7 +23,9 @@ from deployments.models import (
     WorkerImage,
     WorkerState,
 )
+from registry.errors import InvalidSignatureError
 from registry.permissions import ensure_can_change
+from registry.signature import parse_signature, request_differences
 
 VISIBLE_WORKER_STATES = (*LIVE_WORKER_STATES, WorkerState.DRAINING, WorkerState.FAILED)
 RECENT_DECISIONS = 10
@@ -137,3 +139,29 @@ def rollout_for_change(deployment_name: str, rollout_id: int, user: Any) -> Roll
     ensure_can_change(user, rollout.deployment.model)
     rollout.deployment.ensure_changeable()
     return rollout
+
+
+def signature_warnings(deployment: Deployment) -> list[str]:
+    """Where a candidate's version differs from the stable variant's in what a request sends or
+    an answer holds: a client of the endpoint is routed to either."""
+    variants = list(deployment.variants.all())
+    stable = next((v for v in variants if v.is_stable), None)
+    if stable is None or stable.version is None:
+        return []
+    warnings = []
+    for variant in variants:
+        if variant.version is None or variant.version_id == stable.version_id:
+            continue
+        try:
+            found = request_differences(
+                parse_signature(stable.version.signature), parse_signature(variant.version.signature)
+            )
+        except InvalidSignatureError:
+            continue
+        if found:
+            warnings.append(
+                f"variants {stable.name!r} (v{stable.version.version}) and {variant.name!r} "
+                f"(v{variant.version.version}) take different requests ({'; '.join(found)}): a request "
+                "one answers, the other may refuse"
+            )
+    return warnings

@@ -109,6 +109,7 @@ def _live_context(request: HttpRequest, name: str) -> dict[str, Any]:
     return {
         "deployment": deployment,
         "variants": variants,
+        "signature_warnings": queries.signature_warnings(deployment),
         "can_change": deployment.model.can_change(request.user),
     }
 

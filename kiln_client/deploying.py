@@ -121,6 +121,8 @@ def cmd_deploy(client: Client, args: argparse.Namespace, out: Progress) -> int:
         out.line(
             f"deployment {created['name']} created: " + ", ".join(v["name"] for v in created["variants"])
         )
+        for warning in created.get("warnings", []):
+            out.line(f"warning: {warning}")
     except ApiError as exc:
         if not (args.exist_ok and exc.status == 409):
             raise

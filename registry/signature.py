@@ -179,6 +179,28 @@ def check_compatible(declared: Signature, actual: Signature) -> None:
                 )
 
 
+def request_differences(first: Signature, second: Signature) -> list[str]:
+    """How a request or an answer that suits ``first`` may not suit ``second``, and the reverse:
+    inputs one takes and the other does not, another dtype, rank or fixed size, outputs by another
+    name. Empty when a client cannot tell the two apart by what it sends and reads."""
+    found: list[str] = []
+    theirs = {spec.name: spec for spec in second.inputs}
+    for spec in first.inputs:
+        other = theirs.pop(spec.name, None)
+        if other is None:
+            found.append(f"input {spec.name!r} is taken by one only")
+        elif (spec.dtype, spec.shape) != (other.dtype, other.shape):
+            found.append(
+                f"input {spec.name!r} is {spec.dtype} {list(spec.shape)} in one, "
+                f"{other.dtype} {list(other.shape)} in the other"
+            )
+    found.extend(f"input {name!r} is taken by one only" for name in theirs)
+    names = {spec.name for spec in first.outputs} ^ {spec.name for spec in second.outputs}
+    if first.outputs and second.outputs and names:
+        found.append(f"output(s) {', '.join(repr(n) for n in sorted(names))} answered by one only")
+    return found
+
+
 def resolve_labels(raw: Any, signature: Signature) -> dict[str, list[str]]:
     """A version's class labels, checked against its outputs: a list labels its first numeric output, an
     object labels outputs by name. A labelled output is numeric and, where its classes are a fixed

@@ -24,7 +24,7 @@ from deployments.models import (
     WorkerImage,
     WorkerState,
 )
-from deployments.queries import cold_start_s, recent_decisions
+from deployments.queries import cold_start_s, recent_decisions, signature_warnings
 from deployments.services.images import latest_image_of
 from inference_worker.contracts.batching import BATCHING, encode_batching
 from inference_worker.contracts.options import Kind, OptionField, whole
@@ -257,6 +257,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
     created_by: serializers.StringRelatedField[Any] = serializers.StringRelatedField()
     variants = VariantOutput(many=True, read_only=True)
     endpoint = serializers.SerializerMethodField()
+    warnings = serializers.SerializerMethodField()
 
     class Meta:
         model = Deployment
@@ -266,6 +267,7 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "description",
             "status",
             "status_reason",
+            "warnings",
             "on_alias_move",
             "delete_requested_at",
             "desired_running",
@@ -275,6 +277,11 @@ class DeploymentOutput(serializers.ModelSerializer[Deployment]):
             "created_at",
             "updated_at",
         )
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_warnings(self, obj: Deployment) -> list[str]:
+        """Variants whose versions take different requests (another input, dtype or shape)."""
+        return signature_warnings(obj)
 
     @extend_schema_field(EndpointOutput())
     def get_endpoint(self, obj: Deployment) -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
 from rest_framework.test import APIClient
 
 from deployments.models import Deployment, Variant
@@ -216,3 +217,39 @@ def test_a_deployment_takes_variants_up_to_the_limit(owner: User, owner_api: API
     assert one_more.status_code == 400
     assert one_more.json()["message"] == f"variants: at most {MAX_VARIANTS} variants"
     assert Variant.objects.count() == MAX_VARIANTS
+
+
+def test_variants_whose_versions_take_different_requests_are_named_in_warnings(
+    owner: User, owner_api: APIClient
+) -> None:
+    ready_version(owner, number=1)
+    ready_version(owner, number=2)
+    narrowed = ready_version(owner, number=3)
+    narrowed.signature = {
+        "inputs": [
+            {"name": "x", "dtype": "float32", "shape": [1, 4]},
+            {"name": "mask", "dtype": "int64", "shape": [-1]},
+        ],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 2]}],
+    }
+    narrowed.save()
+    same = [{"name": "a", "version": 1, "weight": 90}, {"name": "b", "version": 2, "weight": 10}]
+    differ = [{"name": "a", "version": 1, "weight": 90}, {"name": "b", "version": 3, "weight": 10}]
+
+    alike = create(owner_api, variants=same)
+    unlike = create(owner_api, name="cnn-canary", variants=differ)
+
+    assert alike.status_code == 201, alike.content
+    assert alike.json()["warnings"] == []
+    assert unlike.status_code == 201, unlike.content
+    (warning,) = unlike.json()["warnings"]
+    assert warning.startswith("variants 'a' (v1) and 'b' (v3) take different requests (")
+    assert "input 'x' is float32 [-1, 4] in one, float32 [1, 4] in the other" in warning
+    assert "input 'mask' is taken by one only" in warning
+    assert "output(s) 'logits', 'y' answered by one only" in warning
+    assert owner_api.get("/api/v1/deployments/cnn-canary/").json()["warnings"] == [warning]
+    browser = Client()
+    browser.force_login(owner)
+    page = browser.get("/deployments/cnn-canary/")
+    assert page.status_code == 200
+    assert "take different requests" in page.content.decode()

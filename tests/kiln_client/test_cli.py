@@ -307,7 +307,9 @@ def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_th
     live_server: Any, owner: User, token: str
 ) -> None:
     ready_version(owner, model="digits")
-    ready_version(owner, model="digits", number=2)
+    wider = ready_version(owner, model="digits", number=2)
+    wider.signature["inputs"][0]["shape"] = [-1, 8]
+    wider.save()
     Alias.objects.create(model=ModelVersion.objects.get(version=1).model, name="production",
                          version=ModelVersion.objects.get(version=1))  # fmt: skip
     args = ("deploy", "fraud", "--model", "digits", "--variant", "primary:alias=production")
@@ -324,6 +326,7 @@ def test_deploy_makes_the_deployment_once_and_rollout_and_promote_answer_with_th
 
     assert created.returncode == 0, created.stderr
     assert "deployment fraud created: primary, canary" in created.stderr
+    assert "warning: variants 'primary' (v1) and 'canary' (v2) take different requests" in created.stderr
     from deployments.models import Deployment, Rollout
 
     deployment = Deployment.objects.get(name="fraud")
