@@ -116,6 +116,15 @@ def _convert(
     return result, source, output
 
 
+def _assert_a_batch_answers_as_single_runs(source: Path, output: Path, *, seed: int) -> None:
+    """Six images through the converted file at once answer as each alone through the upload."""
+    images = np.random.default_rng(seed).standard_normal((6, *IMAGE)).astype(np.float32)
+    fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    alone = np.concatenate([fixed.run(None, {"x": images[i : i + 1]})[0] for i in range(6)])
+    freed = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(freed.run(None, {"x": images})[0], alone, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
 def test_a_cnn_exported_at_batch_1_is_converted_with_a_batch_dimension(tmp_path: Path, dynamo: bool) -> None:
     result, source, output = _convert(tmp_path, _ViewCNN(), IMAGE, dynamo=dynamo)
@@ -129,13 +138,7 @@ def test_a_cnn_exported_at_batch_1_is_converted_with_a_batch_dimension(tmp_path:
     assert report["parity"]["batch_sizes"] == [1, 3, 8]
     assert [b["batch_size"] for b in report["profile"]["batches"]] == [1, 2, 4]
     assert sorted(os.listdir(tmp_path)) == ["converted.onnx", "uploaded.onnx"]  # no trial file left
-    images = np.random.default_rng(0).standard_normal((6, *IMAGE)).astype(np.float32)
-    fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
-    alone = np.concatenate([fixed.run(None, {"x": images[i : i + 1]})[0] for i in range(6)])
-    (together,) = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(
-        None, {"x": images}
-    )
-    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+    _assert_a_batch_answers_as_single_runs(source, output, seed=0)
 
 
 def test_a_worker_batches_the_freed_model_and_answers_each_request_its_own_row(tmp_path: Path) -> None:
@@ -290,10 +293,4 @@ def test_a_class_token_joined_to_the_patches_is_freed_and_answers_as_single_runs
     result, source, output = _convert(tmp_path, _ClassToken(), IMAGE, dynamo=dynamo)
 
     assert result["report"]["dynamic_batch"] is True, result["report"]["warnings"]
-    images = np.random.default_rng(4).standard_normal((5, *IMAGE)).astype(np.float32)
-    fixed = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
-    alone = np.concatenate([fixed.run(None, {"x": images[i : i + 1]})[0] for i in range(5)])
-    (together,) = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(
-        None, {"x": images}
-    )
-    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+    _assert_a_batch_answers_as_single_runs(source, output, seed=4)
