@@ -72,44 +72,39 @@ class ArtifactKind:
 def detect_format(path: Path, *, max_unpacked_bytes: int) -> ArtifactKind:
     """Classify the file at ``path`` or raise ``InvalidArtifactError`` saying why it is refused."""
     with path.open("rb") as handle:
-        head = handle.read(8)
-    if not head:
+        sample = handle.read(4096)  # what every check below reads, but a zip's
+    if not sample:
         raise InvalidArtifactError(f"the file is empty; accepted formats: {ACCEPTED}")
-    if head.startswith(ZIP_MAGIC):
+    if sample.startswith(ZIP_MAGIC):
         return _detect_zip(path, max_unpacked_bytes=max_unpacked_bytes)
-    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+    if sample[0] == 0x80 and len(sample) > 1 and 2 <= sample[1] <= 5:
         raise InvalidArtifactError(
             "this is a Python pickle (for example torch.save(model) with the legacy format); pickles "
             f"are never loaded because loading one runs code. Accepted formats: {ACCEPTED}",
             code="pickle_refused",
         )
-    what = _weights_only(path, head)
+    what = _weights_only(sample, path.stat().st_size)
     if what:
         raise InvalidArtifactError(f"this is {what}, not a model that can run: {EXPORT_ADVICE}")
-    if _looks_like_text(path):
+    if _looks_like_text(sample):
         raise InvalidArtifactError(f"this is a text file, not a model; accepted formats: {ACCEPTED}")
     # Anything else may be an ONNX protobuf; the sandboxed inspection decides.
     return ArtifactKind(format="onnx")
 
 
-def _weights_only(path: Path, head: bytes) -> str | None:
-    """What a file of weights without the model's code is (safetensors: an 8-byte little-endian
-    header length, then a JSON header), or None."""
+def _weights_only(sample: bytes, size: int) -> str | None:
+    """What a file of weights without the model's code is, from its first bytes (safetensors: an
+    8-byte little-endian header length, then a JSON header), or None."""
     for magic, what in _WEIGHTS_ONLY.items():
-        if head.startswith(magic):
+        if sample.startswith(magic):
             return what
-    with path.open("rb") as handle:
-        handle.seek(8)
-        opening = handle.read(2)
-    header = int.from_bytes(head, "little") if len(head) == 8 else 0
-    if opening in (b'{"', b"{}") and 2 <= header <= path.stat().st_size - 8:
+    header = int.from_bytes(sample[:8], "little")
+    if sample[8:10] in (b'{"', b"{}") and 2 <= header <= size - 8:
         return "a safetensors file (weights, as save_pretrained() writes them, without the model's code)"
     return None
 
 
-def _looks_like_text(path: Path) -> bool:
-    with path.open("rb") as handle:
-        sample = handle.read(4096)
+def _looks_like_text(sample: bytes) -> bool:
     try:
         text = sample.decode("utf-8")
     except UnicodeDecodeError:

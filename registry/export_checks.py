@@ -24,10 +24,9 @@ import ast
 import json
 import re
 import zipfile
-from collections.abc import Iterator
 from typing import Any
 
-from registry.conversion.program_trees import SPEC_KEYS, InvalidTreeError, spec_nodes
+from registry.conversion.program_trees import SPEC_KEYS, InvalidTreeError, json_fields, spec_nodes
 from registry.errors import InvalidArtifactError
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -183,7 +182,7 @@ def _check_payloads(name: str, config: Any) -> None:
 def _check_program(name: str, program: Any) -> None:
     if not isinstance(program, dict):
         raise InvalidArtifactError(f"archive entry {name} is not a program", code="corrupt_artifact")
-    for key, value in _fields(program):
+    for key, value in json_fields(program):
         if key == "target" and isinstance(value, str):
             _check_target(name, value)
         elif key == "expr_str":
@@ -207,23 +206,10 @@ def _check_tree_spec(name: str, spec: Any) -> None:
         for node_type, context in spec_nodes(spec):
             if node_type == "collections.defaultdict":
                 raise _refused(f"{name}: a defaultdict in the program's inputs or outputs names a module")
-            if any(key == "__enum__" for key, _ in _fields(context)):
+            if any(key == "__enum__" for key, _ in json_fields(context)):
                 raise _refused(f"{name}: an enum in the program's inputs or outputs names a module")
     except InvalidTreeError as exc:
         raise InvalidArtifactError(f"archive entry {name}: {exc}", code="corrupt_artifact") from None
-
-
-def _fields(value: Any) -> Iterator[tuple[str, Any]]:
-    """Every (key, value) of the JSON document, depth first (an explicit stack: no recursion limit)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, inner in item.items():
-                yield key, inner
-                stack.append(inner)
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def _check_target(name: str, target: str) -> None:

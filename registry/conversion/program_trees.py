@@ -56,23 +56,26 @@ def _parsed(context: Any) -> Any:
         return None
 
 
+def json_fields(value: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) of a JSON document, depth first (an explicit stack: no recursion limit)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                yield key, inner
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def program_specs(archive: zipfile.ZipFile) -> Iterator[str]:
     """Every ``in_spec``/``out_spec`` string of the archive's programs (whose size the upload
     check bounded)."""
     for name in archive.namelist():
-        if "/models/" not in name or not name.endswith(".json"):
-            continue
-        stack: list[Any] = [json.loads(archive.read(name))]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                for key, value in item.items():
-                    if key in SPEC_KEYS and isinstance(value, str):
-                        yield value
-                    else:
-                        stack.append(value)
-            elif isinstance(item, list):
-                stack.extend(item)
+        if "/models/" in name and name.endswith(".json"):
+            document = json.loads(archive.read(name))
+            yield from (v for k, v in json_fields(document) if k in SPEC_KEYS and isinstance(v, str))
 
 
 def read_unknown_as_dicts(path: str) -> list[str]:

@@ -16,9 +16,8 @@ from onnx.reference.op_run import OpRun
 class GatherElements(OpRun):
     """onnx 1.23 gathers with ``np.choose``, which takes at most 64 choices (numpy 2): past 64 rows
     on the gathered axis its fallback answers a wrong shape ("cannot reshape array of size 1") or
-    raises.
-    Hugging Face BERT-style exports gather position ids so. ``np.take_along_axis`` is the same
-    operation for any size (negative indices count from the end, as the operator defines)."""
+    raises. Hugging Face BERT-style exports gather position ids so. ``np.take_along_axis`` is the
+    same operation for any size (negative indices count from the end, as the operator defines)."""
 
     op_domain = ""
 
